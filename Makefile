@@ -1,0 +1,42 @@
+# Two commands are all a newcomer needs: `make run` and `make test`.
+# Both create .venv with the project installed (no other setup needed).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SETTINGS ?= settings.py
+# compat mode: a PEP 660 editable install would hide twisted/plugins from twistd.
+INSTALL := $(PY) -m pip install --quiet --disable-pip-version-check --config-settings editable_mode=compat
+
+.PHONY: run test start stop bench clean install
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(INSTALL) -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(INSTALL) -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: $(VENV)/.installed
+	$(VENV)/bin/twistd -n smartplug --settings $(SETTINGS)
+
+test: $(VENV)/.installed-test
+	$(PY) -m twisted.trial tests
+
+start: $(VENV)/.installed
+	$(VENV)/bin/twistd --pidfile twistd.pid --logfile twistd.log smartplug --settings $(SETTINGS)
+	@echo "started: pid $$(cat twistd.pid), log in twistd.log; 'make stop' stops it"
+
+stop:
+	@if [ -f twistd.pid ]; then kill $$(cat twistd.pid) && echo "stopped"; else echo "not running (no twistd.pid)"; fi
+
+bench: $(VENV)/.installed-test
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info _trial_temp* .hypothesis
+	find . -name __pycache__ -prune -exec rm -rf {} +
+	find . -name dropin.cache -delete

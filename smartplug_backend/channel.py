@@ -1,0 +1,95 @@
+"""
+The HTTP listener: twisted.web serving the Bottle app through WSGIResource,
+with a channel lenient enough for the plug's firmware.
+
+The ESP8266 firmware ends its request lines with a bare LF (SPEC 1.1).
+twisted.web's channel is a LineReceiver split on CRLF, so it would wait
+forever for the end of those headers.  L{LenientHTTPChannel} splits on LF and
+drops a trailing CR, which reads CRLF and LF-only request heads alike; bodies
+are read by length or chunked decoder as before, untouched.
+
+The firmware also closes its side as soon as its bytes are out.  twisted.web
+then closes the request body, while the WSGI thread may not have read it yet;
+L{PatientRequest} keeps the body readable so the report is still acted on.
+"""
+
+from twisted.application.service import Service
+from twisted.python.threadpool import ThreadPool
+from twisted.web.http import HTTPChannel
+from twisted.web.server import Request, Site
+from twisted.web.wsgi import WSGIResource
+
+
+class LenientHTTPChannel(HTTPChannel):
+    """
+    An HTTPChannel that accepts request heads with CRLF or bare LF line ends.
+    """
+
+    delimiter = b"\n"
+
+    def lineReceived(self, line: bytes):
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        return super().lineReceived(line)
+
+
+class PatientRequest(Request):
+    """
+    A Request whose body outlives the connection.
+
+    The body is an in-memory or temporary file of at most the size limit; it
+    is released with the request object itself.
+    """
+
+    def connectionLost(self, reason) -> None:
+        content, self.content = self.content, None
+        try:
+            super().connectionLost(reason)
+        finally:
+            self.content = content
+
+
+class QuietSite(Site):
+    """
+    A Site with the lenient channel and no per-request access log: reports
+    are logged by the hub as one readable line each, and rejected input by
+    the app, so a combined-log line per request would only add noise and cost.
+    """
+
+    protocol = LenientHTTPChannel
+    requestFactory = PatientRequest
+
+    def log(self, request) -> None:
+        pass
+
+
+class ThreadPoolService(Service):
+    """
+    Starts a thread pool with the service and stops it (joining its threads)
+    when the service stops.
+    """
+
+    def __init__(self, pool: ThreadPool) -> None:
+        self.pool = pool
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self):
+        super().stopService()
+        self.pool.stop()
+
+
+def make_site(app, reactor, pool, timeout: float = 60) -> Site:
+    """
+    A Site serving the WSGI C{app} from C{pool}, idle connections closed
+    after C{timeout} seconds.
+    """
+    return QuietSite(
+        WSGIResource(reactor, pool, app),
+        timeout=timeout,
+        reactor=reactor,
+        # The app reads raw bodies; parsing forms would only cost memory.
+        parsePOSTFormSubmission=False,
+    )

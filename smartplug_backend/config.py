@@ -1,0 +1,235 @@
+"""
+Load the Python settings file (SPEC 8) into one frozen L{Settings} object.
+
+The file is ordinary Python, executed in a namespace of its own.  Only its
+UPPER_CASE names count; each must be a known setting of the right type.
+Every problem is reported as a L{ConfigError} whose message is one line that
+names the file, the setting and what was expected, so twistd can print it
+instead of a traceback.
+"""
+
+import dataclasses
+import difflib
+import ipaddress
+import os
+import re
+import runpy
+from typing import Any, Callable, Optional
+
+DEFAULT_PATH = "settings.py"
+
+_UPPER = re.compile(r"^[A-Z][A-Z0-9_]*$")
+
+
+class ConfigError(Exception):
+    """
+    The settings file cannot be used; C{str(error)} is one line for a human.
+    """
+
+
+def _port(v: Any) -> Optional[str]:
+    if type(v) is int and 0 <= v <= 65535:
+        return None
+    return "a port number from 0 to 65535"
+
+
+def _positive(v: Any) -> Optional[str]:
+    if type(v) in (int, float) and v > 0:
+        return None
+    return "a number of seconds greater than 0"
+
+
+def _optional_positive(v: Any) -> Optional[str]:
+    return None if v is None else _positive(v)
+
+
+def _count(v: Any) -> Optional[str]:
+    if type(v) is int and v >= 1:
+        return None
+    return "a whole number of at least 1"
+
+
+def _text(v: Any) -> Optional[str]:
+    return None if isinstance(v, str) else "a string"
+
+
+def _optional_text(v: Any) -> Optional[str]:
+    if v is None or (isinstance(v, str) and v):
+        return None
+    return "a non-empty string or None"
+
+
+def _bool(v: Any) -> Optional[str]:
+    return None if type(v) is bool else "True or False"
+
+
+def _api(v: Any) -> Optional[str]:
+    return None if v in ("v1.1", "v2") else '"v1.1" or "v2"'
+
+
+def _networks(v: Any) -> Optional[str]:
+    expected = 'a list of addresses or networks, e.g. ["192.168.1.0/24"]'
+    if not isinstance(v, (list, tuple)):
+        return expected
+    for item in v:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except (TypeError, ValueError):
+            return expected
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Setting:
+    default: Any
+    check: Callable[[Any], Optional[str]]
+
+
+TWEET_PLUGGED_IN = "Look at that, my #craplab #smartplug just got plugged in!"
+TWEET_UNPLUGGED = "It was fun while it lasted. I unplugged my #craplab #smartplug."
+
+# SPEC 8, in its order; the repository's settings.py mirrors this table.
+SETTINGS: dict[str, _Setting] = {
+    "WWW_SERVER_PORT": _Setting(9000, _port),
+    "WS_SERVER_PORT": _Setting(9001, _port),
+    "DEVICE_SERVER_PORT": _Setting(6661, _port),
+    "LISTEN_ADDRESS": _Setting("0.0.0.0", _text),
+    "AUTH_SECRET": _Setting(None, _optional_text),
+    "DEVICE_AUTH_TIMEOUT": _Setting(10, _positive),
+    "DEVICE_IDLE_TIMEOUT": _Setting(30, _positive),
+    "API_KEY": _Setting(None, _optional_text),
+    "INFO_INTERVAL": _Setting(5, _positive),
+    "TWITTER_ENABLED": _Setting(False, _bool),
+    "CONSUMER_KEY": _Setting("", _text),
+    "CONSUMER_SECRET": _Setting("", _text),
+    "ACCESS_TOKEN_KEY": _Setting("", _text),
+    "ACCESS_TOKEN_SECRET": _Setting("", _text),
+    "TWEET_PLUGGED_IN": _Setting(TWEET_PLUGGED_IN, _text),
+    "TWEET_UNPLUGGED": _Setting(TWEET_UNPLUGGED, _text),
+    "TWITTER_API": _Setting("v1.1", _api),
+    "TWITTER_API_URL": _Setting("https://api.twitter.com", _text),
+    "TLS_CERT_FILE": _Setting(None, _optional_text),
+    "TLS_KEY_FILE": _Setting(None, _optional_text),
+    "BAN_AFTER": _Setting(3, _count),
+    "BAN_SECONDS": _Setting(60, _positive),
+    "BAN_ALLOW": _Setting((), _networks),
+    "STATE_DB": _Setting("smartplug.sqlite", _optional_text),
+    "HISTORY_KEEP": _Setting(10000, _count),
+    "BACKUP_INTERVAL": _Setting(None, _optional_positive),
+    "BACKUP_KEEP": _Setting(7, _count),
+    "MAX_CONNECTIONS": _Setting(10000, _count),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """
+    Every setting of SPEC 8, validated; immutable once loaded.
+
+    C{path} is the file the values came from, or C{None} for built-in
+    defaults.
+    """
+
+    WWW_SERVER_PORT: int
+    WS_SERVER_PORT: int
+    DEVICE_SERVER_PORT: int
+    LISTEN_ADDRESS: str
+    AUTH_SECRET: Optional[str]
+    DEVICE_AUTH_TIMEOUT: float
+    DEVICE_IDLE_TIMEOUT: float
+    API_KEY: Optional[str]
+    INFO_INTERVAL: float
+    TWITTER_ENABLED: bool
+    CONSUMER_KEY: str
+    CONSUMER_SECRET: str
+    ACCESS_TOKEN_KEY: str
+    ACCESS_TOKEN_SECRET: str
+    TWEET_PLUGGED_IN: str
+    TWEET_UNPLUGGED: str
+    TWITTER_API: str
+    TWITTER_API_URL: str
+    TLS_CERT_FILE: Optional[str]
+    TLS_KEY_FILE: Optional[str]
+    BAN_AFTER: int
+    BAN_SECONDS: float
+    BAN_ALLOW: tuple
+    STATE_DB: Optional[str]
+    HISTORY_KEEP: int
+    BACKUP_INTERVAL: Optional[float]
+    BACKUP_KEEP: int
+    MAX_CONNECTIONS: int
+    path: Optional[str] = None
+
+    def __repr__(self) -> str:
+        # Secrets must never reach a log through a stray repr().
+        return f"<Settings from {self.path or 'built-in defaults'}>"
+
+
+def settings_from(values: dict[str, Any], path: Optional[str] = None) -> Settings:
+    """
+    Validate C{values} (UPPER_CASE names only) over the defaults.
+
+    @raise ConfigError: for an unknown name or a value of the wrong type.
+    """
+    where = path or "settings"
+    merged = {name: s.default for name, s in SETTINGS.items()}
+    for name, value in values.items():
+        if name not in SETTINGS:
+            close = difflib.get_close_matches(name, SETTINGS, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ConfigError(f"{where}: unknown setting {name}{hint}")
+        problem = SETTINGS[name].check(value)
+        if problem:
+            raise ConfigError(
+                f"{where}: {name} must be {problem}, not {_describe(name, value)}"
+            )
+        merged[name] = value
+    merged["BAN_ALLOW"] = tuple(merged["BAN_ALLOW"])
+    return Settings(path=path, **merged)
+
+
+def _describe(name: str, value: Any) -> str:
+    # Never echo the value of a setting that may hold a secret.
+    if name in ("AUTH_SECRET", "API_KEY") or name.endswith(("_SECRET", "_KEY")):
+        return f"a value of type {type(value).__name__}"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def load(path: Optional[str] = None) -> Settings:
+    """
+    Load settings from C{path}.
+
+    With C{path=None}, C{./settings.py} is used if it exists, else the
+    built-in defaults.  An explicit path that does not exist is an error.
+    """
+    if path is None:
+        if not os.path.exists(DEFAULT_PATH):
+            return settings_from({})
+        path = DEFAULT_PATH
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: no such settings file")
+    try:
+        namespace = runpy.run_path(path, run_name="smartplug_settings")
+    except SyntaxError as e:
+        raise ConfigError(f"{path} line {e.lineno}: {e.msg}") from None
+    except Exception as e:
+        line = _line_in(path, e.__traceback__)
+        raise ConfigError(
+            f"{path}{line}: {type(e).__name__}: {e}".rstrip(": ")
+        ) from None
+    values = {k: v for k, v in namespace.items() if _UPPER.match(k)}
+    return settings_from(values, path)
+
+
+def _line_in(path: str, tb) -> str:
+    """
+    The line of C{path} in traceback C{tb}, as C{" line N"}, or "".
+    """
+    target = os.path.abspath(path)
+    line = ""
+    while tb is not None:
+        if os.path.abspath(tb.tb_frame.f_code.co_filename) == target:
+            line = f" line {tb.tb_lineno}"
+        tb = tb.tb_next
+    return line

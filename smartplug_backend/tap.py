@@ -1,0 +1,74 @@
+"""
+C{twistd smartplug}: command-line options and the wiring of every part.
+
+Nothing here does work of its own; it builds the parts and connects them.
+"""
+
+from twisted.application.service import MultiService
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.threadpool import ThreadPool
+
+from . import config
+from .apps import AppFactory
+from .channel import ThreadPoolService, make_site
+from .hub import Hub
+from .listeners import ListenerService, endpoint_description, fail
+from .web import Bridge, make_app
+
+_log = Logger(namespace="smartplug_backend")
+
+
+class Options(usage.Options):
+    """
+    Options of C{twistd smartplug}.
+    """
+
+    synopsis = "[--settings PATH] [--www ENDPOINT] [--ws ENDPOINT] [--device ENDPOINT]"
+    longdesc = (
+        "Serve the SmartPlug HTTP API, the app WebSocket and the device WebSocket. "
+        "ENDPOINT is a Twisted endpoint description such as "
+        "tcp:9000:interface=127.0.0.1; it overrides the port in the settings file."
+    )
+    optParameters = [
+        ["settings", "s", None, "Settings file (default: ./settings.py if present, else built-in defaults)."],
+        ["www", None, None, "Endpoint for the HTTP API (default: tcp:WWW_SERVER_PORT)."],
+        ["ws", None, None, "Endpoint for the app WebSocket (default: tcp:WS_SERVER_PORT)."],
+        ["device", None, None, "Endpoint for the device WebSocket (default: tcp:DEVICE_SERVER_PORT)."],
+    ]
+
+
+def makeService(options: Options, reactor=None):
+    """
+    Build the whole server as one MultiService.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    try:
+        settings = config.load(options["settings"])
+    except config.ConfigError as e:
+        fail(str(e))
+    _log.info("settings from {where}", where=settings.path or "built-in defaults")
+
+    def endpoint(option: str, port: int) -> str:
+        return options[option] or endpoint_description(port, settings.LISTEN_ADDRESS)
+
+    top = MultiService()
+    hub = Hub(now=reactor.seconds)
+
+    # WSGI gets a pool of its own: the reactor's default pool also serves DNS.
+    wsgi_pool = ThreadPool(minthreads=2, maxthreads=16, name="smartplug-wsgi")
+    ThreadPoolService(wsgi_pool).setServiceParent(top)
+    site = make_site(make_app(hub, Bridge.for_reactor(reactor)), reactor, wsgi_pool)
+    ListenerService("HTTP", reactor, endpoint("www", settings.WWW_SERVER_PORT), site).setServiceParent(top)
+
+    apps = AppFactory(hub)
+    hub.listen(apps.broadcast)
+    ListenerService("app WebSocket", reactor, endpoint("ws", settings.WS_SERVER_PORT), apps).setServiceParent(top)
+
+    if settings.AUTH_SECRET is None:
+        _log.info(
+            "device WebSocket port not opened: set AUTH_SECRET in {where} to enable it",
+            where=settings.path or "settings.py",
+        )
+    return top
