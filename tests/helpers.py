@@ -1,0 +1,143 @@
+"""
+Shared fakes for the trial tests: synchronous threads for WSGI, StubTreq over
+the Bottle app, and WebSocket connections joined in memory with iosim.
+"""
+
+import json
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from treq.testing import StubTreq
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.test.iosim import FakeTransport, connect
+from twisted.web.resource import Resource
+
+from smartplug_backend.channel import make_site
+from smartplug_backend.hub import Hub
+from smartplug_backend.web import Bridge, make_app
+
+PEER = "192.168.1.64"
+
+
+def run_now(f, *args, **kwargs):
+    """
+    A stand-in for a thread hop: run C{f} here and now.
+    """
+    return f(*args, **kwargs)
+
+
+SYNC_BRIDGE = Bridge(call=run_now, later=run_now)
+
+
+class SynchronousThreadPool:
+    """
+    A ThreadPool stand-in for WSGIResource that runs work immediately.
+    """
+
+    def callInThreadWithCallback(self, onResult, f, *args, **kwargs):
+        try:
+            result = f(*args, **kwargs)
+        except BaseException:
+            onResult(False, Failure())
+        else:
+            onResult(True, result)
+
+
+class SynchronousReactor(MemoryReactorClock):
+    """
+    A memory reactor whose callFromThread runs at once, so that
+    blockingCallFromThread and WSGI's hops to the reactor are synchronous.
+    """
+
+    def callFromThread(self, f, *args, **kwargs):
+        f(*args, **kwargs)
+
+
+def http_client(hub: Hub) -> StubTreq:
+    """
+    A treq-like client for the Bottle app over C{hub}, served by the real
+    twisted.web Site and WSGIResource with every thread hop made synchronous.
+    """
+    app = make_app(hub, SYNC_BRIDGE)
+    site = make_site(app, SynchronousReactor(), SynchronousThreadPool())
+    return StubTreq(site.resource)
+
+
+def quiet(factory):
+    """
+    Turn off Autobahn's own timers, which run on the global reactor; tests
+    drive time through the clocks they pass in.
+    """
+    factory.setProtocolOptions(
+        openHandshakeTimeout=0,
+        closeHandshakeTimeout=0,
+        autoPingInterval=0,
+        autoPingTimeout=0,
+    )
+    return factory
+
+
+class RecordingClient(WebSocketClientProtocol):
+    """
+    A WebSocket client that records what happens to it.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.opened = False
+        self.messages: list = []
+        self.closed = None
+
+    def onOpen(self):
+        self.opened = True
+
+    def onMessage(self, payload, isBinary):
+        self.messages.append(payload if not isBinary else ("binary", payload))
+
+    def onClose(self, wasClean, code, reason):
+        self.closed = (code, reason)
+
+    def texts(self) -> list:
+        return [m.decode("utf-8") for m in self.messages if isinstance(m, bytes)]
+
+    def json(self) -> list:
+        return [json.loads(t) for t in self.texts()]
+
+
+def ws_connect(server_factory, path="/", headers=None, peer=PEER, port=50000):
+    """
+    Join a server protocol from C{server_factory} to a L{RecordingClient}
+    in memory.
+
+    @return: C{(client, server, pump)}; call C{pump.flush()} after acting.
+    """
+    quiet(server_factory)
+    address = IPv4Address("TCP", peer, port)
+    server = server_factory.buildProtocol(address)
+    client_factory = quiet(WebSocketClientFactory(f"ws://localhost:9001{path}", headers=headers))
+    client_factory.protocol = RecordingClient
+    client = client_factory.buildProtocol(None)
+    pump = connect(
+        server,
+        FakeTransport(server, isServer=True, peerAddress=address),
+        client,
+        FakeTransport(client, isServer=False),
+    )
+    pump.flush()
+    return client, server, pump
+
+
+def raw_handshake(server_factory, request: bytes, peer=PEER):
+    """
+    Feed the raw bytes C{request} to a new server protocol.
+
+    @return: C{(server, transport)}; C{transport.value()} is the answer.
+    """
+    quiet(server_factory)
+    address = IPv4Address("TCP", peer, 50001)
+    server = server_factory.buildProtocol(address)
+    transport = StringTransport(peerAddress=address)
+    server.makeConnection(transport)
+    server.dataReceived(request)
+    return server, transport

@@ -1,0 +1,143 @@
+"""
+End-to-end harness: the real C{twistd -n smartplug} in a child process, on
+loopback ports the OS picks, read back from its "listening on" log lines.
+
+Waiting is done on log lines with deadlines, never with sleeps.
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+LISTENING = re.compile(r"\] (.+) listening on 127\.0\.0\.1:(\d+)")
+LOOPBACK_ANY_PORT = "tcp:0:interface=127.0.0.1"
+
+
+def twistd_command() -> list:
+    """
+    The twistd of the Python running the tests (the venv's console script).
+    """
+    script = os.path.join(os.path.dirname(sys.executable), "twistd")
+    if os.path.exists(script):
+        return [script]
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+class RunningServer:
+    """
+    One C{twistd -n smartplug} process.
+
+    @ivar ports: listener label -> port, e.g. C{ports["HTTP"]}.
+    @ivar lines: every line the server printed so far.
+    """
+
+    def __init__(self, directory: str, settings: str = "", listeners=("HTTP", "app WebSocket"), args=()):
+        self.directory = directory
+        self.listeners = listeners
+        self.settings_path = os.path.join(directory, "settings.py")
+        with open(self.settings_path, "w") as f:
+            f.write("STATE_DB = None\n" + settings)
+        self.args = list(args)
+        self.lines: list = []
+        self.ports: dict = {}
+        self._changed = threading.Condition()
+        self.process = None
+
+    def start(self, timeout: float = 20) -> "RunningServer":
+        command = twistd_command() + [
+            "-n",
+            "--pidfile=",
+            "smartplug",
+            "--settings",
+            self.settings_path,
+            "--www",
+            LOOPBACK_ANY_PORT,
+            "--ws",
+            LOOPBACK_ANY_PORT,
+            "--device",
+            LOOPBACK_ANY_PORT,
+        ] + self.args
+        self.process = subprocess.Popen(
+            command,
+            cwd=self.directory,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        for label in self.listeners:
+            match = self.wait_for(LISTENING.pattern.replace("(.+)", re.escape(label)), timeout)
+            self.ports[label] = int(match.group(1))
+        return self
+
+    def _read(self) -> None:
+        for raw in self.process.stdout:
+            with self._changed:
+                self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float = 10, start: int = 0):
+        """
+        Wait until a line from index C{start} on matches C{pattern}.
+
+        @return: the match.
+        @raise AssertionError: on timeout or if the server exited first.
+        """
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        seen = start
+        with self._changed:
+            while True:
+                for line in self.lines[seen:]:
+                    found = regex.search(line)
+                    if found:
+                        return found
+                seen = len(self.lines)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (self.process.poll() is not None and seen == len(self.lines)):
+                    raise AssertionError(
+                        f"no log line matching {pattern!r}; server said:\n" + "\n".join(self.lines[-40:])
+                    )
+                self._changed.wait(min(remaining, 0.5))
+
+    def log(self) -> str:
+        with self._changed:
+            return "\n".join(self.lines)
+
+    def stop(self, timeout: float = 10) -> int:
+        """
+        Stop the server as `make stop` does (SIGTERM) and return its exit code.
+        """
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.ports['HTTP']}{path}"
+
+    def ws_url(self, path: str = "/") -> str:
+        return f"ws://127.0.0.1:{self.ports['app WebSocket']}{path}"
+
+
+def start_server(testcase, settings: str = "", **kwargs) -> RunningServer:
+    """
+    Start a server in a fresh temporary directory of C{testcase}; it is
+    stopped when the test ends.
+    """
+    directory = os.path.abspath(testcase.mktemp())
+    os.makedirs(directory)
+    server = RunningServer(directory, settings, **kwargs)
+    testcase.addCleanup(server.stop)
+    return server.start()

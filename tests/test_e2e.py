@@ -1,0 +1,96 @@
+"""
+End-to-end: the real C{twistd -n smartplug}, talked to by independent clients
+(raw sockets, urllib, the websockets library) over loopback.
+"""
+
+import json
+import socket
+import urllib.error
+import urllib.request
+
+from twisted.trial.unittest import TestCase
+from websockets.sync.client import connect as ws_connect
+
+from .server import start_server
+
+FIRMWARE_REQUEST = (
+    b"POST /data HTTP/1.1\nHost: craplab.local\nConnection: close\n"
+    b"Content-Type: application/json\nContent-Length: 32\n\n"
+    b'{"id": "0xb00bf0cc", "value": 1}'
+)
+
+
+def send_and_close(port: int, data: bytes) -> None:
+    """
+    Send C{data} in one write and close at once without reading, as the
+    plug's firmware does.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(data)
+
+
+def http(url: str, body: bytes = None, method: str = None):
+    """
+    One HTTP request; returns C{(status, body bytes)} for any status.
+    """
+    request = urllib.request.Request(url, data=body, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+class CoreEndToEndTests(TestCase):
+    """
+    The faithful core, over real sockets.
+    """
+
+    def setUp(self):
+        self.server = start_server(self)
+
+    def test_firmware_report_reaches_app_byte_for_byte(self):
+        """
+        The firmware's exact bare-LF request, sent by a peer that closes right
+        away, is acted on: a connected app receives the original broadcast
+        bytes, and the plug is listed afterwards.
+        """
+        with ws_connect(self.server.ws_url(), open_timeout=5) as app:
+            self.server.wait_for(r"app connected from 127\.0\.0\.1")
+            send_and_close(self.server.ports["HTTP"], FIRMWARE_REQUEST)
+            self.assertEqual(app.recv(timeout=5), '{"id": "0xb00bf0cc", "value": 1}')
+        self.server.wait_for(r"plug 0xb00bf0cc -> 1 from 127\.0\.0\.1")
+        status, body = http(self.server.url("/plugs/0xb00bf0cc"))
+        self.assertEqual(status, 200)
+        self.assertEqual(json.loads(body)["value"], 1)
+
+    def test_status_request(self):
+        """
+        A PlugBuddy status request gets the plug's state on that connection;
+        an unknown id gets no answer and the connection stays usable.
+        """
+        status, _ = http(self.server.url("/data"), b'{"id": "lamp", "value": 0}')
+        self.assertEqual(status, 200)
+        with ws_connect(self.server.ws_url(), open_timeout=5) as app:
+            app.send('{"status": "nobody"}')
+            app.send('{"status": "lamp"}')
+            self.assertEqual(app.recv(timeout=5), '{"id": "lamp", "value": 0}')
+
+    def test_malformed_input_does_not_stop_service(self):
+        """
+        Malformed HTTP bodies get JSON 400s, malformed app messages are
+        ignored, and afterwards the server still serves both ports.
+        """
+        for body in [b"", b"{", b"[1]", b'{"id": "x", "value": 7}', b"\xff\xfe"]:
+            status, answer = http(self.server.url("/data"), body)
+            self.assertEqual(status, 400, body)
+            self.assertIn("error", json.loads(answer))
+        send_and_close(self.server.ports["HTTP"], b"\x00\x01 garbage \r\n\r\n")
+        with ws_connect(self.server.ws_url(), open_timeout=5) as app:
+            app.send("not json")
+            app.send(b"\x00binary")
+            app.send('{"status": 5}')
+            http(self.server.url("/data"), b'{"id": "after", "value": 1}')
+            self.assertEqual(app.recv(timeout=5), '{"id": "after", "value": 1}')
+        self.assertEqual(http(self.server.url("/")), (200, b"hallo."))
+        self.assertNotIn("Traceback", self.server.log())
