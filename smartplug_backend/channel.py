@@ -14,6 +14,7 @@ L{PatientRequest} keeps the body readable so the report is still acted on.
 """
 
 from twisted.application.service import Service
+from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
@@ -65,12 +66,12 @@ class QuietSite(Site):
 
 class ThreadPoolService(Service):
     """
-    Starts a thread pool with the service and stops it (joining its threads)
-    when the service stops.
+    Starts a thread pool with the service and stops it when the service stops.
     """
 
-    def __init__(self, pool: ThreadPool) -> None:
+    def __init__(self, pool: ThreadPool, reactor) -> None:
         self.pool = pool
+        self._reactor = reactor
 
     def startService(self) -> None:
         super().startService()
@@ -78,7 +79,9 @@ class ThreadPoolService(Service):
 
     def stopService(self):
         super().stopService()
-        self.pool.stop()
+        # Join the workers from another thread: one may be waiting in
+        # blockingCallFromThread for the reactor, which must keep running.
+        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), self.pool.stop)
 
 
 def make_site(app, reactor, pool, timeout: float = 60) -> Site:

@@ -33,6 +33,7 @@ class ListenerService(Service):
         self._description = description
         self._factory = factory
         self.port = None
+        self._report_to = None
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -40,8 +41,24 @@ class ListenerService(Service):
             endpoint = serverFromString(self._reactor, self._description)
         except Exception as e:
             fail(f"{self.label}: bad endpoint {self._description!r}: {e}")
-        d = endpoint.listen(self._factory)
-        d.addCallbacks(self._listening, self._failed)
+        # A TCP listener binds (or fails) at once; raise SystemExit outside
+        # the Deferred, which would otherwise swallow it.
+        problems = []
+        self._report_to = problems
+        endpoint.listen(self._factory).addCallbacks(self._listening, self._cannot_listen)
+        self._report_to = None
+        if problems:
+            fail(problems[0])
+
+    def _cannot_listen(self, failure) -> None:
+        message = f"{self.label}: cannot listen on {self._description}: {failure.getErrorMessage()}"
+        if self._report_to is not None:
+            self._report_to.append(message)
+        else:
+            # Endpoints that bind later (systemd, tor) fail later; without
+            # this listener the server cannot do its job.
+            self._log.critical("{message}; stopping", message=message)
+            self._reactor.stop()
 
     def _listening(self, port) -> None:
         self.port = port
@@ -52,9 +69,6 @@ class ListenerService(Service):
             host=address.host,
             port=address.port,
         )
-
-    def _failed(self, failure) -> None:
-        fail(f"{self.label}: cannot listen on {self._description}: {failure.getErrorMessage()}")
 
     def stopService(self):
         super().stopService()

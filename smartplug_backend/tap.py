@@ -58,7 +58,7 @@ def makeService(options: Options, reactor=None):
 
     # WSGI gets a pool of its own: the reactor's default pool also serves DNS.
     wsgi_pool = ThreadPool(minthreads=2, maxthreads=16, name="smartplug-wsgi")
-    ThreadPoolService(wsgi_pool).setServiceParent(top)
+    ThreadPoolService(wsgi_pool, reactor).setServiceParent(top)
     site = make_site(make_app(hub, Bridge.for_reactor(reactor)), reactor, wsgi_pool)
     ListenerService("HTTP", reactor, endpoint("www", settings.WWW_SERVER_PORT), site).setServiceParent(top)
 

@@ -134,15 +134,8 @@ def make_app(hub, bridge: Bridge) -> bottle.Bottle:
 
     @app.error(500)
     def internal(error):
-        # Bottle has already caught the exception; log it on the reactor
-        # thread and answer without any detail of it.
-        bridge.later(
-            _log.error,
-            "error handling {method} {path}: {exception!r}",
-            method=bottle.request.method,
-            path=bottle.request.path,
-            exception=error.exception,
-        )
+        # Bottle has already written the traceback to wsgi.errors, which
+        # twisted.web logs; the client learns nothing of it.
         return _error_body("internal server error")
 
     return app

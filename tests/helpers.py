@@ -9,7 +9,6 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from treq.testing import StubTreq
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, connect
 from twisted.web.resource import Resource
 
@@ -35,13 +34,8 @@ class SynchronousThreadPool:
     A ThreadPool stand-in for WSGIResource that runs work immediately.
     """
 
-    def callInThreadWithCallback(self, onResult, f, *args, **kwargs):
-        try:
-            result = f(*args, **kwargs)
-        except BaseException:
-            onResult(False, Failure())
-        else:
-            onResult(True, result)
+    def callInThread(self, f, *args, **kwargs):
+        f(*args, **kwargs)
 
 
 class SynchronousReactor(MemoryReactorClock):

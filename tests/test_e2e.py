@@ -94,3 +94,53 @@ class CoreEndToEndTests(TestCase):
             self.assertEqual(app.recv(timeout=5), '{"id": "after", "value": 1}')
         self.assertEqual(http(self.server.url("/")), (200, b"hallo."))
         self.assertNotIn("Traceback", self.server.log())
+
+
+class StartupFailureTests(TestCase):
+    """
+    Start-up problems end twistd with one clear line, not a traceback.
+    """
+
+    def run_twistd(self, settings: str, *args):
+        import os
+        import subprocess
+
+        from .server import twistd_command
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, "settings.py")
+        with open(path, "w") as f:
+            f.write(settings)
+        return subprocess.run(
+            twistd_command() + ["-n", "--pidfile=", "smartplug", "--settings", path] + list(args),
+            cwd=directory, capture_output=True, timeout=60, stdin=subprocess.DEVNULL,
+        )
+
+    def test_unknown_setting(self):
+        """
+        A typo in settings.py exits 1 with one line suggesting the setting.
+        """
+        result = self.run_twistd("AUTH_SECERT = 'x'\n")
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(
+            result.stderr.decode().strip().splitlines()[-1][-50:],
+            "unknown setting AUTH_SECERT; did you mean AUTH_SECRET?"[-50:],
+        )
+        self.assertNotIn(b"Traceback", result.stdout + result.stderr)
+
+    def test_port_in_use(self):
+        """
+        A port that is already taken exits 1 with one line naming it.
+        """
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen(1)
+            port = taken.getsockname()[1]
+            result = self.run_twistd(
+                "STATE_DB = None\n", "--www", f"tcp:{port}:interface=127.0.0.1", "--ws", "tcp:0:interface=127.0.0.1"
+            )
+        output = (result.stdout + result.stderr).decode()
+        self.assertEqual(result.returncode, 1, output)
+        self.assertIn(f"smartplug: HTTP: cannot listen on tcp:{port}:interface=127.0.0.1", output)
+        self.assertNotIn("Traceback", output)

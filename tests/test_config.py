@@ -1,0 +1,156 @@
+"""
+Tests for smartplug_backend.config: loading the settings file.
+"""
+
+import os
+import re
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from smartplug_backend import config
+
+REPO_SETTINGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "settings.py")
+
+
+class LoadTests(SynchronousTestCase):
+    """
+    L{config.load} reads a Python settings file into a frozen Settings.
+    """
+
+    def write(self, text: str) -> str:
+        path = self.mktemp() + ".py"
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_defaults_without_file(self):
+        """
+        With no path and no ./settings.py, every setting has its SPEC 8 default.
+        """
+        cwd = os.getcwd()
+        empty = os.path.abspath(self.mktemp())
+        os.makedirs(empty)
+        os.chdir(empty)
+        self.addCleanup(os.chdir, cwd)
+        settings = config.load()
+        self.assertIsNone(settings.path)
+        self.assertEqual(settings.WWW_SERVER_PORT, 9000)
+        self.assertEqual(settings.WS_SERVER_PORT, 9001)
+        self.assertEqual(settings.DEVICE_SERVER_PORT, 6661)
+        self.assertEqual(settings.LISTEN_ADDRESS, "0.0.0.0")
+        self.assertIsNone(settings.AUTH_SECRET)
+        self.assertEqual(settings.TWITTER_API, "v1.1")
+        self.assertEqual(settings.BAN_ALLOW, ())
+        self.assertEqual(settings.STATE_DB, "smartplug.sqlite")
+
+    def test_override(self):
+        """
+        Names set in the file replace the defaults; others keep them, and
+        lower-case helpers and imports in the file are ignored.
+        """
+        path = self.write(
+            "import os\nport = 1234\nWWW_SERVER_PORT = port\nAUTH_SECRET = 'x' * 3\n"
+            "BAN_ALLOW = ['192.168.1.0/24']\nDEVICE_AUTH_TIMEOUT = 2.5\n"
+        )
+        settings = config.load(path)
+        self.assertEqual(settings.WWW_SERVER_PORT, 1234)
+        self.assertEqual(settings.AUTH_SECRET, "xxx")
+        self.assertEqual(settings.BAN_ALLOW, ("192.168.1.0/24",))
+        self.assertEqual(settings.DEVICE_AUTH_TIMEOUT, 2.5)
+        self.assertEqual(settings.WS_SERVER_PORT, 9001)
+        self.assertEqual(settings.path, path)
+
+    def test_frozen(self):
+        """
+        Settings cannot be changed once loaded.
+        """
+        settings = config.settings_from({})
+        with self.assertRaises(Exception):
+            settings.WWW_SERVER_PORT = 1
+
+    def test_unknown_name_suggests_closest(self):
+        """
+        An unknown UPPER_CASE name is an error that names the closest setting.
+        """
+        path = self.write("WWW_SEVRER_PORT = 80\n")
+        error = self.assertRaises(config.ConfigError, config.load, path)
+        self.assertEqual(str(error), f"{path}: unknown setting WWW_SEVRER_PORT; did you mean WWW_SERVER_PORT?")
+
+    def test_unknown_name_without_close_match(self):
+        """
+        A name like no setting is still an error, without a suggestion.
+        """
+        error = self.assertRaises(config.ConfigError, config.load, self.write("FROBNICATE = 1\n"))
+        self.assertTrue(str(error).endswith("unknown setting FROBNICATE"))
+
+    def test_wrong_types(self):
+        """
+        A value of the wrong type is an error naming the setting and what it
+        expects, on one line.
+        """
+        cases = {
+            "WWW_SERVER_PORT = '9000'": "WWW_SERVER_PORT must be a port number from 0 to 65535",
+            "WS_SERVER_PORT = 70000": "WS_SERVER_PORT must be a port number",
+            "WWW_SERVER_PORT = True": "WWW_SERVER_PORT must be a port number",
+            "TWITTER_ENABLED = 1": "TWITTER_ENABLED must be True or False",
+            "TWITTER_API = 'v3'": 'TWITTER_API must be "v1.1" or "v2"',
+            "DEVICE_IDLE_TIMEOUT = 0": "DEVICE_IDLE_TIMEOUT must be a number of seconds greater than 0",
+            "BAN_ALLOW = ['not an address']": "BAN_ALLOW must be a list of addresses or networks",
+            "BAN_AFTER = 0": "BAN_AFTER must be a whole number of at least 1",
+            "STATE_DB = ''": "STATE_DB must be a non-empty string or None",
+            "BACKUP_INTERVAL = 'daily'": "BACKUP_INTERVAL must be a number of seconds",
+        }
+        for line, expected in cases.items():
+            error = self.assertRaises(config.ConfigError, config.load, self.write(line + "\n"))
+            self.assertIn(expected, str(error), line)
+            self.assertNotIn("\n", str(error))
+
+    def test_secret_values_not_echoed(self):
+        """
+        A wrong-typed secret is reported without its value.
+        """
+        error = self.assertRaises(config.ConfigError, config.load, self.write("CONSUMER_SECRET = 12345678\n"))
+        self.assertNotIn("12345678", str(error))
+        self.assertIn("CONSUMER_SECRET must be a string", str(error))
+
+    def test_repr_hides_values(self):
+        """
+        The repr of Settings shows where they came from, never their values.
+        """
+        settings = config.settings_from({"AUTH_SECRET": "hunter2"}, "s.py")
+        self.assertEqual(repr(settings), "<Settings from s.py>")
+
+    def test_syntax_error_is_one_line(self):
+        """
+        A syntax error in the file names the file and line.
+        """
+        error = self.assertRaises(config.ConfigError, config.load, self.write("A = 1\nB = (\n"))
+        self.assertRegex(str(error), r"\.py line \d+: ")
+
+    def test_exception_in_file_is_one_line(self):
+        """
+        An exception raised by the file's code names the file, line and error.
+        """
+        path = self.write("X = 1\nWWW_SERVER_PORT = int('nine')\n")
+        error = self.assertRaises(config.ConfigError, config.load, path)
+        self.assertRegex(str(error), r"\.py line 2: ValueError: invalid literal")
+
+    def test_missing_explicit_file(self):
+        """
+        An explicit path that does not exist is an error, not the defaults.
+        """
+        error = self.assertRaises(config.ConfigError, config.load, "/nonexistent/settings.py")
+        self.assertEqual(str(error), "/nonexistent/settings.py: no such settings file")
+
+    def test_repository_settings_list_every_setting_with_default(self):
+        """
+        The repository's settings.py sets every known setting, each to its
+        default, each with a comment.
+        """
+        with open(REPO_SETTINGS) as f:
+            text = f.read()
+        settings = config.load(REPO_SETTINGS)
+        for name, setting in config.SETTINGS.items():
+            self.assertRegex(text, re.compile(rf"^{name} = .+  # \S", re.MULTILINE), name)
+            expected = tuple(setting.default) if name == "BAN_ALLOW" else setting.default
+            self.assertEqual(getattr(settings, name), expected, name)

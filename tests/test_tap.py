@@ -1,0 +1,91 @@
+"""
+Tests for C{twistd smartplug}: the plugin, its options and the wiring.
+"""
+
+import io
+import subprocess
+import sys
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from smartplug_backend import tap
+
+from .helpers import SynchronousReactor
+from .server import twistd_command
+
+
+class PluginTests(SynchronousTestCase):
+    """
+    twistd finds the plugin as installed.
+    """
+
+    def test_twistd_help_lists_smartplug(self):
+        """
+        C{twistd --help} lists the smartplug plugin.
+        """
+        out = subprocess.run(twistd_command() + ["--help"], capture_output=True, timeout=60).stdout
+        self.assertRegex(out.decode(), r"\n\s+smartplug\s+SmartPlug HTTP API")
+
+    def test_smartplug_help(self):
+        """
+        C{twistd smartplug --help} documents every option.
+        """
+        out = subprocess.run(twistd_command() + ["smartplug", "--help"], capture_output=True, timeout=60).stdout.decode()
+        for option in ["--settings", "--www", "--ws", "--device"]:
+            self.assertIn(option, out)
+
+
+class MakeServiceTests(SynchronousTestCase):
+    """
+    makeService wires listeners from settings and endpoint options.
+    """
+
+    def make(self, args, settings_text="STATE_DB = None\n"):
+        path = self.mktemp() + ".py"
+        with open(path, "w") as f:
+            f.write(settings_text)
+        options = tap.Options()
+        options.parseOptions(["--settings", path] + args)
+        reactor = SynchronousReactor()
+        service = tap.makeService(options, reactor=reactor)
+        # Listeners bind in privilegedStartService; startService would only
+        # start the WSGI thread pool, which these tests do not need.
+        service.privilegedStartService()
+        return reactor
+
+    def test_ports_from_settings(self):
+        """
+        Without endpoint options, HTTP and app WebSocket listen on the
+        settings' ports and address; no device port without AUTH_SECRET.
+        """
+        reactor = self.make([], "WWW_SERVER_PORT = 8000\nWS_SERVER_PORT = 8001\nLISTEN_ADDRESS = '127.0.0.1'\n")
+        self.assertEqual(sorted((p[0], p[3]) for p in reactor.tcpServers), [(8000, "127.0.0.1"), (8001, "127.0.0.1")])
+
+    def test_endpoint_options_override(self):
+        """
+        --www and --ws endpoint descriptions replace the settings' ports.
+        """
+        reactor = self.make(["--www", "tcp:7000:interface=127.0.0.2", "--ws", "tcp:7001"])
+        self.assertEqual(sorted((p[0], p[3]) for p in reactor.tcpServers), [(7000, "127.0.0.2"), (7001, "")])
+
+    def test_bad_settings_one_line(self):
+        """
+        A bad settings file stops start-up with one line on stderr naming
+        the problem, and no traceback.
+        """
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        error = self.assertRaises(SystemExit, self.make, [], "WS_SERVER_PORT = 'x'\n")
+        self.assertEqual(error.code, 1)
+        self.assertEqual(stderr.getvalue().count("\n"), 1)
+        self.assertIn("WS_SERVER_PORT must be a port number", stderr.getvalue())
+
+    def test_bad_endpoint_one_line(self):
+        """
+        An unparseable endpoint description stops start-up with one line.
+        """
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        error = self.assertRaises(SystemExit, self.make, ["--www", "carrier-pigeon:9"])
+        self.assertEqual(error.code, 1)
+        self.assertIn("HTTP: bad endpoint 'carrier-pigeon:9'", stderr.getvalue())

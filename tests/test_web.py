@@ -1,0 +1,146 @@
+"""
+Tests for the HTTP API (smartplug_backend.web) through the real Site and
+WSGIResource, with StubTreq and synchronous thread hops.
+"""
+
+import json
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from smartplug_backend.hub import Hub
+
+from .helpers import http_client
+
+
+class HTTPTests(SynchronousTestCase):
+    """
+    Every route of SPEC 1 with good and bad input.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.hub = Hub(now=self.clock.seconds)
+        self.reports = []
+        self.hub.listen(self.reports.append)
+        self.client = http_client(self.hub)
+
+    def request(self, method, path, body=None, headers=None):
+        """
+        Make a request; return C{(status, headers, body bytes)}.
+        """
+        response = self.successResultOf(
+            self.client.request(method, "http://smartplug.test" + path, data=body, headers=headers)
+        )
+        content = self.successResultOf(response.content())
+        return response.code, response.headers, content
+
+    def assertJSONError(self, answer, status, fragment):
+        code, headers, body = answer
+        self.assertEqual(code, status)
+        self.assertEqual(headers.getRawHeaders("content-type"), ["application/json"])
+        error = json.loads(body)
+        self.assertEqual(list(error), ["error"])
+        self.assertIn(fragment, error["error"])
+        self.assertNotIn(b"Traceback", body)
+
+    def test_index(self):
+        """
+        GET / says hallo., as the original did.
+        """
+        code, _, body = self.request("GET", "/")
+        self.assertEqual((code, body), (200, b"hallo."))
+
+    def test_post_data(self):
+        """
+        A valid report answers 200 {} as JSON and reaches the hub.
+        """
+        code, headers, body = self.request("POST", "/data", b'{"id": "0xb00bf0cc", "value": 1}')
+        self.assertEqual((code, body), (200, b"{}"))
+        self.assertEqual(headers.getRawHeaders("content-type"), ["application/json"])
+        self.assertEqual(self.hub.plug("0xb00bf0cc").value, 1)
+        self.assertEqual(self.reports[0].source, "http")
+
+    def test_post_data_any_content_type(self):
+        """
+        The body is read as JSON whatever the Content-Type says.
+        """
+        code, _, _ = self.request(
+            "POST", "/data", b'{"id": "a", "value": false}',
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        self.assertEqual(code, 200)
+        self.assertEqual(self.hub.plug("a").value, 0)
+
+    def test_bad_reports_change_nothing(self):
+        """
+        Malformed JSON, missing or wrong id/value and empty bodies get a JSON
+        400 naming the problem, and reach no listener.
+        """
+        for body, fragment in [
+            (b"", "empty body"),
+            (b"{nope", "not valid JSON"),
+            (b'{"value": 1}', "id"),
+            (b'{"id": "a"}', "value"),
+            (b'{"id": "a", "value": 3}', "value"),
+            (b'{"id": ["a"], "value": 1}', "id"),
+        ]:
+            self.assertJSONError(self.request("POST", "/data", body), 400, fragment)
+        self.assertEqual((self.reports, self.hub.plugs()), ([], []))
+
+    def test_body_too_large(self):
+        """
+        A body over 64 KiB gets a JSON 413 and changes nothing.
+        """
+        body = b'{"id": "a", "value": 1, "pad": "' + b"x" * (64 * 1024) + b'"}'
+        self.assertJSONError(self.request("POST", "/data", body), 413, "too large")
+        self.assertEqual(self.reports, [])
+
+    def test_plugs(self):
+        """
+        GET /plugs lists every plug with id, value and updated_at.
+        """
+        self.assertEqual(json.loads(self.request("GET", "/plugs")[2]), [])
+        self.clock.advance(60)
+        self.request("POST", "/data", b'{"id": "a", "value": 1}')
+        self.request("POST", "/data", b'{"id": "b", "value": 0}')
+        code, headers, body = self.request("GET", "/plugs")
+        self.assertEqual(code, 200)
+        self.assertEqual(headers.getRawHeaders("content-type"), ["application/json"])
+        self.assertEqual(
+            json.loads(body),
+            [
+                {"id": "a", "value": 1, "updated_at": "1970-01-01T00:01:00.000Z"},
+                {"id": "b", "value": 0, "updated_at": "1970-01-01T00:01:00.000Z"},
+            ],
+        )
+
+    def test_one_plug(self):
+        """
+        GET /plugs/<id> answers the plug, or a JSON 404 naming the id.
+        """
+        self.request("POST", "/data", b'{"id": "a", "value": 1}')
+        code, _, body = self.request("GET", "/plugs/a")
+        self.assertEqual((code, json.loads(body)["value"]), (200, 1))
+        self.assertJSONError(self.request("GET", "/plugs/zzz"), 404, "zzz")
+
+    def test_unknown_path_and_wrong_method(self):
+        """
+        Unknown paths get a JSON 404 and wrong methods a JSON 405.
+        """
+        self.assertJSONError(self.request("GET", "/nowhere"), 404, "/nowhere")
+        self.assertJSONError(self.request("GET", "/data"), 405, "GET")
+        self.assertJSONError(self.request("DELETE", "/plugs"), 405, "DELETE")
+
+    def test_internal_error_has_no_traceback(self):
+        """
+        If the hub fails, the answer is a JSON 500 without details, and the
+        failure is logged.
+        """
+        def broken(*args):
+            raise RuntimeError("secret internals")
+
+        self.hub.plugs = broken
+        code, _, body = self.request("GET", "/plugs")
+        self.assertJSONError((code, _, body), 500, "internal server error")
+        self.assertNotIn(b"secret internals", body)
