@@ -95,6 +95,47 @@ class CoreEndToEndTests(TestCase):
         self.assertEqual(http(self.server.url("/")), (200, b"hallo."))
         self.assertNotIn("Traceback", self.server.log())
 
+    def test_android_client_handshake(self):
+        """
+        Autobahn|Android 0.5.0's handshake (stray LF after the key, Host
+        naming the phone-side port) over a raw socket gets 101 and then the
+        answer to a status request.
+        """
+        http(self.server.url("/data"), b'{"id": "p", "value": 1}')
+        with socket.create_connection(("127.0.0.1", self.server.ports["app WebSocket"]), timeout=5) as s:
+            s.sendall(
+                b"GET / HTTP/1.1\r\nHost: 192.168.1.10:80\r\nUpgrade: WebSocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\n\r\n"
+                b"Sec-WebSocket-Version: 13\r\n\r\n"
+            )
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                answer += s.recv(4096)
+            head, _, rest = answer.partition(b"\r\n\r\n")
+            self.assertTrue(head.startswith(b"HTTP/1.1 101 "), head)
+            self.assertIn(b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", head)
+            payload = b'{"status": "p"}'
+            mask = b"\x01\x02\x03\x04"
+            masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+            s.sendall(b"\x81" + bytes([0x80 | len(payload)]) + mask + masked)
+            expected = b'{"id": "p", "value": 1}'
+            while len(rest) < 2 + len(expected):
+                rest += s.recv(4096)
+            self.assertEqual(rest, b"\x81" + bytes([len(expected)]) + expected)
+
+    def test_sigterm_shuts_down_cleanly(self):
+        """
+        SIGTERM (what `make stop` sends) shuts the server down in order, with
+        an app still connected and no traceback in its log; twistd then ends
+        by the same signal, as Twisted does.
+        """
+        import signal
+
+        with ws_connect(self.server.ws_url(), open_timeout=5):
+            self.assertEqual(self.server.stop(), -signal.SIGTERM)
+        self.assertIn("Server Shut Down.", self.server.log())
+        self.assertNotIn("Traceback", self.server.log())
+
 
 class StartupFailureTests(TestCase):
     """
@@ -144,3 +185,52 @@ class StartupFailureTests(TestCase):
         self.assertEqual(result.returncode, 1, output)
         self.assertIn(f"smartplug: HTTP: cannot listen on tcp:{port}:interface=127.0.0.1", output)
         self.assertNotIn("Traceback", output)
+
+
+class DaemonTests(TestCase):
+    """
+    C{twistd smartplug} without -n daemonises with a pid file, as
+    C{make start} runs it, and C{kill $(cat twistd.pid)} stops it.
+    """
+
+    def test_start_and_stop_daemon(self):
+        """
+        The daemon writes its pid file, serves HTTP on the port its log
+        names, and exits when sent SIGTERM, removing the pid file.
+        """
+        import os
+        import re
+        import select
+        import signal
+        import subprocess
+
+        from .server import twistd_command
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        with open(os.path.join(directory, "settings.py"), "w") as f:
+            f.write("STATE_DB = None\n")
+        pidfile, logfile = os.path.join(directory, "twistd.pid"), os.path.join(directory, "twistd.log")
+        started = subprocess.run(
+            twistd_command() + ["--pidfile", pidfile, "--logfile", logfile, "smartplug",
+                                "--www", "tcp:0:interface=127.0.0.1", "--ws", "tcp:0:interface=127.0.0.1"],
+            cwd=directory, capture_output=True, timeout=60, stdin=subprocess.DEVNULL,
+        )
+        self.assertEqual(started.returncode, 0, started.stderr)
+        with open(pidfile) as f:
+            pid = int(f.read())
+        watch = os.pidfd_open(pid)
+        self.addCleanup(os.close, watch)
+
+        def kill():
+            if not select.select([watch], [], [], 0)[0]:
+                os.kill(pid, signal.SIGKILL)
+
+        self.addCleanup(kill)
+        # twistd's parent returns only once the daemon has started its services.
+        with open(logfile) as f:
+            port = int(re.search(r"HTTP listening on 127\.0\.0\.1:(\d+)", f.read()).group(1))
+        self.assertEqual(http(f"http://127.0.0.1:{port}/"), (200, b"hallo."))
+        os.kill(pid, signal.SIGTERM)
+        self.assertEqual(select.select([watch], [], [], 20)[0], [watch], "daemon did not exit")
+        self.assertFalse(os.path.exists(pidfile))
