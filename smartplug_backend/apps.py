@@ -74,6 +74,7 @@ class AppFactory(WebSocketServerFactory):
     """
 
     protocol = AppProtocol
+    noisy = False  # ListenerService logs where it listens, readably
 
     def __init__(self, hub, url=None) -> None:
         super().__init__(url)

@@ -59,6 +59,7 @@ class QuietSite(Site):
 
     protocol = LenientHTTPChannel
     requestFactory = PatientRequest
+    noisy = False  # ListenerService logs where it listens, readably
 
     def log(self, request) -> None:
         pass

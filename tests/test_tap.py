@@ -26,6 +26,30 @@ class PluginTests(SynchronousTestCase):
         out = subprocess.run(twistd_command() + ["--help"], capture_output=True, timeout=60).stdout
         self.assertRegex(out.decode(), r"\n\s+smartplug\s+SmartPlug HTTP API")
 
+    def test_plain_install_ships_plugin(self):
+        """
+        A normal (non-editable) install puts the plugin where twistd finds it.
+        """
+        import os
+
+        source = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        target = os.path.abspath(self.mktemp())
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+             "--disable-pip-version-check", "--target", target, source],
+            check=True, capture_output=True, timeout=300,
+        )
+        self.assertTrue(os.path.isfile(os.path.join(target, "twisted", "plugins", "smartplug_plugin.py")))
+        self.assertFalse(os.path.exists(os.path.join(target, "twisted", "plugins", "__init__.py")))
+        # Run from the install's own directory so that the source tree's
+        # twisted/plugins is not what twistd finds.
+        out = subprocess.run(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "--help"],
+            capture_output=True, timeout=60, cwd=target,
+            env=dict(os.environ, PYTHONPATH=target, PYTHONSAFEPATH="1"),
+        ).stdout
+        self.assertIn(b"smartplug", out)
+
     def test_smartplug_help(self):
         """
         C{twistd smartplug --help} documents every option.
