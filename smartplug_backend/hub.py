@@ -1,18 +1,25 @@
 """
 The hub: the one object that holds the server's state (SPEC 7).
 
-It lives on the reactor thread and knows nothing of Bottle, Autobahn or
-threads.  Protocols call it; listeners subscribe to its changes (the app
-WebSocket broadcast, tweets, pub/sub, storage) and are called in the order
+It lives on the reactor thread and knows nothing of Bottle, Autobahn,
+threads or SQLite.  Protocols call it; listeners subscribe to its changes
+(the app WebSocket broadcast, tweets, pub/sub) and are called in the order
 they subscribed.  A listener that fails is logged and the others still run.
+
+Every report is first recorded in the hub's journal (L{journal.Journal}); only
+once the journal has it does the hub change its state and tell the listeners.
+A report the journal refuses changes nothing and reaches no one.
 """
 
 import dataclasses
 import time
 from datetime import datetime, timezone
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
+
+from .journal import Journal, MemoryJournal, StoreFailed
 
 
 def utc_rfc3339(seconds: float) -> str:
@@ -69,14 +76,25 @@ class Hub:
     The plugs' state, owned by the reactor thread.
 
     @param now: returns the current time in seconds (a clock's C{seconds}).
+    @param journal: where reports are recorded before they are accepted;
+        by default a L{MemoryJournal}, which keeps nothing across restarts.
     """
 
     _log = Logger()
 
-    def __init__(self, now: Callable[[], float] = time.time) -> None:
+    def __init__(self, now: Callable[[], float] = time.time, journal: Optional[Journal] = None) -> None:
         self._now = now
+        self._journal = MemoryJournal() if journal is None else journal
         self._plugs: dict[str, Plug] = {}
         self._listeners: list[Listener] = []
+
+    def restore(self, plugs: Iterable[Plug]) -> None:
+        """
+        Take C{plugs} (in first-report order) as the known state, as loaded
+        from the store at start-up; no listener is told.
+        """
+        for plug in plugs:
+            self._plugs[plug.id] = plug
 
     def listen(self, listener: Listener) -> Callable[[], None]:
         """
@@ -87,16 +105,47 @@ class Hub:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
-    def report(self, plug_id: str, value: int, source: str, peer: str) -> Report:
+    def report(self, plug_id: str, value: int, source: str, peer: str) -> Deferred:
         """
-        Record a validated report and tell every listener.
+        Record a validated report in the journal, then take it as the plug's
+        state and tell every listener.
+
+        With the in-memory journal all of that happens before this returns.
+
+        @return: a Deferred that fires with the L{Report}, or with C{None}
+            when the journal could not record it (already logged here; the
+            state is unchanged).  It never fails, so callers that do not
+            care (the device port) may drop it.
         """
-        old = self._plugs.get(plug_id)
         plug = Plug(plug_id, value, self._now())
-        self._plugs[plug_id] = plug
+        saved = maybeDeferred(self._journal.save_report, plug_id, value, plug.updated_at, source)
+        return saved.addCallbacks(
+            lambda _: self._accept(plug, source, peer),
+            self._not_saved,
+            errbackArgs=(plug, peer),
+        )
+
+    def _not_saved(self, failure, plug: Plug, peer: str) -> None:
+        if failure.check(StoreFailed):
+            self._log.error(
+                "report plug {plug_id} -> {value} from {peer} refused: state store cannot write: {why}",
+                plug_id=plug.id, value=plug.value, peer=peer, why=failure.getErrorMessage(),
+            )
+        else:
+            self._log.failure(
+                "report plug {plug_id} -> {value} from {peer} refused: state store failed",
+                failure, plug_id=plug.id, value=plug.value, peer=peer,
+            )
+        return None
+
+    def _accept(self, plug: Plug, source: str, peer: str) -> Report:
+        # The journal answers in call order, so reports of one plug are
+        # accepted in the order they arrived and "previous" is right.
+        old = self._plugs.get(plug.id)
+        self._plugs[plug.id] = plug
         report = Report(plug, old.value if old else None, source, peer)
         self._log.info(
-            "plug {plug_id} -> {value} from {peer}", plug_id=plug_id, value=value, peer=peer
+            "plug {plug_id} -> {value} from {peer}", plug_id=plug.id, value=plug.value, peer=peer
         )
         for listener in list(self._listeners):
             try:
@@ -116,3 +165,14 @@ class Hub:
         Every known plug, in the order they first reported.
         """
         return list(self._plugs.values())
+
+    def history(self, plug_id: str, limit: int) -> Deferred:
+        """
+        The plug's recorded reports, newest first.
+
+        @return: a Deferred firing with at most C{limit}
+            L{journal.HistoryEntry}s, or with C{None} for an unknown plug.
+        """
+        if plug_id not in self._plugs:
+            return succeed(None)
+        return self._journal.history(plug_id, limit)

@@ -15,9 +15,12 @@ import bottle
 from twisted.internet.threads import blockingCallFromThread
 from twisted.logger import Logger
 
+from .hub import utc_rfc3339
 from .reports import InvalidReport, parse_report
 
 MAX_BODY = 64 * 1024
+DEFAULT_HISTORY = 100
+MAX_HISTORY = 1_000_000
 
 _log = Logger(namespace="smartplug_backend.web")
 
@@ -108,7 +111,11 @@ def make_app(hub, bridge: Bridge) -> bottle.Bottle:
         except InvalidReport as e:
             return rejected(400, str(e))
         peer = bottle.request.remote_addr or "?"
-        bridge.call(hub.report, plug_id, value, "http", peer)
+        # hub.report answers once the report is committed, so a 200 means
+        # it survives a kill -9; None means the store refused it (and the
+        # hub has logged why).
+        if bridge.call(hub.report, plug_id, value, "http", peer) is None:
+            return _error(503, "state store cannot write: report not recorded")
         return _json(200, {})
 
     @app.get("/plugs")
@@ -121,6 +128,17 @@ def make_app(hub, bridge: Bridge) -> bottle.Bottle:
         if found is None:
             return _error(404, f"unknown plug id: {plug_id}")
         return _json(200, found.as_json())
+
+    @app.get("/plugs/<plug_id>/history")
+    def history(plug_id):
+        try:
+            limit = parse_limit(bottle.request.query.get("limit"))
+        except ValueError as e:
+            return rejected(400, str(e))
+        entries = bridge.call(hub.history, plug_id, limit)
+        if entries is None:
+            return _error(404, f"unknown plug id: {plug_id}")
+        return _json(200, [{"value": e.value, "at": utc_rfc3339(e.at)} for e in entries])
 
     @app.error(404)
     def not_found(error):
@@ -139,6 +157,21 @@ def make_app(hub, bridge: Bridge) -> bottle.Bottle:
         return _error_body("internal server error")
 
     return app
+
+
+def parse_limit(text) -> int:
+    """
+    The C{limit} query parameter of the history route: absent means
+    L{DEFAULT_HISTORY}; otherwise a whole number from 1 to L{MAX_HISTORY}.
+
+    @raise ValueError: with a message for the client.
+    """
+    if text is None:
+        return DEFAULT_HISTORY
+    # Length first: int() of a huge digit string is slow, then refused.
+    if not (len(text) <= 7 and text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_HISTORY:
+        raise ValueError(f"limit must be a whole number from 1 to {MAX_HISTORY}")
+    return int(text)
 
 
 def _error_body(message: str) -> str:

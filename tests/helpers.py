@@ -8,7 +8,9 @@ import json
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from treq.testing import StubTreq
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, connect
 from twisted.web.resource import Resource
 
@@ -26,7 +28,24 @@ def run_now(f, *args, **kwargs):
     return f(*args, **kwargs)
 
 
-SYNC_BRIDGE = Bridge(call=run_now, later=run_now)
+def call_now(f, *args, **kwargs):
+    """
+    A stand-in for C{blockingCallFromThread}: run C{f} here and now, and if
+    it returns a Deferred, its result (which must already be there).
+    """
+    result = f(*args, **kwargs)
+    if isinstance(result, Deferred):
+        outcome = []
+        result.addBoth(outcome.append)
+        if not outcome:
+            raise AssertionError(f"{f!r} returned a Deferred that has not fired")
+        if isinstance(outcome[0], Failure):
+            outcome[0].raiseException()
+        return outcome[0]
+    return result
+
+
+SYNC_BRIDGE = Bridge(call=call_now, later=run_now)
 
 
 class SynchronousThreadPool:

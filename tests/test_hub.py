@@ -2,10 +2,13 @@
 Tests for the hub (smartplug_backend.hub) and report parsing (reports).
 """
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
-from smartplug_backend.hub import Hub, utc_rfc3339
+from smartplug_backend.hub import Hub, Plug, utc_rfc3339
+from smartplug_backend.journal import HistoryEntry, MemoryJournal, StoreFailed
 from smartplug_backend.reports import InvalidReport, broadcast_bytes, parse_report
 
 
@@ -94,6 +97,164 @@ class HubTests(SynchronousTestCase):
         Times are UTC RFC 3339 with milliseconds and Z.
         """
         self.assertEqual(utc_rfc3339(0), "1970-01-01T00:00:00.000Z")
+
+
+class SlowJournal:
+    """
+    A journal whose saves answer only when the test says so.
+
+    @ivar pending: C{(arguments, Deferred)} of every save not yet answered.
+    """
+
+    def __init__(self):
+        self.pending = []
+
+    def save_report(self, plug_id, value, at, source):
+        d = Deferred()
+        self.pending.append(((plug_id, value, at, source), d))
+        return d
+
+    def history(self, plug_id, limit):
+        raise AssertionError("not used")
+
+    def commit(self):
+        """
+        Answer the oldest pending save with success.
+        """
+        self.pending.pop(0)[1].callback(None)
+
+    def refuse(self, why="disk I/O error"):
+        """
+        Answer the oldest pending save with a store failure.
+        """
+        self.pending.pop(0)[1].errback(StoreFailed(why))
+
+
+class JournalTests(SynchronousTestCase):
+    """
+    The hub records a report in its journal first, and only then changes
+    its state and tells its listeners.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(100)
+        self.journal = SlowJournal()
+        self.hub = Hub(now=self.clock.seconds, journal=self.journal)
+        self.seen = []
+        self.hub.listen(lambda r: self.seen.append((r.plug.id, r.plug.value, r.previous, r.source)))
+        self.events = []
+        self.patch(self.hub, "_log", Logger(observer=self.events.append))
+
+    def test_nothing_changes_before_commit(self):
+        """
+        Until the journal has the report, the plug is unknown and no listener
+        heard of it; once it commits, the report is accepted with the time it
+        arrived and the Deferred fires with it.
+        """
+        result = self.hub.report("p", 1, "http", "10.0.0.1")
+        self.assertNoResult(result)
+        self.assertEqual(self.journal.pending[0][0], ("p", 1, 100, "http"))
+        self.assertEqual((self.hub.plug("p"), self.hub.plugs(), self.seen), (None, [], []))
+        self.clock.advance(5)
+        self.journal.commit()
+        report = self.successResultOf(result)
+        self.assertEqual(report.plug, Plug("p", 1, 100))
+        self.assertEqual(self.hub.plug("p"), Plug("p", 1, 100))
+        self.assertEqual(self.seen, [("p", 1, None, "http")])
+
+    def test_commits_accepted_in_order(self):
+        """
+        Reports of one plug in flight together are accepted in the order they
+        arrived, each with the previous value before it.
+        """
+        results = [self.hub.report("p", v, "device", "x") for v in (1, 0, 1)]
+        for _ in results:
+            self.journal.commit()
+        self.assertEqual([self.successResultOf(r).previous for r in results], [None, 1, 0])
+        self.assertEqual(self.seen, [("p", 1, None, "device"), ("p", 0, 1, "device"), ("p", 1, 0, "device")])
+        self.assertEqual(self.hub.plug("p").value, 1)
+
+    def test_refused_report_changes_nothing(self):
+        """
+        A report the store cannot write fires with None, leaves the state as
+        it was, reaches no listener, and is logged with the store's reason.
+        """
+        self.hub.report("p", 1, "http", "x")
+        self.journal.commit()
+        result = self.hub.report("p", 0, "http", "10.0.0.9")
+        self.journal.refuse("database or disk is full")
+        self.assertIsNone(self.successResultOf(result))
+        self.assertEqual(self.hub.plug("p").value, 1)
+        self.assertEqual(self.seen, [("p", 1, None, "http")])
+        errors = [e for e in self.events if e["log_level"].name == "error"]
+        self.assertEqual(len(errors), 1)
+        self.assertEqual(errors[0]["why"], "database or disk is full")
+        self.assertEqual((errors[0]["plug_id"], errors[0]["peer"]), ("p", "10.0.0.9"))
+
+    def test_unexpected_journal_error(self):
+        """
+        A journal that raises instead of answering is logged with its
+        traceback and the report is refused the same way; the Deferred does
+        not fail, so a caller that drops it leaves no unhandled error.
+        """
+        def broken(*args):
+            raise RuntimeError("bug")
+
+        self.patch(self.journal, "save_report", broken)
+        self.assertIsNone(self.successResultOf(self.hub.report("p", 1, "http", "x")))
+        self.assertEqual((self.hub.plugs(), self.seen), ([], []))
+        self.assertEqual([e["log_failure"].type for e in self.events if "log_failure" in e], [RuntimeError])
+
+    def test_restore(self):
+        """
+        restore() takes loaded plugs as the state, in the given order, and
+        tells no listener; a later report knows the restored value.
+        """
+        self.hub.restore([Plug("b", 0, 1.0), Plug("a", 1, 2.0)])
+        self.assertEqual([p.id for p in self.hub.plugs()], ["b", "a"])
+        self.assertEqual(self.seen, [])
+        result = self.hub.report("b", 1, "http", "x")
+        self.journal.commit()
+        self.assertEqual(self.successResultOf(result).previous, 0)
+
+
+class MemoryJournalTests(SynchronousTestCase):
+    """
+    Without a store the hub keeps a bounded history in memory and accepts
+    reports at once, as the original did.
+    """
+
+    def test_report_is_immediate(self):
+        """
+        With the default journal a report is accepted before report() returns.
+        """
+        hub = Hub(now=lambda: 7.0)
+        result = hub.report("p", 1, "http", "x")
+        self.assertEqual(hub.plug("p"), Plug("p", 1, 7.0))
+        self.assertEqual(self.successResultOf(result).plug, Plug("p", 1, 7.0))
+
+    def test_history_newest_first_and_bounded(self):
+        """
+        History lists the newest entries first, at most limit of them, and
+        keeps at most `keep` per plug; other plugs keep their own.
+        """
+        clock = Clock()
+        hub = Hub(now=clock.seconds, journal=MemoryJournal(keep=3))
+        for value in (1, 0, 1, 0, 1):
+            clock.advance(1)
+            hub.report("p", value, "device", "x")
+        hub.report("q", 0, "http", "x")
+        history = self.successResultOf(hub.history("p", 10))
+        self.assertEqual(history, [HistoryEntry(1, 5, "device"), HistoryEntry(0, 4, "device"), HistoryEntry(1, 3, "device")])
+        self.assertEqual(self.successResultOf(hub.history("p", 2)), history[:2])
+        self.assertEqual(self.successResultOf(hub.history("q", 10)), [HistoryEntry(0, 5, "http")])
+
+    def test_history_of_unknown_plug(self):
+        """
+        History of a plug that never reported is None.
+        """
+        self.assertIsNone(self.successResultOf(Hub().history("nope", 10)))
 
 
 class ReportTests(SynchronousTestCase):

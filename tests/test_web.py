@@ -9,21 +9,15 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from smartplug_backend.hub import Hub
+from smartplug_backend.journal import MemoryJournal, StoreFailed
 
 from .helpers import http_client
 
 
-class HTTPTests(SynchronousTestCase):
+class RequestMixin:
     """
-    Every route of SPEC 1 with good and bad input.
+    Requests through StubTreq and checks of JSON errors.
     """
-
-    def setUp(self):
-        self.clock = Clock()
-        self.hub = Hub(now=self.clock.seconds)
-        self.reports = []
-        self.hub.listen(self.reports.append)
-        self.client = http_client(self.hub)
 
     def request(self, method, path, body=None, headers=None):
         """
@@ -43,6 +37,19 @@ class HTTPTests(SynchronousTestCase):
         self.assertEqual(list(error), ["error"])
         self.assertIn(fragment, error["error"])
         self.assertNotIn(b"Traceback", body)
+
+
+class HTTPTests(RequestMixin, SynchronousTestCase):
+    """
+    Every route of SPEC 1 with good and bad input.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.hub = Hub(now=self.clock.seconds)
+        self.reports = []
+        self.hub.listen(self.reports.append)
+        self.client = http_client(self.hub)
 
     def test_index(self):
         """
@@ -144,3 +151,92 @@ class HTTPTests(SynchronousTestCase):
         code, _, body = self.request("GET", "/plugs")
         self.assertJSONError((code, _, body), 500, "internal server error")
         self.assertNotIn(b"secret internals", body)
+
+
+class FillingJournal(MemoryJournal):
+    """
+    An in-memory journal whose disk can fill up: once C{full}, saves fail.
+    """
+
+    full = False
+
+    def save_report(self, plug_id, value, at, source):
+        if self.full:
+            raise StoreFailed("database or disk is full")
+        return super().save_report(plug_id, value, at, source)
+
+
+class StoreHTTPTests(RequestMixin, SynchronousTestCase):
+    """
+    The routes that depend on the journal: 503 when it cannot write, and the
+    history.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.journal = FillingJournal(keep=150)
+        self.hub = Hub(now=self.clock.seconds, journal=self.journal)
+        self.reports = []
+        self.hub.listen(self.reports.append)
+        self.client = http_client(self.hub)
+
+    def report(self, plug_id, value):
+        self.clock.advance(1.5)
+        body = json.dumps({"id": plug_id, "value": value}).encode()
+        self.assertEqual(self.request("POST", "/data", body)[0], 200)
+
+    def test_store_cannot_write(self):
+        """
+        When the store cannot write, POST /data answers a JSON 503 and the
+        plug keeps its old value: no listener hears of the refused report.
+        """
+        self.report("a", 1)
+        self.journal.full = True
+        self.assertJSONError(self.request("POST", "/data", b'{"id": "a", "value": 0}'), 503, "state store cannot write")
+        self.assertEqual(self.hub.plug("a").value, 1)
+        self.assertEqual(len(self.reports), 1)
+        self.assertEqual(json.loads(self.request("GET", "/plugs")[2])[0]["value"], 1)
+
+    def test_history(self):
+        """
+        GET /plugs/<id>/history lists {"value", "at"} newest first, with the
+        same time format as updated_at, and only that plug's reports.
+        """
+        self.report("a", 1)
+        self.report("b", 1)
+        self.report("a", 0)
+        code, headers, body = self.request("GET", "/plugs/a/history")
+        self.assertEqual(code, 200)
+        self.assertEqual(headers.getRawHeaders("content-type"), ["application/json"])
+        self.assertEqual(
+            json.loads(body),
+            [{"value": 0, "at": "1970-01-01T00:00:04.500Z"}, {"value": 1, "at": "1970-01-01T00:00:01.500Z"}],
+        )
+
+    def test_history_limit(self):
+        """
+        Without ?limit= the 100 newest entries are listed; ?limit=N lists the
+        N newest; a limit above the number kept lists all that is kept.
+        """
+        for n in range(120):
+            self.report("a", n % 2)
+        everything = json.loads(self.request("GET", "/plugs/a/history?limit=1000")[2])
+        self.assertEqual(len(everything), 120)
+        self.assertEqual(json.loads(self.request("GET", "/plugs/a/history")[2]), everything[:100])
+        self.assertEqual(json.loads(self.request("GET", "/plugs/a/history?limit=3")[2]), everything[:3])
+        self.assertEqual(everything[0]["value"], 1)
+
+    def test_history_bad_limit(self):
+        """
+        A limit that is not a whole number from 1 to 1000000 gets a JSON 400
+        naming limit.
+        """
+        self.report("a", 1)
+        for bad in ["0", "-1", "x", "1.5", "", "1000001", "9" * 5000, "%C2%B2"]:
+            self.assertJSONError(self.request("GET", "/plugs/a/history?limit=" + bad), 400, "limit")
+
+    def test_history_unknown_plug(self):
+        """
+        The history of a plug that never reported is a JSON 404 naming it.
+        """
+        self.assertJSONError(self.request("GET", "/plugs/zzz/history"), 404, "zzz")

@@ -1,0 +1,82 @@
+"""
+The journal: what the hub asks of the state store, and the in-memory one.
+
+The hub records every report in its journal I{before} it changes its own
+state or tells anyone (SPEC 7): a report the journal could not keep is not
+accepted.  The SQLite journal (L{smartplug_backend.persistence}) answers
+later, from its writer thread; L{MemoryJournal} (C{STATE_DB = None}) answers
+at once and keeps only the bounded history, so the hub behaves exactly as the
+original in-memory server did.
+"""
+
+import collections
+import dataclasses
+from typing import Protocol
+
+from twisted.internet.defer import Deferred, succeed
+
+
+class StoreFailed(Exception):
+    """
+    The store could not record a change (disk full, read-only file, ...).
+
+    C{str(error)} is the store's own one-line reason, for the log.
+    """
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryEntry:
+    """
+    One recorded report of a plug.
+
+    @ivar at: seconds since the epoch.
+    @ivar source: C{"http"} or C{"device"}.
+    """
+
+    value: int
+    at: float
+    source: str
+
+
+class Journal(Protocol):
+    """
+    Where the hub records its changes.  Every method may answer later; the
+    answers of one journal come back in the order the calls were made.
+    """
+
+    def save_report(self, plug_id: str, value: int, at: float, source: str) -> Deferred:
+        """
+        Record a report durably: the plug's new state and a history entry.
+
+        @return: fires with C{None} once recorded, or fails (L{StoreFailed}
+            for a store that cannot write) with nothing recorded.
+        """
+
+    def history(self, plug_id: str, limit: int) -> Deferred:
+        """
+        @return: fires with at most C{limit} L{HistoryEntry}s of the plug,
+            newest first.
+        """
+
+
+class MemoryJournal:
+    """
+    The journal of C{STATE_DB = None}: nothing survives a restart; the last
+    C{keep} reports of each plug are kept in memory for the history route.
+    """
+
+    def __init__(self, keep: int = 10000) -> None:
+        self._keep = keep
+        self._history: dict[str, collections.deque] = {}
+
+    def save_report(self, plug_id: str, value: int, at: float, source: str) -> Deferred:
+        entries = self._history.get(plug_id)
+        if entries is None:
+            entries = self._history[plug_id] = collections.deque(maxlen=self._keep)
+        entries.append(HistoryEntry(value, at, source))
+        return succeed(None)
+
+    def history(self, plug_id: str, limit: int) -> Deferred:
+        entries = self._history.get(plug_id, ())
+        newest = [entries[-i] for i in range(1, min(limit, len(entries)) + 1)]
+        return succeed(newest)
