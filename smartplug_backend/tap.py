@@ -13,7 +13,9 @@ from . import config
 from .apps import AppFactory
 from .channel import ThreadPoolService, make_site
 from .hub import Hub
+from .journal import MemoryJournal
 from .listeners import ListenerService, endpoint_description, fail
+from .persistence import StoreService
 from .web import Bridge, make_app
 
 _log = Logger(namespace="smartplug_backend")
@@ -54,7 +56,7 @@ def makeService(options: Options, reactor=None):
         return options[option] or endpoint_description(port, settings.LISTEN_ADDRESS)
 
     top = MultiService()
-    hub = Hub(now=reactor.seconds)
+    hub = _state(settings, reactor, top)
 
     # WSGI gets a pool of its own: the reactor's default pool also serves DNS.
     wsgi_pool = ThreadPool(minthreads=2, maxthreads=16, name="smartplug-wsgi")
@@ -72,3 +74,18 @@ def makeService(options: Options, reactor=None):
             where=settings.path or "settings.py",
         )
     return top
+
+
+def _state(settings: config.Settings, reactor, top: MultiService) -> Hub:
+    """
+    The hub, on the state store when there is one.
+    Adds the store's services to C{top}, first: the hub is loaded before any
+    listener binds.
+    """
+    if settings.STATE_DB is None:
+        _log.info("STATE_DB is None: plug states and history are lost when the server stops")
+        return Hub(now=reactor.seconds, journal=MemoryJournal(settings.HISTORY_KEEP))
+    state = StoreService(settings.STATE_DB, settings.HISTORY_KEEP, reactor)
+    hub = state.hub = Hub(now=reactor.seconds, journal=state.journal)
+    state.setServiceParent(top)
+    return hub

@@ -1,0 +1,222 @@
+"""
+The state database (SPEC 7): SQLite schema, its upgrades, and every query.
+
+Plain synchronous code on one C{sqlite3} connection.  The server runs it on a
+single writer thread (L{smartplug_backend.persistence}); the backup command
+runs it directly.  Nothing here knows about Twisted.
+
+The file is recognised by its SQLite application id, and its schema version
+is C{PRAGMA user_version}.  A file that is not one of ours, is damaged, or
+comes from a newer version is refused with L{UnusableDatabase} before a
+single byte of it is written.
+"""
+
+import contextlib
+import os
+import sqlite3
+from typing import Iterator
+
+from .hub import Plug
+from .journal import HistoryEntry
+
+# "SmPg": marks the file as ours (PRAGMA application_id, bytes 68-71).
+APPLICATION_ID = 0x536D5067
+
+
+def _v1(db: sqlite3.Connection) -> None:
+    # plugs.seq keeps the order plugs first reported (GET /plugs lists them
+    # so); an upsert keeps the row, and so its seq.
+    db.execute(
+        "CREATE TABLE plugs ("
+        " seq INTEGER PRIMARY KEY,"
+        " id TEXT NOT NULL UNIQUE,"
+        " value INTEGER NOT NULL,"
+        " updated_at REAL NOT NULL)"
+    )
+    db.execute(
+        "CREATE TABLE history ("
+        " seq INTEGER PRIMARY KEY,"
+        " plug_id TEXT NOT NULL,"
+        " value INTEGER NOT NULL,"
+        " at REAL NOT NULL,"
+        " source TEXT NOT NULL)"
+    )
+    # Newest-first reads and the per-plug bound both walk this index.
+    db.execute("CREATE INDEX history_by_plug ON history (plug_id, seq)")
+
+
+# UPGRADES[n] brings a file from schema version n to n + 1.  Append only:
+# a released step never changes, or files already past it would differ.
+UPGRADES = [_v1]
+
+
+class UnusableDatabase(Exception):
+    """
+    The file at STATE_DB cannot be used; it has not been changed.
+    C{str(error)} is one line for a human.
+    """
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """
+    A connection to C{path} in autocommit mode (transactions are explicit).
+
+    It may be handed to another thread, as long as one thread at a time
+    uses it.
+    """
+    return sqlite3.connect(path, timeout=5, isolation_level=None, check_same_thread=False)
+
+
+def check(db: sqlite3.Connection, path: str) -> int:
+    """
+    Make sure C{db} is a smartplug state database this version can use,
+    reading only.
+
+    @return: its schema version; 0 for a new, empty file.
+    @raise UnusableDatabase: for a foreign, damaged or newer file.
+    """
+    try:
+        application_id = db.execute("PRAGMA application_id").fetchone()[0]
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        objects = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if application_id == 0 and version == 0 and objects == 0:
+            return 0
+        if application_id != APPLICATION_ID:
+            raise UnusableDatabase(f"{path} is not a smartplug state database (another program's SQLite file)")
+        if version > len(UPGRADES):
+            raise UnusableDatabase(
+                f"{path} was written by a newer smartplug (schema {version}, this one knows up to "
+                f"{len(UPGRADES)})"
+            )
+        problem = damage(db, thorough=False)
+    except sqlite3.DatabaseError as e:
+        raise UnusableDatabase(f"{path} is damaged or not an SQLite database ({e})") from None
+    if problem:
+        raise UnusableDatabase(f"{path} is damaged ({problem})")
+    return version
+
+
+def damage(db: sqlite3.Connection, thorough: bool = True) -> str:
+    """
+    The first problem SQLite's own check finds in C{db}, as one line, or ""
+    if there is none.  C{thorough=False} runs the faster C{quick_check}.
+    """
+    pragma = "integrity_check" if thorough else "quick_check"
+    report = db.execute(f"PRAGMA {pragma}(1)").fetchone()[0]
+    if report == "ok":
+        return ""
+    lines = [line for line in report.splitlines() if not line.startswith("***")]
+    return (lines or [report])[0]
+
+
+def upgrade(db: sqlite3.Connection, version: int) -> None:
+    """
+    Bring a checked database from schema C{version} to the newest, one
+    transaction per step, so a crash leaves it at some whole version.
+    """
+    for step in range(version, len(UPGRADES)):
+        with _transaction(db):
+            if step == 0:
+                db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            UPGRADES[step](db)
+            db.execute(f"PRAGMA user_version = {step + 1}")
+
+
+class Store:
+    """
+    The state database, open and at the newest schema.
+
+    @param keep: history entries kept per plug (C{HISTORY_KEEP}).
+    """
+
+    def __init__(self, db: sqlite3.Connection, keep: int) -> None:
+        self._db = db
+        self._keep = keep
+
+    @classmethod
+    def open(cls, path: str, keep: int) -> "Store":
+        """
+        Open (creating it if need be) and upgrade the database at C{path}.
+
+        @raise UnusableDatabase: if the file cannot be used; it is not changed.
+        """
+        if os.path.isdir(path):
+            raise UnusableDatabase(f"{path} is a directory, not a database file")
+        try:
+            db = connect(path)
+        except sqlite3.Error as e:
+            raise UnusableDatabase(f"{path} cannot be opened ({e})") from None
+        try:
+            try:
+                version = check(db, path)
+            except UnusableDatabase as e:
+                raise UnusableDatabase(f"{e}; left untouched: move it away or point STATE_DB at another file") from None
+            # WAL: readers (the backup) never block the writer, and a commit
+            # is one append.  Set on every open: a restored backup has none.
+            db.execute("PRAGMA journal_mode = WAL")
+            upgrade(db, version)
+            # FULL: a commit is on disk, not only in the OS's cache, before
+            # the HTTP 200 goes out; a power cut then loses nothing either.
+            db.execute("PRAGMA synchronous = FULL")
+        except sqlite3.Error as e:
+            db.close()
+            raise UnusableDatabase(f"{path} cannot be written ({e})") from None
+        except BaseException:
+            db.close()
+            raise
+        return cls(db, keep)
+
+    def save_report(self, plug_id: str, value: int, at: float, source: str) -> None:
+        """
+        Record a report: the plug's state and a history entry, trimming the
+        plug's history to C{keep} entries; all or nothing.
+        """
+        with _transaction(self._db):
+            self._db.execute(
+                "INSERT INTO plugs (id, value, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                (plug_id, value, at),
+            )
+            self._db.execute(
+                "INSERT INTO history (plug_id, value, at, source) VALUES (?, ?, ?, ?)",
+                (plug_id, value, at, source),
+            )
+            self._db.execute(
+                "DELETE FROM history WHERE plug_id = ? AND seq <= ("
+                " SELECT seq FROM history WHERE plug_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                (plug_id, plug_id, self._keep),
+            )
+
+    def plugs(self) -> list[Plug]:
+        """
+        Every plug, in the order they first reported.
+        """
+        rows = self._db.execute("SELECT id, value, updated_at FROM plugs ORDER BY seq")
+        return [Plug(*row) for row in rows]
+
+    def history(self, plug_id: str, limit: int) -> list[HistoryEntry]:
+        """
+        At most C{limit} entries of the plug's history, newest first.
+        """
+        rows = self._db.execute(
+            "SELECT value, at, source FROM history WHERE plug_id = ? ORDER BY seq DESC LIMIT ?",
+            (plug_id, limit),
+        )
+        return [HistoryEntry(*row) for row in rows]
+
+    def close(self) -> None:
+        """
+        Close the connection (SQLite checkpoints the WAL into the file).
+        """
+        self._db.close()

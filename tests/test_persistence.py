@@ -1,0 +1,206 @@
+"""
+Tests for smartplug_backend.persistence: the SQLite journal under the hub and
+the HTTP API (with a synchronous stand-in for the writer thread), and the
+service that locks, opens and loads the state database at start-up.
+"""
+
+import io
+import json
+import os
+import sqlite3
+import sys
+
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.task import Clock
+from twisted.logger import Logger
+from twisted.trial.unittest import SynchronousTestCase
+
+from smartplug_backend import tap
+from smartplug_backend.hub import Hub, Plug
+from smartplug_backend.journal import HistoryEntry
+from smartplug_backend.persistence import SQLiteJournal, StoreService
+from smartplug_backend.store import Store
+
+from .helpers import SynchronousReactor, http_client
+
+
+def fill(path: str, reports) -> None:
+    """
+    Write C{(plug_id, value, at, source)} reports into the database at C{path}.
+    """
+    filled = Store.open(path, 10000)
+    for report in reports:
+        filled.save_report(*report)
+    filled.close()
+
+
+class JournalTests(SynchronousTestCase):
+    """
+    The hub on the SQLite journal: a report is in the database before the
+    hub accepts it; one the database refuses is answered 503 and changes
+    nothing anywhere.
+    """
+
+    def setUp(self):
+        self.path = self.mktemp()
+        self.store = Store.open(self.path, keep=5)
+        self.addCleanup(self.store.close)
+        self.journal = SQLiteJournal(run=maybeDeferred)
+        self.journal.store = self.store
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.hub = Hub(now=self.clock.seconds, journal=self.journal)
+        self.events = []
+        self.patch(self.hub, "_log", Logger(observer=self.events.append))
+        self.heard = []
+        self.hub.listen(lambda report: self.heard.append((report.plug.id, report.plug.value)))
+        self.client = http_client(self.hub)
+
+    def post(self, body: bytes):
+        response = self.successResultOf(self.client.post("http://smartplug.test/data", data=body))
+        return response.code, json.loads(self.successResultOf(response.content()))
+
+    def test_report_is_stored_before_it_is_heard(self):
+        """
+        When a listener hears of a report, the database already has it, with
+        its time and source.
+        """
+        stored = []
+        self.hub.listen(lambda report: stored.append(self.store.plugs()))
+        self.assertEqual(self.post(b'{"id": "a", "value": 1}'), (200, {}))
+        self.assertEqual(stored, [[Plug("a", 1, 1000.0)]])
+        self.assertEqual(self.store.history("a", 10), [HistoryEntry(1, 1000.0, "http")])
+
+    def test_store_failure_answers_503_and_changes_nothing(self):
+        """
+        A report the database refuses gets a JSON 503; the hub's state, the
+        listeners and the database are as before, and the log has the
+        database's reason.
+        """
+        self.post(b'{"id": "a", "value": 1}')
+        db = sqlite3.connect(self.path)
+        db.execute("CREATE TRIGGER full BEFORE INSERT ON history BEGIN SELECT RAISE(ABORT, 'disk is full'); END")
+        db.commit()
+        db.close()
+        code, body = self.post(b'{"id": "a", "value": 0}')
+        self.assertEqual((code, list(body)), (503, ["error"]))
+        self.assertIn("state store cannot write", body["error"])
+        self.assertEqual(self.hub.plug("a"), Plug("a", 1, 1000.0))
+        self.assertEqual(self.heard, [("a", 1)])
+        self.assertEqual(self.store.plugs(), [Plug("a", 1, 1000.0)])
+        self.assertEqual(len(self.store.history("a", 10)), 1)
+        self.assertEqual([e.get("why") for e in self.events if e["log_level"].name == "error"], ["disk is full"])
+
+    def test_history_route_reads_the_database(self):
+        """
+        GET /plugs/<id>/history answers from the database, bounded by keep.
+        """
+        for n in range(7):
+            self.clock.advance(1)
+            self.post(json.dumps({"id": "a", "value": n % 2}).encode())
+        response = self.successResultOf(self.client.get("http://smartplug.test/plugs/a/history?limit=50"))
+        entries = json.loads(self.successResultOf(response.content()))
+        self.assertEqual([e["value"] for e in entries], [0, 1, 0, 1, 0])
+        self.assertEqual(entries[0]["at"], "1970-01-01T00:16:47.000Z")
+
+
+class StoreServiceTests(SynchronousTestCase):
+    """
+    At start-up the service takes the database's lock, opens it and loads
+    the hub; a file it cannot use, or a lock someone holds, stops start-up
+    with one line.
+    """
+
+    def setUp(self):
+        self.path = os.path.abspath(self.mktemp())
+        self.stderr = io.StringIO()
+        self.patch(sys, "stderr", self.stderr)
+
+    def start(self) -> StoreService:
+        service = StoreService(self.path, 10, SynchronousReactor())
+        service.hub = Hub(journal=service.journal)
+        service.privilegedStartService()
+        # What stopService does on the writer thread.
+        self.addCleanup(lambda: os.close(service._lock))
+        self.addCleanup(service.journal.store.close)
+        return service
+
+    def assertStops(self, fragment: str) -> None:
+        error = self.assertRaises(SystemExit, self.start)
+        self.assertEqual(error.code, 1)
+        self.assertEqual(self.stderr.getvalue().count("\n"), 1)
+        self.assertTrue(self.stderr.getvalue().startswith("smartplug: STATE_DB: "))
+        self.assertIn(fragment, self.stderr.getvalue())
+
+    def test_loads_hub(self):
+        """
+        The hub starts with every stored plug, in first-report order, with
+        its stored value and time.
+        """
+        fill(self.path, [("b", 1, 1.0, "http"), ("a", 0, 2.0, "device"), ("b", 0, 3.0, "http")])
+        service = self.start()
+        self.assertEqual(service.hub.plugs(), [Plug("b", 0, 3.0), Plug("a", 0, 2.0)])
+
+    def test_creates_database(self):
+        """
+        Without a file, start-up creates the database and the hub is empty.
+        """
+        self.assertEqual(self.start().hub.plugs(), [])
+        self.assertTrue(os.path.isfile(self.path))
+
+    def test_second_server_refused(self):
+        """
+        While one server holds the database, another one cannot start on it:
+        one line naming the holder's pid.
+        """
+        self.start()
+        self.assertStops(f"in use by a running server (pid {os.getpid()}")
+
+    def test_corrupt_file_stops_startup(self):
+        """
+        A file that is not a state database stops start-up with one line,
+        and is left as it was.
+        """
+        with open(self.path, "wb") as f:
+            f.write(b"not a database" * 100)
+        self.assertStops("not an SQLite database")
+        with open(self.path, "rb") as f:
+            self.assertEqual(f.read(), b"not a database" * 100)
+
+
+class WiringTests(SynchronousTestCase):
+    """
+    makeService puts the store first, so that the hub is loaded before any
+    listener binds.
+    """
+
+    def make(self, settings_text: str):
+        path = self.mktemp() + ".py"
+        with open(path, "w") as f:
+            f.write(settings_text)
+        options = tap.Options()
+        options.parseOptions(["--settings", path, "--www", "tcp:0", "--ws", "tcp:0"])
+        return tap.makeService(options, reactor=SynchronousReactor())
+
+    def test_store_first_and_loaded(self):
+        """
+        With STATE_DB set, the first service is the store; once started, the
+        hub the app WebSocket answers from holds the stored plugs.
+        """
+        db = os.path.abspath(self.mktemp())
+        fill(db, [("p", 1, 5.0, "http")])
+        top = self.make(f"STATE_DB = {db!r}\n")
+        services = list(top)
+        self.assertIsInstance(services[0], StoreService)
+        top.privilegedStartService()
+        self.addCleanup(lambda: os.close(services[0]._lock))
+        self.addCleanup(services[0].journal.store.close)
+        apps = next(s for s in services if getattr(s, "label", None) == "app WebSocket")._factory
+        self.assertEqual(apps.hub.plug("p"), Plug("p", 1, 5.0))
+
+    def test_no_store_without_state_db(self):
+        """
+        With STATE_DB = None there is no store.
+        """
+        top = self.make("STATE_DB = None\n")
+        self.assertFalse(any(isinstance(s, StoreService) for s in top))

@@ -1,0 +1,332 @@
+"""
+Tests for smartplug_backend.store: the schema, its upgrades, every query and
+the history bound, on temporary database files.
+"""
+
+import hashlib
+import os
+import sqlite3
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from smartplug_backend import store
+from smartplug_backend.hub import Plug
+from smartplug_backend.journal import HistoryEntry
+from smartplug_backend.store import APPLICATION_ID, UPGRADES, Store, UnusableDatabase
+
+
+def fingerprint(path: str) -> tuple:
+    """
+    What a file holds, and which SQLite side files sit next to it.
+    """
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    return digest, [s for s in ("-wal", "-shm", "-journal") if os.path.exists(path + s)]
+
+
+def pragma(path: str, name: str):
+    db = sqlite3.connect(path)
+    try:
+        return db.execute(f"PRAGMA {name}").fetchone()[0]
+    finally:
+        db.close()
+
+
+def build_v1(path: str, rows=()) -> None:
+    """
+    Write a schema-1 file by hand, as the first release of the store wrote
+    it, with C{rows} of C{(plug_id, value, at, source)} reports.
+    """
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(
+        f"""
+        PRAGMA journal_mode = WAL;
+        BEGIN;
+        PRAGMA application_id = {APPLICATION_ID};
+        CREATE TABLE plugs (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE,
+                            value INTEGER NOT NULL, updated_at REAL NOT NULL);
+        CREATE TABLE history (seq INTEGER PRIMARY KEY, plug_id TEXT NOT NULL,
+                              value INTEGER NOT NULL, at REAL NOT NULL, source TEXT NOT NULL);
+        CREATE INDEX history_by_plug ON history (plug_id, seq);
+        PRAGMA user_version = 1;
+        COMMIT;
+        """
+    )
+    for plug_id, value, at, source in rows:
+        db.execute(
+            "INSERT INTO plugs (id, value, updated_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            (plug_id, value, at),
+        )
+        db.execute("INSERT INTO history (plug_id, value, at, source) VALUES (?, ?, ?, ?)", (plug_id, value, at, source))
+    db.close()
+
+
+class SchemaTests(SynchronousTestCase):
+    """
+    A new file gets the newest schema, marked as ours, in WAL mode; files
+    that are not ours are refused and never written.
+    """
+
+    def setUp(self):
+        self.path = self.mktemp()
+
+    def open(self, keep=10000) -> Store:
+        opened = Store.open(self.path, keep)
+        self.addCleanup(opened.close)
+        return opened
+
+    def test_created_on_first_open(self):
+        """
+        Opening a path where no file is creates the database: our application
+        id, the newest schema version, WAL mode, no plugs.
+        """
+        self.assertEqual(self.open().plugs(), [])
+        self.assertEqual(pragma(self.path, "application_id"), APPLICATION_ID)
+        self.assertEqual(pragma(self.path, "user_version"), len(UPGRADES))
+        self.assertEqual(pragma(self.path, "journal_mode"), "wal")
+
+    def test_empty_file_is_new(self):
+        """
+        An empty file (zero bytes, as `touch` makes) is taken as a new database.
+        """
+        open(self.path, "wb").close()
+        self.open().save_report("p", 1, 1.0, "http")
+        self.assertEqual(pragma(self.path, "user_version"), len(UPGRADES))
+
+    def test_reopen_keeps_everything(self):
+        """
+        What one Store wrote, the next one on the same file reads.
+        """
+        first = Store.open(self.path, 10)
+        first.save_report("p", 1, 1.0, "http")
+        first.close()
+        self.assertEqual(self.open().plugs(), [Plug("p", 1, 1.0)])
+
+    def assertRefused(self, fragment: str) -> None:
+        """
+        Opening the file raises UnusableDatabase naming it and C{fragment},
+        saying it was left untouched, and the file and its side files are
+        exactly as they were.
+        """
+        before = fingerprint(self.path)
+        error = self.assertRaises(UnusableDatabase, Store.open, self.path, 10)
+        self.assertIn(self.path, str(error))
+        self.assertIn(fragment, str(error))
+        self.assertIn("left untouched", str(error))
+        self.assertNotIn("\n", str(error))
+        self.assertEqual(fingerprint(self.path), before)
+
+    def test_garbage_refused(self):
+        """
+        A file that is not SQLite at all is refused, unchanged.
+        """
+        with open(self.path, "wb") as f:
+            f.write(b"PLUGS=1\n" * 500)
+        self.assertRefused("not an SQLite database")
+
+    def test_foreign_database_refused(self):
+        """
+        Another program's SQLite file (tables, no application id) is refused,
+        unchanged.
+        """
+        db = sqlite3.connect(self.path)
+        db.execute("CREATE TABLE contacts (name TEXT)")
+        db.commit()
+        db.close()
+        self.assertRefused("not a smartplug state database")
+
+    def test_other_application_id_refused(self):
+        """
+        An SQLite file marked with another application id is refused, even
+        without tables.
+        """
+        db = sqlite3.connect(self.path)
+        db.execute("PRAGMA application_id = 42")
+        db.close()
+        self.assertRefused("not a smartplug state database")
+
+    def test_newer_schema_refused(self):
+        """
+        A file from a newer version (higher schema) is refused, unchanged.
+        """
+        build_v1(self.path)
+        db = sqlite3.connect(self.path)
+        db.execute(f"PRAGMA user_version = {len(UPGRADES) + 1}")
+        db.close()
+        self.assertRefused(f"schema {len(UPGRADES) + 1}")
+
+    def test_damaged_database_refused(self):
+        """
+        A state database whose pages were overwritten is refused, unchanged.
+        """
+        built = Store.open(self.path, 10000)
+        for n in range(300):
+            built.save_report(f"plug-{n}", n % 2, float(n), "http")
+        built.close()
+        size = os.path.getsize(self.path)
+        with open(self.path, "r+b") as f:
+            f.seek(size // 2)
+            f.write(b"\xff" * 8192)
+        self.assertRefused("damaged")
+
+    def test_directory_refused(self):
+        """
+        A directory at STATE_DB is refused with a line saying so.
+        """
+        os.makedirs(self.path)
+        error = self.assertRaises(UnusableDatabase, Store.open, self.path, 10)
+        self.assertIn("is a directory", str(error))
+
+
+class UpgradeTests(SynchronousTestCase):
+    """
+    Older files are brought to the newest schema, step by step, keeping
+    their data; a failing step leaves the file at its old version.
+    """
+
+    def setUp(self):
+        self.path = self.mktemp()
+
+    def test_v1_file_opens(self):
+        """
+        A schema-1 file written by hand (as the first release wrote it) opens
+        with its plugs and history.
+        """
+        build_v1(self.path, [("a", 1, 1.0, "http"), ("b", 0, 2.0, "device"), ("a", 0, 3.0, "device")])
+        opened = Store.open(self.path, 10)
+        self.addCleanup(opened.close)
+        self.assertEqual(opened.plugs(), [Plug("a", 0, 3.0), Plug("b", 0, 2.0)])
+        self.assertEqual(opened.history("a", 10), [HistoryEntry(0, 3.0, "device"), HistoryEntry(1, 1.0, "http")])
+        self.assertEqual(pragma(self.path, "user_version"), len(UPGRADES))
+
+    def test_upgrade_step_runs_once(self):
+        """
+        With a new step appended, a file at the previous version runs only
+        that step, keeps its data and ends at the new version; opening it
+        again runs nothing.
+        """
+        build_v1(self.path, [("a", 1, 1.0, "http")])
+        runs = []
+
+        def add_notes(db):
+            runs.append(1)
+            db.execute("ALTER TABLE plugs ADD COLUMN note TEXT NOT NULL DEFAULT ''")
+
+        self.patch(store, "UPGRADES", store.UPGRADES[:1] + [add_notes])
+        for _ in range(2):
+            Store.open(self.path, 10).close()
+        self.assertEqual(runs, [1])
+        self.assertEqual(pragma(self.path, "user_version"), 2)
+        db = sqlite3.connect(self.path)
+        self.addCleanup(db.close)
+        self.assertEqual(db.execute("SELECT id, value, note FROM plugs").fetchall(), [("a", 1, "")])
+
+    def test_failed_step_leaves_old_version(self):
+        """
+        A step that fails half-way is rolled back: the file stays at its old
+        version with its old tables, and start-up is refused with one line.
+        """
+        build_v1(self.path, [("a", 1, 1.0, "http")])
+
+        def broken(db):
+            db.execute("CREATE TABLE half (x)")
+            db.execute("INSERT INTO nowhere VALUES (1)")
+
+        self.patch(store, "UPGRADES", store.UPGRADES[:1] + [broken])
+        error = self.assertRaises(UnusableDatabase, Store.open, self.path, 10)
+        self.assertIn("no such table: nowhere", str(error))
+        self.assertEqual(pragma(self.path, "user_version"), 1)
+        db = sqlite3.connect(self.path)
+        self.addCleanup(db.close)
+        self.assertEqual(db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'half'").fetchone()[0], 0)
+
+    def test_version_0_with_our_mark_is_created(self):
+        """
+        A file marked as ours at version 0 (nothing else in it) gets the
+        whole schema.
+        """
+        db = sqlite3.connect(self.path)
+        db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        db.close()
+        opened = Store.open(self.path, 10)
+        self.addCleanup(opened.close)
+        opened.save_report("p", 1, 1.0, "http")
+        self.assertEqual(opened.plugs(), [Plug("p", 1, 1.0)])
+
+
+class QueryTests(SynchronousTestCase):
+    """
+    Every query of the store.
+    """
+
+    def setUp(self):
+        self.path = self.mktemp()
+        self.store = Store.open(self.path, keep=3)
+        self.addCleanup(self.store.close)
+
+    def test_plugs_in_first_report_order(self):
+        """
+        plugs() lists each plug once, with its latest value and time, in the
+        order the plugs first reported.
+        """
+        self.store.save_report("b", 1, 1.0, "http")
+        self.store.save_report("a", 1, 2.0, "http")
+        self.store.save_report("b", 0, 3.5, "device")
+        self.assertEqual(self.store.plugs(), [Plug("b", 0, 3.5), Plug("a", 1, 2.0)])
+
+    def test_history_newest_first_with_source(self):
+        """
+        history() lists one plug's reports newest first, with value, time and
+        source, at most limit of them.
+        """
+        self.store.save_report("a", 1, 1.0, "http")
+        self.store.save_report("b", 1, 1.5, "http")
+        self.store.save_report("a", 0, 2.0, "device")
+        self.assertEqual(self.store.history("a", 10), [HistoryEntry(0, 2.0, "device"), HistoryEntry(1, 1.0, "http")])
+        self.assertEqual(self.store.history("a", 1), [HistoryEntry(0, 2.0, "device")])
+        self.assertEqual(self.store.history("nobody", 10), [])
+
+    def test_history_bound_per_plug(self):
+        """
+        Each plug keeps only its newest `keep` entries; a busy plug does not
+        push out another plug's history.
+        """
+        self.store.save_report("quiet", 1, 0.5, "http")
+        for n in range(10):
+            self.store.save_report("busy", n % 2, float(n), "http")
+        self.assertEqual([e.at for e in self.store.history("busy", 100)], [9.0, 8.0, 7.0])
+        self.assertEqual(self.store.history("quiet", 100), [HistoryEntry(1, 0.5, "http")])
+        db = sqlite3.connect(self.path)
+        self.addCleanup(db.close)
+        self.assertEqual(db.execute("SELECT count(*) FROM history").fetchone()[0], 4)
+
+    def test_lower_bound_trims_on_next_report(self):
+        """
+        After HISTORY_KEEP is lowered, the next report of a plug trims its
+        history to the new bound.
+        """
+        for n in range(3):
+            self.store.save_report("p", 1, float(n), "http")
+        self.store.close()
+        smaller = Store.open(self.path, keep=1)
+        self.addCleanup(smaller.close)
+        smaller.save_report("p", 0, 9.0, "http")
+        self.assertEqual(smaller.history("p", 10), [HistoryEntry(0, 9.0, "http")])
+
+    def test_report_all_or_nothing(self):
+        """
+        If any part of recording a report fails, none of it is kept: the
+        plug's state stays as it was.
+        """
+        self.store.save_report("p", 1, 1.0, "http")
+        db = sqlite3.connect(self.path)
+        db.execute(
+            "CREATE TRIGGER full BEFORE INSERT ON history BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+        db.commit()
+        db.close()
+        error = self.assertRaises(sqlite3.Error, self.store.save_report, "p", 0, 2.0, "http")
+        self.assertIn("disk full", str(error))
+        self.assertEqual(self.store.plugs(), [Plug("p", 1, 1.0)])
+        self.assertEqual(self.store.history("p", 10), [HistoryEntry(1, 1.0, "http")])
