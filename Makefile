@@ -36,6 +36,12 @@ stop:
 bench: $(VENV)/.installed-test
 	$(PY) bench/run.py
 
+# A consistent backup of STATE_DB and the settings file into backups/, safe
+# while the server runs; restore with: $(PY) -m smartplug_backend restore FILE
+.PHONY: backup
+backup: $(VENV)/.installed
+	$(PY) -m smartplug_backend backup --settings $(SETTINGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info _trial_temp* .hypothesis
 	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -1,0 +1,10 @@
+"""
+C{python -m smartplug_backend}: the administration commands (backup, restore).
+Run the server itself with C{twistd smartplug}.
+"""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

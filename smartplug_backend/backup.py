@@ -1,0 +1,231 @@
+"""
+Backups of the state database (SPEC 7a): take one, prune old ones, restore.
+
+A backup is one file, C{<prefix>-<UTC time>.tar.gz}, holding C{state.sqlite}
+(a copy made with SQLite's online backup API: one consistent snapshot, even
+while the server writes) and C{settings.py} (the settings file, when there is
+one).  Plain synchronous code: the command line runs it directly, the server
+in a thread of its own (L{smartplug_backend.autobackup}).
+"""
+
+import io
+import os
+import re
+import shutil
+import sqlite3
+import tarfile
+import tempfile
+import time
+from typing import Callable, Optional
+
+from . import lock, store
+
+DEFAULT_DIRECTORY = "backups"
+ARCHIVE_DB = "state.sqlite"
+ARCHIVE_SETTINGS = "settings.py"
+MANUAL = "smartplug-backup"
+AUTOMATIC = "smartplug-auto"
+
+
+class BackupError(Exception):
+    """
+    A backup or restore that cannot be done; C{str(error)} is one line.
+    """
+
+
+def _stamp(now: float) -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+
+
+def _numbered(directory: str, prefix: str) -> list:
+    """
+    The backups named C{prefix-<time>[-<n>].tar.gz} in C{directory}, oldest
+    first, as C{((time, n), path)}.
+    """
+    pattern = re.compile(re.escape(prefix) + r"-(\d{8}T\d{6}Z)(?:-(\d+))?\.tar\.gz$")
+    found = []
+    for name in os.listdir(directory):
+        match = pattern.match(name)
+        if match:
+            found.append(((match.group(1), int(match.group(2) or 1)), os.path.join(directory, name)))
+    return sorted(found)
+
+
+def _free_name(directory: str, prefix: str, now: float) -> str:
+    stamp = _stamp(now)
+    # Past the highest number of the same second: reusing a lower one that
+    # pruning freed would make the new backup sort as older than it is.
+    taken = [n for (at, n), _ in _numbered(directory, prefix) if at == stamp]
+    n = max(taken, default=0) + 1
+    suffix = "" if n == 1 else f"-{n}"
+    return os.path.join(directory, f"{prefix}-{stamp}{suffix}.tar.gz")
+
+
+def _snapshot(db_path: str, target: str) -> None:
+    """
+    Copy the database at C{db_path} to C{target} as one consistent snapshot,
+    without writing to the source.
+    """
+    if not os.path.isfile(db_path):
+        raise BackupError(f"{db_path}: no state database here (has the server ever run with this STATE_DB?)")
+    try:
+        source = store.connect(db_path)
+    except sqlite3.Error as e:
+        raise BackupError(f"{db_path}: cannot open ({e})") from None
+    try:
+        try:
+            store.check(source, db_path)
+        except store.UnusableDatabase as e:
+            raise BackupError(str(e)) from None
+        copy = sqlite3.connect(target)
+        try:
+            # pages=-1: the whole file in one step, inside one read
+            # transaction; in WAL mode the server's writes go on meanwhile.
+            source.backup(copy)
+            # One self-contained file in the archive, no WAL beside it.
+            copy.execute("PRAGMA journal_mode = DELETE")
+            problem = store.damage(copy)
+        finally:
+            copy.close()
+    except sqlite3.Error as e:
+        raise BackupError(f"{db_path}: cannot copy ({e})") from None
+    finally:
+        source.close()
+    if problem:
+        raise BackupError(f"{db_path}: the copy is damaged ({problem})")
+
+
+def take(db_path: str, settings_path: Optional[str], directory: str, prefix: str = MANUAL,
+         now: Callable[[], float] = time.time) -> str:
+    """
+    Write a backup of the database at C{db_path} and of the settings file
+    into C{directory} (created if need be).
+
+    @return: the path of the new backup; it appears whole or not at all.
+    @raise BackupError: if no consistent backup could be written.
+    """
+    try:
+        os.makedirs(directory, exist_ok=True)
+        work = tempfile.mkdtemp(prefix=".backup-", dir=directory)
+    except OSError as e:
+        raise BackupError(f"cannot write to {directory}: {e.strerror}") from None
+    try:
+        copy = os.path.join(work, ARCHIVE_DB)
+        _snapshot(db_path, copy)
+        partial = os.path.join(work, "backup.tar.gz")
+        with tarfile.open(partial, "w:gz") as archive:
+            archive.add(copy, ARCHIVE_DB)
+            if settings_path is not None:
+                archive.add(settings_path, ARCHIVE_SETTINGS)
+        with open(partial, "rb") as f:
+            os.fsync(f.fileno())
+        final = _free_name(directory, prefix, now())
+        os.replace(partial, final)
+        return final
+    except OSError as e:
+        raise BackupError(f"cannot write the backup to {directory}: {e}") from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def prune(directory: str, keep: int, prefix: str = AUTOMATIC) -> list[str]:
+    """
+    Delete all but the newest C{keep} backups named C{prefix-...}.
+
+    @return: the paths deleted.
+    """
+    old = [path for _, path in _numbered(directory, prefix)][:-keep]
+    for path in old:
+        os.remove(path)
+    return old
+
+
+def _read_db(archive_path: str) -> bytes:
+    try:
+        with tarfile.open(archive_path, "r:gz") as archive:
+            member = archive.getmember(ARCHIVE_DB)
+            if not member.isfile():
+                raise KeyError(ARCHIVE_DB)
+            # Read the member ourselves: nothing is extracted to a path the
+            # archive chose.
+            return archive.extractfile(member).read()
+    except FileNotFoundError:
+        raise BackupError(f"{archive_path}: no such file") from None
+    except KeyError:
+        raise BackupError(f"{archive_path}: not a smartplug backup (no {ARCHIVE_DB} inside)") from None
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise BackupError(f"{archive_path}: not a readable backup ({e})") from None
+
+
+def restore(db_path: str, archive_path: str, now: Callable[[], float] = time.time) -> Optional[str]:
+    """
+    Put the database of a backup at C{db_path}, while no server holds it.
+
+    The database it replaces (with its WAL, if any) is moved aside to
+    C{<db_path>.before-restore-<UTC time>}, never deleted.
+
+    @return: where the replaced database went, or C{None} if there was none.
+    @raise BackupError: if the backup is unusable; nothing was changed.
+    @raise lock.Locked: if a server holds the database; nothing was changed.
+    """
+    data = _read_db(archive_path)
+    held = lock.hold(db_path)
+    try:
+        directory = os.path.dirname(os.path.abspath(db_path))
+        fd, incoming = tempfile.mkstemp(prefix=".restore-", dir=directory)
+        try:
+            with io.FileIO(fd, "wb") as f:
+                f.write(data)
+                os.fsync(f.fileno())
+            _check_restorable(incoming, archive_path)
+            aside = _move_aside(db_path, now)
+            os.replace(incoming, db_path)
+        except BaseException:
+            if os.path.exists(incoming):
+                os.remove(incoming)
+            raise
+        _fsync_directory(directory)
+        return aside
+    finally:
+        os.close(held)
+
+
+def _check_restorable(path: str, archive_path: str) -> None:
+    db = store.connect(path)
+    try:
+        version = store.check(db, ARCHIVE_DB)
+        problem = store.damage(db)
+    except store.UnusableDatabase as e:
+        raise BackupError(f"{archive_path}: the database inside cannot be used ({e})") from None
+    except sqlite3.Error as e:
+        raise BackupError(f"{archive_path}: the database inside cannot be read ({e})") from None
+    finally:
+        db.close()
+    if problem:
+        raise BackupError(f"{archive_path}: the database inside is damaged ({problem})")
+    if version == 0:
+        raise BackupError(f"{archive_path}: the database inside is empty")
+
+
+def _move_aside(db_path: str, now: Callable[[], float]) -> Optional[str]:
+    if not os.path.exists(db_path):
+        return None
+    base = aside = f"{db_path}.before-restore-{_stamp(now())}"
+    n = 1
+    while os.path.exists(aside):
+        n += 1
+        aside = f"{base}-{n}"
+    # The WAL belongs to the old file: left in place, SQLite would replay it
+    # into the restored one.  Moved together, the old set stays openable.
+    for suffix in ("-wal", "-shm", ""):
+        if os.path.exists(db_path + suffix):
+            os.replace(db_path + suffix, aside + suffix)
+    return aside
+
+
+def _fsync_directory(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

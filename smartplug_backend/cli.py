@@ -1,0 +1,89 @@
+"""
+C{python -m smartplug_backend backup|restore}: administration from the shell
+(SPEC 7a), what ServerPy's server.sh did.
+
+Every error is one line on stderr starting C{smartplug:}, and exit status 1;
+success prints what was written.
+"""
+
+import argparse
+import sys
+from typing import Optional
+
+from . import backup, config, lock
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        # One line, like every other error of ours, not argparse's usage dump.
+        raise _Failed(f"{message} (see python -m smartplug_backend --help)")
+
+
+class _Failed(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m smartplug_backend",
+        description="Back up or restore the smartplug server's state database.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    take = commands.add_parser(
+        "backup",
+        help="write a consistent copy of STATE_DB and the settings file (safe while the server runs)",
+    )
+    take.add_argument("--settings", metavar="PATH", help="settings file (default: ./settings.py)")
+    take.add_argument("--to", metavar="DIR", default=backup.DEFAULT_DIRECTORY,
+                      help=f"where to write the backup (default: {backup.DEFAULT_DIRECTORY}/)")
+    put = commands.add_parser(
+        "restore",
+        help="put the database of a backup back at STATE_DB (only while the server is stopped)",
+    )
+    put.add_argument("file", metavar="FILE", help="a backup written by the backup command")
+    put.add_argument("--settings", metavar="PATH", help="settings file (default: ./settings.py)")
+    return parser
+
+
+def _state_db(settings_path: Optional[str]) -> tuple:
+    settings = config.load(settings_path)
+    if settings.STATE_DB is None:
+        where = settings.path or "the built-in settings"
+        raise _Failed(f"STATE_DB is None in {where}: the state is kept in memory only, there is no database")
+    return settings.STATE_DB, settings.path
+
+
+def _backup(args) -> str:
+    db_path, settings_path = _state_db(args.settings)
+    return f"backup written to {backup.take(db_path, settings_path, args.to)}"
+
+
+def _restore(args) -> str:
+    db_path, _ = _state_db(args.settings)
+    try:
+        aside = backup.restore(db_path, args.file)
+    except lock.Locked as e:
+        raise _Failed(f"not restored: {e}; stop it first (make stop)") from None
+    done = f"{args.file} restored to {db_path}"
+    if aside:
+        done += f"; the database it replaced is now {aside}"
+    return done
+
+
+def main(argv=None, out=sys.stdout, err=sys.stderr) -> int:
+    """
+    Run the command line C{argv} (default: C{sys.argv[1:]}).
+
+    @return: the exit status.
+    """
+    try:
+        args = _parser().parse_args(argv)
+        result = {"backup": _backup, "restore": _restore}[args.command](args)
+    except (_Failed, config.ConfigError, backup.BackupError) as e:
+        err.write(f"smartplug: {e}\n")
+        return 1
+    except OSError as e:
+        err.write(f"smartplug: {e.filename or ''}: {e.strerror}\n".replace(": :", ":"))
+        return 1
+    out.write(result + "\n")
+    return 0

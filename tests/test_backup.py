@@ -1,0 +1,362 @@
+"""
+Tests for backups: taking, pruning and restoring them (smartplug_backend.backup)
+and the command line (cli), on temporary files.
+"""
+
+import io
+import os
+import re
+import sqlite3
+import tarfile
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from smartplug_backend import backup, cli, lock
+from smartplug_backend.hub import Plug
+from smartplug_backend.store import Store
+
+from .test_persistence import fill
+
+SETTINGS = b"# mine\nHISTORY_KEEP = 50\n"
+
+
+def contents(archive_path: str, directory: str) -> tuple:
+    """
+    Unpack a backup into C{directory}.
+
+    @return: C{(member names, plugs in its database, settings bytes or None)}.
+    """
+    with tarfile.open(archive_path) as archive:
+        names = sorted(archive.getnames())
+        archive.extractall(directory, filter="data")
+    db_path = os.path.join(directory, backup.ARCHIVE_DB)
+    db = Store.open(db_path, 10)
+    try:
+        plugs = db.plugs()
+    finally:
+        db.close()
+    settings_path = os.path.join(directory, backup.ARCHIVE_SETTINGS)
+    settings = open(settings_path, "rb").read() if os.path.exists(settings_path) else None
+    return names, plugs, settings
+
+
+class Files(SynchronousTestCase):
+    """
+    A state database, a settings file and a backup directory in a fresh
+    temporary directory.
+    """
+
+    def setUp(self):
+        self.root = os.path.abspath(self.mktemp())
+        os.makedirs(self.root)
+        self.db = os.path.join(self.root, "state.sqlite")
+        self.settings = os.path.join(self.root, "settings.py")
+        with open(self.settings, "wb") as f:
+            f.write(SETTINGS + f"STATE_DB = {self.db!r}\n".encode())
+        self.backups = os.path.join(self.root, "backups")
+        self.seconds = 1700000000
+        fill(self.db, [("a", 1, 1.0, "http"), ("b", 0, 2.0, "device")])
+
+    def now(self) -> float:
+        return self.seconds
+
+    def take(self, prefix=backup.MANUAL) -> str:
+        return backup.take(self.db, self.settings, self.backups, prefix=prefix, now=self.now)
+
+    def scratch(self) -> str:
+        path = os.path.abspath(self.mktemp())
+        os.makedirs(path)
+        return path
+
+
+class TakeTests(Files):
+    """
+    A backup is one timestamped file holding a consistent copy of the
+    database and the settings file.
+    """
+
+    def test_holds_database_and_settings(self):
+        """
+        The backup, named after the UTC time, holds the database (openable
+        on its own, with every plug) and the settings file byte for byte.
+        """
+        path = self.take()
+        self.assertEqual(os.path.basename(path), "smartplug-backup-20231114T221320Z.tar.gz")
+        names, plugs, settings = contents(path, self.scratch())
+        self.assertEqual(names, sorted([backup.ARCHIVE_DB, backup.ARCHIVE_SETTINGS]))
+        self.assertEqual(plugs, [Plug("a", 1, 1.0), Plug("b", 0, 2.0)])
+        self.assertEqual(settings, open(self.settings, "rb").read())
+
+    def test_one_self_contained_file(self):
+        """
+        The database in the backup is not in WAL mode: the one file is all
+        of it.
+        """
+        unpacked = os.path.join(self.scratch(), backup.ARCHIVE_DB)
+        with tarfile.open(self.take()) as archive, open(unpacked, "wb") as f:
+            f.write(archive.extractfile(backup.ARCHIVE_DB).read())
+        db = sqlite3.connect(f"file:{unpacked}?mode=ro", uri=True)
+        self.addCleanup(db.close)
+        self.assertEqual(db.execute("PRAGMA journal_mode").fetchone()[0], "delete")
+
+    def test_without_settings_file(self):
+        """
+        With built-in settings (no file) the backup holds the database only.
+        """
+        path = backup.take(self.db, None, self.backups, now=self.now)
+        self.assertEqual(contents(path, self.scratch())[0], [backup.ARCHIVE_DB])
+
+    def test_snapshot_excludes_uncommitted_writes(self):
+        """
+        A backup taken while a writer is in the middle of a transaction holds
+        the last committed state, not half of the transaction.
+        """
+        writer = sqlite3.connect(self.db, isolation_level=None)
+        self.addCleanup(writer.close)
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("UPDATE plugs SET value = 0 WHERE id = 'a'")
+        writer.execute("INSERT INTO plugs (id, value, updated_at) VALUES ('c', 1, 3.0)")
+        path = self.take()
+        writer.execute("COMMIT")
+        self.assertEqual(contents(path, self.scratch())[1], [Plug("a", 1, 1.0), Plug("b", 0, 2.0)])
+
+    def test_same_second_gets_new_name(self):
+        """
+        Two backups in the same second get two files.
+        """
+        first, second = self.take(), self.take()
+        self.assertNotEqual(first, second)
+        self.assertTrue(second.endswith("Z-2.tar.gz"), second)
+
+    def assertFails(self, fragment: str, **kwargs) -> None:
+        arguments = dict(db_path=self.db, settings_path=self.settings, directory=self.backups, now=self.now)
+        arguments.update(kwargs)
+        error = self.assertRaises(backup.BackupError, backup.take, **arguments)
+        self.assertIn(fragment, str(error))
+        self.assertNotIn("\n", str(error))
+        if os.path.isdir(self.backups):
+            self.assertEqual(os.listdir(self.backups), [], "a failed backup left files behind")
+
+    def test_no_database(self):
+        """
+        Without a database file there is nothing to back up: one clear line.
+        """
+        self.assertFails("no state database", db_path=os.path.join(self.root, "missing.sqlite"))
+
+    def test_foreign_database(self):
+        """
+        A file that is not a state database is not backed up.
+        """
+        with open(self.db, "wb") as f:
+            f.write(b"nope" * 1000)
+        self.assertFails("not an SQLite database")
+
+    def test_unwritable_directory(self):
+        """
+        A backup directory that cannot be created fails with one line naming it.
+        """
+        blocker = os.path.join(self.root, "file")
+        open(blocker, "w").close()
+        self.assertFails("cannot write to", directory=os.path.join(blocker, "backups"))
+
+
+class PruneTests(Files):
+    """
+    Pruning keeps the newest automatic backups and never touches others.
+    """
+
+    def test_keeps_newest_automatic(self):
+        """
+        Of five automatic backups (two in the same second) the newest three
+        are kept; backups taken by hand are all kept.  A later backup in the
+        second of a pruned one sorts after the kept one of that second.
+        """
+        made = []
+        for step in (0, 10, 0, 20, 30):
+            self.seconds += step
+            made.append(self.take(prefix=backup.AUTOMATIC))
+        manual = self.take()
+        deleted = backup.prune(self.backups, keep=3)
+        self.assertEqual(deleted, made[:2])
+        self.assertEqual(sorted(os.listdir(self.backups)), sorted(os.path.basename(p) for p in made[2:] + [manual]))
+        self.seconds -= 50
+        newest = self.take(prefix=backup.AUTOMATIC)
+        self.assertEqual(backup.prune(self.backups, keep=3), [made[2]])
+        self.assertTrue(os.path.exists(newest))
+
+
+class RestoreTests(Files):
+    """
+    Restore puts a backup's database in place of STATE_DB, keeps the one it
+    replaces, and refuses while a server holds the database.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.archive = self.take()
+        fill(self.db, [("a", 0, 9.0, "http"), ("late", 1, 10.0, "http")])
+
+    def plugs(self) -> list:
+        db = Store.open(self.db, 10)
+        try:
+            return db.plugs()
+        finally:
+            db.close()
+
+    def test_restore(self):
+        """
+        After restore STATE_DB holds the backup's state; the replaced
+        database, with its WAL, is kept beside it and still opens with the
+        later state.
+        """
+        live = Store.open(self.db, 10)
+        live.save_report("wal-only", 1, 11.0, "http")
+        # Leave committed data in the WAL, as a killed server does.
+        os.link(self.db + "-wal", self.db + "-wal.keep")
+        live.close()
+        os.rename(self.db + "-wal.keep", self.db + "-wal")
+        self.seconds += 60
+        aside = backup.restore(self.db, self.archive, now=self.now)
+        self.assertEqual(aside, self.db + ".before-restore-20231114T221420Z")
+        self.assertEqual(self.plugs(), [Plug("a", 1, 1.0), Plug("b", 0, 2.0)])
+        old = Store.open(aside, 10)
+        self.addCleanup(old.close)
+        self.assertEqual([p.id for p in old.plugs()], ["a", "b", "late", "wal-only"])
+
+    def test_restore_without_database(self):
+        """
+        With no database at STATE_DB, restore just puts the backup's there.
+        """
+        os.remove(self.db)
+        self.assertIsNone(backup.restore(self.db, self.archive))
+        self.assertEqual(self.plugs(), [Plug("a", 1, 1.0), Plug("b", 0, 2.0)])
+
+    def test_refused_while_server_holds_lock(self):
+        """
+        While a server holds the database's lock, restore refuses and
+        changes nothing.
+        """
+        held = lock.hold(self.db)
+        self.addCleanup(os.close, held)
+        before = self.plugs()
+        error = self.assertRaises(lock.Locked, backup.restore, self.db, self.archive)
+        self.assertIn("in use by a running server", str(error))
+        self.assertEqual(self.plugs(), before)
+
+    def files(self) -> list:
+        # The lock file appears once anyone took the lock; it holds no state.
+        return sorted(name for name in os.listdir(self.root) if not name.endswith(".lock"))
+
+    def assertRefused(self, archive_path: str, fragment: str) -> None:
+        before = self.files()
+        error = self.assertRaises(backup.BackupError, backup.restore, self.db, archive_path)
+        self.assertIn(fragment, str(error))
+        self.assertEqual(self.files(), before)
+        self.assertEqual([p.id for p in self.plugs()], ["a", "b", "late"])
+
+    def test_bad_archives(self):
+        """
+        A missing file, a file that is not a backup, a backup without a
+        database, and one whose database is not ours are refused with one
+        line, and STATE_DB is left as it was.
+        """
+        self.assertRefused(os.path.join(self.root, "missing.tar.gz"), "no such file")
+        not_tar = os.path.join(self.root, "junk.tar.gz")
+        with open(not_tar, "wb") as f:
+            f.write(b"junk")
+        self.assertRefused(not_tar, "not a readable backup")
+        empty = os.path.join(self.scratch(), "empty.tar.gz")
+        with tarfile.open(empty, "w:gz") as archive:
+            archive.add(self.settings, backup.ARCHIVE_SETTINGS)
+        self.assertRefused(empty, "not a smartplug backup")
+        foreign_dir = self.scratch()
+        foreign_db = os.path.join(foreign_dir, "foreign.sqlite")
+        db = sqlite3.connect(foreign_db)
+        db.execute("CREATE TABLE contacts (name)")
+        db.commit()
+        db.close()
+        foreign = os.path.join(foreign_dir, "foreign.tar.gz")
+        with tarfile.open(foreign, "w:gz") as archive:
+            archive.add(foreign_db, backup.ARCHIVE_DB)
+        self.assertRefused(foreign, "not a smartplug state database")
+
+
+class CommandLineTests(Files):
+    """
+    python -m smartplug_backend backup/restore: one line of output, one
+    line for an error, and a non-zero status on failure.
+    """
+
+    def run_cli(self, *argv) -> tuple:
+        out, err = io.StringIO(), io.StringIO()
+        status = cli.main(list(argv), out=out, err=err)
+        return status, out.getvalue(), err.getvalue()
+
+    def assertOneLineError(self, result, fragment: str) -> None:
+        status, out, err = result
+        self.assertEqual((status, out), (1, ""))
+        self.assertEqual(err.count("\n"), 1, err)
+        self.assertTrue(err.startswith("smartplug: "), err)
+        self.assertIn(fragment, err)
+
+    def test_backup_and_restore(self):
+        """
+        backup --settings --to writes a backup and says where; restore FILE
+        puts it back and says where the replaced database went.
+        """
+        status, out, err = self.run_cli("backup", "--settings", self.settings, "--to", self.backups)
+        self.assertEqual((status, err), (0, ""))
+        path = re.fullmatch(r"backup written to (.+\.tar\.gz)\n", out).group(1)
+        self.assertEqual(contents(path, self.scratch())[2], open(self.settings, "rb").read())
+        fill(self.db, [("later", 1, 3.0, "http")])
+        status, out, err = self.run_cli("restore", path, "--settings", self.settings)
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn(f"restored to {self.db}; the database it replaced is now {self.db}.before-restore-", out)
+        db = Store.open(self.db, 10)
+        self.addCleanup(db.close)
+        self.assertEqual([p.id for p in db.plugs()], ["a", "b"])
+
+    def test_default_directory_and_settings(self):
+        """
+        Without options, the settings are ./settings.py and the backup goes
+        to ./backups/.
+        """
+        cwd = os.getcwd()
+        os.chdir(self.root)
+        self.addCleanup(os.chdir, cwd)
+        status, out, _ = self.run_cli("backup")
+        self.assertEqual(status, 0)
+        self.assertTrue(out.startswith("backup written to backups/smartplug-backup-"), out)
+
+    def test_restore_refused_while_running(self):
+        """
+        restore while a server holds the database fails with one line that
+        says to stop it.
+        """
+        archive = self.take()
+        held = lock.hold(self.db)
+        self.addCleanup(os.close, held)
+        self.assertOneLineError(self.run_cli("restore", archive, "--settings", self.settings), "stop it first")
+
+    def test_errors_are_one_line(self):
+        """
+        Usage mistakes, bad settings, STATE_DB = None and failed backups are
+        each one line on stderr with status 1.
+        """
+        memory = os.path.join(self.root, "memory.py")
+        with open(memory, "w") as f:
+            f.write("STATE_DB = None\n")
+        typo = os.path.join(self.root, "typo.py")
+        with open(typo, "w") as f:
+            f.write("STATE_BD = 'x'\n")
+        cases = [
+            ((), "required"),
+            (("frobnicate",), "invalid choice"),
+            (("restore",), "required: FILE"),
+            (("backup", "--settings", memory), "STATE_DB is None"),
+            (("backup", "--settings", typo), "did you mean STATE_DB"),
+            (("backup", "--settings", os.path.join(self.root, "none.py")), "no such settings file"),
+            (("restore", "nothing.tar.gz", "--settings", self.settings), "no such file"),
+        ]
+        for argv, fragment in cases:
+            self.assertOneLineError(self.run_cli(*argv), fragment)
