@@ -4,13 +4,18 @@ C{twistd smartplug}: command-line options and the wiring of every part.
 Nothing here does work of its own; it builds the parts and connects them.
 """
 
+from functools import partial
+
 from twisted.application.service import MultiService
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from . import config
 from .apps import AppFactory
+from .autobackup import BackupService, automatic_backup
+from .backup import DEFAULT_DIRECTORY
 from .channel import ThreadPoolService, make_site
 from .hub import Hub
 from .journal import MemoryJournal
@@ -78,14 +83,23 @@ def makeService(options: Options, reactor=None):
 
 def _state(settings: config.Settings, reactor, top: MultiService) -> Hub:
     """
-    The hub, on the state store when there is one.
+    The hub, on the state store when there is one, with automatic backups.
     Adds the store's services to C{top}, first: the hub is loaded before any
     listener binds.
     """
     if settings.STATE_DB is None:
         _log.info("STATE_DB is None: plug states and history are lost when the server stops")
+        if settings.BACKUP_INTERVAL is not None:
+            _log.warn("BACKUP_INTERVAL is ignored: with STATE_DB = None there is nothing to back up")
         return Hub(now=reactor.seconds, journal=MemoryJournal(settings.HISTORY_KEEP))
     state = StoreService(settings.STATE_DB, settings.HISTORY_KEEP, reactor)
     hub = state.hub = Hub(now=reactor.seconds, journal=state.journal)
     state.setServiceParent(top)
+    if settings.BACKUP_INTERVAL is not None:
+        # A thread of its own: a long backup must not hold up the writer.
+        pool = ThreadPool(minthreads=0, maxthreads=1, name="smartplug-backup")
+        ThreadPoolService(pool, reactor).setServiceParent(top)
+        take = partial(automatic_backup, settings.STATE_DB, settings.path, DEFAULT_DIRECTORY, settings.BACKUP_KEEP)
+        run = partial(deferToThreadPool, reactor, pool)
+        BackupService(take, settings.BACKUP_INTERVAL, reactor, run).setServiceParent(top)
     return hub

@@ -1,6 +1,7 @@
 """
-Tests for backups: taking, pruning and restoring them (smartplug_backend.backup)
-and the command line (cli), on temporary files.
+Tests for backups: taking, pruning and restoring them (smartplug_backend.backup),
+the command line (cli), and the automatic backups of the running server
+(autobackup), on temporary files with a fake clock.
 """
 
 import io
@@ -9,9 +10,13 @@ import re
 import sqlite3
 import tarfile
 
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.task import Clock
+from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
 from smartplug_backend import backup, cli, lock
+from smartplug_backend.autobackup import BackupService, automatic_backup
 from smartplug_backend.hub import Plug
 from smartplug_backend.store import Store
 
@@ -360,3 +365,83 @@ class CommandLineTests(Files):
         ]
         for argv, fragment in cases:
             self.assertOneLineError(self.run_cli(*argv), fragment)
+
+
+class AutomaticBackupTests(Files):
+    """
+    The running server backs up every BACKUP_INTERVAL, keeping BACKUP_KEEP
+    automatic backups; a failed backup is logged and the next one still runs.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.clock = Clock()
+        self.events = []
+        self.calls = []
+        self.outcomes = []
+
+    def start(self, take) -> BackupService:
+        service = BackupService(take, 60, self.clock, run=maybeDeferred)
+        self.patch(service, "_log", Logger(observer=self.events.append))
+        service.startService()
+        self.addCleanup(lambda: service.running and service.stopService())
+        return service
+
+    def scripted(self):
+        self.calls.append(self.clock.seconds())
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def logged(self, level: str) -> list:
+        return [e for e in self.events if e["log_level"].name == level]
+
+    def test_every_interval(self):
+        """
+        The first backup comes one interval after start, then one per
+        interval; each is logged with its path.
+        """
+        self.outcomes = [("one", []), ("two", ["zero"])]
+        self.start(self.scripted)
+        self.clock.pump([59])
+        self.assertEqual(self.calls, [])
+        self.clock.pump([1, 30, 30])
+        self.assertEqual(self.calls, [60, 120])
+        self.assertEqual([e["path"] for e in self.logged("info")], ["one", "two", "zero"])
+
+    def test_failure_logged_and_loop_goes_on(self):
+        """
+        A backup that fails is logged (one line for a BackupError, with the
+        traceback for anything else) and the next interval tries again.
+        """
+        self.outcomes = [backup.BackupError("disk full"), RuntimeError("bug"), ("three", [])]
+        self.start(self.scripted)
+        self.clock.pump([60, 60, 60])
+        self.assertEqual(self.calls, [60, 120, 180])
+        self.assertEqual([e.get("why") for e in self.logged("error")], ["disk full"])
+        self.assertEqual([e["log_failure"].type for e in self.events if "log_failure" in e], [RuntimeError])
+        self.assertEqual(self.logged("info")[0]["path"], "three")
+
+    def test_stop(self):
+        """
+        After the service stops, no more backups are taken.
+        """
+        self.outcomes = [("one", [])] * 3
+        service = self.start(self.scripted)
+        self.clock.pump([60])
+        service.stopService()
+        self.clock.pump([60, 60])
+        self.assertEqual(self.calls, [60])
+
+    def test_real_backups_are_pruned(self):
+        """
+        automatic_backup writes an automatic backup and keeps the newest
+        `keep` of them, leaving backups taken by hand alone.
+        """
+        manual = self.take()
+        written = []
+        for _ in range(4):
+            path, _deleted = automatic_backup(self.db, self.settings, self.backups, keep=2)
+            written.append(path)
+        self.assertEqual(sorted(os.listdir(self.backups)), sorted(os.path.basename(p) for p in [manual] + written[2:]))

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
 from smartplug_backend import tap
+from smartplug_backend.autobackup import BackupService
 from smartplug_backend.hub import Hub, Plug
 from smartplug_backend.journal import HistoryEntry
 from smartplug_backend.persistence import SQLiteJournal, StoreService
@@ -171,7 +172,7 @@ class StoreServiceTests(SynchronousTestCase):
 class WiringTests(SynchronousTestCase):
     """
     makeService puts the store first, so that the hub is loaded before any
-    listener binds.
+    listener binds, and adds automatic backups when asked.
     """
 
     def make(self, settings_text: str):
@@ -192,15 +193,25 @@ class WiringTests(SynchronousTestCase):
         top = self.make(f"STATE_DB = {db!r}\n")
         services = list(top)
         self.assertIsInstance(services[0], StoreService)
+        self.assertFalse(any(isinstance(s, BackupService) for s in services))
         top.privilegedStartService()
         self.addCleanup(lambda: os.close(services[0]._lock))
         self.addCleanup(services[0].journal.store.close)
         apps = next(s for s in services if getattr(s, "label", None) == "app WebSocket")._factory
         self.assertEqual(apps.hub.plug("p"), Plug("p", 1, 5.0))
 
+    def test_backups_when_asked(self):
+        """
+        BACKUP_INTERVAL adds the automatic backup service.
+        """
+        db = os.path.abspath(self.mktemp())
+        top = self.make(f"STATE_DB = {db!r}\nBACKUP_INTERVAL = 3600\n")
+        self.assertEqual(sum(isinstance(s, BackupService) for s in top), 1)
+
     def test_no_store_without_state_db(self):
         """
-        With STATE_DB = None there is no store.
+        With STATE_DB = None there is no store and no backup service, even
+        with BACKUP_INTERVAL set.
         """
-        top = self.make("STATE_DB = None\n")
-        self.assertFalse(any(isinstance(s, StoreService) for s in top))
+        top = self.make("STATE_DB = None\nBACKUP_INTERVAL = 60\n")
+        self.assertFalse(any(isinstance(s, (StoreService, BackupService)) for s in top))
