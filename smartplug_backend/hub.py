@@ -9,18 +9,12 @@ they subscribed.  A listener that fails is logged and the others still run.
 
 import dataclasses
 import time
-from datetime import datetime, timezone
 from typing import Callable, Optional
 
 from twisted.logger import Logger
 
-
-def utc_rfc3339(seconds: float) -> str:
-    """
-    C{seconds} since the epoch as UTC RFC 3339 with milliseconds and C{Z}.
-    """
-    moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+from .pubsub import PubSub
+from .times import utc_rfc3339
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +60,8 @@ Listener = Callable[[Report], None]
 
 class Hub:
     """
-    The plugs' state, owned by the reactor thread.
+    The server's state, owned by the reactor thread: the plugs here, the
+    pub/sub registry in C{pubsub}.
 
     @param now: returns the current time in seconds (a clock's C{seconds}).
     """
@@ -77,6 +72,7 @@ class Hub:
         self._now = now
         self._plugs: dict[str, Plug] = {}
         self._listeners: list[Listener] = []
+        self.pubsub = PubSub(now=now)
 
     def listen(self, listener: Listener) -> Callable[[], None]:
         """

@@ -14,6 +14,7 @@ from .apps import AppFactory
 from .channel import ThreadPoolService, make_site
 from .hub import Hub
 from .listeners import ListenerService, endpoint_description, fail
+from .pubsub import report_publisher
 from .web import Bridge, make_app
 
 _log = Logger(namespace="smartplug_backend")
@@ -59,11 +60,15 @@ def makeService(options: Options, reactor=None):
     # WSGI gets a pool of its own: the reactor's default pool also serves DNS.
     wsgi_pool = ThreadPool(minthreads=2, maxthreads=16, name="smartplug-wsgi")
     ThreadPoolService(wsgi_pool, reactor).setServiceParent(top)
-    site = make_site(make_app(hub, Bridge.for_reactor(reactor)), reactor, wsgi_pool)
+    app = make_app(hub, Bridge.for_reactor(reactor), api_key=settings.API_KEY)
+    site = make_site(app, reactor, wsgi_pool)
     ListenerService("HTTP", reactor, endpoint("www", settings.WWW_SERVER_PORT), site).setServiceParent(top)
 
-    apps = AppFactory(hub)
+    apps = AppFactory(hub, api_key=settings.API_KEY, info_interval=settings.INFO_INTERVAL, clock=reactor)
+    hub.pubsub.deliver = apps.deliver
+    # SPEC 1.1's order: state (the hub itself), apps, pub/sub, then tweets.
     hub.listen(apps.broadcast)
+    hub.listen(report_publisher(hub.pubsub))
     ListenerService("app WebSocket", reactor, endpoint("ws", settings.WS_SERVER_PORT), apps).setServiceParent(top)
 
     if settings.AUTH_SECRET is None:

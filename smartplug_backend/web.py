@@ -15,6 +15,7 @@ import bottle
 from twisted.internet.threads import blockingCallFromThread
 from twisted.logger import Logger
 
+from . import picloud
 from .reports import InvalidReport, parse_report
 
 MAX_BODY = 64 * 1024
@@ -55,42 +56,64 @@ def _error(status: int, message: str) -> bottle.HTTPResponse:
     return _json(status, {"error": message})
 
 
+class BodyTooLarge(ValueError):
+    """
+    The request body is over the limit (SPEC 6.3: 413).
+    """
+
+
 def read_body(request: bottle.BaseRequest, limit: int = MAX_BODY) -> bytes:
     """
     The request body, read without ever holding more than C{limit + 1} bytes.
 
-    @raise bottle.HTTPResponse: 413 when the body is larger than C{limit}.
+    @raise BodyTooLarge: when the body is larger than C{limit}.
     """
     try:
         declared = int(request.environ.get("CONTENT_LENGTH") or 0)
     except ValueError:
         declared = 0
-    if declared > limit:
-        raise _error(413, f"body too large: at most {limit} bytes")
-    body = request.environ["wsgi.input"].read(limit + 1)
-    if len(body) > limit:
-        raise _error(413, f"body too large: at most {limit} bytes")
+    body = b"" if declared > limit else request.environ["wsgi.input"].read(limit + 1)
+    if declared > limit or len(body) > limit:
+        raise BodyTooLarge(f"body too large: at most {limit} bytes")
     return body
 
 
-def make_app(hub, bridge: Bridge) -> bottle.Bottle:
+def _text(status: int, body: bytes) -> bottle.HTTPResponse:
+    # PiCloud answers with Go's http.Error: plain text, the body as given.
+    return bottle.HTTPResponse(
+        body=body,
+        status=status,
+        headers={"Content-Type": "text/plain; charset=utf-8", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+def make_app(hub, bridge: Bridge, api_key=None, on_auth_failure=lambda peer: None) -> bottle.Bottle:
     """
     Build the Bottle app serving SPEC 1 over C{hub}, reached through C{bridge}.
 
     The handlers never touch C{hub} directly: every use is C{bridge.call(...)}.
+
+    @param api_key: the API key PiCloud publishers must give, or C{None}.
+    @param on_auth_failure: called on the reactor thread with the peer's
+        address for each wrong API key.
     """
     app = bottle.Bottle(catchall=True, autojson=False)
 
-    def rejected(status: int, reason: str) -> bottle.HTTPResponse:
-        peer = bottle.request.remote_addr or "?"
+    def peer() -> str:
+        return bottle.request.remote_addr or "?"
+
+    def warn(reason: str) -> None:
         bridge.later(
             _log.warn,
             "rejected {method} {path} from {peer}: {reason}",
             method=bottle.request.method,
             path=bottle.request.path,
-            peer=peer,
+            peer=peer(),
             reason=reason,
         )
+
+    def rejected(status: int, reason: str) -> bottle.HTTPResponse:
+        warn(reason)
         return _error(status, reason)
 
     @app.get("/")
@@ -100,16 +123,34 @@ def make_app(hub, bridge: Bridge) -> bottle.Bottle:
     @app.post("/data")
     def data():
         try:
-            body = read_body(bottle.request)
-        except bottle.HTTPResponse as too_large:
-            return rejected(too_large.status_code, json.loads(too_large.body)["error"])
-        try:
-            plug_id, value = parse_report(body)
+            plug_id, value = parse_report(read_body(bottle.request))
+        except BodyTooLarge as e:
+            return rejected(413, str(e))
         except InvalidReport as e:
             return rejected(400, str(e))
-        peer = bottle.request.remote_addr or "?"
-        bridge.call(hub.report, plug_id, value, "http", peer)
+        bridge.call(hub.report, plug_id, value, "http", peer())
         return _json(200, {})
+
+    @app.post("/publish")
+    def publish():
+        request = bottle.request
+        headers = {name: request.get_header(name) for name in ("x-api-key", "x-api-client-name")}
+        try:
+            picloud.authenticate(api_key, headers, request.query, needs_name=True)
+        except picloud.Denied as denied:
+            warn(str(denied))
+            if denied.bad_key:
+                bridge.later(on_auth_failure, peer())
+            return _text(401, denied.body)
+        try:
+            event, data = picloud.parse_publication(picloud.decode(read_body(request)))
+        except BodyTooLarge as e:
+            return rejected(413, str(e))
+        except picloud.InvalidPublication as e:
+            warn(str(e))
+            return _text(400, picloud.BAD_REQUEST)
+        bridge.call(hub.pubsub.publish, event, data)
+        return _text(201, b"")
 
     @app.get("/plugs")
     def plugs():
