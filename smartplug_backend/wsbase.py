@@ -118,7 +118,9 @@ class LenientServerProtocol(WebSocketServerProtocol):
     def sendData(self, data, sync=False, chopsize=None):
         if self._send_buffer_full:
             self._unsent_since_full += len(data)
-            if self._unsent_since_full > MAX_UNSENT - self.transport.bufferSize:
+            # The buffer held the transport's bufferSize when it paused us
+            # (TCP's is 64 KiB; not every transport says).
+            if self._unsent_since_full > MAX_UNSENT - getattr(self.transport, "bufferSize", 65536):
                 return self._too_slow()
         return super().sendData(data, sync, chopsize)
 
@@ -128,7 +130,9 @@ class LenientServerProtocol(WebSocketServerProtocol):
         self._cut_off = True
         self.slow_peer_cut_off()
         self._send_buffer_full = False
-        self.sendClose(1008, "too slow")
+        # sendClose() refuses protocol codes like 1008; the frame-level call
+        # is what Autobahn itself uses to fail a connection.
+        self.sendCloseFrame(code=1008, reasonUtf8=b"too slow", isReply=False)
         # The close frame waits behind a megabyte the peer is not reading:
         # drop the connection now rather than hold that memory.
         self.transport.abortConnection()

@@ -48,12 +48,13 @@ class SynchronousReactor(MemoryReactorClock):
         f(*args, **kwargs)
 
 
-def http_client(hub: Hub) -> StubTreq:
+def http_client(hub: Hub, **app_options) -> StubTreq:
     """
-    A treq-like client for the Bottle app over C{hub}, served by the real
-    twisted.web Site and WSGIResource with every thread hop made synchronous.
+    A treq-like client for the Bottle app over C{hub} (with C{make_app}'s
+    C{app_options}), served by the real twisted.web Site and WSGIResource
+    with every thread hop made synchronous.
     """
-    app = make_app(hub, SYNC_BRIDGE)
+    app = make_app(hub, SYNC_BRIDGE, **app_options)
     site = make_site(app, SynchronousReactor(), SynchronousThreadPool())
     return StubTreq(site.resource)
 
