@@ -14,7 +14,8 @@ from twisted.logger import Logger
 
 from . import picloud
 from .reports import broadcast_bytes
-from .wsbase import MAX_MESSAGE, LenientServerProtocol, peer_address, peer_host
+from .limits import MAX_MESSAGE
+from .wsbase import LenientServerProtocol, peer_address, peer_host
 
 
 class AppProtocol(LenientServerProtocol):

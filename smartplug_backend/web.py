@@ -16,9 +16,8 @@ from twisted.internet.threads import blockingCallFromThread
 from twisted.logger import Logger
 
 from . import picloud
+from .limits import MAX_BODY
 from .reports import InvalidReport, parse_report
-
-MAX_BODY = 64 * 1024
 
 _log = Logger(namespace="smartplug_backend.web")
 

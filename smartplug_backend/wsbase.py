@@ -11,10 +11,7 @@ from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
-# A single frame or message larger than this closes the connection with 1009.
-MAX_MESSAGE = 64 * 1024
-# A connection with more than this written but not yet sent is cut off.
-MAX_UNSENT = 1024 * 1024
+from .limits import MAX_UNSENT
 
 _HOST_HEADER = re.compile(rb"\nhost[ \t]*:", re.IGNORECASE)
 

@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from smartplug_backend.apps import AppFactory
 from smartplug_backend.hub import Hub
 from smartplug_backend.pubsub import PubSub, delivery_frame, go_json, report_publisher
-from smartplug_backend.wsbase import MAX_UNSENT
+from smartplug_backend.limits import MAX_UNSENT
 
 from .helpers import http_client, raw_handshake, ws_connect
 
