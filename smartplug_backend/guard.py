@@ -102,6 +102,15 @@ class Guard:
         """
         return normal_address(host) in self._bans
 
+    def failures(self, host: str) -> int:
+        """
+        The failures counted against C{host} now (0 once forgotten or banned).
+        """
+        seen = self._failures.get(normal_address(host))
+        if seen is None or self._clock.seconds() - seen.last >= self._ban_seconds:
+            return 0
+        return seen.count
+
     def failure(self, host: str, reason: str) -> bool:
         """
         Count one authentication failure of C{host}; ban it when that makes

@@ -42,6 +42,7 @@ class BanTests(SynchronousTestCase):
         Two failures do not ban; the third bans that address and no other.
         """
         self.assertFalse(self.fail(times=2))
+        self.assertEqual(self.guard.failures(STRANGER), 2)
         self.assertFalse(self.guard.banned(STRANGER))
         self.assertTrue(self.guard.admits(STRANGER))
         self.assertTrue(self.fail())
@@ -68,7 +69,10 @@ class BanTests(SynchronousTestCase):
         """
         for _ in range(5):
             self.assertFalse(self.fail())
-            self.clock.pump([30, 30])
+            self.clock.pump([30, 29])
+            self.assertEqual(self.guard.failures(STRANGER), 1)
+            self.clock.advance(1)
+            self.assertEqual(self.guard.failures(STRANGER), 0)
         self.assertFalse(self.guard.banned(STRANGER))
 
     def test_failure_while_banned(self):
