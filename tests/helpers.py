@@ -54,12 +54,13 @@ class SynchronousReactor(MemoryReactorClock):
         f(*args, **kwargs)
 
 
-def http_client(hub: Hub) -> StubTreq:
+def http_client(hub: Hub, **options) -> StubTreq:
     """
     A treq-like client for the Bottle app over C{hub}, served by the real
     twisted.web Site and WSGIResource with every thread hop made synchronous.
+    C{options} go to L{make_app} (C{guard}, C{api_key}).
     """
-    app = make_app(hub, SYNC_BRIDGE)
+    app = make_app(hub, SYNC_BRIDGE, **options)
     site = make_site(app, SynchronousReactor(), SynchronousThreadPool())
     return StubTreq(site.resource)
 
@@ -87,6 +88,7 @@ class RecordingClient(WebSocketClientProtocol):
         super().__init__()
         self.opened = False
         self.messages: list = []
+        self.pongs: list = []
         self.closed = None
 
     def onOpen(self):
@@ -94,6 +96,9 @@ class RecordingClient(WebSocketClientProtocol):
 
     def onMessage(self, payload, isBinary):
         self.messages.append(payload if not isBinary else ("binary", payload))
+
+    def onPong(self, payload):
+        self.pongs.append(payload)
 
     def onClose(self, wasClean, code, reason):
         self.closed = (code, reason)
