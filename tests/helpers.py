@@ -35,6 +35,10 @@ class SynchronousThreadPool:
     A ThreadPool stand-in for WSGIResource that runs work immediately.
     """
 
+    def callInThread(self, f, *args, **kwargs):
+        # What WSGIResource calls (Twisted 22.8 and later).
+        f(*args, **kwargs)
+
     def callInThreadWithCallback(self, onResult, f, *args, **kwargs):
         try:
             result = f(*args, **kwargs)
