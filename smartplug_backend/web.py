@@ -15,6 +15,8 @@ import bottle
 from twisted.internet.threads import blockingCallFromThread
 from twisted.logger import Logger
 
+from .display import InvalidDisplay, parse_display
+from .guard import key_matches
 from .reports import InvalidReport, parse_report
 
 MAX_BODY = 64 * 1024
@@ -73,25 +75,77 @@ def read_body(request: bottle.BaseRequest, limit: int = MAX_BODY) -> bytes:
     return body
 
 
-def make_app(hub, bridge: Bridge) -> bottle.Bottle:
+def _peer() -> str:
+    """
+    The address of the connection the request came on.
+
+    Not Bottle's C{remote_addr}: that believes any X-Forwarded-For header,
+    and a ban must never be steered onto somebody else's address.
+    """
+    return bottle.request.environ.get("REMOTE_ADDR") or "?"
+
+
+def _given_key():
+    """
+    The API key of the request (SPEC 3.1): the X-API-Key header, else the
+    apiKey query parameter, else C{None}.
+    """
+    return bottle.request.get_header("X-API-Key") or bottle.request.query.get("apiKey")
+
+
+def make_app(hub, bridge: Bridge, guard=None, api_key=None) -> bottle.Bottle:
     """
     Build the Bottle app serving SPEC 1 over C{hub}, reached through C{bridge}.
 
-    The handlers never touch C{hub} directly: every use is C{bridge.call(...)}.
+    The handlers never touch C{hub} or C{guard} directly: every use is
+    C{bridge.call(...)} or C{bridge.later(...)}.
+
+    @param guard: counts wrong API keys toward bans
+        (L{smartplug_backend.guard.Guard}), or C{None}.
+    @param api_key: C{API_KEY}: required on C{POST /display} when set.
     """
     app = bottle.Bottle(catchall=True, autojson=False)
 
     def rejected(status: int, reason: str) -> bottle.HTTPResponse:
-        peer = bottle.request.remote_addr or "?"
         bridge.later(
             _log.warn,
             "rejected {method} {path} from {peer}: {reason}",
             method=bottle.request.method,
             path=bottle.request.path,
-            peer=peer,
+            peer=_peer(),
             reason=reason,
         )
         return _error(status, reason)
+
+    def parsed_body(parse):
+        """
+        The request body through C{parse}.
+
+        @raise bottle.HTTPResponse: (Bottle sends it) 413 for a body that is
+            too large, 400 for one that C{parse} refuses.
+        """
+        try:
+            body = read_body(bottle.request)
+        except bottle.HTTPResponse as too_large:
+            raise rejected(too_large.status_code, json.loads(too_large.body)["error"]) from None
+        try:
+            return parse(body)
+        except (InvalidReport, InvalidDisplay) as e:
+            raise rejected(400, str(e)) from None
+
+    def require_key() -> None:
+        """
+        When C{API_KEY} is set, insist on it.  A wrong key (not a missing
+        one: that guesses nothing) counts toward a ban.
+
+        @raise bottle.HTTPResponse: 401 without the right key.
+        """
+        given = _given_key()
+        if key_matches(api_key, given):
+            return
+        if given is not None and guard is not None:
+            bridge.later(guard.failure, _peer(), f"wrong API key for {bottle.request.method} {bottle.request.path}")
+        raise rejected(401, "invalid API key: send it in the X-API-Key header or the apiKey query parameter")
 
     @app.get("/")
     def index():
@@ -99,16 +153,8 @@ def make_app(hub, bridge: Bridge) -> bottle.Bottle:
 
     @app.post("/data")
     def data():
-        try:
-            body = read_body(bottle.request)
-        except bottle.HTTPResponse as too_large:
-            return rejected(too_large.status_code, json.loads(too_large.body)["error"])
-        try:
-            plug_id, value = parse_report(body)
-        except InvalidReport as e:
-            return rejected(400, str(e))
-        peer = bottle.request.remote_addr or "?"
-        bridge.call(hub.report, plug_id, value, "http", peer)
+        plug_id, value = parsed_body(parse_report)
+        bridge.call(hub.report, plug_id, value, "http", _peer())
         return _json(200, {})
 
     @app.get("/plugs")
@@ -121,6 +167,19 @@ def make_app(hub, bridge: Bridge) -> bottle.Bottle:
         if found is None:
             return _error(404, f"unknown plug id: {plug_id}")
         return _json(200, found.as_json())
+
+    @app.get("/display")
+    def display():
+        return _json(200, bridge.call(hub.display).as_json())
+
+    @app.post("/display")
+    def set_display():
+        require_key()
+        change = parsed_body(parse_display)
+        if isinstance(change, str):
+            packet = bridge.call(hub.display_command, change, _peer())
+            return _json(200, {"command": change, "packet": packet})
+        return _json(200, bridge.call(hub.set_display, change, _peer()).as_json())
 
     @app.error(404)
     def not_found(error):
