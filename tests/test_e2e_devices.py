@@ -152,3 +152,18 @@ class BanEndToEndTests(TestCase):
         self.assertNotIn("Traceback", self.server.log())
         self.assertNotIn(SECRET, self.server.log())
         self.assertNotIn("not-the-secret", self.server.log())
+
+
+class NoSecretEndToEndTests(TestCase):
+    """
+    Without AUTH_SECRET there is no device port.
+    """
+
+    def test_not_opened(self):
+        """
+        The server starts, says how to enable the device port, and does not
+        open it.
+        """
+        server = start_server(self)
+        server.wait_for(r"device WebSocket port not opened: set AUTH_SECRET in .*settings\.py to enable it")
+        self.assertNotIn("device WebSocket listening", server.log())
