@@ -7,11 +7,10 @@ hub report is broadcast to every open app connection, serialised once.
 
 import json
 
-from autobahn.twisted.websocket import WebSocketServerFactory
 from twisted.logger import Logger
 
 from .reports import broadcast_bytes
-from .wsbase import MAX_MESSAGE, LenientServerProtocol, peer_host
+from .wsbase import LenientServerProtocol, LimitedServerFactory, peer_host
 
 
 class AppProtocol(LenientServerProtocol):
@@ -68,7 +67,7 @@ class AppProtocol(LenientServerProtocol):
             )
 
 
-class AppFactory(WebSocketServerFactory):
+class AppFactory(LimitedServerFactory):
     """
     The app WebSocket listener.  Subscribe L{broadcast} to the hub.
     """
@@ -80,8 +79,6 @@ class AppFactory(WebSocketServerFactory):
         self.hub = hub
         self.clients: set = set()
         self.setProtocolOptions(
-            maxFramePayloadSize=MAX_MESSAGE,
-            maxMessagePayloadSize=MAX_MESSAGE,
             # Phones vanish without a close; pings find the dead connections.
             autoPingInterval=60,
             autoPingTimeout=30,
@@ -92,8 +89,4 @@ class AppFactory(WebSocketServerFactory):
         Send a hub report to every open app connection: serialised and framed
         once, whatever the number of clients.
         """
-        if not self.clients:
-            return
-        prepared = self.prepareMessage(broadcast_bytes(report.plug.id, report.plug.value))
-        for client in list(self.clients):
-            client.sendPreparedMessage(prepared)
+        self.send_to_all(self.clients, broadcast_bytes(report.plug.id, report.plug.value))

@@ -9,12 +9,11 @@ own timers run on the global reactor, which tests cannot drive.
 
 import hmac
 
-from autobahn.twisted.websocket import WebSocketServerFactory
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from .reports import InvalidReport, parse_report
-from .wsbase import MAX_MESSAGE, LenientServerProtocol, peer_host
+from .wsbase import LenientServerProtocol, LimitedServerFactory, peer_host
 
 # Autobahn's sendClose() only takes 1000 and 3000-4999; 1008 is what SPEC 2.1
 # asks for, so the close frame is sent one level down.
@@ -135,7 +134,7 @@ class DeviceProtocol(LenientServerProtocol):
         self._log.info("device disconnected from {peer}: {why}", peer=self._peer, why=why)
 
 
-class DeviceFactory(WebSocketServerFactory):
+class DeviceFactory(LimitedServerFactory):
     """
     The device WebSocket listener.  Subscribe L{send_packet} to the hub's
     display changes.
@@ -156,13 +155,9 @@ class DeviceFactory(WebSocketServerFactory):
         self.auth_timeout = auth_timeout
         self.idle_timeout = idle_timeout
         self.devices: set = set()
-        self.setProtocolOptions(
-            maxFramePayloadSize=MAX_MESSAGE,
-            maxMessagePayloadSize=MAX_MESSAGE,
-            # Devices keep themselves alive (SPEC 2.2); the idle timeout finds
-            # the silent ones.
-            autoPingInterval=0,
-        )
+        # Devices keep themselves alive (SPEC 2.2); the idle timeout finds
+        # the silent ones.
+        self.setProtocolOptions(autoPingInterval=0)
 
     @classmethod
     def from_settings(cls, settings, hub, guard, clock: IReactorTime) -> "DeviceFactory":
@@ -181,8 +176,4 @@ class DeviceFactory(WebSocketServerFactory):
         Send a hub L{DisplayEvent}'s packet to every authenticated device:
         serialised and framed once, whatever the number of devices.
         """
-        if not self.devices:
-            return
-        prepared = self.prepareMessage(event.packet.encode("ascii"))
-        for device in list(self.devices):
-            device.sendPreparedMessage(prepared)
+        self.send_to_all(self.devices, event.packet.encode("ascii"))

@@ -1,11 +1,13 @@
 """
 What every WebSocket listener of ours shares: a handshake lenient enough for
-the clients that really connect, and the peer address for logs.
+the clients that really connect, the message size limit, one message sent to
+many connections, and the peer address for logs.
 """
 
 import re
+from typing import Iterable
 
-from autobahn.twisted.websocket import WebSocketServerProtocol
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 
 # A single frame or message larger than this closes the connection with 1009.
 MAX_MESSAGE = 64 * 1024
@@ -46,3 +48,26 @@ class LenientServerProtocol(WebSocketServerProtocol):
                     first = head.find(b"\n") + 1
                     self.data = self.data[:first] + b"Host: localhost\r\n" + self.data[first:]
         return super().processHandshake()
+
+
+class LimitedServerFactory(WebSocketServerFactory):
+    """
+    A server factory whose connections refuse frames and messages over
+    L{MAX_MESSAGE} (close 1009), and that can send one message to many.
+    """
+
+    def __init__(self, url=None) -> None:
+        super().__init__(url)
+        self.setProtocolOptions(maxFramePayloadSize=MAX_MESSAGE, maxMessagePayloadSize=MAX_MESSAGE)
+
+    def send_to_all(self, connections: Iterable, payload: bytes) -> None:
+        """
+        Send the text message C{payload} to every one of C{connections}:
+        framed once, whatever their number.
+        """
+        connections = list(connections)
+        if not connections:
+            return
+        prepared = self.prepareMessage(payload)
+        for connection in connections:
+            connection.sendPreparedMessage(prepared)
