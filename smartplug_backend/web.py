@@ -90,7 +90,9 @@ def _given_key():
     The API key of the request (SPEC 3.1): the X-API-Key header, else the
     apiKey query parameter, else C{None}.
     """
-    return bottle.request.get_header("X-API-Key") or bottle.request.query.get("apiKey")
+    # getunicode: query.get() would hand over UTF-8 bytes read as latin-1,
+    # and a non-ASCII key would never match.
+    return bottle.request.get_header("X-API-Key") or bottle.request.query.getunicode("apiKey")
 
 
 def make_app(hub, bridge: Bridge, guard=None, api_key=None) -> bottle.Bottle:

@@ -146,6 +146,17 @@ class DisplayKeyTests(DisplayTestCase):
         self.assertEqual(self.request("POST", URL + "?apiKey=" + self.api_key, body={"mode": 0})[0], 200)
         self.assertEqual(self.packets, ["[cc:2:255,65,174:0]", "[cc:0:?:?]"])
 
+    def test_non_ascii_key(self):
+        """
+        A key with non-ASCII characters matches in the header and, URL
+        encoded as UTF-8, in the query parameter.
+        """
+        self.api_key = "clé-de-la-maison"
+        self.client = http_client(self.hub, guard=self.guard, api_key=self.api_key)
+        header = {b"X-API-Key": self.api_key.encode("utf-8")}
+        self.assertEqual(self.request("POST", body={"mode": 0}, headers=header)[0], 200)
+        self.assertEqual(self.request("POST", URL + "?apiKey=cl%C3%A9-de-la-maison", body={"mode": 0})[0], 200)
+
     def test_missing_key(self):
         """
         Without a key: 401 with a JSON error, nothing changes, and no failure
