@@ -87,6 +87,8 @@ class DeviceProtocol(LenientServerProtocol):
     def _close(self, code: int, text: str, why: str) -> None:
         self._state = _CLOSING
         self._why = why
+        # No more packets for a device on its way out.
+        self.factory.devices.discard(self)
         self.sendCloseFrame(code=code, reasonUtf8=text.encode("utf-8"), isReply=False)
 
     def _alive(self) -> None:

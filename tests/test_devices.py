@@ -286,9 +286,11 @@ class AuthenticatedTests(DeviceTestCase):
         with capturedLogs() as events:
             self.wait(connection, 29)
             self.assertIsNone(connection[0].closed)
-            self.wait(connection, 1)
+            self.clock.advance(1)
+            # Closing: no display packet follows the close frame.
+            self.assertEqual(self.factory.devices, set())
+            connection[2].flush()
         self.assertEqual(connection[0].closed[0], 1000)
-        self.assertEqual(self.factory.devices, set())
         self.assertIn(
             f"device disconnected from {PEER}: silent for 30 seconds",
             [formatEvent(e) for e in events],
