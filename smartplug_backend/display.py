@@ -9,18 +9,6 @@ import dataclasses
 import json
 from typing import Optional, Union
 
-WEATHER = {
-    1: "sunrise",
-    2: "sunset",
-    3: "clear",
-    4: "cloudy",
-    5: "rain",
-    6: "storm",
-    7: "snow",
-    8: "mist",
-    9: "wind",
-}
-
 # One-off commands: sent to the devices, never stored as the state.
 COMMANDS = {"reset": "[cc:r:?:?]", "update": "[cc:u:?:?]"}
 
