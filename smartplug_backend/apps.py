@@ -7,15 +7,13 @@ reports are broadcast to every PlugBuddy connection serialised once, PiCloud
 messages go to the hub's pub/sub registry.
 """
 
-from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from . import picloud
 from .reports import broadcast_bytes
-from .limits import MAX_MESSAGE
-from .wsbase import LenientServerProtocol, peer_address, peer_host
+from .wsbase import LenientServerProtocol, LimitedServerFactory, peer_address, peer_host
 
 
 class AppProtocol(LenientServerProtocol):
@@ -33,20 +31,20 @@ class AppProtocol(LenientServerProtocol):
     def onConnect(self, request):
         self._peer = peer_host(self.transport)
         self._route = picloud.ROUTES.get(request.path, "plugbuddy")
+        key, name = picloud.credentials(request.headers, request.params)
         if self._route == "plugbuddy":
-            self._client_name = picloud.client_name(request.headers, request.params) or "plugbuddy"
+            self._client_name = name or "plugbuddy"
             return None
         try:
             self._client_name = picloud.authenticate(
-                self.factory.api_key, request.headers, request.params,
-                needs_name=self._route in ("subscribe", "publish"),
+                self.factory.api_key, key, name, needs_name=self._route in ("subscribe", "publish")
             )
         except picloud.Denied as denied:
             self._log.warn(
                 "refused {path} from {peer}: {reason}", path=request.path, peer=self._peer, reason=str(denied)
             )
-            if denied.bad_key:
-                self.factory.on_auth_failure(self._peer)
+            if denied.bad_key and self.factory.guard is not None:
+                self.factory.guard.failure(self._peer, f"wrong API key for {request.path}")
             self._deny_body = denied.body
             raise ConnectionDeny(401, str(denied))
         return None
@@ -120,21 +118,21 @@ class AppProtocol(LenientServerProtocol):
         self._log.info("app disconnected from {peer} (code {code})", peer=self._peer, code=code)
 
 
-class AppFactory(WebSocketServerFactory):
+class AppFactory(LimitedServerFactory):
     """
     The app WebSocket listener.  Subscribe L{broadcast} to the hub, and set
-    the hub's pub/sub C{deliver} to L{deliver}.
+    the hub's pub/sub C{deliver} to L{send_to_all}.
 
     @param api_key: PiCloud's API key, or C{None} for none.
     @param clock: drives the info socket's frames.
-    @param on_auth_failure: called with the peer's address for each wrong
-        API key (the ban component counts them).
+    @param guard: counts wrong API keys toward bans
+        (L{smartplug_backend.guard.Guard}), or C{None}.
     """
 
     protocol = AppProtocol
     noisy = False  # ListenerService logs where it listens, readably
 
-    def __init__(self, hub, api_key=None, info_interval=5, clock=None, on_auth_failure=lambda peer: None, url=None):
+    def __init__(self, hub, api_key=None, info_interval=5, clock=None, guard=None, url=None):
         super().__init__(url)
         if clock is None:
             from twisted.internet import reactor as clock
@@ -142,11 +140,9 @@ class AppFactory(WebSocketServerFactory):
         self.api_key = api_key
         self.info_interval = info_interval
         self.clock = clock
-        self.on_auth_failure = on_auth_failure
+        self.guard = guard
         self.clients: set = set()
         self.setProtocolOptions(
-            maxFramePayloadSize=MAX_MESSAGE,
-            maxMessagePayloadSize=MAX_MESSAGE,
             # Phones vanish without a close; pings find the dead connections.
             autoPingInterval=60,
             autoPingTimeout=30,
@@ -157,14 +153,4 @@ class AppFactory(WebSocketServerFactory):
         Send a hub report to every PlugBuddy connection: serialised and framed
         once, whatever the number of clients.
         """
-        self.deliver(broadcast_bytes(report.plug.id, report.plug.value), list(self.clients))
-
-    def deliver(self, payload: bytes, connections: list) -> None:
-        """
-        Send one text message to C{connections}, framed once.
-        """
-        if not connections:
-            return
-        prepared = self.prepareMessage(payload)
-        for connection in connections:
-            connection.sendPreparedMessage(prepared)
+        self.send_to_all(self.clients, broadcast_bytes(report.plug.id, report.plug.value))

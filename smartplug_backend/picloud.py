@@ -3,10 +3,10 @@ PiCloud compatibility (SPEC 3.1-3.3): who may connect, and what the clients'
 messages mean.  Shared by the app WebSocket routes and C{POST /publish}.
 """
 
-import hmac
 import json
 from typing import Any, Mapping, Optional
 
+from .guard import key_matches
 from .pubsub import InvalidPublication, PubSub, parse_publication
 
 INVALID_API_KEY = b"Invalid API Key\n"
@@ -31,40 +31,36 @@ class Denied(Exception):
         self.bad_key = bad_key
 
 
-def _first(headers: Mapping[str, Any], params: Mapping[str, Any], header: str, param: str) -> Optional[str]:
-    value = headers.get(header)
-    if value:
-        return value
-    value = params.get(param)
-    if isinstance(value, list):
-        value = value[0] if value else None
-    return value or None
-
-
-def client_name(headers: Mapping[str, Any], params: Mapping[str, Any]) -> str:
+def credentials(headers: Mapping[str, Any], params: Mapping[str, list]) -> tuple[Optional[str], str]:
     """
-    The client's name from C{X-API-Client-Name} or C{clientName}, or "".
+    C{(api_key, client_name)} of a WebSocket opening handshake: each from its
+    header, else its query parameter (SPEC 3.1).
+
+    @param headers: request headers, keys in lower case.
+    @param params: query parameters, each a list of values.
     """
-    return _first(headers, params, "x-api-client-name", "clientName") or ""
+
+    def first(header: str, param: str) -> Optional[str]:
+        return headers.get(header) or (params.get(param) or [None])[0] or None
+
+    return first("x-api-key", "apiKey"), first("x-api-client-name", "clientName") or ""
 
 
-def authenticate(api_key: Optional[str], headers: Mapping[str, Any], params: Mapping[str, Any], needs_name: bool) -> str:
+def authenticate(api_key: Optional[str], given_key: Optional[str], name: Optional[str], needs_name: bool) -> str:
     """
     Check a PiCloud request's API key and client name (SPEC 3.1).
 
-    @param headers: request headers, keys in lower case.
-    @param params: query parameters (values may be lists).
+    @param api_key: C{API_KEY}, or C{None} when no key is required.
     @return: the client name ("" where none is needed and none was given).
-    @raise Denied: a wrong key, or a missing name where one is required.
+    @raise Denied: a wrong or missing key (only a wrong one counts toward a
+        ban: a missing one guesses nothing), or a missing name where one is
+        required.
     """
-    if api_key is not None:
-        given = _first(headers, params, "x-api-key", "apiKey") or ""
-        if not hmac.compare_digest(given.encode("utf-8"), api_key.encode("utf-8")):
-            raise Denied(INVALID_API_KEY, bad_key=True)
-    name = client_name(headers, params)
+    if not key_matches(api_key, given_key):
+        raise Denied(INVALID_API_KEY, bad_key=given_key is not None)
     if needs_name and not name:
         raise Denied(INVALID_CLIENT_NAME, bad_key=False)
-    return name
+    return name or ""
 
 
 def decode(payload: bytes) -> Any:

@@ -2,7 +2,7 @@
 PiCloud pub/sub (SPEC 3): the subscription registry and the delivery frame.
 
 Reactor thread only; it knows nothing of Autobahn.  Subscribers are opaque
-objects; one injected C{deliver(frame, subscribers)} function sends a frame to
+objects; one injected C{deliver(subscribers, frame)} function sends a frame to
 them, so a publication is serialised once whatever the number of subscribers.
 """
 
@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from .reports import broadcast_bytes
 from .times import utc_rfc3339
 
-Deliver = Callable[[bytes, list], None]
+Deliver = Callable[[list, bytes], None]
 
 # Go's encoding/json (PiCloud is Go) escapes these inside strings; clients
 # written against it may compare frames byte for byte.
@@ -68,7 +68,7 @@ class PubSub:
     """
     Which subscribers want which events.
 
-    @param deliver: sends one frame to a list of subscribers.
+    @param deliver: C{deliver(subscribers, frame)} sends one frame to them all.
     @param now: the current time in seconds.
     """
 
@@ -134,7 +134,7 @@ class PubSub:
         """
         subscribers = list(self._events.get(event, ()))
         if subscribers and self.deliver is not None:
-            self.deliver(delivery_frame(event, data, self._now()), subscribers)
+            self.deliver(subscribers, delivery_frame(event, data, self._now()))
         return len(subscribers)
 
     def subscriptions(self) -> Iterable[tuple[str, list]]:

@@ -12,6 +12,8 @@ from twisted.python.threadpool import ThreadPool
 from . import config
 from .apps import AppFactory
 from .channel import ThreadPoolService, make_site
+from .devices import DeviceFactory
+from .guard import Guard
 from .hub import Hub
 from .listeners import ListenerService, endpoint_description, fail
 from .pubsub import report_publisher
@@ -56,24 +58,30 @@ def makeService(options: Options, reactor=None):
 
     top = MultiService()
     hub = Hub(now=reactor.seconds)
+    # One guard for every listener: a ban holds on all ports.
+    guard = Guard.from_settings(settings, reactor)
 
     # WSGI gets a pool of its own: the reactor's default pool also serves DNS.
     wsgi_pool = ThreadPool(minthreads=2, maxthreads=16, name="smartplug-wsgi")
     ThreadPoolService(wsgi_pool, reactor).setServiceParent(top)
-    app = make_app(hub, Bridge.for_reactor(reactor), api_key=settings.API_KEY)
-    site = make_site(app, reactor, wsgi_pool)
+    app = make_app(hub, Bridge.for_reactor(reactor), guard=guard, api_key=settings.API_KEY)
+    site = guard.wrap(make_site(app, reactor, wsgi_pool))
     ListenerService("HTTP", reactor, endpoint("www", settings.WWW_SERVER_PORT), site).setServiceParent(top)
 
-    apps = AppFactory(hub, api_key=settings.API_KEY, info_interval=settings.INFO_INTERVAL, clock=reactor)
-    hub.pubsub.deliver = apps.deliver
+    apps = AppFactory(hub, api_key=settings.API_KEY, info_interval=settings.INFO_INTERVAL, clock=reactor, guard=guard)
+    hub.pubsub.deliver = apps.send_to_all
     # SPEC 1.1's order: state (the hub itself), apps, pub/sub, then tweets.
     hub.listen(apps.broadcast)
     hub.listen(report_publisher(hub.pubsub))
-    ListenerService("app WebSocket", reactor, endpoint("ws", settings.WS_SERVER_PORT), apps).setServiceParent(top)
+    ListenerService("app WebSocket", reactor, endpoint("ws", settings.WS_SERVER_PORT), guard.wrap(apps)).setServiceParent(top)
 
     if settings.AUTH_SECRET is None:
         _log.info(
             "device WebSocket port not opened: set AUTH_SECRET in {where} to enable it",
             where=settings.path or "settings.py",
         )
+    else:
+        devices = DeviceFactory.from_settings(settings, hub, guard, reactor)
+        hub.watch_display(devices.send_packet)
+        ListenerService("device WebSocket", reactor, endpoint("device", settings.DEVICE_SERVER_PORT), guard.wrap(devices)).setServiceParent(top)
     return top

@@ -16,6 +16,8 @@ from twisted.internet.threads import blockingCallFromThread
 from twisted.logger import Logger
 
 from . import picloud
+from .display import InvalidDisplay, parse_display
+from .guard import key_matches
 from .limits import MAX_BODY
 from .reports import InvalidReport, parse_report
 
@@ -86,20 +88,39 @@ def _text(status: int, body: bytes) -> bottle.HTTPResponse:
     )
 
 
-def make_app(hub, bridge: Bridge, api_key=None, on_auth_failure=lambda peer: None) -> bottle.Bottle:
+def _peer() -> str:
+    """
+    The address of the connection the request came on.
+
+    Not Bottle's C{remote_addr}: that believes any X-Forwarded-For header,
+    and a ban must never be steered onto somebody else's address.
+    """
+    return bottle.request.environ.get("REMOTE_ADDR") or "?"
+
+
+def _given(header: str, param: str):
+    """
+    A credential of the request (SPEC 3.1): the header, else the query
+    parameter, else C{None}.
+    """
+    # getunicode: query.get() would hand over UTF-8 bytes read as latin-1,
+    # and a non-ASCII key would never match.
+    return bottle.request.get_header(header) or bottle.request.query.getunicode(param) or None
+
+
+def make_app(hub, bridge: Bridge, guard=None, api_key=None) -> bottle.Bottle:
     """
     Build the Bottle app serving SPEC 1 over C{hub}, reached through C{bridge}.
 
-    The handlers never touch C{hub} directly: every use is C{bridge.call(...)}.
+    The handlers never touch C{hub} or C{guard} directly: every use is
+    C{bridge.call(...)} or C{bridge.later(...)}.
 
-    @param api_key: the API key PiCloud publishers must give, or C{None}.
-    @param on_auth_failure: called on the reactor thread with the peer's
-        address for each wrong API key.
+    @param guard: counts wrong API keys toward bans
+        (L{smartplug_backend.guard.Guard}), or C{None}.
+    @param api_key: C{API_KEY}: required on C{POST /display} and
+        C{POST /publish} when set.
     """
     app = bottle.Bottle(catchall=True, autojson=False)
-
-    def peer() -> str:
-        return bottle.request.remote_addr or "?"
 
     def warn(reason: str) -> None:
         bridge.later(
@@ -107,7 +128,7 @@ def make_app(hub, bridge: Bridge, api_key=None, on_auth_failure=lambda peer: Non
             "rejected {method} {path} from {peer}: {reason}",
             method=bottle.request.method,
             path=bottle.request.path,
-            peer=peer(),
+            peer=_peer(),
             reason=reason,
         )
 
@@ -115,34 +136,63 @@ def make_app(hub, bridge: Bridge, api_key=None, on_auth_failure=lambda peer: Non
         warn(reason)
         return _error(status, reason)
 
+    def parsed_body(parse):
+        """
+        The request body through C{parse}.
+
+        @raise bottle.HTTPResponse: (Bottle sends it) 413 for a body that is
+            too large, 400 for one that C{parse} refuses.
+        """
+        try:
+            body = read_body(bottle.request)
+        except BodyTooLarge as e:
+            raise rejected(413, str(e)) from None
+        try:
+            return parse(body)
+        except (InvalidReport, InvalidDisplay) as e:
+            raise rejected(400, str(e)) from None
+
+    def require_key() -> None:
+        """
+        When C{API_KEY} is set, insist on it.  A wrong key (not a missing
+        one: that guesses nothing) counts toward a ban.
+
+        @raise bottle.HTTPResponse: 401 without the right key.
+        """
+        given = _given("X-API-Key", "apiKey")
+        if key_matches(api_key, given):
+            return
+        if given is not None:
+            count_wrong_key()
+        raise rejected(401, "invalid API key: send it in the X-API-Key header or the apiKey query parameter")
+
+    def count_wrong_key() -> None:
+        if guard is not None:
+            bridge.later(guard.failure, _peer(), f"wrong API key for {bottle.request.method} {bottle.request.path}")
+
     @app.get("/")
     def index():
         return "hallo."
 
     @app.post("/data")
     def data():
-        try:
-            plug_id, value = parse_report(read_body(bottle.request))
-        except BodyTooLarge as e:
-            return rejected(413, str(e))
-        except InvalidReport as e:
-            return rejected(400, str(e))
-        bridge.call(hub.report, plug_id, value, "http", peer())
+        plug_id, value = parsed_body(parse_report)
+        bridge.call(hub.report, plug_id, value, "http", _peer())
         return _json(200, {})
 
     @app.post("/publish")
     def publish():
-        request = bottle.request
-        headers = {name: request.get_header(name) for name in ("x-api-key", "x-api-client-name")}
         try:
-            picloud.authenticate(api_key, headers, request.query, needs_name=True)
+            picloud.authenticate(
+                api_key, _given("X-API-Key", "apiKey"), _given("X-API-Client-Name", "clientName"), needs_name=True
+            )
         except picloud.Denied as denied:
             warn(str(denied))
             if denied.bad_key:
-                bridge.later(on_auth_failure, peer())
+                count_wrong_key()
             return _text(401, denied.body)
         try:
-            event, data = picloud.parse_publication(picloud.decode(read_body(request)))
+            event, data = picloud.parse_publication(picloud.decode(read_body(bottle.request)))
         except BodyTooLarge as e:
             return rejected(413, str(e))
         except picloud.InvalidPublication as e:
@@ -161,6 +211,19 @@ def make_app(hub, bridge: Bridge, api_key=None, on_auth_failure=lambda peer: Non
         if found is None:
             return _error(404, f"unknown plug id: {plug_id}")
         return _json(200, found.as_json())
+
+    @app.get("/display")
+    def display():
+        return _json(200, bridge.call(hub.display).as_json())
+
+    @app.post("/display")
+    def set_display():
+        require_key()
+        change = parsed_body(parse_display)
+        if isinstance(change, str):
+            packet = bridge.call(hub.display_command, change, _peer())
+            return _json(200, {"command": change, "packet": packet})
+        return _json(200, bridge.call(hub.set_display, change, _peer()).as_json())
 
     @app.error(404)
     def not_found(error):

@@ -1,17 +1,19 @@
 """
 What every WebSocket listener of ours shares: a handshake lenient enough for
-the clients that really connect, plain-text refusals, the peer address for
-logs, and a cut-off for peers that do not read what they are sent.
+the clients that really connect, plain-text refusals, the message size
+limit, one message sent to many connections, the peer address for logs, and
+a cut-off for peers that do not read what they are sent.
 """
 
 import http.client
 import re
+from typing import Iterable
 
-from autobahn.twisted.websocket import WebSocketServerProtocol
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
-from .limits import MAX_UNSENT
+from .limits import MAX_MESSAGE, MAX_UNSENT
 
 _HOST_HEADER = re.compile(rb"\nhost[ \t]*:", re.IGNORECASE)
 
@@ -138,3 +140,26 @@ class LenientServerProtocol(WebSocketServerProtocol):
         """
         Called once when this connection is cut off for not reading; log it.
         """
+
+
+class LimitedServerFactory(WebSocketServerFactory):
+    """
+    A server factory whose connections refuse frames and messages over
+    L{MAX_MESSAGE} (close 1009), and that can send one message to many.
+    """
+
+    def __init__(self, url=None) -> None:
+        super().__init__(url)
+        self.setProtocolOptions(maxFramePayloadSize=MAX_MESSAGE, maxMessagePayloadSize=MAX_MESSAGE)
+
+    def send_to_all(self, connections: Iterable, payload: bytes) -> None:
+        """
+        Send the text message C{payload} to every one of C{connections}:
+        framed once, whatever their number.
+        """
+        connections = list(connections)
+        if not connections:
+            return
+        prepared = self.prepareMessage(payload)
+        for connection in connections:
+            connection.sendPreparedMessage(prepared)

@@ -9,11 +9,12 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from smartplug_backend.apps import AppFactory
+from smartplug_backend.guard import Guard
 from smartplug_backend.hub import Hub
 from smartplug_backend.pubsub import PubSub, delivery_frame, go_json, report_publisher
 from smartplug_backend.limits import MAX_UNSENT
 
-from .helpers import http_client, raw_handshake, ws_connect
+from .helpers import PEER, STUB_PEER, http_client, raw_handshake, ws_connect
 
 FRAME_1 = b'{"action":"publish","event":"e","data":1,"created_at":"1970-01-01T00:00:01.000Z"}\n'
 
@@ -27,7 +28,7 @@ class RegistryTests(SynchronousTestCase):
         self.sent = []
         self.clock = Clock()
         self.clock.advance(1)
-        self.pubsub = PubSub(deliver=lambda frame, subs: self.sent.append((frame, subs)), now=self.clock.seconds)
+        self.pubsub = PubSub(deliver=lambda subs, frame: self.sent.append((frame, subs)), now=self.clock.seconds)
 
     def test_subscribe_is_idempotent(self):
         """
@@ -128,14 +129,14 @@ class RouteTests(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
         self.hub = Hub(now=self.clock.seconds)
-        self.failures = []
+        self.guard = Guard(self.clock, ban_after=10)
         self.factory = self.make_factory(api_key=None)
 
     def make_factory(self, api_key):
         factory = AppFactory(
-            self.hub, api_key=api_key, info_interval=5, clock=self.clock, on_auth_failure=self.failures.append
+            self.hub, api_key=api_key, info_interval=5, clock=self.clock, guard=self.guard
         )
-        self.hub.pubsub.deliver = factory.deliver
+        self.hub.pubsub.deliver = factory.send_to_all
         return factory
 
     def handshake(self, path: bytes, headers: bytes = b""):
@@ -158,7 +159,7 @@ class RouteTests(SynchronousTestCase):
         """
         for path in [b"/subscribe", b"/publish", b"/subscribe?clientName="]:
             self.assertRefused(self.handshake(path), b"Invalid client name\n")
-        self.assertEqual(self.failures, [])
+        self.assertEqual(self.guard.failures(PEER), 0)
 
     def test_client_name_header_or_param(self):
         """
@@ -169,14 +170,15 @@ class RouteTests(SynchronousTestCase):
 
     def test_api_key(self):
         """
-        With API_KEY set, a wrong or missing key gets 401 "Invalid API Key"
-        and counts as a failure; the right key in the header or the apiKey
-        parameter is accepted.
+        With API_KEY set, a wrong or missing key gets 401 "Invalid API Key";
+        a wrong one counts toward a ban (a missing one guesses nothing); the
+        right key in the header or the apiKey parameter is accepted.
         """
         self.factory = self.make_factory(api_key="k3y")
         self.assertRefused(self.handshake(b"/subscribe?clientName=a&apiKey=nope"), b"Invalid API Key\n")
         self.assertRefused(self.handshake(b"/socket/info"), b"Invalid API Key\n")
-        self.assertEqual(self.failures, ["192.168.1.64", "192.168.1.64"])
+        self.assertRefused(self.handshake(b"/info", b"X-API-Key: K3Y\r\n"), b"Invalid API Key\n")
+        self.assertEqual(self.guard.failures(PEER), 2)
         self.assertTrue(self.handshake(b"/subscribe?clientName=a&apiKey=k3y").startswith(b"HTTP/1.1 101"))
         self.assertTrue(self.handshake(b"/info", b"X-API-Key: k3y\r\n").startswith(b"HTTP/1.1 101"))
         self.assertTrue(self.handshake(b"/", b"").startswith(b"HTTP/1.1 101"), "PlugBuddy needs no key")
@@ -312,12 +314,12 @@ class HTTPPublishTests(SynchronousTestCase):
 
     def setUp(self):
         self.hub = Hub()
+        self.guard = Guard(Clock(), ban_after=10)
         self.published = []
         self.hub.pubsub.publish = lambda event, data: self.published.append((event, data))
 
     def post(self, path, body, headers=None, api_key=None):
-        self.failures = []
-        client = http_client(self.hub, api_key=api_key, on_auth_failure=self.failures.append)
+        client = http_client(self.hub, api_key=api_key, guard=self.guard)
         response = self.successResultOf(client.post("http://pi" + path, data=body, headers=headers))
         return response.code, self.successResultOf(response.content()), response.headers
 
@@ -352,7 +354,7 @@ class HTTPPublishTests(SynchronousTestCase):
             self.post("/publish?clientName=a&apiKey=bad", b'{"event": "e"}', api_key="good")[:2],
             (401, b"Invalid API Key\n"),
         )
-        self.assertEqual(len(self.failures), 1)
+        self.assertEqual(self.guard.failures(STUB_PEER), 1)
         code, _, _ = self.post(
             "/publish", b'{"event": "e"}', headers={"X-API-Key": "good", "X-API-Client-Name": "a"}, api_key="good"
         )
