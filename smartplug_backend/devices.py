@@ -13,7 +13,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from .reports import InvalidReport, parse_report
-from .wsbase import LenientServerProtocol, LimitedServerFactory, peer_host
+from .wsbase import LenientServerProtocol, LimitedServerFactory, peer_address, peer_host
 
 # Autobahn's sendClose() only takes 1000 and 3000-4999; 1008 is what SPEC 2.1
 # asks for, so the close frame is sent one level down.
@@ -46,6 +46,8 @@ class DeviceProtocol(LenientServerProtocol):
     def onOpen(self):
         try:
             self._state = _WAITING
+            # Devices are listed on the PiCloud info socket too (SPEC 3.4).
+            self._hub.pubsub.connected(self, "device", peer_address(self.transport))
             self._log.info("device connected from {peer}", peer=self._peer)
             self._timer = self.factory.clock.callLater(self.factory.auth_timeout, self._auth_timed_out)
         except Exception:
@@ -127,6 +129,7 @@ class DeviceProtocol(LenientServerProtocol):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self.factory.devices.discard(self)
+        self._hub.pubsub.disconnected(self)
         state, self._state = self._state, None
         if state is None:
             return  # never opened, or already told

@@ -360,3 +360,28 @@ class HTTPPublishTests(SynchronousTestCase):
         )
         self.assertEqual(code, 201)
         self.assertEqual(self.published, [("e", None)])
+
+
+class DeviceConnectionsInfoTests(SynchronousTestCase):
+    """
+    The info frame lists device-port connections too (SPEC 3.4).
+    """
+
+    def test_device_listed_while_connected(self):
+        """
+        A device connection appears in all_connections as "device" while it
+        is open, and is gone once it closes.
+        """
+        from smartplug_backend.devices import DeviceFactory
+
+        clock = Clock()
+        hub = Hub(now=clock.seconds)
+        devices = DeviceFactory(hub, Guard(clock), "s3cret", clock)
+        device, _, pump = ws_connect(devices, "/", port=6000)
+        self.assertEqual(
+            [(c["client_name"], c["ip_address"]) for c in json.loads(hub.pubsub.info_frame())["all_connections"]],
+            [("device", "192.168.1.64:6000")],
+        )
+        device.sendClose()
+        pump.flush()
+        self.assertEqual(json.loads(hub.pubsub.info_frame())["all_connections"], [])

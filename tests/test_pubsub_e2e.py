@@ -122,3 +122,27 @@ class PubSubEndToEndTests(TestCase):
                 received = [fast.recv(timeout=10) for _ in range(count)]
         self.assertEqual(len(received), count)
         self.server.wait_for(r"app client 127\.0\.0\.1 is too slow: over 1 MiB unsent; closing \(1008\)")
+
+
+class WrongKeyBanEndToEndTests(TestCase):
+    """
+    Wrong PiCloud API keys count toward a ban on every port (SPEC 6.2).
+    """
+
+    def test_wrong_keys_ban_the_address(self):
+        """
+        Three wrong keys (WebSocket and HTTP publish alike) ban the address:
+        its next connection to the HTTP port is closed at once.
+        """
+        server = start_server(self, "API_KEY = 'k3y'\nBAN_AFTER = 3\nBAN_SECONDS = 30\n")
+        for _ in range(2):
+            with self.assertRaises(InvalidStatus):
+                connect(server.ws_url("/subscribe?clientName=a&apiKey=guess"), open_timeout=5)
+        self.assertEqual(http(server.url("/publish?clientName=a&apiKey=guess"), b'{"event": "e"}'), (401, b"Invalid API Key\n"))
+        server.wait_for(r"banned 127\.0\.0\.1 for 30 seconds after 3 authentication failures")
+        with socket.create_connection(("127.0.0.1", server.ports["HTTP"]), timeout=5) as s:
+            try:
+                self.assertEqual(s.recv(1), b"")
+            except ConnectionResetError:
+                pass
+        self.assertNotIn("guess", server.log())
