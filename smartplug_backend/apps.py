@@ -1,88 +1,148 @@
 """
-The app WebSocket (SPEC 4.1): the PlugBuddy protocol.
+The app WebSocket port: the PlugBuddy protocol (SPEC 4.1) on every path, and
+PiCloud's routes (SPEC 3) on the paths named in L{picloud.ROUTES}.
 
-Thin adapter between Autobahn and the hub: a status request reads the hub; a
-hub report is broadcast to every open app connection, serialised once.
+Thin adapters between Autobahn and the hub: status requests read the hub,
+reports are broadcast to every PlugBuddy connection serialised once, PiCloud
+messages go to the hub's pub/sub registry.
 """
 
-import json
-
-from autobahn.twisted.websocket import WebSocketServerFactory
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from . import picloud
 from .reports import broadcast_bytes
-from .wsbase import MAX_MESSAGE, LenientServerProtocol, peer_host
+from .wsbase import LenientServerProtocol, LimitedServerFactory, peer_address, peer_host
 
 
 class AppProtocol(LenientServerProtocol):
     """
-    One app connection.  C{{"status": id}} is answered on this connection
-    with the plug's state when the plug is known; everything else is logged
-    and ignored.
+    One app connection; C{_route} is C{"plugbuddy"} or a PiCloud route.
     """
 
     _log = Logger(namespace="smartplug_backend.apps")
     _peer = "?"
+    _route = "plugbuddy"
+    _client_name = ""
     _opened = False
+    _info_loop = None
 
     def onConnect(self, request):
         self._peer = peer_host(self.transport)
+        self._route = picloud.ROUTES.get(request.path, "plugbuddy")
+        key, name = picloud.credentials(request.headers, request.params)
+        if self._route == "plugbuddy":
+            self._client_name = name or "plugbuddy"
+            return None
+        try:
+            self._client_name = picloud.authenticate(
+                self.factory.api_key, key, name, needs_name=self._route in ("subscribe", "publish")
+            )
+        except picloud.Denied as denied:
+            self._log.warn(
+                "refused {path} from {peer}: {reason}", path=request.path, peer=self._peer, reason=str(denied)
+            )
+            if denied.bad_key and self.factory.guard is not None:
+                self.factory.guard.failure(self._peer, f"wrong API key for {request.path}")
+            self._deny_body = denied.body
+            raise ConnectionDeny(401, str(denied))
         return None
 
     def onOpen(self):
         try:
             self._opened = True
-            self.factory.clients.add(self)
-            self._log.info("app connected from {peer}", peer=self._peer)
+            factory = self.factory
+            factory.hub.pubsub.connected(self, self._client_name, peer_address(self.transport))
+            if self._route == "plugbuddy":
+                factory.clients.add(self)
+            elif self._route == "info":
+                self._info_loop = LoopingCall(self._send_info)
+                self._info_loop.clock = factory.clock
+                self._info_loop.start(factory.info_interval, now=False).addErrback(
+                    lambda f: self._log.failure("info frames to {peer}", f, peer=self._peer)
+                )
+            self._log.info(
+                "app connected from {peer} ({route}{name})",
+                peer=self._peer, route=self._route,
+                name=f", {self._client_name}" if self._route != "plugbuddy" else "",
+            )
         except Exception:
             self._log.failure("app connection from {peer}", peer=self._peer)
 
+    def _send_info(self) -> None:
+        self.sendMessage(self.factory.hub.pubsub.info_frame())
+
     def onMessage(self, payload, isBinary):
         try:
-            self._handle(payload, isBinary)
+            if isBinary:
+                return self._ignore("binary message")
+            message = picloud.decode(payload)
+            hub = self.factory.hub
+            if self._route == "plugbuddy":
+                problem = self._status(message)
+            elif self._route == "subscribe":
+                problem = picloud.handle_subscriber(hub.pubsub, self, message)
+            elif self._route == "publish":
+                problem = picloud.handle_publisher(hub.pubsub, message)
+            else:
+                problem = "the info socket only sends"
+            if problem:
+                self._ignore(problem)
         except Exception:
             self._log.failure("app message from {peer}", peer=self._peer)
 
-    def _handle(self, payload, isBinary):
-        if isBinary:
-            return self._ignore("binary message")
-        try:
-            message = json.loads(payload)
-        except (ValueError, RecursionError):
-            return self._ignore("not JSON")
+    def _status(self, message):
         if not isinstance(message, dict) or not isinstance(message.get("status"), str):
-            return self._ignore('expected {"status": "<plug id>"}')
+            return 'expected {"status": "<plug id>"}'
         plug = self.factory.hub.plug(message["status"])
         if plug is not None:
             self.sendMessage(broadcast_bytes(plug.id, plug.value))
+        return None
 
     def _ignore(self, reason: str) -> None:
         self._log.warn("ignored app message from {peer}: {reason}", peer=self._peer, reason=reason)
 
+    def slow_peer_cut_off(self) -> None:
+        self._log.warn("app client {peer} is too slow: over 1 MiB unsent; closing (1008)", peer=self._peer)
+
     def onClose(self, wasClean, code, reason):
-        if self._opened:
-            self._opened = False
-            self.factory.clients.discard(self)
-            self._log.info(
-                "app disconnected from {peer} (code {code})", peer=self._peer, code=code
-            )
+        if not self._opened:
+            return
+        self._opened = False
+        factory = self.factory
+        factory.clients.discard(self)
+        factory.hub.pubsub.disconnected(self)
+        if self._info_loop is not None and self._info_loop.running:
+            self._info_loop.stop()
+        self._log.info("app disconnected from {peer} (code {code})", peer=self._peer, code=code)
 
 
-class AppFactory(WebSocketServerFactory):
+class AppFactory(LimitedServerFactory):
     """
-    The app WebSocket listener.  Subscribe L{broadcast} to the hub.
+    The app WebSocket listener.  Subscribe L{broadcast} to the hub, and set
+    the hub's pub/sub C{deliver} to L{send_to_all}.
+
+    @param api_key: PiCloud's API key, or C{None} for none.
+    @param clock: drives the info socket's frames.
+    @param guard: counts wrong API keys toward bans
+        (L{smartplug_backend.guard.Guard}), or C{None}.
     """
 
     protocol = AppProtocol
     noisy = False  # ListenerService logs where it listens, readably
 
-    def __init__(self, hub, url=None) -> None:
+    def __init__(self, hub, api_key=None, info_interval=5, clock=None, guard=None, url=None):
         super().__init__(url)
+        if clock is None:
+            from twisted.internet import reactor as clock
         self.hub = hub
+        self.api_key = api_key
+        self.info_interval = info_interval
+        self.clock = clock
+        self.guard = guard
         self.clients: set = set()
         self.setProtocolOptions(
-            maxFramePayloadSize=MAX_MESSAGE,
-            maxMessagePayloadSize=MAX_MESSAGE,
             # Phones vanish without a close; pings find the dead connections.
             autoPingInterval=60,
             autoPingTimeout=30,
@@ -90,11 +150,7 @@ class AppFactory(WebSocketServerFactory):
 
     def broadcast(self, report) -> None:
         """
-        Send a hub report to every open app connection: serialised and framed
+        Send a hub report to every PlugBuddy connection: serialised and framed
         once, whatever the number of clients.
         """
-        if not self.clients:
-            return
-        prepared = self.prepareMessage(broadcast_bytes(report.plug.id, report.plug.value))
-        for client in list(self.clients):
-            client.sendPreparedMessage(prepared)
+        self.send_to_all(self.clients, broadcast_bytes(report.plug.id, report.plug.value))

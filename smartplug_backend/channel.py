@@ -13,6 +13,8 @@ then closes the request body, while the WSGI thread may not have read it yet;
 L{PatientRequest} keeps the body readable so the report is still acted on.
 """
 
+import json
+
 from twisted.application.service import Service
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
@@ -20,27 +22,67 @@ from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 from twisted.web.wsgi import WSGIResource
 
+from .limits import MAX_BODY
+
 
 class LenientHTTPChannel(HTTPChannel):
     """
-    An HTTPChannel that accepts request heads with CRLF or bare LF line ends.
+    An HTTPChannel that accepts request heads with CRLF or bare LF line ends,
+    and refuses bodies over L{MAX_BODY} with 413 before reading them.
     """
 
     delimiter = b"\n"
+    refused = False
 
     def lineReceived(self, line: bytes):
         if line.endswith(b"\r"):
             line = line[:-1]
         return super().lineReceived(line)
 
+    def allHeadersReceived(self):
+        # A declared length over the limit is refused before any of the body
+        # is read (and before "100 Continue" would invite it).
+        if self.length is not None and self.length > MAX_BODY:
+            return self.refuse_too_large()
+        return super().allHeadersReceived()
+
+    def allContentReceived(self):
+        if not self.refused:
+            super().allContentReceived()
+
+    def refuse_too_large(self) -> None:
+        """
+        Answer 413 with a JSON error, close, and ignore whatever else comes.
+        """
+        if self.refused:
+            return
+        self.refused = True
+        body = json.dumps({"error": f"body too large: at most {MAX_BODY} bytes"}).encode()
+        self.transport.write(
+            b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        self.dataReceived = lambda data: None
+        self.transport.loseConnection()
+
 
 class PatientRequest(Request):
     """
-    A Request whose body outlives the connection.
+    A Request whose body outlives the connection, and that counts what a
+    chunked body adds up to.
 
     The body is an in-memory or temporary file of at most the size limit; it
     is released with the request object itself.
     """
+
+    _received = 0
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._received += len(data)
+        if self._received > MAX_BODY:
+            self.channel.refuse_too_large()
+        elif not self.channel.refused:
+            super().handleContentChunk(data)
 
     def connectionLost(self, reason) -> None:
         content, self.content = self.content, None

@@ -3,8 +3,9 @@ The hub: the one object that holds the server's state (SPEC 7).
 
 It lives on the reactor thread and knows nothing of Bottle, Autobahn,
 threads or SQLite.  Protocols call it; listeners subscribe to its changes
-(the app WebSocket broadcast, tweets, pub/sub) and are called in the order
-they subscribed.  A listener that fails is logged and the others still run.
+(the app WebSocket broadcast, tweets, pub/sub; the devices for the display)
+and are called in the order they subscribed.  A listener that fails is
+logged and the others still run.
 
 Every report is first recorded in the hub's journal (L{journal.Journal}); only
 once the journal has it does the hub change its state and tell the listeners.
@@ -13,21 +14,15 @@ A report the journal refuses changes nothing and reaches no one.
 
 import dataclasses
 import time
-from datetime import datetime, timezone
 from typing import Callable, Iterable, Optional
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 
+from .display import COMMANDS, OFF, Display
 from .journal import Journal, MemoryJournal, StoreFailed
-
-
-def utc_rfc3339(seconds: float) -> str:
-    """
-    C{seconds} since the epoch as UTC RFC 3339 with milliseconds and C{Z}.
-    """
-    moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+from .pubsub import PubSub
+from .times import utc_rfc3339
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,12 +63,32 @@ class Report:
         return self.previous != self.plug.value
 
 
+@dataclasses.dataclass(frozen=True)
+class DisplayEvent:
+    """
+    A packet for every device, as display listeners see it.
+
+    @ivar packet: what the devices get, e.g. C{"[cc:2:255,65,174:0]"}.
+    @ivar state: the display state after the event.
+    @ivar command: C{"reset"} or C{"update"} for a one-off command (the state
+        did not change), C{None} when the state was set.
+    @ivar peer: who asked, for logs.
+    """
+
+    packet: str
+    state: Display
+    command: Optional[str]
+    peer: str
+
+
 Listener = Callable[[Report], None]
+DisplayListener = Callable[[DisplayEvent], None]
 
 
 class Hub:
     """
-    The plugs' state, owned by the reactor thread.
+    The server's state, owned by the reactor thread: the plugs and the
+    display here, the pub/sub registry in C{pubsub}.
 
     @param now: returns the current time in seconds (a clock's C{seconds}).
     @param journal: where reports are recorded before they are accepted;
@@ -86,7 +101,10 @@ class Hub:
         self._now = now
         self._journal = MemoryJournal() if journal is None else journal
         self._plugs: dict[str, Plug] = {}
+        self._display = OFF
         self._listeners: list[Listener] = []
+        self._display_listeners: list[DisplayListener] = []
+        self.pubsub = PubSub(now=now)
 
     def restore(self, plugs: Iterable[Plug]) -> None:
         """
@@ -102,41 +120,62 @@ class Hub:
 
         @return: a function that stops the calls.
         """
-        self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener)
+        return _subscribe(self._listeners, listener)
+
+    def watch_display(self, listener: DisplayListener) -> Callable[[], None]:
+        """
+        Call C{listener(event)} with a L{DisplayEvent} whenever the display
+        state is set or a one-off command is given, from now on.
+
+        @return: a function that stops the calls.
+        """
+        return _subscribe(self._display_listeners, listener)
+
+    def _notify(self, listeners: list, event) -> None:
+        for listener in list(listeners):
+            try:
+                listener(event)
+            except Exception:
+                self._log.failure("listener {listener!r} failed", listener=listener)
+
+    def _journaled(self, save: Callable[..., Deferred], args: tuple, accept: Callable[[], object],
+                   change: str, peer: str) -> Deferred:
+        """
+        C{save(*args)} in the journal, then C{accept()}.
+
+        @return: a Deferred firing with what C{accept} returns, or with
+            C{None} when the journal refused (logged here, naming C{change}
+            and C{peer}).  It never fails, so callers that do not care (the
+            device port) may drop it.
+        """
+        saved = maybeDeferred(save, *args)
+        return saved.addCallbacks(lambda _: accept(), self._not_saved, errbackArgs=(change, peer))
+
+    def _not_saved(self, failure, change: str, peer: str) -> None:
+        if failure.check(StoreFailed):
+            self._log.error(
+                "{change} from {peer} refused: state store cannot write: {why}",
+                change=change, peer=peer, why=failure.getErrorMessage(),
+            )
+        else:
+            self._log.failure("{change} from {peer} refused: state store failed", failure, change=change, peer=peer)
+        return None
 
     def report(self, plug_id: str, value: int, source: str, peer: str) -> Deferred:
         """
         Record a validated report in the journal, then take it as the plug's
-        state and tell every listener.
-
-        With the in-memory journal all of that happens before this returns.
+        state and tell every listener.  With the in-memory journal all of
+        that happens before this returns.
 
         @return: a Deferred that fires with the L{Report}, or with C{None}
-            when the journal could not record it (already logged here; the
-            state is unchanged).  It never fails, so callers that do not
-            care (the device port) may drop it.
+            when the journal could not record it (already logged; the state
+            is unchanged).  It never fails.
         """
         plug = Plug(plug_id, value, self._now())
-        saved = maybeDeferred(self._journal.save_report, plug_id, value, plug.updated_at, source)
-        return saved.addCallbacks(
-            lambda _: self._accept(plug, source, peer),
-            self._not_saved,
-            errbackArgs=(plug, peer),
+        return self._journaled(
+            self._journal.save_report, (plug_id, value, plug.updated_at, source),
+            lambda: self._accept(plug, source, peer), f"report plug {plug_id} -> {value}", peer,
         )
-
-    def _not_saved(self, failure, plug: Plug, peer: str) -> None:
-        if failure.check(StoreFailed):
-            self._log.error(
-                "report plug {plug_id} -> {value} from {peer} refused: state store cannot write: {why}",
-                plug_id=plug.id, value=plug.value, peer=peer, why=failure.getErrorMessage(),
-            )
-        else:
-            self._log.failure(
-                "report plug {plug_id} -> {value} from {peer} refused: state store failed",
-                failure, plug_id=plug.id, value=plug.value, peer=peer,
-            )
-        return None
 
     def _accept(self, plug: Plug, source: str, peer: str) -> Report:
         # The journal answers in call order, so reports of one plug are
@@ -147,11 +186,7 @@ class Hub:
         self._log.info(
             "plug {plug_id} -> {value} from {peer}", plug_id=plug.id, value=plug.value, peer=peer
         )
-        for listener in list(self._listeners):
-            try:
-                listener(report)
-            except Exception:
-                self._log.failure("listener {listener!r} failed", listener=listener)
+        self._notify(self._listeners, report)
         return report
 
     def plug(self, plug_id: str) -> Optional[Plug]:
@@ -176,3 +211,37 @@ class Hub:
         if plug_id not in self._plugs:
             return succeed(None)
         return self._journal.history(plug_id, limit)
+
+    def display(self) -> Display:
+        """
+        The current display state (off until someone sets it).
+        """
+        return self._display
+
+    def set_display(self, display: Display, peer: str) -> Display:
+        """
+        Make C{display} the state and send its packet to the display
+        listeners, even when it equals the old state (a lamp that missed a
+        packet gets it again).
+        """
+        self._display = display
+        self._log.info("display -> {packet} from {peer}", packet=display.packet(), peer=peer)
+        self._notify(self._display_listeners, DisplayEvent(display.packet(), display, None, peer))
+        return display
+
+    def display_command(self, command: str, peer: str) -> str:
+        """
+        Send the one-off packet of C{command} (a key of
+        L{smartplug_backend.display.COMMANDS}) without changing the state.
+
+        @return: the packet sent.
+        """
+        packet = COMMANDS[command]
+        self._log.info("display command {command} from {peer}", command=command, peer=peer)
+        self._notify(self._display_listeners, DisplayEvent(packet, self._display, command, peer))
+        return packet
+
+
+def _subscribe(listeners: list, listener) -> Callable[[], None]:
+    listeners.append(listener)
+    return lambda: listeners.remove(listener)

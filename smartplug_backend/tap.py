@@ -17,10 +17,13 @@ from .apps import AppFactory
 from .autobackup import BackupService, automatic_backup
 from .backup import DEFAULT_DIRECTORY
 from .channel import ThreadPoolService, make_site
+from .devices import DeviceFactory
+from .guard import Guard
 from .hub import Hub
 from .journal import MemoryJournal
 from .listeners import ListenerService, endpoint_description, fail
 from .persistence import StoreService
+from .pubsub import report_publisher
 from .web import Bridge, make_app
 
 _log = Logger(namespace="smartplug_backend")
@@ -62,22 +65,32 @@ def makeService(options: Options, reactor=None):
 
     top = MultiService()
     hub = _state(settings, reactor, top)
+    # One guard for every listener: a ban holds on all ports.
+    guard = Guard.from_settings(settings, reactor)
 
     # WSGI gets a pool of its own: the reactor's default pool also serves DNS.
     wsgi_pool = ThreadPool(minthreads=2, maxthreads=16, name="smartplug-wsgi")
     ThreadPoolService(wsgi_pool, reactor).setServiceParent(top)
-    site = make_site(make_app(hub, Bridge.for_reactor(reactor)), reactor, wsgi_pool)
+    app = make_app(hub, Bridge.for_reactor(reactor), guard=guard, api_key=settings.API_KEY)
+    site = guard.wrap(make_site(app, reactor, wsgi_pool))
     ListenerService("HTTP", reactor, endpoint("www", settings.WWW_SERVER_PORT), site).setServiceParent(top)
 
-    apps = AppFactory(hub)
+    apps = AppFactory(hub, api_key=settings.API_KEY, info_interval=settings.INFO_INTERVAL, clock=reactor, guard=guard)
+    hub.pubsub.deliver = apps.send_to_all
+    # SPEC 1.1's order: state (the hub itself), apps, pub/sub, then tweets.
     hub.listen(apps.broadcast)
-    ListenerService("app WebSocket", reactor, endpoint("ws", settings.WS_SERVER_PORT), apps).setServiceParent(top)
+    hub.listen(report_publisher(hub.pubsub))
+    ListenerService("app WebSocket", reactor, endpoint("ws", settings.WS_SERVER_PORT), guard.wrap(apps)).setServiceParent(top)
 
     if settings.AUTH_SECRET is None:
         _log.info(
             "device WebSocket port not opened: set AUTH_SECRET in {where} to enable it",
             where=settings.path or "settings.py",
         )
+    else:
+        devices = DeviceFactory.from_settings(settings, hub, guard, reactor)
+        hub.watch_display(devices.send_packet)
+        ListenerService("device WebSocket", reactor, endpoint("device", settings.DEVICE_SERVER_PORT), guard.wrap(devices)).setServiceParent(top)
     return top
 
 

@@ -15,10 +15,13 @@ import bottle
 from twisted.internet.threads import blockingCallFromThread
 from twisted.logger import Logger
 
-from .hub import utc_rfc3339
+from . import picloud
+from .display import InvalidDisplay, parse_display
+from .guard import key_matches
+from .limits import MAX_BODY
 from .reports import InvalidReport, parse_report
+from .times import utc_rfc3339
 
-MAX_BODY = 64 * 1024
 DEFAULT_HISTORY = 100
 MAX_HISTORY = 1_000_000
 
@@ -58,43 +61,118 @@ def _error(status: int, message: str) -> bottle.HTTPResponse:
     return _json(status, {"error": message})
 
 
+class BodyTooLarge(ValueError):
+    """
+    The request body is over the limit (SPEC 6.3: 413).
+    """
+
+
 def read_body(request: bottle.BaseRequest, limit: int = MAX_BODY) -> bytes:
     """
     The request body, read without ever holding more than C{limit + 1} bytes.
 
-    @raise bottle.HTTPResponse: 413 when the body is larger than C{limit}.
+    @raise BodyTooLarge: when the body is larger than C{limit}.
     """
     try:
         declared = int(request.environ.get("CONTENT_LENGTH") or 0)
     except ValueError:
         declared = 0
-    if declared > limit:
-        raise _error(413, f"body too large: at most {limit} bytes")
-    body = request.environ["wsgi.input"].read(limit + 1)
-    if len(body) > limit:
-        raise _error(413, f"body too large: at most {limit} bytes")
+    body = b"" if declared > limit else request.environ["wsgi.input"].read(limit + 1)
+    if declared > limit or len(body) > limit:
+        raise BodyTooLarge(f"body too large: at most {limit} bytes")
     return body
 
 
-def make_app(hub, bridge: Bridge) -> bottle.Bottle:
+def _text(status: int, body: bytes) -> bottle.HTTPResponse:
+    # PiCloud answers with Go's http.Error: plain text, the body as given.
+    return bottle.HTTPResponse(
+        body=body,
+        status=status,
+        headers={"Content-Type": "text/plain; charset=utf-8", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+def _peer() -> str:
+    """
+    The address of the connection the request came on.
+
+    Not Bottle's C{remote_addr}: that believes any X-Forwarded-For header,
+    and a ban must never be steered onto somebody else's address.
+    """
+    return bottle.request.environ.get("REMOTE_ADDR") or "?"
+
+
+def _given(header: str, param: str):
+    """
+    A credential of the request (SPEC 3.1): the header, else the query
+    parameter, else C{None}.
+    """
+    # getunicode: query.get() would hand over UTF-8 bytes read as latin-1,
+    # and a non-ASCII key would never match.
+    return bottle.request.get_header(header) or bottle.request.query.getunicode(param) or None
+
+
+def make_app(hub, bridge: Bridge, guard=None, api_key=None) -> bottle.Bottle:
     """
     Build the Bottle app serving SPEC 1 over C{hub}, reached through C{bridge}.
 
-    The handlers never touch C{hub} directly: every use is C{bridge.call(...)}.
+    The handlers never touch C{hub} or C{guard} directly: every use is
+    C{bridge.call(...)} or C{bridge.later(...)}.
+
+    @param guard: counts wrong API keys toward bans
+        (L{smartplug_backend.guard.Guard}), or C{None}.
+    @param api_key: C{API_KEY}: required on C{POST /display} and
+        C{POST /publish} when set.
     """
     app = bottle.Bottle(catchall=True, autojson=False)
 
-    def rejected(status: int, reason: str) -> bottle.HTTPResponse:
-        peer = bottle.request.remote_addr or "?"
+    def warn(reason: str) -> None:
         bridge.later(
             _log.warn,
             "rejected {method} {path} from {peer}: {reason}",
             method=bottle.request.method,
             path=bottle.request.path,
-            peer=peer,
+            peer=_peer(),
             reason=reason,
         )
+
+    def rejected(status: int, reason: str) -> bottle.HTTPResponse:
+        warn(reason)
         return _error(status, reason)
+
+    def parsed_body(parse):
+        """
+        The request body through C{parse}.
+
+        @raise bottle.HTTPResponse: (Bottle sends it) 413 for a body that is
+            too large, 400 for one that C{parse} refuses.
+        """
+        try:
+            body = read_body(bottle.request)
+        except BodyTooLarge as e:
+            raise rejected(413, str(e)) from None
+        try:
+            return parse(body)
+        except (InvalidReport, InvalidDisplay) as e:
+            raise rejected(400, str(e)) from None
+
+    def require_key() -> None:
+        """
+        When C{API_KEY} is set, insist on it.  A wrong key (not a missing
+        one: that guesses nothing) counts toward a ban.
+
+        @raise bottle.HTTPResponse: 401 without the right key.
+        """
+        given = _given("X-API-Key", "apiKey")
+        if key_matches(api_key, given):
+            return
+        if given is not None:
+            count_wrong_key()
+        raise rejected(401, "invalid API key: send it in the X-API-Key header or the apiKey query parameter")
+
+    def count_wrong_key() -> None:
+        if guard is not None:
+            bridge.later(guard.failure, _peer(), f"wrong API key for {bottle.request.method} {bottle.request.path}")
 
     @app.get("/")
     def index():
@@ -102,21 +180,34 @@ def make_app(hub, bridge: Bridge) -> bottle.Bottle:
 
     @app.post("/data")
     def data():
-        try:
-            body = read_body(bottle.request)
-        except bottle.HTTPResponse as too_large:
-            return rejected(too_large.status_code, json.loads(too_large.body)["error"])
-        try:
-            plug_id, value = parse_report(body)
-        except InvalidReport as e:
-            return rejected(400, str(e))
-        peer = bottle.request.remote_addr or "?"
+        plug_id, value = parsed_body(parse_report)
         # hub.report answers once the report is committed, so a 200 means
         # it survives a kill -9; None means the store refused it (and the
         # hub has logged why).
-        if bridge.call(hub.report, plug_id, value, "http", peer) is None:
-            return _error(503, "state store cannot write: report not recorded")
+        if bridge.call(hub.report, plug_id, value, "http", _peer()) is None:
+            return _unrecorded("report")
         return _json(200, {})
+
+    @app.post("/publish")
+    def publish():
+        try:
+            picloud.authenticate(
+                api_key, _given("X-API-Key", "apiKey"), _given("X-API-Client-Name", "clientName"), needs_name=True
+            )
+        except picloud.Denied as denied:
+            warn(str(denied))
+            if denied.bad_key:
+                count_wrong_key()
+            return _text(401, denied.body)
+        try:
+            event, data = picloud.parse_publication(picloud.decode(read_body(bottle.request)))
+        except BodyTooLarge as e:
+            return rejected(413, str(e))
+        except picloud.InvalidPublication as e:
+            warn(str(e))
+            return _text(400, picloud.BAD_REQUEST)
+        bridge.call(hub.pubsub.publish, event, data)
+        return _text(201, b"")
 
     @app.get("/plugs")
     def plugs():
@@ -140,6 +231,19 @@ def make_app(hub, bridge: Bridge) -> bottle.Bottle:
             return _error(404, f"unknown plug id: {plug_id}")
         return _json(200, [{"value": e.value, "at": utc_rfc3339(e.at)} for e in entries])
 
+    @app.get("/display")
+    def display():
+        return _json(200, bridge.call(hub.display).as_json())
+
+    @app.post("/display")
+    def set_display():
+        require_key()
+        change = parsed_body(parse_display)
+        if isinstance(change, str):
+            packet = bridge.call(hub.display_command, change, _peer())
+            return _json(200, {"command": change, "packet": packet})
+        return _json(200, bridge.call(hub.set_display, change, _peer()).as_json())
+
     @app.error(404)
     def not_found(error):
         return _error_body("no such path: " + bottle.request.path)
@@ -157,6 +261,11 @@ def make_app(hub, bridge: Bridge) -> bottle.Bottle:
         return _error_body("internal server error")
 
     return app
+
+
+def _unrecorded(what: str) -> bottle.HTTPResponse:
+    # The hub has logged the store's reason; the client learns only that.
+    return _error(503, f"state store cannot write: {what} not recorded")
 
 
 def parse_limit(text) -> int:

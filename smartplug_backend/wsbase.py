@@ -1,14 +1,19 @@
 """
 What every WebSocket listener of ours shares: a handshake lenient enough for
-the clients that really connect, and the peer address for logs.
+the clients that really connect, plain-text refusals, the message size
+limit, one message sent to many connections, the peer address for logs, and
+a cut-off for peers that do not read what they are sent.
 """
 
+import http.client
 import re
+from typing import Iterable
 
-from autobahn.twisted.websocket import WebSocketServerProtocol
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
 
-# A single frame or message larger than this closes the connection with 1009.
-MAX_MESSAGE = 64 * 1024
+from .limits import MAX_MESSAGE, MAX_UNSENT
 
 _HOST_HEADER = re.compile(rb"\nhost[ \t]*:", re.IGNORECASE)
 
@@ -23,18 +28,59 @@ def peer_host(transport) -> str:
         return "?"
 
 
+def peer_address(transport) -> str:
+    """
+    The peer as C{"<ip>:<port>"}, or "?".
+    """
+    try:
+        peer = transport.getPeer()
+        return f"{peer.host}:{peer.port}"
+    except Exception:
+        return "?"
+
+
+@implementer(IPushProducer)
+class _SendBuffer:
+    """
+    Tells its connection when the transport's send buffer is full (it pauses
+    this producer) and when it has drained (it resumes it).
+    """
+
+    def __init__(self, protocol) -> None:
+        self._protocol = protocol
+
+    def pauseProducing(self) -> None:
+        self._protocol._send_buffer_full = True
+
+    def resumeProducing(self) -> None:
+        self._protocol._send_buffer_full = False
+        self._protocol._unsent_since_full = 0
+
+    def stopProducing(self) -> None:
+        pass
+
+
 class LenientServerProtocol(WebSocketServerProtocol):
     """
-    A server protocol that accepts an opening handshake without a Host header.
+    The base of our server protocols.
 
-    Autobahn refuses such a handshake, but port-forwards, reverse proxies and
-    small clients do send them (SPEC 4.1).  The Host port is never checked:
-    the factories are built without C{externalPort}.  Autobahn|Android 0.5.0
-    ends its Sec-WebSocket-Key line with a stray LF; Autobahn's header parser
-    splits on any line end, so that needs nothing here.
+    - Accepts an opening handshake without a Host header: Autobahn refuses
+      one, but port-forwards, reverse proxies and small clients send them
+      (SPEC 4.1).  The Host port is never checked: the factories are built
+      without C{externalPort}.  Autobahn|Android 0.5.0 ends its
+      Sec-WebSocket-Key line with a stray LF; Autobahn's header parser splits
+      on any line end, so that needs nothing here.
+    - Refuses a handshake with a plain-text HTTP answer whose body says why
+      (set C{_deny_body} before raising C{ConnectionDeny} for an exact body).
+    - Cuts off a peer that lets more than L{MAX_UNSENT} bytes pile up unsent,
+      so that one slow client cannot grow memory without bound.
     """
 
     _host_checked = False
+    _deny_body = None
+    _send_buffer_full = False
+    _unsent_since_full = 0
+    _cut_off = False
 
     def processHandshake(self):
         if not self._host_checked:
@@ -46,3 +92,74 @@ class LenientServerProtocol(WebSocketServerProtocol):
                     first = head.find(b"\n") + 1
                     self.data = self.data[:first] + b"Host: localhost\r\n" + self.data[first:]
         return super().processHandshake()
+
+    def sendHttpErrorResponse(self, code, reason, responseHeaders=None):
+        # Autobahn puts its reason in the status line and sends no body; the
+        # clients (PiCloud's among them) expect a status text and a body.
+        body = self._deny_body or (str(reason) + "\n").encode("utf-8")
+        head = (
+            f"HTTP/1.1 {code} {http.client.responses.get(code, 'Error')}\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\n"
+            "X-Content-Type-Options: nosniff\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            "Connection: close\r\n"
+        )
+        for name, value in responseHeaders or ():
+            head += f"{name}: {value}\r\n"
+        self.sendData(head.encode("utf-8") + b"\r\n" + body)
+
+    def connectionMade(self):
+        super().connectionMade()
+        # Twisted pauses a streaming producer once the transport buffers more
+        # than its bufferSize (64 KiB); what is written after that is counted.
+        self.transport.registerProducer(_SendBuffer(self), True)
+
+    def sendData(self, data, sync=False, chopsize=None):
+        if self._send_buffer_full:
+            self._unsent_since_full += len(data)
+            # The buffer held the transport's bufferSize when it paused us
+            # (TCP's is 64 KiB; not every transport says).
+            if self._unsent_since_full > MAX_UNSENT - getattr(self.transport, "bufferSize", 65536):
+                return self._too_slow()
+        return super().sendData(data, sync, chopsize)
+
+    def _too_slow(self) -> None:
+        if self._cut_off:
+            return
+        self._cut_off = True
+        self.slow_peer_cut_off()
+        self._send_buffer_full = False
+        # sendClose() refuses protocol codes like 1008; the frame-level call
+        # is what Autobahn itself uses to fail a connection.
+        self.sendCloseFrame(code=1008, reasonUtf8=b"too slow", isReply=False)
+        # The close frame waits behind a megabyte the peer is not reading:
+        # drop the connection now rather than hold that memory.
+        self.transport.abortConnection()
+
+    def slow_peer_cut_off(self) -> None:
+        """
+        Called once when this connection is cut off for not reading; log it.
+        """
+
+
+class LimitedServerFactory(WebSocketServerFactory):
+    """
+    A server factory whose connections refuse frames and messages over
+    L{MAX_MESSAGE} (close 1009), and that can send one message to many.
+    """
+
+    def __init__(self, url=None) -> None:
+        super().__init__(url)
+        self.setProtocolOptions(maxFramePayloadSize=MAX_MESSAGE, maxMessagePayloadSize=MAX_MESSAGE)
+
+    def send_to_all(self, connections: Iterable, payload: bytes) -> None:
+        """
+        Send the text message C{payload} to every one of C{connections}:
+        framed once, whatever their number.
+        """
+        connections = list(connections)
+        if not connections:
+            return
+        prepared = self.prepareMessage(payload)
+        for connection in connections:
+            connection.sendPreparedMessage(prepared)

@@ -19,6 +19,8 @@ from smartplug_backend.hub import Hub
 from smartplug_backend.web import Bridge, make_app
 
 PEER = "192.168.1.64"
+# The client address StubTreq's requests come from.
+STUB_PEER = "127.0.0.1"
 
 
 def run_now(f, *args, **kwargs):
@@ -67,12 +69,13 @@ class SynchronousReactor(MemoryReactorClock):
         f(*args, **kwargs)
 
 
-def http_client(hub: Hub) -> StubTreq:
+def http_client(hub: Hub, **options) -> StubTreq:
     """
     A treq-like client for the Bottle app over C{hub}, served by the real
     twisted.web Site and WSGIResource with every thread hop made synchronous.
+    C{options} go to L{make_app} (C{guard}, C{api_key}).
     """
-    app = make_app(hub, SYNC_BRIDGE)
+    app = make_app(hub, SYNC_BRIDGE, **options)
     site = make_site(app, SynchronousReactor(), SynchronousThreadPool())
     return StubTreq(site.resource)
 
@@ -100,6 +103,7 @@ class RecordingClient(WebSocketClientProtocol):
         super().__init__()
         self.opened = False
         self.messages: list = []
+        self.pongs: list = []
         self.closed = None
 
     def onOpen(self):
@@ -107,6 +111,9 @@ class RecordingClient(WebSocketClientProtocol):
 
     def onMessage(self, payload, isBinary):
         self.messages.append(payload if not isBinary else ("binary", payload))
+
+    def onPong(self, payload):
+        self.pongs.append(payload)
 
     def onClose(self, wasClean, code, reason):
         self.closed = (code, reason)

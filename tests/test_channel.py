@@ -103,3 +103,59 @@ class FirmwareRequestTests(SynchronousTestCase):
         channel, transport = self.connect()
         channel.dataReceived(one + one)
         self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 2)
+
+
+class BodyLimitTests(SynchronousTestCase):
+    """
+    Bodies over 64 KiB are refused with 413 without being read or handled.
+    """
+
+    def setUp(self):
+        self.hub = Hub()
+        self.site = make_site(make_app(self.hub, SYNC_BRIDGE), SynchronousReactor(), SynchronousThreadPool())
+
+    def connect(self):
+        channel = self.site.buildProtocol(IPv4Address("TCP", "10.0.0.1", 4000))
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        return channel, transport
+
+    def assert413(self, transport):
+        head, _, body = transport.value().partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 413 "), head)
+        self.assertEqual(body, b'{"error": "body too large: at most 65536 bytes"}')
+        self.assertTrue(transport.disconnecting)
+
+    def test_declared_length_refused_before_body(self):
+        """
+        A Content-Length over the limit is answered 413 as soon as the head
+        is in; the body that follows is ignored, not buffered.
+        """
+        channel, transport = self.connect()
+        channel.dataReceived(b"POST /data HTTP/1.1\r\nContent-Length: 65537\r\nExpect: 100-continue\r\n\r\n")
+        self.assert413(transport)
+        self.assertNotIn(b"100 Continue", transport.value())
+        channel.dataReceived(b"x" * 65537)
+        self.assertEqual(self.hub.plugs(), [])
+
+    def test_chunked_body_refused_once_over(self):
+        """
+        A chunked body is refused once its chunks pass the limit, and the
+        request is never handled even if its end arrives.
+        """
+        channel, transport = self.connect()
+        body = b'{"id": "a", "value": 1, "pad": "' + b"x" * 70000 + b'"}'
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 4096]), body[i:i + 4096]) for i in range(0, len(body), 4096))
+        channel.dataReceived(b"POST /data HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n")
+        self.assert413(transport)
+        self.assertEqual(self.hub.plugs(), [])
+
+    def test_limit_itself_accepted(self):
+        """
+        A body of exactly 64 KiB is read and handled (here: a 400, since it
+        is not a valid report, but not a 413).
+        """
+        channel, transport = self.connect()
+        body = b" " * 65536
+        channel.dataReceived(b"POST /data HTTP/1.1\r\nContent-Length: 65536\r\n\r\n" + body)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "))

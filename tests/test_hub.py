@@ -190,7 +190,7 @@ class JournalTests(SynchronousTestCase):
         errors = [e for e in self.events if e["log_level"].name == "error"]
         self.assertEqual(len(errors), 1)
         self.assertEqual(errors[0]["why"], "database or disk is full")
-        self.assertEqual((errors[0]["plug_id"], errors[0]["peer"]), ("p", "10.0.0.9"))
+        self.assertEqual((errors[0]["change"], errors[0]["peer"]), ("report plug p -> 0", "10.0.0.9"))
 
     def test_unexpected_journal_error(self):
         """

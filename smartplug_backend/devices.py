@@ -1,0 +1,184 @@
+"""
+The device WebSocket (SPEC 2): lamps and other always-connected devices.
+
+A device proves itself with the shared secret as its first message
+(SPEC 2.1), then gets the display packets, may send plug reports and must
+keep talking (SPEC 2.2).  Both timeouts run on the factory's clock: Autobahn's
+own timers run on the global reactor, which tests cannot drive.
+"""
+
+import hmac
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from .reports import InvalidReport, parse_report
+from .wsbase import LenientServerProtocol, LimitedServerFactory, peer_address, peer_host
+
+# Autobahn's sendClose() only takes 1000 and 3000-4999; 1008 is what SPEC 2.1
+# asks for, so the close frame is sent one level down.
+POLICY_VIOLATION = 1008
+NORMAL = 1000
+
+# Before onOpen the state is None: nothing to log or count yet.
+_WAITING, _AUTHENTICATED, _CLOSING = "waiting", "authenticated", "closing"
+
+
+class DeviceProtocol(LenientServerProtocol):
+    """
+    One device connection: waiting for the secret, then authenticated.
+    """
+
+    _log = Logger(namespace="smartplug_backend.devices")
+    _hub = None
+    _peer = "?"
+    _state = None
+    _timer = None
+    _why = None
+
+    def onConnect(self, request):
+        try:
+            self._peer = peer_host(self.transport)
+        except Exception:
+            self._log.failure("device handshake from {peer}", peer=self._peer)
+        return None
+
+    def onOpen(self):
+        try:
+            self._state = _WAITING
+            # Devices are listed on the PiCloud info socket too (SPEC 3.4).
+            self._hub.pubsub.connected(self, "device", peer_address(self.transport))
+            self._log.info("device connected from {peer}", peer=self._peer)
+            self._timer = self.factory.clock.callLater(self.factory.auth_timeout, self._auth_timed_out)
+        except Exception:
+            self._log.failure("device connection from {peer}", peer=self._peer)
+
+    def onMessage(self, payload, isBinary):
+        try:
+            if self._state == _WAITING:
+                self._authenticate(payload, isBinary)
+            elif self._state == _AUTHENTICATED:
+                self._alive()
+                self._handle(payload, isBinary)
+        except Exception:
+            self._log.failure("device message from {peer}", peer=self._peer)
+
+    def _authenticate(self, payload: bytes, isBinary: bool) -> None:
+        self._timer.cancel()
+        if isBinary:
+            return self._refuse("binary first message")
+        if not hmac.compare_digest(payload, self.factory.secret):
+            return self._refuse("wrong secret")
+        self._state = _AUTHENTICATED
+        self.factory.devices.add(self)
+        self._log.info("device {peer} authenticated", peer=self._peer)
+        self.sendMessage(b"ok")
+        self.sendMessage(self._hub.display().packet().encode("ascii"))
+        self._timer = self.factory.clock.callLater(self.factory.idle_timeout, self._idle_timed_out)
+
+    def _auth_timed_out(self) -> None:
+        if self.state != self.STATE_OPEN:
+            return  # the device is closing by itself: no failure to count
+        self._refuse(f"no secret within {self.factory.auth_timeout} seconds")
+
+    def _refuse(self, reason: str) -> None:
+        # The reason names what was wrong, never what the device sent.
+        self.factory.guard.failure(self._peer, f"device port: {reason}")
+        self._close(POLICY_VIOLATION, "authentication failed", f"refused ({reason})")
+
+    def _close(self, code: int, text: str, why: str) -> None:
+        self._state = _CLOSING
+        self._why = why
+        # No more packets for a device on its way out.
+        self.factory.devices.discard(self)
+        self.sendCloseFrame(code=code, reasonUtf8=text.encode("utf-8"), isReply=False)
+
+    def _alive(self) -> None:
+        self._timer.reset(self.factory.idle_timeout)
+
+    def _idle_timed_out(self) -> None:
+        if self.state != self.STATE_OPEN:
+            return
+        self._close(NORMAL, "idle timeout", f"silent for {self.factory.idle_timeout} seconds")
+
+    def _handle(self, payload: bytes, isBinary: bool) -> None:
+        if isBinary:
+            return self._ignore("binary message")
+        if payload == b"ping":
+            return self.sendMessage(b"pong")
+        try:
+            plug_id, value = parse_report(payload)
+        except InvalidReport as e:
+            return self._ignore(f"not a ping or a plug report: {e}")
+        self._hub.report(plug_id, value, "device", self._peer)
+
+    def _ignore(self, reason: str) -> None:
+        self._log.warn("ignored device message from {peer}: {reason}", peer=self._peer, reason=reason)
+
+    def onPing(self, payload):
+        # Before the secret a device gets nothing but the close (SPEC 2.1).
+        if self._state == _AUTHENTICATED:
+            self._alive()
+            super().onPing(payload)
+
+    def onPong(self, payload):
+        if self._state == _AUTHENTICATED:
+            self._alive()
+
+    def onClose(self, wasClean, code, reason):
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self.factory.devices.discard(self)
+        self._hub.pubsub.disconnected(self)
+        state, self._state = self._state, None
+        if state is None:
+            return  # never opened, or already told
+        why = self._why
+        if why is None:
+            why = f"closed by the device (code {code})" if wasClean else f"connection lost ({reason})"
+        self._log.info("device disconnected from {peer}: {why}", peer=self._peer, why=why)
+
+
+class DeviceFactory(LimitedServerFactory):
+    """
+    The device WebSocket listener.  Subscribe L{send_packet} to the hub's
+    display changes.
+
+    @param secret: C{AUTH_SECRET}; a device's first message must equal it.
+    @param guard: counts failed authentications (L{smartplug_backend.guard.Guard}).
+    @param clock: runs both timeouts.
+    """
+
+    protocol = DeviceProtocol
+
+    def __init__(self, hub, guard, secret: str, clock: IReactorTime, auth_timeout: float = 10, idle_timeout: float = 30, url=None) -> None:
+        super().__init__(url)
+        self.hub = hub
+        self.guard = guard
+        self.secret = secret.encode("utf-8")
+        self.clock = clock
+        self.auth_timeout = auth_timeout
+        self.idle_timeout = idle_timeout
+        self.devices: set = set()
+        # Devices keep themselves alive (SPEC 2.2); the idle timeout finds
+        # the silent ones.
+        self.setProtocolOptions(autoPingInterval=0)
+
+    @classmethod
+    def from_settings(cls, settings, hub, guard, clock: IReactorTime) -> "DeviceFactory":
+        """
+        The factory configured by C{AUTH_SECRET} and the device timeouts.
+        """
+        return cls(hub, guard, settings.AUTH_SECRET, clock, settings.DEVICE_AUTH_TIMEOUT, settings.DEVICE_IDLE_TIMEOUT)
+
+    def buildProtocol(self, addr):
+        protocol = super().buildProtocol(addr)
+        protocol._hub = self.hub
+        return protocol
+
+    def send_packet(self, event) -> None:
+        """
+        Send a hub L{DisplayEvent}'s packet to every authenticated device:
+        serialised and framed once, whatever the number of devices.
+        """
+        self.send_to_all(self.devices, event.packet.encode("ascii"))

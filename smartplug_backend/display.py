@@ -1,0 +1,115 @@
+"""
+The display state of SPEC 2.3 and its packets: C{[cc:<mode>:<p1>:<p2>]}.
+
+Pure values and validation: the hub owns the current L{Display}; the HTTP
+API parses requests with L{parse_display}; the device port sends packets.
+"""
+
+import dataclasses
+import json
+from typing import Optional, Union
+
+# One-off commands: sent to the devices, never stored as the state.
+COMMANDS = {"reset": "[cc:r:?:?]", "update": "[cc:u:?:?]"}
+
+
+class InvalidDisplay(ValueError):
+    """
+    A display request that must be refused; C{str(error)} names the field and
+    the problem, and is safe to show to the sender.
+    """
+
+
+@dataclasses.dataclass(frozen=True)
+class Display:
+    """
+    One display state: off (mode 0), weather (mode 1) or colour (mode 2).
+
+    Only the fields of its mode are set; the others are C{None}.
+    """
+
+    mode: int = 0
+    weather: Optional[int] = None
+    intensity: Optional[int] = None
+    color: Optional[tuple[int, int, int]] = None
+    pulse: Optional[int] = None
+
+    def packet(self) -> str:
+        """
+        The packet a device gets for this state, e.g. C{[cc:2:255,65,174:0]}.
+        """
+        if self.mode == 1:
+            return f"[cc:1:{self.weather}:{self.intensity}]"
+        if self.mode == 2:
+            r, g, b = self.color
+            return f"[cc:2:{r},{g},{b}:{self.pulse}]"
+        return "[cc:0:?:?]"
+
+    def as_json(self) -> dict:
+        """
+        The state as C{GET /display} shows it: the fields of its mode and its
+        packet.
+        """
+        shown = {"mode": self.mode}
+        if self.mode == 1:
+            shown.update(weather=self.weather, intensity=self.intensity)
+        elif self.mode == 2:
+            shown.update(color=list(self.color), pulse=self.pulse)
+        shown["packet"] = self.packet()
+        return shown
+
+
+OFF = Display()
+
+
+def _integer(data: dict, field: str, low: int, high: int) -> int:
+    if field not in data:
+        raise InvalidDisplay(f"missing field: {field}")
+    value = data[field]
+    # bool is an int subclass, but true is not a colour channel.
+    if type(value) is not int or not low <= value <= high:
+        raise InvalidDisplay(f"{field} must be a whole number from {low} to {high}")
+    return value
+
+
+def validate_display(data: object) -> Union[Display, str]:
+    """
+    Validate a decoded C{POST /display} body.
+
+    @return: the new L{Display}, or the name of a one-off command
+        (C{"reset"} or C{"update"}, a key of L{COMMANDS}).
+    @raise InvalidDisplay: for anything else.
+    """
+    if not isinstance(data, dict):
+        raise InvalidDisplay("body must be a JSON object with mode or command")
+    if "command" in data:
+        command = data["command"]
+        if not isinstance(command, str) or command not in COMMANDS:
+            raise InvalidDisplay('command must be "reset" or "update"')
+        return command
+    mode = _integer(data, "mode", 0, 2)
+    if mode == 1:
+        return Display(1, weather=_integer(data, "weather", 1, 9), intensity=_integer(data, "intensity", 0, 9))
+    if mode == 2:
+        if "color" not in data:
+            raise InvalidDisplay("missing field: color")
+        color = data["color"]
+        if (
+            not isinstance(color, list)
+            or len(color) != 3
+            or any(type(c) is not int or not 0 <= c <= 255 for c in color)
+        ):
+            raise InvalidDisplay("color must be a list of three whole numbers [r, g, b], each from 0 to 255")
+        return Display(2, color=tuple(color), pulse=_integer(data, "pulse", 0, 9))
+    return OFF
+
+
+def parse_display(body: Union[bytes, str]) -> Union[Display, str]:
+    """
+    Parse a JSON C{POST /display} body; see L{validate_display}.
+    """
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise InvalidDisplay("body must be a JSON object with mode or command") from None
+    return validate_display(data)

@@ -1,0 +1,235 @@
+"""
+Refusing strangers (SPEC 6.2): API key checks and IP bans shared by every
+listener.
+
+A L{Guard} counts authentication failures per peer address.  After
+C{BAN_AFTER} failures the address is banned for C{BAN_SECONDS}: every
+listener wrapped with L{Guard.wrap} closes its new connections at once,
+before any HTTP, TLS or WebSocket byte is read.  Addresses in C{BAN_ALLOW}
+are never banned.  The guard lives on the reactor thread; a WSGI thread
+reports a failure through the bridge.
+"""
+
+import dataclasses
+import hmac
+import ipaddress
+from typing import Iterable, Optional
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+
+# Failures of addresses idle for longer than a ban are forgotten; past this
+# many remembered addresses the stale ones are dropped in one sweep.
+_SWEEP_AT = 4096
+
+
+def key_matches(expected: Optional[str], given: Optional[str]) -> bool:
+    """
+    True when no key is required (C{expected} is C{None}) or C{given} is that
+    key, compared in constant time.
+    """
+    if expected is None:
+        return True
+    if given is None:
+        return False
+    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
+def normal_address(host: str) -> str:
+    """
+    One spelling per address, so that a ban holds on IPv4 and dual-stack
+    IPv6 listeners alike (C{::ffff:10.0.0.1} is C{10.0.0.1}).  Anything that
+    is not an IP address is returned unchanged.
+    """
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    mapped = getattr(address, "ipv4_mapped", None)
+    return str(mapped or address)
+
+
+@dataclasses.dataclass
+class _Failures:
+    count: int
+    last: float
+
+
+class Guard:
+    """
+    Authentication failures and bans per peer address.
+
+    @param clock: the reactor's time (a L{Clock} in tests); bans are lifted
+        by a delayed call on it.
+    @param ban_after: failures that ban an address.
+    @param ban_seconds: how long a ban lasts; failures are also forgotten
+        after this long without a new one.
+    @param allow: addresses and networks (strings) never banned.
+    """
+
+    _log = Logger(namespace="smartplug_backend.guard")
+
+    def __init__(self, clock: IReactorTime, ban_after: int = 3, ban_seconds: float = 60, allow: Iterable[str] = ()) -> None:
+        self._clock = clock
+        self._ban_after = ban_after
+        self._ban_seconds = ban_seconds
+        self._allow = tuple(ipaddress.ip_network(a, strict=False) for a in allow)
+        self._failures: dict[str, _Failures] = {}
+        # banned address -> connections refused during its ban
+        self._bans: dict[str, int] = {}
+
+    @classmethod
+    def from_settings(cls, settings, clock: IReactorTime) -> "Guard":
+        """
+        The guard configured by C{BAN_AFTER}, C{BAN_SECONDS} and C{BAN_ALLOW}.
+        """
+        return cls(clock, settings.BAN_AFTER, settings.BAN_SECONDS, settings.BAN_ALLOW)
+
+    def allowed(self, host: str) -> bool:
+        """
+        True when C{host} is in C{BAN_ALLOW}: it is never banned.
+        """
+        try:
+            address = ipaddress.ip_address(normal_address(host))
+        except ValueError:
+            return False
+        return any(address in network for network in self._allow)
+
+    def banned(self, host: str) -> bool:
+        """
+        True while C{host} is banned.
+        """
+        return normal_address(host) in self._bans
+
+    def failures(self, host: str) -> int:
+        """
+        The failures counted against C{host} now (0 once forgotten or banned).
+        """
+        seen = self._failures.get(normal_address(host))
+        if seen is None or self._clock.seconds() - seen.last >= self._ban_seconds:
+            return 0
+        return seen.count
+
+    def failure(self, host: str, reason: str) -> bool:
+        """
+        Count one authentication failure of C{host}; ban it when that makes
+        C{BAN_AFTER} failures.  C{reason} is logged: it must not hold what
+        the peer sent.
+
+        @return: True when C{host} is banned now.
+        """
+        host = normal_address(host)
+        if host in self._bans:
+            return True
+        if self.allowed(host):
+            self._log.warn(
+                "authentication failure from {peer}: {reason} (in BAN_ALLOW, never banned)",
+                peer=host,
+                reason=reason,
+            )
+            return False
+        count = self._count(host)
+        self._log.warn(
+            "authentication failure from {peer}: {reason} ({count} of {limit})",
+            peer=host,
+            reason=reason,
+            count=count,
+            limit=self._ban_after,
+        )
+        if count < self._ban_after:
+            return False
+        del self._failures[host]
+        self._bans[host] = 0
+        self._clock.callLater(self._ban_seconds, self._lift, host)
+        self._log.warn(
+            "banned {peer} for {seconds} seconds after {count} authentication failures",
+            peer=host,
+            seconds=self._ban_seconds,
+            count=count,
+        )
+        return True
+
+    def _count(self, host: str) -> int:
+        now = self._clock.seconds()
+        seen = self._failures.get(host)
+        if seen is None or now - seen.last >= self._ban_seconds:
+            seen = self._failures[host] = _Failures(0, now)
+            if len(self._failures) > _SWEEP_AT:
+                self._sweep(now)
+        seen.count += 1
+        seen.last = now
+        return seen.count
+
+    def _sweep(self, now: float) -> None:
+        for host, seen in list(self._failures.items()):
+            if now - seen.last >= self._ban_seconds:
+                del self._failures[host]
+
+    def _lift(self, host: str) -> None:
+        refused = self._bans.pop(host)
+        self._log.info(
+            "ban on {peer} lifted after {seconds} seconds ({refused} connections refused)",
+            peer=host,
+            seconds=self._ban_seconds,
+            refused=refused,
+        )
+
+    def admits(self, host: Optional[str]) -> bool:
+        """
+        Whether a new connection from C{host} may go on; a refusal is counted
+        for the log line that lifts the ban.
+        """
+        host = normal_address(host) if host else None
+        if host not in self._bans:
+            return True
+        self._bans[host] += 1
+        return False
+
+    def wrap(self, factory) -> "GuardedFactory":
+        """
+        C{factory} behind this guard: see L{GuardedFactory}.
+        """
+        return GuardedFactory(self, factory)
+
+
+class _Refused(Protocol):
+    """
+    The protocol of a banned peer's connection: closed as soon as it is made,
+    before anything is read or written.
+    """
+
+    def connectionMade(self) -> None:
+        self.transport.abortConnection()
+
+
+class GuardedFactory(Factory):
+    """
+    Wraps a listener's factory: a banned peer's connection gets a protocol
+    that closes it at once, and never reaches the wrapped factory.
+
+    A protocol rather than C{None}, so that it also works under wrappers
+    (TLS, connection limits) that do not accept C{None} from the factory
+    they wrap.
+    """
+
+    noisy = False
+
+    def __init__(self, guard: Guard, wrapped) -> None:
+        self.guard = guard
+        self.wrapped = wrapped
+
+    def logPrefix(self) -> str:
+        prefix = getattr(self.wrapped, "logPrefix", None)
+        return prefix() if prefix else type(self.wrapped).__name__
+
+    def doStart(self) -> None:
+        self.wrapped.doStart()
+
+    def doStop(self) -> None:
+        self.wrapped.doStop()
+
+    def buildProtocol(self, addr):
+        if not self.guard.admits(getattr(addr, "host", None)):
+            return _Refused()
+        return self.wrapped.buildProtocol(addr)

@@ -1,0 +1,10 @@
+"""
+The server's fixed limits (SPEC 6.3), in one place.
+"""
+
+# Request bodies over this are refused with 413, before they are read.
+MAX_BODY = 64 * 1024
+# WebSocket frames or messages over this close the connection with 1009.
+MAX_MESSAGE = 64 * 1024
+# A WebSocket peer with more than this written to it but unsent is cut off.
+MAX_UNSENT = 1024 * 1024

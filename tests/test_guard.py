@@ -1,0 +1,248 @@
+"""
+Bans (SPEC 6.2) and API key comparison, with a fake clock.
+"""
+
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs, formatEvent
+from twisted.trial.unittest import SynchronousTestCase
+
+from smartplug_backend import guard as guard_module
+from smartplug_backend.config import settings_from
+from smartplug_backend.guard import Guard, GuardedFactory, key_matches, normal_address
+
+STRANGER = "203.0.113.9"
+
+
+def messages(events, word: str) -> list:
+    """
+    The formatted log messages among C{events} that contain C{word}.
+    """
+    return [m for m in map(formatEvent, events) if word in m]
+
+
+class BanTests(SynchronousTestCase):
+    """
+    Failures per address, bans after BAN_AFTER of them, expiry, allow list.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.guard = Guard(self.clock, ban_after=3, ban_seconds=60, allow=["192.168.1.0/24", "10.0.0.7"])
+
+    def fail(self, host=STRANGER, times=1):
+        for _ in range(times):
+            banned = self.guard.failure(host, "test")
+        return banned
+
+    def test_count_then_ban(self):
+        """
+        Two failures do not ban; the third bans that address and no other.
+        """
+        self.assertFalse(self.fail(times=2))
+        self.assertEqual(self.guard.failures(STRANGER), 2)
+        self.assertFalse(self.guard.banned(STRANGER))
+        self.assertTrue(self.guard.admits(STRANGER))
+        self.assertTrue(self.fail())
+        self.assertTrue(self.guard.banned(STRANGER))
+        self.assertFalse(self.guard.admits(STRANGER))
+        self.assertTrue(self.guard.admits("203.0.113.10"))
+
+    def test_expiry(self):
+        """
+        A ban lasts BAN_SECONDS, then the address is admitted again with a
+        clean slate: one more failure does not ban it again.
+        """
+        self.fail(times=3)
+        self.clock.pump([1] * 59)
+        self.assertTrue(self.guard.banned(STRANGER))
+        self.clock.pump([1])
+        self.assertFalse(self.guard.banned(STRANGER))
+        self.assertTrue(self.guard.admits(STRANGER))
+        self.assertFalse(self.fail())
+
+    def test_failures_forgotten(self):
+        """
+        Failures spread out more than BAN_SECONDS apart never add up to a ban.
+        """
+        for _ in range(5):
+            self.assertFalse(self.fail())
+            self.clock.pump([30, 29])
+            self.assertEqual(self.guard.failures(STRANGER), 1)
+            self.clock.advance(1)
+            self.assertEqual(self.guard.failures(STRANGER), 0)
+        self.assertFalse(self.guard.banned(STRANGER))
+
+    def test_failure_while_banned(self):
+        """
+        Failures during a ban (from connections opened before it) do not
+        extend it.
+        """
+        self.fail(times=3)
+        self.clock.advance(30)
+        self.assertTrue(self.fail(times=5))
+        self.clock.advance(30)
+        self.assertFalse(self.guard.banned(STRANGER))
+
+    def test_stale_failures_swept(self):
+        """
+        Addresses whose failures are older than a ban are dropped once many
+        addresses are remembered, so strangers cannot grow memory forever.
+        """
+        self.patch(guard_module, "_SWEEP_AT", 10)
+        for n in range(11):
+            self.fail(f"198.51.100.{n}")
+        self.assertEqual(len(self.guard._failures), 11)
+        self.clock.advance(60)
+        self.fail("198.51.100.200")
+        self.assertEqual(list(self.guard._failures), ["198.51.100.200"])
+
+    def test_allow_list(self):
+        """
+        Addresses in BAN_ALLOW, given alone or as a network, are never banned,
+        however many failures they make.
+        """
+        for host in ["192.168.1.64", "10.0.0.7", "::ffff:192.168.1.2"]:
+            self.assertFalse(self.fail(host, times=10))
+            self.assertTrue(self.guard.admits(host))
+        self.assertTrue(self.fail("10.0.0.8", times=3))
+
+    def test_ipv4_mapped(self):
+        """
+        A ban earned over IPv4 holds for the same address on a dual-stack
+        IPv6 listener, and the other way round.
+        """
+        self.fail("::ffff:" + STRANGER, times=2)
+        self.assertTrue(self.fail(STRANGER))
+        self.assertFalse(self.guard.admits("::ffff:" + STRANGER))
+
+    def test_logged_once(self):
+        """
+        A ban and its lifting are logged once each, with the address; the
+        lift says how many connections were refused.
+        """
+        with capturedLogs() as events:
+            self.fail(times=3)
+            self.guard.failure(STRANGER, "test")
+            self.guard.admits(STRANGER)
+            self.guard.admits(STRANGER)
+            self.clock.pump([60, 60])
+        self.assertEqual(
+            messages(events, "banned"),
+            [f"banned {STRANGER} for 60 seconds after 3 authentication failures"],
+        )
+        self.assertEqual(
+            messages(events, "lifted"),
+            [f"ban on {STRANGER} lifted after 60 seconds (2 connections refused)"],
+        )
+
+    def test_from_settings(self):
+        """
+        The guard takes BAN_AFTER, BAN_SECONDS and BAN_ALLOW from the settings.
+        """
+        settings = settings_from({"BAN_AFTER": 1, "BAN_SECONDS": 5, "BAN_ALLOW": ["127.0.0.1"]})
+        guard = Guard.from_settings(settings, self.clock)
+        self.assertFalse(guard.failure("127.0.0.1", "test"))
+        self.assertTrue(guard.failure(STRANGER, "test"))
+        self.clock.advance(5)
+        self.assertFalse(guard.banned(STRANGER))
+
+
+class Recorder(Protocol):
+    """
+    Records whether it was connected.
+    """
+
+    made = False
+
+    def connectionMade(self):
+        self.made = True
+
+
+class GuardedFactoryTests(SynchronousTestCase):
+    """
+    A listener's factory behind the guard.
+    """
+
+    def setUp(self):
+        self.guard = Guard(Clock(), ban_after=1)
+        self.inner = Factory.forProtocol(Recorder)
+        self.factory = self.guard.wrap(self.inner)
+
+    def connect(self, address):
+        protocol = self.factory.buildProtocol(address)
+        transport = StringTransport(peerAddress=address)
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def test_admitted(self):
+        """
+        A peer that is not banned gets the wrapped factory's protocol.
+        """
+        protocol, transport = self.connect(IPv4Address("TCP", STRANGER, 1234))
+        self.assertIsInstance(protocol, Recorder)
+        self.assertTrue(protocol.made)
+        self.assertFalse(transport.disconnecting)
+
+    def test_refused(self):
+        """
+        A banned peer's connection is aborted as soon as it is made, and the
+        wrapped factory never builds a protocol for it; IPv6 peers too.
+        """
+        self.guard.failure(STRANGER, "test")
+        self.guard.failure("2001:db8::1", "test")
+        for address in [IPv4Address("TCP", STRANGER, 1234), IPv6Address("TCP", "2001:db8::1", 1234)]:
+            protocol, transport = self.connect(address)
+            self.assertNotIsInstance(protocol, Recorder)
+            self.assertTrue(transport.disconnected)
+            self.assertEqual(transport.value(), b"")
+
+    def test_start_stop(self):
+        """
+        Starting and stopping the guarded factory starts and stops the
+        wrapped one (Sites and WebSocket factories set up there).
+        """
+        self.factory.doStart()
+        self.assertEqual(self.inner.numPorts, 1)
+        self.factory.doStop()
+        self.assertEqual(self.inner.numPorts, 0)
+        self.assertIsInstance(self.factory, GuardedFactory)
+
+
+class KeyTests(SynchronousTestCase):
+    """
+    The API key comparison shared by every keyed route.
+    """
+
+    def test_no_key_required(self):
+        """
+        With no API_KEY, any key or none is accepted.
+        """
+        self.assertTrue(key_matches(None, None))
+        self.assertTrue(key_matches(None, "anything"))
+
+    def test_key_required(self):
+        """
+        With an API_KEY, only that exact key is accepted.
+        """
+        self.assertTrue(key_matches("s3cret-ké", "s3cret-ké"))
+        for given in [None, "", "s3cret-k", "S3CRET-KÉ", "s3cret-ké "]:
+            self.assertFalse(key_matches("s3cret-ké", given), given)
+
+
+class NormalAddressTests(SynchronousTestCase):
+    """
+    One spelling per address.
+    """
+
+    def test_spellings(self):
+        """
+        IPv4-mapped IPv6 becomes IPv4, IPv6 is compressed, and what is not an
+        address is left alone.
+        """
+        self.assertEqual(normal_address("::ffff:10.0.0.1"), "10.0.0.1")
+        self.assertEqual(normal_address("2001:0db8:0:0::1"), "2001:db8::1")
+        self.assertEqual(normal_address("10.0.0.1"), "10.0.0.1")
+        self.assertEqual(normal_address("?"), "?")

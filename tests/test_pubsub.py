@@ -1,0 +1,387 @@
+"""
+Tests for PiCloud pub/sub: the registry and frames (smartplug_backend.pubsub),
+the app-port routes over iosim, and C{POST /publish}.
+"""
+
+import json
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from smartplug_backend.apps import AppFactory
+from smartplug_backend.guard import Guard
+from smartplug_backend.hub import Hub
+from smartplug_backend.pubsub import PubSub, delivery_frame, go_json, report_publisher
+from smartplug_backend.limits import MAX_UNSENT
+
+from .helpers import PEER, STUB_PEER, http_client, raw_handshake, ws_connect
+
+FRAME_1 = b'{"action":"publish","event":"e","data":1,"created_at":"1970-01-01T00:00:01.000Z"}\n'
+
+
+class RegistryTests(SynchronousTestCase):
+    """
+    The pub/sub registry, without any network.
+    """
+
+    def setUp(self):
+        self.sent = []
+        self.clock = Clock()
+        self.clock.advance(1)
+        self.pubsub = PubSub(deliver=lambda subs, frame: self.sent.append((frame, subs)), now=self.clock.seconds)
+
+    def test_subscribe_is_idempotent(self):
+        """
+        A subscriber that subscribes twice gets each publication once.
+        """
+        self.pubsub.subscribe("a", "e")
+        self.pubsub.subscribe("a", "e")
+        self.assertEqual(self.pubsub.publish("e", 1), 1)
+        self.assertEqual(self.sent, [(FRAME_1, ["a"])])
+
+    def test_only_subscribers_of_the_event(self):
+        """
+        A publication goes to the subscribers of its event only, serialised once.
+        """
+        self.pubsub.subscribe("a", "e")
+        self.pubsub.subscribe("b", "e")
+        self.pubsub.subscribe("c", "other")
+        self.pubsub.publish("e", 1)
+        self.assertEqual(self.sent, [(FRAME_1, ["a", "b"])])
+        self.assertEqual(self.pubsub.publish("nobody", 1), 0)
+        self.assertEqual(len(self.sent), 1)
+
+    def test_unsubscribe(self):
+        """
+        unsubscribe stops one event; unsubscribe of an unknown one is harmless.
+        """
+        self.pubsub.subscribe("a", "e")
+        self.pubsub.subscribe("a", "f")
+        self.pubsub.unsubscribe("a", "e")
+        self.pubsub.unsubscribe("a", "never")
+        self.assertEqual(self.pubsub.publish("e", 1), 0)
+        self.assertEqual(self.pubsub.publish("f", 1), 1)
+
+    def test_unsubscribe_all_and_disconnect(self):
+        """
+        unsubscribe_all and disconnected forget every subscription.
+        """
+        for event in "xyz":
+            self.pubsub.subscribe("a", event)
+            self.pubsub.subscribe("b", event)
+        self.pubsub.unsubscribe_all("a")
+        self.pubsub.connected("b", "bee", "1.2.3.4:5")
+        self.pubsub.disconnected("b")
+        self.assertEqual(list(self.pubsub.subscriptions()), [])
+
+    def test_delivery_frame_bytes(self):
+        """
+        The frame has PiCloud's key order, compact JSON as Go writes it
+        (UTF-8, <>& escaped), RFC 3339 UTC time and a trailing newline.
+        """
+        self.assertEqual(
+            delivery_frame("temp", {"c": "<20°C & ok>", "n": [1, None]}, 1700000000.5),
+            '{"action":"publish","event":"temp","data":{"c":"\\u003c20°C \\u0026 ok\\u003e","n":[1,null]},'
+            '"created_at":"2023-11-14T22:13:20.500Z"}\n'.encode("utf-8"),
+        )
+        self.assertEqual(go_json("a\u2028b"), '"a\\u2028b"')
+
+    def test_info_frame(self):
+        """
+        The info frame lists subscriptions with their connections and every
+        open connection.
+        """
+        self.pubsub.connected("a", "alice", "10.0.0.1:1000")
+        self.pubsub.connected("b", "bob", "10.0.0.2:2000")
+        self.pubsub.subscribe("a", "e")
+        self.clock.advance(1)
+        frame = self.pubsub.info_frame()
+        self.assertTrue(frame.endswith(b"}\n"))
+        alice = {"client_name": "alice", "ip_address": "10.0.0.1:1000", "connected_at": "1970-01-01T00:00:01.000Z"}
+        bob = {"client_name": "bob", "ip_address": "10.0.0.2:2000", "connected_at": "1970-01-01T00:00:01.000Z"}
+        self.assertEqual(
+            json.loads(frame),
+            {
+                "subscriptions": [{"name": "e", "connections": [alice]}],
+                "all_connections": [alice, bob],
+                "created_at": "1970-01-01T00:00:02.000Z",
+            },
+        )
+
+    def test_reports_published_as_smartplug(self):
+        """
+        A plug report is published as event smartplug with the apps' JSON text.
+        """
+        hub = Hub(now=self.clock.seconds)
+        hub.pubsub = self.pubsub
+        hub.listen(report_publisher(self.pubsub))
+        self.pubsub.subscribe("a", "smartplug")
+        hub.report("0xb00bf0cc", 1, "http", "x")
+        [(frame, _)] = self.sent
+        self.assertEqual(json.loads(frame)["data"], '{"id": "0xb00bf0cc", "value": 1}')
+
+
+class RouteTests(SynchronousTestCase):
+    """
+    PiCloud's routes on the app WebSocket port.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.hub = Hub(now=self.clock.seconds)
+        self.guard = Guard(self.clock, ban_after=10)
+        self.factory = self.make_factory(api_key=None)
+
+    def make_factory(self, api_key):
+        factory = AppFactory(
+            self.hub, api_key=api_key, info_interval=5, clock=self.clock, guard=self.guard
+        )
+        self.hub.pubsub.deliver = factory.send_to_all
+        return factory
+
+    def handshake(self, path: bytes, headers: bytes = b""):
+        request = (
+            b"GET " + path + b" HTTP/1.1\r\nHost: pi:9001\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: AQIDBAUGBwgJCgsMDQ4PEA==\r\nSec-WebSocket-Version: 13\r\n" + headers + b"\r\n"
+        )
+        return raw_handshake(self.factory, request)[1].value()
+
+    def assertRefused(self, answer: bytes, body: bytes):
+        head, _, got = answer.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 401 Unauthorized\r\n"), head)
+        self.assertIn(b"Content-Type: text/plain; charset=utf-8", head)
+        self.assertEqual(got, body)
+
+    def test_client_name_required(self):
+        """
+        /subscribe and /publish without a client name get 401 "Invalid client
+        name", before any upgrade.
+        """
+        for path in [b"/subscribe", b"/publish", b"/subscribe?clientName="]:
+            self.assertRefused(self.handshake(path), b"Invalid client name\n")
+        self.assertEqual(self.guard.failures(PEER), 0)
+
+    def test_client_name_header_or_param(self):
+        """
+        The name may come as X-API-Client-Name or as clientName.
+        """
+        self.assertTrue(self.handshake(b"/subscribe", b"X-API-Client-Name: kitchen\r\n").startswith(b"HTTP/1.1 101"))
+        self.assertTrue(self.handshake(b"/publish?clientName=kitchen").startswith(b"HTTP/1.1 101"))
+
+    def test_api_key(self):
+        """
+        With API_KEY set, a wrong or missing key gets 401 "Invalid API Key";
+        a wrong one counts toward a ban (a missing one guesses nothing); the
+        right key in the header or the apiKey parameter is accepted.
+        """
+        self.factory = self.make_factory(api_key="k3y")
+        self.assertRefused(self.handshake(b"/subscribe?clientName=a&apiKey=nope"), b"Invalid API Key\n")
+        self.assertRefused(self.handshake(b"/socket/info"), b"Invalid API Key\n")
+        self.assertRefused(self.handshake(b"/info", b"X-API-Key: K3Y\r\n"), b"Invalid API Key\n")
+        self.assertEqual(self.guard.failures(PEER), 2)
+        self.assertTrue(self.handshake(b"/subscribe?clientName=a&apiKey=k3y").startswith(b"HTTP/1.1 101"))
+        self.assertTrue(self.handshake(b"/info", b"X-API-Key: k3y\r\n").startswith(b"HTTP/1.1 101"))
+        self.assertTrue(self.handshake(b"/", b"").startswith(b"HTTP/1.1 101"), "PlugBuddy needs no key")
+
+    def test_subscribe_then_publish_elsewhere(self):
+        """
+        A subscription on one socket takes effect for a publication sent on
+        another right after it; unsubscribing stops it.
+        """
+        sub, _, sub_pump = ws_connect(self.factory, "/subscribe?clientName=s")
+        pub, _, pub_pump = ws_connect(self.factory, "/publish?clientName=p")
+        sub.sendMessage(b'{"action": "subscribe", "event": "door"}')
+        sub_pump.flush()
+        pub.sendMessage(b'{"event": "door", "data": "open"}')
+        pub.sendMessage(b'{"action": "publish", "event": "door", "data": {"n": 2}}')
+        pub.sendMessage(b'{"event": "window", "data": 1}')
+        pub_pump.flush()
+        sub_pump.flush()
+        self.assertEqual([(m["event"], m["data"]) for m in sub.json()], [("door", "open"), ("door", {"n": 2})])
+        sub.sendMessage(b'{"action": "unsubscribe", "event": "door"}')
+        sub_pump.flush()
+        pub.sendMessage(b'{"event": "door", "data": "closed"}')
+        pub_pump.flush()
+        sub_pump.flush()
+        self.assertEqual(len(sub.messages), 2)
+
+    def test_unsubscribe_all_and_close_cleanup(self):
+        """
+        unsubscribe:all drops every subscription, and a closed connection's
+        subscriptions are gone.
+        """
+        sub, _, pump = ws_connect(self.factory, "/subscribe?clientName=s")
+        for event in [b"a", b"b"]:
+            sub.sendMessage(b'{"action": "subscribe", "event": "' + event + b'"}')
+        pump.flush()
+        self.assertEqual(len(list(self.hub.pubsub.subscriptions())), 2)
+        sub.sendMessage(b'{"action": "unsubscribe:all"}')
+        pump.flush()
+        self.assertEqual(list(self.hub.pubsub.subscriptions()), [])
+        sub.sendMessage(b'{"action": "subscribe", "event": "a"}')
+        pump.flush()
+        sub.sendClose()
+        pump.flush()
+        self.assertEqual(list(self.hub.pubsub.subscriptions()), [])
+
+    def test_bad_messages_ignored(self):
+        """
+        Unknown actions and malformed messages are ignored; the connection
+        stays open.
+        """
+        sub, _, pump = ws_connect(self.factory, "/subscribe?clientName=s")
+        for bad in [b"nope", b"[]", b'{"action": "dance"}', b'{"action": "subscribe"}', b'{"action": "subscribe", "event": 3}']:
+            sub.sendMessage(bad)
+        pump.flush()
+        self.assertEqual(list(self.hub.pubsub.subscriptions()), [])
+        self.assertIsNone(sub.closed)
+
+    def test_plugbuddy_clients_do_not_get_publications(self):
+        """
+        PlugBuddy connections receive plug broadcasts, not pub/sub frames;
+        subscribers of smartplug receive reports as publications.
+        """
+        app, _, app_pump = ws_connect(self.factory, "/")
+        sub, _, sub_pump = ws_connect(self.factory, "/subscribe?clientName=s")
+        sub.sendMessage(b'{"action": "subscribe", "event": "smartplug"}')
+        sub_pump.flush()
+        self.hub.listen(self.factory.broadcast)
+        self.hub.listen(report_publisher(self.hub.pubsub))
+        self.hub.report("p", 1, "http", "x")
+        app_pump.flush()
+        sub_pump.flush()
+        self.assertEqual(app.messages, [b'{"id": "p", "value": 1}'])
+        self.assertEqual([m["data"] for m in sub.json()], ['{"id": "p", "value": 1}'])
+
+    def test_info_socket(self):
+        """
+        The info socket sends its first frame after one interval, then one
+        every interval, listing connections and subscriptions.
+        """
+        sub, _, sub_pump = ws_connect(self.factory, "/subscribe?clientName=kitchen", port=4001)
+        sub.sendMessage(b'{"action": "subscribe", "event": "door"}')
+        sub_pump.flush()
+        info, _, pump = ws_connect(self.factory, "/socket/info", port=4002)
+        self.clock.pump([1] * 4)
+        pump.flush()
+        self.assertEqual(info.messages, [])
+        self.clock.pump([1])
+        pump.flush()
+        [frame] = info.json()
+        self.assertEqual(
+            [c["client_name"] for c in frame["subscriptions"][0]["connections"]], ["kitchen"]
+        )
+        self.assertEqual(
+            [(c["client_name"], c["ip_address"]) for c in frame["all_connections"]],
+            [("kitchen", "192.168.1.64:4001"), ("", "192.168.1.64:4002")],
+        )
+        self.clock.pump([5])
+        pump.flush()
+        self.assertEqual(len(info.messages), 2)
+        info.sendClose()
+        pump.flush()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_slow_subscriber_cut_off(self):
+        """
+        A subscriber whose unsent data passes 1 MiB is closed with 1008 "too
+        slow" and dropped; the others still get every publication.
+        """
+        slow, slow_server, slow_pump = ws_connect(self.factory, "/subscribe?clientName=slow")
+        fast, _, fast_pump = ws_connect(self.factory, "/subscribe?clientName=fast")
+        for client, pump in [(slow, slow_pump), (fast, fast_pump)]:
+            client.sendMessage(b'{"action": "subscribe", "event": "big"}')
+            pump.flush()
+        # The transport says its buffer is full: the peer stopped reading.
+        slow_server.transport.producer.pauseProducing()
+        chunk = "x" * (60 * 1024)
+        count = MAX_UNSENT // len(chunk) + 1
+        for _ in range(count):
+            self.hub.pubsub.publish("big", chunk)
+        self.assertTrue(slow_server.transport.disconnecting)
+        self.assertEqual(slow_server.transport.stream[-1], b"\x88\x0a\x03\xf0too slow")
+        fast_pump.flush()
+        self.assertEqual(len(fast.messages), count)
+        slow_pump.flush()
+        self.assertEqual(slow.closed[0], 1008)
+        self.assertEqual([s for _, subs in self.hub.pubsub.subscriptions() for s in subs].count(slow_server), 0)
+
+
+class HTTPPublishTests(SynchronousTestCase):
+    """
+    C{POST /publish} on the HTTP port (SPEC 3.3).
+    """
+
+    def setUp(self):
+        self.hub = Hub()
+        self.guard = Guard(Clock(), ban_after=10)
+        self.published = []
+        self.hub.pubsub.publish = lambda event, data: self.published.append((event, data))
+
+    def post(self, path, body, headers=None, api_key=None):
+        client = http_client(self.hub, api_key=api_key, guard=self.guard)
+        response = self.successResultOf(client.post("http://pi" + path, data=body, headers=headers))
+        return response.code, self.successResultOf(response.content()), response.headers
+
+    def test_publish(self):
+        """
+        A valid publication answers 201 with an empty body and is published;
+        any JSON value is valid data.
+        """
+        for data in [b'"text"', b"42", b'{"a": [1]}', b"null"]:
+            code, body, _ = self.post("/publish?clientName=pi", b'{"event": "e", "data": ' + data + b"}")
+            self.assertEqual((code, body), (201, b""))
+        self.assertEqual([d for _, d in self.published], ["text", 42, {"a": [1]}, None])
+
+    def test_bad_request(self):
+        """
+        A body that is not JSON, or a missing or empty event, answers 400
+        "Bad request" as plain text and publishes nothing.
+        """
+        for body in [b"", b"{", b"[]", b'{"data": 1}', b'{"event": "", "data": 1}', b'{"event": 5}']:
+            code, answer, headers = self.post("/publish?clientName=pi", body)
+            self.assertEqual((code, answer), (400, b"Bad request\n"), body)
+            self.assertEqual(headers.getRawHeaders("content-type"), ["text/plain; charset=utf-8"])
+        self.assertEqual(self.published, [])
+
+    def test_auth(self):
+        """
+        A missing client name or a wrong API key answers 401 with PiCloud's
+        bodies; a wrong key counts as a failure; headers work like parameters.
+        """
+        self.assertEqual(self.post("/publish", b'{"event": "e"}')[:2], (401, b"Invalid client name\n"))
+        self.assertEqual(
+            self.post("/publish?clientName=a&apiKey=bad", b'{"event": "e"}', api_key="good")[:2],
+            (401, b"Invalid API Key\n"),
+        )
+        self.assertEqual(self.guard.failures(STUB_PEER), 1)
+        code, _, _ = self.post(
+            "/publish", b'{"event": "e"}', headers={"X-API-Key": "good", "X-API-Client-Name": "a"}, api_key="good"
+        )
+        self.assertEqual(code, 201)
+        self.assertEqual(self.published, [("e", None)])
+
+
+class DeviceConnectionsInfoTests(SynchronousTestCase):
+    """
+    The info frame lists device-port connections too (SPEC 3.4).
+    """
+
+    def test_device_listed_while_connected(self):
+        """
+        A device connection appears in all_connections as "device" while it
+        is open, and is gone once it closes.
+        """
+        from smartplug_backend.devices import DeviceFactory
+
+        clock = Clock()
+        hub = Hub(now=clock.seconds)
+        devices = DeviceFactory(hub, Guard(clock), "s3cret", clock)
+        device, _, pump = ws_connect(devices, "/", port=6000)
+        self.assertEqual(
+            [(c["client_name"], c["ip_address"]) for c in json.loads(hub.pubsub.info_frame())["all_connections"]],
+            [("device", "192.168.1.64:6000")],
+        )
+        device.sendClose()
+        pump.flush()
+        self.assertEqual(json.loads(hub.pubsub.info_frame())["all_connections"], [])
