@@ -7,9 +7,10 @@ threads or SQLite.  Protocols call it; listeners subscribe to its changes
 and are called in the order they subscribed.  A listener that fails is
 logged and the others still run.
 
-Every report is first recorded in the hub's journal (L{journal.Journal}); only
-once the journal has it does the hub change its state and tell the listeners.
-A report the journal refuses changes nothing and reaches no one.
+Every change of state (a report, a new display state) is first recorded in
+the hub's journal (L{journal.Journal}); only once the journal has it does the
+hub change its state and tell the listeners.  A change the journal refuses
+changes nothing and reaches no one.
 """
 
 import dataclasses
@@ -91,7 +92,7 @@ class Hub:
     display here, the pub/sub registry in C{pubsub}.
 
     @param now: returns the current time in seconds (a clock's C{seconds}).
-    @param journal: where reports are recorded before they are accepted;
+    @param journal: where changes are recorded before they are accepted;
         by default a L{MemoryJournal}, which keeps nothing across restarts.
     """
 
@@ -106,13 +107,16 @@ class Hub:
         self._display_listeners: list[DisplayListener] = []
         self.pubsub = PubSub(now=now)
 
-    def restore(self, plugs: Iterable[Plug]) -> None:
+    def restore(self, plugs: Iterable[Plug], display: Optional[Display] = None) -> None:
         """
-        Take C{plugs} (in first-report order) as the known state, as loaded
-        from the store at start-up; no listener is told.
+        Take C{plugs} (in first-report order) and C{display} (unless
+        C{None}) as the state, as loaded from the store at start-up; no
+        listener is told.
         """
         for plug in plugs:
             self._plugs[plug.id] = plug
+        if display is not None:
+            self._display = display
 
     def listen(self, listener: Listener) -> Callable[[], None]:
         """
@@ -218,12 +222,21 @@ class Hub:
         """
         return self._display
 
-    def set_display(self, display: Display, peer: str) -> Display:
+    def set_display(self, display: Display, peer: str) -> Deferred:
         """
-        Make C{display} the state and send its packet to the display
-        listeners, even when it equals the old state (a lamp that missed a
-        packet gets it again).
+        Record C{display} in the journal, then make it the state and send its
+        packet to the display listeners, even when it equals the old state
+        (a lamp that missed a packet gets it again).
+
+        @return: a Deferred firing with C{display}, or with C{None} when the
+            journal could not record it (logged; the state is unchanged).
         """
+        return self._journaled(
+            self._journal.save_display, (display,), lambda: self._show(display, peer),
+            f"display {display.packet()}", peer,
+        )
+
+    def _show(self, display: Display, peer: str) -> Display:
         self._display = display
         self._log.info("display -> {packet} from {peer}", packet=display.packet(), peer=peer)
         self._notify(self._display_listeners, DisplayEvent(display.packet(), display, None, peer))

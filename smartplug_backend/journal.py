@@ -1,9 +1,9 @@
 """
 The journal: what the hub asks of the state store, and the in-memory one.
 
-The hub records every report in its journal I{before} it changes its own
-state or tells anyone (SPEC 7): a report the journal could not keep is not
-accepted.  The SQLite journal (L{smartplug_backend.persistence}) answers
+The hub records every report and display state in its journal I{before} it
+changes its own state or tells anyone (SPEC 7): a change the journal could not
+keep is not accepted.  The SQLite journal (L{smartplug_backend.persistence}) answers
 later, from its writer thread; L{MemoryJournal} (C{STATE_DB = None}) answers
 at once and keeps only the bounded history, so the hub behaves exactly as the
 original in-memory server did.
@@ -52,6 +52,15 @@ class Journal(Protocol):
             for a store that cannot write) with nothing recorded.
         """
 
+    def save_display(self, display) -> Deferred:
+        """
+        Record the display state (a L{smartplug_backend.display.Display})
+        durably.
+
+        @return: fires with C{None} once recorded, or fails with nothing
+            recorded.
+        """
+
     def history(self, plug_id: str, limit: int) -> Deferred:
         """
         @return: fires with at most C{limit} L{HistoryEntry}s of the plug,
@@ -74,6 +83,9 @@ class MemoryJournal:
         if entries is None:
             entries = self._history[plug_id] = collections.deque(maxlen=self._keep)
         entries.append(HistoryEntry(value, at, source))
+        return succeed(None)
+
+    def save_display(self, display) -> Deferred:
         return succeed(None)
 
     def history(self, plug_id: str, limit: int) -> Deferred:

@@ -53,6 +53,9 @@ class SQLiteJournal:
     def save_report(self, plug_id: str, value: int, at: float, source: str) -> Deferred:
         return self._write(self.store.save_report, plug_id, value, at, source)
 
+    def save_display(self, display) -> Deferred:
+        return self._write(self.store.save_display, display)
+
     def history(self, plug_id: str, limit: int) -> Deferred:
         return self._run(self.store.history, plug_id, limit)
 
@@ -95,12 +98,17 @@ class StoreService(ThreadPoolService):
         try:
             self._lock = hold(self.path)
             store = Store.open(self.path, self._keep)
+            plugs, display = store.plugs(), store.display()
+        except sqlite3.Error as e:
+            fail(f"STATE_DB: {self.path} cannot be read ({e})")
         except (Locked, UnusableDatabase) as e:
             fail(f"STATE_DB: {e}")
-        plugs = store.plugs()
         self.journal.store = store
-        self.hub.restore(plugs)
-        self._log.info("state from {path}: {count} plugs", path=self.path, count=len(plugs))
+        self.hub.restore(plugs, display)
+        self._log.info(
+            "state from {path}: {count} plugs, display {packet}",
+            path=self.path, count=len(plugs), packet=self.hub.display().packet(),
+        )
 
     def stopService(self):
         # Queued behind every write already asked for; the pool stops after.

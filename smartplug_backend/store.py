@@ -12,10 +12,12 @@ single byte of it is written.
 """
 
 import contextlib
+import json
 import os
 import sqlite3
-from typing import Iterator
+from typing import Iterator, Optional
 
+from .display import Display, InvalidDisplay, validate_display
 from .hub import Plug
 from .journal import HistoryEntry
 
@@ -45,9 +47,15 @@ def _v1(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX history_by_plug ON history (plug_id, seq)")
 
 
+def _v2(db: sqlite3.Connection) -> None:
+    # The display state (issue 4) as GET /display shows it, minus the packet:
+    # one row, JSON, read back through the same validation as POST /display.
+    db.execute("CREATE TABLE display (only INTEGER PRIMARY KEY CHECK (only = 1), state TEXT NOT NULL)")
+
+
 # UPGRADES[n] brings a file from schema version n to n + 1.  Append only:
 # a released step never changes, or files already past it would differ.
-UPGRADES = [_v1]
+UPGRADES = [_v1, _v2]
 
 
 class UnusableDatabase(Exception):
@@ -138,11 +146,13 @@ class Store:
     The state database, open and at the newest schema.
 
     @param keep: history entries kept per plug (C{HISTORY_KEEP}).
+    @param path: the file, for messages.
     """
 
-    def __init__(self, db: sqlite3.Connection, keep: int) -> None:
+    def __init__(self, db: sqlite3.Connection, keep: int, path: str) -> None:
         self._db = db
         self._keep = keep
+        self._path = path
 
     @classmethod
     def open(cls, path: str, keep: int) -> "Store":
@@ -175,7 +185,7 @@ class Store:
         except BaseException:
             db.close()
             raise
-        return cls(db, keep)
+        return cls(db, keep, path)
 
     def save_report(self, plug_id: str, value: int, at: float, source: str) -> None:
         """
@@ -214,6 +224,36 @@ class Store:
             (plug_id, limit),
         )
         return [HistoryEntry(*row) for row in rows]
+
+    def save_display(self, display: Display) -> None:
+        """
+        Record the display state.
+        """
+        state = display.as_json()
+        del state["packet"]
+        with _transaction(self._db):
+            self._db.execute(
+                "INSERT INTO display (only, state) VALUES (1, ?)"
+                " ON CONFLICT (only) DO UPDATE SET state = excluded.state",
+                (json.dumps(state),),
+            )
+
+    def display(self) -> Optional[Display]:
+        """
+        The recorded display state, or C{None} if none was ever set.
+
+        @raise UnusableDatabase: if what is recorded is not a display state.
+        """
+        row = self._db.execute("SELECT state FROM display").fetchone()
+        if row is None:
+            return None
+        try:
+            display = validate_display(json.loads(row[0]))
+        except (ValueError, InvalidDisplay) as e:
+            raise UnusableDatabase(f"{self._path}: the recorded display state is not valid ({e})") from None
+        if not isinstance(display, Display):
+            raise UnusableDatabase(f"{self._path}: the recorded display state is a command")
+        return display
 
     def close(self) -> None:
         """

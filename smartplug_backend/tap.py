@@ -101,7 +101,7 @@ def _state(settings: config.Settings, reactor, top: MultiService) -> Hub:
     listener binds.
     """
     if settings.STATE_DB is None:
-        _log.info("STATE_DB is None: plug states and history are lost when the server stops")
+        _log.info("STATE_DB is None: plug states, history and the display state are lost when the server stops")
         if settings.BACKUP_INTERVAL is not None:
             _log.warn("BACKUP_INTERVAL is ignored: with STATE_DB = None there is nothing to back up")
         return Hub(now=reactor.seconds, journal=MemoryJournal(settings.HISTORY_KEEP))

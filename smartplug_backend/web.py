@@ -242,7 +242,10 @@ def make_app(hub, bridge: Bridge, guard=None, api_key=None) -> bottle.Bottle:
         if isinstance(change, str):
             packet = bridge.call(hub.display_command, change, _peer())
             return _json(200, {"command": change, "packet": packet})
-        return _json(200, bridge.call(hub.set_display, change, _peer()).as_json())
+        shown = bridge.call(hub.set_display, change, _peer())
+        if shown is None:
+            return _unrecorded("display state")
+        return _json(200, shown.as_json())
 
     @app.error(404)
     def not_found(error):

@@ -133,10 +133,11 @@ class HubDisplayTests(SynchronousTestCase):
 
     def test_set(self):
         """
-        Setting the state stores it and tells every listener its packet.
+        Setting the state stores it and tells every listener its packet; the
+        Deferred it returns fires with the state.
         """
         red = Display(2, color=(255, 0, 0), pulse=0)
-        self.assertEqual(self.hub.set_display(red, "1.2.3.4"), red)
+        self.assertEqual(self.successResultOf(self.hub.set_display(red, "1.2.3.4")), red)
         self.assertEqual(self.hub.display(), red)
         self.assertEqual(self.events, [DisplayEvent("[cc:2:255,0,0:0]", red, None, "1.2.3.4")])
 

@@ -7,6 +7,7 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
+from smartplug_backend.display import OFF, Display
 from smartplug_backend.hub import Hub, Plug, utc_rfc3339
 from smartplug_backend.journal import HistoryEntry, MemoryJournal, StoreFailed
 from smartplug_backend.reports import InvalidReport, broadcast_bytes, parse_report
@@ -114,6 +115,11 @@ class SlowJournal:
         self.pending.append(((plug_id, value, at, source), d))
         return d
 
+    def save_display(self, display):
+        d = Deferred()
+        self.pending.append(((display,), d))
+        return d
+
     def history(self, plug_id, limit):
         raise AssertionError("not used")
 
@@ -206,14 +212,58 @@ class JournalTests(SynchronousTestCase):
         self.assertEqual((self.hub.plugs(), self.seen), ([], []))
         self.assertEqual([e["log_failure"].type for e in self.events if "log_failure" in e], [RuntimeError])
 
+    def test_display_after_commit(self):
+        """
+        A display state is shown (state changed, display listeners told)
+        only once the journal has it; the Deferred then fires with it.
+        """
+        shown = []
+        self.hub.watch_display(lambda event: shown.append(event.packet))
+        red = Display(2, color=(255, 0, 0), pulse=1)
+        result = self.hub.set_display(red, "x")
+        self.assertNoResult(result)
+        self.assertEqual((self.hub.display(), shown), (OFF, []))
+        self.assertEqual(self.journal.pending[0][0], (red,))
+        self.journal.commit()
+        self.assertEqual(self.successResultOf(result), red)
+        self.assertEqual((self.hub.display(), shown), (red, ["[cc:2:255,0,0:1]"]))
+
+    def test_refused_display_changes_nothing(self):
+        """
+        A display state the store cannot write fires with None, is logged,
+        and leaves the display and its listeners alone.
+        """
+        shown = []
+        self.hub.watch_display(shown.append)
+        result = self.hub.set_display(Display(1, weather=3, intensity=9), "10.0.0.2")
+        self.journal.refuse()
+        self.assertIsNone(self.successResultOf(result))
+        self.assertEqual((self.hub.display(), shown), (OFF, []))
+        errors = [e for e in self.events if e["log_level"].name == "error"]
+        self.assertEqual([(e["change"], e["peer"]) for e in errors], [("display [cc:1:3:9]", "10.0.0.2")])
+
+    def test_commands_are_not_journaled(self):
+        """
+        One-off display commands are sent at once: they are not state.
+        """
+        shown = []
+        self.hub.watch_display(lambda event: shown.append(event.packet))
+        self.hub.display_command("reset", "x")
+        self.assertEqual((shown, self.journal.pending), (["[cc:r:?:?]"], []))
+
     def test_restore(self):
         """
-        restore() takes loaded plugs as the state, in the given order, and
-        tells no listener; a later report knows the restored value.
+        restore() takes loaded plugs and display as the state, the plugs in
+        the given order, and tells no listener; a later report knows the
+        restored value.
         """
-        self.hub.restore([Plug("b", 0, 1.0), Plug("a", 1, 2.0)])
+        shown = []
+        self.hub.watch_display(shown.append)
+        lamp = Display(2, color=(1, 2, 3), pulse=0)
+        self.hub.restore([Plug("b", 0, 1.0), Plug("a", 1, 2.0)], lamp)
         self.assertEqual([p.id for p in self.hub.plugs()], ["b", "a"])
-        self.assertEqual(self.seen, [])
+        self.assertEqual(self.hub.display(), lamp)
+        self.assertEqual((self.seen, shown), ([], []))
         result = self.hub.report("b", 1, "http", "x")
         self.journal.commit()
         self.assertEqual(self.successResultOf(result).previous, 0)
@@ -249,6 +299,14 @@ class MemoryJournalTests(SynchronousTestCase):
         self.assertEqual(history, [HistoryEntry(1, 5, "device"), HistoryEntry(0, 4, "device"), HistoryEntry(1, 3, "device")])
         self.assertEqual(self.successResultOf(hub.history("p", 2)), history[:2])
         self.assertEqual(self.successResultOf(hub.history("q", 10)), [HistoryEntry(0, 5, "http")])
+
+    def test_restore_without_display(self):
+        """
+        With no recorded display state (None), restore() leaves it off.
+        """
+        hub = Hub()
+        hub.restore([], None)
+        self.assertEqual(hub.display(), OFF)
 
     def test_history_of_unknown_plug(self):
         """

@@ -17,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from smartplug_backend import tap
 from smartplug_backend.autobackup import BackupService
+from smartplug_backend.display import OFF, Display
 from smartplug_backend.hub import Hub, Plug
 from smartplug_backend.journal import HistoryEntry
 from smartplug_backend.persistence import SQLiteJournal, StoreService
@@ -57,9 +58,20 @@ class JournalTests(SynchronousTestCase):
         self.hub.listen(lambda report: self.heard.append((report.plug.id, report.plug.value)))
         self.client = http_client(self.hub)
 
-    def post(self, body: bytes):
-        response = self.successResultOf(self.client.post("http://smartplug.test/data", data=body))
+    def post(self, body: bytes, path: str = "/data"):
+        response = self.successResultOf(self.client.post("http://smartplug.test" + path, data=body))
         return response.code, json.loads(self.successResultOf(response.content()))
+
+    def break_table(self, table: str) -> None:
+        """
+        Make every write to C{table} fail from now on, as a full disk would.
+        """
+        db = sqlite3.connect(self.path)
+        db.execute(
+            f"CREATE TRIGGER full_{table} BEFORE INSERT ON {table} BEGIN SELECT RAISE(ABORT, 'disk is full'); END"
+        )
+        db.commit()
+        db.close()
 
     def test_report_is_stored_before_it_is_heard(self):
         """
@@ -79,10 +91,7 @@ class JournalTests(SynchronousTestCase):
         database's reason.
         """
         self.post(b'{"id": "a", "value": 1}')
-        db = sqlite3.connect(self.path)
-        db.execute("CREATE TRIGGER full BEFORE INSERT ON history BEGIN SELECT RAISE(ABORT, 'disk is full'); END")
-        db.commit()
-        db.close()
+        self.break_table("history")
         code, body = self.post(b'{"id": "a", "value": 0}')
         self.assertEqual((code, list(body)), (503, ["error"]))
         self.assertIn("state store cannot write", body["error"])
@@ -91,6 +100,21 @@ class JournalTests(SynchronousTestCase):
         self.assertEqual(self.store.plugs(), [Plug("a", 1, 1000.0)])
         self.assertEqual(len(self.store.history("a", 10)), 1)
         self.assertEqual([e.get("why") for e in self.events if e["log_level"].name == "error"], ["disk is full"])
+
+    def test_display_is_stored(self):
+        """
+        POST /display stores the state before it answers; one the database
+        refuses gets a JSON 503 and leaves the display as it was.
+        """
+        colour = {"mode": 2, "color": [255, 65, 174], "pulse": 0}
+        self.assertEqual(self.post(json.dumps(colour).encode(), "/display")[0], 200)
+        self.assertEqual(self.store.display(), Display(2, color=(255, 65, 174), pulse=0))
+        self.break_table("display")
+        code, body = self.post(b'{"mode": 0}', "/display")
+        self.assertEqual(code, 503)
+        self.assertIn("state store cannot write: display state not recorded", body["error"])
+        self.assertEqual(self.hub.display(), Display(2, color=(255, 65, 174), pulse=0))
+        self.assertEqual(self.store.display(), Display(2, color=(255, 65, 174), pulse=0))
 
     def test_history_route_reads_the_database(self):
         """
@@ -136,17 +160,23 @@ class StoreServiceTests(SynchronousTestCase):
     def test_loads_hub(self):
         """
         The hub starts with every stored plug, in first-report order, with
-        its stored value and time.
+        its stored value and time, and with the stored display state.
         """
         fill(self.path, [("b", 1, 1.0, "http"), ("a", 0, 2.0, "device"), ("b", 0, 3.0, "http")])
+        stored = Store.open(self.path, 10)
+        stored.save_display(Display(1, weather=5, intensity=2))
+        stored.close()
         service = self.start()
         self.assertEqual(service.hub.plugs(), [Plug("b", 0, 3.0), Plug("a", 0, 2.0)])
+        self.assertEqual(service.hub.display(), Display(1, weather=5, intensity=2))
 
     def test_creates_database(self):
         """
-        Without a file, start-up creates the database and the hub is empty.
+        Without a file, start-up creates the database and the hub is empty,
+        its display off.
         """
-        self.assertEqual(self.start().hub.plugs(), [])
+        service = self.start()
+        self.assertEqual((service.hub.plugs(), service.hub.display()), ([], OFF))
         self.assertTrue(os.path.isfile(self.path))
 
     def test_second_server_refused(self):

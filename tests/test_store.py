@@ -10,6 +10,7 @@ import sqlite3
 from twisted.trial.unittest import SynchronousTestCase
 
 from smartplug_backend import store
+from smartplug_backend.display import Display
 from smartplug_backend.hub import Plug
 from smartplug_backend.journal import HistoryEntry
 from smartplug_backend.store import APPLICATION_ID, UPGRADES, Store, UnusableDatabase
@@ -188,10 +189,11 @@ class UpgradeTests(SynchronousTestCase):
     def setUp(self):
         self.path = self.mktemp()
 
-    def test_v1_file_opens(self):
+    def test_v1_file_upgraded(self):
         """
-        A schema-1 file written by hand (as the first release wrote it) opens
-        with its plugs and history.
+        A schema-1 file written by hand (plugs and history, before the
+        display state was stored) opens with its plugs and history, is
+        upgraded to the newest schema, and can store a display state.
         """
         build_v1(self.path, [("a", 1, 1.0, "http"), ("b", 0, 2.0, "device"), ("a", 0, 3.0, "device")])
         opened = Store.open(self.path, 10)
@@ -199,6 +201,9 @@ class UpgradeTests(SynchronousTestCase):
         self.assertEqual(opened.plugs(), [Plug("a", 0, 3.0), Plug("b", 0, 2.0)])
         self.assertEqual(opened.history("a", 10), [HistoryEntry(0, 3.0, "device"), HistoryEntry(1, 1.0, "http")])
         self.assertEqual(pragma(self.path, "user_version"), len(UPGRADES))
+        self.assertIsNone(opened.display())
+        opened.save_display(Display(1, weather=2, intensity=5))
+        self.assertEqual(opened.display(), Display(1, weather=2, intensity=5))
 
     def test_upgrade_step_runs_once(self):
         """
@@ -213,11 +218,11 @@ class UpgradeTests(SynchronousTestCase):
             runs.append(1)
             db.execute("ALTER TABLE plugs ADD COLUMN note TEXT NOT NULL DEFAULT ''")
 
-        self.patch(store, "UPGRADES", store.UPGRADES[:1] + [add_notes])
+        self.patch(store, "UPGRADES", store.UPGRADES + [add_notes])
         for _ in range(2):
             Store.open(self.path, 10).close()
         self.assertEqual(runs, [1])
-        self.assertEqual(pragma(self.path, "user_version"), 2)
+        self.assertEqual(pragma(self.path, "user_version"), len(UPGRADES) + 1)
         db = sqlite3.connect(self.path)
         self.addCleanup(db.close)
         self.assertEqual(db.execute("SELECT id, value, note FROM plugs").fetchall(), [("a", 1, "")])
@@ -233,10 +238,10 @@ class UpgradeTests(SynchronousTestCase):
             db.execute("CREATE TABLE half (x)")
             db.execute("INSERT INTO nowhere VALUES (1)")
 
-        self.patch(store, "UPGRADES", store.UPGRADES[:1] + [broken])
+        self.patch(store, "UPGRADES", store.UPGRADES + [broken])
         error = self.assertRaises(UnusableDatabase, Store.open, self.path, 10)
         self.assertIn("no such table: nowhere", str(error))
-        self.assertEqual(pragma(self.path, "user_version"), 1)
+        self.assertEqual(pragma(self.path, "user_version"), len(UPGRADES))
         db = sqlite3.connect(self.path)
         self.addCleanup(db.close)
         self.assertEqual(db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'half'").fetchone()[0], 0)
@@ -313,6 +318,29 @@ class QueryTests(SynchronousTestCase):
         self.addCleanup(smaller.close)
         smaller.save_report("p", 0, 9.0, "http")
         self.assertEqual(smaller.history("p", 10), [HistoryEntry(0, 9.0, "http")])
+
+    def test_display(self):
+        """
+        No display state is recorded at first; the last one saved is read
+        back, in each of its modes.
+        """
+        self.assertIsNone(self.store.display())
+        for display in [Display(2, color=(255, 65, 174), pulse=3), Display(1, weather=9, intensity=0), Display()]:
+            self.store.save_display(display)
+            self.assertEqual(self.store.display(), display)
+
+    def test_invalid_display_row(self):
+        """
+        A display row that is not a valid state (edited by hand) is refused
+        with one line naming the file, not taken as the display.
+        """
+        db = sqlite3.connect(self.path)
+        db.execute("""INSERT INTO display (only, state) VALUES (1, '{"mode": 2, "color": [999, 0, 0], "pulse": 0}')""")
+        db.commit()
+        db.close()
+        error = self.assertRaises(UnusableDatabase, self.store.display)
+        self.assertIn(self.path, str(error))
+        self.assertIn("color", str(error))
 
     def test_report_all_or_nothing(self):
         """
