@@ -66,8 +66,6 @@ def _snapshot(db_path: str, target: str) -> None:
     Copy the database at C{db_path} to C{target} as one consistent snapshot,
     without writing to the source.
     """
-    if not os.path.isfile(db_path):
-        raise BackupError(f"{db_path}: no state database here (has the server ever run with this STATE_DB?)")
     try:
         source = store.connect(db_path)
     except sqlite3.Error as e:
@@ -104,6 +102,8 @@ def take(db_path: str, settings_path: Optional[str], directory: str, prefix: str
     @return: the path of the new backup; it appears whole or not at all.
     @raise BackupError: if no consistent backup could be written.
     """
+    if not os.path.isfile(db_path):
+        raise BackupError(f"{db_path}: no state database here (has the server ever run with this STATE_DB?)")
     try:
         os.makedirs(directory, exist_ok=True)
         work = tempfile.mkdtemp(prefix=".backup-", dir=directory)

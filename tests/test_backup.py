@@ -142,11 +142,16 @@ class TakeTests(Files):
         if os.path.isdir(self.backups):
             self.assertEqual(os.listdir(self.backups), [], "a failed backup left files behind")
 
+    def assertNoDirectory(self) -> None:
+        self.assertFalse(os.path.exists(self.backups), "a failed backup created its directory")
+
     def test_no_database(self):
         """
-        Without a database file there is nothing to back up: one clear line.
+        Without a database file there is nothing to back up: one clear line,
+        and no backup directory is created.
         """
         self.assertFails("no state database", db_path=os.path.join(self.root, "missing.sqlite"))
+        self.assertNoDirectory()
 
     def test_foreign_database(self):
         """
