@@ -153,7 +153,14 @@ class Hub:
             device port) may drop it.
         """
         saved = maybeDeferred(save, *args)
-        return saved.addCallbacks(lambda _: accept(), self._not_saved, errbackArgs=(change, peer))
+        saved.addCallbacks(lambda _: accept(), self._not_saved, errbackArgs=(change, peer))
+        # accept() catches its listeners' errors; this keeps the promise
+        # that the Deferred never fails even if accept() itself had a bug.
+        return saved.addErrback(self._not_applied, change, peer)
+
+    def _not_applied(self, failure, change: str, peer: str) -> None:
+        self._log.failure("{change} from {peer} saved but not applied", failure, change=change, peer=peer)
+        return None
 
     def _not_saved(self, failure, change: str, peer: str) -> None:
         if failure.check(StoreFailed):

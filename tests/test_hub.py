@@ -251,6 +251,23 @@ class JournalTests(SynchronousTestCase):
         self.hub.display_command("reset", "x")
         self.assertEqual((shown, self.journal.pending), (["[cc:r:?:?]"], []))
 
+    def test_bug_after_commit_is_logged(self):
+        """
+        Should accepting a committed report itself fail (a bug, not a
+        listener: those are caught one by one), the failure is logged and
+        the Deferred still fires, with None.
+        """
+        def broken(*args):
+            raise RuntimeError("bug in accept")
+
+        self.patch(self.hub, "_accept", broken)
+        result = self.hub.report("p", 1, "http", "x")
+        self.journal.commit()
+        self.assertIsNone(self.successResultOf(result))
+        failures = [e for e in self.events if "log_failure" in e]
+        self.assertEqual([e["log_failure"].type for e in failures], [RuntimeError])
+        self.assertIn("saved but not applied", failures[0]["log_format"])
+
     def test_restore(self):
         """
         restore() takes loaded plugs and display as the state, the plugs in
