@@ -8,6 +8,7 @@ one).  Plain synchronous code: the command line runs it directly, the server
 in a thread of its own (L{smartplug_backend.autobackup}).
 """
 
+import contextlib
 import io
 import os
 import re
@@ -16,7 +17,7 @@ import sqlite3
 import tarfile
 import tempfile
 import time
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 from . import lock, store
 
@@ -61,20 +62,33 @@ def _free_name(directory: str, prefix: str, now: float) -> str:
     return os.path.join(directory, f"{prefix}-{stamp}{suffix}.tar.gz")
 
 
+@contextlib.contextmanager
+def _checked(path: str, label: str) -> Iterator[tuple]:
+    """
+    An open connection to the state database at C{path}, checked to be one
+    of ours, and its schema version; closed afterwards.  Every problem,
+    then or while it is used, is a L{BackupError} naming C{label}.
+    """
+    try:
+        db = store.connect(path)
+    except sqlite3.Error as e:
+        raise BackupError(f"{label}: cannot open ({e})") from None
+    try:
+        yield db, store.check(db, label)
+    except store.UnusableDatabase as e:
+        raise BackupError(str(e)) from None
+    except sqlite3.Error as e:
+        raise BackupError(f"{label}: cannot read ({e})") from None
+    finally:
+        db.close()
+
+
 def _snapshot(db_path: str, target: str) -> None:
     """
     Copy the database at C{db_path} to C{target} as one consistent snapshot,
     without writing to the source.
     """
-    try:
-        source = store.connect(db_path)
-    except sqlite3.Error as e:
-        raise BackupError(f"{db_path}: cannot open ({e})") from None
-    try:
-        try:
-            store.check(source, db_path)
-        except store.UnusableDatabase as e:
-            raise BackupError(str(e)) from None
+    with _checked(db_path, db_path) as (source, _):
         copy = sqlite3.connect(target)
         try:
             # pages=-1: the whole file in one step, inside one read
@@ -85,10 +99,6 @@ def _snapshot(db_path: str, target: str) -> None:
             problem = store.damage(copy)
         finally:
             copy.close()
-    except sqlite3.Error as e:
-        raise BackupError(f"{db_path}: cannot copy ({e})") from None
-    finally:
-        source.close()
     if problem:
         raise BackupError(f"{db_path}: the copy is damaged ({problem})")
 
@@ -191,20 +201,12 @@ def restore(db_path: str, archive_path: str, now: Callable[[], float] = time.tim
 
 
 def _check_restorable(path: str, archive_path: str) -> None:
-    db = store.connect(path)
-    try:
-        version = store.check(db, ARCHIVE_DB)
+    with _checked(path, f"{archive_path}: {ARCHIVE_DB}") as (db, version):
         problem = store.damage(db)
-    except store.UnusableDatabase as e:
-        raise BackupError(f"{archive_path}: the database inside cannot be used ({e})") from None
-    except sqlite3.Error as e:
-        raise BackupError(f"{archive_path}: the database inside cannot be read ({e})") from None
-    finally:
-        db.close()
     if problem:
-        raise BackupError(f"{archive_path}: the database inside is damaged ({problem})")
+        raise BackupError(f"{archive_path}: {ARCHIVE_DB} is damaged ({problem})")
     if version == 0:
-        raise BackupError(f"{archive_path}: the database inside is empty")
+        raise BackupError(f"{archive_path}: {ARCHIVE_DB} is empty")
 
 
 def _move_aside(db_path: str, now: Callable[[], float]) -> Optional[str]:
