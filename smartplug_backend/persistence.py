@@ -103,6 +103,8 @@ class StoreService(ThreadPoolService):
             fail(f"STATE_DB: {self.path} cannot be read ({e})")
         except (Locked, UnusableDatabase) as e:
             fail(f"STATE_DB: {e}")
+        except OSError as e:
+            fail(f"STATE_DB: cannot lock {e.filename}: {e.strerror}")
         self.journal.store = store
         self.hub.restore(plugs, display)
         self._log.info(

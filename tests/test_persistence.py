@@ -187,6 +187,14 @@ class StoreServiceTests(SynchronousTestCase):
         self.start()
         self.assertStops(f"in use by a running server (pid {os.getpid()}")
 
+    def test_missing_directory_stops_startup(self):
+        """
+        A STATE_DB in a directory that does not exist stops start-up with
+        one line naming the path.
+        """
+        self.path = os.path.join(self.path, "no", "such", "state.sqlite")
+        self.assertStops(f"cannot lock {self.path}.lock: No such file or directory")
+
     def test_corrupt_file_stops_startup(self):
         """
         A file that is not a state database stops start-up with one line,
