@@ -14,6 +14,7 @@ from .apps import AppFactory
 from .channel import ThreadPoolService, make_site
 from .hub import Hub
 from .listeners import ListenerService, endpoint_description, fail
+from .tweets import tweet_service
 from .web import Bridge, make_app
 
 _log = Logger(namespace="smartplug_backend")
@@ -71,4 +72,9 @@ def makeService(options: Options, reactor=None):
             "device WebSocket port not opened: set AUTH_SECRET in {where} to enable it",
             where=settings.path or "settings.py",
         )
+
+    # The hub's last listener: SPEC 1.1 puts tweets after state, apps, pub/sub.
+    tweets = tweet_service(settings, hub, reactor)
+    if tweets is not None:
+        tweets.setServiceParent(top)
     return top
