@@ -131,7 +131,7 @@ def check_answer(response: requests.Response) -> None:
     raise TweetError(message, status=status, code=code, retry=status >= 500)
 
 
-def _short(text: str, limit: int = 200) -> str:
+def _short(text: str, limit: int = 400) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

@@ -145,11 +145,27 @@ class FakeTwitter(Resource):
         """
         A Deferred that fires once C{count} statuses have been accepted.
         """
-        if len(self.posted) >= count:
+        return self._wait(self.posted, count)
+
+    def wait_requests(self, count: int) -> Deferred:
+        """
+        A Deferred that fires once C{count} requests have arrived.
+        """
+        return self._wait(self.requests, count)
+
+    def _wait(self, seen: list, count: int) -> Deferred:
+        if len(seen) >= count:
             return succeed(None)
         d = Deferred()
-        self._waiters.append((count, d))
+        self._waiters.append((seen, count, d))
         return d
+
+    def _wake(self) -> None:
+        for waiter in list(self._waiters):
+            seen, count, d = waiter
+            if len(seen) >= count:
+                self._waiters.remove(waiter)
+                d.callback(None)
 
     def held(self) -> int:
         """
@@ -176,8 +192,12 @@ class FakeTwitter(Resource):
         if kind == "hang":
             self._held[request] = self._clock.callLater(self.hang_seconds, self._finish_held, request)
             request.notifyFinish().addBoth(self._gone, request)
-            return NOT_DONE_YET
-        return self._answer(request, path, kind)
+            body = NOT_DONE_YET
+        else:
+            body = self._answer(request, path, kind)
+        # Waiters run now, so the request must already be held or answered.
+        self._wake()
+        return body
 
     def _gone(self, _, request) -> None:
         # The client gave up (its timeout): forget the request and its timer.
@@ -189,6 +209,7 @@ class FakeTwitter(Resource):
         if self._held.pop(request, None) is not None:
             request.write(self._answer(request, request.path.decode("ascii", "replace"), None))
             request.finish()
+            self._wake()
 
     def _answer(self, request, path: str, kind) -> bytes:
         v2 = path.startswith("/2/")
@@ -202,7 +223,7 @@ class FakeTwitter(Resource):
             request.setHeader(b"content-type", b"text/html")
             return BAD_GATEWAY_HTML
         if kind == "echo_auth":
-            auth = request.getHeader(b"authorization") or ""
+            auth = (request.getHeader(b"authorization") or b"").decode("utf-8", "replace")
             return self._json(request, 400, {"errors": [{"code": 214, "message": f"bad request: {auth}"}]})
         if kind is None:
             kind, status, body = self._endpoint(request, path, v2)
@@ -233,10 +254,6 @@ class FakeTwitter(Resource):
             return "duplicate", None, None
         tweet_id = str(next(self._ids))
         self.posted.append(("v2" if v2 else "v1.1", text))
-        for count, d in list(self._waiters):
-            if len(self.posted) >= count:
-                self._waiters.remove((count, d))
-                d.callback(None)
         if v2:
             return None, 201, {"data": {"id": tweet_id, "text": text, "edit_history_tweet_ids": [tweet_id]}}
         return None, 200, {"id": int(tweet_id), "id_str": tweet_id, "text": text}

@@ -35,6 +35,10 @@ class SynchronousThreadPool:
     A ThreadPool stand-in for WSGIResource that runs work immediately.
     """
 
+    def callInThread(self, f, *args, **kwargs):
+        # Twisted 26's WSGIResource calls this rather than the callback form.
+        f(*args, **kwargs)
+
     def callInThreadWithCallback(self, onResult, f, *args, **kwargs):
         try:
             result = f(*args, **kwargs)

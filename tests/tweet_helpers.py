@@ -107,7 +107,12 @@ class PoolRunner:
         return finished
 
     async def _stop(self) -> None:
-        await DeferredList(self.calls, consumeErrors=True)
+        # Calls may start while earlier ones finish: wait until none is new,
+        # so that stopping (joining) the pool never blocks on a request.
+        waited = 0
+        while waited < len(self.calls):
+            waited = len(self.calls)
+            await DeferredList(self.calls, consumeErrors=True)
         self.pool.stop()
 
 
