@@ -137,35 +137,33 @@ class FailureTests(FakeTwitterTestCase):
         )
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    async def assertDuplicateLogged(self, api: str, expected: str) -> None:
+        self.notifier(api)
+        self.report("a", 1)
+        self.report("b", 1)
+        await self.done(0)
+        await self.assertLoggedThenRecovers("b", expected, 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     async def test_duplicate(self):
         """
         Two plugs plugged in one after the other make the same status: the
         second is refused as a duplicate (187) and logged, not retried.
         """
-        self.notifier("v1.1")
-        self.report("a", 1)
-        self.report("b", 1)
-        await self.done(0)
-        await self.assertLoggedThenRecovers(
-            "b",
+        await self.assertDuplicateLogged(
+            "v1.1",
             "tweet for plug b not posted after 1 try: HTTP 403, Twitter error 187: Status is a "
             "duplicate. (Twitter refuses a status identical to a recent one)",
-            1,
         )
 
     async def test_v2_duplicate(self):
         """
-        With v2, a duplicate is logged with v2's own detail.
+        With v2, a duplicate is logged with v2's own detail, not retried.
         """
-        self.notifier("v2")
-        self.report("a", 1)
-        self.report("b", 1)
-        await self.done(0)
-        await self.assertLoggedThenRecovers(
-            "b",
+        await self.assertDuplicateLogged(
+            "v2",
             "tweet for plug b not posted after 1 try: HTTP 403: You are not allowed to create a "
             "Tweet with duplicate content.",
-            1,
         )
 
     async def test_no_v1_access(self):
@@ -182,20 +180,22 @@ class FailureTests(FakeTwitterTestCase):
         self.assertTrue(line.endswith('(this account has no v1.1 access: set TWITTER_API = "v2" in the settings file)'))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    async def assertRateLimitLogged(self, api: str, expected: str) -> None:
+        self.notifier(api)
+        self.fake.fail_next("rate_limit")
+        self.report("lamp", 1)
+        await self.assertLoggedThenRecovers("lamp", expected, 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     async def test_rate_limit(self):
         """
         A rate limit (429/88) is logged and not retried.
         """
-        self.notifier("v1.1")
-        self.fake.fail_next("rate_limit")
-        self.report("lamp", 1)
-        await self.assertLoggedThenRecovers(
-            "lamp",
+        await self.assertRateLimitLogged(
+            "v1.1",
             "tweet for plug lamp not posted after 1 try: HTTP 429, Twitter error 88: Rate limit "
             "exceeded (rate limited: later changes will be tweeted again)",
-            0,
         )
-        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     async def test_v2_bad_credentials(self):
         """
@@ -215,16 +215,12 @@ class FailureTests(FakeTwitterTestCase):
 
     async def test_v2_rate_limit(self):
         """
-        With v2, a rate limit (429) is logged and not retried.
+        With v2, a rate limit (429) is logged with v2's words, not retried.
         """
-        self.notifier("v2")
-        self.fake.fail_next("rate_limit")
-        self.report("lamp", 1)
-        await self.assertLoggedThenRecovers(
-            "lamp",
+        await self.assertRateLimitLogged(
+            "v2",
             "tweet for plug lamp not posted after 1 try: HTTP 429: Too Many Requests (rate limited: "
             "later changes will be tweeted again)",
-            0,
         )
 
 

@@ -20,21 +20,24 @@ UNPLUGGED = "It was fun while it lasted. I unplugged my #craplab #smartplug."
 TEXTS = {1: PLUGGED_IN, 0: UNPLUGGED}
 
 
+def _tweet_values(url: str, api: str, overrides: dict) -> dict:
+    values = dict(CREDENTIALS, TWITTER_ENABLED=True, TWITTER_API=api, TWITTER_API_URL=url)
+    values.update(overrides)
+    return values
+
+
 def tweet_settings(url: str, api: str = "v1.1", **overrides):
     """
     Settings with tweets on, the fake's credentials, aimed at C{url}.
     """
-    values = dict(CREDENTIALS, TWITTER_ENABLED=True, TWITTER_API=api, TWITTER_API_URL=url)
-    values.update(overrides)
-    return settings_from(values)
+    return settings_from(_tweet_values(url, api, overrides))
 
 
 def settings_text(url: str, api: str = "v1.1", **overrides) -> str:
     """
     The same settings as the text of a settings file.
     """
-    values = dict(CREDENTIALS, TWITTER_ENABLED=True, TWITTER_API=api, TWITTER_API_URL=url)
-    values.update(overrides)
+    values = _tweet_values(url, api, overrides)
     return "".join(f"{name} = {value!r}\n" for name, value in values.items())
 
 
