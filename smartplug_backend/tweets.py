@@ -18,6 +18,7 @@ from functools import partial
 from typing import Any, Callable, Optional
 
 from twisted.application.service import MultiService
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -146,7 +147,9 @@ class Notifier:
     def _attempt(self, tweet: Tweet) -> None:
         tweet.tries += 1
         self._running += 1
-        d = self._run(self._post, tweet.text)
+        # maybeDeferred: a runner that raises (a pool refusing work) must not
+        # leave the plug busy and the thread counted for ever.
+        d = maybeDeferred(self._run, self._post, tweet.text)
         d.addCallbacks(self._posted, self._failed, callbackArgs=(tweet,), errbackArgs=(tweet,))
         d.addErrback(
             lambda f: self._log.failure("tweet bookkeeping for plug {plug_id}", f, plug_id=tweet.plug_id)

@@ -104,8 +104,10 @@ def twitter_message(data: object) -> tuple[Optional[int], str]:
             return None, str(data.get("detail") or message)
         if data.get("detail") or data.get("title"):
             return None, str(data.get("detail") or data.get("title"))
-        if isinstance(data.get("error"), str):
-            return None, data["error"]
+        for key in ("error", "message"):
+            # python-twitter's own errors: TwitterError({"message": ...}).
+            if isinstance(data.get(key), str):
+                return None, data[key]
     if isinstance(data, list) and data and isinstance(data[0], dict):
         # python-twitter raises TwitterError(data["errors"]), a list.
         return twitter_message({"errors": data})

@@ -252,13 +252,31 @@ class RetryTests(NotifierTestCase):
         self.hub.report("plug", 1, "http", "peer")
         self.runner.fail(0, SERVER_ERROR)
 
-        def broken(f, *args):
-            raise RuntimeError("runner broken on purpose")
+        def broken():
+            raise RuntimeError("broken on purpose")
 
-        notifier._run = broken
+        notifier._dispatch = broken
         self.clock.advance(5)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertEqual(len(self.logs.matching("retrying the tweet for plug plug")), 1)
+
+    def test_runner_that_raises_is_logged_and_harmless(self):
+        """
+        A thread runner that raises at once (a pool refusing work) is logged
+        for that plug, and the plug's next change is still handed over.
+        """
+        calls = []
+
+        def refusing(f, *args):
+            calls.append(args)
+            raise RuntimeError("pool refuses work")
+
+        self.notifier(runner=refusing)
+        self.hub.report("plug", 1, "http", "peer")
+        self.hub.report("plug", 0, "http", "peer")
+        self.assertEqual(calls, [(PLUGGED_IN,), (UNPLUGGED,)])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+        self.assertEqual(len(self.logs.matching("tweet for plug plug failed")), 2)
 
     def test_unexpected_failure_is_logged_and_harmless(self):
         """
