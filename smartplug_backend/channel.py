@@ -110,9 +110,14 @@ class QuietSite(Site):
 class ThreadPoolService(Service):
     """
     Starts a thread pool with the service and stops it when the service stops.
+
+    With a C{reactor}, the workers are joined from the reactor's own pool, so
+    the reactor keeps running meanwhile: needed where a worker may be waiting
+    in C{blockingCallFromThread} (the WSGI pool).  Without one, they are
+    joined at once.
     """
 
-    def __init__(self, pool: ThreadPool, reactor) -> None:
+    def __init__(self, pool: ThreadPool, reactor=None) -> None:
         self.pool = pool
         self._reactor = reactor
 
@@ -122,8 +127,9 @@ class ThreadPoolService(Service):
 
     def stopService(self):
         super().stopService()
-        # Join the workers from another thread: one may be waiting in
-        # blockingCallFromThread for the reactor, which must keep running.
+        if self._reactor is None:
+            self.pool.stop()
+            return None
         return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), self.pool.stop)
 
 

@@ -24,6 +24,7 @@ from .journal import MemoryJournal
 from .listeners import ListenerService, endpoint_description, fail
 from .persistence import StoreService
 from .pubsub import report_publisher
+from .tweets import tweet_service
 from .web import Bridge, make_app
 
 _log = Logger(namespace="smartplug_backend")
@@ -91,6 +92,11 @@ def makeService(options: Options, reactor=None):
         devices = DeviceFactory.from_settings(settings, hub, guard, reactor)
         hub.watch_display(devices.send_packet)
         ListenerService("device WebSocket", reactor, endpoint("device", settings.DEVICE_SERVER_PORT), guard.wrap(devices)).setServiceParent(top)
+
+    # The hub's last listener: SPEC 1.1 puts tweets after state, apps, pub/sub.
+    tweets = tweet_service(settings, hub, reactor)
+    if tweets is not None:
+        tweets.setServiceParent(top)
     return top
 
 

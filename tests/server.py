@@ -8,6 +8,7 @@ Waiting is done on log lines with deadlines, never with sleeps.
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -141,3 +142,15 @@ def start_server(testcase, settings: str = "", **kwargs) -> RunningServer:
     server = RunningServer(directory, settings, **kwargs)
     testcase.addCleanup(server.stop)
     return server.start()
+
+
+def closed_at_once(port: int) -> bool:
+    """
+    True when a connection to C{port} on loopback is closed by the server
+    before the client sends a byte (a banned address: no handshake at all).
+    """
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            return s.recv(1) == b""
+    except ConnectionResetError:
+        return True  # the reset can come while connect() is still returning

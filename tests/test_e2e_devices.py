@@ -4,14 +4,13 @@ C{websockets} library over loopback, and the bans that follow wrong secrets.
 """
 
 import json
-import socket
 import urllib.error
 
 from twisted.trial.unittest import TestCase
 from websockets.exceptions import ConnectionClosedError, InvalidHandshake
 from websockets.sync.client import connect as ws_connect
 
-from .server import start_server
+from .server import closed_at_once, start_server
 from .test_e2e import http
 
 SECRET = "s3cret"
@@ -114,18 +113,6 @@ class BanEndToEndTests(TestCase):
                 device.recv(timeout=5)
         self.assertEqual(closed.exception.rcvd.code, 1008)
 
-    def assertClosedAtOnce(self, port: int):
-        """
-        A connection to C{port} is closed by the server before the client
-        sends a byte: no handshake of any kind took place.
-        """
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-                received = s.recv(1)
-        except ConnectionResetError:
-            return  # the reset can come while connect() is still returning
-        self.assertEqual(received, b"")
-
     def test_ban_and_lift(self):
         """
         After three wrong secrets the fourth device connection is closed
@@ -136,7 +123,7 @@ class BanEndToEndTests(TestCase):
             self.wrong_secret()
         self.server.wait_for(r"banned 127\.0\.0\.1 for 2 seconds after 3 authentication failures")
         for label in LISTENERS:
-            self.assertClosedAtOnce(self.server.ports[label])
+            self.assertTrue(closed_at_once(self.server.ports[label]), label)
         with self.assertRaises((OSError, EOFError, ConnectionClosedError, InvalidHandshake)):
             with ws_connect(self.device_url, open_timeout=5) as device:
                 device.send(SECRET)
