@@ -117,9 +117,11 @@ class PubSubEndToEndTests(TestCase):
             fast.send('{"action": "subscribe", "event": "big"}')
             with self.ws("/publish?apiKey=k3y&clientName=pub") as pub:
                 self.server.wait_for(r"app connected from .*pub\)")
+                # Lock-step with the fast reader, so only the slow one falls behind.
+                received = []
                 for _ in range(count):
                     pub.send(json.dumps({"event": "big", "data": data}))
-                received = [fast.recv(timeout=10) for _ in range(count)]
+                    received.append(fast.recv(timeout=10))
         self.assertEqual(len(received), count)
         self.server.wait_for(r"app client 127\.0\.0\.1 is too slow: over 1 MiB unsent; closing \(1008\)")
 
