@@ -1,0 +1,490 @@
+"""
+Load generators for bench/run.py: raw non-blocking sockets on one epoll loop.
+
+Each public function here runs in a child process of its own (see run.py), so
+the bench's own threads (one reads the server's log) never compete with it
+for the GIL.  They drive sockets with C{select.epoll} directly rather than
+asyncio: per event, asyncio's handles and callbacks cost a few times the CPU
+of a bare C{recv}, and a slow client shows up as server latency.
+
+Everything is bounded: a connection that takes longer than its deadline is
+counted as failed and closed, and every loop ends on its own.
+"""
+
+import base64
+import errno
+import json
+import os
+import resource
+import select
+import socket
+import time
+from collections import Counter
+
+HOST = "127.0.0.1"
+STALL = 1.0  # seconds: a request slower than this counts as stalled
+
+# The plug firmware's request (SPEC 1.1): bare LF line ends, Connection: close.
+_FIRMWARE_HEAD = (
+    b"POST /data HTTP/1.1\nHost: craplab.local\nConnection: close\n"
+    b"Content-Type: application/json\nContent-Length: %d\n\n"
+)
+
+_IN = select.EPOLLIN | select.EPOLLRDHUP
+_OUT = select.EPOLLOUT
+_CONNECTING = (errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK)
+
+
+def raise_fd_limit() -> int:
+    """
+    Raise this process's soft limit on open files to its hard limit.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def report_bytes(plug_id: str, value: int):
+    """
+    C{(request, broadcast)}: the firmware's request for this report, and the
+    exact payload every app client must receive for it (SPEC 4.1).
+    """
+    payload = json.dumps({"id": plug_id, "value": value}).encode()
+    return _FIRMWARE_HEAD % len(payload) + payload, payload
+
+
+def cpu_seconds(pid: int) -> float:
+    """
+    User + system CPU time of process C{pid} (all its threads), from /proc.
+    """
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    # After the ")" closing the command name, utime and stime are fields 12, 13.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int:
+    """
+    Resident set size of process C{pid}, from /proc/<pid>/status.
+    """
+    with open(f"/proc/{pid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _connect(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    err = sock.connect_ex((HOST, port))
+    if err not in (0,) + _CONNECTING:
+        sock.close()
+        raise OSError(err, os.strerror(err))
+    return sock
+
+
+def _response_complete(buf: bytes):
+    """
+    C{(status, complete)} for the HTTP response read so far.
+    """
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None, False
+    status = int(buf[9:12])
+    length = 0
+    for line in buf[:end].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return status, len(buf) >= end + 4 + length
+
+
+# --------------------------------------------------------------------------
+# POST /data, a new connection per request
+
+
+class _Request:
+    __slots__ = ("sock", "start", "buf", "sent")
+
+    def __init__(self, sock, start):
+        self.sock = sock
+        self.start = start
+        self.buf = b""
+        self.sent = False
+
+
+def post_load(port: int, concurrency: int, duration: float, warmup: float, timeout: float = 5.0) -> dict:
+    """
+    Keep C{concurrency} firmware-style requests in flight, each on a new
+    connection (connect, send, read the whole answer, close), for C{warmup}
+    then C{duration} seconds.
+
+    Latencies run from before C{connect} to the last byte of the answer;
+    only requests that start after the warm-up are counted.
+    """
+    raise_fd_limit()
+    request, _ = report_bytes("bench-post", 1)
+    ep = select.epoll()
+    live: dict = {}
+    latencies: list = []
+    statuses: Counter = Counter()
+    failures: Counter = Counter()
+    begin = time.perf_counter()
+    measure_from = begin + warmup
+    stop_at = measure_from + duration
+    completed_in_window = 0
+    cpu0 = None
+
+    def start_one(now):
+        try:
+            sock = _connect(port)
+        except OSError as e:
+            failures[f"connect: {e.strerror}"] += 1
+            return
+        live[sock.fileno()] = _Request(sock, now)
+        ep.register(sock.fileno(), _OUT)
+
+    def finish(fd, now, status=None, error=None):
+        nonlocal completed_in_window
+        r = live.pop(fd)
+        ep.unregister(fd)
+        r.sock.close()
+        if r.start >= measure_from:
+            if error is not None:
+                failures[error] += 1
+            else:
+                statuses[status] += 1
+                latencies.append(now - r.start)
+                if now <= stop_at:
+                    completed_in_window += 1
+        if now < stop_at:
+            start_one(now)
+
+    now = begin
+    for _ in range(concurrency):
+        start_one(now)
+    next_sweep = begin + 0.1
+    while live:
+        for fd, events in ep.poll(0.1):
+            r = live.get(fd)
+            if r is None:
+                continue
+            now = time.perf_counter()
+            if not r.sent:
+                err = r.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    finish(fd, now, error=f"connect: {os.strerror(err)}")
+                    continue
+                try:
+                    r.sock.send(request)  # 150 bytes: one send on loopback
+                except OSError as e:
+                    finish(fd, now, error=f"send: {e.strerror}")
+                    continue
+                r.sent = True
+                ep.modify(fd, _IN)
+                continue
+            try:
+                data = r.sock.recv(65536)
+            except BlockingIOError:
+                continue
+            except OSError as e:
+                finish(fd, now, error=f"recv: {e.strerror}")
+                continue
+            r.buf += data
+            status, complete = _response_complete(r.buf)
+            if complete:
+                finish(fd, now, status=status)
+            elif not data:
+                finish(fd, now, error="closed before a complete answer")
+        now = time.perf_counter()
+        if cpu0 is None and now >= measure_from:
+            cpu0 = (_own_cpu(), now)
+        if now >= next_sweep:
+            next_sweep = now + 0.1
+            for fd in [fd for fd, r in live.items() if now - r.start > timeout]:
+                finish(fd, now, error=f"no answer within {timeout:g} s")
+    ep.close()
+    cpu1 = _own_cpu()
+    return {
+        "completed": completed_in_window,
+        "duration": duration,
+        "latencies": latencies,
+        "statuses": dict(statuses),
+        "failures": dict(failures),
+        "client_cpu": (cpu1 - cpu0[0]) if cpu0 else None,
+        "client_wall": (time.perf_counter() - cpu0[1]) if cpu0 else None,
+    }
+
+
+# --------------------------------------------------------------------------
+# App WebSocket clients
+
+
+class _App:
+    __slots__ = ("sock", "buf", "open", "got", "handshake")
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+        self.open = False
+        self.got = 0
+        self.handshake = False
+
+
+def _client_frame(opcode: int, payload: bytes) -> bytes:
+    # Client frames must be masked; a zero mask keeps the payload as is.
+    assert len(payload) < 126
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + b"\0\0\0\0" + payload
+
+
+class AppSwarm:
+    """
+    Many app WebSocket connections on one epoll loop: opened with a minimal
+    RFC 6455 handshake, then counting the text frames that match what the
+    current report should deliver.  Pings are answered; nothing else is sent.
+    """
+
+    def __init__(self, port: int, handshake_timeout: float = 10.0) -> None:
+        self.port = port
+        self.ep = select.epoll()
+        self.apps: dict = {}
+        self.handshake_timeout = handshake_timeout
+        self.expected = b""  # the frame every client should receive next
+        self.pending = 0  # clients still waiting for the current report
+        self.round = 0  # reports delivered so far (per client)
+        self.last = 0.0  # when the last client got the current report
+        self.unexpected = 0  # frames that were not the expected report
+        self.post = None  # the one in-flight HTTP report, if any
+        self.post_request = b""
+        self.post_done = 0.0
+
+    def open(self, count: int, in_flight: int = 40) -> None:
+        """
+        Open C{count} more connections, at most C{in_flight} handshakes at a
+        time (the listen backlog is small); raise if any fails.
+        """
+        key = base64.b64encode(os.urandom(16))
+        hello = (
+            b"GET / HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % (HOST.encode(), self.port, key)
+        )
+        waiting = []
+        todo = count
+        deadline = time.monotonic() + self.handshake_timeout + count / 500
+        while todo or waiting:
+            while todo and len(waiting) < in_flight:
+                sock = _connect(self.port)
+                app = _App(sock)
+                app.got = self.round  # reports before it connected do not count
+                self.apps[sock.fileno()] = app
+                self.ep.register(sock.fileno(), _OUT)
+                waiting.append(app)
+                todo -= 1
+            for fd, events in self.ep.poll(0.5):
+                app = self.apps[fd]
+                if app.open:
+                    self._readable(fd, app)
+                elif not app.handshake:
+                    app.sock.send(hello)
+                    app.handshake = True
+                    self.ep.modify(fd, _IN)
+                else:
+                    data = app.sock.recv(4096)
+                    app.buf += data
+                    end = app.buf.find(b"\r\n\r\n")
+                    if end >= 0:
+                        if not app.buf.startswith(b"HTTP/1.1 101"):
+                            raise RuntimeError(f"handshake refused: {app.buf[:200]!r}")
+                        app.open, app.buf = True, app.buf[end + 4 :]
+                    elif not data:
+                        raise RuntimeError("connection closed during the handshake")
+            waiting = [app for app in waiting if not app.open]
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{len(waiting) + todo} handshakes not done in time")
+
+    def _readable(self, fd: int, app: _App) -> None:
+        try:
+            data = app.sock.recv(65536)
+        except BlockingIOError:
+            return
+        if not data:
+            raise RuntimeError("the server closed an app connection")
+        if not app.buf and data == self.expected:
+            self._delivered(app)  # the usual case: exactly one whole frame
+            return
+        buf = app.buf + data
+        i = 0
+        while len(buf) - i >= 2:
+            opcode, size = buf[i] & 0x0F, buf[i + 1] & 0x7F
+            head = 2
+            if size == 126:
+                if len(buf) - i < 4:
+                    break
+                size, head = int.from_bytes(buf[i + 2 : i + 4], "big"), 4
+            elif size == 127:
+                if len(buf) - i < 10:
+                    break
+                size, head = int.from_bytes(buf[i + 2 : i + 10], "big"), 10
+            if len(buf) - i < head + size:
+                break
+            frame = buf[i : i + head + size]
+            payload = frame[head:]
+            i += head + size
+            if frame == self.expected:
+                self._delivered(app)
+            elif opcode == 0x9:
+                app.sock.send(_client_frame(0xA, payload))
+            elif opcode != 0xA:
+                self.unexpected += 1
+        app.buf = buf[i:]
+
+    def _delivered(self, app: _App) -> None:
+        app.got += 1
+        if app.got == self.round:
+            self.pending -= 1
+            if self.pending == 0:
+                self.last = time.perf_counter()
+        else:
+            self.unexpected += 1
+
+    def report(self, http_port: int, plug_id: str, value: int, timeout: float = 5.0):
+        """
+        POST one firmware report on a new connection and wait until every
+        open app connection has received its broadcast and the POST is
+        answered.
+
+        @return: C{(seconds until the last client got it, seconds until the
+            POST was answered)}; C{(None, ...)} if not every client got it.
+        """
+        request, payload = report_bytes(plug_id, value)
+        self.expected = bytes([0x81, len(payload)]) + payload
+        self.post_request = request
+        self.round += 1
+        self.pending = len(self.apps)
+        start = time.perf_counter()
+        self.post = _Request(_connect(http_port), start)
+        post_fd = self.post.sock.fileno()
+        self.ep.register(post_fd, _OUT)
+        deadline = start + timeout
+        while (self.pending or self.post is not None) and time.perf_counter() < deadline:
+            for fd, events in self.ep.poll(0.1):
+                if fd == post_fd:
+                    self._post_event(fd)
+                else:
+                    self._readable(fd, self.apps[fd])
+        if self.post is not None:
+            self._post_close(post_fd)
+            raise RuntimeError(f"POST not answered within {timeout:g} s")
+        if self.pending:
+            # Some clients missed it: resynchronise their counters.
+            for app in self.apps.values():
+                app.got = self.round
+            return None, self.post_done - start
+        return self.last - start, self.post_done - start
+
+    def _post_event(self, fd: int) -> None:
+        post = self.post
+        if not post.sent:
+            post.sock.send(self.post_request)
+            post.sent = True
+            self.ep.modify(fd, _IN)
+            return
+        data = post.sock.recv(65536)
+        post.buf += data
+        status, complete = _response_complete(post.buf)
+        if complete:
+            if status != 200:
+                raise RuntimeError(f"POST answered {status}")
+            self.post_done = time.perf_counter()
+            self._post_close(fd)
+        elif not data:
+            raise RuntimeError("POST closed before a complete answer")
+
+    def _post_close(self, fd: int) -> None:
+        self.ep.unregister(fd)
+        self.post.sock.close()
+        self.post = None
+
+    def close(self) -> None:
+        for app in self.apps.values():
+            app.sock.close()
+        self.apps.clear()
+        self.ep.close()
+
+
+def fanout(http_port: int, ws_port: int, server_pid: int, sizes, reports: dict, warmup: int = 20) -> dict:
+    """
+    For each number of app clients in C{sizes} (ascending), POST reports one
+    after another and time each from the POST to the last client receiving
+    it; read the server's CPU time around the measured reports.
+
+    First the same is done with no app client at all, so the server's CPU
+    for the POST itself is known and can be told apart from the broadcast.
+    """
+    raise_fd_limit()
+    swarm = AppSwarm(ws_port)
+    results = {}
+    try:
+        for size in [0] + list(sizes):
+            swarm.open(size - len(swarm.apps))
+            count = reports.get(size, reports.get(0))
+            for i in range(warmup):
+                swarm.report(http_port, f"warm-{size}-{i}", i % 2)
+            latencies, post_latencies, missed = [], [], 0
+            server0, own0 = cpu_seconds(server_pid), _own_cpu()
+            t0 = time.perf_counter()
+            for i in range(count):
+                last, answered = swarm.report(http_port, f"0x{size:04x}{i:04x}", i % 2)
+                post_latencies.append(answered)
+                if last is None:
+                    missed += 1
+                else:
+                    latencies.append(last)
+            wall = time.perf_counter() - t0
+            results[size] = {
+                "reports": count,
+                "latencies": latencies,
+                "post_latencies": post_latencies,
+                "missed": missed,
+                "server_cpu": cpu_seconds(server_pid) - server0,
+                "client_cpu": _own_cpu() - own0,
+                "wall": wall,
+                "unexpected": swarm.unexpected,
+            }
+    finally:
+        swarm.close()
+    return results
+
+
+def idle_memory(ws_port: int, server_pid: int, sizes, settle: float = 1.0) -> dict:
+    """
+    Server RSS with no app connection (after one was opened and closed, so
+    one-time costs are paid), then with each number of idle connections in
+    C{sizes} (ascending).
+    """
+    raise_fd_limit()
+    warm = AppSwarm(ws_port)
+    warm.open(20)
+    warm.close()
+    time.sleep(settle)
+    results = {"base": rss_bytes(server_pid)}
+    swarm = AppSwarm(ws_port)
+    try:
+        for size in sizes:
+            t0 = time.perf_counter()
+            swarm.open(size - len(swarm.apps))
+            opened = time.perf_counter() - t0
+            # Let the server finish its connection log lines before reading.
+            time.sleep(settle)
+            results[size] = {"rss": rss_bytes(server_pid), "open_seconds": opened}
+    finally:
+        swarm.close()
+    return results

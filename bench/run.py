@@ -1,0 +1,314 @@
+"""
+C{make bench}: start the real C{twistd -n smartplug} on loopback, load it from
+a separate client process, and print a table of figures against the targets
+of issue 2.  Figures, not a test: a missed target is printed, not failed.
+
+    bench/run.py              # every benchmark, in registry order
+    bench/run.py post fanout  # only these
+    bench/run.py --list
+
+Adding a benchmark (pub/sub fan-out, STATE_DB on vs off, ...): write a
+function taking a L{Bench} and returning a list of L{Row}s, decorate it with
+C{@benchmark("name", "what it measures")}.  Start servers with
+C{bench.server(settings)}; run client load with C{bench.in_child(...)}, so the
+load never shares a GIL with this process (which reads the server's log).
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import multiprocessing
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor
+from typing import Callable, Optional
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from bench import clients  # noqa: E402
+from tests.server import RunningServer  # noqa: E402
+
+
+@dataclasses.dataclass
+class Row:
+    """
+    One printed figure; C{met} is C{None} when the figure has no target.
+    """
+
+    metric: str
+    value: str
+    target: str = ""
+    met: Optional[bool] = None
+
+
+@dataclasses.dataclass
+class Benchmark:
+    name: str
+    description: str
+    run: Callable[["Bench"], list]
+
+
+# The registry: name -> Benchmark, run in this order by default.
+BENCHMARKS: dict = {}
+
+
+def benchmark(name: str, description: str):
+    """
+    Register C{f(bench) -> [Row, ...]} as the benchmark C{name}.
+    """
+
+    def register(f):
+        BENCHMARKS[name] = Benchmark(name, description, f)
+        return f
+
+    return register
+
+
+class Bench:
+    """
+    What a benchmark gets: servers in scratch directories, and a child
+    process for client load.
+    """
+
+    def __init__(self, scratch: str) -> None:
+        self.scratch = scratch
+        self.server_fd_limits: list = []
+
+    @contextlib.contextmanager
+    def server(self, settings: str = ""):
+        """
+        A fresh C{twistd -n smartplug} (STATE_DB = None unless C{settings}
+        says otherwise) on loopback ports the OS picks; stopped afterwards.
+        """
+        directory = tempfile.mkdtemp(dir=self.scratch)
+        server = RunningServer(directory, settings)
+        try:
+            server.start()
+            self.server_fd_limits.append(open_files_limit(server.process.pid))
+            yield server
+        finally:
+            server.stop()
+
+    def in_child(self, func, *args, child_timeout: float = 120, **kwargs):
+        """
+        Run C{func(*args, **kwargs)} (a function of bench.clients) in a
+        separate process and return its result; give up after
+        C{child_timeout} seconds.
+        """
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            return pool.submit(func, *args, **kwargs).result(timeout=child_timeout)
+
+
+def open_files_limit(pid: int) -> str:
+    with open(f"/proc/{pid}/limits") as f:
+        for line in f:
+            if line.startswith("Max open files"):
+                soft, hard = line.split()[3:5]
+                return f"{soft}/{hard}"
+    return "?"
+
+
+def percentile(values, p: float) -> float:
+    """
+    Nearest-rank percentile of C{values} (p in 0..100).
+    """
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = max(1, -(-len(ordered) * p // 100))
+    return ordered[int(rank) - 1]
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+# --------------------------------------------------------------------------
+# Benchmarks of issue 2
+
+
+@benchmark("post", "POST /data, firmware request, a new connection per request, concurrency 32")
+def post_data(bench: Bench) -> list:
+    concurrency, duration = 32, 8.0
+    with bench.server() as server:
+        r = bench.in_child(
+            clients.post_load, server.ports["HTTP"], concurrency, duration, warmup=1.0, timeout=5.0
+        )
+    lat = r["latencies"]
+    rate = r["completed"] / r["duration"]
+    stalled = sum(1 for x in lat if x > clients.STALL) + sum(r["failures"].values())
+    not_ok = sum(n for status, n in r["statuses"].items() if status != 200)
+    rows = [
+        Row("requests/s", f"{rate:.0f}", ">= 1500", rate >= 1500),
+        Row("latency p50", ms(percentile(lat, 50))),
+        Row("latency p99", ms(percentile(lat, 99)), "< 50 ms", percentile(lat, 99) < 0.050),
+        Row("latency max", ms(max(lat) if lat else float("nan"))),
+        Row("stalled > 1 s or failed", str(stalled), "0", stalled == 0),
+        Row("answers other than 200", str(not_ok), "0", not_ok == 0),
+        Row("requests measured", f"{len(lat)} in {duration:g} s (after 1 s warm-up)"),
+    ]
+    if r["failures"]:
+        rows.append(Row("failures", ", ".join(f"{k}: {v}" for k, v in r["failures"].items())))
+    if r["client_cpu"] is not None:
+        rows.append(Row("client process CPU", f"{100 * r['client_cpu'] / r['client_wall']:.0f}% of one core"))
+    return rows
+
+
+@benchmark("fanout", "one report broadcast to 100 and to 1000 app WebSocket clients")
+def fanout(bench: Bench) -> list:
+    sizes = (100, 1000)
+    reports = {0: 300, 100: 300, 1000: 150}
+    with bench.server() as server:
+        r = bench.in_child(
+            clients.fanout,
+            server.ports["HTTP"],
+            server.ports["app WebSocket"],
+            server.process.pid,
+            sizes,
+            reports,
+            child_timeout=240,
+        )
+    base = r[0]
+    post_cpu = base["server_cpu"] / base["reports"]
+    rows = [
+        Row("server CPU per POST, no app client", f"{post_cpu * 1e6:.0f} µs"),
+        Row("POST -> answer, no app client, p50", ms(percentile(base["post_latencies"], 50))),
+    ]
+    for size in sizes:
+        s = r[size]
+        lat = s["latencies"]
+        deliveries = s["reports"] * size
+        per = s["server_cpu"] / deliveries
+        marginal = (s["server_cpu"] - post_cpu * s["reports"]) / deliveries
+        target = size == 1000
+        rows += [
+            Row(f"{size} clients: POST -> last client p50", ms(percentile(lat, 50))),
+            Row(
+                f"{size} clients: POST -> last client p99",
+                ms(percentile(lat, 99)),
+                "< 20 ms" if target else "",
+                percentile(lat, 99) < 0.020 if target else None,
+            ),
+            Row(f"{size} clients: POST -> last client max", ms(max(lat) if lat else float("nan"))),
+            Row(
+                f"{size} clients: server CPU per delivery",
+                f"{per * 1e6:.1f} µs (all server CPU / deliveries)",
+                "< 15 µs" if target else "",
+                per < 15e-6 if target else None,
+            ),
+            Row(f"{size} clients: same, POST's own CPU taken out", f"{marginal * 1e6:.1f} µs"),
+            Row(
+                f"{size} clients: reports measured",
+                f"{s['reports']} ({s['missed']} not delivered to all, "
+                f"{s['unexpected']} wrong frames so far)",
+                "0 missed",
+                s["missed"] == 0 and s["unexpected"] == 0,
+            ),
+            Row(f"{size} clients: client process CPU", f"{100 * s['client_cpu'] / s['wall']:.0f}% of one core"),
+        ]
+    return rows
+
+
+@benchmark("memory", "server RSS per idle app WebSocket connection")
+def idle_memory(bench: Bench) -> list:
+    sizes = (1000, 5000)
+    with bench.server() as server:
+        r = bench.in_child(clients.idle_memory, server.ports["app WebSocket"], server.process.pid, sizes)
+    base = r["base"]
+    rows = [Row("server RSS, no connection", f"{base / 2**20:.1f} MiB")]
+    for size in sizes:
+        per = (r[size]["rss"] - base) / size
+        rows += [
+            Row(f"RSS per connection at {size}", f"{per / 1000:.1f} KB", "<= 10 KB", per <= 10_000),
+            Row(f"  opening {size} took", f"{r[size]['open_seconds']:.1f} s (cumulative count)"),
+        ]
+    return rows
+
+
+# --------------------------------------------------------------------------
+
+
+def print_table(results) -> None:
+    width = max([len(row.metric) for _, rows in results for row in rows] + [10]) + 2
+    vwidth = max([len(row.value) for _, rows in results for row in rows] + [10]) + 2
+    for bench_, rows in results:
+        print()
+        print(f"== {bench_.name}: {bench_.description}")
+        print(f"   {'metric':<{width}}{'value':<{vwidth}}{'target':<11}")
+        for row in rows:
+            verdict = "" if row.met is None else ("met" if row.met else "MISSED")
+            print(f"   {row.metric:<{width}}{row.value:<{vwidth}}{row.target:<11}{verdict}")
+
+
+def git_describe() -> str:
+    try:
+        return subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        return "?"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
+    parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    args = parser.parse_args(argv)
+    if args.list:
+        for b in BENCHMARKS.values():
+            print(f"{b.name:10} {b.description}")
+        return 0
+    unknown = [n for n in args.names if n not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark(s) {unknown}; known: {list(BENCHMARKS)}")
+    chosen = [BENCHMARKS[n] for n in args.names] or list(BENCHMARKS.values())
+
+    # 5000 connections need 5000+ descriptors in the client and the server;
+    # the server inherits this limit (and raises its own soft limit anyway).
+    limit = clients.raise_fd_limit()
+    print(
+        f"smartplug bench {git_describe()}: Python {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs, {platform.machine()}, open files limit {limit}; "
+        "server and clients on 127.0.0.1"
+    )
+    scratch = tempfile.mkdtemp(prefix="smartplug-bench-")
+    bench = Bench(scratch)
+    results, crashed = [], 0
+    started = time.monotonic()
+    try:
+        for b in chosen:
+            t0 = time.monotonic()
+            try:
+                rows = b.run(bench)
+            except Exception as e:  # report it and go on with the others
+                traceback.print_exc()
+                crashed += 1
+                rows = [Row("error", f"{type(e).__name__}: {e}"[:300])]
+            rows.append(Row("wall time", f"{time.monotonic() - t0:.0f} s"))
+            results.append((b, rows))
+            print(f"   ... {b.name} done", flush=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print_table(results)
+    print()
+    limits = sorted(set(bench.server_fd_limits))
+    print(f"server open files limit (soft/hard): {', '.join(limits) or '?'}")
+    checked = [row.met for _, rows in results for row in rows if row.met is not None]
+    print(
+        f"targets met: {sum(checked)} of {len(checked)}; "
+        f"total {time.monotonic() - started:.0f} s"
+    )
+    return 1 if crashed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
