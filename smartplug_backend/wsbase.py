@@ -114,6 +114,28 @@ class LenientServerProtocol(WebSocketServerProtocol):
         # than its bufferSize (64 KiB); what is written after that is counted.
         self.transport.registerProducer(_SendBuffer(self), True)
 
+    def sendPreparedMessage(self, preparedMsg) -> None:
+        """
+        Send a prepared message: its frame goes straight to the transport.
+
+        Autobahn's own path (C{sendData}) formats a debug log line on every
+        send, with debug logging off too; in a broadcast to a thousand apps
+        that is paid a thousand times.  This is Autobahn's condition for
+        sending the prepared frame as is (no per-message compression in use,
+        nothing queued for chopped or synchronous sends), and the transport
+        must be taking data: once it is full, L{sendData} counts what is
+        left unsent.  Autobahn's traffic counters, which nothing here reads,
+        do not count these bytes.
+        """
+        if (
+            not self._send_buffer_full
+            and (self._perMessageCompress is None or preparedMsg.doNotCompress)
+            and not self.send_queue
+        ):
+            self.transport.write(preparedMsg.payloadHybi)
+        else:
+            super().sendPreparedMessage(preparedMsg)
+
     def sendData(self, data, sync=False, chopsize=None):
         if self._send_buffer_full:
             self._unsent_since_full += len(data)
