@@ -10,6 +10,7 @@ import re
 from typing import Iterable
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
@@ -26,6 +27,41 @@ def peer_host(transport) -> str:
         return transport.getPeer().host
     except Exception:
         return "?"
+
+
+def write_now(transport, data: bytes) -> None:
+    """
+    Write C{data} to C{transport}: to the socket at once when nothing is
+    buffered ahead of it, else (and for what the kernel does not take) with
+    C{transport.write}.
+
+    A Twisted TCP transport buffers every write until the reactor's next
+    turn, so each write costs an epoll registration, an event, a dispatch
+    and an unregistration around the one C{send} that does the work.  For
+    one frame to thousands of connections that bookkeeping is most of the
+    server's CPU.  Only a plain TCP connection (no TLS, not closing) with an
+    empty buffer takes the direct path; TLS, test transports and any error
+    go through C{write}, which also keeps the order of what is buffered and
+    tells a registered producer when the buffer fills.
+    """
+    if (
+        type(transport) is tcp.Server
+        and not transport.TLS
+        and transport.connected
+        and not transport.disconnecting
+        and not transport.dataBuffer
+        and not getattr(transport, "_tempDataLen", True)
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            # Full (EAGAIN) or failing: write() buffers it, and the reactor
+            # reports a failure as a lost connection in the usual way.
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
 
 
 def peer_address(transport) -> str:
@@ -116,7 +152,8 @@ class LenientServerProtocol(WebSocketServerProtocol):
 
     def sendPreparedMessage(self, preparedMsg) -> None:
         """
-        Send a prepared message: its frame goes straight to the transport.
+        Send a prepared message: its frame goes straight to the socket
+        (L{write_now}).
 
         Autobahn's own path (C{sendData}) formats a debug log line on every
         send, with debug logging off too; in a broadcast to a thousand apps
@@ -132,7 +169,7 @@ class LenientServerProtocol(WebSocketServerProtocol):
             and (self._perMessageCompress is None or preparedMsg.doNotCompress)
             and not self.send_queue
         ):
-            self.transport.write(preparedMsg.payloadHybi)
+            write_now(self.transport, preparedMsg.payloadHybi)
         else:
             super().sendPreparedMessage(preparedMsg)
 
