@@ -14,10 +14,10 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from smartplug_backend.apps import AppFactory
 from smartplug_backend.hub import Hub
-from smartplug_backend.limits import MAX_UNSENT
+from smartplug_backend.limits import MAX_MESSAGE, MAX_UNSENT
 from smartplug_backend.wsbase import write_now
 
-from .helpers import ws_connect
+from .helpers import quiet, ws_connect
 
 
 class PreparedMessageTests(SynchronousTestCase):
@@ -69,6 +69,56 @@ class PreparedMessageTests(SynchronousTestCase):
         for _ in range(MAX_UNSENT // (60 * 1024) + 1):
             server.sendPreparedMessage(prepared)
         self.assertTrue(server.transport.disconnecting)
+
+
+class IdleFootprintTests(SynchronousTestCase):
+    """
+    An open connection reads its protocol options from the factory and no
+    longer holds its opening handshake, and works as before.
+    """
+
+    def test_options_come_from_factory(self):
+        """
+        Options are not copied onto the connection, yet apply to it: a
+        message over the factory's limit fails the connection.
+        """
+        factory = AppFactory(Hub())
+        client, server, pump = ws_connect(factory)
+        self.assertNotIn("maxMessagePayloadSize", vars(server))
+        self.assertEqual(server.maxMessagePayloadSize, MAX_MESSAGE)
+        client.sendMessage(b"x" * (MAX_MESSAGE + 1))
+        pump.flush()
+        self.assertTrue(server.wasMaxMessagePayloadSizeExceeded)
+        self.assertIsNotNone(client.closed)
+
+    def test_connection_sets_its_own(self):
+        """
+        A connection can still set an option for itself alone.
+        """
+        factory = AppFactory(Hub())
+        _, first, _ = ws_connect(factory)
+        _, second, _ = ws_connect(factory)
+        first.autoPingInterval = 5
+        self.assertEqual(first.autoPingInterval, 5)
+        self.assertEqual(second.autoPingInterval, factory.autoPingInterval)
+
+    def test_handshake_dropped_after_open(self):
+        """
+        Once open, the request and response of the opening handshake are
+        gone; status requests and broadcasts still work.
+        """
+        hub = Hub()
+        factory = quiet(AppFactory(hub))
+        hub.listen(factory.broadcast)
+        hub.report("lamp", 1, "http", "192.168.1.64")
+        client, server, pump = ws_connect(factory)
+        self.assertIsNone(server.http_headers)
+        self.assertIsNone(server.http_request_data)
+        client.sendMessage(b'{"status": "lamp"}')
+        pump.flush()
+        hub.report("lamp", 0, "http", "192.168.1.64")
+        pump.flush()
+        self.assertEqual(client.texts(), ['{"id": "lamp", "value": 1}', '{"id": "lamp", "value": 0}'])
 
 
 class _Peer(Protocol):
