@@ -21,6 +21,7 @@ from .devices import DeviceFactory
 from .guard import Guard
 from .hub import Hub
 from .journal import MemoryJournal
+from .limits import OpenFilesLimitService
 from .listeners import ListenerService, endpoint_description, fail
 from .persistence import StoreService
 from .pubsub import report_publisher
@@ -66,6 +67,8 @@ def makeService(options: Options, reactor=None):
 
     top = MultiService()
     hub = _state(settings, reactor, top)
+    # Every connection is a file descriptor; many systems allow 1024.
+    OpenFilesLimitService(settings.MAX_CONNECTIONS).setServiceParent(top)
     # One guard for every listener: a ban holds on all ports.
     guard = Guard.from_settings(settings, reactor)
 
