@@ -439,6 +439,7 @@ def fanout(http_port: int, ws_port: int, server_pid: int, sizes, reports: dict, 
             for i in range(warmup):
                 swarm.report(http_port, f"warm-{size}-{i}", i % 2)
             latencies, post_latencies, missed = [], [], 0
+            unexpected0 = swarm.unexpected
             server0, own0 = cpu_seconds(server_pid), _own_cpu()
             t0 = time.perf_counter()
             for i in range(count):
@@ -457,7 +458,7 @@ def fanout(http_port: int, ws_port: int, server_pid: int, sizes, reports: dict, 
                 "server_cpu": cpu_seconds(server_pid) - server0,
                 "client_cpu": _own_cpu() - own0,
                 "wall": wall,
-                "unexpected": swarm.unexpected,
+                "unexpected": swarm.unexpected - unexpected0,
             }
     finally:
         swarm.close()
