@@ -25,6 +25,7 @@ from .limits import OpenFilesLimitService
 from .listeners import ListenerService, endpoint_description, fail
 from .persistence import StoreService
 from .pubsub import report_publisher
+from .runtime import FreezeStartupObjects
 from .tweets import tweet_service
 from .web import Bridge, make_app
 
@@ -69,6 +70,8 @@ def makeService(options: Options, reactor=None):
     hub = _state(settings, reactor, top)
     # Every connection is a file descriptor; many systems allow 1024.
     OpenFilesLimitService(settings.MAX_CONNECTIONS).setServiceParent(top)
+    # Start-up's objects out of the garbage collector's way, once all is up.
+    FreezeStartupObjects(reactor).setServiceParent(top)
     # One guard for every listener: a ban holds on all ports.
     guard = Guard.from_settings(settings, reactor)
 
