@@ -39,16 +39,18 @@ def write_now(transport, data: bytes) -> None:
     turn, so each write costs an epoll registration, an event, a dispatch
     and an unregistration around the one C{send} that does the work.  For
     one frame to thousands of connections that bookkeeping is most of the
-    server's CPU.  Only a plain TCP connection (no TLS, not closing) with an
-    empty buffer takes the direct path; TLS, test transports and any error
-    go through C{write}, which also keeps the order of what is buffered and
-    tells a registered producer when the buffer fills.
+    server's CPU.  Only a plain TCP connection (no TLS, not closing or
+    aborted) with an empty buffer takes the direct path; TLS, test
+    transports and any error go through C{write}, which also keeps the
+    order of what is buffered and tells a registered producer when the
+    buffer fills.
     """
     if (
         type(transport) is tcp.Server
         and not transport.TLS
         and transport.connected
         and not transport.disconnecting
+        and not getattr(transport, "_aborting", True)
         and not transport.dataBuffer
         and not getattr(transport, "_tempDataLen", True)
     ):

@@ -202,6 +202,17 @@ class WriteNowTests(TestCase):
         self.assertIn(server.transport, reactor.getWriters())
         self.assertEqual((yield client.got), data)
 
+    @inlineCallbacks
+    def test_nothing_after_abort(self):
+        """
+        Once the connection is aborted nothing more is sent, as with write().
+        """
+        server, client = yield self.connected(1)
+        server.transport.abortConnection()
+        write_now(server.transport, b"late")
+        yield client.lost
+        self.assertEqual(client.received, b"")
+
     def test_other_transports_use_write(self):
         """
         A transport that is not a plain TCP connection gets C{write}.
