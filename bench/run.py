@@ -142,6 +142,38 @@ def open_files_limit(pid: int) -> str:
     return "?"
 
 
+class CpuWatch:
+    """
+    CPU used on the whole machine while a benchmark ran, split into ours
+    (this process and its children: the server, the client process) and
+    everyone else's.  The machine may be shared; others' load skews figures.
+    """
+
+    def __init__(self) -> None:
+        self._start = (time.monotonic(), self._ours(), self._machine())
+
+    @staticmethod
+    def _ours() -> float:
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    @staticmethod
+    def _machine() -> float:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+        busy = sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait
+        return busy / os.sysconf("SC_CLK_TCK")
+
+    def others(self) -> float:
+        """
+        Cores used on average by processes other than ours so far.
+        """
+        wall0, ours0, machine0 = self._start
+        wall = time.monotonic() - wall0
+        others = (self._machine() - machine0) - (self._ours() - ours0)
+        return max(0.0, others / wall) if wall > 0 else 0.0
+
+
 def percentile(values, p: float) -> float:
     """
     Nearest-rank percentile of C{values} (p in 0..100).
@@ -312,6 +344,7 @@ def main(argv=None) -> int:
     try:
         for b in chosen:
             t0 = time.monotonic()
+            watch = CpuWatch()
             try:
                 rows = b.run(bench)
             except Exception as e:  # report it and go on with the others
@@ -319,6 +352,7 @@ def main(argv=None) -> int:
                 crashed += 1
                 rows = [Row("error", f"{type(e).__name__}: {e}"[:300])]
             rows.append(Row("wall time", f"{time.monotonic() - t0:.0f} s"))
+            rows.append(Row("CPU of other processes", f"{watch.others():.2f} of {os.cpu_count()} cores (not ours)"))
             results.append((b, rows))
             print(f"   ... {b.name} done", flush=True)
     finally:
