@@ -292,6 +292,17 @@ def idle_memory(bench: Bench) -> list:
 
 
 # --------------------------------------------------------------------------
+# Benchmarks of later issues
+
+
+@benchmark("store", "POST /data, keep-alive clients, STATE_DB set versus None (bench/store.py, issue 7)")
+def state_db(bench: Bench) -> list:
+    from bench import store
+
+    return [Row(metric, value) for metric, value in store.compare()]
+
+
+# --------------------------------------------------------------------------
 
 
 def print_table(results) -> None:
@@ -360,7 +371,8 @@ def main(argv=None) -> int:
     print_table(results)
     print()
     limits = sorted(set(bench.server_fd_limits))
-    print(f"server open files limit (soft/hard): {', '.join(limits) or '?'}")
+    if limits:
+        print(f"server open files limit (soft/hard): {', '.join(limits)}")
     checked = [row.met for _, rows in results for row in rows if row.met is not None]
     print(
         f"targets met: {sum(checked)} of {len(checked)}; "
