@@ -145,12 +145,13 @@ def open_files_limit(pid: int) -> str:
 class CpuWatch:
     """
     CPU used on the whole machine while a benchmark ran, split into ours
-    (this process and its children: the server, the client process) and
-    everyone else's.  The machine may be shared; others' load skews figures.
+    (this process and its children: the server, the client process),
+    everyone else's, and what the hypervisor took (steal).  The machine may
+    be shared; others' load skews the figures.
     """
 
     def __init__(self) -> None:
-        self._start = (time.monotonic(), self._ours(), self._machine())
+        self._start = (time.monotonic(), self._ours(), *self._machine())
 
     @staticmethod
     def _ours() -> float:
@@ -158,20 +159,23 @@ class CpuWatch:
         return t.user + t.system + t.children_user + t.children_system
 
     @staticmethod
-    def _machine() -> float:
+    def _machine():
         with open("/proc/stat") as f:
             ticks = [int(x) for x in f.readline().split()[1:]]
-        busy = sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait
-        return busy / os.sysconf("SC_CLK_TCK")
+        hz = os.sysconf("SC_CLK_TCK")
+        # user nice system idle iowait irq softirq steal ...
+        busy = sum(ticks[:8]) - ticks[3] - ticks[4] - ticks[7]
+        return busy / hz, ticks[7] / hz
 
-    def others(self) -> float:
+    def others(self) -> str:
         """
-        Cores used on average by processes other than ours so far.
+        Average cores used by other processes, and stolen, so far.
         """
-        wall0, ours0, machine0 = self._start
-        wall = time.monotonic() - wall0
-        others = (self._machine() - machine0) - (self._ours() - ours0)
-        return max(0.0, others / wall) if wall > 0 else 0.0
+        wall0, ours0, busy0, steal0 = self._start
+        wall = max(time.monotonic() - wall0, 1e-9)
+        busy, steal = self._machine()
+        others = max(0.0, (busy - busy0) - (self._ours() - ours0))
+        return f"{others / wall:.2f} cores; stolen by the hypervisor {(steal - steal0) / wall:.2f}"
 
 
 def percentile(values, p: float) -> float:
@@ -363,7 +367,7 @@ def main(argv=None) -> int:
                 crashed += 1
                 rows = [Row("error", f"{type(e).__name__}: {e}"[:300])]
             rows.append(Row("wall time", f"{time.monotonic() - t0:.0f} s"))
-            rows.append(Row("CPU of other processes", f"{watch.others():.2f} of {os.cpu_count()} cores (not ours)"))
+            rows.append(Row("CPU of other processes", watch.others()))
             results.append((b, rows))
             print(f"   ... {b.name} done", flush=True)
     finally:
