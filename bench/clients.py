@@ -252,12 +252,15 @@ class AppSwarm:
     current report should deliver.  Pings are answered; nothing else is sent.
     """
 
-    def __init__(self, port: int, handshake_timeout: float = 10.0) -> None:
+    def __init__(self, port: int, handshake_timeout: float = 10.0, path: str = "/", after_open: bytes = b"") -> None:
         self.port = port
+        self.path = path.encode()
+        self.after_open = after_open  # sent by each client once it is open
         self.ep = select.epoll()
         self.apps: dict = {}
         self.handshake_timeout = handshake_timeout
         self.expected = b""  # the frame every client should receive next
+        self.expected_prefix = b""  # ... of which only this much is known
         self.pending = 0  # clients still waiting for the current report
         self.round = 0  # reports delivered so far (per client)
         self.last = 0.0  # when the last client got the current report
@@ -273,8 +276,8 @@ class AppSwarm:
         """
         key = base64.b64encode(os.urandom(16))
         hello = (
-            b"GET / HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % (HOST.encode(), self.port, key)
+            b"GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % (self.path, HOST.encode(), self.port, key)
         )
         waiting = []
         todo = count
@@ -304,6 +307,8 @@ class AppSwarm:
                         if not app.buf.startswith(b"HTTP/1.1 101"):
                             raise RuntimeError(f"handshake refused: {app.buf[:200]!r}")
                         app.open, app.buf = True, app.buf[end + 4 :]
+                        if self.after_open:
+                            app.sock.send(self.after_open)
                     elif not data:
                         raise RuntimeError("connection closed during the handshake")
             waiting = [app for app in waiting if not app.open]
@@ -317,7 +322,7 @@ class AppSwarm:
             return
         if not data:
             raise RuntimeError("the server closed an app connection")
-        if not app.buf and data == self.expected:
+        if not app.buf and self._matches(data):
             self._delivered(app)  # the usual case: exactly one whole frame
             return
         buf = app.buf + data
@@ -338,13 +343,16 @@ class AppSwarm:
             frame = buf[i : i + head + size]
             payload = frame[head:]
             i += head + size
-            if frame == self.expected:
+            if self._matches(frame):
                 self._delivered(app)
             elif opcode == 0x9:
                 app.sock.send(_client_frame(0xA, payload))
             elif opcode != 0xA:
                 self.unexpected += 1
         app.buf = buf[i:]
+
+    def _matches(self, frame: bytes) -> bool:
+        return len(frame) == len(self.expected) and frame.startswith(self.expected_prefix)
 
     def _delivered(self, app: _App) -> None:
         app.got += 1
@@ -365,7 +373,16 @@ class AppSwarm:
             POST was answered)}; C{(None, ...)} if not every client got it.
         """
         request, payload = report_bytes(plug_id, value)
-        self.expected = bytes([0x81, len(payload)]) + payload
+        return self.deliver(http_port, request, bytes([0x81, len(payload)]) + payload, timeout=timeout)
+
+    def deliver(self, http_port: int, request: bytes, expected: bytes, known: int = None, timeout: float = 5.0):
+        """
+        Like L{report}, for any HTTP C{request} whose effect is that every
+        client receives the frame C{expected}, of which only the first
+        C{known} bytes (all, by default) are predictable.
+        """
+        self.expected = expected
+        self.expected_prefix = expected[:known] if known is not None else expected
         self.post_request = request
         self.round += 1
         self.pending = len(self.apps)
@@ -401,7 +418,7 @@ class AppSwarm:
         post.buf += data
         status, complete = _response_complete(post.buf)
         if complete:
-            if status != 200:
+            if status not in (200, 201):
                 raise RuntimeError(f"POST answered {status}")
             self.post_done = time.perf_counter()
             self._post_close(fd)
@@ -489,3 +506,44 @@ def idle_memory(ws_port: int, server_pid: int, sizes, settle: float = 1.0) -> di
     finally:
         swarm.close()
     return results
+
+
+def publish_fanout(http_port: int, ws_port: int, server_pid: int, size: int, count: int, warmup: int = 20) -> dict:
+    """
+    C{size} PiCloud subscribers of one event; publish to it over HTTP one
+    publication after another and time each from the POST to the last
+    subscriber receiving it.
+    """
+    raise_fd_limit()
+    subscribe = _client_frame(0x1, b'{"action":"subscribe","event":"bench"}')
+    swarm = AppSwarm(ws_port, path="/subscribe?clientName=bench", after_open=subscribe)
+    try:
+        swarm.open(size)
+        latencies, missed = [], 0
+        server0 = None
+        for i in range(warmup + count):
+            if i == warmup:
+                server0, t0 = cpu_seconds(server_pid), time.perf_counter()
+            body = b'{"event":"bench","data":"%06d"}' % i
+            request = (
+                b"POST /publish?clientName=bench HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n"
+                b"Connection: close\r\n\r\n%s" % (HOST.encode(), len(body), body)
+            )
+            # created_at is the one unknown part; its length is fixed.
+            known = b'{"action":"publish","event":"bench","data":"%06d","created_at":"' % i
+            payload = known + b"2026-01-01T00:00:00.000Z" + b'"}\n'
+            last, _ = swarm.deliver(http_port, request, bytes([0x81, len(payload)]) + payload, known=2 + len(known))
+            if i >= warmup:
+                if last is None:
+                    missed += 1
+                else:
+                    latencies.append(last)
+        return {
+            "latencies": latencies,
+            "missed": missed,
+            "unexpected": swarm.unexpected,
+            "server_cpu": cpu_seconds(server_pid) - server0,
+            "wall": time.perf_counter() - t0,
+        }
+    finally:
+        swarm.close()

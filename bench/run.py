@@ -299,6 +299,34 @@ def idle_memory(bench: Bench) -> list:
 # Benchmarks of later issues
 
 
+@benchmark("pubsub", "one PiCloud publication (HTTP POST /publish) to 1000 subscribers (issue 5)")
+def pubsub_fanout(bench: Bench) -> list:
+    size, count = 1000, 300
+    with bench.server() as server:
+        r = bench.in_child(
+            clients.publish_fanout,
+            server.ports["HTTP"],
+            server.ports["app WebSocket"],
+            server.process.pid,
+            size,
+            count,
+            child_timeout=240,
+        )
+    lat = r["latencies"]
+    return [
+        Row(f"{size} subscribers: POST -> last subscriber p50", ms(percentile(lat, 50))),
+        Row(f"{size} subscribers: POST -> last subscriber p99", ms(percentile(lat, 99))),
+        Row(f"{size} subscribers: POST -> last subscriber max", ms(max(lat) if lat else float("nan"))),
+        Row(f"{size} subscribers: server CPU per delivery", f"{r['server_cpu'] / (count * size) * 1e6:.1f} µs"),
+        Row(
+            f"{size} subscribers: publications measured",
+            f"{count} ({r['missed']} not delivered to all, {r['unexpected']} wrong frames)",
+            "0 missed",
+            r["missed"] == 0 and r["unexpected"] == 0,
+        ),
+    ]
+
+
 @benchmark("store", "POST /data, keep-alive clients, STATE_DB set versus None (bench/store.py, issue 7)")
 def state_db(bench: Bench) -> list:
     from bench import store
