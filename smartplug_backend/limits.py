@@ -8,3 +8,5 @@ MAX_BODY = 64 * 1024
 MAX_MESSAGE = 64 * 1024
 # A WebSocket peer with more than this written to it but unsent is cut off.
 MAX_UNSENT = 1024 * 1024
+# JSON nested deeper than this is refused as invalid input.
+MAX_JSON_DEPTH = 64
