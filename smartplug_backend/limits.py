@@ -10,3 +10,9 @@ MAX_MESSAGE = 64 * 1024
 MAX_UNSENT = 1024 * 1024
 # JSON nested deeper than this is refused as invalid input.
 MAX_JSON_DEPTH = 64
+# A WebSocket opening handshake (request line and headers) over this is
+# refused with 431.
+MAX_HANDSHAKE = 16 * 1024
+# Seconds from connecting to a completed WebSocket opening handshake (TLS
+# included); a fixed deadline, however slowly the peer trickles its bytes.
+WS_HANDSHAKE_TIMEOUT = 10

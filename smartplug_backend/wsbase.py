@@ -1,8 +1,9 @@
 """
 What every WebSocket listener of ours shares: a handshake lenient enough for
-the clients that really connect, plain-text refusals, the message size
-limit, one message sent to many connections, the peer address for logs, and
-a cut-off for peers that do not read what they are sent.
+the clients that really connect, plain-text refusals, the size limits of the
+handshake and of messages, a fixed deadline for the opening handshake, one
+message sent to many connections, the peer address for logs, and a cut-off
+for peers that do not read what they are sent.
 """
 
 import http.client
@@ -13,7 +14,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
-from .limits import MAX_MESSAGE, MAX_UNSENT
+from .limits import MAX_HANDSHAKE, MAX_MESSAGE, MAX_UNSENT, WS_HANDSHAKE_TIMEOUT
 
 _HOST_HEADER = re.compile(rb"\nhost[ \t]*:", re.IGNORECASE)
 
@@ -72,11 +73,17 @@ class LenientServerProtocol(WebSocketServerProtocol):
       on any line end, so that needs nothing here.
     - Refuses a handshake with a plain-text HTTP answer whose body says why
       (set C{_deny_body} before raising C{ConnectionDeny} for an exact body).
+    - Refuses an opening handshake whose head is over L{MAX_HANDSHAKE} bytes
+      (431): Autobahn would buffer it without end.
+    - Drops a peer that has not completed the opening handshake within the
+      factory's C{handshake_timeout} of connecting, however it trickles its
+      bytes (Autobahn's own handler, run on the factory's clock).
     - Cuts off a peer that lets more than L{MAX_UNSENT} bytes pile up unsent,
       so that one slow client cannot grow memory without bound.
     """
 
     _host_checked = False
+    _handshake_deadline = None
     _deny_body = None
     _send_buffer_full = False
     _unsent_since_full = 0
@@ -85,6 +92,9 @@ class LenientServerProtocol(WebSocketServerProtocol):
     def processHandshake(self):
         if not self._host_checked:
             end = self.data.find(b"\r\n\r\n")
+            if (end if end >= 0 else len(self.data)) > MAX_HANDSHAKE:
+                self._host_checked = True
+                return self.failHandshake(f"opening handshake over {MAX_HANDSHAKE} bytes", 431)
             if end >= 0:
                 self._host_checked = True
                 head = self.data[: end + 2]
@@ -110,18 +120,57 @@ class LenientServerProtocol(WebSocketServerProtocol):
 
     def connectionMade(self):
         super().connectionMade()
+        timeout = self.factory.handshake_timeout
+        if timeout:
+            self._handshake_deadline = self.factory.clock.callLater(timeout, self.onOpenHandshakeTimeout)
         # Twisted pauses a streaming producer once the transport buffers more
         # than its bufferSize (64 KiB); what is written after that is counted.
         self.transport.registerProducer(_SendBuffer(self), True)
 
-    def sendData(self, data, sync=False, chopsize=None):
+    def succeedHandshake(self, res):
+        self._end_handshake_deadline()
+        return super().succeedHandshake(res)
+
+    def connectionLost(self, reason):
+        self._end_handshake_deadline()
+        super().connectionLost(reason)
+
+    def _end_handshake_deadline(self) -> None:
+        deadline, self._handshake_deadline = self._handshake_deadline, None
+        if deadline is not None and deadline.active():
+            deadline.cancel()
+
+    def _too_much_unsent(self, size: int) -> bool:
+        """
+        Count C{size} more bytes to send; True when that makes the peer too
+        slow (it has been cut off).
+        """
         if self._send_buffer_full:
-            self._unsent_since_full += len(data)
+            self._unsent_since_full += size
             # The buffer held the transport's bufferSize when it paused us
             # (TCP's is 64 KiB; not every transport says).
             if self._unsent_since_full > MAX_UNSENT - getattr(self.transport, "bufferSize", 65536):
-                return self._too_slow()
+                self._too_slow()
+                return True
+        return False
+
+    def sendData(self, data, sync=False, chopsize=None):
+        if self._too_much_unsent(len(data)):
+            return None
         return super().sendData(data, sync, chopsize)
+
+    def sendPreparedMessage(self, preparedMsg):
+        # Autobahn's sendData formats a debug line's fields on every call,
+        # logged or not: for a broadcast to thousands that is most of the
+        # cost, so the prepared frame goes to the transport directly.
+        if self._perMessageCompress is not None or self.send_queue:
+            return super().sendPreparedMessage(preparedMsg)
+        frame = preparedMsg.payloadHybi
+        if self._too_much_unsent(len(frame)):
+            return None
+        self.transport.write(frame)
+        self.trafficStats.outgoingOctetsWireLevel += len(frame)
+        return None
 
     def _too_slow(self) -> None:
         if self._cut_off:
@@ -145,12 +194,34 @@ class LenientServerProtocol(WebSocketServerProtocol):
 class LimitedServerFactory(WebSocketServerFactory):
     """
     A server factory whose connections refuse frames and messages over
-    L{MAX_MESSAGE} (close 1009), and that can send one message to many.
+    L{MAX_MESSAGE} (close 1009) and must complete their opening handshake
+    within C{handshake_timeout} seconds, and that can send one message to
+    many.
+
+    @param url: C{wss://...} when the listener speaks TLS (Autobahn's
+        C{isSecure}), else C{None}.
+    @param clock: runs the handshake deadline (the reactor; a L{Clock} in
+        tests).
+    @param handshake_timeout: seconds from connecting (the TLS handshake
+        included) to a completed WebSocket opening handshake; 0 for none.
     """
 
-    def __init__(self, url=None) -> None:
+    def __init__(self, url=None, clock=None, handshake_timeout: float = WS_HANDSHAKE_TIMEOUT) -> None:
         super().__init__(url)
-        self.setProtocolOptions(maxFramePayloadSize=MAX_MESSAGE, maxMessagePayloadSize=MAX_MESSAGE)
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = clock
+        self.handshake_timeout = handshake_timeout
+        self.setProtocolOptions(
+            maxFramePayloadSize=MAX_MESSAGE,
+            maxMessagePayloadSize=MAX_MESSAGE,
+            # Autobahn would drop the connection on a protocol error (the
+            # peer sees 1006); SPEC 6.3 promises the close code, e.g. 1009.
+            failByDrop=False,
+            # Ours replaces Autobahn's timer, which only runs on the global
+            # reactor; both are a fixed deadline, not reset by new bytes.
+            openHandshakeTimeout=0,
+        )
 
     def send_to_all(self, connections: Iterable, payload: bytes) -> None:
         """

@@ -63,9 +63,14 @@ def http_client(hub: Hub, **options) -> StubTreq:
 
 def quiet(factory):
     """
-    Turn off Autobahn's own timers, which run on the global reactor; tests
-    drive time through the clocks they pass in.
+    Turn off Autobahn's own timers, which run on the global reactor, and the
+    handshake deadline when it runs there too; tests drive time through the
+    clocks they pass in.
     """
+    from twisted.internet import reactor
+
+    if getattr(factory, "clock", None) is reactor:
+        factory.handshake_timeout = 0
     factory.setProtocolOptions(
         openHandshakeTimeout=0,
         closeHandshakeTimeout=0,
