@@ -16,3 +16,9 @@ MAX_HANDSHAKE = 16 * 1024
 # Seconds from connecting to a completed WebSocket opening handshake (TLS
 # included); a fixed deadline, however slowly the peer trickles its bytes.
 WS_HANDSHAKE_TIMEOUT = 10
+# Seconds an HTTP connection may stay idle between requests (twisted.web's
+# timeout, restarted by every byte).
+HTTP_IDLE_TIMEOUT = 60
+# Seconds for one HTTP request to arrive whole, head and body, from its first
+# byte (or from connecting); a fixed deadline against peers that trickle.
+HTTP_REQUEST_TIMEOUT = 30
