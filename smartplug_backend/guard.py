@@ -193,10 +193,11 @@ class Guard:
         return GuardedFactory(self, factory)
 
 
-class _Refused(Protocol):
+class ClosedAtOnce(Protocol):
     """
-    The protocol of a banned peer's connection: closed as soon as it is made,
-    before anything is read or written.
+    The protocol of a refused connection (a banned peer, one over
+    C{MAX_CONNECTIONS}): closed as soon as it is made, before anything is
+    read or written.
     """
 
     def connectionMade(self) -> None:
@@ -231,5 +232,5 @@ class GuardedFactory(Factory):
 
     def buildProtocol(self, addr):
         if not self.guard.admits(getattr(addr, "host", None)):
-            return _Refused()
+            return ClosedAtOnce()
         return self.wrapped.buildProtocol(addr)

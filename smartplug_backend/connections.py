@@ -1,0 +1,136 @@
+"""
+C{MAX_CONNECTIONS} (SPEC 6.3): one count of open connections over every
+listener, and a refusal at accept for each connection past it.
+
+A refused connection is closed before a byte is read or written (no TLS
+handshake, no HTTP): under a flood that is the cheapest answer there is.  The
+refusals are logged once, then summed up at most once every C{log_every}
+seconds, so that the flood does not flood the log as well.
+"""
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+
+from .guard import ClosedAtOnce, normal_address
+
+
+class ConnectionCap:
+    """
+    Counts the open connections of every listener wrapped with L{wrap}.
+
+    @param limit: connections open at once, over all listeners.
+    @param clock: paces the summary of refusals (the reactor; a L{Clock} in
+        tests).
+    @param log_every: seconds between two log lines about refusals.
+    @ivar open: connections open now.
+    @ivar refused: connections refused since start.
+    """
+
+    _log = Logger(namespace="smartplug_backend.connections")
+
+    def __init__(self, limit: int, clock: IReactorTime, log_every: float = 10) -> None:
+        self.limit = limit
+        self.open = 0
+        self.refused = 0
+        self._clock = clock
+        self._log_every = log_every
+        self._summary = None
+        self._unlogged = 0
+
+    @classmethod
+    def from_settings(cls, settings, clock: IReactorTime) -> "ConnectionCap":
+        """
+        The cap configured by C{MAX_CONNECTIONS}.
+        """
+        return cls(settings.MAX_CONNECTIONS, clock)
+
+    def wrap(self, factory) -> "CappedFactory":
+        """
+        C{factory} behind this cap: see L{CappedFactory}.
+        """
+        return CappedFactory(self, factory)
+
+    def admit(self, host) -> bool:
+        """
+        Count a new connection from C{host} if there is room; otherwise
+        count and log its refusal.
+        """
+        if self.open < self.limit:
+            self.open += 1
+            return True
+        self.refused += 1
+        if self._summary is None:
+            self._log.warn(
+                "refused a connection from {peer}: {open} connections open, MAX_CONNECTIONS is {limit} "
+                "(further refusals are summed up every {every} seconds)",
+                peer=normal_address(host) if host else "?",
+                open=self.open,
+                limit=self.limit,
+                every=self._log_every,
+            )
+            self._summary = self._clock.callLater(self._log_every, self._sum_up)
+        else:
+            self._unlogged += 1
+        return False
+
+    def release(self) -> None:
+        """
+        Count a connection closed.
+        """
+        self.open -= 1
+
+    def _sum_up(self) -> None:
+        self._summary = None
+        if not self._unlogged:
+            return
+        self._log.warn(
+            "refused {count} more connections in the last {every} seconds: MAX_CONNECTIONS ({limit}) open",
+            count=self._unlogged,
+            every=self._log_every,
+            limit=self.limit,
+        )
+        self._unlogged = 0
+        # Still refusing: the next line comes no sooner than another period.
+        self._summary = self._clock.callLater(self._log_every, self._sum_up)
+
+
+class _Counted(ProtocolWrapper):
+    """
+    A connection the cap counts until it is closed.
+    """
+
+
+class CappedFactory(WrappingFactory):
+    """
+    Wraps a listener's factory: past the cap a new connection gets a
+    protocol that closes it at once, and never reaches the wrapped factory;
+    below it, the connection is counted until it closes.
+    """
+
+    protocol = _Counted
+    noisy = False
+
+    def __init__(self, cap: ConnectionCap, wrapped) -> None:
+        super().__init__(wrapped)
+        self.cap = cap
+
+    def buildProtocol(self, addr):
+        if not self.cap.admit(getattr(addr, "host", None)):
+            return ClosedAtOnce()
+        try:
+            inner = self.wrappedFactory.buildProtocol(addr)
+        except BaseException:
+            self.cap.release()
+            raise
+        if inner is None:
+            self.cap.release()
+            return None
+        return self.protocol(self, inner)
+
+    # WrappingFactory keeps every protocol in a dict; the count is enough.
+    def registerProtocol(self, p) -> None:
+        pass
+
+    def unregisterProtocol(self, p) -> None:
+        self.cap.release()
