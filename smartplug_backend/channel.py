@@ -51,6 +51,12 @@ class LenientHTTPChannel(HTTPChannel):
         self._start_request_deadline()
 
     def dataReceived(self, data: bytes):
+        # Once the channel is closing (after a 400, or the last response)
+        # nothing more is read.  twisted.web would go on parsing what a TLS
+        # layer (or a test's transport) still hands over: a second 400, or a
+        # request answered after the connection was given up.
+        if getattr(self.transport, "disconnecting", False):
+            return None
         # The first byte of a request starts its deadline; bytes that arrive
         # while a request is being answered are only buffered by twisted.web
         # and replayed here when it is done.
@@ -98,6 +104,12 @@ class LenientHTTPChannel(HTTPChannel):
         self._refuse(b"408 Request Timeout", f"no complete request within {self.request_timeout} seconds")
         # Twisted's own timeout: close, and abort if the peer does not let go.
         self.timeoutConnection()
+
+    def _respondToBadRequestAndDisconnect(self):
+        # twisted.web's answer to a malformed request line or header is a
+        # bare 400 with no body; SPEC 1 wants every error as JSON.
+        if self._refuse(b"400 Bad Request", "malformed HTTP request"):
+            self.loseConnection()
 
     def refuse_too_large(self) -> None:
         """

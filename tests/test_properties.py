@@ -118,6 +118,18 @@ class HTTPProperties(SynchronousTestCase):
         ),
         st.lists(st.integers(min_value=0, max_value=400), max_size=5),
     )
+    # Found by this test: twisted.web went on parsing after its own 400, and
+    # answered twice or wrote to a finished request.
+    @example(
+        b'OST /data HTTP/1.1\nHost: craplab.local\x00Connection: close\nContent-Type:\x00application/json\n'
+        b'Content-Length: 32\n\n{"id": "0xb00bf0cc", "value": 1}',
+        [88],
+    )
+    @example(
+        b'OST /data HTTP/1.1\nHost: craplab.local\nConnection: close\x00Content-Type: application/json\n'
+        b'ontent-Length: 32\n\n{"id": "0xb00bf0cc", "value": 1}',
+        [106],
+    )
     def test_raw_channel(self, data, cuts):
         """
         Any bytes, in any pieces, on the HTTP port: no 5xx answer, no logged
@@ -136,6 +148,11 @@ class HTTPProperties(SynchronousTestCase):
             channel.dataReceived(piece)
         statuses = STATUS_LINE.findall(transport.value())
         self.assertFalse([s for s in statuses if s.startswith(b"5")], transport.value())
+        # Whatever went wrong was answered once, last, as JSON.
+        errors = [s for s in statuses if s.startswith(b"4")]
+        if errors:
+            self.assertEqual((len(errors), statuses[-1]), (1, errors[0]), transport.value())
+            self.assertIn(b'{"error": ', transport.value())
         if b"200" not in statuses:
             self.assertEqual(snapshot(hub), before)
         channel.connectionLost(Failure(ConnectionDone()))
