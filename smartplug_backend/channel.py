@@ -105,6 +105,11 @@ class LenientHTTPChannel(HTTPChannel):
         # Twisted's own timeout: close, and abort if the peer does not let go.
         self.timeoutConnection()
 
+    def lineLengthExceeded(self, line):
+        # One line over 16 KiB: LineReceiver would just close; answer it
+        # like twisted.web's other oversized heads.
+        self._respondToBadRequestAndDisconnect()
+
     def _respondToBadRequestAndDisconnect(self):
         # twisted.web's answer to a malformed request line or header is a
         # bare 400 with no body; SPEC 1 wants every error as JSON.

@@ -10,7 +10,7 @@ seconds, so that the flood does not flood the log as well.
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.internet.protocol import Factory, Protocol
 
 from .guard import ClosedAtOnce, normal_address
 
@@ -95,25 +95,62 @@ class ConnectionCap:
         self._summary = self._clock.callLater(self._log_every, self._sum_up)
 
 
-class _Counted(ProtocolWrapper):
+class _Counted(Protocol):
     """
-    A connection the cap counts until it is closed.
+    Stands between a transport and a listener's protocol, only to see the
+    connection close.
+
+    Unlike Twisted's ProtocolWrapper it is not a transport itself: the
+    listener's protocol gets the real transport.  So a TLS transport stays
+    what Autobahn checks for (under an C{ssl:} endpoint, TLS is outside the
+    cap), and writes cost no extra call.
     """
 
+    def __init__(self, cap: ConnectionCap, wrapped) -> None:
+        self._cap = cap
+        self.wrapped = wrapped
+        self._released = False
 
-class CappedFactory(WrappingFactory):
+    def logPrefix(self) -> str:
+        prefix = getattr(self.wrapped, "logPrefix", None)
+        return prefix() if prefix else type(self.wrapped).__name__
+
+    def makeConnection(self, transport) -> None:
+        self.transport = transport
+        self.wrapped.makeConnection(transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.wrapped.dataReceived(data)
+
+    def connectionLost(self, reason) -> None:
+        if not self._released:
+            self._released = True
+            self._cap.release()
+        self.wrapped.connectionLost(reason)
+
+
+class CappedFactory(Factory):
     """
     Wraps a listener's factory: past the cap a new connection gets a
     protocol that closes it at once, and never reaches the wrapped factory;
     below it, the connection is counted until it closes.
     """
 
-    protocol = _Counted
     noisy = False
 
     def __init__(self, cap: ConnectionCap, wrapped) -> None:
-        super().__init__(wrapped)
         self.cap = cap
+        self.wrappedFactory = wrapped
+
+    def logPrefix(self) -> str:
+        prefix = getattr(self.wrappedFactory, "logPrefix", None)
+        return prefix() if prefix else type(self.wrappedFactory).__name__
+
+    def doStart(self) -> None:
+        self.wrappedFactory.doStart()
+
+    def doStop(self) -> None:
+        self.wrappedFactory.doStop()
 
     def buildProtocol(self, addr):
         if not self.cap.admit(getattr(addr, "host", None)):
@@ -126,11 +163,4 @@ class CappedFactory(WrappingFactory):
         if inner is None:
             self.cap.release()
             return None
-        return self.protocol(self, inner)
-
-    # WrappingFactory keeps every protocol in a dict; the count is enough.
-    def registerProtocol(self, p) -> None:
-        pass
-
-    def unregisterProtocol(self, p) -> None:
-        self.cap.release()
+        return _Counted(self.cap, inner)

@@ -185,3 +185,18 @@ class MalformedRequestTests(SynchronousTestCase):
         self.assertEqual(body, b'{"error": "malformed HTTP request"}')
         self.assertTrue(transport.disconnecting)
         self.assertEqual(self.hub.plugs(), [])
+
+    def test_overlong_line_json_400(self):
+        """
+        A request line or header over 16 KiB gets the same JSON 400 instead
+        of a silent close, without waiting for its end.
+        """
+        for head in [b"GET /" + b"a" * 20000, b"GET / HTTP/1.1\nX-Pad: " + b"a" * 20000]:
+            channel = self.site.buildProtocol(IPv4Address("TCP", "10.0.0.1", 4000))
+            transport = StringTransport()
+            channel.makeConnection(transport)
+            channel.dataReceived(head)
+            answer_head, _, body = transport.value().partition(b"\r\n\r\n")
+            self.assertTrue(answer_head.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer_head)
+            self.assertEqual(body, b'{"error": "malformed HTTP request"}')
+            self.assertTrue(transport.disconnecting)

@@ -56,14 +56,15 @@ class CapTests(SynchronousTestCase):
     def test_admitted_below_cap(self):
         """
         Below the cap a connection reaches its listener's protocol, which
-        sees the real peer address through the wrapper, and is counted until
-        it closes.
+        gets the real transport (a TLS one stays what Autobahn checks for),
+        and is counted until it closes.
         """
         protocol, transport = self.connect(self.http, "192.168.1.50")
         self.assertEqual(self.cap.open, 1)
-        self.assertEqual(protocol.wrappedProtocol.transport.getPeer().host, "192.168.1.50")
+        self.assertIs(protocol.wrapped.transport, transport)
+        self.assertEqual(protocol.wrapped.transport.getPeer().host, "192.168.1.50")
         protocol.dataReceived(b"hello")
-        self.assertEqual(protocol.wrappedProtocol.received, b"hello")
+        self.assertEqual(protocol.wrapped.received, b"hello")
         self.close(protocol)
         self.assertEqual(self.cap.open, 0)
 

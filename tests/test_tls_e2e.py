@@ -130,6 +130,36 @@ class TLSEndToEndTests(TestCase):
             self.assertTrue(closed_at_once(self.server.ports[label]), label)
 
 
+class EndpointDescriptionTests(TestCase):
+    """
+    The experts' way (README): no TLS settings, plain HTTP for the plug's
+    firmware, and an ssl: description for the app port.
+    """
+
+    def test_ssl_description(self):
+        """
+        With --ws given as an ssl: description, the app port speaks wss with
+        that certificate while HTTP stays plain, and a plain report reaches
+        the wss app client.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        cert, key = self_signed(directory)
+        server = start_server(
+            self, args=["--ws", f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"]
+        )
+        port = server.ports["app WebSocket"]
+        server.wait_for(rf"app WebSocket on port {port} speaks wss")
+        with ws_connect(f"wss://127.0.0.1:{port}/", ssl=client_context(cert), open_timeout=5) as app:
+            server.wait_for(r"app connected from 127\.0\.0\.1")
+            with socket.create_connection(("127.0.0.1", server.ports["HTTP"]), timeout=5) as s:
+                s.sendall(b'POST /data HTTP/1.1\nHost: x\nConnection: close\nContent-Length: 23\n\n{"id": "p", "value": 1}')
+                self.assertTrue(s.recv(4096).startswith(b"HTTP/1.1 200 OK"))
+            self.assertEqual(app.recv(timeout=5), '{"id": "p", "value": 1}')
+        self.assertNotIn("speaks https", server.log())
+        self.assertNotIn("Traceback", server.log())
+
+
 class BadCertificateTests(TestCase):
     """
     Unusable TLS files stop start-up with one clear line.
