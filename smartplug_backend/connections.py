@@ -10,9 +10,9 @@ seconds, so that the flood does not flood the log as well.
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 
-from .guard import ClosedAtOnce, normal_address
+from .guard import GateFactory, log_prefix, normal_address
 
 
 class ConnectionCap:
@@ -112,8 +112,7 @@ class _Counted(Protocol):
         self._released = False
 
     def logPrefix(self) -> str:
-        prefix = getattr(self.wrapped, "logPrefix", None)
-        return prefix() if prefix else type(self.wrapped).__name__
+        return log_prefix(self.wrapped)
 
     def makeConnection(self, transport) -> None:
         self.transport = transport
@@ -129,34 +128,22 @@ class _Counted(Protocol):
         self.wrapped.connectionLost(reason)
 
 
-class CappedFactory(Factory):
+class CappedFactory(GateFactory):
     """
-    Wraps a listener's factory: past the cap a new connection gets a
-    protocol that closes it at once, and never reaches the wrapped factory;
-    below it, the connection is counted until it closes.
+    Wraps a listener's factory: past the cap a new connection is closed at
+    once (see L{GateFactory}); below it, it is counted until it closes.
     """
-
-    noisy = False
 
     def __init__(self, cap: ConnectionCap, wrapped) -> None:
+        super().__init__(wrapped)
         self.cap = cap
-        self.wrappedFactory = wrapped
 
-    def logPrefix(self) -> str:
-        prefix = getattr(self.wrappedFactory, "logPrefix", None)
-        return prefix() if prefix else type(self.wrappedFactory).__name__
+    def admit(self, host) -> bool:
+        return self.cap.admit(host)
 
-    def doStart(self) -> None:
-        self.wrappedFactory.doStart()
-
-    def doStop(self) -> None:
-        self.wrappedFactory.doStop()
-
-    def buildProtocol(self, addr):
-        if not self.cap.admit(getattr(addr, "host", None)):
-            return ClosedAtOnce()
+    def admitted(self, addr):
         try:
-            inner = self.wrappedFactory.buildProtocol(addr)
+            inner = self.wrapped.buildProtocol(addr)
         except BaseException:
             self.cap.release()
             raise

@@ -7,13 +7,14 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from smartplug_backend.connections import ConnectionCap
 from smartplug_backend.guard import ClosedAtOnce
+
+from .helpers import accept
 
 
 class Recorder(Protocol):
@@ -44,11 +45,7 @@ class CapTests(SynchronousTestCase):
         self.ws = self.cap.wrap(Factory.forProtocol(Recorder))
 
     def connect(self, factory, host="10.0.0.1"):
-        address = IPv4Address("TCP", host, 5000)
-        protocol = factory.buildProtocol(address)
-        transport = StringTransport(peerAddress=address)
-        protocol.makeConnection(transport)
-        return protocol, transport
+        return accept(factory, host)
 
     def close(self, protocol):
         protocol.connectionLost(Failure(ConnectionDone()))

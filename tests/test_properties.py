@@ -11,10 +11,8 @@ import re
 
 from hypothesis import example, given
 from hypothesis import strategies as st
-from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -31,7 +29,7 @@ from smartplug_backend.reports import InvalidReport, parse_report
 from smartplug_backend.web import make_app
 
 from .helpers import PEER as WS_PEER
-from .helpers import SYNC_BRIDGE, SynchronousReactor, SynchronousThreadPool, http_client, ws_connect
+from .helpers import SYNC_BRIDGE, SynchronousReactor, SynchronousThreadPool, accept, http_client, ws_connect
 from .strategies import (
     FIRMWARE_REQUEST,
     Problems,
@@ -42,7 +40,7 @@ from .strategies import (
     subscriber_messages,
 )
 
-PEER = IPv4Address("TCP", "10.1.2.3", 40000)
+PEER_IP = "10.1.2.3"
 STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d\d\d) ")
 SECRET = b"s3cret"
 
@@ -141,9 +139,7 @@ class HTTPProperties(SynchronousTestCase):
         cap = ConnectionCap(10, reactor)
         site = cap.wrap(make_site(make_app(hub, SYNC_BRIDGE), reactor, SynchronousThreadPool()))
         before = snapshot(hub)
-        channel = site.buildProtocol(PEER)
-        transport = StringTransport(peerAddress=PEER)
-        channel.makeConnection(transport)
+        channel, transport = accept(site, PEER_IP)
         for piece in pieces(data, cuts):
             channel.dataReceived(piece)
         statuses = STATUS_LINE.findall(transport.value())
@@ -159,9 +155,7 @@ class HTTPProperties(SynchronousTestCase):
         self.assertEqual(cap.open, 0)
         self.assertEqual([c for c in reactor.getDelayedCalls() if c.active()], [])
 
-        channel = site.buildProtocol(PEER)
-        transport = StringTransport(peerAddress=PEER)
-        channel.makeConnection(transport)
+        channel, transport = accept(site, PEER_IP)
         channel.dataReceived(FIRMWARE_REQUEST)
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 OK"))
         self.assertNoProblems()
@@ -214,10 +208,7 @@ class WebSocketProperties(SynchronousTestCase):
         else:
             listener = self.apps
         listener.setProtocolOptions(autoPingInterval=0)
-        factory = cap.wrap(listener)
-        server = factory.buildProtocol(PEER)
-        transport = StringTransport(peerAddress=PEER)
-        server.makeConnection(transport)
+        server, transport = accept(cap.wrap(listener), PEER_IP)
         for piece in pieces(data, cuts):
             server.dataReceived(piece)
         status = STATUS_LINE.match(transport.value())

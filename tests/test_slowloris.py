@@ -9,10 +9,8 @@ import json
 import treq
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer, protocol, reactor
-from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.task import LoopingCall
-from twisted.internet.testing import StringTransport
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -22,7 +20,7 @@ from smartplug_backend.hub import Hub
 from smartplug_backend.limits import HTTP_IDLE_TIMEOUT, HTTP_REQUEST_TIMEOUT
 from smartplug_backend.web import Bridge, make_app
 
-from .helpers import SYNC_BRIDGE, SynchronousReactor, SynchronousThreadPool
+from .helpers import SYNC_BRIDGE, SynchronousReactor, SynchronousThreadPool, accept
 
 REPORT = b'POST /data HTTP/1.1\r\nHost: x\r\nContent-Length: 24\r\n\r\n{"id": "p", "value": 1}\n'
 
@@ -39,11 +37,7 @@ class RequestDeadlineTests(SynchronousTestCase):
         self.site = make_site(make_app(self.hub, SYNC_BRIDGE), self.reactor, SynchronousThreadPool())
 
     def connect(self):
-        address = IPv4Address("TCP", "10.0.0.7", 4000)
-        channel = self.site.buildProtocol(address)
-        transport = StringTransport(peerAddress=address)
-        channel.makeConnection(transport)
-        return channel, transport
+        return accept(self.site, "10.0.0.7")
 
     def trickle(self, channel, data: bytes, seconds: int) -> None:
         """

@@ -157,8 +157,8 @@ class WiringTests(SynchronousTestCase):
         for port, factory in factories.items():
             self.assertIsInstance(factory, GuardedFactory)
             self.assertIsInstance(factory.wrapped, CappedFactory)
-            self.assertIsInstance(factory.wrapped.wrappedFactory, TLSMemoryBIOFactory)
-            inner = factory.wrapped.wrappedFactory.wrappedFactory
+            self.assertIsInstance(factory.wrapped.wrapped, TLSMemoryBIOFactory)
+            inner = factory.wrapped.wrapped.wrappedFactory
             if port != 1:
                 self.assertTrue(inner.isSecure)
         # One cap for all three.
@@ -171,7 +171,7 @@ class WiringTests(SynchronousTestCase):
         """
         factories = self.make(self.tls_settings(), ["--www", "tcp:7000", "--ws", "tcp:7001", "--device", "tcp:7002"])
         for factory in factories.values():
-            self.assertIsInstance(factory.wrapped.wrappedFactory, TLSMemoryBIOFactory)
+            self.assertIsInstance(factory.wrapped.wrapped, TLSMemoryBIOFactory)
 
     def test_without_tls(self):
         """
@@ -179,8 +179,8 @@ class WiringTests(SynchronousTestCase):
         factories are not secure.
         """
         for factory in self.make("WWW_SERVER_PORT = 1\nWS_SERVER_PORT = 2\nDEVICE_SERVER_PORT = 3\n").values():
-            self.assertNotIsInstance(factory.wrapped.wrappedFactory, TLSMemoryBIOFactory)
-            self.assertFalse(getattr(factory.wrapped.wrappedFactory, "isSecure", False))
+            self.assertNotIsInstance(factory.wrapped.wrapped, TLSMemoryBIOFactory)
+            self.assertFalse(getattr(factory.wrapped.wrapped, "isSecure", False))
 
     def test_bad_key_one_line(self):
         """

@@ -4,16 +4,14 @@ SPEC 6.3): message and frame size, handshake size, the handshake deadline.
 """
 
 from autobahn.websocket.protocol import WebSocketProtocol
-from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from smartplug_backend.apps import AppFactory
 from smartplug_backend.hub import Hub
 from smartplug_backend.limits import MAX_HANDSHAKE, MAX_MESSAGE, WS_HANDSHAKE_TIMEOUT
 
-from .helpers import ws_connect
+from .helpers import accept, ws_connect
 
 HANDSHAKE = (
     b"GET / HTTP/1.1\r\nHost: localhost:9001\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -89,11 +87,7 @@ class HandshakeLimitTests(SynchronousTestCase):
         self.factory.setProtocolOptions(autoPingInterval=0)
 
     def connect(self):
-        address = IPv4Address("TCP", "10.0.0.9", 50000)
-        server = self.factory.buildProtocol(address)
-        transport = StringTransport(peerAddress=address)
-        server.makeConnection(transport)
-        return server, transport
+        return accept(self.factory, "10.0.0.9")
 
     def test_oversized_head_refused(self):
         """
