@@ -2,6 +2,7 @@
 A service that listens on one endpoint and says where, in one log line.
 """
 
+import os
 import sys
 
 from twisted.application.service import Service
@@ -80,17 +81,24 @@ class ListenerService(Service):
     def _listening(self, port) -> None:
         self.port = port
         address = port.getHost()
-        self._log.info(
-            "{label} listening on {host}:{port}",
-            label=self.label,
-            host=address.host,
-            port=address.port,
-        )
+        if hasattr(address, "port"):
+            self._log.info(
+                "{label} listening on {host}:{port}",
+                label=self.label,
+                host=address.host,
+                port=address.port,
+            )
+            where = f"port {address.port}"
+        else:
+            # A unix: socket has a path and no port.
+            name = getattr(address, "name", address)
+            where = os.fsdecode(name) if isinstance(name, bytes) else str(name)
+            self._log.info("{label} listening on {path}", label=self.label, path=where)
         if self.secure_scheme:
             self._log.info(
-                "{label} on port {port} speaks {scheme} (TLS 1.2 or newer)",
+                "{label} on {where} speaks {scheme} (TLS 1.2 or newer)",
                 label=self.label,
-                port=address.port,
+                where=where,
                 scheme=self.secure_scheme,
             )
 

@@ -173,6 +173,29 @@ class WiringTests(SynchronousTestCase):
         for factory in factories.values():
             self.assertIsInstance(factory.wrapped.wrapped, TLSMemoryBIOFactory)
 
+    def test_unix_socket_gets_tls(self):
+        """
+        A unix: endpoint description gets TLS too, and its listening lines
+        name the socket's path.
+        """
+        from twisted.logger import capturedLogs, formatEvent
+
+        path = os.path.join(self.directory, "http.sock")
+        settings = os.path.join(self.directory, "settings.py")
+        with open(settings, "w") as f:
+            f.write("STATE_DB = None\n" + self.tls_settings())
+        options = tap.Options()
+        options.parseOptions(["--settings", settings, "--www", f"unix:{path}", "--ws", "tcp:7001"])
+        reactor = SynchronousReactor()
+        with capturedLogs() as events:
+            tap.makeService(options, reactor=reactor).privilegedStartService()
+        [(address, factory, *_)] = reactor.unixServers
+        self.assertEqual(address, path)
+        self.assertIsInstance(factory.wrapped.wrapped, TLSMemoryBIOFactory)
+        lines = [formatEvent(e) for e in events]
+        self.assertIn(f"HTTP listening on {path}", lines)
+        self.assertIn(f"HTTP on {path} speaks https (TLS 1.2 or newer)", lines)
+
     def test_without_tls(self):
         """
         Without TLS settings no listener is wrapped in TLS and the WebSocket
