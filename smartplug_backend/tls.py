@@ -68,12 +68,6 @@ class TLS:
         """
         return TLSMemoryBIOFactory(self.options, False, factory)
 
-    def expired(self, now: datetime.datetime) -> bool:
-        """
-        True when the certificate is no longer valid at C{now} (UTC).
-        """
-        return now >= self.not_after
-
 
 def _read(setting: str, path: str) -> bytes:
     try:
