@@ -124,7 +124,7 @@ class AppFactory(LimitedServerFactory):
     the hub's pub/sub C{deliver} to L{send_to_all}.
 
     @param api_key: PiCloud's API key, or C{None} for none.
-    @param clock: drives the info socket's frames.
+    @param clock: drives the info socket's frames and the handshake deadline.
     @param guard: counts wrong API keys toward bans
         (L{smartplug_backend.guard.Guard}), or C{None}.
     """
@@ -133,13 +133,10 @@ class AppFactory(LimitedServerFactory):
     noisy = False  # ListenerService logs where it listens, readably
 
     def __init__(self, hub, api_key=None, info_interval=5, clock=None, guard=None, url=None):
-        super().__init__(url)
-        if clock is None:
-            from twisted.internet import reactor as clock
+        super().__init__(url, clock)
         self.hub = hub
         self.api_key = api_key
         self.info_interval = info_interval
-        self.clock = clock
         self.guard = guard
         self.clients: set = set()
         self.setProtocolOptions(

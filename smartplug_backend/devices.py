@@ -146,17 +146,16 @@ class DeviceFactory(LimitedServerFactory):
 
     @param secret: C{AUTH_SECRET}; a device's first message must equal it.
     @param guard: counts failed authentications (L{smartplug_backend.guard.Guard}).
-    @param clock: runs both timeouts.
+    @param clock: runs both timeouts and the handshake deadline.
     """
 
     protocol = DeviceProtocol
 
     def __init__(self, hub, guard, secret: str, clock: IReactorTime, auth_timeout: float = 10, idle_timeout: float = 30, url=None) -> None:
-        super().__init__(url)
+        super().__init__(url, clock)
         self.hub = hub
         self.guard = guard
         self.secret = secret.encode("utf-8")
-        self.clock = clock
         self.auth_timeout = auth_timeout
         self.idle_timeout = idle_timeout
         self.devices: set = set()
@@ -165,11 +164,11 @@ class DeviceFactory(LimitedServerFactory):
         self.setProtocolOptions(autoPingInterval=0)
 
     @classmethod
-    def from_settings(cls, settings, hub, guard, clock: IReactorTime) -> "DeviceFactory":
+    def from_settings(cls, settings, hub, guard, clock: IReactorTime, url=None) -> "DeviceFactory":
         """
         The factory configured by C{AUTH_SECRET} and the device timeouts.
         """
-        return cls(hub, guard, settings.AUTH_SECRET, clock, settings.DEVICE_AUTH_TIMEOUT, settings.DEVICE_IDLE_TIMEOUT)
+        return cls(hub, guard, settings.AUTH_SECRET, clock, settings.DEVICE_AUTH_TIMEOUT, settings.DEVICE_IDLE_TIMEOUT, url)
 
     def buildProtocol(self, addr):
         protocol = super().buildProtocol(addr)

@@ -6,8 +6,9 @@ API parses requests with L{parse_display}; the device port sends packets.
 """
 
 import dataclasses
-import json
 from typing import Optional, Union
+
+from . import strictjson
 
 # One-off commands: sent to the devices, never stored as the state.
 COMMANDS = {"reset": "[cc:r:?:?]", "update": "[cc:u:?:?]"}
@@ -109,7 +110,7 @@ def parse_display(body: Union[bytes, str]) -> Union[Display, str]:
     Parse a JSON C{POST /display} body; see L{validate_display}.
     """
     try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        raise InvalidDisplay("body must be a JSON object with mode or command") from None
+        data = strictjson.loads(body)
+    except strictjson.InvalidJSON as e:
+        raise InvalidDisplay(f"body is not valid JSON: {e}") from None
     return validate_display(data)

@@ -193,20 +193,30 @@ class Guard:
         return GuardedFactory(self, factory)
 
 
-class _Refused(Protocol):
+class ClosedAtOnce(Protocol):
     """
-    The protocol of a banned peer's connection: closed as soon as it is made,
-    before anything is read or written.
+    The protocol of a refused connection (a banned peer, one over
+    C{MAX_CONNECTIONS}): closed as soon as it is made, before anything is
+    read or written.
     """
 
     def connectionMade(self) -> None:
         self.transport.abortConnection()
 
 
-class GuardedFactory(Factory):
+def log_prefix(wrapped) -> str:
     """
-    Wraps a listener's factory: a banned peer's connection gets a protocol
-    that closes it at once, and never reaches the wrapped factory.
+    The log prefix of C{wrapped} (a factory or protocol), for a wrapper that
+    should not show in the log.
+    """
+    prefix = getattr(wrapped, "logPrefix", None)
+    return prefix() if prefix else type(wrapped).__name__
+
+
+class GateFactory(Factory):
+    """
+    Wraps a listener's factory and decides at accept: a connection refused
+    by L{admit} gets L{ClosedAtOnce} and never reaches the wrapped factory.
 
     A protocol rather than C{None}, so that it also works under wrappers
     (TLS, connection limits) that do not accept C{None} from the factory
@@ -215,13 +225,11 @@ class GuardedFactory(Factory):
 
     noisy = False
 
-    def __init__(self, guard: Guard, wrapped) -> None:
-        self.guard = guard
+    def __init__(self, wrapped) -> None:
         self.wrapped = wrapped
 
     def logPrefix(self) -> str:
-        prefix = getattr(self.wrapped, "logPrefix", None)
-        return prefix() if prefix else type(self.wrapped).__name__
+        return log_prefix(self.wrapped)
 
     def doStart(self) -> None:
         self.wrapped.doStart()
@@ -230,6 +238,32 @@ class GuardedFactory(Factory):
         self.wrapped.doStop()
 
     def buildProtocol(self, addr):
-        if not self.guard.admits(getattr(addr, "host", None)):
-            return _Refused()
+        if not self.admit(getattr(addr, "host", None)):
+            return ClosedAtOnce()
+        return self.admitted(addr)
+
+    def admit(self, host: Optional[str]) -> bool:
+        """
+        Whether a new connection from C{host} may go on.
+        """
+        raise NotImplementedError
+
+    def admitted(self, addr):
+        """
+        The protocol of an admitted connection: the wrapped factory's.
+        """
         return self.wrapped.buildProtocol(addr)
+
+
+class GuardedFactory(GateFactory):
+    """
+    Wraps a listener's factory: a banned peer's connection is closed at
+    once (see L{GateFactory}).
+    """
+
+    def __init__(self, guard: Guard, wrapped) -> None:
+        super().__init__(wrapped)
+        self.guard = guard
+
+    def admit(self, host: Optional[str]) -> bool:
+        return self.guard.admits(host)

@@ -2,6 +2,7 @@
 A service that listens on one endpoint and says where, in one log line.
 """
 
+import os
 import sys
 
 from twisted.application.service import Service
@@ -9,26 +10,43 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 
+# Connections the kernel queues before we accept them.  Twisted's default of
+# 50 overflows when many apps reconnect at once (after a restart), and each
+# overflow costs the client a SYN retransmission: a second or more.
+BACKLOG = 1024
+
+
 def endpoint_description(port: int, interface: str) -> str:
     """
     A Twisted endpoint description for a plain TCP listener.
     """
     # Colons in an IPv6 interface must be escaped in endpoint descriptions.
-    return f"tcp:{port}:interface={interface.replace(':', chr(92) + ':')}"
+    return f"tcp:{port}:interface={interface.replace(':', chr(92) + ':')}:backlog={BACKLOG}"
+
+
+def brings_own_tls(description: str) -> bool:
+    """
+    True for an C{ssl:} endpoint description: it has its certificate and
+    speaks TLS itself.
+    """
+    return description.strip().lower().startswith("ssl:")
 
 
 class ListenerService(Service):
     """
     Listen with C{factory} on the endpoint C{description} when started.
 
-    The bound address is logged as C{"<name> listening on <host>:<port>"}.
-    A listener that cannot start stops start-up with one line on stderr.
+    The bound address is logged as C{"<name> listening on <host>:<port>"};
+    with a C{secure_scheme} (C{"https"}, C{"wss"}) a second line says that
+    the listener speaks it.  A listener that cannot start stops start-up
+    with one line on stderr.
     """
 
     _log = Logger(namespace="smartplug_backend")
 
-    def __init__(self, label: str, reactor, description: str, factory) -> None:
+    def __init__(self, label: str, reactor, description: str, factory, secure_scheme=None) -> None:
         self.label = label
+        self.secure_scheme = secure_scheme
         self._reactor = reactor
         self._description = description
         self._factory = factory
@@ -63,12 +81,26 @@ class ListenerService(Service):
     def _listening(self, port) -> None:
         self.port = port
         address = port.getHost()
-        self._log.info(
-            "{label} listening on {host}:{port}",
-            label=self.label,
-            host=address.host,
-            port=address.port,
-        )
+        if hasattr(address, "port"):
+            self._log.info(
+                "{label} listening on {host}:{port}",
+                label=self.label,
+                host=address.host,
+                port=address.port,
+            )
+            where = f"port {address.port}"
+        else:
+            # A unix: socket has a path and no port.
+            name = getattr(address, "name", address)
+            where = os.fsdecode(name) if isinstance(name, bytes) else str(name)
+            self._log.info("{label} listening on {path}", label=self.label, path=where)
+        if self.secure_scheme:
+            self._log.info(
+                "{label} on {where} speaks {scheme} (TLS 1.2 or newer)",
+                label=self.label,
+                where=where,
+                scheme=self.secure_scheme,
+            )
 
     def stopService(self):
         super().stopService()

@@ -3,9 +3,9 @@ PiCloud compatibility (SPEC 3.1-3.3): who may connect, and what the clients'
 messages mean.  Shared by the app WebSocket routes and C{POST /publish}.
 """
 
-import json
 from typing import Any, Mapping, Optional
 
+from . import strictjson
 from .guard import key_matches
 from .pubsub import InvalidPublication, PubSub, parse_publication
 
@@ -65,11 +65,12 @@ def authenticate(api_key: Optional[str], given_key: Optional[str], name: Optiona
 
 def decode(payload: bytes) -> Any:
     """
-    A client's JSON message, or C{None} if it is not JSON.
+    A client's JSON message, or C{None} if it is not JSON (as
+    L{strictjson.loads} reads it: no NaN, no lone surrogates...).
     """
     try:
-        return json.loads(payload)
-    except (ValueError, RecursionError):
+        return strictjson.loads(payload)
+    except strictjson.InvalidJSON:
         return None
 
 

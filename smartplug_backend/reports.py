@@ -8,6 +8,8 @@ and refuse exactly the same input.
 import json
 from typing import Union
 
+from . import strictjson
+
 MAX_ID_LENGTH = 128
 
 
@@ -29,9 +31,9 @@ def parse_report(body: Union[bytes, str]) -> tuple[str, int]:
     if not body or not body.strip():
         raise InvalidReport("empty body: expected a JSON object with id and value")
     try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        raise InvalidReport("body is not valid JSON") from None
+        data = strictjson.loads(body)
+    except strictjson.InvalidJSON as e:
+        raise InvalidReport(f"body is not valid JSON: {e}") from None
     return validate_report(data)
 
 

@@ -17,15 +17,17 @@ from .apps import AppFactory
 from .autobackup import BackupService, automatic_backup
 from .backup import DEFAULT_DIRECTORY
 from .channel import ThreadPoolService, make_site
+from .connections import ConnectionCap
 from .devices import DeviceFactory
 from .guard import Guard
 from .hub import Hub
 from .journal import MemoryJournal
-from .limits import OpenFilesLimitService
-from .listeners import ListenerService, endpoint_description, fail
+from .listeners import ListenerService, brings_own_tls, endpoint_description, fail
+from .openfiles import make_room
 from .persistence import StoreService
 from .pubsub import report_publisher
 from .runtime import FreezeStartupObjects
+from .tls import TLS, TLSError
 from .tweets import tweet_service
 from .web import Bridge, make_app
 
@@ -63,31 +65,62 @@ def makeService(options: Options, reactor=None):
         fail(str(e))
     _log.info("settings from {where}", where=settings.path or "built-in defaults")
 
-    def endpoint(option: str, port: int) -> str:
-        return options[option] or endpoint_description(port, settings.LISTEN_ADDRESS)
+    try:
+        tls = TLS.from_settings(settings)
+    except TLSError as e:
+        fail(str(e))
+    if tls is not None:
+        _log.info(
+            "TLS certificate {path}: {subject}, valid until {until}",
+            path=tls.cert_file, subject=tls.subject, until=tls.not_after.isoformat(),
+        )
+    make_room(settings.MAX_CONNECTIONS)
 
     top = MultiService()
     hub = _state(settings, reactor, top)
-    # Every connection is a file descriptor; many systems allow 1024.
-    OpenFilesLimitService(settings.MAX_CONNECTIONS).setServiceParent(top)
     # Start-up's objects out of the garbage collector's way, once all is up.
     FreezeStartupObjects(reactor).setServiceParent(top)
-    # One guard for every listener: a ban holds on all ports.
+    # One guard and one connection count for every listener: a ban holds on
+    # all ports, and MAX_CONNECTIONS counts them all together.
     guard = Guard.from_settings(settings, reactor)
+    cap = ConnectionCap.from_settings(settings, reactor)
+
+    def endpoint(option: str, port: int) -> str:
+        return options[option] or endpoint_description(port, settings.LISTEN_ADDRESS)
+
+    def secure(description: str) -> bool:
+        return tls is not None or brings_own_tls(description)
+
+    def listen(label: str, description: str, factory, scheme: str) -> None:
+        # Outside in: bans, then the count, then TLS: a refused peer costs
+        # no TLS handshake, and each layer sees the peer's real address.
+        if tls is not None and brings_own_tls(description):
+            _log.info("{label}: the ssl: endpoint brings its own certificate; TLS_CERT_FILE is not used for it", label=label)
+        elif tls is not None:
+            factory = tls.wrap(factory)
+        protected = guard.wrap(cap.wrap(factory))
+        secure_scheme = scheme + "s" if secure(description) else None
+        ListenerService(label, reactor, description, protected, secure_scheme).setServiceParent(top)
+
+    def ws_url(description: str):
+        # Autobahn's isSecure follows the URL's scheme.
+        return "wss://localhost" if secure(description) else None
 
     # WSGI gets a pool of its own: the reactor's default pool also serves DNS.
     wsgi_pool = ThreadPool(minthreads=2, maxthreads=16, name="smartplug-wsgi")
     ThreadPoolService(wsgi_pool, reactor).setServiceParent(top)
     app = make_app(hub, Bridge.for_reactor(reactor), guard=guard, api_key=settings.API_KEY)
-    site = guard.wrap(make_site(app, reactor, wsgi_pool))
-    ListenerService("HTTP", reactor, endpoint("www", settings.WWW_SERVER_PORT), site).setServiceParent(top)
+    listen("HTTP", endpoint("www", settings.WWW_SERVER_PORT), make_site(app, reactor, wsgi_pool), "http")
 
-    apps = AppFactory(hub, api_key=settings.API_KEY, info_interval=settings.INFO_INTERVAL, clock=reactor, guard=guard)
+    ws_endpoint = endpoint("ws", settings.WS_SERVER_PORT)
+    apps = AppFactory(
+        hub, api_key=settings.API_KEY, info_interval=settings.INFO_INTERVAL, clock=reactor, guard=guard, url=ws_url(ws_endpoint)
+    )
     hub.pubsub.deliver = apps.send_to_all
     # SPEC 1.1's order: state (the hub itself), apps, pub/sub, then tweets.
     hub.listen(apps.broadcast)
     hub.listen(report_publisher(hub.pubsub))
-    ListenerService("app WebSocket", reactor, endpoint("ws", settings.WS_SERVER_PORT), guard.wrap(apps)).setServiceParent(top)
+    listen("app WebSocket", ws_endpoint, apps, "ws")
 
     if settings.AUTH_SECRET is None:
         _log.info(
@@ -95,9 +128,10 @@ def makeService(options: Options, reactor=None):
             where=settings.path or "settings.py",
         )
     else:
-        devices = DeviceFactory.from_settings(settings, hub, guard, reactor)
+        device_endpoint = endpoint("device", settings.DEVICE_SERVER_PORT)
+        devices = DeviceFactory.from_settings(settings, hub, guard, reactor, url=ws_url(device_endpoint))
         hub.watch_display(devices.send_packet)
-        ListenerService("device WebSocket", reactor, endpoint("device", settings.DEVICE_SERVER_PORT), guard.wrap(devices)).setServiceParent(top)
+        listen("device WebSocket", device_endpoint, devices, "ws")
 
     # The hub's last listener: SPEC 1.1 puts tweets after state, apps, pub/sub.
     tweets = tweet_service(settings, hub, reactor)

@@ -1,8 +1,9 @@
 """
 What every WebSocket listener of ours shares: a handshake lenient enough for
-the clients that really connect, plain-text refusals, the message size
-limit, one message sent to many connections, the peer address for logs, and
-a cut-off for peers that do not read what they are sent.
+the clients that really connect, plain-text refusals, the size limits of the
+handshake and of messages, a fixed deadline for the opening handshake, one
+message sent to many connections, the peer address for logs, and a cut-off
+for peers that do not read what they are sent.
 """
 
 import http.client
@@ -14,7 +15,7 @@ from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
-from .limits import MAX_MESSAGE, MAX_UNSENT
+from .limits import MAX_HANDSHAKE, MAX_MESSAGE, MAX_UNSENT, WS_HANDSHAKE_TIMEOUT
 
 _HOST_HEADER = re.compile(rb"\nhost[ \t]*:", re.IGNORECASE)
 
@@ -132,6 +133,11 @@ class LenientServerProtocol(WebSocketServerProtocol):
       on any line end, so that needs nothing here.
     - Refuses a handshake with a plain-text HTTP answer whose body says why
       (set C{_deny_body} before raising C{ConnectionDeny} for an exact body).
+    - Refuses an opening handshake whose head is over L{MAX_HANDSHAKE} bytes
+      (431): Autobahn would buffer it without end.
+    - Drops a peer that has not completed the opening handshake within the
+      factory's C{handshake_timeout} of connecting, however it trickles its
+      bytes (Autobahn's own handler, run on the factory's clock).
     - Cuts off a peer that lets more than L{MAX_UNSENT} bytes pile up unsent,
       so that one slow client cannot grow memory without bound.
     - Keeps little per idle connection: protocol options are read from the
@@ -144,6 +150,7 @@ class LenientServerProtocol(WebSocketServerProtocol):
     _send_buffer_full = False
     _unsent_since_full = 0
     _cut_off = False
+    _handshake_deadline = None
 
     # What Autobahn keeps of the opening handshake and never reads once the
     # connection is open (onConnect has had it all as a ConnectionRequest):
@@ -173,6 +180,9 @@ class LenientServerProtocol(WebSocketServerProtocol):
     def processHandshake(self):
         if not self._host_checked:
             end = self.data.find(b"\r\n\r\n")
+            if (end if end >= 0 else len(self.data)) > MAX_HANDSHAKE:
+                self._host_checked = True
+                return self.failHandshake(f"opening handshake over {MAX_HANDSHAKE} bytes", 431)
             if end >= 0:
                 self._host_checked = True
                 head = self.data[: end + 2]
@@ -201,6 +211,22 @@ class LenientServerProtocol(WebSocketServerProtocol):
         # Twisted pauses a streaming producer once the transport buffers more
         # than its bufferSize (64 KiB); what is written after that is counted.
         self.transport.registerProducer(_SendBuffer(self), True)
+        timeout = self.factory.handshake_timeout
+        if timeout:
+            self._handshake_deadline = self.factory.clock.callLater(timeout, self.onOpenHandshakeTimeout)
+
+    def succeedHandshake(self, res):
+        self._end_handshake_deadline()
+        return super().succeedHandshake(res)
+
+    def connectionLost(self, reason):
+        self._end_handshake_deadline()
+        super().connectionLost(reason)
+
+    def _end_handshake_deadline(self) -> None:
+        deadline, self._handshake_deadline = self._handshake_deadline, None
+        if deadline is not None and deadline.active():
+            deadline.cancel()
 
     def sendPreparedMessage(self, preparedMsg) -> None:
         """
@@ -263,12 +289,34 @@ del _name, _option
 class LimitedServerFactory(WebSocketServerFactory):
     """
     A server factory whose connections refuse frames and messages over
-    L{MAX_MESSAGE} (close 1009), and that can send one message to many.
+    L{MAX_MESSAGE} (close 1009) and must complete their opening handshake
+    within C{handshake_timeout} seconds, and that can send one message to
+    many.
+
+    @param url: C{wss://...} when the listener speaks TLS (Autobahn's
+        C{isSecure}), else C{None}.
+    @param clock: runs the handshake deadline (the reactor; a L{Clock} in
+        tests).
+    @param handshake_timeout: seconds from connecting (the TLS handshake
+        included) to a completed WebSocket opening handshake; 0 for none.
     """
 
-    def __init__(self, url=None) -> None:
+    def __init__(self, url=None, clock=None, handshake_timeout: float = WS_HANDSHAKE_TIMEOUT) -> None:
         super().__init__(url)
-        self.setProtocolOptions(maxFramePayloadSize=MAX_MESSAGE, maxMessagePayloadSize=MAX_MESSAGE)
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = clock
+        self.handshake_timeout = handshake_timeout
+        self.setProtocolOptions(
+            maxFramePayloadSize=MAX_MESSAGE,
+            maxMessagePayloadSize=MAX_MESSAGE,
+            # Autobahn would drop the connection on a protocol error (the
+            # peer sees 1006); SPEC 6.3 promises the close code, e.g. 1009.
+            failByDrop=False,
+            # Ours replaces Autobahn's timer, which only runs on the global
+            # reactor; both are a fixed deadline, not reset by new bytes.
+            openHandshakeTimeout=0,
+        )
 
     def send_to_all(self, connections: Iterable, payload: bytes) -> None:
         """

@@ -82,9 +82,14 @@ def http_client(hub: Hub, **options) -> StubTreq:
 
 def quiet(factory):
     """
-    Turn off Autobahn's own timers, which run on the global reactor; tests
-    drive time through the clocks they pass in.
+    Turn off Autobahn's own timers, which run on the global reactor, and the
+    handshake deadline when it runs there too; tests drive time through the
+    clocks they pass in.
     """
+    from twisted.internet import reactor
+
+    if getattr(factory, "clock", None) is reactor:
+        factory.handshake_timeout = 0
     factory.setProtocolOptions(
         openHandshakeTimeout=0,
         closeHandshakeTimeout=0,
@@ -148,6 +153,20 @@ def ws_connect(server_factory, path="/", headers=None, peer=PEER, port=50000):
     return client, server, pump
 
 
+def accept(factory, peer=PEER, port=50001):
+    """
+    A new connection from C{peer} accepted by C{factory} (any wrappers
+    included), on a L{StringTransport}.
+
+    @return: C{(protocol, transport)}; C{transport.value()} is what was sent.
+    """
+    address = IPv4Address("TCP", peer, port)
+    protocol = factory.buildProtocol(address)
+    transport = StringTransport(peerAddress=address)
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
 def raw_handshake(server_factory, request: bytes, peer=PEER):
     """
     Feed the raw bytes C{request} to a new server protocol.
@@ -155,9 +174,6 @@ def raw_handshake(server_factory, request: bytes, peer=PEER):
     @return: C{(server, transport)}; C{transport.value()} is the answer.
     """
     quiet(server_factory)
-    address = IPv4Address("TCP", peer, 50001)
-    server = server_factory.buildProtocol(address)
-    transport = StringTransport(peerAddress=address)
-    server.makeConnection(transport)
+    server, transport = accept(server_factory, peer)
     server.dataReceived(request)
     return server, transport

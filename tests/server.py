@@ -7,6 +7,7 @@ Waiting is done on log lines with deadlines, never with sleeps.
 
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -15,7 +16,8 @@ import threading
 import time
 
 LISTENING = re.compile(r"\] (.+) listening on 127\.0\.0\.1:(\d+)")
-LOOPBACK_ANY_PORT = "tcp:0:interface=127.0.0.1"
+# The backlog the server's own descriptions have (listeners.BACKLOG).
+LOOPBACK_ANY_PORT = "tcp:0:interface=127.0.0.1:backlog=1024"
 
 
 def twistd_command() -> list:
@@ -36,8 +38,10 @@ class RunningServer:
     @ivar lines: every line the server printed so far.
     """
 
-    def __init__(self, directory: str, settings: str = "", listeners=("HTTP", "app WebSocket"), args=()):
+    def __init__(self, directory: str, settings: str = "", listeners=("HTTP", "app WebSocket"), args=(), open_files=None):
         self.directory = directory
+        # A soft open-files limit to start the server with (None: ours).
+        self.open_files = open_files
         self.listeners = listeners
         self.settings_path = os.path.join(directory, "settings.py")
         with open(self.settings_path, "w") as f:
@@ -69,12 +73,17 @@ class RunningServer:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            preexec_fn=self._limit_open_files if self.open_files else None,
         )
         threading.Thread(target=self._read, daemon=True).start()
         for label in self.listeners:
             match = self.wait_for(LISTENING.pattern.replace("(.+)", re.escape(label)), timeout)
             self.ports[label] = int(match.group(1))
         return self
+
+    def _limit_open_files(self) -> None:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, hard))
 
     def _read(self) -> None:
         for raw in self.process.stdout:
@@ -107,6 +116,42 @@ class RunningServer:
                         f"no log line matching {pattern!r}; server said:\n" + "\n".join(self.lines[-40:])
                     )
                 self._changed.wait(min(remaining, 0.5))
+
+    def wait_for_count(self, pattern: str, count: int, timeout: float = 10) -> None:
+        """
+        Wait until C{count} lines match C{pattern}.
+
+        @raise AssertionError: on timeout or if the server exited first.
+        """
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        found = seen = 0
+        with self._changed:
+            while True:
+                found += sum(1 for line in self.lines[seen:] if regex.search(line))
+                seen = len(self.lines)
+                if found >= count:
+                    return
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.process.poll() is not None:
+                    raise AssertionError(f"{found} of {count} lines match {pattern!r}")
+                self._changed.wait(min(remaining, 0.5))
+
+    def open_descriptors(self) -> int:
+        """
+        How many file descriptors the server has open now.
+        """
+        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
+
+    def peak_memory_kib(self) -> int:
+        """
+        The server's peak resident memory so far (VmHWM), in KiB.
+        """
+        with open(f"/proc/{self.process.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+        raise AssertionError("no VmHWM in /proc status")
 
     def log(self) -> str:
         with self._changed:

@@ -159,3 +159,44 @@ class BodyLimitTests(SynchronousTestCase):
         body = b" " * 65536
         channel.dataReceived(b"POST /data HTTP/1.1\r\nContent-Length: 65536\r\n\r\n" + body)
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "))
+
+
+class MalformedRequestTests(SynchronousTestCase):
+    """
+    twisted.web's refusals of malformed requests, made to follow SPEC 1.
+    """
+
+    def setUp(self):
+        self.hub = Hub()
+        self.site = make_site(make_app(self.hub, SYNC_BRIDGE), SynchronousReactor(), SynchronousThreadPool())
+
+    def test_malformed_header_json_400_once(self):
+        """
+        A header with a NUL in it is answered 400 with a JSON error, once;
+        what the peer sends after that is not parsed, even a valid report.
+        """
+        channel = self.site.buildProtocol(IPv4Address("TCP", "10.0.0.1", 4000))
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(b"POST /data HTTP/1.1\nHost: x\x00y\nContent-Length: 2\n\n{}")
+        channel.dataReceived(FIRMWARE_REQUEST)
+        head, _, body = transport.value().partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 400 Bad Request\r\n"), head)
+        self.assertEqual(body, b'{"error": "malformed HTTP request"}')
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.hub.plugs(), [])
+
+    def test_overlong_line_json_400(self):
+        """
+        A request line or header over 16 KiB gets the same JSON 400 instead
+        of a silent close, without waiting for its end.
+        """
+        for head in [b"GET /" + b"a" * 20000, b"GET / HTTP/1.1\nX-Pad: " + b"a" * 20000]:
+            channel = self.site.buildProtocol(IPv4Address("TCP", "10.0.0.1", 4000))
+            transport = StringTransport()
+            channel.makeConnection(transport)
+            channel.dataReceived(head)
+            answer_head, _, body = transport.value().partition(b"\r\n\r\n")
+            self.assertTrue(answer_head.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer_head)
+            self.assertEqual(body, b'{"error": "malformed HTTP request"}')
+            self.assertTrue(transport.disconnecting)

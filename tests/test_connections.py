@@ -1,0 +1,137 @@
+"""
+Tests for MAX_CONNECTIONS (smartplug_backend.connections): one count over
+every listener, refusals at accept, and a log that a flood cannot flood.
+"""
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from smartplug_backend.connections import ConnectionCap
+from smartplug_backend.guard import ClosedAtOnce
+
+from .helpers import accept
+
+
+class Recorder(Protocol):
+    """
+    A protocol that records what reaches it.
+    """
+
+    def __init__(self):
+        self.received = b""
+        self.lost = False
+
+    def dataReceived(self, data):
+        self.received += data
+
+    def connectionLost(self, reason):
+        self.lost = True
+
+
+class CapTests(SynchronousTestCase):
+    """
+    L{ConnectionCap} over two listeners.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.cap = ConnectionCap(3, self.clock, log_every=10)
+        self.http = self.cap.wrap(Factory.forProtocol(Recorder))
+        self.ws = self.cap.wrap(Factory.forProtocol(Recorder))
+
+    def connect(self, factory, host="10.0.0.1"):
+        return accept(factory, host)
+
+    def close(self, protocol):
+        protocol.connectionLost(Failure(ConnectionDone()))
+
+    def test_admitted_below_cap(self):
+        """
+        Below the cap a connection reaches its listener's protocol, which
+        gets the real transport (a TLS one stays what Autobahn checks for),
+        and is counted until it closes.
+        """
+        protocol, transport = self.connect(self.http, "192.168.1.50")
+        self.assertEqual(self.cap.open, 1)
+        self.assertIs(protocol.wrapped.transport, transport)
+        self.assertEqual(protocol.wrapped.transport.getPeer().host, "192.168.1.50")
+        protocol.dataReceived(b"hello")
+        self.assertEqual(protocol.wrapped.received, b"hello")
+        self.close(protocol)
+        self.assertEqual(self.cap.open, 0)
+
+    def test_cap_over_all_listeners(self):
+        """
+        The cap counts every listener together: with three open over two
+        listeners, the fourth is closed at once on either, without reaching
+        a protocol of ours; closing one makes room again.
+        """
+        first, _ = self.connect(self.http)
+        self.connect(self.ws)
+        self.connect(self.ws)
+        for factory in (self.http, self.ws):
+            refused, transport = self.connect(factory)
+            self.assertIsInstance(refused, ClosedAtOnce)
+            self.assertTrue(transport.disconnecting)
+        self.assertEqual((self.cap.open, self.cap.refused), (3, 2))
+        self.close(first)
+        admitted, transport = self.connect(self.ws)
+        self.assertNotIsInstance(admitted, ClosedAtOnce)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(self.cap.open, 3)
+
+    def test_refusals_logged_sparingly(self):
+        """
+        A flood of refusals gives one line at once, then at most one summary
+        line per period with the count, and nothing once it stops.
+        """
+        for _ in range(3):
+            self.connect(self.http)
+        with capturedLogs() as events:
+            for _ in range(1000):
+                self.connect(self.http, "10.9.9.9")
+            self.clock.advance(10)
+            for _ in range(5):
+                self.connect(self.ws)
+            self.clock.advance(10)
+            self.clock.advance(10)
+            self.clock.advance(10)
+        lines = [formatEvent(e) for e in events]
+        self.assertEqual(len(lines), 3, lines)
+        self.assertIn("refused a connection from 10.9.9.9: 3 connections open, MAX_CONNECTIONS is 3", lines[0])
+        self.assertIn("refused 999 more connections in the last 10 seconds", lines[1])
+        self.assertIn("refused 5 more connections", lines[2])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.cap.refused, 1005)
+
+    def test_wrapped_factory_error_releases(self):
+        """
+        A listener factory that raises (or returns None) does not keep a
+        place in the count.
+        """
+
+        class Broken(Factory):
+            def buildProtocol(self, addr):
+                raise RuntimeError("broken")
+
+        class Declines(Factory):
+            def buildProtocol(self, addr):
+                return None
+
+        address = IPv4Address("TCP", "10.0.0.1", 5000)
+        self.assertRaises(RuntimeError, self.cap.wrap(Broken()).buildProtocol, address)
+        self.assertIsNone(self.cap.wrap(Declines()).buildProtocol(address))
+        self.assertEqual(self.cap.open, 0)
+
+    def test_from_settings(self):
+        """
+        The cap is MAX_CONNECTIONS.
+        """
+        from smartplug_backend.config import settings_from
+
+        self.assertEqual(ConnectionCap.from_settings(settings_from({"MAX_CONNECTIONS": 7}), self.clock).limit, 7)

@@ -1,0 +1,192 @@
+"""
+End-to-end TLS (SPEC 6.1): the real C{twistd -n smartplug} with a
+self-signed certificate made by the test, talked to over https and wss by
+independent clients (urllib, the websockets library, Python's ssl).
+"""
+
+import json
+import os
+import socket
+import ssl
+import subprocess
+import urllib.error
+import urllib.request
+
+from twisted.trial.unittest import TestCase
+from websockets.sync.client import connect as ws_connect
+
+from .certs import client_context, old_client_context, other_key, self_signed
+from .server import LOOPBACK_ANY_PORT, closed_at_once, start_server, twistd_command
+
+SECRET = "s3cret"
+KEY = "house-key"
+LISTENERS = ("HTTP", "app WebSocket", "device WebSocket")
+
+
+def https(url: str, context: ssl.SSLContext, body: bytes = None):
+    """
+    One HTTPS request; returns C{(status, body bytes)} for any status.
+    """
+    request = urllib.request.Request(url, data=body)
+    try:
+        with urllib.request.urlopen(request, timeout=5, context=context) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def tls_settings(directory: str) -> tuple:
+    cert, key = self_signed(directory)
+    return cert, f"TLS_CERT_FILE = {cert!r}\nTLS_KEY_FILE = {key!r}\n"
+
+
+class TLSEndToEndTests(TestCase):
+    """
+    Every listener of a real server speaks TLS 1.2 or newer.
+    """
+
+    def setUp(self):
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        self.cert, settings = tls_settings(directory)
+        self.context = client_context(self.cert)
+        self.server = start_server(
+            self, settings + f"AUTH_SECRET = {SECRET!r}\nAPI_KEY = {KEY!r}\nBAN_AFTER = 1\n", listeners=LISTENERS
+        )
+        for label, scheme in [("HTTP", "https"), ("app WebSocket", "wss"), ("device WebSocket", "wss")]:
+            self.server.wait_for(rf"{label} on port {self.server.ports[label]} speaks {scheme} \(TLS 1\.2 or newer\)")
+
+    def url(self, path: str) -> str:
+        return f"https://127.0.0.1:{self.server.ports['HTTP']}{path}"
+
+    def wss(self, label: str, path: str = "/"):
+        connection = ws_connect(f"wss://127.0.0.1:{self.server.ports[label]}{path}", ssl=self.context, open_timeout=5)
+        self.addCleanup(connection.close)
+        return connection
+
+    def test_https_report_reaches_wss_app(self):
+        """
+        An https POST /data is answered 200 and its broadcast reaches a wss
+        app client; a wss device authenticates with the secret and gets the
+        display packet set over https.
+        """
+        app = self.wss("app WebSocket")
+        device = self.wss("device WebSocket", "/lamp")
+        device.send(SECRET)
+        self.assertEqual(device.recv(timeout=5), "ok")
+        self.assertEqual(device.recv(timeout=5), "[cc:0:?:?]")
+        self.server.wait_for(r"app connected from 127\.0\.0\.1")
+        self.assertEqual(https(self.url("/data"), self.context, b'{"id": "0xb00bf0cc", "value": 1}'), (200, b"{}"))
+        self.assertEqual(app.recv(timeout=5), '{"id": "0xb00bf0cc", "value": 1}')
+        status, body = https(self.url(f"/display?apiKey={KEY}"), self.context, b'{"mode": 1, "weather": 3, "intensity": 9}')
+        self.assertEqual((status, json.loads(body)["packet"]), (200, "[cc:1:3:9]"))
+        self.assertEqual(device.recv(timeout=5), "[cc:1:3:9]")
+
+    def test_old_tls_refused_by_server(self):
+        """
+        A client offering TLS 1.0/1.1 at most gets the server's "protocol
+        version" alert on every port; the same client allowed TLS 1.2
+        connects, so the refusal is the server's, for the version alone.
+        """
+        for label in LISTENERS:
+            port = self.server.ports[label]
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+                with self.assertRaises(ssl.SSLError) as caught:
+                    old_client_context(self.cert).wrap_socket(raw, server_hostname="127.0.0.1")
+            self.assertEqual(caught.exception.reason, "TLSV1_ALERT_PROTOCOL_VERSION", label)
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+                context = old_client_context(self.cert, maximum=ssl.TLSVersion.TLSv1_2)
+                with context.wrap_socket(raw, server_hostname="127.0.0.1") as secure:
+                    self.assertEqual(secure.version(), "TLSv1.2")
+
+    def test_plain_text_on_tls_ports(self):
+        """
+        Plain HTTP and random bytes on the TLS ports get no HTTP answer and
+        no traceback, and the server goes on serving https.
+        """
+        for label in LISTENERS:
+            with socket.create_connection(("127.0.0.1", self.server.ports[label]), timeout=5) as raw:
+                raw.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + bytes(range(256)))
+                answer = b""
+                try:
+                    while chunk := raw.recv(4096):
+                        answer += chunk
+                except ConnectionResetError:
+                    pass
+            self.assertNotIn(b"HTTP/1.1", answer)
+        self.assertEqual(https(self.url("/"), self.context), (200, b"hallo."))
+        self.assertNotIn("Traceback", self.server.log())
+
+    def test_ban_sees_real_address_under_tls(self):
+        """
+        A wrong API key over https bans 127.0.0.1 (BAN_AFTER = 1): the guard
+        sees the peer's address through TLS, and every TLS port closes new
+        connections at once.
+        """
+        status, _ = https(self.url("/display?apiKey=wrong"), self.context, b'{"mode": 0}')
+        self.assertEqual(status, 401)
+        self.server.wait_for(r"banned 127\.0\.0\.1 for 60 seconds")
+        for label in LISTENERS:
+            self.assertTrue(closed_at_once(self.server.ports[label]), label)
+
+
+class EndpointDescriptionTests(TestCase):
+    """
+    The experts' way (README): no TLS settings, plain HTTP for the plug's
+    firmware, and an ssl: description for the app port.
+    """
+
+    def test_ssl_description(self):
+        """
+        With --ws given as an ssl: description, the app port speaks wss with
+        that certificate while HTTP stays plain, and a plain report reaches
+        the wss app client.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        cert, key = self_signed(directory)
+        server = start_server(
+            self, args=["--ws", f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"]
+        )
+        port = server.ports["app WebSocket"]
+        server.wait_for(rf"app WebSocket on port {port} speaks wss")
+        with ws_connect(f"wss://127.0.0.1:{port}/", ssl=client_context(cert), open_timeout=5) as app:
+            server.wait_for(r"app connected from 127\.0\.0\.1")
+            with socket.create_connection(("127.0.0.1", server.ports["HTTP"]), timeout=5) as s:
+                s.sendall(b'POST /data HTTP/1.1\nHost: x\nConnection: close\nContent-Length: 23\n\n{"id": "p", "value": 1}')
+                self.assertTrue(s.recv(4096).startswith(b"HTTP/1.1 200 OK"))
+            self.assertEqual(app.recv(timeout=5), '{"id": "p", "value": 1}')
+        self.assertNotIn("speaks https", server.log())
+        self.assertNotIn("Traceback", server.log())
+
+
+class BadCertificateTests(TestCase):
+    """
+    Unusable TLS files stop start-up with one clear line.
+    """
+
+    def run_server(self, settings: str) -> subprocess.CompletedProcess:
+        directory = os.path.dirname(settings)
+        return subprocess.run(
+            twistd_command() + ["-n", "--pidfile=", "smartplug", "--settings", settings,
+                                "--www", LOOPBACK_ANY_PORT, "--ws", LOOPBACK_ANY_PORT],
+            cwd=directory, capture_output=True, timeout=60, stdin=subprocess.DEVNULL,
+        )
+
+    def test_bad_key_file(self):
+        """
+        A key that does not match the certificate: twistd exits with 1 and
+        one line naming both files, no traceback, and listens on nothing.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        cert, _ = self_signed(directory)
+        key = other_key(directory)
+        settings = os.path.join(directory, "settings.py")
+        with open(settings, "w") as f:
+            f.write(f"STATE_DB = None\nTLS_CERT_FILE = {cert!r}\nTLS_KEY_FILE = {key!r}\n")
+        done = self.run_server(settings)
+        self.assertEqual(done.returncode, 1)
+        self.assertEqual(done.stderr.decode(), f"smartplug: TLS_KEY_FILE: {key} does not match the certificate in {cert}\n")
+        self.assertNotIn(b"listening on", done.stdout)
+        self.assertNotIn(b"Traceback", done.stdout + done.stderr)
