@@ -16,6 +16,20 @@ from .helpers import http_client, raw_handshake, ws_connect
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
+KEY = b"AQIDBAUGBwgJCgsMDQ4PEA=="
+
+
+def upgrade_request(path: bytes, host_line: bytes = b"") -> bytes:
+    """
+    A minimal RFC 6455 opening handshake for C{path}, with C{host_line}
+    (none by default).
+    """
+    return (
+        b"GET " + path + b" HTTP/1.1\r\n" + host_line + b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: " + KEY + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+
+
 def accept_for(key: bytes) -> bytes:
     return base64.b64encode(hashlib.sha1(key + GUID).digest())
 
@@ -160,33 +174,19 @@ class HandshakeTests(SynchronousTestCase):
         """
         A Host header naming another port (a port-forward) is accepted.
         """
-        key = b"AQIDBAUGBwgJCgsMDQ4PEA=="
-        self.assertUpgraded(
-            b"GET / HTTP/1.1\r\nHost: home.example.org:443\r\nUpgrade: websocket\r\n"
-            b"Connection: Upgrade\r\nSec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n",
-            key,
-        )
+        self.assertUpgraded(upgrade_request(b"/", b"Host: home.example.org:443\r\n"), KEY)
 
     def test_no_host_header(self):
         """
         A handshake without any Host header is accepted.
         """
-        key = b"AQIDBAUGBwgJCgsMDQ4PEA=="
-        self.assertUpgraded(
-            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n",
-            key,
-        )
+        self.assertUpgraded(upgrade_request(b"/ws"), KEY)
 
     def test_handshake_in_pieces(self):
         """
         A Host-less handshake arriving in small pieces is accepted too.
         """
-        key = b"AQIDBAUGBwgJCgsMDQ4PEA=="
-        request = (
-            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
+        request = upgrade_request(b"/")
         server, transport = raw_handshake(self.factory, request[:7])
         for i in range(7, len(request), 5):
             server.dataReceived(request[i : i + 5])
