@@ -13,7 +13,7 @@ import sqlite3
 from functools import partial
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -37,8 +37,16 @@ class SQLiteJournal:
     """
 
     def __init__(self, run: Runner) -> None:
-        self._run = run
+        self._run_in_thread = run
         self.store = None
+        self._closing = False
+
+    def _run(self, f: Callable[..., Any], *args) -> Deferred:
+        # Once closing, nothing more is queued: a stopped pool would drop the
+        # call silently and its caller would wait for good.
+        if self._closing:
+            return fail(StoreFailed("the server is stopping"))
+        return self._run_in_thread(f, *args)
 
     def _write(self, f: Callable[..., Any], *args) -> Deferred:
         def write():
@@ -61,9 +69,11 @@ class SQLiteJournal:
 
     def close(self) -> Deferred:
         """
-        Close the store after every call already made.
+        Close the store after every call already made; refuse later ones.
         """
-        return self._run(self.store.close)
+        closed = self._run(self.store.close)
+        self._closing = True
+        return closed
 
 
 class StoreService(ThreadPoolService):

@@ -1,10 +1,46 @@
 """
-Process-wide tuning done once, when the server has started.
+Process-wide behaviour of the running server: the order of its shutdown, and
+tuning done once when it has started.
 """
 
 import gc
 
-from twisted.application.service import Service
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+
+
+class StopInOrder(MultiService):
+    """
+    A MultiService that stops its children one at a time, the last added
+    first, each once the one before has finished stopping.
+
+    Twisted's MultiService stops them all at once.  Here that would close
+    the state store while the WSGI pool still runs requests that write to
+    it: their reports would fail, or wait for good on a store whose thread
+    is gone, and the process would never exit.  Added in the order store,
+    WSGI pool, listeners, the server stops taking connections, then finishes
+    the requests it has, then closes the store.
+    """
+
+    _log = Logger(namespace="smartplug_backend")
+
+    def stopService(self) -> Deferred:
+        Service.stopService(self)
+        done = Deferred()
+        children = list(self)
+
+        def next_one(_=None) -> None:
+            if not children:
+                done.callback(None)
+                return
+            child = children.pop()
+            stopping = maybeDeferred(child.stopService)
+            stopping.addErrback(lambda f: self._log.failure("stopping {service!r}", f, service=child))
+            stopping.addCallback(next_one)
+
+        next_one()
+        return done
 
 
 class FreezeStartupObjects(Service):

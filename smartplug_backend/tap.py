@@ -6,7 +6,7 @@ Nothing here does work of its own; it builds the parts and connects them.
 
 from functools import partial
 
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService  # noqa: F401 (the type of top)
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
@@ -26,7 +26,7 @@ from .listeners import ListenerService, brings_own_tls, endpoint_description, fa
 from .openfiles import make_room
 from .persistence import StoreService
 from .pubsub import report_publisher
-from .runtime import FreezeStartupObjects
+from .runtime import FreezeStartupObjects, StopInOrder
 from .tls import TLS, TLSError
 from .tweets import tweet_service
 from .web import Bridge, make_app
@@ -76,7 +76,9 @@ def makeService(options: Options, reactor=None):
         )
     make_room(settings.MAX_CONNECTIONS)
 
-    top = MultiService()
+    # Stopped last-added first, one at a time: listeners, then the WSGI
+    # pool's requests, then the store they write to.
+    top = StopInOrder()
     hub = _state(settings, reactor, top)
     # Start-up's objects out of the garbage collector's way, once all is up.
     FreezeStartupObjects(reactor).setServiceParent(top)

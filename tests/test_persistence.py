@@ -101,6 +101,18 @@ class JournalTests(SynchronousTestCase):
         self.assertEqual(len(self.store.history("a", 10)), 1)
         self.assertEqual([e.get("why") for e in self.events if e["log_level"].name == "error"], ["disk is full"])
 
+    def test_nothing_queued_once_closing(self):
+        """
+        Once the journal is closing, a report is refused at once (503, state
+        unchanged) instead of being queued for a writer thread that is going
+        away, where its caller would wait for good.
+        """
+        self.successResultOf(self.journal.close())
+        code, body = self.post(b'{"id": "late", "value": 1}')
+        self.assertEqual(code, 503)
+        self.assertIsNone(self.hub.plug("late"))
+        self.assertEqual(self.heard, [])
+
     def test_display_is_stored(self):
         """
         POST /display stores the state before it answers; one the database

@@ -2,10 +2,73 @@
 Process-wide tuning at start-up.
 """
 
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
-from smartplug_backend.runtime import FreezeStartupObjects
+from smartplug_backend.runtime import FreezeStartupObjects, StopInOrder
+
+
+class SlowToStop(Service):
+    """
+    A service whose stop finishes only when the test says so.
+    """
+
+    def __init__(self, name, stopped) -> None:
+        self.name = name
+        self._stopped = stopped
+        self.stopping = None
+
+    def stopService(self):
+        super().stopService()
+        self._stopped.append(self.name)
+        self.stopping = Deferred()
+        return self.stopping
+
+
+class StopInOrderTests(SynchronousTestCase):
+    """
+    L{StopInOrder} stops its children last-added first, one at a time.
+    """
+
+    def test_one_after_another(self):
+        """
+        A child is stopped only once the one added after it has finished
+        stopping; the whole stop finishes with the first-added child.
+        """
+        stopped = []
+        top = StopInOrder()
+        store, pool, listener = (SlowToStop(n, stopped) for n in ("store", "pool", "listener"))
+        for service in (store, pool, listener):
+            service.setServiceParent(top)
+        top.startService()
+        done = top.stopService()
+        self.assertEqual(stopped, ["listener"])
+        listener.stopping.callback(None)
+        self.assertEqual(stopped, ["listener", "pool"])
+        pool.stopping.callback(None)
+        self.assertEqual(stopped, ["listener", "pool", "store"])
+        self.assertNoResult(done)
+        store.stopping.callback(None)
+        self.successResultOf(done)
+
+    def test_failure_does_not_stop_the_rest(self):
+        """
+        A child whose stop fails is logged, and the others are still stopped.
+        """
+        stopped = []
+        top = StopInOrder()
+        first, second = SlowToStop("first", stopped), SlowToStop("second", stopped)
+        first.setServiceParent(top)
+        second.setServiceParent(top)
+        top.startService()
+        done = top.stopService()
+        second.stopping.errback(RuntimeError("boom"))
+        self.assertEqual(stopped, ["second", "first"])
+        first.stopping.callback(None)
+        self.successResultOf(done)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
 
 class FakeCollector:
