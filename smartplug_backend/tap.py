@@ -6,7 +6,7 @@ Nothing here does work of its own; it builds the parts and connects them.
 
 from functools import partial
 
-from twisted.application.service import MultiService  # noqa: F401 (the type of top)
+from twisted.application.service import MultiService
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
