@@ -115,7 +115,9 @@ def take(db_path: str, settings_path: Optional[str], directory: str, prefix: str
     if not os.path.isfile(db_path):
         raise BackupError(f"{db_path}: no state database here (has the server ever run with this STATE_DB?)")
     try:
-        os.makedirs(directory, exist_ok=True)
+        # A backup holds settings.py and so every secret in it: only the
+        # owner may read backups (a directory made here is the owner's only).
+        os.makedirs(directory, mode=0o700, exist_ok=True)
         work = tempfile.mkdtemp(prefix=".backup-", dir=directory)
     except OSError as e:
         raise BackupError(f"cannot write to {directory}: {e.strerror}") from None
@@ -127,6 +129,7 @@ def take(db_path: str, settings_path: Optional[str], directory: str, prefix: str
             archive.add(copy, ARCHIVE_DB)
             if settings_path is not None:
                 archive.add(settings_path, ARCHIVE_SETTINGS)
+        os.chmod(partial, 0o600)
         with open(partial, "rb") as f:
             os.fsync(f.fileno())
         final = _free_name(directory, prefix, now())

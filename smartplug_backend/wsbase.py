@@ -242,6 +242,10 @@ class LenientServerProtocol(WebSocketServerProtocol):
         left unsent.  Autobahn's traffic counters, which nothing here reads,
         do not count these bytes.
         """
+        if self.state != self.STATE_OPEN:
+            # Closing or closed: no data frame may follow a close frame
+            # (RFC 6455 5.5.1), and a broadcast may reach us in between.
+            return
         if (
             not self._send_buffer_full
             and (self._perMessageCompress is None or preparedMsg.doNotCompress)

@@ -92,6 +92,18 @@ class TakeTests(Files):
         self.assertEqual(plugs, [Plug("a", 1, 1.0), Plug("b", 0, 2.0)])
         self.assertEqual(settings, open(self.settings, "rb").read())
 
+    def test_only_the_owner_may_read(self):
+        """
+        A backup holds settings.py and its secrets: the file is readable by
+        its owner only, and so is a backup directory the backup creates,
+        whatever the umask.
+        """
+        old = os.umask(0o022)
+        self.addCleanup(os.umask, old)
+        path = self.take()
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+        self.assertEqual(os.stat(self.backups).st_mode & 0o777, 0o700)
+
     def test_one_self_contained_file(self):
         """
         The database in the backup is not in WAL mode: the one file is all

@@ -35,6 +35,20 @@ class PreparedMessageTests(SynchronousTestCase):
     what a full transport leaves unsent.
     """
 
+    def test_nothing_after_close_frame(self):
+        """
+        A broadcast that comes while a connection is closing sends nothing:
+        no data frame may follow the close frame.
+        """
+        factory = AppFactory(Hub())
+        client, server, pump = ws_connect(factory)
+        server.sendClose()
+        sent = len(b"".join(server.transport.stream))
+        server.sendPreparedMessage(factory.prepareMessage(b'{"id": "a", "value": 1}'))
+        self.assertEqual(len(b"".join(server.transport.stream)), sent)
+        pump.flush()
+        self.assertEqual(client.messages, [])
+
     def test_prepared_frame_reaches_client(self):
         """
         A prepared text message arrives at a client as exactly that message.
