@@ -104,7 +104,7 @@ class AppProtocol(LenientServerProtocol):
         self._log.warn("ignored app message from {peer}: {reason}", peer=self._peer, reason=reason)
 
     def slow_peer_cut_off(self) -> None:
-        self._log.warn("app client {peer} is too slow: over 1 MiB unsent; closing (1008)", peer=self._peer)
+        self._log.warn("app client {peer} is too slow: over 1 MiB unsent; dropping it (1008)", peer=self._peer)
 
     def onClose(self, wasClean, code, reason):
         if not self._opened:

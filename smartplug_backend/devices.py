@@ -46,8 +46,6 @@ class DeviceProtocol(LenientServerProtocol):
     def onOpen(self):
         try:
             self._state = _WAITING
-            # Devices are listed on the PiCloud info socket too (SPEC 3.4).
-            self._hub.pubsub.connected(self, "device", peer_address(self.transport))
             self._log.info("device connected from {peer}", peer=self._peer)
             self._timer = self.factory.clock.callLater(self.factory.auth_timeout, self._auth_timed_out)
         except Exception:
@@ -71,6 +69,9 @@ class DeviceProtocol(LenientServerProtocol):
             return self._refuse("wrong secret")
         self._state = _AUTHENTICATED
         self.factory.devices.add(self)
+        # Listed on the PiCloud info socket (SPEC 3.4) once it is a device:
+        # a stranger who only opened a socket is not one.
+        self._hub.pubsub.connected(self, "device", peer_address(self.transport))
         self._log.info("device {peer} authenticated", peer=self._peer)
         self.sendMessage(b"ok")
         self.sendMessage(self._hub.display().packet().encode("ascii"))
@@ -150,6 +151,7 @@ class DeviceFactory(LimitedServerFactory):
     """
 
     protocol = DeviceProtocol
+    noisy = False  # ListenerService logs where it listens, readably
 
     def __init__(self, hub, guard, secret: str, clock: IReactorTime, auth_timeout: float = 10, idle_timeout: float = 30, url=None) -> None:
         super().__init__(url, clock)

@@ -213,14 +213,9 @@ def make_app(hub, bridge: Bridge, guard=None, api_key=None) -> bottle.Bottle:
     def plugs():
         return _json(200, [p.as_json() for p in bridge.call(hub.plugs)])
 
-    @app.get("/plugs/<plug_id>")
-    def plug(plug_id):
-        found = bridge.call(hub.plug, plug_id)
-        if found is None:
-            return _error(404, f"unknown plug id: {plug_id}")
-        return _json(200, found.as_json())
-
-    @app.get("/plugs/<plug_id>/history")
+    # Plug ids may hold "/" (the firmware's ids are free text), so both routes
+    # take a path; the history one is tried first.
+    @app.get("/plugs/<plug_id:path>/history")
     def history(plug_id):
         try:
             limit = parse_limit(bottle.request.query.get("limit"))
@@ -230,6 +225,13 @@ def make_app(hub, bridge: Bridge, guard=None, api_key=None) -> bottle.Bottle:
         if entries is None:
             return _error(404, f"unknown plug id: {plug_id}")
         return _json(200, [{"value": e.value, "at": utc_rfc3339(e.at)} for e in entries])
+
+    @app.get("/plugs/<plug_id:path>")
+    def plug(plug_id):
+        found = bridge.call(hub.plug, plug_id)
+        if found is None:
+            return _error(404, f"unknown plug id: {plug_id}")
+        return _json(200, found.as_json())
 
     @app.get("/display")
     def display():

@@ -369,8 +369,8 @@ class DeviceConnectionsInfoTests(SynchronousTestCase):
 
     def test_device_listed_while_connected(self):
         """
-        A device connection appears in all_connections as "device" while it
-        is open, and is gone once it closes.
+        A device connection appears in all_connections as "device" once it
+        has authenticated (not before), and is gone once it closes.
         """
         from smartplug_backend.devices import DeviceFactory
 
@@ -378,10 +378,14 @@ class DeviceConnectionsInfoTests(SynchronousTestCase):
         hub = Hub(now=clock.seconds)
         devices = DeviceFactory(hub, Guard(clock), "s3cret", clock)
         device, _, pump = ws_connect(devices, "/", port=6000)
-        self.assertEqual(
-            [(c["client_name"], c["ip_address"]) for c in json.loads(hub.pubsub.info_frame())["all_connections"]],
-            [("device", "192.168.1.64:6000")],
-        )
+
+        def listed():
+            return [(c["client_name"], c["ip_address"]) for c in json.loads(hub.pubsub.info_frame())["all_connections"]]
+
+        self.assertEqual(listed(), [])
+        device.sendMessage(b"s3cret")
+        pump.flush()
+        self.assertEqual(listed(), [("device", "192.168.1.64:6000")])
         device.sendClose()
         pump.flush()
-        self.assertEqual(json.loads(hub.pubsub.info_frame())["all_connections"], [])
+        self.assertEqual(listed(), [])

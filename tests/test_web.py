@@ -131,6 +131,24 @@ class HTTPTests(RequestMixin, SynchronousTestCase):
         self.assertEqual((code, json.loads(body)["value"]), (200, 1))
         self.assertJSONError(self.request("GET", "/plugs/zzz"), 404, "zzz")
 
+    def test_ids_with_slashes_and_non_ascii(self):
+        """
+        Any id a report may use can be read back, slashes and non-ASCII
+        letters included, escaped or not, and so can its history.
+        """
+        for plug_id in ["kitchen/kettle", "küche", "a/b/c"]:
+            self.request("POST", "/data", json.dumps({"id": plug_id, "value": 1}).encode())
+        for path, plug_id in [
+            ("/plugs/kitchen/kettle", "kitchen/kettle"),
+            ("/plugs/kitchen%2Fkettle", "kitchen/kettle"),
+            ("/plugs/k%C3%BCche", "küche"),
+            ("/plugs/a/b/c", "a/b/c"),
+        ]:
+            code, _, body = self.request("GET", path)
+            self.assertEqual((code, json.loads(body)["id"]), (200, plug_id), path)
+        code, _, body = self.request("GET", "/plugs/kitchen/kettle/history")
+        self.assertEqual((code, [e["value"] for e in json.loads(body)]), (200, [1]))
+
     def test_unknown_path_and_wrong_method(self):
         """
         Unknown paths get a JSON 404 and wrong methods a JSON 405.
