@@ -38,6 +38,8 @@ class ShutdownUnderLoadTests(TestCase):
             s = socket.create_connection(("127.0.0.1", port), timeout=30)
             s.sendall(report(i))
             sockets.append(s)
+        # Stop once the server is working through them: the rest are in flight.
+        server.wait_for(r"plug p\d+ -> 1 from")
         self.assertEqual(server.stop(timeout=60), -signal.SIGTERM, "did not exit by itself")
         answers = []
         for s in sockets:
