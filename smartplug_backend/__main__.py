@@ -5,6 +5,6 @@ Run the server itself with C{twistd smartplug}.
 
 import sys
 
-from .cli import main
+from .state.cli import main
 
 sys.exit(main())

@@ -13,23 +13,23 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from . import config
-from .apps import AppFactory
-from .autobackup import BackupService, automatic_backup
-from .backup import DEFAULT_DIRECTORY
-from .channel import ThreadPoolService, make_site
-from .connections import ConnectionCap
-from .devices import DeviceFactory
-from .guard import Guard
-from .hub import Hub
-from .journal import MemoryJournal
-from .listeners import ListenerService, brings_own_tls, endpoint_description, fail
-from .openfiles import make_room
-from .persistence import StoreService
-from .pubsub import report_publisher
-from .runtime import FreezeStartupObjects, StopInOrder
-from .tls import TLS, TLSError
-from .tweets import tweet_service
-from .web import Bridge, make_app
+from .ws.apps import AppFactory
+from .state.autobackup import BackupService, automatic_backup
+from .state.backup import DEFAULT_DIRECTORY
+from .http.channel import ThreadPoolService, make_site
+from .server.connections import ConnectionCap
+from .ws.devices import DeviceFactory
+from .server.guard import Guard
+from .core.hub import Hub
+from .core.journal import MemoryJournal
+from .server.listeners import ListenerService, brings_own_tls, endpoint_description, fail
+from .server.openfiles import make_room
+from .state.persistence import StoreService
+from .core.pubsub import report_publisher
+from .server.runtime import FreezeStartupObjects, StopInOrder
+from .server.tls import TLS, TLSError
+from .integrations.tweets import tweet_service
+from .http.api import Bridge, make_app
 
 _log = Logger(namespace="smartplug_backend")
 

@@ -1,5 +1,5 @@
 """
-Tests for the app WebSocket (smartplug_backend.apps), joined in memory with
+Tests for the app WebSocket (smartplug_backend.ws.apps), joined in memory with
 iosim; no sockets.
 """
 
@@ -8,8 +8,8 @@ import hashlib
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from smartplug_backend.apps import AppFactory
-from smartplug_backend.hub import Hub
+from smartplug_backend.ws.apps import AppFactory
+from smartplug_backend.core.hub import Hub
 
 from .helpers import http_client, raw_handshake, ws_connect
 

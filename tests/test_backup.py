@@ -1,5 +1,5 @@
 """
-Tests for backups: taking, pruning and restoring them (smartplug_backend.backup),
+Tests for backups: taking, pruning and restoring them (smartplug_backend.state.backup),
 the command line (cli), and the automatic backups of the running server
 (autobackup), on temporary files with a fake clock.
 """
@@ -15,10 +15,12 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
-from smartplug_backend import backup, cli, lock
-from smartplug_backend.autobackup import BackupService, automatic_backup
-from smartplug_backend.hub import Plug
-from smartplug_backend.store import Store
+from smartplug_backend.state import backup
+from smartplug_backend.state import cli
+from smartplug_backend.state import lock
+from smartplug_backend.state.autobackup import BackupService, automatic_backup
+from smartplug_backend.core.hub import Plug
+from smartplug_backend.state.store import Store
 
 from .test_persistence import fill
 

@@ -1,5 +1,5 @@
 """
-Tests for the HTTP listener (smartplug_backend.channel): the plug firmware's
+Tests for the HTTP listener (smartplug_backend.http.channel): the plug firmware's
 bare-LF request, fed byte for byte to the real Site.
 """
 
@@ -9,9 +9,9 @@ from twisted.python.failure import Failure
 from twisted.internet.error import ConnectionDone
 from twisted.trial.unittest import SynchronousTestCase
 
-from smartplug_backend.channel import make_site
-from smartplug_backend.hub import Hub
-from smartplug_backend.web import make_app
+from smartplug_backend.http.channel import make_site
+from smartplug_backend.core.hub import Hub
+from smartplug_backend.http.api import make_app
 
 from .helpers import SYNC_BRIDGE, SynchronousReactor, SynchronousThreadPool
 

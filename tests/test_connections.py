@@ -1,5 +1,5 @@
 """
-Tests for MAX_CONNECTIONS (smartplug_backend.connections): one count over
+Tests for MAX_CONNECTIONS (smartplug_backend.server.connections): one count over
 every listener, refusals at accept, and a log that a flood cannot flood.
 """
 
@@ -11,8 +11,8 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from smartplug_backend.connections import ConnectionCap
-from smartplug_backend.guard import ClosedAtOnce
+from smartplug_backend.server.connections import ConnectionCap
+from smartplug_backend.server.guard import ClosedAtOnce
 
 from .helpers import accept
 

@@ -9,11 +9,11 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from smartplug_backend.apps import AppFactory
-from smartplug_backend.devices import DeviceFactory
-from smartplug_backend.display import Display
-from smartplug_backend.guard import Guard
-from smartplug_backend.hub import Hub
+from smartplug_backend.ws.apps import AppFactory
+from smartplug_backend.ws.devices import DeviceFactory
+from smartplug_backend.core.display import Display
+from smartplug_backend.server.guard import Guard
+from smartplug_backend.core.hub import Hub
 
 from .helpers import PEER, ws_connect
 

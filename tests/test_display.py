@@ -5,8 +5,8 @@ owns the state and tells the devices.
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from smartplug_backend.display import OFF, Display, InvalidDisplay, parse_display, validate_display
-from smartplug_backend.hub import DisplayEvent, Hub
+from smartplug_backend.core.display import OFF, Display, InvalidDisplay, parse_display, validate_display
+from smartplug_backend.core.hub import DisplayEvent, Hub
 
 
 class PacketTests(SynchronousTestCase):

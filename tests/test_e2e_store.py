@@ -16,8 +16,8 @@ from http.client import HTTPConnection
 from twisted.trial.unittest import TestCase
 from websockets.sync.client import connect as ws_connect
 
-from smartplug_backend import backup
-from smartplug_backend.store import Store
+from smartplug_backend.state import backup
+from smartplug_backend.state.store import Store
 
 from .server import RunningServer, start_server, twistd_command
 from .test_e2e import http

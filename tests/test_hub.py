@@ -1,5 +1,5 @@
 """
-Tests for the hub (smartplug_backend.hub) and report parsing (reports).
+Tests for the hub (smartplug_backend.core.hub) and report parsing (reports).
 """
 
 from twisted.internet.defer import Deferred
@@ -7,10 +7,10 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
-from smartplug_backend.display import OFF, Display
-from smartplug_backend.hub import Hub, Plug, utc_rfc3339
-from smartplug_backend.journal import HistoryEntry, MemoryJournal, StoreFailed
-from smartplug_backend.reports import InvalidReport, broadcast_bytes, parse_report
+from smartplug_backend.core.display import OFF, Display
+from smartplug_backend.core.hub import Hub, Plug, utc_rfc3339
+from smartplug_backend.core.journal import HistoryEntry, MemoryJournal, StoreFailed
+from smartplug_backend.core.reports import InvalidReport, broadcast_bytes, parse_report
 
 
 class HubTests(SynchronousTestCase):

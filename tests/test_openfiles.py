@@ -1,12 +1,12 @@
 """
-Tests for smartplug_backend.openfiles: the open-files limit is raised at
+Tests for smartplug_backend.server.openfiles: the open-files limit is raised at
 start to fit MAX_CONNECTIONS, as far as the hard limit allows, and said so.
 """
 
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from smartplug_backend.openfiles import SPARE, make_room, raise_open_files_limit
+from smartplug_backend.server.openfiles import SPARE, make_room, raise_open_files_limit
 
 
 class FakeResource:

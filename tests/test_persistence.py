@@ -1,5 +1,5 @@
 """
-Tests for smartplug_backend.persistence: the SQLite journal under the hub and
+Tests for smartplug_backend.state.persistence: the SQLite journal under the hub and
 the HTTP API (with a synchronous stand-in for the writer thread), and the
 service that locks, opens and loads the state database at start-up.
 """
@@ -16,12 +16,12 @@ from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
 from smartplug_backend import tap
-from smartplug_backend.autobackup import BackupService
-from smartplug_backend.display import OFF, Display
-from smartplug_backend.hub import Hub, Plug
-from smartplug_backend.journal import HistoryEntry
-from smartplug_backend.persistence import SQLiteJournal, StoreService
-from smartplug_backend.store import Store
+from smartplug_backend.state.autobackup import BackupService
+from smartplug_backend.core.display import OFF, Display
+from smartplug_backend.core.hub import Hub, Plug
+from smartplug_backend.core.journal import HistoryEntry
+from smartplug_backend.state.persistence import SQLiteJournal, StoreService
+from smartplug_backend.state.store import Store
 
 from .helpers import SynchronousReactor, http_client
 

@@ -16,17 +16,17 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from smartplug_backend import strictjson
-from smartplug_backend.apps import AppFactory
-from smartplug_backend.channel import make_site
-from smartplug_backend.connections import ConnectionCap
-from smartplug_backend.devices import DeviceFactory
-from smartplug_backend.guard import Guard
-from smartplug_backend.hub import Hub
-from smartplug_backend.limits import MAX_HANDSHAKE
-from smartplug_backend.pubsub import parse_publication
-from smartplug_backend.reports import InvalidReport, parse_report
-from smartplug_backend.web import make_app
+from smartplug_backend.core import strictjson
+from smartplug_backend.ws.apps import AppFactory
+from smartplug_backend.http.channel import make_site
+from smartplug_backend.server.connections import ConnectionCap
+from smartplug_backend.ws.devices import DeviceFactory
+from smartplug_backend.server.guard import Guard
+from smartplug_backend.core.hub import Hub
+from smartplug_backend.core.limits import MAX_HANDSHAKE
+from smartplug_backend.core.pubsub import parse_publication
+from smartplug_backend.core.reports import InvalidReport, parse_report
+from smartplug_backend.http.api import make_app
 
 from .helpers import PEER as WS_PEER
 from .helpers import SYNC_BRIDGE, SynchronousReactor, SynchronousThreadPool, accept, http_client, ws_connect

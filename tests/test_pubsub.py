@@ -1,5 +1,5 @@
 """
-Tests for PiCloud pub/sub: the registry and frames (smartplug_backend.pubsub),
+Tests for PiCloud pub/sub: the registry and frames (smartplug_backend.core.pubsub),
 the app-port routes over iosim, and C{POST /publish}.
 """
 
@@ -8,11 +8,11 @@ import json
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from smartplug_backend.apps import AppFactory
-from smartplug_backend.guard import Guard
-from smartplug_backend.hub import Hub
-from smartplug_backend.pubsub import PubSub, delivery_frame, go_json, report_publisher
-from smartplug_backend.limits import MAX_UNSENT
+from smartplug_backend.ws.apps import AppFactory
+from smartplug_backend.server.guard import Guard
+from smartplug_backend.core.hub import Hub
+from smartplug_backend.core.pubsub import PubSub, delivery_frame, go_json, report_publisher
+from smartplug_backend.core.limits import MAX_UNSENT
 
 from .helpers import PEER, STUB_PEER, http_client, raw_handshake, ws_connect
 
@@ -372,7 +372,7 @@ class DeviceConnectionsInfoTests(SynchronousTestCase):
         A device connection appears in all_connections as "device" once it
         has authenticated (not before), and is gone once it closes.
         """
-        from smartplug_backend.devices import DeviceFactory
+        from smartplug_backend.ws.devices import DeviceFactory
 
         clock = Clock()
         hub = Hub(now=clock.seconds)

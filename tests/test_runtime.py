@@ -7,7 +7,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
-from smartplug_backend.runtime import FreezeStartupObjects, StopInOrder
+from smartplug_backend.server.runtime import FreezeStartupObjects, StopInOrder
 
 
 class SlowToStop(Service):

@@ -1,6 +1,6 @@
 """
 Tests for the fixed deadlines against peers that trickle bytes (SPEC 6.3):
-the HTTP request deadline of smartplug_backend.channel on a fake clock, and
+the HTTP request deadline of smartplug_backend.http.channel on a fake clock, and
 both deadlines on real loopback sockets with short timeouts.
 """
 
@@ -14,11 +14,11 @@ from twisted.internet.task import LoopingCall
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from smartplug_backend.apps import AppFactory
-from smartplug_backend.channel import make_site
-from smartplug_backend.hub import Hub
-from smartplug_backend.limits import HTTP_IDLE_TIMEOUT, HTTP_REQUEST_TIMEOUT
-from smartplug_backend.web import Bridge, make_app
+from smartplug_backend.ws.apps import AppFactory
+from smartplug_backend.http.channel import make_site
+from smartplug_backend.core.hub import Hub
+from smartplug_backend.core.limits import HTTP_IDLE_TIMEOUT, HTTP_REQUEST_TIMEOUT
+from smartplug_backend.http.api import Bridge, make_app
 
 from .helpers import SYNC_BRIDGE, SynchronousReactor, SynchronousThreadPool, accept
 

@@ -1,5 +1,5 @@
 """
-Tests for smartplug_backend.store: the schema, its upgrades, every query and
+Tests for smartplug_backend.state.store: the schema, its upgrades, every query and
 the history bound, on temporary database files.
 """
 
@@ -9,11 +9,11 @@ import sqlite3
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from smartplug_backend import store
-from smartplug_backend.display import Display
-from smartplug_backend.hub import Plug
-from smartplug_backend.journal import HistoryEntry
-from smartplug_backend.store import APPLICATION_ID, UPGRADES, Store, UnusableDatabase
+from smartplug_backend.state import store
+from smartplug_backend.core.display import Display
+from smartplug_backend.core.hub import Plug
+from smartplug_backend.core.journal import HistoryEntry
+from smartplug_backend.state.store import APPLICATION_ID, UPGRADES, Store, UnusableDatabase
 
 
 def fingerprint(path: str) -> tuple:

@@ -1,5 +1,5 @@
 """
-Tests for smartplug_backend.strictjson: JSON from peers read as RFC 8259 has
+Tests for smartplug_backend.core.strictjson: JSON from peers read as RFC 8259 has
 it, and what that protects downstream (reports, display, publications).
 """
 
@@ -7,10 +7,10 @@ import json
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from smartplug_backend import strictjson
-from smartplug_backend.apps import AppFactory
-from smartplug_backend.hub import Hub
-from smartplug_backend.limits import MAX_JSON_DEPTH
+from smartplug_backend.core import strictjson
+from smartplug_backend.ws.apps import AppFactory
+from smartplug_backend.core.hub import Hub
+from smartplug_backend.core.limits import MAX_JSON_DEPTH
 
 from .helpers import http_client, ws_connect
 

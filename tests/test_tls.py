@@ -1,5 +1,5 @@
 """
-Tests for TLS set-up (smartplug_backend.tls) and its wiring into the
+Tests for TLS set-up (smartplug_backend.server.tls) and its wiring into the
 listeners (smartplug_backend.tap, listeners): every problem with the files is
 one clear line, and every listener gets TLS.
 """
@@ -14,10 +14,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from smartplug_backend import tap
 from smartplug_backend.config import settings_from
-from smartplug_backend.connections import CappedFactory
-from smartplug_backend.guard import GuardedFactory
-from smartplug_backend.listeners import brings_own_tls, endpoint_description
-from smartplug_backend.tls import MINIMUM_VERSION, TLS, TLSError, load
+from smartplug_backend.server.connections import CappedFactory
+from smartplug_backend.server.guard import GuardedFactory
+from smartplug_backend.server.listeners import brings_own_tls, endpoint_description
+from smartplug_backend.server.tls import MINIMUM_VERSION, TLS, TLSError, load
 
 from .certs import other_key, self_signed
 from .helpers import SynchronousReactor

@@ -12,7 +12,7 @@ import requests
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from smartplug_backend.twitter_client import TweetError, TwitterClient
+from smartplug_backend.integrations.twitter_client import TweetError, TwitterClient
 
 from .fake_twitter import CREDENTIALS, serve
 from .tweet_helpers import PLUGGED_IN, tweet_settings

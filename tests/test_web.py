@@ -1,5 +1,5 @@
 """
-Tests for the HTTP API (smartplug_backend.web) through the real Site and
+Tests for the HTTP API (smartplug_backend.http.api) through the real Site and
 WSGIResource, with StubTreq and synchronous thread hops.
 """
 
@@ -8,8 +8,8 @@ import json
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from smartplug_backend.hub import Hub
-from smartplug_backend.journal import MemoryJournal, StoreFailed
+from smartplug_backend.core.hub import Hub
+from smartplug_backend.core.journal import MemoryJournal, StoreFailed
 
 from .helpers import http_client
 

@@ -9,9 +9,9 @@ import json
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from smartplug_backend.display import OFF, Display
-from smartplug_backend.guard import Guard
-from smartplug_backend.hub import Hub
+from smartplug_backend.core.display import OFF, Display
+from smartplug_backend.server.guard import Guard
+from smartplug_backend.core.hub import Hub
 
 from .helpers import STUB_PEER, http_client
 

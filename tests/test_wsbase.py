@@ -1,5 +1,5 @@
 """
-The shared WebSocket server protocol (smartplug_backend.wsbase): how prepared
+The shared WebSocket server protocol (smartplug_backend.ws.base): how prepared
 messages are sent, L{write_now} on real loopback connections, and the limits
 every WebSocket listener shares (SPEC 6.3): message and frame size, handshake
 size, the handshake deadline.
@@ -15,10 +15,10 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from smartplug_backend.apps import AppFactory
-from smartplug_backend.hub import Hub
-from smartplug_backend.limits import MAX_HANDSHAKE, MAX_MESSAGE, MAX_UNSENT, WS_HANDSHAKE_TIMEOUT
-from smartplug_backend.wsbase import write_now
+from smartplug_backend.ws.apps import AppFactory
+from smartplug_backend.core.hub import Hub
+from smartplug_backend.core.limits import MAX_HANDSHAKE, MAX_MESSAGE, MAX_UNSENT, WS_HANDSHAKE_TIMEOUT
+from smartplug_backend.ws.base import write_now
 
 from .helpers import accept, quiet, ws_connect
 

@@ -5,7 +5,7 @@ A backup is one file, C{<prefix>-<UTC time>.tar.gz}, holding C{state.sqlite}
 (a copy made with SQLite's online backup API: one consistent snapshot, even
 while the server writes) and C{settings.py} (the settings file, when there is
 one).  Plain synchronous code: the command line runs it directly, the server
-in a thread of its own (L{smartplug_backend.autobackup}).
+in a thread of its own (L{smartplug_backend.state.autobackup}).
 """
 
 import contextlib
@@ -19,7 +19,8 @@ import tempfile
 import time
 from typing import Callable, Iterator, Optional
 
-from . import lock, store
+from . import lock
+from . import store
 
 DEFAULT_DIRECTORY = "backups"
 ARCHIVE_DB = "state.sqlite"

@@ -5,9 +5,9 @@ messages mean.  Shared by the app WebSocket routes and C{POST /publish}.
 
 from typing import Any, Mapping, Optional
 
-from . import strictjson
-from .guard import key_matches
-from .pubsub import InvalidPublication, PubSub, parse_publication
+from ..core import strictjson
+from ..server.guard import key_matches
+from ..core.pubsub import InvalidPublication, PubSub, parse_publication
 
 INVALID_API_KEY = b"Invalid API Key\n"
 INVALID_CLIENT_NAME = b"Invalid client name\n"

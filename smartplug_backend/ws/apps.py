@@ -12,8 +12,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from . import picloud
-from .reports import broadcast_bytes
-from .wsbase import LenientServerProtocol, LimitedServerFactory, peer_address, peer_host
+from ..core.reports import broadcast_bytes
+from .base import LenientServerProtocol, LimitedServerFactory, peer_address, peer_host
 
 
 class AppProtocol(LenientServerProtocol):
@@ -21,7 +21,7 @@ class AppProtocol(LenientServerProtocol):
     One app connection; C{_route} is C{"plugbuddy"} or a PiCloud route.
     """
 
-    _log = Logger(namespace="smartplug_backend.apps")
+    _log = Logger(namespace="smartplug_backend.ws.apps")
     _peer = "?"
     _route = "plugbuddy"
     _client_name = ""
@@ -126,7 +126,7 @@ class AppFactory(LimitedServerFactory):
     @param api_key: PiCloud's API key, or C{None} for none.
     @param clock: drives the info socket's frames and the handshake deadline.
     @param guard: counts wrong API keys toward bans
-        (L{smartplug_backend.guard.Guard}), or C{None}.
+        (L{smartplug_backend.server.guard.Guard}), or C{None}.
     """
 
     protocol = AppProtocol

@@ -18,9 +18,9 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from .channel import ThreadPoolService
-from .journal import StoreFailed
-from .listeners import fail
+from ..http.channel import ThreadPoolService
+from ..core.journal import StoreFailed
+from ..server.listeners import fail
 from .lock import Locked, hold
 from .store import Store, UnusableDatabase
 
@@ -89,7 +89,7 @@ class StoreService(ThreadPoolService):
     @ivar hub: the hub to load at start-up.
     """
 
-    _log = Logger(namespace="smartplug_backend.store")
+    _log = Logger(namespace="smartplug_backend.state.store")
 
     def __init__(self, path: str, keep: int, reactor) -> None:
         super().__init__(ThreadPool(minthreads=1, maxthreads=1, name="smartplug-store"), reactor)

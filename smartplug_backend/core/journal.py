@@ -3,7 +3,7 @@ The journal: what the hub asks of the state store, and the in-memory one.
 
 The hub records every report and display state in its journal I{before} it
 changes its own state or tells anyone (SPEC 7): a change the journal could not
-keep is not accepted.  The SQLite journal (L{smartplug_backend.persistence}) answers
+keep is not accepted.  The SQLite journal (L{smartplug_backend.state.persistence}) answers
 later, from its writer thread; L{MemoryJournal} (C{STATE_DB = None}) answers
 at once and keeps only the bounded history, so the hub behaves exactly as the
 original in-memory server did.
@@ -54,7 +54,7 @@ class Journal(Protocol):
 
     def save_display(self, display) -> Deferred:
         """
-        Record the display state (a L{smartplug_backend.display.Display})
+        Record the display state (a L{smartplug_backend.core.display.Display})
         durably.
 
         @return: fires with C{None} once recorded, or fails with nothing

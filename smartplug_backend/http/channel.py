@@ -29,8 +29,8 @@ from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 from twisted.web.wsgi import WSGIResource
 
-from .limits import HTTP_IDLE_TIMEOUT, HTTP_REQUEST_TIMEOUT, MAX_BODY
-from .wsbase import peer_host
+from ..core.limits import HTTP_IDLE_TIMEOUT, HTTP_REQUEST_TIMEOUT, MAX_BODY
+from ..ws.base import peer_host
 
 
 class LenientHTTPChannel(HTTPChannel):
@@ -40,7 +40,7 @@ class LenientHTTPChannel(HTTPChannel):
     each request C{request_timeout} seconds to arrive whole (408).
     """
 
-    _log = Logger(namespace="smartplug_backend.web")
+    _log = Logger(namespace="smartplug_backend.http.api")
     delimiter = b"\n"
     refused = False
     request_timeout = HTTP_REQUEST_TIMEOUT

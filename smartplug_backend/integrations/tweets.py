@@ -23,7 +23,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from .channel import ThreadPoolService
+from ..http.channel import ThreadPoolService
 from .twitter_client import CREDENTIALS, TweetError, TwitterClient
 
 # Tweets waiting for their turn; beyond this the oldest is dropped.
@@ -32,7 +32,7 @@ MAX_WAITING = 100
 TRIES = 3
 RETRY_DELAYS = (5.0, 30.0)
 
-_log = Logger(namespace="smartplug_backend.tweets")
+_log = Logger(namespace="smartplug_backend.integrations.tweets")
 
 
 @dataclasses.dataclass

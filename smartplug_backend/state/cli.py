@@ -10,7 +10,9 @@ import argparse
 import sys
 from typing import Optional
 
-from . import backup, config, lock
+from . import backup
+from .. import config
+from . import lock
 
 
 class _Parser(argparse.ArgumentParser):

@@ -12,8 +12,8 @@ import hmac
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from .reports import InvalidReport, parse_report
-from .wsbase import LenientServerProtocol, LimitedServerFactory, peer_address, peer_host
+from ..core.reports import InvalidReport, parse_report
+from .base import LenientServerProtocol, LimitedServerFactory, peer_address, peer_host
 
 # Autobahn's sendClose() only takes 1000 and 3000-4999; 1008 is what SPEC 2.1
 # asks for, so the close frame is sent one level down.
@@ -29,7 +29,7 @@ class DeviceProtocol(LenientServerProtocol):
     One device connection: waiting for the secret, then authenticated.
     """
 
-    _log = Logger(namespace="smartplug_backend.devices")
+    _log = Logger(namespace="smartplug_backend.ws.devices")
     _hub = None
     _peer = "?"
     _state = None
@@ -146,7 +146,7 @@ class DeviceFactory(LimitedServerFactory):
     display changes.
 
     @param secret: C{AUTH_SECRET}; a device's first message must equal it.
-    @param guard: counts failed authentications (L{smartplug_backend.guard.Guard}).
+    @param guard: counts failed authentications (L{smartplug_backend.server.guard.Guard}).
     @param clock: runs both timeouts and the handshake deadline.
     """
 

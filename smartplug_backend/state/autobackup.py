@@ -35,7 +35,7 @@ class BackupService(Service):
     L{automatic_backup} does.
     """
 
-    _log = Logger(namespace="smartplug_backend.backup")
+    _log = Logger(namespace="smartplug_backend.state.backup")
 
     def __init__(self, take: Callable[[], tuple], interval: float, clock,
                  run: Callable[..., Deferred]) -> None:

@@ -2,7 +2,7 @@
 The state database (SPEC 7): SQLite schema, its upgrades, and every query.
 
 Plain synchronous code on one C{sqlite3} connection.  The server runs it on a
-single writer thread (L{smartplug_backend.persistence}); the backup command
+single writer thread (L{smartplug_backend.state.persistence}); the backup command
 runs it directly.  Nothing here knows about Twisted.
 
 The file is recognised by its SQLite application id, and its schema version
@@ -17,9 +17,9 @@ import os
 import sqlite3
 from typing import Iterator, Optional
 
-from .display import Display, InvalidDisplay, validate_display
-from .hub import Plug
-from .journal import HistoryEntry
+from ..core.display import Display, InvalidDisplay, validate_display
+from ..core.hub import Plug
+from ..core.journal import HistoryEntry
 
 # "SmPg": marks the file as ours (PRAGMA application_id, bytes 68-71).
 APPLICATION_ID = 0x536D5067

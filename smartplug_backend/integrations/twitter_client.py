@@ -1,7 +1,7 @@
 """
 The blocking half of tweeting (SPEC 5): one HTTP call to Twitter per method.
 
-Every method blocks; L{smartplug_backend.tweets} runs them in a thread pool of
+Every method blocks; L{smartplug_backend.integrations.tweets} runs them in a thread pool of
 their own, never on the reactor thread.
 
 C{TWITTER_API = "v1.1"} goes through python-twitter's C{Api} (C{PostUpdate},

@@ -15,17 +15,17 @@ import bottle
 from twisted.internet.threads import blockingCallFromThread
 from twisted.logger import Logger
 
-from . import picloud
-from .display import InvalidDisplay, parse_display
-from .guard import key_matches
-from .limits import MAX_BODY
-from .reports import InvalidReport, parse_report
-from .times import utc_rfc3339
+from ..ws import picloud
+from ..core.display import InvalidDisplay, parse_display
+from ..server.guard import key_matches
+from ..core.limits import MAX_BODY
+from ..core.reports import InvalidReport, parse_report
+from ..core.times import utc_rfc3339
 
 DEFAULT_HISTORY = 100
 MAX_HISTORY = 1_000_000
 
-_log = Logger(namespace="smartplug_backend.web")
+_log = Logger(namespace="smartplug_backend.http.api")
 
 
 class Bridge:
@@ -120,7 +120,7 @@ def make_app(hub, bridge: Bridge, guard=None, api_key=None) -> bottle.Bottle:
     C{bridge.call(...)} or C{bridge.later(...)}.
 
     @param guard: counts wrong API keys toward bans
-        (L{smartplug_backend.guard.Guard}), or C{None}.
+        (L{smartplug_backend.server.guard.Guard}), or C{None}.
     @param api_key: C{API_KEY}: required on C{POST /display} and
         C{POST /publish} when set.
     """

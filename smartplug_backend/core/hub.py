@@ -252,7 +252,7 @@ class Hub:
     def display_command(self, command: str, peer: str) -> str:
         """
         Send the one-off packet of C{command} (a key of
-        L{smartplug_backend.display.COMMANDS}) without changing the state.
+        L{smartplug_backend.core.display.COMMANDS}) without changing the state.
 
         @return: the packet sent.
         """

@@ -27,7 +27,7 @@ class ConnectionCap:
     @ivar refused: connections refused since start.
     """
 
-    _log = Logger(namespace="smartplug_backend.connections")
+    _log = Logger(namespace="smartplug_backend.server.connections")
 
     def __init__(self, limit: int, clock: IReactorTime, log_every: float = 10) -> None:
         self.limit = limit

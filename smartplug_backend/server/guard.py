@@ -68,7 +68,7 @@ class Guard:
     @param allow: addresses and networks (strings) never banned.
     """
 
-    _log = Logger(namespace="smartplug_backend.guard")
+    _log = Logger(namespace="smartplug_backend.server.guard")
 
     def __init__(self, clock: IReactorTime, ban_after: int = 3, ban_seconds: float = 60, allow: Iterable[str] = ()) -> None:
         self._clock = clock
