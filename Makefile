@@ -18,12 +18,30 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(INSTALL) -e '.[test]'
 	touch $@
 
+# Outside programs the tests start themselves (on free loopback ports, with
+# their files in the test's temp directory): a headless browser and its
+# driver, a Redis server, an MQTT broker.  Debian's packages, installed only
+# when missing (CI runs as root; elsewhere through sudo).
+SYSTEM_COMMANDS := /usr/bin/chromium:chromium /usr/bin/chromedriver:chromium-driver \
+	/usr/bin/redis-server:redis-server /usr/sbin/mosquitto:mosquitto
+.PHONY: system-deps
+system-deps:
+	@missing=""; for pair in $(SYSTEM_COMMANDS); do \
+	  [ -x "$${pair%%:*}" ] || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  $$sudo apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
 install: $(VENV)/.installed
 
 run: $(VENV)/.installed
 	$(VENV)/bin/twistd -n smartplug --settings $(SETTINGS)
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test system-deps
+	$(VENV)/bin/ruff check .
 	$(PY) -m twisted.trial tests
 
 start: $(VENV)/.installed

@@ -173,7 +173,7 @@ def post_load(port: int, concurrency: int, duration: float, warmup: float, timeo
         start_one(now)
     next_sweep = begin + 0.1
     while live:
-        for fd, events in ep.poll(0.1):
+        for fd, _events in ep.poll(0.1):
             r = live.get(fd)
             if r is None:
                 continue
@@ -291,7 +291,7 @@ class AppSwarm:
                 self.ep.register(sock.fileno(), _OUT)
                 waiting.append(app)
                 todo -= 1
-            for fd, events in self.ep.poll(0.5):
+            for fd, _events in self.ep.poll(0.5):
                 app = self.apps[fd]
                 if app.open:
                     self._readable(fd, app)
@@ -392,7 +392,7 @@ class AppSwarm:
         self.ep.register(post_fd, _OUT)
         deadline = start + timeout
         while (self.pending or self.post is not None) and time.perf_counter() < deadline:
-            for fd, events in self.ep.poll(0.1):
+            for fd, _events in self.ep.poll(0.1):
                 if fd == post_fd:
                     self._post_event(fd)
                 else:

@@ -13,23 +13,24 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from . import config
-from .ws.apps import AppFactory
-from .state.autobackup import BackupService, automatic_backup
-from .state.backup import DEFAULT_DIRECTORY
-from .http.channel import ThreadPoolService, make_site
-from .server.connections import ConnectionCap
-from .ws.devices import DeviceFactory
-from .server.guard import Guard
 from .core.hub import Hub
 from .core.journal import MemoryJournal
-from .server.listeners import ListenerService, brings_own_tls, endpoint_description, fail
-from .server.openfiles import make_room
-from .state.persistence import StoreService
 from .core.pubsub import report_publisher
-from .server.runtime import FreezeStartupObjects, StopInOrder
-from .server.tls import TLS, TLSError
-from .integrations.tweets import tweet_service
 from .http.api import Bridge, make_app
+from .http.channel import make_site
+from .integrations.tweets import tweet_service
+from .server.connections import ConnectionCap
+from .server.guard import Guard
+from .server.listeners import brings_own_tls, endpoint_description, listener
+from .server.openfiles import make_room
+from .server.runtime import FreezeStartupObjects, StopInOrder
+from .server.services import StartupError, ThreadPoolService, exit_startup
+from .server.tls import TLS, TLSError
+from .state.autobackup import BackupService, automatic_backup
+from .state.backup import DEFAULT_DIRECTORY
+from .state.persistence import StoreService
+from .ws.apps import AppFactory
+from .ws.devices import DeviceFactory
 
 _log = Logger(namespace="smartplug_backend")
 
@@ -60,15 +61,22 @@ def makeService(options: Options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
     try:
+        return _build(options, reactor)
+    except StartupError as e:
+        exit_startup(str(e))
+
+
+def _build(options: Options, reactor) -> MultiService:
+    try:
         settings = config.load(options["settings"])
     except config.ConfigError as e:
-        fail(str(e))
+        raise StartupError(str(e)) from e
     _log.info("settings from {where}", where=settings.path or "built-in defaults")
 
     try:
         tls = TLS.from_settings(settings)
     except TLSError as e:
-        fail(str(e))
+        raise StartupError(str(e)) from e
     if tls is not None:
         _log.info(
             "TLS certificate {path}: {subject}, valid until {until}",
@@ -102,7 +110,7 @@ def makeService(options: Options, reactor=None):
             factory = tls.wrap(factory)
         protected = guard.wrap(cap.wrap(factory))
         secure_scheme = scheme + "s" if secure(description) else None
-        ListenerService(label, reactor, description, protected, secure_scheme).setServiceParent(top)
+        listener(label, reactor, description, protected, secure_scheme).setServiceParent(top)
 
     def ws_url(description: str):
         # Autobahn's isSecure follows the URL's scheme.
@@ -153,8 +161,10 @@ def _state(settings: config.Settings, reactor, top: MultiService) -> Hub:
         if settings.BACKUP_INTERVAL is not None:
             _log.warn("BACKUP_INTERVAL is ignored: with STATE_DB = None there is nothing to back up")
         return Hub(now=reactor.seconds, journal=MemoryJournal(settings.HISTORY_KEEP))
-    state = StoreService(settings.STATE_DB, settings.HISTORY_KEEP, reactor)
-    hub = state.hub = Hub(now=reactor.seconds, journal=state.journal)
+    state = StoreService.with_hub(
+        settings.STATE_DB, settings.HISTORY_KEEP, reactor, lambda journal: Hub(now=reactor.seconds, journal=journal)
+    )
+    hub = state.hub
     state.setServiceParent(top)
     if settings.BACKUP_INTERVAL is not None:
         # A thread of its own: a long backup must not hold up the writer.

@@ -12,11 +12,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, connect
-from twisted.web.resource import Resource
 
-from smartplug_backend.http.channel import make_site
 from smartplug_backend.core.hub import Hub
 from smartplug_backend.http.api import Bridge, make_app
+from smartplug_backend.http.channel import make_site
 
 PEER = "192.168.1.64"
 # The client address StubTreq's requests come from.

@@ -16,8 +16,8 @@ import threading
 import time
 
 LISTENING = re.compile(r"\] (.+) listening on 127\.0\.0\.1:(\d+)")
-# The backlog the server's own descriptions have (listeners.BACKLOG).
-LOOPBACK_ANY_PORT = "tcp:0:interface=127.0.0.1:backlog=1024"
+# The server adds its backlog (listeners.BACKLOG) to descriptions like this.
+LOOPBACK_ANY_PORT = "tcp:0:interface=127.0.0.1"
 
 
 def twistd_command() -> list:

@@ -8,8 +8,8 @@ import hashlib
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from smartplug_backend.ws.apps import AppFactory
 from smartplug_backend.core.hub import Hub
+from smartplug_backend.ws.apps import AppFactory
 
 from .helpers import http_client, raw_handshake, ws_connect
 

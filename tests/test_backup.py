@@ -15,11 +15,9 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
-from smartplug_backend.state import backup
-from smartplug_backend.state import cli
-from smartplug_backend.state import lock
-from smartplug_backend.state.autobackup import BackupService, automatic_backup
 from smartplug_backend.core.hub import Plug
+from smartplug_backend.state import backup, cli, lock
+from smartplug_backend.state.autobackup import BackupService, automatic_backup
 from smartplug_backend.state.store import Store
 
 from .test_persistence import fill

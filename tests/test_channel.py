@@ -4,14 +4,14 @@ bare-LF request, fed byte for byte to the real Site.
 """
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from twisted.internet.error import ConnectionDone
 from twisted.trial.unittest import SynchronousTestCase
 
-from smartplug_backend.http.channel import make_site
 from smartplug_backend.core.hub import Hub
 from smartplug_backend.http.api import make_app
+from smartplug_backend.http.channel import make_site
 
 from .helpers import SYNC_BRIDGE, SynchronousReactor, SynchronousThreadPool
 

@@ -2,6 +2,7 @@
 Tests for smartplug_backend.config: loading the settings file.
 """
 
+import dataclasses
 import os
 import re
 
@@ -65,7 +66,7 @@ class LoadTests(SynchronousTestCase):
         Settings cannot be changed once loaded.
         """
         settings = config.settings_from({})
-        with self.assertRaises(Exception):
+        with self.assertRaises(dataclasses.FrozenInstanceError):
             settings.WWW_SERVER_PORT = 1
 
     def test_unknown_name_suggests_closest(self):

@@ -3,17 +3,16 @@ The device WebSocket (SPEC 2.1, 2.2) over in-memory connections, with a fake
 clock for both timeouts.
 """
 
-import json
 
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
+from smartplug_backend.core.display import Display
+from smartplug_backend.core.hub import Hub
+from smartplug_backend.server.guard import Guard
 from smartplug_backend.ws.apps import AppFactory
 from smartplug_backend.ws.devices import DeviceFactory
-from smartplug_backend.core.display import Display
-from smartplug_backend.server.guard import Guard
-from smartplug_backend.core.hub import Hub
 
 from .helpers import PEER, ws_connect
 
@@ -359,7 +358,7 @@ class DisplayBroadcastTests(DeviceTestCase):
         waiting = self.connect("192.168.1.66")
         self.hub.set_display(Display(2, color=(255, 65, 174), pulse=0), "test")
         self.hub.display_command("reset", "test")
-        for client, _, pump in (first, second, waiting):
+        for _client, _, pump in (first, second, waiting):
             pump.flush()
         for client, _, _ in (first, second):
             self.assertEqual(client.texts()[2:], ["[cc:2:255,65,174:0]", "[cc:r:?:?]"])

@@ -19,7 +19,7 @@ from websockets.sync.client import connect as ws_connect
 from smartplug_backend.state import backup
 from smartplug_backend.state.store import Store
 
-from .server import RunningServer, start_server, twistd_command
+from .server import RunningServer, twistd_command
 from .test_e2e import http
 
 SECRET = "s3cret"

@@ -9,8 +9,8 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from smartplug_backend.server import guard as guard_module
 from smartplug_backend.config import settings_from
+from smartplug_backend.server import guard as guard_module
 from smartplug_backend.server.guard import Guard, GuardedFactory, key_matches, normal_address
 
 STRANGER = "203.0.113.9"

@@ -16,10 +16,11 @@ from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
 from smartplug_backend import tap
-from smartplug_backend.state.autobackup import BackupService
 from smartplug_backend.core.display import OFF, Display
 from smartplug_backend.core.hub import Hub, Plug
-from smartplug_backend.core.journal import HistoryEntry
+from smartplug_backend.core.journal import HistoryEntry, StoreFailed
+from smartplug_backend.server.services import StartupError
+from smartplug_backend.state.autobackup import BackupService
 from smartplug_backend.state.persistence import SQLiteJournal, StoreService
 from smartplug_backend.state.store import Store
 
@@ -47,8 +48,7 @@ class JournalTests(SynchronousTestCase):
         self.path = self.mktemp()
         self.store = Store.open(self.path, keep=5)
         self.addCleanup(self.store.close)
-        self.journal = SQLiteJournal(run=maybeDeferred)
-        self.journal.store = self.store
+        self.journal = SQLiteJournal(run=maybeDeferred, store=self.store)
         self.clock = Clock()
         self.clock.advance(1000)
         self.hub = Hub(now=self.clock.seconds, journal=self.journal)
@@ -113,6 +113,19 @@ class JournalTests(SynchronousTestCase):
         self.assertIsNone(self.hub.plug("late"))
         self.assertEqual(self.heard, [])
 
+    def test_closing_refusal_is_a_store_failure(self):
+        """
+        A report that arrives while the store is closing fails with
+        L{StoreFailed} (an ordinary 503, logged as one line), never with the
+        start-up exit helper's C{SystemExit} inside the hub.
+        """
+        self.successResultOf(self.journal.close())
+        self.failureResultOf(self.journal.save_report("late", 1, 1000.0, "http"), StoreFailed)
+        self.post(b'{"id": "late", "value": 1}')
+        errors = [e for e in self.events if e["log_level"].name in ("error", "critical")]
+        self.assertEqual([e.get("why") for e in errors], ["the server is stopping"])
+        self.assertNotIn("log_failure", errors[0])
+
     def test_display_is_stored(self):
         """
         POST /display stores the state before it answers; one the database
@@ -154,8 +167,7 @@ class StoreServiceTests(SynchronousTestCase):
         self.patch(sys, "stderr", self.stderr)
 
     def start(self) -> StoreService:
-        service = StoreService(self.path, 10, SynchronousReactor())
-        service.hub = Hub(journal=service.journal)
+        service = StoreService.with_hub(self.path, 10, SynchronousReactor(), lambda journal: Hub(journal=journal))
         service.privilegedStartService()
         # What stopService does on the writer thread.
         self.addCleanup(lambda: os.close(service._lock))
@@ -163,11 +175,10 @@ class StoreServiceTests(SynchronousTestCase):
         return service
 
     def assertStops(self, fragment: str) -> None:
-        error = self.assertRaises(SystemExit, self.start)
-        self.assertEqual(error.code, 1)
-        self.assertEqual(self.stderr.getvalue().count("\n"), 1)
-        self.assertTrue(self.stderr.getvalue().startswith("smartplug: STATE_DB: "))
-        self.assertIn(fragment, self.stderr.getvalue())
+        error = self.assertRaises(StartupError, self.start)
+        self.assertNotIn("\n", str(error))
+        self.assertTrue(str(error).startswith("STATE_DB: "))
+        self.assertIn(fragment, str(error))
 
     def test_loads_hub(self):
         """

@@ -17,16 +17,16 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from smartplug_backend.core import strictjson
-from smartplug_backend.ws.apps import AppFactory
-from smartplug_backend.http.channel import make_site
-from smartplug_backend.server.connections import ConnectionCap
-from smartplug_backend.ws.devices import DeviceFactory
-from smartplug_backend.server.guard import Guard
 from smartplug_backend.core.hub import Hub
 from smartplug_backend.core.limits import MAX_HANDSHAKE
 from smartplug_backend.core.pubsub import parse_publication
 from smartplug_backend.core.reports import InvalidReport, parse_report
 from smartplug_backend.http.api import make_app
+from smartplug_backend.http.channel import make_site
+from smartplug_backend.server.connections import ConnectionCap
+from smartplug_backend.server.guard import Guard
+from smartplug_backend.ws.apps import AppFactory
+from smartplug_backend.ws.devices import DeviceFactory
 
 from .helpers import PEER as WS_PEER
 from .helpers import SYNC_BRIDGE, SynchronousReactor, SynchronousThreadPool, accept, http_client, ws_connect
@@ -65,7 +65,7 @@ def pieces(data: bytes, cuts: list) -> list:
     C{data} split at the offsets C{cuts} (as the network may split it).
     """
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in zip(points, points[1:])]
+    return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
 
 
 class HTTPProperties(SynchronousTestCase):

@@ -8,11 +8,11 @@ import json
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from smartplug_backend.ws.apps import AppFactory
-from smartplug_backend.server.guard import Guard
 from smartplug_backend.core.hub import Hub
-from smartplug_backend.core.pubsub import PubSub, delivery_frame, go_json, report_publisher
 from smartplug_backend.core.limits import MAX_UNSENT
+from smartplug_backend.core.pubsub import PubSub, delivery_frame, go_json, report_publisher
+from smartplug_backend.server.guard import Guard
+from smartplug_backend.ws.apps import AppFactory
 
 from .helpers import PEER, STUB_PEER, http_client, raw_handshake, ws_connect
 

@@ -14,11 +14,11 @@ from twisted.internet.task import LoopingCall
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from smartplug_backend.ws.apps import AppFactory
-from smartplug_backend.http.channel import make_site
 from smartplug_backend.core.hub import Hub
 from smartplug_backend.core.limits import HTTP_IDLE_TIMEOUT, HTTP_REQUEST_TIMEOUT
 from smartplug_backend.http.api import Bridge, make_app
+from smartplug_backend.http.channel import make_site
+from smartplug_backend.ws.apps import AppFactory
 
 from .helpers import SYNC_BRIDGE, SynchronousReactor, SynchronousThreadPool, accept
 

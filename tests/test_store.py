@@ -9,10 +9,10 @@ import sqlite3
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from smartplug_backend.state import store
 from smartplug_backend.core.display import Display
 from smartplug_backend.core.hub import Plug
 from smartplug_backend.core.journal import HistoryEntry
+from smartplug_backend.state import store
 from smartplug_backend.state.store import APPLICATION_ID, UPGRADES, Store, UnusableDatabase
 
 

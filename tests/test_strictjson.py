@@ -8,9 +8,9 @@ import json
 from twisted.trial.unittest import SynchronousTestCase
 
 from smartplug_backend.core import strictjson
-from smartplug_backend.ws.apps import AppFactory
 from smartplug_backend.core.hub import Hub
 from smartplug_backend.core.limits import MAX_JSON_DEPTH
+from smartplug_backend.ws.apps import AppFactory
 
 from .helpers import http_client, ws_connect
 

@@ -16,7 +16,7 @@ from smartplug_backend import tap
 from smartplug_backend.config import settings_from
 from smartplug_backend.server.connections import CappedFactory
 from smartplug_backend.server.guard import GuardedFactory
-from smartplug_backend.server.listeners import brings_own_tls, endpoint_description
+from smartplug_backend.server.listeners import brings_own_tls, endpoint_description, with_backlog
 from smartplug_backend.server.tls import MINIMUM_VERSION, TLS, TLSError, load
 
 from .certs import other_key, self_signed
@@ -226,11 +226,17 @@ class DescriptionTests(SynchronousTestCase):
 
     def test_backlog(self):
         """
-        The default listeners queue up to 1024 connections before accepting
-        them, so that a burst of reconnecting apps is not dropped.
+        Every TCP or TLS listener, built-in or given as --www/--ws/--device,
+        queues up to 1024 connections before accepting them, so that a burst
+        of reconnecting apps is not dropped (Twisted's default is 50); a
+        backlog the owner gives is kept.
         """
-        self.assertEqual(endpoint_description(9000, "0.0.0.0"), "tcp:9000:interface=0.0.0.0:backlog=1024")
-        self.assertEqual(endpoint_description(9000, "::1"), "tcp:9000:interface=\\:\\:1:backlog=1024")
+        self.assertEqual(with_backlog(endpoint_description(9000, "0.0.0.0")), "tcp:9000:interface=0.0.0.0:backlog=1024")
+        self.assertEqual(endpoint_description(9000, "::1"), "tcp:9000:interface=\\:\\:1")
+        self.assertEqual(with_backlog("tcp:0"), "tcp:0:backlog=1024")
+        self.assertEqual(with_backlog("ssl:9443:privateKey=k.pem"), "ssl:9443:privateKey=k.pem:backlog=1024")
+        self.assertEqual(with_backlog("tcp:0:backlog=7"), "tcp:0:backlog=7")
+        self.assertEqual(with_backlog("unix:/tmp/s"), "unix:/tmp/s")
 
     def test_brings_own_tls(self):
         """

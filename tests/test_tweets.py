@@ -8,9 +8,9 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase
 
 from smartplug_backend import tap
-from smartplug_backend.integrations import tweets
 from smartplug_backend.config import settings_from
 from smartplug_backend.core.hub import Hub
+from smartplug_backend.integrations import tweets
 from smartplug_backend.integrations.tweets import Notifier, TweetService, tweet_service
 from smartplug_backend.integrations.twitter_client import TweetError
 

@@ -11,10 +11,10 @@ from twisted.internet.task import Clock
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
 
-from smartplug_backend.ws.apps import AppFactory
 from smartplug_backend.core.hub import Hub
 from smartplug_backend.integrations.tweets import Notifier, TweetService
 from smartplug_backend.integrations.twitter_client import TwitterClient
+from smartplug_backend.ws.apps import AppFactory
 
 from .fake_twitter import CREDENTIALS, serve
 from .helpers import http_client, ws_connect

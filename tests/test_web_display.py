@@ -10,8 +10,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from smartplug_backend.core.display import OFF, Display
-from smartplug_backend.server.guard import Guard
 from smartplug_backend.core.hub import Hub
+from smartplug_backend.server.guard import Guard
 
 from .helpers import STUB_PEER, http_client
 

@@ -15,9 +15,9 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from smartplug_backend.ws.apps import AppFactory
 from smartplug_backend.core.hub import Hub
 from smartplug_backend.core.limits import MAX_HANDSHAKE, MAX_MESSAGE, MAX_UNSENT, WS_HANDSHAKE_TIMEOUT
+from smartplug_backend.ws.apps import AppFactory
 from smartplug_backend.ws.base import write_now
 
 from .helpers import accept, quiet, ws_connect

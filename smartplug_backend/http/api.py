@@ -15,12 +15,12 @@ import bottle
 from twisted.internet.threads import blockingCallFromThread
 from twisted.logger import Logger
 
-from ..ws import picloud
 from ..core.display import InvalidDisplay, parse_display
-from ..server.guard import key_matches
 from ..core.limits import MAX_BODY
 from ..core.reports import InvalidReport, parse_report
 from ..core.times import utc_rfc3339
+from ..server.guard import key_matches
+from ..ws import picloud
 
 DEFAULT_HISTORY = 100
 MAX_HISTORY = 1_000_000

@@ -21,10 +21,7 @@ connection, for the first request), or the peer gets 408 and is closed.
 
 import json
 
-from twisted.application.service import Service
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 from twisted.web.wsgi import WSGIResource
@@ -188,32 +185,6 @@ class QuietSite(Site):
 
     def log(self, request) -> None:
         pass
-
-
-class ThreadPoolService(Service):
-    """
-    Starts a thread pool with the service and stops it when the service stops.
-
-    With a C{reactor}, the workers are joined from the reactor's own pool, so
-    the reactor keeps running meanwhile: needed where a worker may be waiting
-    in C{blockingCallFromThread} (the WSGI pool).  Without one, they are
-    joined at once.
-    """
-
-    def __init__(self, pool: ThreadPool, reactor=None) -> None:
-        self.pool = pool
-        self._reactor = reactor
-
-    def startService(self) -> None:
-        super().startService()
-        self.pool.start()
-
-    def stopService(self):
-        super().stopService()
-        if self._reactor is None:
-            self.pool.stop()
-            return None
-        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), self.pool.stop)
 
 
 def make_site(app, reactor, pool, timeout: float = HTTP_IDLE_TIMEOUT, request_timeout: float = HTTP_REQUEST_TIMEOUT) -> Site:

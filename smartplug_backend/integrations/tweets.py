@@ -23,7 +23,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from ..http.channel import ThreadPoolService
+from ..server.services import ThreadPoolService
 from .twitter_client import CREDENTIALS, TweetError, TwitterClient
 
 # Tweets waiting for their turn; beyond this the oldest is dropped.

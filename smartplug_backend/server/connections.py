@@ -9,8 +9,8 @@ seconds, so that the flood does not flood the log as well.
 """
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
 
 from .guard import GateFactory, log_prefix, normal_address
 

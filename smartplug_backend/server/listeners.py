@@ -1,19 +1,25 @@
 """
-A service that listens on one endpoint and says where, in one log line.
+The listeners: Twisted's C{StreamServerEndpointService}, saying in one log
+line where each one listens.
 """
 
 import os
-import sys
 
-from twisted.application.service import Service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
+from zope.interface import implementer
 
+from .services import StartupError
 
 # Connections the kernel queues before we accept them.  Twisted's default of
 # 50 overflows when many apps reconnect at once (after a restart), and each
 # overflow costs the client a SYN retransmission: a second or more.
 BACKLOG = 1024
+
+_log = Logger(namespace="smartplug_backend")
 
 
 def endpoint_description(port: int, interface: str) -> str:
@@ -21,7 +27,7 @@ def endpoint_description(port: int, interface: str) -> str:
     A Twisted endpoint description for a plain TCP listener.
     """
     # Colons in an IPv6 interface must be escaped in endpoint descriptions.
-    return f"tcp:{port}:interface={interface.replace(':', chr(92) + ':')}:backlog={BACKLOG}"
+    return f"tcp:{port}:interface={interface.replace(':', chr(92) + ':')}"
 
 
 def brings_own_tls(description: str) -> bool:
@@ -32,87 +38,79 @@ def brings_own_tls(description: str) -> bool:
     return description.strip().lower().startswith("ssl:")
 
 
-class ListenerService(Service):
+def with_backlog(description: str) -> str:
     """
-    Listen with C{factory} on the endpoint C{description} when started.
+    C{description} with C{backlog=BACKLOG} added to a C{tcp:} or C{ssl:}
+    endpoint that names none, so that endpoints given on the command line
+    queue as many connections as the built-in ones.
+    """
+    kind = description.strip().split(":", 1)[0].lower()
+    if kind in ("tcp", "tcp6", "ssl") and "backlog=" not in description:
+        return f"{description}:backlog={BACKLOG}"
+    return description
 
-    The bound address is logged as C{"<name> listening on <host>:<port>"};
+
+def listener(label: str, reactor, description: str, factory, secure_scheme=None) -> StreamServerEndpointService:
+    """
+    A service listening with C{factory} on C{description}.
+
+    The bound address is logged as C{"<label> listening on <host>:<port>"};
     with a C{secure_scheme} (C{"https"}, C{"wss"}) a second line says that
-    the listener speaks it.  A listener that cannot start stops start-up
-    with one line on stderr.
+    the listener speaks it.  A description that does not parse raises
+    L{StartupError} here; one that cannot bind raises it when the service
+    starts (a TCP listener binds at once), so start-up ends with one line.
     """
+    try:
+        endpoint = serverFromString(reactor, with_backlog(description))
+    except Exception as e:
+        raise StartupError(f"{label}: bad endpoint {description!r}: {e}") from e
+    return _Listener(label, description, _Announced(endpoint, label, secure_scheme), factory)
 
-    _log = Logger(namespace="smartplug_backend")
 
-    def __init__(self, label: str, reactor, description: str, factory, secure_scheme=None) -> None:
+class _Listener(StreamServerEndpointService):
+    def __init__(self, label: str, description: str, endpoint, factory) -> None:
+        super().__init__(endpoint, factory)
         self.label = label
-        self.secure_scheme = secure_scheme
-        self._reactor = reactor
         self._description = description
-        self._factory = factory
-        self.port = None
-        self._report_to = None
+        # Documented on StreamServerEndpointService: a listen() that fails
+        # before start-up has finished raises from privilegedStartService,
+        # instead of being logged while the server runs without the port.
+        self._raiseSynchronously = True
 
     def privilegedStartService(self) -> None:
-        super().privilegedStartService()
         try:
-            endpoint = serverFromString(self._reactor, self._description)
+            super().privilegedStartService()
         except Exception as e:
-            fail(f"{self.label}: bad endpoint {self._description!r}: {e}")
-        # A TCP listener binds (or fails) at once; raise SystemExit outside
-        # the Deferred, which would otherwise swallow it.
-        problems = []
-        self._report_to = problems
-        endpoint.listen(self._factory).addCallbacks(self._listening, self._cannot_listen)
-        self._report_to = None
-        if problems:
-            fail(problems[0])
+            raise StartupError(f"{self.label}: cannot listen on {self._description}: {e}") from e
 
-    def _cannot_listen(self, failure) -> None:
-        message = f"{self.label}: cannot listen on {self._description}: {failure.getErrorMessage()}"
-        if self._report_to is not None:
-            self._report_to.append(message)
-        else:
-            # Endpoints that bind later (systemd, tor) fail later; without
-            # this listener the server cannot do its job.
-            self._log.critical("{message}; stopping", message=message)
-            self._reactor.stop()
 
-    def _listening(self, port) -> None:
-        self.port = port
+@implementer(IStreamServerEndpoint)
+class _Announced:
+    """
+    An endpoint that logs where its port listens once it does.
+    """
+
+    def __init__(self, endpoint, label: str, secure_scheme) -> None:
+        self._endpoint = endpoint
+        self._label = label
+        self._secure_scheme = secure_scheme
+
+    def listen(self, factory) -> Deferred:
+        return self._endpoint.listen(factory).addCallback(self._listening)
+
+    def _listening(self, port: IListeningPort) -> IListeningPort:
         address = port.getHost()
         if hasattr(address, "port"):
-            self._log.info(
-                "{label} listening on {host}:{port}",
-                label=self.label,
-                host=address.host,
-                port=address.port,
-            )
+            _log.info("{label} listening on {host}:{port}", label=self._label, host=address.host, port=address.port)
             where = f"port {address.port}"
         else:
             # A unix: socket has a path and no port.
             name = getattr(address, "name", address)
             where = os.fsdecode(name) if isinstance(name, bytes) else str(name)
-            self._log.info("{label} listening on {path}", label=self.label, path=where)
-        if self.secure_scheme:
-            self._log.info(
+            _log.info("{label} listening on {path}", label=self._label, path=where)
+        if self._secure_scheme:
+            _log.info(
                 "{label} on {where} speaks {scheme} (TLS 1.2 or newer)",
-                label=self.label,
-                where=where,
-                scheme=self.secure_scheme,
+                label=self._label, where=where, scheme=self._secure_scheme,
             )
-
-    def stopService(self):
-        super().stopService()
-        if self.port is not None:
-            port, self.port = self.port, None
-            return port.stopListening()
-
-
-def fail(message: str) -> None:
-    """
-    Stop start-up with C{message} as one line on stderr: no traceback.
-    """
-    sys.stderr.write(f"smartplug: {message}\n")
-    sys.stderr.flush()
-    raise SystemExit(1)
+        return port

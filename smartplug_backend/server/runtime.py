@@ -9,6 +9,8 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 
+from .services import StartupError, exit_startup
+
 
 class StopInOrder(MultiService):
     """
@@ -21,9 +23,24 @@ class StopInOrder(MultiService):
     is gone, and the process would never exit.  Added in the order store,
     WSGI pool, listeners, the server stops taking connections, then finishes
     the requests it has, then closes the store.
+
+    As the root service it is also where a child's L{StartupError} ends
+    start-up: one line on stderr, exit status 1.
     """
 
     _log = Logger(namespace="smartplug_backend")
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except StartupError as e:
+            exit_startup(str(e))
+
+    def startService(self) -> None:
+        try:
+            super().startService()
+        except StartupError as e:
+            exit_startup(str(e))
 
     def stopService(self) -> Deferred:
         Service.stopService(self)

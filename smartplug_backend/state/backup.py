@@ -19,8 +19,7 @@ import tempfile
 import time
 from typing import Callable, Iterator, Optional
 
-from . import lock
-from . import store
+from . import lock, store
 
 DEFAULT_DIRECTORY = "backups"
 ARCHIVE_DB = "state.sqlite"

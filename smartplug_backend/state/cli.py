@@ -10,9 +10,8 @@ import argparse
 import sys
 from typing import Optional
 
-from . import backup
 from .. import config
-from . import lock
+from . import backup, lock
 
 
 class _Parser(argparse.ArgumentParser):

@@ -11,16 +11,16 @@ accepts it, and the reports of one plug are committed in arrival order.
 import os
 import sqlite3
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from ..http.channel import ThreadPoolService
+from ..core.display import Display
 from ..core.journal import StoreFailed
-from ..server.listeners import fail
+from ..server.services import StartupError, ThreadPoolService
 from .lock import Locked, hold
 from .store import Store, UnusableDatabase
 
@@ -33,13 +33,24 @@ class SQLiteJournal:
 
     @param run: C{run(f, *args)} calls C{f(*args)} on the writer thread and
         returns a Deferred of its result (tests pass a synchronous one).
-    @ivar store: the open L{Store}; set by L{StoreService} at start-up.
+    @param store: an open L{Store}, or C{None} until L{open} is called.
     """
 
-    def __init__(self, run: Runner) -> None:
+    def __init__(self, run: Runner, store: Optional[Store] = None) -> None:
         self._run_in_thread = run
-        self.store = None
+        self.store = store
         self._closing = False
+
+    def open(self, path: str, keep: int) -> tuple[list, Optional[Display]]:
+        """
+        Open the database at C{path} (created if missing) as this journal's
+        store, here and now (start-up, before anything is queued).
+
+        @return: the stored plugs and display state, to restore the hub.
+        @raise sqlite3.Error, UnusableDatabase: the file cannot be used.
+        """
+        self.store = Store.open(path, keep)
+        return self.store.plugs(), self.store.display()
 
     def _run(self, f: Callable[..., Any], *args) -> Deferred:
         # Once closing, nothing more is queued: a stopped pool would drop the
@@ -81,23 +92,34 @@ class StoreService(ThreadPoolService):
     Owns the state database: locks and opens it and loads the hub before any
     listener starts, runs the writer thread, closes it all at shutdown.
 
-    Build the hub on L{journal}, set L{hub}, and add the service to the
-    application before the listeners: they bind in C{privilegedStartService},
-    which runs in the order services were added.
+    Add the service to the application before the listeners: they bind in
+    C{privilegedStartService}, which runs in the order services were added.
 
-    @ivar journal: the L{SQLiteJournal} to give the hub.
-    @ivar hub: the hub to load at start-up.
+    @param journal: the L{SQLiteJournal} the hub was built on; it runs its
+        calls on C{pool}.
+    @param hub: the hub to load at start-up.
+    @param pool: the writer thread (one thread).
     """
 
     _log = Logger(namespace="smartplug_backend.state.store")
 
-    def __init__(self, path: str, keep: int, reactor) -> None:
-        super().__init__(ThreadPool(minthreads=1, maxthreads=1, name="smartplug-store"), reactor)
+    def __init__(self, path: str, keep: int, journal: SQLiteJournal, hub, pool: ThreadPool, reactor) -> None:
+        super().__init__(pool, reactor)
         self.path = path
         self._keep = keep
-        self.hub = None
-        self.journal = SQLiteJournal(partial(deferToThreadPool, reactor, self.pool))
+        self.hub = hub
+        self.journal = journal
         self._lock = None
+
+    @classmethod
+    def with_hub(cls, path: str, keep: int, reactor, make_hub: Callable[[SQLiteJournal], Any]) -> "StoreService":
+        """
+        The service, its one-thread writer pool and its journal, with the hub
+        that C{make_hub(journal)} builds on that journal.
+        """
+        pool = ThreadPool(minthreads=1, maxthreads=1, name="smartplug-store")
+        journal = SQLiteJournal(partial(deferToThreadPool, reactor, pool))
+        return cls(path, keep, journal, make_hub(journal), pool, reactor)
 
     def privilegedStartService(self) -> None:
         # Before the reactor runs, nothing waits on this thread, so the
@@ -107,15 +129,13 @@ class StoreService(ThreadPoolService):
         super().privilegedStartService()
         try:
             self._lock = hold(self.path)
-            store = Store.open(self.path, self._keep)
-            plugs, display = store.plugs(), store.display()
+            plugs, display = self.journal.open(self.path, self._keep)
         except sqlite3.Error as e:
-            fail(f"STATE_DB: {self.path} cannot be read ({e})")
+            raise StartupError(f"STATE_DB: {self.path} cannot be read ({e})") from e
         except (Locked, UnusableDatabase) as e:
-            fail(f"STATE_DB: {e}")
+            raise StartupError(f"STATE_DB: {e}") from e
         except OSError as e:
-            fail(f"STATE_DB: cannot lock {e.filename}: {e.strerror}")
-        self.journal.store = store
+            raise StartupError(f"STATE_DB: cannot lock {e.filename}: {e.strerror}") from e
         self.hub.restore(plugs, display)
         self._log.info(
             "state from {path}: {count} plugs, display {packet}",

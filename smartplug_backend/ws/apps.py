@@ -11,8 +11,8 @@ from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from . import picloud
 from ..core.reports import broadcast_bytes
+from . import picloud
 from .base import LenientServerProtocol, LimitedServerFactory, peer_address, peer_host
 
 
@@ -46,7 +46,7 @@ class AppProtocol(LenientServerProtocol):
             if denied.bad_key and self.factory.guard is not None:
                 self.factory.guard.failure(self._peer, f"wrong API key for {request.path}")
             self._deny_body = denied.body
-            raise ConnectionDeny(401, str(denied))
+            raise ConnectionDeny(401, str(denied)) from None
         return None
 
     def onOpen(self):

@@ -6,8 +6,8 @@ messages mean.  Shared by the app WebSocket routes and C{POST /publish}.
 from typing import Any, Mapping, Optional
 
 from ..core import strictjson
-from ..server.guard import key_matches
 from ..core.pubsub import InvalidPublication, PubSub, parse_publication
+from ..server.guard import key_matches
 
 INVALID_API_KEY = b"Invalid API Key\n"
 INVALID_CLIENT_NAME = b"Invalid client name\n"
