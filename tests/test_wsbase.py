@@ -312,6 +312,24 @@ class HandshakeLimitTests(SynchronousTestCase):
     def connect(self):
         return accept(self.factory, "10.0.0.9")
 
+    def test_no_versions_to_strangers(self):
+        """
+        A plain GET (no Upgrade) is refused with 426 and a plain-text body,
+        not Autobahn's HTML status page; neither it nor a 101 names the
+        server software or its version.
+        """
+        server, transport = self.connect()
+        server.dataReceived(b"GET /?redirect=http%3A%2F%2Fevil.example HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = transport.value()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 426 "), answer)
+        self.assertNotIn(b"Server:", answer)
+        self.assertNotIn(b"utobahn", answer)
+        self.assertNotIn(b"evil.example", answer)
+        server, transport = self.connect()
+        server.dataReceived(HANDSHAKE)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 101 "))
+        self.assertNotIn(b"Server:", transport.value())
+
     def test_oversized_head_refused(self):
         """
         A handshake head over 16 KiB with no end in sight is refused with

@@ -24,6 +24,7 @@ import json
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
+from twisted.web.server import version as server_version
 from twisted.web.wsgi import WSGIResource
 
 from ..core.limits import HTTP_IDLE_TIMEOUT, HTTP_REQUEST_TIMEOUT, MAX_BODY
@@ -142,14 +143,21 @@ class LenientHTTPChannel(HTTPChannel):
 
 class PatientRequest(Request):
     """
-    A Request whose body outlives the connection, and that counts what a
-    chunked body adds up to.
+    A Request whose body outlives the connection, that counts what a chunked
+    body adds up to, and that sends no C{Server} header.
 
     The body is an in-memory or temporary file of at most the size limit; it
     is released with the request object itself.
     """
 
     _received = 0
+
+    def setHeader(self, name, value) -> None:
+        # twisted.web names itself and its version on every answer; strangers
+        # learn nothing of versions here.
+        if isinstance(name, bytes) and name.lower() == b"server" and value == server_version:
+            return
+        super().setHeader(name, value)
 
     def handleContentChunk(self, data: bytes) -> None:
         self._received += len(data)

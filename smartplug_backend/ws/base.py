@@ -306,7 +306,8 @@ class LimitedServerFactory(WebSocketServerFactory):
     """
 
     def __init__(self, url=None, clock=None, handshake_timeout: float = WS_HANDSHAKE_TIMEOUT) -> None:
-        super().__init__(url)
+        # No Server header: strangers learn nothing of versions.
+        super().__init__(url, server=None)
         if clock is None:
             from twisted.internet import reactor as clock
         self.clock = clock
@@ -320,6 +321,9 @@ class LimitedServerFactory(WebSocketServerFactory):
             # Ours replaces Autobahn's timer, which only runs on the global
             # reactor; both are a fixed deadline, not reset by new bytes.
             openHandshakeTimeout=0,
+            # A GET without Upgrade gets a plain 426, not Autobahn's HTML
+            # status page (which names its version and follows ?redirect=).
+            webStatus=False,
         )
 
     def send_to_all(self, connections: Iterable, payload: bytes) -> None:
