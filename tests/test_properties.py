@@ -209,7 +209,7 @@ class WebSocketProperties(SynchronousTestCase):
         self.clock = Clock()
         self.hub = Hub(now=self.clock.seconds)
         self.apps = AppFactory(self.hub, clock=self.clock)
-        self.hub.pubsub.deliver = self.apps.send_to_all
+        self.hub.pubsub.deliver_with(self.apps.send_to_all)
         self.hub.listen(self.apps.broadcast)
         self.hub.report("known", 1, "test", "x")
 

@@ -93,6 +93,12 @@ class LenientServerProtocol(WebSocketServerSeams):
     _cut_off = False
     _handshake_deadline = None
 
+    @property
+    def _hub(self):
+        # The one way a connection reaches the server's state: its factory's
+        # hub (a class attribute, so it costs idle connections nothing).
+        return self.factory.hub
+
     def processHandshake(self):
         if not self._host_checked:
             received = self.unparsed()
@@ -205,6 +211,7 @@ class LimitedServerFactory(WebSocketServerFactory):
     within C{handshake_timeout} seconds, and that can send one message to
     many.
 
+    @param hub: the server's state; connections reach it as C{self._hub}.
     @param url: C{wss://...} when the listener speaks TLS (Autobahn's
         C{isSecure}), else C{None}.
     @param clock: runs the handshake deadline (the reactor; a L{Clock} in
@@ -213,9 +220,10 @@ class LimitedServerFactory(WebSocketServerFactory):
         included) to a completed WebSocket opening handshake; 0 for none.
     """
 
-    def __init__(self, url=None, clock=None, handshake_timeout: float = WS_HANDSHAKE_TIMEOUT) -> None:
+    def __init__(self, hub, url=None, clock=None, handshake_timeout: float = WS_HANDSHAKE_TIMEOUT) -> None:
         # No Server header: strangers learn nothing of versions.
         super().__init__(url, server=None)
+        self.hub = hub
         if clock is None:
             from twisted.internet import reactor as clock
         self.clock = clock
