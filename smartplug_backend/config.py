@@ -59,6 +59,12 @@ def _optional_text(v: Any) -> Optional[str]:
     return "a non-empty string or None"
 
 
+def _redis_url(v: Any) -> Optional[str]:
+    if v is None or (isinstance(v, str) and v.startswith(("redis://", "rediss://"))):
+        return None
+    return 'None or a URL such as "redis://host:6379/0" (rediss:// for TLS)'
+
+
 def _bool(v: Any) -> Optional[str]:
     return None if type(v) is bool else "True or False"
 
@@ -118,6 +124,8 @@ SETTINGS: dict[str, _Setting] = {
     "BACKUP_INTERVAL": _Setting(None, _optional_positive),
     "BACKUP_KEEP": _Setting(7, _count),
     "MAX_CONNECTIONS": _Setting(10000, _count),
+    "REDIS_URL": _Setting(None, _redis_url),
+    "NODE_NAME": _Setting(None, _optional_text),
 }
 
 
@@ -158,6 +166,8 @@ class Settings:
     BACKUP_INTERVAL: Optional[float]
     BACKUP_KEEP: int
     MAX_CONNECTIONS: int
+    REDIS_URL: Optional[str]
+    NODE_NAME: Optional[str]
     path: Optional[str] = None
 
     def __repr__(self) -> str:
@@ -190,7 +200,7 @@ def settings_from(values: dict[str, Any], path: Optional[str] = None) -> Setting
 
 def _describe(name: str, value: Any) -> str:
     # Never echo the value of a setting that may hold a secret.
-    if name in ("AUTH_SECRET", "API_KEY") or name.endswith(("_SECRET", "_KEY")):
+    if name in ("AUTH_SECRET", "API_KEY", "REDIS_URL") or name.endswith(("_SECRET", "_KEY")):
         return f"a value of type {type(value).__name__}"
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."

@@ -4,6 +4,7 @@ C{twistd smartplug}: command-line options and the wiring of every part.
 Nothing here does work of its own; it builds the parts and connects them.
 """
 
+import socket
 from functools import partial
 
 from twisted.application.service import MultiService
@@ -87,12 +88,12 @@ def _build(options: Options, reactor) -> MultiService:
     # Stopped last-added first, one at a time: listeners, then the WSGI
     # pool's requests, then the store they write to.
     top = StopInOrder()
-    hub = _state(settings, reactor, top)
+    hub, shared_bans = _state(settings, reactor, top)
     # Start-up's objects out of the garbage collector's way, once all is up.
     FreezeStartupObjects(reactor).setServiceParent(top)
     # One guard and one connection count for every listener: a ban holds on
     # all ports, and MAX_CONNECTIONS counts them all together.
-    guard = Guard.from_settings(settings, reactor)
+    guard = Guard.from_settings(settings, reactor, shared_bans)
     cap = ConnectionCap.from_settings(settings, reactor)
 
     def endpoint(option: str, port: int) -> str:
@@ -150,12 +151,35 @@ def _build(options: Options, reactor) -> MultiService:
     return top
 
 
-def _state(settings: config.Settings, reactor, top: MultiService) -> Hub:
+def _state(settings: config.Settings, reactor, top: MultiService):
     """
-    The hub, on the state store when there is one, with automatic backups.
-    Adds the store's services to C{top}, first: the hub is loaded before any
-    listener binds.
+    The hub, on Redis (C{REDIS_URL}) or on the state store when there is
+    one, with automatic backups.  Adds the store's services to C{top},
+    first: the hub is loaded before any listener binds.
+
+    @return: the hub, and where bans are shared (C{None}: nowhere).
     """
+    if settings.REDIS_URL is not None:
+        return _on_redis(settings, reactor, top)
+    return _local_state(settings, reactor, top), None
+
+
+def _on_redis(settings: config.Settings, reactor, top: MultiService):
+    # Imported here: with REDIS_URL = None the redis library is never loaded.
+    from .integrations.redis_engine import RedisEngine
+
+    node = settings.NODE_NAME or socket.gethostname()
+    if settings.STATE_DB is not None or settings.BACKUP_INTERVAL is not None:
+        _log.info("REDIS_URL is set: the state lives in Redis; STATE_DB and BACKUP_INTERVAL are not used")
+    engine = RedisEngine(
+        settings.REDIS_URL, node, reactor, settings.HISTORY_KEEP, settings.INFO_INTERVAL,
+        lambda journal: Hub(now=reactor.seconds, journal=journal, node=node),
+    )
+    engine.setServiceParent(top)
+    return engine.hub, engine.bans
+
+
+def _local_state(settings: config.Settings, reactor, top: MultiService) -> Hub:
     if settings.STATE_DB is None:
         _log.info("STATE_DB is None: plug states, history and the display state are lost when the server stops")
         if settings.BACKUP_INTERVAL is not None:

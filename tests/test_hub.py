@@ -120,6 +120,11 @@ class SlowJournal:
         self.pending.append(((display,), d))
         return d
 
+    def save_command(self, command):
+        d = Deferred()
+        self.pending.append(((command,), d))
+        return d
+
     def history(self, plug_id, limit):
         raise AssertionError("not used")
 
@@ -242,14 +247,29 @@ class JournalTests(SynchronousTestCase):
         errors = [e for e in self.events if e["log_level"].name == "error"]
         self.assertEqual([(e["change"], e["peer"]) for e in errors], [("display [cc:1:3:9]", "10.0.0.2")])
 
-    def test_commands_are_not_journaled(self):
+    def test_commands_pass_through_the_journal(self):
         """
-        One-off display commands are sent at once: they are not state.
+        A one-off display command is handed to the journal (a shared one
+        passes it to the other nodes) and sent once the journal answers; it
+        changes no state.
         """
         shown = []
         self.hub.watch_display(lambda event: shown.append(event.packet))
-        self.hub.display_command("reset", "x")
-        self.assertEqual((shown, self.journal.pending), (["[cc:r:?:?]"], []))
+        result = self.hub.display_command("reset", "x")
+        self.assertEqual((shown, [args for args, _ in self.journal.pending]), ([], [("reset",)]))
+        self.journal.commit()
+        self.assertEqual((self.successResultOf(result), shown, self.hub.display()), ("[cc:r:?:?]", ["[cc:r:?:?]"], OFF))
+
+    def test_refused_command_reaches_no_one(self):
+        """
+        A command the journal refuses (Redis unreachable) reaches no device,
+        and the Deferred fires with None.
+        """
+        shown = []
+        self.hub.watch_display(lambda event: shown.append(event.packet))
+        result = self.hub.display_command("update", "x")
+        self.journal.refuse("Redis unreachable")
+        self.assertEqual((self.successResultOf(result), shown), (None, []))
 
     def test_bug_after_commit_is_logged(self):
         """

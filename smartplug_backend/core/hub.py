@@ -49,12 +49,16 @@ class Report:
         is the first report of the plug.
     @ivar source: how it arrived: C{"http"} or C{"device"}.
     @ivar peer: the sender's address, for logs.
+    @ivar remote: True when another node accepted the report (a shared
+        journal, L{Hub.apply_report}): listeners that act once for all nodes
+        (tweets, the C{smartplug} publication) leave it to that node.
     """
 
     plug: Plug
     previous: Optional[int]
     source: str
     peer: str
+    remote: bool = False
 
     @property
     def changed(self) -> bool:
@@ -94,18 +98,21 @@ class Hub:
     @param now: returns the current time in seconds (a clock's C{seconds}).
     @param journal: where changes are recorded before they are accepted;
         by default a L{MemoryJournal}, which keeps nothing across restarts.
+    @param node: this node's name when several nodes share a journal (SPEC
+        11); the info frame then names each connection's node.
     """
 
     _log = Logger()
 
-    def __init__(self, now: Callable[[], float] = time.time, journal: Optional[Journal] = None) -> None:
+    def __init__(self, now: Callable[[], float] = time.time, journal: Optional[Journal] = None,
+                 node: Optional[str] = None) -> None:
         self._now = now
         self._journal = MemoryJournal() if journal is None else journal
         self._plugs: dict[str, Plug] = {}
         self._display = OFF
         self._listeners: list[Listener] = []
         self._display_listeners: list[DisplayListener] = []
-        self.pubsub = PubSub(now=now)
+        self.pubsub = PubSub(now=now, node=node)
 
     def restore(self, plugs: Iterable[Plug], display: Optional[Display] = None) -> None:
         """
@@ -188,12 +195,12 @@ class Hub:
             lambda: self._accept(plug, source, peer), f"report plug {plug_id} -> {value}", peer,
         )
 
-    def _accept(self, plug: Plug, source: str, peer: str) -> Report:
+    def _accept(self, plug: Plug, source: str, peer: str, remote: bool = False) -> Report:
         # The journal answers in call order, so reports of one plug are
         # accepted in the order they arrived and "previous" is right.
         old = self._plugs.get(plug.id)
         self._plugs[plug.id] = plug
-        report = Report(plug, old.value if old else None, source, peer)
+        report = Report(plug, old.value if old else None, source, peer, remote)
         self._log.info(
             "plug {plug_id} -> {value} from {peer}", plug_id=plug.id, value=plug.value, peer=peer
         )
@@ -249,17 +256,49 @@ class Hub:
         self._notify(self._display_listeners, DisplayEvent(display.packet(), display, None, peer))
         return display
 
-    def display_command(self, command: str, peer: str) -> str:
+    def display_command(self, command: str, peer: str) -> Deferred:
         """
         Send the one-off packet of C{command} (a key of
-        L{smartplug_backend.core.display.COMMANDS}) without changing the state.
+        L{smartplug_backend.core.display.COMMANDS}) without changing the state,
+        once the journal has it (a local journal keeps nothing; a shared one
+        hands it to the other nodes).
 
-        @return: the packet sent.
+        @return: a Deferred firing with the packet sent, or with C{None} when
+            the journal refused it (logged; nobody got it).
         """
+        return self._journaled(
+            self._journal.save_command, (command,), lambda: self._command(command, peer),
+            f"display command {command}", peer,
+        )
+
+    def _command(self, command: str, peer: str) -> str:
         packet = COMMANDS[command]
         self._log.info("display command {command} from {peer}", command=command, peer=peer)
         self._notify(self._display_listeners, DisplayEvent(packet, self._display, command, peer))
         return packet
+
+    # Changes another node committed to a shared journal (integrations/
+    # redis_engine.py): accepted here as if this hub had journaled them, in
+    # the order the journal gives, but never journaled again.
+
+    def apply_report(self, plug_id: str, value: int, at: float, source: str, peer: str) -> Report:
+        """
+        Accept a report that another node recorded in the shared journal:
+        the state changes and the listeners are told, with C{remote} set.
+        """
+        return self._accept(Plug(plug_id, value, at), source, peer, remote=True)
+
+    def apply_display(self, display: Display, peer: str) -> Display:
+        """
+        Take a display state that another node recorded, and send its packet.
+        """
+        return self._show(display, peer)
+
+    def apply_command(self, command: str, peer: str) -> str:
+        """
+        Send a one-off display command that another node accepted.
+        """
+        return self._command(command, peer)
 
 
 def _subscribe(listeners: list, listener) -> Callable[[], None]:

@@ -67,6 +67,14 @@ class Journal(Protocol):
             newest first.
         """
 
+    def save_command(self, command: str) -> Deferred:
+        """
+        Pass on a one-off display command (C{"reset"}, C{"update"}): a local
+        journal keeps nothing; a shared one hands it to the other nodes.
+
+        @return: fires with C{None} once passed on, or fails.
+        """
+
 
 class MemoryJournal:
     """
@@ -86,6 +94,9 @@ class MemoryJournal:
         return succeed(None)
 
     def save_display(self, display) -> Deferred:
+        return succeed(None)
+
+    def save_command(self, command: str) -> Deferred:
         return succeed(None)
 
     def history(self, plug_id: str, limit: int) -> Deferred:

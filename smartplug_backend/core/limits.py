@@ -40,3 +40,17 @@ TWEET_QUEUE = 100
 TWEET_TRIES = 3
 TWEET_RETRY_DELAYS = (5.0, 30.0)
 TWEET_REQUEST_TIMEOUT = 10.0
+# Several nodes on one Redis (SPEC 11): seconds to wait for Redis to connect
+# and to answer one command; the longest wait between two tries to reconnect;
+# how long a change may wait for its own message back on the change channel
+# before it is answered 503.
+REDIS_CONNECT_TIMEOUT = 2.0
+REDIS_COMMAND_TIMEOUT = 5.0
+REDIS_MAX_BACKOFF = 10.0
+REDIS_CONFIRM_TIMEOUT = 10.0
+# Each node rewrites its list of connections in Redis this often (at most;
+# INFO_INTERVAL when shorter), and the list expires after PRESENCE_TTL_FACTOR
+# intervals without a rewrite: a dead node leaves the info frame within
+# (factor + 1) * interval = 20 s, well inside SPEC 11's 30 s.
+REDIS_PRESENCE_INTERVAL = 5.0
+REDIS_PRESENCE_TTL_FACTOR = 3

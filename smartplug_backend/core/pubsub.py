@@ -70,13 +70,20 @@ class PubSub:
 
     @param deliver: C{deliver(subscribers, frame)} sends one frame to them all.
     @param now: the current time in seconds.
+    @param node: this node's name when several nodes act as one (SPEC 11):
+        every connection in the info frame then says C{"node"}; C{None} for
+        one node alone (PiCloud's frame exactly).
     """
 
     _log = Logger()
 
-    def __init__(self, deliver: Optional[Deliver] = None, now: Callable[[], float] = time.time) -> None:
+    def __init__(self, deliver: Optional[Deliver] = None, now: Callable[[], float] = time.time,
+                 node: Optional[str] = None) -> None:
         self._deliver = deliver
         self._now = now
+        self._node = node
+        # Other nodes' listings (see listing()), as last read.
+        self._elsewhere: list = []
         # event -> subscribers, both in insertion order (dicts as ordered sets)
         self._events: dict[str, dict[Hashable, None]] = {}
         # connection -> its entry in the info frame
@@ -98,11 +105,14 @@ class PubSub:
 
         @param address: C{"<ip>:<port>"} of the peer.
         """
-        self._connections[connection] = {
+        entry = {
             "client_name": client_name,
             "ip_address": address,
             "connected_at": utc_rfc3339(self._now()),
         }
+        if self._node is not None:
+            entry["node"] = self._node
+        self._connections[connection] = entry
 
     def disconnected(self, connection: Hashable) -> None:
         """
@@ -153,18 +163,44 @@ class PubSub:
         """
         return [(event, list(subscribers)) for event, subscribers in self._events.items()]
 
-    def info_frame(self) -> bytes:
+    def listing(self) -> dict:
         """
-        The info socket's frame (SPEC 3.4): subscriptions with their
-        connections, every open connection, and the time.
+        This node's part of the info frame, as plain JSON-able data:
+        C{{"subscriptions": [{"name": E, "connections": [C...]}...],
+        "all_connections": [C...]}}.
         """
         known = self._connections
-        info = {
+        return {
             "subscriptions": [
                 {"name": event, "connections": [known[s] for s in subscribers if s in known]}
                 for event, subscribers in self._events.items()
             ],
             "all_connections": list(known.values()),
+        }
+
+    def show_elsewhere(self, listings: list) -> None:
+        """
+        Take the other nodes' L{listing}s (read from where they share them)
+        into the info frame from now on, replacing the last ones.
+        """
+        self._elsewhere = list(listings)
+
+    def info_frame(self) -> bytes:
+        """
+        The info socket's frame (SPEC 3.4): subscriptions with their
+        connections, every open connection, and the time; this node's
+        first, then the other nodes' (see L{show_elsewhere}).
+        """
+        mine = self.listing()
+        subscriptions = {s["name"]: list(s["connections"]) for s in mine["subscriptions"]}
+        connections = mine["all_connections"]
+        for other in self._elsewhere:
+            for subscription in other.get("subscriptions", ()):
+                subscriptions.setdefault(subscription["name"], []).extend(subscription["connections"])
+            connections.extend(other.get("all_connections", ()))
+        info = {
+            "subscriptions": [{"name": name, "connections": found} for name, found in subscriptions.items()],
+            "all_connections": connections,
             "created_at": utc_rfc3339(self._now()),
         }
         return (go_json(info) + "\n").encode("utf-8")

@@ -66,11 +66,16 @@ class Guard:
     @param ban_seconds: how long a ban lasts; failures are also forgotten
         after this long without a new one.
     @param allow: addresses and networks (strings) never banned.
+    @param shared: where bans are shared with other nodes (SPEC 11), or
+        C{None}: an object with C{share(host, until, seconds)}, called for
+        every ban this guard makes, and C{watch(ban)}, through which it
+        calls L{ban} for the bans other nodes make.
     """
 
     _log = Logger(namespace="smartplug_backend.server.guard")
 
-    def __init__(self, clock: IReactorTime, ban_after: int = 3, ban_seconds: float = 60, allow: Iterable[str] = ()) -> None:
+    def __init__(self, clock: IReactorTime, ban_after: int = 3, ban_seconds: float = 60, allow: Iterable[str] = (),
+                 shared=None) -> None:
         self._clock = clock
         self._ban_after = ban_after
         self._ban_seconds = ban_seconds
@@ -78,13 +83,16 @@ class Guard:
         self._failures: dict[str, _Failures] = {}
         # banned address -> connections refused during its ban
         self._bans: dict[str, int] = {}
+        self._shared = shared
+        if shared is not None:
+            shared.watch(self.ban)
 
     @classmethod
-    def from_settings(cls, settings, clock: IReactorTime) -> "Guard":
+    def from_settings(cls, settings, clock: IReactorTime, shared=None) -> "Guard":
         """
         The guard configured by C{BAN_AFTER}, C{BAN_SECONDS} and C{BAN_ALLOW}.
         """
-        return cls(clock, settings.BAN_AFTER, settings.BAN_SECONDS, settings.BAN_ALLOW)
+        return cls(clock, settings.BAN_AFTER, settings.BAN_SECONDS, settings.BAN_ALLOW, shared)
 
     def allowed(self, host: str) -> bool:
         """
@@ -141,14 +149,29 @@ class Guard:
             return False
         del self._failures[host]
         self._bans[host] = 0
-        self._clock.callLater(self._ban_seconds, self._lift, host)
+        self._clock.callLater(self._ban_seconds, self._lift, host, self._ban_seconds)
         self._log.warn(
             "banned {peer} for {seconds} seconds after {count} authentication failures",
             peer=host,
             seconds=self._ban_seconds,
             count=count,
         )
+        if self._shared is not None:
+            self._shared.share(host, self._clock.seconds() + self._ban_seconds, self._ban_seconds)
         return True
+
+    def ban(self, host: str, seconds: float) -> None:
+        """
+        Ban C{host} for C{seconds} from now, as another node decided (SPEC
+        11); nothing if it is banned already or in C{BAN_ALLOW}.
+        """
+        host = normal_address(host)
+        if host in self._bans or self.allowed(host) or seconds <= 0:
+            return
+        self._failures.pop(host, None)
+        self._bans[host] = 0
+        self._clock.callLater(seconds, self._lift, host, seconds)
+        self._log.warn("banned {peer} for {seconds:.0f} seconds by another node", peer=host, seconds=seconds)
 
     def _count(self, host: str) -> int:
         now = self._clock.seconds()
@@ -166,12 +189,12 @@ class Guard:
             if now - seen.last >= self._ban_seconds:
                 del self._failures[host]
 
-    def _lift(self, host: str) -> None:
+    def _lift(self, host: str, seconds: float) -> None:
         refused = self._bans.pop(host)
         self._log.info(
-            "ban on {peer} lifted after {seconds} seconds ({refused} connections refused)",
+            "ban on {peer} lifted after {seconds:g} seconds ({refused} connections refused)",
             peer=host,
-            seconds=self._ban_seconds,
+            seconds=seconds,
             refused=refused,
         )
 

@@ -13,7 +13,7 @@ import sqlite3
 from functools import partial
 from typing import Any, Callable, Optional
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -77,6 +77,10 @@ class SQLiteJournal:
 
     def history(self, plug_id: str, limit: int) -> Deferred:
         return self._run(self.store.history, plug_id, limit)
+
+    def save_command(self, command: str) -> Deferred:
+        # A one-off command changes no state: nothing to write.
+        return succeed(None)
 
     def close(self) -> Deferred:
         """

@@ -1,0 +1,292 @@
+"""
+The shared state in Redis (SPEC 11): key names, the Lua scripts that commit
+one change atomically, the snapshot a node loads, and the presence lists.
+
+Every commit is one Lua script, so Redis runs it whole or not at all and in
+one order for all nodes: it checks that Redis still holds the data this node
+loaded (the I{incarnation}), takes the next number of the global sequence,
+writes the state and history, and publishes the change, numbered, on
+L{CHANNEL}.  Every node (the one that committed too) applies the changes in
+the order of that channel.
+
+Blocking calls: everything here runs on the Redis engine's own thread
+(L{redis_engine.RedisEngine}), never on the reactor thread.  It knows nothing
+of Twisted.
+
+Keys (all under C{smartplug:}; one Redis database, not Redis Cluster):
+
+    incarnation        random id made when the data was first written; a
+                       Redis that lost its data has none (or a new one)
+    seq                the number of the last change
+    plugs              hash: plug id -> JSON [value, at, source]
+    plug-order         sorted set: plug id by the sequence number of its
+                       first report (GET /plugs lists plugs in that order)
+    history:<plug id>  list of JSON [value, at, source], newest first
+    display            JSON of the display state
+    bans               hash: address -> JSON [until, seconds]
+    node:<id>          one node's connections (JSON), expiring
+    nodes              set of node ids that wrote a node:<id> key
+"""
+
+import dataclasses
+import json
+from typing import Optional
+
+import redis
+
+from ..core.journal import HistoryEntry
+
+PREFIX = "smartplug:"
+CHANNEL = PREFIX + "changes"
+INCARNATION = PREFIX + "incarnation"
+SEQ = PREFIX + "seq"
+PLUGS = PREFIX + "plugs"
+PLUG_ORDER = PREFIX + "plug-order"
+DISPLAY = PREFIX + "display"
+BANS = PREFIX + "bans"
+NODES = PREFIX + "nodes"
+
+
+def history_key(plug_id: str) -> str:
+    return PREFIX + "history:" + plug_id
+
+
+def node_key(node_id: str) -> str:
+    return PREFIX + "node:" + node_id
+
+
+class Stale(Exception):
+    """
+    Redis no longer holds the data this node loaded (it lost it, or another
+    node re-created it): nothing was written; the node must load again.
+    """
+
+
+# KEYS[1] incarnation, KEYS[2] seq; ARGV[1] the incarnation this node
+# loaded, ARGV[2] the channel, ARGV[3] the change as a JSON object, which the
+# message gets with "seq" put first.
+_PRELUDE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('STALE Redis holds other data than this node loaded')
+end
+local seq = redis.call('INCR', KEYS[2])
+local function announce(extra)
+  redis.call('PUBLISH', ARGV[2], '{"seq":' .. seq .. ',' .. extra .. string.sub(ARGV[3], 2))
+end
+"""
+
+# KEYS[3] plugs, KEYS[4] plug-order, KEYS[5] history:<id>;
+# ARGV[4] plug id, ARGV[5] JSON [value, at, source], ARGV[6] history entry
+# (the same), ARGV[7] keep
+_REPORT = _PRELUDE + """
+redis.call('HSET', KEYS[3], ARGV[4], ARGV[5])
+redis.call('ZADD', KEYS[4], 'NX', seq, ARGV[4])
+redis.call('LPUSH', KEYS[5], ARGV[6])
+redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[7]) - 1)
+announce('')
+return seq
+"""
+
+# KEYS[3] display; ARGV[4] the state
+_DISPLAY = _PRELUDE + """
+redis.call('SET', KEYS[3], ARGV[4])
+announce('')
+return seq
+"""
+
+# Nothing to keep: a one-off display command.
+_ANNOUNCE = _PRELUDE + """
+announce('')
+return seq
+"""
+
+# KEYS[3] bans; ARGV[4] address, ARGV[5] JSON [until, seconds]
+_BAN = _PRELUDE + """
+redis.call('HSET', KEYS[3], ARGV[4], ARGV[5])
+announce('')
+return seq
+"""
+
+# KEYS: incarnation, seq, plugs, plug-order, display, bans
+_SNAPSHOT = """
+local incarnation = redis.call('GET', KEYS[1])
+if not incarnation then return false end
+return {incarnation, redis.call('GET', KEYS[2]) or '0', redis.call('HGETALL', KEYS[3]),
+        redis.call('ZRANGE', KEYS[4], 0, -1), redis.call('GET', KEYS[5]) or '',
+        redis.call('HGETALL', KEYS[6])}
+"""
+
+# KEYS: incarnation, plugs, plug-order, display; ARGV[1] the new
+# incarnation, ARGV[2] JSON [[id, "JSON [value, at, source]"], ...] (the
+# states as strings: cjson would round the times to 14 digits), ARGV[3] the
+# display state or ''.  Seeds an empty Redis with a node's copy, once.
+_INITIALISE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+for i, plug in ipairs(cjson.decode(ARGV[2])) do
+  redis.call('HSET', KEYS[2], plug[1], plug[2])
+  redis.call('ZADD', KEYS[3], i, plug[1])
+end
+if ARGV[3] ~= '' then redis.call('SET', KEYS[4], ARGV[3]) end
+return 1
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """
+    Everything a node loads from Redis, read atomically.
+
+    @ivar seq: the number of the last change it includes.
+    @ivar plugs: C{[(id, value, at, source)]} in first-report order.
+    @ivar display: the display state as JSON (C{validate_display} reads it),
+        or C{None} if never set.
+    @ivar bans: C{{address: (until, seconds)}}.
+    """
+
+    incarnation: str
+    seq: int
+    plugs: list
+    display: Optional[dict]
+    bans: dict
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def _pairs(flat: list) -> dict:
+    return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+class RedisState:
+    """
+    The blocking operations on the shared state, on one C{redis.Redis}
+    client (thread-safe; its pool holds the connections).
+    """
+
+    def __init__(self, client) -> None:
+        self.client = client
+        self._report = client.register_script(_REPORT)
+        self._display = client.register_script(_DISPLAY)
+        self._announce = client.register_script(_ANNOUNCE)
+        self._ban = client.register_script(_BAN)
+        self._snapshot = client.register_script(_SNAPSHOT)
+        self._initialise = client.register_script(_INITIALISE)
+
+    def _commit(self, script, keys: list, incarnation: str, change: str, *args) -> int:
+        try:
+            return int(script(keys=[INCARNATION, SEQ, *keys], args=[incarnation, CHANNEL, change, *args]))
+        except redis.ResponseError as e:
+            if str(e).startswith("STALE"):
+                raise Stale(str(e)) from None
+            raise
+
+    def commit_report(self, incarnation: str, change: str, plug_id: str, value: int, at: float,
+                      source: str, keep: int) -> int:
+        """
+        Write a plug's new state and history entry and publish C{change}.
+
+        @return: the change's sequence number.
+        @raise Stale: Redis no longer holds this node's incarnation.
+        """
+        state = json.dumps([value, at, source])
+        return self._commit(
+            self._report, [PLUGS, PLUG_ORDER, history_key(plug_id)], incarnation, change,
+            plug_id, state, state, keep,
+        )
+
+    def commit_display(self, incarnation: str, change: str, state: str) -> int:
+        """
+        Write the display state (JSON) and publish C{change}.
+        """
+        return self._commit(self._display, [DISPLAY], incarnation, change, state)
+
+    def commit_announcement(self, incarnation: str, change: str) -> int:
+        """
+        Publish C{change}, which changes no state (a display command).
+        """
+        return self._commit(self._announce, [], incarnation, change)
+
+    def commit_ban(self, incarnation: str, change: str, address: str, until: float, seconds: float) -> int:
+        """
+        Record a ban of C{address} until C{until} and publish C{change}.
+        """
+        return self._commit(self._ban, [BANS], incarnation, change, address, json.dumps([until, seconds]))
+
+    def snapshot(self) -> Optional[Snapshot]:
+        """
+        The whole shared state, or C{None} when Redis holds none (empty, or
+        it lost its data).
+        """
+        found = self._snapshot(keys=[INCARNATION, SEQ, PLUGS, PLUG_ORDER, DISPLAY, BANS])
+        if found is None:
+            return None
+        incarnation, seq, states, order, display, bans = found
+        states = _pairs(states)
+        plugs = []
+        for plug_id in map(_text, order):
+            state = states.get(plug_id)
+            if state is not None:
+                plugs.append((plug_id, *json.loads(state)))
+        display = _text(display)
+        return Snapshot(
+            _text(incarnation), int(seq), plugs, json.loads(display) if display else None,
+            {address: tuple(json.loads(ban)) for address, ban in _pairs(bans).items()},
+        )
+
+    def initialise(self, incarnation: str, plugs: list, display: Optional[str]) -> bool:
+        """
+        Seed a Redis that holds no state with C{incarnation}, C{plugs}
+        (C{[(id, value, at, source)]}) and the C{display} state (JSON), unless
+        another node did first.
+
+        @return: True when this call seeded it.
+        """
+        seed = json.dumps([[plug[0], json.dumps(list(plug[1:]))] for plug in plugs])
+        return bool(self._initialise(keys=[INCARNATION, PLUGS, PLUG_ORDER, DISPLAY],
+                                     args=[incarnation, seed, display or ""]))
+
+    def history(self, plug_id: str, limit: int) -> list:
+        """
+        At most C{limit} L{HistoryEntry}s of the plug, newest first.
+        """
+        return [HistoryEntry(*json.loads(e)) for e in self.client.lrange(history_key(plug_id), 0, limit - 1)]
+
+    def lift_bans(self, addresses: list) -> None:
+        """
+        Forget bans that have run out.
+        """
+        if addresses:
+            self.client.hdel(BANS, *addresses)
+
+    def show_node(self, node_id: str, listing: str, ttl: float) -> list:
+        """
+        Publish this node's connections (C{listing}, JSON) for C{ttl}
+        seconds, and read the other live nodes'.
+
+        @return: the other nodes' listings, decoded.
+        """
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.set(node_key(node_id), listing, px=max(1, int(ttl * 1000)))
+            pipe.sadd(NODES, node_id)
+            pipe.smembers(NODES)
+            members = pipe.execute()[2]
+        others = sorted(_text(m) for m in members if _text(m) != node_id)
+        if not others:
+            return []
+        listings = self.client.mget([node_key(n) for n in others])
+        gone = [n for n, listing in zip(others, listings, strict=True) if listing is None]
+        if gone:
+            # Expired: the node stopped refreshing (it died).
+            self.client.srem(NODES, *gone)
+        return [json.loads(listing) for listing in listings if listing is not None]
+
+    def hide_node(self, node_id: str) -> None:
+        """
+        Remove this node's listing at once (a clean stop).
+        """
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.delete(node_key(node_id))
+            pipe.srem(NODES, node_id)
+            pipe.execute()
