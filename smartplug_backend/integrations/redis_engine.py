@@ -213,6 +213,7 @@ class RedisEngine(ThreadPoolService):
         self._away = False
         self._stopping = threading.Event()
         self._listener: Optional[threading.Thread] = None
+        self._channel = None
         self.presence_interval = min(info_interval, REDIS_PRESENCE_INTERVAL)
         self._presence = LoopingCall(self._show_presence)
         self._presence.clock = reactor
@@ -239,16 +240,21 @@ class RedisEngine(ThreadPoolService):
         # load runs here, synchronously: the listeners bind after it.
         super().privilegedStartService()
         try:
+            # Subscribed first, then loaded: no change can fall between the
+            # two, and the node is up before its listeners bind.
+            self._channel = self._subscribe()
             snapshot = self._load([], None)
         except (redis.RedisError, OSError) as e:
             self._away = True
+            self._drop_channel()
             self._log.warn(
-                "Redis at {where} unreachable at start ({why}): changes answer 503 until it is back",
+                "Redis at {where} unreachable at start ({why}): changes answer 503 until it answers",
                 where=self.where, why=str(e),
             )
             return
         self._incarnation = snapshot.incarnation
         self._applied = snapshot.seq
+        self._mode = UP
         self.hub.restore([Plug(p[0], p[1], p[2]) for p in snapshot.plugs], self._display_of(snapshot))
         self._share_bans(snapshot)
         self._log.info(
@@ -355,6 +361,29 @@ class RedisEngine(ThreadPoolService):
 
     # -- the change channel (its own thread) ----------------------------------
 
+    def _subscribe(self):
+        """
+        (Blocking) A PubSub subscribed to the change channel, once Redis has
+        confirmed the subscription.
+        """
+        channel = self._client.pubsub()
+        try:
+            channel.subscribe(CHANNEL)
+            for _ in range(int(REDIS_CONNECT_TIMEOUT / 0.1)):
+                message = channel.get_message(timeout=0.1)
+                if message is not None and message["type"] == "subscribe":
+                    return channel
+        except BaseException:
+            channel.close()
+            raise
+        channel.close()
+        raise redis.TimeoutError("Redis did not confirm the subscription")
+
+    def _drop_channel(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.close()
+
     def _listen(self) -> None:
         """
         The channel thread: subscribe, hand every message to the reactor,
@@ -363,9 +392,12 @@ class RedisEngine(ThreadPoolService):
         delay = 0.0
         call = self._clock.callFromThread
         while not self._stopping.is_set():
-            channel = self._client.pubsub()
+            # The first time, the channel that start-up subscribed, if any.
+            channel, self._channel = self._channel, None
             try:
-                channel.subscribe(CHANNEL)
+                if channel is None:
+                    channel = self._client.pubsub()
+                    channel.subscribe(CHANNEL)
                 while not self._stopping.is_set():
                     message = channel.get_message(timeout=0.5)
                     if message is None:
@@ -385,7 +417,8 @@ class RedisEngine(ThreadPoolService):
                 call(self._log.error, "Redis channel thread: {error!r}", error=e)
             finally:
                 try:
-                    channel.close()
+                    if channel is not None:
+                        channel.close()
                 except Exception:
                     pass
             delay = min(max(delay * 2, 0.5), REDIS_MAX_BACKOFF)
@@ -563,7 +596,7 @@ class RedisEngine(ThreadPoolService):
         if not self._away:
             self._away = True
             self._log.warn(
-                "Redis at {where} unreachable ({why}): changes answer 503 until it is back; "
+                "Redis at {where} unreachable ({why}): changes answer 503 until it answers again; "
                 "serving this node's last copy",
                 where=self.where, why=why,
             )
