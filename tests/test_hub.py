@@ -32,6 +32,30 @@ class HubTests(SynchronousTestCase):
         self.assertEqual((plug.id, plug.value, plug.updated_at), ("p1", 1, 1700000000.25))
         self.assertEqual(plug.as_json(), {"id": "p1", "value": 1, "updated_at": "2023-11-14T22:13:20.250Z"})
 
+    def test_changes_from_other_nodes(self):
+        """
+        Changes another node committed (SPEC 11) are applied without the
+        journal: a report with its own time, marked remote, told to the
+        listeners with the right "previous"; a display state and a command
+        sent to the display listeners.
+        """
+        class NoJournal:
+            def __getattr__(self, name):
+                raise AssertionError("applied changes are not journaled again")
+
+        hub = Hub(now=self.clock.seconds, journal=NoJournal())
+        reports, packets = [], []
+        hub.listen(reports.append)
+        hub.watch_display(lambda event: packets.append(event.packet))
+        hub.apply_report("p1", 1, 5.5, "device", "node B")
+        hub.apply_report("p1", 0, 6.5, "http", "node B")
+        self.assertEqual([(r.plug, r.previous, r.remote) for r in reports],
+                         [(Plug("p1", 1, 5.5), None, True), (Plug("p1", 0, 6.5), 1, True)])
+        weather = Display(1, weather=3, intensity=9)
+        self.assertEqual(hub.apply_display(weather, "node B"), weather)
+        self.assertEqual(hub.apply_command("reset", "node B"), "[cc:r:?:?]")
+        self.assertEqual((packets, hub.display()), (["[cc:1:3:9]", "[cc:r:?:?]"], weather))
+
     def test_unknown_plug(self):
         """
         An id that never reported is None.
