@@ -384,7 +384,7 @@ class EventsTests(BridgeTestCase):
     def setUp(self):
         self.build(events=True)
         self.delivered = []
-        self.hub.pubsub.deliver = lambda subscribers, frame: self.delivered.append(frame)
+        self.hub.pubsub.deliver_with(lambda subscribers, frame: self.delivered.append(frame))
         self.hub.pubsub.subscribe("sub", "temp")
 
     def test_subscribes(self):

@@ -89,7 +89,11 @@ class MQTTBridge(Service):
         # True from the first failure until the next connection: one log
         # line per outage, not one per try.
         self._away = False
-        self._stops: list[Callable[[], None]] = []
+        # Subscribed now, in wiring order (tap adds tweets after us, as
+        # SPEC 1.1 wants them last); nothing is published before connecting.
+        self._stops: list[Callable[[], None]] = [hub.listen(self._report), hub.watch_display(self._display)]
+        if events:
+            self._stops.append(hub.pubsub.observe(self._published))
         display = hub.display()
         self._last_on = display if display.mode != 0 else None
         client.on_connect = self._on_connect
@@ -115,12 +119,6 @@ class MQTTBridge(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._stops = [
-            self._hub.listen(self._report),
-            self._hub.watch_display(self._display),
-        ]
-        if self._events:
-            self._stops.append(self._hub.pubsub.observe(self._published))
         self._log.info("MQTT: connecting to {where}", where=self._broker.where)
         # Neither looks anything up nor connects here: paho's thread does.
         self._client.connect_async(self._broker.host, self._broker.port, KEEPALIVE)
