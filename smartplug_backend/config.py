@@ -213,6 +213,9 @@ def settings_from(values: dict[str, Any], path: Optional[str] = None) -> Setting
             )
         merged[name] = value
     merged["BAN_ALLOW"] = tuple(merged["BAN_ALLOW"])
+    if merged["MQTT_PREFIX"] == merged["HA_DISCOVERY_PREFIX"]:
+        # Our <prefix>/status would read as Home Assistant's birth message.
+        raise ConfigError(f"{where}: MQTT_PREFIX must differ from HA_DISCOVERY_PREFIX")
     return Settings(path=path, **merged)
 
 

@@ -148,6 +148,14 @@ class LoadTests(SynchronousTestCase):
             ("mqtts://me:pw@broker.local", "home/plugs", "ha"),
         )
 
+    def test_mqtt_prefixes_differ(self):
+        """
+        The same prefix for our topics and Home Assistant's is refused: our
+        status would read as Home Assistant's birth message.
+        """
+        error = self.assertRaises(config.ConfigError, config.load, self.write("MQTT_PREFIX = 'homeassistant'\n"))
+        self.assertIn("MQTT_PREFIX must differ from HA_DISCOVERY_PREFIX", str(error))
+
     def test_repr_hides_values(self):
         """
         The repr of Settings shows where they came from, never their values.
