@@ -459,6 +459,15 @@ class StopTests(BridgeTestCase):
         self.hub.report("a", 1, "http", "p")
         self.assertEqual(len(self.client.published), 1)
 
+    def test_late_hand_over_after_stop(self):
+        """
+        A connect or message handed over after stopService changes nothing.
+        """
+        self.successResultOf(self.bridge.stopService())
+        self.client.connected()
+        self.client.message(TOPICS.display_set, b'{"state": "ON"}')
+        self.assertEqual((self.client.published, self.client.subscribed, self.packets), ([], [], []))
+
     def test_stop_times_out(self):
         """
         If paho's thread does not end, stopping still finishes after

@@ -148,6 +148,8 @@ class MQTTBridge(Service):
         return stopped
 
     def _connect_result(self, failed: bool, reason: str) -> None:
+        if not self.running:
+            return  # handed over after stopService: we are leaving
         if failed:
             # Refused (bad password, not authorised): paho tries again.
             self._unavailable(f"refused: {reason}")
@@ -210,6 +212,8 @@ class MQTTBridge(Service):
         self._publish(ha.Message(self._topics.event(event), ha.event_payload(data), retain=False), qos=0)
 
     def _message(self, topic: str, payload: bytes, retained: bool) -> None:
+        if not self.running:
+            return
         try:
             self._handle(topic, payload, retained)
         except Exception:
