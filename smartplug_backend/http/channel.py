@@ -183,7 +183,7 @@ class QuietSite(Site):
 
     protocol = LenientHTTPChannel
     requestFactory = PatientRequest
-    noisy = False  # ListenerService logs where it listens, readably
+    noisy = False  # the listener logs where it listens, readably
     request_timeout = HTTP_REQUEST_TIMEOUT
 
     def buildProtocol(self, addr):

@@ -22,18 +22,16 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
+from ..core import limits
 from . import homeassistant as ha
 from .mqtt_url import Broker, parse_broker_url
 
-# paho's reconnect backoff: 1 s, doubling, capped.
-RECONNECT_MIN = 1
-RECONNECT_MAX = 60
-KEEPALIVE = 60
-# Messages paho keeps while the broker is away (QoS 1 only; everything
-# retained is published again on reconnect anyway).
-MAX_QUEUED = 10000
-# How long stopService waits for paho's thread to finish.
-STOP_TIMEOUT = 5
+# paho's reconnect backoff: 1 s, doubling, capped (see core/limits.py).
+RECONNECT_MIN = limits.MQTT_RECONNECT_MIN
+RECONNECT_MAX = limits.MQTT_RECONNECT_MAX
+KEEPALIVE = limits.MQTT_KEEPALIVE
+MAX_QUEUED = limits.MQTT_MAX_QUEUED
+STOP_TIMEOUT = limits.MQTT_STOP_TIMEOUT
 # The origin our publications into pub/sub carry: they never go back out.
 ORIGIN = "mqtt"
 PEER = "mqtt"

@@ -26,10 +26,11 @@ import requests
 import twitter
 from requests_oauthlib import OAuth1
 
+from ..core.limits import TWEET_REQUEST_TIMEOUT
 from ..internals import requests_session
 
 # Seconds to wait for Twitter to connect, and then for each read.
-REQUEST_TIMEOUT = 10.0
+REQUEST_TIMEOUT = TWEET_REQUEST_TIMEOUT
 
 CREDENTIALS = ("CONSUMER_KEY", "CONSUMER_SECRET", "ACCESS_TOKEN_KEY", "ACCESS_TOKEN_SECRET")
 

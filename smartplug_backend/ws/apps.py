@@ -11,6 +11,7 @@ from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from ..core.limits import APP_PING_INTERVAL, APP_PING_TIMEOUT
 from ..core.reports import broadcast_bytes
 from . import picloud
 from .base import LenientServerProtocol, LimitedServerFactory, peer_address, peer_host
@@ -130,7 +131,7 @@ class AppFactory(LimitedServerFactory):
     """
 
     protocol = AppProtocol
-    noisy = False  # ListenerService logs where it listens, readably
+    noisy = False  # the listener logs where it listens, readably
 
     def __init__(self, hub, api_key=None, info_interval=5, clock=None, guard=None, url=None):
         super().__init__(hub, url, clock)
@@ -140,8 +141,8 @@ class AppFactory(LimitedServerFactory):
         self.clients: set = set()
         self.setProtocolOptions(
             # Phones vanish without a close; pings find the dead connections.
-            autoPingInterval=60,
-            autoPingTimeout=30,
+            autoPingInterval=APP_PING_INTERVAL,
+            autoPingTimeout=APP_PING_TIMEOUT,
         )
 
     def broadcast(self, report) -> None:

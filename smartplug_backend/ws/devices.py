@@ -150,7 +150,7 @@ class DeviceFactory(LimitedServerFactory):
     """
 
     protocol = DeviceProtocol
-    noisy = False  # ListenerService logs where it listens, readably
+    noisy = False  # the listener logs where it listens, readably
 
     def __init__(self, hub, guard, secret: str, clock: IReactorTime, auth_timeout: float = 10, idle_timeout: float = 30, url=None) -> None:
         super().__init__(hub, url, clock)
