@@ -46,3 +46,9 @@ BACKUP_KEEP = 7  # automatic backups kept
 # --- several nodes ---------------------------------------------------------------
 REDIS_URL = None  # e.g. "redis://host:6379/0" (rediss:// for TLS): nodes sharing one Redis act as one
 NODE_NAME = None  # this node's name in the info socket; None = the host name
+
+# --- Home Assistant (MQTT) -----------------------------------------------------
+MQTT_URL = None  # e.g. "mqtt://user:password@192.168.1.2:1883" (or mqtts://): joins that broker
+MQTT_PREFIX = "smartplug"  # first topic level of our states, commands and events
+HA_DISCOVERY_PREFIX = "homeassistant"  # Home Assistant's discovery prefix (its MQTT setting)
+MQTT_EVENTS = False  # True also bridges pub/sub: <MQTT_PREFIX>/events/E out, <MQTT_PREFIX>/publish/E in

@@ -54,3 +54,13 @@ REDIS_CONFIRM_TIMEOUT = 10.0
 # (factor + 1) * interval = 20 s, well inside SPEC 11's 30 s.
 REDIS_PRESENCE_INTERVAL = 5.0
 REDIS_PRESENCE_TTL_FACTOR = 3
+# MQTT (SPEC 12): paho's reconnect backoff starts at MQTT_RECONNECT_MIN
+# seconds and doubles up to MQTT_RECONNECT_MAX; the keepalive in seconds;
+# QoS 1 messages paho keeps while the broker is away (everything retained is
+# published again on reconnect anyway); seconds stopService waits for paho's
+# thread to end.
+MQTT_RECONNECT_MIN = 1
+MQTT_RECONNECT_MAX = 60
+MQTT_KEEPALIVE = 60
+MQTT_MAX_QUEUED = 10000
+MQTT_STOP_TIMEOUT = 5
