@@ -26,6 +26,12 @@ Keys (all under C{smartplug:}; one Redis database, not Redis Cluster):
     bans               hash: address -> JSON [until, seconds]
     node:<id>          one node's connections (JSON), expiring
     nodes              set of node ids that wrote a node:<id> key
+    events             set of pub/sub events that have a stream
+    event:<E>          hash: epoch, offset (the newest) of event E
+    stream:<E>         stream of E's kept publications, id "<offset>-1",
+                       fields d (the data as JSON) and t (created at);
+                       at most PUBSUB_HISTORY entries, expiring after
+                       PUBSUB_HISTORY_SECONDS without a publication
 """
 
 import dataclasses
@@ -45,6 +51,7 @@ PLUG_ORDER = PREFIX + "plug-order"
 DISPLAY = PREFIX + "display"
 BANS = PREFIX + "bans"
 NODES = PREFIX + "nodes"
+EVENTS = PREFIX + "events"
 
 
 def history_key(plug_id: str) -> str:
@@ -53,6 +60,14 @@ def history_key(plug_id: str) -> str:
 
 def node_key(node_id: str) -> str:
     return PREFIX + "node:" + node_id
+
+
+def event_key(event: str) -> str:
+    return PREFIX + "event:" + event
+
+
+def stream_key(event: str) -> str:
+    return PREFIX + "stream:" + event
 
 
 class Stale(Exception):
@@ -107,13 +122,50 @@ announce('')
 return seq
 """
 
-# KEYS: incarnation, seq, plugs, plug-order, display, bans
+# KEYS[3] event:<E>, KEYS[4] stream:<E>, KEYS[5] events; ARGV[4] the event,
+# ARGV[5] an epoch for an event that has none yet, ARGV[6] the data as JSON,
+# ARGV[7] created at, ARGV[8] publications kept (0: none), ARGV[9] for how
+# many milliseconds.  The offset and epoch go into the message before the
+# change's own fields.
+_PUBLICATION = _PRELUDE + """
+local epoch = redis.call('HGET', KEYS[3], 'epoch')
+if not epoch then
+  epoch = ARGV[5]
+  redis.call('HSET', KEYS[3], 'epoch', epoch)
+end
+local offset = redis.call('HINCRBY', KEYS[3], 'offset', 1)
+redis.call('SADD', KEYS[5], ARGV[4])
+if tonumber(ARGV[8]) > 0 then
+  redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[8], offset .. '-1', 'd', ARGV[6], 't', ARGV[7])
+  redis.call('PEXPIRE', KEYS[4], ARGV[9])
+end
+announce('"offset":' .. offset .. ',"epoch":' .. cjson.encode(epoch) .. ',')
+return {seq, offset, epoch}
+"""
+
+# Every event's epoch, newest offset and kept publications; the events set
+# is KEYS[7], the key prefix ARGV[1] (the event keys are built here, so this
+# is one Redis, not Redis Cluster).
+_STREAMS = """
+local streams = {}
+for _, event in ipairs(redis.call('SMEMBERS', KEYS[7])) do
+  local meta = redis.call('HMGET', ARGV[1] .. 'event:' .. event, 'epoch', 'offset')
+  if meta[1] then
+    table.insert(streams, {event, meta[1], meta[2] or '0', redis.call('XRANGE', ARGV[1] .. 'stream:' .. event, '-', '+')})
+  end
+end
+"""
+
+# KEYS: incarnation, seq, plugs, plug-order, display, bans, events; ARGV[1]
+# the key prefix.  One script, so the state, the streams and the sequence
+# number they reach are read at one instant.
 _SNAPSHOT = """
 local incarnation = redis.call('GET', KEYS[1])
 if not incarnation then return false end
+""" + _STREAMS + """
 return {incarnation, redis.call('GET', KEYS[2]) or '0', redis.call('HGETALL', KEYS[3]),
         redis.call('ZRANGE', KEYS[4], 0, -1), redis.call('GET', KEYS[5]) or '',
-        redis.call('HGETALL', KEYS[6])}
+        redis.call('HGETALL', KEYS[6]), streams}
 """
 
 # KEYS: incarnation, plugs, plug-order, display; ARGV[1] the new
@@ -142,6 +194,9 @@ class Snapshot:
     @ivar display: the display state as JSON (C{validate_display} reads it),
         or C{None} if never set.
     @ivar bans: C{{address: (until, seconds)}}.
+    @ivar streams: the pub/sub streams, C{[(event, epoch, newest offset,
+        [(offset, data_json, created_at), ...] oldest first)]}, as
+        C{History.restore} takes them.
     """
 
     incarnation: str
@@ -149,10 +204,19 @@ class Snapshot:
     plugs: list
     display: Optional[dict]
     bans: dict
+    streams: list
 
 
 def _text(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def _stream(event, epoch, offset, entries) -> tuple:
+    kept = []
+    for entry_id, fields in entries:
+        values = _pairs(fields)
+        kept.append((int(_text(entry_id).split("-")[0]), values["d"], float(values["t"])))
+    return _text(event), _text(epoch), int(offset), kept
 
 
 def _pairs(flat: list) -> dict:
@@ -171,6 +235,7 @@ class RedisState:
         self._display = client.register_script(_DISPLAY)
         self._announce = client.register_script(_ANNOUNCE)
         self._ban = client.register_script(_BAN)
+        self._publication = client.register_script(_PUBLICATION)
         self._snapshot = client.register_script(_SNAPSHOT)
         self._initialise = client.register_script(_INITIALISE)
 
@@ -214,15 +279,36 @@ class RedisState:
         """
         return self._commit(self._ban, [BANS], incarnation, change, address, json.dumps([until, seconds]))
 
+    def commit_publication(self, incarnation: str, change: str, event: str, epoch: str, data_json: str,
+                           created_at: float, keep: int, seconds: float) -> tuple:
+        """
+        Number a publication of C{event} (its epoch is C{epoch} if the event
+        has none yet), keep it (the newest C{keep}, for C{seconds}) and
+        publish C{change} with its offset and epoch.
+
+        @return: C{(seq, offset, epoch)}.
+        """
+        try:
+            seq, offset, epoch = self._publication(
+                keys=[INCARNATION, SEQ, event_key(event), stream_key(event), EVENTS],
+                args=[incarnation, CHANNEL, change, event, epoch, data_json, repr(created_at), keep,
+                      max(1, int(seconds * 1000))],
+            )
+        except redis.ResponseError as e:
+            if str(e).startswith("STALE"):
+                raise Stale(str(e)) from None
+            raise
+        return int(seq), int(offset), _text(epoch)
+
     def snapshot(self) -> Optional[Snapshot]:
         """
         The whole shared state, or C{None} when Redis holds none (empty, or
         it lost its data).
         """
-        found = self._snapshot(keys=[INCARNATION, SEQ, PLUGS, PLUG_ORDER, DISPLAY, BANS])
+        found = self._snapshot(keys=[INCARNATION, SEQ, PLUGS, PLUG_ORDER, DISPLAY, BANS, EVENTS], args=[PREFIX])
         if found is None:
             return None
-        incarnation, seq, states, order, display, bans = found
+        incarnation, seq, states, order, display, bans, streams = found
         states = _pairs(states)
         plugs = []
         for plug_id in map(_text, order):
@@ -233,6 +319,7 @@ class RedisState:
         return Snapshot(
             _text(incarnation), int(seq), plugs, json.loads(display) if display else None,
             {address: tuple(json.loads(ban)) for address, ban in _pairs(bans).items()},
+            [_stream(*found) for found in streams],
         )
 
     def initialise(self, incarnation: str, plugs: list, display: Optional[str]) -> bool:
