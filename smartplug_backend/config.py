@@ -118,6 +118,7 @@ SETTINGS: dict[str, _Setting] = {
     "BACKUP_INTERVAL": _Setting(None, _optional_positive),
     "BACKUP_KEEP": _Setting(7, _count),
     "MAX_CONNECTIONS": _Setting(10000, _count),
+    "METRICS_ALLOW": _Setting(("127.0.0.1", "::1"), _networks),
 }
 
 
@@ -158,6 +159,7 @@ class Settings:
     BACKUP_INTERVAL: Optional[float]
     BACKUP_KEEP: int
     MAX_CONNECTIONS: int
+    METRICS_ALLOW: tuple
     path: Optional[str] = None
 
     def __repr__(self) -> str:
@@ -185,6 +187,7 @@ def settings_from(values: dict[str, Any], path: Optional[str] = None) -> Setting
             )
         merged[name] = value
     merged["BAN_ALLOW"] = tuple(merged["BAN_ALLOW"])
+    merged["METRICS_ALLOW"] = tuple(merged["METRICS_ALLOW"])
     return Settings(path=path, **merged)
 
 

@@ -81,6 +81,9 @@ class PubSub:
         self._events: dict[str, dict[Hashable, None]] = {}
         # connection -> its entry in the info frame
         self._connections: dict[Hashable, dict] = {}
+        # Plain counts for /metrics: publications read, frames delivered.
+        self.publications = 0
+        self.deliveries = 0
 
     def connected(self, connection: Hashable, client_name: str, address: str) -> None:
         """
@@ -133,7 +136,9 @@ class PubSub:
         @return: how many subscribers it was sent to.
         """
         subscribers = list(self._events.get(event, ()))
+        self.publications += 1
         if subscribers and self.deliver is not None:
+            self.deliveries += len(subscribers)
             self.deliver(subscribers, delivery_frame(event, data, self._now()))
         return len(subscribers)
 

@@ -1,0 +1,302 @@
+"""
+Prometheus metrics (SPEC 10): C{GET /metrics} on the HTTP port.
+
+The parts of the server keep plain counts of what they do (the hub its
+accepted and refused reports, the pub/sub registry its publications and
+deliveries, the connection cap its open connections per listener, the guard
+its failures and bans, the WebSocket factories their slow clients, the tweet
+notifier its tweets).  L{ServerCollector} reads them when Prometheus scrapes,
+so the busy paths pay one integer increment each and nothing outside this
+module imports prometheus_client.  Only the two timings are observed as they
+happen, into histograms: the store's commit time (L{MeteredJournal}, around
+the hub's journal) and each HTTP request's time (L{RequestTimer}, called by
+the site).
+
+No label holds anything a client chose: routes are the app's route
+patterns (an unknown path is C{"unmatched"}), methods a fixed set, and the
+other labels come from the code.
+"""
+
+import ipaddress
+import json
+from typing import Iterable, Optional
+
+import bottle
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from twisted.web.resource import Resource
+
+from ..core.hub import REFUSALS
+from ..server.guard import normal_address
+
+LISTENERS = ("http", "app", "device")
+SOURCES = ("http", "device")
+# Always shown, at 0 until they happen; other kinds appear once counted.
+AUTH_KINDS = ("api_key", "device_secret")
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+UNMATCHED = "unmatched"
+
+# Seconds.  A commit is an fsync: about a millisecond on an SSD, tens on an
+# SD card.  Requests: the reports' sub-millisecond answers up to a slow WSGI
+# pool.
+COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+
+def new_registry() -> CollectorRegistry:
+    """
+    A registry of the server's own (not the library's global one, so that
+    tests do not share counts), with the library's process, platform and
+    garbage-collector families.
+    """
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+class ServerCollector:
+    """
+    The server's counts, read when Prometheus scrapes.
+
+    @param hub: the L{smartplug_backend.core.hub.Hub}.
+    @param cap: the L{smartplug_backend.server.connections.ConnectionCap};
+        its listeners wrapped with the names of L{LISTENERS}.
+    @param guard: the L{smartplug_backend.server.guard.Guard}.
+    @param factories: listener name -> WebSocket factory, for slow clients.
+    @param notifier: the tweet L{smartplug_backend.integrations.tweets.Notifier},
+        or C{None} when tweets are off.
+    """
+
+    def __init__(self, hub, cap, guard, factories: dict, notifier=None) -> None:
+        self._hub = hub
+        self._cap = cap
+        self._guard = guard
+        self._factories = dict(factories)
+        self._notifier = notifier
+
+    def collect(self) -> Iterable:
+        hub, pubsub = self._hub, self._hub.pubsub
+        open_ = GaugeMetricFamily(
+            "smartplug_open_connections", "Connections open now, per listener.", labels=["listener"]
+        )
+        for listener in LISTENERS:
+            open_.add_metric([listener], self._cap.open_by_listener.get(listener, 0))
+        yield open_
+        yield CounterMetricFamily(
+            "smartplug_connections_refused",
+            "Connections closed at accept because MAX_CONNECTIONS were open.",
+            value=self._cap.refused,
+        )
+
+        accepted = CounterMetricFamily(
+            "smartplug_reports_accepted", "Plug reports accepted, per source.", labels=["source"]
+        )
+        refused = CounterMetricFamily(
+            "smartplug_reports_refused",
+            "Plug reports refused, per source and reason (invalid: not a valid report; "
+            "store: the state store could not record it).",
+            labels=["source", "reason"],
+        )
+        for source in SOURCES:
+            accepted.add_metric([source], hub.accepted.get(source, 0))
+            for reason in REFUSALS:
+                refused.add_metric([source, reason], hub.refused.get((source, reason), 0))
+        yield accepted
+        yield refused
+
+        yield CounterMetricFamily(
+            "smartplug_publications", "Pub/sub publications read (WebSocket, HTTP and plug reports).",
+            value=pubsub.publications,
+        )
+        yield CounterMetricFamily(
+            "smartplug_deliveries", "Pub/sub frames sent to subscribers.", value=pubsub.deliveries
+        )
+
+        slow = CounterMetricFamily(
+            "smartplug_slow_clients_dropped",
+            "WebSocket connections cut off for not reading (over 1 MiB unsent).",
+            labels=["listener"],
+        )
+        for listener, factory in self._factories.items():
+            slow.add_metric([listener], factory.slow_dropped)
+        yield slow
+
+        failures = CounterMetricFamily(
+            "smartplug_auth_failures", "Failed authentications, per kind.", labels=["kind"]
+        )
+        counts = self._guard.failure_counts
+        for kind in sorted(set(AUTH_KINDS) | set(counts)):
+            failures.add_metric([kind], counts.get(kind, 0))
+        yield failures
+        yield GaugeMetricFamily("smartplug_bans_active", "Addresses banned now.", value=self._guard.active_bans())
+
+        notifier = self._notifier
+        yield CounterMetricFamily("smartplug_tweets_sent", "Tweets posted.", value=notifier.sent if notifier else 0)
+        yield CounterMetricFamily(
+            "smartplug_tweets_failed",
+            "Tweets given up on: failed every try, or dropped from a full queue.",
+            value=notifier.failed if notifier else 0,
+        )
+
+
+def commit_histogram(registry: CollectorRegistry) -> Histogram:
+    """
+    C{smartplug_store_commit_seconds} in C{registry}.
+    """
+    return Histogram(
+        "smartplug_store_commit_seconds",
+        "Time from asking the state store to record a change to its commit being confirmed "
+        "(waiting for the writer thread included).",
+        buckets=COMMIT_BUCKETS,
+        registry=registry,
+    )
+
+
+class MeteredJournal:
+    """
+    A journal (L{smartplug_backend.core.journal.Journal}) that times each
+    write of the one it wraps into C{histogram}; everything else is the
+    wrapped journal's own.
+
+    @param clock: gives the time (the reactor; a L{Clock} in tests).
+    """
+
+    def __init__(self, journal, histogram: Histogram, clock) -> None:
+        self._journal = journal
+        self._histogram = histogram
+        self._clock = clock
+
+    def __getattr__(self, name: str):
+        return getattr(self._journal, name)
+
+    def _timed(self, d):
+        d.addBoth(self._observe, self._clock.seconds())
+        return d
+
+    def _observe(self, result, started: float):
+        self._histogram.observe(self._clock.seconds() - started)
+        return result
+
+    def save_report(self, plug_id: str, value: int, at: float, source: str):
+        return self._timed(self._journal.save_report(plug_id, value, at, source))
+
+    def save_display(self, display):
+        return self._timed(self._journal.save_display(display))
+
+
+class RequestTimer:
+    """
+    Times HTTP requests into C{smartplug_http_request_seconds}, labelled by
+    method and route pattern: from the request's arrival in whole (the
+    site's C{getResourceFor}) to its last byte (the site's C{log}).
+
+    @param app: the Bottle app, whose route patterns label its requests;
+        requests a named child of the site's root served are labelled by
+        that child's path (C{/metrics}).
+    @param clock: gives the time (the reactor; a L{Clock} in tests).
+    """
+
+    def __init__(self, registry: CollectorRegistry, app: bottle.Bottle, clock) -> None:
+        self._histogram = Histogram(
+            "smartplug_http_request_seconds",
+            "Time from an HTTP request's arrival to its answer's last byte, per method and route pattern "
+            f"({UNMATCHED}: no route).",
+            labelnames=["method", "route"],
+            buckets=REQUEST_BUCKETS,
+            registry=registry,
+        )
+        self._app = app
+        self._clock = clock
+        # (method, route) -> histogram child: both come from fixed sets.
+        self._children: dict = {}
+
+    def started(self, request) -> None:
+        request.metrics_started = self._clock.seconds()
+
+    def finished(self, request) -> None:
+        started = getattr(request, "metrics_started", None)
+        if started is None:
+            return
+        key = self.labels(request)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._histogram.labels(*key)
+        child.observe(self._clock.seconds() - started)
+
+    def labels(self, request) -> tuple[str, str]:
+        """
+        C{(method, route)} of a request: a method of L{METHODS} or
+        C{"other"}, and a route pattern or L{UNMATCHED}.
+        """
+        method = request.method.decode("latin-1")
+        if method not in METHODS:
+            method = "other"
+        if request.prepath:
+            # The site's root serves only its named children this way (it
+            # hands the app the whole path back): a fixed set.
+            return method, "/" + request.prepath[0].decode("latin-1")
+        # What twisted.web's WSGIResource gives the app as PATH_INFO.
+        path = b"/" + b"/".join(request.postpath) if request.postpath else b"/"
+        try:
+            route, _ = self._app.match({"PATH_INFO": path.decode("latin-1"), "REQUEST_METHOD": method})
+        except bottle.HTTPError:
+            return method, UNMATCHED
+        return method, route.rule
+
+
+def _json_error(request, status: int, message: str) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    return json.dumps({"error": message}).encode("utf-8")
+
+
+class MetricsResource(Resource):
+    """
+    C{GET /metrics}: the registry in Prometheus's text format, for addresses
+    in C{allow} only (403 for others).
+
+    Rendered on the reactor thread: a scrape reads counters and a few
+    C{/proc} files, far quicker than a hop to a thread and back.  (The
+    library's own C{prometheus_client.twisted.MetricsResource} is a WSGI
+    resource on the reactor's shared thread pool.)
+
+    @param allow: addresses and networks (strings) that may scrape.  The
+        connection's own address counts; X-Forwarded-For is not believed.
+    """
+
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry, allow: Iterable[str]) -> None:
+        super().__init__()
+        self._registry = registry
+        self._allow = tuple(ipaddress.ip_network(a, strict=False) for a in allow)
+
+    def allowed(self, host: Optional[str]) -> bool:
+        """
+        True when C{host} may scrape.
+        """
+        try:
+            address = ipaddress.ip_address(normal_address(host or ""))
+        except ValueError:
+            return False
+        return any(address in network for network in self._allow)
+
+    def render(self, request) -> bytes:
+        if not self.allowed(getattr(request.getClientAddress(), "host", None)):
+            return _json_error(request, 403, "metrics are not served to this address: see METRICS_ALLOW")
+        if request.method not in (b"GET", b"HEAD"):
+            request.setHeader(b"Allow", b"GET, HEAD")
+            method = request.method.decode("latin-1")
+            return _json_error(request, 405, f"method {method} not allowed on /metrics")
+        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))
+        return generate_latest(self._registry)
