@@ -23,15 +23,14 @@ from typing import Iterable, Optional
 
 import bottle
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     GCCollector,
     Histogram,
     PlatformCollector,
     ProcessCollector,
-    generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
 from twisted.web.resource import Resource
 
 from ..core.hub import REFUSALS
@@ -298,5 +297,7 @@ class MetricsResource(Resource):
             request.setHeader(b"Allow", b"GET, HEAD")
             method = request.method.decode("latin-1")
             return _json_error(request, 405, f"method {method} not allowed on /metrics")
-        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))
-        return generate_latest(self._registry)
+        # Prometheus's text format, or OpenMetrics when the scraper asks.
+        encode, content_type = choose_encoder((request.getHeader(b"accept") or b"").decode("latin-1"))
+        request.setHeader(b"Content-Type", content_type.encode("latin-1"))
+        return encode(self._registry)
