@@ -407,6 +407,26 @@ class RequestTimeTests(SiteTestCase):
         self.assertEqual(self.value("smartplug_http_request_seconds_count", method="GET", route="/plugs"), 1)
         self.assertAlmostEqual(self.value("smartplug_http_request_seconds_sum", method="GET", route="/plugs"), 0.3)
 
+    def test_client_gone_before_answer(self):
+        """
+        A request whose client leaves before the answer (the plug's firmware
+        closes at once) is still counted, once, timed to its leaving; the
+        report is still acted on.
+        """
+        pool = ManualThreadPool()
+        site = self.make_site(pool=pool)
+        address = IPv4Address("TCP", "127.0.0.1", 40000)
+        channel = site.buildProtocol(address)
+        channel.makeConnection(StringTransport(peerAddress=address))
+        channel.dataReceived(post(b"/data", b'{"id": "p", "value": 1}'))
+        self.reactor.advance(0.2)
+        channel.connectionLost(Failure(ConnectionDone()))
+        self.reactor.advance(1)
+        pool.run()
+        self.assertEqual(self.hub.plug("p").value, 1)
+        self.assertEqual(self.value("smartplug_http_request_seconds_count", method="POST", route="/data"), 1)
+        self.assertAlmostEqual(self.value("smartplug_http_request_seconds_sum", method="POST", route="/data"), 0.2)
+
     def test_routes_not_paths(self):
         """
         Requests are labelled with the app's route patterns; plug ids,

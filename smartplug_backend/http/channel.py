@@ -169,6 +169,11 @@ class PatientRequest(Request):
             super().connectionLost(reason)
         finally:
             self.content = content
+        # The client left before the answer was finished (the firmware does
+        # so at once): the site's log() will not be called for this one.
+        timer = getattr(getattr(self, "site", None), "timer", None)
+        if timer is not None:
+            timer.finished(self)
 
 
 class Root(Resource):
@@ -220,7 +225,8 @@ class QuietSite(Site):
         return super().getResourceFor(request)
 
     def log(self, request) -> None:
-        # Called by twisted.web once a request is answered in full.
+        # Called by twisted.web once a request is answered in full; a request
+        # whose client left first is timed by PatientRequest.connectionLost.
         if self.timer is not None:
             self.timer.finished(request)
 

@@ -197,7 +197,8 @@ class RequestTimer:
     """
     Times HTTP requests into C{smartplug_http_request_seconds}, labelled by
     method and route pattern: from the request's arrival in whole (the
-    site's C{getResourceFor}) to its last byte (the site's C{log}).
+    site's C{getResourceFor}) to its answer's last byte (the site's
+    C{log}), or to the client's leaving, if it leaves first.
 
     @param app: the Bottle app, whose route patterns label its requests;
         requests a named child of the site's root served are labelled by
@@ -208,8 +209,8 @@ class RequestTimer:
     def __init__(self, registry: CollectorRegistry, app: bottle.Bottle, clock) -> None:
         self._histogram = Histogram(
             "smartplug_http_request_seconds",
-            "Time from an HTTP request's arrival to its answer's last byte, per method and route pattern "
-            f"({UNMATCHED}: no route).",
+            "Time from an HTTP request's arrival to its answer's last byte (or the client's leaving), "
+            f"per method and route pattern ({UNMATCHED}: no route).",
             labelnames=["method", "route"],
             buckets=REQUEST_BUCKETS,
             registry=registry,
@@ -226,6 +227,7 @@ class RequestTimer:
         started = getattr(request, "metrics_started", None)
         if started is None:
             return
+        request.metrics_started = None  # once, whichever way it ended
         key = self.labels(request)
         child = self._children.get(key)
         if child is None:
