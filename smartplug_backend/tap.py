@@ -18,7 +18,7 @@ from .core.journal import MemoryJournal
 from .core.pubsub import report_publisher
 from .http.api import Bridge, make_app
 from .http.channel import make_site
-from .http.metrics import MeteredJournal, MetricsResource, RequestTimer, ServerCollector, commit_histogram, new_registry
+from .http.metrics import MeteredJournal, MetricsResource, RequestTimer, ServerCollector, commit_timings, new_registry
 from .integrations.tweets import tweet_service
 from .server.connections import ConnectionCap
 from .server.guard import Guard
@@ -172,7 +172,7 @@ def _state(settings: config.Settings, reactor, top: MultiService, registry) -> H
         if settings.BACKUP_INTERVAL is not None:
             _log.warn("BACKUP_INTERVAL is ignored: with STATE_DB = None there is nothing to back up")
         return Hub(now=reactor.seconds, journal=MemoryJournal(settings.HISTORY_KEEP))
-    commits = commit_histogram(registry)
+    commits = commit_timings(registry)
     state = StoreService.with_hub(
         settings.STATE_DB, settings.HISTORY_KEEP, reactor,
         lambda journal: Hub(now=reactor.seconds, journal=MeteredJournal(journal, commits, reactor)),

@@ -27,7 +27,7 @@ from smartplug_backend.http.metrics import (
     MetricsResource,
     RequestTimer,
     ServerCollector,
-    commit_histogram,
+    commit_timings,
     new_registry,
 )
 from smartplug_backend.integrations.tweets import Notifier
@@ -295,7 +295,7 @@ class CommitTimeTests(SynchronousTestCase):
         self.clock = Clock()
         self.registry = new_registry()
         self.inner = SlowJournal()
-        self.journal = MeteredJournal(self.inner, commit_histogram(self.registry), self.clock)
+        self.journal = MeteredJournal(self.inner, commit_timings(self.registry), self.clock)
         self.hub = Hub(now=self.clock.seconds, journal=self.journal)
 
     def test_commit_time_observed(self):

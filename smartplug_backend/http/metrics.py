@@ -8,9 +8,9 @@ its failures and bans, the WebSocket factories their slow clients, the tweet
 notifier its tweets).  L{ServerCollector} reads them when Prometheus scrapes,
 so the busy paths pay one integer increment each and nothing outside this
 module imports prometheus_client.  Only the two timings are observed as they
-happen, into histograms: the store's commit time (L{MeteredJournal}, around
-the hub's journal) and each HTTP request's time (L{RequestTimer}, called by
-the site).
+happen, into plain-count histograms (L{Timings}): the store's commit time
+(L{MeteredJournal}, around the hub's journal) and each HTTP request's time
+(L{RequestTimer}, called by the site).
 
 No label holds anything a client chose: routes are the app's route
 patterns (an unknown path is C{"unmatched"}), methods a fixed set, and the
@@ -19,18 +19,20 @@ other labels come from the code.
 
 import ipaddress
 import json
+from bisect import bisect_left
+from itertools import accumulate
 from typing import Iterable, Optional
 
 import bottle
 from prometheus_client import (
     CollectorRegistry,
     GCCollector,
-    Histogram,
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.utils import floatToGoString
 from twisted.web.resource import Resource
 
 from ..core.hub import REFUSALS
@@ -148,31 +150,81 @@ class ServerCollector:
         )
 
 
-def commit_histogram(registry: CollectorRegistry) -> Histogram:
+class Timings:
     """
-    C{smartplug_store_commit_seconds} in C{registry}.
+    One histogram kept as plain counts: the reactor thread observes into
+    it, the scrape reads it.  (The library's Histogram takes a lock per
+    observation: a few microseconds on every HTTP request.)
+
+    @param bounds: the buckets' upper bounds, ascending, in seconds.
     """
-    return Histogram(
+
+    def __init__(self, bounds: tuple) -> None:
+        self.bounds = bounds
+        # One count per bound, then the one above them all (+Inf).
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
+
+    def buckets(self) -> list:
+        """
+        Prometheus's cumulative buckets: C{[(le, count), ..., ("+Inf", total)]}.
+        """
+        cumulative = list(accumulate(self.counts))
+        # The last count (+Inf) has no bound: zip stops before it.
+        below = [(floatToGoString(b), c) for b, c in zip(self.bounds, cumulative, strict=False)]
+        return below + [("+Inf", cumulative[-1])]
+
+
+class _TimingsCollector:
+    """
+    Shows C{timings()} (label values -> L{Timings}) as one histogram family.
+    """
+
+    def __init__(self, name: str, documentation: str, labelnames: list, timings) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labelnames = labelnames
+        self._timings = timings
+
+    def collect(self) -> Iterable:
+        family = HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
+        for labels, timings in list(self._timings().items()):
+            family.add_metric(list(labels), timings.buckets(), timings.sum)
+        yield family
+
+
+def commit_timings(registry: CollectorRegistry) -> Timings:
+    """
+    C{smartplug_store_commit_seconds}, shown by C{registry}: observe into
+    the L{Timings} returned.
+    """
+    timings = Timings(COMMIT_BUCKETS)
+    registry.register(_TimingsCollector(
         "smartplug_store_commit_seconds",
         "Time from asking the state store to record a change to its commit being confirmed "
         "(waiting for the writer thread included).",
-        buckets=COMMIT_BUCKETS,
-        registry=registry,
-    )
+        [],
+        lambda: {(): timings},
+    ))
+    return timings
 
 
 class MeteredJournal:
     """
     A journal (L{smartplug_backend.core.journal.Journal}) that times each
-    write of the one it wraps into C{histogram}; everything else is the
+    write of the one it wraps into C{timings}; everything else is the
     wrapped journal's own.
 
     @param clock: gives the time (the reactor; a L{Clock} in tests).
     """
 
-    def __init__(self, journal, histogram: Histogram, clock) -> None:
+    def __init__(self, journal, timings: Timings, clock) -> None:
         self._journal = journal
-        self._histogram = histogram
+        self._timings = timings
         self._clock = clock
 
     def __getattr__(self, name: str):
@@ -183,7 +235,7 @@ class MeteredJournal:
         return d
 
     def _observe(self, result, started: float):
-        self._histogram.observe(self._clock.seconds() - started)
+        self._timings.observe(self._clock.seconds() - started)
         return result
 
     def save_report(self, plug_id: str, value: int, at: float, source: str):
@@ -195,10 +247,11 @@ class MeteredJournal:
 
 class RequestTimer:
     """
-    Times HTTP requests into C{smartplug_http_request_seconds}, labelled by
-    method and route pattern: from the request's arrival in whole (the
-    site's C{getResourceFor}) to its answer's last byte (the site's
-    C{log}), or to the client's leaving, if it leaves first.
+    Times HTTP requests into C{smartplug_http_request_seconds} (shown by
+    C{registry}), labelled by method and route pattern: from the request's
+    arrival in whole (the site's C{getResourceFor}) to its answer's last
+    byte (the site's C{log}), or to the client's leaving, if it leaves
+    first.  Reactor thread only.
 
     @param app: the Bottle app, whose route patterns label its requests;
         requests a named child of the site's root served are labelled by
@@ -207,18 +260,20 @@ class RequestTimer:
     """
 
     def __init__(self, registry: CollectorRegistry, app: bottle.Bottle, clock) -> None:
-        self._histogram = Histogram(
+        self._app = app
+        self._clock = clock
+        # (method, route) -> Timings: both come from fixed sets.
+        self._timings: dict = {}
+        # (method, path) -> (method, route) for the app's routes without
+        # parameters (POST /data above all): a bounded set.
+        self._static: dict = {}
+        registry.register(_TimingsCollector(
             "smartplug_http_request_seconds",
             "Time from an HTTP request's arrival to its answer's last byte (or the client's leaving), "
             f"per method and route pattern ({UNMATCHED}: no route).",
-            labelnames=["method", "route"],
-            buckets=REQUEST_BUCKETS,
-            registry=registry,
-        )
-        self._app = app
-        self._clock = clock
-        # (method, route) -> histogram child: both come from fixed sets.
-        self._children: dict = {}
+            ["method", "route"],
+            lambda: self._timings,
+        ))
 
     def started(self, request) -> None:
         request.metrics_started = self._clock.seconds()
@@ -229,10 +284,10 @@ class RequestTimer:
             return
         request.metrics_started = None  # once, whichever way it ended
         key = self.labels(request)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self._histogram.labels(*key)
-        child.observe(self._clock.seconds() - started)
+        timings = self._timings.get(key)
+        if timings is None:
+            timings = self._timings[key] = Timings(REQUEST_BUCKETS)
+        timings.observe(self._clock.seconds() - started)
 
     def labels(self, request) -> tuple[str, str]:
         """
@@ -248,10 +303,15 @@ class RequestTimer:
             return method, "/" + request.prepath[0].decode("latin-1")
         # What twisted.web's WSGIResource gives the app as PATH_INFO.
         path = b"/" + b"/".join(request.postpath) if request.postpath else b"/"
+        known = self._static.get((method, path))
+        if known is not None:
+            return known
         try:
             route, _ = self._app.match({"PATH_INFO": path.decode("latin-1"), "REQUEST_METHOD": method})
         except bottle.HTTPError:
             return method, UNMATCHED
+        if "<" not in route.rule:
+            self._static[method, path] = (method, route.rule)
         return method, route.rule
 
 
