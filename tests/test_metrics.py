@@ -79,7 +79,7 @@ class ServerCountsTests(SynchronousTestCase):
         self.cap = ConnectionCap(100, self.clock)
         self.apps = AppFactory(hub, api_key=KEY, clock=self.clock, guard=self.guard)
         self.devices = DeviceFactory(hub, self.guard, SECRET, self.clock)
-        hub.pubsub.deliver = self.apps.send_to_all
+        hub.pubsub.deliver_with(self.apps.send_to_all)
         hub.listen(self.apps.broadcast)
         self.notifier = Notifier(self.post, run_now, self.clock, TEXTS)
         self.posts = []

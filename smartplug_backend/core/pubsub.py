@@ -75,7 +75,7 @@ class PubSub:
     _log = Logger()
 
     def __init__(self, deliver: Optional[Deliver] = None, now: Callable[[], float] = time.time) -> None:
-        self.deliver = deliver
+        self._deliver = deliver
         self._now = now
         # event -> subscribers, both in insertion order (dicts as ordered sets)
         self._events: dict[str, dict[Hashable, None]] = {}
@@ -84,6 +84,16 @@ class PubSub:
         # Plain counts for /metrics: publications read, frames delivered.
         self.publications = 0
         self.deliveries = 0
+
+    def deliver_with(self, deliver: Deliver) -> None:
+        """
+        Send publications with C{deliver(subscribers, frame)} from now on: the
+        listener whose connections subscribe (built after the hub, since it
+        needs the hub) registers here, as listeners do with C{Hub.listen}.
+        """
+        if self._deliver is not None:
+            raise ValueError("publications already have a deliverer")
+        self._deliver = deliver
 
     def connected(self, connection: Hashable, client_name: str, address: str) -> None:
         """
@@ -137,9 +147,9 @@ class PubSub:
         """
         subscribers = list(self._events.get(event, ()))
         self.publications += 1
-        if subscribers and self.deliver is not None:
+        if subscribers and self._deliver is not None:
             self.deliveries += len(subscribers)
-            self.deliver(subscribers, delivery_frame(event, data, self._now()))
+            self._deliver(subscribers, delivery_frame(event, data, self._now()))
         return len(subscribers)
 
     def subscriptions(self) -> Iterable[tuple[str, list]]:
