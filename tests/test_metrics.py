@@ -527,6 +527,16 @@ class MetricsRouteTests(SiteTestCase):
         self.assertEqual(split(exchange(self.site, request, peer="192.168.2.1"))[0], b"HTTP/1.1 403 Forbidden")
         self.assertEqual(split(exchange(self.site, request, peer="127.0.0.1"))[0], b"HTTP/1.1 403 Forbidden")
 
+    def test_head(self):
+        """
+        HEAD answers as GET does, without the body.
+        """
+        self.make_site()
+        status, head, body = split(exchange(self.site, b"HEAD /metrics HTTP/1.1\r\n\r\n"))
+        self.assertEqual(status, b"HTTP/1.1 200 OK")
+        self.assertIn(b"\r\nContent-Type: text/plain; version=", head)
+        self.assertEqual(body, b"")
+
     def test_wrong_method(self):
         """
         Only GET and HEAD: others get 405 with a JSON error and Allow.
