@@ -153,6 +153,12 @@ def _build(options: Options, reactor) -> MultiService:
         listen("device WebSocket", "device", device_endpoint, devices, "ws")
         websockets["device"] = devices
 
+    if settings.MQTT_URL is not None:
+        # Imported only here: without MQTT_URL, paho is never loaded.
+        from .integrations.mqtt import mqtt_service
+
+        mqtt_service(settings, hub, reactor).setServiceParent(top)
+
     # The hub's last listener: SPEC 1.1 puts tweets after state, apps, pub/sub.
     tweets = tweet_service(settings, hub, reactor)
     if tweets is not None:
