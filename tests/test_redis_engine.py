@@ -183,6 +183,30 @@ class EngineTests(TestCase):
         self.assertEqual(len(self.lines("is back:")), 1)
 
     @inlineCallbacks
+    def test_start_without_redis(self):
+        """
+        A node that starts while Redis is away starts all the same, refuses
+        changes and says so once; once Redis answers it loads the state and
+        tells its listeners what it did not know.
+        """
+        # Redis keeps its data across the restart here, as advised.
+        self.redis = start_redis(self, persist=True)
+        (a,) = yield self.nodes(1)
+        yield a.hub.report("p", 1, "http", "x")
+        self.redis.stop()
+        late = Node(self, self.redis.url, "late")
+        late.engine.privilegedStartService()
+        late.engine.startService()
+        self.addCleanup(late.stop)
+        self.assertFalse(late.engine.up)
+        self.assertIsNone((yield late.hub.report("q", 1, "http", "x")))
+        self.assertEqual(len(self.lines("unreachable at start")), 1)
+        self.redis.start()
+        yield until(lambda: late.engine.mode == redis_engine.UP, "the late node to load", timeout=20)
+        self.assertEqual([(r.plug.id, r.plug.value, r.remote) for r in late.reports], [("p", 1, True)])
+        self.assertEqual(late.hub.plugs(), a.hub.plugs())
+
+    @inlineCallbacks
     def test_redis_restarted_empty(self):
         """
         A Redis that restarts without its data is seeded again with a node's
