@@ -148,9 +148,13 @@ class BanTests(SynchronousTestCase):
         class Board:
             shared = []
             watchers = []
+            failures = []
 
-            def watch(self, ban):
+            def watch(self, ban, failed):
                 self.watchers.append(ban)
+
+            def failed(self, host):
+                self.failures.append(host)
 
             def share(self, host, until, seconds):
                 self.shared.append((host, until, seconds))
@@ -168,7 +172,22 @@ class BanTests(SynchronousTestCase):
         self.assertEqual(messages(events, "banned"), ["banned 198.51.100.1 for 20 seconds by another node"])
         self.clock.pump([10, 10])
         self.assertFalse(guard.banned("198.51.100.1"))
-        self.assertEqual(len(board.shared), 1)
+        self.assertEqual((len(board.shared), board.failures), (1, [STRANGER]))
+
+    def test_failures_elsewhere_count(self):
+        """
+        Failures other nodes counted (SPEC 11) count here too: with this
+        node's own, BAN_AFTER of them ban the address, logged once; they
+        are not shared again, nor counted for BAN_ALLOW addresses.
+        """
+        with capturedLogs() as events:
+            self.guard.failed_elsewhere(STRANGER)
+            self.guard.failed_elsewhere("10.0.0.7")
+            self.assertFalse(self.fail())
+            self.guard.failed_elsewhere(STRANGER)
+        self.assertTrue(self.guard.banned(STRANGER))
+        self.assertEqual(self.guard.failures("10.0.0.7"), 0)
+        self.assertEqual(messages(events, "banned"), [f"banned {STRANGER} for 60 seconds after 3 authentication failures"])
 
     def test_from_settings(self):
         """

@@ -262,6 +262,23 @@ class EngineTests(TestCase):
         yield until(lambda: ("ghost", "dead") not in seen(a)[0], "the dead node to drop out")
 
     @inlineCallbacks
+    def test_failures_count_on_every_node(self):
+        """
+        Authentication failures of one address on two nodes count together:
+        BAN_AFTER of them ban it on both.
+        """
+        a, b = yield self.nodes()
+        guard_a = Guard(reactor, ban_after=2, ban_seconds=30, shared=a.engine.bans)
+        guard_b = Guard(reactor, ban_after=2, ban_seconds=30, shared=b.engine.bans)
+        self.assertFalse(guard_a.failure("203.0.113.7", "test"))
+        yield until(lambda: guard_b.failures("203.0.113.7") == 1, "B to count A's failure")
+        self.assertTrue(guard_b.failure("203.0.113.7", "test"))
+        yield until(lambda: guard_a.banned("203.0.113.7"), "A to ban the address")
+        for call in reactor.getDelayedCalls():
+            if call.func in (guard_a._lift, guard_b._lift):
+                call.cancel()
+
+    @inlineCallbacks
     def test_bans_are_shared(self):
         """
         An address banned on A is banned on B too, and on a node that starts

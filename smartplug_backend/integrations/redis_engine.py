@@ -135,9 +135,10 @@ class RedisJournal:
 
 class SharedBans:
     """
-    Bans shared through Redis (SPEC 6.2, 11), as the guard's C{shared}:
-    a ban made here is committed and reaches every node; bans made
-    elsewhere (or loaded at start) reach the guard through L{watch}.
+    Authentication failures and bans shared through Redis (SPEC 6.2, 11),
+    as the guard's C{shared}: a failure counted or a ban made here is
+    committed and reaches every node; the other nodes' (and the bans loaded
+    at start) reach the guard through L{watch}.
     """
 
     _log = Logger(namespace="smartplug_backend.integrations.redis")
@@ -145,12 +146,29 @@ class SharedBans:
     def __init__(self, engine: "RedisEngine") -> None:
         self._engine = engine
         self._watchers: list = []
+        self._failure_watchers: list = []
 
-    def watch(self, ban: Callable[[str, float], None]) -> None:
+    def watch(self, ban: Callable[[str, float], None], failed: Callable[[str], None]) -> None:
         """
-        Call C{ban(host, seconds)} for every ban made on another node.
+        Call C{ban(host, seconds)} for every ban made on another node, and
+        C{failed(host)} for every authentication failure counted there.
         """
         self._watchers.append(ban)
+        self._failure_watchers.append(failed)
+
+    def failed(self, host: str) -> None:
+        """
+        Tell every node that this one counted a failure of C{host}; while
+        Redis is away each node counts its own.
+        """
+        engine = self._engine
+        if engine.up:
+            told = engine.commit({"kind": "failure", "address": host}, engine.state.commit_announcement)
+            told.addErrback(lambda f: None)
+
+    def failed_elsewhere(self, host: str) -> None:
+        for failed in self._failure_watchers:
+            failed(host)
 
     def share(self, host: str, until: float, seconds: float) -> None:
         """
@@ -482,6 +500,8 @@ class RedisEngine(ThreadPoolService):
                 hub.apply_command(change["command"], peer)
             elif kind == "ban":
                 self.bans.banned_elsewhere(change["address"], change["until"] - self._clock.seconds())
+            elif kind == "failure":
+                self.bans.failed_elsewhere(change["address"])
             else:
                 self._log.warn("ignored a change of unknown kind {kind!r} from Redis", kind=kind)
         except (KeyError, TypeError, ValueError, InvalidDisplay):

@@ -67,10 +67,11 @@ class Guard:
     @param ban_seconds: how long a ban lasts; failures are also forgotten
         after this long without a new one.
     @param allow: addresses and networks (strings) never banned.
-    @param shared: where bans are shared with other nodes (SPEC 11), or
-        C{None}: an object with C{share(host, until, seconds)}, called for
-        every ban this guard makes, and C{watch(ban)}, through which it
-        calls L{ban} for the bans other nodes make.
+    @param shared: where failures and bans are shared with other nodes
+        (SPEC 11), or C{None}: an object with C{failed(host)} and
+        C{share(host, until, seconds)}, called for every failure this guard
+        counts and every ban it makes, and C{watch(ban, failed)}, through
+        which it calls L{ban} and L{failed_elsewhere} for the other nodes'.
     """
 
     _log = Logger(namespace="smartplug_backend.server.guard")
@@ -88,7 +89,7 @@ class Guard:
         self.failure_counts: Counter = Counter()
         self._shared = shared
         if shared is not None:
-            shared.watch(self.ban)
+            shared.watch(self.ban, self.failed_elsewhere)
 
     @classmethod
     def from_settings(cls, settings, clock: IReactorTime, shared=None) -> "Guard":
@@ -156,8 +157,16 @@ class Guard:
             count=count,
             limit=self._ban_after,
         )
+        if self._shared is not None:
+            self._shared.failed(host)
         if count < self._ban_after:
             return False
+        self._ban_after_failures(host, count)
+        if self._shared is not None:
+            self._shared.share(host, self._clock.seconds() + self._ban_seconds, self._ban_seconds)
+        return True
+
+    def _ban_after_failures(self, host: str, count: int) -> None:
         del self._failures[host]
         self._bans[host] = 0
         self._clock.callLater(self._ban_seconds, self._lift, host, self._ban_seconds)
@@ -167,9 +176,19 @@ class Guard:
             seconds=self._ban_seconds,
             count=count,
         )
-        if self._shared is not None:
-            self._shared.share(host, self._clock.seconds() + self._ban_seconds, self._ban_seconds)
-        return True
+
+    def failed_elsewhere(self, host: str) -> None:
+        """
+        Count an authentication failure that another node saw (SPEC 11:
+        failures count per address on all nodes together); ban the address
+        when that makes C{BAN_AFTER}.  The node that saw the failure logs it.
+        """
+        host = normal_address(host)
+        if host in self._bans or self.allowed(host):
+            return
+        count = self._count(host)
+        if count >= self._ban_after:
+            self._ban_after_failures(host, count)
 
     def ban(self, host: str, seconds: float) -> None:
         """
