@@ -228,7 +228,7 @@ class PingTests(SynchronousTestCase):
         # Autobahn runs its ping timers on a batched timer of the global
         # reactor (txaio's); these run on the test's clock.
         self.factory._batched_timer = ClockTimer(self.clock)
-        self.hub.pubsub.deliver = self.factory.send_to_all
+        self.hub.pubsub.deliver_with(self.factory.send_to_all)
 
     def connect(self, path):
         return ws_connect(self.factory, path, client_protocol=DeafClient, quiet_server=False)
