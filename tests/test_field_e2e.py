@@ -147,11 +147,12 @@ class FieldEndToEndTests(TestCase):
         publisher.send('{"event": "door", "data": "open"}')
         self.assertEqual(json.loads(read_frame(sock))["data"], "open")
 
-    def wait_for_subscription(self, event: str) -> None:
+    def wait_for_subscription(self, event: str, count: int = 1) -> None:
         info = create_connection(self.server.ws_url(f"/socket/info?apiKey={KEY}"), timeout=5)
         try:
             for _ in range(50):
-                if any(s["name"] == event and s["connections"] for s in json.loads(info.recv())["subscriptions"]):
+                subscriptions = json.loads(info.recv())["subscriptions"]
+                if any(s["name"] == event and len(s["connections"] or ()) >= count for s in subscriptions):
                     return
         finally:
             info.close()
@@ -260,3 +261,49 @@ class FieldEndToEndTests(TestCase):
         self.server.wait_for(r"plug 0xhalfclos -> 1")
         send_and_close(self.server.ports["HTTP"], FIRMWARE_REQUEST)
         self.server.wait_for(r"plug 0xb00bf0cc -> 1")
+
+    def test_never_reading_subscribers_are_dropped(self):
+        """
+        Subscribers that never read (and take in little: a 4 KiB receive
+        buffer) are each sent 3 MB: the kernel holds at most about 128 KiB
+        for each (its send buffer is fixed, as ss shows), so every one is cut
+        off once about 1 MiB waits for it in all, and the log says so; a
+        subscriber that reads gets every publication (SPEC 6.5).
+        """
+        count = 8
+        port = self.server.ports["app WebSocket"]
+        subscribe = b'{"action": "subscribe", "event": "big"}'
+        for i in range(count):
+            slow = socket.socket()
+            self.addCleanup(slow.close)
+            slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            slow.settimeout(5)
+            slow.connect(("127.0.0.1", port))
+            slow.sendall(
+                f"GET /subscribe?apiKey={KEY}&clientName=slow{i} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                "Connection: Upgrade\r\nSec-WebSocket-Key: AQIDBAUGBwgJCgsMDQ4PEA==\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+            )
+            self.assertTrue(read_head(slow).startswith(b"HTTP/1.1 101"))
+            slow.sendall(masked_text(subscribe))
+        fast = create_connection(self.server.ws_url(f"/subscribe?apiKey={KEY}&clientName=fast"), timeout=10)
+        self.addCleanup(fast.close)
+        fast.send(subscribe.decode())
+        self.wait_for_subscription("big", count + 1)
+        ss = shutil.which("ss")
+        self.assertIsNotNone(ss, "ss (iproute2) is needed to read the server's socket buffers")
+        out = subprocess.run(
+            [ss, "-tmnH", "state", "established", f"( sport = :{port} )"], capture_output=True, text=True, timeout=5
+        ).stdout
+        send_buffers = [int(part.split(",")[0]) for part in out.split(",tb")[1:]]
+        self.assertEqual(len(send_buffers), count + 1, out)
+        self.assertLessEqual(max(send_buffers), 256 * 1024, out)
+        publisher = create_connection(self.server.ws_url(f"/publish?apiKey={KEY}&clientName=p"), timeout=10)
+        self.addCleanup(publisher.close)
+        data = "x" * 60000
+        publications = 3 * 1000 * 1000 // len(data)
+        for _ in range(publications):
+            publisher.send(json.dumps({"event": "big", "data": data}))
+            # Lock-step with the reading subscriber: only the others lag.
+            self.assertEqual(len(json.loads(fast.recv())["data"]), len(data))
+        self.server.wait_for_count(r"app client 127\.0\.0\.1 is too slow", count, timeout=20)

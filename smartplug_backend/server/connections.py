@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from .guard import GateFactory, log_prefix, normal_address
-from .keepalive import keep_alive
+from .sockets import keep_alive
 
 
 class ConnectionCap:

@@ -20,9 +20,7 @@ from typing import Iterator, Optional
 from ..core.display import Display, InvalidDisplay, validate_display
 from ..core.hub import Plug
 from ..core.journal import HistoryEntry
-
-# Pages of write-ahead log after which SQLite copies it into the database.
-WAL_PAGES = 100
+from ..core.limits import WAL_PAGES
 
 # "SmPg": marks the file as ours (PRAGMA application_id, bytes 68-71).
 APPLICATION_ID = 0x536D5067

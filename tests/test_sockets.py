@@ -1,6 +1,6 @@
 """
-Tests for smartplug_backend.server.keepalive: TCP keepalive on accepted
-connections, on real loopback sockets (no reactor).
+Tests for smartplug_backend.server.sockets: TCP keepalive and a bounded send
+buffer on accepted connections, on real loopback sockets (no reactor).
 """
 
 import socket
@@ -11,7 +11,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from smartplug_backend.server import keepalive
+from smartplug_backend.core import limits
+from smartplug_backend.server import sockets
 from smartplug_backend.server.connections import ConnectionCap
 
 
@@ -42,7 +43,7 @@ class Wrapping:
 
 class KeepAliveTests(SynchronousTestCase):
     """
-    L{keepalive.keep_alive} and its use on every connection a listener
+    L{sockets.keep_alive} and its use on every connection a listener
     admits.
     """
 
@@ -59,18 +60,18 @@ class KeepAliveTests(SynchronousTestCase):
 
     def assertKeptAlive(self, sock):
         self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)
-        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), keepalive.IDLE)
-        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL), keepalive.INTERVAL)
-        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT), keepalive.COUNT)
-        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT), keepalive.USER_TIMEOUT_MS)
+        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), limits.KEEPALIVE_IDLE)
+        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL), limits.KEEPALIVE_INTERVAL)
+        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT), limits.KEEPALIVE_COUNT)
+        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT), sockets.USER_TIMEOUT_MS)
 
     def test_dead_peer_found_within_minutes(self):
         """
         The timings find a silent dead peer within about three minutes (the
         system default would wait over two hours before the first probe).
         """
-        self.assertLessEqual(keepalive.IDLE + keepalive.INTERVAL * keepalive.COUNT, 240)
-        self.assertEqual(keepalive.USER_TIMEOUT_MS, (keepalive.IDLE + keepalive.INTERVAL * keepalive.COUNT) * 1000)
+        self.assertLessEqual(limits.KEEPALIVE_IDLE + limits.KEEPALIVE_INTERVAL * limits.KEEPALIVE_COUNT, 240)
+        self.assertEqual(sockets.USER_TIMEOUT_MS, (limits.KEEPALIVE_IDLE + limits.KEEPALIVE_INTERVAL * limits.KEEPALIVE_COUNT) * 1000)
 
     def test_sets_socket_options(self):
         """
@@ -80,7 +81,7 @@ class KeepAliveTests(SynchronousTestCase):
         for wrap in (lambda t: t, Wrapping):
             sock = self.accepted()
             self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 0)
-            self.assertTrue(keepalive.keep_alive(wrap(SocketTransport(sock))))
+            self.assertTrue(sockets.keep_alive(wrap(SocketTransport(sock))))
             self.assertKeptAlive(sock)
 
     def test_no_tcp_socket(self):
@@ -88,11 +89,11 @@ class KeepAliveTests(SynchronousTestCase):
         A transport without a TCP socket (a unix socket, a test fake) is
         left alone.
         """
-        self.assertFalse(keepalive.keep_alive(StringTransport()))
+        self.assertFalse(sockets.keep_alive(StringTransport()))
         a, b = socket.socketpair()
         self.addCleanup(a.close)
         self.addCleanup(b.close)
-        self.assertFalse(keepalive.keep_alive(SocketTransport(a)))
+        self.assertFalse(sockets.keep_alive(SocketTransport(a)))
 
     def test_every_admitted_connection(self):
         """
@@ -112,3 +113,15 @@ class KeepAliveTests(SynchronousTestCase):
         protocol.makeConnection(SocketTransport(sock))
         self.assertEqual(seen, [1])
         self.assertKeptAlive(sock)
+
+    def test_bound_send_buffer(self):
+        """
+        bound_send_buffer fixes the kernel's send buffer at WS_SEND_BUFFER
+        (read back doubled by Linux), and says how much the kernel may hold;
+        0 for a transport without a TCP socket.
+        """
+        sock = self.accepted()
+        held = sockets.bound_send_buffer(SocketTransport(sock))
+        self.assertEqual(held, sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
+        self.assertEqual(held, 2 * limits.WS_SEND_BUFFER)
+        self.assertEqual(sockets.bound_send_buffer(StringTransport()), 0)
