@@ -59,6 +59,12 @@ stop:
 bench: $(VENV)/.installed-test
 	$(PY) bench/run.py
 
+# The Autobahn|Testsuite cases (groups 1-7 and 10, by kosoku) against every
+# WebSocket route of the real server: a table for the README (a few minutes).
+.PHONY: conformance
+conformance: $(VENV)/.installed-test
+	$(PY) bench/conformance.py
+
 # A consistent backup of STATE_DB and the settings file into backups/, safe
 # while the server runs; restore with: $(PY) -m smartplug_backend restore FILE
 .PHONY: backup
