@@ -143,6 +143,12 @@ def _build(options: Options, reactor) -> MultiService:
         hub.watch_display(devices.send_packet)
         listen("device WebSocket", device_endpoint, devices, "ws")
 
+    if settings.MQTT_URL is not None:
+        # Imported only here: without MQTT_URL, paho is never loaded.
+        from .integrations.mqtt import mqtt_service
+
+        mqtt_service(settings, hub, reactor).setServiceParent(top)
+
     # The hub's last listener: SPEC 1.1 puts tweets after state, apps, pub/sub.
     tweets = tweet_service(settings, hub, reactor)
     if tweets is not None:

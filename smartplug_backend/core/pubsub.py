@@ -16,6 +16,10 @@ from .reports import broadcast_bytes
 from .times import utc_rfc3339
 
 Deliver = Callable[[list, bytes], None]
+# observer(event, data, origin): every publication, with the origin its
+# publisher gave (None for the server's own clients), so a bridge can skip
+# what it put in itself.
+Observer = Callable[[str, Any, Optional[str]], None]
 
 # Go's encoding/json (PiCloud is Go) escapes these inside strings; clients
 # written against it may compare frames byte for byte.
@@ -83,6 +87,17 @@ class PubSub:
         self._events: dict[str, dict[Hashable, None]] = {}
         # connection -> its entry in the info frame
         self._connections: dict[Hashable, dict] = {}
+        self._observers: list[Observer] = []
+
+    def observe(self, observer: Observer) -> Callable[[], None]:
+        """
+        Call C{observer(event, data, origin)} for every later publication,
+        subscribers or not.
+
+        @return: a function that stops the calls.
+        """
+        self._observers.append(observer)
+        return lambda: self._observers.remove(observer)
 
     def deliver_with(self, deliver: Deliver) -> None:
         """
@@ -136,15 +151,22 @@ class PubSub:
         for subscribers in self._events.values():
             subscribers.pop(subscriber, None)
 
-    def publish(self, event: str, data: Any) -> int:
+    def publish(self, event: str, data: Any, origin: Optional[str] = None) -> int:
         """
-        Send a publication to the current subscribers of C{event}.
+        Send a publication to the current subscribers of C{event}, then
+        show it to the observers.
 
+        @param origin: who brought it in from outside (e.g. C{"mqtt"}).
         @return: how many subscribers it was sent to.
         """
         subscribers = list(self._events.get(event, ()))
         if subscribers and self._deliver is not None:
             self._deliver(subscribers, delivery_frame(event, data, self._now()))
+        for observer in list(self._observers):
+            try:
+                observer(event, data, origin)
+            except Exception:
+                self._log.failure("pub/sub observer {observer!r} failed", observer=observer)
         return len(subscribers)
 
     def subscriptions(self) -> Iterable[tuple[str, list]]:
