@@ -28,7 +28,7 @@ $(VENV)/.installed-test: $(VENV)/.installed
 # driver, a Redis server, an MQTT broker.  Debian's packages, installed only
 # when missing (CI runs as root; elsewhere through sudo).
 SYSTEM_COMMANDS := /usr/bin/chromium:chromium /usr/bin/chromedriver:chromium-driver \
-	/usr/bin/redis-server:redis-server /usr/sbin/mosquitto:mosquitto
+	/usr/bin/redis-server:redis-server /usr/sbin/mosquitto:mosquitto /usr/bin/ss:iproute2
 .PHONY: system-deps
 system-deps:
 	@missing=""; for pair in $(SYSTEM_COMMANDS); do \
