@@ -138,6 +138,7 @@ SETTINGS: dict[str, _Setting] = {
     "BACKUP_INTERVAL": _Setting(None, _optional_positive),
     "BACKUP_KEEP": _Setting(7, _count),
     "MAX_CONNECTIONS": _Setting(10000, _count),
+    "METRICS_ALLOW": _Setting(("127.0.0.1", "::1"), _networks),
     "MQTT_URL": _Setting(None, _mqtt_url),
     "MQTT_PREFIX": _Setting("smartplug", _topic_prefix),
     "HA_DISCOVERY_PREFIX": _Setting("homeassistant", _topic_prefix),
@@ -182,6 +183,7 @@ class Settings:
     BACKUP_INTERVAL: Optional[float]
     BACKUP_KEEP: int
     MAX_CONNECTIONS: int
+    METRICS_ALLOW: tuple
     MQTT_URL: Optional[str]
     MQTT_PREFIX: str
     HA_DISCOVERY_PREFIX: str
@@ -213,6 +215,7 @@ def settings_from(values: dict[str, Any], path: Optional[str] = None) -> Setting
             )
         merged[name] = value
     merged["BAN_ALLOW"] = tuple(merged["BAN_ALLOW"])
+    merged["METRICS_ALLOW"] = tuple(merged["METRICS_ALLOW"])
     if merged["MQTT_PREFIX"] == merged["HA_DISCOVERY_PREFIX"]:
         # Our <prefix>/status would read as Home Assistant's birth message.
         raise ConfigError(f"{where}: MQTT_PREFIX must differ from HA_DISCOVERY_PREFIX")
