@@ -79,6 +79,22 @@ def _networks(v: Any) -> Optional[str]:
     return None
 
 
+def _users(v: Any) -> Optional[str]:
+    expected = 'a dict of user names to hashes from "python -m smartplug_backend passwd NAME"'
+    if not isinstance(v, dict):
+        return expected
+    from .http.dashboard.auth import InvalidHash, parse_hash
+
+    for name, hashed in v.items():
+        if not isinstance(name, str) or not name:
+            return expected
+        try:
+            parse_hash(hashed)
+        except InvalidHash as e:
+            return f"{expected}; the one of {name!r} is {e}"
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class _Setting:
     default: Any
@@ -118,6 +134,8 @@ SETTINGS: dict[str, _Setting] = {
     "BACKUP_INTERVAL": _Setting(None, _optional_positive),
     "BACKUP_KEEP": _Setting(7, _count),
     "MAX_CONNECTIONS": _Setting(10000, _count),
+    "DASHBOARD_USERS": _Setting({}, _users),
+    "DASHBOARD_SESSION_DAYS": _Setting(30, _positive),
 }
 
 
@@ -158,6 +176,8 @@ class Settings:
     BACKUP_INTERVAL: Optional[float]
     BACKUP_KEEP: int
     MAX_CONNECTIONS: int
+    DASHBOARD_USERS: dict
+    DASHBOARD_SESSION_DAYS: float
     path: Optional[str] = None
 
     def __repr__(self) -> str:
@@ -185,12 +205,13 @@ def settings_from(values: dict[str, Any], path: Optional[str] = None) -> Setting
             )
         merged[name] = value
     merged["BAN_ALLOW"] = tuple(merged["BAN_ALLOW"])
+    merged["DASHBOARD_USERS"] = dict(merged["DASHBOARD_USERS"])
     return Settings(path=path, **merged)
 
 
 def _describe(name: str, value: Any) -> str:
     # Never echo the value of a setting that may hold a secret.
-    if name in ("AUTH_SECRET", "API_KEY") or name.endswith(("_SECRET", "_KEY")):
+    if name in ("AUTH_SECRET", "API_KEY", "DASHBOARD_USERS") or name.endswith(("_SECRET", "_KEY")):
         return f"a value of type {type(value).__name__}"
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."

@@ -18,6 +18,7 @@ from .core.journal import MemoryJournal
 from .core.pubsub import report_publisher
 from .http.api import Bridge, make_app
 from .http.channel import make_site
+from .http.dashboard.wiring import dashboard
 from .integrations.tweets import tweet_service
 from .server.connections import ConnectionCap
 from .server.guard import Guard
@@ -120,7 +121,7 @@ def _build(options: Options, reactor) -> MultiService:
     wsgi_pool = ThreadPool(minthreads=2, maxthreads=16, name="smartplug-wsgi")
     ThreadPoolService(wsgi_pool, reactor).setServiceParent(top)
     app = make_app(hub, Bridge.for_reactor(reactor), guard=guard, api_key=settings.API_KEY)
-    listen("HTTP", endpoint("www", settings.WWW_SERVER_PORT), make_site(app, reactor, wsgi_pool), "http")
+    www_endpoint = endpoint("www", settings.WWW_SERVER_PORT)
 
     ws_endpoint = endpoint("ws", settings.WS_SERVER_PORT)
     apps = AppFactory(
@@ -132,6 +133,7 @@ def _build(options: Options, reactor) -> MultiService:
     hub.listen(report_publisher(hub.pubsub))
     listen("app WebSocket", ws_endpoint, apps, "ws")
 
+    devices = None
     if settings.AUTH_SECRET is None:
         _log.info(
             "device WebSocket port not opened: set AUTH_SECRET in {where} to enable it",
@@ -142,6 +144,12 @@ def _build(options: Options, reactor) -> MultiService:
         devices = DeviceFactory.from_settings(settings, hub, guard, reactor, url=ws_url(device_endpoint))
         hub.watch_display(devices.send_packet)
         listen("device WebSocket", device_endpoint, devices, "ws")
+
+    # The HTTP site last: the dashboard listens to all of the above, after
+    # the apps and pub/sub (SPEC 1.1's order) and before tweets.
+    ui = dashboard(settings, hub, guard, reactor, top, tls=tls, devices=devices, ws_url=ws_url(www_endpoint))
+    site = make_site(app, reactor, wsgi_pool, children={b"ui": ui} if ui is not None else None)
+    listen("HTTP", www_endpoint, site, "http")
 
     # The hub's last listener: SPEC 1.1 puts tweets after state, apps, pub/sub.
     tweets = tweet_service(settings, hub, reactor)

@@ -23,6 +23,7 @@ import json
 
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
+from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from twisted.web.wsgi import WSGIResource
 
@@ -187,15 +188,42 @@ class QuietSite(Site):
         pass
 
 
-def make_site(app, reactor, pool, timeout: float = HTTP_IDLE_TIMEOUT, request_timeout: float = HTTP_REQUEST_TIMEOUT) -> Site:
+class Root(Resource):
+    """
+    The site's root: the named children (C{/ui}, ...) by their first path
+    segment, and every other path to the WSGI app, which sees the whole
+    path as if it were the root.
+    """
+
+    def __init__(self, wsgi: Resource, children: dict) -> None:
+        super().__init__()
+        self._wsgi = wsgi
+        for name, child in children.items():
+            self.putChild(name, child)
+
+    def getChild(self, path, request):
+        # Give the segment back: the WSGI app routes on the full path.
+        request.postpath.insert(0, request.prepath.pop())
+        return self._wsgi
+
+    def render(self, request):
+        return self._wsgi.render(request)
+
+
+def make_site(app, reactor, pool, timeout: float = HTTP_IDLE_TIMEOUT, request_timeout: float = HTTP_REQUEST_TIMEOUT,
+              children: dict = None) -> Site:
     """
     A Site serving the WSGI C{app} from C{pool}: idle connections closed
     after C{timeout} seconds, and a request that has not arrived whole
     C{request_timeout} seconds after its first byte answered 408 and closed
     (0: no such deadline).
+
+    @param children: twisted.web resources by first path segment (bytes),
+        e.g. C{{b"ui": dashboard}}, served beside the app.
     """
+    wsgi = WSGIResource(reactor, pool, app)
     site = QuietSite(
-        WSGIResource(reactor, pool, app),
+        Root(wsgi, children) if children else wsgi,
         timeout=timeout,
         reactor=reactor,
         # The app reads raw bodies; parsing forms would only cost memory.
