@@ -130,7 +130,8 @@ class DashboardInBrowserTests(TestCase):
         lamp.send(SECRET)
         self.assertEqual(lamp.recv(10), "ok")
         self.assertEqual(lamp.recv(10), "[cc:0:?:?]")
-        post(self.server, "/data", {"id": "0xb00bf0cc", "value": 1})
+        for value in (1, 0, 1):
+            post(self.server, "/data", {"id": "0xb00bf0cc", "value": value})
         self.open_dashboard()
         self.text_in("#devices tbody", "127.0.0.1")
 
@@ -165,11 +166,18 @@ class DashboardInBrowserTests(TestCase):
 
     def screenshots(self) -> None:
         """
-        The dashboard at desktop and phone width, into the test's temp
+        The dashboard at desktop and phone width, with a PiCloud subscriber
+        listed and its publication shown live, into the test's temp
         directory and, with C{SMARTPLUG_SCREENSHOTS} set, there too.
         """
+        subscriber = connect(self.server.ws_url("/subscribe?clientName=kitchen-pi"), open_timeout=10)
+        self.addCleanup(subscriber.close)
+        subscriber.send(json.dumps({"action": "subscribe", "event": "weather"}))
+        self.text_in("#client-list tbody", "kitchen-pi")
+        self.text_in("#client-list tbody", "weather")
         post(self.server, "/publish?clientName=kitchen-pi", {"event": "weather", "data": "sunny, 21 C"})
-        self.text_in("#publications", "sunny, 21 C")
+        self.assertIn("sunny, 21 C", subscriber.recv(10))
+        self.text_in("#publications", "weather sunny, 21 C")
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         shots = {"dashboard.png": 1280, "dashboard-phone.png": 360}

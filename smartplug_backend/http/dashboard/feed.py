@@ -23,8 +23,6 @@ from typing import Any, Callable, Optional
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from ...core.pubsub import go_json
-
 # The page shows changes within a second; this bounds how often a burst of
 # device pings or connections is re-sent.
 FLUSH_DELAY = 0.2
@@ -130,8 +128,7 @@ class Feed:
         """
         A pub/sub publication watcher: keeps the last L{PUBLICATIONS_KEPT}.
         """
-        # Data may be any JSON value; the page shows it as Go's JSON text.
-        entry = {"event": event, "data": go_json(data), "at": created_at}
+        entry = {"event": event, "data": data, "at": created_at}
         self._publications.append(entry)
         self._send({"type": "publication", "publication": entry})
 

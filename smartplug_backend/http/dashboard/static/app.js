@@ -48,8 +48,14 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
-function rows(table, items, cells) {
-  const body = (typeof table === "string" ? $(table) : table).tBodies[0];
+function rows(table, items, cells, none = "none") {
+  table = typeof table === "string" ? $(table) : table;
+  const body = table.tBodies[0];
+  if (!items.length) {
+    const columns = table.tHead.rows[0].cells.length;
+    body.replaceChildren(el("tr", {}, el("td", { class: "none", colspan: columns, text: none })));
+    return;
+  }
   body.replaceChildren(...items.map((item) => el("tr", {}, ...cells(item).map((c) => (c instanceof Node ? el("td", {}, c) : el("td", { text: String(c) }))))));
 }
 
@@ -259,7 +265,9 @@ function drawChart(entry) {
   if (!h) return;
   const range = Number($("range").value);
   const end = now();
-  const start = range ? end - range : (h.length ? h[0].at : end);
+  // Nothing before the plug's first report: the chart starts there.
+  const first = h.length ? h[0].at : end;
+  const start = range ? Math.max(end - range, first) : first;
   const inside = h.filter((r) => r.at >= start);
   const before = h.filter((r) => r.at < start).pop();
   const xs = [], ys = [];
@@ -336,18 +344,20 @@ $("display-update").addEventListener("click", () => {
 
 function showDevices(devices) {
   $("devices-off").hidden = devices !== null;
-  rows("devices", devices || [], (d) => [d.address, when(d.connected_at), `${when(d.last_heard)} (${ago(d.last_heard)} ago)`]);
+  rows("devices", devices || [], (d) => [d.address, when(d.connected_at), `${when(d.last_heard)} (${ago(d.last_heard)} ago)`], "no device connected");
 }
 
 // -- clients ---------------------------------------------------------------------------
 
 function showClients(clients) {
-  rows("client-list", clients, (c) => [c.client_name, c.ip_address, new Date(c.connected_at).toLocaleTimeString(), c.events.join(", ")]);
+  rows("client-list", clients, (c) => [c.client_name, c.ip_address, new Date(c.connected_at).toLocaleTimeString(), c.events.join(", ")], "no app connected");
 }
 
 function addPublication(p) {
   const list = $("publications");
-  list.prepend(el("li", {}, el("strong", { text: p.event }), ` ${p.data} `, el("span", { class: "muted", text: when(p.at) })));
+  // PiCloud's clients publish strings: shown as they are; other JSON as JSON.
+  const data = typeof p.data === "string" ? p.data : JSON.stringify(p.data);
+  list.prepend(el("li", {}, el("strong", { text: p.event }), ` ${data} `, el("span", { class: "muted", text: when(p.at) })));
   while (list.children.length > MAX_PUBLICATIONS) list.lastChild.remove();
 }
 
@@ -357,8 +367,8 @@ function showSecurity(message) {
   rows("bans", message.bans, (b) => [
     b.address, when(b.until), b.failures,
     el("button", { type: "button", class: "secondary", "data-address": b.address, "aria-label": `Lift the ban on ${b.address}`, text: "Lift", onclick: () => lift(b.address) }),
-  ]);
-  rows("failures", message.failures.slice().reverse(), (f) => [when(f.at), f.address, f.reason]);
+  ], "no address is banned");
+  rows("failures", message.failures.slice().reverse(), (f) => [when(f.at), f.address, f.reason], "none since the server started");
 }
 
 async function lift(address) {
