@@ -163,18 +163,17 @@ class LiveResource(WebSocketResource):
         if transport is None:
             return super().render(request)
         transport.unregisterProducer()
-        if not isinstance(transport, ProtocolWrapper) and getattr(transport, "protocol", None) is not channel:
-            outer = transport.protocol
-            if getattr(outer, "wrapped", None) is channel:
-                protocol = self._factory.buildProtocol(transport.getPeer())
-                channel.transport = None
-                outer.wrapped = protocol
-                protocol.makeConnection(transport)
-                # The channel paused reading while it handled the request.
-                channel._networkProducer.resumeProducing()
-                data = request.method + b" " + request.uri + b" HTTP/1.1\r\n"
-                for name, values in request.requestHeaders.getAllRawHeaders():
-                    data += name + b": " + b",".join(values) + b"\r\n"
-                protocol.dataReceived(data + b"\r\n" + request.content.read())
-                return NOT_DONE_YET
+        outer = getattr(transport, "protocol", None)
+        if not isinstance(transport, ProtocolWrapper) and outer is not channel and getattr(outer, "wrapped", None) is channel:
+            protocol = self._factory.buildProtocol(transport.getPeer())
+            channel.transport = None
+            outer.wrapped = protocol
+            protocol.makeConnection(transport)
+            # The channel paused reading while it handled the request.
+            channel._networkProducer.resumeProducing()
+            data = request.method + b" " + request.uri + b" HTTP/1.1\r\n"
+            for name, values in request.requestHeaders.getAllRawHeaders():
+                data += name + b": " + b",".join(values) + b"\r\n"
+            protocol.dataReceived(data + b"\r\n" + request.content.read())
+            return NOT_DONE_YET
         return super().render(request)
