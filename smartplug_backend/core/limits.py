@@ -1,5 +1,6 @@
 """
-The server's fixed limits (SPEC 6.3), in one place.
+The server's fixed numbers (SPEC 6.3 and the README's Limits table), in one
+place: everything here is a constant, not a setting.
 """
 
 # Request bodies over this are refused with 413, before they are read.
@@ -22,3 +23,44 @@ HTTP_IDLE_TIMEOUT = 60
 # Seconds for one HTTP request to arrive whole, head and body, from its first
 # byte (or from connecting); a fixed deadline against peers that trickle.
 HTTP_REQUEST_TIMEOUT = 30
+# Connections the kernel queues on every listener before we accept them.
+# Twisted's default of 50 overflows when many apps reconnect at once (after a
+# restart), and each overflow costs the client a SYN retransmission: a second
+# or more.
+LISTEN_BACKLOG = 1024
+# The app port pings every PlugBuddy connection this often (seconds) and
+# drops one that has not answered within APP_PING_TIMEOUT: phones vanish
+# without a close.
+APP_PING_INTERVAL = 60
+APP_PING_TIMEOUT = 30
+# Tweets waiting for their turn; beyond this the oldest is dropped.
+TWEET_QUEUE = 100
+# Tries per tweet, the delays (seconds) before the 2nd and 3rd, and the
+# timeout of one request to Twitter.
+TWEET_TRIES = 3
+TWEET_RETRY_DELAYS = (5.0, 30.0)
+TWEET_REQUEST_TIMEOUT = 10.0
+# Authentication failures the guard remembers for the dashboard (SPEC 9).
+RECENT_FAILURES = 50
+# The dashboard (SPEC 9): dashboard password hashes are scrypt with these
+# parameters (2**15 * 8 * 128 bytes = 32 MiB per check, about 0.1 s on a
+# Raspberry Pi 4); stored hashes carry their own, so raising them later
+# keeps old ones working.
+SCRYPT_N = 2**15
+SCRYPT_R = 8
+SCRYPT_P = 1
+# Password checks in flight at once; more logins are refused (503), not
+# queued: a flood must not queue minutes of scrypt.
+MAX_LOGINS_AT_ONCE = 4
+# Seconds from the first of a burst of changes (connections, device pings,
+# failures) to the one message that sends the changed lists to the page.
+DASHBOARD_FLUSH_DELAY = 0.2
+# Seconds between refreshes of the server's facts while a page is open.
+DASHBOARD_SERVER_REFRESH = 10
+# Publications and reports the dashboard keeps to show a page that opens.
+DASHBOARD_PUBLICATIONS = 100
+DASHBOARD_RECENT_REPORTS = 50
+# The live socket pings an open page this often (seconds) and drops one
+# that has not answered within the timeout.
+DASHBOARD_PING_INTERVAL = 30
+DASHBOARD_PING_TIMEOUT = 30

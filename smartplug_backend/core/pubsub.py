@@ -75,7 +75,7 @@ class PubSub:
     _log = Logger()
 
     def __init__(self, deliver: Optional[Deliver] = None, now: Callable[[], float] = time.time) -> None:
-        self.deliver = deliver
+        self._deliver = deliver
         self._now = now
         # event -> subscribers, both in insertion order (dicts as ordered sets)
         self._events: dict[str, dict[Hashable, None]] = {}
@@ -123,6 +123,16 @@ class PubSub:
             for subscriber in subscribers:
                 events.setdefault(subscriber, []).append(event)
         return [(dict(entry), events.get(c, [])) for c, entry in self._connections.items()]
+
+    def deliver_with(self, deliver: Deliver) -> None:
+        """
+        Send publications with C{deliver(subscribers, frame)} from now on: the
+        listener whose connections subscribe (built after the hub, since it
+        needs the hub) registers here, as listeners do with C{Hub.listen}.
+        """
+        if self._deliver is not None:
+            raise ValueError("publications already have a deliverer")
+        self._deliver = deliver
 
     def connected(self, connection: Hashable, client_name: str, address: str) -> None:
         """
@@ -183,8 +193,8 @@ class PubSub:
         """
         subscribers = list(self._events.get(event, ()))
         now = self._now()
-        if subscribers and self.deliver is not None:
-            self.deliver(subscribers, delivery_frame(event, data, now))
+        if subscribers and self._deliver is not None:
+            self._deliver(subscribers, delivery_frame(event, data, now))
         if self._publication_watchers:
             self._tell(self._publication_watchers, event, data, now)
         return len(subscribers)

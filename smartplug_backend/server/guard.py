@@ -20,11 +20,11 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
+from ..core.limits import RECENT_FAILURES
+
 # Failures of addresses idle for longer than a ban are forgotten; past this
 # many remembered addresses the stale ones are dropped in one sweep.
 _SWEEP_AT = 4096
-# Recent failures kept for the dashboard (SPEC 9).
-RECENT_FAILURES = 50
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,11 +26,8 @@ from typing import Callable, Optional
 
 from twisted.internet.interfaces import IReactorTime
 
-# 2**15 * 8 * 128 bytes = 32 MiB of memory per check: slow for a guesser
-# with a GPU, about 0.1 s on a Raspberry Pi 4.
-SCRYPT_N = 2**15
-SCRYPT_R = 8
-SCRYPT_P = 1
+from ...core.limits import SCRYPT_N, SCRYPT_P, SCRYPT_R
+
 _SALT_BYTES = 16
 _KEY_BYTES = 32
 _PREFIX = "scrypt"

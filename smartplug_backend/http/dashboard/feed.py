@@ -23,14 +23,19 @@ from typing import Any, Callable, Optional
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-# The page shows changes within a second; this bounds how often a burst of
-# device pings or connections is re-sent.
-FLUSH_DELAY = 0.2
-# The server's facts (store size, uptime) are re-sent this often while a
-# page is open.
-SERVER_REFRESH = 10
-PUBLICATIONS_KEPT = 100
-RECENT_REPORTS = 50
+from ...core.limits import (
+    DASHBOARD_FLUSH_DELAY,
+    DASHBOARD_PUBLICATIONS,
+    DASHBOARD_RECENT_REPORTS,
+    DASHBOARD_SERVER_REFRESH,
+)
+
+# The page shows changes within a second; the delay bounds how often a
+# burst of device pings or connections is re-sent.
+FLUSH_DELAY = DASHBOARD_FLUSH_DELAY
+SERVER_REFRESH = DASHBOARD_SERVER_REFRESH
+PUBLICATIONS_KEPT = DASHBOARD_PUBLICATIONS
+RECENT_REPORTS = DASHBOARD_RECENT_REPORTS
 
 _SECTIONS = ("clients", "devices", "security", "server")
 

@@ -12,12 +12,11 @@ nothing.  Logging out, or the session expiring, closes it (code 4001).
 from http.cookies import CookieError, SimpleCookie
 from typing import Optional
 
-from autobahn.twisted.resource import WebSocketResource
 from autobahn.websocket.types import ConnectionDeny
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper
-from twisted.web.server import NOT_DONE_YET
 
+from ...core.limits import DASHBOARD_PING_INTERVAL, DASHBOARD_PING_TIMEOUT
+from ...internals import WebSocketResourceSeams
 from ...ws.base import LenientServerProtocol, LimitedServerFactory, peer_host
 from .auth import COOKIE
 
@@ -119,11 +118,13 @@ class LiveFactory(LimitedServerFactory):
     noisy = False
 
     def __init__(self, feed, sessions, clock, url=None) -> None:
-        super().__init__(url, clock)
+        # The hub is the feed's business; the page only gets its messages.
+        super().__init__(None, url, clock)
         self.feed = feed
         self.sessions = sessions
         self.pages: set = set()
-        self.setProtocolOptions(autoPingInterval=30, autoPingTimeout=30)
+        # A closed laptop lid leaves no close frame; pings find such pages.
+        self.setProtocolOptions(autoPingInterval=DASHBOARD_PING_INTERVAL, autoPingTimeout=DASHBOARD_PING_TIMEOUT)
         feed.watch(self._send)
         sessions.when_ended(self._ended)
 
@@ -143,37 +144,9 @@ class LiveFactory(LimitedServerFactory):
             page.end_session()
 
 
-class LiveResource(WebSocketResource):
+class LiveResource(WebSocketResourceSeams):
     """
-    Autobahn's WebSocketResource, taking over connections that are wrapped
-    the way our listeners wrap them.
-
-    twisted.web's channel registered itself as the transport's producer, so
-    it is unregistered before the WebSocket protocol registers its own; and
-    the connection count (L{smartplug_backend.server.connections}) stands
-    between the transport and the channel without being a ProtocolWrapper,
-    so the WebSocket protocol takes the channel's place inside it (Autobahn
-    would replace the counter, and the closed connection would never be
-    counted).
+    The live socket's resource at C{/ui/live}: Autobahn's
+    C{WebSocketResource}, able to take over our listeners' connections
+    (see L{smartplug_backend.internals.WebSocketResourceSeams}).
     """
-
-    def render(self, request):
-        channel = request.channel
-        transport = channel.transport
-        if transport is None:
-            return super().render(request)
-        transport.unregisterProducer()
-        outer = getattr(transport, "protocol", None)
-        if not isinstance(transport, ProtocolWrapper) and outer is not channel and getattr(outer, "wrapped", None) is channel:
-            protocol = self._factory.buildProtocol(transport.getPeer())
-            channel.transport = None
-            outer.wrapped = protocol
-            protocol.makeConnection(transport)
-            # The channel paused reading while it handled the request.
-            channel._networkProducer.resumeProducing()
-            data = request.method + b" " + request.uri + b" HTTP/1.1\r\n"
-            for name, values in request.requestHeaders.getAllRawHeaders():
-                data += name + b": " + b",".join(values) + b"\r\n"
-            protocol.dataReceived(data + b"\r\n" + request.content.read())
-            return NOT_DONE_YET
-        return super().render(request)

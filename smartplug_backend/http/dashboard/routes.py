@@ -30,13 +30,11 @@ from twisted.web.server import NOT_DONE_YET
 
 from ...core import strictjson
 from ...core.display import InvalidDisplay, validate_display
+from ...core.limits import MAX_LOGINS_AT_ONCE
 from ...server.guard import normal_address
 from .auth import COOKIE, Session, Sessions, csrf_matches, verify_password
 from .live import own_origin
 
-# Password checks are CPU-heavy on purpose; more at once than this are
-# refused rather than queued (a flood must not queue minutes of scrypt).
-MAX_LOGINS_AT_ONCE = 4
 _MAX_NAME = 128
 _MAX_PASSWORD = 1024
 
