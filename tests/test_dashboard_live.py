@@ -104,6 +104,18 @@ class LiveSocketTests(SynchronousTestCase):
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 403"))
         self.assertEqual(self.live.factory.pages, set())
 
+    def test_origin_under_tls(self):
+        """
+        When the HTTP port speaks TLS the page's own Origin is https://, and
+        the same host over http:// is refused.
+        """
+        live = self.live
+        live.factory = LiveFactory(live.feed, live.sessions, live.clock, url="wss://localhost")
+        client, _, _ = live.connect(origin="http://localhost:9001")
+        self.assertFalse(client.opened)
+        client, _, _ = live.connect(origin="https://localhost:9001")
+        self.assertTrue(client.opened)
+
     def test_no_session_refused(self):
         """
         Without a live session cookie the socket is refused (401).
