@@ -384,3 +384,36 @@ class PageTests(SynchronousTestCase):
         self.assertEqual(content, b"hallo.")
         self.assertEqual(self.ui.json("GET", "", url="http://home.example:9000/plugs"), (200, []))
         self.assertEqual(self.ui.json("GET", "", url="http://home.example:9000/uix")[0], 404)
+
+
+class GoneTests(SynchronousTestCase):
+    """
+    A browser that leaves while its answer is being prepared.
+    """
+
+    def test_login_answer_after_browser_left(self):
+        """
+        When the password check ends after the connection was lost, nothing
+        is written and nothing fails.
+        """
+        import io
+
+        from twisted.internet.defer import Deferred
+        from twisted.internet.error import ConnectionLost
+        from twisted.python.failure import Failure
+        from twisted.web.test.requesthelper import DummyRequest
+
+        ui = Dashboard(self)
+        check = Deferred()
+        api = routes.Api(ui.hub, ui.guard, ui.sessions, {}, lambda f, *a: check, 10)
+        request = DummyRequest([b"login"])
+        request.method = b"POST"
+        request.requestHeaders.setRawHeaders(b"content-type", [b"application/json"])
+        request.content = io.BytesIO(b'{"user": "anna", "password": "x"}')
+        self.assertIs(api.render(request), routes.NOT_DONE_YET)
+        # What twisted.web does when the connection is lost mid-request.
+        request.processingFailed(Failure(ConnectionLost()))
+        request.written.clear()
+        check.callback(False)
+        self.assertEqual(request.written, [])
+        self.assertEqual(request.finished, 0)

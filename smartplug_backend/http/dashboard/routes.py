@@ -266,9 +266,13 @@ class Api(Resource):
         """
         Answer C{request} with what C{d} fires with: C{(status, payload)}.
         """
+        gone = []
+        # A browser that left (closed tab) gets nothing written to it.
+        request.notifyFinish().addErrback(gone.append)
+
         def answer(result):
             status, payload = result
-            if not request._disconnected and not request.finished:
+            if not gone and not request.finished:
                 request.write(_json(request, status, payload))
                 request.finish()
 
