@@ -46,3 +46,9 @@ STATE_DB = "smartplug.sqlite"  # SQLite file for plugs, history, display; None =
 HISTORY_KEEP = 10000  # reports kept per plug in the history
 BACKUP_INTERVAL = None  # seconds between automatic backups; None = no automatic backups
 BACKUP_KEEP = 7  # automatic backups kept
+
+# --- Home Assistant (MQTT) -----------------------------------------------------
+MQTT_URL = None  # e.g. "mqtt://user:password@192.168.1.2:1883" (or mqtts://): joins that broker
+MQTT_PREFIX = "smartplug"  # first topic level of our states, commands and events
+HA_DISCOVERY_PREFIX = "homeassistant"  # Home Assistant's discovery prefix (its MQTT setting)
+MQTT_EVENTS = False  # True also bridges pub/sub: <MQTT_PREFIX>/events/E out, <MQTT_PREFIX>/publish/E in

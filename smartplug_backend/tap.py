@@ -145,6 +145,12 @@ def _build(options: Options, reactor) -> MultiService:
         hub.watch_display(devices.send_packet)
         listen("device WebSocket", device_endpoint, devices, "ws")
 
+    if settings.MQTT_URL is not None:
+        # Imported only here: without MQTT_URL, paho is never loaded.
+        from .integrations.mqtt import mqtt_service
+
+        mqtt_service(settings, hub, reactor).setServiceParent(top)
+
     # The HTTP site last: the dashboard listens to all of the above, after
     # the apps and pub/sub (SPEC 1.1's order) and before tweets.
     ui = dashboard(settings, hub, guard, reactor, top, tls=tls, devices=devices, ws_url=ws_url(www_endpoint))

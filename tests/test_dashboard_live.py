@@ -38,7 +38,7 @@ class Live:
         self.feed = Feed(self.hub, self.guard, self.clock, lambda: dict(self.facts))
         self.hub.listen(self.feed.report)
         self.hub.watch_display(self.feed.display)
-        self.hub.pubsub.watch_publications(self.feed.publication)
+        self.hub.pubsub.observe(self.feed.publication)
         self.hub.pubsub.watch_connections(self.feed.clients_changed)
         self.guard.watch(self.feed.security_changed)
         self.factory = LiveFactory(self.feed, self.sessions, self.clock)
@@ -86,7 +86,7 @@ class LiveSocketTests(SynchronousTestCase):
         self.assertEqual(report["report"], {"id": "kitchen", "value": 0, "at": 3, "source": "device"})
         self.assertEqual(report["plug"]["since"], 3)
         self.assertEqual(display["display"]["packet"], "[cc:2:1,2,3:4]")
-        self.assertEqual(publication["publication"], {"event": "weather", "data": {"t": 21}, "at": 3})
+        self.assertEqual(publication["publication"], {"event": "weather", "data": {"t": 21}, "at": 3, "origin": None})
 
     def test_foreign_origin_refused(self):
         """

@@ -398,16 +398,6 @@ class WatcherTests(SynchronousTestCase):
     changes as they happen, and who is subscribed to what.
     """
 
-    def test_publications_watched_without_subscribers(self):
-        """
-        Every publication is told, whether or not anyone subscribed.
-        """
-        seen = []
-        pubsub = PubSub(now=lambda: 7.0)
-        pubsub.watch_publications(lambda *a: seen.append(a))
-        pubsub.publish("weather", {"t": 1})
-        self.assertEqual(seen, [("weather", {"t": 1}, 7.0)])
-
     def test_connections_watched_and_listed(self):
         """
         Opening, subscribing, unsubscribing and closing are told; a repeated

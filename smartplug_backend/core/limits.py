@@ -64,3 +64,13 @@ DASHBOARD_RECENT_REPORTS = 50
 # that has not answered within the timeout.
 DASHBOARD_PING_INTERVAL = 30
 DASHBOARD_PING_TIMEOUT = 30
+# MQTT (SPEC 12): paho's reconnect backoff starts at MQTT_RECONNECT_MIN
+# seconds and doubles up to MQTT_RECONNECT_MAX; the keepalive in seconds;
+# QoS 1 messages paho keeps while the broker is away (everything retained is
+# published again on reconnect anyway); seconds stopService waits for paho's
+# thread to end.
+MQTT_RECONNECT_MIN = 1
+MQTT_RECONNECT_MAX = 60
+MQTT_KEEPALIVE = 60
+MQTT_MAX_QUEUED = 10000
+MQTT_STOP_TIMEOUT = 5

@@ -16,6 +16,10 @@ from .reports import broadcast_bytes
 from .times import utc_rfc3339
 
 Deliver = Callable[[list, bytes], None]
+# observer(event, data, origin): every publication, with the origin its
+# publisher gave (None for the server's own clients), so a bridge can skip
+# what it put in itself.
+Observer = Callable[[str, Any, Optional[str]], None]
 
 # Go's encoding/json (PiCloud is Go) escapes these inside strings; clients
 # written against it may compare frames byte for byte.
@@ -81,20 +85,19 @@ class PubSub:
         self._events: dict[str, dict[Hashable, None]] = {}
         # connection -> its entry in the info frame
         self._connections: dict[Hashable, dict] = {}
-        # Observers (the dashboard): publications, and changes of who is
-        # connected or subscribed.
-        self._publication_watchers: list[Callable[[str, Any, float], None]] = []
+        self._observers: list[Observer] = []
+        # Who is connected or subscribed changed (the dashboard).
         self._connection_watchers: list[Callable[[], None]] = []
 
-    def watch_publications(self, listener: Callable[[str, Any, float], None]) -> Callable[[], None]:
+    def observe(self, observer: Observer) -> Callable[[], None]:
         """
-        Call C{listener(event, data, created_at)} for every publication from
-        now on, whether or not anyone is subscribed.
+        Call C{observer(event, data, origin)} for every later publication,
+        subscribers or not.
 
         @return: a function that stops the calls.
         """
-        self._publication_watchers.append(listener)
-        return lambda: self._publication_watchers.remove(listener)
+        self._observers.append(observer)
+        return lambda: self._observers.remove(observer)
 
     def watch_connections(self, listener: Callable[[], None]) -> Callable[[], None]:
         """
@@ -185,18 +188,22 @@ class PubSub:
         for event in list(self._events):
             self.unsubscribe(subscriber, event)
 
-    def publish(self, event: str, data: Any) -> int:
+    def publish(self, event: str, data: Any, origin: Optional[str] = None) -> int:
         """
-        Send a publication to the current subscribers of C{event}.
+        Send a publication to the current subscribers of C{event}, then
+        show it to the observers.
 
+        @param origin: who brought it in from outside (e.g. C{"mqtt"}).
         @return: how many subscribers it was sent to.
         """
         subscribers = list(self._events.get(event, ()))
-        now = self._now()
         if subscribers and self._deliver is not None:
-            self._deliver(subscribers, delivery_frame(event, data, now))
-        if self._publication_watchers:
-            self._tell(self._publication_watchers, event, data, now)
+            self._deliver(subscribers, delivery_frame(event, data, self._now()))
+        for observer in list(self._observers):
+            try:
+                observer(event, data, origin)
+            except Exception:
+                self._log.failure("pub/sub observer {observer!r} failed", observer=observer)
         return len(subscribers)
 
     def subscriptions(self) -> Iterable[tuple[str, list]]:

@@ -129,11 +129,14 @@ class Feed:
         """
         self._send({"type": "display", "display": event.state.as_json(), "packet": event.packet, "command": event.command})
 
-    def publication(self, event: str, data: Any, created_at: float) -> None:
+    def publication(self, event: str, data: Any, origin: Optional[str] = None) -> None:
         """
-        A pub/sub publication watcher: keeps the last L{PUBLICATIONS_KEPT}.
+        A pub/sub observer: keeps the last L{PUBLICATIONS_KEPT}.
+
+        @param origin: who brought it in from outside (e.g. C{"mqtt"}), or
+            C{None} for our own HTTP and WebSocket clients.
         """
-        entry = {"event": event, "data": data, "at": created_at}
+        entry = {"event": event, "data": data, "at": self._clock.seconds(), "origin": origin}
         self._publications.append(entry)
         self._send({"type": "publication", "publication": entry})
 

@@ -109,7 +109,7 @@ def dashboard(settings, hub, guard, reactor, top: MultiService, tls=None, device
     feed = Feed(hub, guard, reactor, server_facts(settings, reactor, tls), devices)
     hub.listen(feed.report)
     hub.watch_display(feed.display)
-    hub.pubsub.watch_publications(feed.publication)
+    hub.pubsub.observe(feed.publication)
     hub.pubsub.watch_connections(feed.clients_changed)
     guard.watch(feed.security_changed)
     if devices is not None:

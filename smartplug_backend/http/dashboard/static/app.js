@@ -357,7 +357,7 @@ function addPublication(p) {
   const list = $("publications");
   // PiCloud's clients publish strings: shown as they are; other JSON as JSON.
   const data = typeof p.data === "string" ? p.data : JSON.stringify(p.data);
-  list.prepend(el("li", {}, el("strong", { text: p.event }), ` ${data} `, el("span", { class: "muted", text: when(p.at) })));
+  list.prepend(el("li", {}, el("strong", { text: p.event }), ` ${data} `, p.origin ? `(via ${p.origin}) ` : "", el("span", { class: "muted", text: when(p.at) })));
   while (list.children.length > MAX_PUBLICATIONS) list.lastChild.remove();
 }
 
