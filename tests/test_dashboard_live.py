@@ -266,3 +266,26 @@ class TakeoverTests(SynchronousTestCase):
         protocol.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(cap.open, 0)
         self.assertEqual(live.factory.pages, set())
+
+
+class NobodyWatchingTests(SynchronousTestCase):
+    """
+    With no page open the feed costs next to nothing.
+    """
+
+    def test_nothing_sent_or_scheduled_without_pages(self):
+        """
+        Reports, publications and connection changes with no page open are
+        neither serialised nor scheduled; the snapshot still has them.
+        """
+        live = Live()
+        sent = []
+        live.feed.watch(sent.append)
+        live.hub.report("p", 1, "http", "x")
+        live.hub.pubsub.publish("e", 1)
+        live.hub.pubsub.connected("c", "app", "10.0.0.1:1")
+        live.guard.failure("10.0.0.1", "test")
+        self.assertEqual((sent, live.clock.getDelayedCalls()), ([], []))
+        snapshot = json.loads(live.feed.snapshot())
+        self.assertEqual(len(snapshot["reports"]), 1)
+        self.assertEqual(len(snapshot["publications"]), 1)

@@ -72,6 +72,8 @@ class Feed:
         self._dirty: set = set()
         self._flush_call = None
         self._refresh_call = None
+        # Pages open now: with none, changes are not even serialised.
+        self._viewing = 0
 
     # -- what the page gets ------------------------------------------------
 
@@ -99,9 +101,10 @@ class Feed:
 
     def viewers(self, count: int) -> None:
         """
-        Tell the feed how many pages are open: the server's facts are
-        refreshed only while one is.
+        Tell the feed how many pages are open: changes are sent, and the
+        server's facts refreshed, only while one is.
         """
+        self._viewing = count
         if count and self._refresh_call is None:
             self._refresh_call = self._clock.callLater(SERVER_REFRESH, self._refresh)
         elif not count and self._refresh_call is not None:
@@ -197,7 +200,7 @@ class Feed:
         return {"server": self._server_facts()}
 
     def _mark(self, section: str) -> None:
-        if not self._watchers:
+        if not self._viewing:
             return
         self._dirty.add(section)
         if self._flush_call is None:
@@ -220,7 +223,7 @@ class Feed:
         self._mark("server")
 
     def _send(self, message: dict) -> None:
-        if not self._watchers:
+        if not self._viewing:
             return
         payload = _encode(message)
         for listener in list(self._watchers):
