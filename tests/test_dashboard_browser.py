@@ -87,7 +87,8 @@ class DashboardInBrowserTests(TestCase):
         """
         A wrong password is refused and counted toward a ban; the right one
         opens the dashboard; a plug reported with POST /data appears and
-        changes live, and its history chart has one point per report.
+        changes live, and its history chart has one point per report; the
+        backup button writes a backup.
         """
         post(self.server, "/data", {"id": "kitchen", "value": 1})
         post(self.server, "/data", {"id": "kitchen", "value": 0})
@@ -118,6 +119,13 @@ class DashboardInBrowserTests(TestCase):
         # Every range draws the same three reports: all are recent.
         Select(self.browser.find_element(By.ID, "range")).select_by_visible_text("last hour")
         self.assertEqual(self.browser.find_element(By.CSS_SELECTOR, card + " .chart").get_attribute("data-points"), "3")
+
+        # "Back up now" writes a backup in the server's thread pool, and
+        # the server panel shows it as the last one.
+        self.browser.find_element(By.ID, "backup").click()
+        self.text_in("#backup-result", "written to backups/")
+        self.text_in("#facts", "backups/")
+        self.assertEqual(len(os.listdir(os.path.join(self.server.directory, "backups"))), 1)
 
     def test_colour_to_device_and_lift_ban(self):
         """
