@@ -417,3 +417,52 @@ class GoneTests(SynchronousTestCase):
         check.callback(False)
         self.assertEqual(request.written, [])
         self.assertEqual(request.finished, 0)
+
+
+class AccessibilityTests(SynchronousTestCase):
+    """
+    The page's controls can be used without a mouse and read by a screen
+    reader.
+    """
+
+    def test_every_control_labelled(self):
+        """
+        Every input and select of the page has a label naming it, and every
+        button has text; none is taken out of the tab order.
+        """
+        from html.parser import HTMLParser
+        from importlib import resources
+
+        page = (resources.files("smartplug_backend.http.dashboard") / "static" / "index.html").read_text()
+
+        class Controls(HTMLParser):
+            def __init__(self):
+                super().__init__()
+                self.controls, self.labels, self.buttons, self.button, self.tabindex = [], set(), [], None, []
+
+            def handle_starttag(self, tag, attrs):
+                attrs = dict(attrs)
+                if "tabindex" in attrs:
+                    self.tabindex.append(attrs)
+                if tag in ("input", "select"):
+                    self.controls.append(attrs.get("id"))
+                elif tag == "label":
+                    self.labels.add(attrs.get("for"))
+                elif tag == "button":
+                    self.button = attrs.get("aria-label", "")
+
+            def handle_data(self, data):
+                if self.button is not None:
+                    self.button += data
+
+            def handle_endtag(self, tag):
+                if tag == "button":
+                    self.buttons.append(self.button.strip())
+                    self.button = None
+
+        found = Controls()
+        found.feed(page)
+        self.assertGreaterEqual(len(found.controls), 7)
+        self.assertEqual([c for c in found.controls if c not in found.labels], [])
+        self.assertNotIn("", found.buttons)
+        self.assertEqual(found.tabindex, [])
