@@ -156,6 +156,7 @@ SETTINGS: dict[str, _Setting] = {
     "MAX_CONNECTIONS": _Setting(10000, _count),
     "DASHBOARD_USERS": _Setting({}, _users),
     "DASHBOARD_SESSION_DAYS": _Setting(30, _positive),
+    "METRICS_ALLOW": _Setting(("127.0.0.1", "::1"), _networks),
     "MQTT_URL": _Setting(None, _mqtt_url),
     "MQTT_PREFIX": _Setting("smartplug", _topic_prefix),
     "HA_DISCOVERY_PREFIX": _Setting("homeassistant", _topic_prefix),
@@ -202,6 +203,7 @@ class Settings:
     MAX_CONNECTIONS: int
     DASHBOARD_USERS: dict
     DASHBOARD_SESSION_DAYS: float
+    METRICS_ALLOW: tuple
     MQTT_URL: Optional[str]
     MQTT_PREFIX: str
     HA_DISCOVERY_PREFIX: str
@@ -234,6 +236,7 @@ def settings_from(values: dict[str, Any], path: Optional[str] = None) -> Setting
         merged[name] = value
     merged["BAN_ALLOW"] = tuple(merged["BAN_ALLOW"])
     merged["DASHBOARD_USERS"] = dict(merged["DASHBOARD_USERS"])
+    merged["METRICS_ALLOW"] = tuple(merged["METRICS_ALLOW"])
     if merged["MQTT_PREFIX"] == merged["HA_DISCOVERY_PREFIX"]:
         # Our <prefix>/status would read as Home Assistant's birth message.
         raise ConfigError(f"{where}: MQTT_PREFIX must differ from HA_DISCOVERY_PREFIX")

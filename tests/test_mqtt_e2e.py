@@ -144,6 +144,12 @@ class HomeAssistantEndToEndTests(TestCase):
         self.assertEqual(report(self.server, "0xb00bf0cc", 0)[0], 200)
         self.broker.start()
         self.server.wait_for_count(r"MQTT: connected to", 2, timeout=20)
+        # The republish may still be on its way: a client that subscribes
+        # meanwhile gets some of it live, not retained.  Once a first client
+        # has seen it all, the broker holds it all.
+        probe = self.home_assistant()
+        for topic in [PLUG_STATE, PLUG_CONFIG] + CONFIGS:
+            probe.wait_for(topic)
         ha = self.home_assistant()
         self.assertEqual(ha.wait_for(PLUG_STATE).payload, b"OFF")
         for topic in [PLUG_CONFIG] + CONFIGS:

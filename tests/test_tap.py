@@ -11,6 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
 
 from smartplug_backend import tap
+from smartplug_backend.http.dashboard.routes import Dashboard
 
 from .helpers import SynchronousReactor
 from .server import twistd_command
@@ -96,6 +97,16 @@ class MakeServiceTests(SynchronousTestCase):
                 return factory.resource
         raise AssertionError("no HTTP site listening")
 
+    def child(self, reactor, name: bytes):
+        """
+        The resource the HTTP site serves at C{/<name>/}.
+        """
+        from twisted.web.test.requesthelper import DummyRequest
+
+        request = DummyRequest([name, b""])
+        request.prepath = [request.postpath.pop(0)]
+        return self.site_root(reactor).getChildWithDefault(name, request)
+
     def test_dashboard_off_by_default(self):
         """
         Without DASHBOARD_USERS there is no /ui, and one log line says how
@@ -107,17 +118,16 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(len(lines), 1)
         self.assertIn("add DASHBOARD_USERS", lines[0])
         self.assertIn("passwd NAME", lines[0])
-        self.assertNotIn(b"ui", getattr(self.site_root(reactor), "children", {}))
+        self.assertNotIsInstance(self.child(reactor, b"ui"), Dashboard)
 
     def test_dashboard_on_with_users(self):
         """
         With DASHBOARD_USERS the HTTP site holds /ui beside the app.
         """
         from smartplug_backend.http.dashboard.auth import hash_password
-        from smartplug_backend.http.dashboard.routes import Dashboard
 
         reactor = self.make([], f"STATE_DB = None\nDASHBOARD_USERS = {{'anna': {hash_password('x', n=2**10)!r}}}\n")
-        self.assertIsInstance(self.site_root(reactor).children[b"ui"], Dashboard)
+        self.assertIsInstance(self.child(reactor, b"ui"), Dashboard)
 
     def test_ports_from_settings(self):
         """

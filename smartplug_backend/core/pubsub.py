@@ -85,6 +85,9 @@ class PubSub:
         self._events: dict[str, dict[Hashable, None]] = {}
         # connection -> its entry in the info frame
         self._connections: dict[Hashable, dict] = {}
+        # Plain counts for /metrics: publications read, frames delivered.
+        self.publications = 0
+        self.deliveries = 0
         self._observers: list[Observer] = []
         # Who is connected or subscribed changed (the dashboard).
         self._connection_watchers: list[Callable[[], None]] = []
@@ -197,7 +200,9 @@ class PubSub:
         @return: how many subscribers it was sent to.
         """
         subscribers = list(self._events.get(event, ()))
+        self.publications += 1
         if subscribers and self._deliver is not None:
+            self.deliveries += len(subscribers)
             self._deliver(subscribers, delivery_frame(event, data, self._now()))
         for observer in list(self._observers):
             try:
