@@ -134,7 +134,6 @@ def _build(options: Options, reactor) -> MultiService:
     # SPEC 1.1's order: state (the hub itself), apps, pub/sub, then tweets.
     hub.listen(apps.broadcast)
     hub.listen(report_publisher(hub.pubsub))
-    listen("app WebSocket", "app", ws_endpoint, apps, "ws")
     websockets = {"app": apps}
 
     devices = None
@@ -147,7 +146,6 @@ def _build(options: Options, reactor) -> MultiService:
         device_endpoint = endpoint("device", settings.DEVICE_SERVER_PORT)
         devices = DeviceFactory.from_settings(settings, hub, guard, reactor, url=ws_url(device_endpoint))
         hub.watch_display(devices.send_packet)
-        listen("device WebSocket", "device", device_endpoint, devices, "ws")
         websockets["device"] = devices
 
     if settings.MQTT_URL is not None:
@@ -156,14 +154,20 @@ def _build(options: Options, reactor) -> MultiService:
 
         mqtt_service(settings, hub, reactor).setServiceParent(top)
 
-    # The HTTP site last: the dashboard listens to all of the above, after
-    # the apps and pub/sub (SPEC 1.1's order) and before tweets.
+    # The HTTP site after those: the dashboard listens to all of the above,
+    # after the apps and pub/sub (SPEC 1.1's order) and before tweets.
     children = {b"metrics": MetricsResource(registry, settings.METRICS_ALLOW)}
     ui = dashboard(settings, hub, guard, reactor, top, tls=tls, devices=devices, ws_url=ws_url(www_endpoint))
     if ui is not None:
         children[b"ui"] = ui
     site = make_site(app, reactor, wsgi_pool, children=children, timer=RequestTimer(registry, app, reactor))
+
+    # The listeners open in one order whatever is built first: HTTP, apps,
+    # devices (and close in the reverse order, before the pools they use).
     listen("HTTP", "http", www_endpoint, site, "http")
+    listen("app WebSocket", "app", ws_endpoint, apps, "ws")
+    if devices is not None:
+        listen("device WebSocket", "device", device_endpoint, devices, "ws")
 
     # The hub's last listener: SPEC 1.1 puts tweets after state, apps, pub/sub.
     tweets = tweet_service(settings, hub, reactor)

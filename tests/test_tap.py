@@ -137,6 +137,17 @@ class MakeServiceTests(SynchronousTestCase):
         reactor = self.make([], "WWW_SERVER_PORT = 8000\nWS_SERVER_PORT = 8001\nLISTEN_ADDRESS = '127.0.0.1'\n")
         self.assertEqual(sorted((p[0], p[3]) for p in reactor.tcpServers), [(8000, "127.0.0.1"), (8001, "127.0.0.1")])
 
+    def test_listener_order(self):
+        """
+        The listeners open in one order, HTTP, apps, devices, whatever the
+        dashboard, metrics or MQTT need built first.
+        """
+        reactor = self.make(
+            [], "WWW_SERVER_PORT = 8000\nWS_SERVER_PORT = 8001\nDEVICE_SERVER_PORT = 8002\nAUTH_SECRET = 's'\n"
+            "STATE_DB = None\n",
+        )
+        self.assertEqual([p[0] for p in reactor.tcpServers], [8000, 8001, 8002])
+
     def test_endpoint_options_override(self):
         """
         --www and --ws endpoint descriptions replace the settings' ports.
