@@ -91,6 +91,8 @@ class PubSub:
         self.publications = 0
         self.deliveries = 0
         self._observers: list[Observer] = []
+        # Who is connected or subscribed changed (the dashboard).
+        self._connection_watchers: list[Callable[[], None]] = []
 
     def observe(self, observer: Observer) -> Callable[[], None]:
         """
@@ -101,6 +103,34 @@ class PubSub:
         """
         self._observers.append(observer)
         return lambda: self._observers.remove(observer)
+
+    def watch_connections(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """
+        Call C{listener()} whenever a connection opens or closes or a
+        subscription changes, from now on.
+
+        @return: a function that stops the calls.
+        """
+        self._connection_watchers.append(listener)
+        return lambda: self._connection_watchers.remove(listener)
+
+    def _tell(self, watchers: list, *args) -> None:
+        for listener in list(watchers):
+            try:
+                listener(*args)
+            except Exception:
+                self._log.failure("pub/sub listener {listener!r} failed", listener=listener)
+
+    def connections(self) -> list[tuple[dict, list[str]]]:
+        """
+        Every open connection: its info-frame entry and the events it is
+        subscribed to.
+        """
+        events: dict[Hashable, list[str]] = {}
+        for event, subscribers in self._events.items():
+            for subscriber in subscribers:
+                events.setdefault(subscriber, []).append(event)
+        return [(dict(entry), events.get(c, [])) for c, entry in self._connections.items()]
 
     def deliver_with(self, deliver: Deliver) -> None:
         """
@@ -123,36 +153,44 @@ class PubSub:
             "ip_address": address,
             "connected_at": utc_rfc3339(self._now()),
         }
+        self._tell(self._connection_watchers)
 
     def disconnected(self, connection: Hashable) -> None:
         """
         Forget a closed connection and all its subscriptions.
         """
-        self._connections.pop(connection, None)
+        known = self._connections.pop(connection, None) is not None
         self.unsubscribe_all(connection)
+        if known:
+            self._tell(self._connection_watchers)
 
     def subscribe(self, subscriber: Hashable, event: str) -> None:
         """
         Deliver every later publication of C{event} to C{subscriber}, once
         however often it subscribes.
         """
-        self._events.setdefault(event, {})[subscriber] = None
+        subscribers = self._events.setdefault(event, {})
+        if subscriber not in subscribers:
+            subscribers[subscriber] = None
+            self._tell(self._connection_watchers)
 
     def unsubscribe(self, subscriber: Hashable, event: str) -> None:
         """
         Stop delivering C{event} to C{subscriber}; nothing if it was not subscribed.
         """
         subscribers = self._events.get(event)
-        if subscribers is not None:
-            subscribers.pop(subscriber, None)
+        if subscribers is not None and subscriber in subscribers:
+            # The event stays, empty, for the info frame (see _events).
+            del subscribers[subscriber]
+            self._tell(self._connection_watchers)
 
     def unsubscribe_all(self, subscriber: Hashable) -> None:
         """
         Forget every subscription of C{subscriber} (its connection is gone, or
         it asked for C{unsubscribe:all}).
         """
-        for subscribers in self._events.values():
-            subscribers.pop(subscriber, None)
+        for event in list(self._events):
+            self.unsubscribe(subscriber, event)
 
     def publish(self, event: str, data: Any, origin: Optional[str] = None) -> int:
         """
