@@ -105,6 +105,22 @@ def _topic_prefix(v: Any) -> Optional[str]:
     return 'a topic prefix such as "smartplug": no +, #, or empty levels'
 
 
+def _users(v: Any) -> Optional[str]:
+    expected = 'a dict of user names to hashes from "python -m smartplug_backend passwd NAME"'
+    if not isinstance(v, dict):
+        return expected
+    from .http.dashboard.auth import InvalidHash, parse_hash
+
+    for name, hashed in v.items():
+        if not isinstance(name, str) or not name:
+            return expected
+        try:
+            parse_hash(hashed)
+        except InvalidHash as e:
+            return f"{expected}; the one of {name!r} is {e}"
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class _Setting:
     default: Any
@@ -144,6 +160,8 @@ SETTINGS: dict[str, _Setting] = {
     "BACKUP_INTERVAL": _Setting(None, _optional_positive),
     "BACKUP_KEEP": _Setting(7, _count),
     "MAX_CONNECTIONS": _Setting(10000, _count),
+    "DASHBOARD_USERS": _Setting({}, _users),
+    "DASHBOARD_SESSION_DAYS": _Setting(30, _positive),
     "METRICS_ALLOW": _Setting(("127.0.0.1", "::1"), _networks),
     "REDIS_URL": _Setting(None, _redis_url),
     "NODE_NAME": _Setting(None, _optional_text),
@@ -191,6 +209,8 @@ class Settings:
     BACKUP_INTERVAL: Optional[float]
     BACKUP_KEEP: int
     MAX_CONNECTIONS: int
+    DASHBOARD_USERS: dict
+    DASHBOARD_SESSION_DAYS: float
     METRICS_ALLOW: tuple
     REDIS_URL: Optional[str]
     NODE_NAME: Optional[str]
@@ -225,6 +245,7 @@ def settings_from(values: dict[str, Any], path: Optional[str] = None) -> Setting
             )
         merged[name] = value
     merged["BAN_ALLOW"] = tuple(merged["BAN_ALLOW"])
+    merged["DASHBOARD_USERS"] = dict(merged["DASHBOARD_USERS"])
     merged["METRICS_ALLOW"] = tuple(merged["METRICS_ALLOW"])
     if merged["MQTT_PREFIX"] == merged["HA_DISCOVERY_PREFIX"]:
         # Our <prefix>/status would read as Home Assistant's birth message.
@@ -234,7 +255,7 @@ def settings_from(values: dict[str, Any], path: Optional[str] = None) -> Setting
 
 def _describe(name: str, value: Any) -> str:
     # Never echo the value of a setting that may hold a secret.
-    if name in ("AUTH_SECRET", "API_KEY", "REDIS_URL") or name.endswith(("_SECRET", "_KEY")):
+    if name in ("AUTH_SECRET", "API_KEY", "DASHBOARD_USERS", "REDIS_URL") or name.endswith(("_SECRET", "_KEY")):
         return f"a value of type {type(value).__name__}"
     if name.endswith("_URL") and isinstance(value, str):
         value = redact(value)

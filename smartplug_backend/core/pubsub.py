@@ -88,7 +88,9 @@ class PubSub:
         self._node = node
         # Other nodes' listings (see listing()), as last read.
         self._elsewhere: list = []
-        # event -> subscribers, both in insertion order (dicts as ordered sets)
+        # event -> subscribers, both in insertion order (dicts as ordered sets).
+        # An event stays once its last subscriber has left, as in PiCloud's
+        # Go map: the info frame lists it with "connections": null.
         self._events: dict[str, dict[Hashable, None]] = {}
         # connection -> its entry in the info frame
         self._connections: dict[Hashable, dict] = {}
@@ -96,6 +98,8 @@ class PubSub:
         self.publications = 0
         self.deliveries = 0
         self._observers: list[Observer] = []
+        # Who is connected or subscribed changed (the dashboard).
+        self._connection_watchers: list[Callable[[], None]] = []
 
     def observe(self, observer: Observer) -> Callable[[], None]:
         """
@@ -106,6 +110,35 @@ class PubSub:
         """
         self._observers.append(observer)
         return lambda: self._observers.remove(observer)
+
+    def watch_connections(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """
+        Call C{listener()} whenever a connection opens or closes or a
+        subscription changes, from now on.
+
+        @return: a function that stops the calls.
+        """
+        self._connection_watchers.append(listener)
+        return lambda: self._connection_watchers.remove(listener)
+
+    def _tell(self, watchers: list, *args) -> None:
+        for listener in list(watchers):
+            try:
+                listener(*args)
+            except Exception:
+                self._log.failure("pub/sub listener {listener!r} failed", listener=listener)
+
+    def connections(self) -> list[tuple[dict, list[str]]]:
+        """
+        Every open connection: its info-frame entry and the events it is
+        subscribed to.
+        """
+        events: dict[Hashable, list[str]] = {}
+        for event, subscribers in self._events.items():
+            for subscriber in subscribers:
+                events.setdefault(subscriber, []).append(event)
+        mine = [(dict(entry), events.get(c, [])) for c, entry in self._connections.items()]
+        return mine + [entry for listing in self._elsewhere for entry in _listed_connections(listing)]
 
     def deliver_with(self, deliver: Deliver) -> None:
         """
@@ -131,30 +164,36 @@ class PubSub:
         if self._node is not None:
             entry["node"] = self._node
         self._connections[connection] = entry
+        self._tell(self._connection_watchers)
 
     def disconnected(self, connection: Hashable) -> None:
         """
         Forget a closed connection and all its subscriptions.
         """
-        self._connections.pop(connection, None)
+        known = self._connections.pop(connection, None) is not None
         self.unsubscribe_all(connection)
+        if known:
+            self._tell(self._connection_watchers)
 
     def subscribe(self, subscriber: Hashable, event: str) -> None:
         """
         Deliver every later publication of C{event} to C{subscriber}, once
         however often it subscribes.
         """
-        self._events.setdefault(event, {})[subscriber] = None
+        subscribers = self._events.setdefault(event, {})
+        if subscriber not in subscribers:
+            subscribers[subscriber] = None
+            self._tell(self._connection_watchers)
 
     def unsubscribe(self, subscriber: Hashable, event: str) -> None:
         """
         Stop delivering C{event} to C{subscriber}; nothing if it was not subscribed.
         """
         subscribers = self._events.get(event)
-        if subscribers is not None:
-            subscribers.pop(subscriber, None)
-            if not subscribers:
-                del self._events[event]
+        if subscribers is not None and subscriber in subscribers:
+            # The event stays, empty, for the info frame (see _events).
+            del subscribers[subscriber]
+            self._tell(self._connection_watchers)
 
     def unsubscribe_all(self, subscriber: Hashable) -> None:
         """
@@ -188,13 +227,13 @@ class PubSub:
         """
         C{(event, [subscriber, ...])} for every event with subscribers.
         """
-        return [(event, list(subscribers)) for event, subscribers in self._events.items()]
+        return [(event, list(subscribers)) for event, subscribers in self._events.items() if subscribers]
 
     def listing(self) -> dict:
         """
         This node's part of the info frame, as plain JSON-able data:
         C{{"subscriptions": [{"name": E, "connections": [C...]}...],
-        "all_connections": [C...]}}.
+        "all_connections": [C...]}} (empty lists where the frame has C{null}).
         """
         known = self._connections
         return {
@@ -208,29 +247,54 @@ class PubSub:
     def show_elsewhere(self, listings: list) -> None:
         """
         Take the other nodes' L{listing}s (read from where they share them)
-        into the info frame from now on, replacing the last ones.
+        into the info frame and L{connections} from now on, replacing the
+        last ones.
         """
-        self._elsewhere = list(listings)
+        listings = list(listings)
+        if listings != self._elsewhere:
+            self._elsewhere = listings
+            self._tell(self._connection_watchers)
 
     def info_frame(self) -> bytes:
         """
         The info socket's frame (SPEC 3.4): subscriptions with their
         connections, every open connection, and the time; this node's
         first, then the other nodes' (see L{show_elsewhere}).
+
+        Written as PiCloud's Go server writes it, which picloud-info-web
+        renders: an empty list of connections is C{null} (a nil Go slice),
+        while no subscriptions at all is C{[]}; an event whose subscribers
+        have all left stays listed, with C{"connections": null}.
         """
         mine = self.listing()
         subscriptions = {s["name"]: list(s["connections"]) for s in mine["subscriptions"]}
         connections = mine["all_connections"]
         for other in self._elsewhere:
             for subscription in other.get("subscriptions", ()):
-                subscriptions.setdefault(subscription["name"], []).extend(subscription["connections"])
-            connections.extend(other.get("all_connections", ()))
+                subscriptions.setdefault(subscription["name"], []).extend(subscription["connections"] or ())
+            connections.extend(other.get("all_connections") or ())
         info = {
-            "subscriptions": [{"name": name, "connections": found} for name, found in subscriptions.items()],
-            "all_connections": connections,
+            "subscriptions": [{"name": name, "connections": found or None} for name, found in subscriptions.items()],
+            "all_connections": connections or None,
             "created_at": utc_rfc3339(self._now()),
         }
         return (go_json(info) + "\n").encode("utf-8")
+
+
+def _listed_connections(listing: dict) -> list:
+    """
+    C{[(entry, [event, ...])]} for the connections of another node's
+    L{PubSub.listing}.
+    """
+    entries = [dict(entry) for entry in listing.get("all_connections") or ()]
+    events: list = [[] for _ in entries]
+    for subscription in listing.get("subscriptions", ()):
+        for subscriber in subscription["connections"] or ():
+            for i, entry in enumerate(entries):
+                if entry == subscriber:
+                    events[i].append(subscription["name"])
+                    break
+    return list(zip(entries, events, strict=True))
 
 
 def report_publisher(pubsub: PubSub):

@@ -147,14 +147,33 @@ class SharedBans:
         self._engine = engine
         self._watchers: list = []
         self._failure_watchers: list = []
+        self._lift_watchers: list = []
 
-    def watch(self, ban: Callable[[str, float], None], failed: Callable[[str], None]) -> None:
+    def watch(self, ban: Callable[[str, float], None], failed: Callable[[str], None],
+              lifted: Callable[[str, str], None]) -> None:
         """
-        Call C{ban(host, seconds)} for every ban made on another node, and
-        C{failed(host)} for every authentication failure counted there.
+        Call C{ban(host, seconds)} for every ban made on another node,
+        C{failed(host)} for every authentication failure counted there, and
+        C{lifted(host, by)} for every ban lifted there by hand.
         """
         self._watchers.append(ban)
         self._failure_watchers.append(failed)
+        self._lift_watchers.append(lifted)
+
+    def lifted(self, host: str) -> None:
+        """
+        Tell every node that the ban on C{host} was lifted here by hand.
+        """
+        engine = self._engine
+        told = engine.commit({"kind": "lift", "address": host}, engine.state.commit_lift, host)
+        told.addErrback(
+            lambda f: self._log.warn("lifting the ban on {peer} not shared with the other nodes: {why}",
+                                     peer=host, why=f.getErrorMessage())
+        )
+
+    def lifted_elsewhere(self, host: str, by: str) -> None:
+        for lifted in self._lift_watchers:
+            lifted(host, by)
 
     def failed(self, host: str) -> None:
         """
@@ -502,6 +521,8 @@ class RedisEngine(ThreadPoolService):
                 self.bans.banned_elsewhere(change["address"], change["until"] - self._clock.seconds())
             elif kind == "failure":
                 self.bans.failed_elsewhere(change["address"])
+            elif kind == "lift":
+                self.bans.lifted_elsewhere(change["address"], peer)
             else:
                 self._log.warn("ignored a change of unknown kind {kind!r} from Redis", kind=kind)
         except (KeyError, TypeError, ValueError, InvalidDisplay):

@@ -156,6 +156,13 @@ for _, event in ipairs(redis.call('SMEMBERS', KEYS[7])) do
 end
 """
 
+# KEYS[3] bans; ARGV[4] address
+_LIFT = _PRELUDE + """
+redis.call('HDEL', KEYS[3], ARGV[4])
+announce('')
+return seq
+"""
+
 # KEYS: incarnation, seq, plugs, plug-order, display, bans, events; ARGV[1]
 # the key prefix.  One script, so the state, the streams and the sequence
 # number they reach are read at one instant.
@@ -235,6 +242,7 @@ class RedisState:
         self._display = client.register_script(_DISPLAY)
         self._announce = client.register_script(_ANNOUNCE)
         self._ban = client.register_script(_BAN)
+        self._lift = client.register_script(_LIFT)
         self._publication = client.register_script(_PUBLICATION)
         self._snapshot = client.register_script(_SNAPSHOT)
         self._initialise = client.register_script(_INITIALISE)
@@ -299,6 +307,12 @@ class RedisState:
                 raise Stale(str(e)) from None
             raise
         return int(seq), int(offset), _text(epoch)
+
+    def commit_lift(self, incarnation: str, change: str, address: str) -> int:
+        """
+        Forget the ban of C{address} (lifted by hand) and publish C{change}.
+        """
+        return self._commit(self._lift, [BANS], incarnation, change, address)
 
     def snapshot(self) -> Optional[Snapshot]:
         """
