@@ -53,8 +53,22 @@ class RegistryTests(SynchronousTestCase):
         self.assertEqual(frame["subscriptions"], [{"name": "door", "connections": [alice, bob]},
                                                   {"name": "bell", "connections": [carol]}])
         self.assertEqual(frame["all_connections"], [alice, bob, carol])
+        self.assertEqual(pubsub.connections(), [(alice, ["door"]), (bob, ["door"]), (carol, ["bell"])])
         pubsub.show_elsewhere([])
         self.assertEqual(json.loads(pubsub.info_frame())["all_connections"], [alice])
+
+    def test_other_nodes_changes_tell_the_watchers(self):
+        """
+        The dashboard's connection watchers hear of other nodes' lists when
+        they change, not at every refresh.
+        """
+        told = []
+        self.pubsub.watch_connections(lambda: told.append(1))
+        listing = {"subscriptions": [], "all_connections": [{"client_name": "x", "node": "B"}]}
+        self.pubsub.show_elsewhere([listing])
+        self.pubsub.show_elsewhere([listing])
+        self.pubsub.show_elsewhere([])
+        self.assertEqual(len(told), 2)
 
     def test_subscribe_is_idempotent(self):
         """
