@@ -90,3 +90,19 @@ class StateTests(SynchronousTestCase):
         for _ in range(2):
             self.state.commit_publication("inc-1", '{"o":1}', "e", "x", "1", 1.0, 0, 60)
         self.assertEqual(self.state.snapshot().streams, [("e", "x", 2, [])])
+
+    def test_report_with_its_publication(self):
+        """
+        A report and its smartplug publication are one commit: one sequence
+        number, the plug's state, and the next offset of the event, in one
+        message.
+        """
+        self.state.commit_publication("inc-1", '{"o":1}', "smartplug", "ep", '"x"', 1.0, 5, 60)
+        found = self.state.commit_report("inc-1", '{"o":2}', "p", 1, 2.0, "http", 5,
+                                         ("smartplug", "other", '"{}"', 2.0, 5, 60))
+        self.assertEqual(found, (2, 2, "ep"))
+        (_, message) = self.messages()
+        self.assertEqual((message["seq"], message["offset"], message["epoch"], message["o"]), (2, 2, "ep", 2))
+        snapshot = self.state.snapshot()
+        self.assertEqual(snapshot.plugs, [("p", 1, 2.0, "http")])
+        self.assertEqual(snapshot.streams, [("smartplug", "ep", 2, [(1, '"x"', 1.0), (2, '"{}"', 2.0)])])

@@ -122,24 +122,49 @@ announce('')
 return seq
 """
 
+# Numbers one publication: its event's epoch (C{epoch} if it has none yet)
+# and next offset; keeps it in the event's stream when C{keep} > 0, for
+# C{ttl} milliseconds.  Returns the offset and the epoch.
+_NUMBER = """
+local function number(meta, stream, events, event, epoch, data, created, keep, ttl)
+  local current = redis.call('HGET', meta, 'epoch')
+  if not current then
+    current = epoch
+    redis.call('HSET', meta, 'epoch', current)
+  end
+  local offset = redis.call('HINCRBY', meta, 'offset', 1)
+  redis.call('SADD', events, event)
+  if tonumber(keep) > 0 then
+    redis.call('XADD', stream, 'MAXLEN', keep, offset .. '-1', 'd', data, 't', created)
+    redis.call('PEXPIRE', stream, ttl)
+  end
+  return offset, current
+end
+local function numbered(offset, epoch)
+  return '"offset":' .. offset .. ',"epoch":' .. cjson.encode(epoch) .. ','
+end
+"""
+
 # KEYS[3] event:<E>, KEYS[4] stream:<E>, KEYS[5] events; ARGV[4] the event,
 # ARGV[5] an epoch for an event that has none yet, ARGV[6] the data as JSON,
 # ARGV[7] created at, ARGV[8] publications kept (0: none), ARGV[9] for how
 # many milliseconds.  The offset and epoch go into the message before the
 # change's own fields.
-_PUBLICATION = _PRELUDE + """
-local epoch = redis.call('HGET', KEYS[3], 'epoch')
-if not epoch then
-  epoch = ARGV[5]
-  redis.call('HSET', KEYS[3], 'epoch', epoch)
-end
-local offset = redis.call('HINCRBY', KEYS[3], 'offset', 1)
-redis.call('SADD', KEYS[5], ARGV[4])
-if tonumber(ARGV[8]) > 0 then
-  redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[8], offset .. '-1', 'd', ARGV[6], 't', ARGV[7])
-  redis.call('PEXPIRE', KEYS[4], ARGV[9])
-end
-announce('"offset":' .. offset .. ',"epoch":' .. cjson.encode(epoch) .. ',')
+_PUBLICATION = _PRELUDE + _NUMBER + """
+local offset, epoch = number(KEYS[3], KEYS[4], KEYS[5], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
+announce(numbered(offset, epoch))
+return {seq, offset, epoch}
+"""
+
+# A report and its publication (event smartplug) in one commit: the keys and
+# arguments of _REPORT, then KEYS[6..8] and ARGV[8..13] as _PUBLICATION's.
+_REPORT_PUBLISHED = _PRELUDE + _NUMBER + """
+redis.call('HSET', KEYS[3], ARGV[4], ARGV[5])
+redis.call('ZADD', KEYS[4], 'NX', seq, ARGV[4])
+redis.call('LPUSH', KEYS[5], ARGV[6])
+redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[7]) - 1)
+local offset, epoch = number(KEYS[6], KEYS[7], KEYS[8], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13])
+announce(numbered(offset, epoch))
 return {seq, offset, epoch}
 """
 
@@ -244,48 +269,59 @@ class RedisState:
         self._ban = client.register_script(_BAN)
         self._lift = client.register_script(_LIFT)
         self._publication = client.register_script(_PUBLICATION)
+        self._report_published = client.register_script(_REPORT_PUBLISHED)
         self._snapshot = client.register_script(_SNAPSHOT)
         self._initialise = client.register_script(_INITIALISE)
 
-    def _commit(self, script, keys: list, incarnation: str, change: str, *args) -> int:
+    def _commit(self, script, keys: list, incarnation: str, change: str, *args):
         try:
-            return int(script(keys=[INCARNATION, SEQ, *keys], args=[incarnation, CHANNEL, change, *args]))
+            return script(keys=[INCARNATION, SEQ, *keys], args=[incarnation, CHANNEL, change, *args])
         except redis.ResponseError as e:
             if str(e).startswith("STALE"):
                 raise Stale(str(e)) from None
             raise
 
     def commit_report(self, incarnation: str, change: str, plug_id: str, value: int, at: float,
-                      source: str, keep: int) -> int:
+                      source: str, keep: int, publication: Optional[tuple] = None):
         """
-        Write a plug's new state and history entry and publish C{change}.
+        Write a plug's new state and history entry and publish C{change};
+        with C{publication}, C{(event, epoch, data_json, created_at, keep,
+        seconds)} as L{commit_publication} takes them, number and keep the
+        report's publication in the same commit.
 
-        @return: the change's sequence number.
+        @return: the change's sequence number; with C{publication},
+            C{(seq, offset, epoch)}.
         @raise Stale: Redis no longer holds this node's incarnation.
         """
         state = json.dumps([value, at, source])
-        return self._commit(
-            self._report, [PLUGS, PLUG_ORDER, history_key(plug_id)], incarnation, change,
-            plug_id, state, state, keep,
+        keys = [PLUGS, PLUG_ORDER, history_key(plug_id)]
+        args = [plug_id, state, state, keep]
+        if publication is None:
+            return int(self._commit(self._report, keys, incarnation, change, *args))
+        event, epoch, data_json, created_at, kept, seconds = publication
+        seq, offset, epoch = self._commit(
+            self._report_published, keys + [event_key(event), stream_key(event), EVENTS], incarnation, change,
+            *args, event, epoch, data_json, repr(created_at), kept, max(1, int(seconds * 1000)),
         )
+        return int(seq), int(offset), _text(epoch)
 
     def commit_display(self, incarnation: str, change: str, state: str) -> int:
         """
         Write the display state (JSON) and publish C{change}.
         """
-        return self._commit(self._display, [DISPLAY], incarnation, change, state)
+        return int(self._commit(self._display, [DISPLAY], incarnation, change, state))
 
     def commit_announcement(self, incarnation: str, change: str) -> int:
         """
         Publish C{change}, which changes no state (a display command).
         """
-        return self._commit(self._announce, [], incarnation, change)
+        return int(self._commit(self._announce, [], incarnation, change))
 
     def commit_ban(self, incarnation: str, change: str, address: str, until: float, seconds: float) -> int:
         """
         Record a ban of C{address} until C{until} and publish C{change}.
         """
-        return self._commit(self._ban, [BANS], incarnation, change, address, json.dumps([until, seconds]))
+        return int(self._commit(self._ban, [BANS], incarnation, change, address, json.dumps([until, seconds])))
 
     def commit_publication(self, incarnation: str, change: str, event: str, epoch: str, data_json: str,
                            created_at: float, keep: int, seconds: float) -> tuple:
@@ -296,23 +332,17 @@ class RedisState:
 
         @return: C{(seq, offset, epoch)}.
         """
-        try:
-            seq, offset, epoch = self._publication(
-                keys=[INCARNATION, SEQ, event_key(event), stream_key(event), EVENTS],
-                args=[incarnation, CHANNEL, change, event, epoch, data_json, repr(created_at), keep,
-                      max(1, int(seconds * 1000))],
-            )
-        except redis.ResponseError as e:
-            if str(e).startswith("STALE"):
-                raise Stale(str(e)) from None
-            raise
+        seq, offset, epoch = self._commit(
+            self._publication, [event_key(event), stream_key(event), EVENTS], incarnation, change,
+            event, epoch, data_json, repr(created_at), keep, max(1, int(seconds * 1000)),
+        )
         return int(seq), int(offset), _text(epoch)
 
     def commit_lift(self, incarnation: str, change: str, address: str) -> int:
         """
         Forget the ban of C{address} (lifted by hand) and publish C{change}.
         """
-        return self._commit(self._lift, [BANS], incarnation, change, address)
+        return int(self._commit(self._lift, [BANS], incarnation, change, address))
 
     def snapshot(self) -> Optional[Snapshot]:
         """
