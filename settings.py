@@ -42,3 +42,7 @@ STATE_DB = "smartplug.sqlite"  # SQLite file for plugs, history, display; None =
 HISTORY_KEEP = 10000  # reports kept per plug in the history
 BACKUP_INTERVAL = None  # seconds between automatic backups; None = no automatic backups
 BACKUP_KEEP = 7  # automatic backups kept
+
+# --- pub/sub -------------------------------------------------------------------
+PUBSUB_HISTORY = 100  # publications kept per event for last/since/history; 0 = off
+PUBSUB_HISTORY_SECONDS = 86400  # how long a publication is kept

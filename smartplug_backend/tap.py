@@ -13,6 +13,7 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from . import config
+from .core.history import History
 from .core.hub import Hub
 from .core.journal import MemoryJournal
 from .core.pubsub import report_publisher
@@ -129,7 +130,7 @@ def _build(options: Options, reactor) -> MultiService:
     hub.pubsub.deliver = apps.send_to_all
     # SPEC 1.1's order: state (the hub itself), apps, pub/sub, then tweets.
     hub.listen(apps.broadcast)
-    hub.listen(report_publisher(hub.pubsub))
+    hub.listen(report_publisher(hub))
     listen("app WebSocket", ws_endpoint, apps, "ws")
 
     if settings.AUTH_SECRET is None:
@@ -156,13 +157,17 @@ def _state(settings: config.Settings, reactor, top: MultiService) -> Hub:
     Adds the store's services to C{top}, first: the hub is loaded before any
     listener binds.
     """
+    def history() -> History:
+        return History(settings.PUBSUB_HISTORY, settings.PUBSUB_HISTORY_SECONDS, now=reactor.seconds)
+
     if settings.STATE_DB is None:
         _log.info("STATE_DB is None: plug states, history and the display state are lost when the server stops")
         if settings.BACKUP_INTERVAL is not None:
             _log.warn("BACKUP_INTERVAL is ignored: with STATE_DB = None there is nothing to back up")
-        return Hub(now=reactor.seconds, journal=MemoryJournal(settings.HISTORY_KEEP))
+        return Hub(now=reactor.seconds, journal=MemoryJournal(settings.HISTORY_KEEP), history=history())
     state = StoreService.with_hub(
-        settings.STATE_DB, settings.HISTORY_KEEP, reactor, lambda journal: Hub(now=reactor.seconds, journal=journal)
+        settings.STATE_DB, settings.HISTORY_KEEP, reactor,
+        lambda journal: Hub(now=reactor.seconds, journal=journal, history=history()),
     )
     hub = state.hub
     state.setServiceParent(top)

@@ -15,12 +15,13 @@ changes nothing and reaches no one.
 
 import dataclasses
 import time
-from typing import Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from .display import COMMANDS, OFF, Display
+from .history import History
 from .journal import Journal, MemoryJournal, StoreFailed
 from .pubsub import PubSub
 from .times import utc_rfc3339
@@ -94,29 +95,34 @@ class Hub:
     @param now: returns the current time in seconds (a clock's C{seconds}).
     @param journal: where changes are recorded before they are accepted;
         by default a L{MemoryJournal}, which keeps nothing across restarts.
+    @param history: pub/sub offsets, epochs and kept publications (SPEC
+        3.6); by default 100 per event for a day.
     """
 
     _log = Logger()
 
-    def __init__(self, now: Callable[[], float] = time.time, journal: Optional[Journal] = None) -> None:
+    def __init__(self, now: Callable[[], float] = time.time, journal: Optional[Journal] = None,
+                 history: Optional[History] = None) -> None:
         self._now = now
         self._journal = MemoryJournal() if journal is None else journal
         self._plugs: dict[str, Plug] = {}
         self._display = OFF
         self._listeners: list[Listener] = []
         self._display_listeners: list[DisplayListener] = []
-        self.pubsub = PubSub(now=now)
+        self.pubsub = PubSub(now=now, history=History(now=now) if history is None else history)
 
-    def restore(self, plugs: Iterable[Plug], display: Optional[Display] = None) -> None:
+    def restore(self, plugs: Iterable[Plug], display: Optional[Display] = None, streams: Iterable = ()) -> None:
         """
         Take C{plugs} (in first-report order) and C{display} (unless
-        C{None}) as the state, as loaded from the store at start-up; no
+        C{None}) as the state, and C{streams} as the pub/sub history (see
+        L{History.restore}), as loaded from the store at start-up; no
         listener is told.
         """
         for plug in plugs:
             self._plugs[plug.id] = plug
         if display is not None:
             self._display = display
+        self.pubsub.history.restore(streams)
 
     def listen(self, listener: Listener) -> Callable[[], None]:
         """
@@ -199,6 +205,28 @@ class Hub:
         )
         self._notify(self._listeners, report)
         return report
+
+    def publish(self, event: str, data: Any, peer: str) -> Deferred:
+        """
+        Number a publication of C{event}, record it in the journal (when
+        history is kept), then keep it and send it to the subscribers
+        (SPEC 3.3, 3.6).  With the in-memory journal, or C{PUBSUB_HISTORY =
+        0}, all of that happens before this returns.
+
+        @return: a Deferred firing with the number of subscribers it was sent
+            to, or with C{None} when the journal could not record it (logged;
+            nobody got it, and its offset stays unused).  It never fails.
+        """
+        pubsub = self.pubsub
+        publication = pubsub.number(event, data)
+        history = pubsub.history
+        if not history.enabled:
+            # Nothing kept, so nothing to journal: PiCloud's cost.
+            return succeed(pubsub.accept(publication))
+        return self._journaled(
+            self._journal.save_publication, (publication, history.keep, history.oldest_kept()),
+            lambda: pubsub.accept(publication), f"publication {publication.offset} of {event}", peer,
+        )
 
     def plug(self, plug_id: str) -> Optional[Plug]:
         """

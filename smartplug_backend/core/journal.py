@@ -67,6 +67,16 @@ class Journal(Protocol):
             newest first.
         """
 
+    def save_publication(self, publication, keep: int, oldest: float) -> Deferred:
+        """
+        Record a pub/sub publication (a L{smartplug_backend.core.history.Publication})
+        durably, with its event's epoch and newest offset; drop the event's
+        publications beyond the newest C{keep} or made before C{oldest}.
+
+        @return: fires with C{None} once recorded, or fails with nothing
+            recorded.
+        """
+
 
 class MemoryJournal:
     """
@@ -86,6 +96,10 @@ class MemoryJournal:
         return succeed(None)
 
     def save_display(self, display) -> Deferred:
+        return succeed(None)
+
+    def save_publication(self, publication, keep: int, oldest: float) -> Deferred:
+        # The hub's pub/sub history is the only copy.
         return succeed(None)
 
     def history(self, plug_id: str, limit: int) -> Deferred:

@@ -53,9 +53,29 @@ def _v2(db: sqlite3.Connection) -> None:
     db.execute("CREATE TABLE display (only INTEGER PRIMARY KEY CHECK (only = 1), state TEXT NOT NULL)")
 
 
+def _v3(db: sqlite3.Connection) -> None:
+    # Pub/sub history (issue 14, SPEC 3.6): each event's epoch and newest
+    # offset, which outlive its kept publications, and those publications,
+    # their data as the JSON text the frames carry.
+    db.execute(
+        "CREATE TABLE pubsub_events ("
+        " event TEXT PRIMARY KEY,"
+        " epoch TEXT NOT NULL,"
+        " latest INTEGER NOT NULL)"
+    )
+    db.execute(
+        "CREATE TABLE pubsub_history ("
+        " event TEXT NOT NULL,"
+        " offset INTEGER NOT NULL,"
+        " data TEXT NOT NULL,"
+        " created_at REAL NOT NULL,"
+        " PRIMARY KEY (event, offset)) WITHOUT ROWID"
+    )
+
+
 # UPGRADES[n] brings a file from schema version n to n + 1.  Append only:
 # a released step never changes, or files already past it would differ.
-UPGRADES = [_v1, _v2]
+UPGRADES = [_v1, _v2, _v3]
 
 
 class UnusableDatabase(Exception):
@@ -254,6 +274,40 @@ class Store:
         if not isinstance(display, Display):
             raise UnusableDatabase(f"{self._path}: the recorded display state is a command")
         return display
+
+    def save_publication(self, event: str, epoch: str, offset: int, data_json: str, created_at: float,
+                         keep: int, oldest: float) -> None:
+        """
+        Record a pub/sub publication and its event's epoch and newest
+        offset, dropping the event's publications beyond the newest C{keep}
+        or made before C{oldest}; all or nothing.
+        """
+        with _transaction(self._db):
+            self._db.execute(
+                "INSERT INTO pubsub_events (event, epoch, latest) VALUES (?, ?, ?)"
+                " ON CONFLICT (event) DO UPDATE SET epoch = excluded.epoch, latest = excluded.latest",
+                (event, epoch, offset),
+            )
+            self._db.execute(
+                "INSERT OR REPLACE INTO pubsub_history (event, offset, data, created_at) VALUES (?, ?, ?, ?)",
+                (event, offset, data_json, created_at),
+            )
+            self._db.execute(
+                "DELETE FROM pubsub_history WHERE event = ? AND (offset <= ? OR created_at < ?)",
+                (event, offset - keep, oldest),
+            )
+
+    def streams(self) -> list[tuple[str, str, int, list]]:
+        """
+        Every pub/sub event as C{(event, epoch, newest offset,
+        [(offset, data_json, created_at), ...] oldest first)}.
+        """
+        kept: dict[str, list] = {}
+        rows = self._db.execute("SELECT event, offset, data, created_at FROM pubsub_history ORDER BY event, offset")
+        for event, offset, data, created_at in rows:
+            kept.setdefault(event, []).append((offset, data, created_at))
+        events = self._db.execute("SELECT event, epoch, latest FROM pubsub_events ORDER BY event")
+        return [(event, epoch, latest, kept.get(event, [])) for event, epoch, latest in events]
 
     def close(self) -> None:
         """
