@@ -9,6 +9,7 @@ import json
 import os
 import sqlite3
 import sys
+import time
 
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
@@ -141,6 +142,28 @@ class JournalTests(SynchronousTestCase):
         self.assertEqual(self.hub.display(), Display(2, color=(255, 65, 174), pulse=0))
         self.assertEqual(self.store.display(), Display(2, color=(255, 65, 174), pulse=0))
 
+    def test_publication_is_stored_before_the_201(self):
+        """
+        POST /publish answers 201 once the database has the publication, its
+        epoch and offset; subscribers get it after that.  One the database
+        refuses gets a JSON 503 and reaches no one.
+        """
+        stored = []
+        self.hub.pubsub.deliver = lambda subscribers, frame: stored.append(self.store.streams())
+        self.hub.pubsub.subscribe("s", "e")
+        response = self.successResultOf(
+            self.client.post("http://smartplug.test/publish?clientName=c", data=b'{"event": "e", "data": [1]}')
+        )
+        self.assertEqual(response.code, 201)
+        epoch = self.hub.pubsub.history.position("e")[1]
+        self.assertEqual(stored, [[("e", epoch, 1, [(1, "[1]", 1000.0)])]])
+        self.break_table("pubsub_history")
+        code, body = self.post(b'{"event": "e", "data": 2}', "/publish?clientName=c")
+        self.assertEqual(code, 503)
+        self.assertIn("publication not recorded", body["error"])
+        self.assertEqual(len(stored), 1)
+        self.assertEqual(self.store.streams(), stored[0])
+
     def test_history_route_reads_the_database(self):
         """
         GET /plugs/<id>/history answers from the database, bounded by keep.
@@ -192,6 +215,22 @@ class StoreServiceTests(SynchronousTestCase):
         service = self.start()
         self.assertEqual(service.hub.plugs(), [Plug("b", 0, 3.0), Plug("a", 0, 2.0)])
         self.assertEqual(service.hub.display(), Display(1, weather=5, intensity=2))
+
+    def test_loads_pubsub_history(self):
+        """
+        The hub starts with the stored pub/sub streams: the same epoch, the
+        kept publications, and offsets that go on from the stored newest.
+        """
+        stored = Store.open(self.path, 10)
+        # The service's hub runs on the real time: recent publications.
+        stored.save_publication("e", "EPOCH", 1, '"a"', time.time() - 60, 100, 0.0)
+        stored.save_publication("e", "EPOCH", 2, '"b"', time.time() - 30, 100, 0.0)
+        stored.close()
+        service = self.start()
+        history = service.hub.pubsub.history
+        self.assertEqual(history.position("e"), (2, "EPOCH"))
+        self.assertEqual(history.number("e", "1").offset, 3)
+        self.assertEqual(history.last("e").data_json, '"b"')
 
     def test_creates_database(self):
         """
