@@ -43,6 +43,7 @@ class LoadTests(SynchronousTestCase):
         self.assertEqual(settings.TWITTER_API, "v1.1")
         self.assertEqual(settings.BAN_ALLOW, ())
         self.assertEqual(settings.STATE_DB, "smartplug.sqlite")
+        self.assertEqual((settings.PUBSUB_HISTORY, settings.PUBSUB_HISTORY_SECONDS), (100, 86400))
 
     def test_override(self):
         """
@@ -100,6 +101,9 @@ class LoadTests(SynchronousTestCase):
             "BAN_AFTER = 0": "BAN_AFTER must be a whole number of at least 1",
             "STATE_DB = ''": "STATE_DB must be a non-empty string or None",
             "BACKUP_INTERVAL = 'daily'": "BACKUP_INTERVAL must be a number of seconds",
+            "PUBSUB_HISTORY = -1": "PUBSUB_HISTORY must be a whole number of at least 0",
+            "PUBSUB_HISTORY = 1.5": "PUBSUB_HISTORY must be a whole number of at least 0",
+            "PUBSUB_HISTORY_SECONDS = 0": "PUBSUB_HISTORY_SECONDS must be a number of seconds greater than 0",
         }
         for line, expected in cases.items():
             error = self.assertRaises(config.ConfigError, config.load, self.write(line + "\n"))
