@@ -18,6 +18,7 @@ import sqlite3
 from typing import Iterator, Optional
 
 from ..core.display import Display, InvalidDisplay, validate_display
+from ..core.history import new_epoch
 from ..core.hub import Plug
 from ..core.journal import HistoryEntry
 
@@ -159,6 +160,19 @@ def upgrade(db: sqlite3.Connection, version: int) -> None:
                 db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             UPGRADES[step](db)
             db.execute(f"PRAGMA user_version = {step + 1}")
+
+
+def renew_epochs(db: sqlite3.Connection) -> None:
+    """
+    Give every pub/sub event in C{db} a new epoch, keeping its offsets: its
+    history is not the one clients saw (a restored backup), so none of them
+    may recover across it (SPEC 3.6).  Nothing for a file before schema 3.
+    """
+    if db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'pubsub_events'").fetchone()[0] == 0:
+        return
+    with _transaction(db):
+        events = [row[0] for row in db.execute("SELECT event FROM pubsub_events")]
+        db.executemany("UPDATE pubsub_events SET epoch = ? WHERE event = ?", [(new_epoch(), e) for e in events])
 
 
 class Store:
