@@ -320,7 +320,7 @@ class HubPublishTests(SynchronousTestCase):
         self.events = []
         self.patch(self.hub, "_log", Logger(observer=self.events.append))
         self.received: dict = {}
-        self.hub.pubsub.deliver = self.deliver
+        self.hub.pubsub.deliver_with(self.deliver)
 
     def deliver(self, subscribers, frame):
         for subscriber in subscribers:
@@ -384,7 +384,7 @@ class HubPublishTests(SynchronousTestCase):
         delivered at once, as PiCloud did.
         """
         hub = Hub(now=self.clock.seconds, journal=self.journal, history=make_history(self.clock, keep=0))
-        hub.pubsub.deliver = self.deliver
+        hub.pubsub.deliver_with(self.deliver)
         hub.pubsub.subscribe("a", "e")
         self.assertEqual(self.successResultOf(hub.publish("e", 1, "peer")), 1)
         self.assertEqual(self.journal.pending, [])
@@ -403,7 +403,7 @@ class RouteTests(SynchronousTestCase):
         self.journal = DelayedJournal()
         self.hub = Hub(now=self.clock.seconds, journal=self.journal, history=make_history(self.clock))
         self.factory = AppFactory(self.hub, info_interval=5, clock=self.clock)
-        self.hub.pubsub.deliver = self.factory.send_to_all
+        self.hub.pubsub.deliver_with(self.factory.send_to_all)
         self.pub, _, self.pub_pump = ws_connect(self.factory, "/publish?clientName=p", port=4000)
 
     def publish(self, *data) -> None:

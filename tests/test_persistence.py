@@ -149,7 +149,7 @@ class JournalTests(SynchronousTestCase):
         refuses gets a JSON 503 and reaches no one.
         """
         stored = []
-        self.hub.pubsub.deliver = lambda subscribers, frame: stored.append(self.store.streams())
+        self.hub.pubsub.deliver_with(lambda subscribers, frame: stored.append(self.store.streams()))
         self.hub.pubsub.subscribe("s", "e")
         response = self.successResultOf(
             self.client.post("http://smartplug.test/publish?clientName=c", data=b'{"event": "e", "data": [1]}')

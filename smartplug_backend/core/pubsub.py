@@ -107,7 +107,7 @@ class PubSub:
 
     def __init__(self, deliver: Optional[Deliver] = None, now: Callable[[], float] = time.time,
                  history: Optional[History] = None) -> None:
-        self.deliver = deliver
+        self._deliver = deliver
         self._now = now
         self.history = History(now=now) if history is None else history
         # event -> {subscriber: whether it asked for offsets}, both in
@@ -115,6 +115,16 @@ class PubSub:
         self._events: dict[str, dict[Hashable, bool]] = {}
         # connection -> its entry in the info frame
         self._connections: dict[Hashable, dict] = {}
+
+    def deliver_with(self, deliver: Deliver) -> None:
+        """
+        Send publications with C{deliver(subscribers, frame)} from now on: the
+        listener whose connections subscribe (built after the hub, since it
+        needs the hub) registers here, as listeners do with C{Hub.listen}.
+        """
+        if self._deliver is not None:
+            raise ValueError("publications already have a deliverer")
+        self._deliver = deliver
 
     def connected(self, connection: Hashable, client_name: str, address: str) -> None:
         """
@@ -213,16 +223,16 @@ class PubSub:
         subscribers = self._events.get(publication.event)
         if not subscribers:
             return 0
-        if self.deliver is not None:
+        if self._deliver is not None:
             event_json = go_json(publication.event)
             if any(subscribers.values()):
                 plain = [s for s, positioned in subscribers.items() if not positioned]
                 positioned = [s for s, positioned in subscribers.items() if positioned]
-                self.deliver(positioned, publication.positioned_frame(event_json))
+                self._deliver(positioned, publication.positioned_frame(event_json))
             else:
                 plain = list(subscribers)
             if plain:
-                self.deliver(plain, publication.frame(event_json))
+                self._deliver(plain, publication.frame(event_json))
         return len(subscribers)
 
     def history_page(self, event: str, after: int, limit: int) -> bytes:
