@@ -117,6 +117,18 @@ class HistoryEndToEndTests(TestCase):
                 publish(self.server, "e", "live")
                 self.assertEqual(receive(ws, 1)[0]["data"], "live")
 
+    def test_plug_reports_last_value(self):
+        """
+        Plug reports are publications of event smartplug, so a display that
+        subscribes with last gets the newest report at once.
+        """
+        for value in [1, 0]:
+            self.assertEqual(http(self.server.url("/data"), json.dumps({"id": "0xb00bf0cc", "value": value}).encode())[0], 200)
+        with subscriber(self.server) as ws:
+            subscribe(ws, "smartplug", last=True)
+            [last] = receive(ws, 1)
+        self.assertEqual((last["data"], last["offset"]), ('{"id": "0xb00bf0cc", "value": 0}', 2))
+
     def test_plain_clients_get_picloud_bytes(self):
         """
         A client that asks for nothing gets PiCloud's frame byte for byte,

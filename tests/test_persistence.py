@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from smartplug_backend import tap
 from smartplug_backend.core.display import OFF, Display
+from smartplug_backend.core.history import History
 from smartplug_backend.core.hub import Hub, Plug
 from smartplug_backend.core.journal import HistoryEntry, StoreFailed
 from smartplug_backend.server.services import StartupError
@@ -189,8 +190,10 @@ class StoreServiceTests(SynchronousTestCase):
         self.stderr = io.StringIO()
         self.patch(sys, "stderr", self.stderr)
 
-    def start(self) -> StoreService:
-        service = StoreService.with_hub(self.path, 10, SynchronousReactor(), lambda journal: Hub(journal=journal))
+    def start(self, history=None) -> StoreService:
+        service = StoreService.with_hub(
+            self.path, 10, SynchronousReactor(), lambda journal: Hub(journal=journal, history=history)
+        )
         service.privilegedStartService()
         # What stopService does on the writer thread.
         self.addCleanup(lambda: os.close(service._lock))
@@ -231,6 +234,19 @@ class StoreServiceTests(SynchronousTestCase):
         self.assertEqual(history.position("e"), (2, "EPOCH"))
         self.assertEqual(history.number("e", "1").offset, 3)
         self.assertEqual(history.last("e").data_json, '"b"')
+
+    def test_history_off_forgets_pubsub_history(self):
+        """
+        Started with PUBSUB_HISTORY = 0, the server drops the stored pub/sub
+        history: it will record no offsets, so a later start with history on
+        must begin new epochs instead of reusing offsets under old ones.
+        """
+        stored = Store.open(self.path, 10)
+        stored.save_publication("e", "EPOCH", 1, '"a"', time.time(), 100, 0.0)
+        stored.close()
+        service = self.start(History(keep=0))
+        self.assertNotEqual(service.hub.pubsub.history.position("e"), (1, "EPOCH"))
+        self.assertEqual(service.journal.store.streams(), [])
 
     def test_creates_database(self):
         """

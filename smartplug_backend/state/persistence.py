@@ -135,6 +135,11 @@ class StoreService(ThreadPoolService):
         try:
             self._lock = hold(self.path)
             plugs, display, streams = self.journal.open(self.path, self._keep)
+            if streams and not self.hub.pubsub.history.enabled:
+                # PUBSUB_HISTORY = 0 records nothing from now on: offsets
+                # stored now would be reused later under the same epoch.
+                self.journal.store.forget_streams()
+                streams = []
         except sqlite3.Error as e:
             raise StartupError(f"STATE_DB: {self.path} cannot be read ({e})") from e
         except (Locked, UnusableDatabase) as e:

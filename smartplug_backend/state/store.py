@@ -323,6 +323,15 @@ class Store:
         events = self._db.execute("SELECT event, epoch, latest FROM pubsub_events ORDER BY event")
         return [(event, epoch, latest, kept.get(event, [])) for event, epoch, latest in events]
 
+    def forget_streams(self) -> None:
+        """
+        Drop every pub/sub event and publication: with history off nothing
+        is recorded, so what is stored would go stale as offsets move on.
+        """
+        with _transaction(self._db):
+            self._db.execute("DELETE FROM pubsub_history")
+            self._db.execute("DELETE FROM pubsub_events")
+
     def close(self) -> None:
         """
         Close the connection (SQLite checkpoints the WAL into the file).
