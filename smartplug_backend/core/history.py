@@ -180,6 +180,8 @@ class History:
         """
         The newest kept publication of C{event}, or C{None}.
         """
+        if event not in self._streams:
+            return None  # nothing to say, so no epoch to make up
         stream = self._trimmed(event)
         return stream.kept[-1] if stream.kept else None
 
