@@ -17,6 +17,8 @@ DEVICE_IDLE_TIMEOUT = 30  # seconds of silence before a device is disconnected
 # --- PiCloud pub/sub and /display --------------------------------------------
 API_KEY = None  # e.g. "my-key": required for pub/sub, the info socket and POST /display
 INFO_INTERVAL = 5  # seconds between frames on the /info socket
+PUBSUB_HISTORY = 100  # publications kept per event for last/since/history; 0 = off
+PUBSUB_HISTORY_SECONDS = 86400  # how long a publication is kept
 
 # --- tweets --------------------------------------------------------------------
 TWITTER_ENABLED = False  # True tweets when a plug is plugged in or unplugged
@@ -36,6 +38,7 @@ BAN_AFTER = 3  # failed authentications from one address before it is banned
 BAN_SECONDS = 60  # how long a ban lasts
 BAN_ALLOW = []  # addresses/networks never banned, e.g. ["192.168.1.0/24"]
 MAX_CONNECTIONS = 10000  # open connections over all listeners; more are refused
+METRICS_ALLOW = ["127.0.0.1", "::1"]  # addresses/networks that may read GET /metrics (Prometheus)
 
 # --- state ---------------------------------------------------------------------
 STATE_DB = "smartplug.sqlite"  # SQLite file for plugs, history, display; None = memory only
@@ -43,6 +46,8 @@ HISTORY_KEEP = 10000  # reports kept per plug in the history
 BACKUP_INTERVAL = None  # seconds between automatic backups; None = no automatic backups
 BACKUP_KEEP = 7  # automatic backups kept
 
-# --- pub/sub -------------------------------------------------------------------
-PUBSUB_HISTORY = 100  # publications kept per event for last/since/history; 0 = off
-PUBSUB_HISTORY_SECONDS = 86400  # how long a publication is kept
+# --- Home Assistant (MQTT) -----------------------------------------------------
+MQTT_URL = None  # e.g. "mqtt://user:password@192.168.1.2:1883" (or mqtts://): joins that broker
+MQTT_PREFIX = "smartplug"  # first topic level of our states, commands and events
+HA_DISCOVERY_PREFIX = "homeassistant"  # Home Assistant's discovery prefix (its MQTT setting)
+MQTT_EVENTS = False  # True also bridges pub/sub: <MQTT_PREFIX>/events/E out, <MQTT_PREFIX>/publish/E in

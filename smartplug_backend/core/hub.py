@@ -15,6 +15,7 @@ changes nothing and reaches no one.
 
 import dataclasses
 import time
+from collections import Counter
 from typing import Any, Callable, Iterable, Optional
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -83,6 +84,10 @@ class DisplayEvent:
     peer: str
 
 
+# Why a report was refused, as metrics count it: not a valid report (400),
+# or the state store could not record it (503).
+REFUSALS = ("invalid", "store")
+
 Listener = Callable[[Report], None]
 DisplayListener = Callable[[DisplayEvent], None]
 
@@ -110,6 +115,10 @@ class Hub:
         self._listeners: list[Listener] = []
         self._display_listeners: list[DisplayListener] = []
         self.pubsub = PubSub(now=now, history=History(now=now) if history is None else history)
+        # Plain counts for /metrics: source -> reports accepted, and
+        # (source, reason) -> reports refused (REFUSALS).
+        self.accepted: Counter = Counter()
+        self.refused: Counter = Counter()
 
     def restore(self, plugs: Iterable[Plug], display: Optional[Display] = None, streams: Iterable = ()) -> None:
         """
@@ -148,8 +157,15 @@ class Hub:
             except Exception:
                 self._log.failure("listener {listener!r} failed", listener=listener)
 
+    def count_refused(self, source: str, reason: str) -> None:
+        """
+        Count a report from C{source} refused before it reached the hub
+        (C{reason} is one of L{REFUSALS}), for metrics.
+        """
+        self.refused[source, reason] += 1
+
     def _journaled(self, save: Callable[..., Deferred], args: tuple, accept: Callable[[], object],
-                   change: str, peer: str) -> Deferred:
+                   change: str, peer: str, source: Optional[str] = None) -> Deferred:
         """
         C{save(*args)} in the journal, then C{accept()}.
 
@@ -159,7 +175,7 @@ class Hub:
             device port) may drop it.
         """
         saved = maybeDeferred(save, *args)
-        saved.addCallbacks(lambda _: accept(), self._not_saved, errbackArgs=(change, peer))
+        saved.addCallbacks(lambda _: accept(), self._not_saved, errbackArgs=(change, peer, source))
         # accept() catches its listeners' errors; this keeps the promise
         # that the Deferred never fails even if accept() itself had a bug.
         return saved.addErrback(self._not_applied, change, peer)
@@ -168,7 +184,9 @@ class Hub:
         self._log.failure("{change} from {peer} saved but not applied", failure, change=change, peer=peer)
         return None
 
-    def _not_saved(self, failure, change: str, peer: str) -> None:
+    def _not_saved(self, failure, change: str, peer: str, source: Optional[str]) -> None:
+        if source is not None:
+            self.refused[source, "store"] += 1
         if failure.check(StoreFailed):
             self._log.error(
                 "{change} from {peer} refused: state store cannot write: {why}",
@@ -191,7 +209,7 @@ class Hub:
         plug = Plug(plug_id, value, self._now())
         return self._journaled(
             self._journal.save_report, (plug_id, value, plug.updated_at, source),
-            lambda: self._accept(plug, source, peer), f"report plug {plug_id} -> {value}", peer,
+            lambda: self._accept(plug, source, peer), f"report plug {plug_id} -> {value}", peer, source,
         )
 
     def _accept(self, plug: Plug, source: str, peer: str) -> Report:
@@ -200,19 +218,21 @@ class Hub:
         old = self._plugs.get(plug.id)
         self._plugs[plug.id] = plug
         report = Report(plug, old.value if old else None, source, peer)
+        self.accepted[source] += 1
         self._log.info(
             "plug {plug_id} -> {value} from {peer}", plug_id=plug.id, value=plug.value, peer=peer
         )
         self._notify(self._listeners, report)
         return report
 
-    def publish(self, event: str, data: Any, peer: str) -> Deferred:
+    def publish(self, event: str, data: Any, peer: str, origin: Optional[str] = None) -> Deferred:
         """
         Number a publication of C{event}, record it in the journal (when
         history is kept), then keep it and send it to the subscribers
         (SPEC 3.3, 3.6).  With the in-memory journal, or C{PUBSUB_HISTORY =
         0}, all of that happens before this returns.
 
+        @param origin: who brought it in from outside (see L{PubSub.publish}).
         @return: a Deferred firing with the number of subscribers it was sent
             to, or with C{None} when the journal could not record it (logged;
             nobody got it, and its offset stays unused).  It never fails.
@@ -222,10 +242,10 @@ class Hub:
         history = pubsub.history
         if not history.enabled:
             # Nothing kept, so nothing to journal: PiCloud's cost.
-            return succeed(pubsub.accept(publication))
+            return succeed(pubsub.accept(publication, data, origin))
         return self._journaled(
             self._journal.save_publication, (publication, history.keep, history.oldest_kept()),
-            lambda: pubsub.accept(publication), f"publication {publication.offset} of {event}", peer,
+            lambda: pubsub.accept(publication, data, origin), f"publication {publication.offset} of {event}", peer,
         )
 
     def plug(self, plug_id: str) -> Optional[Plug]:

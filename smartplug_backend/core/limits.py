@@ -40,3 +40,13 @@ TWEET_QUEUE = 100
 TWEET_TRIES = 3
 TWEET_RETRY_DELAYS = (5.0, 30.0)
 TWEET_REQUEST_TIMEOUT = 10.0
+# MQTT (SPEC 12): paho's reconnect backoff starts at MQTT_RECONNECT_MIN
+# seconds and doubles up to MQTT_RECONNECT_MAX; the keepalive in seconds;
+# QoS 1 messages paho keeps while the broker is away (everything retained is
+# published again on reconnect anyway); seconds stopService waits for paho's
+# thread to end.
+MQTT_RECONNECT_MIN = 1
+MQTT_RECONNECT_MAX = 60
+MQTT_KEEPALIVE = 60
+MQTT_MAX_QUEUED = 10000
+MQTT_STOP_TIMEOUT = 5

@@ -19,6 +19,10 @@ from .reports import broadcast_bytes
 from .times import utc_rfc3339
 
 Deliver = Callable[[list, bytes], None]
+# observer(event, data, origin): every publication, with the origin its
+# publisher gave (None for the server's own clients), so a bridge can skip
+# what it put in itself.
+Observer = Callable[[str, Any, Optional[str]], None]
 
 # Go's encoding/json (PiCloud is Go) escapes these inside strings; clients
 # written against it may compare frames byte for byte.
@@ -115,6 +119,20 @@ class PubSub:
         self._events: dict[str, dict[Hashable, bool]] = {}
         # connection -> its entry in the info frame
         self._connections: dict[Hashable, dict] = {}
+        # Plain counts for /metrics: publications read, frames delivered.
+        self.publications = 0
+        self.deliveries = 0
+        self._observers: list[Observer] = []
+
+    def observe(self, observer: Observer) -> Callable[[], None]:
+        """
+        Call C{observer(event, data, origin)} for every later publication,
+        subscribers or not.
+
+        @return: a function that stops the calls.
+        """
+        self._observers.append(observer)
+        return lambda: self._observers.remove(observer)
 
     def deliver_with(self, deliver: Deliver) -> None:
         """
@@ -195,14 +213,16 @@ class PubSub:
         for event in list(self._events):
             self.unsubscribe(subscriber, event)
 
-    def publish(self, event: str, data: Any) -> int:
+    def publish(self, event: str, data: Any, origin: Optional[str] = None) -> int:
         """
         Number a publication and send it to the current subscribers of
-        C{event} at once, journaling nothing (L{hub.Hub.publish} journals).
+        C{event} at once, then show it to the observers, journaling nothing
+        (L{hub.Hub.publish} journals; with a store, publish through it).
 
+        @param origin: who brought it in from outside (e.g. C{"mqtt"}).
         @return: how many subscribers it was sent to.
         """
-        return self.accept(self.number(event, data))
+        return self.accept(self.number(event, data), data, origin)
 
     def number(self, event: str, data: Any) -> Publication:
         """
@@ -211,19 +231,21 @@ class PubSub:
         """
         return self.history.number(event, go_json(data))
 
-    def accept(self, publication: Publication) -> int:
+    def accept(self, publication: Publication, data: Any, origin: Optional[str] = None) -> int:
         """
-        Keep C{publication} in the history and send it to the current
-        subscribers of its event: PiCloud's frame to those that asked for
-        nothing, the frame with offset and epoch to the others.
+        Keep C{publication} (of C{data}) in the history and send it to the
+        current subscribers of its event: PiCloud's frame to those that
+        asked for nothing, the frame with offset and epoch to the others;
+        then show it to the observers.
 
+        @param origin: who brought it in from outside (e.g. C{"mqtt"}).
         @return: how many subscribers it was sent to.
         """
         self.history.accept(publication)
-        subscribers = self._events.get(publication.event)
-        if not subscribers:
-            return 0
-        if self._deliver is not None:
+        self.publications += 1
+        subscribers = self._events.get(publication.event) or {}
+        if subscribers and self._deliver is not None:
+            self.deliveries += len(subscribers)
             event_json = go_json(publication.event)
             if any(subscribers.values()):
                 plain = [s for s, positioned in subscribers.items() if not positioned]
@@ -233,6 +255,11 @@ class PubSub:
                 plain = list(subscribers)
             if plain:
                 self._deliver(plain, publication.frame(event_json))
+        for observer in list(self._observers):
+            try:
+                observer(publication.event, data, origin)
+            except Exception:
+                self._log.failure("pub/sub observer {observer!r} failed", observer=observer)
         return len(subscribers)
 
     def history_page(self, event: str, after: int, limit: int) -> bytes:

@@ -12,6 +12,9 @@ The firmware also closes its side as soon as its bytes are out.  twisted.web
 then closes the request body, while the WSGI thread may not have read it yet;
 L{PatientRequest} keeps the body readable so the report is still acted on.
 
+The site's root hands every path to the app, except those of the named
+children it is given (C{/metrics}): L{Root}.
+
 twisted.web's idle timeout restarts with every byte received, so a peer that
 trickles a request a byte at a time would hold its connection for ever
 (slowloris).  The channel adds a fixed deadline: a request's head and body
@@ -20,8 +23,10 @@ connection, for the first request), or the peer gets 408 and is closed.
 """
 
 import json
+from typing import Optional
 
 from twisted.logger import Logger
+from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from twisted.web.server import version as server_version
 from twisted.web.wsgi import WSGIResource
@@ -172,6 +177,33 @@ class PatientRequest(Request):
             super().connectionLost(reason)
         finally:
             self.content = content
+        # The client left before the answer was finished (the firmware does
+        # so at once): the site's log() will not be called for this one.
+        timer = getattr(getattr(self, "site", None), "timer", None)
+        if timer is not None:
+            timer.finished(self)
+
+
+class Root(Resource):
+    """
+    The site's root: C{/<name>} goes to the named child of that name (and
+    below it, unless the child is a leaf); every other path goes to the
+    app, which sees it whole, as if it were the root itself.
+    """
+
+    def __init__(self, app: Resource, children: dict) -> None:
+        super().__init__()
+        self._app = app
+        self._named = dict(children)
+
+    def getChildWithDefault(self, name: bytes, request):
+        child = self._named.get(name)
+        if child is not None and (not child.isLeaf or not request.postpath):
+            return child
+        # Undo the step twisted.web took, so the WSGI environ's SCRIPT_NAME
+        # and PATH_INFO are what they were with the app at the root.
+        request.postpath.insert(0, request.prepath.pop())
+        return self._app
 
 
 class QuietSite(Site):
@@ -179,35 +211,60 @@ class QuietSite(Site):
     A Site with the lenient channel and no per-request access log: reports
     are logged by the hub as one readable line each, and rejected input by
     the app, so a combined-log line per request would only add noise and cost.
+
+    @ivar timer: told when each request starts being served and when it is
+        answered (L{smartplug_backend.http.metrics.RequestTimer}), or C{None}.
     """
 
     protocol = LenientHTTPChannel
     requestFactory = PatientRequest
     noisy = False  # the listener logs where it listens, readably
     request_timeout = HTTP_REQUEST_TIMEOUT
+    timer = None
 
     def buildProtocol(self, addr):
         channel = super().buildProtocol(addr)
         channel.request_timeout = self.request_timeout
         return channel
 
+    def getResourceFor(self, request):
+        if self.timer is not None:
+            self.timer.started(request)
+        return super().getResourceFor(request)
+
     def log(self, request) -> None:
-        pass
+        # Called by twisted.web once a request is answered in full; a request
+        # whose client left first is timed by PatientRequest.connectionLost.
+        if self.timer is not None:
+            self.timer.finished(request)
 
 
-def make_site(app, reactor, pool, timeout: float = HTTP_IDLE_TIMEOUT, request_timeout: float = HTTP_REQUEST_TIMEOUT) -> Site:
+def make_site(
+    app,
+    reactor,
+    pool,
+    timeout: float = HTTP_IDLE_TIMEOUT,
+    request_timeout: float = HTTP_REQUEST_TIMEOUT,
+    children: Optional[dict] = None,
+    timer=None,
+) -> Site:
     """
     A Site serving the WSGI C{app} from C{pool}: idle connections closed
     after C{timeout} seconds, and a request that has not arrived whole
     C{request_timeout} seconds after its first byte answered 408 and closed
     (0: no such deadline).
+
+    @param children: path segment -> resource served there instead of the
+        app (C{{b"metrics": ...}}); see L{Root}.
+    @param timer: times each request (see L{QuietSite}), or C{None}.
     """
     site = QuietSite(
-        WSGIResource(reactor, pool, app),
+        Root(WSGIResource(reactor, pool, app), children or {}),
         timeout=timeout,
         reactor=reactor,
         # The app reads raw bodies; parsing forms would only cost memory.
         parsePOSTFormSubmission=False,
     )
     site.request_timeout = request_timeout
+    site.timer = timer
     return site

@@ -13,6 +13,7 @@ reports a failure through the bridge.
 import dataclasses
 import hmac
 import ipaddress
+from collections import Counter
 from typing import Iterable, Optional
 
 from twisted.internet.interfaces import IReactorTime
@@ -78,6 +79,8 @@ class Guard:
         self._failures: dict[str, _Failures] = {}
         # banned address -> connections refused during its ban
         self._bans: dict[str, int] = {}
+        # kind -> failures counted, for metrics
+        self.failure_counts: Counter = Counter()
 
     @classmethod
     def from_settings(cls, settings, clock: IReactorTime) -> "Guard":
@@ -102,6 +105,12 @@ class Guard:
         """
         return normal_address(host) in self._bans
 
+    def active_bans(self) -> int:
+        """
+        How many addresses are banned now.
+        """
+        return len(self._bans)
+
     def failures(self, host: str) -> int:
         """
         The failures counted against C{host} now (0 once forgotten or banned).
@@ -111,14 +120,16 @@ class Guard:
             return 0
         return seen.count
 
-    def failure(self, host: str, reason: str) -> bool:
+    def failure(self, host: str, reason: str, kind: str = "other") -> bool:
         """
         Count one authentication failure of C{host}; ban it when that makes
         C{BAN_AFTER} failures.  C{reason} is logged: it must not hold what
-        the peer sent.
+        the peer sent.  C{kind} is what failed, from a small fixed set
+        (C{"api_key"}, C{"device_secret"}, ...): a metrics label.
 
         @return: True when C{host} is banned now.
         """
+        self.failure_counts[kind] += 1
         host = normal_address(host)
         if host in self._bans:
             return True

@@ -45,7 +45,7 @@ class AppProtocol(LenientServerProtocol):
                 "refused {path} from {peer}: {reason}", path=request.path, peer=self._peer, reason=str(denied)
             )
             if denied.bad_key and self.factory.guard is not None:
-                self.factory.guard.failure(self._peer, f"wrong API key for {request.path}")
+                self.factory.guard.failure(self._peer, f"wrong API key for {request.path}", kind="api_key")
             self._deny_body = denied.body
             raise ConnectionDeny(401, str(denied)) from None
         return None

@@ -186,6 +186,7 @@ class LenientServerProtocol(WebSocketServerSeams):
         if self._cut_off:
             return
         self._cut_off = True
+        self.factory.slow_dropped += 1
         self.slow_peer_cut_off()
         self._send_buffer_full = False
         # sendClose() refuses protocol codes like 1008; the frame-level call
@@ -218,7 +219,10 @@ class LimitedServerFactory(WebSocketServerFactory):
         tests).
     @param handshake_timeout: seconds from connecting (the TLS handshake
         included) to a completed WebSocket opening handshake; 0 for none.
+    @ivar slow_dropped: connections cut off for not reading (for metrics).
     """
+
+    slow_dropped = 0
 
     def __init__(self, hub, url=None, clock=None, handshake_timeout: float = WS_HANDSHAKE_TIMEOUT) -> None:
         # No Server header: strangers learn nothing of versions.

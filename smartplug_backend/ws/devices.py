@@ -83,7 +83,7 @@ class DeviceProtocol(LenientServerProtocol):
 
     def _refuse(self, reason: str) -> None:
         # The reason names what was wrong, never what the device sent.
-        self.factory.guard.failure(self._peer, f"device port: {reason}")
+        self.factory.guard.failure(self._peer, f"device port: {reason}", kind="device_secret")
         self._close(POLICY_VIOLATION, "authentication failed", f"refused ({reason})")
 
     def _close(self, code: int, text: str, why: str) -> None:
@@ -109,6 +109,7 @@ class DeviceProtocol(LenientServerProtocol):
         try:
             plug_id, value = parse_report(payload)
         except InvalidReport as e:
+            self._hub.count_refused("device", "invalid")
             return self._ignore(f"not a ping or a plug report: {e}")
         self._hub.report(plug_id, value, "device", self._peer)
 
