@@ -181,11 +181,13 @@ def _state(settings: config.Settings, reactor, top: MultiService, registry) -> H
         _log.info("STATE_DB is None: plug states, history and the display state are lost when the server stops")
         if settings.BACKUP_INTERVAL is not None:
             _log.warn("BACKUP_INTERVAL is ignored: with STATE_DB = None there is nothing to back up")
-        return Hub(now=reactor.seconds, journal=MemoryJournal(settings.HISTORY_KEEP), history=history())
+        return Hub(now=reactor.seconds, journal=MemoryJournal(settings.HISTORY_KEEP), history=history(),
+                   publish_reports=True)
     commits = commit_timings(registry)
     state = StoreService.with_hub(
         settings.STATE_DB, settings.HISTORY_KEEP, reactor,
-        lambda journal: Hub(now=reactor.seconds, journal=MeteredJournal(journal, commits, reactor), history=history()),
+        lambda journal: Hub(now=reactor.seconds, journal=MeteredJournal(journal, commits, reactor), history=history(),
+                            publish_reports=True),
     )
     hub = state.hub
     state.setServiceParent(top)

@@ -8,7 +8,7 @@ the /subscribe route over iosim, and C{GET /events/<E>/history}.
 import itertools
 import json
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from smartplug_backend.core.history import History, Publication
 from smartplug_backend.core.hub import Hub
 from smartplug_backend.core.journal import MemoryJournal, StoreFailed
-from smartplug_backend.core.pubsub import PubSub, recovered_frame
+from smartplug_backend.core.pubsub import PubSub, recovered_frame, report_publisher
 from smartplug_backend.ws.apps import AppFactory
 
 from .helpers import http_client, ws_connect
@@ -377,6 +377,34 @@ class HubPublishTests(SynchronousTestCase):
         self.assertEqual(offsets(self.received["a"]), [2])
         self.assertEqual([p.offset for p in self.hub.pubsub.history.page("e", 0, 10)[1]], [2])
         self.assertEqual([e.get("why") for e in self.events if e["log_level"].name == "error"], ["disk is full"])
+
+    def test_reports_published_with_their_report(self):
+        """
+        A hub that publishes reports numbers each report's smartplug
+        publication and hands it to the journal with the report; the
+        publisher sends it once the report is accepted; with history off it
+        is published at once instead.
+        """
+        saved = []
+        journal = MemoryJournal()
+        journal.save_report = lambda *args: saved.append(args) or succeed(None)
+        hub = Hub(now=self.clock.seconds, journal=journal, history=make_history(self.clock), publish_reports=True)
+        hub.listen(report_publisher(hub))
+        hub.pubsub.deliver_with(self.deliver)
+        self.received["s"] = hub.pubsub.subscribe("s", "smartplug", last=True)
+        report = self.successResultOf(hub.report("p", 1, "http", "peer"))
+        [(plug_id, value, at, source, (publication, keep, oldest))] = saved
+        self.assertEqual((publication.event, publication.offset, keep), ("smartplug", 1, 100))
+        self.assertIs(report.publication, publication)
+        self.assertEqual(offsets(self.received["s"]), [1])
+        self.assertEqual(json.loads(self.received["s"][0])["data"], '{"id": "p", "value": 1}')
+
+        off = Hub(now=self.clock.seconds, history=make_history(self.clock, keep=0), publish_reports=True)
+        off.listen(report_publisher(off))
+        off.pubsub.deliver_with(self.deliver)
+        off.pubsub.subscribe("t", "smartplug")
+        self.assertIsNone(self.successResultOf(off.report("p", 0, "http", "peer")).publication)
+        self.assertEqual(len(self.received["t"]), 1)
 
     def test_history_off_journals_nothing(self):
         """

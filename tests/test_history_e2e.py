@@ -239,18 +239,22 @@ class RestartEndToEndTests(TestCase):
         """
         Publications answered 201 straight before a kill -9 are all there
         after a restart: the history route and a recovering subscriber see
-        them with the epoch of before.
+        them with the epoch of before; so is the publication of a report
+        answered 200.
         """
         first = self.start()
         for n in range(3):
             self.assertEqual(publish(first, "e", n), 201)
         epoch = history(first, "e")["epoch"]
         self.assertEqual(publish(first, "e", 3), 201)
+        self.assertEqual(http(first.url("/data"), b'{"id": "p", "value": 1}')[0], 200)
         first.process.kill()
         first.process.wait()
         second = self.start()
         kept = history(second, "e")
         self.assertEqual((kept["epoch"], [p["data"] for p in kept["publications"]]), (epoch, [0, 1, 2, 3]))
+        # The report's publication was committed with the report.
+        self.assertEqual([p["data"] for p in history(second, "smartplug")["publications"]], ['{"id": "p", "value": 1}'])
         with subscriber(second) as ws:
             subscribe(ws, "e", since={"offset": 2, "epoch": epoch})
             got = receive(ws, 3)

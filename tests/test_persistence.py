@@ -21,6 +21,7 @@ from smartplug_backend.core.display import OFF, Display
 from smartplug_backend.core.history import History
 from smartplug_backend.core.hub import Hub, Plug
 from smartplug_backend.core.journal import HistoryEntry, StoreFailed
+from smartplug_backend.core.pubsub import report_publisher
 from smartplug_backend.server.services import StartupError
 from smartplug_backend.state.autobackup import BackupService
 from smartplug_backend.state.persistence import SQLiteJournal, StoreService
@@ -164,6 +165,34 @@ class JournalTests(SynchronousTestCase):
         self.assertIn("publication not recorded", body["error"])
         self.assertEqual(len(stored), 1)
         self.assertEqual(self.store.streams(), stored[0])
+
+    def test_report_and_its_publication_in_one_commit(self):
+        """
+        With reports published as event smartplug, a report and its
+        publication are committed together: both are in the database when
+        the listeners hear of it; a database that cannot take the
+        publication refuses the report too (503), and nobody hears of either.
+        """
+        hub = Hub(now=self.clock.seconds, journal=self.journal, publish_reports=True)
+        hub.listen(report_publisher(hub))
+        frames = []
+        hub.pubsub.deliver_with(lambda subscribers, frame: frames.append(frame))
+        hub.pubsub.subscribe("s", "smartplug")
+        stored = []
+        hub.listen(lambda report: stored.append((self.store.plugs(), self.store.streams())))
+        client = http_client(hub)
+        response = self.successResultOf(client.post("http://smartplug.test/data", data=b'{"id": "a", "value": 1}'))
+        self.assertEqual(response.code, 200)
+        epoch = hub.pubsub.history.position("smartplug")[1]
+        data = json.dumps('{"id": "a", "value": 1}')
+        self.assertEqual(stored, [([Plug("a", 1, 1000.0)], [("smartplug", epoch, 1, [(1, data, 1000.0)])])])
+        self.assertEqual(len(frames), 1)
+        self.break_table("pubsub_history")
+        response = self.successResultOf(client.post("http://smartplug.test/data", data=b'{"id": "a", "value": 0}'))
+        self.assertEqual(response.code, 503)
+        self.assertEqual(hub.plug("a").value, 1)
+        self.assertEqual(self.store.plugs(), [Plug("a", 1, 1000.0)])
+        self.assertEqual((len(stored), len(frames)), (1, 1))
 
     def test_history_route_reads_the_database(self):
         """

@@ -22,9 +22,10 @@ from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from .display import COMMANDS, OFF, Display
-from .history import History
+from .history import History, Publication
 from .journal import Journal, MemoryJournal, StoreFailed
-from .pubsub import PubSub
+from .pubsub import REPORT_EVENT, PubSub
+from .reports import broadcast_bytes
 from .times import utc_rfc3339
 
 
@@ -51,12 +52,16 @@ class Report:
         is the first report of the plug.
     @ivar source: how it arrived: C{"http"} or C{"device"}.
     @ivar peer: the sender's address, for logs.
+    @ivar publication: its publication as event C{smartplug}, numbered and
+        journaled with the report, for L{report_publisher} to send; C{None}
+        when the hub does not publish reports or keeps no history.
     """
 
     plug: Plug
     previous: Optional[int]
     source: str
     peer: str
+    publication: Optional[Publication] = None
 
     @property
     def changed(self) -> bool:
@@ -102,13 +107,18 @@ class Hub:
         by default a L{MemoryJournal}, which keeps nothing across restarts.
     @param history: pub/sub offsets, epochs and kept publications (SPEC
         3.6); by default 100 per event for a day.
+    @param publish_reports: reports are published as event C{smartplug}
+        (by L{pubsub.report_publisher}, a listener): each report's
+        publication is then numbered and journaled with the report, in one
+        commit.
     """
 
     _log = Logger()
 
     def __init__(self, now: Callable[[], float] = time.time, journal: Optional[Journal] = None,
-                 history: Optional[History] = None) -> None:
+                 history: Optional[History] = None, publish_reports: bool = False) -> None:
         self._now = now
+        self._publish_reports = publish_reports
         self._journal = MemoryJournal() if journal is None else journal
         self._plugs: dict[str, Plug] = {}
         self._display = OFF
@@ -207,17 +217,25 @@ class Hub:
             is unchanged).  It never fails.
         """
         plug = Plug(plug_id, value, self._now())
+        args: tuple = (plug_id, value, plug.updated_at, source)
+        publication = None
+        history = self.pubsub.history
+        if self._publish_reports and history.enabled:
+            # One commit for the report and its publication, not two.
+            data = broadcast_bytes(plug_id, value).decode("utf-8")
+            publication = self.pubsub.number(REPORT_EVENT, data)
+            args += ((publication, history.keep, history.oldest_kept()),)
         return self._journaled(
-            self._journal.save_report, (plug_id, value, plug.updated_at, source),
-            lambda: self._accept(plug, source, peer), f"report plug {plug_id} -> {value}", peer, source,
+            self._journal.save_report, args,
+            lambda: self._accept(plug, source, peer, publication), f"report plug {plug_id} -> {value}", peer, source,
         )
 
-    def _accept(self, plug: Plug, source: str, peer: str) -> Report:
+    def _accept(self, plug: Plug, source: str, peer: str, publication: Optional[Publication]) -> Report:
         # The journal answers in call order, so reports of one plug are
         # accepted in the order they arrived and "previous" is right.
         old = self._plugs.get(plug.id)
         self._plugs[plug.id] = plug
-        report = Report(plug, old.value if old else None, source, peer)
+        report = Report(plug, old.value if old else None, source, peer, publication)
         self.accepted[source] += 1
         self._log.info(
             "plug {plug_id} -> {value} from {peer}", plug_id=plug.id, value=plug.value, peer=peer

@@ -19,6 +19,8 @@ from .reports import broadcast_bytes
 from .times import utc_rfc3339
 
 Deliver = Callable[[list, bytes], None]
+# Plug reports are published as this event (SPEC 1.1).
+REPORT_EVENT = "smartplug"
 # observer(event, data, origin): every publication, with the origin its
 # publisher gave (None for the server's own clients), so a bridge can skip
 # what it put in itself.
@@ -299,10 +301,15 @@ class PubSub:
 def report_publisher(hub):
     """
     A hub listener publishing each plug report as event C{smartplug}, its data
-    the JSON text the apps receive (SPEC 1.1), through C{hub.publish}: it is
-    journaled and numbered like any publication.
+    the JSON text the apps receive (SPEC 1.1), numbered and journaled like
+    any publication: with the report itself when the hub was built with
+    C{publish_reports}, else through C{hub.publish}.
     """
     def publish(report) -> None:
-        hub.publish("smartplug", broadcast_bytes(report.plug.id, report.plug.value).decode("utf-8"), report.peer)
+        data = broadcast_bytes(report.plug.id, report.plug.value).decode("utf-8")
+        if report.publication is not None:
+            hub.pubsub.accept(report.publication, data)
+        else:
+            hub.publish(REPORT_EVENT, data, report.peer)
 
     return publish

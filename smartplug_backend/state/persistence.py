@@ -70,8 +70,12 @@ class SQLiteJournal:
 
         return self._run(write)
 
-    def save_report(self, plug_id: str, value: int, at: float, source: str) -> Deferred:
-        return self._write(self.store.save_report, plug_id, value, at, source)
+    def save_report(self, plug_id: str, value: int, at: float, source: str, publication=None) -> Deferred:
+        if publication is None:
+            return self._write(self.store.save_report, plug_id, value, at, source)
+        p, keep, oldest = publication
+        stored = (p.event, p.epoch, p.offset, p.data_json, p.created_at, keep, oldest)
+        return self._write(self.store.save_report, plug_id, value, at, source, stored)
 
     def save_display(self, display) -> Deferred:
         return self._write(self.store.save_display, display)

@@ -221,12 +221,16 @@ class Store:
             raise
         return cls(db, keep, path)
 
-    def save_report(self, plug_id: str, value: int, at: float, source: str) -> None:
+    def save_report(self, plug_id: str, value: int, at: float, source: str,
+                    publication: Optional[tuple] = None) -> None:
         """
         Record a report: the plug's state and a history entry, trimming the
-        plug's history to C{keep} entries; all or nothing.
+        plug's history to C{keep} entries, and its pub/sub publication if
+        given (the arguments of L{save_publication}); all or nothing.
         """
         with _transaction(self._db):
+            if publication is not None:
+                self._insert_publication(*publication)
             self._db.execute(
                 "INSERT INTO plugs (id, value, updated_at) VALUES (?, ?, ?)"
                 " ON CONFLICT (id) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
@@ -297,19 +301,23 @@ class Store:
         or made before C{oldest}; all or nothing.
         """
         with _transaction(self._db):
-            self._db.execute(
-                "INSERT INTO pubsub_events (event, epoch, latest) VALUES (?, ?, ?)"
-                " ON CONFLICT (event) DO UPDATE SET epoch = excluded.epoch, latest = excluded.latest",
-                (event, epoch, offset),
-            )
-            self._db.execute(
-                "INSERT OR REPLACE INTO pubsub_history (event, offset, data, created_at) VALUES (?, ?, ?, ?)",
-                (event, offset, data_json, created_at),
-            )
-            self._db.execute(
-                "DELETE FROM pubsub_history WHERE event = ? AND (offset <= ? OR created_at < ?)",
-                (event, offset - keep, oldest),
-            )
+            self._insert_publication(event, epoch, offset, data_json, created_at, keep, oldest)
+
+    def _insert_publication(self, event: str, epoch: str, offset: int, data_json: str, created_at: float,
+                            keep: int, oldest: float) -> None:
+        self._db.execute(
+            "INSERT INTO pubsub_events (event, epoch, latest) VALUES (?, ?, ?)"
+            " ON CONFLICT (event) DO UPDATE SET epoch = excluded.epoch, latest = excluded.latest",
+            (event, epoch, offset),
+        )
+        self._db.execute(
+            "INSERT OR REPLACE INTO pubsub_history (event, offset, data, created_at) VALUES (?, ?, ?, ?)",
+            (event, offset, data_json, created_at),
+        )
+        self._db.execute(
+            "DELETE FROM pubsub_history WHERE event = ? AND (offset <= ? OR created_at < ?)",
+            (event, offset - keep, oldest),
+        )
 
     def streams(self) -> list[tuple[str, str, int, list]]:
         """
