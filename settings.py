@@ -40,6 +40,10 @@ BAN_ALLOW = []  # addresses/networks never banned, e.g. ["192.168.1.0/24"]
 MAX_CONNECTIONS = 10000  # open connections over all listeners; more are refused
 METRICS_ALLOW = ["127.0.0.1", "::1"]  # addresses/networks that may read GET /metrics (Prometheus)
 
+# --- dashboard (http://host:9000/ui/) ---------------------------------------------
+DASHBOARD_USERS = {}  # {"anna": "<hash from: python -m smartplug_backend passwd anna>"}; {} = off
+DASHBOARD_SESSION_DAYS = 30  # days a dashboard login lasts
+
 # --- state ---------------------------------------------------------------------
 STATE_DB = "smartplug.sqlite"  # SQLite file for plugs, history, display; None = memory only
 HISTORY_KEEP = 10000  # reports kept per plug in the history

@@ -105,6 +105,22 @@ def _topic_prefix(v: Any) -> Optional[str]:
     return 'a topic prefix such as "smartplug": no +, #, or empty levels'
 
 
+def _users(v: Any) -> Optional[str]:
+    expected = 'a dict of user names to hashes from "python -m smartplug_backend passwd NAME"'
+    if not isinstance(v, dict):
+        return expected
+    from .http.dashboard.auth import InvalidHash, parse_hash
+
+    for name, hashed in v.items():
+        if not isinstance(name, str) or not name:
+            return expected
+        try:
+            parse_hash(hashed)
+        except InvalidHash as e:
+            return f"{expected}; the one of {name!r} is {e}"
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class _Setting:
     default: Any
@@ -146,6 +162,8 @@ SETTINGS: dict[str, _Setting] = {
     "MAX_CONNECTIONS": _Setting(10000, _count),
     "PUBSUB_HISTORY": _Setting(100, _whole),
     "PUBSUB_HISTORY_SECONDS": _Setting(86400, _positive),
+    "DASHBOARD_USERS": _Setting({}, _users),
+    "DASHBOARD_SESSION_DAYS": _Setting(30, _positive),
     "METRICS_ALLOW": _Setting(("127.0.0.1", "::1"), _networks),
     "MQTT_URL": _Setting(None, _mqtt_url),
     "MQTT_PREFIX": _Setting("smartplug", _topic_prefix),
@@ -193,6 +211,8 @@ class Settings:
     MAX_CONNECTIONS: int
     PUBSUB_HISTORY: int
     PUBSUB_HISTORY_SECONDS: float
+    DASHBOARD_USERS: dict
+    DASHBOARD_SESSION_DAYS: float
     METRICS_ALLOW: tuple
     MQTT_URL: Optional[str]
     MQTT_PREFIX: str
@@ -225,6 +245,7 @@ def settings_from(values: dict[str, Any], path: Optional[str] = None) -> Setting
             )
         merged[name] = value
     merged["BAN_ALLOW"] = tuple(merged["BAN_ALLOW"])
+    merged["DASHBOARD_USERS"] = dict(merged["DASHBOARD_USERS"])
     merged["METRICS_ALLOW"] = tuple(merged["METRICS_ALLOW"])
     if merged["MQTT_PREFIX"] == merged["HA_DISCOVERY_PREFIX"]:
         # Our <prefix>/status would read as Home Assistant's birth message.
@@ -234,7 +255,7 @@ def settings_from(values: dict[str, Any], path: Optional[str] = None) -> Setting
 
 def _describe(name: str, value: Any) -> str:
     # Never echo the value of a setting that may hold a secret.
-    if name in ("AUTH_SECRET", "API_KEY") or name.endswith(("_SECRET", "_KEY")):
+    if name in ("AUTH_SECRET", "API_KEY", "DASHBOARD_USERS") or name.endswith(("_SECRET", "_KEY")):
         return f"a value of type {type(value).__name__}"
     if name.endswith("_URL") and isinstance(value, str):
         value = redact(value)

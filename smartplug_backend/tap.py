@@ -19,6 +19,7 @@ from .core.journal import MemoryJournal
 from .core.pubsub import report_publisher
 from .http.api import Bridge, make_app
 from .http.channel import make_site
+from .http.dashboard.wiring import dashboard
 from .http.metrics import MeteredJournal, MetricsResource, RequestTimer, ServerCollector, commit_timings, new_registry
 from .integrations.tweets import tweet_service
 from .server.connections import ConnectionCap
@@ -124,12 +125,7 @@ def _build(options: Options, reactor) -> MultiService:
     wsgi_pool = ThreadPool(minthreads=2, maxthreads=16, name="smartplug-wsgi")
     ThreadPoolService(wsgi_pool, reactor).setServiceParent(top)
     app = make_app(hub, Bridge.for_reactor(reactor), guard=guard, api_key=settings.API_KEY)
-    site = make_site(
-        app, reactor, wsgi_pool,
-        children={b"metrics": MetricsResource(registry, settings.METRICS_ALLOW)},
-        timer=RequestTimer(registry, app, reactor),
-    )
-    listen("HTTP", "http", endpoint("www", settings.WWW_SERVER_PORT), site, "http")
+    www_endpoint = endpoint("www", settings.WWW_SERVER_PORT)
 
     ws_endpoint = endpoint("ws", settings.WS_SERVER_PORT)
     apps = AppFactory(
@@ -139,9 +135,9 @@ def _build(options: Options, reactor) -> MultiService:
     # SPEC 1.1's order: state (the hub itself), apps, pub/sub, then tweets.
     hub.listen(apps.broadcast)
     hub.listen(report_publisher(hub))
-    listen("app WebSocket", "app", ws_endpoint, apps, "ws")
     websockets = {"app": apps}
 
+    devices = None
     if settings.AUTH_SECRET is None:
         _log.info(
             "device WebSocket port not opened: set AUTH_SECRET in {where} to enable it",
@@ -151,7 +147,6 @@ def _build(options: Options, reactor) -> MultiService:
         device_endpoint = endpoint("device", settings.DEVICE_SERVER_PORT)
         devices = DeviceFactory.from_settings(settings, hub, guard, reactor, url=ws_url(device_endpoint))
         hub.watch_display(devices.send_packet)
-        listen("device WebSocket", "device", device_endpoint, devices, "ws")
         websockets["device"] = devices
 
     if settings.MQTT_URL is not None:
@@ -159,6 +154,21 @@ def _build(options: Options, reactor) -> MultiService:
         from .integrations.mqtt import mqtt_service
 
         mqtt_service(settings, hub, reactor).setServiceParent(top)
+
+    # The HTTP site after those: the dashboard listens to all of the above,
+    # after the apps and pub/sub (SPEC 1.1's order) and before tweets.
+    children = {b"metrics": MetricsResource(registry, settings.METRICS_ALLOW)}
+    ui = dashboard(settings, hub, guard, reactor, top, tls=tls, devices=devices, ws_url=ws_url(www_endpoint))
+    if ui is not None:
+        children[b"ui"] = ui
+    site = make_site(app, reactor, wsgi_pool, children=children, timer=RequestTimer(registry, app, reactor))
+
+    # The listeners open in one order whatever is built first: HTTP, apps,
+    # devices (and close in the reverse order, before the pools they use).
+    listen("HTTP", "http", www_endpoint, site, "http")
+    listen("app WebSocket", "app", ws_endpoint, apps, "ws")
+    if devices is not None:
+        listen("device WebSocket", "device", device_endpoint, devices, "ws")
 
     # The hub's last listener: SPEC 1.1 puts tweets after state, apps, pub/sub.
     tweets = tweet_service(settings, hub, reactor)

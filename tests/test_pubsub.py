@@ -390,3 +390,33 @@ class DeviceConnectionsInfoTests(SynchronousTestCase):
         device.sendClose()
         pump.flush()
         self.assertEqual(listed(), [])
+
+
+class WatcherTests(SynchronousTestCase):
+    """
+    The dashboard's view of the registry: publications and connection
+    changes as they happen, and who is subscribed to what.
+    """
+
+    def test_connections_watched_and_listed(self):
+        """
+        Opening, subscribing, unsubscribing and closing are told; a repeated
+        subscription is not a change; connections list their events.
+        """
+        changes = []
+        pubsub = PubSub(deliver=lambda s, f: None, now=lambda: 0.0)
+        pubsub.watch_connections(lambda: changes.append(1))
+        pubsub.connected("a", "kitchen-pi", "10.0.0.1:5000")
+        pubsub.subscribe("a", "weather")
+        pubsub.subscribe("a", "weather")
+        pubsub.subscribe("a", "news")
+        self.assertEqual(len(changes), 3)
+        [(entry, events)] = pubsub.connections()
+        self.assertEqual(entry["client_name"], "kitchen-pi")
+        self.assertEqual(events, ["weather", "news"])
+        pubsub.unsubscribe("a", "news")
+        pubsub.unsubscribe("a", "news")
+        self.assertEqual(len(changes), 4)
+        pubsub.disconnected("a")
+        self.assertEqual(pubsub.connections(), [])
+        self.assertGreaterEqual(len(changes), 5)

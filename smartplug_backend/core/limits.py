@@ -40,6 +40,30 @@ TWEET_QUEUE = 100
 TWEET_TRIES = 3
 TWEET_RETRY_DELAYS = (5.0, 30.0)
 TWEET_REQUEST_TIMEOUT = 10.0
+# Authentication failures the guard remembers for the dashboard (SPEC 9).
+RECENT_FAILURES = 50
+# The dashboard (SPEC 9): dashboard password hashes are scrypt with these
+# parameters (2**15 * 8 * 128 bytes = 32 MiB per check, about 0.1 s on a
+# Raspberry Pi 4); stored hashes carry their own, so raising them later
+# keeps old ones working.
+SCRYPT_N = 2**15
+SCRYPT_R = 8
+SCRYPT_P = 1
+# Password checks in flight at once; more logins are refused (503), not
+# queued: a flood must not queue minutes of scrypt.
+MAX_LOGINS_AT_ONCE = 4
+# Seconds from the first of a burst of changes (connections, device pings,
+# failures) to the one message that sends the changed lists to the page.
+DASHBOARD_FLUSH_DELAY = 0.2
+# Seconds between refreshes of the server's facts while a page is open.
+DASHBOARD_SERVER_REFRESH = 10
+# Publications and reports the dashboard keeps to show a page that opens.
+DASHBOARD_PUBLICATIONS = 100
+DASHBOARD_RECENT_REPORTS = 50
+# The live socket pings an open page this often (seconds) and drops one
+# that has not answered within the timeout.
+DASHBOARD_PING_INTERVAL = 30
+DASHBOARD_PING_TIMEOUT = 30
 # MQTT (SPEC 12): paho's reconnect backoff starts at MQTT_RECONNECT_MIN
 # seconds and doubles up to MQTT_RECONNECT_MAX; the keepalive in seconds;
 # QoS 1 messages paho keeps while the broker is away (everything retained is

@@ -125,6 +125,8 @@ class PubSub:
         self.publications = 0
         self.deliveries = 0
         self._observers: list[Observer] = []
+        # Who is connected or subscribed changed (the dashboard).
+        self._connection_watchers: list[Callable[[], None]] = []
 
     def observe(self, observer: Observer) -> Callable[[], None]:
         """
@@ -135,6 +137,34 @@ class PubSub:
         """
         self._observers.append(observer)
         return lambda: self._observers.remove(observer)
+
+    def watch_connections(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """
+        Call C{listener()} whenever a connection opens or closes or a
+        subscription changes, from now on.
+
+        @return: a function that stops the calls.
+        """
+        self._connection_watchers.append(listener)
+        return lambda: self._connection_watchers.remove(listener)
+
+    def _tell(self, watchers: list, *args) -> None:
+        for listener in list(watchers):
+            try:
+                listener(*args)
+            except Exception:
+                self._log.failure("pub/sub listener {listener!r} failed", listener=listener)
+
+    def connections(self) -> list[tuple[dict, list[str]]]:
+        """
+        Every open connection: its info-frame entry and the events it is
+        subscribed to.
+        """
+        events: dict[Hashable, list[str]] = {}
+        for event, subscribers in self._events.items():
+            for subscriber in subscribers:
+                events.setdefault(subscriber, []).append(event)
+        return [(dict(entry), events.get(c, [])) for c, entry in self._connections.items()]
 
     def deliver_with(self, deliver: Deliver) -> None:
         """
@@ -157,13 +187,16 @@ class PubSub:
             "ip_address": address,
             "connected_at": utc_rfc3339(self._now()),
         }
+        self._tell(self._connection_watchers)
 
     def disconnected(self, connection: Hashable) -> None:
         """
         Forget a closed connection and all its subscriptions.
         """
-        self._connections.pop(connection, None)
+        known = self._connections.pop(connection, None) is not None
         self.unsubscribe_all(connection)
+        if known:
+            self._tell(self._connection_watchers)
 
     def subscribe(self, subscriber: Hashable, event: str, last: bool = False,
                   since: Optional[tuple[int, str]] = None) -> list[bytes]:
@@ -184,8 +217,11 @@ class PubSub:
             anything else.
         """
         subscribers = self._events.setdefault(event, {})
+        new = subscriber not in subscribers
         positioned = last or since is not None
         subscribers[subscriber] = positioned or subscribers.get(subscriber, False)
+        if new:
+            self._tell(self._connection_watchers)
         event_json = go_json(event)
         if since is not None:
             recovery = self.history.since(event, *since)
@@ -202,10 +238,11 @@ class PubSub:
         Stop delivering C{event} to C{subscriber}; nothing if it was not subscribed.
         """
         subscribers = self._events.get(event)
-        if subscribers is not None:
-            subscribers.pop(subscriber, None)
+        if subscribers is not None and subscriber in subscribers:
+            del subscribers[subscriber]
             if not subscribers:
                 del self._events[event]
+            self._tell(self._connection_watchers)
 
     def unsubscribe_all(self, subscriber: Hashable) -> None:
         """
