@@ -33,6 +33,20 @@ LISTEN_BACKLOG = 1024
 # without a close.
 APP_PING_INTERVAL = 60
 APP_PING_TIMEOUT = 30
+# TCP keepalive on every accepted connection (SPEC 3.5): seconds of silence
+# before the first probe, seconds between probes, unanswered probes before
+# the kernel resets the connection: a dead peer is gone within 60 + 8 x 15 =
+# 180 s.  Sent data unacknowledged for as long also ends it (TCP_USER_TIMEOUT).
+KEEPALIVE_IDLE = 60
+KEEPALIVE_INTERVAL = 15
+KEEPALIVE_COUNT = 8
+# The kernel send buffer asked for on each WebSocket connection (SPEC 6.5);
+# Linux doubles it for its own bookkeeping, so the kernel holds at most twice
+# this for a peer, counted in MAX_UNSENT.
+WS_SEND_BUFFER = 64 * 1024
+# Pages (4 KiB) of SQLite write-ahead log after which it is copied into the
+# database, so that the log cannot take a nearly full disk's last room.
+WAL_PAGES = 100
 # Tweets waiting for their turn; beyond this the oldest is dropped.
 TWEET_QUEUE = 100
 # Tries per tweet, the delays (seconds) before the 2nd and 3rd, and the

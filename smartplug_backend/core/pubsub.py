@@ -117,7 +117,9 @@ class PubSub:
         self._now = now
         self.history = History(now=now) if history is None else history
         # event -> {subscriber: whether it asked for offsets}, both in
-        # insertion order (the info frame lists them so)
+        # insertion order.  An event stays once its last subscriber has
+        # left, as in PiCloud's Go map: the info frame lists it with
+        # "connections": null.
         self._events: dict[str, dict[Hashable, bool]] = {}
         # connection -> its entry in the info frame
         self._connections: dict[Hashable, dict] = {}
@@ -239,9 +241,8 @@ class PubSub:
         """
         subscribers = self._events.get(event)
         if subscribers is not None and subscriber in subscribers:
+            # The event stays, empty, for the info frame (see _events).
             del subscribers[subscriber]
-            if not subscribers:
-                del self._events[event]
             self._tell(self._connection_watchers)
 
     def unsubscribe_all(self, subscriber: Hashable) -> None:
@@ -316,20 +317,25 @@ class PubSub:
         """
         C{(event, [subscriber, ...])} for every event with subscribers.
         """
-        return [(event, list(subscribers)) for event, subscribers in self._events.items()]
+        return [(event, list(subscribers)) for event, subscribers in self._events.items() if subscribers]
 
     def info_frame(self) -> bytes:
         """
         The info socket's frame (SPEC 3.4): subscriptions with their
         connections, every open connection, and the time.
+
+        Written as PiCloud's Go server writes it, which picloud-info-web
+        renders: an empty list of connections is C{null} (a nil Go slice),
+        while no subscriptions at all is C{[]}; an event whose subscribers
+        have all left stays listed, with C{"connections": null}.
         """
         known = self._connections
         info = {
             "subscriptions": [
-                {"name": event, "connections": [known[s] for s in subscribers if s in known]}
+                {"name": event, "connections": [known[s] for s in subscribers if s in known] or None}
                 for event, subscribers in self._events.items()
             ],
-            "all_connections": list(known.values()),
+            "all_connections": list(known.values()) or None,
             "created_at": utc_rfc3339(self._now()),
         }
         return (go_json(info) + "\n").encode("utf-8")

@@ -20,27 +20,39 @@ trickles a request a byte at a time would hold its connection for ever
 (slowloris).  The channel adds a fixed deadline: a request's head and body
 must arrive within C{request_timeout} seconds of its first byte (or of the
 connection, for the first request), or the peer gets 408 and is closed.
+
+A client may half-close: send its request, C{shutdown(SHUT_WR)}, then read
+the answer (netcat, some HTTP/1.0 tools).  twisted.web treats the end of the
+peer's bytes as the end of the connection and drops the answer; the channel
+is an L{IHalfCloseableProtocol} instead, and answers the requests it has
+whole before it closes.  To the server the firmware's full close looks the
+same (an end of input), so its report is acted on as before; only its
+answer goes nowhere.
 """
 
 import json
 from typing import Optional
 
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from twisted.web.server import version as server_version
 from twisted.web.wsgi import WSGIResource
+from zope.interface import implementer
 
 from ..core.limits import HTTP_IDLE_TIMEOUT, HTTP_REQUEST_TIMEOUT, MAX_BODY
 from ..internals import HTTPChannelSeams
 from ..ws.base import peer_host
 
 
+@implementer(IHalfCloseableProtocol)
 class LenientHTTPChannel(HTTPChannelSeams):
     """
     An HTTPChannel that accepts request heads with CRLF or bare LF line ends,
-    refuses bodies over L{MAX_BODY} with 413 before reading them, and gives
-    each request C{request_timeout} seconds to arrive whole (408).
+    refuses bodies over L{MAX_BODY} with 413 before reading them, gives
+    each request C{request_timeout} seconds to arrive whole (408), and
+    answers a peer that has half-closed.
     """
 
     _log = Logger(namespace="smartplug_backend.http.api")
@@ -87,6 +99,30 @@ class LenientHTTPChannel(HTTPChannelSeams):
     def connectionLost(self, reason):
         self._stop_request_deadline()
         super().connectionLost(reason)
+
+    _peer_done = False
+
+    def readConnectionLost(self) -> None:
+        """
+        The peer will send nothing more: answer the request being handled
+        (and any whole ones behind it), then close; close now if none is.
+        """
+        self._peer_done = True
+        self._stop_request_deadline()
+        if not self.handling_request:
+            self.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        # We never half-close our side; if the transport says it is gone,
+        # nothing can be answered.
+        self.loseConnection()
+
+    def requestDone(self, request):
+        super().requestDone(request)
+        # Pipelined requests the peer sent before its end are replayed by
+        # requestDone; once none is left, nothing more can come.
+        if self._peer_done and not self.handling_request:
+            self.loseConnection()
 
     def _start_request_deadline(self) -> None:
         if self.request_timeout and not self.refused:

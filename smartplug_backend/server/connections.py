@@ -11,11 +11,13 @@ seconds, so that the flood does not flood the log as well.
 from collections import Counter
 from typing import Optional
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from .guard import GateFactory, log_prefix, normal_address
+from .sockets import keep_alive
 
 
 class ConnectionCap:
@@ -106,8 +108,8 @@ class ConnectionCap:
 
 class _Counted(Protocol):
     """
-    Stands between a transport and a listener's protocol, only to see the
-    connection close.
+    Stands between a transport and a listener's protocol, to turn on TCP
+    keepalive (L{keep_alive}) and to see the connection close.
 
     Unlike Twisted's ProtocolWrapper it is not a transport itself: the
     listener's protocol gets the real transport.  So a TLS transport stays
@@ -126,6 +128,8 @@ class _Counted(Protocol):
 
     def makeConnection(self, transport) -> None:
         self.transport = transport
+        # Every admitted connection of every listener passes here once.
+        keep_alive(transport)
         self.wrapped.makeConnection(transport)
 
     def dataReceived(self, data: bytes) -> None:
@@ -136,6 +140,21 @@ class _Counted(Protocol):
             self._released = True
             self._cap.release(self._listener)
         self.wrapped.connectionLost(reason)
+
+
+@implementer(IHalfCloseableProtocol)
+class _CountedHalfCloseable(_Counted):
+    """
+    A L{_Counted} for a protocol that handles half-closed connections (the
+    HTTP channel): the transport asks the outermost protocol whether it
+    does, so this one says yes and passes both calls on.
+    """
+
+    def readConnectionLost(self) -> None:
+        self.wrapped.readConnectionLost()
+
+    def writeConnectionLost(self) -> None:
+        self.wrapped.writeConnectionLost()
 
 
 class CappedFactory(GateFactory):
@@ -163,4 +182,6 @@ class CappedFactory(GateFactory):
             return None
         if self.listener is not None:
             self.cap.open_by_listener[self.listener] += 1
+        if IHalfCloseableProtocol.providedBy(inner):
+            return _CountedHalfCloseable(self.cap, inner, self.listener)
         return _Counted(self.cap, inner, self.listener)

@@ -14,6 +14,7 @@ from twisted.logger import Logger
 
 from ..core.reports import InvalidReport, parse_report
 from .base import LenientServerProtocol, LimitedServerFactory, peer_address, peer_host
+from .origins import ANY_ORIGIN
 
 # Autobahn's sendClose() only takes 1000 and 3000-4999; 1008 is what SPEC 2.1
 # asks for, so the close frame is sent one level down.
@@ -175,7 +176,7 @@ class DeviceFactory(LimitedServerFactory):
         self._watchers: list = []
         # Devices keep themselves alive (SPEC 2.2); the idle timeout finds
         # the silent ones.
-        self.setProtocolOptions(autoPingInterval=0)
+        self.setProtocolOptions(autoPingInterval=0, **ANY_ORIGIN)
 
     @classmethod
     def from_settings(cls, settings, hub, guard, clock: IReactorTime, url=None) -> "DeviceFactory":
