@@ -32,25 +32,30 @@ from tests.server import RunningServer  # noqa: E402
 MODES = {"STATE_DB = None": "STATE_DB = None\n", "STATE_DB set": 'STATE_DB = "bench.sqlite"\n'}
 
 
-def post_load(port: int, concurrency: int, duration: float, warmup: float) -> dict:
+def post_load(port: int, concurrency: int, duration: float, warmup: float, publish: bool = False) -> dict:
     """
-    C{concurrency} keep-alive clients POST reports as fast as they are
-    answered, for C{warmup} then C{duration} seconds; only answers within
-    the measured window count.
+    C{concurrency} keep-alive clients POST reports (or, with C{publish},
+    PiCloud publications to POST /publish) as fast as they are answered,
+    for C{warmup} then C{duration} seconds; only answers within the
+    measured window count.
     """
+    path, ok = ("/publish?clientName=bench", 201) if publish else ("/data", 200)
     begin = time.perf_counter()
     measure_from, stop_at = begin + warmup, begin + warmup + duration
-    counts = {"answered": 0, "not_200": 0, "errors": 0}
+    counts = {"answered": 0, "not_200": 0, "errors": 0, "total": 0}
     lock = threading.Lock()
 
     def client(n: int) -> None:
         connection = HTTPConnection("127.0.0.1", port, timeout=10)
         i = 0
         while time.perf_counter() < stop_at:
-            body = json.dumps({"id": f"bench-{n}", "value": i % 2})
+            if publish:
+                body = json.dumps({"event": f"bench-{n}", "data": f"reading {i}"})
+            else:
+                body = json.dumps({"id": f"bench-{n}", "value": i % 2})
             i += 1
             try:
-                connection.request("POST", "/data", body, {"Content-Type": "application/json"})
+                connection.request("POST", path, body, {"Content-Type": "application/json"})
                 answer = connection.getresponse()
                 answer.read()
                 status = answer.status
@@ -59,13 +64,16 @@ def post_load(port: int, concurrency: int, duration: float, warmup: float) -> di
                 connection.close()
                 connection = HTTPConnection("127.0.0.1", port, timeout=10)
             now = time.perf_counter()
+            if status is not None:
+                with lock:
+                    counts["total"] += 1
             if measure_from <= now <= stop_at:
                 with lock:
                     if status is None:
                         counts["errors"] += 1
                     else:
                         counts["answered"] += 1
-                        counts["not_200"] += status != 200
+                        counts["not_200"] += status != ok
         connection.close()
 
     threads = [threading.Thread(target=client, args=(n,)) for n in range(concurrency)]
@@ -76,21 +84,27 @@ def post_load(port: int, concurrency: int, duration: float, warmup: float) -> di
     return dict(counts, per_second=counts["answered"] / duration)
 
 
-def measure(settings: str, concurrency: int = 16, duration: float = 5.0, warmup: float = 1.0) -> dict:
+def measure(settings: str, concurrency: int = 16, duration: float = 5.0, warmup: float = 1.0,
+            publish: bool = False) -> dict:
     """
     Start a server with C{settings} in a scratch directory, load it from a
     child process, stop it.
 
-    @return: what L{post_load} returns.
+    @return: what L{post_load} returns, and C{server_cpu}: the server's CPU
+        seconds over the whole load (warm-up included).
     """
+    from bench.clients import cpu_seconds
+
     directory = tempfile.mkdtemp(prefix="smartplug-bench-")
     server = RunningServer(directory, settings)
     try:
         server.start()
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-            job = pool.submit(post_load, server.ports["HTTP"], concurrency, duration, warmup)
-            return job.result(timeout=duration + warmup + 60)
+            before = cpu_seconds(server.process.pid)
+            job = pool.submit(post_load, server.ports["HTTP"], concurrency, duration, warmup, publish)
+            result = job.result(timeout=duration + warmup + 60)
+            return dict(result, server_cpu=cpu_seconds(server.process.pid) - before)
     finally:
         server.stop()
         shutil.rmtree(directory, ignore_errors=True)
@@ -111,6 +125,39 @@ def compare(concurrency: int = 16, duration: float = 5.0) -> list:
         if r["not_200"] or r["errors"]:
             rows.append((f"problems, {name}", f"{r['not_200']} answers not 200, {r['errors']} errors"))
     rows.append(("load", f"{concurrency} keep-alive clients, {duration:g} s after 1 s warm-up"))
+    return rows
+
+
+def compare_publish(concurrency: int = 16, duration: float = 3.0) -> list:
+    """
+    POST /publish (history on, the default) with and without the store: what
+    journaling a publication costs.
+
+    @return: C{(metric, value, yardstick)} rows, the yardstick being the
+        same figure with C{STATE_DB = None} in the same run.
+    """
+    results = {name: measure(settings, concurrency, duration, publish=True) for name, settings in MODES.items()}
+    memory, stored = results["STATE_DB = None"], results["STATE_DB set"]
+
+    def per_second(r):
+        return f"{r['per_second']:.0f}"
+
+    def wall_ms(r):
+        # Mean time per publication with the clients kept busy.
+        return f"{1000 / r['per_second']:.2f} ms" if r["per_second"] else "-"
+
+    def cpu(r):
+        return f"{r['server_cpu'] / r['total'] * 1e6:.0f} µs" if r["total"] else "-"
+
+    rows = [
+        ("POST /publish per second, STATE_DB set", per_second(stored), f"None: {per_second(memory)}"),
+        ("server CPU per publication (HTTP included), STATE_DB set", cpu(stored), f"None: {cpu(memory)}"),
+        ("time per publication (1 / rate), STATE_DB set", wall_ms(stored), f"None: {wall_ms(memory)}"),
+    ]
+    for name, r in results.items():
+        if r["not_200"] or r["errors"]:
+            rows.append((f"problems, {name}", f"{r['not_200']} answers not 201, {r['errors']} errors", "0"))
+    rows.append(("load", f"{concurrency} keep-alive clients, {duration:g} s after 1 s warm-up, 16 events", ""))
     return rows
 
 

@@ -14,6 +14,7 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from . import config
+from .core.history import History
 from .core.hub import Hub
 from .core.journal import MemoryJournal
 from .core.pubsub import report_publisher
@@ -134,7 +135,7 @@ def _build(options: Options, reactor) -> MultiService:
     hub.pubsub.deliver_with(apps.send_to_all)
     # SPEC 1.1's order: state (the hub itself), apps, pub/sub, then tweets.
     hub.listen(apps.broadcast)
-    hub.listen(report_publisher(hub.pubsub))
+    hub.listen(report_publisher(hub))
     websockets = {"app": apps}
 
     devices = None
@@ -188,12 +189,16 @@ def _state(settings: config.Settings, reactor, top: MultiService, registry):
     @return: the hub, and where bans are shared (C{None}: nowhere).
     """
     commits = commit_timings(registry)
+
+    def history() -> History:
+        return History(settings.PUBSUB_HISTORY, settings.PUBSUB_HISTORY_SECONDS, now=reactor.seconds)
+
     if settings.REDIS_URL is not None:
-        return _on_redis(settings, reactor, top, commits)
-    return _local_state(settings, reactor, top, commits), None
+        return _on_redis(settings, reactor, top, commits, history)
+    return _local_state(settings, reactor, top, commits, history), None
 
 
-def _on_redis(settings: config.Settings, reactor, top: MultiService, commits):
+def _on_redis(settings: config.Settings, reactor, top: MultiService, commits, history):
     # Imported here: with REDIS_URL = None the redis library is never loaded.
     from .integrations.redis_engine import RedisEngine
 
@@ -202,21 +207,24 @@ def _on_redis(settings: config.Settings, reactor, top: MultiService, commits):
         _log.info("REDIS_URL is set: the state lives in Redis; STATE_DB and BACKUP_INTERVAL are not used")
     engine = RedisEngine(
         settings.REDIS_URL, node, reactor, settings.HISTORY_KEEP, settings.INFO_INTERVAL,
-        lambda journal: Hub(now=reactor.seconds, journal=MeteredJournal(journal, commits, reactor), node=node),
+        lambda journal: Hub(now=reactor.seconds, journal=MeteredJournal(journal, commits, reactor), history=history(),
+                            publish_reports=True, node=node),
     )
     engine.setServiceParent(top)
     return engine.hub, engine.bans
 
 
-def _local_state(settings: config.Settings, reactor, top: MultiService, commits) -> Hub:
+def _local_state(settings: config.Settings, reactor, top: MultiService, commits, history) -> Hub:
     if settings.STATE_DB is None:
         _log.info("STATE_DB is None: plug states, history and the display state are lost when the server stops")
         if settings.BACKUP_INTERVAL is not None:
             _log.warn("BACKUP_INTERVAL is ignored: with STATE_DB = None there is nothing to back up")
-        return Hub(now=reactor.seconds, journal=MemoryJournal(settings.HISTORY_KEEP))
+        return Hub(now=reactor.seconds, journal=MemoryJournal(settings.HISTORY_KEEP), history=history(),
+                   publish_reports=True)
     state = StoreService.with_hub(
         settings.STATE_DB, settings.HISTORY_KEEP, reactor,
-        lambda journal: Hub(now=reactor.seconds, journal=MeteredJournal(journal, commits, reactor)),
+        lambda journal: Hub(now=reactor.seconds, journal=MeteredJournal(journal, commits, reactor), history=history(),
+                            publish_reports=True),
     )
     hub = state.hub
     state.setServiceParent(top)

@@ -43,6 +43,7 @@ class LoadTests(SynchronousTestCase):
         self.assertEqual(settings.TWITTER_API, "v1.1")
         self.assertEqual(settings.BAN_ALLOW, ())
         self.assertEqual(settings.STATE_DB, "smartplug.sqlite")
+        self.assertEqual((settings.PUBSUB_HISTORY, settings.PUBSUB_HISTORY_SECONDS), (100, 86400))
 
     def test_override(self):
         """
@@ -102,6 +103,9 @@ class LoadTests(SynchronousTestCase):
             "BACKUP_INTERVAL = 'daily'": "BACKUP_INTERVAL must be a number of seconds",
             "REDIS_URL = 'http://db:6379'": "REDIS_URL must be None or a URL such as",
             "NODE_NAME = ''": "NODE_NAME must be a non-empty string or None",
+            "PUBSUB_HISTORY = -1": "PUBSUB_HISTORY must be a whole number of at least 0",
+            "PUBSUB_HISTORY = 1.5": "PUBSUB_HISTORY must be a whole number of at least 0",
+            "PUBSUB_HISTORY_SECONDS = 0": "PUBSUB_HISTORY_SECONDS must be a number of seconds greater than 0",
             "MQTT_URL = 'http://broker:1883'": "MQTT_URL must be an mqtt:// or mqtts:// URL such as",
             "MQTT_URL = 'mqtt://broker:99999'": "MQTT_URL must be a URL with a port number from 1 to 65535",
             "MQTT_URL = 'mqtt://:1883'": "MQTT_URL must be a URL with a host name",

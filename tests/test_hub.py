@@ -40,6 +40,8 @@ class HubTests(SynchronousTestCase):
         sent to the display listeners.
         """
         class NoJournal:
+            shared = True
+
             def __getattr__(self, name):
                 raise AssertionError("applied changes are not journaled again")
 

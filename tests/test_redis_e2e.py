@@ -73,6 +73,39 @@ class TwoNodesTests(TestCase):
         self.assertEqual([e["value"] for e in json.loads(body)], [1])
         self.b.wait_for(r"plug 0xb00bf0cc -> 1 from node A")
 
+    def test_publication_on_b_reaches_a_subscriber_on_a(self):
+        """
+        A publication POSTed to B reaches a PiCloud subscriber on A as
+        PiCloud's frame; one that asked for offsets on A gets B's offset and
+        epoch; after more publications on B, the client resumes on A with
+        "since" and recovers exactly what it missed.
+        """
+        with self.ws(self.a, "/subscribe?clientName=plain") as plain, \
+                self.ws(self.a, "/subscribe?clientName=resumer") as resumer:
+            # A "since" subscription is answered at once ("recovered"), which
+            # proves A has read every message sent before it on that socket.
+            plain.send('{"action": "subscribe", "event": "door"}')
+            plain.send('{"action": "subscribe", "event": "sync", "since": {"offset": 0, "epoch": ""}}')
+            resumer.send('{"action": "subscribe", "event": "door", "since": {"offset": 0, "epoch": ""}}')
+            for socket in (plain, resumer):
+                self.assertEqual(json.loads(socket.recv(timeout=5))["action"], "recovered")
+            status, _ = http(self.b.url("/publish?clientName=pub"), b'{"event": "door", "data": "open"}')
+            self.assertEqual(status, 201)
+            frame = plain.recv(timeout=5)
+            self.assertRegex(frame, r'^\{"action":"publish","event":"door","data":"open","created_at":"[^"]+"\}\n$')
+            first = json.loads(resumer.recv(timeout=5))
+            self.assertEqual((first["data"], first["offset"]), ("open", 1))
+        for data in (b'"a"', b'"b"'):
+            http(self.b.url("/publish?clientName=pub"), b'{"event": "door", "data": %s}' % data)
+        since = json.dumps({"action": "subscribe", "event": "door",
+                            "since": {"offset": first["offset"], "epoch": first["epoch"]}})
+        with self.ws(self.a, "/subscribe?clientName=back") as back:
+            back.send(since)
+            frames = [json.loads(back.recv(timeout=5)) for _ in range(3)]
+        self.assertEqual([f.get("data") for f in frames[:2]], ["a", "b"])
+        self.assertEqual((frames[2]["action"], frames[2]["recovered"], frames[2]["offset"], frames[2]["epoch"]),
+                         ("recovered", True, 3, first["epoch"]))
+
     def test_display_on_a_reaches_a_lamp_on_b(self):
         """
         A display state set on B and a reset command given on A reach a lamp

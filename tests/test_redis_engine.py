@@ -4,6 +4,7 @@ redis-server that each test starts on a free loopback port: several engines
 (nodes) in this process share it, each with its own hub.
 """
 
+import collections
 import json
 
 from twisted.internet import reactor
@@ -13,8 +14,10 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from smartplug_backend.core.display import Display
+from smartplug_backend.core.history import History
 from smartplug_backend.core.hub import Hub
 from smartplug_backend.core.journal import StoreFailed
+from smartplug_backend.core.pubsub import report_publisher
 from smartplug_backend.integrations import redis_engine
 from smartplug_backend.integrations.redis_engine import RedisEngine, redacted
 from smartplug_backend.integrations.redis_store import NODES, node_key
@@ -41,17 +44,30 @@ class Node:
     One engine with its hub, recording what its listeners are told.
     """
 
-    def __init__(self, testcase, url: str, name: str, info_interval: float = 5):
+    def __init__(self, testcase, url: str, name: str, info_interval: float = 5, history: int = 100):
         self.engine = RedisEngine(
             url, name, reactor, keep=5, info_interval=info_interval,
-            make_hub=lambda journal: Hub(now=reactor.seconds, journal=journal, node=name),
+            make_hub=lambda journal: Hub(now=reactor.seconds, journal=journal, node=name, publish_reports=True,
+                                         history=History(keep=history, now=reactor.seconds)),
         )
         self.hub = self.engine.hub
         self.reports = []
         self.packets = []
+        # subscriber -> frames it was sent, decoded
+        self.frames = collections.defaultdict(list)
         self.hub.listen(self.reports.append)
+        self.hub.listen(report_publisher(self.hub))
+        self.hub.pubsub.deliver_with(self._deliver)
         self.hub.watch_display(lambda event: self.packets.append(event.packet))
         self.testcase = testcase
+
+    def _deliver(self, subscribers, frame):
+        for subscriber in subscribers:
+            self.frames[subscriber].append(json.loads(frame))
+
+    def subscribe(self, subscriber, event, **kwargs):
+        for frame in self.hub.pubsub.subscribe(subscriber, event, **kwargs):
+            self.frames[subscriber].append(json.loads(frame))
 
     @inlineCallbacks
     def start(self):
@@ -124,6 +140,78 @@ class EngineTests(TestCase):
         order = [[(r.plug.value, r.plug.updated_at, r.previous) for r in n.reports] for n in (a, b)]
         self.assertEqual(order[0], order[1])
         self.assertEqual(a.hub.plug("p"), b.hub.plug("p"))
+
+    @inlineCallbacks
+    def test_publications_numbered_once_for_all_nodes(self):
+        """
+        Publications made on both nodes get one sequence of offsets under
+        one epoch, assigned by Redis; each reaches the subscribers of both
+        nodes once, with the same offset and epoch; both nodes keep the same
+        history.
+        """
+        a, b = yield self.nodes()
+        a.subscribe("on-a", "door", last=True)
+        b.subscribe("on-b", "door")
+        for i, node in enumerate((a, b, a, b)):
+            self.assertEqual((yield node.hub.publish("door", f"d{i}", "peer")), 1)
+        yield until(lambda: len(a.frames["on-a"]) == len(b.frames["on-b"]) == 4, "both subscribers")
+        self.assertEqual([(f["offset"], f["data"]) for f in a.frames["on-a"]],
+                         [(1, "d0"), (2, "d1"), (3, "d2"), (4, "d3")])
+        self.assertEqual(len({f["epoch"] for f in a.frames["on-a"]}), 1)
+        self.assertEqual([f["data"] for f in b.frames["on-b"]], ["d0", "d1", "d2", "d3"])
+        self.assertNotIn("offset", b.frames["on-b"][0])  # PiCloud's frame for those that asked for nothing
+        self.assertEqual(a.hub.pubsub.history_page("door", 0, 10), b.hub.pubsub.history_page("door", 0, 10))
+
+    @inlineCallbacks
+    def test_recovery_across_nodes(self):
+        """
+        A client that saw offsets 1-2 on A, then reconnects to B after
+        publications 3-4 were made there, recovers 3 and 4 on B, then
+        "recovered": true with B's position, which is A's too.
+        """
+        a, b = yield self.nodes()
+        a.subscribe("client", "door", last=True)
+        for i in range(2):
+            yield a.hub.publish("door", i, "peer")
+        seen = a.frames["client"]
+        position = {"offset": seen[-1]["offset"], "epoch": seen[-1]["epoch"]}
+        a.hub.pubsub.disconnected("client")
+        for i in range(2, 4):
+            yield b.hub.publish("door", i, "peer")
+        yield until(lambda: a.hub.pubsub.history.position("door")[0] == 4, "A to have all four")
+        b.subscribe("again", "door", since=(position["offset"], position["epoch"]))
+        frames = b.frames["again"]
+        self.assertEqual([f.get("offset") for f in frames], [3, 4, 4])
+        self.assertEqual((frames[-1]["action"], frames[-1]["recovered"], frames[-1]["epoch"]),
+                         ("recovered", True, position["epoch"]))
+
+    @inlineCallbacks
+    def test_report_publication_on_every_node_once(self):
+        """
+        A report's smartplug publication is numbered with the report, in one
+        commit, and reaches each node's subscribers once; with history off
+        too (PUBSUB_HISTORY = 0), where Redis still numbers it.
+        """
+        for history in (100, 0):
+            self.redis = start_redis(self)
+            a = Node(self, self.redis.url, "a", history=history)
+            b = Node(self, self.redis.url, "b", history=history)
+            yield a.start()
+            yield b.start()
+            a.subscribe("s", "smartplug")
+            b.subscribe("s", "smartplug")
+            yield a.hub.report("p", 1, "http", "x")
+            yield b.hub.report("p", 0, "http", "x")
+            yield a.hub.report("q", 1, "http", "x")
+            # Changes come in one order: a duplicate would come before the last.
+            yield until(lambda a=a, b=b: a.frames["s"][-1:] == b.frames["s"][-1:] != [] and "q" in
+                        a.frames["s"][-1]["data"], "both subscribers to see the last report")
+            self.assertEqual([f["data"] for f in a.frames["s"]],
+                             ['{"id": "p", "value": 1}', '{"id": "p", "value": 0}', '{"id": "q", "value": 1}'],
+                             history)
+            self.assertEqual(a.frames["s"], b.frames["s"])
+            self.assertEqual(a.hub.pubsub.history.position("smartplug"), b.hub.pubsub.history.position("smartplug"))
+            self.assertEqual(a.hub.pubsub.history.position("smartplug")[0], 3)
 
     @inlineCallbacks
     def test_display_and_commands_reach_every_node(self):
@@ -215,6 +303,8 @@ class EngineTests(TestCase):
         """
         a, b = yield self.nodes()
         yield a.hub.report("p", 1, "http", "x")
+        yield a.hub.publish("door", "open", "x")
+        epoch = a.hub.pubsub.history.position("door")[1]
         yield until(lambda: b.hub.plug("p") is not None, "B to have the plug")
         before = a.engine._incarnation
         seeded = len(self.lines("held no state: seeded it"))  # the fresh Redis of setUp
@@ -226,6 +316,8 @@ class EngineTests(TestCase):
         self.assertEqual(a.engine._incarnation, b.engine._incarnation)
         self.assertEqual(len(self.lines("held no state: seeded it")), seeded + 1)
         self.assertEqual(b.hub.plug("p"), a.hub.plug("p"))
+        # Pub/sub history was lost with Redis' data: new epochs.
+        self.assertNotEqual(a.hub.pubsub.history.position("door")[1], epoch)
         report = yield b.hub.report("p", 0, "http", "x")
         self.assertIsNotNone(report)
         yield until(lambda: a.hub.plug("p").value == 0, "A to see B's report")

@@ -16,14 +16,16 @@ changes nothing and reaches no one.
 import dataclasses
 import time
 from collections import Counter
-from typing import Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from .display import COMMANDS, OFF, Display
+from .history import History, Publication
 from .journal import Journal, MemoryJournal, StoreFailed
-from .pubsub import PubSub
+from .pubsub import REPORT_EVENT, PubSub
+from .reports import broadcast_bytes
 from .times import utc_rfc3339
 
 
@@ -50,6 +52,9 @@ class Report:
         is the first report of the plug.
     @ivar source: how it arrived: C{"http"} or C{"device"}.
     @ivar peer: the sender's address, for logs.
+    @ivar publication: its publication as event C{smartplug}, numbered and
+        journaled with the report, for L{report_publisher} to send; C{None}
+        when the hub does not publish reports or keeps no history.
     @ivar remote: True when another node accepted the report (a shared
         journal, L{Hub.apply_report}): listeners that act once for all nodes
         (tweets, the C{smartplug} publication) leave it to that node.
@@ -59,6 +64,7 @@ class Report:
     previous: Optional[int]
     source: str
     peer: str
+    publication: Optional[Publication] = None
     remote: bool = False
 
     @property
@@ -103,6 +109,12 @@ class Hub:
     @param now: returns the current time in seconds (a clock's C{seconds}).
     @param journal: where changes are recorded before they are accepted;
         by default a L{MemoryJournal}, which keeps nothing across restarts.
+    @param history: pub/sub offsets, epochs and kept publications (SPEC
+        3.6); by default 100 per event for a day.
+    @param publish_reports: reports are published as event C{smartplug}
+        (by L{pubsub.report_publisher}, a listener): each report's
+        publication is then numbered and journaled with the report, in one
+        commit.
     @param node: this node's name when several nodes share a journal (SPEC
         11); the info frame then names each connection's node.
     """
@@ -110,29 +122,35 @@ class Hub:
     _log = Logger()
 
     def __init__(self, now: Callable[[], float] = time.time, journal: Optional[Journal] = None,
+                 history: Optional[History] = None, publish_reports: bool = False,
                  node: Optional[str] = None) -> None:
         self._now = now
+        self._publish_reports = publish_reports
         self._journal = MemoryJournal() if journal is None else journal
+        # A journal several nodes share (SPEC 11) must see every change.
+        self._shared = getattr(self._journal, "shared", False)
         self._plugs: dict[str, Plug] = {}
         self._display = OFF
         self._listeners: list[Listener] = []
         self._display_listeners: list[DisplayListener] = []
-        self.pubsub = PubSub(now=now, node=node)
+        self.pubsub = PubSub(now=now, history=History(now=now) if history is None else history, node=node)
         # Plain counts for /metrics: source -> reports accepted, and
         # (source, reason) -> reports refused (REFUSALS).
         self.accepted: Counter = Counter()
         self.refused: Counter = Counter()
 
-    def restore(self, plugs: Iterable[Plug], display: Optional[Display] = None) -> None:
+    def restore(self, plugs: Iterable[Plug], display: Optional[Display] = None, streams: Iterable = ()) -> None:
         """
         Take C{plugs} (in first-report order) and C{display} (unless
-        C{None}) as the state, as loaded from the store at start-up; no
+        C{None}) as the state, and C{streams} as the pub/sub history (see
+        L{History.restore}), as loaded from the store at start-up; no
         listener is told.
         """
         for plug in plugs:
             self._plugs[plug.id] = plug
         if display is not None:
             self._display = display
+        self.pubsub.history.restore(streams)
 
     def listen(self, listener: Listener) -> Callable[[], None]:
         """
@@ -165,10 +183,12 @@ class Hub:
         """
         self.refused[source, reason] += 1
 
-    def _journaled(self, save: Callable[..., Deferred], args: tuple, accept: Callable[[], object],
+    def _journaled(self, save: Callable[..., Deferred], args: tuple, accept: Callable[[Any], object],
                    change: str, peer: str, source: Optional[str] = None) -> Deferred:
         """
-        C{save(*args)} in the journal, then C{accept()}.
+        C{save(*args)} in the journal, then C{accept(answer)} with the
+        journal's answer: C{None}, or for a publication the publication as a
+        shared journal numbered it (SPEC 11).
 
         @return: a Deferred firing with what C{accept} returns, or with
             C{None} when the journal refused (logged here, naming C{change}
@@ -176,7 +196,7 @@ class Hub:
             device port) may drop it.
         """
         saved = maybeDeferred(save, *args)
-        saved.addCallbacks(lambda _: accept(), self._not_saved, errbackArgs=(change, peer, source))
+        saved.addCallbacks(accept, self._not_saved, errbackArgs=(change, peer, source))
         # accept() catches its listeners' errors; this keeps the promise
         # that the Deferred never fails even if accept() itself had a bug.
         return saved.addErrback(self._not_applied, change, peer)
@@ -208,17 +228,27 @@ class Hub:
             is unchanged).  It never fails.
         """
         plug = Plug(plug_id, value, self._now())
+        args: tuple = (plug_id, value, plug.updated_at, source)
+        publication = None
+        history = self.pubsub.history
+        if self._publish_reports and (history.enabled or self._shared):
+            # One commit for the report and its publication, not two.
+            data = broadcast_bytes(plug_id, value).decode("utf-8")
+            publication = self.pubsub.number(REPORT_EVENT, data)
+            args += ((publication, history.keep, history.oldest_kept()),)
         return self._journaled(
-            self._journal.save_report, (plug_id, value, plug.updated_at, source),
-            lambda: self._accept(plug, source, peer), f"report plug {plug_id} -> {value}", peer, source,
+            self._journal.save_report, args,
+            lambda numbered: self._accept(plug, source, peer, numbered or publication),
+            f"report plug {plug_id} -> {value}", peer, source,
         )
 
-    def _accept(self, plug: Plug, source: str, peer: str, remote: bool = False) -> Report:
+    def _accept(self, plug: Plug, source: str, peer: str, publication: Optional[Publication],
+                remote: bool = False) -> Report:
         # The journal answers in call order, so reports of one plug are
         # accepted in the order they arrived and "previous" is right.
         old = self._plugs.get(plug.id)
         self._plugs[plug.id] = plug
-        report = Report(plug, old.value if old else None, source, peer, remote)
+        report = Report(plug, old.value if old else None, source, peer, publication, remote)
         if not remote:
             # Each report is counted by the node that accepted it.
             self.accepted[source] += 1
@@ -227,6 +257,32 @@ class Hub:
         )
         self._notify(self._listeners, report)
         return report
+
+    def publish(self, event: str, data: Any, peer: str, origin: Optional[str] = None) -> Deferred:
+        """
+        Number a publication of C{event}, record it in the journal (when
+        history is kept), then keep it and send it to the subscribers
+        (SPEC 3.3, 3.6).  With the in-memory journal, or C{PUBSUB_HISTORY =
+        0}, all of that happens before this returns.
+
+        @param origin: who brought it in from outside (see L{PubSub.publish}).
+        @return: a Deferred firing with the number of subscribers it was sent
+            to, or with C{None} when the journal could not record it (logged;
+            nobody got it, and its offset stays unused).  It never fails.
+        """
+        pubsub = self.pubsub
+        publication = pubsub.number(event, data)
+        history = pubsub.history
+        if not history.enabled and not self._shared:
+            # Nothing kept, so nothing to journal: PiCloud's cost.  (A shared
+            # journal numbers every publication and hands it to the other
+            # nodes: SPEC 11.)
+            return succeed(pubsub.accept(publication, data, origin))
+        return self._journaled(
+            self._journal.save_publication, (publication, history.keep, history.oldest_kept()),
+            lambda numbered: pubsub.accept(numbered or publication, data, origin),
+            f"publication {publication.offset} of {event}", peer,
+        )
 
     def plug(self, plug_id: str) -> Optional[Plug]:
         """
@@ -267,7 +323,7 @@ class Hub:
             journal could not record it (logged; the state is unchanged).
         """
         return self._journaled(
-            self._journal.save_display, (display,), lambda: self._show(display, peer),
+            self._journal.save_display, (display,), lambda _: self._show(display, peer),
             f"display {display.packet()}", peer,
         )
 
@@ -288,7 +344,7 @@ class Hub:
             the journal refused it (logged; nobody got it).
         """
         return self._journaled(
-            self._journal.save_command, (command,), lambda: self._command(command, peer),
+            self._journal.save_command, (command,), lambda _: self._command(command, peer),
             f"display command {command}", peer,
         )
 
@@ -302,12 +358,21 @@ class Hub:
     # redis_engine.py): accepted here as if this hub had journaled them, in
     # the order the journal gives, but never journaled again.
 
-    def apply_report(self, plug_id: str, value: int, at: float, source: str, peer: str) -> Report:
+    def apply_report(self, plug_id: str, value: int, at: float, source: str, peer: str,
+                     publication: Optional[Publication] = None) -> Report:
         """
-        Accept a report that another node recorded in the shared journal:
-        the state changes and the listeners are told, with C{remote} set.
+        Accept a report that another node recorded in the shared journal,
+        with its C{smartplug} publication as numbered there: the state
+        changes and the listeners are told, with C{remote} set.
         """
-        return self._accept(Plug(plug_id, value, at), source, peer, remote=True)
+        return self._accept(Plug(plug_id, value, at), source, peer, publication, remote=True)
+
+    def apply_publication(self, publication: Publication, data: Any, origin: Optional[str] = None) -> int:
+        """
+        Keep and deliver a publication (of C{data}) that another node
+        recorded in the shared journal, numbered there.
+        """
+        return self.pubsub.accept(publication, data, origin)
 
     def apply_display(self, display: Display, peer: str) -> Display:
         """

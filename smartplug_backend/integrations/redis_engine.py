@@ -47,6 +47,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from ..core.display import Display, InvalidDisplay, validate_display
+from ..core.history import Publication
 from ..core.hub import Plug
 from ..core.journal import StoreFailed
 from ..core.limits import (
@@ -98,6 +99,13 @@ def display_state(display: Display) -> str:
     return json.dumps(state)
 
 
+def publication_of(change: dict) -> Publication:
+    """
+    The publication a change carries, numbered by Redis.
+    """
+    return Publication(change["event"], change["offset"], change["epoch"], change["data"], change["created_at"])
+
+
 class RedisJournal:
     """
     The hub's journal with C{REDIS_URL} set: every change goes through the
@@ -107,14 +115,44 @@ class RedisJournal:
     @param keep: history entries kept per plug (C{HISTORY_KEEP}).
     """
 
+    # Every node must see every publication: the hub journals them all.
+    shared = True
+
     def __init__(self, engine: "RedisEngine", keep: int) -> None:
         self._engine = engine
         self._keep = keep
 
-    def save_report(self, plug_id: str, value: int, at: float, source: str) -> Deferred:
+    def save_report(self, plug_id: str, value: int, at: float, source: str, publication=None) -> Deferred:
+        """
+        Commit a report, and with C{publication} (C{(publication, keep,
+        oldest)}) its C{smartplug} publication in the same Lua call.
+
+        @return: fires with C{None}, or with the publication as Redis
+            numbered it.
+        """
         engine = self._engine
         change = {"kind": "report", "plug": plug_id, "value": value, "at": at, "source": source}
-        return engine.commit(change, engine.state.commit_report, plug_id, value, at, source, self._keep)
+        if publication is None:
+            return engine.commit(change, engine.state.commit_report, plug_id, value, at, source, self._keep)
+        p, keep, oldest = publication
+        change.update(event=p.event, data=p.data_json, created_at=p.created_at)
+        numbering = (p.event, p.epoch, p.data_json, p.created_at, keep, p.created_at - oldest)
+        done = engine.commit(change, engine.state.commit_report, plug_id, value, at, source, self._keep, numbering)
+        return done.addCallback(publication_of)
+
+    def save_publication(self, publication, keep: int, oldest: float) -> Deferred:
+        """
+        Commit a publication: Redis numbers it (offset and epoch of its
+        event), keeps it (the newest C{keep}), and hands it to every node.
+
+        @return: fires with the publication as Redis numbered it.
+        """
+        engine = self._engine
+        p = publication
+        change = {"kind": "publication", "event": p.event, "data": p.data_json, "created_at": p.created_at}
+        done = engine.commit(change, engine.state.commit_publication, p.event, p.epoch, p.data_json, p.created_at,
+                             keep, p.created_at - oldest)
+        return done.addCallback(publication_of)
 
     def save_display(self, display) -> Deferred:
         engine = self._engine
@@ -292,7 +330,8 @@ class RedisEngine(ThreadPoolService):
         self._incarnation = snapshot.incarnation
         self._applied = snapshot.seq
         self._mode = UP
-        self.hub.restore([Plug(p[0], p[1], p[2]) for p in snapshot.plugs], self._display_of(snapshot))
+        self.hub.restore([Plug(p[0], p[1], p[2]) for p in snapshot.plugs], self._display_of(snapshot),
+                         snapshot.streams)
         self._share_bans(snapshot)
         self._log.info(
             "state from Redis at {where}: {count} plugs, display {packet}; this node is {node}",
@@ -510,7 +549,10 @@ class RedisEngine(ThreadPoolService):
         kind = change.get("kind")
         try:
             if kind == "report":
-                hub.apply_report(change["plug"], change["value"], change["at"], change["source"], peer)
+                publication = publication_of(change) if "offset" in change else None
+                hub.apply_report(change["plug"], change["value"], change["at"], change["source"], peer, publication)
+            elif kind == "publication":
+                hub.apply_publication(publication_of(change), json.loads(change["data"]), change.get("via"))
             elif kind == "display":
                 display = validate_display(change["state"])
                 if isinstance(display, Display):
@@ -572,13 +614,14 @@ class RedisEngine(ThreadPoolService):
     def _synced(self, snapshot: Snapshot, generation: int) -> None:
         if generation != self._generation:
             return
-        if self._incarnation is not None and snapshot.incarnation != self._incarnation:
+        lost = self._incarnation is not None and snapshot.incarnation != self._incarnation
+        if lost:
             self._log.warn(
                 "Redis at {where} lost its data and holds a new copy now: loaded it; pub/sub epochs change",
                 where=self.where,
             )
         self._incarnation = snapshot.incarnation
-        self._catch_up(snapshot)
+        self._catch_up(snapshot, lost)
         self._applied = snapshot.seq
         self._mode = UP
         if self._away:
@@ -594,12 +637,30 @@ class RedisEngine(ThreadPoolService):
             else:
                 self._buffer.append(change)
 
-    def _catch_up(self, snapshot: Snapshot) -> None:
+    def _catch_up(self, snapshot: Snapshot, lost: bool) -> None:
         """
         Apply what changed in Redis while this node was not listening, as if
-        the changes had come one by one (apps and devices are told).
+        the changes had come one by one (apps, devices and subscribers are
+        told).  After Redis lost its data, the pub/sub streams are Redis'
+        alone: every other event gets a new epoch at its next publication.
         """
         hub = self.hub
+        history = hub.pubsub.history
+        if lost:
+            history.restore(snapshot.streams, replace=True)
+        else:
+            for event, epoch, latest, kept in snapshot.streams:
+                offset, mine = history.position(event)
+                if mine == epoch and offset < latest and kept and kept[0][0] <= offset + 1:
+                    for number, data_json, created_at in kept:
+                        if number > offset:
+                            hub.apply_publication(
+                                Publication(event, number, epoch, data_json, created_at), json.loads(data_json)
+                            )
+                elif (offset, mine) != (latest, epoch):
+                    # Too far behind (or another epoch): take Redis' copy;
+                    # subscribers that resume learn it from the epoch.
+                    history.restore([(event, epoch, latest, kept)])
         for plug_id, value, at, source in snapshot.plugs:
             mine = hub.plug(plug_id)
             if mine is None or (mine.value, mine.updated_at) != (value, at):
