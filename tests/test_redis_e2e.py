@@ -159,6 +159,7 @@ class TwoNodesTests(TestCase):
             node.wait_for(r"Redis at redis://127\.0\.0\.1:\d+/0 unreachable")
         self.assertEqual(http(self.a.url("/data"), b'{"id": "p", "value": 0}')[0], 503)
         self.assertEqual(http(self.b.url("/display"), b'{"mode": 0}')[0], 503)
+        self.assertEqual(http(self.a.url("/publish?clientName=p"), b'{"event": "e", "data": 1}')[0], 503)
         status, body = http(self.b.url("/plugs/p"))
         self.assertEqual((status, json.loads(body)["value"]), (200, 1))
         self.redis.start()
