@@ -553,32 +553,43 @@ def publish_fanout(http_port: int, ws_port: int, server_pid: int, size: int, cou
         swarm.close()
 
 
-def fanout_nodes(http_port: int, ws_ports: list, server_pids: list, per_node: int, count: int,
-                 warmup: int = 20) -> dict:
+def publish_fanout_nodes(http_port: int, ws_ports: list, server_pids: list, per_node: int, count: int,
+                         warmup: int = 20) -> dict:
     """
-    C{per_node} app clients on each server of C{ws_ports} (nodes sharing one
-    Redis, or one server alone); reports POSTed to C{http_port} one after
-    another, each timed from the POST to the last client on any node
-    receiving it, and the servers' CPU (C{server_pids}: the nodes, and
-    redis-server if any) read around the measured reports.
+    C{per_node} PiCloud subscribers of one event on each server of
+    C{ws_ports} (nodes sharing one Redis, or one server alone);
+    publications POSTed to C{http_port} one after another, each timed from
+    the POST to the last subscriber on any node receiving it (and to the
+    POST's answer), with the servers' CPU (C{server_pids}: the nodes, and
+    redis-server if any) read around the measured ones.
     """
     raise_fd_limit()
-    swarm = AppSwarm(ws_ports[0])
+    subscribe = _client_frame(0x1, b'{"action":"subscribe","event":"bench"}')
+    swarm = AppSwarm(ws_ports[0], path="/subscribe?clientName=bench", after_open=subscribe)
     try:
         for port in ws_ports:
             swarm.open(per_node, port=port)
-        for i in range(warmup):
-            swarm.report(http_port, f"warm-{i}", i % 2)
         latencies, answers, missed = [], [], 0
-        cpu0 = [cpu_seconds(pid) for pid in server_pids]
-        own0, t0 = _own_cpu(), time.perf_counter()
-        for i in range(count):
-            last, answered = swarm.report(http_port, f"0x{i:08x}", i % 2)
-            answers.append(answered)
-            if last is None:
-                missed += 1
-            else:
-                latencies.append(last)
+        cpu0 = own0 = t0 = None
+        for i in range(warmup + count):
+            if i == warmup:
+                cpu0 = [cpu_seconds(pid) for pid in server_pids]
+                own0, t0 = _own_cpu(), time.perf_counter()
+            body = b'{"event":"bench","data":"%06d"}' % i
+            request = (
+                b"POST /publish?clientName=bench HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n"
+                b"Connection: close\r\n\r\n%s" % (HOST.encode(), len(body), body)
+            )
+            known = b'{"action":"publish","event":"bench","data":"%06d","created_at":"' % i
+            payload = known + b"2026-01-01T00:00:00.000Z" + b'"}\n'
+            last, answered = swarm.deliver(http_port, request, bytes([0x81, len(payload)]) + payload,
+                                           known=2 + len(known))
+            if i >= warmup:
+                answers.append(answered)
+                if last is None:
+                    missed += 1
+                else:
+                    latencies.append(last)
         return {
             "latencies": latencies,
             "answers": answers,
