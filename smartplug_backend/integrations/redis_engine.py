@@ -1,6 +1,8 @@
 """
-Several nodes on one Redis (SPEC 11): the hub's journal on Redis, and the
-engine that applies the other nodes' changes to this node's hub.
+Several nodes on one Redis (SPEC 11): the engine that connects a node to
+Redis and applies the other nodes' changes to its hub.  The hub's journal is
+L{redis_journal.RedisJournal}, the guard's shared bans
+L{redis_bans.SharedBans}, the keys and Lua scripts L{redis_store}.
 
 How a change travels.  The hub records every change in its journal before it
 accepts it (L{smartplug_backend.core.hub}).  L{RedisJournal} commits it to
@@ -59,6 +61,8 @@ from ..core.limits import (
     REDIS_PRESENCE_TTL_FACTOR,
 )
 from ..server.services import ThreadPoolService
+from .redis_bans import SharedBans
+from .redis_journal import RedisJournal, display_state, publication_of
 from .redis_store import CHANNEL, RedisState, Snapshot, Stale
 
 # The engine's modes.
@@ -87,161 +91,6 @@ def make_client(url: str) -> "redis.Redis":
         retry=Retry(NoBackoff(), 0),
         health_check_interval=REDIS_COMMAND_TIMEOUT,
     )
-
-
-def display_state(display: Display) -> str:
-    """
-    The display state as JSON without its packet (what L{validate_display}
-    reads back).
-    """
-    state = display.as_json()
-    del state["packet"]
-    return json.dumps(state)
-
-
-def publication_of(change: dict) -> Publication:
-    """
-    The publication a change carries, numbered by Redis.
-    """
-    return Publication(change["event"], change["offset"], change["epoch"], change["data"], change["created_at"])
-
-
-class RedisJournal:
-    """
-    The hub's journal with C{REDIS_URL} set: every change goes through the
-    engine to Redis, and its Deferred fires when it comes back on the change
-    channel, in the channel's order.
-
-    @param keep: history entries kept per plug (C{HISTORY_KEEP}).
-    """
-
-    # Every node must see every publication: the hub journals them all.
-    shared = True
-
-    def __init__(self, engine: "RedisEngine", keep: int) -> None:
-        self._engine = engine
-        self._keep = keep
-
-    def save_report(self, plug_id: str, value: int, at: float, source: str, publication=None) -> Deferred:
-        """
-        Commit a report, and with C{publication} (C{(publication, keep,
-        oldest)}) its C{smartplug} publication in the same Lua call.
-
-        @return: fires with C{None}, or with the publication as Redis
-            numbered it.
-        """
-        engine = self._engine
-        change = {"kind": "report", "plug": plug_id, "value": value, "at": at, "source": source}
-        if publication is None:
-            return engine.commit(change, engine.state.commit_report, plug_id, value, at, source, self._keep)
-        p, keep, oldest = publication
-        change.update(event=p.event, data=p.data_json, created_at=p.created_at)
-        numbering = (p.event, p.epoch, p.data_json, p.created_at, keep, p.created_at - oldest)
-        done = engine.commit(change, engine.state.commit_report, plug_id, value, at, source, self._keep, numbering)
-        return done.addCallback(publication_of)
-
-    def save_publication(self, publication, keep: int, oldest: float) -> Deferred:
-        """
-        Commit a publication: Redis numbers it (offset and epoch of its
-        event), keeps it (the newest C{keep}), and hands it to every node.
-
-        @return: fires with the publication as Redis numbered it.
-        """
-        engine = self._engine
-        p = publication
-        change = {"kind": "publication", "event": p.event, "data": p.data_json, "created_at": p.created_at}
-        done = engine.commit(change, engine.state.commit_publication, p.event, p.epoch, p.data_json, p.created_at,
-                             keep, p.created_at - oldest)
-        return done.addCallback(publication_of)
-
-    def save_display(self, display) -> Deferred:
-        engine = self._engine
-        state = display_state(display)
-        return engine.commit({"kind": "display", "state": json.loads(state)}, engine.state.commit_display, state)
-
-    def save_command(self, command: str) -> Deferred:
-        engine = self._engine
-        return engine.commit({"kind": "command", "command": command}, engine.state.commit_announcement)
-
-    def history(self, plug_id: str, limit: int) -> Deferred:
-        """
-        The plug's history, read from Redis (fails with L{StoreFailed} while
-        Redis is unreachable: this node keeps no copy of it).
-        """
-        return self._engine.read(self._engine.state.history, plug_id, limit)
-
-
-class SharedBans:
-    """
-    Authentication failures and bans shared through Redis (SPEC 6.2, 11),
-    as the guard's C{shared}: a failure counted or a ban made here is
-    committed and reaches every node; the other nodes' (and the bans loaded
-    at start) reach the guard through L{watch}.
-    """
-
-    _log = Logger(namespace="smartplug_backend.integrations.redis")
-
-    def __init__(self, engine: "RedisEngine") -> None:
-        self._engine = engine
-        self._watchers: list = []
-        self._failure_watchers: list = []
-        self._lift_watchers: list = []
-
-    def watch(self, ban: Callable[[str, float], None], failed: Callable[[str], None],
-              lifted: Callable[[str, str], None]) -> None:
-        """
-        Call C{ban(host, seconds)} for every ban made on another node,
-        C{failed(host)} for every authentication failure counted there, and
-        C{lifted(host, by)} for every ban lifted there by hand.
-        """
-        self._watchers.append(ban)
-        self._failure_watchers.append(failed)
-        self._lift_watchers.append(lifted)
-
-    def lifted(self, host: str) -> None:
-        """
-        Tell every node that the ban on C{host} was lifted here by hand.
-        """
-        engine = self._engine
-        told = engine.commit({"kind": "lift", "address": host}, engine.state.commit_lift, host)
-        told.addErrback(
-            lambda f: self._log.warn("lifting the ban on {peer} not shared with the other nodes: {why}",
-                                     peer=host, why=f.getErrorMessage())
-        )
-
-    def lifted_elsewhere(self, host: str, by: str) -> None:
-        for lifted in self._lift_watchers:
-            lifted(host, by)
-
-    def failed(self, host: str) -> None:
-        """
-        Tell every node that this one counted a failure of C{host}; while
-        Redis is away each node counts its own.
-        """
-        engine = self._engine
-        if engine.up:
-            told = engine.commit({"kind": "failure", "address": host}, engine.state.commit_announcement)
-            told.addErrback(lambda f: None)
-
-    def failed_elsewhere(self, host: str) -> None:
-        for failed in self._failure_watchers:
-            failed(host)
-
-    def share(self, host: str, until: float, seconds: float) -> None:
-        """
-        Tell every node that this one banned C{host} until C{until}.
-        """
-        engine = self._engine
-        change = {"kind": "ban", "address": host, "until": until, "seconds": seconds}
-        shared = engine.commit(change, engine.state.commit_ban, host, until, seconds)
-        shared.addErrback(
-            lambda f: self._log.warn("ban on {peer} not shared with the other nodes: {why}",
-                                     peer=host, why=f.getErrorMessage())
-        )
-
-    def banned_elsewhere(self, host: str, seconds: float) -> None:
-        for ban in self._watchers:
-            ban(host, seconds)
 
 
 class RedisEngine(ThreadPoolService):
