@@ -464,6 +464,20 @@ class RedisEngine(ThreadPoolService):
         if generation != self._generation:
             return
         lost = self._incarnation is not None and snapshot.incarnation != self._incarnation
+        if not lost and snapshot.seq < self._applied:
+            # Same data, fewer changes: Redis came back from a file that
+            # missed its latest writes.  Offsets this node handed out may be
+            # given again, so every epoch must change: renew, then load.
+            self._log.warn(
+                "Redis at {where} lost its latest changes (it is at change {seq}, this node saw {applied}): "
+                "pub/sub epochs change",
+                where=self.where, seq=snapshot.seq, applied=self._applied,
+            )
+            renewed = self._run(self.state.renew, snapshot.incarnation, secrets.token_urlsafe(12),
+                                secrets.token_urlsafe(6))
+            renewed.addErrback(lambda f: self._log.failure("renewing the epochs in Redis", f))
+            renewed.addCallback(lambda _: self._resync() if generation == self._generation else None)
+            return
         if lost:
             self._log.warn(
                 "Redis at {where} lost its data and holds a new copy now: loaded it; pub/sub epochs change",

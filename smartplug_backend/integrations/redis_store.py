@@ -216,6 +216,22 @@ return 1
 """
 
 
+# KEYS: incarnation, events; ARGV[1] the incarnation the node loaded,
+# ARGV[2] a new one, ARGV[3] a new epoch's prefix, ARGV[4] the key prefix.
+# For a Redis that lost its latest changes but not all (an append-only file
+# synced every second): new epochs for every event, its kept publications
+# dropped (their offsets may be given again), once.
+_RENEW = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+for i, event in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  redis.call('HSET', ARGV[4] .. 'event:' .. event, 'epoch', ARGV[3] .. i)
+  redis.call('DEL', ARGV[4] .. 'stream:' .. event)
+end
+return 1
+"""
+
+
 @dataclasses.dataclass(frozen=True)
 class Snapshot:
     """
@@ -272,6 +288,7 @@ class RedisState:
         self._report_published = client.register_script(_REPORT_PUBLISHED)
         self._snapshot = client.register_script(_SNAPSHOT)
         self._initialise = client.register_script(_INITIALISE)
+        self._renew = client.register_script(_RENEW)
 
     def _commit(self, script, keys: list, incarnation: str, change: str, *args):
         try:
@@ -377,6 +394,15 @@ class RedisState:
         seed = json.dumps([[plug[0], json.dumps(list(plug[1:]))] for plug in plugs])
         return bool(self._initialise(keys=[INCARNATION, PLUGS, PLUG_ORDER, DISPLAY],
                                      args=[incarnation, seed, display or ""]))
+
+    def renew(self, incarnation: str, new_incarnation: str, epoch_prefix: str) -> bool:
+        """
+        Give every event a new epoch (and drop its kept publications) under
+        a new incarnation, unless another node did already.
+
+        @return: True when this call did.
+        """
+        return bool(self._renew(keys=[INCARNATION, EVENTS], args=[incarnation, new_incarnation, epoch_prefix, PREFIX]))
 
     def history(self, plug_id: str, limit: int) -> list:
         """
