@@ -203,9 +203,9 @@ class Guard:
         if host in self._bans:
             # Logged and listed like any failure, but the ban keeps its end:
             # it is already in force, and every node shares that end.
-            self._recent.append(Failure(self._clock.seconds(), host, reason + " (while banned)"))
+            self._recent.append(Failure(self._clock.seconds(), host, reason + " (during its ban)"))
             self._log.warn(
-                "authentication failure from {peer} while banned: {reason}", peer=host, reason=reason
+                "authentication failure from {peer} during its ban: {reason}", peer=host, reason=reason
             )
             self._changed()
             return True
