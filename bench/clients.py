@@ -121,14 +121,18 @@ class _Request:
         self.sent = False
 
 
-def post_load(port: int, concurrency: int, duration: float, warmup: float, timeout: float = 5.0) -> dict:
+def post_load(
+    port: int, concurrency: int, duration: float, warmup: float, timeout: float = 5.0, server_pid: int = None
+) -> dict:
     """
     Keep C{concurrency} firmware-style requests in flight, each on a new
     connection (connect, send, read the whole answer, close), for C{warmup}
     then C{duration} seconds.
 
     Latencies run from before C{connect} to the last byte of the answer;
-    only requests that start after the warm-up are counted.
+    only requests that start after the warm-up are counted.  With
+    C{server_pid}, the server's CPU time over the measured window is read
+    too (C{server_cpu}; divide by C{completed}).
     """
     raise_fd_limit()
     request, _ = report_bytes("bench-post", 1)
@@ -142,6 +146,7 @@ def post_load(port: int, concurrency: int, duration: float, warmup: float, timeo
     stop_at = measure_from + duration
     completed_in_window = 0
     cpu0 = None
+    server_cpu = [None, None]
 
     def start_one(now):
         try:
@@ -207,6 +212,10 @@ def post_load(port: int, concurrency: int, duration: float, warmup: float, timeo
         now = time.perf_counter()
         if cpu0 is None and now >= measure_from:
             cpu0 = (_own_cpu(), now)
+            if server_pid:
+                server_cpu[0] = cpu_seconds(server_pid)
+        if server_pid and server_cpu[1] is None and now >= stop_at:
+            server_cpu[1] = cpu_seconds(server_pid)
         if now >= next_sweep:
             next_sweep = now + 0.1
             for fd in [fd for fd, r in live.items() if now - r.start > timeout]:
@@ -221,6 +230,7 @@ def post_load(port: int, concurrency: int, duration: float, warmup: float, timeo
         "failures": dict(failures),
         "client_cpu": (cpu1 - cpu0[0]) if cpu0 else None,
         "client_wall": (time.perf_counter() - cpu0[1]) if cpu0 else None,
+        "server_cpu": (server_cpu[1] - server_cpu[0]) if None not in server_cpu else None,
     }
 
 

@@ -96,6 +96,27 @@ class Bench:
         finally:
             server.stop()
 
+    @contextlib.contextmanager
+    def bare_server(self):
+        """
+        The yardstick of the ingest benchmark (bench/bare.py): a bare
+        twisted.web Resource on loopback; yields C{(port, pid)}.
+        """
+        process = subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "bench", "bare.py")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        try:
+            line = process.stdout.readline().decode()
+            if "listening on" not in line:
+                raise RuntimeError(f"bench/bare.py did not start: {line!r}")
+            yield int(line.rsplit(":", 1)[1]), process.pid
+        finally:
+            process.terminate()
+            process.wait(10)
+
     def in_child(self, func, *args, child_timeout: float = 120, **kwargs):
         """
         Run C{func(*args, **kwargs)} (a function of bench.clients) in a
@@ -324,6 +345,44 @@ def pubsub_fanout(bench: Bench) -> list:
             "0 missed",
             r["missed"] == 0 and r["unexpected"] == 0,
         ),
+    ]
+
+
+@benchmark("ingest", "server CPU per POST /data against a bare twisted.web Resource, same load, same run (issue 12)")
+def ingest(bench: Bench) -> list:
+    # Interleaved rounds (bare, server, bare, server...), so a change in the
+    # machine's load during the benchmark weighs on both alike.
+    rounds, concurrency, duration = 2, 32, 4.0
+    totals = {"bare": [0.0, 0], "server": [0.0, 0]}
+    stalled = not_ok = 0
+    for _ in range(rounds):
+        for name in totals:
+            with contextlib.ExitStack() as stack:
+                if name == "bare":
+                    port, pid = stack.enter_context(bench.bare_server())
+                else:
+                    server = stack.enter_context(bench.server())
+                    port, pid = server.ports["HTTP"], server.process.pid
+                r = bench.in_child(
+                    clients.post_load, port, concurrency, duration, warmup=1.0, timeout=5.0, server_pid=pid
+                )
+            totals[name][0] += r["server_cpu"]
+            totals[name][1] += r["completed"]
+            if name == "server":
+                stalled += sum(1 for x in r["latencies"] if x > clients.STALL) + sum(r["failures"].values())
+                not_ok += sum(n for status, n in r["statuses"].items() if status != 200)
+    per = {name: cpu / max(count, 1) for name, (cpu, count) in totals.items()}
+    ratio = per["server"] / per["bare"] if per["bare"] else float("nan")
+    return [
+        Row("bare twisted.web Resource: server CPU per request", f"{per['bare'] * 1e6:.0f} µs"),
+        Row("this server: server CPU per request", f"{per['server'] * 1e6:.0f} µs"),
+        Row("this server / bare", f"{ratio:.2f}x", "<= 1.2x", ratio <= 1.2),
+        Row("requests/s, bare / this server",
+            f"{totals['bare'][1] / (rounds * duration):.0f} / {totals['server'][1] / (rounds * duration):.0f}"),
+        Row("this server: stalled > 1 s or failed", str(stalled), "0", stalled == 0),
+        Row("this server: answers other than 200", str(not_ok), "0", not_ok == 0),
+        Row("load", f"firmware requests, new connection each, {concurrency} at a time, "
+            f"{rounds} x {duration:g} s per server, interleaved"),
     ]
 
 
