@@ -126,7 +126,7 @@ def _build(options: Options, reactor) -> MultiService:
     apps = AppFactory(
         hub, api_key=settings.API_KEY, info_interval=settings.INFO_INTERVAL, clock=reactor, guard=guard, url=ws_url(ws_endpoint)
     )
-    hub.pubsub.deliver = apps.send_to_all
+    hub.pubsub.deliver_with(apps.send_to_all)
     # SPEC 1.1's order: state (the hub itself), apps, pub/sub, then tweets.
     hub.listen(apps.broadcast)
     hub.listen(report_publisher(hub.pubsub))

@@ -49,6 +49,20 @@ class FirmwareRequestTests(SynchronousTestCase):
         self.assertTrue(transport.value().endswith(b"\r\n\r\n{}"))
         self.assertEqual(self.hub.plug("0xb00bf0cc").value, 1)
 
+    def test_no_server_header(self):
+        """
+        Answers, found or not, do not name the server software or its
+        version.
+        """
+        channel, transport = self.connect()
+        channel.dataReceived(FIRMWARE_REQUEST)
+        channel, missing = self.connect()
+        channel.dataReceived(b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n")
+        for answer in (transport.value(), missing.value()):
+            self.assertTrue(answer.startswith(b"HTTP/1.1 "), answer)
+            self.assertNotIn(b"\r\nserver:", answer.lower())
+            self.assertNotIn(b"twisted", answer.lower())
+
     def test_crlf_request(self):
         """
         An ordinary CRLF request works as before.

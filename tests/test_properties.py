@@ -161,6 +161,44 @@ class HTTPProperties(SynchronousTestCase):
         self.assertNoProblems()
 
 
+    @given(
+        st.sampled_from([
+            b"GET /", b"POST /data", b"GET /plugs", b"GET /plugs/a", b"GET /plugs/a/history",
+            b"GET /display", b"POST /display", b"POST /publish", b"POST /publish?clientName=c",
+            b"GET /plugs/%ff", b"POST /publish?apiKey=%ff&clientName=%fe",
+        ]),
+        st.sampled_from([b"X-API-Key", b"X-API-Client-Name", b"Content-Type", b"Host", b"Origin", b"Cookie", b"X-Other"]),
+        st.binary(min_size=1, max_size=20).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")).filter(bool),
+    )
+    @example(b"POST /display", b"X-API-Key", b"\xff\xfe\xc3(")
+    @example(b"POST /publish?clientName=x", b"X-API-Key", b"\xff")
+    @example(b"POST /publish?clientName=x", b"X-API-Client-Name", b"\xff\xfe")
+    def test_any_bytes_in_a_header(self, request_line, header, value):
+        """
+        Any bytes in any header, on any route (SPEC 6.3): a 2xx or 4xx with
+        a body, never a 5xx or a logged problem; an API key that is not
+        UTF-8 is a wrong key (401) and counts toward a ban.
+        """
+        hub = Hub()
+        reactor = SynchronousReactor()
+        guard = Guard(reactor)
+        site = make_site(make_app(hub, SYNC_BRIDGE, guard=guard, api_key="k"), reactor, SynchronousThreadPool())
+        channel, transport = accept(site, PEER_IP)
+        body = b'{"id": "p", "value": 1, "event": "e", "mode": 0}'
+        channel.dataReceived(
+            request_line + b" HTTP/1.1\r\nHost: x\r\n" + header + b": " + value
+            + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        status = STATUS_LINE.match(transport.value())
+        self.assertIsNotNone(status, transport.value())
+        self.assertIn(status.group(1)[:1], (b"2", b"4"), transport.value())
+        keyed = request_line.startswith((b"POST /display", b"POST /publish"))
+        if keyed and header == b"X-API-Key" and not _is_utf8(value):
+            self.assertEqual(status.group(1), b"401")
+            self.assertEqual(guard.failures(PEER_IP), 1)
+        self.assertNoProblems()
+
+
 class WebSocketProperties(SynchronousTestCase):
     """
     The app and device WebSocket ports under generated input.
@@ -171,7 +209,7 @@ class WebSocketProperties(SynchronousTestCase):
         self.clock = Clock()
         self.hub = Hub(now=self.clock.seconds)
         self.apps = AppFactory(self.hub, clock=self.clock)
-        self.hub.pubsub.deliver = self.apps.send_to_all
+        self.hub.pubsub.deliver_with(self.apps.send_to_all)
         self.hub.listen(self.apps.broadcast)
         self.hub.report("known", 1, "test", "x")
 

@@ -133,10 +133,11 @@ class RouteTests(SynchronousTestCase):
         self.factory = self.make_factory(api_key=None)
 
     def make_factory(self, api_key):
+        self.hub = Hub(now=self.clock.seconds)
         factory = AppFactory(
             self.hub, api_key=api_key, info_interval=5, clock=self.clock, guard=self.guard
         )
-        self.hub.pubsub.deliver = factory.send_to_all
+        self.hub.pubsub.deliver_with(factory.send_to_all)
         return factory
 
     def handshake(self, path: bytes, headers: bytes = b""):

@@ -95,7 +95,7 @@ class DownstreamTests(SynchronousTestCase):
     def setUp(self):
         self.hub = Hub()
         self.apps = AppFactory(self.hub)
-        self.hub.pubsub.deliver = self.apps.send_to_all
+        self.hub.pubsub.deliver_with(self.apps.send_to_all)
         self.client = http_client(self.hub)
         self.subscriber, _, self.pump = ws_connect(self.apps, "/subscribe?clientName=s")
         for event in ["e", "\udfff"]:

@@ -1,24 +1,18 @@
 """
 The shared WebSocket server protocol (smartplug_backend.ws.base): how prepared
-messages are sent, L{write_now} on real loopback connections, and the limits
+messages are sent, and the limits
 every WebSocket listener shares (SPEC 6.3): message and frame size, handshake
 size, the handshake deadline.
 """
 
 import txaio
 from autobahn.websocket.protocol import WebSocketProtocol
-from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
-from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from smartplug_backend.core.hub import Hub
 from smartplug_backend.core.limits import MAX_HANDSHAKE, MAX_MESSAGE, MAX_UNSENT, WS_HANDSHAKE_TIMEOUT
 from smartplug_backend.ws.apps import AppFactory
-from smartplug_backend.ws.base import write_now
 
 from .helpers import accept, quiet, ws_connect
 
@@ -143,106 +137,6 @@ class IdleFootprintTests(SynchronousTestCase):
         self.assertEqual(client.texts(), ['{"id": "lamp", "value": 1}', '{"id": "lamp", "value": 0}'])
 
 
-class _Peer(Protocol):
-    """
-    One end of a loopback connection: fires C{made} when connected, C{lost}
-    when closed, and C{got} with the first C{want} bytes received.
-    """
-
-    def __init__(self, want: int = 0) -> None:
-        self.want, self.received = want, b""
-        self.made, self.got, self.lost = Deferred(), Deferred(), Deferred()
-
-    def connectionMade(self):
-        self.made.callback(self)
-
-    def dataReceived(self, data):
-        self.received += data
-        if len(self.received) >= self.want and not self.got.called:
-            self.got.callback(self.received)
-
-    def connectionLost(self, reason):
-        self.lost.callback(None)
-
-
-class WriteNowTests(TestCase):
-    """
-    L{write_now} sends on a plain TCP connection at once when nothing is
-    buffered, and otherwise behaves exactly like C{transport.write}.
-    """
-
-    @inlineCallbacks
-    def connected(self, want: int):
-        """
-        A loopback TCP connection: C{(server end, client end)}; the client
-        end's C{got} fires with the first C{want} bytes it receives.
-        """
-        server, client = _Peer(), _Peer(want)
-        port = reactor.listenTCP(0, Factory.forProtocol(lambda: server), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
-        yield endpoint.connect(Factory.forProtocol(lambda: client))
-        yield server.made
-
-        def close():
-            server.transport.abortConnection()
-            client.transport.abortConnection()
-            return gatherResults([server.lost, client.lost])
-
-        self.addCleanup(close)
-        return server, client
-
-    @inlineCallbacks
-    def test_sends_at_once(self):
-        """
-        With an empty buffer the bytes go to the socket without the
-        transport registering for writing, and arrive.
-        """
-        server, client = yield self.connected(5)
-        write_now(server.transport, b"hello")
-        self.assertNotIn(server.transport, reactor.getWriters())
-        self.assertEqual((yield client.got), b"hello")
-
-    @inlineCallbacks
-    def test_behind_buffered_bytes(self):
-        """
-        Bytes written before and still buffered go out first.
-        """
-        server, client = yield self.connected(6)
-        server.transport.write(b"abc")
-        write_now(server.transport, b"def")
-        self.assertEqual((yield client.got), b"abcdef")
-
-    @inlineCallbacks
-    def test_remainder_is_buffered(self):
-        """
-        What the kernel does not take at once is written after it, in order.
-        """
-        data = bytes(range(256)) * 40000  # 10 MB: more than socket buffers hold
-        server, client = yield self.connected(len(data))
-        write_now(server.transport, data)
-        self.assertIn(server.transport, reactor.getWriters())
-        self.assertEqual((yield client.got), data)
-
-    @inlineCallbacks
-    def test_nothing_after_abort(self):
-        """
-        Once the connection is aborted nothing more is sent, as with write().
-        """
-        server, client = yield self.connected(1)
-        server.transport.abortConnection()
-        write_now(server.transport, b"late")
-        yield client.lost
-        self.assertEqual(client.received, b"")
-
-    def test_other_transports_use_write(self):
-        """
-        A transport that is not a plain TCP connection gets C{write}.
-        """
-        transport = StringTransport()
-        write_now(transport, b"hello")
-        self.assertEqual(transport.value(), b"hello")
-
 class MessageSizeTests(SynchronousTestCase):
     """
     Frames and messages over 64 KiB close the connection with 1009.
@@ -311,6 +205,24 @@ class HandshakeLimitTests(SynchronousTestCase):
 
     def connect(self):
         return accept(self.factory, "10.0.0.9")
+
+    def test_no_versions_to_strangers(self):
+        """
+        A plain GET (no Upgrade) is refused with 426 and a plain-text body,
+        not Autobahn's HTML status page; neither it nor a 101 names the
+        server software or its version.
+        """
+        server, transport = self.connect()
+        server.dataReceived(b"GET /?redirect=http%3A%2F%2Fevil.example HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = transport.value()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 426 "), answer)
+        self.assertNotIn(b"Server:", answer)
+        self.assertNotIn(b"utobahn", answer)
+        self.assertNotIn(b"evil.example", answer)
+        server, transport = self.connect()
+        server.dataReceived(HANDSHAKE)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 101 "))
+        self.assertNotIn(b"Server:", transport.value())
 
     def test_oversized_head_refused(self):
         """

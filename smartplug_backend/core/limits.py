@@ -1,5 +1,6 @@
 """
-The server's fixed limits (SPEC 6.3), in one place.
+The server's fixed numbers (SPEC 6.3 and the README's Limits table), in one
+place: everything here is a constant, not a setting.
 """
 
 # Request bodies over this are refused with 413, before they are read.
@@ -22,3 +23,20 @@ HTTP_IDLE_TIMEOUT = 60
 # Seconds for one HTTP request to arrive whole, head and body, from its first
 # byte (or from connecting); a fixed deadline against peers that trickle.
 HTTP_REQUEST_TIMEOUT = 30
+# Connections the kernel queues on every listener before we accept them.
+# Twisted's default of 50 overflows when many apps reconnect at once (after a
+# restart), and each overflow costs the client a SYN retransmission: a second
+# or more.
+LISTEN_BACKLOG = 1024
+# The app port pings every PlugBuddy connection this often (seconds) and
+# drops one that has not answered within APP_PING_TIMEOUT: phones vanish
+# without a close.
+APP_PING_INTERVAL = 60
+APP_PING_TIMEOUT = 30
+# Tweets waiting for their turn; beyond this the oldest is dropped.
+TWEET_QUEUE = 100
+# Tries per tweet, the delays (seconds) before the 2nd and 3rd, and the
+# timeout of one request to Twitter.
+TWEET_TRIES = 3
+TWEET_RETRY_DELAYS = (5.0, 30.0)
+TWEET_REQUEST_TIMEOUT = 10.0

@@ -75,12 +75,22 @@ class PubSub:
     _log = Logger()
 
     def __init__(self, deliver: Optional[Deliver] = None, now: Callable[[], float] = time.time) -> None:
-        self.deliver = deliver
+        self._deliver = deliver
         self._now = now
         # event -> subscribers, both in insertion order (dicts as ordered sets)
         self._events: dict[str, dict[Hashable, None]] = {}
         # connection -> its entry in the info frame
         self._connections: dict[Hashable, dict] = {}
+
+    def deliver_with(self, deliver: Deliver) -> None:
+        """
+        Send publications with C{deliver(subscribers, frame)} from now on: the
+        listener whose connections subscribe (built after the hub, since it
+        needs the hub) registers here, as listeners do with C{Hub.listen}.
+        """
+        if self._deliver is not None:
+            raise ValueError("publications already have a deliverer")
+        self._deliver = deliver
 
     def connected(self, connection: Hashable, client_name: str, address: str) -> None:
         """
@@ -133,8 +143,8 @@ class PubSub:
         @return: how many subscribers it was sent to.
         """
         subscribers = list(self._events.get(event, ()))
-        if subscribers and self.deliver is not None:
-            self.deliver(subscribers, delivery_frame(event, data, self._now()))
+        if subscribers and self._deliver is not None:
+            self._deliver(subscribers, delivery_frame(event, data, self._now()))
         return len(subscribers)
 
     def subscriptions(self) -> Iterable[tuple[str, list]]:

@@ -107,9 +107,22 @@ def _given(header: str, param: str):
     A credential of the request (SPEC 3.1): the header, else the query
     parameter, else C{None}.
     """
-    # getunicode: query.get() would hand over UTF-8 bytes read as latin-1,
-    # and a non-ASCII key would never match.
-    return bottle.request.get_header(header) or bottle.request.query.getunicode(param) or None
+    # WSGI hands over every header and query value as bytes read as
+    # latin-1.  Bottle's own decoding raises on bytes that are not UTF-8 (a
+    # 500); read them with U+FFFD in their place instead, so such a key is an
+    # ordinary wrong key (401, counted toward a ban) and such a name a name.
+    raw = bottle.request.environ.get("HTTP_" + header.upper().replace("-", "_")) or bottle.request.query.get(param)
+    return _utf8(raw) or None
+
+
+def _utf8(wsgi_value):
+    """
+    A WSGI (latin-1) string read as the UTF-8 bytes it carries, undecodable
+    bytes replaced by U+FFFD.
+    """
+    if wsgi_value is None:
+        return None
+    return wsgi_value.encode("latin-1").decode("utf-8", "replace")
 
 
 def make_app(hub, bridge: Bridge, guard=None, api_key=None) -> bottle.Bottle:

@@ -22,15 +22,16 @@ connection, for the first request), or the peer gets 408 and is closed.
 import json
 
 from twisted.logger import Logger
-from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
+from twisted.web.server import version as server_version
 from twisted.web.wsgi import WSGIResource
 
 from ..core.limits import HTTP_IDLE_TIMEOUT, HTTP_REQUEST_TIMEOUT, MAX_BODY
+from ..internals import HTTPChannelSeams
 from ..ws.base import peer_host
 
 
-class LenientHTTPChannel(HTTPChannel):
+class LenientHTTPChannel(HTTPChannelSeams):
     """
     An HTTPChannel that accepts request heads with CRLF or bare LF line ends,
     refuses bodies over L{MAX_BODY} with 413 before reading them, and gives
@@ -57,7 +58,7 @@ class LenientHTTPChannel(HTTPChannel):
         # The first byte of a request starts its deadline; bytes that arrive
         # while a request is being answered are only buffered by twisted.web
         # and replayed here when it is done.
-        if self._request_deadline is None and not self._handlingRequest:
+        if self._request_deadline is None and not self.handling_request:
             self._start_request_deadline()
         return super().dataReceived(data)
 
@@ -69,7 +70,7 @@ class LenientHTTPChannel(HTTPChannel):
     def allHeadersReceived(self):
         # A declared length over the limit is refused before any of the body
         # is read (and before "100 Continue" would invite it).
-        if self.length is not None and self.length > MAX_BODY:
+        if self.declared_length is not None and self.declared_length > MAX_BODY:
             return self.refuse_too_large()
         return super().allHeadersReceived()
 
@@ -105,9 +106,9 @@ class LenientHTTPChannel(HTTPChannel):
     def lineLengthExceeded(self, line):
         # One line over 16 KiB: LineReceiver would just close; answer it
         # like twisted.web's other oversized heads.
-        self._respondToBadRequestAndDisconnect()
+        self.bad_request()
 
-    def _respondToBadRequestAndDisconnect(self):
+    def bad_request(self):
         # twisted.web's answer to a malformed request line or header is a
         # bare 400 with no body; SPEC 1 wants every error as JSON.
         if self._refuse(b"400 Bad Request", "malformed HTTP request"):
@@ -142,14 +143,21 @@ class LenientHTTPChannel(HTTPChannel):
 
 class PatientRequest(Request):
     """
-    A Request whose body outlives the connection, and that counts what a
-    chunked body adds up to.
+    A Request whose body outlives the connection, that counts what a chunked
+    body adds up to, and that sends no C{Server} header.
 
     The body is an in-memory or temporary file of at most the size limit; it
     is released with the request object itself.
     """
 
     _received = 0
+
+    def setHeader(self, name, value) -> None:
+        # twisted.web names itself and its version on every answer; strangers
+        # learn nothing of versions here.
+        if isinstance(name, bytes) and name.lower() == b"server" and value == server_version:
+            return
+        super().setHeader(name, value)
 
     def handleContentChunk(self, data: bytes) -> None:
         self._received += len(data)
@@ -175,7 +183,7 @@ class QuietSite(Site):
 
     protocol = LenientHTTPChannel
     requestFactory = PatientRequest
-    noisy = False  # ListenerService logs where it listens, readably
+    noisy = False  # the listener logs where it listens, readably
     request_timeout = HTTP_REQUEST_TIMEOUT
 
     def buildProtocol(self, addr):

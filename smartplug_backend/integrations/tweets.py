@@ -23,14 +23,13 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from ..core.limits import TWEET_QUEUE, TWEET_RETRY_DELAYS, TWEET_TRIES
 from ..server.services import ThreadPoolService
 from .twitter_client import CREDENTIALS, TweetError, TwitterClient
 
-# Tweets waiting for their turn; beyond this the oldest is dropped.
-MAX_WAITING = 100
-# Tries per tweet, and the delays (seconds) before the 2nd and 3rd.
-TRIES = 3
-RETRY_DELAYS = (5.0, 30.0)
+MAX_WAITING = TWEET_QUEUE
+TRIES = TWEET_TRIES
+RETRY_DELAYS = TWEET_RETRY_DELAYS
 
 _log = Logger(namespace="smartplug_backend.integrations.tweets")
 

@@ -26,8 +26,11 @@ import requests
 import twitter
 from requests_oauthlib import OAuth1
 
+from ..core.limits import TWEET_REQUEST_TIMEOUT
+from ..internals import requests_session
+
 # Seconds to wait for Twitter to connect, and then for each read.
-REQUEST_TIMEOUT = 10.0
+REQUEST_TIMEOUT = TWEET_REQUEST_TIMEOUT
 
 CREDENTIALS = ("CONSUMER_KEY", "CONSUMER_SECRET", "ACCESS_TOKEN_KEY", "ACCESS_TOKEN_SECRET")
 
@@ -152,7 +155,7 @@ class _V1:
         # python-twitter never looks at the HTTP status: it reads the body,
         # and would take a server error's JSON without "errors" for success.
         # Its (only) session checks every answer before python-twitter sees it.
-        self.api._session.hooks["response"].append(_check_hook)
+        requests_session(self.api).hooks["response"].append(_check_hook)
 
     def verify(self) -> str:
         return "@" + self.api.VerifyCredentials(skip_status=True).screen_name
@@ -161,7 +164,7 @@ class _V1:
         return str(self.api.PostUpdate(text).id)
 
     def close(self) -> None:
-        self.api._session.close()
+        requests_session(self.api).close()
 
 
 def _check_hook(response, *args, **kwargs):

@@ -12,12 +12,10 @@ from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from ..core.limits import LISTEN_BACKLOG
 from .services import StartupError
 
-# Connections the kernel queues before we accept them.  Twisted's default of
-# 50 overflows when many apps reconnect at once (after a restart), and each
-# overflow costs the client a SYN retransmission: a second or more.
-BACKLOG = 1024
+BACKLOG = LISTEN_BACKLOG
 
 _log = Logger(namespace="smartplug_backend")
 

@@ -11,6 +11,7 @@ from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from ..core.limits import APP_PING_INTERVAL, APP_PING_TIMEOUT
 from ..core.reports import broadcast_bytes
 from . import picloud
 from .base import LenientServerProtocol, LimitedServerFactory, peer_address, peer_host
@@ -53,7 +54,7 @@ class AppProtocol(LenientServerProtocol):
         try:
             self._opened = True
             factory = self.factory
-            factory.hub.pubsub.connected(self, self._client_name, peer_address(self.transport))
+            self._hub.pubsub.connected(self, self._client_name, peer_address(self.transport))
             if self._route == "plugbuddy":
                 factory.clients.add(self)
             elif self._route == "info":
@@ -71,14 +72,14 @@ class AppProtocol(LenientServerProtocol):
             self._log.failure("app connection from {peer}", peer=self._peer)
 
     def _send_info(self) -> None:
-        self.sendMessage(self.factory.hub.pubsub.info_frame())
+        self.sendMessage(self._hub.pubsub.info_frame())
 
     def onMessage(self, payload, isBinary):
         try:
             if isBinary:
                 return self._ignore("binary message")
             message = picloud.decode(payload)
-            hub = self.factory.hub
+            hub = self._hub
             if self._route == "plugbuddy":
                 problem = self._status(message)
             elif self._route == "subscribe":
@@ -95,7 +96,7 @@ class AppProtocol(LenientServerProtocol):
     def _status(self, message):
         if not isinstance(message, dict) or not isinstance(message.get("status"), str):
             return 'expected {"status": "<plug id>"}'
-        plug = self.factory.hub.plug(message["status"])
+        plug = self._hub.plug(message["status"])
         if plug is not None:
             self.sendMessage(broadcast_bytes(plug.id, plug.value))
         return None
@@ -112,7 +113,7 @@ class AppProtocol(LenientServerProtocol):
         self._opened = False
         factory = self.factory
         factory.clients.discard(self)
-        factory.hub.pubsub.disconnected(self)
+        self._hub.pubsub.disconnected(self)
         if self._info_loop is not None and self._info_loop.running:
             self._info_loop.stop()
         self._log.info("app disconnected from {peer} (code {code})", peer=self._peer, code=code)
@@ -120,8 +121,8 @@ class AppProtocol(LenientServerProtocol):
 
 class AppFactory(LimitedServerFactory):
     """
-    The app WebSocket listener.  Subscribe L{broadcast} to the hub, and set
-    the hub's pub/sub C{deliver} to L{send_to_all}.
+    The app WebSocket listener.  Subscribe L{broadcast} to the hub, and give
+    L{send_to_all} to the hub's pub/sub C{deliver_with}.
 
     @param api_key: PiCloud's API key, or C{None} for none.
     @param clock: drives the info socket's frames and the handshake deadline.
@@ -130,19 +131,18 @@ class AppFactory(LimitedServerFactory):
     """
 
     protocol = AppProtocol
-    noisy = False  # ListenerService logs where it listens, readably
+    noisy = False  # the listener logs where it listens, readably
 
     def __init__(self, hub, api_key=None, info_interval=5, clock=None, guard=None, url=None):
-        super().__init__(url, clock)
-        self.hub = hub
+        super().__init__(hub, url, clock)
         self.api_key = api_key
         self.info_interval = info_interval
         self.guard = guard
         self.clients: set = set()
         self.setProtocolOptions(
             # Phones vanish without a close; pings find the dead connections.
-            autoPingInterval=60,
-            autoPingTimeout=30,
+            autoPingInterval=APP_PING_INTERVAL,
+            autoPingTimeout=APP_PING_TIMEOUT,
         )
 
     def broadcast(self, report) -> None:

@@ -10,12 +10,12 @@ import http.client
 import re
 from typing import Iterable
 
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from twisted.internet import tcp
+from autobahn.twisted.websocket import WebSocketServerFactory
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from ..core.limits import MAX_HANDSHAKE, MAX_MESSAGE, MAX_UNSENT, WS_HANDSHAKE_TIMEOUT
+from ..internals import WebSocketServerSeams, read_options_from_factory, write_now
 
 _HOST_HEADER = re.compile(rb"\nhost[ \t]*:", re.IGNORECASE)
 
@@ -28,43 +28,6 @@ def peer_host(transport) -> str:
         return transport.getPeer().host
     except Exception:
         return "?"
-
-
-def write_now(transport, data: bytes) -> None:
-    """
-    Write C{data} to C{transport}: to the socket at once when nothing is
-    buffered ahead of it, else (and for what the kernel does not take) with
-    C{transport.write}.
-
-    A Twisted TCP transport buffers every write until the reactor's next
-    turn, so each write costs an epoll registration, an event, a dispatch
-    and an unregistration around the one C{send} that does the work.  For
-    one frame to thousands of connections that bookkeeping is most of the
-    server's CPU.  Only a plain TCP connection (no TLS, not closing or
-    aborted) with an empty buffer takes the direct path; TLS, test
-    transports and any error go through C{write}, which also keeps the
-    order of what is buffered and tells a registered producer when the
-    buffer fills.
-    """
-    if (
-        type(transport) is tcp.Server
-        and not transport.TLS
-        and transport.connected
-        and not transport.disconnecting
-        and not getattr(transport, "_aborting", True)
-        and not transport.dataBuffer
-        and not getattr(transport, "_tempDataLen", True)
-    ):
-        try:
-            sent = transport.socket.send(data)
-        except OSError:
-            # Full (EAGAIN) or failing: write() buffers it, and the reactor
-            # reports a failure as a lost connection in the usual way.
-            sent = 0
-        if sent == len(data):
-            return
-        data = data[sent:]
-    transport.write(data)
 
 
 def peer_address(transport) -> str:
@@ -99,29 +62,7 @@ class _SendBuffer:
         pass
 
 
-class _FactoryOption:
-    """
-    A protocol option read from the connection's factory unless the
-    connection sets its own.
-
-    Autobahn copies each of its 29 protocol options from the factory onto
-    every connection when it is made, unless the protocol already has that
-    attribute.  With these on the class it has them all, so nothing is
-    copied and each idle connection's attribute dict is a third smaller.
-    The difference: a later C{factory.setProtocolOptions} also reaches
-    connections already open.
-    """
-
-    def __set_name__(self, owner, name: str) -> None:
-        self.name = name
-
-    def __get__(self, protocol, owner=None):
-        if protocol is None:
-            return self
-        return getattr(protocol.factory, self.name)
-
-
-class LenientServerProtocol(WebSocketServerProtocol):
+class LenientServerProtocol(WebSocketServerSeams):
     """
     The base of our server protocols.
 
@@ -141,8 +82,8 @@ class LenientServerProtocol(WebSocketServerProtocol):
     - Cuts off a peer that lets more than L{MAX_UNSENT} bytes pile up unsent,
       so that one slow client cannot grow memory without bound.
     - Keeps little per idle connection: protocol options are read from the
-      factory (L{_FactoryOption}), and what only the opening handshake needs
-      is dropped once the connection is open.
+      factory, and what only the opening handshake needs is dropped once the
+      connection is open (both in L{smartplug_backend.internals}).
     """
 
     _host_checked = False
@@ -152,43 +93,23 @@ class LenientServerProtocol(WebSocketServerProtocol):
     _cut_off = False
     _handshake_deadline = None
 
-    # What Autobahn keeps of the opening handshake and never reads once the
-    # connection is open (onConnect has had it all as a ConnectionRequest):
-    # about 1.5 KB per connection.
-    _HANDSHAKE_ONLY = (
-        "http_request_data",
-        "http_response_data",
-        "http_status_line",
-        "http_headers",
-        "http_request_uri",
-        "http_request_host",
-        "http_request_path",
-        "http_request_params",
-        "websocket_origin",
-        "websocket_protocols",
-        "websocket_extensions",
-        "_wskey",
-    )
-
-    def _onOpen(self) -> None:
-        try:
-            super()._onOpen()
-        finally:
-            for name in self._HANDSHAKE_ONLY:
-                setattr(self, name, None)
+    @property
+    def _hub(self):
+        # The one way a connection reaches the server's state: its factory's
+        # hub (a class attribute, so it costs idle connections nothing).
+        return self.factory.hub
 
     def processHandshake(self):
         if not self._host_checked:
-            end = self.data.find(b"\r\n\r\n")
-            if (end if end >= 0 else len(self.data)) > MAX_HANDSHAKE:
+            received = self.unparsed()
+            end = received.find(b"\r\n\r\n")
+            if (end if end >= 0 else len(received)) > MAX_HANDSHAKE:
                 self._host_checked = True
                 return self.failHandshake(f"opening handshake over {MAX_HANDSHAKE} bytes", 431)
             if end >= 0:
                 self._host_checked = True
-                head = self.data[: end + 2]
-                if not _HOST_HEADER.search(head):
-                    first = head.find(b"\n") + 1
-                    self.data = self.data[:first] + b"Host: localhost\r\n" + self.data[first:]
+                if not _HOST_HEADER.search(received[: end + 2]):
+                    self.insert_header(b"Host: localhost\r\n")
         return super().processHandshake()
 
     def sendHttpErrorResponse(self, code, reason, responseHeaders=None):
@@ -246,12 +167,9 @@ class LenientServerProtocol(WebSocketServerProtocol):
             # Closing or closed: no data frame may follow a close frame
             # (RFC 6455 5.5.1), and a broadcast may reach us in between.
             return
-        if (
-            not self._send_buffer_full
-            and (self._perMessageCompress is None or preparedMsg.doNotCompress)
-            and not self.send_queue
-        ):
-            write_now(self.transport, preparedMsg.payloadHybi)
+        frame = None if self._send_buffer_full else self.prepared_frame_as_is(preparedMsg)
+        if frame is not None:
+            write_now(self.transport, frame)
         else:
             super().sendPreparedMessage(preparedMsg)
 
@@ -283,11 +201,7 @@ class LenientServerProtocol(WebSocketServerProtocol):
         """
 
 
-for _name in WebSocketServerProtocol.CONFIG_ATTRS:
-    _option = _FactoryOption()
-    _option.__set_name__(LenientServerProtocol, _name)
-    setattr(LenientServerProtocol, _name, _option)
-del _name, _option
+read_options_from_factory(LenientServerProtocol)
 
 
 class LimitedServerFactory(WebSocketServerFactory):
@@ -297,6 +211,7 @@ class LimitedServerFactory(WebSocketServerFactory):
     within C{handshake_timeout} seconds, and that can send one message to
     many.
 
+    @param hub: the server's state; connections reach it as C{self._hub}.
     @param url: C{wss://...} when the listener speaks TLS (Autobahn's
         C{isSecure}), else C{None}.
     @param clock: runs the handshake deadline (the reactor; a L{Clock} in
@@ -305,8 +220,10 @@ class LimitedServerFactory(WebSocketServerFactory):
         included) to a completed WebSocket opening handshake; 0 for none.
     """
 
-    def __init__(self, url=None, clock=None, handshake_timeout: float = WS_HANDSHAKE_TIMEOUT) -> None:
-        super().__init__(url)
+    def __init__(self, hub, url=None, clock=None, handshake_timeout: float = WS_HANDSHAKE_TIMEOUT) -> None:
+        # No Server header: strangers learn nothing of versions.
+        super().__init__(url, server=None)
+        self.hub = hub
         if clock is None:
             from twisted.internet import reactor as clock
         self.clock = clock
@@ -320,6 +237,9 @@ class LimitedServerFactory(WebSocketServerFactory):
             # Ours replaces Autobahn's timer, which only runs on the global
             # reactor; both are a fixed deadline, not reset by new bytes.
             openHandshakeTimeout=0,
+            # A GET without Upgrade gets a plain 426, not Autobahn's HTML
+            # status page (which names its version and follows ?redirect=).
+            webStatus=False,
         )
 
     def send_to_all(self, connections: Iterable, payload: bytes) -> None:

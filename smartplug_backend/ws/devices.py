@@ -30,7 +30,6 @@ class DeviceProtocol(LenientServerProtocol):
     """
 
     _log = Logger(namespace="smartplug_backend.ws.devices")
-    _hub = None
     _peer = "?"
     _state = None
     _timer = None
@@ -151,11 +150,10 @@ class DeviceFactory(LimitedServerFactory):
     """
 
     protocol = DeviceProtocol
-    noisy = False  # ListenerService logs where it listens, readably
+    noisy = False  # the listener logs where it listens, readably
 
     def __init__(self, hub, guard, secret: str, clock: IReactorTime, auth_timeout: float = 10, idle_timeout: float = 30, url=None) -> None:
-        super().__init__(url, clock)
-        self.hub = hub
+        super().__init__(hub, url, clock)
         self.guard = guard
         self.secret = secret.encode("utf-8")
         self.auth_timeout = auth_timeout
@@ -171,11 +169,6 @@ class DeviceFactory(LimitedServerFactory):
         The factory configured by C{AUTH_SECRET} and the device timeouts.
         """
         return cls(hub, guard, settings.AUTH_SECRET, clock, settings.DEVICE_AUTH_TIMEOUT, settings.DEVICE_IDLE_TIMEOUT, url)
-
-    def buildProtocol(self, addr):
-        protocol = super().buildProtocol(addr)
-        protocol._hub = self.hub
-        return protocol
 
     def send_packet(self, event) -> None:
         """

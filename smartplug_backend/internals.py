@@ -1,0 +1,218 @@
+"""
+Every place where this server relies on a private part of Twisted, Autobahn
+or python-twitter: the only module that may.
+
+Each seam says what it relies on, why no public API does the job, and which
+upstream version it was checked against (L{CHECKED_AGAINST}).
+C{tests/test_internals.py} exercises every one of them on the installed
+versions and fails, naming the seam, when an upgrade changes it.  Everything
+else in the package uses these names and public APIs only.
+"""
+
+from autobahn.twisted.websocket import WebSocketServerProtocol
+from twisted.internet import tcp
+from twisted.web.http import HTTPChannel
+
+CHECKED_AGAINST = {"twisted": "26.10.0", "autobahn": "26.10.2", "python-twitter": "3.5"}
+
+
+# -- Twisted: writing to a TCP socket at once -------------------------------
+
+
+def write_now(transport, data: bytes) -> None:
+    """
+    Write C{data} to C{transport}: to the socket at once when nothing is
+    buffered ahead of it, else (and for what the kernel does not take) with
+    C{transport.write}.
+
+    Why: a Twisted TCP transport buffers every write until the reactor's
+    next turn, so each write costs an epoll registration, an event, a
+    dispatch and an unregistration around the one C{send} that does the
+    work.  For one frame to thousands of connections that bookkeeping is
+    most of the server's CPU.
+
+    Relies on C{tcp.Server}'s C{socket}, C{dataBuffer}, C{_tempDataLen},
+    C{_aborting}, C{connected}, C{disconnecting} and C{TLS}.  Only a plain
+    TCP connection (no TLS, not closing or aborted) with an empty buffer
+    takes the direct path; anything unexpected (an attribute missing: the
+    C{getattr} defaults) falls back to C{write}, which also keeps the order
+    of what is buffered and tells a registered producer when it fills.
+    """
+    if (
+        type(transport) is tcp.Server
+        and not transport.TLS
+        and transport.connected
+        and not transport.disconnecting
+        and not getattr(transport, "_aborting", True)
+        and not transport.dataBuffer
+        and not getattr(transport, "_tempDataLen", True)
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            # Full (EAGAIN) or failing: write() buffers it, and the reactor
+            # reports a failure as a lost connection in the usual way.
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+
+
+# -- Twisted: the HTTP channel ----------------------------------------------
+
+
+class HTTPChannelSeams(HTTPChannel):
+    """
+    What our HTTP channel needs of C{HTTPChannel} beyond its public API.
+
+    - C{_respondToBadRequestAndDisconnect}: twisted.web answers a malformed
+      request line or header with a bare 400 and no body; it is routed to
+      L{bad_request} so that ours can answer JSON (SPEC 1).
+    - C{_handlingRequest}: whether a request is being answered (bytes that
+      arrive meanwhile are only buffered), read by L{handling_request}.
+    - C{length}: the declared Content-Length once the headers are in
+      (C{None} for chunked), read by L{declared_length}.
+    - C{delimiter}: C{HTTPChannel} is a C{LineReceiver}; setting
+      C{delimiter = b"\\n"} (done by the subclass) makes it read bare-LF
+      request heads, as the plug's firmware sends them.
+    """
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        self.bad_request()
+
+    def bad_request(self) -> None:
+        """
+        Answer a malformed request and close; by default, as twisted.web.
+        """
+        HTTPChannel._respondToBadRequestAndDisconnect(self)
+
+    @property
+    def handling_request(self) -> bool:
+        """
+        True while a request is being answered.
+        """
+        return self._handlingRequest
+
+    @property
+    def declared_length(self):
+        """
+        The request's declared Content-Length, or C{None}.
+        """
+        return self.length
+
+
+# -- Autobahn: the server protocol ------------------------------------------
+
+
+class WebSocketServerSeams(WebSocketServerProtocol):
+    """
+    What our WebSocket protocols need of Autobahn's beyond its public API.
+
+    - C{_onOpen}: Autobahn's step from the opening handshake to the open
+      connection (it calls C{onOpen}).  Once it has run, the attributes in
+      L{HANDSHAKE_ONLY}, which Autobahn never reads again, are dropped:
+      about 1.5 KB per idle connection.
+    - C{data}: the bytes received and not yet parsed; during the opening
+      handshake, its head (L{unparsed}, L{insert_header}).
+    - C{_perMessageCompress}, C{send_queue} and a prepared message's
+      C{payloadHybi}: Autobahn's own condition for sending a prepared frame
+      as it is (L{prepared_frame_as_is}).
+    - C{CONFIG_ATTRS} and C{_connectionMade}'s copying: Autobahn copies each
+      protocol option from the factory onto every new connection unless the
+      protocol already has the attribute (L{read_options_from_factory}).
+    """
+
+    # What Autobahn keeps of the opening handshake and never reads once the
+    # connection is open (onConnect has had it all as a ConnectionRequest).
+    HANDSHAKE_ONLY = (
+        "http_request_data",
+        "http_response_data",
+        "http_status_line",
+        "http_headers",
+        "http_request_uri",
+        "http_request_host",
+        "http_request_path",
+        "http_request_params",
+        "websocket_origin",
+        "websocket_protocols",
+        "websocket_extensions",
+        "_wskey",
+    )
+
+    def _onOpen(self) -> None:
+        try:
+            super()._onOpen()
+        finally:
+            for name in self.HANDSHAKE_ONLY:
+                setattr(self, name, None)
+
+    def unparsed(self) -> bytes:
+        """
+        What has been received and not parsed yet: during the opening
+        handshake, the request head so far.
+        """
+        return self.data
+
+    def insert_header(self, line: bytes) -> None:
+        """
+        Put the header C{line} (with its CRLF) right after the request line
+        of the opening handshake received so far.
+        """
+        first = self.data.find(b"\n") + 1
+        self.data = self.data[:first] + line + self.data[first:]
+
+    def prepared_frame_as_is(self, prepared):
+        """
+        The bytes of C{prepared} if this connection may send them as they
+        are (no per-message compression in use, nothing queued for chopped
+        or synchronous sends), else C{None}.
+        """
+        if (self._perMessageCompress is None or prepared.doNotCompress) and not self.send_queue:
+            return prepared.payloadHybi
+        return None
+
+
+class _FactoryOption:
+    """
+    A protocol option read from the connection's factory unless the
+    connection sets its own.
+    """
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, protocol, owner=None):
+        if protocol is None:
+            return self
+        return getattr(protocol.factory, self.name)
+
+
+def read_options_from_factory(protocol_class) -> None:
+    """
+    Give C{protocol_class} every Autobahn protocol option as a class
+    attribute that reads the factory's value.
+
+    Autobahn copies each of its protocol options from the factory onto every
+    connection when it is made, unless the protocol already has that
+    attribute.  With these on the class it has them all, so nothing is
+    copied and each idle connection's attribute dict is a third smaller.
+    The difference: a later C{factory.setProtocolOptions} also reaches
+    connections already open.
+    """
+    for name in WebSocketServerProtocol.CONFIG_ATTRS:
+        option = _FactoryOption()
+        option.__set_name__(protocol_class, name)
+        setattr(protocol_class, name, option)
+
+
+# -- python-twitter ---------------------------------------------------------
+
+
+def requests_session(api):
+    """
+    The C{requests} session a C{twitter.Api} sends everything through
+    (C{Api._session}): python-twitter never looks at HTTP status codes, so a
+    response hook on it checks them before python-twitter reads the body.
+    """
+    return api._session

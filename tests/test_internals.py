@@ -1,0 +1,235 @@
+"""
+The seams in L{smartplug_backend.internals}: each private part of Twisted,
+Autobahn or python-twitter the server relies on is checked here on the
+installed versions, so that an upgrade that changes one fails here, loudly
+and by name, instead of quietly slowing or breaking the server.
+"""
+
+import requests
+import twitter
+from autobahn.twisted.websocket import WebSocketServerProtocol
+from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.http import HTTPChannel
+
+from smartplug_backend import internals
+from smartplug_backend.core.hub import Hub
+from smartplug_backend.http.api import make_app
+from smartplug_backend.http.channel import make_site
+from smartplug_backend.internals import write_now
+from smartplug_backend.ws.apps import AppFactory
+
+from .helpers import SYNC_BRIDGE, SynchronousReactor, SynchronousThreadPool, quiet, ws_connect
+
+
+class TwistedSeamTests(SynchronousTestCase):
+    """
+    The parts of twisted.web's HTTPChannel the HTTP channel relies on.
+    """
+
+    def test_bad_request_hook(self):
+        """
+        twisted.web still answers a malformed header through
+        C{HTTPChannel._respondToBadRequestAndDisconnect}, which reaches our
+        JSON 400.
+        """
+        self.assertTrue(
+            callable(getattr(HTTPChannel, "_respondToBadRequestAndDisconnect", None)),
+            "seam HTTPChannelSeams: HTTPChannel._respondToBadRequestAndDisconnect is gone",
+        )
+        site = make_site(make_app(Hub(), SYNC_BRIDGE), SynchronousReactor(), SynchronousThreadPool())
+        channel = site.buildProtocol(IPv4Address("TCP", "10.0.0.1", 1))
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(b"GET / HTTP/1.1\r\nno colon here\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 Bad Request\r\n"), transport.value())
+        self.assertTrue(transport.value().endswith(b'{"error": "malformed HTTP request"}'), transport.value())
+
+    def test_channel_attributes(self):
+        """
+        C{_handlingRequest} and C{length} are still the channel's own
+        record of a request in progress and of its declared length.
+        """
+        channel = HTTPChannel()
+        channel.makeConnection(StringTransport())
+        self.assertIs(channel._handlingRequest, False, "seam handling_request: HTTPChannel._handlingRequest")
+        channel.dataReceived(b"POST / HTTP/1.1\r\nContent-Length: 7\r\n\r\n")
+        self.assertEqual(channel.length, 7, "seam declared_length: HTTPChannel.length")
+        self.assertEqual(HTTPChannel.delimiter, b"\r\n", "seam: HTTPChannel is a LineReceiver")
+
+
+class AutobahnSeamTests(SynchronousTestCase):
+    """
+    The parts of Autobahn's server protocol the WebSocket listeners rely on.
+    """
+
+    def test_on_open_step(self):
+        """
+        Autobahn still goes from the handshake to C{onOpen} through
+        C{_onOpen}, so the handshake's attributes are dropped once open.
+        """
+        self.assertTrue(callable(getattr(WebSocketServerProtocol, "_onOpen", None)), "seam _onOpen is gone")
+        factory = quiet(AppFactory(Hub()))
+        _, server, _ = ws_connect(factory)
+        self.assertEqual(server.state, server.STATE_OPEN)
+        for name in internals.WebSocketServerSeams.HANDSHAKE_ONLY:
+            self.assertTrue(hasattr(server, name), f"seam HANDSHAKE_ONLY: Autobahn no longer has {name}")
+            self.assertIsNone(getattr(server, name), name)
+
+    def test_prepared_frame_attributes(self):
+        """
+        An open connection has C{_perMessageCompress} and C{send_queue}, and
+        a prepared message its frame in C{payloadHybi}: a text frame.
+        """
+        factory = quiet(AppFactory(Hub()))
+        _, server, _ = ws_connect(factory)
+        prepared = factory.prepareMessage(b"hi")
+        self.assertEqual(server.prepared_frame_as_is(prepared), b"\x81\x02hi")
+        self.assertIn("_perMessageCompress", vars(server), "seam prepared_frame_as_is")
+        self.assertEqual(len(server.send_queue), 0, "seam prepared_frame_as_is: send_queue")
+
+    def test_options_copied_only_when_missing(self):
+        """
+        Autobahn still lists its options in C{CONFIG_ATTRS} and copies them
+        onto a new connection only where it has no such attribute.
+        """
+        self.assertIn("maxMessagePayloadSize", WebSocketServerProtocol.CONFIG_ATTRS)
+        factory = quiet(AppFactory(Hub()))
+        _, server, _ = ws_connect(factory)
+        copied = [name for name in WebSocketServerProtocol.CONFIG_ATTRS if name in vars(server)]
+        self.assertEqual(copied, [], "seam read_options_from_factory: options copied onto the connection")
+
+    def test_unparsed_head(self):
+        """
+        During the opening handshake, C{data} holds the head received so
+        far, and a header put into it is parsed.
+        """
+        factory = quiet(AppFactory(Hub()))
+        server = factory.buildProtocol(IPv4Address("TCP", "10.0.0.1", 1))
+        transport = StringTransport()
+        server.makeConnection(transport)
+        server.dataReceived(
+            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 101 "), "seam unparsed/insert_header")
+
+
+class PythonTwitterSeamTests(SynchronousTestCase):
+    """
+    python-twitter's session.
+    """
+
+    def test_session(self):
+        """
+        C{twitter.Api} still sends through one C{requests.Session}.
+        """
+        api = twitter.Api("a", "b", "c", "d", cache=None)
+        self.assertIsInstance(internals.requests_session(api), requests.Session)
+
+
+class _Peer(Protocol):
+    """
+    One end of a loopback connection: fires C{made} when connected, C{lost}
+    when closed, and C{got} with the first C{want} bytes received.
+    """
+
+    def __init__(self, want: int = 0) -> None:
+        self.want, self.received = want, b""
+        self.made, self.got, self.lost = Deferred(), Deferred(), Deferred()
+
+    def connectionMade(self):
+        self.made.callback(self)
+
+    def dataReceived(self, data):
+        self.received += data
+        if len(self.received) >= self.want and not self.got.called:
+            self.got.callback(self.received)
+
+    def connectionLost(self, reason):
+        self.lost.callback(None)
+
+
+class WriteNowTests(TestCase):
+    """
+    L{write_now} sends on a plain TCP connection at once when nothing is
+    buffered, and otherwise behaves exactly like C{transport.write}.
+    """
+
+    @inlineCallbacks
+    def connected(self, want: int):
+        """
+        A loopback TCP connection: C{(server end, client end)}; the client
+        end's C{got} fires with the first C{want} bytes it receives.
+        """
+        server, client = _Peer(), _Peer(want)
+        port = reactor.listenTCP(0, Factory.forProtocol(lambda: server), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        yield endpoint.connect(Factory.forProtocol(lambda: client))
+        yield server.made
+
+        def close():
+            server.transport.abortConnection()
+            client.transport.abortConnection()
+            return gatherResults([server.lost, client.lost])
+
+        self.addCleanup(close)
+        return server, client
+
+    @inlineCallbacks
+    def test_sends_at_once(self):
+        """
+        With an empty buffer the bytes go to the socket without the
+        transport registering for writing, and arrive.
+        """
+        server, client = yield self.connected(5)
+        write_now(server.transport, b"hello")
+        self.assertNotIn(server.transport, reactor.getWriters())
+        self.assertEqual((yield client.got), b"hello")
+
+    @inlineCallbacks
+    def test_behind_buffered_bytes(self):
+        """
+        Bytes written before and still buffered go out first.
+        """
+        server, client = yield self.connected(6)
+        server.transport.write(b"abc")
+        write_now(server.transport, b"def")
+        self.assertEqual((yield client.got), b"abcdef")
+
+    @inlineCallbacks
+    def test_remainder_is_buffered(self):
+        """
+        What the kernel does not take at once is written after it, in order.
+        """
+        data = bytes(range(256)) * 40000  # 10 MB: more than socket buffers hold
+        server, client = yield self.connected(len(data))
+        write_now(server.transport, data)
+        self.assertIn(server.transport, reactor.getWriters())
+        self.assertEqual((yield client.got), data)
+
+    @inlineCallbacks
+    def test_nothing_after_abort(self):
+        """
+        Once the connection is aborted nothing more is sent, as with write().
+        """
+        server, client = yield self.connected(1)
+        server.transport.abortConnection()
+        write_now(server.transport, b"late")
+        yield client.lost
+        self.assertEqual(client.received, b"")
+
+    def test_other_transports_use_write(self):
+        """
+        A transport that is not a plain TCP connection gets C{write}.
+        """
+        transport = StringTransport()
+        write_now(transport, b"hello")
+        self.assertEqual(transport.value(), b"hello")
+
