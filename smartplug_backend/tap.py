@@ -18,6 +18,7 @@ from .core.journal import MemoryJournal
 from .core.pubsub import report_publisher
 from .http.api import Bridge, make_app
 from .http.channel import make_site
+from .http.ingest import ingest_routes
 from .integrations.tweets import tweet_service
 from .server.connections import ConnectionCap
 from .server.guard import Guard
@@ -120,7 +121,10 @@ def _build(options: Options, reactor) -> MultiService:
     wsgi_pool = ThreadPool(minthreads=2, maxthreads=16, name="smartplug-wsgi")
     ThreadPoolService(wsgi_pool, reactor).setServiceParent(top)
     app = make_app(hub, Bridge.for_reactor(reactor), guard=guard, api_key=settings.API_KEY)
-    listen("HTTP", endpoint("www", settings.WWW_SERVER_PORT), make_site(app, reactor, wsgi_pool), "http")
+    # POST /data and POST /publish are answered on the reactor thread; the
+    # app keeps every other route, and the refusals of those two.
+    site = make_site(app, reactor, wsgi_pool, fast=ingest_routes(hub, settings.API_KEY))
+    listen("HTTP", endpoint("www", settings.WWW_SERVER_PORT), site, "http")
 
     ws_endpoint = endpoint("ws", settings.WS_SERVER_PORT)
     apps = AppFactory(

@@ -29,6 +29,7 @@ from twisted.web.wsgi import WSGIResource
 from ..core.limits import HTTP_IDLE_TIMEOUT, HTTP_REQUEST_TIMEOUT, MAX_BODY
 from ..internals import HTTPChannelSeams
 from ..ws.base import peer_host
+from .root import Root
 
 
 class LenientHTTPChannel(HTTPChannelSeams):
@@ -195,15 +196,21 @@ class QuietSite(Site):
         pass
 
 
-def make_site(app, reactor, pool, timeout: float = HTTP_IDLE_TIMEOUT, request_timeout: float = HTTP_REQUEST_TIMEOUT) -> Site:
+def make_site(app, reactor, pool, timeout: float = HTTP_IDLE_TIMEOUT, request_timeout: float = HTTP_REQUEST_TIMEOUT,
+              children: dict = None, fast: dict = None) -> Site:
     """
     A Site serving the WSGI C{app} from C{pool}: idle connections closed
     after C{timeout} seconds, and a request that has not arrived whole
     C{request_timeout} seconds after its first byte answered 408 and closed
     (0: no such deadline).
+
+    @param children: twisted.web resources by first path segment (bytes),
+        served beside the app (L{Root}).
+    @param fast: handlers of POST requests by exact path, answered on the
+        reactor thread (L{Root}; L{smartplug_backend.http.ingest}).
     """
     site = QuietSite(
-        WSGIResource(reactor, pool, app),
+        Root(WSGIResource(reactor, pool, app), children, fast),
         timeout=timeout,
         reactor=reactor,
         # The app reads raw bodies; parsing forms would only cost memory.
