@@ -235,6 +235,89 @@ def post_load(
 
 
 # --------------------------------------------------------------------------
+# POST /data on keep-alive connections
+
+
+def keepalive_load(
+    port: int, concurrency: int, duration: float, warmup: float, timeout: float = 10.0, server_pid: int = None
+) -> dict:
+    """
+    C{concurrency} keep-alive connections, each POSTing a report (its own
+    plug, alternating 0 and 1) as soon as the last one is answered, for
+    C{warmup} then C{duration} seconds; only answers within the measured
+    window count.  With C{server_pid}, the server's CPU time over the window
+    is read too (C{server_cpu}).
+    """
+    raise_fd_limit()
+    ep = select.epoll()
+    conns: dict = {}
+    statuses: Counter = Counter()
+    failures: Counter = Counter()
+    begin = time.perf_counter()
+    measure_from, stop_at = begin + warmup, begin + warmup + duration
+    answered = 0
+    server_cpu = [None, None]
+
+    def request(n: int, i: int) -> bytes:
+        body = b'{"id": "bench-%d", "value": %d}' % (n, i % 2)
+        return b"POST /data HTTP/1.1\r\nHost: bench\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+    for n in range(concurrency):
+        sock = socket.create_connection((HOST, port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ep.register(sock.fileno(), _IN)
+        conns[sock.fileno()] = [sock, n, 0, b"", time.perf_counter()]
+    for c in conns.values():
+        c[0].sendall(request(c[1], 0))
+    while conns:
+        now = time.perf_counter()
+        if server_pid and server_cpu[0] is None and now >= measure_from:
+            server_cpu[0] = cpu_seconds(server_pid)
+        if server_pid and server_cpu[1] is None and now >= stop_at:
+            server_cpu[1] = cpu_seconds(server_pid)
+        for fd, _events in ep.poll(0.1):
+            c = conns[fd]
+            data = c[0].recv(65536)
+            c[3] += data
+            status, complete = _response_complete(c[3])
+            now = time.perf_counter()
+            if not complete:
+                if not data:
+                    failures["closed by the server"] += 1
+                    ep.unregister(fd)
+                    c[0].close()
+                    del conns[fd]
+                continue
+            c[3] = b""
+            if measure_from <= now <= stop_at:
+                answered += 1
+                statuses[status] += 1
+            if now >= stop_at:
+                ep.unregister(fd)
+                c[0].close()
+                del conns[fd]
+                continue
+            c[2] += 1
+            c[4] = now
+            c[0].sendall(request(c[1], c[2]))
+        now = time.perf_counter()
+        for fd in [fd for fd, c in conns.items() if now - c[4] > timeout]:
+            failures[f"no answer within {timeout:g} s"] += 1
+            ep.unregister(fd)
+            conns.pop(fd)[0].close()
+    if server_pid and server_cpu[1] is None:
+        server_cpu[1] = cpu_seconds(server_pid)
+    ep.close()
+    return {
+        "answered": answered,
+        "per_second": answered / duration,
+        "statuses": dict(statuses),
+        "failures": dict(failures),
+        "server_cpu": (server_cpu[1] - server_cpu[0]) if None not in server_cpu else None,
+    }
+
+
+# --------------------------------------------------------------------------
 # App WebSocket clients
 
 

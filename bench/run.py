@@ -386,11 +386,11 @@ def ingest(bench: Bench) -> list:
     ]
 
 
-@benchmark("store", "POST /data, keep-alive clients, STATE_DB set versus None (bench/store.py, issue 7)")
+@benchmark("store", "POST /data, keep-alive clients, STATE_DB set versus None (bench/store.py, issues 7 and 12)")
 def state_db(bench: Bench) -> list:
     from bench import store
 
-    return [Row(metric, value) for metric, value in store.compare()]
+    return [Row(metric, value, target, met) for metric, value, target, met in store.compare()]
 
 
 # --------------------------------------------------------------------------
