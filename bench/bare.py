@@ -3,7 +3,13 @@ The yardstick for the ingest benchmark: a bare twisted.web C{Resource} on the
 reactor thread that reads a report's JSON and answers C{{}}, and nothing
 else (no state, no log line, no guard, no connection count, no deadlines).
 
-    python bench/bare.py      # prints "bare listening on 127.0.0.1:PORT"
+    python bench/bare.py         # prints "bare listening on 127.0.0.1:PORT"
+    python bench/bare.py --log   # ... and logs one line per report
+
+With C{--log} it also writes the one line per report that the server must
+write (SPEC: same logs), through twisted.logger's text observer on
+standard output as twistd does, so the cost of that line can be told apart
+from the server's own.
 
 Its channel only splits request lines on LF as well as CRLF, the least any
 server must do to read the plug firmware's request (SPEC 1.1); otherwise it
@@ -15,6 +21,7 @@ import json
 import sys
 
 from twisted.internet import reactor
+from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -35,13 +42,24 @@ class LFChannel(HTTPChannel):
 
 class Report(Resource):
     """
-    POST anything: parse the body as JSON, answer C{{}}.
+    POST anything: parse the body as JSON, answer C{{}}; with C{log}, log
+    the report as the server's hub does.
     """
 
     isLeaf = True
+    _log = Logger(namespace="smartplug_backend.core.hub")
+
+    def __init__(self, log: bool = False) -> None:
+        super().__init__()
+        self.log = log
 
     def render_POST(self, request) -> bytes:
-        json.loads(request.content.read())
+        report = json.loads(request.content.read())
+        if self.log:
+            self._log.info(
+                "plug {plug_id} -> {value} from {peer}",
+                plug_id=report.get("id"), value=report.get("value"), peer=request.getClientAddress().host,
+            )
         request.setHeader(b"Content-Type", b"application/json")
         return b"{}"
 
@@ -55,7 +73,10 @@ class BareSite(Site):
 
 
 def main() -> None:
-    port = reactor.listenTCP(0, BareSite(Report()), backlog=1024, interface="127.0.0.1")
+    log = "--log" in sys.argv[1:]
+    if log:
+        globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    port = reactor.listenTCP(0, BareSite(Report(log)), backlog=1024, interface="127.0.0.1")
     print(f"bare listening on 127.0.0.1:{port.getHost().port}", flush=True)
     reactor.run()
 

@@ -530,7 +530,9 @@ class AppSwarm:
         self.ep.close()
 
 
-def fanout(http_port: int, ws_port: int, server_pid: int, sizes, reports: dict, warmup: int = 20) -> dict:
+def fanout(
+    http_port: int, ws_port: int, server_pid: int, sizes, reports: dict, warmup: int = 20, settle: float = 1.0
+) -> dict:
     """
     For each number of app clients in C{sizes} (ascending), POST reports one
     after another and time each from the POST to the last client receiving
@@ -538,15 +540,27 @@ def fanout(http_port: int, ws_port: int, server_pid: int, sizes, reports: dict, 
 
     First the same is done with no app client at all, so the server's CPU
     for the POST itself is known and can be told apart from the broadcast.
+    The server's RSS is read before any client opens and once each size is
+    open (C{settle} seconds after, before any report), so the growth per
+    idle connection is known too.
+
+    @param reports: reports measured per size (key 0: the default).
+    @param warmup: unmeasured reports per size, at most a tenth of them.
     """
     raise_fd_limit()
     swarm = AppSwarm(ws_port)
     results = {}
+    rss_base = rss_bytes(server_pid)
     try:
         for size in [0] + list(sizes):
+            t0 = time.perf_counter()
             swarm.open(size - len(swarm.apps))
+            opened = time.perf_counter() - t0
+            if size:
+                time.sleep(settle)
+            rss = rss_bytes(server_pid)
             count = reports.get(size, reports.get(0))
-            for i in range(warmup):
+            for i in range(min(warmup, max(count // 10, 1))):
                 swarm.report(http_port, f"warm-{size}-{i}", i % 2)
             latencies, post_latencies, missed = [], [], 0
             unexpected0 = swarm.unexpected
@@ -569,6 +583,9 @@ def fanout(http_port: int, ws_port: int, server_pid: int, sizes, reports: dict, 
                 "client_cpu": _own_cpu() - own0,
                 "wall": wall,
                 "unexpected": swarm.unexpected - unexpected0,
+                "rss_open": rss,
+                "rss_base": rss_base,
+                "open_seconds": opened,
             }
     finally:
         swarm.close()

@@ -21,6 +21,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from concurrent.futures import ProcessPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,6 +58,30 @@ def measure(settings: str, concurrency: int = 16, duration: float = 4.0, warmup:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def fsync_times(count: int = 40) -> list:
+    """
+    Seconds each of C{count} fsyncs of a 4 KiB append took, in a scratch
+    file on the file system the servers' databases are on: what one
+    commit waits for at least.
+    """
+    directory = tempfile.mkdtemp(prefix="smartplug-bench-")
+    path = os.path.join(directory, "fsync")
+    times = []
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            for _ in range(count):
+                os.write(fd, b"x" * 4096)
+                start = time.perf_counter()
+                os.fsync(fd)
+                times.append(time.perf_counter() - start)
+        finally:
+            os.close(fd)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    return sorted(times)
+
+
 def compare(concurrency: int = 16, duration: float = 4.0, rounds: int = 2) -> list:
     """
     POST /data with and without the store, C{rounds} turns each.
@@ -83,6 +108,10 @@ def compare(concurrency: int = 16, duration: float = 4.0, rounds: int = 2) -> li
     for name, t in totals.items():
         if t["not_200"] or t["failures"]:
             rows.append((f"problems, {name}", f"{t['not_200']} answers not 200, {t['failures']} failed", "0", False))
+    fsyncs = fsync_times()
+    p50, p90 = fsyncs[len(fsyncs) // 2], fsyncs[len(fsyncs) * 9 // 10]
+    rows.append(("fsync on this disk, p50 / p90", f"{p50 * 1e3:.1f} / {p90 * 1e3:.1f} ms "
+                 f"(one commit; {concurrency} clients can share it)", "", None))
     rows.append(("load", f"{concurrency} keep-alive clients, {rounds} x {duration:g} s per mode, in turns", "", None))
     return rows
 
