@@ -7,9 +7,8 @@ else (no state, no log line, no guard, no connection count, no deadlines).
     python bench/bare.py --log   # ... and logs one line per report
 
 With C{--log} it also writes the one line per report that the server must
-write (SPEC: same logs), through twisted.logger's text observer on
-standard output as twistd does, so the cost of that line can be told apart
-from the server's own.
+write, through twisted.logger's text observer on standard output (for
+experiments; C{make bench} runs it without).
 
 Its channel only splits request lines on LF as well as CRLF, the least any
 server must do to read the plug firmware's request (SPEC 1.1); otherwise it
