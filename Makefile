@@ -14,8 +14,13 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(INSTALL) -e .
 	touch $@
 
+# PiCloud-Client 4.0.1 (picloud-client-python, used by the real-client
+# tests) pins websocket-client 0.32.0 and requests 2.8.1, which clash with
+# selenium's and do not run on Python 3.11; its own code runs on the current
+# ones (both already installed), so it is installed without its pins.
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(INSTALL) -e '.[test]'
+	$(INSTALL) --no-deps PiCloud-Client==4.0.1
 	touch $@
 
 # Outside programs the tests start themselves (on free loopback ports, with
@@ -23,7 +28,7 @@ $(VENV)/.installed-test: $(VENV)/.installed
 # driver, a Redis server, an MQTT broker.  Debian's packages, installed only
 # when missing (CI runs as root; elsewhere through sudo).
 SYSTEM_COMMANDS := /usr/bin/chromium:chromium /usr/bin/chromedriver:chromium-driver \
-	/usr/bin/redis-server:redis-server /usr/sbin/mosquitto:mosquitto
+	/usr/bin/redis-server:redis-server /usr/sbin/mosquitto:mosquitto /usr/bin/ss:iproute2
 .PHONY: system-deps
 system-deps:
 	@missing=""; for pair in $(SYSTEM_COMMANDS); do \
@@ -53,6 +58,12 @@ stop:
 
 bench: $(VENV)/.installed-test
 	$(PY) bench/run.py
+
+# The Autobahn|Testsuite cases (groups 1-7 and 10, by kosoku) against every
+# WebSocket route of the real server: a table for the README (a few minutes).
+.PHONY: conformance
+conformance: $(VENV)/.installed-test
+	$(PY) bench/conformance.py
 
 # A consistent backup of STATE_DB and the settings file into backups/, safe
 # while the server runs; restore with: $(PY) -m smartplug_backend restore FILE

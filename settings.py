@@ -36,9 +36,20 @@ BAN_AFTER = 3  # failed authentications from one address before it is banned
 BAN_SECONDS = 60  # how long a ban lasts
 BAN_ALLOW = []  # addresses/networks never banned, e.g. ["192.168.1.0/24"]
 MAX_CONNECTIONS = 10000  # open connections over all listeners; more are refused
+METRICS_ALLOW = ["127.0.0.1", "::1"]  # addresses/networks that may read GET /metrics (Prometheus)
+
+# --- dashboard (http://host:9000/ui/) ---------------------------------------------
+DASHBOARD_USERS = {}  # {"anna": "<hash from: python -m smartplug_backend passwd anna>"}; {} = off
+DASHBOARD_SESSION_DAYS = 30  # days a dashboard login lasts
 
 # --- state ---------------------------------------------------------------------
 STATE_DB = "smartplug.sqlite"  # SQLite file for plugs, history, display; None = memory only
 HISTORY_KEEP = 10000  # reports kept per plug in the history
 BACKUP_INTERVAL = None  # seconds between automatic backups; None = no automatic backups
 BACKUP_KEEP = 7  # automatic backups kept
+
+# --- Home Assistant (MQTT) -----------------------------------------------------
+MQTT_URL = None  # e.g. "mqtt://user:password@192.168.1.2:1883" (or mqtts://): joins that broker
+MQTT_PREFIX = "smartplug"  # first topic level of our states, commands and events
+HA_DISCOVERY_PREFIX = "homeassistant"  # Home Assistant's discovery prefix (its MQTT setting)
+MQTT_EVENTS = False  # True also bridges pub/sub: <MQTT_PREFIX>/events/E out, <MQTT_PREFIX>/publish/E in

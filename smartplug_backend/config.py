@@ -16,6 +16,8 @@ import re
 import runpy
 from typing import Any, Callable, Optional
 
+from .integrations.mqtt_url import InvalidBrokerURL, parse_broker_url, redact
+
 DEFAULT_PATH = "settings.py"
 
 _UPPER = re.compile(r"^[A-Z][A-Z0-9_]*$")
@@ -79,6 +81,40 @@ def _networks(v: Any) -> Optional[str]:
     return None
 
 
+def _mqtt_url(v: Any) -> Optional[str]:
+    if v is None:
+        return None
+    try:
+        parse_broker_url(v)
+    except InvalidBrokerURL as e:
+        return str(e)
+    return None
+
+
+def _topic_prefix(v: Any) -> Optional[str]:
+    # A prefix is used as the first levels of topics we publish to and
+    # subscribe under: no wildcards, no empty levels.
+    if isinstance(v, str) and v and "+" not in v and "#" not in v and "\0" not in v and "" not in v.split("/"):
+        return None
+    return 'a topic prefix such as "smartplug": no +, #, or empty levels'
+
+
+def _users(v: Any) -> Optional[str]:
+    expected = 'a dict of user names to hashes from "python -m smartplug_backend passwd NAME"'
+    if not isinstance(v, dict):
+        return expected
+    from .http.dashboard.auth import InvalidHash, parse_hash
+
+    for name, hashed in v.items():
+        if not isinstance(name, str) or not name:
+            return expected
+        try:
+            parse_hash(hashed)
+        except InvalidHash as e:
+            return f"{expected}; the one of {name!r} is {e}"
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class _Setting:
     default: Any
@@ -118,6 +154,13 @@ SETTINGS: dict[str, _Setting] = {
     "BACKUP_INTERVAL": _Setting(None, _optional_positive),
     "BACKUP_KEEP": _Setting(7, _count),
     "MAX_CONNECTIONS": _Setting(10000, _count),
+    "DASHBOARD_USERS": _Setting({}, _users),
+    "DASHBOARD_SESSION_DAYS": _Setting(30, _positive),
+    "METRICS_ALLOW": _Setting(("127.0.0.1", "::1"), _networks),
+    "MQTT_URL": _Setting(None, _mqtt_url),
+    "MQTT_PREFIX": _Setting("smartplug", _topic_prefix),
+    "HA_DISCOVERY_PREFIX": _Setting("homeassistant", _topic_prefix),
+    "MQTT_EVENTS": _Setting(False, _bool),
 }
 
 
@@ -158,6 +201,13 @@ class Settings:
     BACKUP_INTERVAL: Optional[float]
     BACKUP_KEEP: int
     MAX_CONNECTIONS: int
+    DASHBOARD_USERS: dict
+    DASHBOARD_SESSION_DAYS: float
+    METRICS_ALLOW: tuple
+    MQTT_URL: Optional[str]
+    MQTT_PREFIX: str
+    HA_DISCOVERY_PREFIX: str
+    MQTT_EVENTS: bool
     path: Optional[str] = None
 
     def __repr__(self) -> str:
@@ -185,13 +235,21 @@ def settings_from(values: dict[str, Any], path: Optional[str] = None) -> Setting
             )
         merged[name] = value
     merged["BAN_ALLOW"] = tuple(merged["BAN_ALLOW"])
+    merged["DASHBOARD_USERS"] = dict(merged["DASHBOARD_USERS"])
+    merged["METRICS_ALLOW"] = tuple(merged["METRICS_ALLOW"])
+    if merged["MQTT_PREFIX"] == merged["HA_DISCOVERY_PREFIX"]:
+        # Our <prefix>/status would read as Home Assistant's birth message.
+        raise ConfigError(f"{where}: MQTT_PREFIX must differ from HA_DISCOVERY_PREFIX")
     return Settings(path=path, **merged)
 
 
 def _describe(name: str, value: Any) -> str:
     # Never echo the value of a setting that may hold a secret.
-    if name in ("AUTH_SECRET", "API_KEY") or name.endswith(("_SECRET", "_KEY")):
+    if name in ("AUTH_SECRET", "API_KEY", "DASHBOARD_USERS") or name.endswith(("_SECRET", "_KEY")):
         return f"a value of type {type(value).__name__}"
+    if name.endswith("_URL") and isinstance(value, str):
+        value = redact(value)
+        return repr(value) if len(value) <= 60 else repr(value[:57] + "...")
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 

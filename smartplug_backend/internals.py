@@ -9,9 +9,12 @@ versions and fails, naming the seam, when an upgrade changes it.  Everything
 else in the package uses these names and public APIs only.
 """
 
+from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.internet import tcp
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.http import HTTPChannel
+from twisted.web.server import NOT_DONE_YET
 
 CHECKED_AGAINST = {"twisted": "26.10.0", "autobahn": "26.10.2", "python-twitter": "3.5"}
 
@@ -100,6 +103,48 @@ class HTTPChannelSeams(HTTPChannel):
         The request's declared Content-Length, or C{None}.
         """
         return self.length
+
+
+# -- Twisted and Autobahn: a WebSocket inside the HTTP site ------------------
+
+
+class WebSocketResourceSeams(WebSocketResource):
+    """
+    Autobahn's C{WebSocketResource}, taking over connections that are
+    wrapped the way our listeners wrap them (the dashboard's live socket).
+
+    - twisted.web's channel registered itself as the transport's producer
+      (C{HTTPChannel.connectionMade}); it is unregistered first, or the
+      WebSocket protocol's own registration would raise.
+    - The connection count (L{smartplug_backend.server.connections}) stands
+      between the transport and the channel without being a
+      C{ProtocolWrapper}; Autobahn would replace it as the transport's
+      C{protocol}, and the closed connection would never be counted.  There
+      the WebSocket protocol takes the channel's place inside it, as
+      Autobahn's C{render} does for a C{ProtocolWrapper}: relying on its
+      C{_factory}, the channel's C{_networkProducer} (which paused reading
+      while the request was handled) and the re-fed request head.
+    """
+
+    def render(self, request):
+        channel = request.channel
+        transport = channel.transport
+        if transport is None:
+            return super().render(request)
+        transport.unregisterProducer()
+        outer = getattr(transport, "protocol", None)
+        if isinstance(transport, ProtocolWrapper) or outer is channel or getattr(outer, "wrapped", None) is not channel:
+            return super().render(request)
+        protocol = self._factory.buildProtocol(transport.getPeer())
+        channel.transport = None
+        outer.wrapped = protocol
+        protocol.makeConnection(transport)
+        channel._networkProducer.resumeProducing()
+        data = request.method + b" " + request.uri + b" HTTP/1.1\r\n"
+        for name, values in request.requestHeaders.getAllRawHeaders():
+            data += name + b": " + b",".join(values) + b"\r\n"
+        protocol.dataReceived(data + b"\r\n" + request.content.read())
+        return NOT_DONE_YET
 
 
 # -- Autobahn: the server protocol ------------------------------------------

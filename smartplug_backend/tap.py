@@ -18,7 +18,9 @@ from .core.journal import MemoryJournal
 from .core.pubsub import report_publisher
 from .http.api import Bridge, make_app
 from .http.channel import make_site
+from .http.dashboard.wiring import dashboard
 from .http.ingest import ingest_routes
+from .http.metrics import MeteredJournal, MetricsResource, RequestTimer, ServerCollector, commit_timings, new_registry
 from .integrations.tweets import tweet_service
 from .server.connections import ConnectionCap
 from .server.guard import Guard
@@ -88,7 +90,9 @@ def _build(options: Options, reactor) -> MultiService:
     # Stopped last-added first, one at a time: listeners, then the WSGI
     # pool's requests, then the store they write to.
     top = StopInOrder()
-    hub = _state(settings, reactor, top)
+    # The server's own registry: /metrics serves it (SPEC 10).
+    registry = new_registry()
+    hub = _state(settings, reactor, top, registry)
     # Start-up's objects out of the garbage collector's way, once all is up.
     FreezeStartupObjects(reactor).setServiceParent(top)
     # One guard and one connection count for every listener: a ban holds on
@@ -102,14 +106,14 @@ def _build(options: Options, reactor) -> MultiService:
     def secure(description: str) -> bool:
         return tls is not None or brings_own_tls(description)
 
-    def listen(label: str, description: str, factory, scheme: str) -> None:
+    def listen(label: str, name: str, description: str, factory, scheme: str) -> None:
         # Outside in: bans, then the count, then TLS: a refused peer costs
         # no TLS handshake, and each layer sees the peer's real address.
         if tls is not None and brings_own_tls(description):
             _log.info("{label}: the ssl: endpoint brings its own certificate; TLS_CERT_FILE is not used for it", label=label)
         elif tls is not None:
             factory = tls.wrap(factory)
-        protected = guard.wrap(cap.wrap(factory))
+        protected = guard.wrap(cap.wrap(factory, name))
         secure_scheme = scheme + "s" if secure(description) else None
         listener(label, reactor, description, protected, secure_scheme).setServiceParent(top)
 
@@ -121,10 +125,7 @@ def _build(options: Options, reactor) -> MultiService:
     wsgi_pool = ThreadPool(minthreads=2, maxthreads=16, name="smartplug-wsgi")
     ThreadPoolService(wsgi_pool, reactor).setServiceParent(top)
     app = make_app(hub, Bridge.for_reactor(reactor), guard=guard, api_key=settings.API_KEY)
-    # POST /data and POST /publish are answered on the reactor thread; the
-    # app keeps every other route, and the refusals of those two.
-    site = make_site(app, reactor, wsgi_pool, fast=ingest_routes(hub, settings.API_KEY))
-    listen("HTTP", endpoint("www", settings.WWW_SERVER_PORT), site, "http")
+    www_endpoint = endpoint("www", settings.WWW_SERVER_PORT)
 
     ws_endpoint = endpoint("ws", settings.WS_SERVER_PORT)
     apps = AppFactory(
@@ -134,8 +135,9 @@ def _build(options: Options, reactor) -> MultiService:
     # SPEC 1.1's order: state (the hub itself), apps, pub/sub, then tweets.
     hub.listen(apps.broadcast)
     hub.listen(report_publisher(hub.pubsub))
-    listen("app WebSocket", ws_endpoint, apps, "ws")
+    websockets = {"app": apps}
 
+    devices = None
     if settings.AUTH_SECRET is None:
         _log.info(
             "device WebSocket port not opened: set AUTH_SECRET in {where} to enable it",
@@ -145,28 +147,57 @@ def _build(options: Options, reactor) -> MultiService:
         device_endpoint = endpoint("device", settings.DEVICE_SERVER_PORT)
         devices = DeviceFactory.from_settings(settings, hub, guard, reactor, url=ws_url(device_endpoint))
         hub.watch_display(devices.send_packet)
-        listen("device WebSocket", device_endpoint, devices, "ws")
+        websockets["device"] = devices
+
+    if settings.MQTT_URL is not None:
+        # Imported only here: without MQTT_URL, paho is never loaded.
+        from .integrations.mqtt import mqtt_service
+
+        mqtt_service(settings, hub, reactor).setServiceParent(top)
+
+    # The HTTP site after those: the dashboard listens to all of the above,
+    # after the apps and pub/sub (SPEC 1.1's order) and before tweets.
+    children = {b"metrics": MetricsResource(registry, settings.METRICS_ALLOW)}
+    ui = dashboard(settings, hub, guard, reactor, top, tls=tls, devices=devices, ws_url=ws_url(www_endpoint))
+    if ui is not None:
+        children[b"ui"] = ui
+    # POST /data and POST /publish are answered on the reactor thread; the
+    # app keeps every other route, and the refusals of those two.
+    site = make_site(
+        app, reactor, wsgi_pool, children=children, timer=RequestTimer(registry, app, reactor),
+        fast=ingest_routes(hub, settings.API_KEY),
+    )
+
+    # The listeners open in one order whatever is built first: HTTP, apps,
+    # devices (and close in the reverse order, before the pools they use).
+    listen("HTTP", "http", www_endpoint, site, "http")
+    listen("app WebSocket", "app", ws_endpoint, apps, "ws")
+    if devices is not None:
+        listen("device WebSocket", "device", device_endpoint, devices, "ws")
 
     # The hub's last listener: SPEC 1.1 puts tweets after state, apps, pub/sub.
     tweets = tweet_service(settings, hub, reactor)
     if tweets is not None:
         tweets.setServiceParent(top)
+    registry.register(ServerCollector(hub, cap, guard, websockets, tweets.notifier if tweets else None))
     return top
 
 
-def _state(settings: config.Settings, reactor, top: MultiService) -> Hub:
+def _state(settings: config.Settings, reactor, top: MultiService, registry) -> Hub:
     """
     The hub, on the state store when there is one, with automatic backups.
     Adds the store's services to C{top}, first: the hub is loaded before any
-    listener binds.
+    listener binds.  The store's commits are timed into C{registry}.
     """
     if settings.STATE_DB is None:
         _log.info("STATE_DB is None: plug states, history and the display state are lost when the server stops")
         if settings.BACKUP_INTERVAL is not None:
             _log.warn("BACKUP_INTERVAL is ignored: with STATE_DB = None there is nothing to back up")
         return Hub(now=reactor.seconds, journal=MemoryJournal(settings.HISTORY_KEEP))
+    commits = commit_timings(registry)
     state = StoreService.with_hub(
-        settings.STATE_DB, settings.HISTORY_KEEP, reactor, lambda journal: Hub(now=reactor.seconds, journal=journal)
+        settings.STATE_DB, settings.HISTORY_KEEP, reactor,
+        lambda journal: Hub(now=reactor.seconds, journal=MeteredJournal(journal, commits, reactor)),
     )
     hub = state.hub
     state.setServiceParent(top)

@@ -5,7 +5,7 @@ the Bottle app, and WebSocket connections joined in memory with iosim.
 
 import json
 
-from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, WebSocketServerFactory
 from treq.testing import StubTreq
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
@@ -93,11 +93,17 @@ def quiet(factory):
 
     if getattr(factory, "clock", None) is reactor:
         factory.handshake_timeout = 0
+    options = {}
+    if isinstance(factory, WebSocketServerFactory):
+        # Autobahn's setProtocolOptions resets allowNullOrigin unless it is
+        # passed: keep the factory's own choice (SPEC 6.4).
+        options["allowNullOrigin"] = factory.allowNullOrigin
     factory.setProtocolOptions(
         openHandshakeTimeout=0,
         closeHandshakeTimeout=0,
         autoPingInterval=0,
         autoPingTimeout=0,
+        **options,
     )
     return factory
 
@@ -133,18 +139,20 @@ class RecordingClient(WebSocketClientProtocol):
         return [json.loads(t) for t in self.texts()]
 
 
-def ws_connect(server_factory, path="/", headers=None, peer=PEER, port=50000):
+def ws_connect(server_factory, path="/", headers=None, peer=PEER, port=50000, client_protocol=None, quiet_server=True):
     """
     Join a server protocol from C{server_factory} to a L{RecordingClient}
-    in memory.
+    (or C{client_protocol}) in memory.
 
+    @param quiet_server: turn the server factory's own timers off (L{quiet}).
     @return: C{(client, server, pump)}; call C{pump.flush()} after acting.
     """
-    quiet(server_factory)
+    if quiet_server:
+        quiet(server_factory)
     address = IPv4Address("TCP", peer, port)
     server = server_factory.buildProtocol(address)
     client_factory = quiet(WebSocketClientFactory(f"ws://localhost:9001{path}", headers=headers))
-    client_factory.protocol = RecordingClient
+    client_factory.protocol = client_protocol or RecordingClient
     client = client_factory.buildProtocol(None)
     pump = connect(
         server,

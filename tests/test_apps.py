@@ -6,12 +6,13 @@ iosim; no sockets.
 import base64
 import hashlib
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from smartplug_backend.core.hub import Hub
 from smartplug_backend.ws.apps import AppFactory
 
-from .helpers import http_client, raw_handshake, ws_connect
+from .helpers import RecordingClient, http_client, raw_handshake, ws_connect
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -191,3 +192,78 @@ class HandshakeTests(SynchronousTestCase):
         for i in range(7, len(request), 5):
             server.dataReceived(request[i : i + 5])
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 101 "))
+
+
+class DeafClient(RecordingClient):
+    """
+    A client that never answers a ping, as PiCloud's Python client does
+    (it does not read its publish socket; its subscriber reads when asked).
+    """
+
+    def onPing(self, payload):
+        self.pings = getattr(self, "pings", 0) + 1
+
+
+class ClockTimer:
+    """
+    txaio's batched timer interface on a L{Clock}.
+    """
+
+    def __init__(self, clock):
+        self.call_later = clock.callLater
+
+
+class PingTests(SynchronousTestCase):
+    """
+    Who gets WebSocket pings (SPEC 3.5): PlugBuddy connections (Autobahn
+    clients answer them) are pinged every 60 s and dropped 30 s after an
+    unanswered one; PiCloud's routes are never pinged, so a client that
+    never reads keeps its connection through any silence.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.hub = Hub(now=self.clock.seconds)
+        self.factory = AppFactory(self.hub, clock=self.clock)
+        # Autobahn runs its ping timers on a batched timer of the global
+        # reactor (txaio's); these run on the test's clock.
+        self.factory._batched_timer = ClockTimer(self.clock)
+        self.hub.pubsub.deliver_with(self.factory.send_to_all)
+
+    def connect(self, path):
+        return ws_connect(self.factory, path, client_protocol=DeafClient, quiet_server=False)
+
+    def advance(self, seconds, *pumps):
+        for _ in range(seconds):
+            self.clock.advance(1)
+            for pump in pumps:
+                pump.flush()
+
+    def test_quiet_picloud_clients_stay(self):
+        """
+        After an hour of silence a subscriber and a publisher that never
+        answer pings are still connected, were never pinged, and a
+        publication still goes through; a deaf PlugBuddy connection was
+        dropped after 90 s.
+        """
+        sub, _, sub_pump = self.connect("/subscribe?clientName=sensor")
+        pub, _, pub_pump = self.connect("/publish?clientName=sensor")
+        info, _, info_pump = self.connect("/socket/info")
+        app, _, app_pump = self.connect("/")
+        sub.sendMessage(b'{"action": "subscribe", "event": "temperature"}')
+        sub_pump.flush()
+        self.advance(89, sub_pump, pub_pump, info_pump, app_pump)
+        self.assertIsNone(app.closed)
+        self.assertEqual(getattr(app, "pings", 0), 1)
+        self.advance(3600, sub_pump, pub_pump, info_pump, app_pump)
+        self.assertIsNotNone(app.closed)
+        for client in (sub, pub, info):
+            self.assertIsNone(client.closed)
+            self.assertEqual(getattr(client, "pings", 0), 0)
+        pub.sendMessage(b'{"event": "temperature", "data": "21.5"}')
+        pub_pump.flush()
+        sub_pump.flush()
+        self.assertEqual([m["data"] for m in sub.json()], ["21.5"])
+        for client, pump in [(sub, sub_pump), (pub, pub_pump), (info, info_pump)]:
+            client.sendClose()
+            pump.flush()

@@ -102,6 +102,65 @@ class FirmwareRequestTests(SynchronousTestCase):
         run()
         self.assertEqual(self.hub.plug("0xb00bf0cc").value, 1)
 
+    def test_half_closed_peer_gets_its_answer(self):
+        """
+        A client that half-closes after its request (shutdown(SHUT_WR), then
+        reads) gets its answer once the WSGI thread is done, and the
+        connection is closed after it; the report (served by the Bottle app
+        here) is acted on.
+        """
+        self.site = make_site(make_app(self.hub, SYNC_BRIDGE), SynchronousReactor(), self.pool)
+        queued = []
+        self.pool.callInThread = lambda f, *a, **kw: queued.append(lambda: f(*a, **kw))
+        channel, transport = self.connect()
+        request = FIRMWARE_REQUEST.replace(b"Connection: close\n", b"")
+        channel.dataReceived(request)
+        channel.readConnectionLost()
+        self.assertFalse(transport.disconnecting)
+        [run] = queued
+        run()
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 OK\r\n"), transport.value())
+        self.assertTrue(transport.value().endswith(b"\r\n\r\n{}"))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.hub.plug("0xb00bf0cc").value, 1)
+
+    def test_half_closed_peer_answered_by_ingest_route(self):
+        """
+        The same half-closing client, its report taken by the reactor-thread
+        ingest route: answered at once, then closed.
+        """
+        channel, transport = self.connect()
+        channel.dataReceived(FIRMWARE_REQUEST.replace(b"Connection: close\n", b""))
+        channel.readConnectionLost()
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 OK\r\n"), transport.value())
+        self.assertTrue(transport.value().endswith(b"\r\n\r\n{}"))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.hub.plug("0xb00bf0cc").value, 1)
+
+    def test_half_closed_pipelined_requests(self):
+        """
+        Two whole requests before the half-close are both answered, in order,
+        then the connection closes.
+        """
+        one = b"GET / HTTP/1.1\nHost: x\n\n"
+        channel, transport = self.connect()
+        channel.dataReceived(one + one)
+        channel.readConnectionLost()
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 2)
+        self.assertTrue(transport.disconnecting)
+
+    def test_half_closed_idle_or_partial(self):
+        """
+        A half-close with no request, or in the middle of one (the rest can
+        never come), closes the connection without an answer.
+        """
+        for sent in (b"", b"POST /data HTTP/1.1\nContent-Length: 32\n\n{"):
+            channel, transport = self.connect()
+            channel.dataReceived(sent)
+            channel.readConnectionLost()
+            self.assertEqual(transport.value(), b"")
+            self.assertTrue(transport.disconnecting)
+
     def test_body_bytes_are_not_rewritten(self):
         """
         LF handling applies to the request head only: a body containing CR

@@ -100,6 +100,15 @@ class LoadTests(SynchronousTestCase):
             "BAN_AFTER = 0": "BAN_AFTER must be a whole number of at least 1",
             "STATE_DB = ''": "STATE_DB must be a non-empty string or None",
             "BACKUP_INTERVAL = 'daily'": "BACKUP_INTERVAL must be a number of seconds",
+            "MQTT_URL = 'http://broker:1883'": "MQTT_URL must be an mqtt:// or mqtts:// URL such as",
+            "MQTT_URL = 'mqtt://broker:99999'": "MQTT_URL must be a URL with a port number from 1 to 65535",
+            "MQTT_URL = 'mqtt://:1883'": "MQTT_URL must be a URL with a host name",
+            "MQTT_URL = 'mqtt://broker/topic'": "MQTT_URL must be a URL without a path",
+            "MQTT_URL = 1883": "MQTT_URL must be an mqtt:// or mqtts:// URL",
+            "MQTT_PREFIX = 'home/#'": "MQTT_PREFIX must be a topic prefix",
+            "HA_DISCOVERY_PREFIX = ''": "HA_DISCOVERY_PREFIX must be a topic prefix",
+            "MQTT_PREFIX = 'a//b'": "MQTT_PREFIX must be a topic prefix",
+            "MQTT_EVENTS = 'yes'": "MQTT_EVENTS must be True or False",
         }
         for line, expected in cases.items():
             error = self.assertRaises(config.ConfigError, config.load, self.write(line + "\n"))
@@ -113,6 +122,39 @@ class LoadTests(SynchronousTestCase):
         error = self.assertRaises(config.ConfigError, config.load, self.write("CONSUMER_SECRET = 12345678\n"))
         self.assertNotIn("12345678", str(error))
         self.assertIn("CONSUMER_SECRET must be a string", str(error))
+
+    def test_mqtt_password_not_echoed(self):
+        """
+        A bad C{MQTT_URL} is reported on one line with its password hidden,
+        whether or not it has a scheme.
+        """
+        for url in ("http://me:hunter2@broker:1883", "me:hunter2@broker:1883", "mqtt://me:hunter2@broker:99999"):
+            error = self.assertRaises(config.ConfigError, config.load, self.write(f"MQTT_URL = {url!r}\n"))
+            self.assertNotIn("hunter2", str(error), url)
+            self.assertIn("me:***@broker", str(error), url)
+            self.assertNotIn("\n", str(error))
+
+    def test_mqtt_settings(self):
+        """
+        MQTT is off by default; a valid URL and prefixes are taken as given.
+        """
+        self.assertIsNone(config.settings_from({}).MQTT_URL)
+        self.assertFalse(config.settings_from({}).MQTT_EVENTS)
+        settings = config.load(self.write(
+            "MQTT_URL = 'mqtts://me:pw@broker.local'\nMQTT_PREFIX = 'home/plugs'\nHA_DISCOVERY_PREFIX = 'ha'\n"
+        ))
+        self.assertEqual(
+            (settings.MQTT_URL, settings.MQTT_PREFIX, settings.HA_DISCOVERY_PREFIX),
+            ("mqtts://me:pw@broker.local", "home/plugs", "ha"),
+        )
+
+    def test_mqtt_prefixes_differ(self):
+        """
+        The same prefix for our topics and Home Assistant's is refused: our
+        status would read as Home Assistant's birth message.
+        """
+        error = self.assertRaises(config.ConfigError, config.load, self.write("MQTT_PREFIX = 'homeassistant'\n"))
+        self.assertIn("MQTT_PREFIX must differ from HA_DISCOVERY_PREFIX", str(error))
 
     def test_repr_hides_values(self):
         """

@@ -383,3 +383,28 @@ class DisplayBroadcastTests(DeviceTestCase):
         """
         self.hub.set_display(Display(1, weather=1, intensity=1), "test")
         self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class DashboardViewTests(DeviceTestCase):
+    """
+    The devices as the dashboard sees them.
+    """
+
+    def test_connected_and_watched(self):
+        """
+        An authenticated device is listed with its address, since when and
+        last heard; each change (authenticated, heard, gone) is told.
+        """
+        changes = []
+        self.factory.watch(lambda: changes.append(self.clock.seconds()))
+        connection = self.authenticated()
+        [device] = self.factory.connected()
+        self.assertTrue(device["address"].startswith(PEER + ":"))
+        self.assertEqual((device["connected_at"], device["last_heard"]), (0, 0))
+        self.wait(connection, 5)
+        self.send(connection, b"ping")
+        self.assertEqual(self.factory.connected()[0]["last_heard"], 5)
+        connection[0].sendClose()
+        connection[2].flush()
+        self.assertEqual(self.factory.connected(), [])
+        self.assertEqual(changes, [0, 5, 5])

@@ -19,6 +19,7 @@ from websockets.sync.client import connect as ws_connect
 from smartplug_backend.state import backup
 from smartplug_backend.state.store import Store
 
+from .disk import fill, release, small_disk
 from .server import RunningServer, twistd_command
 from .test_e2e import http
 
@@ -297,3 +298,59 @@ class BackupEndToEndTests(Scratch):
         # One kept; a second only between a new backup and its pruning.
         self.assertIn(len(kept), (1, 2))
         self.assertNotIn("Traceback", server.log())
+
+
+class FullDiskTests(Scratch):
+    """
+    The state file on a 2 MiB tmpfs that fills up (issue 11), with the real
+    server.
+    """
+
+    def setUp(self):
+        self.directory = small_disk(self)
+        self.db = os.path.join(self.directory, "state.sqlite")
+
+    def test_heals_without_restart(self):
+        """
+        Once the disk is full, reports get 503; once a little room is freed
+        (64 KiB), every later report is answered 200 and kept, without a
+        restart.
+        """
+        server = self.start()
+        filler = fill(self.directory, leave=300 * 1024)
+        for i in range(3000):
+            if post(server, f"plug{i % 20}", i % 2) == 503:
+                break
+        else:
+            self.fail("3000 reports fitted on a 2 MiB disk")
+        self.assertEqual(post(server, "late", 1), 503)
+        release(filler, 64 * 1024)
+        statuses = [post(server, "after", i % 2) for i in range(100)]
+        self.assertEqual(statuses, [200] * 100)
+        self.assertEqual(len(get_json(server, "/plugs/after/history?limit=1000")), 100)
+        self.assertNotIn("Traceback", server.log())
+
+    def test_full_disk_at_start_up(self):
+        """
+        A good state file on a disk with no room left stops start-up with
+        one line that blames the disk, says how much is free and to make
+        room, and never calls the file damaged or foreign; once there is
+        room the server starts with its data.
+        """
+        with open(os.path.join(self.directory, "settings.py"), "w") as f:
+            f.write(SETTINGS)
+        db = Store.open(self.db, 10)
+        db.save_report("0xb00bf0cc", 1, 1.0, "http")
+        db.close()
+        filler = fill(self.directory)
+        output = self.run_twistd()
+        self.assertIn("smartplug: STATE_DB: ", output)
+        self.assertIn("bytes free on its file system", output)
+        self.assertIn("make room", output)
+        self.assertNotIn("damaged", output)
+        self.assertNotIn("not an SQLite", output)
+        os.remove(filler)
+        server = self.start()
+        self.assertEqual([p["id"] for p in get_json(server, "/plugs")], ["0xb00bf0cc"])
+
+    run_twistd = StartupRefusalTests.run_twistd

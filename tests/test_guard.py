@@ -246,3 +246,62 @@ class NormalAddressTests(SynchronousTestCase):
         self.assertEqual(normal_address("2001:0db8:0:0::1"), "2001:db8::1")
         self.assertEqual(normal_address("10.0.0.1"), "10.0.0.1")
         self.assertEqual(normal_address("?"), "?")
+
+
+class DashboardViewTests(SynchronousTestCase):
+    """
+    What the dashboard reads and does through the guard: current bans,
+    recent failures, lifting a ban, and being told of changes.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.guard = Guard(self.clock, ban_after=2, ban_seconds=60)
+        self.changes = []
+        self.guard.watch(lambda: self.changes.append(self.clock.seconds()))
+
+    def test_bans_and_failures_listed(self):
+        """
+        A ban is listed with its end and failures; every failure is kept
+        with its time, address and reason (most recent last), and each
+        failure, ban and expiry is told.
+        """
+        self.guard.failure("::ffff:10.0.0.1", "wrong API key")
+        self.clock.advance(1)
+        self.guard.failure("10.0.0.1", "device port: wrong secret")
+        self.guard.admits("10.0.0.1")
+        self.assertEqual(self.guard.bans(), [guard_module.Ban("10.0.0.1", 61, 1, 2)])
+        self.assertEqual(
+            self.guard.recent_failures(),
+            [guard_module.Failure(0, "10.0.0.1", "wrong API key"), guard_module.Failure(1, "10.0.0.1", "device port: wrong secret")],
+        )
+        self.assertEqual(self.changes, [0, 1, 1])
+        self.clock.advance(60)
+        self.assertEqual(self.guard.bans(), [])
+        self.assertEqual(self.changes, [0, 1, 1, 61])
+
+    def test_recent_failures_bounded(self):
+        """
+        Only the last RECENT_FAILURES failures are kept.
+        """
+        for i in range(guard_module.RECENT_FAILURES + 3):
+            self.guard.failure(f"10.0.{i // 200}.{i % 200}", "test")
+        failures = self.guard.recent_failures()
+        self.assertEqual(len(failures), guard_module.RECENT_FAILURES)
+        self.assertEqual(failures[0].address, "10.0.0.3")
+
+    def test_lift(self):
+        """
+        Lifting a ban admits the address at once, cancels its timer, logs
+        who lifted it, and is told; an address not banned is not lifted.
+        """
+        self.guard.failure("10.0.0.1", "test")
+        self.guard.failure("10.0.0.1", "test")
+        with capturedLogs() as events:
+            self.assertTrue(self.guard.lift("10.0.0.1", "127.0.0.1 (dashboard: anna)"))
+        self.assertTrue(self.guard.admits("10.0.0.1"))
+        self.assertEqual(self.guard.bans(), [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(len(messages(events, "lifted by 127.0.0.1 (dashboard: anna)")), 1)
+        self.assertFalse(self.guard.lift("10.0.0.1", "me"))
+        self.assertEqual(len(self.changes), 4)  # two failures, the ban, the lift

@@ -233,3 +233,28 @@ class WriteNowTests(TestCase):
         write_now(transport, b"hello")
         self.assertEqual(transport.value(), b"hello")
 
+
+
+class WebSocketResourceSeamTests(SynchronousTestCase):
+    """
+    What the dashboard's live socket relies on to take over a connection of
+    the HTTP site (L{internals.WebSocketResourceSeams}).
+    """
+
+    def test_channel_is_producer_with_network_producer(self):
+        """
+        twisted.web's channel still registers itself as its transport's
+        producer and keeps the transport as C{_networkProducer}; Autobahn's
+        resource still keeps its factory as C{_factory}.
+        """
+        from autobahn.twisted.websocket import WebSocketServerFactory
+
+        channel = HTTPChannel()
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        self.assertIs(transport.producer, channel)
+        self.assertIs(channel._networkProducer, transport)
+        factory = WebSocketServerFactory()
+        self.assertIs(internals.WebSocketResourceSeams(factory)._factory, factory)
+        # The whole take-over, behind the connection count, is
+        # tests.test_dashboard_live.TakeoverTests.

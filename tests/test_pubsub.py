@@ -108,6 +108,41 @@ class RegistryTests(SynchronousTestCase):
             },
         )
 
+    def test_info_frame_as_go_writes_it(self):
+        """
+        As PiCloud's Go server writes it (SPEC 3.4): no subscriptions is
+        C{[]}, no connections is C{null}, and an event whose subscribers
+        have all left stays listed with C{"connections": null}, however
+        they left (unsubscribe, unsubscribe:all, disconnect).
+        """
+        self.assertEqual(
+            self.pubsub.info_frame(),
+            b'{"subscriptions":[],"all_connections":null,"created_at":"1970-01-01T00:00:01.000Z"}\n',
+        )
+        self.pubsub.connected("a", "alice", "10.0.0.1:1000")
+        for event in ("x", "y", "z"):
+            self.pubsub.subscribe("a", event)
+        self.pubsub.unsubscribe("a", "x")
+        self.pubsub.unsubscribe_all("a")
+        self.pubsub.subscribe("a", "z")
+        self.pubsub.disconnected("a")
+        self.assertEqual(
+            json.loads(self.pubsub.info_frame()),
+            {
+                "subscriptions": [
+                    {"name": "x", "connections": None},
+                    {"name": "y", "connections": None},
+                    {"name": "z", "connections": None},
+                ],
+                "all_connections": None,
+                "created_at": "1970-01-01T00:00:01.000Z",
+            },
+        )
+        # Only events with subscribers count as subscriptions; a publication
+        # of a left event reaches no one.
+        self.assertEqual(list(self.pubsub.subscriptions()), [])
+        self.assertEqual(self.pubsub.publish("x", 1), 0)
+
     def test_reports_published_as_smartplug(self):
         """
         A plug report is published as event smartplug with the apps' JSON text.
@@ -257,7 +292,8 @@ class RouteTests(SynchronousTestCase):
     def test_info_socket(self):
         """
         The info socket sends its first frame after one interval, then one
-        every interval, listing connections and subscriptions.
+        every interval, listing connections and subscriptions, but not
+        itself (PiCloud's info sockets are not clients).
         """
         sub, _, sub_pump = ws_connect(self.factory, "/subscribe?clientName=kitchen", port=4001)
         sub.sendMessage(b'{"action": "subscribe", "event": "door"}')
@@ -274,7 +310,7 @@ class RouteTests(SynchronousTestCase):
         )
         self.assertEqual(
             [(c["client_name"], c["ip_address"]) for c in frame["all_connections"]],
-            [("kitchen", "192.168.1.64:4001"), ("", "192.168.1.64:4002")],
+            [("kitchen", "192.168.1.64:4001")],
         )
         self.clock.pump([5])
         pump.flush()
@@ -381,7 +417,8 @@ class DeviceConnectionsInfoTests(SynchronousTestCase):
         device, _, pump = ws_connect(devices, "/", port=6000)
 
         def listed():
-            return [(c["client_name"], c["ip_address"]) for c in json.loads(hub.pubsub.info_frame())["all_connections"]]
+            connections = json.loads(hub.pubsub.info_frame())["all_connections"]
+            return [(c["client_name"], c["ip_address"]) for c in connections or ()]
 
         self.assertEqual(listed(), [])
         device.sendMessage(b"s3cret")
@@ -390,3 +427,33 @@ class DeviceConnectionsInfoTests(SynchronousTestCase):
         device.sendClose()
         pump.flush()
         self.assertEqual(listed(), [])
+
+
+class WatcherTests(SynchronousTestCase):
+    """
+    The dashboard's view of the registry: publications and connection
+    changes as they happen, and who is subscribed to what.
+    """
+
+    def test_connections_watched_and_listed(self):
+        """
+        Opening, subscribing, unsubscribing and closing are told; a repeated
+        subscription is not a change; connections list their events.
+        """
+        changes = []
+        pubsub = PubSub(deliver=lambda s, f: None, now=lambda: 0.0)
+        pubsub.watch_connections(lambda: changes.append(1))
+        pubsub.connected("a", "kitchen-pi", "10.0.0.1:5000")
+        pubsub.subscribe("a", "weather")
+        pubsub.subscribe("a", "weather")
+        pubsub.subscribe("a", "news")
+        self.assertEqual(len(changes), 3)
+        [(entry, events)] = pubsub.connections()
+        self.assertEqual(entry["client_name"], "kitchen-pi")
+        self.assertEqual(events, ["weather", "news"])
+        pubsub.unsubscribe("a", "news")
+        pubsub.unsubscribe("a", "news")
+        self.assertEqual(len(changes), 4)
+        pubsub.disconnected("a")
+        self.assertEqual(pubsub.connections(), [])
+        self.assertGreaterEqual(len(changes), 5)

@@ -15,6 +15,8 @@ from smartplug_backend.core.journal import HistoryEntry
 from smartplug_backend.state import store
 from smartplug_backend.state.store import APPLICATION_ID, UPGRADES, Store, UnusableDatabase
 
+from .disk import fill, release, small_disk
+
 
 def fingerprint(path: str) -> tuple:
     """
@@ -381,3 +383,80 @@ class QueryTests(SynchronousTestCase):
         self.assertIn("disk full", str(error))
         self.assertEqual(self.store.plugs(), [Plug("p", 1, 1.0)])
         self.assertEqual(self.store.history("p", 10), [HistoryEntry(1, 1.0, "http")])
+
+
+class FullDiskTests(SynchronousTestCase):
+    """
+    The state database on a 2 MiB tmpfs that fills up (issue 11): writes
+    fail while it is full and heal by themselves once there is room; a full
+    disk at start-up is told apart from a damaged file.
+    """
+
+    def setUp(self):
+        self.directory = small_disk(self)
+        self.path = os.path.join(self.directory, "state.sqlite")
+
+    def write_until_full(self, db: Store) -> sqlite3.Error:
+        for i in range(2000):
+            try:
+                db.save_report(f"plug{i % 20}", i % 2, float(i), "http")
+            except sqlite3.Error as e:
+                return e
+        self.fail("2000 reports fitted on the small disk")
+
+    def test_heals_once_there_is_room(self):
+        """
+        Once the disk is full a report fails (an SQLite disk error, nothing
+        kept); after a little room is freed, the next reports all succeed:
+        the write-ahead log that filled the disk is emptied into the
+        database and gives its space back.
+        """
+        db = Store.open(self.path, 10000)
+        self.addCleanup(db.close)
+        filler = fill(self.directory, leave=400 * 1024)
+        error = self.write_until_full(db)
+        self.assertTrue(store.disk_trouble(error), error)
+        self.assertRaises(sqlite3.Error, db.save_report, "late", 1, 1.0, "http")
+        self.assertIsNone(next((p for p in db.plugs() if p.id == "late"), None))
+        release(filler, 64 * 1024)
+        for i in range(200):
+            db.save_report("after", i % 2, float(i), "http")
+        self.assertEqual(len(db.history("after", 1000)), 200)
+        db.save_display(Display(2, color=(1, 2, 3), pulse=4))
+        self.assertEqual(db.display(), Display(2, color=(1, 2, 3), pulse=4))
+
+    def test_full_disk_at_start_up(self):
+        """
+        A good database on a disk with no room left is refused at start-up as
+        a disk problem (DiskTrouble, with the free space), never as a
+        damaged or foreign file; once there is room it opens with its data.
+        """
+        db = Store.open(self.path, 10000)
+        db.save_report("0xb00bf0cc", 1, 1.0, "http")
+        db.close()
+        filler = fill(self.directory)
+        with self.assertRaises(store.DiskTrouble) as caught:
+            Store.open(self.path, 10000)
+        message = str(caught.exception)
+        self.assertNotIn("damaged", message)
+        self.assertNotIn("not an SQLite", message)
+        self.assertIn("bytes free on its file system", message)
+        self.assertIn("make room", message)
+        os.remove(filler)
+        db = Store.open(self.path, 10000)
+        self.addCleanup(db.close)
+        self.assertEqual([p.id for p in db.plugs()], ["0xb00bf0cc"])
+
+    def test_disk_trouble_codes(self):
+        """
+        Disk errors (full, I/O, read-only, cannot open) count as disk
+        trouble; a file that is not a database does not.
+        """
+        with open(self.path, "wb") as f:
+            f.write(b"not a database at all" * 100)
+        db = store.connect(self.path)
+        self.addCleanup(db.close)
+        with self.assertRaises(sqlite3.DatabaseError) as caught:
+            db.execute("PRAGMA user_version").fetchone()
+        self.assertFalse(store.disk_trouble(caught.exception))
+        self.assertFalse(store.disk_trouble(ValueError("x")))

@@ -6,9 +6,12 @@ import io
 import subprocess
 import sys
 
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import Site
 
 from smartplug_backend import tap
+from smartplug_backend.http.dashboard.routes import Dashboard
 
 from .helpers import SynchronousReactor
 from .server import twistd_command
@@ -40,6 +43,11 @@ class PluginTests(SynchronousTestCase):
             check=True, capture_output=True, timeout=300,
         )
         self.assertTrue(os.path.isfile(os.path.join(target, "twisted", "plugins", "smartplug_plugin.py")))
+        # The dashboard's page and uPlot are package data: a Pi with no
+        # internet serves them from the install.
+        static = os.path.join(target, "smartplug_backend", "http", "dashboard", "static")
+        for name in ("index.html", "app.js", "style.css", "uplot/uPlot.iife.min.js", "uplot/uPlot.min.css", "uplot/LICENSE"):
+            self.assertTrue(os.path.isfile(os.path.join(static, name)), name)
         self.assertFalse(os.path.exists(os.path.join(target, "twisted", "plugins", "__init__.py")))
         # Run from the install's own directory so that the source tree's
         # twisted/plugins is not what twistd finds.
@@ -77,6 +85,50 @@ class MakeServiceTests(SynchronousTestCase):
         service.privilegedStartService()
         return reactor
 
+    def site_root(self, reactor):
+        """
+        The root resource of the HTTP listener's site, under its wrappers.
+        """
+        for server in reactor.tcpServers:
+            factory = server[1]
+            while hasattr(factory, "wrapped"):
+                factory = factory.wrapped
+            if isinstance(factory, Site):
+                return factory.resource
+        raise AssertionError("no HTTP site listening")
+
+    def child(self, reactor, name: bytes):
+        """
+        The resource the HTTP site serves at C{/<name>/}.
+        """
+        from twisted.web.test.requesthelper import DummyRequest
+
+        request = DummyRequest([name, b""])
+        request.prepath = [request.postpath.pop(0)]
+        return self.site_root(reactor).getChildWithDefault(name, request)
+
+    def test_dashboard_off_by_default(self):
+        """
+        Without DASHBOARD_USERS there is no /ui, and one log line says how
+        to turn it on.
+        """
+        with capturedLogs() as events:
+            reactor = self.make([])
+        lines = [formatEvent(e) for e in events if "dashboard off" in formatEvent(e)]
+        self.assertEqual(len(lines), 1)
+        self.assertIn("add DASHBOARD_USERS", lines[0])
+        self.assertIn("passwd NAME", lines[0])
+        self.assertNotIsInstance(self.child(reactor, b"ui"), Dashboard)
+
+    def test_dashboard_on_with_users(self):
+        """
+        With DASHBOARD_USERS the HTTP site holds /ui beside the app.
+        """
+        from smartplug_backend.http.dashboard.auth import hash_password
+
+        reactor = self.make([], f"STATE_DB = None\nDASHBOARD_USERS = {{'anna': {hash_password('x', n=2**10)!r}}}\n")
+        self.assertIsInstance(self.child(reactor, b"ui"), Dashboard)
+
     def test_ports_from_settings(self):
         """
         Without endpoint options, HTTP and app WebSocket listen on the
@@ -84,6 +136,17 @@ class MakeServiceTests(SynchronousTestCase):
         """
         reactor = self.make([], "WWW_SERVER_PORT = 8000\nWS_SERVER_PORT = 8001\nLISTEN_ADDRESS = '127.0.0.1'\n")
         self.assertEqual(sorted((p[0], p[3]) for p in reactor.tcpServers), [(8000, "127.0.0.1"), (8001, "127.0.0.1")])
+
+    def test_listener_order(self):
+        """
+        The listeners open in one order, HTTP, apps, devices, whatever the
+        dashboard, metrics or MQTT need built first.
+        """
+        reactor = self.make(
+            [], "WWW_SERVER_PORT = 8000\nWS_SERVER_PORT = 8001\nDEVICE_SERVER_PORT = 8002\nAUTH_SECRET = 's'\n"
+            "STATE_DB = None\n",
+        )
+        self.assertEqual([p[0] for p in reactor.tcpServers], [8000, 8001, 8002])
 
     def test_endpoint_options_override(self):
         """

@@ -15,6 +15,7 @@ changes nothing and reaches no one.
 
 import dataclasses
 import time
+from collections import Counter
 from typing import Callable, Iterable, Optional
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -82,6 +83,10 @@ class DisplayEvent:
     peer: str
 
 
+# Why a report was refused, as metrics count it: not a valid report (400),
+# or the state store could not record it (503).
+REFUSALS = ("invalid", "store")
+
 Listener = Callable[[Report], None]
 DisplayListener = Callable[[DisplayEvent], None]
 
@@ -106,6 +111,10 @@ class Hub:
         self._listeners: list[Listener] = []
         self._display_listeners: list[DisplayListener] = []
         self.pubsub = PubSub(now=now)
+        # Plain counts for /metrics: source -> reports accepted, and
+        # (source, reason) -> reports refused (REFUSALS).
+        self.accepted: Counter = Counter()
+        self.refused: Counter = Counter()
 
     def restore(self, plugs: Iterable[Plug], display: Optional[Display] = None) -> None:
         """
@@ -142,8 +151,15 @@ class Hub:
             except Exception:
                 self._log.failure("listener {listener!r} failed", listener=listener)
 
+    def count_refused(self, source: str, reason: str) -> None:
+        """
+        Count a report from C{source} refused before it reached the hub
+        (C{reason} is one of L{REFUSALS}), for metrics.
+        """
+        self.refused[source, reason] += 1
+
     def _journaled(self, save: Callable[..., Deferred], args: tuple, accept: Callable[[], object],
-                   change: str, peer: str) -> Deferred:
+                   change: str, peer: str, source: Optional[str] = None) -> Deferred:
         """
         C{save(*args)} in the journal, then C{accept()}.
 
@@ -153,7 +169,7 @@ class Hub:
             device port) may drop it.
         """
         saved = maybeDeferred(save, *args)
-        saved.addCallbacks(lambda _: accept(), self._not_saved, errbackArgs=(change, peer))
+        saved.addCallbacks(lambda _: accept(), self._not_saved, errbackArgs=(change, peer, source))
         # accept() catches its listeners' errors; this keeps the promise
         # that the Deferred never fails even if accept() itself had a bug.
         return saved.addErrback(self._not_applied, change, peer)
@@ -162,7 +178,9 @@ class Hub:
         self._log.failure("{change} from {peer} saved but not applied", failure, change=change, peer=peer)
         return None
 
-    def _not_saved(self, failure, change: str, peer: str) -> None:
+    def _not_saved(self, failure, change: str, peer: str, source: Optional[str]) -> None:
+        if source is not None:
+            self.refused[source, "store"] += 1
         if failure.check(StoreFailed):
             self._log.error(
                 "{change} from {peer} refused: state store cannot write: {why}",
@@ -185,7 +203,7 @@ class Hub:
         plug = Plug(plug_id, value, self._now())
         return self._journaled(
             self._journal.save_report, (plug_id, value, plug.updated_at, source),
-            lambda: self._accept(plug, source, peer), f"report plug {plug_id} -> {value}", peer,
+            lambda: self._accept(plug, source, peer), f"report plug {plug_id} -> {value}", peer, source,
         )
 
     def _accept(self, plug: Plug, source: str, peer: str) -> Report:
@@ -194,6 +212,7 @@ class Hub:
         old = self._plugs.get(plug.id)
         self._plugs[plug.id] = plug
         report = Report(plug, old.value if old else None, source, peer)
+        self.accepted[source] += 1
         self._log.info(
             "plug {plug_id} -> {value} from {peer}", plug_id=plug.id, value=plug.value, peer=peer
         )

@@ -33,6 +33,20 @@ LISTEN_BACKLOG = 1024
 # without a close.
 APP_PING_INTERVAL = 60
 APP_PING_TIMEOUT = 30
+# TCP keepalive on every accepted connection (SPEC 3.5): seconds of silence
+# before the first probe, seconds between probes, unanswered probes before
+# the kernel resets the connection: a dead peer is gone within 60 + 8 x 15 =
+# 180 s.  Sent data unacknowledged for as long also ends it (TCP_USER_TIMEOUT).
+KEEPALIVE_IDLE = 60
+KEEPALIVE_INTERVAL = 15
+KEEPALIVE_COUNT = 8
+# The kernel send buffer asked for on each WebSocket connection (SPEC 6.5);
+# Linux doubles it for its own bookkeeping, so the kernel holds at most twice
+# this for a peer, counted in MAX_UNSENT.
+WS_SEND_BUFFER = 64 * 1024
+# Pages (4 KiB) of SQLite write-ahead log after which it is copied into the
+# database, so that the log cannot take a nearly full disk's last room.
+WAL_PAGES = 100
 # Tweets waiting for their turn; beyond this the oldest is dropped.
 TWEET_QUEUE = 100
 # Tries per tweet, the delays (seconds) before the 2nd and 3rd, and the
@@ -40,3 +54,37 @@ TWEET_QUEUE = 100
 TWEET_TRIES = 3
 TWEET_RETRY_DELAYS = (5.0, 30.0)
 TWEET_REQUEST_TIMEOUT = 10.0
+# Authentication failures the guard remembers for the dashboard (SPEC 9).
+RECENT_FAILURES = 50
+# The dashboard (SPEC 9): dashboard password hashes are scrypt with these
+# parameters (2**15 * 8 * 128 bytes = 32 MiB per check, about 0.1 s on a
+# Raspberry Pi 4); stored hashes carry their own, so raising them later
+# keeps old ones working.
+SCRYPT_N = 2**15
+SCRYPT_R = 8
+SCRYPT_P = 1
+# Password checks in flight at once; more logins are refused (503), not
+# queued: a flood must not queue minutes of scrypt.
+MAX_LOGINS_AT_ONCE = 4
+# Seconds from the first of a burst of changes (connections, device pings,
+# failures) to the one message that sends the changed lists to the page.
+DASHBOARD_FLUSH_DELAY = 0.2
+# Seconds between refreshes of the server's facts while a page is open.
+DASHBOARD_SERVER_REFRESH = 10
+# Publications and reports the dashboard keeps to show a page that opens.
+DASHBOARD_PUBLICATIONS = 100
+DASHBOARD_RECENT_REPORTS = 50
+# The live socket pings an open page this often (seconds) and drops one
+# that has not answered within the timeout.
+DASHBOARD_PING_INTERVAL = 30
+DASHBOARD_PING_TIMEOUT = 30
+# MQTT (SPEC 12): paho's reconnect backoff starts at MQTT_RECONNECT_MIN
+# seconds and doubles up to MQTT_RECONNECT_MAX; the keepalive in seconds;
+# QoS 1 messages paho keeps while the broker is away (everything retained is
+# published again on reconnect anyway); seconds stopService waits for paho's
+# thread to end.
+MQTT_RECONNECT_MIN = 1
+MQTT_RECONNECT_MAX = 60
+MQTT_KEEPALIVE = 60
+MQTT_MAX_QUEUED = 10000
+MQTT_STOP_TIMEOUT = 5

@@ -16,6 +16,10 @@ from .reports import broadcast_bytes
 from .times import utc_rfc3339
 
 Deliver = Callable[[list, bytes], None]
+# observer(event, data, origin): every publication, with the origin its
+# publisher gave (None for the server's own clients), so a bridge can skip
+# what it put in itself.
+Observer = Callable[[str, Any, Optional[str]], None]
 
 # Go's encoding/json (PiCloud is Go) escapes these inside strings; clients
 # written against it may compare frames byte for byte.
@@ -77,10 +81,56 @@ class PubSub:
     def __init__(self, deliver: Optional[Deliver] = None, now: Callable[[], float] = time.time) -> None:
         self._deliver = deliver
         self._now = now
-        # event -> subscribers, both in insertion order (dicts as ordered sets)
+        # event -> subscribers, both in insertion order (dicts as ordered sets).
+        # An event stays once its last subscriber has left, as in PiCloud's
+        # Go map: the info frame lists it with "connections": null.
         self._events: dict[str, dict[Hashable, None]] = {}
         # connection -> its entry in the info frame
         self._connections: dict[Hashable, dict] = {}
+        # Plain counts for /metrics: publications read, frames delivered.
+        self.publications = 0
+        self.deliveries = 0
+        self._observers: list[Observer] = []
+        # Who is connected or subscribed changed (the dashboard).
+        self._connection_watchers: list[Callable[[], None]] = []
+
+    def observe(self, observer: Observer) -> Callable[[], None]:
+        """
+        Call C{observer(event, data, origin)} for every later publication,
+        subscribers or not.
+
+        @return: a function that stops the calls.
+        """
+        self._observers.append(observer)
+        return lambda: self._observers.remove(observer)
+
+    def watch_connections(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """
+        Call C{listener()} whenever a connection opens or closes or a
+        subscription changes, from now on.
+
+        @return: a function that stops the calls.
+        """
+        self._connection_watchers.append(listener)
+        return lambda: self._connection_watchers.remove(listener)
+
+    def _tell(self, watchers: list, *args) -> None:
+        for listener in list(watchers):
+            try:
+                listener(*args)
+            except Exception:
+                self._log.failure("pub/sub listener {listener!r} failed", listener=listener)
+
+    def connections(self) -> list[tuple[dict, list[str]]]:
+        """
+        Every open connection: its info-frame entry and the events it is
+        subscribed to.
+        """
+        events: dict[Hashable, list[str]] = {}
+        for event, subscribers in self._events.items():
+            for subscriber in subscribers:
+                events.setdefault(subscriber, []).append(event)
+        return [(dict(entry), events.get(c, [])) for c, entry in self._connections.items()]
 
     def deliver_with(self, deliver: Deliver) -> None:
         """
@@ -103,30 +153,36 @@ class PubSub:
             "ip_address": address,
             "connected_at": utc_rfc3339(self._now()),
         }
+        self._tell(self._connection_watchers)
 
     def disconnected(self, connection: Hashable) -> None:
         """
         Forget a closed connection and all its subscriptions.
         """
-        self._connections.pop(connection, None)
+        known = self._connections.pop(connection, None) is not None
         self.unsubscribe_all(connection)
+        if known:
+            self._tell(self._connection_watchers)
 
     def subscribe(self, subscriber: Hashable, event: str) -> None:
         """
         Deliver every later publication of C{event} to C{subscriber}, once
         however often it subscribes.
         """
-        self._events.setdefault(event, {})[subscriber] = None
+        subscribers = self._events.setdefault(event, {})
+        if subscriber not in subscribers:
+            subscribers[subscriber] = None
+            self._tell(self._connection_watchers)
 
     def unsubscribe(self, subscriber: Hashable, event: str) -> None:
         """
         Stop delivering C{event} to C{subscriber}; nothing if it was not subscribed.
         """
         subscribers = self._events.get(event)
-        if subscribers is not None:
-            subscribers.pop(subscriber, None)
-            if not subscribers:
-                del self._events[event]
+        if subscribers is not None and subscriber in subscribers:
+            # The event stays, empty, for the info frame (see _events).
+            del subscribers[subscriber]
+            self._tell(self._connection_watchers)
 
     def unsubscribe_all(self, subscriber: Hashable) -> None:
         """
@@ -136,35 +192,49 @@ class PubSub:
         for event in list(self._events):
             self.unsubscribe(subscriber, event)
 
-    def publish(self, event: str, data: Any) -> int:
+    def publish(self, event: str, data: Any, origin: Optional[str] = None) -> int:
         """
-        Send a publication to the current subscribers of C{event}.
+        Send a publication to the current subscribers of C{event}, then
+        show it to the observers.
 
+        @param origin: who brought it in from outside (e.g. C{"mqtt"}).
         @return: how many subscribers it was sent to.
         """
         subscribers = list(self._events.get(event, ()))
+        self.publications += 1
         if subscribers and self._deliver is not None:
+            self.deliveries += len(subscribers)
             self._deliver(subscribers, delivery_frame(event, data, self._now()))
+        for observer in list(self._observers):
+            try:
+                observer(event, data, origin)
+            except Exception:
+                self._log.failure("pub/sub observer {observer!r} failed", observer=observer)
         return len(subscribers)
 
     def subscriptions(self) -> Iterable[tuple[str, list]]:
         """
         C{(event, [subscriber, ...])} for every event with subscribers.
         """
-        return [(event, list(subscribers)) for event, subscribers in self._events.items()]
+        return [(event, list(subscribers)) for event, subscribers in self._events.items() if subscribers]
 
     def info_frame(self) -> bytes:
         """
         The info socket's frame (SPEC 3.4): subscriptions with their
         connections, every open connection, and the time.
+
+        Written as PiCloud's Go server writes it, which picloud-info-web
+        renders: an empty list of connections is C{null} (a nil Go slice),
+        while no subscriptions at all is C{[]}; an event whose subscribers
+        have all left stays listed, with C{"connections": null}.
         """
         known = self._connections
         info = {
             "subscriptions": [
-                {"name": event, "connections": [known[s] for s in subscribers if s in known]}
+                {"name": event, "connections": [known[s] for s in subscribers if s in known] or None}
                 for event, subscribers in self._events.items()
             ],
-            "all_connections": list(known.values()),
+            "all_connections": list(known.values()) or None,
             "created_at": utc_rfc3339(self._now()),
         }
         return (go_json(info) + "\n").encode("utf-8")

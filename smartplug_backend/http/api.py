@@ -190,7 +190,9 @@ def make_app(hub, bridge: Bridge, guard=None, api_key=None) -> bottle.Bottle:
 
     def count_wrong_key() -> None:
         if guard is not None:
-            bridge.later(guard.failure, _peer(), f"wrong API key for {bottle.request.method} {bottle.request.path}")
+            bridge.later(
+                guard.failure, _peer(), f"wrong API key for {bottle.request.method} {bottle.request.path}", kind="api_key"
+            )
 
     @app.get("/")
     def index():
@@ -198,7 +200,11 @@ def make_app(hub, bridge: Bridge, guard=None, api_key=None) -> bottle.Bottle:
 
     @app.post("/data")
     def data():
-        plug_id, value = parsed_body(parse_report)
+        try:
+            plug_id, value = parsed_body(parse_report)
+        except bottle.HTTPResponse:
+            bridge.later(hub.count_refused, "http", "invalid")
+            raise
         # hub.report answers once the report is committed, so a 200 means
         # it survives a kill -9; None means the store refused it (and the
         # hub has logged why).

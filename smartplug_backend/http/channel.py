@@ -12,31 +12,49 @@ The firmware also closes its side as soon as its bytes are out.  twisted.web
 then closes the request body, while the WSGI thread may not have read it yet;
 L{PatientRequest} keeps the body readable so the report is still acted on.
 
+The site's root hands every path to the app, except those of the named
+children it is given (C{/metrics}, C{/ui}) and the POST routes answered on
+the reactor thread (C{/data}, C{/publish}): L{Root}.
+
 twisted.web's idle timeout restarts with every byte received, so a peer that
 trickles a request a byte at a time would hold its connection for ever
 (slowloris).  The channel adds a fixed deadline: a request's head and body
 must arrive within C{request_timeout} seconds of its first byte (or of the
 connection, for the first request), or the peer gets 408 and is closed.
+
+A client may half-close: send its request, C{shutdown(SHUT_WR)}, then read
+the answer (netcat, some HTTP/1.0 tools).  twisted.web treats the end of the
+peer's bytes as the end of the connection and drops the answer; the channel
+is an L{IHalfCloseableProtocol} instead, and answers the requests it has
+whole before it closes.  To the server the firmware's full close looks the
+same (an end of input), so its report is acted on as before; only its
+answer goes nowhere.
 """
 
 import json
+from typing import Optional
 
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.logger import Logger
+from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from twisted.web.server import version as server_version
 from twisted.web.wsgi import WSGIResource
+from zope.interface import implementer
 
 from ..core.limits import HTTP_IDLE_TIMEOUT, HTTP_REQUEST_TIMEOUT, MAX_BODY
 from ..internals import HTTPChannelSeams
 from ..ws.base import peer_host
-from .root import Root
+from .ingest import FastRoute
 
 
+@implementer(IHalfCloseableProtocol)
 class LenientHTTPChannel(HTTPChannelSeams):
     """
     An HTTPChannel that accepts request heads with CRLF or bare LF line ends,
-    refuses bodies over L{MAX_BODY} with 413 before reading them, and gives
-    each request C{request_timeout} seconds to arrive whole (408).
+    refuses bodies over L{MAX_BODY} with 413 before reading them, gives
+    each request C{request_timeout} seconds to arrive whole (408), and
+    answers a peer that has half-closed.
     """
 
     _log = Logger(namespace="smartplug_backend.http.api")
@@ -83,6 +101,30 @@ class LenientHTTPChannel(HTTPChannelSeams):
     def connectionLost(self, reason):
         self._stop_request_deadline()
         super().connectionLost(reason)
+
+    _peer_done = False
+
+    def readConnectionLost(self) -> None:
+        """
+        The peer will send nothing more: answer the request being handled
+        (and any whole ones behind it), then close; close now if none is.
+        """
+        self._peer_done = True
+        self._stop_request_deadline()
+        if not self.handling_request:
+            self.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        # We never half-close our side; if the transport says it is gone,
+        # nothing can be answered.
+        self.loseConnection()
+
+    def requestDone(self, request):
+        super().requestDone(request)
+        # Pipelined requests the peer sent before its end are replayed by
+        # requestDone; once none is left, nothing more can come.
+        if self._peer_done and not self.handling_request:
+            self.loseConnection()
 
     def _start_request_deadline(self) -> None:
         if self.request_timeout and not self.refused:
@@ -173,6 +215,43 @@ class PatientRequest(Request):
             super().connectionLost(reason)
         finally:
             self.content = content
+        # The client left before the answer was finished (the firmware does
+        # so at once): the site's log() will not be called for this one.
+        timer = getattr(getattr(self, "site", None), "timer", None)
+        if timer is not None:
+            timer.finished(self)
+
+
+class Root(Resource):
+    """
+    The site's root: a POST to one of the C{fast} paths (exactly, without
+    its query) goes to that handler, on the reactor thread
+    (L{smartplug_backend.http.ingest}), which hands what it does not take
+    to the app; C{/<name>} goes to the named child of that name (and below
+    it, unless the child is a leaf); every other path goes to the app,
+    which sees it whole, as if it were the root itself.
+    """
+
+    def __init__(self, app: Resource, children: dict, fast: Optional[dict] = None) -> None:
+        super().__init__()
+        self._app = app
+        self._named = dict(children)
+        self._fast = {path: FastRoute(handler, app) for path, handler in (fast or {}).items()}
+
+    def getChildWithDefault(self, name: bytes, request):
+        if request.method == b"POST":
+            route = self._fast.get(request.path)
+            if route is not None:
+                # As for the app: the handler may hand the request on to it.
+                request.postpath.insert(0, request.prepath.pop())
+                return route
+        child = self._named.get(name)
+        if child is not None and (not child.isLeaf or not request.postpath):
+            return child
+        # Undo the step twisted.web took, so the WSGI environ's SCRIPT_NAME
+        # and PATH_INFO are what they were with the app at the root.
+        request.postpath.insert(0, request.prepath.pop())
+        return self._app
 
 
 class QuietSite(Site):
@@ -180,41 +259,63 @@ class QuietSite(Site):
     A Site with the lenient channel and no per-request access log: reports
     are logged by the hub as one readable line each, and rejected input by
     the app, so a combined-log line per request would only add noise and cost.
+
+    @ivar timer: told when each request starts being served and when it is
+        answered (L{smartplug_backend.http.metrics.RequestTimer}), or C{None}.
     """
 
     protocol = LenientHTTPChannel
     requestFactory = PatientRequest
     noisy = False  # the listener logs where it listens, readably
     request_timeout = HTTP_REQUEST_TIMEOUT
+    timer = None
 
     def buildProtocol(self, addr):
         channel = super().buildProtocol(addr)
         channel.request_timeout = self.request_timeout
         return channel
 
+    def getResourceFor(self, request):
+        if self.timer is not None:
+            self.timer.started(request)
+        return super().getResourceFor(request)
+
     def log(self, request) -> None:
-        pass
+        # Called by twisted.web once a request is answered in full; a request
+        # whose client left first is timed by PatientRequest.connectionLost.
+        if self.timer is not None:
+            self.timer.finished(request)
 
 
-def make_site(app, reactor, pool, timeout: float = HTTP_IDLE_TIMEOUT, request_timeout: float = HTTP_REQUEST_TIMEOUT,
-              children: dict = None, fast: dict = None) -> Site:
+def make_site(
+    app,
+    reactor,
+    pool,
+    timeout: float = HTTP_IDLE_TIMEOUT,
+    request_timeout: float = HTTP_REQUEST_TIMEOUT,
+    children: Optional[dict] = None,
+    timer=None,
+    fast: Optional[dict] = None,
+) -> Site:
     """
     A Site serving the WSGI C{app} from C{pool}: idle connections closed
     after C{timeout} seconds, and a request that has not arrived whole
     C{request_timeout} seconds after its first byte answered 408 and closed
     (0: no such deadline).
 
-    @param children: twisted.web resources by first path segment (bytes),
-        served beside the app (L{Root}).
-    @param fast: handlers of POST requests by exact path, answered on the
-        reactor thread (L{Root}; L{smartplug_backend.http.ingest}).
+    @param children: path segment -> resource served there instead of the
+        app (C{{b"metrics": ...}}); see L{Root}.
+    @param timer: times each request (see L{QuietSite}), or C{None}.
+    @param fast: exact path -> handler of its POST requests, answered on
+        the reactor thread (L{smartplug_backend.http.ingest}); see L{Root}.
     """
     site = QuietSite(
-        Root(WSGIResource(reactor, pool, app), children, fast),
+        Root(WSGIResource(reactor, pool, app), children or {}, fast or {}),
         timeout=timeout,
         reactor=reactor,
         # The app reads raw bodies; parsing forms would only cost memory.
         parsePOSTFormSubmission=False,
     )
     site.request_timeout = request_timeout
+    site.timer = timer
     return site

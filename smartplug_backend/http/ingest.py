@@ -21,21 +21,48 @@ import bottle
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from ..core.limits import MAX_BODY
 from ..core.reports import InvalidReport, parse_report
 from ..ws import picloud
 from .api import given, unrecorded
-from .root import NOT_MINE
 
 _log = Logger(namespace="smartplug_backend.http.api")
+
+# A handler's answer meaning "let the Bottle app answer this request".
+NOT_MINE = object()
 
 _JSON = b"application/json"
 # PiCloud's answers are Go's http.Error: plain text (as api._text).
 _TEXT_HEADERS = ((b"Content-Type", b"text/plain; charset=utf-8"), (b"X-Content-Type-Options", b"nosniff"))
 # The WSGI environ keys of the two credential headers (as api.given reads them).
 _CREDENTIAL_KEYS = frozenset({"HTTP_X_API_KEY", "HTTP_X_API_CLIENT_NAME"})
+
+
+class FastRoute(Resource):
+    """
+    A handler of this module as the leaf resource the site's root gives a
+    request (L{smartplug_backend.http.channel.Root}), with the app behind
+    it: C{handler(request)} returns the body (bytes), C{NOT_DONE_YET}, or
+    L{NOT_MINE}, and then the app answers instead.
+    """
+
+    isLeaf = True
+
+    def __init__(self, handler, app: Resource) -> None:
+        super().__init__()
+        self._handler = handler
+        self._app = app
+
+    def render(self, request):
+        answer = self._handler(request)
+        if answer is NOT_MINE:
+            # The handler read the body; the app reads it again.
+            request.content.seek(0)
+            return self._app.render(request)
+        return answer
 
 
 def peer(request) -> str:
@@ -189,6 +216,6 @@ def _answer_later(request, answer, value, gone: list) -> None:
 
 def ingest_routes(hub, api_key: Optional[str]) -> dict:
     """
-    The fast routes of L{smartplug_backend.http.root.Root}: path -> handler.
+    The fast routes of L{smartplug_backend.http.channel.Root}: path -> handler.
     """
     return {b"/data": ReportIngest(hub), b"/publish": PublishIngest(hub.pubsub.publish, api_key)}

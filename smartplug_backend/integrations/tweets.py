@@ -56,7 +56,13 @@ class Notifier:
     @param clock: an C{IReactorTime} for the delays between tries.
     @param texts: the status for each value: C{{1: plugged in, 0: unplugged}}.
     @param concurrency: tweets posted at the same time (threads in the pool).
+    @ivar sent: tweets posted, for metrics.
+    @ivar failed: tweets given up on (failed every try, or dropped from a
+        full queue), for metrics.
     """
+
+    sent = 0
+    failed = 0
 
     _log = _log
 
@@ -103,6 +109,7 @@ class Notifier:
             return
         if len(self._waiting) >= self._max_waiting:
             dropped = self._waiting.popleft()
+            self.failed += 1
             self._log.warn(
                 "tweet queue full ({limit} waiting): dropped the oldest, for plug {plug_id}: {text}",
                 limit=self._max_waiting,
@@ -156,6 +163,7 @@ class Notifier:
 
     def _posted(self, tweet_id: str, tweet: Tweet) -> None:
         self._running -= 1
+        self.sent += 1
         self._log.info(
             "tweeted for plug {plug_id} (tweet {tweet_id}): {text}",
             plug_id=tweet.plug_id,
@@ -167,6 +175,7 @@ class Notifier:
     def _failed(self, failure, tweet: Tweet) -> None:
         self._running -= 1
         if not failure.check(TweetError):
+            self.failed += 1
             self._log.failure("tweet for plug {plug_id} failed", failure, plug_id=tweet.plug_id)
             return self._done(tweet)
         error = failure.value
@@ -183,6 +192,7 @@ class Notifier:
             self._retries[tweet.plug_id] = self._clock.callLater(delay, self._retry, tweet)
             # The thread is free for other plugs meanwhile.
             return self._dispatch()
+        self.failed += 1
         self._log.error(
             "tweet for plug {plug_id} not posted after {tries} tr{ies}: {error}",
             plug_id=tweet.plug_id,

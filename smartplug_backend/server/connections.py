@@ -8,11 +8,16 @@ refusals are logged once, then summed up at most once every C{log_every}
 seconds, so that the flood does not flood the log as well.
 """
 
-from twisted.internet.interfaces import IReactorTime
+from collections import Counter
+from typing import Optional
+
+from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from .guard import GateFactory, log_prefix, normal_address
+from .sockets import keep_alive
 
 
 class ConnectionCap:
@@ -24,6 +29,8 @@ class ConnectionCap:
         tests).
     @param log_every: seconds between two log lines about refusals.
     @ivar open: connections open now.
+    @ivar open_by_listener: connections open now per listener name given
+        to L{wrap}.
     @ivar refused: connections refused since start.
     """
 
@@ -32,6 +39,7 @@ class ConnectionCap:
     def __init__(self, limit: int, clock: IReactorTime, log_every: float = 10) -> None:
         self.limit = limit
         self.open = 0
+        self.open_by_listener: Counter = Counter()
         self.refused = 0
         self._clock = clock
         self._log_every = log_every
@@ -45,11 +53,12 @@ class ConnectionCap:
         """
         return cls(settings.MAX_CONNECTIONS, clock)
 
-    def wrap(self, factory) -> "CappedFactory":
+    def wrap(self, factory, listener: Optional[str] = None) -> "CappedFactory":
         """
-        C{factory} behind this cap: see L{CappedFactory}.
+        C{factory} behind this cap: see L{CappedFactory}.  Its open
+        connections are also counted under C{listener}, when given.
         """
-        return CappedFactory(self, factory)
+        return CappedFactory(self, factory, listener)
 
     def admit(self, host) -> bool:
         """
@@ -74,11 +83,13 @@ class ConnectionCap:
             self._unlogged += 1
         return False
 
-    def release(self) -> None:
+    def release(self, listener: Optional[str] = None) -> None:
         """
         Count a connection closed.
         """
         self.open -= 1
+        if listener is not None:
+            self.open_by_listener[listener] -= 1
 
     def _sum_up(self) -> None:
         self._summary = None
@@ -97,8 +108,8 @@ class ConnectionCap:
 
 class _Counted(Protocol):
     """
-    Stands between a transport and a listener's protocol, only to see the
-    connection close.
+    Stands between a transport and a listener's protocol, to turn on TCP
+    keepalive (L{keep_alive}) and to see the connection close.
 
     Unlike Twisted's ProtocolWrapper it is not a transport itself: the
     listener's protocol gets the real transport.  So a TLS transport stays
@@ -106,9 +117,10 @@ class _Counted(Protocol):
     cap), and writes cost no extra call.
     """
 
-    def __init__(self, cap: ConnectionCap, wrapped) -> None:
+    def __init__(self, cap: ConnectionCap, wrapped, listener: Optional[str] = None) -> None:
         self._cap = cap
         self.wrapped = wrapped
+        self._listener = listener
         self._released = False
 
     def logPrefix(self) -> str:
@@ -116,6 +128,8 @@ class _Counted(Protocol):
 
     def makeConnection(self, transport) -> None:
         self.transport = transport
+        # Every admitted connection of every listener passes here once.
+        keep_alive(transport)
         self.wrapped.makeConnection(transport)
 
     def dataReceived(self, data: bytes) -> None:
@@ -124,8 +138,23 @@ class _Counted(Protocol):
     def connectionLost(self, reason) -> None:
         if not self._released:
             self._released = True
-            self._cap.release()
+            self._cap.release(self._listener)
         self.wrapped.connectionLost(reason)
+
+
+@implementer(IHalfCloseableProtocol)
+class _CountedHalfCloseable(_Counted):
+    """
+    A L{_Counted} for a protocol that handles half-closed connections (the
+    HTTP channel): the transport asks the outermost protocol whether it
+    does, so this one says yes and passes both calls on.
+    """
+
+    def readConnectionLost(self) -> None:
+        self.wrapped.readConnectionLost()
+
+    def writeConnectionLost(self) -> None:
+        self.wrapped.writeConnectionLost()
 
 
 class CappedFactory(GateFactory):
@@ -134,9 +163,10 @@ class CappedFactory(GateFactory):
     once (see L{GateFactory}); below it, it is counted until it closes.
     """
 
-    def __init__(self, cap: ConnectionCap, wrapped) -> None:
+    def __init__(self, cap: ConnectionCap, wrapped, listener: Optional[str] = None) -> None:
         super().__init__(wrapped)
         self.cap = cap
+        self.listener = listener
 
     def admit(self, host) -> bool:
         return self.cap.admit(host)
@@ -150,4 +180,8 @@ class CappedFactory(GateFactory):
         if inner is None:
             self.cap.release()
             return None
-        return _Counted(self.cap, inner)
+        if self.listener is not None:
+            self.cap.open_by_listener[self.listener] += 1
+        if IHalfCloseableProtocol.providedBy(inner):
+            return _CountedHalfCloseable(self.cap, inner, self.listener)
+        return _Counted(self.cap, inner, self.listener)

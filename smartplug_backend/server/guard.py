@@ -10,18 +10,50 @@ are never banned.  The guard lives on the reactor thread; a WSGI thread
 reports a failure through the bridge.
 """
 
+import collections
 import dataclasses
 import hmac
 import ipaddress
-from typing import Iterable, Optional
+from collections import Counter
+from typing import Callable, Iterable, Optional
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
+from ..core.limits import RECENT_FAILURES
+
 # Failures of addresses idle for longer than a ban are forgotten; past this
 # many remembered addresses the stale ones are dropped in one sweep.
 _SWEEP_AT = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class Ban:
+    """
+    One current ban, as the dashboard shows it.
+
+    @ivar until: when it ends, in the clock's seconds.
+    @ivar refused: connections refused during it.
+    @ivar failures: the failures that led to it.
+    """
+
+    address: str
+    until: float
+    refused: int
+    failures: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """
+    One recorded authentication failure (the reason never holds what the
+    peer sent).
+    """
+
+    at: float
+    address: str
+    reason: str
 
 
 def key_matches(expected: Optional[str], given: Optional[str]) -> bool:
@@ -78,6 +110,12 @@ class Guard:
         self._failures: dict[str, _Failures] = {}
         # banned address -> connections refused during its ban
         self._bans: dict[str, int] = {}
+        # banned address -> (its end, the timer that lifts it, failures)
+        self._ban_ends: dict[str, tuple] = {}
+        self._recent: collections.deque = collections.deque(maxlen=RECENT_FAILURES)
+        self._watchers: list[Callable[[], None]] = []
+        # kind -> failures counted, for metrics
+        self.failure_counts: Counter = Counter()
 
     @classmethod
     def from_settings(cls, settings, clock: IReactorTime) -> "Guard":
@@ -102,6 +140,12 @@ class Guard:
         """
         return normal_address(host) in self._bans
 
+    def active_bans(self) -> int:
+        """
+        How many addresses are banned now.
+        """
+        return len(self._bans)
+
     def failures(self, host: str) -> int:
         """
         The failures counted against C{host} now (0 once forgotten or banned).
@@ -111,17 +155,21 @@ class Guard:
             return 0
         return seen.count
 
-    def failure(self, host: str, reason: str) -> bool:
+    def failure(self, host: str, reason: str, kind: str = "other") -> bool:
         """
         Count one authentication failure of C{host}; ban it when that makes
         C{BAN_AFTER} failures.  C{reason} is logged: it must not hold what
-        the peer sent.
+        the peer sent.  C{kind} is what failed, from a small fixed set
+        (C{"api_key"}, C{"device_secret"}, ...): a metrics label.
 
         @return: True when C{host} is banned now.
         """
+        self.failure_counts[kind] += 1
         host = normal_address(host)
         if host in self._bans:
             return True
+        self._recent.append(Failure(self._clock.seconds(), host, reason))
+        self._changed()
         if self.allowed(host):
             self._log.warn(
                 "authentication failure from {peer}: {reason} (in BAN_ALLOW, never banned)",
@@ -141,7 +189,9 @@ class Guard:
             return False
         del self._failures[host]
         self._bans[host] = 0
-        self._clock.callLater(self._ban_seconds, self._lift, host)
+        timer = self._clock.callLater(self._ban_seconds, self._lift, host)
+        self._ban_ends[host] = (self._clock.seconds() + self._ban_seconds, timer, count)
+        self._changed()
         self._log.warn(
             "banned {peer} for {seconds} seconds after {count} authentication failures",
             peer=host,
@@ -168,12 +218,66 @@ class Guard:
 
     def _lift(self, host: str) -> None:
         refused = self._bans.pop(host)
+        self._ban_ends.pop(host, None)
         self._log.info(
             "ban on {peer} lifted after {seconds} seconds ({refused} connections refused)",
             peer=host,
             seconds=self._ban_seconds,
             refused=refused,
         )
+        self._changed()
+
+    def lift(self, host: str, by: str) -> bool:
+        """
+        End the ban on C{host} now (the dashboard's button); C{by} is who
+        asked, for the log.
+
+        @return: False when C{host} was not banned.
+        """
+        host = normal_address(host)
+        if host not in self._bans:
+            return False
+        refused = self._bans.pop(host)
+        _, timer, _ = self._ban_ends.pop(host)
+        if timer.active():
+            timer.cancel()
+        self._log.info(
+            "ban on {peer} lifted by {by} ({refused} connections refused)", peer=host, by=by, refused=refused
+        )
+        self._changed()
+        return True
+
+    def bans(self) -> list[Ban]:
+        """
+        The current bans, oldest first.
+        """
+        return [
+            Ban(host, until, self._bans[host], failures)
+            for host, (until, _, failures) in self._ban_ends.items()
+            if host in self._bans
+        ]
+
+    def recent_failures(self) -> list[Failure]:
+        """
+        The last L{RECENT_FAILURES} authentication failures, oldest first.
+        """
+        return list(self._recent)
+
+    def watch(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """
+        Call C{listener()} after every failure, ban and lift, from now on.
+
+        @return: a function that stops the calls.
+        """
+        self._watchers.append(listener)
+        return lambda: self._watchers.remove(listener)
+
+    def _changed(self) -> None:
+        for listener in list(self._watchers):
+            try:
+                listener()
+            except Exception:
+                self._log.failure("guard listener {listener!r} failed", listener=listener)
 
     def admits(self, host: Optional[str]) -> bool:
         """

@@ -1,12 +1,14 @@
 """
-C{python -m smartplug_backend backup|restore}: administration from the shell
-(SPEC 7a), what ServerPy's server.sh did.
+C{python -m smartplug_backend backup|restore|passwd}: administration from
+the shell (SPEC 7a, 9), what ServerPy's server.sh did.
 
 Every error is one line on stderr starting C{smartplug:}, and exit status 1;
 success prints what was written.
 """
 
 import argparse
+import getpass
+import json
 import sys
 from typing import Optional
 
@@ -27,7 +29,7 @@ class _Failed(Exception):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m smartplug_backend",
-        description="Back up or restore the smartplug server's state database.",
+        description="Back up or restore the smartplug server's state database; make dashboard passwords.",
     )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     take = commands.add_parser(
@@ -43,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     put.add_argument("file", metavar="FILE", help="a backup written by the backup command")
     put.add_argument("--settings", metavar="PATH", help="settings file (default: ./settings.py)")
+    passwd = commands.add_parser(
+        "passwd",
+        help="hash a dashboard password and print the DASHBOARD_USERS line for settings.py "
+        "(asks twice on a terminal; otherwise reads one line of standard input)",
+    )
+    passwd.add_argument("name", metavar="NAME", help="the user name to log in with")
     return parser
 
 
@@ -71,7 +79,30 @@ def _restore(args) -> str:
     return done
 
 
-def main(argv=None, out=sys.stdout, err=sys.stderr) -> int:
+def _read_password(stdin) -> str:
+    if stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if first != getpass.getpass("Again: "):
+            raise _Failed("the two passwords differ; nothing printed")
+        password = first
+    else:
+        password = stdin.readline().rstrip("\r\n")
+    if not password:
+        raise _Failed("an empty password; nothing printed")
+    return password
+
+
+def _passwd(args, stdin=None) -> str:
+    if not args.name or any(c in args.name for c in "\"\\") or not args.name.isprintable():
+        raise _Failed("NAME must be printable, without quotes or backslashes")
+    # Imported here: hashing needs nothing of the rest of the server.
+    from ..http.dashboard.auth import hash_password
+
+    hashed = hash_password(_read_password(stdin or sys.stdin))
+    return f"DASHBOARD_USERS = {json.dumps({args.name: hashed}, ensure_ascii=False)}"
+
+
+def main(argv=None, out=sys.stdout, err=sys.stderr, stdin=None) -> int:
     """
     Run the command line C{argv} (default: C{sys.argv[1:]}).
 
@@ -79,7 +110,10 @@ def main(argv=None, out=sys.stdout, err=sys.stderr) -> int:
     """
     try:
         args = _parser().parse_args(argv)
-        result = {"backup": _backup, "restore": _restore}[args.command](args)
+        if args.command == "passwd":
+            result = _passwd(args, stdin)
+        else:
+            result = {"backup": _backup, "restore": _restore}[args.command](args)
     except (_Failed, config.ConfigError, backup.BackupError) as e:
         err.write(f"smartplug: {e}\n")
         return 1

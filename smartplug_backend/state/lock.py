@@ -42,5 +42,11 @@ def hold(db_path: str) -> int:
         os.close(fd)
         raise Locked(f"{db_path} is in use by a running server (pid {holder}; lock {path})") from None
     os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+    try:
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+    except OSError:
+        # A full disk: the lock holds without the pid, which only makes
+        # the message of a second server less helpful.  The state database
+        # then says what is wrong with the disk.
+        pass
     return fd

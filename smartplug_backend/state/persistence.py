@@ -30,7 +30,7 @@ from twisted.python.threadpool import ThreadPool
 from ..core.display import Display
 from ..core.journal import StoreFailed
 from ..server.services import StartupError, ThreadPoolService
-from .lock import Locked, hold
+from .lock import Locked, hold, lock_path
 from .store import Store, UnusableDatabase
 
 # At most this many writes share one transaction: a bound on how long one
@@ -212,7 +212,7 @@ class StoreService(ThreadPoolService):
         except (Locked, UnusableDatabase) as e:
             raise StartupError(f"STATE_DB: {e}") from e
         except OSError as e:
-            raise StartupError(f"STATE_DB: cannot lock {e.filename}: {e.strerror}") from e
+            raise StartupError(f"STATE_DB: cannot lock {e.filename or lock_path(self.path)}: {e.strerror}") from e
         self.hub.restore(plugs, display)
         self._log.info(
             "state from {path}: {count} plugs, display {packet}",

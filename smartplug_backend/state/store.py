@@ -20,6 +20,7 @@ from typing import Iterator, Optional
 from ..core.display import Display, InvalidDisplay, validate_display
 from ..core.hub import Plug
 from ..core.journal import HistoryEntry
+from ..core.limits import WAL_PAGES
 
 # "SmPg": marks the file as ours (PRAGMA application_id, bytes 68-71).
 APPLICATION_ID = 0x536D5067
@@ -65,6 +66,40 @@ class UnusableDatabase(Exception):
     """
 
 
+class DiskTrouble(UnusableDatabase):
+    """
+    The file at STATE_DB could not be read or written because of its disk
+    (no space, an I/O error, permissions), not because of what it holds: it
+    was not judged, and must not be thrown away.
+    """
+
+
+# SQLite's primary result codes that blame the disk or the file system, not
+# the file's contents: PERM, READONLY, IOERR, FULL, CANTOPEN.
+_DISK_CODES = frozenset({3, 8, 10, 13, 14})
+
+
+def disk_trouble(error: BaseException) -> bool:
+    """
+    True when C{error} is an SQLite error about the disk (no space, I/O,
+    permissions) rather than about the database's contents.
+    """
+    code = getattr(error, "sqlite_errorcode", None)
+    return code is not None and (code & 0xFF) in _DISK_CODES
+
+
+def free_space(path: str) -> str:
+    """
+    ", N bytes free on its file system" for the file system of C{path}, or
+    "" if that cannot be told.
+    """
+    try:
+        stat = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return ""
+    return f", {stat.f_bavail * stat.f_frsize} bytes free on its file system"
+
+
 @contextlib.contextmanager
 def _transaction(db: sqlite3.Connection) -> Iterator[None]:
     if db.in_transaction:
@@ -75,10 +110,18 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
     db.execute("BEGIN IMMEDIATE")
     try:
         yield
+        # A COMMIT that fails (no room for the log) leaves the transaction
+        # open: it is rolled back below, or every later BEGIN would fail.
+        db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        # SQLite rolls some failures back by itself (a full disk among
+        # them); a second ROLLBACK would fail and hide the first error.
+        if db.in_transaction:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
         raise
-    db.execute("COMMIT")
 
 
 def connect(path: str) -> sqlite3.Connection:
@@ -114,6 +157,11 @@ def check(db: sqlite3.Connection, path: str) -> int:
             )
         problem = damage(db, thorough=False)
     except sqlite3.DatabaseError as e:
+        if disk_trouble(e):
+            raise DiskTrouble(
+                f"{path} cannot be read ({e}{free_space(path)}); its contents were not checked and it is "
+                "left untouched: make room on its disk (or fix the disk) and start again"
+            ) from None
         raise UnusableDatabase(f"{path} is damaged or not an SQLite database ({e})") from None
     if problem:
         raise UnusableDatabase(f"{path} is damaged ({problem})")
@@ -160,6 +208,9 @@ class Store:
         self._path = path
         # plug id -> its number of history entries, as far as known
         self._counts: dict[str, int] = {}
+        # Set while a write has failed for want of disk and the log could
+        # not be emptied since: the next write empties it first.
+        self.needs_checkpoint = False
 
     @classmethod
     def open(cls, path: str, keep: int) -> "Store":
@@ -177,28 +228,90 @@ class Store:
         try:
             try:
                 version = check(db, path)
+            except DiskTrouble:
+                raise
             except UnusableDatabase as e:
                 raise UnusableDatabase(f"{e}; left untouched: move it away or point STATE_DB at another file") from None
             # WAL: readers (the backup) never block the writer, and a commit
             # is one append.  Set on every open: a restored backup has none.
             db.execute("PRAGMA journal_mode = WAL")
+            # SQLite checkpoints the log every 1000 pages (4 MB) by default:
+            # on a small or nearly full disk the log would take the last
+            # room, and then a checkpoint, which needs a little room for the
+            # database to grow, could not run to give it back.  Every 100
+            # pages (about 20 reports) keeps the log under half a megabyte.
+            db.execute(f"PRAGMA wal_autocheckpoint = {WAL_PAGES}")
             upgrade(db, version)
             # FULL: a commit is on disk, not only in the OS's cache, before
             # the HTTP 200 goes out; a power cut then loses nothing either.
             db.execute("PRAGMA synchronous = FULL")
         except sqlite3.Error as e:
             db.close()
+            if disk_trouble(e):
+                raise DiskTrouble(
+                    f"{path} cannot be written ({e}{free_space(path)}); it is left untouched: "
+                    "make room on its disk (or fix the disk) and start again"
+                ) from None
             raise UnusableDatabase(f"{path} cannot be written ({e})") from None
         except BaseException:
             db.close()
             raise
         return cls(db, keep, path)
 
+    def _write(self, work, *args) -> None:
+        """
+        Run the transaction C{work(*args)}, healing from a full disk.
+
+        In WAL mode every commit is appended to the write-ahead log, which
+        is only emptied by a checkpoint, and SQLite's own checkpoint waits
+        for 1000 pages (4 MB) of log.  On a small or nearly full disk the
+        log fills the disk first, and then every later write fails too,
+        even once some room is freed, since the log only grows.  So after a
+        write that fails for want of disk, the log is copied into the
+        database and truncated (C{wal_checkpoint(TRUNCATE)}), which gives
+        back all of its space, and the write is tried once more; if the
+        checkpoint cannot run either (no room for the database to grow),
+        the next write tries it first.
+        """
+        if self._db.in_transaction:
+            # Part of a group (L{write_together}): on any failure the group
+            # is rolled back and each write tried alone, healing then.
+            work(*args)
+            return
+        if self.needs_checkpoint:
+            self.checkpoint()
+        try:
+            work(*args)
+        except sqlite3.Error as e:
+            if not disk_trouble(e) or not self.checkpoint():
+                self.needs_checkpoint = self.needs_checkpoint or disk_trouble(e)
+                raise
+            work(*args)
+
+    def checkpoint(self) -> bool:
+        """
+        Copy the write-ahead log into the database and truncate it to
+        nothing.
+
+        @return: True if that was done; False if it could not be (no room,
+            an I/O error, or a reader holding an old snapshot), in which
+            case L{needs_checkpoint} is set.
+        """
+        try:
+            busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.Error:
+            busy = 1
+        self.needs_checkpoint = bool(busy)
+        return not busy
+
     def save_report(self, plug_id: str, value: int, at: float, source: str) -> None:
         """
         Record a report: the plug's state and a history entry, trimming the
         plug's history to C{keep} entries; all or nothing.
         """
+        self._write(self._save_report, plug_id, value, at, source)
+
+    def _save_report(self, plug_id: str, value: int, at: float, source: str) -> None:
         try:
             with _transaction(self._db):
                 self._db.execute(
@@ -250,7 +363,9 @@ class Store:
         @return: one outcome per write, in order: C{None} when it is
             committed, or the exception that refused it.
         """
-        if len(writes) == 1:
+        if len(writes) == 1 or self.needs_checkpoint:
+            # Alone, or after a full disk: each write heals on its own
+            # (L{_write}), which it cannot inside a shared transaction.
             return self._one_by_one(writes)
         try:
             self._db.execute("BEGIN IMMEDIATE")
@@ -300,11 +415,14 @@ class Store:
         """
         state = display.as_json()
         del state["packet"]
+        self._write(self._save_display, json.dumps(state))
+
+    def _save_display(self, state: str) -> None:
         with _transaction(self._db):
             self._db.execute(
                 "INSERT INTO display (only, state) VALUES (1, ?)"
                 " ON CONFLICT (only) DO UPDATE SET state = excluded.state",
-                (json.dumps(state),),
+                (state,),
             )
 
     def display(self) -> Optional[Display]:

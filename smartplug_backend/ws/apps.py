@@ -15,6 +15,7 @@ from ..core.limits import APP_PING_INTERVAL, APP_PING_TIMEOUT
 from ..core.reports import broadcast_bytes
 from . import picloud
 from .base import LenientServerProtocol, LimitedServerFactory, peer_address, peer_host
+from .origins import ANY_ORIGIN
 
 
 class AppProtocol(LenientServerProtocol):
@@ -36,6 +37,13 @@ class AppProtocol(LenientServerProtocol):
         if self._route == "plugbuddy":
             self._client_name = name or "plugbuddy"
             return None
+        # PiCloud's clients never answer pings in time (SPEC 3.5): the Python
+        # one never reads its publish socket, and its subscriber reads only
+        # when asked.  No pings at all on these routes (PiCloud sent none);
+        # TCP keepalive, which the peer's kernel answers, finds dead peers.
+        # Autobahn starts its pings after onConnect, reading these.
+        self.autoPingInterval = 0
+        self.autoPingTimeout = 0
         try:
             self._client_name = picloud.authenticate(
                 self.factory.api_key, key, name, needs_name=self._route in ("subscribe", "publish")
@@ -45,7 +53,7 @@ class AppProtocol(LenientServerProtocol):
                 "refused {path} from {peer}: {reason}", path=request.path, peer=self._peer, reason=str(denied)
             )
             if denied.bad_key and self.factory.guard is not None:
-                self.factory.guard.failure(self._peer, f"wrong API key for {request.path}")
+                self.factory.guard.failure(self._peer, f"wrong API key for {request.path}", kind="api_key")
             self._deny_body = denied.body
             raise ConnectionDeny(401, str(denied)) from None
         return None
@@ -54,7 +62,10 @@ class AppProtocol(LenientServerProtocol):
         try:
             self._opened = True
             factory = self.factory
-            self._hub.pubsub.connected(self, self._client_name, peer_address(self.transport))
+            # Info sockets are watchers, not clients: PiCloud does not list
+            # them in its own frames (SPEC 3.4).
+            if self._route != "info":
+                self._hub.pubsub.connected(self, self._client_name, peer_address(self.transport))
             if self._route == "plugbuddy":
                 factory.clients.add(self)
             elif self._route == "info":
@@ -141,8 +152,11 @@ class AppFactory(LimitedServerFactory):
         self.clients: set = set()
         self.setProtocolOptions(
             # Phones vanish without a close; pings find the dead connections.
+            # Autobahn|Android and every browser answer pings by themselves;
+            # PiCloud's routes turn them off per connection (onConnect).
             autoPingInterval=APP_PING_INTERVAL,
             autoPingTimeout=APP_PING_TIMEOUT,
+            **ANY_ORIGIN,
         )
 
     def broadcast(self, report) -> None:

@@ -14,8 +14,13 @@ from autobahn.twisted.websocket import WebSocketServerFactory
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
-from ..core.limits import MAX_HANDSHAKE, MAX_MESSAGE, MAX_UNSENT, WS_HANDSHAKE_TIMEOUT
+from ..core.limits import MAX_HANDSHAKE, MAX_MESSAGE, MAX_UNSENT, WS_HANDSHAKE_TIMEOUT, WS_SEND_BUFFER
 from ..internals import WebSocketServerSeams, read_options_from_factory, write_now
+from ..server.sockets import bound_send_buffer
+
+# What the kernel may hold for a WebSocket peer: its send buffer, fixed at
+# WS_SEND_BUFFER (Linux doubles the size asked for, overhead included).
+KERNEL_HOLDS = 2 * WS_SEND_BUFFER
 
 _HOST_HEADER = re.compile(rb"\nhost[ \t]*:", re.IGNORECASE)
 
@@ -80,7 +85,9 @@ class LenientServerProtocol(WebSocketServerSeams):
       factory's C{handshake_timeout} of connecting, however it trickles its
       bytes (Autobahn's own handler, run on the factory's clock).
     - Cuts off a peer that lets more than L{MAX_UNSENT} bytes pile up unsent,
-      so that one slow client cannot grow memory without bound.
+      in Twisted's buffer and the kernel's, so that one slow client cannot
+      grow memory without bound: the kernel's send buffer is fixed at
+      L{WS_SEND_BUFFER} (L{bound_send_buffer}), so it cannot hide megabytes.
     - Keeps little per idle connection: protocol options are read from the
       factory, and what only the opening handshake needs is dropped once the
       connection is open (both in L{smartplug_backend.internals}).
@@ -129,8 +136,11 @@ class LenientServerProtocol(WebSocketServerSeams):
 
     def connectionMade(self):
         super().connectionMade()
-        # Twisted pauses a streaming producer once the transport buffers more
-        # than its bufferSize (64 KiB); what is written after that is counted.
+        # The kernel may hold at most KERNEL_HOLDS for the peer (no autotuning
+        # up to megabytes that nothing counts); beyond that Twisted buffers,
+        # pauses a streaming producer once it holds more than its bufferSize
+        # (64 KiB), and what is written after that is counted.
+        bound_send_buffer(self.transport)
         self.transport.registerProducer(_SendBuffer(self), True)
         timeout = self.factory.handshake_timeout
         if timeout:
@@ -176,9 +186,11 @@ class LenientServerProtocol(WebSocketServerSeams):
     def sendData(self, data, sync=False, chopsize=None):
         if self._send_buffer_full:
             self._unsent_since_full += len(data)
-            # The buffer held the transport's bufferSize when it paused us
-            # (TCP's is 64 KiB; not every transport says).
-            if self._unsent_since_full > MAX_UNSENT - getattr(self.transport, "bufferSize", 65536):
+            # When it paused us, Twisted's buffer held the transport's
+            # bufferSize (TCP's is 64 KiB; not every transport says), and the
+            # kernel's send queue was full (SPEC 6.5: it counts too).
+            held = getattr(self.transport, "bufferSize", 65536) + KERNEL_HOLDS
+            if self._unsent_since_full > MAX_UNSENT - held:
                 return self._too_slow()
         return super().sendData(data, sync, chopsize)
 
@@ -186,6 +198,7 @@ class LenientServerProtocol(WebSocketServerSeams):
         if self._cut_off:
             return
         self._cut_off = True
+        self.factory.slow_dropped += 1
         self.slow_peer_cut_off()
         self._send_buffer_full = False
         # sendClose() refuses protocol codes like 1008; the frame-level call
@@ -218,7 +231,10 @@ class LimitedServerFactory(WebSocketServerFactory):
         tests).
     @param handshake_timeout: seconds from connecting (the TLS handshake
         included) to a completed WebSocket opening handshake; 0 for none.
+    @ivar slow_dropped: connections cut off for not reading (for metrics).
     """
+
+    slow_dropped = 0
 
     def __init__(self, hub, url=None, clock=None, handshake_timeout: float = WS_HANDSHAKE_TIMEOUT) -> None:
         # No Server header: strangers learn nothing of versions.

@@ -14,6 +14,7 @@ from twisted.logger import Logger
 
 from ..core.reports import InvalidReport, parse_report
 from .base import LenientServerProtocol, LimitedServerFactory, peer_address, peer_host
+from .origins import ANY_ORIGIN
 
 # Autobahn's sendClose() only takes 1000 and 3000-4999; 1008 is what SPEC 2.1
 # asks for, so the close frame is sent one level down.
@@ -34,6 +35,8 @@ class DeviceProtocol(LenientServerProtocol):
     _state = None
     _timer = None
     _why = None
+    connected_at = None
+    last_heard = None
 
     def onConnect(self, request):
         try:
@@ -67,7 +70,9 @@ class DeviceProtocol(LenientServerProtocol):
         if not hmac.compare_digest(payload, self.factory.secret):
             return self._refuse("wrong secret")
         self._state = _AUTHENTICATED
+        self.connected_at = self.last_heard = self.factory.clock.seconds()
         self.factory.devices.add(self)
+        self.factory.changed()
         # Listed on the PiCloud info socket (SPEC 3.4) once it is a device:
         # a stranger who only opened a socket is not one.
         self._hub.pubsub.connected(self, "device", peer_address(self.transport))
@@ -83,18 +88,25 @@ class DeviceProtocol(LenientServerProtocol):
 
     def _refuse(self, reason: str) -> None:
         # The reason names what was wrong, never what the device sent.
-        self.factory.guard.failure(self._peer, f"device port: {reason}")
+        self.factory.guard.failure(self._peer, f"device port: {reason}", kind="device_secret")
         self._close(POLICY_VIOLATION, "authentication failed", f"refused ({reason})")
 
     def _close(self, code: int, text: str, why: str) -> None:
         self._state = _CLOSING
         self._why = why
         # No more packets for a device on its way out.
-        self.factory.devices.discard(self)
+        self._forget()
         self.sendCloseFrame(code=code, reasonUtf8=text.encode("utf-8"), isReply=False)
+
+    def _forget(self) -> None:
+        if self in self.factory.devices:
+            self.factory.devices.discard(self)
+            self.factory.changed()
 
     def _alive(self) -> None:
         self._timer.reset(self.factory.idle_timeout)
+        self.last_heard = self.factory.clock.seconds()
+        self.factory.changed()
 
     def _idle_timed_out(self) -> None:
         if self.state != self.STATE_OPEN:
@@ -109,6 +121,7 @@ class DeviceProtocol(LenientServerProtocol):
         try:
             plug_id, value = parse_report(payload)
         except InvalidReport as e:
+            self._hub.count_refused("device", "invalid")
             return self._ignore(f"not a ping or a plug report: {e}")
         self._hub.report(plug_id, value, "device", self._peer)
 
@@ -128,7 +141,7 @@ class DeviceProtocol(LenientServerProtocol):
     def onClose(self, wasClean, code, reason):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
-        self.factory.devices.discard(self)
+        self._forget()
         self._hub.pubsub.disconnected(self)
         state, self._state = self._state, None
         if state is None:
@@ -150,6 +163,7 @@ class DeviceFactory(LimitedServerFactory):
     """
 
     protocol = DeviceProtocol
+    _log = Logger(namespace="smartplug_backend.ws.devices")
     noisy = False  # the listener logs where it listens, readably
 
     def __init__(self, hub, guard, secret: str, clock: IReactorTime, auth_timeout: float = 10, idle_timeout: float = 30, url=None) -> None:
@@ -159,9 +173,10 @@ class DeviceFactory(LimitedServerFactory):
         self.auth_timeout = auth_timeout
         self.idle_timeout = idle_timeout
         self.devices: set = set()
+        self._watchers: list = []
         # Devices keep themselves alive (SPEC 2.2); the idle timeout finds
         # the silent ones.
-        self.setProtocolOptions(autoPingInterval=0)
+        self.setProtocolOptions(autoPingInterval=0, **ANY_ORIGIN)
 
     @classmethod
     def from_settings(cls, settings, hub, guard, clock: IReactorTime, url=None) -> "DeviceFactory":
@@ -169,6 +184,34 @@ class DeviceFactory(LimitedServerFactory):
         The factory configured by C{AUTH_SECRET} and the device timeouts.
         """
         return cls(hub, guard, settings.AUTH_SECRET, clock, settings.DEVICE_AUTH_TIMEOUT, settings.DEVICE_IDLE_TIMEOUT, url)
+
+    def watch(self, listener) -> None:
+        """
+        Call C{listener()} whenever a device authenticates, leaves, or is
+        heard from (the dashboard's list of devices).
+        """
+        self._watchers.append(listener)
+
+    def changed(self) -> None:
+        """
+        Tell the watchers that the devices changed.
+        """
+        for listener in list(self._watchers):
+            try:
+                listener()
+            except Exception:
+                self._log.failure("device listener {listener!r} failed", listener=listener)
+
+    def connected(self) -> list[dict]:
+        """
+        The authenticated devices: address, since when and last heard (in
+        the clock's seconds), oldest first.
+        """
+        devices = sorted(self.devices, key=lambda d: d.connected_at or 0)
+        return [
+            {"address": peer_address(d.transport), "connected_at": d.connected_at, "last_heard": d.last_heard}
+            for d in devices
+        ]
 
     def send_packet(self, event) -> None:
         """

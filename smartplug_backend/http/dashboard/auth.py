@@ -1,0 +1,206 @@
+"""
+Who may use the dashboard (SPEC 9): password hashes, sessions and CSRF
+tokens.
+
+Passwords are hashed with scrypt (stdlib C{hashlib.scrypt}): salted and
+memory-hard, its parameters kept inside the string so that they can be
+raised later without breaking old hashes::
+
+    scrypt$<n>$<r>$<p>$<salt, base64>$<key, base64>
+
+Checking a password costs tens of milliseconds of CPU on purpose; callers run
+L{verify_password} in a thread, never on the reactor thread.
+
+A session is a random token in a cookie.  The server keeps only the token's
+SHA-256, so a lookup compares digests (a timing difference tells nothing
+about a valid token) and a memory dump holds no usable cookie.  Each session
+has its own CSRF token, which the page sends back with every change.
+"""
+
+import base64
+import dataclasses
+import hashlib
+import hmac
+import secrets
+from typing import Callable, Optional
+
+from twisted.internet.interfaces import IReactorTime
+
+from ...core.limits import SCRYPT_N, SCRYPT_P, SCRYPT_R
+
+_SALT_BYTES = 16
+_KEY_BYTES = 32
+_PREFIX = "scrypt"
+
+COOKIE = b"smartplug_session"
+
+
+class InvalidHash(ValueError):
+    """
+    A string that is not a password hash of ours; the message says what is
+    wrong without repeating the string.
+    """
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    # maxmem: OpenSSL's default (32 MiB) is just below what n=2**15, r=8 needs.
+    return hashlib.scrypt(
+        password.encode("utf-8"), salt=salt, n=n, r=r, p=p, dklen=_KEY_BYTES, maxmem=256 * r * n + 2**20
+    )
+
+
+def hash_password(password: str, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = SCRYPT_P) -> str:
+    """
+    A new salted scrypt hash of C{password}, for C{DASHBOARD_USERS}.
+    """
+    salt = secrets.token_bytes(_SALT_BYTES)
+    return f"{_PREFIX}${n}${r}${p}${_b64(salt)}${_b64(_scrypt(password, salt, n, r, p))}"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Parsed:
+    n: int
+    r: int
+    p: int
+    salt: bytes
+    key: bytes
+
+
+def parse_hash(text: object) -> _Parsed:
+    """
+    Check that C{text} is a hash made by L{hash_password}.
+
+    @raise InvalidHash: when it is not.
+    """
+    if not isinstance(text, str):
+        raise InvalidHash("a password hash must be a string")
+    parts = text.split("$")
+    if len(parts) != 6 or parts[0] != _PREFIX:
+        raise InvalidHash("not a password hash from 'python -m smartplug_backend passwd NAME'")
+    try:
+        n, r, p = (int(x) for x in parts[1:4])
+        salt = base64.b64decode(parts[4], validate=True)
+        key = base64.b64decode(parts[5], validate=True)
+    except ValueError:
+        raise InvalidHash("a damaged password hash: make a new one with 'python -m smartplug_backend passwd NAME'") from None
+    # Bounds keep a typo from asking for gigabytes at every login.
+    if not (2 <= n <= 2**20 and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16 and salt and len(key) == _KEY_BYTES):
+        raise InvalidHash("a password hash with parameters out of range")
+    return _Parsed(n, r, p, salt, key)
+
+
+def verify_password(stored: Optional[str], password: str) -> bool:
+    """
+    True when C{password} matches the hash C{stored}, compared in constant
+    time.  With C{stored=None} (no such user) the same work is done against
+    a dummy hash, so the answer takes as long as for a real user.
+    """
+    parsed = parse_hash(stored if stored is not None else _DUMMY)
+    key = _scrypt(password, parsed.salt, parsed.n, parsed.r, parsed.p)
+    return hmac.compare_digest(key, parsed.key) and stored is not None
+
+
+# A hash of nothing anyone can type, with the default parameters.
+_DUMMY = f"{_PREFIX}${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(b'0' * _SALT_BYTES)}${_b64(b'0' * _KEY_BYTES)}"
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "replace")).digest()
+
+
+@dataclasses.dataclass(eq=False)
+class Session:
+    """
+    One logged-in browser.
+
+    @ivar user: the name it logged in with.
+    @ivar csrf: the token the page must send with every change.
+    @ivar expires: when it ends, in the clock's seconds.
+    """
+
+    user: str
+    csrf: str
+    expires: float
+    _key: bytes = dataclasses.field(repr=False)
+
+
+class Sessions:
+    """
+    The live sessions, in memory on the reactor thread (a restart logs
+    everyone out).
+
+    @param clock: the reactor's time.
+    @param days: how long a session lasts (C{DASHBOARD_SESSION_DAYS}).
+    """
+
+    def __init__(self, clock: IReactorTime, days: float) -> None:
+        self._clock = clock
+        self.seconds = days * 86400
+        self._sessions: dict[bytes, Session] = {}
+        self._ended: list[Callable[[Session], None]] = []
+
+    def create(self, user: str) -> tuple[str, Session]:
+        """
+        A new session for C{user}.
+
+        @return: the cookie's token (not kept here) and the session.
+        """
+        self._sweep()
+        token = secrets.token_urlsafe(32)
+        session = Session(user, secrets.token_urlsafe(32), self._clock.seconds() + self.seconds, _digest(token))
+        self._sessions[session._key] = session
+        return token, session
+
+    def find(self, token: Optional[str]) -> Optional[Session]:
+        """
+        The live session of the cookie C{token}, or C{None}.
+        """
+        if not token:
+            return None
+        session = self._sessions.get(_digest(token))
+        if session is not None and session.expires <= self._clock.seconds():
+            self.end(session)
+            return None
+        return session
+
+    def end(self, session: Session) -> None:
+        """
+        End C{session} (log out, or it expired); its live sockets are told.
+        """
+        if self._sessions.pop(session._key, None) is None:
+            return
+        for listener in list(self._ended):
+            listener(session)
+
+    def alive(self, session: Session) -> bool:
+        """
+        Whether C{session} has neither ended nor expired.
+        """
+        return self._sessions.get(session._key) is session and session.expires > self._clock.seconds()
+
+    def when_ended(self, listener: Callable[[Session], None]) -> None:
+        """
+        Call C{listener(session)} whenever a session ends.
+        """
+        self._ended.append(listener)
+
+    def _sweep(self) -> None:
+        now = self._clock.seconds()
+        for session in [s for s in self._sessions.values() if s.expires <= now]:
+            self.end(session)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+
+def csrf_matches(session: Session, given: Optional[str]) -> bool:
+    """
+    Whether C{given} is C{session}'s CSRF token, compared in constant time.
+    """
+    if not given:
+        return False
+    return hmac.compare_digest(given.encode("utf-8", "replace"), session.csrf.encode("ascii"))

@@ -1,0 +1,436 @@
+// The smartplug dashboard (SPEC 9): log in, then one WebSocket (/ui/live)
+// brings a snapshot and every change; actions are POSTs with the session's
+// CSRF token.  No polling: the only timer redraws the clock-relative parts.
+// Everything from the server goes into the page as text, never as HTML.
+
+const $ = (id) => document.getElementById(id);
+const WEATHER = ["", "sunrise", "sunset", "clear", "cloudy", "rain", "storm", "snow", "mist", "wind"];
+const MAX_PUBLICATIONS = 100;
+const REPORT_ROWS = 10;
+
+let csrf = null;
+let socket = null;
+let reconnectDelay = 1000;
+let clockOffset = 0; // server time minus ours, in seconds
+const plugs = new Map(); // id -> {plug, history: [{value, at, source}] | null, card, chart}
+
+// -- helpers -----------------------------------------------------------------
+
+function now() { return Date.now() / 1000 + clockOffset; }
+
+function when(t) {
+  if (t == null) return "?";
+  const d = new Date(t * 1000);
+  const today = new Date().toDateString() === d.toDateString();
+  return today ? d.toLocaleTimeString() : d.toLocaleString();
+}
+
+function ago(t) {
+  return t == null ? "" : duration(now() - t);
+}
+
+function duration(seconds) {
+  const s = Math.max(0, Math.round(seconds));
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+  return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
+}
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "text") node.textContent = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c);
+  return node;
+}
+
+function rows(table, items, cells, none = "none") {
+  table = typeof table === "string" ? $(table) : table;
+  const body = table.tBodies[0];
+  if (!items.length) {
+    const columns = table.tHead.rows[0].cells.length;
+    body.replaceChildren(el("tr", {}, el("td", { class: "none", colspan: columns, text: none })));
+    return;
+  }
+  body.replaceChildren(...items.map((item) => el("tr", {}, ...cells(item).map((c) => (c instanceof Node ? el("td", {}, c) : el("td", { text: String(c) }))))));
+}
+
+async function api(path, body) {
+  const options = body === undefined ? {} : {
+    method: "POST",
+    headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf || "" },
+    body: JSON.stringify(body),
+  };
+  const answer = await fetch(`api/${path}`, { credentials: "same-origin", ...options });
+  let data = null;
+  try { data = await answer.json(); } catch (e) { data = { error: answer.statusText }; }
+  if (answer.status === 401 && path !== "login") showLogin();
+  return { ok: answer.ok, status: answer.status, data };
+}
+
+// -- logging in and out --------------------------------------------------------
+
+function showLogin(message = "") {
+  csrf = null;
+  if (socket) { socket.onclose = null; socket.close(); socket = null; }
+  setLive("closed");
+  $("app").hidden = true;
+  $("logout").hidden = true;
+  $("who").textContent = "";
+  $("login").hidden = false;
+  $("login-error").textContent = message;
+  $("login-user").focus();
+}
+
+function showApp(session) {
+  csrf = session.csrf;
+  $("login").hidden = true;
+  $("app").hidden = false;
+  $("logout").hidden = false;
+  $("who").textContent = session.user;
+  connect();
+}
+
+$("login-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  $("login-submit").disabled = true;
+  $("login-error").textContent = "";
+  try {
+    const { ok, data } = await api("login", { user: $("login-user").value, password: $("login-password").value });
+    $("login-password").value = "";
+    if (ok) showApp(data);
+    else $("login-error").textContent = data.error || "refused";
+  } catch (e) {
+    $("login-error").textContent = "the server cannot be reached";
+  } finally {
+    $("login-submit").disabled = false;
+  }
+});
+
+$("logout").addEventListener("click", async () => {
+  await api("logout", {});
+  showLogin("Logged out.");
+});
+
+// -- the live socket -------------------------------------------------------------
+
+function setLive(state) {
+  $("live").dataset.state = state;
+  $("live").textContent = state === "open" ? "live" : "offline";
+}
+
+function connect() {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  socket = new WebSocket(`${scheme}://${location.host}/ui/live`);
+  socket.onopen = () => { setLive("open"); reconnectDelay = 1000; };
+  socket.onmessage = (event) => handle(JSON.parse(event.data));
+  socket.onclose = async (event) => {
+    setLive("closed");
+    socket = null;
+    if (event.code === 4001) return showLogin("Your session ended; log in again.");
+    // The server restarted or the network dropped: check the session, then
+    // try again, waiting longer each time (up to half a minute).
+    setTimeout(async () => {
+      try {
+        const { ok, data } = await api("session");
+        if (ok) showApp(data);
+      } catch (e) {
+        reconnectDelay = Math.min(reconnectDelay * 2, 30000);
+        socket = null;
+        setTimeout(() => connect(), reconnectDelay);
+      }
+    }, reconnectDelay);
+  };
+}
+
+function handle(message) {
+  switch (message.type) {
+    case "snapshot":
+      showPlugs(message.plugs);
+      showDisplay(message.display);
+      $("publications").replaceChildren();
+      message.publications.forEach(addPublication);
+      update(message);
+      break;
+    case "update":
+      update(message);
+      break;
+    case "report":
+      addReport(message.report, message.plug);
+      break;
+    case "display":
+      showDisplay(message.display, message.command);
+      break;
+    case "publication":
+      addPublication(message.publication);
+      break;
+  }
+}
+
+function update(message) {
+  if ("clients" in message) showClients(message.clients);
+  if ("devices" in message) showDevices(message.devices);
+  if ("bans" in message) showSecurity(message);
+  if ("server" in message) showServer(message.server);
+}
+
+// -- plugs ------------------------------------------------------------------------
+
+function showPlugs(list) {
+  for (const plug of list) {
+    const known = plugs.get(plug.id);
+    if (known) { known.plug = { ...known.plug, ...plug }; drawPlug(known); }
+    else addPlug(plug);
+  }
+}
+
+function addPlug(plug) {
+  const entry = { plug, history: null, card: null, chart: null };
+  plugs.set(plug.id, entry);
+  const chart = el("div", { class: "chart", role: "img", "aria-label": `history of ${plug.id}`, "data-points": "0", "data-plug": plug.id });
+  entry.card = el("article", { class: "plug", "data-plug": plug.id },
+    el("div", { class: "plug-head" },
+      el("span", { class: "plug-id", text: plug.id }),
+      el("span", { class: "state" }),
+      el("span", { class: "since muted" }),
+      el("span", { class: "last muted" })),
+    chart,
+    el("table", { class: "reports" },
+      el("thead", {}, el("tr", {}, el("th", { text: "Report" }), el("th", { text: "When" }), el("th", { text: "Via" }))),
+      el("tbody")));
+  entry.chartBox = chart;
+  $("plug-list").append(entry.card);
+  $("no-plugs").hidden = true;
+  drawPlug(entry);
+  loadHistory(entry);
+}
+
+async function loadHistory(entry) {
+  const { ok, data } = await api(`plugs/${encodeURIComponent(entry.plug.id)}/history`);
+  if (!ok) return;
+  // Reports that arrived while the history was on its way are already in it,
+  // or newer: keep those newer than its last entry.
+  const pending = entry.pending || [];
+  const last = data.length ? data[data.length - 1].at : -Infinity;
+  entry.history = data.concat(pending.filter((r) => r.at > last));
+  entry.pending = null;
+  drawPlug(entry);
+}
+
+function addReport(report, plug) {
+  let entry = plugs.get(plug.id);
+  if (!entry) { addPlug(plug); entry = plugs.get(plug.id); }
+  entry.plug = plug;
+  const item = { value: report.value, at: report.at, source: report.source };
+  if (entry.history) entry.history.push(item);
+  else (entry.pending = entry.pending || []).push(item);
+  drawPlug(entry);
+}
+
+function since(entry) {
+  // The feed knows "since" for reports it saw; the history knows the rest.
+  if (entry.plug.since != null) return entry.plug.since;
+  const h = entry.history;
+  if (!h || !h.length) return null;
+  let i = h.length - 1;
+  while (i > 0 && h[i - 1].value === h[i].value) i--;
+  return h[i].at;
+}
+
+function drawPlug(entry) {
+  const { plug, card } = entry;
+  const state = card.querySelector(".state");
+  state.dataset.value = plug.value;
+  state.textContent = plug.value === 1 ? "plugged in" : "unplugged";
+  const from = since(entry);
+  card.querySelector(".since").textContent = from != null ? `since ${when(from)} (${ago(from)})` : "";
+  const h = entry.history;
+  const source = plug.source || (h && h.length ? h[h.length - 1].source : null);
+  card.querySelector(".last").textContent = `last report ${when(plug.updated_at)}${source ? " via " + source : ""}`;
+  if (h) {
+    rows(card.querySelector(".reports"), h.slice(-REPORT_ROWS).reverse(),
+      (r) => [r.value === 1 ? "1 plugged in" : "0 unplugged", when(r.at), r.source]);
+    card.querySelector(".reports").tBodies[0].dataset.rows = Math.min(h.length, REPORT_ROWS);
+  }
+  drawChart(entry);
+}
+
+function drawChart(entry) {
+  const box = entry.chartBox;
+  const h = entry.history;
+  if (!h) return;
+  const range = Number($("range").value);
+  const end = now();
+  // Nothing before the plug's first report: the chart starts there.
+  const first = h.length ? h[0].at : end;
+  const start = range ? Math.max(end - range, first) : first;
+  const inside = h.filter((r) => r.at >= start);
+  const before = h.filter((r) => r.at < start).pop();
+  const xs = [], ys = [];
+  // Steps: the value holding at the range's start, every report, and the
+  // value still holding now.
+  if (before) { xs.push(start); ys.push(before.value); }
+  for (const r of inside) { xs.push(r.at); ys.push(r.value); }
+  if (xs.length) { xs.push(Math.max(end, xs[xs.length - 1])); ys.push(ys[ys.length - 1]); }
+  box.dataset.points = String(inside.length);
+  const width = Math.max(200, box.clientWidth || 300);
+  if (entry.chart) entry.chart.destroy();
+  entry.chart = new uPlot({
+    width,
+    height: 140,
+    legend: { show: false },
+    cursor: { show: true, points: { show: false } },
+    scales: { x: { time: true, range: [start, end] }, y: { range: [-0.1, 1.1] } },
+    axes: [
+      {},
+      { values: (u, splits) => splits.map((v) => (v === 1 ? "in" : v === 0 ? "out" : "")), splits: () => [0, 1], size: 40 },
+    ],
+    series: [
+      {},
+      { label: entry.plug.id, stroke: "#1b65c9", width: 2, fill: "rgba(27,101,201,0.12)", paths: uPlot.paths.stepped({ align: 1 }), points: { show: false } },
+    ],
+  }, [xs, ys], box);
+}
+
+$("range").addEventListener("change", () => plugs.forEach(drawChart));
+window.addEventListener("resize", () => plugs.forEach((e) => e.chart && e.chart.setSize({ width: Math.max(200, e.chartBox.clientWidth), height: 140 })));
+
+// -- lamps ----------------------------------------------------------------------------
+
+function describe(display) {
+  if (display.mode === 1) return `weather ${display.weather} (${WEATHER[display.weather]}), intensity ${display.intensity}`;
+  if (display.mode === 2) return `colour rgb(${display.color.join(", ")}), pulse ${display.pulse}`;
+  return "off";
+}
+
+function showDisplay(display, command) {
+  $("display-state").textContent = describe(display);
+  $("display-packet").textContent = display.packet;
+  if (display.mode === 2) {
+    $("color").value = "#" + display.color.map((c) => c.toString(16).padStart(2, "0")).join("");
+    $("pulse").value = display.pulse;
+  } else if (display.mode === 1) {
+    $("weather").value = display.weather;
+    $("intensity").value = display.intensity;
+  }
+  if (command) $("display-result").textContent = `${command} sent to the lamps`;
+}
+
+async function setDisplay(body) {
+  $("display-result").textContent = "";
+  const { ok, data } = await api("display", body);
+  $("display-result").textContent = ok ? (data.packet ? `sent ${data.packet}` : "") : data.error;
+}
+
+$("weather-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  setDisplay({ mode: 1, weather: Number($("weather").value), intensity: Number($("intensity").value) });
+});
+$("color-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const hex = $("color").value;
+  const color = [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
+  setDisplay({ mode: 2, color, pulse: Number($("pulse").value) });
+});
+$("display-off").addEventListener("click", () => setDisplay({ mode: 0 }));
+$("display-reset").addEventListener("click", () => setDisplay({ command: "reset" }));
+$("display-update").addEventListener("click", () => {
+  if (confirm("Tell every lamp to update its firmware now?")) setDisplay({ command: "update" });
+});
+
+function showDevices(devices) {
+  $("devices-off").hidden = devices !== null;
+  rows("devices", devices || [], (d) => [d.address, when(d.connected_at), `${when(d.last_heard)} (${ago(d.last_heard)} ago)`], "no device connected");
+}
+
+// -- clients ---------------------------------------------------------------------------
+
+function showClients(clients) {
+  rows("client-list", clients, (c) => [c.client_name, c.ip_address, new Date(c.connected_at).toLocaleTimeString(), c.events.join(", ")], "no app connected");
+}
+
+function addPublication(p) {
+  const list = $("publications");
+  // PiCloud's clients publish strings: shown as they are; other JSON as JSON.
+  const data = typeof p.data === "string" ? p.data : JSON.stringify(p.data);
+  list.prepend(el("li", {}, el("strong", { text: p.event }), ` ${data} `, p.origin ? `(via ${p.origin}) ` : "", el("span", { class: "muted", text: when(p.at) })));
+  while (list.children.length > MAX_PUBLICATIONS) list.lastChild.remove();
+}
+
+// -- security ----------------------------------------------------------------------------
+
+function showSecurity(message) {
+  rows("bans", message.bans, (b) => [
+    b.address, when(b.until), b.failures,
+    el("button", { type: "button", class: "secondary", "data-address": b.address, "aria-label": `Lift the ban on ${b.address}`, text: "Lift", onclick: () => lift(b.address) }),
+  ], "no address is banned");
+  rows("failures", message.failures.slice().reverse(), (f) => [when(f.at), f.address, f.reason], "none since the server started");
+}
+
+async function lift(address) {
+  const { ok, data } = await api("bans/lift", { address });
+  if (!ok) alert(data.error);
+}
+
+// -- server ---------------------------------------------------------------------------------
+
+let server = null;
+
+function showServer(facts) {
+  server = facts;
+  clockOffset = facts.now - Date.now() / 1000;
+  const tls = facts.tls;
+  const left = tls ? tls.not_after - now() : 0;
+  $("tls").textContent = tls
+    ? `${tls.subject}: ${left > 0 ? "expires" : "EXPIRED"} ${new Date(tls.not_after * 1000).toLocaleString()}${left > 0 ? ` (in ${duration(left)})` : ""}`
+    : "none: the server speaks plain http and ws";
+  drawFacts();
+  const body = $("settings").tBodies[0];
+  body.replaceChildren(...Object.entries(facts.settings).map(([k, v]) => el("tr", {}, el("th", { text: k }), el("td", { text: JSON.stringify(v) }))));
+  $("backup").disabled = !facts.store;
+}
+
+function drawFacts() {
+  if (!server) return;
+  const f = server;
+  const facts = [
+    ["Version", f.version],
+    ["Node", f.node],
+    ["Up for", ago(f.started_at)],
+    ["Store", f.store ? `${f.store.path}, ${(f.store.bytes / 1024).toFixed(1)} KiB` : "memory only (STATE_DB = None)"],
+    ["Last backup", f.last_backup ? `${f.last_backup.file}, ${when(f.last_backup.at)}` : "none yet"],
+  ];
+  $("facts").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: String(v) })]));
+}
+
+$("backup").addEventListener("click", async () => {
+  $("backup").disabled = true;
+  $("backup-result").textContent = "backing up…";
+  const { ok, data } = await api("backup", {});
+  $("backup-result").textContent = ok ? `written to ${data.path}` : data.error;
+  $("backup").disabled = false;
+});
+
+// The clock-relative texts (uptime, "since", "ago") move on without the server.
+setInterval(() => {
+  drawFacts();
+  plugs.forEach((entry) => {
+    const from = since(entry);
+    entry.card.querySelector(".since").textContent = from != null ? `since ${when(from)} (${ago(from)})` : "";
+  });
+}, 1000);
+
+// -- start ------------------------------------------------------------------------------------
+
+(async () => {
+  try {
+    const { ok, data } = await api("session");
+    if (ok) showApp(data);
+  } catch (e) {
+    showLogin("the server cannot be reached");
+  }
+})();

@@ -1,0 +1,127 @@
+"""
+The dashboard put together for the tap: one call, L{dashboard}, that builds
+the sessions, the feed, the live socket and the routes, and subscribes the
+feed to the hub, the pub/sub registry, the guard and the devices.
+"""
+
+import os
+import socket
+import time
+from functools import partial
+from typing import Callable, Optional
+
+from twisted.application.service import MultiService
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from twisted.web.resource import Resource
+
+from ... import __version__
+from ...server.services import ThreadPoolService
+from ...state import backup as backups
+from .auth import Sessions
+from .feed import Feed, public_settings
+from .live import LiveFactory, LiveResource
+from .routes import Api, Dashboard
+
+_log = Logger(namespace="smartplug_backend.http.dashboard")
+
+
+def server_facts(settings, clock, tls=None, backup_directory: str = backups.DEFAULT_DIRECTORY,
+                 started: Optional[float] = None) -> Callable[[], dict]:
+    """
+    The feed's server section: version, node, start time, the settings
+    without secrets, the store's size, the last backup, the TLS certificate.
+    """
+    started = clock.seconds() if started is None else started
+    shown = public_settings(settings)
+    node = getattr(settings, "NODE_NAME", None) or socket.gethostname()
+    certificate = None
+    if tls is not None:
+        certificate = {"file": tls.cert_file, "subject": tls.subject, "not_after": tls.not_after.timestamp()}
+
+    def facts() -> dict:
+        return {
+            "version": __version__,
+            "node": node,
+            "started_at": started,
+            "now": clock.seconds(),
+            "settings": shown,
+            "store": _store(settings.STATE_DB),
+            "last_backup": _last_backup(backup_directory),
+            "tls": certificate,
+        }
+
+    return facts
+
+
+def _store(path: Optional[str]) -> Optional[dict]:
+    # A stat or two per refresh: small enough for the reactor thread.
+    if path is None:
+        return None
+    size = 0
+    for name in (path, path + "-wal"):
+        try:
+            size += os.stat(name).st_size
+        except OSError:
+            pass
+    return {"path": path, "bytes": size}
+
+
+def _last_backup(directory: str) -> Optional[dict]:
+    try:
+        names = [n for n in os.listdir(directory) if n.endswith(".tar.gz") and not n.startswith(".")]
+    except OSError:
+        return None
+    newest = None
+    for name in names:
+        try:
+            at = os.stat(os.path.join(directory, name)).st_mtime
+        except OSError:
+            continue
+        if newest is None or at > newest[1]:
+            newest = (name, at)
+    return {"file": os.path.join(directory, newest[0]), "at": newest[1]} if newest else None
+
+
+def dashboard(settings, hub, guard, reactor, top: MultiService, tls=None, devices=None,
+              ws_url: Optional[str] = None) -> Optional[Resource]:
+    """
+    The C{/ui} resource, or C{None} (with one log line saying how to turn
+    it on) when C{DASHBOARD_USERS} is empty.  Adds its thread pool (password
+    checks, backups) to C{top}.
+
+    @param devices: the device listener's factory, or C{None}.
+    @param ws_url: C{wss://...} when the HTTP listener speaks TLS.
+    """
+    if not settings.DASHBOARD_USERS:
+        _log.info(
+            "dashboard off: add DASHBOARD_USERS to {where} (python -m smartplug_backend passwd NAME prints the line)",
+            where=settings.path or "settings.py",
+        )
+        return None
+    # scrypt and backups: off the reactor thread, in a small pool of their own.
+    pool = ThreadPool(minthreads=0, maxthreads=2, name="smartplug-dashboard")
+    ThreadPoolService(pool, reactor).setServiceParent(top)
+    run = partial(deferToThreadPool, reactor, pool)
+
+    sessions = Sessions(reactor, settings.DASHBOARD_SESSION_DAYS)
+    feed = Feed(hub, guard, reactor, server_facts(settings, reactor, tls), devices)
+    hub.listen(feed.report)
+    hub.watch_display(feed.display)
+    hub.pubsub.observe(feed.publication)
+    hub.pubsub.watch_connections(feed.clients_changed)
+    guard.watch(feed.security_changed)
+    if devices is not None:
+        devices.watch(feed.devices_changed)
+
+    take = None
+    if settings.STATE_DB is not None:
+        take = partial(backups.take, settings.STATE_DB, settings.path, backups.DEFAULT_DIRECTORY, now=time.time)
+    api = Api(hub, guard, sessions, settings.DASHBOARD_USERS, run, settings.HISTORY_KEEP, take, feed.server_changed)
+    live = LiveResource(LiveFactory(feed, sessions, reactor, url=ws_url))
+    _log.info(
+        "dashboard on at /ui/ of the HTTP port for {users}",
+        users=", ".join(sorted(settings.DASHBOARD_USERS)),
+    )
+    return Dashboard(api, live)

@@ -1,0 +1,271 @@
+"""
+The MQTT bridge (SPEC 12): Home Assistant discovery for the plugs and the
+lamps' display, commands from Home Assistant, and (C{MQTT_EVENTS}) pub/sub
+both ways.
+
+paho-mqtt runs its network loop on a thread of its own (C{loop_start}): it
+connects, reconnects with backoff and does the socket work there.  Its
+callbacks touch nothing: each hands its arguments to the reactor with
+C{callFromThread}, and L{MQTTBridge} does the rest on the reactor thread.
+Publishing from the reactor only queues a packet for paho's thread (paho's
+C{publish} is thread-safe and never waits for the network), so no report
+and no answer ever waits for the broker.
+
+This module imports paho; C{tap} imports it only when C{MQTT_URL} is set.
+"""
+
+from typing import Any, Callable, Optional
+
+import paho.mqtt.client as paho
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+
+from ..core import limits
+from . import homeassistant as ha
+from .mqtt_url import Broker, parse_broker_url
+
+# paho's reconnect backoff: 1 s, doubling, capped (see core/limits.py).
+RECONNECT_MIN = limits.MQTT_RECONNECT_MIN
+RECONNECT_MAX = limits.MQTT_RECONNECT_MAX
+KEEPALIVE = limits.MQTT_KEEPALIVE
+MAX_QUEUED = limits.MQTT_MAX_QUEUED
+STOP_TIMEOUT = limits.MQTT_STOP_TIMEOUT
+# The origin our publications into pub/sub carry: they never go back out.
+ORIGIN = "mqtt"
+PEER = "mqtt"
+
+_log = Logger(namespace="smartplug_backend.integrations.mqtt")
+
+
+def make_client(broker: Broker, topics: ha.Topics) -> paho.Client:
+    """
+    A paho client for C{broker}: MQTT 3.1.1, a random client id with a clean
+    session, our last will (C{offline}, retained), TLS for C{mqtts://}.
+    """
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
+    if broker.username is not None:
+        client.username_pw_set(broker.username, broker.password)
+    if broker.tls:
+        # The system's CA certificates, host name checked.
+        client.tls_set()
+    client.will_set(topics.status, ha.OFFLINE, qos=1, retain=True)
+    client.reconnect_delay_set(RECONNECT_MIN, RECONNECT_MAX)
+    client.max_queued_messages_set(MAX_QUEUED)
+    return client
+
+
+class MQTTBridge(Service):
+    """
+    Keeps Home Assistant's view in step with the hub, and applies its
+    commands through the hub.
+
+    @param hub: the L{smartplug_backend.core.hub.Hub}.
+    @param client: a paho C{Client} (or a fake with the same methods and
+        callback attributes), not yet connected.
+    @param broker: where to connect.
+    @param topics: the bridge's topics.
+    @param reactor: for C{callFromThread}.
+    @param run_in_thread: C{run_in_thread(f)} returns a Deferred of C{f()}
+        run off the reactor thread (paho's C{loop_stop} joins its thread).
+    @param events: bridge pub/sub publications both ways (C{MQTT_EVENTS}).
+    """
+
+    _log = _log
+
+    def __init__(self, hub, client, broker: Broker, topics: ha.Topics, reactor,
+                 run_in_thread: Callable[[Callable[[], Any]], Deferred], events: bool = False) -> None:
+        self._hub = hub
+        self._client = client
+        self._broker = broker
+        self._topics = topics
+        self._reactor = reactor
+        self._run = run_in_thread
+        self._events = events
+        self._connected = False
+        # True from the first failure until the next connection: one log
+        # line per outage, not one per try.
+        self._away = False
+        # Subscribed now, in wiring order (tap adds tweets after us, as
+        # SPEC 1.1 wants them last); nothing is published before connecting.
+        self._stops: list[Callable[[], None]] = [hub.listen(self._report), hub.watch_display(self._display)]
+        if events:
+            self._stops.append(hub.pubsub.observe(self._published))
+        display = hub.display()
+        self._last_on = display if display.mode != 0 else None
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+
+    # -- paho's thread: hand over, touch nothing ---------------------------
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._reactor.callFromThread(self._connect_result, reason_code.is_failure, str(reason_code))
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        self._reactor.callFromThread(self._unavailable, "cannot connect")
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._reactor.callFromThread(self._lost, str(reason_code))
+
+    def _on_message(self, client, userdata, message) -> None:
+        self._reactor.callFromThread(self._message, message.topic, message.payload, message.retain)
+
+    # -- the reactor thread -------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._log.info("MQTT: connecting to {where}", where=self._broker.where)
+        # Neither looks anything up nor connects here: paho's thread does.
+        self._client.connect_async(self._broker.host, self._broker.port, KEEPALIVE)
+        self._client.loop_start()
+
+    def stopService(self) -> Deferred:
+        """
+        Say C{offline}, disconnect, and fire once paho's thread has ended
+        (or after L{STOP_TIMEOUT} seconds).
+        """
+        super().stopService()
+        for stop in self._stops:
+            stop()
+        self._stops = []
+        if self._connected:
+            # Before the DISCONNECT in paho's queue; a clean disconnect
+            # drops the will, so we say it ourselves.
+            self._publish(ha.Message(self._topics.status, ha.OFFLINE.encode()))
+        self._connected = False
+        self._client.disconnect()
+        stopped = self._run(self._client.loop_stop)
+        stopped.addTimeout(STOP_TIMEOUT, self._reactor)
+        stopped.addCallbacks(
+            lambda _: self._log.info("MQTT: disconnected from {where}", where=self._broker.where),
+            lambda f: self._log.warn("MQTT: stopped without a clean disconnect: {why}", why=f.getErrorMessage()),
+        )
+        return stopped
+
+    def _connect_result(self, failed: bool, reason: str) -> None:
+        if not self.running:
+            return  # handed over after stopService: we are leaving
+        if failed:
+            # Refused (bad password, not authorised): paho tries again.
+            self._unavailable(f"refused: {reason}")
+            return
+        self._connected = True
+        self._away = False
+        self._log.info("MQTT: connected to {where}", where=self._broker.where)
+        subscriptions = [(self._topics.ha_status, 1), (self._topics.display_set, 1), (self._topics.display_command, 1)]
+        if self._events:
+            subscriptions.append((self._topics.publish_filter, 1))
+        self._client.subscribe(subscriptions)
+        self.republish()
+
+    def _unavailable(self, why: str) -> None:
+        self._connected = False
+        if not self._away and self.running:
+            self._away = True
+            self._log.warn(
+                "MQTT: broker {where} unavailable ({why}); trying again in the background, at most every {cap} s",
+                where=self._broker.where, why=why, cap=RECONNECT_MAX,
+            )
+
+    def _lost(self, reason: str) -> None:
+        if self._connected:
+            self._unavailable(f"connection lost: {reason}")
+        elif not self._away:
+            self._unavailable(reason)
+
+    def republish(self) -> None:
+        """
+        Publish our status, every discovery config and every state again.
+        """
+        for message in ha.discovery(self._hub.plugs(), self._hub.display(), self._topics):
+            self._publish(message)
+
+    def _publish(self, message: ha.Message, qos: int = 1) -> None:
+        if not self._connected:
+            # Everything retained is published again on (re)connect.
+            return
+        try:
+            self._client.publish(message.topic, message.payload, qos=qos, retain=message.retain)
+        except ValueError as e:
+            # A topic paho refuses (e.g. an event named with + or #).
+            self._log.warn("MQTT: not published to {topic!r}: {why}", topic=message.topic, why=str(e))
+
+    def _report(self, report) -> None:
+        for message in ha.plug_messages(report.plug, report.previous is None, self._topics):
+            self._publish(message)
+
+    def _display(self, event) -> None:
+        if event.command is not None:
+            return
+        if event.state.mode != 0:
+            self._last_on = event.state
+        self._publish(ha.display_message(event.state, self._topics))
+
+    def _published(self, event: str, data: Any, origin: Optional[str]) -> None:
+        if origin == ORIGIN:
+            return  # it came from MQTT: never send it back
+        self._publish(ha.Message(self._topics.event(event), ha.event_payload(data), retain=False), qos=0)
+
+    def _message(self, topic: str, payload: bytes, retained: bool) -> None:
+        if not self.running:
+            return
+        try:
+            self._handle(topic, payload, retained)
+        except Exception:
+            self._log.failure("MQTT: message on {topic!r} not handled", topic=topic)
+
+    def _handle(self, topic: str, payload: bytes, retained: bool) -> None:
+        topics = self._topics
+        if topic == topics.ha_status:
+            if payload == ha.ONLINE.encode() and self._connected:
+                self._log.info("MQTT: Home Assistant is online; publishing discovery again")
+                self.republish()
+            return
+        if retained:
+            # A retained command would be applied again on every reconnect.
+            self._log.warn("MQTT: ignored a retained message on {topic!r}: commands must not be retained", topic=topic)
+            return
+        if topic == topics.display_set:
+            self._light_command(payload)
+        elif topic == topics.display_command:
+            try:
+                command = ha.parse_button(payload)
+            except ha.InvalidCommand as e:
+                self._log.warn("MQTT: ignored a command on {topic!r}: {why}", topic=topic, why=str(e))
+                return
+            self._hub.display_command(command, PEER)
+        elif self._events and (event := topics.published_event(topic)) is not None:
+            self._hub.pubsub.publish(event, ha.parse_event_data(payload), origin=ORIGIN)
+
+    def _light_command(self, payload: bytes) -> None:
+        try:
+            display = ha.parse_light_command(payload, self._hub.display(), self._last_on)
+        except ha.InvalidCommand as e:
+            self._log.warn("MQTT: ignored a light command on {topic!r}: {why}", topic=self._topics.display_set, why=str(e))
+            # Home Assistant waits for the state: tell it nothing changed.
+            self._publish(ha.display_message(self._hub.display(), self._topics))
+            return
+        done = self._hub.set_display(display, PEER)
+        # None: the journal refused it (logged by the hub); show the old state.
+        done.addCallback(lambda shown: None if shown is not None else self._publish(
+            ha.display_message(self._hub.display(), self._topics)))
+
+
+def mqtt_service(settings, hub, reactor) -> Optional[MQTTBridge]:
+    """
+    The bridge for C{settings}, or C{None} when C{MQTT_URL} is unset.
+    """
+    if settings.MQTT_URL is None:
+        return None
+    broker = parse_broker_url(settings.MQTT_URL)
+    topics = ha.Topics(settings.MQTT_PREFIX, settings.HA_DISCOVERY_PREFIX)
+    client = make_client(broker, topics)
+
+    def run_in_thread(f):
+        return deferToThreadPool(reactor, reactor.getThreadPool(), f)
+
+    return MQTTBridge(hub, client, broker, topics, reactor, run_in_thread, events=settings.MQTT_EVENTS)
+

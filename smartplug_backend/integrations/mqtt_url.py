@@ -1,0 +1,86 @@
+"""
+C{MQTT_URL}: C{mqtt://user:password@host:1883} or C{mqtts://...}, read into a
+L{Broker}.  Pure, and free of paho, so the settings can check the URL
+without loading the MQTT client.
+"""
+
+import dataclasses
+from typing import Optional
+from urllib.parse import unquote, urlsplit
+
+DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+EXAMPLE = "mqtt://user:password@host:1883"
+
+
+class InvalidBrokerURL(ValueError):
+    """
+    C{MQTT_URL} is not usable; C{str(error)} says why and never holds the
+    password.
+    """
+
+
+@dataclasses.dataclass(frozen=True)
+class Broker:
+    """
+    Where the MQTT broker is and how to log in.  The password is left out of
+    C{repr}, so a stray log of this object shows no secret.
+    """
+
+    host: str
+    port: int
+    tls: bool = False
+    username: Optional[str] = None
+    password: Optional[str] = dataclasses.field(default=None, repr=False)
+
+    @property
+    def where(self) -> str:
+        """C{mqtt://host:port}, for logs: no user, no password."""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+def parse_broker_url(url: str) -> Broker:
+    """
+    Read C{mqtt[s]://[user[:password]@]host[:port]}; user and password may
+    be percent-encoded (C{%40} for C{@}).
+
+    @raise InvalidBrokerURL: anything else, or a path, query or fragment.
+    """
+    if not isinstance(url, str):
+        raise InvalidBrokerURL(f"an mqtt:// or mqtts:// URL such as {EXAMPLE!r}")
+    parts = urlsplit(url)
+    if parts.scheme not in DEFAULT_PORTS:
+        raise InvalidBrokerURL(f"an mqtt:// or mqtts:// URL such as {EXAMPLE!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise InvalidBrokerURL("a URL with a port number from 1 to 65535") from None
+    if not parts.hostname:
+        raise InvalidBrokerURL(f"a URL with a host name, such as {EXAMPLE!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise InvalidBrokerURL(f"a URL without a path or query, such as {EXAMPLE!r}")
+    if port == 0:
+        raise InvalidBrokerURL("a URL with a port number from 1 to 65535")
+    return Broker(
+        host=parts.hostname,
+        port=port or DEFAULT_PORTS[parts.scheme],
+        tls=parts.scheme == "mqtts",
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+    )
+
+
+def redact(url: str) -> str:
+    """
+    C{url} with its user information hidden, for error messages: the
+    password becomes C{***} (and a lone C{user@} too, as it may be a
+    password).  Works on malformed URLs as well (no scheme, several C{@}).
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    netloc, slash, tail = rest.partition("/")
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}:***@{host}" if colon else f"***@{host}"
+    return f"{scheme}{sep}{netloc}{slash}{tail}"

@@ -1,0 +1,200 @@
+"""
+The dashboard in a real browser (SPEC 9): headless Chromium with Selenium
+against the real C{twistd -n smartplug}, its plugs fed by plain HTTP and its
+lamp by a WebSocket device client on the device port.
+
+Set C{SMARTPLUG_SCREENSHOTS=docs} to also write the README's screenshots
+(C{dashboard.png}, C{dashboard-phone.png}) there.
+"""
+
+import json
+import os
+import shutil
+import socket
+import urllib.request
+
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import Select, WebDriverWait
+from twisted.trial.unittest import TestCase
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from smartplug_backend.http.dashboard.auth import hash_password
+
+from .browser import full_page_screenshot, start_browser
+from .server import start_server
+
+USER, PASSWORD = "anna", "correct horse battery staple"
+SECRET = "lamp-secret"
+# Cheap parameters: the tests check the login, not scrypt's cost.
+SETTINGS = f"""
+DASHBOARD_USERS = {{{USER!r}: {hash_password(PASSWORD, n=2**10)!r}}}
+AUTH_SECRET = {SECRET!r}
+BAN_AFTER = 3
+BAN_SECONDS = 600
+"""
+WAIT = 15
+
+
+def post(server, path: str, body: dict) -> None:
+    request = urllib.request.Request(server.url(path), data=json.dumps(body).encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        answer.read()
+
+
+def device(server, source: str = "127.0.0.1"):
+    """
+    A WebSocket client on the device port, from the address C{source}.
+    """
+    sock = socket.socket()
+    sock.bind((source, 0))
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", server.ports["device WebSocket"]))
+    return connect(f"ws://127.0.0.1:{server.ports['device WebSocket']}/", sock=sock, open_timeout=10)
+
+
+class DashboardInBrowserTests(TestCase):
+    """
+    One server and one browser per test.
+    """
+
+    def setUp(self):
+        directory_settings = SETTINGS + f"STATE_DB = {os.path.abspath(self.mktemp()) + '.sqlite'!r}\n"
+        self.server = start_server(self, directory_settings, listeners=("HTTP", "app WebSocket", "device WebSocket"))
+        self.browser = start_browser(self)
+        self.wait = WebDriverWait(self.browser, WAIT)
+
+    def visible(self, css: str):
+        return self.wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, css)))
+
+    def text_in(self, css: str, text: str) -> None:
+        self.wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, css), text))
+
+    def log_in(self, password: str = PASSWORD) -> None:
+        self.visible("#login-user").clear()
+        self.browser.find_element(By.ID, "login-user").send_keys(USER)
+        self.browser.find_element(By.ID, "login-password").send_keys(password)
+        self.browser.find_element(By.ID, "login-submit").click()
+
+    def open_dashboard(self) -> None:
+        self.browser.get(self.server.url("/ui/"))
+        self.log_in()
+        self.visible("#app")
+        self.wait.until(lambda b: b.find_element(By.ID, "live").get_attribute("data-state") == "open")
+
+    def test_login_live_plug_and_chart(self):
+        """
+        A wrong password is refused and counted toward a ban; the right one
+        opens the dashboard; a plug reported with POST /data appears and
+        changes live, and its history chart has one point per report; the
+        backup button writes a backup.
+        """
+        post(self.server, "/data", {"id": "kitchen", "value": 1})
+        post(self.server, "/data", {"id": "kitchen", "value": 0})
+        self.browser.get(self.server.url("/ui/"))
+        self.log_in("wrong password")
+        self.text_in("#login-error", "wrong user name or password")
+        self.server.wait_for(r"authentication failure from 127\.0\.0\.1: dashboard login: wrong user name or password \(1 of 3\)")
+        self.assertTrue(self.browser.find_element(By.ID, "app").get_attribute("hidden") is not None)
+
+        self.log_in()
+        self.visible("#app")
+        card = '.plug[data-plug="kitchen"]'
+        self.text_in(card + " .state", "unplugged")
+        self.wait.until(lambda b: b.find_element(By.CSS_SELECTOR, card + " .chart").get_attribute("data-points") == "2")
+
+        post(self.server, "/data", {"id": "kitchen", "value": 1})
+        self.text_in(card + " .state", "plugged in")
+        self.wait.until(lambda b: b.find_element(By.CSS_SELECTOR, card + " .chart").get_attribute("data-points") == "3")
+        self.assertEqual(len(self.browser.find_elements(By.CSS_SELECTOR, card + " .chart canvas")), 1)
+        self.assertEqual(len(self.browser.find_elements(By.CSS_SELECTOR, card + " .reports tbody tr")), 3)
+
+        # A plug never seen before shows up too, without a reload.
+        post(self.server, "/data", {"id": "garage/1", "value": 1})
+        self.text_in('.plug[data-plug="garage/1"] .state', "plugged in")
+        self.wait.until(
+            lambda b: b.find_element(By.CSS_SELECTOR, '.plug[data-plug="garage/1"] .chart').get_attribute("data-points") == "1"
+        )
+        # Every range draws the same three reports: all are recent.
+        Select(self.browser.find_element(By.ID, "range")).select_by_visible_text("last hour")
+        self.assertEqual(self.browser.find_element(By.CSS_SELECTOR, card + " .chart").get_attribute("data-points"), "3")
+
+        # "Back up now" writes a backup in the server's thread pool, and
+        # the server panel shows it as the last one.
+        self.browser.find_element(By.ID, "backup").click()
+        self.text_in("#backup-result", "written to backups/")
+        self.text_in("#facts", "backups/")
+        self.assertEqual(len(os.listdir(os.path.join(self.server.directory, "backups"))), 1)
+
+    def test_colour_to_device_and_lift_ban(self):
+        """
+        A colour set in the page reaches a connected device as its packet; a
+        banned address shows live with a button that lifts the ban, after
+        which that address may connect again.
+        """
+        lamp = device(self.server)
+        self.addCleanup(lamp.close)
+        lamp.send(SECRET)
+        self.assertEqual(lamp.recv(10), "ok")
+        self.assertEqual(lamp.recv(10), "[cc:0:?:?]")
+        for value in (1, 0, 1):
+            post(self.server, "/data", {"id": "0xb00bf0cc", "value": value})
+        self.open_dashboard()
+        self.text_in("#devices tbody", "127.0.0.1")
+
+        self.browser.execute_script(
+            "const c = document.getElementById('color'); c.value = '#0a141e';"
+            "c.dispatchEvent(new Event('input', {bubbles: true}));"
+        )
+        pulse = self.browser.find_element(By.ID, "pulse")
+        pulse.clear()
+        pulse.send_keys("3")
+        self.browser.find_element(By.ID, "set-color").click()
+        self.assertEqual(lamp.recv(10), "[cc:2:10,20,30:3]")
+        self.text_in("#display-packet", "[cc:2:10,20,30:3]")
+
+        for _ in range(3):
+            stranger = device(self.server, "127.0.0.2")
+            stranger.send("not the secret")
+            with self.assertRaises(ConnectionClosed) as closed:
+                stranger.recv(10)
+            self.assertEqual(closed.exception.rcvd.code, 1008)
+        lift = self.visible('#bans button[data-address="127.0.0.2"]')
+        self.text_in("#failures tbody", "device port: wrong secret")
+        self.screenshots()
+
+        lift.click()
+        self.wait.until(EC.invisibility_of_element_located((By.CSS_SELECTOR, '#bans button[data-address="127.0.0.2"]')))
+        self.server.wait_for(r"ban on 127\.0\.0\.2 lifted by 127\.0\.0\.1 \(dashboard: anna\)")
+        again = device(self.server, "127.0.0.2")
+        self.addCleanup(again.close)
+        again.send(SECRET)
+        self.assertEqual(again.recv(10), "ok")
+
+    def screenshots(self) -> None:
+        """
+        The dashboard at desktop and phone width, with a PiCloud subscriber
+        listed and its publication shown live, into the test's temp
+        directory and, with C{SMARTPLUG_SCREENSHOTS} set, there too.
+        """
+        subscriber = connect(self.server.ws_url("/subscribe?clientName=kitchen-pi"), open_timeout=10)
+        self.addCleanup(subscriber.close)
+        subscriber.send(json.dumps({"action": "subscribe", "event": "weather"}))
+        self.text_in("#client-list tbody", "kitchen-pi")
+        self.text_in("#client-list tbody", "weather")
+        post(self.server, "/publish?clientName=kitchen-pi", {"event": "weather", "data": "sunny, 21 C"})
+        self.assertIn("sunny, 21 C", subscriber.recv(10))
+        self.text_in("#publications", "weather sunny, 21 C")
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        shots = {"dashboard.png": 1280, "dashboard-phone.png": 360}
+        for name, width in shots.items():
+            full_page_screenshot(self.browser, os.path.join(directory, name), width)
+            self.assertGreater(os.path.getsize(os.path.join(directory, name)), 10000)
+        wanted = os.environ.get("SMARTPLUG_SCREENSHOTS")
+        if wanted:
+            # Relative to the checkout: trial runs in _trial_temp.
+            wanted = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), wanted)
+            for name in shots:
+                shutil.copy(os.path.join(directory, name), os.path.join(wanted, name))

@@ -1,0 +1,291 @@
+"""
+Tests for the dashboard's live WebSocket and its feed
+(L{smartplug_backend.http.dashboard.live}, L{smartplug_backend.http.dashboard.feed}):
+in memory with iosim, time on a Clock.
+"""
+
+import json
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from smartplug_backend import config
+from smartplug_backend.core.display import Display
+from smartplug_backend.core.hub import Hub
+from smartplug_backend.http.channel import make_site
+from smartplug_backend.http.dashboard import auth, routes
+from smartplug_backend.http.dashboard.feed import FLUSH_DELAY, PUBLICATIONS_KEPT, Feed, public_settings
+from smartplug_backend.http.dashboard.live import SESSION_ENDED, LiveFactory, LiveResource, session_token
+from smartplug_backend.server.connections import ConnectionCap
+from smartplug_backend.server.guard import Guard
+
+from .helpers import SynchronousReactor, SynchronousThreadPool, accept, raw_handshake, ws_connect
+
+ORIGIN = "http://localhost:9001"
+
+
+class Live:
+    """
+    A hub, guard, sessions, feed and the live factory over them.
+    """
+
+    def __init__(self):
+        self.clock = Clock()
+        self.hub = Hub(now=self.clock.seconds)
+        self.guard = Guard(self.clock, ban_after=2, ban_seconds=60)
+        self.sessions = auth.Sessions(self.clock, days=1)
+        self.facts = {"version": "test"}
+        self.feed = Feed(self.hub, self.guard, self.clock, lambda: dict(self.facts))
+        self.hub.listen(self.feed.report)
+        self.hub.watch_display(self.feed.display)
+        self.hub.pubsub.observe(self.feed.publication)
+        self.hub.pubsub.watch_connections(self.feed.clients_changed)
+        self.guard.watch(self.feed.security_changed)
+        self.factory = LiveFactory(self.feed, self.sessions, self.clock)
+        self.token, self.session = self.sessions.create("anna")
+
+    def connect(self, origin=ORIGIN, token=True):
+        headers = {}
+        if origin is not None:
+            headers["Origin"] = origin
+        if token:
+            headers["Cookie"] = f"theme=dark; smartplug_session={self.token}"
+        return ws_connect(self.factory, "/ui/live", headers=headers)
+
+
+class LiveSocketTests(SynchronousTestCase):
+    """
+    Who may open the live socket, and what it gets.
+    """
+
+    def setUp(self):
+        self.live = Live()
+
+    def test_snapshot_then_changes(self):
+        """
+        A page with the session cookie and its own Origin gets the snapshot
+        at once, then a message for each report, display change and
+        publication as it happens.
+        """
+        self.live.hub.report("kitchen", 1, "http", "10.0.0.5")
+        client, _, pump = self.live.connect()
+        self.assertTrue(client.opened)
+        snapshot = client.json()[0]
+        self.assertEqual(snapshot["type"], "snapshot")
+        self.assertEqual([p["id"] for p in snapshot["plugs"]], ["kitchen"])
+        self.assertEqual(snapshot["display"], {"mode": 0, "packet": "[cc:0:?:?]"})
+        self.assertEqual(snapshot["server"], {"version": "test"})
+        self.assertIsNone(snapshot["devices"])
+
+        self.live.clock.advance(3)
+        self.live.hub.report("kitchen", 0, "device", "10.0.0.6")
+        self.live.hub.set_display(Display(2, color=(1, 2, 3), pulse=4), "me")
+        self.live.hub.pubsub.publish("weather", {"t": 21})
+        pump.flush()
+        report, display, publication = client.json()[1:]
+        self.assertEqual(report["report"], {"id": "kitchen", "value": 0, "at": 3, "source": "device"})
+        self.assertEqual(report["plug"]["since"], 3)
+        self.assertEqual(display["display"]["packet"], "[cc:2:1,2,3:4]")
+        self.assertEqual(publication["publication"], {"event": "weather", "data": {"t": 21}, "at": 3, "origin": None})
+
+    def test_foreign_origin_refused(self):
+        """
+        A page of another site (or none) cannot open the socket, even with
+        the cookie: 403 before any upgrade.
+        """
+        for origin in ("http://evil.example", "null", None):
+            client, _, _ = self.live.connect(origin=origin)
+            self.assertFalse(client.opened, origin)
+        _, transport = raw_handshake(self.live.factory, (
+            "GET /ui/live HTTP/1.1\r\nHost: home:9000\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            f"Origin: http://evil.example\r\nCookie: smartplug_session={self.live.token}\r\n\r\n"
+        ).encode())
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 403"))
+        self.assertEqual(self.live.factory.pages, set())
+
+    def test_origin_under_tls(self):
+        """
+        When the HTTP port speaks TLS the page's own Origin is https://, and
+        the same host over http:// is refused.
+        """
+        live = self.live
+        live.factory = LiveFactory(live.feed, live.sessions, live.clock, url="wss://localhost")
+        client, _, _ = live.connect(origin="http://localhost:9001")
+        self.assertFalse(client.opened)
+        client, _, _ = live.connect(origin="https://localhost:9001")
+        self.assertTrue(client.opened)
+
+    def test_no_session_refused(self):
+        """
+        Without a live session cookie the socket is refused (401).
+        """
+        client, _, _ = self.live.connect(token=False)
+        self.assertFalse(client.opened)
+        self.live.sessions.end(self.live.session)
+        client, _, _ = self.live.connect()
+        self.assertFalse(client.opened)
+
+    def test_logout_closes(self):
+        """
+        Ending the session closes its pages with code 4001.
+        """
+        client, _, pump = self.live.connect()
+        self.live.sessions.end(self.live.session)
+        pump.flush()
+        self.assertEqual(client.closed[0], SESSION_ENDED)
+        self.assertEqual(self.live.factory.pages, set())
+
+    def test_expiry_closes(self):
+        """
+        A page open when its session expires is closed with code 4001.
+        """
+        client, _, pump = self.live.connect()
+        self.live.clock.advance(86400 - 1)
+        pump.flush()
+        self.assertIsNone(client.closed)
+        self.live.clock.advance(1)
+        pump.flush()
+        self.assertEqual(client.closed[0], SESSION_ENDED)
+
+    def test_sections_sent_once_per_burst(self):
+        """
+        Connections and authentication failures are sent as whole sections,
+        once per burst, FLUSH_DELAY after it began.
+        """
+        client, _, pump = self.live.connect()
+        pubsub = self.live.hub.pubsub
+        pubsub.connected("c1", "kitchen-pi", "10.0.0.7:4000")
+        pubsub.subscribe("c1", "weather")
+        self.live.guard.failure("10.0.0.8", "wrong API key")
+        self.live.guard.failure("10.0.0.8", "wrong API key")
+        pump.flush()
+        self.assertEqual(len(client.json()), 1)
+        self.live.clock.advance(FLUSH_DELAY)
+        pump.flush()
+        update = client.json()[1]
+        self.assertEqual(update["type"], "update")
+        self.assertEqual(update["clients"][0]["client_name"], "kitchen-pi")
+        self.assertEqual(update["clients"][0]["events"], ["weather"])
+        self.assertEqual([b["address"] for b in update["bans"]], ["10.0.0.8"])
+        self.assertEqual(update["bans"][0]["until"], 60)
+        self.assertEqual(len(update["failures"]), 2)
+        self.assertNotIn("server", update)
+
+    def test_server_facts_refreshed_while_open(self):
+        """
+        The server section is re-sent every few seconds while a page is
+        open, and not at all once none is.
+        """
+        client, _, pump = self.live.connect()
+        self.live.facts["version"] = "newer"
+        self.live.clock.pump([1] * 11)
+        pump.flush()
+        self.assertEqual(client.json()[-1]["server"], {"version": "newer"})
+        client.sendClose()
+        pump.flush()
+        self.assertEqual(self.live.clock.getDelayedCalls(), [])
+
+
+class FeedTests(SynchronousTestCase):
+    """
+    What the feed keeps and hides.
+    """
+
+    def test_last_publications_kept(self):
+        """
+        The snapshot holds the last PUBLICATIONS_KEPT publications.
+        """
+        live = Live()
+        for i in range(PUBLICATIONS_KEPT + 5):
+            live.hub.pubsub.publish("e", i)
+        kept = json.loads(live.feed.snapshot())["publications"]
+        self.assertEqual([p["data"] for p in kept], list(range(5, PUBLICATIONS_KEPT + 5)))
+
+    def test_public_settings_hide_secrets(self):
+        """
+        Secrets show only as set or not, users without their hashes, and
+        passwords in URLs are hidden.
+        """
+        hashed = auth.hash_password("pw", n=2**10)
+        settings = config.settings_from({
+            "AUTH_SECRET": "s3cret", "API_KEY": "k3y", "CONSUMER_SECRET": "c", "DASHBOARD_USERS": {"anna": hashed},
+            "TWITTER_API_URL": "https://user:pa55@api.example",
+        })
+        shown = public_settings(settings)
+        text = json.dumps(shown)
+        for secret in ("s3cret", "k3y", hashed, "pa55"):
+            self.assertNotIn(secret, text)
+        self.assertEqual(shown["AUTH_SECRET"], "(set)")
+        self.assertEqual(shown["ACCESS_TOKEN_KEY"], "(not set)")
+        self.assertEqual(shown["DASHBOARD_USERS"], ["anna"])
+        self.assertEqual(shown["WWW_SERVER_PORT"], 9000)
+
+    def test_session_token_from_cookie_header(self):
+        """
+        The session token is read from a Cookie header among others.
+        """
+        self.assertEqual(session_token("a=1; smartplug_session=abc-_1; b=2"), "abc-_1")
+        self.assertIsNone(session_token("a=1"))
+        self.assertIsNone(session_token(None))
+        self.assertIsNone(session_token('smartplug_session="unterminated'))
+
+
+class TakeoverTests(SynchronousTestCase):
+    """
+    The live socket inside the HTTP site, behind our listener wrappers.
+    """
+
+    def test_upgrade_through_counted_connection(self):
+        """
+        An upgrade request to /ui/live on the HTTP site behind the
+        connection cap gets 101 and the snapshot; when it closes, the cap
+        counts the connection closed.
+        """
+        live = Live()
+        api = routes.Api(live.hub, live.guard, live.sessions, {}, None, 10)
+        ui = routes.Dashboard(api, LiveResource(live.factory))
+        live.factory.handshake_timeout = 0
+        site = make_site(lambda e, s: [], SynchronousReactor(), SynchronousThreadPool(), children={b"ui": ui})
+        cap = ConnectionCap(10, live.clock)
+        protocol, transport = accept(live.guard.wrap(cap.wrap(site)))
+        transport.protocol = protocol  # as a TCP transport knows its protocol
+        self.assertEqual(cap.open, 1)
+        protocol.dataReceived((
+            "GET /ui/live HTTP/1.1\r\nHost: home:9000\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            f"Origin: http://home:9000\r\nCookie: smartplug_session={live.token}\r\n\r\n"
+        ).encode())
+        sent = transport.value()
+        self.assertTrue(sent.startswith(b"HTTP/1.1 101"), sent[:200])
+        self.assertIn(b'"type":"snapshot"', sent)
+        self.assertEqual(len(live.factory.pages), 1)
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(cap.open, 0)
+        self.assertEqual(live.factory.pages, set())
+
+
+class NobodyWatchingTests(SynchronousTestCase):
+    """
+    With no page open the feed costs next to nothing.
+    """
+
+    def test_nothing_sent_or_scheduled_without_pages(self):
+        """
+        Reports, publications and connection changes with no page open are
+        neither serialised nor scheduled; the snapshot still has them.
+        """
+        live = Live()
+        sent = []
+        live.feed.watch(sent.append)
+        live.hub.report("p", 1, "http", "x")
+        live.hub.pubsub.publish("e", 1)
+        live.hub.pubsub.connected("c", "app", "10.0.0.1:1")
+        live.guard.failure("10.0.0.1", "test")
+        self.assertEqual((sent, live.clock.getDelayedCalls()), ([], []))
+        snapshot = json.loads(live.feed.snapshot())
+        self.assertEqual(len(snapshot["reports"]), 1)
+        self.assertEqual(len(snapshot["publications"]), 1)

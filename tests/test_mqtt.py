@@ -1,0 +1,547 @@
+"""
+Tests for smartplug_backend.integrations.mqtt: the bridge between the hub and
+a paho client, with a fake client in paho's place and paho's callbacks called
+by hand, as paho's network thread would.
+"""
+
+import json
+import subprocess
+import sys
+
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import Logger
+from twisted.trial.unittest import SynchronousTestCase
+
+from smartplug_backend import config, tap
+from smartplug_backend.core.display import Display
+from smartplug_backend.core.hub import Hub
+from smartplug_backend.core.journal import MemoryJournal, StoreFailed
+from smartplug_backend.integrations import homeassistant as ha
+from smartplug_backend.integrations import mqtt
+from smartplug_backend.integrations.mqtt_url import Broker
+
+from .helpers import SynchronousReactor
+
+BROKER = Broker("broker.local", 1883, username="me", password="hunter2")
+TOPICS = ha.Topics()
+
+
+class HandOverReactor(MemoryReactorClock):
+    """
+    A memory reactor whose C{callFromThread} only queues, as the real one
+    does until the reactor thread gets to it.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.handed_over = []
+
+    def callFromThread(self, f, *args, **kwargs):
+        self.handed_over.append((f, args, kwargs))
+
+    def run_handed_over(self):
+        while self.handed_over:
+            f, args, kwargs = self.handed_over.pop(0)
+            f(*args, **kwargs)
+
+
+class FakeClient:
+    """
+    paho's Client as the bridge uses it; records what it is asked to do.
+    The C{connected}, C{refused}, ... methods play paho's network thread.
+    """
+
+    def __init__(self):
+        self.published = []
+        self.subscribed = []
+        self.calls = []
+        self.on_connect = self.on_connect_fail = self.on_disconnect = self.on_message = None
+
+    def connect_async(self, host, port, keepalive):
+        self.calls.append(("connect_async", host, port))
+
+    def loop_start(self):
+        self.calls.append("loop_start")
+
+    def loop_stop(self):
+        self.calls.append("loop_stop")
+
+    def disconnect(self):
+        self.calls.append("disconnect")
+
+    def subscribe(self, topics):
+        self.subscribed.extend(topic for topic, qos in topics)
+
+    def publish(self, topic, payload, qos, retain):
+        if "+" in topic or "#" in topic:
+            raise ValueError("Publish topic cannot contain wildcards.")
+        self.published.append((topic, payload, qos, retain))
+
+    def topics(self):
+        return [p[0] for p in self.published]
+
+    def last(self, topic):
+        return [p for p in self.published if p[0] == topic][-1]
+
+    # paho's thread
+    def connected(self):
+        self.on_connect(self, None, {}, ReasonCode(PacketTypes.CONNACK, "Success"), None)
+
+    def refused(self):
+        self.on_connect(self, None, {}, ReasonCode(PacketTypes.CONNACK, "Not authorized"), None)
+
+    def connect_failed(self):
+        self.on_connect_fail(self, None)
+
+    def dropped(self):
+        self.on_disconnect(self, None, {}, ReasonCode(PacketTypes.DISCONNECT, "Unspecified error"), None)
+
+    def message(self, topic, payload, retain=False):
+        class Message:
+            pass
+
+        m = Message()
+        m.topic, m.payload, m.retain = topic, payload, retain
+        self.on_message(self, None, m)
+
+
+class RefusingJournal(MemoryJournal):
+    """A journal that cannot write display states."""
+
+    def save_display(self, display):
+        return fail(StoreFailed("disk full"))
+
+
+class BridgeTestCase(SynchronousTestCase):
+
+    def setUp(self):
+        self.build()
+
+    def build(self, events=False, journal=None, run=None, display=None):
+        self.reactor = SynchronousReactor()
+        self.hub = Hub(now=self.reactor.seconds, journal=journal)
+        self.hub.restore([], display)
+        self.client = FakeClient()
+        self.log = []
+        self.packets = []
+        self.hub.watch_display(lambda e: self.packets.append(e.packet))
+        self.bridge = mqtt.MQTTBridge(
+            self.hub, self.client, BROKER, TOPICS, self.reactor, run or (lambda f: succeed(f())), events=events
+        )
+        self.bridge._log = Logger(observer=self.log.append)
+        self.bridge.startService()
+
+    def logged(self):
+        return [e["log_format"].format(**e) for e in self.log]
+
+    def connect(self):
+        self.client.connected()
+        self.client.published.clear()
+
+
+class ConnectionTests(BridgeTestCase):
+    """
+    Connecting, the hand-over from paho's thread, and what is published on
+    every connect.
+    """
+
+    def test_start(self):
+        """
+        startService connects asynchronously and starts paho's own thread;
+        nothing is published before the broker accepts us.
+        """
+        self.assertEqual(self.client.calls, [("connect_async", "broker.local", 1883), "loop_start"])
+        self.hub.report("a", 1, "http", "p")
+        self.assertEqual(self.client.published, [])
+
+    def test_callbacks_only_hand_over(self):
+        """
+        paho's callbacks change nothing themselves: they hand their
+        arguments to the reactor thread, where the work is done.
+        """
+        reactor = HandOverReactor()
+        hub = Hub(now=reactor.seconds)
+        client = FakeClient()
+        bridge = mqtt.MQTTBridge(hub, client, BROKER, TOPICS, reactor, lambda f: succeed(f()))
+        bridge.startService()
+        client.connected()
+        client.message(TOPICS.display_set, b'{"state": "ON"}')
+        self.assertEqual((client.published, client.subscribed, hub.display().mode), ([], [], 0))
+        self.assertEqual(len(reactor.handed_over), 2)
+        reactor.run_handed_over()
+        self.assertIn(TOPICS.status, client.topics())
+        self.assertEqual(hub.display(), ha.DEFAULT_ON)
+
+    def test_connect_publishes_everything(self):
+        """
+        On connect: subscriptions to HA's status and our command topics, then
+        our C{online}, every config and every state, retained, QoS 1.
+        """
+        self.hub.report("0xb00bf0cc", 1, "http", "p")
+        self.hub.set_display(Display(1, weather=6, intensity=9), "p")
+        self.client.connected()
+        self.assertEqual(self.client.subscribed, [TOPICS.ha_status, TOPICS.display_set, TOPICS.display_command])
+        expected = [(m.topic, m.payload, 1, True) for m in ha.discovery(self.hub.plugs(), self.hub.display(), TOPICS)]
+        self.assertEqual(self.client.published, expected)
+        self.assertEqual(self.client.last(TOPICS.plug_state("0xb00bf0cc"))[1], b"ON")
+        self.assertEqual(json.loads(self.client.last(TOPICS.display_state)[1])["effect"], "storm")
+        self.assertIn("MQTT: connected to mqtt://broker.local:1883", self.logged())
+
+    def test_reconnect_republishes(self):
+        """
+        After a dropped connection, the next connect publishes all again.
+        """
+        self.hub.report("a", 0, "http", "p")
+        self.connect()
+        self.client.dropped()
+        self.hub.report("a", 1, "http", "p")
+        self.assertEqual(self.client.published, [])
+        self.client.connected()
+        self.assertEqual(self.client.last(TOPICS.plug_state("a"))[1], b"ON")
+        self.assertIn(TOPICS.plug_config("a"), self.client.topics())
+
+    def test_home_assistant_online(self):
+        """
+        HA's birth message C{online} makes the bridge publish everything
+        again, at once; C{offline} does nothing.
+        """
+        self.hub.report("a", 1, "http", "p")
+        self.connect()
+        self.client.message(TOPICS.ha_status, b"offline")
+        self.assertEqual(self.client.published, [])
+        self.client.message(TOPICS.ha_status, b"online")
+        self.assertEqual(self.client.topics(), [m.topic for m in ha.discovery(self.hub.plugs(), self.hub.display(), TOPICS)])
+
+
+class OutageLogTests(BridgeTestCase):
+    """
+    A broker that is away is one log line per outage, and never shows the
+    password.
+    """
+
+    def warnings(self):
+        return [line for line in self.logged() if "unavailable" in line]
+
+    def test_down_at_start(self):
+        """
+        Failing tries to connect log one line, however many there are.
+        """
+        for _ in range(5):
+            self.client.connect_failed()
+        self.assertEqual(self.warnings(), [
+            "MQTT: broker mqtt://broker.local:1883 unavailable (cannot connect); "
+            "trying again in the background, at most every 60 s"
+        ])
+
+    def test_refused(self):
+        """
+        A refused login is one line with the broker's reason, no password.
+        """
+        for _ in range(3):
+            self.client.refused()
+            self.client.dropped()
+        self.assertEqual(len(self.warnings()), 1)
+        self.assertIn("refused: Not authorized", self.warnings()[0])
+        self.assertNotIn("hunter2", " ".join(self.logged()) + repr(BROKER))
+
+    def test_each_outage_once(self):
+        """
+        A lost connection logs one line; after the next connect, the next
+        outage logs again.
+        """
+        self.connect()
+        self.client.dropped()
+        self.client.connect_failed()
+        self.client.connect_failed()
+        self.client.connected()
+        self.client.dropped()
+        self.assertEqual(len(self.warnings()), 2)
+        self.assertIn("connection lost: Unspecified error", self.warnings()[0])
+
+
+class StateTests(BridgeTestCase):
+    """
+    Plug reports and display changes reach Home Assistant.
+    """
+
+    def test_report(self):
+        """
+        A new plug's first report publishes its config then its state;
+        later reports only the state.
+        """
+        self.connect()
+        self.hub.report("hall/1", 1, "http", "p")
+        self.hub.report("hall/1", 0, "device", "p")
+        self.assertEqual(self.client.published, [
+            (TOPICS.plug_config("hall/1"), json.dumps(ha.plug_config("hall/1", TOPICS), separators=(",", ":")).encode(), 1, True),
+            (TOPICS.plug_state("hall/1"), b"ON", 1, True),
+            (TOPICS.plug_state("hall/1"), b"OFF", 1, True),
+        ])
+
+    def test_display_from_http(self):
+        """
+        A display state set elsewhere (POST /display) is published as the
+        light's state; a one-off command publishes nothing.
+        """
+        self.connect()
+        self.hub.set_display(Display(2, color=(255, 65, 174), pulse=0), "p")
+        self.hub.display_command("reset", "p")
+        self.assertEqual(self.client.published, [
+            (TOPICS.display_state, ha.display_message(self.hub.display(), TOPICS).payload, 1, True),
+        ])
+
+
+class CommandTests(BridgeTestCase):
+    """
+    Home Assistant's commands go through the hub, as POST /display does.
+    """
+
+    def test_colour(self):
+        """
+        A colour command sets the display (devices get the packet) and the
+        new state is published back.
+        """
+        self.connect()
+        self.client.message(TOPICS.display_set, b'{"state": "ON", "color": {"r": 255, "g": 65, "b": 174}}')
+        self.assertEqual(self.packets, ["[cc:2:255,65,174:0]"])
+        state = json.loads(self.client.last(TOPICS.display_state)[1])
+        self.assertEqual((state["state"], state["color"]), ("ON", {"r": 255, "g": 65, "b": 174}))
+
+    def test_off_then_bare_on(self):
+        """
+        OFF sends mode 0; a bare ON restores the last state that was on.
+        """
+        self.connect()
+        self.client.message(TOPICS.display_set, b'{"state": "ON", "effect": "rain", "brightness": 255}')
+        self.client.message(TOPICS.display_set, b'{"state": "OFF"}')
+        self.client.message(TOPICS.display_set, b'{"state": "ON"}')
+        self.assertEqual(self.packets, ["[cc:1:5:9]", "[cc:0:?:?]", "[cc:1:5:9]"])
+
+    def test_last_on_from_start(self):
+        """
+        The state the hub had when the bridge was built counts as the last
+        one that was on.
+        """
+        self.build(display=Display(2, color=(1, 2, 3), pulse=4))
+        self.connect()
+        self.client.message(TOPICS.display_set, b'{"state": "OFF"}')
+        self.client.message(TOPICS.display_set, b'{"state": "ON"}')
+        self.assertEqual(self.packets, ["[cc:0:?:?]", "[cc:2:1,2,3:4]"])
+
+    def test_buttons(self):
+        """
+        A button press sends its one-off packet; the state is unchanged.
+        """
+        self.connect()
+        self.client.message(TOPICS.display_command, b"reset")
+        self.client.message(TOPICS.display_command, b"update")
+        self.assertEqual(self.packets, ["[cc:r:?:?]", "[cc:u:?:?]"])
+        self.assertEqual(self.hub.display().mode, 0)
+
+    def test_bad_commands(self):
+        """
+        A bad command is logged and ignored: nothing reaches the devices, the
+        unchanged state is published back (HA waits for it), nothing raises.
+        """
+        self.connect()
+        for payload in (b"ON", b'{"state": "ON", "effect": "fog"}', b"\xff\xfe"):
+            self.client.message(TOPICS.display_set, payload)
+        self.client.message(TOPICS.display_command, b"PRESS")
+        self.assertEqual(self.packets, [])
+        self.assertEqual(self.client.topics(), [TOPICS.display_state] * 3)
+        self.assertEqual(sum("ignored" in line for line in self.logged()), 4)
+
+    def test_retained_command_ignored(self):
+        """
+        A retained command (it would come back on every reconnect) is
+        ignored, with a log line.
+        """
+        self.connect()
+        self.client.message(TOPICS.display_set, b'{"state": "ON"}', retain=True)
+        self.assertEqual(self.packets, [])
+        self.assertTrue(any("retained" in line for line in self.logged()))
+
+    def test_journal_refuses(self):
+        """
+        When the state store refuses the change, the display is unchanged,
+        and the unchanged state is published back.
+        """
+        self.build(journal=RefusingJournal())
+        self.connect()
+        self.client.message(TOPICS.display_set, b'{"state": "ON"}')
+        self.assertEqual((self.packets, self.hub.display().mode), ([], 0))
+        self.assertEqual(json.loads(self.client.last(TOPICS.display_state)[1]), {"state": "OFF"})
+
+
+class EventsTests(BridgeTestCase):
+    """
+    C{MQTT_EVENTS}: pub/sub both ways, without loops.
+    """
+
+    def setUp(self):
+        self.build(events=True)
+        self.delivered = []
+        self.hub.pubsub.deliver_with(lambda subscribers, frame: self.delivered.append(frame))
+        self.hub.pubsub.subscribe("sub", "temp")
+
+    def test_subscribes(self):
+        """
+        With events on, the bridge also subscribes to C{<prefix>/publish/#}.
+        """
+        self.client.connected()
+        self.assertIn("smartplug/publish/#", self.client.subscribed)
+
+    def test_out(self):
+        """
+        Each publication of E goes to C{<prefix>/events/E}, not retained,
+        QoS 0; plug reports too (event C{smartplug}).
+        """
+        self.connect()
+        self.hub.pubsub.publish("temp", {"c": 21})
+        self.hub.pubsub.publish("hello", "world")
+        self.assertEqual(self.client.published, [
+            ("smartplug/events/temp", b'{"c":21}', 0, False),
+            ("smartplug/events/hello", b"world", 0, False),
+        ])
+
+    def test_in_and_no_loop(self):
+        """
+        A message to C{<prefix>/publish/E} is published as E to subscribers,
+        and not sent back to MQTT.
+        """
+        self.connect()
+        self.client.message("smartplug/publish/temp", b'{"c": 22}')
+        self.assertEqual(len(self.delivered), 1)
+        self.assertIn(b'"event":"temp","data":{"c":22}', self.delivered[0])
+        self.assertEqual(self.client.published, [])
+
+    def test_bad_event_name(self):
+        """
+        An event name MQTT cannot carry in a topic is logged, not published,
+        and breaks nothing.
+        """
+        self.connect()
+        self.hub.pubsub.publish("a+b", 1)
+        self.hub.pubsub.publish("temp", 1)
+        self.assertEqual(self.client.topics(), ["smartplug/events/temp"])
+        self.assertTrue(any("not published" in line for line in self.logged()))
+
+    def test_off_by_default(self):
+        """
+        Without MQTT_EVENTS nothing is bridged either way.
+        """
+        self.build(events=False)
+        self.client.connected()
+        self.client.published.clear()
+        self.hub.pubsub.publish("temp", 1)
+        self.assertNotIn("smartplug/publish/#", self.client.subscribed)
+        self.assertEqual(self.client.published, [])
+
+
+class StopTests(BridgeTestCase):
+    """
+    stopService says offline, disconnects and waits for paho's thread.
+    """
+
+    def test_stop(self):
+        """
+        Stopping publishes C{offline} (retained), disconnects, stops paho's
+        loop in a thread and fires; later reports publish nothing.
+        """
+        self.connect()
+        done = self.bridge.stopService()
+        self.successResultOf(done)
+        self.assertEqual(self.client.published, [(TOPICS.status, b"offline", 1, True)])
+        self.assertEqual(self.client.calls[-2:], ["disconnect", "loop_stop"])
+        self.hub.report("a", 1, "http", "p")
+        self.assertEqual(len(self.client.published), 1)
+
+    def test_late_hand_over_after_stop(self):
+        """
+        A connect or message handed over after stopService changes nothing.
+        """
+        self.successResultOf(self.bridge.stopService())
+        self.client.connected()
+        self.client.message(TOPICS.display_set, b'{"state": "ON"}')
+        self.assertEqual((self.client.published, self.client.subscribed, self.packets), ([], [], []))
+
+    def test_stop_times_out(self):
+        """
+        If paho's thread does not end, stopping still finishes after
+        STOP_TIMEOUT seconds.
+        """
+        self.build(run=lambda f: Deferred())
+        done = self.bridge.stopService()
+        self.assertNoResult(done)
+        self.reactor.advance(mqtt.STOP_TIMEOUT)
+        self.successResultOf(done)
+        self.assertTrue(any("without a clean disconnect" in line for line in self.logged()))
+
+
+class ClientTests(SynchronousTestCase):
+    """
+    L{mqtt.make_client}: paho set up from the URL.
+    """
+
+    def test_client(self):
+        """
+        Credentials, the retained last will C{offline}, capped backoff and
+        TLS for mqtts:// are set on the paho client.
+        """
+        client = mqtt.make_client(Broker("b", 8883, tls=True, username="me", password="pw"), TOPICS)
+        self.assertEqual((client.username, client.password), ("me", "pw"))
+        self.assertEqual((client._will_topic, client._will_payload, client._will_retain), (b"smartplug/status", b"offline", True))
+        self.assertEqual((client._reconnect_min_delay, client._reconnect_max_delay), (1, mqtt.RECONNECT_MAX))
+        self.assertIsNotNone(client._ssl_context)
+        plain = mqtt.make_client(Broker("b", 1883), TOPICS)
+        self.assertIsNone(plain._ssl_context)
+        self.assertIsNone(plain.username)
+
+
+class WiringTests(SynchronousTestCase):
+    """
+    The tap builds the bridge only with MQTT_URL, and loads paho only then.
+    """
+
+    def test_service_when_set(self):
+        """
+        With MQTT_URL the server has an MQTTBridge; without, none.
+        """
+        for text, expected in (("", 0), ("MQTT_URL = 'mqtt://127.0.0.1:1'\n", 1)):
+            path = self.mktemp() + ".py"
+            with open(path, "w") as f:
+                f.write("STATE_DB = None\n" + text)
+            options = tap.Options()
+            options.parseOptions(["--settings", path])
+            service = tap.makeService(options, reactor=SynchronousReactor())
+            self.assertEqual(sum(isinstance(s, mqtt.MQTTBridge) for s in service), expected, text)
+
+    def test_paho_not_loaded_when_off(self):
+        """
+        Without MQTT_URL, building the server never imports paho.
+        """
+        code = (
+            "import sys\n"
+            "from smartplug_backend import tap\n"
+            "from tests.helpers import SynchronousReactor\n"
+            "o = tap.Options(); o.parseOptions(['--settings', sys.argv[1]])\n"
+            "tap.makeService(o, reactor=SynchronousReactor())\n"
+            "print('paho' in ' '.join(sys.modules))\n"
+        )
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("STATE_DB = None\n")
+        out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, timeout=60)
+        self.assertEqual(out.stdout.strip(), b"False", out.stderr)
+
+    def test_settings_url(self):
+        """
+        The service is built from the settings' URL and prefixes.
+        """
+        settings = config.settings_from({"MQTT_URL": "mqtt://me:pw@b:1884", "MQTT_PREFIX": "sp", "MQTT_EVENTS": True})
+        bridge = mqtt.mqtt_service(settings, Hub(), SynchronousReactor())
+        self.assertEqual((bridge._broker.host, bridge._broker.port, bridge._topics.prefix, bridge._events), ("b", 1884, "sp", True))
+        self.assertIsNone(mqtt.mqtt_service(config.settings_from({}), Hub(), SynchronousReactor()))
