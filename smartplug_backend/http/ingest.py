@@ -4,7 +4,7 @@ C{POST /publish} (SPEC 3.3), answered on the reactor thread.
 
 Through Bottle under C{WSGIResource} a report costs a hop to a pool thread
 and two blocking calls back to the reactor (the hub call, then the answer):
-about three quarters of its server CPU (README, Benchmarks).  These
+half or more of its server CPU (README, Benchmarks).  These
 handlers take the requests that succeed: the same parsing and validation
 (L{parse_report}, L{picloud.parse_publication} over L{strictjson}), the same
 credentials (L{api.given}, L{picloud.authenticate}), the same hub calls and
@@ -177,15 +177,14 @@ def _credentials_view(request) -> bottle.BaseRequest:
     return bottle.BaseRequest(environ)
 
 
-def _when_done(result, request, answer):
+def _when_done(result: Deferred, request, answer):
     """
     The answer to C{request}: C{answer(request, value)} with C{result}'s
-    value, now if C{result} is a value or a Deferred that has fired, or
-    once it fires (C{NOT_DONE_YET}).  A peer that has gone by then (the
-    firmware closes before it reads) gets nothing; the change stands.
+    value, now if C{result} has fired (no store), or once it fires
+    (C{NOT_DONE_YET}: the store commits on its own thread).  A peer that
+    has gone by then (the firmware closes before it reads) gets nothing;
+    the change stands.
     """
-    if not isinstance(result, Deferred):
-        return answer(request, result)
     outcome: list = []
     result.addBoth(outcome.append)
     if outcome:
