@@ -18,7 +18,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 # tests) pins websocket-client 0.32.0 and requests 2.8.1, which clash with
 # selenium's and do not run on Python 3.11; its own code runs on the current
 # ones (both already installed), so it is installed without its pins.
-$(VENV)/.installed-test: $(VENV)/.installed
+$(VENV)/.installed-test: $(VENV)/.installed Makefile
 	$(INSTALL) -e '.[test]'
 	$(INSTALL) --no-deps PiCloud-Client==4.0.1
 	touch $@

@@ -17,6 +17,8 @@ DEVICE_IDLE_TIMEOUT = 30  # seconds of silence before a device is disconnected
 # --- PiCloud pub/sub and /display --------------------------------------------
 API_KEY = None  # e.g. "my-key": required for pub/sub, the info socket and POST /display
 INFO_INTERVAL = 5  # seconds between frames on the /info socket
+PUBSUB_HISTORY = 100  # publications kept per event for last/since/history; 0 = off
+PUBSUB_HISTORY_SECONDS = 86400  # how long a publication is kept
 
 # --- tweets --------------------------------------------------------------------
 TWITTER_ENABLED = False  # True tweets when a plug is plugged in or unplugged

@@ -239,11 +239,13 @@ def post_load(
 
 
 def keepalive_load(
-    port: int, concurrency: int, duration: float, warmup: float, timeout: float = 10.0, server_pid: int = None
+    port: int, concurrency: int, duration: float, warmup: float, timeout: float = 10.0, server_pid: int = None,
+    publish: bool = False,
 ) -> dict:
     """
     C{concurrency} keep-alive connections, each POSTing a report (its own
-    plug, alternating 0 and 1) as soon as the last one is answered, for
+    plug, alternating 0 and 1; with C{publish}, a PiCloud publication of its
+    own event to C{POST /publish}) as soon as the last one is answered, for
     C{warmup} then C{duration} seconds; only answers within the measured
     window count.  With C{server_pid}, the server's CPU time over the window
     is read too (C{server_cpu}).
@@ -259,8 +261,13 @@ def keepalive_load(
     server_cpu = [None, None]
 
     def request(n: int, i: int) -> bytes:
-        body = b'{"id": "bench-%d", "value": %d}' % (n, i % 2)
-        return b"POST /data HTTP/1.1\r\nHost: bench\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        if publish:
+            body = b'{"event": "bench-%d", "data": "reading %d"}' % (n, i)
+            path = b"/publish?clientName=bench"
+        else:
+            body = b'{"id": "bench-%d", "value": %d}' % (n, i % 2)
+            path = b"/data"
+        return b"POST %s HTTP/1.1\r\nHost: bench\r\nContent-Length: %d\r\n\r\n%s" % (path, len(body), body)
 
     for n in range(concurrency):
         sock = socket.create_connection((HOST, port), timeout=timeout)

@@ -401,6 +401,37 @@ def ingest(bench: Bench) -> list:
     return rows
 
 
+@benchmark("history", "pub/sub history (issue 14): 1000 subscribers, PUBSUB_HISTORY 100 vs 0; the store per publication")
+def pubsub_history(bench: Bench) -> list:
+    size, count = 1000, 200
+    results = {}
+    # Yardstick first: history off is PiCloud's cost.
+    for label, settings in [("history off", "PUBSUB_HISTORY = 0\n"), ("history on", "PUBSUB_HISTORY = 100\n")]:
+        with bench.server(settings) as server:
+            results[label] = bench.in_child(
+                clients.publish_fanout, server.ports["HTTP"], server.ports["app WebSocket"], server.process.pid,
+                size, count, child_timeout=240,
+            )
+    off, on = results["history off"], results["history on"]
+    rows = []
+    for name, pick in [
+        ("POST -> last subscriber p50", lambda r: ms(percentile(r["latencies"], 50))),
+        ("POST -> last subscriber p99", lambda r: ms(percentile(r["latencies"], 99))),
+        ("server CPU per delivery", lambda r: f"{r['server_cpu'] / (count * size) * 1e6:.2f} µs"),
+        ("server CPU per publication", lambda r: f"{r['server_cpu'] / count * 1e3:.2f} ms"),
+    ]:
+        rows.append(Row(f"{size} subscribers, history on: {name}", pick(on), f"off: {pick(off)}"))
+    for label, r in results.items():
+        ok = r["missed"] == 0 and r["unexpected"] == 0
+        rows.append(Row(f"{label}: publications measured", f"{count} ({r['missed']} missed, {r['unexpected']} wrong)",
+                        "0 missed", ok))
+    from bench import store
+
+    for metric, value, yardstick in store.compare_publish():
+        rows.append(Row(metric, value, yardstick))
+    return rows
+
+
 @benchmark("store", "POST /data, keep-alive clients, STATE_DB set versus None (bench/store.py, issues 7 and 12)")
 def state_db(bench: Bench) -> list:
     from bench import store

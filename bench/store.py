@@ -35,10 +35,11 @@ MODES = {"STATE_DB = None": "STATE_DB = None\n", "STATE_DB set": 'STATE_DB = "be
 TARGET = 0.8  # issue 12: STATE_DB set at least 0.8x of STATE_DB = None
 
 
-def measure(settings: str, concurrency: int = 16, duration: float = 4.0, warmup: float = 1.0) -> dict:
+def measure(settings: str, concurrency: int = 16, duration: float = 4.0, warmup: float = 1.0,
+            publish: bool = False) -> dict:
     """
     Start a server with C{settings} in a scratch directory, load it from a
-    child process, stop it.
+    child process (reports, or with C{publish} publications), stop it.
 
     @return: what L{clients.keepalive_load} returns.
     """
@@ -50,7 +51,7 @@ def measure(settings: str, concurrency: int = 16, duration: float = 4.0, warmup:
         with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
             job = pool.submit(
                 clients.keepalive_load, server.ports["HTTP"], concurrency, duration, warmup,
-                server_pid=server.process.pid,
+                server_pid=server.process.pid, publish=publish,
             )
             return job.result(timeout=duration + warmup + 60)
     finally:
@@ -113,6 +114,40 @@ def compare(concurrency: int = 16, duration: float = 4.0, rounds: int = 2) -> li
     rows.append(("fsync on this disk, p50 / p90", f"{p50 * 1e3:.1f} / {p90 * 1e3:.1f} ms "
                  f"(one commit; {concurrency} clients can share it)", "", None))
     rows.append(("load", f"{concurrency} keep-alive clients, {rounds} x {duration:g} s per mode, in turns", "", None))
+    return rows
+
+
+def compare_publish(concurrency: int = 16, duration: float = 3.0) -> list:
+    """
+    POST /publish (history on, the default) with and without the store: what
+    journaling a publication costs.
+
+    @return: C{(metric, value, yardstick)} rows, the yardstick being the
+        same figure with C{STATE_DB = None} in the same run.
+    """
+    results = {name: measure(settings, concurrency, duration, publish=True) for name, settings in MODES.items()}
+    memory, stored = results["STATE_DB = None"], results["STATE_DB set"]
+
+    def per_second(r):
+        return f"{r['per_second']:.0f}"
+
+    def wall_ms(r):
+        # Mean time per publication with the clients kept busy.
+        return f"{1000 / r['per_second']:.2f} ms" if r["per_second"] else "-"
+
+    def cpu(r):
+        return f"{r['server_cpu'] / r['answered'] * 1e6:.0f} µs" if r["answered"] and r["server_cpu"] else "-"
+
+    rows = [
+        ("POST /publish per second, STATE_DB set", per_second(stored), f"None: {per_second(memory)}"),
+        ("server CPU per publication (HTTP included), STATE_DB set", cpu(stored), f"None: {cpu(memory)}"),
+        ("time per publication (1 / rate), STATE_DB set", wall_ms(stored), f"None: {wall_ms(memory)}"),
+    ]
+    for name, r in results.items():
+        not_201 = sum(n for status, n in r["statuses"].items() if status != 201)
+        if not_201 or r["failures"]:
+            rows.append((f"problems, {name}", f"{not_201} answers not 201, {sum(r['failures'].values())} failed", "0"))
+    rows.append(("load", f"{concurrency} keep-alive clients, {duration:g} s after 1 s warm-up, 16 events", ""))
     return rows
 
 

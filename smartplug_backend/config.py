@@ -51,6 +51,12 @@ def _count(v: Any) -> Optional[str]:
     return "a whole number of at least 1"
 
 
+def _whole(v: Any) -> Optional[str]:
+    if type(v) is int and v >= 0:
+        return None
+    return "a whole number of at least 0"
+
+
 def _text(v: Any) -> Optional[str]:
     return None if isinstance(v, str) else "a string"
 
@@ -154,6 +160,8 @@ SETTINGS: dict[str, _Setting] = {
     "BACKUP_INTERVAL": _Setting(None, _optional_positive),
     "BACKUP_KEEP": _Setting(7, _count),
     "MAX_CONNECTIONS": _Setting(10000, _count),
+    "PUBSUB_HISTORY": _Setting(100, _whole),
+    "PUBSUB_HISTORY_SECONDS": _Setting(86400, _positive),
     "DASHBOARD_USERS": _Setting({}, _users),
     "DASHBOARD_SESSION_DAYS": _Setting(30, _positive),
     "METRICS_ALLOW": _Setting(("127.0.0.1", "::1"), _networks),
@@ -201,6 +209,8 @@ class Settings:
     BACKUP_INTERVAL: Optional[float]
     BACKUP_KEEP: int
     MAX_CONNECTIONS: int
+    PUBSUB_HISTORY: int
+    PUBSUB_HISTORY_SECONDS: float
     DASHBOARD_USERS: dict
     DASHBOARD_SESSION_DAYS: float
     METRICS_ALLOW: tuple

@@ -13,6 +13,7 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from . import config
+from .core.history import History
 from .core.hub import Hub
 from .core.journal import MemoryJournal
 from .core.pubsub import report_publisher
@@ -134,7 +135,7 @@ def _build(options: Options, reactor) -> MultiService:
     hub.pubsub.deliver_with(apps.send_to_all)
     # SPEC 1.1's order: state (the hub itself), apps, pub/sub, then tweets.
     hub.listen(apps.broadcast)
-    hub.listen(report_publisher(hub.pubsub))
+    hub.listen(report_publisher(hub))
     websockets = {"app": apps}
 
     devices = None
@@ -189,15 +190,20 @@ def _state(settings: config.Settings, reactor, top: MultiService, registry) -> H
     Adds the store's services to C{top}, first: the hub is loaded before any
     listener binds.  The store's commits are timed into C{registry}.
     """
+    def history() -> History:
+        return History(settings.PUBSUB_HISTORY, settings.PUBSUB_HISTORY_SECONDS, now=reactor.seconds)
+
     if settings.STATE_DB is None:
         _log.info("STATE_DB is None: plug states, history and the display state are lost when the server stops")
         if settings.BACKUP_INTERVAL is not None:
             _log.warn("BACKUP_INTERVAL is ignored: with STATE_DB = None there is nothing to back up")
-        return Hub(now=reactor.seconds, journal=MemoryJournal(settings.HISTORY_KEEP))
+        return Hub(now=reactor.seconds, journal=MemoryJournal(settings.HISTORY_KEEP), history=history(),
+                   publish_reports=True)
     commits = commit_timings(registry)
     state = StoreService.with_hub(
         settings.STATE_DB, settings.HISTORY_KEEP, reactor,
-        lambda journal: Hub(now=reactor.seconds, journal=MeteredJournal(journal, commits, reactor)),
+        lambda journal: Hub(now=reactor.seconds, journal=MeteredJournal(journal, commits, reactor), history=history(),
+                            publish_reports=True),
     )
     hub = state.hub
     state.setServiceParent(top)

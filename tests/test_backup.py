@@ -245,6 +245,23 @@ class RestoreTests(Files):
         self.addCleanup(old.close)
         self.assertEqual([p.id for p in old.plugs()], ["a", "b", "late", "wal-only"])
 
+    def test_restore_renews_epochs(self):
+        """
+        A restored database keeps its pub/sub history and offsets under new
+        epochs: a client that saw the later history cannot resume across
+        the restore.
+        """
+        taken = Store.open(self.db, 10)
+        taken.save_publication("e", "OLD", 1, '"a"', 1.0, 100, 0.0)
+        taken.close()
+        self.seconds += 1
+        backup.restore(self.db, self.take(), now=self.now)
+        restored = Store.open(self.db, 10)
+        self.addCleanup(restored.close)
+        [(event, epoch, latest, kept)] = restored.streams()
+        self.assertEqual((event, latest, kept), ("e", 1, [(1, '"a"', 1.0)]))
+        self.assertNotEqual(epoch, "OLD")
+
     def test_restore_without_database(self):
         """
         With no database at STATE_DB, restore just puts the backup's there.

@@ -43,6 +43,7 @@ class LoadTests(SynchronousTestCase):
         self.assertEqual(settings.TWITTER_API, "v1.1")
         self.assertEqual(settings.BAN_ALLOW, ())
         self.assertEqual(settings.STATE_DB, "smartplug.sqlite")
+        self.assertEqual((settings.PUBSUB_HISTORY, settings.PUBSUB_HISTORY_SECONDS), (100, 86400))
 
     def test_override(self):
         """
@@ -100,6 +101,9 @@ class LoadTests(SynchronousTestCase):
             "BAN_AFTER = 0": "BAN_AFTER must be a whole number of at least 1",
             "STATE_DB = ''": "STATE_DB must be a non-empty string or None",
             "BACKUP_INTERVAL = 'daily'": "BACKUP_INTERVAL must be a number of seconds",
+            "PUBSUB_HISTORY = -1": "PUBSUB_HISTORY must be a whole number of at least 0",
+            "PUBSUB_HISTORY = 1.5": "PUBSUB_HISTORY must be a whole number of at least 0",
+            "PUBSUB_HISTORY_SECONDS = 0": "PUBSUB_HISTORY_SECONDS must be a number of seconds greater than 0",
             "MQTT_URL = 'http://broker:1883'": "MQTT_URL must be an mqtt:// or mqtts:// URL such as",
             "MQTT_URL = 'mqtt://broker:99999'": "MQTT_URL must be a URL with a port number from 1 to 65535",
             "MQTT_URL = 'mqtt://:1883'": "MQTT_URL must be a URL with a host name",

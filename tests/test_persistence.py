@@ -9,6 +9,7 @@ import json
 import os
 import sqlite3
 import sys
+import time
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
@@ -17,8 +18,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from smartplug_backend import tap
 from smartplug_backend.core.display import OFF, Display
+from smartplug_backend.core.history import History
 from smartplug_backend.core.hub import Hub, Plug
 from smartplug_backend.core.journal import HistoryEntry, StoreFailed
+from smartplug_backend.core.pubsub import report_publisher
 from smartplug_backend.server.services import StartupError
 from smartplug_backend.state.autobackup import BackupService
 from smartplug_backend.state.persistence import SQLiteJournal, StoreService
@@ -140,6 +143,56 @@ class JournalTests(SynchronousTestCase):
         self.assertIn("state store cannot write: display state not recorded", body["error"])
         self.assertEqual(self.hub.display(), Display(2, color=(255, 65, 174), pulse=0))
         self.assertEqual(self.store.display(), Display(2, color=(255, 65, 174), pulse=0))
+
+    def test_publication_is_stored_before_the_201(self):
+        """
+        POST /publish answers 201 once the database has the publication, its
+        epoch and offset; subscribers get it after that.  One the database
+        refuses gets a JSON 503 and reaches no one.
+        """
+        stored = []
+        self.hub.pubsub.deliver_with(lambda subscribers, frame: stored.append(self.store.streams()))
+        self.hub.pubsub.subscribe("s", "e")
+        response = self.successResultOf(
+            self.client.post("http://smartplug.test/publish?clientName=c", data=b'{"event": "e", "data": [1]}')
+        )
+        self.assertEqual(response.code, 201)
+        epoch = self.hub.pubsub.history.position("e")[1]
+        self.assertEqual(stored, [[("e", epoch, 1, [(1, "[1]", 1000.0)])]])
+        self.break_table("pubsub_history")
+        code, body = self.post(b'{"event": "e", "data": 2}', "/publish?clientName=c")
+        self.assertEqual(code, 503)
+        self.assertIn("publication not recorded", body["error"])
+        self.assertEqual(len(stored), 1)
+        self.assertEqual(self.store.streams(), stored[0])
+
+    def test_report_and_its_publication_in_one_commit(self):
+        """
+        With reports published as event smartplug, a report and its
+        publication are committed together: both are in the database when
+        the listeners hear of it; a database that cannot take the
+        publication refuses the report too (503), and nobody hears of either.
+        """
+        hub = Hub(now=self.clock.seconds, journal=self.journal, publish_reports=True)
+        hub.listen(report_publisher(hub))
+        frames = []
+        hub.pubsub.deliver_with(lambda subscribers, frame: frames.append(frame))
+        hub.pubsub.subscribe("s", "smartplug")
+        stored = []
+        hub.listen(lambda report: stored.append((self.store.plugs(), self.store.streams())))
+        client = http_client(hub)
+        response = self.successResultOf(client.post("http://smartplug.test/data", data=b'{"id": "a", "value": 1}'))
+        self.assertEqual(response.code, 200)
+        epoch = hub.pubsub.history.position("smartplug")[1]
+        data = json.dumps('{"id": "a", "value": 1}')
+        self.assertEqual(stored, [([Plug("a", 1, 1000.0)], [("smartplug", epoch, 1, [(1, data, 1000.0)])])])
+        self.assertEqual(len(frames), 1)
+        self.break_table("pubsub_history")
+        response = self.successResultOf(client.post("http://smartplug.test/data", data=b'{"id": "a", "value": 0}'))
+        self.assertEqual(response.code, 503)
+        self.assertEqual(hub.plug("a").value, 1)
+        self.assertEqual(self.store.plugs(), [Plug("a", 1, 1000.0)])
+        self.assertEqual((len(stored), len(frames)), (1, 1))
 
     def test_history_route_reads_the_database(self):
         """
@@ -309,8 +362,10 @@ class StoreServiceTests(SynchronousTestCase):
         self.stderr = io.StringIO()
         self.patch(sys, "stderr", self.stderr)
 
-    def start(self) -> StoreService:
-        service = StoreService.with_hub(self.path, 10, SynchronousReactor(), lambda journal: Hub(journal=journal))
+    def start(self, history=None) -> StoreService:
+        service = StoreService.with_hub(
+            self.path, 10, SynchronousReactor(), lambda journal: Hub(journal=journal, history=history)
+        )
         service.privilegedStartService()
         # What stopService does on the writer thread.
         self.addCleanup(lambda: os.close(service._lock))
@@ -335,6 +390,35 @@ class StoreServiceTests(SynchronousTestCase):
         service = self.start()
         self.assertEqual(service.hub.plugs(), [Plug("b", 0, 3.0), Plug("a", 0, 2.0)])
         self.assertEqual(service.hub.display(), Display(1, weather=5, intensity=2))
+
+    def test_loads_pubsub_history(self):
+        """
+        The hub starts with the stored pub/sub streams: the same epoch, the
+        kept publications, and offsets that go on from the stored newest.
+        """
+        stored = Store.open(self.path, 10)
+        # The service's hub runs on the real time: recent publications.
+        stored.save_publication("e", "EPOCH", 1, '"a"', time.time() - 60, 100, 0.0)
+        stored.save_publication("e", "EPOCH", 2, '"b"', time.time() - 30, 100, 0.0)
+        stored.close()
+        service = self.start()
+        history = service.hub.pubsub.history
+        self.assertEqual(history.position("e"), (2, "EPOCH"))
+        self.assertEqual(history.number("e", "1").offset, 3)
+        self.assertEqual(history.last("e").data_json, '"b"')
+
+    def test_history_off_forgets_pubsub_history(self):
+        """
+        Started with PUBSUB_HISTORY = 0, the server drops the stored pub/sub
+        history: it will record no offsets, so a later start with history on
+        must begin new epochs instead of reusing offsets under old ones.
+        """
+        stored = Store.open(self.path, 10)
+        stored.save_publication("e", "EPOCH", 1, '"a"', time.time(), 100, 0.0)
+        stored.close()
+        service = self.start(History(keep=0))
+        self.assertNotEqual(service.hub.pubsub.history.position("e"), (1, "EPOCH"))
+        self.assertEqual(service.journal.store.streams(), [])
 
     def test_creates_database(self):
         """

@@ -149,7 +149,7 @@ class RegistryTests(SynchronousTestCase):
         """
         hub = Hub(now=self.clock.seconds)
         hub.pubsub = self.pubsub
-        hub.listen(report_publisher(self.pubsub))
+        hub.listen(report_publisher(hub))
         self.pubsub.subscribe("a", "smartplug")
         hub.report("0xb00bf0cc", 1, "http", "x")
         [(frame, _)] = self.sent
@@ -282,7 +282,7 @@ class RouteTests(SynchronousTestCase):
         sub.sendMessage(b'{"action": "subscribe", "event": "smartplug"}')
         sub_pump.flush()
         self.hub.listen(self.factory.broadcast)
-        self.hub.listen(report_publisher(self.hub.pubsub))
+        self.hub.listen(report_publisher(self.hub))
         self.hub.report("p", 1, "http", "x")
         app_pump.flush()
         sub_pump.flush()
@@ -353,7 +353,7 @@ class HTTPPublishTests(SynchronousTestCase):
         self.hub = Hub()
         self.guard = Guard(Clock(), ban_after=10)
         self.published = []
-        self.hub.pubsub.publish = lambda event, data: self.published.append((event, data))
+        self.hub.publish = lambda event, data, peer: self.published.append((event, data)) or 0
 
     def post(self, path, body, headers=None, api_key=None):
         client = http_client(self.hub, api_key=api_key, guard=self.guard)

@@ -65,6 +65,25 @@ def build_v1(path: str, rows=()) -> None:
     db.close()
 
 
+def build_v2(path: str, rows=(), display: str = '{"mode": 0}') -> None:
+    """
+    A schema-2 file as issue 4's release wrote it: schema 1 plus the display
+    table holding C{display}.
+    """
+    build_v1(path, rows)
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(
+        f"""
+        BEGIN;
+        CREATE TABLE display (only INTEGER PRIMARY KEY CHECK (only = 1), state TEXT NOT NULL);
+        INSERT INTO display (only, state) VALUES (1, '{display}');
+        PRAGMA user_version = 2;
+        COMMIT;
+        """
+    )
+    db.close()
+
+
 class SchemaTests(SynchronousTestCase):
     """
     A new file gets the newest schema, marked as ours, in WAL mode; files
@@ -207,6 +226,24 @@ class UpgradeTests(SynchronousTestCase):
         opened.save_display(Display(1, weather=2, intensity=5))
         self.assertEqual(opened.display(), Display(1, weather=2, intensity=5))
 
+    def test_v2_file_upgraded(self):
+        """
+        A schema-2 file (before pub/sub history was stored) keeps its plugs,
+        history and display state, is upgraded to the newest schema, has no
+        pub/sub streams yet, and can store publications.
+        """
+        build_v2(self.path, [("a", 1, 1.0, "http")], '{"mode": 1, "weather": 3, "intensity": 9}')
+        opened = Store.open(self.path, 10)
+        self.addCleanup(opened.close)
+        self.assertEqual(pragma(self.path, "user_version"), len(UPGRADES))
+        self.assertEqual(len(UPGRADES), 3)
+        self.assertEqual(opened.plugs(), [Plug("a", 1, 1.0)])
+        self.assertEqual(opened.history("a", 10), [HistoryEntry(1, 1.0, "http")])
+        self.assertEqual(opened.display(), Display(1, weather=3, intensity=9))
+        self.assertEqual(opened.streams(), [])
+        opened.save_publication("e", "E1", 1, '"x"', 5.0, 100, 0.0)
+        self.assertEqual(opened.streams(), [("e", "E1", 1, [(1, '"x"', 5.0)])])
+
     def test_upgrade_step_runs_once(self):
         """
         With a new step appended, a file at the previous version runs only
@@ -293,6 +330,24 @@ class QueryTests(SynchronousTestCase):
         self.assertEqual(self.store.history("a", 10), [HistoryEntry(0, 2.0, "device"), HistoryEntry(1, 1.0, "http")])
         self.assertEqual(self.store.history("a", 1), [HistoryEntry(0, 2.0, "device")])
         self.assertEqual(self.store.history("nobody", 10), [])
+
+    def test_publications(self):
+        """
+        Publications are stored per event with the event's epoch and newest
+        offset, read back oldest first; each event keeps its newest keep
+        publications and none made before oldest, while its epoch and
+        offset stay when none is left.
+        """
+        for offset in range(1, 6):
+            self.store.save_publication("a", "EA", offset, str(offset), float(offset), 3, 0.0)
+        self.store.save_publication("b", "EB", 1, '{"x":1}', 1.0, 3, 0.0)
+        self.assertEqual(
+            self.store.streams(),
+            [("a", "EA", 5, [(3, "3", 3.0), (4, "4", 4.0), (5, "5", 5.0)]), ("b", "EB", 1, [(1, '{"x":1}', 1.0)])],
+        )
+        self.store.save_publication("a", "EA", 7, "7", 10.0, 3, 9.0)
+        self.store.save_publication("b", "EB", 2, "2", 20.0, 3, 20.5)
+        self.assertEqual(self.store.streams(), [("a", "EA", 7, [(7, "7", 10.0)]), ("b", "EB", 2, [])])
 
     def test_history_bound_per_plug(self):
         """

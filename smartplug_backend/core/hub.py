@@ -16,14 +16,16 @@ changes nothing and reaches no one.
 import dataclasses
 import time
 from collections import Counter
-from typing import Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from .display import COMMANDS, OFF, Display
+from .history import History, Publication
 from .journal import Journal, MemoryJournal, StoreFailed
-from .pubsub import PubSub
+from .pubsub import REPORT_EVENT, PubSub
+from .reports import broadcast_bytes
 from .times import utc_rfc3339
 
 
@@ -50,12 +52,16 @@ class Report:
         is the first report of the plug.
     @ivar source: how it arrived: C{"http"} or C{"device"}.
     @ivar peer: the sender's address, for logs.
+    @ivar publication: its publication as event C{smartplug}, numbered and
+        journaled with the report, for L{report_publisher} to send; C{None}
+        when the hub does not publish reports or keeps no history.
     """
 
     plug: Plug
     previous: Optional[int]
     source: str
     peer: str
+    publication: Optional[Publication] = None
 
     @property
     def changed(self) -> bool:
@@ -99,33 +105,43 @@ class Hub:
     @param now: returns the current time in seconds (a clock's C{seconds}).
     @param journal: where changes are recorded before they are accepted;
         by default a L{MemoryJournal}, which keeps nothing across restarts.
+    @param history: pub/sub offsets, epochs and kept publications (SPEC
+        3.6); by default 100 per event for a day.
+    @param publish_reports: reports are published as event C{smartplug}
+        (by L{pubsub.report_publisher}, a listener): each report's
+        publication is then numbered and journaled with the report, in one
+        commit.
     """
 
     _log = Logger()
 
-    def __init__(self, now: Callable[[], float] = time.time, journal: Optional[Journal] = None) -> None:
+    def __init__(self, now: Callable[[], float] = time.time, journal: Optional[Journal] = None,
+                 history: Optional[History] = None, publish_reports: bool = False) -> None:
         self._now = now
+        self._publish_reports = publish_reports
         self._journal = MemoryJournal() if journal is None else journal
         self._plugs: dict[str, Plug] = {}
         self._display = OFF
         self._listeners: list[Listener] = []
         self._display_listeners: list[DisplayListener] = []
-        self.pubsub = PubSub(now=now)
+        self.pubsub = PubSub(now=now, history=History(now=now) if history is None else history)
         # Plain counts for /metrics: source -> reports accepted, and
         # (source, reason) -> reports refused (REFUSALS).
         self.accepted: Counter = Counter()
         self.refused: Counter = Counter()
 
-    def restore(self, plugs: Iterable[Plug], display: Optional[Display] = None) -> None:
+    def restore(self, plugs: Iterable[Plug], display: Optional[Display] = None, streams: Iterable = ()) -> None:
         """
         Take C{plugs} (in first-report order) and C{display} (unless
-        C{None}) as the state, as loaded from the store at start-up; no
+        C{None}) as the state, and C{streams} as the pub/sub history (see
+        L{History.restore}), as loaded from the store at start-up; no
         listener is told.
         """
         for plug in plugs:
             self._plugs[plug.id] = plug
         if display is not None:
             self._display = display
+        self.pubsub.history.restore(streams)
 
     def listen(self, listener: Listener) -> Callable[[], None]:
         """
@@ -201,23 +217,54 @@ class Hub:
             is unchanged).  It never fails.
         """
         plug = Plug(plug_id, value, self._now())
+        args: tuple = (plug_id, value, plug.updated_at, source)
+        publication = None
+        history = self.pubsub.history
+        if self._publish_reports and history.enabled:
+            # One commit for the report and its publication, not two.
+            data = broadcast_bytes(plug_id, value).decode("utf-8")
+            publication = self.pubsub.number(REPORT_EVENT, data)
+            args += ((publication, history.keep, history.oldest_kept()),)
         return self._journaled(
-            self._journal.save_report, (plug_id, value, plug.updated_at, source),
-            lambda: self._accept(plug, source, peer), f"report plug {plug_id} -> {value}", peer, source,
+            self._journal.save_report, args,
+            lambda: self._accept(plug, source, peer, publication), f"report plug {plug_id} -> {value}", peer, source,
         )
 
-    def _accept(self, plug: Plug, source: str, peer: str) -> Report:
+    def _accept(self, plug: Plug, source: str, peer: str, publication: Optional[Publication]) -> Report:
         # The journal answers in call order, so reports of one plug are
         # accepted in the order they arrived and "previous" is right.
         old = self._plugs.get(plug.id)
         self._plugs[plug.id] = plug
-        report = Report(plug, old.value if old else None, source, peer)
+        report = Report(plug, old.value if old else None, source, peer, publication)
         self.accepted[source] += 1
         self._log.info(
             "plug {plug_id} -> {value} from {peer}", plug_id=plug.id, value=plug.value, peer=peer
         )
         self._notify(self._listeners, report)
         return report
+
+    def publish(self, event: str, data: Any, peer: str, origin: Optional[str] = None) -> Deferred:
+        """
+        Number a publication of C{event}, record it in the journal (when
+        history is kept), then keep it and send it to the subscribers
+        (SPEC 3.3, 3.6).  With the in-memory journal, or C{PUBSUB_HISTORY =
+        0}, all of that happens before this returns.
+
+        @param origin: who brought it in from outside (see L{PubSub.publish}).
+        @return: a Deferred firing with the number of subscribers it was sent
+            to, or with C{None} when the journal could not record it (logged;
+            nobody got it, and its offset stays unused).  It never fails.
+        """
+        pubsub = self.pubsub
+        publication = pubsub.number(event, data)
+        history = pubsub.history
+        if not history.enabled:
+            # Nothing kept, so nothing to journal: PiCloud's cost.
+            return succeed(pubsub.accept(publication, data, origin))
+        return self._journaled(
+            self._journal.save_publication, (publication, history.keep, history.oldest_kept()),
+            lambda: pubsub.accept(publication, data, origin), f"publication {publication.offset} of {event}", peer,
+        )
 
     def plug(self, plug_id: str) -> Optional[Plug]:
         """

@@ -44,9 +44,11 @@ class Journal(Protocol):
     answers of one journal come back in the order the calls were made.
     """
 
-    def save_report(self, plug_id: str, value: int, at: float, source: str) -> Deferred:
+    def save_report(self, plug_id: str, value: int, at: float, source: str, publication=None) -> Deferred:
         """
-        Record a report durably: the plug's new state and a history entry.
+        Record a report durably: the plug's new state and a history entry,
+        and, when given, its pub/sub publication C{(publication, keep,
+        oldest)} as L{save_publication} records one, in the same commit.
 
         @return: fires with C{None} once recorded, or fails (L{StoreFailed}
             for a store that cannot write) with nothing recorded.
@@ -67,6 +69,16 @@ class Journal(Protocol):
             newest first.
         """
 
+    def save_publication(self, publication, keep: int, oldest: float) -> Deferred:
+        """
+        Record a pub/sub publication (a L{smartplug_backend.core.history.Publication})
+        durably, with its event's epoch and newest offset; drop the event's
+        publications beyond the newest C{keep} or made before C{oldest}.
+
+        @return: fires with C{None} once recorded, or fails with nothing
+            recorded.
+        """
+
 
 class MemoryJournal:
     """
@@ -78,7 +90,7 @@ class MemoryJournal:
         self._keep = keep
         self._history: dict[str, collections.deque] = {}
 
-    def save_report(self, plug_id: str, value: int, at: float, source: str) -> Deferred:
+    def save_report(self, plug_id: str, value: int, at: float, source: str, publication=None) -> Deferred:
         entries = self._history.get(plug_id)
         if entries is None:
             entries = self._history[plug_id] = collections.deque(maxlen=self._keep)
@@ -86,6 +98,10 @@ class MemoryJournal:
         return succeed(None)
 
     def save_display(self, display) -> Deferred:
+        return succeed(None)
+
+    def save_publication(self, publication, keep: int, oldest: float) -> Deferred:
+        # The hub's pub/sub history is the only copy.
         return succeed(None)
 
     def history(self, plug_id: str, limit: int) -> Deferred:

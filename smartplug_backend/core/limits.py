@@ -46,7 +46,7 @@ KEEPALIVE_COUNT = 8
 WS_SEND_BUFFER = 64 * 1024
 # Pages (4 KiB) of SQLite write-ahead log after which it is copied into the
 # database, so that the log cannot take a nearly full disk's last room.
-WAL_PAGES = 100
+WAL_PAGES = 80
 # Tweets waiting for their turn; beyond this the oldest is dropped.
 TWEET_QUEUE = 100
 # Tries per tweet, the delays (seconds) before the 2nd and 3rd, and the

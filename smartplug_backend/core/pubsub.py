@@ -1,9 +1,11 @@
 """
-PiCloud pub/sub (SPEC 3): the subscription registry and the delivery frame.
+PiCloud pub/sub (SPEC 3): the subscription registry and the delivery frames,
+with offsets, epochs and history (SPEC 3.6, kept in L{history.History}).
 
 Reactor thread only; it knows nothing of Autobahn.  Subscribers are opaque
 objects; one injected C{deliver(subscribers, frame)} function sends a frame to
-them, so a publication is serialised once whatever the number of subscribers.
+them, so a publication is serialised once whatever the number of subscribers
+(twice when some subscribers asked for offsets: once for each kind).
 """
 
 import json
@@ -12,10 +14,13 @@ from typing import Any, Callable, Hashable, Iterable, Optional
 
 from twisted.logger import Logger
 
+from .history import History, Publication
 from .reports import broadcast_bytes
 from .times import utc_rfc3339
 
 Deliver = Callable[[list, bytes], None]
+# Plug reports are published as this event (SPEC 1.1).
+REPORT_EVENT = "smartplug"
 # observer(event, data, origin): every publication, with the origin its
 # publisher gave (None for the server's own clients), so a bridge can skip
 # what it put in itself.
@@ -39,12 +44,38 @@ def delivery_frame(event: str, data: Any, created_at: float) -> bytes:
     The frame a subscriber receives (SPEC 3.2): keys in PiCloud's order, and
     the trailing newline of Go's json.Encoder.
     """
-    return (
-        '{"action":"publish","event":' + go_json(event)
-        + ',"data":' + go_json(data)
-        + ',"created_at":' + go_json(utc_rfc3339(created_at))
-        + "}\n"
-    ).encode("utf-8")
+    return Publication(event, 0, "", go_json(data), created_at).frame(go_json(event))
+
+
+def recovered_frame(event: str, recovered: bool, offset: int, epoch: str) -> bytes:
+    """
+    The message that ends a replay (SPEC 3.6), written as Go would.
+    """
+    message = {"action": "recovered", "event": event, "recovered": recovered, "offset": offset, "epoch": epoch}
+    return (go_json(message) + "\n").encode("utf-8")
+
+
+class InvalidSince(ValueError):
+    """
+    A C{since} that is not C{{"offset": N, "epoch": X}}.
+    """
+
+
+def parse_since(since: Any) -> tuple[int, str]:
+    """
+    C{(offset, epoch)} from a subscribe message's C{since}.
+
+    @raise InvalidSince: not an object with a whole C{offset} of at least 0
+        and a string C{epoch}.
+    """
+    if not isinstance(since, dict):
+        raise InvalidSince('since must be {"offset": N, "epoch": X}')
+    offset, epoch = since.get("offset"), since.get("epoch")
+    if type(offset) is not int or offset < 0:
+        raise InvalidSince("since.offset must be a whole number of at least 0")
+    if not isinstance(epoch, str):
+        raise InvalidSince("since.epoch must be a string")
+    return offset, epoch
 
 
 class InvalidPublication(ValueError):
@@ -74,17 +105,22 @@ class PubSub:
 
     @param deliver: C{deliver(subscribers, frame)} sends one frame to them all.
     @param now: the current time in seconds.
+    @param history: offsets, epochs and kept publications; by default one
+        that keeps 100 publications per event for a day.
     """
 
     _log = Logger()
 
-    def __init__(self, deliver: Optional[Deliver] = None, now: Callable[[], float] = time.time) -> None:
+    def __init__(self, deliver: Optional[Deliver] = None, now: Callable[[], float] = time.time,
+                 history: Optional[History] = None) -> None:
         self._deliver = deliver
         self._now = now
-        # event -> subscribers, both in insertion order (dicts as ordered sets).
-        # An event stays once its last subscriber has left, as in PiCloud's
-        # Go map: the info frame lists it with "connections": null.
-        self._events: dict[str, dict[Hashable, None]] = {}
+        self.history = History(now=now) if history is None else history
+        # event -> {subscriber: whether it asked for offsets}, both in
+        # insertion order.  An event stays once its last subscriber has
+        # left, as in PiCloud's Go map: the info frame lists it with
+        # "connections": null.
+        self._events: dict[str, dict[Hashable, bool]] = {}
         # connection -> its entry in the info frame
         self._connections: dict[Hashable, dict] = {}
         # Plain counts for /metrics: publications read, frames delivered.
@@ -164,15 +200,40 @@ class PubSub:
         if known:
             self._tell(self._connection_watchers)
 
-    def subscribe(self, subscriber: Hashable, event: str) -> None:
+    def subscribe(self, subscriber: Hashable, event: str, last: bool = False,
+                  since: Optional[tuple[int, str]] = None) -> list[bytes]:
         """
         Deliver every later publication of C{event} to C{subscriber}, once
         however often it subscribes.
+
+        With C{last} or C{since} (SPEC 3.6) the subscriber gets offsets and
+        epochs in every frame of C{event} from now on, and the frames to send
+        it first are returned.  They are taken here, on the reactor thread,
+        together with the subscription: every publication accepted before
+        this call is in them, every later one is delivered live; none twice.
+
+        @param last: send the newest kept publication first.
+        @param since: C{(offset, epoch)}: send the kept publications after
+            C{offset}, then a C{recovered} message (C{since} wins over C{last}).
+        @return: the frames to send C{subscriber} now, in order, before
+            anything else.
         """
         subscribers = self._events.setdefault(event, {})
-        if subscriber not in subscribers:
-            subscribers[subscriber] = None
+        new = subscriber not in subscribers
+        positioned = last or since is not None
+        subscribers[subscriber] = positioned or subscribers.get(subscriber, False)
+        if new:
             self._tell(self._connection_watchers)
+        event_json = go_json(event)
+        if since is not None:
+            recovery = self.history.since(event, *since)
+            frames = [p.positioned_frame(event_json) for p in recovery.publications]
+            frames.append(recovered_frame(event, recovery.recovered, recovery.offset, recovery.epoch))
+            return frames
+        if last:
+            newest = self.history.last(event)
+            return [] if newest is None else [newest.positioned_frame(event_json)]
+        return []
 
     def unsubscribe(self, subscriber: Hashable, event: str) -> None:
         """
@@ -194,23 +255,63 @@ class PubSub:
 
     def publish(self, event: str, data: Any, origin: Optional[str] = None) -> int:
         """
-        Send a publication to the current subscribers of C{event}, then
-        show it to the observers.
+        Number a publication and send it to the current subscribers of
+        C{event} at once, then show it to the observers, journaling nothing
+        (L{hub.Hub.publish} journals; with a store, publish through it).
 
         @param origin: who brought it in from outside (e.g. C{"mqtt"}).
         @return: how many subscribers it was sent to.
         """
-        subscribers = list(self._events.get(event, ()))
+        return self.accept(self.number(event, data), data, origin)
+
+    def number(self, event: str, data: Any) -> Publication:
+        """
+        The next publication of C{event} with C{data}, numbered but not yet
+        sent: L{accept} sends it once the journal has it.
+        """
+        return self.history.number(event, go_json(data))
+
+    def accept(self, publication: Publication, data: Any, origin: Optional[str] = None) -> int:
+        """
+        Keep C{publication} (of C{data}) in the history and send it to the
+        current subscribers of its event: PiCloud's frame to those that
+        asked for nothing, the frame with offset and epoch to the others;
+        then show it to the observers.
+
+        @param origin: who brought it in from outside (e.g. C{"mqtt"}).
+        @return: how many subscribers it was sent to.
+        """
+        self.history.accept(publication)
         self.publications += 1
+        subscribers = self._events.get(publication.event) or {}
         if subscribers and self._deliver is not None:
             self.deliveries += len(subscribers)
-            self._deliver(subscribers, delivery_frame(event, data, self._now()))
+            event_json = go_json(publication.event)
+            if any(subscribers.values()):
+                plain = [s for s, positioned in subscribers.items() if not positioned]
+                positioned = [s for s, positioned in subscribers.items() if positioned]
+                self._deliver(positioned, publication.positioned_frame(event_json))
+            else:
+                plain = list(subscribers)
+            if plain:
+                self._deliver(plain, publication.frame(event_json))
         for observer in list(self._observers):
             try:
-                observer(event, data, origin)
+                observer(publication.event, data, origin)
             except Exception:
                 self._log.failure("pub/sub observer {observer!r} failed", observer=observer)
         return len(subscribers)
+
+    def history_page(self, event: str, after: int, limit: int) -> bytes:
+        """
+        The body of C{GET /events/<event>/history} (SPEC 3.6):
+        C{{"epoch": X, "publications": [F...]}}, the first C{limit} kept
+        publications after offset C{after}, oldest first.
+        """
+        epoch, publications = self.history.page(event, after, limit)
+        event_json = go_json(event)
+        frames = ",".join(p.positioned_text(event_json) for p in publications)
+        return ('{"epoch":' + go_json(epoch) + ',"publications":[' + frames + "]}").encode("utf-8")
 
     def subscriptions(self) -> Iterable[tuple[str, list]]:
         """
@@ -240,12 +341,18 @@ class PubSub:
         return (go_json(info) + "\n").encode("utf-8")
 
 
-def report_publisher(pubsub: PubSub):
+def report_publisher(hub):
     """
     A hub listener publishing each plug report as event C{smartplug}, its data
-    the JSON text the apps receive (SPEC 1.1).
+    the JSON text the apps receive (SPEC 1.1), numbered and journaled like
+    any publication: with the report itself when the hub was built with
+    C{publish_reports}, else through C{hub.publish}.
     """
     def publish(report) -> None:
-        pubsub.publish("smartplug", broadcast_bytes(report.plug.id, report.plug.value).decode("utf-8"))
+        data = broadcast_bytes(report.plug.id, report.plug.value).decode("utf-8")
+        if report.publication is not None:
+            hub.pubsub.accept(report.publication, data)
+        else:
+            hub.publish(REPORT_EVENT, data, report.peer)
 
     return publish

@@ -24,6 +24,9 @@ from ..ws import picloud
 
 DEFAULT_HISTORY = 100
 MAX_HISTORY = 1_000_000
+# GET /events/<E>/history (SPEC 3.6)
+DEFAULT_PUBLICATIONS = 100
+MAX_PUBLICATIONS = 1000
 
 _log = Logger(namespace="smartplug_backend.http.api")
 
@@ -230,8 +233,28 @@ def make_app(hub, bridge: Bridge, guard=None, api_key=None) -> bottle.Bottle:
         except picloud.InvalidPublication as e:
             warn(str(e))
             return _text(400, picloud.BAD_REQUEST)
-        bridge.call(hub.pubsub.publish, event, data)
+        # hub.publish answers once the publication is committed, so a 201
+        # means it survives a kill -9 (SPEC 3.6); None: the store refused it.
+        if bridge.call(hub.publish, event, data, _peer()) is None:
+            return _unrecorded("publication")
         return _text(201, b"")
+
+    @app.get("/events/<event:path>/history")
+    def event_history(event):
+        try:
+            picloud.authenticate(api_key, _given("X-API-Key", "apiKey"), None, needs_name=False)
+        except picloud.Denied as denied:
+            warn(str(denied))
+            if denied.bad_key:
+                count_wrong_key()
+            return _text(401, denied.body)
+        try:
+            since = parse_whole(bottle.request.query.get("since"), "since", 0, 0, None)
+            limit = parse_whole(bottle.request.query.get("limit"), "limit", DEFAULT_PUBLICATIONS, 1, MAX_PUBLICATIONS)
+        except ValueError as e:
+            return rejected(400, str(e))
+        body = bridge.call(hub.pubsub.history_page, event, since, limit)
+        return bottle.HTTPResponse(body=body, status=200, headers={"Content-Type": "application/json"})
 
     @app.get("/plugs")
     def plugs():
@@ -317,6 +340,26 @@ def parse_limit(text) -> int:
     if not (len(text) <= 7 and text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_HISTORY:
         raise ValueError(f"limit must be a whole number from 1 to {MAX_HISTORY}")
     return int(text)
+
+
+def parse_whole(text, name: str, default: int, low: int, high) -> int:
+    """
+    A whole-number query parameter C{name}: absent means C{default};
+    otherwise from C{low} to C{high} (C{None}: no upper bound, but at most
+    18 digits).
+
+    @raise ValueError: with a message for the client.
+    """
+    if text is None:
+        return default
+    within = f"from {low} to {high}" if high is not None else f"of at least {low}"
+    # Length first: int() of a huge digit string is slow, then refused.
+    if not (0 < len(text) <= 18 and text.isascii() and text.isdigit()):
+        raise ValueError(f"{name} must be a whole number {within}")
+    value = int(text)
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"{name} must be a whole number {within}")
+    return value
 
 
 def _error_body(message: str) -> str:

@@ -238,11 +238,14 @@ class MeteredJournal:
         self._timings.observe(self._clock.seconds() - started)
         return result
 
-    def save_report(self, plug_id: str, value: int, at: float, source: str):
-        return self._timed(self._journal.save_report(plug_id, value, at, source))
+    def save_report(self, plug_id: str, value: int, at: float, source: str, *publication):
+        return self._timed(self._journal.save_report(plug_id, value, at, source, *publication))
 
     def save_display(self, display):
         return self._timed(self._journal.save_display(display))
+
+    def save_publication(self, publication, keep: int, oldest: float):
+        return self._timed(self._journal.save_publication(publication, keep, oldest))
 
 
 class RequestTimer:

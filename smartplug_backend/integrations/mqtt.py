@@ -238,7 +238,7 @@ class MQTTBridge(Service):
                 return
             self._hub.display_command(command, PEER)
         elif self._events and (event := topics.published_event(topic)) is not None:
-            self._hub.pubsub.publish(event, ha.parse_event_data(payload), origin=ORIGIN)
+            self._hub.publish(event, ha.parse_event_data(payload), PEER, origin=ORIGIN)
 
     def _light_command(self, payload: bytes) -> None:
         try:

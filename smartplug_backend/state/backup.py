@@ -191,6 +191,7 @@ def restore(db_path: str, archive_path: str, now: Callable[[], float] = time.tim
                 f.write(data)
                 os.fsync(f.fileno())
             _check_restorable(incoming, archive_path)
+            _renew_epochs(incoming, archive_path)
             aside = _move_aside(db_path, now)
             os.replace(incoming, db_path)
         except BaseException:
@@ -210,6 +211,13 @@ def _check_restorable(path: str, archive_path: str) -> None:
         raise BackupError(f"{archive_path}: {ARCHIVE_DB} is damaged ({problem})")
     if version == 0:
         raise BackupError(f"{archive_path}: {ARCHIVE_DB} is empty")
+
+
+def _renew_epochs(path: str, archive_path: str) -> None:
+    # Clients saw offsets past the backup's with the same epochs; new ones
+    # make them re-read instead of resuming into publications they never saw.
+    with _checked(path, f"{archive_path}: {ARCHIVE_DB}") as (db, _):
+        store.renew_epochs(db)
 
 
 def _move_aside(db_path: str, now: Callable[[], float]) -> Optional[str]:

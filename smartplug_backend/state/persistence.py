@@ -62,11 +62,12 @@ class SQLiteJournal:
         Open the database at C{path} (created if missing) as this journal's
         store, here and now (start-up, before anything is queued).
 
-        @return: the stored plugs and display state, to restore the hub.
+        @return: the stored plugs, display state and pub/sub streams, to
+            restore the hub.
         @raise sqlite3.Error, UnusableDatabase: the file cannot be used.
         """
         self.store = Store.open(path, keep)
-        return self.store.plugs(), self.store.display()
+        return self.store.plugs(), self.store.display(), self.store.streams()
 
     def _run(self, f: Callable[..., Any], *args) -> Deferred:
         """
@@ -133,14 +134,22 @@ class SQLiteJournal:
             else:
                 done.callback(outcome)
 
-    def save_report(self, plug_id: str, value: int, at: float, source: str) -> Deferred:
-        return self._write(self.store.save_report, plug_id, value, at, source)
+    def save_report(self, plug_id: str, value: int, at: float, source: str, publication=None) -> Deferred:
+        if publication is None:
+            return self._write(self.store.save_report, plug_id, value, at, source)
+        p, keep, oldest = publication
+        stored = (p.event, p.epoch, p.offset, p.data_json, p.created_at, keep, oldest)
+        return self._write(self.store.save_report, plug_id, value, at, source, stored)
 
     def save_display(self, display) -> Deferred:
         return self._write(self.store.save_display, display)
 
     def history(self, plug_id: str, limit: int) -> Deferred:
         return self._run(self.store.history, plug_id, limit)
+
+    def save_publication(self, publication, keep: int, oldest: float) -> Deferred:
+        p = publication
+        return self._write(self.store.save_publication, p.event, p.epoch, p.offset, p.data_json, p.created_at, keep, oldest)
 
     def close(self) -> Deferred:
         """
@@ -206,17 +215,22 @@ class StoreService(ThreadPoolService):
         super().privilegedStartService()
         try:
             self._lock = hold(self.path)
-            plugs, display = self.journal.open(self.path, self._keep)
+            plugs, display, streams = self.journal.open(self.path, self._keep)
+            if streams and not self.hub.pubsub.history.enabled:
+                # PUBSUB_HISTORY = 0 records nothing from now on: offsets
+                # stored now would be reused later under the same epoch.
+                self.journal.store.forget_streams()
+                streams = []
         except sqlite3.Error as e:
             raise StartupError(f"STATE_DB: {self.path} cannot be read ({e})") from e
         except (Locked, UnusableDatabase) as e:
             raise StartupError(f"STATE_DB: {e}") from e
         except OSError as e:
             raise StartupError(f"STATE_DB: cannot lock {e.filename or lock_path(self.path)}: {e.strerror}") from e
-        self.hub.restore(plugs, display)
+        self.hub.restore(plugs, display, streams)
         self._log.info(
-            "state from {path}: {count} plugs, display {packet}",
-            path=self.path, count=len(plugs), packet=self.hub.display().packet(),
+            "state from {path}: {count} plugs, display {packet}, {events} pub/sub events",
+            path=self.path, count=len(plugs), packet=self.hub.display().packet(), events=len(streams),
         )
 
     def stopService(self):

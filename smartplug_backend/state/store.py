@@ -18,6 +18,7 @@ import sqlite3
 from typing import Iterator, Optional
 
 from ..core.display import Display, InvalidDisplay, validate_display
+from ..core.history import new_epoch
 from ..core.hub import Plug
 from ..core.journal import HistoryEntry
 from ..core.limits import WAL_PAGES
@@ -54,9 +55,29 @@ def _v2(db: sqlite3.Connection) -> None:
     db.execute("CREATE TABLE display (only INTEGER PRIMARY KEY CHECK (only = 1), state TEXT NOT NULL)")
 
 
+def _v3(db: sqlite3.Connection) -> None:
+    # Pub/sub history (issue 14, SPEC 3.6): each event's epoch and newest
+    # offset, which outlive its kept publications, and those publications,
+    # their data as the JSON text the frames carry.
+    db.execute(
+        "CREATE TABLE pubsub_events ("
+        " event TEXT PRIMARY KEY,"
+        " epoch TEXT NOT NULL,"
+        " latest INTEGER NOT NULL)"
+    )
+    db.execute(
+        "CREATE TABLE pubsub_history ("
+        " event TEXT NOT NULL,"
+        " offset INTEGER NOT NULL,"
+        " data TEXT NOT NULL,"
+        " created_at REAL NOT NULL,"
+        " PRIMARY KEY (event, offset)) WITHOUT ROWID"
+    )
+
+
 # UPGRADES[n] brings a file from schema version n to n + 1.  Append only:
 # a released step never changes, or files already past it would differ.
-UPGRADES = [_v1, _v2]
+UPGRADES = [_v1, _v2, _v3]
 
 
 class UnusableDatabase(Exception):
@@ -194,6 +215,19 @@ def upgrade(db: sqlite3.Connection, version: int) -> None:
             db.execute(f"PRAGMA user_version = {step + 1}")
 
 
+def renew_epochs(db: sqlite3.Connection) -> None:
+    """
+    Give every pub/sub event in C{db} a new epoch, keeping its offsets: its
+    history is not the one clients saw (a restored backup), so none of them
+    may recover across it (SPEC 3.6).  Nothing for a file before schema 3.
+    """
+    if db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'pubsub_events'").fetchone()[0] == 0:
+        return
+    with _transaction(db):
+        events = [row[0] for row in db.execute("SELECT event FROM pubsub_events")]
+        db.executemany("UPDATE pubsub_events SET epoch = ? WHERE event = ?", [(new_epoch(), e) for e in events])
+
+
 class Store:
     """
     The state database, open and at the newest schema.
@@ -238,8 +272,9 @@ class Store:
             # SQLite checkpoints the log every 1000 pages (4 MB) by default:
             # on a small or nearly full disk the log would take the last
             # room, and then a checkpoint, which needs a little room for the
-            # database to grow, could not run to give it back.  Every 100
-            # pages (about 20 reports) keeps the log under half a megabyte.
+            # database to grow, could not run to give it back.  Every 80
+            # pages (a dozen reports or more, each with its smartplug
+            # publication) keeps the log under 350 KB.
             db.execute(f"PRAGMA wal_autocheckpoint = {WAL_PAGES}")
             upgrade(db, version)
             # FULL: a commit is on disk, not only in the OS's cache, before
@@ -304,16 +339,20 @@ class Store:
         self.needs_checkpoint = bool(busy)
         return not busy
 
-    def save_report(self, plug_id: str, value: int, at: float, source: str) -> None:
+    def save_report(self, plug_id: str, value: int, at: float, source: str,
+                    publication: Optional[tuple] = None) -> None:
         """
         Record a report: the plug's state and a history entry, trimming the
-        plug's history to C{keep} entries; all or nothing.
+        plug's history to C{keep} entries, and its pub/sub publication if
+        given (the arguments of L{save_publication}); all or nothing.
         """
-        self._write(self._save_report, plug_id, value, at, source)
+        self._write(self._save_report, plug_id, value, at, source, publication)
 
-    def _save_report(self, plug_id: str, value: int, at: float, source: str) -> None:
+    def _save_report(self, plug_id: str, value: int, at: float, source: str, publication: Optional[tuple]) -> None:
         try:
             with _transaction(self._db):
+                if publication is not None:
+                    self._insert_publication(*publication)
                 self._db.execute(
                     "INSERT INTO plugs (id, value, updated_at) VALUES (?, ?, ?)"
                     " ON CONFLICT (id) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
@@ -441,6 +480,56 @@ class Store:
         if not isinstance(display, Display):
             raise UnusableDatabase(f"{self._path}: the recorded display state is a command")
         return display
+
+    def save_publication(self, event: str, epoch: str, offset: int, data_json: str, created_at: float,
+                         keep: int, oldest: float) -> None:
+        """
+        Record a pub/sub publication and its event's epoch and newest
+        offset, dropping the event's publications beyond the newest C{keep}
+        or made before C{oldest}; all or nothing.
+        """
+        self._write(self._save_publication, event, epoch, offset, data_json, created_at, keep, oldest)
+
+    def _save_publication(self, *publication) -> None:
+        with _transaction(self._db):
+            self._insert_publication(*publication)
+
+    def _insert_publication(self, event: str, epoch: str, offset: int, data_json: str, created_at: float,
+                            keep: int, oldest: float) -> None:
+        self._db.execute(
+            "INSERT INTO pubsub_events (event, epoch, latest) VALUES (?, ?, ?)"
+            " ON CONFLICT (event) DO UPDATE SET epoch = excluded.epoch, latest = excluded.latest",
+            (event, epoch, offset),
+        )
+        self._db.execute(
+            "INSERT OR REPLACE INTO pubsub_history (event, offset, data, created_at) VALUES (?, ?, ?, ?)",
+            (event, offset, data_json, created_at),
+        )
+        self._db.execute(
+            "DELETE FROM pubsub_history WHERE event = ? AND (offset <= ? OR created_at < ?)",
+            (event, offset - keep, oldest),
+        )
+
+    def streams(self) -> list[tuple[str, str, int, list]]:
+        """
+        Every pub/sub event as C{(event, epoch, newest offset,
+        [(offset, data_json, created_at), ...] oldest first)}.
+        """
+        kept: dict[str, list] = {}
+        rows = self._db.execute("SELECT event, offset, data, created_at FROM pubsub_history ORDER BY event, offset")
+        for event, offset, data, created_at in rows:
+            kept.setdefault(event, []).append((offset, data, created_at))
+        events = self._db.execute("SELECT event, epoch, latest FROM pubsub_events ORDER BY event")
+        return [(event, epoch, latest, kept.get(event, [])) for event, epoch, latest in events]
+
+    def forget_streams(self) -> None:
+        """
+        Drop every pub/sub event and publication: with history off nothing
+        is recorded, so what is stored would go stale as offsets move on.
+        """
+        with _transaction(self._db):
+            self._db.execute("DELETE FROM pubsub_history")
+            self._db.execute("DELETE FROM pubsub_events")
 
     def close(self) -> None:
         """

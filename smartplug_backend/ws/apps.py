@@ -96,7 +96,7 @@ class AppProtocol(LenientServerProtocol):
             elif self._route == "subscribe":
                 problem = picloud.handle_subscriber(hub.pubsub, self, message)
             elif self._route == "publish":
-                problem = picloud.handle_publisher(hub.pubsub, message)
+                problem = picloud.handle_publisher(hub, message, self._peer)
             else:
                 problem = "the info socket only sends"
             if problem:

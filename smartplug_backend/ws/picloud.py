@@ -6,7 +6,7 @@ messages mean.  Shared by the app WebSocket routes and C{POST /publish}.
 from typing import Any, Mapping, Optional
 
 from ..core import strictjson
-from ..core.pubsub import InvalidPublication, PubSub, parse_publication
+from ..core.pubsub import InvalidPublication, InvalidSince, PubSub, parse_publication, parse_since
 from ..server.guard import key_matches
 
 INVALID_API_KEY = b"Invalid API Key\n"
@@ -76,7 +76,10 @@ def decode(payload: bytes) -> Any:
 
 def handle_subscriber(pubsub: PubSub, connection, message: Any) -> Optional[str]:
     """
-    Act on a C{/subscribe} client's message (SPEC 3.2).
+    Act on a C{/subscribe} client's message (SPEC 3.2, and 3.6's C{last}
+    and C{since}).  The replay, if any, is sent on C{connection} here, in
+    the same reactor turn as the subscription: nothing published can come
+    between them.
 
     @return: why the message was ignored, or C{None} when it was acted on.
     """
@@ -89,7 +92,13 @@ def handle_subscriber(pubsub: PubSub, connection, message: Any) -> Optional[str]
         if not isinstance(event, str) or not event:
             return f"{action} without an event"
         if action == "subscribe":
-            pubsub.subscribe(connection, event)
+            since = message.get("since")
+            try:
+                position = None if since is None else parse_since(since)
+            except InvalidSince as e:
+                return str(e)
+            for frame in pubsub.subscribe(connection, event, last=message.get("last") is True, since=position):
+                connection.sendMessage(frame)
         else:
             pubsub.unsubscribe(connection, event)
     else:
@@ -97,9 +106,11 @@ def handle_subscriber(pubsub: PubSub, connection, message: Any) -> Optional[str]
     return None
 
 
-def handle_publisher(pubsub: PubSub, message: Any) -> Optional[str]:
+def handle_publisher(hub, message: Any, peer: str) -> Optional[str]:
     """
-    Publish a C{/publish} client's message (SPEC 3.3).
+    Publish a C{/publish} client's message (SPEC 3.3) through C{hub.publish}
+    (journaled; a refusal is logged by the hub, and PiCloud's publish socket
+    has no answer to carry it).
 
     @return: why the message was ignored, or C{None} when it was published.
     """
@@ -107,5 +118,5 @@ def handle_publisher(pubsub: PubSub, message: Any) -> Optional[str]:
         event, data = parse_publication(message)
     except InvalidPublication as e:
         return str(e)
-    pubsub.publish(event, data)
+    hub.publish(event, data, peer)
     return None
