@@ -7,7 +7,7 @@ app untouched.
 """
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -101,7 +101,12 @@ class Server:
         self.clock = Clock()
         self.hub = Hub(now=self.clock.seconds, journal=journal)
         self.published = []
-        self.hub.pubsub.publish = lambda event, data: self.published.append((event, data))
+
+        def publish(event, data, peer):
+            self.published.append((event, data, peer))
+            return succeed(1)
+
+        self.hub.publish = publish
         self.guard = Guard(self.clock, ban_after=1000)
         self.pool = RecordingPool()
         app = make_app(self.hub, SYNC_BRIDGE, guard=self.guard, api_key=api_key)

@@ -109,9 +109,9 @@ class PublishIngest:
     C{POST /publish}: a publication with the right key, a client name and a
     valid body is published from here; anything else is the Bottle app's.
 
-    @param publish: C{publish(event, data)}, the hub's: done when it
-        returns, unless it returns a Deferred (a journaled publication),
-        whose C{None} means the store refused it (503).
+    @param publish: C{publish(event, data, peer)}, the hub's: a Deferred
+        firing once the publication is kept (committed, with a store), with
+        C{None} when the store refused it (503).
     @param api_key: C{API_KEY}, or C{None}.
     """
 
@@ -134,11 +134,7 @@ class PublishIngest:
             event, data = picloud.parse_publication(picloud.decode(body))
         except (picloud.Denied, picloud.InvalidPublication):
             return NOT_MINE
-        published = self._publish(event, data)
-        if not isinstance(published, Deferred):
-            # Published at once (the in-memory registry answers a count).
-            return self._answer(request, True)
-        return _when_done(published, request, self._answer)
+        return _when_done(self._publish(event, data, peer(request)), request, self._answer)
 
     @staticmethod
     def _answer(request, published) -> bytes:
@@ -177,14 +173,17 @@ def _credentials_view(request) -> bottle.BaseRequest:
     return bottle.BaseRequest(environ)
 
 
-def _when_done(result: Deferred, request, answer):
+def _when_done(result, request, answer):
     """
     The answer to C{request}: C{answer(request, value)} with C{result}'s
-    value, now if C{result} has fired (no store), or once it fires
-    (C{NOT_DONE_YET}: the store commits on its own thread).  A peer that
-    has gone by then (the firmware closes before it reads) gets nothing;
-    the change stands.
+    value, now if C{result} is a value or a Deferred that has fired (no
+    store), or once it fires (C{NOT_DONE_YET}: the store commits on its own
+    thread).  A peer that has gone by then (the firmware closes before it
+    reads) gets nothing; the change stands.
     """
+    if not isinstance(result, Deferred):
+        # As the app's bridge does, a plain value is taken as it is.
+        return answer(request, result)
     outcome: list = []
     result.addBoth(outcome.append)
     if outcome:
@@ -217,4 +216,4 @@ def ingest_routes(hub, api_key: Optional[str]) -> dict:
     """
     The fast routes of L{smartplug_backend.http.channel.Root}: path -> handler.
     """
-    return {b"/data": ReportIngest(hub), b"/publish": PublishIngest(hub.pubsub.publish, api_key)}
+    return {b"/data": ReportIngest(hub), b"/publish": PublishIngest(hub.publish, api_key)}
