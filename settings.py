@@ -50,6 +50,10 @@ HISTORY_KEEP = 10000  # reports kept per plug in the history
 BACKUP_INTERVAL = None  # seconds between automatic backups; None = no automatic backups
 BACKUP_KEEP = 7  # automatic backups kept
 
+# --- several nodes ---------------------------------------------------------------
+REDIS_URL = None  # e.g. "redis://host:6379/0" (rediss:// for TLS): nodes sharing one Redis act as one
+NODE_NAME = None  # this node's name in the info socket; None = the host name
+
 # --- Home Assistant (MQTT) -----------------------------------------------------
 MQTT_URL = None  # e.g. "mqtt://user:password@192.168.1.2:1883" (or mqtts://): joins that broker
 MQTT_PREFIX = "smartplug"  # first topic level of our states, commands and events

@@ -369,22 +369,26 @@ class AppSwarm:
         self.post_request = b""
         self.post_done = 0.0
 
-    def open(self, count: int, in_flight: int = 40) -> None:
+    def open(self, count: int, in_flight: int = 40, port: int = None) -> None:
         """
         Open C{count} more connections, at most C{in_flight} handshakes at a
         time (the listen backlog is small); raise if any fails.
+
+        @param port: the port to connect to, when not the swarm's own (the
+            same swarm may span several servers).
         """
+        port = self.port if port is None else port
         key = base64.b64encode(os.urandom(16))
         hello = (
             b"GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % (self.path, HOST.encode(), self.port, key)
+            b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % (self.path, HOST.encode(), port, key)
         )
         waiting = []
         todo = count
         deadline = time.monotonic() + self.handshake_timeout + count / 500
         while todo or waiting:
             while todo and len(waiting) < in_flight:
-                sock = _connect(self.port)
+                sock = _connect(port)
                 app = _App(sock)
                 app.got = self.round  # reports before it connected do not count
                 self.apps[sock.fileno()] = app
@@ -660,6 +664,56 @@ def publish_fanout(http_port: int, ws_port: int, server_pid: int, size: int, cou
             "missed": missed,
             "unexpected": swarm.unexpected,
             "server_cpu": cpu_seconds(server_pid) - server0,
+            "wall": time.perf_counter() - t0,
+        }
+    finally:
+        swarm.close()
+
+
+def publish_fanout_nodes(http_port: int, ws_ports: list, server_pids: list, per_node: int, count: int,
+                         warmup: int = 20) -> dict:
+    """
+    C{per_node} PiCloud subscribers of one event on each server of
+    C{ws_ports} (nodes sharing one Redis, or one server alone);
+    publications POSTed to C{http_port} one after another, each timed from
+    the POST to the last subscriber on any node receiving it (and to the
+    POST's answer), with the servers' CPU (C{server_pids}: the nodes, and
+    redis-server if any) read around the measured ones.
+    """
+    raise_fd_limit()
+    subscribe = _client_frame(0x1, b'{"action":"subscribe","event":"bench"}')
+    swarm = AppSwarm(ws_ports[0], path="/subscribe?clientName=bench", after_open=subscribe)
+    try:
+        for port in ws_ports:
+            swarm.open(per_node, port=port)
+        latencies, answers, missed = [], [], 0
+        cpu0 = own0 = t0 = None
+        for i in range(warmup + count):
+            if i == warmup:
+                cpu0 = [cpu_seconds(pid) for pid in server_pids]
+                own0, t0 = _own_cpu(), time.perf_counter()
+            body = b'{"event":"bench","data":"%06d"}' % i
+            request = (
+                b"POST /publish?clientName=bench HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n"
+                b"Connection: close\r\n\r\n%s" % (HOST.encode(), len(body), body)
+            )
+            known = b'{"action":"publish","event":"bench","data":"%06d","created_at":"' % i
+            payload = known + b"2026-01-01T00:00:00.000Z" + b'"}\n'
+            last, answered = swarm.deliver(http_port, request, bytes([0x81, len(payload)]) + payload,
+                                           known=2 + len(known))
+            if i >= warmup:
+                answers.append(answered)
+                if last is None:
+                    missed += 1
+                else:
+                    latencies.append(last)
+        return {
+            "latencies": latencies,
+            "answers": answers,
+            "missed": missed,
+            "unexpected": swarm.unexpected,
+            "server_cpu": [cpu_seconds(pid) - c for pid, c in zip(server_pids, cpu0, strict=True)],
+            "client_cpu": _own_cpu() - own0,
             "wall": time.perf_counter() - t0,
         }
     finally:

@@ -360,6 +360,63 @@ def pubsub_fanout(bench: Bench) -> list:
     ]
 
 
+@benchmark("redis", "several nodes on one Redis (issue 15): 2 nodes x 1000 subscribers against 1 node x 2000, "
+                    "and what Redis adds per publication")
+def redis_nodes(bench: Bench) -> list:
+    from tests.redis_server import RedisServer
+
+    count, per_node = 200, 1000
+    directory = tempfile.mkdtemp(dir=bench.scratch)
+    redis_server = RedisServer(directory).start()
+    run = clients.publish_fanout_nodes
+    try:
+        shared = f'REDIS_URL = "{redis_server.url}"\nNODE_NAME = "%s"\n'
+        redis_pid = redis_server.process.pid
+        results = {}
+        with bench.server() as alone:
+            ws, pids = [alone.ports["app WebSocket"]], [alone.process.pid]
+            results["alone, none"] = bench.in_child(run, alone.ports["HTTP"], ws, pids, 0, count)
+            results["alone"] = bench.in_child(run, alone.ports["HTTP"], ws, pids, 2 * per_node, count, child_timeout=240)
+        with bench.server(shared % "A") as a:
+            ws, pids = [a.ports["app WebSocket"]], [a.process.pid, redis_pid]
+            results["redis, none"] = bench.in_child(run, a.ports["HTTP"], ws, pids, 0, count)
+            results["redis, 1 node"] = bench.in_child(run, a.ports["HTTP"], ws, pids, 2 * per_node, count,
+                                                      child_timeout=240)
+            with bench.server(shared % "B") as b:
+                results["redis, 2 nodes"] = bench.in_child(
+                    run, a.ports["HTTP"], [a.ports["app WebSocket"], b.ports["app WebSocket"]],
+                    [a.process.pid, b.process.pid, redis_pid], per_node, count, child_timeout=240)
+    finally:
+        redis_server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+    rows = []
+    deliveries = count * 2 * per_node
+    for name, label in (("alone", "1 node, no Redis, 2000 subscribers"),
+                        ("redis, 1 node", "1 node on Redis, 2000 subscribers"),
+                        ("redis, 2 nodes", "2 nodes on Redis, 1000 subscribers each")):
+        r = results[name]
+        lat = r["latencies"]
+        cpu = r["server_cpu"]
+        nodes = cpu if name == "alone" else cpu[:-1]
+        redis_part = "" if name == "alone" else f" (+ redis-server {cpu[-1] / deliveries * 1e6:.2f} µs)"
+        rows += [
+            Row(f"{label}: POST -> last subscriber p50 / p99", f"{ms(percentile(lat, 50))} / {ms(percentile(lat, 99))}"),
+            Row(f"{label}: CPU per delivery, nodes", f"{sum(nodes) / deliveries * 1e6:.1f} µs{redis_part}"),
+            Row(f"{label}: publications measured", f"{count} ({r['missed']} not delivered to all, "
+                f"{r['unexpected']} wrong frames)", "0 missed", r["missed"] == 0 and r["unexpected"] == 0),
+        ]
+    alone, redis = results["alone, none"], results["redis, none"]
+    rows += [
+        Row("per publication, no subscriber: POST -> 201 p50, no Redis / Redis",
+            f"{ms(percentile(alone['answers'], 50))} / {ms(percentile(redis['answers'], 50))}"),
+        Row("per publication, no subscriber: node CPU, no Redis / Redis (+ redis-server)",
+            f"{alone['server_cpu'][0] / count * 1e6:.0f} µs / {redis['server_cpu'][0] / count * 1e6:.0f} µs"
+            f" (+ {redis['server_cpu'][1] / count * 1e6:.0f} µs)"),
+    ]
+    return rows
+
+
 @benchmark("ingest", "server CPU per POST /data against a bare twisted.web Resource, same load, same run (issue 12)")
 def ingest(bench: Bench) -> list:
     # Interleaved rounds (bare, server, bare, server...), so a change in the

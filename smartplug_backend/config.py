@@ -67,6 +67,12 @@ def _optional_text(v: Any) -> Optional[str]:
     return "a non-empty string or None"
 
 
+def _redis_url(v: Any) -> Optional[str]:
+    if v is None or (isinstance(v, str) and v.startswith(("redis://", "rediss://"))):
+        return None
+    return 'None or a URL such as "redis://host:6379/0" (rediss:// for TLS)'
+
+
 def _bool(v: Any) -> Optional[str]:
     return None if type(v) is bool else "True or False"
 
@@ -165,6 +171,8 @@ SETTINGS: dict[str, _Setting] = {
     "DASHBOARD_USERS": _Setting({}, _users),
     "DASHBOARD_SESSION_DAYS": _Setting(30, _positive),
     "METRICS_ALLOW": _Setting(("127.0.0.1", "::1"), _networks),
+    "REDIS_URL": _Setting(None, _redis_url),
+    "NODE_NAME": _Setting(None, _optional_text),
     "MQTT_URL": _Setting(None, _mqtt_url),
     "MQTT_PREFIX": _Setting("smartplug", _topic_prefix),
     "HA_DISCOVERY_PREFIX": _Setting("homeassistant", _topic_prefix),
@@ -214,6 +222,8 @@ class Settings:
     DASHBOARD_USERS: dict
     DASHBOARD_SESSION_DAYS: float
     METRICS_ALLOW: tuple
+    REDIS_URL: Optional[str]
+    NODE_NAME: Optional[str]
     MQTT_URL: Optional[str]
     MQTT_PREFIX: str
     HA_DISCOVERY_PREFIX: str
@@ -255,7 +265,7 @@ def settings_from(values: dict[str, Any], path: Optional[str] = None) -> Setting
 
 def _describe(name: str, value: Any) -> str:
     # Never echo the value of a setting that may hold a secret.
-    if name in ("AUTH_SECRET", "API_KEY", "DASHBOARD_USERS") or name.endswith(("_SECRET", "_KEY")):
+    if name in ("AUTH_SECRET", "API_KEY", "DASHBOARD_USERS", "REDIS_URL") or name.endswith(("_SECRET", "_KEY")):
         return f"a value of type {type(value).__name__}"
     if name.endswith("_URL") and isinstance(value, str):
         value = redact(value)

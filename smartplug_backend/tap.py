@@ -4,6 +4,7 @@ C{twistd smartplug}: command-line options and the wiring of every part.
 Nothing here does work of its own; it builds the parts and connects them.
 """
 
+import socket
 from functools import partial
 
 from twisted.application.service import MultiService
@@ -93,12 +94,12 @@ def _build(options: Options, reactor) -> MultiService:
     top = StopInOrder()
     # The server's own registry: /metrics serves it (SPEC 10).
     registry = new_registry()
-    hub = _state(settings, reactor, top, registry)
+    hub, shared_bans = _state(settings, reactor, top, registry)
     # Start-up's objects out of the garbage collector's way, once all is up.
     FreezeStartupObjects(reactor).setServiceParent(top)
     # One guard and one connection count for every listener: a ban holds on
     # all ports, and MAX_CONNECTIONS counts them all together.
-    guard = Guard.from_settings(settings, reactor)
+    guard = Guard.from_settings(settings, reactor, shared_bans)
     cap = ConnectionCap.from_settings(settings, reactor)
 
     def endpoint(option: str, port: int) -> str:
@@ -184,22 +185,48 @@ def _build(options: Options, reactor) -> MultiService:
     return top
 
 
-def _state(settings: config.Settings, reactor, top: MultiService, registry) -> Hub:
+def _state(settings: config.Settings, reactor, top: MultiService, registry):
     """
-    The hub, on the state store when there is one, with automatic backups.
-    Adds the store's services to C{top}, first: the hub is loaded before any
-    listener binds.  The store's commits are timed into C{registry}.
+    The hub, on Redis (C{REDIS_URL}) or on the state store when there is
+    one, with automatic backups.  Adds the store's services to C{top},
+    first: the hub is loaded before any listener binds.  The journal's
+    commits are timed into C{registry}.
+
+    @return: the hub, and where bans are shared (C{None}: nowhere).
     """
+    commits = commit_timings(registry)
+
     def history() -> History:
         return History(settings.PUBSUB_HISTORY, settings.PUBSUB_HISTORY_SECONDS, now=reactor.seconds)
 
+    if settings.REDIS_URL is not None:
+        return _on_redis(settings, reactor, top, commits, history)
+    return _local_state(settings, reactor, top, commits, history), None
+
+
+def _on_redis(settings: config.Settings, reactor, top: MultiService, commits, history):
+    # Imported here: with REDIS_URL = None the redis library is never loaded.
+    from .integrations.redis_engine import RedisEngine
+
+    node = settings.NODE_NAME or socket.gethostname()
+    if settings.STATE_DB is not None or settings.BACKUP_INTERVAL is not None:
+        _log.info("REDIS_URL is set: the state lives in Redis; STATE_DB and BACKUP_INTERVAL are not used")
+    engine = RedisEngine(
+        settings.REDIS_URL, node, reactor, settings.HISTORY_KEEP, settings.INFO_INTERVAL,
+        lambda journal: Hub(now=reactor.seconds, journal=MeteredJournal(journal, commits, reactor), history=history(),
+                            publish_reports=True, node=node),
+    )
+    engine.setServiceParent(top)
+    return engine.hub, engine.bans
+
+
+def _local_state(settings: config.Settings, reactor, top: MultiService, commits, history) -> Hub:
     if settings.STATE_DB is None:
         _log.info("STATE_DB is None: plug states, history and the display state are lost when the server stops")
         if settings.BACKUP_INTERVAL is not None:
             _log.warn("BACKUP_INTERVAL is ignored: with STATE_DB = None there is nothing to back up")
         return Hub(now=reactor.seconds, journal=MemoryJournal(settings.HISTORY_KEEP), history=history(),
                    publish_reports=True)
-    commits = commit_timings(registry)
     state = StoreService.with_hub(
         settings.STATE_DB, settings.HISTORY_KEEP, reactor,
         lambda journal: Hub(now=reactor.seconds, journal=MeteredJournal(journal, commits, reactor), history=history(),

@@ -101,6 +101,8 @@ class LoadTests(SynchronousTestCase):
             "BAN_AFTER = 0": "BAN_AFTER must be a whole number of at least 1",
             "STATE_DB = ''": "STATE_DB must be a non-empty string or None",
             "BACKUP_INTERVAL = 'daily'": "BACKUP_INTERVAL must be a number of seconds",
+            "REDIS_URL = 'http://db:6379'": "REDIS_URL must be None or a URL such as",
+            "NODE_NAME = ''": "NODE_NAME must be a non-empty string or None",
             "PUBSUB_HISTORY = -1": "PUBSUB_HISTORY must be a whole number of at least 0",
             "PUBSUB_HISTORY = 1.5": "PUBSUB_HISTORY must be a whole number of at least 0",
             "PUBSUB_HISTORY_SECONDS = 0": "PUBSUB_HISTORY_SECONDS must be a number of seconds greater than 0",
@@ -126,6 +128,16 @@ class LoadTests(SynchronousTestCase):
         error = self.assertRaises(config.ConfigError, config.load, self.write("CONSUMER_SECRET = 12345678\n"))
         self.assertNotIn("12345678", str(error))
         self.assertIn("CONSUMER_SECRET must be a string", str(error))
+
+    def test_redis_url_not_echoed(self):
+        """
+        A REDIS_URL that is not redis:// or rediss:// is refused without
+        echoing it (it may carry a password); both schemes are accepted.
+        """
+        error = self.assertRaises(config.ConfigError, config.load, self.write("REDIS_URL = 'redis:/:pw@x'\n"))
+        self.assertNotIn("pw", str(error))
+        for url in ("redis://db:6379/0", "rediss://:pw@db:6380/1"):
+            self.assertEqual(config.load(self.write(f"REDIS_URL = {url!r}\n")).REDIS_URL, url)
 
     def test_mqtt_password_not_echoed(self):
         """

@@ -147,8 +147,8 @@ class HubDisplayTests(SynchronousTestCase):
         """
         weather = Display(1, weather=4, intensity=4)
         self.hub.set_display(weather, "p")
-        self.assertEqual(self.hub.display_command("reset", "p"), "[cc:r:?:?]")
-        self.assertEqual(self.hub.display_command("update", "p"), "[cc:u:?:?]")
+        self.assertEqual(self.successResultOf(self.hub.display_command("reset", "p")), "[cc:r:?:?]")
+        self.assertEqual(self.successResultOf(self.hub.display_command("update", "p")), "[cc:u:?:?]")
         self.assertEqual(self.hub.display(), weather)
         self.assertEqual(
             [(e.packet, e.command, e.state) for e in self.events[1:]],

@@ -138,6 +138,57 @@ class BanTests(SynchronousTestCase):
             [f"ban on {STRANGER} lifted after 60 seconds (2 connections refused)"],
         )
 
+    def test_shared_bans(self):
+        """
+        With several nodes (SPEC 11), a ban this guard makes is shared (with
+        its end and length), and a ban shared by another node holds here for
+        the time it was given, is logged, and is lifted then; an address in
+        BAN_ALLOW is not banned that way either.
+        """
+        class Board:
+            shared = []
+            watchers = []
+            failures = []
+
+            def watch(self, ban, failed, lifted):
+                self.watchers.append(ban)
+
+            def failed(self, host):
+                self.failures.append(host)
+
+            def share(self, host, until, seconds):
+                self.shared.append((host, until, seconds))
+
+        board = Board()
+        guard = Guard(self.clock, ban_after=1, ban_seconds=60, allow=["10.0.0.7"], shared=board)
+        self.assertEqual(board.watchers, [guard.ban])
+        self.clock.advance(5)
+        guard.failure(STRANGER, "test")
+        self.assertEqual(board.shared, [(STRANGER, 65, 60)])
+        with capturedLogs() as events:
+            board.watchers[0]("198.51.100.1", 20.0)
+            board.watchers[0]("10.0.0.7", 20.0)
+        self.assertEqual((guard.banned("198.51.100.1"), guard.banned("10.0.0.7")), (True, False))
+        self.assertEqual(messages(events, "banned"), ["banned 198.51.100.1 for 20 seconds by another node"])
+        self.clock.pump([10, 10])
+        self.assertFalse(guard.banned("198.51.100.1"))
+        self.assertEqual((len(board.shared), board.failures), (1, [STRANGER]))
+
+    def test_failures_elsewhere_count(self):
+        """
+        Failures other nodes counted (SPEC 11) count here too: with this
+        node's own, BAN_AFTER of them ban the address, logged once; they
+        are not shared again, nor counted for BAN_ALLOW addresses.
+        """
+        with capturedLogs() as events:
+            self.guard.failed_elsewhere(STRANGER)
+            self.guard.failed_elsewhere("10.0.0.7")
+            self.assertFalse(self.fail())
+            self.guard.failed_elsewhere(STRANGER)
+        self.assertTrue(self.guard.banned(STRANGER))
+        self.assertEqual(self.guard.failures("10.0.0.7"), 0)
+        self.assertEqual(messages(events, "banned"), [f"banned {STRANGER} for 60 seconds after 3 authentication failures"])
+
     def test_from_settings(self):
         """
         The guard takes BAN_AFTER, BAN_SECONDS and BAN_ALLOW from the settings.

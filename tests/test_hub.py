@@ -32,6 +32,32 @@ class HubTests(SynchronousTestCase):
         self.assertEqual((plug.id, plug.value, plug.updated_at), ("p1", 1, 1700000000.25))
         self.assertEqual(plug.as_json(), {"id": "p1", "value": 1, "updated_at": "2023-11-14T22:13:20.250Z"})
 
+    def test_changes_from_other_nodes(self):
+        """
+        Changes another node committed (SPEC 11) are applied without the
+        journal: a report with its own time, marked remote, told to the
+        listeners with the right "previous"; a display state and a command
+        sent to the display listeners.
+        """
+        class NoJournal:
+            shared = True
+
+            def __getattr__(self, name):
+                raise AssertionError("applied changes are not journaled again")
+
+        hub = Hub(now=self.clock.seconds, journal=NoJournal())
+        reports, packets = [], []
+        hub.listen(reports.append)
+        hub.watch_display(lambda event: packets.append(event.packet))
+        hub.apply_report("p1", 1, 5.5, "device", "node B")
+        hub.apply_report("p1", 0, 6.5, "http", "node B")
+        self.assertEqual([(r.plug, r.previous, r.remote) for r in reports],
+                         [(Plug("p1", 1, 5.5), None, True), (Plug("p1", 0, 6.5), 1, True)])
+        weather = Display(1, weather=3, intensity=9)
+        self.assertEqual(hub.apply_display(weather, "node B"), weather)
+        self.assertEqual(hub.apply_command("reset", "node B"), "[cc:r:?:?]")
+        self.assertEqual((packets, hub.display()), (["[cc:1:3:9]", "[cc:r:?:?]"], weather))
+
     def test_unknown_plug(self):
         """
         An id that never reported is None.
@@ -118,6 +144,11 @@ class SlowJournal:
     def save_display(self, display):
         d = Deferred()
         self.pending.append(((display,), d))
+        return d
+
+    def save_command(self, command):
+        d = Deferred()
+        self.pending.append(((command,), d))
         return d
 
     def history(self, plug_id, limit):
@@ -242,14 +273,29 @@ class JournalTests(SynchronousTestCase):
         errors = [e for e in self.events if e["log_level"].name == "error"]
         self.assertEqual([(e["change"], e["peer"]) for e in errors], [("display [cc:1:3:9]", "10.0.0.2")])
 
-    def test_commands_are_not_journaled(self):
+    def test_commands_pass_through_the_journal(self):
         """
-        One-off display commands are sent at once: they are not state.
+        A one-off display command is handed to the journal (a shared one
+        passes it to the other nodes) and sent once the journal answers; it
+        changes no state.
         """
         shown = []
         self.hub.watch_display(lambda event: shown.append(event.packet))
-        self.hub.display_command("reset", "x")
-        self.assertEqual((shown, self.journal.pending), (["[cc:r:?:?]"], []))
+        result = self.hub.display_command("reset", "x")
+        self.assertEqual((shown, [args for args, _ in self.journal.pending]), ([], [("reset",)]))
+        self.journal.commit()
+        self.assertEqual((self.successResultOf(result), shown, self.hub.display()), ("[cc:r:?:?]", ["[cc:r:?:?]"], OFF))
+
+    def test_refused_command_reaches_no_one(self):
+        """
+        A command the journal refuses (Redis unreachable) reaches no device,
+        and the Deferred fires with None.
+        """
+        shown = []
+        self.hub.watch_display(lambda event: shown.append(event.packet))
+        result = self.hub.display_command("update", "x")
+        self.journal.refuse("Redis unreachable")
+        self.assertEqual((self.successResultOf(result), shown), (None, []))
 
     def test_bug_after_commit_is_logged(self):
         """

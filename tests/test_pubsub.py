@@ -30,6 +30,46 @@ class RegistryTests(SynchronousTestCase):
         self.clock.advance(1)
         self.pubsub = PubSub(deliver=lambda subs, frame: self.sent.append((frame, subs)), now=self.clock.seconds)
 
+    def test_info_frame_with_other_nodes(self):
+        """
+        With a node name (SPEC 11) every connection says its node, the
+        listing holds this node's part, and the info frame lists this
+        node's connections first, then the other nodes' (subscriptions of
+        one event merged).
+        """
+        pubsub = PubSub(now=self.clock.seconds, node="A")
+        pubsub.connected("a", "alice", "10.0.0.1:1")
+        pubsub.subscribe("a", "door")
+        alice = {"client_name": "alice", "ip_address": "10.0.0.1:1", "connected_at": "1970-01-01T00:00:01.000Z",
+                 "node": "A"}
+        self.assertEqual(pubsub.listing(),
+                         {"subscriptions": [{"name": "door", "connections": [alice]}], "all_connections": [alice]})
+        bob = dict(alice, client_name="bob", node="B")
+        carol = dict(alice, client_name="carol", node="B")
+        pubsub.show_elsewhere([{"subscriptions": [{"name": "door", "connections": [bob]},
+                                                  {"name": "bell", "connections": [carol]}],
+                                "all_connections": [bob, carol]}])
+        frame = json.loads(pubsub.info_frame())
+        self.assertEqual(frame["subscriptions"], [{"name": "door", "connections": [alice, bob]},
+                                                  {"name": "bell", "connections": [carol]}])
+        self.assertEqual(frame["all_connections"], [alice, bob, carol])
+        self.assertEqual(pubsub.connections(), [(alice, ["door"]), (bob, ["door"]), (carol, ["bell"])])
+        pubsub.show_elsewhere([])
+        self.assertEqual(json.loads(pubsub.info_frame())["all_connections"], [alice])
+
+    def test_other_nodes_changes_tell_the_watchers(self):
+        """
+        The dashboard's connection watchers hear of other nodes' lists when
+        they change, not at every refresh.
+        """
+        told = []
+        self.pubsub.watch_connections(lambda: told.append(1))
+        listing = {"subscriptions": [], "all_connections": [{"client_name": "x", "node": "B"}]}
+        self.pubsub.show_elsewhere([listing])
+        self.pubsub.show_elsewhere([listing])
+        self.pubsub.show_elsewhere([])
+        self.assertEqual(len(told), 2)
+
     def test_subscribe_is_idempotent(self):
         """
         A subscriber that subscribes twice gets each publication once.

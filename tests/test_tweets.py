@@ -56,6 +56,18 @@ class QueueTests(NotifierTestCase):
         self.assertEqual(posted, [PLUGGED_IN, UNPLUGGED, PLUGGED_IN])
         self.assertEqual(len(self.logs.matching("tweeted for plug plug (tweet 3): " + PLUGGED_IN)), 1)
 
+    def test_other_nodes_reports_are_not_tweeted(self):
+        """
+        With several nodes (SPEC 11), a change another node accepted reaches
+        this hub remote, and is not tweeted here: that node tweets it.
+        """
+        posted = []
+        self.post = lambda text: posted.append(text) or "1"
+        self.notifier(runner=run_now)
+        self.hub.apply_report("plug", 1, 5.0, "http", "node B")
+        self.hub.report("plug", 0, "http", "peer")
+        self.assertEqual(posted, [UNPLUGGED])
+
     def test_repeated_value_is_not_tweeted(self):
         """
         A report repeating the plug's value (the plug re-sends 1 after each

@@ -155,6 +155,10 @@ class History:
         one the journal refused leaves its offset unused.
         """
         stream = self._stream(publication.event)
+        if publication.epoch != stream.epoch:
+            # Numbered by a shared journal (SPEC 11) under another epoch: the
+            # event's history there was lost or made elsewhere; start over.
+            stream = self._streams[publication.event] = Stream(publication.epoch)
         stream.latest = publication.offset
         if self.keep > 0:
             stream.kept.append(publication)
@@ -214,12 +218,17 @@ class History:
                     break
         return stream.epoch, found
 
-    def restore(self, streams: Iterable[tuple[str, str, int, list]]) -> None:
+    def restore(self, streams: Iterable[tuple[str, str, int, list]], replace: bool = False) -> None:
         """
         Take the streams loaded from the store at start-up: C{(event, epoch,
         latest offset, [(offset, data_json, created_at), ...] oldest first)};
         only the newest C{keep} publications younger than C{seconds} are kept.
+
+        @param replace: forget every other stream (a shared store that lost
+            its data: their epochs must change).
         """
+        if replace:
+            self._streams.clear()
         cutoff = self.oldest_kept()
         for event, epoch, latest, rows in streams:
             stream = self._streams[event] = Stream(epoch, latest, latest)

@@ -55,6 +55,9 @@ class Report:
     @ivar publication: its publication as event C{smartplug}, numbered and
         journaled with the report, for L{report_publisher} to send; C{None}
         when the hub does not publish reports or keeps no history.
+    @ivar remote: True when another node accepted the report (a shared
+        journal, L{Hub.apply_report}): listeners that act once for all nodes
+        (tweets, the C{smartplug} publication) leave it to that node.
     """
 
     plug: Plug
@@ -62,6 +65,7 @@ class Report:
     source: str
     peer: str
     publication: Optional[Publication] = None
+    remote: bool = False
 
     @property
     def changed(self) -> bool:
@@ -111,20 +115,25 @@ class Hub:
         (by L{pubsub.report_publisher}, a listener): each report's
         publication is then numbered and journaled with the report, in one
         commit.
+    @param node: this node's name when several nodes share a journal (SPEC
+        11); the info frame then names each connection's node.
     """
 
     _log = Logger()
 
     def __init__(self, now: Callable[[], float] = time.time, journal: Optional[Journal] = None,
-                 history: Optional[History] = None, publish_reports: bool = False) -> None:
+                 history: Optional[History] = None, publish_reports: bool = False,
+                 node: Optional[str] = None) -> None:
         self._now = now
         self._publish_reports = publish_reports
         self._journal = MemoryJournal() if journal is None else journal
+        # A journal several nodes share (SPEC 11) must see every change.
+        self._shared = getattr(self._journal, "shared", False)
         self._plugs: dict[str, Plug] = {}
         self._display = OFF
         self._listeners: list[Listener] = []
         self._display_listeners: list[DisplayListener] = []
-        self.pubsub = PubSub(now=now, history=History(now=now) if history is None else history)
+        self.pubsub = PubSub(now=now, history=History(now=now) if history is None else history, node=node)
         # Plain counts for /metrics: source -> reports accepted, and
         # (source, reason) -> reports refused (REFUSALS).
         self.accepted: Counter = Counter()
@@ -174,10 +183,12 @@ class Hub:
         """
         self.refused[source, reason] += 1
 
-    def _journaled(self, save: Callable[..., Deferred], args: tuple, accept: Callable[[], object],
+    def _journaled(self, save: Callable[..., Deferred], args: tuple, accept: Callable[[Any], object],
                    change: str, peer: str, source: Optional[str] = None) -> Deferred:
         """
-        C{save(*args)} in the journal, then C{accept()}.
+        C{save(*args)} in the journal, then C{accept(answer)} with the
+        journal's answer: C{None}, or for a publication the publication as a
+        shared journal numbered it (SPEC 11).
 
         @return: a Deferred firing with what C{accept} returns, or with
             C{None} when the journal refused (logged here, naming C{change}
@@ -185,7 +196,7 @@ class Hub:
             device port) may drop it.
         """
         saved = maybeDeferred(save, *args)
-        saved.addCallbacks(lambda _: accept(), self._not_saved, errbackArgs=(change, peer, source))
+        saved.addCallbacks(accept, self._not_saved, errbackArgs=(change, peer, source))
         # accept() catches its listeners' errors; this keeps the promise
         # that the Deferred never fails even if accept() itself had a bug.
         return saved.addErrback(self._not_applied, change, peer)
@@ -220,23 +231,27 @@ class Hub:
         args: tuple = (plug_id, value, plug.updated_at, source)
         publication = None
         history = self.pubsub.history
-        if self._publish_reports and history.enabled:
+        if self._publish_reports and (history.enabled or self._shared):
             # One commit for the report and its publication, not two.
             data = broadcast_bytes(plug_id, value).decode("utf-8")
             publication = self.pubsub.number(REPORT_EVENT, data)
             args += ((publication, history.keep, history.oldest_kept()),)
         return self._journaled(
             self._journal.save_report, args,
-            lambda: self._accept(plug, source, peer, publication), f"report plug {plug_id} -> {value}", peer, source,
+            lambda numbered: self._accept(plug, source, peer, numbered or publication),
+            f"report plug {plug_id} -> {value}", peer, source,
         )
 
-    def _accept(self, plug: Plug, source: str, peer: str, publication: Optional[Publication]) -> Report:
+    def _accept(self, plug: Plug, source: str, peer: str, publication: Optional[Publication],
+                remote: bool = False) -> Report:
         # The journal answers in call order, so reports of one plug are
         # accepted in the order they arrived and "previous" is right.
         old = self._plugs.get(plug.id)
         self._plugs[plug.id] = plug
-        report = Report(plug, old.value if old else None, source, peer, publication)
-        self.accepted[source] += 1
+        report = Report(plug, old.value if old else None, source, peer, publication, remote)
+        if not remote:
+            # Each report is counted by the node that accepted it.
+            self.accepted[source] += 1
         self._log.info(
             "plug {plug_id} -> {value} from {peer}", plug_id=plug.id, value=plug.value, peer=peer
         )
@@ -258,12 +273,15 @@ class Hub:
         pubsub = self.pubsub
         publication = pubsub.number(event, data)
         history = pubsub.history
-        if not history.enabled:
-            # Nothing kept, so nothing to journal: PiCloud's cost.
+        if not history.enabled and not self._shared:
+            # Nothing kept, so nothing to journal: PiCloud's cost.  (A shared
+            # journal numbers every publication and hands it to the other
+            # nodes: SPEC 11.)
             return succeed(pubsub.accept(publication, data, origin))
         return self._journaled(
             self._journal.save_publication, (publication, history.keep, history.oldest_kept()),
-            lambda: pubsub.accept(publication, data, origin), f"publication {publication.offset} of {event}", peer,
+            lambda numbered: pubsub.accept(numbered or publication, data, origin),
+            f"publication {publication.offset} of {event}", peer,
         )
 
     def plug(self, plug_id: str) -> Optional[Plug]:
@@ -305,7 +323,7 @@ class Hub:
             journal could not record it (logged; the state is unchanged).
         """
         return self._journaled(
-            self._journal.save_display, (display,), lambda: self._show(display, peer),
+            self._journal.save_display, (display,), lambda _: self._show(display, peer),
             f"display {display.packet()}", peer,
         )
 
@@ -315,17 +333,58 @@ class Hub:
         self._notify(self._display_listeners, DisplayEvent(display.packet(), display, None, peer))
         return display
 
-    def display_command(self, command: str, peer: str) -> str:
+    def display_command(self, command: str, peer: str) -> Deferred:
         """
         Send the one-off packet of C{command} (a key of
-        L{smartplug_backend.core.display.COMMANDS}) without changing the state.
+        L{smartplug_backend.core.display.COMMANDS}) without changing the state,
+        once the journal has it (a local journal keeps nothing; a shared one
+        hands it to the other nodes).
 
-        @return: the packet sent.
+        @return: a Deferred firing with the packet sent, or with C{None} when
+            the journal refused it (logged; nobody got it).
         """
+        return self._journaled(
+            self._journal.save_command, (command,), lambda _: self._command(command, peer),
+            f"display command {command}", peer,
+        )
+
+    def _command(self, command: str, peer: str) -> str:
         packet = COMMANDS[command]
         self._log.info("display command {command} from {peer}", command=command, peer=peer)
         self._notify(self._display_listeners, DisplayEvent(packet, self._display, command, peer))
         return packet
+
+    # Changes another node committed to a shared journal (integrations/
+    # redis_engine.py): accepted here as if this hub had journaled them, in
+    # the order the journal gives, but never journaled again.
+
+    def apply_report(self, plug_id: str, value: int, at: float, source: str, peer: str,
+                     publication: Optional[Publication] = None) -> Report:
+        """
+        Accept a report that another node recorded in the shared journal,
+        with its C{smartplug} publication as numbered there: the state
+        changes and the listeners are told, with C{remote} set.
+        """
+        return self._accept(Plug(plug_id, value, at), source, peer, publication, remote=True)
+
+    def apply_publication(self, publication: Publication, data: Any, origin: Optional[str] = None) -> int:
+        """
+        Keep and deliver a publication (of C{data}) that another node
+        recorded in the shared journal, numbered there.
+        """
+        return self.pubsub.accept(publication, data, origin)
+
+    def apply_display(self, display: Display, peer: str) -> Display:
+        """
+        Take a display state that another node recorded, and send its packet.
+        """
+        return self._show(display, peer)
+
+    def apply_command(self, command: str, peer: str) -> str:
+        """
+        Send a one-off display command that another node accepted.
+        """
+        return self._command(command, peer)
 
 
 def _subscribe(listeners: list, listener) -> Callable[[], None]:

@@ -42,6 +42,11 @@ class Journal(Protocol):
     """
     Where the hub records its changes.  Every method may answer later; the
     answers of one journal come back in the order the calls were made.
+
+    A journal with a true C{shared} attribute is shared by several nodes
+    (SPEC 11): the hub hands it every publication, even those it keeps no
+    history of, and it answers publications with the publication as it
+    numbered them.
     """
 
     def save_report(self, plug_id: str, value: int, at: float, source: str, publication=None) -> Deferred:
@@ -79,6 +84,14 @@ class Journal(Protocol):
             recorded.
         """
 
+    def save_command(self, command: str) -> Deferred:
+        """
+        Pass on a one-off display command (C{"reset"}, C{"update"}): a local
+        journal keeps nothing; a shared one hands it to the other nodes.
+
+        @return: fires with C{None} once passed on, or fails.
+        """
+
 
 class MemoryJournal:
     """
@@ -102,6 +115,9 @@ class MemoryJournal:
 
     def save_publication(self, publication, keep: int, oldest: float) -> Deferred:
         # The hub's pub/sub history is the only copy.
+        return succeed(None)
+
+    def save_command(self, command: str) -> Deferred:
         return succeed(None)
 
     def history(self, plug_id: str, limit: int) -> Deferred:

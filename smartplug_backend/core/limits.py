@@ -78,6 +78,20 @@ DASHBOARD_RECENT_REPORTS = 50
 # that has not answered within the timeout.
 DASHBOARD_PING_INTERVAL = 30
 DASHBOARD_PING_TIMEOUT = 30
+# Several nodes on one Redis (SPEC 11): seconds to wait for Redis to connect
+# and to answer one command; the longest wait between two tries to reconnect;
+# how long a change may wait for its own message back on the change channel
+# before it is answered 503.
+REDIS_CONNECT_TIMEOUT = 2.0
+REDIS_COMMAND_TIMEOUT = 5.0
+REDIS_MAX_BACKOFF = 10.0
+REDIS_CONFIRM_TIMEOUT = 10.0
+# Each node rewrites its list of connections in Redis this often (at most;
+# INFO_INTERVAL when shorter), and the list expires after PRESENCE_TTL_FACTOR
+# intervals without a rewrite: a dead node leaves the info frame within
+# (factor + 1) * interval = 20 s, well inside SPEC 11's 30 s.
+REDIS_PRESENCE_INTERVAL = 5.0
+REDIS_PRESENCE_TTL_FACTOR = 3
 # MQTT (SPEC 12): paho's reconnect backoff starts at MQTT_RECONNECT_MIN
 # seconds and doubles up to MQTT_RECONNECT_MAX; the keepalive in seconds;
 # QoS 1 messages paho keeps while the broker is away (everything retained is

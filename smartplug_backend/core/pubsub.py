@@ -107,15 +107,21 @@ class PubSub:
     @param now: the current time in seconds.
     @param history: offsets, epochs and kept publications; by default one
         that keeps 100 publications per event for a day.
+    @param node: this node's name when several nodes act as one (SPEC 11):
+        every connection in the info frame then says C{"node"}; C{None} for
+        one node alone (PiCloud's frame exactly).
     """
 
     _log = Logger()
 
     def __init__(self, deliver: Optional[Deliver] = None, now: Callable[[], float] = time.time,
-                 history: Optional[History] = None) -> None:
+                 history: Optional[History] = None, node: Optional[str] = None) -> None:
         self._deliver = deliver
         self._now = now
         self.history = History(now=now) if history is None else history
+        self._node = node
+        # Other nodes' listings (see listing()), as last read.
+        self._elsewhere: list = []
         # event -> {subscriber: whether it asked for offsets}, both in
         # insertion order.  An event stays once its last subscriber has
         # left, as in PiCloud's Go map: the info frame lists it with
@@ -166,7 +172,8 @@ class PubSub:
         for event, subscribers in self._events.items():
             for subscriber in subscribers:
                 events.setdefault(subscriber, []).append(event)
-        return [(dict(entry), events.get(c, [])) for c, entry in self._connections.items()]
+        mine = [(dict(entry), events.get(c, [])) for c, entry in self._connections.items()]
+        return mine + [entry for listing in self._elsewhere for entry in _listed_connections(listing)]
 
     def deliver_with(self, deliver: Deliver) -> None:
         """
@@ -184,11 +191,14 @@ class PubSub:
 
         @param address: C{"<ip>:<port>"} of the peer.
         """
-        self._connections[connection] = {
+        entry = {
             "client_name": client_name,
             "ip_address": address,
             "connected_at": utc_rfc3339(self._now()),
         }
+        if self._node is not None:
+            entry["node"] = self._node
+        self._connections[connection] = entry
         self._tell(self._connection_watchers)
 
     def disconnected(self, connection: Hashable) -> None:
@@ -319,26 +329,72 @@ class PubSub:
         """
         return [(event, list(subscribers)) for event, subscribers in self._events.items() if subscribers]
 
+    def listing(self) -> dict:
+        """
+        This node's part of the info frame, as plain JSON-able data:
+        C{{"subscriptions": [{"name": E, "connections": [C...]}...],
+        "all_connections": [C...]}} (empty lists where the frame has C{null}).
+        """
+        known = self._connections
+        return {
+            "subscriptions": [
+                {"name": event, "connections": [known[s] for s in subscribers if s in known]}
+                for event, subscribers in self._events.items()
+            ],
+            "all_connections": list(known.values()),
+        }
+
+    def show_elsewhere(self, listings: list) -> None:
+        """
+        Take the other nodes' L{listing}s (read from where they share them)
+        into the info frame and L{connections} from now on, replacing the
+        last ones.
+        """
+        listings = list(listings)
+        if listings != self._elsewhere:
+            self._elsewhere = listings
+            self._tell(self._connection_watchers)
+
     def info_frame(self) -> bytes:
         """
         The info socket's frame (SPEC 3.4): subscriptions with their
-        connections, every open connection, and the time.
+        connections, every open connection, and the time; this node's
+        first, then the other nodes' (see L{show_elsewhere}).
 
         Written as PiCloud's Go server writes it, which picloud-info-web
         renders: an empty list of connections is C{null} (a nil Go slice),
         while no subscriptions at all is C{[]}; an event whose subscribers
         have all left stays listed, with C{"connections": null}.
         """
-        known = self._connections
+        mine = self.listing()
+        subscriptions = {s["name"]: list(s["connections"]) for s in mine["subscriptions"]}
+        connections = mine["all_connections"]
+        for other in self._elsewhere:
+            for subscription in other.get("subscriptions", ()):
+                subscriptions.setdefault(subscription["name"], []).extend(subscription["connections"] or ())
+            connections.extend(other.get("all_connections") or ())
         info = {
-            "subscriptions": [
-                {"name": event, "connections": [known[s] for s in subscribers if s in known] or None}
-                for event, subscribers in self._events.items()
-            ],
-            "all_connections": list(known.values()) or None,
+            "subscriptions": [{"name": name, "connections": found or None} for name, found in subscriptions.items()],
+            "all_connections": connections or None,
             "created_at": utc_rfc3339(self._now()),
         }
         return (go_json(info) + "\n").encode("utf-8")
+
+
+def _listed_connections(listing: dict) -> list:
+    """
+    C{[(entry, [event, ...])]} for the connections of another node's
+    L{PubSub.listing}.
+    """
+    entries = [dict(entry) for entry in listing.get("all_connections") or ()]
+    events: list = [[] for _ in entries]
+    for subscription in listing.get("subscriptions", ()):
+        for subscriber in subscription["connections"] or ():
+            for i, entry in enumerate(entries):
+                if entry == subscriber:
+                    events[i].append(subscription["name"])
+                    break
+    return list(zip(entries, events, strict=True))
 
 
 def report_publisher(hub):
@@ -352,7 +408,9 @@ def report_publisher(hub):
         data = broadcast_bytes(report.plug.id, report.plug.value).decode("utf-8")
         if report.publication is not None:
             hub.pubsub.accept(report.publication, data)
-        else:
+        elif not report.remote:
+            # (Another node's report comes with its publication, or that
+            # node publishes it.)
             hub.publish(REPORT_EVENT, data, report.peer)
 
     return publish

@@ -16,6 +16,7 @@ from twisted.internet.threads import blockingCallFromThread
 from twisted.logger import Logger
 
 from ..core.display import InvalidDisplay, parse_display
+from ..core.journal import StoreFailed
 from ..core.limits import MAX_BODY
 from ..core.reports import InvalidReport, parse_report
 from ..core.times import utc_rfc3339
@@ -268,7 +269,11 @@ def make_app(hub, bridge: Bridge, guard=None, api_key=None) -> bottle.Bottle:
             limit = parse_limit(bottle.request.query.get("limit"))
         except ValueError as e:
             return rejected(400, str(e))
-        entries = bridge.call(hub.history, plug_id, limit)
+        try:
+            entries = bridge.call(hub.history, plug_id, limit)
+        except StoreFailed:
+            # The history lives only in Redis (REDIS_URL), which is away.
+            return _error(503, "state store cannot be read: history not available now")
         if entries is None:
             return _error(404, f"unknown plug id: {plug_id}")
         return _json(200, [{"value": e.value, "at": utc_rfc3339(e.at)} for e in entries])
@@ -290,6 +295,8 @@ def make_app(hub, bridge: Bridge, guard=None, api_key=None) -> bottle.Bottle:
         change = parsed_body(parse_display)
         if isinstance(change, str):
             packet = bridge.call(hub.display_command, change, _peer())
+            if packet is None:
+                return _unrecorded("display command")
             return _json(200, {"command": change, "packet": packet})
         shown = bridge.call(hub.set_display, change, _peer())
         if shown is None:

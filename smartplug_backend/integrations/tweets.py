@@ -95,9 +95,10 @@ class Notifier:
 
     def report(self, report) -> None:
         """
-        Hub listener: queue a tweet when the plug's value changed.
+        Hub listener: queue a tweet when the plug's value changed, unless
+        another node accepted the report (that node tweets: SPEC 11).
         """
-        if report.changed:
+        if report.changed and not report.remote:
             self.queue(report.plug.id, self._texts[report.plug.value])
 
     def queue(self, plug_id: str, text: str) -> None:

@@ -98,11 +98,19 @@ class Guard:
     @param ban_seconds: how long a ban lasts; failures are also forgotten
         after this long without a new one.
     @param allow: addresses and networks (strings) never banned.
+    @param shared: where failures and bans are shared with other nodes
+        (SPEC 11), or C{None}: an object with C{failed(host)},
+        C{share(host, until, seconds)} and C{lifted(host)}, called for every
+        failure this guard counts, every ban it makes and every ban lifted
+        by hand, and C{watch(ban, failed, lifted)}, through which it calls
+        L{ban}, L{failed_elsewhere} and L{lifted_elsewhere} for the other
+        nodes'.
     """
 
     _log = Logger(namespace="smartplug_backend.server.guard")
 
-    def __init__(self, clock: IReactorTime, ban_after: int = 3, ban_seconds: float = 60, allow: Iterable[str] = ()) -> None:
+    def __init__(self, clock: IReactorTime, ban_after: int = 3, ban_seconds: float = 60, allow: Iterable[str] = (),
+                 shared=None) -> None:
         self._clock = clock
         self._ban_after = ban_after
         self._ban_seconds = ban_seconds
@@ -116,13 +124,16 @@ class Guard:
         self._watchers: list[Callable[[], None]] = []
         # kind -> failures counted, for metrics
         self.failure_counts: Counter = Counter()
+        self._shared = shared
+        if shared is not None:
+            shared.watch(self.ban, self.failed_elsewhere, self.lifted_elsewhere)
 
     @classmethod
-    def from_settings(cls, settings, clock: IReactorTime) -> "Guard":
+    def from_settings(cls, settings, clock: IReactorTime, shared=None) -> "Guard":
         """
         The guard configured by C{BAN_AFTER}, C{BAN_SECONDS} and C{BAN_ALLOW}.
         """
-        return cls(clock, settings.BAN_AFTER, settings.BAN_SECONDS, settings.BAN_ALLOW)
+        return cls(clock, settings.BAN_AFTER, settings.BAN_SECONDS, settings.BAN_ALLOW, shared)
 
     def allowed(self, host: str) -> bool:
         """
@@ -185,11 +196,19 @@ class Guard:
             count=count,
             limit=self._ban_after,
         )
+        if self._shared is not None:
+            self._shared.failed(host)
         if count < self._ban_after:
             return False
+        self._ban_after_failures(host, count)
+        if self._shared is not None:
+            self._shared.share(host, self._clock.seconds() + self._ban_seconds, self._ban_seconds)
+        return True
+
+    def _ban_after_failures(self, host: str, count: int) -> None:
         del self._failures[host]
         self._bans[host] = 0
-        timer = self._clock.callLater(self._ban_seconds, self._lift, host)
+        timer = self._clock.callLater(self._ban_seconds, self._lift, host, self._ban_seconds)
         self._ban_ends[host] = (self._clock.seconds() + self._ban_seconds, timer, count)
         self._changed()
         self._log.warn(
@@ -198,7 +217,34 @@ class Guard:
             seconds=self._ban_seconds,
             count=count,
         )
-        return True
+
+    def failed_elsewhere(self, host: str) -> None:
+        """
+        Count an authentication failure that another node saw (SPEC 11:
+        failures count per address on all nodes together); ban the address
+        when that makes C{BAN_AFTER}.  The node that saw the failure logs it.
+        """
+        host = normal_address(host)
+        if host in self._bans or self.allowed(host):
+            return
+        count = self._count(host)
+        if count >= self._ban_after:
+            self._ban_after_failures(host, count)
+
+    def ban(self, host: str, seconds: float) -> None:
+        """
+        Ban C{host} for C{seconds} from now, as another node decided (SPEC
+        11); nothing if it is banned already or in C{BAN_ALLOW}.
+        """
+        host = normal_address(host)
+        if host in self._bans or self.allowed(host) or seconds <= 0:
+            return
+        seen = self._failures.pop(host, None)
+        self._bans[host] = 0
+        timer = self._clock.callLater(seconds, self._lift, host, seconds)
+        self._ban_ends[host] = (self._clock.seconds() + seconds, timer, seen.count if seen else 0)
+        self._changed()
+        self._log.warn("banned {peer} for {seconds:.0f} seconds by another node", peer=host, seconds=seconds)
 
     def _count(self, host: str) -> int:
         now = self._clock.seconds()
@@ -216,13 +262,13 @@ class Guard:
             if now - seen.last >= self._ban_seconds:
                 del self._failures[host]
 
-    def _lift(self, host: str) -> None:
+    def _lift(self, host: str, seconds: float) -> None:
         refused = self._bans.pop(host)
         self._ban_ends.pop(host, None)
         self._log.info(
-            "ban on {peer} lifted after {seconds} seconds ({refused} connections refused)",
+            "ban on {peer} lifted after {seconds:g} seconds ({refused} connections refused)",
             peer=host,
-            seconds=self._ban_seconds,
+            seconds=seconds,
             refused=refused,
         )
         self._changed()
@@ -237,6 +283,20 @@ class Guard:
         host = normal_address(host)
         if host not in self._bans:
             return False
+        self._end_ban(host, by)
+        if self._shared is not None:
+            self._shared.lifted(host)
+        return True
+
+    def lifted_elsewhere(self, host: str, by: str) -> None:
+        """
+        End the ban on C{host} now, as another node's owner asked (SPEC 11).
+        """
+        host = normal_address(host)
+        if host in self._bans:
+            self._end_ban(host, by)
+
+    def _end_ban(self, host: str, by: str) -> None:
         refused = self._bans.pop(host)
         _, timer, _ = self._ban_ends.pop(host)
         if timer.active():
@@ -245,7 +305,6 @@ class Guard:
             "ban on {peer} lifted by {by} ({refused} connections refused)", peer=host, by=by, refused=refused
         )
         self._changed()
-        return True
 
     def bans(self) -> list[Ban]:
         """

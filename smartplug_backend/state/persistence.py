@@ -21,7 +21,7 @@ from collections import deque
 from functools import partial
 from typing import Any, Callable, Optional
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -150,6 +150,10 @@ class SQLiteJournal:
     def save_publication(self, publication, keep: int, oldest: float) -> Deferred:
         p = publication
         return self._write(self.store.save_publication, p.event, p.epoch, p.offset, p.data_json, p.created_at, keep, oldest)
+
+    def save_command(self, command: str) -> Deferred:
+        # A one-off command changes no state: nothing to write.
+        return succeed(None)
 
     def close(self) -> Deferred:
         """

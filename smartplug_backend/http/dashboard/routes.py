@@ -336,8 +336,14 @@ class Api(Resource):
             return _error(request, 400, str(e))
         # The same hub calls as POST /display: journaled, devices told.
         if isinstance(change, str):
-            packet = self._hub.display_command(change, self._who(request, session))
-            return _json(request, 200, {"command": change, "packet": packet})
+            # A command goes through the journal too (SPEC 11: to every node).
+            def sent(packet):
+                if packet is None:
+                    return (503, {"error": "state store cannot write: display command not sent"})
+                return (200, {"command": change, "packet": packet})
+
+            return self._later(request, maybeDeferred(self._hub.display_command, change, self._who(request, session))
+                               .addCallback(sent))
 
         def shown(display):
             if display is None:

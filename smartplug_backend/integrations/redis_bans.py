@@ -1,0 +1,81 @@
+"""
+Authentication failures and bans shared by every node through Redis (SPEC
+6.2, 11): the guard's C{shared} (L{smartplug_backend.server.guard.Guard}).
+"""
+
+from typing import Callable
+
+from twisted.logger import Logger
+
+
+class SharedBans:
+    """
+    Authentication failures and bans shared through Redis (SPEC 6.2, 11),
+    as the guard's C{shared}: a failure counted or a ban made here is
+    committed and reaches every node; the other nodes' (and the bans loaded
+    at start) reach the guard through L{watch}.
+    """
+
+    _log = Logger(namespace="smartplug_backend.integrations.redis")
+
+    def __init__(self, engine) -> None:
+        self._engine = engine
+        self._watchers: list = []
+        self._failure_watchers: list = []
+        self._lift_watchers: list = []
+
+    def watch(self, ban: Callable[[str, float], None], failed: Callable[[str], None],
+              lifted: Callable[[str, str], None]) -> None:
+        """
+        Call C{ban(host, seconds)} for every ban made on another node,
+        C{failed(host)} for every authentication failure counted there, and
+        C{lifted(host, by)} for every ban lifted there by hand.
+        """
+        self._watchers.append(ban)
+        self._failure_watchers.append(failed)
+        self._lift_watchers.append(lifted)
+
+    def lifted(self, host: str) -> None:
+        """
+        Tell every node that the ban on C{host} was lifted here by hand.
+        """
+        engine = self._engine
+        told = engine.commit({"kind": "lift", "address": host}, engine.state.commit_lift, host)
+        told.addErrback(
+            lambda f: self._log.warn("lifting the ban on {peer} not shared with the other nodes: {why}",
+                                     peer=host, why=f.getErrorMessage())
+        )
+
+    def lifted_elsewhere(self, host: str, by: str) -> None:
+        for lifted in self._lift_watchers:
+            lifted(host, by)
+
+    def failed(self, host: str) -> None:
+        """
+        Tell every node that this one counted a failure of C{host}; while
+        Redis is away each node counts its own.
+        """
+        engine = self._engine
+        if engine.up:
+            told = engine.commit({"kind": "failure", "address": host}, engine.state.commit_announcement)
+            told.addErrback(lambda f: None)
+
+    def failed_elsewhere(self, host: str) -> None:
+        for failed in self._failure_watchers:
+            failed(host)
+
+    def share(self, host: str, until: float, seconds: float) -> None:
+        """
+        Tell every node that this one banned C{host} until C{until}.
+        """
+        engine = self._engine
+        change = {"kind": "ban", "address": host, "until": until, "seconds": seconds}
+        shared = engine.commit(change, engine.state.commit_ban, host, until, seconds)
+        shared.addErrback(
+            lambda f: self._log.warn("ban on {peer} not shared with the other nodes: {why}",
+                                     peer=host, why=f.getErrorMessage())
+        )
+
+    def banned_elsewhere(self, host: str, seconds: float) -> None:
+        for ban in self._watchers:
+            ban(host, seconds)

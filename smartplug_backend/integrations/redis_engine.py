@@ -1,0 +1,591 @@
+"""
+Several nodes on one Redis (SPEC 11): the engine that connects a node to
+Redis and applies the other nodes' changes to its hub.  The hub's journal is
+L{redis_journal.RedisJournal}, the guard's shared bans
+L{redis_bans.SharedBans}, the keys and Lua scripts L{redis_store}.
+
+How a change travels.  The hub records every change in its journal before it
+accepts it (L{smartplug_backend.core.hub}).  L{RedisJournal} commits it to
+Redis with one Lua script (L{redis_store}) that numbers it in one global
+sequence, writes it, and publishes it on the change channel.  Every node (the
+one that committed too) listens to that channel and takes the changes in its
+order, so the reports of one plug are applied in one order everywhere:
+
+- its own change: the journal's Deferred fires, and the hub accepts it as
+  with any journal (apps, subscribers, devices, tweets, MQTT);
+- another node's: the engine calls the hub's C{apply_*} methods, which tell
+  the same listeners with C{remote} set (no tweet: the accepting node sends
+  it), and journal nothing again.
+
+Threads.  redis-py is blocking: its commands run on a one-thread pool of the
+engine's own (a L{ThreadPoolService}), and the channel is read by a thread of
+its own; both hand their results to the reactor thread
+(C{deferToThreadPool}, C{callFromThread}), which alone touches state.
+
+Failure.  When the channel's connection drops, the node refuses changes
+(L{StoreFailed}: 503) and serves reads from its own copy; it logs one line,
+reconnects with backoff (at most L{REDIS_MAX_BACKOFF} s), and on every
+(re)subscription loads the whole state again (a snapshot that carries its
+sequence number: changes already in it are skipped, later ones applied).  A
+Redis that lost its data (restarted empty) is seeded again from the first
+node's copy under a new I{incarnation}; the others notice and load it.
+"""
+
+import itertools
+import json
+import secrets
+import threading
+from functools import partial
+from typing import Callable, Optional
+from urllib.parse import urlsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from ..core.display import Display, InvalidDisplay, validate_display
+from ..core.history import Publication
+from ..core.hub import Plug
+from ..core.journal import StoreFailed
+from ..core.limits import (
+    REDIS_COMMAND_TIMEOUT,
+    REDIS_CONFIRM_TIMEOUT,
+    REDIS_CONNECT_TIMEOUT,
+    REDIS_MAX_BACKOFF,
+    REDIS_PRESENCE_INTERVAL,
+    REDIS_PRESENCE_TTL_FACTOR,
+)
+from ..server.services import ThreadPoolService
+from .redis_bans import SharedBans
+from .redis_journal import RedisJournal, display_state, publication_of
+from .redis_store import CHANNEL, RedisState, Snapshot, Stale
+
+# The engine's modes.
+DOWN, SYNCING, UP = "down", "syncing", "up"
+
+
+def redacted(url: str) -> str:
+    """
+    C{url} without its user name and password, for logs.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def make_client(url: str) -> "redis.Redis":
+    """
+    A redis-py client for C{url} that fails fast instead of retrying on its
+    own: the engine decides when to try again.
+    """
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
+        socket_timeout=REDIS_COMMAND_TIMEOUT,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=REDIS_COMMAND_TIMEOUT,
+    )
+
+
+class RedisEngine(ThreadPoolService):
+    """
+    The Redis connection of one node: the journal's commits, the change
+    channel, the start-up load, and this node's connections in the info
+    frame.  Add it to the application before the listeners (like the SQLite
+    store, it loads the hub before they bind).
+
+    @param url: C{REDIS_URL}.
+    @param node_name: C{NODE_NAME} (the host name when not set).
+    @param keep: C{HISTORY_KEEP}.
+    @param info_interval: C{INFO_INTERVAL}: this node's connections are
+        written to Redis this often (at most every
+        L{REDIS_PRESENCE_INTERVAL} s).
+    @param make_hub: C{make_hub(journal)} builds the hub on the journal.
+    @param client: a redis-py client (tests); made from C{url} by default.
+    """
+
+    _log = Logger(namespace="smartplug_backend.integrations.redis")
+
+    def __init__(self, url: str, node_name: str, reactor, keep: int, info_interval: float,
+                 make_hub: Callable[[RedisJournal], object], client=None) -> None:
+        super().__init__(ThreadPool(minthreads=1, maxthreads=1, name="smartplug-redis"), reactor)
+        self.where = redacted(url)
+        self.node_name = node_name
+        self._clock = reactor
+        self._client = make_client(url) if client is None else client
+        self.state = RedisState(self._client)
+        self._run = partial(deferToThreadPool, reactor, self.pool)
+        self.journal = RedisJournal(self, keep)
+        self.bans = SharedBans(self)
+        self.hub = make_hub(self.journal)
+        # One id per process: two nodes may share a host name.
+        self.node_id = secrets.token_hex(8)
+        self._tokens = itertools.count(1)
+        self._mode = DOWN
+        self._incarnation: Optional[str] = None
+        self._applied = 0
+        self._buffer: list = []
+        self._generation = 0
+        # token -> (Deferred, timeout) of this node's changes not yet back
+        self._pending: dict = {}
+        self._away = False
+        self._stopping = threading.Event()
+        self._listener: Optional[threading.Thread] = None
+        self._channel = None
+        self.presence_interval = min(info_interval, REDIS_PRESENCE_INTERVAL)
+        self._presence = LoopingCall(self._show_presence)
+        self._presence.clock = reactor
+
+    @property
+    def mode(self) -> str:
+        """
+        L{DOWN}, L{SYNCING} (loading the state after a (re)connection) or
+        L{UP}.
+        """
+        return self._mode
+
+    @property
+    def up(self) -> bool:
+        """
+        True while changes can be committed.
+        """
+        return self._mode != DOWN and self._incarnation is not None
+
+    # -- start and stop ------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        # Before the reactor runs nothing waits on this thread, so the first
+        # load runs here, synchronously: the listeners bind after it.
+        super().privilegedStartService()
+        try:
+            # Subscribed first, then loaded: no change can fall between the
+            # two, and the node is up before its listeners bind.
+            self._channel = self._subscribe()
+            snapshot = self._load([], None)
+        except (redis.RedisError, OSError) as e:
+            self._away = True
+            self._drop_channel()
+            self._log.warn(
+                "Redis at {where} unreachable at start ({why}): changes answer 503 until it answers",
+                where=self.where, why=str(e),
+            )
+            return
+        self._incarnation = snapshot.incarnation
+        self._applied = snapshot.seq
+        self._mode = UP
+        self.hub.restore([Plug(p[0], p[1], p[2]) for p in snapshot.plugs], self._display_of(snapshot),
+                         snapshot.streams)
+        self._share_bans(snapshot)
+        self._log.info(
+            "state from Redis at {where}: {count} plugs, display {packet}; this node is {node}",
+            where=self.where, count=len(snapshot.plugs), packet=self.hub.display().packet(), node=self.node_name,
+        )
+
+    def startService(self) -> None:
+        super().startService()
+        self._stopping.clear()
+        self._listener = threading.Thread(target=self._listen, name="smartplug-redis-channel", daemon=True)
+        self._listener.start()
+        self._presence.start(self.presence_interval, now=False).addErrback(
+            lambda f: self._log.failure("Redis presence loop", f)
+        )
+
+    def stopService(self):
+        if self._presence.running:
+            self._presence.stop()
+        self._stopping.set()
+        self._generation += 1
+        self._mode = DOWN
+        self._fail_pending("the server is stopping")
+        # A clean stop leaves the info frames at once, not after the expiry.
+        hidden = self._run(self.state.hide_node, self.node_id)
+        hidden.addErrback(lambda f: None)
+        listener = self._listener
+        if listener is not None:
+            hidden.addBoth(lambda _: deferToThreadPool(self._clock, self._clock.getThreadPool(), listener.join, 5))
+        hidden.addBoth(lambda _: super(RedisEngine, self).stopService())
+        hidden.addBoth(lambda _: self._client.close())
+        return hidden
+
+    # -- the journal's side --------------------------------------------------
+
+    def commit(self, change: dict, write: Callable, *args) -> Deferred:
+        """
+        Commit C{change} (a JSON-able dict with C{"kind"}) with
+        C{write(incarnation, change_json, *args)} on the Redis thread.
+
+        @return: a Deferred that fires with the change as it came back on the
+            channel (C{"seq"} added) once every node can see it, or fails
+            with L{StoreFailed} when Redis is unreachable or did not take it.
+        """
+        if not self.up:
+            return fail(StoreFailed(f"Redis at {self.where} unreachable"))
+        token = f"{self.node_id}:{next(self._tokens)}"
+        text = json.dumps(
+            {"origin": self.node_id, "node": self.node_name, "token": token, **change}, separators=(",", ":")
+        )
+        done = Deferred()
+        timeout = self._clock.callLater(REDIS_CONFIRM_TIMEOUT, self._unconfirmed, token)
+        self._pending[token] = (done, timeout)
+        written = self._run(write, self._incarnation, text, *args)
+        written.addErrback(self._not_committed, token)
+        return done
+
+    def read(self, f: Callable, *args) -> Deferred:
+        """
+        C{f(*args)} on the Redis thread; fails with L{StoreFailed} when Redis
+        is unreachable.
+        """
+        if not self.up:
+            return fail(StoreFailed(f"Redis at {self.where} unreachable"))
+        return self._run(f, *args).addErrback(self._as_store_failure)
+
+    def _as_store_failure(self, failure):
+        failure.trap(redis.RedisError, OSError)
+        raise StoreFailed(f"Redis at {self.where}: {failure.getErrorMessage()}")
+
+    def _settle(self, token: str):
+        entry = self._pending.pop(token, None)
+        if entry is None:
+            return None
+        done, timeout = entry
+        if timeout.active():
+            timeout.cancel()
+        return done
+
+    def _not_committed(self, failure, token: str) -> None:
+        done = self._settle(token)
+        if failure.check(Stale):
+            # Redis lost the data this node loaded: load again.
+            self._log.warn("Redis at {where} no longer holds this node's data: loading it again", where=self.where)
+            if self._mode == UP:
+                self._resync()
+            why = "Redis lost its data; loading it again"
+        else:
+            why = f"Redis at {self.where}: {failure.getErrorMessage()}"
+        if done is not None:
+            done.errback(StoreFailed(why))
+
+    def _unconfirmed(self, token: str) -> None:
+        entry = self._pending.pop(token, None)
+        if entry is not None:
+            entry[0].errback(StoreFailed(f"Redis at {self.where} did not confirm within {REDIS_CONFIRM_TIMEOUT:g} s"))
+
+    def _fail_pending(self, why: str) -> None:
+        pending, self._pending = self._pending, {}
+        for done, timeout in pending.values():
+            if timeout.active():
+                timeout.cancel()
+            done.errback(StoreFailed(why))
+
+    # -- the change channel (its own thread) ----------------------------------
+
+    def _subscribe(self):
+        """
+        (Blocking) A PubSub subscribed to the change channel, once Redis has
+        confirmed the subscription.
+        """
+        channel = self._client.pubsub()
+        try:
+            channel.subscribe(CHANNEL)
+            for _ in range(int(REDIS_CONNECT_TIMEOUT / 0.1)):
+                message = channel.get_message(timeout=0.1)
+                if message is not None and message["type"] == "subscribe":
+                    return channel
+        except BaseException:
+            channel.close()
+            raise
+        channel.close()
+        raise redis.TimeoutError("Redis did not confirm the subscription")
+
+    def _drop_channel(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.close()
+
+    def _listen(self) -> None:
+        """
+        The channel thread: subscribe, hand every message to the reactor,
+        and on any error tell it and try again after a growing delay.
+        """
+        delay = 0.0
+        call = self._clock.callFromThread
+        while not self._stopping.is_set():
+            # The first time, the channel that start-up subscribed, if any.
+            channel, self._channel = self._channel, None
+            try:
+                if channel is None:
+                    channel = self._client.pubsub()
+                    channel.subscribe(CHANNEL)
+                while not self._stopping.is_set():
+                    message = channel.get_message(timeout=0.5)
+                    if message is None:
+                        continue
+                    if message["type"] == "subscribe":
+                        # The first subscription, or redis-py's own silent
+                        # reconnection: either way changes may have been
+                        # missed, so load everything again.
+                        delay = 0.0
+                        call(self._subscribed)
+                    elif message["type"] == "message":
+                        call(self._received, message["data"])
+            except (redis.RedisError, OSError) as e:
+                if not self._stopping.is_set():
+                    call(self._lost, str(e) or type(e).__name__)
+            except Exception as e:  # a bug must not end the thread silently
+                call(self._log.error, "Redis channel thread: {error!r}", error=e)
+            finally:
+                try:
+                    if channel is not None:
+                        channel.close()
+                except Exception:
+                    pass
+            delay = min(max(delay * 2, 0.5), REDIS_MAX_BACKOFF)
+            self._stopping.wait(delay)
+
+    def _subscribed(self) -> None:
+        if not self._stopping.is_set():
+            self._resync()
+
+    def _received(self, data: bytes) -> None:
+        try:
+            change = json.loads(data)
+            change["seq"]
+        except (ValueError, TypeError, KeyError):
+            self._log.warn("ignored a message on {channel} that is not a change", channel=CHANNEL)
+            return
+        if self._mode == SYNCING:
+            self._buffer.append(change)
+        elif self._mode == UP:
+            self._take(change)
+
+    def _take(self, change: dict) -> None:
+        seq = change["seq"]
+        if seq <= self._applied:
+            # Already in the snapshot just loaded.  If it is this node's own,
+            # its sender still waits: it is in Redis, so answer it.
+            done = self._settle(change.get("token")) if change.get("origin") == self.node_id else None
+            if done is not None:
+                done.callback(change)
+            return
+        if seq > self._applied + 1:
+            self._log.warn(
+                "missed changes {first} to {last} from Redis: loading the state again",
+                first=self._applied + 1, last=seq - 1,
+            )
+            self._resync()
+            self._buffer.append(change)
+            return
+        self._applied = seq
+        done = self._settle(change.get("token")) if change.get("origin") == self.node_id else None
+        if done is not None:
+            done.callback(change)
+        else:
+            self._apply(change)
+
+    def _apply(self, change: dict) -> None:
+        """
+        Apply another node's change to this node's hub.
+        """
+        hub = self.hub
+        peer = "node " + str(change.get("node"))
+        kind = change.get("kind")
+        try:
+            if kind == "report":
+                publication = publication_of(change) if "offset" in change else None
+                hub.apply_report(change["plug"], change["value"], change["at"], change["source"], peer, publication)
+            elif kind == "publication":
+                hub.apply_publication(publication_of(change), json.loads(change["data"]), change.get("via"))
+            elif kind == "display":
+                display = validate_display(change["state"])
+                if isinstance(display, Display):
+                    hub.apply_display(display, peer)
+            elif kind == "command":
+                hub.apply_command(change["command"], peer)
+            elif kind == "ban":
+                self.bans.banned_elsewhere(change["address"], change["until"] - self._clock.seconds())
+            elif kind == "failure":
+                self.bans.failed_elsewhere(change["address"])
+            elif kind == "lift":
+                self.bans.lifted_elsewhere(change["address"], peer)
+            else:
+                self._log.warn("ignored a change of unknown kind {kind!r} from Redis", kind=kind)
+        except (KeyError, TypeError, ValueError, InvalidDisplay):
+            self._log.failure("ignored a malformed change from Redis (seq {seq})", seq=change.get("seq"))
+
+    # -- loading -------------------------------------------------------------
+
+    def _load(self, plugs: list, display: Optional[str]) -> Snapshot:
+        """
+        (Redis thread) The snapshot; a Redis that holds nothing is seeded
+        first with C{plugs} and C{display}, this node's copy.
+        """
+        snapshot = self.state.snapshot()
+        if snapshot is None:
+            if self.state.initialise(secrets.token_urlsafe(12), plugs, display):
+                self._clock.callFromThread(
+                    self._log.warn, "Redis at {where} held no state: seeded it with this node's copy ({count} plugs)",
+                    where=self.where, count=len(plugs),
+                )
+            snapshot = self.state.snapshot()
+            if snapshot is None:
+                raise redis.RedisError("Redis lost its state again while it was being seeded")
+        return snapshot
+
+    def _resync(self) -> None:
+        self._mode = SYNCING
+        self._buffer = []
+        self._generation += 1
+        generation = self._generation
+        hub = self.hub
+        plugs = [(p.id, p.value, p.updated_at, "http") for p in hub.plugs()]
+        loaded = self._run(self._load, plugs, display_state(hub.display()))
+        loaded.addCallbacks(self._synced, self._sync_failed, callbackArgs=(generation,), errbackArgs=(generation,))
+        loaded.addErrback(lambda f: self._log.failure("applying the state loaded from Redis", f))
+
+    def _sync_failed(self, failure, generation: int) -> None:
+        if generation != self._generation:
+            return
+        self._lost(failure.getErrorMessage())
+        # The channel may still be up: try again rather than wait for it.
+        self._clock.callLater(REDIS_MAX_BACKOFF, self._retry_sync, self._generation)
+
+    def _retry_sync(self, generation: int) -> None:
+        if generation == self._generation and self._mode == DOWN and not self._stopping.is_set():
+            self._resync()
+
+    def _synced(self, snapshot: Snapshot, generation: int) -> None:
+        if generation != self._generation:
+            return
+        lost = self._incarnation is not None and snapshot.incarnation != self._incarnation
+        if not lost and snapshot.seq < self._applied:
+            # Same data, fewer changes: Redis came back from a file that
+            # missed its latest writes.  Offsets this node handed out may be
+            # given again, so every epoch must change: renew, then load.
+            self._log.warn(
+                "Redis at {where} lost its latest changes (it is at change {seq}, this node saw {applied}): "
+                "pub/sub epochs change",
+                where=self.where, seq=snapshot.seq, applied=self._applied,
+            )
+            renewed = self._run(self.state.renew, snapshot.incarnation, secrets.token_urlsafe(12),
+                                secrets.token_urlsafe(6))
+            renewed.addErrback(lambda f: self._log.failure("renewing the epochs in Redis", f))
+            renewed.addCallback(lambda _: self._resync() if generation == self._generation else None)
+            return
+        if lost:
+            self._log.warn(
+                "Redis at {where} lost its data and holds a new copy now: loaded it; pub/sub epochs change",
+                where=self.where,
+            )
+        self._incarnation = snapshot.incarnation
+        self._catch_up(snapshot, lost)
+        self._applied = snapshot.seq
+        self._mode = UP
+        if self._away:
+            self._away = False
+            self._log.info(
+                "Redis at {where} is back: state loaded ({count} plugs), changes accepted again",
+                where=self.where, count=len(snapshot.plugs),
+            )
+        buffered, self._buffer = self._buffer, []
+        for change in buffered:
+            if self._mode == UP:
+                self._take(change)
+            else:
+                self._buffer.append(change)
+
+    def _catch_up(self, snapshot: Snapshot, lost: bool) -> None:
+        """
+        Apply what changed in Redis while this node was not listening, as if
+        the changes had come one by one (apps, devices and subscribers are
+        told).  After Redis lost its data, the pub/sub streams are Redis'
+        alone: every other event gets a new epoch at its next publication.
+        """
+        hub = self.hub
+        history = hub.pubsub.history
+        if lost:
+            history.restore(snapshot.streams, replace=True)
+        else:
+            for event, epoch, latest, kept in snapshot.streams:
+                offset, mine = history.position(event)
+                if mine == epoch and offset < latest and kept and kept[0][0] <= offset + 1:
+                    for number, data_json, created_at in kept:
+                        if number > offset:
+                            hub.apply_publication(
+                                Publication(event, number, epoch, data_json, created_at), json.loads(data_json)
+                            )
+                elif (offset, mine) != (latest, epoch):
+                    # Too far behind (or another epoch): take Redis' copy;
+                    # subscribers that resume learn it from the epoch.
+                    history.restore([(event, epoch, latest, kept)])
+        for plug_id, value, at, source in snapshot.plugs:
+            mine = hub.plug(plug_id)
+            if mine is None or (mine.value, mine.updated_at) != (value, at):
+                hub.apply_report(plug_id, value, at, source, "Redis")
+        display = self._display_of(snapshot)
+        if display is not None and display != hub.display():
+            hub.apply_display(display, "Redis")
+        self._share_bans(snapshot)
+
+    def _display_of(self, snapshot: Snapshot) -> Optional[Display]:
+        if snapshot.display is None:
+            return None
+        try:
+            display = validate_display(snapshot.display)
+        except InvalidDisplay:
+            self._log.warn("the display state in Redis is not valid; ignored")
+            return None
+        return display if isinstance(display, Display) else None
+
+    def _share_bans(self, snapshot: Snapshot) -> None:
+        now = self._clock.seconds()
+        over = []
+        for address, (until, _seconds) in snapshot.bans.items():
+            if until > now:
+                self.bans.banned_elsewhere(address, until - now)
+            else:
+                over.append(address)
+        if over:
+            self._run(self.state.lift_bans, over).addErrback(lambda f: None)
+
+    def _lost(self, why: str) -> None:
+        self._generation += 1
+        self._mode = DOWN
+        self._buffer = []
+        if not self._away:
+            self._away = True
+            self._log.warn(
+                "Redis at {where} unreachable ({why}): changes answer 503 until it answers again; "
+                "serving this node's last copy",
+                where=self.where, why=why,
+            )
+        self._fail_pending(f"Redis at {self.where} unreachable")
+
+    # -- presence ------------------------------------------------------------
+
+    def _show_presence(self) -> None:
+        """
+        (Every interval) write this node's connections to Redis and take the
+        other live nodes' into the info frame.
+        """
+        if self._mode == DOWN:
+            return
+        try:
+            listing = json.dumps(self.hub.pubsub.listing(), separators=(",", ":"))
+        except Exception:
+            self._log.failure("listing this node's connections")
+            return
+        ttl = self.presence_interval * REDIS_PRESENCE_TTL_FACTOR
+        shown = self._run(self.state.show_node, self.node_id, listing, ttl)
+        shown.addCallbacks(self.hub.pubsub.show_elsewhere, self._presence_failed)
+
+    def _presence_failed(self, failure) -> None:
+        # The channel thread notices an unreachable Redis and says so once.
+        if not failure.check(redis.RedisError, OSError):
+            self._log.failure("sharing this node's connections", failure)

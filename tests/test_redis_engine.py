@@ -1,0 +1,425 @@
+"""
+Tests for the Redis engine and journal (SPEC 11), against a real
+redis-server that each test starts on a free loopback port: several engines
+(nodes) in this process share it, each with its own hub.
+"""
+
+import collections
+import json
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.trial.unittest import TestCase
+
+from smartplug_backend.core.display import Display
+from smartplug_backend.core.history import History
+from smartplug_backend.core.hub import Hub
+from smartplug_backend.core.journal import StoreFailed
+from smartplug_backend.core.pubsub import report_publisher
+from smartplug_backend.integrations import redis_engine
+from smartplug_backend.integrations.redis_engine import RedisEngine, redacted
+from smartplug_backend.integrations.redis_store import NODES, node_key
+from smartplug_backend.server.guard import Guard
+
+from .redis_server import start_redis
+
+
+@inlineCallbacks
+def until(condition, what: str, timeout: float = 10):
+    """
+    Wait, on the reactor, until C{condition()} is true: the engine's threads
+    give no other signal.  Bounded in time; fails naming C{what}.
+    """
+    for _ in range(int(timeout / 0.01)):
+        if condition():
+            return
+        yield deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Node:
+    """
+    One engine with its hub, recording what its listeners are told.
+    """
+
+    def __init__(self, testcase, url: str, name: str, info_interval: float = 5, history: int = 100):
+        self.engine = RedisEngine(
+            url, name, reactor, keep=5, info_interval=info_interval,
+            make_hub=lambda journal: Hub(now=reactor.seconds, journal=journal, node=name, publish_reports=True,
+                                         history=History(keep=history, now=reactor.seconds)),
+        )
+        self.hub = self.engine.hub
+        self.reports = []
+        self.packets = []
+        # subscriber -> frames it was sent, decoded
+        self.frames = collections.defaultdict(list)
+        self.hub.listen(self.reports.append)
+        self.hub.listen(report_publisher(self.hub))
+        self.hub.pubsub.deliver_with(self._deliver)
+        self.hub.watch_display(lambda event: self.packets.append(event.packet))
+        self.testcase = testcase
+
+    def _deliver(self, subscribers, frame):
+        for subscriber in subscribers:
+            self.frames[subscriber].append(json.loads(frame))
+
+    def subscribe(self, subscriber, event, **kwargs):
+        for frame in self.hub.pubsub.subscribe(subscriber, event, **kwargs):
+            self.frames[subscriber].append(json.loads(frame))
+
+    @inlineCallbacks
+    def start(self):
+        self.engine.privilegedStartService()
+        self.engine.startService()
+        self.testcase.addCleanup(self.stop)
+        yield until(lambda: self.engine.mode == redis_engine.UP, "the engine to load and subscribe")
+
+    def stop(self):
+        if self.engine.running:
+            return self.engine.stopService()
+
+
+class EngineTests(TestCase):
+    """
+    Two nodes on one Redis act as one.
+    """
+
+    timeout = 60
+
+    def setUp(self):
+        self.redis = start_redis(self)
+        self.logged = []
+        observer = self.logged.append
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+
+    def lines(self, text: str) -> list:
+        return [formatEvent(e) for e in self.logged if text in formatEvent(e)]
+
+    @inlineCallbacks
+    def nodes(self, count=2, **kwargs):
+        made = [Node(self, self.redis.url, f"node-{i}", **kwargs) for i in range(count)]
+        for node in made:
+            yield node.start()
+        return made
+
+    @inlineCallbacks
+    def test_report_reaches_every_node(self):
+        """
+        A report accepted on A is A's (not remote) and reaches B's listeners
+        marked remote, with the same time stamp and source; both hubs hold
+        it, and its history is read from Redis on either node.
+        """
+        a, b = yield self.nodes()
+        report = yield a.hub.report("0xb00b", 1, "http", "10.0.0.1")
+        self.assertFalse(report.remote)
+        yield until(lambda: b.reports, "B to be told")
+        (seen,) = b.reports
+        self.assertEqual((seen.plug, seen.remote, seen.source, seen.previous), (report.plug, True, "http", None))
+        self.assertEqual(b.hub.plug("0xb00b"), a.hub.plug("0xb00b"))
+        history = yield b.hub.history("0xb00b", 10)
+        self.assertEqual([(e.value, e.at, e.source) for e in history], [(1, report.plug.updated_at, "http")])
+
+    @inlineCallbacks
+    def test_one_order_everywhere(self):
+        """
+        Reports of one plug sent from both nodes at once are applied in one
+        order on both: the listeners see the same sequence, with the same
+        "previous" values, and both end on the same state.
+        """
+        a, b = yield self.nodes()
+        sent = []
+        for i in range(20):
+            node = (a, b)[i % 2]
+            sent.append(node.hub.report("p", i % 3 == 0 and 1 or 0, "http", "x"))
+        for d in sent:
+            self.assertIsNotNone((yield d))
+        yield until(lambda: len(a.reports) == len(b.reports) == 20, "both nodes to see all 20")
+        order = [[(r.plug.value, r.plug.updated_at, r.previous) for r in n.reports] for n in (a, b)]
+        self.assertEqual(order[0], order[1])
+        self.assertEqual(a.hub.plug("p"), b.hub.plug("p"))
+
+    @inlineCallbacks
+    def test_publications_numbered_once_for_all_nodes(self):
+        """
+        Publications made on both nodes get one sequence of offsets under
+        one epoch, assigned by Redis; each reaches the subscribers of both
+        nodes once, with the same offset and epoch; both nodes keep the same
+        history.
+        """
+        a, b = yield self.nodes()
+        a.subscribe("on-a", "door", last=True)
+        b.subscribe("on-b", "door")
+        for i, node in enumerate((a, b, a, b)):
+            self.assertEqual((yield node.hub.publish("door", f"d{i}", "peer")), 1)
+        yield until(lambda: len(a.frames["on-a"]) == len(b.frames["on-b"]) == 4, "both subscribers")
+        self.assertEqual([(f["offset"], f["data"]) for f in a.frames["on-a"]],
+                         [(1, "d0"), (2, "d1"), (3, "d2"), (4, "d3")])
+        self.assertEqual(len({f["epoch"] for f in a.frames["on-a"]}), 1)
+        self.assertEqual([f["data"] for f in b.frames["on-b"]], ["d0", "d1", "d2", "d3"])
+        self.assertNotIn("offset", b.frames["on-b"][0])  # PiCloud's frame for those that asked for nothing
+        self.assertEqual(a.hub.pubsub.history_page("door", 0, 10), b.hub.pubsub.history_page("door", 0, 10))
+
+    @inlineCallbacks
+    def test_recovery_across_nodes(self):
+        """
+        A client that saw offsets 1-2 on A, then reconnects to B after
+        publications 3-4 were made there, recovers 3 and 4 on B, then
+        "recovered": true with B's position, which is A's too.
+        """
+        a, b = yield self.nodes()
+        a.subscribe("client", "door", last=True)
+        for i in range(2):
+            yield a.hub.publish("door", i, "peer")
+        seen = a.frames["client"]
+        position = {"offset": seen[-1]["offset"], "epoch": seen[-1]["epoch"]}
+        a.hub.pubsub.disconnected("client")
+        for i in range(2, 4):
+            yield b.hub.publish("door", i, "peer")
+        yield until(lambda: a.hub.pubsub.history.position("door")[0] == 4, "A to have all four")
+        b.subscribe("again", "door", since=(position["offset"], position["epoch"]))
+        frames = b.frames["again"]
+        self.assertEqual([f.get("offset") for f in frames], [3, 4, 4])
+        self.assertEqual((frames[-1]["action"], frames[-1]["recovered"], frames[-1]["epoch"]),
+                         ("recovered", True, position["epoch"]))
+
+    @inlineCallbacks
+    def test_report_publication_on_every_node_once(self):
+        """
+        A report's smartplug publication is numbered with the report, in one
+        commit, and reaches each node's subscribers once; with history off
+        too (PUBSUB_HISTORY = 0), where Redis still numbers it.
+        """
+        for history in (100, 0):
+            self.redis = start_redis(self)
+            a = Node(self, self.redis.url, "a", history=history)
+            b = Node(self, self.redis.url, "b", history=history)
+            yield a.start()
+            yield b.start()
+            a.subscribe("s", "smartplug")
+            b.subscribe("s", "smartplug")
+            yield a.hub.report("p", 1, "http", "x")
+            yield b.hub.report("p", 0, "http", "x")
+            yield a.hub.report("q", 1, "http", "x")
+            # Changes come in one order: a duplicate would come before the last.
+            yield until(lambda a=a, b=b: a.frames["s"][-1:] == b.frames["s"][-1:] != [] and "q" in
+                        a.frames["s"][-1]["data"], "both subscribers to see the last report")
+            self.assertEqual([f["data"] for f in a.frames["s"]],
+                             ['{"id": "p", "value": 1}', '{"id": "p", "value": 0}', '{"id": "q", "value": 1}'],
+                             history)
+            self.assertEqual(a.frames["s"], b.frames["s"])
+            self.assertEqual(a.hub.pubsub.history.position("smartplug"), b.hub.pubsub.history.position("smartplug"))
+            self.assertEqual(a.hub.pubsub.history.position("smartplug")[0], 3)
+
+    @inlineCallbacks
+    def test_display_and_commands_reach_every_node(self):
+        """
+        A display state set on A and a reset command given on B reach both
+        nodes' devices, in one order; the state is the same on both.
+        """
+        a, b = yield self.nodes()
+        red = Display(2, color=(255, 0, 0), pulse=1)
+        self.assertEqual((yield a.hub.set_display(red, "p")), red)
+        self.assertEqual((yield b.hub.display_command("reset", "p")), "[cc:r:?:?]")
+        expected = ["[cc:2:255,0,0:1]", "[cc:r:?:?]"]
+        yield until(lambda: a.packets == expected and b.packets == expected, "both nodes' packets")
+        self.assertEqual((a.hub.display(), b.hub.display()), (red, red))
+
+    @inlineCallbacks
+    def test_a_starting_node_loads_the_state(self):
+        """
+        A node that starts after changes were made loads plugs (in
+        first-report order) and the display state from Redis.
+        """
+        (a,) = yield self.nodes(1)
+        yield a.hub.report("second", 0, "device", "x")
+        yield a.hub.report("first", 1, "http", "x")
+        yield a.hub.report("second", 1, "http", "x")
+        weather = Display(1, weather=3, intensity=9)
+        yield a.hub.set_display(weather, "x")
+        late = Node(self, self.redis.url, "late")
+        yield late.start()
+        self.assertEqual(late.hub.plugs(), a.hub.plugs())
+        self.assertEqual([p.id for p in late.hub.plugs()], ["second", "first"])
+        self.assertEqual(late.hub.display(), weather)
+        self.assertEqual(late.reports, [])
+
+    @inlineCallbacks
+    def test_redis_away_and_back(self):
+        """
+        With Redis gone, changes fail with StoreFailed (the hub answers None
+        and tells no one) while reads go on from the node's copy; the log
+        says so once, and once again when Redis is back, after which changes
+        are accepted again.
+        """
+        (a,) = yield self.nodes(1)
+        yield a.hub.report("p", 1, "http", "x")
+        self.redis.stop()
+        yield until(lambda: not a.engine.up, "the node to notice")
+        self.assertIsNone((yield a.hub.report("p", 0, "http", "x")))
+        self.assertIsNone((yield a.hub.set_display(Display(0), "x")))
+        self.assertEqual(a.hub.plug("p").value, 1)
+        self.assertEqual(len(a.reports), 1)
+        self.failureResultOf(a.hub.history("p", 10), StoreFailed)
+        self.redis.start()
+        yield until(lambda: a.engine.mode == redis_engine.UP, "the node to reconnect", timeout=20)
+        report = yield a.hub.report("p", 0, "http", "x")
+        self.assertEqual(report.plug.value, 0)
+        self.assertEqual(len(self.lines("unreachable (")), 1)
+        self.assertEqual(len(self.lines("is back:")), 1)
+
+    @inlineCallbacks
+    def test_start_without_redis(self):
+        """
+        A node that starts while Redis is away starts all the same, refuses
+        changes and says so once; once Redis answers it loads the state and
+        tells its listeners what it did not know.
+        """
+        # Redis keeps its data across the restart here, as advised.
+        self.redis = start_redis(self, persist=True)
+        (a,) = yield self.nodes(1)
+        yield a.hub.report("p", 1, "http", "x")
+        self.redis.stop()
+        late = Node(self, self.redis.url, "late")
+        late.engine.privilegedStartService()
+        late.engine.startService()
+        self.addCleanup(late.stop)
+        self.assertFalse(late.engine.up)
+        self.assertIsNone((yield late.hub.report("q", 1, "http", "x")))
+        self.assertEqual(len(self.lines("unreachable at start")), 1)
+        self.redis.start()
+        yield until(lambda: late.engine.mode == redis_engine.UP, "the late node to load", timeout=20)
+        self.assertEqual([(r.plug.id, r.plug.value, r.remote) for r in late.reports], [("p", 1, True)])
+        self.assertEqual(late.hub.plugs(), a.hub.plugs())
+
+    @inlineCallbacks
+    def test_redis_restarted_empty(self):
+        """
+        A Redis that restarts without its data is seeded again with a node's
+        copy under a new incarnation; the other node notices and loads it;
+        both accept changes again.
+        """
+        a, b = yield self.nodes()
+        yield a.hub.report("p", 1, "http", "x")
+        yield a.hub.publish("door", "open", "x")
+        epoch = a.hub.pubsub.history.position("door")[1]
+        yield until(lambda: b.hub.plug("p") is not None, "B to have the plug")
+        before = a.engine._incarnation
+        seeded = len(self.lines("held no state: seeded it"))  # the fresh Redis of setUp
+        self.redis.kill()
+        yield until(lambda: not a.engine.up and not b.engine.up, "both nodes to notice")
+        self.redis.start()
+        yield until(lambda: a.engine.mode == b.engine.mode == redis_engine.UP, "both nodes to reload", timeout=20)
+        self.assertNotEqual(a.engine._incarnation, before)
+        self.assertEqual(a.engine._incarnation, b.engine._incarnation)
+        self.assertEqual(len(self.lines("held no state: seeded it")), seeded + 1)
+        self.assertEqual(b.hub.plug("p"), a.hub.plug("p"))
+        # Pub/sub history was lost with Redis' data: new epochs.
+        self.assertNotEqual(a.hub.pubsub.history.position("door")[1], epoch)
+        report = yield b.hub.report("p", 0, "http", "x")
+        self.assertIsNotNone(report)
+        yield until(lambda: a.hub.plug("p").value == 0, "A to see B's report")
+
+    @inlineCallbacks
+    def test_redis_lost_its_latest_changes(self):
+        """
+        A Redis that comes back with fewer changes than a node saw (its
+        append-only file missed the last writes: here its sequence is set
+        back by hand) gets new epochs for every event, once, so offsets
+        given again cannot be mistaken for the lost ones; both nodes load
+        them.
+        """
+        a, b = yield self.nodes()
+        for i in range(3):
+            yield a.hub.publish("door", i, "peer")
+        yield until(lambda: b.hub.pubsub.history.position("door")[0] == 3, "B to have all three")
+        epoch = a.hub.pubsub.history.position("door")[1]
+        client = a.engine.state.client
+        client.set("smartplug:seq", 1)
+        client.client_kill_filter(_type="pubsub")  # both nodes reconnect and load the state
+        yield until(lambda: a.hub.pubsub.history.position("door")[1] != epoch
+                    and b.hub.pubsub.history.position("door")[1] != epoch, "new epochs on both nodes", timeout=20)
+        yield until(lambda: a.engine.mode == b.engine.mode == redis_engine.UP, "both nodes up", timeout=20)
+        self.assertEqual(a.hub.pubsub.history.position("door"), b.hub.pubsub.history.position("door"))
+        self.assertGreaterEqual(len(self.lines("lost its latest changes")), 1)
+        yield a.hub.publish("door", "after", "peer")
+        self.assertEqual(a.hub.pubsub.history.position("door")[1], b.hub.pubsub.history.position("door")[1])
+
+    @inlineCallbacks
+    def test_info_frame_lists_every_node(self):
+        """
+        Each node's info frame lists its own connections and the other
+        node's, each with its node name; a node that stops leaves the list
+        at once, and one that dies (no refresh) when its entry expires.
+        """
+        a, b = yield self.nodes(info_interval=0.1)
+        a.hub.pubsub.connected("conn-a", "alice", "10.0.0.1:1")
+        a.hub.pubsub.subscribe("conn-a", "door")
+        b.hub.pubsub.connected("conn-b", "bob", "10.0.0.2:2")
+        b.hub.pubsub.subscribe("conn-b", "door")
+
+        def seen(node):
+            frame = json.loads(node.hub.pubsub.info_frame())
+            return (
+                sorted((c["client_name"], c["node"]) for c in frame["all_connections"]),
+                [(s["name"], sorted(c["client_name"] for c in s["connections"])) for s in frame["subscriptions"]],
+            )
+
+        both = ([("alice", "node-0"), ("bob", "node-1")], [("door", ["alice", "bob"])])
+        yield until(lambda: seen(a) == both and seen(b) == both, "both nodes to list both")
+        yield b.stop()
+        yield until(lambda: seen(a) == ([("alice", "node-0")], [("door", ["alice"])]), "B to leave A's list")
+        # A dead node: its entry is there, then expires (no one refreshes it).
+        a.engine.state.client.set(node_key("dead"), json.dumps(
+            {"subscriptions": [], "all_connections": [{"client_name": "ghost", "node": "dead"}]}), px=300)
+        a.engine.state.client.sadd(NODES, "dead")
+        yield until(lambda: ("ghost", "dead") in seen(a)[0], "the dead node to show")
+        yield until(lambda: ("ghost", "dead") not in seen(a)[0], "the dead node to drop out")
+
+    @inlineCallbacks
+    def test_failures_count_on_every_node(self):
+        """
+        Authentication failures of one address on two nodes count together:
+        BAN_AFTER of them ban it on both.
+        """
+        a, b = yield self.nodes()
+        guard_a = Guard(reactor, ban_after=2, ban_seconds=30, shared=a.engine.bans)
+        guard_b = Guard(reactor, ban_after=2, ban_seconds=30, shared=b.engine.bans)
+        self.assertFalse(guard_a.failure("203.0.113.7", "test"))
+        yield until(lambda: guard_b.failures("203.0.113.7") == 1, "B to count A's failure")
+        self.assertTrue(guard_b.failure("203.0.113.7", "test"))
+        yield until(lambda: guard_a.banned("203.0.113.7"), "A to ban the address")
+        for call in reactor.getDelayedCalls():
+            if call.func in (guard_a._lift, guard_b._lift):
+                call.cancel()
+
+    @inlineCallbacks
+    def test_bans_are_shared(self):
+        """
+        An address banned on A is banned on B too, and on a node that starts
+        later, for what is left of the ban.
+        """
+        a, b = yield self.nodes()
+        guard_a = Guard(reactor, ban_after=1, ban_seconds=30, shared=a.engine.bans)
+        guard_b = Guard(reactor, ban_after=1, ban_seconds=30, shared=b.engine.bans)
+        self.assertTrue(guard_a.failure("203.0.113.9", "test"))
+        yield until(lambda: guard_b.banned("203.0.113.9"), "B to ban the address")
+        late = Node(self, self.redis.url, "late")
+        guard_late = Guard(reactor, ban_after=1, ban_seconds=30, shared=late.engine.bans)
+        yield late.start()
+        self.assertTrue(guard_late.banned("203.0.113.9"))
+        for guard in (guard_a, guard_b, guard_late):
+            # Lift them, so no delayed call outlives the test.
+            for call in reactor.getDelayedCalls():
+                if call.func == guard._lift:
+                    call.cancel()
+
+    def test_redacted(self):
+        """
+        Logs name Redis by scheme, host, port and database, never by its
+        password.
+        """
+        self.assertEqual(redacted("redis://:s3cret@db.example:6380/2"), "redis://db.example:6380/2")
+        self.assertEqual(redacted("rediss://user:pw@db.example/0"), "rediss://db.example/0")

@@ -1,0 +1,108 @@
+"""
+Tests for the keys and Lua scripts of the shared state (SPEC 11), called
+directly (blocking) against a real redis-server started by each test.
+"""
+
+import json
+
+import redis
+from twisted.trial.unittest import SynchronousTestCase
+
+from smartplug_backend.integrations.redis_store import CHANNEL, RedisState, Stale
+
+from .redis_server import start_redis
+
+
+class StateTests(SynchronousTestCase):
+    """
+    What one commit writes and publishes, and what a node loads.
+    """
+
+    def setUp(self):
+        server = start_redis(self)
+        self.client = redis.Redis.from_url(server.url)
+        self.addCleanup(self.client.close)
+        self.state = RedisState(self.client)
+        self.channel = self.client.pubsub()
+        self.channel.subscribe(CHANNEL)
+        self.addCleanup(self.channel.close)
+        self.assertEqual(self.channel.get_message(timeout=5)["type"], "subscribe")
+        self.assertTrue(self.state.initialise("inc-1", [], None))
+
+    def messages(self):
+        found = []
+        for _ in range(50):
+            message = self.channel.get_message(timeout=0.1)
+            if message is None:
+                break
+            found.append(json.loads(message["data"]))
+        return found
+
+    def test_initialise_once(self):
+        """
+        A Redis with state is not seeded again: the first node's copy wins.
+        """
+        self.assertFalse(self.state.initialise("inc-2", [("p", 1, 5.0, "http")], None))
+        self.assertEqual(self.state.snapshot().incarnation, "inc-1")
+
+    def test_report_commit(self):
+        """
+        A report takes the next sequence number, sets the plug's state,
+        keeps the newest `keep` history entries and publishes the change with
+        "seq" first; a snapshot lists plugs in first-report order.
+        """
+        for i, (plug, value) in enumerate([("b", 1), ("a", 0), ("b", 0), ("b", 1)]):
+            change = json.dumps({"origin": "n", "i": i})
+            self.assertEqual(self.state.commit_report("inc-1", change, plug, value, 100.0 + i, "http", 2), i + 1)
+        self.assertEqual([(m["seq"], m["i"]) for m in self.messages()], [(1, 0), (2, 1), (3, 2), (4, 3)])
+        snapshot = self.state.snapshot()
+        self.assertEqual((snapshot.seq, snapshot.plugs), (4, [("b", 1, 103.0, "http"), ("a", 0, 101.0, "http")]))
+        self.assertEqual([(e.value, e.at) for e in self.state.history("b", 10)], [(1, 103.0), (0, 102.0)])
+
+    def test_stale_incarnation_writes_nothing(self):
+        """
+        A node whose incarnation is not Redis' (Redis lost its data, or was
+        seeded again) is refused, and nothing is written or published.
+        """
+        self.assertRaises(Stale, self.state.commit_report, "old", '{"o":1}', "p", 1, 1.0, "http", 5)
+        self.assertRaises(Stale, self.state.commit_display, "old", '{"o":1}', '{"mode": 0}')
+        self.assertEqual((self.messages(), self.state.snapshot().plugs, self.state.snapshot().seq), ([], [], 0))
+
+    def test_publications(self):
+        """
+        Publications of one event are numbered 1, 2, 3 under one epoch (the
+        one given first); the newest `keep` are kept and loaded with the
+        snapshot; each message carries its offset and epoch.
+        """
+        numbered = [
+            self.state.commit_publication("inc-1", json.dumps({"origin": "n"}), "door", f"e{i}", f'"d{i}"', 10.5 + i, 2, 60)
+            for i in range(3)
+        ]
+        self.assertEqual(numbered, [(1, 1, "e0"), (2, 2, "e0"), (3, 3, "e0")])
+        self.assertEqual([(m["offset"], m["epoch"]) for m in self.messages()], [(1, "e0"), (2, "e0"), (3, "e0")])
+        self.assertEqual(self.state.snapshot().streams, [("door", "e0", 3, [(2, '"d1"', 11.5), (3, '"d2"', 12.5)])])
+
+    def test_no_history_still_numbers(self):
+        """
+        With PUBSUB_HISTORY = 0 publications are numbered, and nothing is
+        kept.
+        """
+        for _ in range(2):
+            self.state.commit_publication("inc-1", '{"o":1}', "e", "x", "1", 1.0, 0, 60)
+        self.assertEqual(self.state.snapshot().streams, [("e", "x", 2, [])])
+
+    def test_report_with_its_publication(self):
+        """
+        A report and its smartplug publication are one commit: one sequence
+        number, the plug's state, and the next offset of the event, in one
+        message.
+        """
+        self.state.commit_publication("inc-1", '{"o":1}', "smartplug", "ep", '"x"', 1.0, 5, 60)
+        found = self.state.commit_report("inc-1", '{"o":2}', "p", 1, 2.0, "http", 5,
+                                         ("smartplug", "other", '"{}"', 2.0, 5, 60))
+        self.assertEqual(found, (2, 2, "ep"))
+        (_, message) = self.messages()
+        self.assertEqual((message["seq"], message["offset"], message["epoch"], message["o"]), (2, 2, "ep", 2))
+        snapshot = self.state.snapshot()
+        self.assertEqual(snapshot.plugs, [("p", 1, 2.0, "http")])
+        self.assertEqual(snapshot.streams, [("smartplug", "ep", 2, [(1, '"x"', 1.0), (2, '"{}"', 2.0)])])
