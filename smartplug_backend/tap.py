@@ -170,7 +170,7 @@ def _build(options: Options, reactor) -> MultiService:
     # app keeps every other route, and the refusals of those two.
     site = make_site(
         app, reactor, wsgi_pool, children=children, timer=RequestTimer(registry, app, reactor),
-        fast=ingest_routes(hub, settings.API_KEY),
+        fast=ingest_routes(hub, settings.API_KEY, guard),
     )
 
     # The listeners open in one order whatever is built first: HTTP, apps,
