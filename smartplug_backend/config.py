@@ -115,7 +115,7 @@ def _users(v: Any) -> Optional[str]:
     expected = 'a dict of user names to hashes from "python -m smartplug_backend passwd NAME"'
     if not isinstance(v, dict):
         return expected
-    from .http.dashboard.auth import InvalidHash, parse_hash
+    from .server.passwords import InvalidHash, parse_hash
 
     for name, hashed in v.items():
         if not isinstance(name, str) or not name:

@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from smartplug_backend import config
 from smartplug_backend.http.dashboard import auth
+from smartplug_backend.server import passwords
 from smartplug_backend.state import cli
 
 # Cheap parameters: these tests are about the format and the checks.
@@ -28,31 +29,31 @@ class PasswordTests(SynchronousTestCase):
         """
         The password a hash was made from matches it; any other does not.
         """
-        hashed = auth.hash_password("hunter2", n=N)
-        self.assertTrue(auth.verify_password(hashed, "hunter2"))
-        self.assertFalse(auth.verify_password(hashed, "hunter3"))
-        self.assertFalse(auth.verify_password(hashed, ""))
+        hashed = passwords.hash_password("hunter2", n=N)
+        self.assertTrue(passwords.verify_password(hashed, "hunter2"))
+        self.assertFalse(passwords.verify_password(hashed, "hunter3"))
+        self.assertFalse(passwords.verify_password(hashed, ""))
 
     def test_salted_with_parameters_inside(self):
         """
         Two hashes of one password differ (a random salt), the parameters
         are part of the string, and the password is not in it.
         """
-        first, second = auth.hash_password("pw", n=N), auth.hash_password("pw", n=N, r=4)
+        first, second = passwords.hash_password("pw", n=N), passwords.hash_password("pw", n=N, r=4)
         self.assertNotEqual(first, second)
         self.assertTrue(first.startswith(f"scrypt${N}$8$1$"))
         self.assertTrue(second.startswith(f"scrypt${N}$4$1$"))
-        self.assertTrue(auth.verify_password(second, "pw"))
+        self.assertTrue(passwords.verify_password(second, "pw"))
         self.assertNotIn("pw", first.split("$", 4)[4])
 
     def test_default_parameters_are_memory_hard(self):
         """
         By default scrypt uses n=2**15, r=8: 32 MiB per check.
         """
-        self.assertEqual((auth.SCRYPT_N, auth.SCRYPT_R), (2**15, 8))
-        hashed = auth.hash_password("pw")
+        self.assertEqual((passwords.SCRYPT_N, passwords.SCRYPT_R), (2**15, 8))
+        hashed = passwords.hash_password("pw")
         self.assertTrue(hashed.startswith("scrypt$32768$8$1$"))
-        self.assertTrue(auth.verify_password(hashed, "pw"))
+        self.assertTrue(passwords.verify_password(hashed, "pw"))
 
     def test_unknown_user_does_the_same_work(self):
         """
@@ -60,21 +61,21 @@ class PasswordTests(SynchronousTestCase):
         same scrypt work as for a real user.
         """
         calls = []
-        real = auth._scrypt
-        self.patch(auth, "_scrypt", lambda *a: calls.append(a[2:]) or real(*a))
-        self.assertFalse(auth.verify_password(None, "anything"))
-        self.assertEqual(calls, [(auth.SCRYPT_N, auth.SCRYPT_R, auth.SCRYPT_P)])
+        real = passwords._scrypt
+        self.patch(passwords, "_scrypt", lambda *a: calls.append(a[2:]) or real(*a))
+        self.assertFalse(passwords.verify_password(None, "anything"))
+        self.assertEqual(calls, [(passwords.SCRYPT_N, passwords.SCRYPT_R, passwords.SCRYPT_P)])
 
     def test_damaged_hashes_refused(self):
         """
         Strings that are not our hashes are refused with a message that does
         not repeat them.
         """
-        good = auth.hash_password("pw", n=N)
+        good = passwords.hash_password("pw", n=N)
         for bad in ["", "plain-password", good.replace("scrypt", "bcrypt"), good + "$x", good[:-8] + "!!!!!!!!",
                     good.replace(f"${N}$", "$1000$"), good.replace(f"${N}$", f"${2**30}$"), None, 5]:
-            with self.assertRaises(auth.InvalidHash) as raised:
-                auth.parse_hash(bad)
+            with self.assertRaises(passwords.InvalidHash) as raised:
+                passwords.parse_hash(bad)
             if isinstance(bad, str) and bad:
                 self.assertNotIn(bad, str(raised.exception))
 
@@ -162,8 +163,8 @@ class PasswdCommandTests(SynchronousTestCase):
     """
 
     def setUp(self):
-        self.patch(auth, "SCRYPT_N", N)
-        self.patch(auth.hash_password, "__defaults__", (N, auth.SCRYPT_R, auth.SCRYPT_P))
+        self.patch(passwords, "SCRYPT_N", N)
+        self.patch(passwords.hash_password, "__defaults__", (N, passwords.SCRYPT_R, passwords.SCRYPT_P))
 
     def run_passwd(self, argv, stdin):
         out, err = io.StringIO(), io.StringIO()
@@ -183,7 +184,7 @@ class PasswdCommandTests(SynchronousTestCase):
         with open(path, "w") as f:
             f.write(out)
         settings = config.load(path)
-        self.assertTrue(auth.verify_password(settings.DASHBOARD_USERS["anna"], "s3cret pass"))
+        self.assertTrue(passwords.verify_password(settings.DASHBOARD_USERS["anna"], "s3cret pass"))
         self.assertEqual(runpy.run_path(path)["DASHBOARD_USERS"], settings.DASHBOARD_USERS)
 
     def test_terminal_asks_twice(self):
@@ -242,7 +243,7 @@ class SettingsTests(SynchronousTestCase):
         A list of users or non-positive session days are refused.
         """
         for values in ({"DASHBOARD_USERS": ["anna"]}, {"DASHBOARD_SESSION_DAYS": 0},
-                       {"DASHBOARD_USERS": {"": auth.hash_password("x", n=N)}}):
+                       {"DASHBOARD_USERS": {"": passwords.hash_password("x", n=N)}}):
             with self.assertRaises(config.ConfigError):
                 config.settings_from(values)
 
@@ -264,11 +265,11 @@ class ParameterBoundsTests(SynchronousTestCase):
         ask for; the defaults and up to 128 MiB (n=2^17, r=8) pass.
         """
         for n, r, p in ((2**20, 32, 1), (2**18, 8, 1), (2**15, 32, 1), (2**17, 16, 1), (2**15, 8, 16)):
-            with self.assertRaises(auth.InvalidHash) as raised:
-                auth.parse_hash(self.forged(n, r, p))
+            with self.assertRaises(passwords.InvalidHash) as raised:
+                passwords.parse_hash(self.forged(n, r, p))
             self.assertIn(f"n={n}, r={r}", str(raised.exception))
-        self.assertEqual(auth.parse_hash(self.forged(2**17, 8)).n, 2**17)
-        self.assertEqual(auth.parse_hash(self.forged(auth.SCRYPT_N, auth.SCRYPT_R)).r, auth.SCRYPT_R)
+        self.assertEqual(passwords.parse_hash(self.forged(2**17, 8)).n, 2**17)
+        self.assertEqual(passwords.parse_hash(self.forged(passwords.SCRYPT_N, passwords.SCRYPT_R)).r, passwords.SCRYPT_R)
 
     def test_settings_refuse_with_one_line(self):
         """

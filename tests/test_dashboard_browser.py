@@ -20,7 +20,7 @@ from twisted.trial.unittest import TestCase
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from smartplug_backend.http.dashboard.auth import hash_password
+from smartplug_backend.server.passwords import hash_password
 
 from .browser import full_page_screenshot, start_browser
 from .server import start_server

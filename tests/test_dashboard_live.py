@@ -16,6 +16,7 @@ from smartplug_backend.http.channel import make_site
 from smartplug_backend.http.dashboard import auth, routes
 from smartplug_backend.http.dashboard.feed import FLUSH_DELAY, PUBLICATIONS_KEPT, Feed, public_settings
 from smartplug_backend.http.dashboard.live import SESSION_ENDED, LiveFactory, LiveResource, session_token
+from smartplug_backend.server import passwords
 from smartplug_backend.server.connections import ConnectionCap
 from smartplug_backend.server.guard import Guard
 
@@ -218,7 +219,7 @@ class FeedTests(SynchronousTestCase):
         Secrets show only as set or not, users without their hashes, and
         passwords in URLs are hidden.
         """
-        hashed = auth.hash_password("pw", n=2**10)
+        hashed = passwords.hash_password("pw", n=2**10)
         settings = config.settings_from({
             "AUTH_SECRET": "s3cret", "API_KEY": "k3y", "CONSUMER_SECRET": "c", "DASHBOARD_USERS": {"anna": hashed},
             "TWITTER_API_URL": "https://user:pa55@api.example",

@@ -18,6 +18,7 @@ from smartplug_backend.http.channel import make_site
 from smartplug_backend.http.dashboard import auth, routes
 from smartplug_backend.http.dashboard.feed import Feed
 from smartplug_backend.http.dashboard.live import LiveFactory, LiveResource
+from smartplug_backend.server import passwords
 from smartplug_backend.server.guard import Guard
 
 from .helpers import SYNC_BRIDGE, SynchronousReactor, SynchronousThreadPool
@@ -61,7 +62,7 @@ class Dashboard:
         self.sessions = auth.Sessions(self.clock, days=30)
         self.backups = []
         self.api = api = routes.Api(
-            self.hub, self.guard, self.sessions, {"anna": auth.hash_password(PASSWORD, n=N)}, run,
+            self.hub, self.guard, self.sessions, {"anna": passwords.hash_password(PASSWORD, n=N)}, run,
             history_keep=1000, backup=backup, on_backup=lambda: self.backups.append(True), run_backup=run_backup,
         )
         feed = Feed(self.hub, self.guard, self.clock, lambda: {})
@@ -172,7 +173,7 @@ class LoginTests(SynchronousTestCase):
                          headers={"Content-Type": ["application/json"]})
         self.assertNoResult(d)
         self.assertEqual(len(pending), 1)
-        self.assertIs(pending[0][1], auth.verify_password)
+        self.assertIs(pending[0][1], passwords.verify_password)
         waiting, f, args = pending.pop()
         waiting.callback(f(*args))
         ui.http.flush()
@@ -466,7 +467,7 @@ class PoolTests(SynchronousTestCase):
         from smartplug_backend.http.dashboard import wiring
         from smartplug_backend.server.services import ThreadPoolService
 
-        settings = config.settings_from({"DASHBOARD_USERS": {"anna": auth.hash_password("x", n=N)}})
+        settings = config.settings_from({"DASHBOARD_USERS": {"anna": passwords.hash_password("x", n=N)}})
         top = MultiService()
         clock = Clock()
         ui = wiring.dashboard(settings, Hub(now=clock.seconds), Guard(clock), clock, top)

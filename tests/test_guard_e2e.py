@@ -10,7 +10,7 @@ import socket
 
 from twisted.trial.unittest import TestCase
 
-from smartplug_backend.http.dashboard.auth import hash_password
+from smartplug_backend.server.passwords import hash_password
 
 from .server import closed_at_once, start_server
 

@@ -124,7 +124,7 @@ class MakeServiceTests(SynchronousTestCase):
         """
         With DASHBOARD_USERS the HTTP site holds /ui beside the app.
         """
-        from smartplug_backend.http.dashboard.auth import hash_password
+        from smartplug_backend.server.passwords import hash_password
 
         reactor = self.make([], f"STATE_DB = None\nDASHBOARD_USERS = {{'anna': {hash_password('x', n=2**10)!r}}}\n")
         self.assertIsInstance(self.child(reactor, b"ui"), Dashboard)

@@ -96,7 +96,7 @@ def _passwd(args, stdin=None) -> str:
     if not args.name or any(c in args.name for c in "\"\\") or not args.name.isprintable():
         raise _Failed("NAME must be printable, without quotes or backslashes")
     # Imported here: hashing needs nothing of the rest of the server.
-    from ..http.dashboard.auth import hash_password
+    from ..server.passwords import hash_password
 
     hashed = hash_password(_read_password(stdin or sys.stdin))
     return f"DASHBOARD_USERS = {json.dumps({args.name: hashed}, ensure_ascii=False)}"

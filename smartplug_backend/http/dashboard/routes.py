@@ -32,7 +32,8 @@ from ...core import strictjson
 from ...core.display import InvalidDisplay, validate_display
 from ...core.limits import MAX_LOGINS_AT_ONCE, MAX_LOGINS_PER_ADDRESS
 from ...server.guard import normal_address
-from .auth import COOKIE, Session, Sessions, csrf_matches, verify_password
+from ...server.passwords import verify_password
+from .auth import COOKIE, Session, Sessions, csrf_matches
 from .live import own_origin
 
 _MAX_NAME = 128
