@@ -521,6 +521,38 @@ class RouteTests(SynchronousTestCase):
             sub.sendClose()
             sub_pump.flush()
 
+    def test_large_replay_to_reading_peer(self):
+        """
+        A since replay of 100 publications of 60 KB (6 MB, over the 1 MiB
+        unsent limit) reaches a subscriber that reads, as the transport
+        drains, with a publication made meanwhile after the recovered
+        message; a large "last" frame (Go's escaping makes 20 KB of "<"
+        120 KB) arrives too.
+        """
+        from .test_wsbase import PacedTransport
+
+        self.publish(*["%03d" % n + "x" * 60000 for n in range(99)])
+        self.publish("<" * 20000)
+        self.pub_pump.flush()
+        self.journal.answer(100)
+        last, _, last_pump = ws_connect(self.factory, "/subscribe?clientName=l", port=4002)
+        last.sendMessage(b'{"action": "subscribe", "event": "e", "last": true}')
+        last_pump.flush()
+        self.assertEqual([m["data"] for m in last.json()], ["<" * 20000])
+        sub, server, pump = ws_connect(self.factory, "/subscribe?clientName=s", port=4001)
+        paced = PacedTransport(server, pump)
+        sub.sendMessage(b'{"action": "subscribe", "event": "e", "since": {"offset": 0, "epoch": "E1"}}')
+        pump.flush()
+        self.publish("live")
+        self.pub_pump.flush()
+        self.journal.answer()
+        for _ in range(300):
+            paced.drain()
+        self.assertIsNone(sub.closed)
+        self.assertEqual(self.factory.slow_dropped, 0)
+        self.assertEqual(offsets(sub.messages), [*range(1, 101), "R", 101])
+        self.assertEqual(sub.json()[99]["data"], "<" * 20000)
+
     def test_since_stale_epoch_and_bad_since(self):
         """
         A stale epoch gets recovered false and nothing replayed, yet live

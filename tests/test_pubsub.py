@@ -359,6 +359,23 @@ class RouteTests(SynchronousTestCase):
         pump.flush()
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_large_info_frame(self):
+        """
+        An info frame over 64 KiB (many subscriptions) is still sent whole:
+        the message limit is for what peers send.
+        """
+        sub, _, sub_pump = ws_connect(self.factory, "/subscribe?clientName=many", port=4001)
+        for n in range(800):
+            sub.sendMessage(b'{"action": "subscribe", "event": "event-%04d-padding-padding-padding"}' % n)
+        sub_pump.flush()
+        info, _, pump = ws_connect(self.factory, "/socket/info", port=4002)
+        self.clock.pump([5])
+        pump.flush()
+        [frame] = info.messages
+        self.assertGreater(len(frame), 64 * 1024)
+        self.assertEqual(len(json.loads(frame)["subscriptions"]), 800)
+        self.assertIsNone(info.closed)
+
     def test_slow_subscriber_cut_off(self):
         """
         A subscriber whose unsent data passes 1 MiB is closed with 1008 "too
