@@ -121,14 +121,18 @@ class _Request:
         self.sent = False
 
 
-def post_load(port: int, concurrency: int, duration: float, warmup: float, timeout: float = 5.0) -> dict:
+def post_load(
+    port: int, concurrency: int, duration: float, warmup: float, timeout: float = 5.0, server_pid: int = None
+) -> dict:
     """
     Keep C{concurrency} firmware-style requests in flight, each on a new
     connection (connect, send, read the whole answer, close), for C{warmup}
     then C{duration} seconds.
 
     Latencies run from before C{connect} to the last byte of the answer;
-    only requests that start after the warm-up are counted.
+    only requests that start after the warm-up are counted.  With
+    C{server_pid}, the server's CPU time over the measured window is read
+    too (C{server_cpu}; divide by C{completed}).
     """
     raise_fd_limit()
     request, _ = report_bytes("bench-post", 1)
@@ -142,6 +146,7 @@ def post_load(port: int, concurrency: int, duration: float, warmup: float, timeo
     stop_at = measure_from + duration
     completed_in_window = 0
     cpu0 = None
+    server_cpu = [None, None]
 
     def start_one(now):
         try:
@@ -207,6 +212,10 @@ def post_load(port: int, concurrency: int, duration: float, warmup: float, timeo
         now = time.perf_counter()
         if cpu0 is None and now >= measure_from:
             cpu0 = (_own_cpu(), now)
+            if server_pid:
+                server_cpu[0] = cpu_seconds(server_pid)
+        if server_pid and server_cpu[1] is None and now >= stop_at:
+            server_cpu[1] = cpu_seconds(server_pid)
         if now >= next_sweep:
             next_sweep = now + 0.1
             for fd in [fd for fd, r in live.items() if now - r.start > timeout]:
@@ -221,6 +230,97 @@ def post_load(port: int, concurrency: int, duration: float, warmup: float, timeo
         "failures": dict(failures),
         "client_cpu": (cpu1 - cpu0[0]) if cpu0 else None,
         "client_wall": (time.perf_counter() - cpu0[1]) if cpu0 else None,
+        "server_cpu": (server_cpu[1] - server_cpu[0]) if None not in server_cpu else None,
+    }
+
+
+# --------------------------------------------------------------------------
+# POST /data on keep-alive connections
+
+
+def keepalive_load(
+    port: int, concurrency: int, duration: float, warmup: float, timeout: float = 10.0, server_pid: int = None,
+    publish: bool = False,
+) -> dict:
+    """
+    C{concurrency} keep-alive connections, each POSTing a report (its own
+    plug, alternating 0 and 1; with C{publish}, a PiCloud publication of its
+    own event to C{POST /publish}) as soon as the last one is answered, for
+    C{warmup} then C{duration} seconds; only answers within the measured
+    window count.  With C{server_pid}, the server's CPU time over the window
+    is read too (C{server_cpu}).
+    """
+    raise_fd_limit()
+    ep = select.epoll()
+    conns: dict = {}
+    statuses: Counter = Counter()
+    failures: Counter = Counter()
+    begin = time.perf_counter()
+    measure_from, stop_at = begin + warmup, begin + warmup + duration
+    answered = 0
+    server_cpu = [None, None]
+
+    def request(n: int, i: int) -> bytes:
+        if publish:
+            body = b'{"event": "bench-%d", "data": "reading %d"}' % (n, i)
+            path = b"/publish?clientName=bench"
+        else:
+            body = b'{"id": "bench-%d", "value": %d}' % (n, i % 2)
+            path = b"/data"
+        return b"POST %s HTTP/1.1\r\nHost: bench\r\nContent-Length: %d\r\n\r\n%s" % (path, len(body), body)
+
+    for n in range(concurrency):
+        sock = socket.create_connection((HOST, port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ep.register(sock.fileno(), _IN)
+        conns[sock.fileno()] = [sock, n, 0, b"", time.perf_counter()]
+    for c in conns.values():
+        c[0].sendall(request(c[1], 0))
+    while conns:
+        now = time.perf_counter()
+        if server_pid and server_cpu[0] is None and now >= measure_from:
+            server_cpu[0] = cpu_seconds(server_pid)
+        if server_pid and server_cpu[1] is None and now >= stop_at:
+            server_cpu[1] = cpu_seconds(server_pid)
+        for fd, _events in ep.poll(0.1):
+            c = conns[fd]
+            data = c[0].recv(65536)
+            c[3] += data
+            status, complete = _response_complete(c[3])
+            now = time.perf_counter()
+            if not complete:
+                if not data:
+                    failures["closed by the server"] += 1
+                    ep.unregister(fd)
+                    c[0].close()
+                    del conns[fd]
+                continue
+            c[3] = b""
+            if measure_from <= now <= stop_at:
+                answered += 1
+                statuses[status] += 1
+            if now >= stop_at:
+                ep.unregister(fd)
+                c[0].close()
+                del conns[fd]
+                continue
+            c[2] += 1
+            c[4] = now
+            c[0].sendall(request(c[1], c[2]))
+        now = time.perf_counter()
+        for fd in [fd for fd, c in conns.items() if now - c[4] > timeout]:
+            failures[f"no answer within {timeout:g} s"] += 1
+            ep.unregister(fd)
+            conns.pop(fd)[0].close()
+    if server_pid and server_cpu[1] is None:
+        server_cpu[1] = cpu_seconds(server_pid)
+    ep.close()
+    return {
+        "answered": answered,
+        "per_second": answered / duration,
+        "statuses": dict(statuses),
+        "failures": dict(failures),
+        "server_cpu": (server_cpu[1] - server_cpu[0]) if None not in server_cpu else None,
     }
 
 
@@ -441,7 +541,9 @@ class AppSwarm:
         self.ep.close()
 
 
-def fanout(http_port: int, ws_port: int, server_pid: int, sizes, reports: dict, warmup: int = 20) -> dict:
+def fanout(
+    http_port: int, ws_port: int, server_pid: int, sizes, reports: dict, warmup: int = 20, settle: float = 1.0
+) -> dict:
     """
     For each number of app clients in C{sizes} (ascending), POST reports one
     after another and time each from the POST to the last client receiving
@@ -449,15 +551,27 @@ def fanout(http_port: int, ws_port: int, server_pid: int, sizes, reports: dict, 
 
     First the same is done with no app client at all, so the server's CPU
     for the POST itself is known and can be told apart from the broadcast.
+    The server's RSS is read before any client opens and once each size is
+    open (C{settle} seconds after, before any report), so the growth per
+    idle connection is known too.
+
+    @param reports: reports measured per size (key 0: the default).
+    @param warmup: unmeasured reports per size, at most a tenth of them.
     """
     raise_fd_limit()
     swarm = AppSwarm(ws_port)
     results = {}
+    rss_base = rss_bytes(server_pid)
     try:
         for size in [0] + list(sizes):
+            t0 = time.perf_counter()
             swarm.open(size - len(swarm.apps))
+            opened = time.perf_counter() - t0
+            if size:
+                time.sleep(settle)
+            rss = rss_bytes(server_pid)
             count = reports.get(size, reports.get(0))
-            for i in range(warmup):
+            for i in range(min(warmup, max(count // 10, 1))):
                 swarm.report(http_port, f"warm-{size}-{i}", i % 2)
             latencies, post_latencies, missed = [], [], 0
             unexpected0 = swarm.unexpected
@@ -480,6 +594,9 @@ def fanout(http_port: int, ws_port: int, server_pid: int, sizes, reports: dict, 
                 "client_cpu": _own_cpu() - own0,
                 "wall": wall,
                 "unexpected": swarm.unexpected - unexpected0,
+                "rss_open": rss,
+                "rss_base": rss_base,
+                "open_seconds": opened,
             }
     finally:
         swarm.close()

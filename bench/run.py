@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from typing import Callable, Optional
@@ -95,6 +96,33 @@ class Bench:
             yield server
         finally:
             server.stop()
+
+    @contextlib.contextmanager
+    def bare_server(self, log: bool = False):
+        """
+        The yardstick of the ingest benchmark (bench/bare.py): a bare
+        twisted.web Resource on loopback (C{log}: writing the server's one
+        log line per report too); yields C{(port, pid)}.
+        """
+        process = subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "bench", "bare.py")] + (["--log"] if log else []),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        try:
+            for raw in process.stdout:
+                line = raw.decode()
+                if "listening on" in line:
+                    break
+            else:
+                raise RuntimeError("bench/bare.py did not start")
+            # Keep reading, so that its log lines never fill the pipe.
+            threading.Thread(target=process.stdout.read, daemon=True).start()
+            yield int(line.rsplit(":", 1)[1]), process.pid
+        finally:
+            process.terminate()
+            process.wait(10)
 
     def in_child(self, func, *args, child_timeout: float = 120, **kwargs):
         """
@@ -224,11 +252,12 @@ def post_data(bench: Bench) -> list:
     return rows
 
 
-@benchmark("fanout", "one report broadcast to 100 and to 1000 app WebSocket clients")
+@benchmark("fanout", "one report broadcast to 100, 1000 and 10,000 app WebSocket clients")
 def fanout(bench: Bench) -> list:
-    sizes = (100, 1000)
-    reports = {0: 300, 100: 300, 1000: 300}
-    with bench.server() as server:
+    sizes = (100, 1000, 10000)
+    reports = {0: 300, 100: 300, 1000: 300, 10000: 60}
+    # 10,000 apps and the POSTs: above the default MAX_CONNECTIONS.
+    with bench.server("MAX_CONNECTIONS = 10100\n") as server:
         r = bench.in_child(
             clients.fanout,
             server.ports["HTTP"],
@@ -275,6 +304,10 @@ def fanout(bench: Bench) -> list:
                 s["missed"] == 0 and s["unexpected"] == 0,
             ),
             Row(f"{size} clients: client process CPU", f"{100 * s['client_cpu'] / s['wall']:.0f}% of one core"),
+            Row(
+                f"{size} clients: RSS per idle connection",
+                f"{(s['rss_open'] - s['rss_base']) / size / 1000:.1f} KB (opening them took {s['open_seconds']:.1f} s)",
+            ),
         ]
     return rows
 
@@ -384,6 +417,47 @@ def redis_nodes(bench: Bench) -> list:
     return rows
 
 
+@benchmark("ingest", "server CPU per POST /data against a bare twisted.web Resource, same load, same run (issue 12)")
+def ingest(bench: Bench) -> list:
+    # Interleaved rounds (bare, server, bare, server...), so a change in the
+    # machine's load weighs on both alike; the ratio of each round's pair,
+    # then the median of the rounds.
+    rounds, concurrency, duration = 3, 32, 3.0
+    names = ("bare", "server")
+    cpu = {name: [] for name in names}
+    counts = {name: 0 for name in names}
+    stalled = not_ok = 0
+    for _ in range(rounds):
+        for name in names:
+            with contextlib.ExitStack() as stack:
+                if name == "server":
+                    server = stack.enter_context(bench.server())
+                    port, pid = server.ports["HTTP"], server.process.pid
+                else:
+                    port, pid = stack.enter_context(bench.bare_server())
+                r = bench.in_child(
+                    clients.post_load, port, concurrency, duration, warmup=1.0, timeout=5.0, server_pid=pid
+                )
+            cpu[name].append(r["server_cpu"] / max(r["completed"], 1))
+            counts[name] += r["completed"]
+            if name == "server":
+                stalled += sum(1 for x in r["latencies"] if x > clients.STALL) + sum(r["failures"].values())
+                not_ok += sum(n for status, n in r["statuses"].items() if status != 200)
+    ratio = percentile([a / b for a, b in zip(cpu["server"], cpu["bare"], strict=True)], 50)
+    labels = {"bare": "bare twisted.web Resource", "server": "this server"}
+    rows = [Row(f"{labels[name]}: server CPU per request", f"{percentile(cpu[name], 50) * 1e6:.0f} µs "
+                f"(rounds: {', '.join(f'{x * 1e6:.0f}' for x in cpu[name])})") for name in names]
+    rows += [
+        Row("this server / bare", f"{ratio:.2f}x (median of the rounds' ratios)", "<= 1.2x", ratio <= 1.2),
+        Row("requests/s, bare / this server", " / ".join(f"{counts[n] / (rounds * duration):.0f}" for n in names)),
+        Row("this server: stalled > 1 s or failed", str(stalled), "0", stalled == 0),
+        Row("this server: answers other than 200", str(not_ok), "0", not_ok == 0),
+        Row("load", f"firmware requests, new connection each, {concurrency} at a time, "
+            f"{rounds} rounds of {duration:g} s per server, interleaved"),
+    ]
+    return rows
+
+
 @benchmark("history", "pub/sub history (issue 14): 1000 subscribers, PUBSUB_HISTORY 100 vs 0; the store per publication")
 def pubsub_history(bench: Bench) -> list:
     size, count = 1000, 200
@@ -415,11 +489,11 @@ def pubsub_history(bench: Bench) -> list:
     return rows
 
 
-@benchmark("store", "POST /data, keep-alive clients, STATE_DB set versus None (bench/store.py, issue 7)")
+@benchmark("store", "POST /data, keep-alive clients, STATE_DB set versus None (bench/store.py, issues 7 and 12)")
 def state_db(bench: Bench) -> list:
     from bench import store
 
-    return [Row(metric, value) for metric, value in store.compare()]
+    return [Row(metric, value, target, met) for metric, value, target, met in store.compare()]
 
 
 # --------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from .core.pubsub import report_publisher
 from .http.api import Bridge, make_app
 from .http.channel import make_site
 from .http.dashboard.wiring import dashboard
+from .http.ingest import ingest_routes
 from .http.metrics import MeteredJournal, MetricsResource, RequestTimer, ServerCollector, commit_timings, new_registry
 from .integrations.tweets import tweet_service
 from .server.connections import ConnectionCap
@@ -162,7 +163,12 @@ def _build(options: Options, reactor) -> MultiService:
     ui = dashboard(settings, hub, guard, reactor, top, tls=tls, devices=devices, ws_url=ws_url(www_endpoint))
     if ui is not None:
         children[b"ui"] = ui
-    site = make_site(app, reactor, wsgi_pool, children=children, timer=RequestTimer(registry, app, reactor))
+    # POST /data and POST /publish are answered on the reactor thread; the
+    # app keeps every other route, and the refusals of those two.
+    site = make_site(
+        app, reactor, wsgi_pool, children=children, timer=RequestTimer(registry, app, reactor),
+        fast=ingest_routes(hub, settings.API_KEY),
+    )
 
     # The listeners open in one order whatever is built first: HTTP, apps,
     # devices (and close in the reverse order, before the pools they use).

@@ -16,6 +16,7 @@ from twisted.test.iosim import FakeTransport, connect
 from smartplug_backend.core.hub import Hub
 from smartplug_backend.http.api import Bridge, make_app
 from smartplug_backend.http.channel import make_site
+from smartplug_backend.http.ingest import ingest_routes
 
 PEER = "192.168.1.64"
 # The client address StubTreq's requests come from.
@@ -71,11 +72,14 @@ class SynchronousReactor(MemoryReactorClock):
 def http_client(hub: Hub, **options) -> StubTreq:
     """
     A treq-like client for the Bottle app over C{hub}, served by the real
-    twisted.web Site and WSGIResource with every thread hop made synchronous.
+    twisted.web Site, with the ingest routes on the reactor thread
+    (L{ingest_routes}) and the rest under WSGIResource with every thread hop
+    made synchronous.
     C{options} go to L{make_app} (C{guard}, C{api_key}).
     """
     app = make_app(hub, SYNC_BRIDGE, **options)
-    site = make_site(app, SynchronousReactor(), SynchronousThreadPool())
+    fast = ingest_routes(hub, options.get("api_key"))
+    site = make_site(app, SynchronousReactor(), SynchronousThreadPool(), fast=fast)
     return StubTreq(site.resource)
 
 

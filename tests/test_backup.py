@@ -145,6 +145,24 @@ class TakeTests(Files):
         self.assertNotEqual(first, second)
         self.assertTrue(second.endswith("Z-2.tar.gz"), second)
 
+    def test_racing_backup_not_overwritten(self):
+        """
+        A backup whose name another backup took in the same moment (two
+        threads, or the CLI beside the server) is written under the next
+        name; the other one is left whole.
+        """
+        first = self.take()
+        with open(first, "rb") as f:
+            before = f.read()
+        real = backup._free_name
+        names = iter([first])
+        self.patch(backup, "_free_name", lambda *a: next(names, None) or real(*a))
+        second = self.take()
+        self.assertNotEqual(second, first)
+        with open(first, "rb") as f:
+            self.assertEqual(f.read(), before)
+        self.assertEqual(len(os.listdir(self.backups)), 2)
+
     def assertFails(self, fragment: str, **kwargs) -> None:
         arguments = dict(db_path=self.db, settings_path=self.settings, directory=self.backups, now=self.now)
         arguments.update(kwargs)

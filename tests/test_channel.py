@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from smartplug_backend.core.hub import Hub
 from smartplug_backend.http.api import make_app
 from smartplug_backend.http.channel import make_site
+from smartplug_backend.http.ingest import ingest_routes
 
 from .helpers import SYNC_BRIDGE, SynchronousReactor, SynchronousThreadPool
 
@@ -30,7 +31,9 @@ class FirmwareRequestTests(SynchronousTestCase):
     def setUp(self):
         self.hub = Hub()
         self.pool = SynchronousThreadPool()
-        self.site = make_site(make_app(self.hub, SYNC_BRIDGE), SynchronousReactor(), self.pool)
+        self.site = make_site(
+            make_app(self.hub, SYNC_BRIDGE), SynchronousReactor(), self.pool, fast=ingest_routes(self.hub, None)
+        )
 
     def connect(self):
         channel = self.site.buildProtocol(IPv4Address("TCP", "192.168.1.64", 4000))
@@ -83,10 +86,12 @@ class FirmwareRequestTests(SynchronousTestCase):
 
     def test_peer_closes_before_app_reads(self):
         """
-        The firmware closes as soon as its bytes are out: the report is still
-        acted on even though the connection is gone before the WSGI thread
-        reads the body.
+        The firmware closes as soon as its bytes are out: a report served by
+        the Bottle app (as every report was before the ingest routes) is
+        still acted on even though the connection is gone before the WSGI
+        thread reads the body.
         """
+        self.site = make_site(make_app(self.hub, SYNC_BRIDGE), SynchronousReactor(), self.pool)
         queued = []
         self.pool.callInThread = lambda f, *a, **kw: queued.append(lambda: f(*a, **kw))
         channel, transport = self.connect()
@@ -101,8 +106,10 @@ class FirmwareRequestTests(SynchronousTestCase):
         """
         A client that half-closes after its request (shutdown(SHUT_WR), then
         reads) gets its answer once the WSGI thread is done, and the
-        connection is closed after it; the report is acted on.
+        connection is closed after it; the report (served by the Bottle app
+        here) is acted on.
         """
+        self.site = make_site(make_app(self.hub, SYNC_BRIDGE), SynchronousReactor(), self.pool)
         queued = []
         self.pool.callInThread = lambda f, *a, **kw: queued.append(lambda: f(*a, **kw))
         channel, transport = self.connect()
@@ -112,6 +119,19 @@ class FirmwareRequestTests(SynchronousTestCase):
         self.assertFalse(transport.disconnecting)
         [run] = queued
         run()
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 OK\r\n"), transport.value())
+        self.assertTrue(transport.value().endswith(b"\r\n\r\n{}"))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.hub.plug("0xb00bf0cc").value, 1)
+
+    def test_half_closed_peer_answered_by_ingest_route(self):
+        """
+        The same half-closing client, its report taken by the reactor-thread
+        ingest route: answered at once, then closed.
+        """
+        channel, transport = self.connect()
+        channel.dataReceived(FIRMWARE_REQUEST.replace(b"Connection: close\n", b""))
+        channel.readConnectionLost()
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 OK\r\n"), transport.value())
         self.assertTrue(transport.value().endswith(b"\r\n\r\n{}"))
         self.assertTrue(transport.disconnecting)

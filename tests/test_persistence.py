@@ -11,7 +11,7 @@ import sqlite3
 import sys
 import time
 
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
@@ -205,6 +205,149 @@ class JournalTests(SynchronousTestCase):
         entries = json.loads(self.successResultOf(response.content()))
         self.assertEqual([e["value"] for e in entries], [0, 1, 0, 1, 0])
         self.assertEqual(entries[0]["at"], "1970-01-01T00:16:47.000Z")
+
+
+class ManualWriter:
+    """
+    A stand-in for the writer thread that runs each call only when the
+    test says so, so that writes can queue up behind a busy writer.
+    """
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, f, *args):
+        done = Deferred()
+        self.calls.append((f, args, done))
+        return done
+
+    def run_next(self):
+        f, args, done = self.calls.pop(0)
+        done.callback(f(*args))
+
+
+class GroupCommitTests(SynchronousTestCase):
+    """
+    Writes that queue up while the writer thread is busy are committed
+    together, in one transaction, and answered in the order they were made;
+    one that fails does not fail the others.
+    """
+
+    def setUp(self):
+        self.path = self.mktemp()
+        self.store = Store.open(self.path, keep=100)
+        self.addCleanup(self.store.close)
+        self.statements = []
+        self.store._db.set_trace_callback(self.statements.append)
+        self.writer = ManualWriter()
+        self.journal = SQLiteJournal(run=self.writer, store=self.store)
+
+    def commits(self) -> int:
+        return sum(1 for s in self.statements if s == "COMMIT")
+
+    def test_queued_writes_share_one_transaction(self):
+        """
+        While the first write is on the writer thread, three reports and a
+        display state queue up; they go to the writer in one call, are
+        committed with one COMMIT, and their Deferreds fire in call order,
+        only after it.
+        """
+        answered = []
+        first = self.journal.save_report("a", 1, 1.0, "http")
+        first.addCallback(lambda _: answered.append("first"))
+        queued = [self.journal.save_report(p, v, 2.0, "http") for p, v in [("a", 0), ("b", 1), ("a", 1)]]
+        queued.append(self.journal.save_display(Display(2, color=(1, 2, 3), pulse=0)))
+        for n, d in enumerate(queued):
+            d.addCallback(lambda _, n=n: answered.append(n))
+        self.assertEqual(len(self.writer.calls), 1)
+        self.writer.run_next()
+        self.assertEqual((answered, self.commits()), (["first"], 1))
+        [(f, (writes,), _)] = self.writer.calls
+        self.assertEqual(len(writes), 4)
+        self.writer.run_next()
+        self.assertEqual((answered, self.commits()), (["first", 0, 1, 2, 3], 2))
+        self.assertEqual([e.value for e in self.store.history("a", 10)], [1, 0, 1])
+        self.assertEqual(self.store.plugs(), [Plug("a", 1, 2.0), Plug("b", 1, 2.0)])
+        self.assertEqual(self.store.display(), Display(2, color=(1, 2, 3), pulse=0))
+
+    def test_a_read_keeps_its_place(self):
+        """
+        A history read queued between writes runs alone, after the writes
+        before it and before those after it.
+        """
+        self.journal.save_report("a", 1, 1.0, "http")
+        self.journal.save_report("a", 0, 2.0, "http")
+        read = self.journal.history("a", 10)
+        self.journal.save_report("a", 1, 3.0, "http")
+        self.writer.run_next()
+        self.writer.run_next()
+        self.assertNoResult(read)
+        self.writer.run_next()
+        self.assertEqual([e.value for e in self.successResultOf(read)], [0, 1])
+        self.writer.run_next()
+        self.assertEqual(self.writer.calls, [])
+        self.assertEqual(len(self.store.history("a", 10)), 3)
+
+    def test_one_bad_write_fails_alone(self):
+        """
+        In a group, a write SQLite refuses fails with L{StoreFailed} and
+        leaves nothing behind; the group is rolled back and the others are
+        tried again alone and committed, in their order.
+        """
+        db = sqlite3.connect(self.path)
+        db.execute(
+            "CREATE TRIGGER refuse_bad BEFORE INSERT ON history WHEN NEW.plug_id = 'bad'"
+            " BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+        db.commit()
+        db.close()
+        self.journal.save_report("first", 1, 1.0, "http")
+        group = [self.journal.save_report(p, 1, 2.0, "http") for p in ("a", "bad", "b")]
+        self.writer.run_next()
+        self.writer.run_next()
+        self.successResultOf(group[0])
+        self.assertIn("refused", str(self.failureResultOf(group[1], StoreFailed).value))
+        self.successResultOf(group[2])
+        self.assertEqual([p.id for p in self.store.plugs()], ["first", "a", "b"])
+        self.assertEqual(self.store.history("bad", 10), [])
+        self.assertEqual(self.commits(), 3)
+        self.assertIn("ROLLBACK", self.statements)
+
+    def test_failed_commit_retries_each_alone(self):
+        """
+        When the group's transaction fails as a whole (here its COMMIT),
+        each write is tried again alone, so each is answered by its own
+        fate: here all are committed, one transaction each.
+        """
+        self.journal.save_report("first", 1, 1.0, "http")
+        group = [self.journal.save_report(p, 1, 2.0, "http") for p in ("a", "b")]
+        self.writer.run_next()
+        real = self.store._db
+        self.store._db = FailingCommit(real)
+        self.writer.run_next()
+        for d in group:
+            self.successResultOf(d)
+        self.assertEqual([p.id for p in self.store.plugs()], ["first", "a", "b"])
+        self.assertEqual(self.commits(), 3)
+
+
+class FailingCommit:
+    """
+    An sqlite3 connection whose first COMMIT fails, as on a full disk.
+    """
+
+    def __init__(self, db):
+        self._db = db
+        self.failed = False
+
+    def __getattr__(self, name):
+        return getattr(self._db, name)
+
+    def execute(self, sql, *args):
+        if sql == "COMMIT" and not self.failed:
+            self.failed = True
+            raise sqlite3.OperationalError("database or disk is full")
+        return self._db.execute(sql, *args)
 
 
 class StoreServiceTests(SynchronousTestCase):

@@ -363,6 +363,29 @@ class QueryTests(SynchronousTestCase):
         self.addCleanup(db.close)
         self.assertEqual(db.execute("SELECT count(*) FROM history").fetchone()[0], 4)
 
+    def test_bound_holds_through_refusals_and_groups(self):
+        """
+        The bound stays exact when a report is refused (its transaction
+        rolled back) and when reports are committed together in one
+        transaction (L{Store.write_together}), however many there are.
+        """
+        db = sqlite3.connect(self.path)
+        self.addCleanup(db.close)
+        for n in range(3):
+            self.store.save_report("p", 1, float(n), "http")
+        db.execute("CREATE TRIGGER refuse BEFORE INSERT ON history WHEN NEW.at = 99 BEGIN SELECT RAISE(ABORT, 'no'); END")
+        db.commit()
+        self.assertRaises(sqlite3.IntegrityError, self.store.save_report, "p", 0, 99.0, "http")
+        self.store.save_report("p", 0, 3.0, "http")
+        self.assertEqual([e.at for e in self.store.history("p", 10)], [3.0, 2.0, 1.0])
+        outcomes = self.store.write_together(
+            [(self.store.save_report, ("p", 1, float(n), "http")) for n in range(4, 9)]
+            + [(self.store.save_report, ("p", 1, 99.0, "http")), (self.store.save_report, ("p", 0, 10.0, "http"))]
+        )
+        self.assertEqual([o is None for o in outcomes], [True] * 5 + [False, True])
+        self.assertEqual([e.at for e in self.store.history("p", 10)], [10.0, 8.0, 7.0])
+        self.assertEqual(db.execute("SELECT count(*) FROM history").fetchone()[0], 3)
+
     def test_lower_bound_trims_on_next_report(self):
         """
         After HISTORY_KEEP is lowered, the next report of a plug trims its

@@ -45,6 +45,11 @@ def _finite(text: str) -> float:
     return value
 
 
+# What json.loads(payload, parse_constant=..., parse_float=...) builds anew
+# on every call; one decoder holds no state between calls.
+_DECODER = json.JSONDecoder(parse_constant=_no_constants, parse_float=_finite)
+
+
 def loads(payload: Union[bytes, str]) -> Any:
     """
     Decode JSON text, UTF-8 if given bytes.
@@ -59,7 +64,7 @@ def loads(payload: Union[bytes, str]) -> Any:
         except UnicodeDecodeError:
             raise InvalidJSON("not UTF-8") from None
     try:
-        value = json.loads(payload, parse_constant=_no_constants, parse_float=_finite)
+        value = _DECODER.decode(payload)
     except InvalidJSON:
         raise
     except RecursionError:

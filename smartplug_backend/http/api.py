@@ -106,17 +106,22 @@ def _peer() -> str:
     return bottle.request.environ.get("REMOTE_ADDR") or "?"
 
 
-def _given(header: str, param: str):
+def given(request: bottle.BaseRequest, header: str, param: str):
     """
-    A credential of the request (SPEC 3.1): the header, else the query
-    parameter, else C{None}.
+    A credential of C{request} (SPEC 3.1): the header, else the query
+    parameter, else C{None}.  The one reading of credentials over HTTP, for
+    the Bottle routes and the reactor-thread ingest routes alike.
     """
     # WSGI hands over every header and query value as bytes read as
     # latin-1.  Bottle's own decoding raises on bytes that are not UTF-8 (a
     # 500); read them with U+FFFD in their place instead, so such a key is an
     # ordinary wrong key (401, counted toward a ban) and such a name a name.
-    raw = bottle.request.environ.get("HTTP_" + header.upper().replace("-", "_")) or bottle.request.query.get(param)
+    raw = request.environ.get("HTTP_" + header.upper().replace("-", "_")) or request.query.get(param)
     return _utf8(raw) or None
+
+
+def _given(header: str, param: str):
+    return given(bottle.request, header, param)
 
 
 def _utf8(wsgi_value):
@@ -317,9 +322,16 @@ def make_app(hub, bridge: Bridge, guard=None, api_key=None) -> bottle.Bottle:
     return app
 
 
-def _unrecorded(what: str) -> bottle.HTTPResponse:
+def unrecorded(what: str) -> str:
+    """
+    The error message of a change the state store refused (503).
+    """
     # The hub has logged the store's reason; the client learns only that.
-    return _error(503, f"state store cannot write: {what} not recorded")
+    return f"state store cannot write: {what} not recorded"
+
+
+def _unrecorded(what: str) -> bottle.HTTPResponse:
+    return _error(503, unrecorded(what))
 
 
 def parse_limit(text) -> int:

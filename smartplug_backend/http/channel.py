@@ -13,7 +13,8 @@ then closes the request body, while the WSGI thread may not have read it yet;
 L{PatientRequest} keeps the body readable so the report is still acted on.
 
 The site's root hands every path to the app, except those of the named
-children it is given (C{/metrics}): L{Root}.
+children it is given (C{/metrics}, C{/ui}) and the POST routes answered on
+the reactor thread (C{/data}, C{/publish}): L{Root}.
 
 twisted.web's idle timeout restarts with every byte received, so a peer that
 trickles a request a byte at a time would hold its connection for ever
@@ -44,6 +45,7 @@ from zope.interface import implementer
 from ..core.limits import HTTP_IDLE_TIMEOUT, HTTP_REQUEST_TIMEOUT, MAX_BODY
 from ..internals import HTTPChannelSeams
 from ..ws.base import peer_host
+from .ingest import FastRoute
 
 
 @implementer(IHalfCloseableProtocol)
@@ -222,17 +224,27 @@ class PatientRequest(Request):
 
 class Root(Resource):
     """
-    The site's root: C{/<name>} goes to the named child of that name (and
-    below it, unless the child is a leaf); every other path goes to the
-    app, which sees it whole, as if it were the root itself.
+    The site's root: a POST to one of the C{fast} paths (exactly, without
+    its query) goes to that handler, on the reactor thread
+    (L{smartplug_backend.http.ingest}), which hands what it does not take
+    to the app; C{/<name>} goes to the named child of that name (and below
+    it, unless the child is a leaf); every other path goes to the app,
+    which sees it whole, as if it were the root itself.
     """
 
-    def __init__(self, app: Resource, children: dict) -> None:
+    def __init__(self, app: Resource, children: dict, fast: Optional[dict] = None) -> None:
         super().__init__()
         self._app = app
         self._named = dict(children)
+        self._fast = {path: FastRoute(handler, app) for path, handler in (fast or {}).items()}
 
     def getChildWithDefault(self, name: bytes, request):
+        if request.method == b"POST":
+            route = self._fast.get(request.path)
+            if route is not None:
+                # As for the app: the handler may hand the request on to it.
+                request.postpath.insert(0, request.prepath.pop())
+                return route
         child = self._named.get(name)
         if child is not None and (not child.isLeaf or not request.postpath):
             return child
@@ -283,6 +295,7 @@ def make_site(
     request_timeout: float = HTTP_REQUEST_TIMEOUT,
     children: Optional[dict] = None,
     timer=None,
+    fast: Optional[dict] = None,
 ) -> Site:
     """
     A Site serving the WSGI C{app} from C{pool}: idle connections closed
@@ -293,9 +306,11 @@ def make_site(
     @param children: path segment -> resource served there instead of the
         app (C{{b"metrics": ...}}); see L{Root}.
     @param timer: times each request (see L{QuietSite}), or C{None}.
+    @param fast: exact path -> handler of its POST requests, answered on
+        the reactor thread (L{smartplug_backend.http.ingest}); see L{Root}.
     """
     site = QuietSite(
-        Root(WSGIResource(reactor, pool, app), children or {}),
+        Root(WSGIResource(reactor, pool, app), children or {}, fast or {}),
         timeout=timeout,
         reactor=reactor,
         # The app reads raw bodies; parsing forms would only cost memory.

@@ -343,6 +343,9 @@ class Guard:
         Whether a new connection from C{host} may go on; a refusal is counted
         for the log line that lifts the ban.
         """
+        if not self._bans:
+            # The usual case, on every accept: no address to spell out.
+            return True
         host = normal_address(host) if host else None
         if host not in self._bans:
             return True

@@ -132,9 +132,16 @@ def take(db_path: str, settings_path: Optional[str], directory: str, prefix: str
         os.chmod(partial, 0o600)
         with open(partial, "rb") as f:
             os.fsync(f.fileno())
-        final = _free_name(directory, prefix, now())
-        os.replace(partial, final)
-        return final
+        # A link never replaces: two backups taken in the same second (the
+        # dashboard's button, the CLI, the automatic one) each get a name.
+        for _ in range(100):
+            final = _free_name(directory, prefix, now())
+            try:
+                os.link(partial, final)
+            except FileExistsError:
+                continue
+            return final
+        raise BackupError(f"cannot find a free backup name in {directory}")
     except OSError as e:
         raise BackupError(f"cannot write the backup to {directory}: {e}") from None
     finally:

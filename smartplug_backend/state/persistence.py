@@ -2,20 +2,29 @@
 The state store in the running server: the SQLite journal on one writer
 thread, and the service that opens it and loads the hub at start-up.
 
-Every SQLite call runs on the store's own single-thread pool, so calls run
-one at a time, in the order they were made, and their answers come back to
-the reactor thread in that order: a report is committed before the hub
-accepts it, and the reports of one plug are committed in arrival order.
+Every SQLite call runs on the store's own single-thread pool, one at a time,
+in the order the calls were made, and their answers come back to the
+reactor thread in that order: a report is committed before the hub accepts
+it, and the reports of one plug are committed in arrival order.
+
+Group commit: while the writer thread is busy, the writes asked for queue
+up here; when it is free, all the writes at the head of the queue go to it
+together and are committed in one transaction (one fsync), and then each
+caller's Deferred fires, in order.  A 200 still means "committed"; under
+load many reports share one commit instead of waiting for one each.  A
+write that fails fails alone (L{Store.write_together}).
 """
 
 import os
 import sqlite3
+from collections import deque
 from functools import partial
 from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from ..core.display import Display
@@ -23,6 +32,10 @@ from ..core.journal import StoreFailed
 from ..server.services import StartupError, ThreadPoolService
 from .lock import Locked, hold, lock_path
 from .store import Store, UnusableDatabase
+
+# At most this many writes share one transaction: a bound on how long one
+# commit keeps the writer thread (and the first of them) waiting.
+MAX_GROUP = 1000
 
 Runner = Callable[..., Deferred]
 
@@ -40,6 +53,9 @@ class SQLiteJournal:
         self._run_in_thread = run
         self.store = store
         self._closing = False
+        # (is a write, f, args, Deferred) not yet handed to the writer thread
+        self._queue: deque = deque()
+        self._busy = False
 
     def open(self, path: str, keep: int) -> tuple[list, Optional[Display]]:
         """
@@ -54,21 +70,69 @@ class SQLiteJournal:
         return self.store.plugs(), self.store.display(), self.store.streams()
 
     def _run(self, f: Callable[..., Any], *args) -> Deferred:
+        """
+        C{f(*args)} on the writer thread, alone, after every call made
+        before it.
+        """
+        return self._enqueue(False, f, args)
+
+    def _write(self, f: Callable[..., Any], *args) -> Deferred:
+        """
+        The store's write C{f(*args)} on the writer thread, committed with
+        the writes queued beside it; fails with L{StoreFailed} when SQLite
+        refuses it (nothing of it is kept).
+        """
+        return self._enqueue(True, f, args)
+
+    def _enqueue(self, write: bool, f: Callable[..., Any], args: tuple) -> Deferred:
         # Once closing, nothing more is queued: a stopped pool would drop the
         # call silently and its caller would wait for good.
         if self._closing:
             return fail(StoreFailed("the server is stopping"))
-        return self._run_in_thread(f, *args)
+        done = Deferred()
+        self._queue.append((write, f, args, done))
+        self._next()
+        return done
 
-    def _write(self, f: Callable[..., Any], *args) -> Deferred:
-        def write():
-            try:
-                return f(*args)
-            except sqlite3.Error as e:
-                # The transaction was rolled back: nothing of it was kept.
-                raise StoreFailed(str(e)) from e
+    def _next(self) -> None:
+        """
+        Hand the head of the queue to the writer thread, unless it is busy:
+        every write up to the next read (or L{MAX_GROUP}) together, or one
+        read.
+        """
+        if self._busy or not self._queue:
+            return
+        write, f, args, done = self._queue.popleft()
+        # Busy before the call: a synchronous runner (tests) answers at once.
+        self._busy = True
+        if not write:
+            self._run_in_thread(f, *args).addBoth(self._answered, [done])
+            return
+        writes, waiting = [(f, args)], [done]
+        while self._queue and self._queue[0][0] and len(writes) < MAX_GROUP:
+            _, f, args, done = self._queue.popleft()
+            writes.append((f, args))
+            waiting.append(done)
+        self._run_in_thread(self.store.write_together, writes).addBoth(self._committed, waiting)
 
-        return self._run(write)
+    def _committed(self, outcomes, waiting: list) -> None:
+        if isinstance(outcomes, Failure):
+            outcomes = [outcomes] * len(waiting)
+        self._answered([_as_failure(outcome) for outcome in outcomes], waiting, each=True)
+
+    def _answered(self, result, waiting: list, each: bool = False) -> None:
+        # The writer thread is free: give it what queued up meanwhile
+        # before answering these callers, so the next commit's fsync runs
+        # while the answers go out.  The answers still come in call order:
+        # those of the next turn come back through the reactor, later, and
+        # writes made by these callbacks queue behind it.
+        self._busy = False
+        self._next()
+        for done, outcome in zip(waiting, result if each else [result], strict=True):
+            if isinstance(outcome, Failure):
+                done.errback(outcome)
+            else:
+                done.callback(outcome)
 
     def save_report(self, plug_id: str, value: int, at: float, source: str, publication=None) -> Deferred:
         if publication is None:
@@ -98,6 +162,19 @@ class SQLiteJournal:
         closed = self._run(self.store.close)
         self._closing = True
         return closed
+
+
+def _as_failure(outcome):
+    """
+    One write's outcome from L{Store.write_together}, for its Deferred:
+    C{None}, or a L{Failure} (L{StoreFailed} for SQLite's refusals: the
+    transaction, or its savepoint, was rolled back).
+    """
+    if outcome is None or isinstance(outcome, Failure):
+        return outcome
+    if isinstance(outcome, sqlite3.Error):
+        return Failure(StoreFailed(str(outcome)))
+    return Failure(outcome)
 
 
 class StoreService(ThreadPoolService):
