@@ -423,7 +423,10 @@ def ingest(bench: Bench) -> list:
     # machine's load weighs on both alike; the ratio of each round's pair,
     # then the median of the rounds.
     rounds, concurrency, duration = 3, 32, 3.0
-    names = ("bare", "server")
+    # "bare+log" also writes the one line per report the server must write,
+    # through the same twisted.logger text observer: it shows how much of
+    # the difference is that line.
+    names = ("bare", "bare+log", "server")
     cpu = {name: [] for name in names}
     counts = {name: 0 for name in names}
     stalled = not_ok = 0
@@ -434,7 +437,7 @@ def ingest(bench: Bench) -> list:
                     server = stack.enter_context(bench.server())
                     port, pid = server.ports["HTTP"], server.process.pid
                 else:
-                    port, pid = stack.enter_context(bench.bare_server())
+                    port, pid = stack.enter_context(bench.bare_server(log=name == "bare+log"))
                 r = bench.in_child(
                     clients.post_load, port, concurrency, duration, warmup=1.0, timeout=5.0, server_pid=pid
                 )
@@ -444,12 +447,15 @@ def ingest(bench: Bench) -> list:
                 stalled += sum(1 for x in r["latencies"] if x > clients.STALL) + sum(r["failures"].values())
                 not_ok += sum(n for status, n in r["statuses"].items() if status != 200)
     ratio = percentile([a / b for a, b in zip(cpu["server"], cpu["bare"], strict=True)], 50)
-    labels = {"bare": "bare twisted.web Resource", "server": "this server"}
+    logged = percentile([a / b for a, b in zip(cpu["server"], cpu["bare+log"], strict=True)], 50)
+    labels = {"bare": "bare twisted.web Resource", "bare+log": "bare Resource + the report's log line",
+              "server": "this server"}
     rows = [Row(f"{labels[name]}: server CPU per request", f"{percentile(cpu[name], 50) * 1e6:.0f} µs "
                 f"(rounds: {', '.join(f'{x * 1e6:.0f}' for x in cpu[name])})") for name in names]
     rows += [
         Row("this server / bare", f"{ratio:.2f}x (median of the rounds' ratios)", "<= 1.2x", ratio <= 1.2),
-        Row("requests/s, bare / this server", " / ".join(f"{counts[n] / (rounds * duration):.0f}" for n in names)),
+        Row("this server / bare with the log line", f"{logged:.2f}x (median of the rounds' ratios)"),
+        Row("requests/s, bare / bare+log / this server", " / ".join(f"{counts[n] / (rounds * duration):.0f}" for n in names)),
         Row("this server: stalled > 1 s or failed", str(stalled), "0", stalled == 0),
         Row("this server: answers other than 200", str(not_ok), "0", not_ok == 0),
         Row("load", f"firmware requests, new connection each, {concurrency} at a time, "
