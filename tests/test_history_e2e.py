@@ -168,11 +168,22 @@ class RaceEndToEndTests(TestCase):
         """
         server = start_server(self, f'API_KEY = {KEY!r}\nSTATE_DB = "state.sqlite"\nPUBSUB_HISTORY = 1000\n')
         count = 400
+        subscribed = threading.Event()
+
+        def send_all(pub) -> None:
+            for n in range(count):
+                pub.send(json.dumps({"event": "race", "data": n}))
+                if n == count // 4:
+                    # The rest only once the subscription is on its way, so
+                    # that a busy machine cannot let the publisher finish
+                    # first (then there would be no race to see).
+                    subscribed.wait(30)
+
         with connect(server.ws_url(f"/publish?clientName=pub&apiKey={KEY}"), open_timeout=5) as pub:
-            sender = threading.Thread(target=lambda: [pub.send(json.dumps({"event": "race", "data": n}))
-                                                      for n in range(count)])
+            sender = threading.Thread(target=send_all, args=(pub,))
             sender.start()
             self.addCleanup(sender.join, 30)
+            self.addCleanup(subscribed.set)
             # Subscribe once some are committed and while most are not.
             server.wait_for(r"app connected from .*pub\)")
             for _ in range(200):
@@ -182,6 +193,7 @@ class RaceEndToEndTests(TestCase):
             self.assertGreaterEqual(len(kept), 10)
             with subscriber(server) as ws:
                 subscribe(ws, "race", since={"offset": 5, "epoch": history(server, "race")["epoch"]})
+                subscribed.set()
                 messages = []
                 for _ in range(count + 10):
                     messages.append(json.loads(ws.recv(timeout=20)))
