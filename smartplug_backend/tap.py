@@ -115,7 +115,9 @@ def _build(options: Options, reactor) -> MultiService:
             _log.info("{label}: the ssl: endpoint brings its own certificate; TLS_CERT_FILE is not used for it", label=label)
         elif tls is not None:
             factory = tls.wrap(factory)
-        protected = guard.wrap(cap.wrap(factory, name))
+        # A ban also closes the HTTP port's open (keep-alive) connections;
+        # WebSocket connections that already proved their key stay.
+        protected = guard.wrap(cap.wrap(factory, name), close_on_ban=name == "http")
         secure_scheme = scheme + "s" if secure(description) else None
         listener(label, reactor, description, protected, secure_scheme).setServiceParent(top)
 
@@ -160,14 +162,15 @@ def _build(options: Options, reactor) -> MultiService:
     # The HTTP site after those: the dashboard listens to all of the above,
     # after the apps and pub/sub (SPEC 1.1's order) and before tweets.
     children = {b"metrics": MetricsResource(registry, settings.METRICS_ALLOW)}
-    ui = dashboard(settings, hub, guard, reactor, top, tls=tls, devices=devices, ws_url=ws_url(www_endpoint))
+    ui = dashboard(settings, hub, guard, reactor, top, tls=tls, devices=devices, ws_url=ws_url(www_endpoint),
+                   endpoint_tls=brings_own_tls(www_endpoint))
     if ui is not None:
         children[b"ui"] = ui
     # POST /data and POST /publish are answered on the reactor thread; the
     # app keeps every other route, and the refusals of those two.
     site = make_site(
         app, reactor, wsgi_pool, children=children, timer=RequestTimer(registry, app, reactor),
-        fast=ingest_routes(hub, settings.API_KEY),
+        fast=ingest_routes(hub, settings.API_KEY, guard),
     )
 
     # The listeners open in one order whatever is built first: HTTP, apps,

@@ -78,7 +78,7 @@ def http_client(hub: Hub, **options) -> StubTreq:
     C{options} go to L{make_app} (C{guard}, C{api_key}).
     """
     app = make_app(hub, SYNC_BRIDGE, **options)
-    fast = ingest_routes(hub, options.get("api_key"))
+    fast = ingest_routes(hub, options.get("api_key"), options.get("guard"))
     site = make_site(app, SynchronousReactor(), SynchronousThreadPool(), fast=fast)
     return StubTreq(site.resource)
 

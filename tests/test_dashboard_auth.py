@@ -3,6 +3,7 @@ Tests for the dashboard's passwords, sessions and CSRF tokens
 (L{smartplug_backend.http.dashboard.auth}) and the C{passwd} command.
 """
 
+import base64
 import io
 import os
 import runpy
@@ -244,3 +245,39 @@ class SettingsTests(SynchronousTestCase):
                        {"DASHBOARD_USERS": {"": auth.hash_password("x", n=N)}}):
             with self.assertRaises(config.ConfigError):
                 config.settings_from(values)
+
+
+class ParameterBoundsTests(SynchronousTestCase):
+    """
+    scrypt parameters a Raspberry Pi can afford (review finding 5).
+    """
+
+    @staticmethod
+    def forged(n, r, p=1):
+        salt, key = base64.b64encode(b"s" * 16).decode(), base64.b64encode(b"k" * 32).decode()
+        return f"scrypt${n}${r}${p}${salt}${key}"
+
+    def test_memory_hungry_hashes_refused(self):
+        """
+        n=2^20, r=32 (4 GiB per check), n=2^18, r=32 and n=2^17 with r=16
+        (256 MiB) are refused, naming the parameters and the memory they
+        ask for; the defaults and up to 128 MiB (n=2^17, r=8) pass.
+        """
+        for n, r, p in ((2**20, 32, 1), (2**18, 8, 1), (2**15, 32, 1), (2**17, 16, 1), (2**15, 8, 16)):
+            with self.assertRaises(auth.InvalidHash) as raised:
+                auth.parse_hash(self.forged(n, r, p))
+            self.assertIn(f"n={n}, r={r}", str(raised.exception))
+        self.assertEqual(auth.parse_hash(self.forged(2**17, 8)).n, 2**17)
+        self.assertEqual(auth.parse_hash(self.forged(auth.SCRYPT_N, auth.SCRYPT_R)).r, auth.SCRYPT_R)
+
+    def test_settings_refuse_with_one_line(self):
+        """
+        Such a hash in DASHBOARD_USERS stops start-up with one line naming
+        the user and the memory it would cost.
+        """
+        with self.assertRaises(config.ConfigError) as raised:
+            config.settings_from({"DASHBOARD_USERS": {"anna": self.forged(2**20, 32)}})
+        message = str(raised.exception)
+        self.assertNotIn("\n", message)
+        self.assertIn("'anna'", message)
+        self.assertIn("4096 MiB per check", message)

@@ -205,6 +205,17 @@ class FeedTests(SynchronousTestCase):
     What the feed keeps and hides.
     """
 
+    def test_clients_by_port_not_name(self):
+        """
+        The clients list leaves out the device port's connections, and
+        shows an app that calls itself "device" (review finding 2).
+        """
+        live = Live()
+        live.hub.pubsub.connected("lamp", "device", "10.0.0.2:1", kind="device")
+        live.hub.pubsub.connected("app", "device", "10.0.0.3:1")
+        snapshot = json.loads(live.feed.snapshot())
+        self.assertEqual([c["ip_address"] for c in snapshot["clients"]], ["10.0.0.3:1"])
+
     def test_last_publications_kept(self):
         """
         The snapshot holds the last PUBLICATIONS_KEPT publications.
@@ -302,3 +313,56 @@ class NobodyWatchingTests(SynchronousTestCase):
         snapshot = json.loads(live.feed.snapshot())
         self.assertEqual(len(snapshot["reports"]), 1)
         self.assertEqual(len(snapshot["publications"]), 1)
+
+
+class ServerFactsTests(SynchronousTestCase):
+    """
+    The server section's facts (L{smartplug_backend.http.dashboard.wiring}).
+    """
+
+    def test_last_backup_read_in_a_thread(self):
+        """
+        The backup folder is listed by the backup runner, never where the
+        facts are asked for (the reactor thread): the first answer has no
+        backup, the reading's result is kept, and a change is told once
+        (review finding 6).
+        """
+        import os
+
+        from twisted.internet.defer import Deferred
+
+        from smartplug_backend.http.dashboard import wiring
+
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        with open(os.path.join(folder, "manual-1.tar.gz"), "wb"):
+            pass
+        asked, changes = [], []
+
+        def run(f, *args):
+            asked.append((f, args, Deferred()))
+            return asked[-1][2]
+
+        newest = wiring.LastBackup(folder, run, lambda: changes.append(1))
+        facts = wiring.server_facts(config.settings_from({}), Clock(), last_backup=newest)
+        self.assertIsNone(facts()["last_backup"])
+        self.assertIsNone(facts()["last_backup"])
+        self.assertEqual([(f, a) for f, a, _ in asked], [(wiring._last_backup, (folder,))])
+        f, args, reading = asked.pop()
+        reading.callback(f(*args))
+        self.assertEqual(changes, [1])
+        self.assertEqual(facts()["last_backup"]["file"], os.path.join(folder, "manual-1.tar.gz"))
+        f, args, reading = asked.pop()
+        reading.callback(f(*args))
+        self.assertEqual(changes, [1])
+
+    def test_tls_of_an_ssl_endpoint(self):
+        """
+        With the HTTP listener an ssl: endpoint, the TLS panel says so
+        rather than "plain http" (review finding 8).
+        """
+        from smartplug_backend.http.dashboard import wiring
+
+        facts = wiring.server_facts(config.settings_from({}), Clock(), endpoint_tls=True)
+        self.assertEqual(facts()["tls"], {"endpoint": True, "note": "TLS by the ssl: endpoint; certificate not read"})
+        self.assertIsNone(wiring.server_facts(config.settings_from({}), Clock())()["tls"])

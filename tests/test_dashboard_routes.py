@@ -9,6 +9,7 @@ import json
 from treq.testing import StubTreq
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from smartplug_backend.core.hub import Hub
@@ -31,20 +32,37 @@ def run_now(f, *args):
     return maybeDeferred(f, *args)
 
 
+def login_request(address, password="x"):
+    """
+    A login request from C{address}, for calling the Api resource itself.
+    """
+    import io
+
+    from twisted.internet.address import IPv4Address
+    from twisted.web.test.requesthelper import DummyRequest
+
+    request = DummyRequest([b"login"])
+    request.method = b"POST"
+    request.client = IPv4Address("TCP", address, 4000)
+    request.requestHeaders.setRawHeaders(b"content-type", [b"application/json"])
+    request.content = io.BytesIO(json.dumps({"user": "anna", "password": password}).encode())
+    return request
+
+
 class Dashboard:
     """
     A hub, a guard and the site with the dashboard at /ui.
     """
 
-    def __init__(self, testcase, backup=None, run=run_now, ban_after=3):
+    def __init__(self, testcase, backup=None, run=run_now, ban_after=3, run_backup=None):
         self.clock = Clock()
         self.hub = Hub(now=self.clock.seconds)
         self.guard = Guard(self.clock, ban_after=ban_after, ban_seconds=60)
         self.sessions = auth.Sessions(self.clock, days=30)
         self.backups = []
-        api = routes.Api(
+        self.api = api = routes.Api(
             self.hub, self.guard, self.sessions, {"anna": auth.hash_password(PASSWORD, n=N)}, run,
-            history_keep=1000, backup=backup, on_backup=lambda: self.backups.append(True),
+            history_keep=1000, backup=backup, on_backup=lambda: self.backups.append(True), run_backup=run_backup,
         )
         feed = Feed(self.hub, self.guard, self.clock, lambda: {})
         ui = routes.Dashboard(api, LiveResource(LiveFactory(feed, self.sessions, self.clock)))
@@ -168,11 +186,79 @@ class LoginTests(SynchronousTestCase):
         from twisted.internet.defer import Deferred
 
         ui = Dashboard(self, run=lambda f, *a: Deferred())
-        for _ in range(routes.MAX_LOGINS_AT_ONCE):
-            ui.http.post(URL + "api/login", data=b'{"user": "anna", "password": "x"}',
-                         headers={"Content-Type": ["application/json"]})
-        code, body = ui.json("POST", "api/login", {"user": "anna", "password": "x"})
-        self.assertEqual(code, 503)
+        api = ui.api
+        for i in range(routes.MAX_LOGINS_AT_ONCE):
+            self.assertIs(api.render(login_request(f"10.0.0.{i}")), routes.NOT_DONE_YET)
+        request = login_request("10.0.0.99")
+        api.render(request)
+        self.assertEqual(request.responseCode, 503)
+
+    def test_logins_at_once_per_address(self):
+        """
+        One address holds at most MAX_LOGINS_PER_ADDRESS password checks in
+        flight: past them it gets 503, while another address still gets its
+        check (one client cannot hold every slot; review finding 1).
+        """
+        from twisted.internet.defer import Deferred
+
+        checks = []
+        ui = Dashboard(self, run=lambda f, *a: checks.append(Deferred()) or checks[-1])
+        for _ in range(routes.MAX_LOGINS_PER_ADDRESS):
+            self.assertIs(ui.api.render(login_request("203.0.113.9")), routes.NOT_DONE_YET)
+        refused = login_request("203.0.113.9")
+        ui.api.render(refused)
+        self.assertEqual(refused.responseCode, 503)
+        self.assertIs(ui.api.render(login_request("198.51.100.1")), routes.NOT_DONE_YET)
+        self.assertEqual(len(checks), routes.MAX_LOGINS_PER_ADDRESS + 1)
+        self.assertLess(routes.MAX_LOGINS_PER_ADDRESS, routes.MAX_LOGINS_AT_ONCE)
+        # A finished check frees its address's slot.
+        checks[0].callback(False)
+        self.assertIs(ui.api.render(login_request("203.0.113.9")), routes.NOT_DONE_YET)
+
+    def test_banned_address_not_checked(self):
+        """
+        A login from a banned address, even with the right password (a
+        keep-alive connection opened before the ban), is refused with a 403
+        JSON error before the password is checked, gets no cookie (the
+        connection's close is proved end to end), and is logged and listed as a failure of kind
+        dashboard_login (review finding 1).
+        """
+        checked = []
+        ui = Dashboard(self, run=lambda f, *a: checked.append(f) or run_now(f, *a))
+        ui.guard.ban("127.0.0.1", 60)
+        with capturedLogs() as events:
+            response, body, cookies = ui.login(PASSWORD)
+        self.assertEqual(response.code, 403)
+        self.assertIn("banned", body["error"])
+        self.assertEqual((cookies, checked), ([], []))
+        self.assertEqual(ui.guard.failure_counts["dashboard_login"], 1)
+        self.assertEqual(ui.guard.recent_failures()[-1].reason, "dashboard login: refused, not checked (during its ban)")
+        self.assertTrue([e for e in events if "during its ban" in formatEvent(e)])
+        self.assertEqual(ui.guard.bans()[0].until, 60)
+
+    def test_banned_during_check_gets_no_session(self):
+        """
+        An address banned while its password was being checked gets 403
+        and no session, even for the right password.
+        """
+        from twisted.internet.defer import Deferred
+
+        check = Deferred()
+        ui = Dashboard(self, run=lambda f, *a: check)
+        request = login_request("203.0.113.9", PASSWORD)
+        ui.api.render(request)
+        ui.guard.ban("203.0.113.9", 60)
+        check.callback(True)
+        self.assertEqual(request.responseCode, 403)
+        self.assertEqual(len(ui.sessions), 0)
+
+    def test_wrong_password_counted_as_dashboard_login(self):
+        """
+        A wrong password is counted under the metrics kind dashboard_login,
+        not "other" (review finding 3).
+        """
+        self.ui.login("wrong")
+        self.assertEqual(dict(self.ui.guard.failure_counts), {"dashboard_login": 1})
 
     def test_bad_login_bodies(self):
         """
@@ -345,6 +431,50 @@ class ActionTests(SynchronousTestCase):
         self.assertEqual(ui.json("POST", "api/backup", {}), (503, {"error": "cannot write to backups: disk full"}))
 
 
+class PoolTests(SynchronousTestCase):
+    """
+    Logins and backups in thread pools of their own (review finding 4).
+    """
+
+    def test_backup_runs_in_its_own_pool(self):
+        """
+        A backup goes to the backup runner; while it is still running, a
+        login's password check (the login runner) is answered.
+        """
+        from twisted.internet.defer import Deferred
+
+        slow = []
+        ui = Dashboard(self, backup=lambda: "backups/b.tar.gz", run_backup=lambda f, *a: slow.append(f) or Deferred())
+        ui.login()
+        d = ui.http.post(URL + "api/backup", data=b"{}", headers={
+            "Content-Type": ["application/json"], "Cookie": [f"smartplug_session={ui.cookie}"],
+            "X-CSRF-Token": [ui.csrf]})
+        self.assertNoResult(d)
+        self.assertEqual(len(slow), 1)
+        ui.cookie = ui.csrf = None
+        response, body, _ = ui.login()
+        self.assertEqual(response.code, 200)
+
+    def test_dashboard_has_two_pools(self):
+        """
+        The tap's dashboard starts one pool for password checks and another
+        for backups and reading the backup folder.
+        """
+        from twisted.application.service import MultiService
+
+        from smartplug_backend import config
+        from smartplug_backend.http.dashboard import wiring
+        from smartplug_backend.server.services import ThreadPoolService
+
+        settings = config.settings_from({"DASHBOARD_USERS": {"anna": auth.hash_password("x", n=N)}})
+        top = MultiService()
+        clock = Clock()
+        ui = wiring.dashboard(settings, Hub(now=clock.seconds), Guard(clock), clock, top)
+        self.assertIsNotNone(ui)
+        pools = [s for s in top if isinstance(s, ThreadPoolService)]
+        self.assertEqual(len(pools), 2)
+
+
 class PageTests(SynchronousTestCase):
     """
     The page's files.
@@ -375,6 +505,21 @@ class PageTests(SynchronousTestCase):
             self.assertGreater(len(content), 500)
         response, _ = self.ui.request("GET", "", url="http://home.example:9000/ui", cookie=False, follow=False)
         self.assertEqual((response.code, response.headers.getRawHeaders("location")), (301, ["/ui/"]))
+
+    def test_head_without_body(self):
+        """
+        HEAD /ui/ (and a HEAD of a JSON route) answers its headers and the
+        body's length without the body, so twisted.web logs no warning
+        (review finding 7).
+        """
+        page = self.ui.request("GET", "", cookie=False)[1]
+        with capturedLogs() as events:
+            response, content = self.ui.request("HEAD", "", cookie=False)
+            session, _ = self.ui.request("HEAD", "api/session")
+        self.assertEqual((response.code, content), (200, b""))
+        self.assertEqual(response.headers.getRawHeaders("content-length"), [str(len(page))])
+        self.assertEqual(session.code, 401)
+        self.assertEqual([formatEvent(e) for e in events if "message body" in formatEvent(e)], [])
 
     def test_bottle_routes_unchanged(self):
         """

@@ -86,6 +86,22 @@ class BanTests(SynchronousTestCase):
         self.clock.advance(30)
         self.assertFalse(self.guard.banned(STRANGER))
 
+    def test_failure_while_banned_logged_and_listed(self):
+        """
+        A failure during a ban is logged, listed among the recent failures
+        and counted for the metrics, like any other (review finding 1).
+        """
+        self.fail(times=3)
+        with capturedLogs() as events:
+            self.assertTrue(self.guard.failure(STRANGER, "dashboard login", kind="dashboard_login"))
+        self.assertEqual(messages(events, "during its ban"),
+                         [f"authentication failure from {STRANGER} during its ban: dashboard login"])
+        self.assertEqual(self.guard.recent_failures()[-1].reason, "dashboard login (during its ban)")
+        self.assertEqual(len(self.guard.recent_failures()), 4)
+        self.assertEqual(self.guard.failure_counts["dashboard_login"], 1)
+        [ban] = self.guard.bans()
+        self.assertEqual(ban.until, 60)
+
     def test_stale_failures_swept(self):
         """
         Addresses whose failures are older than a ban are dropped once many
@@ -207,9 +223,13 @@ class Recorder(Protocol):
     """
 
     made = False
+    lost = False
 
     def connectionMade(self):
         self.made = True
+
+    def connectionLost(self, reason):
+        self.lost = True
 
 
 class GuardedFactoryTests(SynchronousTestCase):
@@ -260,6 +280,87 @@ class GuardedFactoryTests(SynchronousTestCase):
         self.factory.doStop()
         self.assertEqual(self.inner.numPorts, 0)
         self.assertIsInstance(self.factory, GuardedFactory)
+
+
+class CloseOnBanTests(SynchronousTestCase):
+    """
+    A ban closes the open connections of a listener wrapped with
+    C{close_on_ban} (the HTTP port's keep-alive connections; review
+    finding 1), not those of the others.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.guard = Guard(self.clock, ban_after=2, ban_seconds=60)
+        self.http = self.guard.wrap(Factory.forProtocol(Recorder), close_on_ban=True)
+        self.ws = self.guard.wrap(Factory.forProtocol(Recorder))
+
+    def connect(self, factory, host):
+        address = IPv4Address("TCP", host, 1234)
+        protocol = factory.buildProtocol(address)
+        transport = StringTransport(peerAddress=address)
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def test_ban_closes_open_http_connections(self):
+        """
+        When an address is banned, its open HTTP connections are closed
+        (after the answer that made the ban had a moment to be written);
+        its WebSocket connections and other addresses' connections stay.
+        """
+        _, mine = self.connect(self.http, STRANGER)
+        _, mine_too = self.connect(self.http, "::ffff:" + STRANGER)
+        _, socket = self.connect(self.ws, STRANGER)
+        _, other = self.connect(self.http, "198.51.100.1")
+        self.assertEqual(self.guard.open_connections(STRANGER), 2)
+        self.guard.failure(STRANGER, "test")
+        self.guard.failure(STRANGER, "test")
+        self.assertFalse(mine.disconnecting)
+        with capturedLogs() as events:
+            self.clock.advance(guard_module.CLOSE_AFTER_BAN)
+        self.assertTrue(mine.disconnecting)
+        self.assertTrue(mine_too.disconnecting)
+        self.assertFalse(socket.disconnecting)
+        self.assertFalse(other.disconnecting)
+        self.assertEqual(len(messages(events, "closing 2 open HTTP connection(s) of banned " + STRANGER)), 1)
+
+    def test_ban_from_another_node_closes_too(self):
+        """
+        A ban decided by another node (SPEC 11) closes the connections too.
+        """
+        _, mine = self.connect(self.http, STRANGER)
+        self.guard.ban(STRANGER, 30)
+        self.clock.advance(guard_module.CLOSE_AFTER_BAN)
+        self.assertTrue(mine.disconnecting)
+
+    def test_closed_connections_forgotten(self):
+        """
+        A connection that closes is no longer tracked; the wrapped protocol
+        hears of the close; a lifted ban closes nothing more.
+        """
+        protocol, _ = self.connect(self.http, STRANGER)
+        protocol.connectionLost(None)
+        self.assertTrue(protocol.wrapped.lost)
+        self.assertEqual(self.guard.open_connections(STRANGER), 0)
+        _, late = self.connect(self.http, STRANGER)
+        self.guard.ban(STRANGER, 30)
+        self.guard.lift(STRANGER, "test")
+        self.clock.advance(guard_module.CLOSE_AFTER_BAN)
+        self.assertFalse(late.disconnecting)
+
+    def test_banned_from_thread(self):
+        """
+        L{Guard.banned_from_thread} follows bans and lifts, in every spelling
+        of the address.
+        """
+        self.assertFalse(self.guard.banned_from_thread(STRANGER))
+        self.guard.ban(STRANGER, 30)
+        self.assertTrue(self.guard.banned_from_thread("::ffff:" + STRANGER))
+        self.guard.lift(STRANGER, "test")
+        self.assertFalse(self.guard.banned_from_thread(STRANGER))
+        self.guard.ban(STRANGER, 30)
+        self.clock.advance(30)
+        self.assertFalse(self.guard.banned_from_thread(STRANGER))
 
 
 class KeyTests(SynchronousTestCase):

@@ -189,8 +189,8 @@ class ServerCountsTests(SynchronousTestCase):
     def test_auth_failures_and_bans(self):
         """
         Wrong API keys (app WebSocket and HTTP) count as kind "api_key", a
-        wrong device secret as "device_secret"; a ban shows as active until
-        it is lifted.
+        wrong device secret as "device_secret", and "dashboard_login" is
+        listed from the start; a ban shows as active until it is lifted.
         """
         client, _, _ = ws_connect(self.apps, "/subscribe?clientName=x&apiKey=wrong", peer="10.0.0.1")
         self.assertFalse(client.opened)
@@ -204,6 +204,8 @@ class ServerCountsTests(SynchronousTestCase):
         pump.flush()
         self.assertEqual(self.value("smartplug_auth_failures_total", kind="api_key"), 2)
         self.assertEqual(self.value("smartplug_auth_failures_total", kind="device_secret"), 1)
+        # Shown at 0 until a dashboard login fails (review finding 3).
+        self.assertEqual(self.registry.get_sample_value("smartplug_auth_failures_total", {"kind": "dashboard_login"}), 0)
         self.assertEqual(self.value("smartplug_bans_active"), 0)
         ws_connect(self.apps, "/subscribe?clientName=x&apiKey=wrong", peer="10.0.0.1")
         self.assertEqual(self.value("smartplug_bans_active"), 1)

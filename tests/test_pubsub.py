@@ -43,7 +43,8 @@ class RegistryTests(SynchronousTestCase):
         alice = {"client_name": "alice", "ip_address": "10.0.0.1:1", "connected_at": "1970-01-01T00:00:01.000Z",
                  "node": "A"}
         self.assertEqual(pubsub.listing(),
-                         {"subscriptions": [{"name": "door", "connections": [alice]}], "all_connections": [alice]})
+                         {"subscriptions": [{"name": "door", "connections": [alice]}], "all_connections": [alice],
+                          "kinds": ["app"]})
         bob = dict(alice, client_name="bob", node="B")
         carol = dict(alice, client_name="carol", node="B")
         pubsub.show_elsewhere([{"subscriptions": [{"name": "door", "connections": [bob]},
@@ -56,6 +57,29 @@ class RegistryTests(SynchronousTestCase):
         self.assertEqual(pubsub.connections(), [(alice, ["door"]), (bob, ["door"]), (carol, ["bell"])])
         pubsub.show_elsewhere([])
         self.assertEqual(json.loads(pubsub.info_frame())["all_connections"], [alice])
+
+    def test_app_connections_by_port_not_name(self):
+        """
+        L{PubSub.app_connections} leaves out the device port's connections
+        and keeps an app that calls itself C{device}, here and on other
+        nodes (whose listing says each connection's kind; an older node's,
+        without kinds, is read by name); the info frame lists them all.
+        """
+        pubsub = PubSub(now=self.clock.seconds, node="A")
+        pubsub.connected("lamp", "device", "10.0.0.2:1", kind="device")
+        pubsub.connected("app", "device", "10.0.0.3:1")
+        mine = pubsub.listing()
+        self.assertEqual(mine["kinds"], ["device", "app"])
+        elsewhere = dict(mine, all_connections=[dict(e, node="B") for e in mine["all_connections"]])
+        old = {"subscriptions": [], "all_connections": [{"client_name": "device", "node": "C"},
+                                                        {"client_name": "phone", "node": "C"}]}
+        pubsub.show_elsewhere([elsewhere, old])
+        shown = [(entry["ip_address"] if "ip_address" in entry else entry["client_name"], entry["node"])
+                 for entry, _ in pubsub.app_connections()]
+        self.assertEqual(shown, [("10.0.0.3:1", "A"), ("10.0.0.3:1", "B"), ("phone", "C")])
+        self.assertEqual(len(json.loads(pubsub.info_frame())["all_connections"]), 6)
+        pubsub.disconnected("app")
+        self.assertEqual([e["node"] for e, _ in pubsub.app_connections()], ["B", "C"])
 
     def test_other_nodes_changes_tell_the_watchers(self):
         """
@@ -505,6 +529,33 @@ class HTTPPublishTests(SynchronousTestCase):
         )
         self.assertEqual(code, 201)
         self.assertEqual(self.published, [("e", None)])
+
+    def test_banned_address_key_not_checked(self):
+        """
+        From a banned address (a keep-alive connection opened before its
+        ban) POST /publish, GET /events/<E>/history and POST /display are
+        refused with 403 JSON without looking at the key, even the right
+        one, and publish nothing; the attempt is logged as a failure.  A
+        wrong key from an address that is not banned still gets PiCloud's
+        401 body (review finding 1).
+        """
+        self.guard.ban(STUB_PEER, 60)
+        client = http_client(self.hub, api_key="good", guard=self.guard)
+        for method, path, body in [("POST", "/publish?clientName=a&apiKey=good", b'{"event": "e"}'),
+                                   ("GET", "/events/e/history?apiKey=good", None),
+                                   ("POST", "/display?apiKey=good", b'{"mode": 0}')]:
+            response = self.successResultOf(client.request(method, "http://pi" + path, data=body))
+            self.assertEqual(response.code, 403, path)
+            self.assertEqual(response.headers.getRawHeaders("content-type"), ["application/json"])
+            self.assertIn("banned", json.loads(self.successResultOf(response.content()))["error"])
+        self.assertEqual(self.published, [])
+        self.assertEqual(self.guard.failure_counts["api_key"], 3)
+        self.assertTrue(all("not checked" in f.reason for f in self.guard.recent_failures()))
+        self.guard.lift(STUB_PEER, "test")
+        self.assertEqual(
+            self.post("/publish?clientName=a&apiKey=bad", b'{"event": "e"}', api_key="good")[:2],
+            (401, b"Invalid API Key\n"),
+        )
 
 
 class DeviceConnectionsInfoTests(SynchronousTestCase):

@@ -66,6 +66,9 @@ SCRYPT_P = 1
 # Password checks in flight at once; more logins are refused (503), not
 # queued: a flood must not queue minutes of scrypt.
 MAX_LOGINS_AT_ONCE = 4
+# Of those, at most this many from one address: one client cannot hold
+# every slot and lock the owner out.
+MAX_LOGINS_PER_ADDRESS = 2
 # Seconds from the first of a burst of changes (connections, device pings,
 # failures) to the one message that sends the changed lists to the page.
 DASHBOARD_FLUSH_DELAY = 0.2

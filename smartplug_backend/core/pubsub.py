@@ -140,6 +140,9 @@ class PubSub:
         self._subscribed: dict[Hashable, dict[str, None]] = {}
         # connection -> its entry in the info frame
         self._connections: dict[Hashable, dict] = {}
+        # connection -> which port it came on: "app" or "device" (never
+        # guessed from its name: a client may call itself anything)
+        self._kinds: dict[Hashable, str] = {}
         # Plain counts for /metrics: publications read, frames delivered.
         self.publications = 0
         self.deliveries = 0
@@ -184,7 +187,28 @@ class PubSub:
             for subscriber in subscribers:
                 events.setdefault(subscriber, []).append(event)
         mine = [(dict(entry), events.get(c, [])) for c, entry in self._connections.items()]
-        return mine + [entry for listing in self._elsewhere for entry in _listed_connections(listing)]
+        return mine + [(entry, found) for listing in self._elsewhere for entry, found, _ in _listed_connections(listing)]
+
+    def app_connections(self) -> list[tuple[dict, list[str]]]:
+        """
+        L{connections} of the app port only (PlugBuddy and PiCloud clients),
+        whatever they call themselves: no device.
+        """
+        events: dict[Hashable, list[str]] = {}
+        for event, subscribers in self._events.items():
+            for subscriber in subscribers:
+                events.setdefault(subscriber, []).append(event)
+        mine = [
+            (dict(entry), events.get(c, []))
+            for c, entry in self._connections.items()
+            if self._kinds.get(c) != "device"
+        ]
+        return mine + [
+            (entry, found)
+            for listing in self._elsewhere
+            for entry, found, kind in _listed_connections(listing)
+            if kind != "device"
+        ]
 
     def deliver_with(self, deliver: Deliver) -> None:
         """
@@ -196,11 +220,12 @@ class PubSub:
             raise ValueError("publications already have a deliverer")
         self._deliver = deliver
 
-    def connected(self, connection: Hashable, client_name: str, address: str) -> None:
+    def connected(self, connection: Hashable, client_name: str, address: str, kind: str = "app") -> None:
         """
         Record an open connection (app or device port) for the info socket.
 
         @param address: C{"<ip>:<port>"} of the peer.
+        @param kind: the port it came on: C{"app"} or C{"device"}.
         """
         entry = {
             "client_name": client_name,
@@ -210,6 +235,7 @@ class PubSub:
         if self._node is not None:
             entry["node"] = self._node
         self._connections[connection] = entry
+        self._kinds[connection] = kind
         self._tell(self._connection_watchers)
 
     def disconnected(self, connection: Hashable) -> None:
@@ -217,6 +243,7 @@ class PubSub:
         Forget a closed connection and all its subscriptions.
         """
         known = self._connections.pop(connection, None) is not None
+        self._kinds.pop(connection, None)
         self.unsubscribe_all(connection)
         if known:
             self._tell(self._connection_watchers)
@@ -362,7 +389,9 @@ class PubSub:
         """
         This node's part of the info frame, as plain JSON-able data:
         C{{"subscriptions": [{"name": E, "connections": [C...]}...],
-        "all_connections": [C...]}} (empty lists where the frame has C{null}).
+        "all_connections": [C...], "kinds": ["app" or "device", ...]}} (empty
+        lists where the frame has C{null}; C{kinds} is not in the frame: it
+        says which port each of C{all_connections} came on).
         """
         known = self._connections
         return {
@@ -371,6 +400,7 @@ class PubSub:
                 for event, subscribers in self._events.items()
             ],
             "all_connections": list(known.values()),
+            "kinds": [self._kinds.get(c, "app") for c in known],
         }
 
     def show_elsewhere(self, listings: list) -> None:
@@ -412,10 +442,14 @@ class PubSub:
 
 def _listed_connections(listing: dict) -> list:
     """
-    C{[(entry, [event, ...])]} for the connections of another node's
-    L{PubSub.listing}.
+    C{[(entry, [event, ...], kind)]} for the connections of another node's
+    L{PubSub.listing}.  A listing without C{kinds} (a node of an older
+    version) has its devices known by their name, C{"device"}.
     """
     entries = [dict(entry) for entry in listing.get("all_connections") or ()]
+    kinds = listing.get("kinds")
+    if not isinstance(kinds, list) or len(kinds) != len(entries):
+        kinds = ["device" if entry.get("client_name") == "device" else "app" for entry in entries]
     events: list = [[] for _ in entries]
     for subscription in listing.get("subscriptions", ()):
         for subscriber in subscription["connections"] or ():
@@ -423,7 +457,7 @@ def _listed_connections(listing: dict) -> list:
                 if entry == subscriber:
                     events[i].append(subscription["name"])
                     break
-    return list(zip(entries, events, strict=True))
+    return list(zip(entries, events, kinds, strict=True))
 
 
 def report_publisher(hub):

@@ -139,7 +139,8 @@ def make_app(hub, bridge: Bridge, guard=None, api_key=None) -> bottle.Bottle:
     Build the Bottle app serving SPEC 1 over C{hub}, reached through C{bridge}.
 
     The handlers never touch C{hub} or C{guard} directly: every use is
-    C{bridge.call(...)} or C{bridge.later(...)}.
+    C{bridge.call(...)} or C{bridge.later(...)}, but for
+    C{guard.banned_from_thread}, which is made to be read from any thread.
 
     @param guard: counts wrong API keys toward bans
         (L{smartplug_backend.server.guard.Guard}), or C{None}.
@@ -178,14 +179,32 @@ def make_app(hub, bridge: Bridge, guard=None, api_key=None) -> bottle.Bottle:
         except (InvalidReport, InvalidDisplay) as e:
             raise rejected(400, str(e)) from None
 
+    def refuse_banned(given) -> None:
+        """
+        A banned address (its keep-alive connection outlived the ban's
+        start) has no key checked at all: 403, and the attempt is logged.
+
+        @raise bottle.HTTPResponse: 403 when the peer is banned.
+        """
+        if guard is None or not guard.banned_from_thread(_peer()):
+            return
+        if given is not None:
+            bridge.later(
+                guard.failure, _peer(), f"API key for {bottle.request.method} {bottle.request.path}: refused, not checked",
+                kind="api_key",
+            )
+        raise rejected(403, "this address is banned for too many authentication failures; try again later")
+
     def require_key() -> None:
         """
         When C{API_KEY} is set, insist on it.  A wrong key (not a missing
         one: that guesses nothing) counts toward a ban.
 
-        @raise bottle.HTTPResponse: 401 without the right key.
+        @raise bottle.HTTPResponse: 401 without the right key, 403 from a
+            banned address.
         """
         given = _given("X-API-Key", "apiKey")
+        refuse_banned(given)
         if key_matches(api_key, given):
             return
         if given is not None:
@@ -218,6 +237,7 @@ def make_app(hub, bridge: Bridge, guard=None, api_key=None) -> bottle.Bottle:
 
     @app.post("/publish")
     def publish():
+        refuse_banned(_given("X-API-Key", "apiKey"))
         try:
             picloud.authenticate(
                 api_key, _given("X-API-Key", "apiKey"), _given("X-API-Client-Name", "clientName"), needs_name=True
@@ -242,6 +262,7 @@ def make_app(hub, bridge: Bridge, guard=None, api_key=None) -> bottle.Bottle:
 
     @app.get("/events/<event:path>/history")
     def event_history(event):
+        refuse_banned(_given("X-API-Key", "apiKey"))
         try:
             picloud.authenticate(api_key, _given("X-API-Key", "apiKey"), None, needs_name=False)
         except picloud.Denied as denied:

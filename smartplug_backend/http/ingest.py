@@ -15,7 +15,7 @@ before: one set of rules, and the rare refusals pay for the thread hop.
 """
 
 import json
-from typing import Optional
+from typing import Callable, Optional
 
 import bottle
 from twisted.internet.defer import Deferred
@@ -113,13 +113,20 @@ class PublishIngest:
         firing once the publication is kept (committed, with a store), with
         C{None} when the store refused it (503).
     @param api_key: C{API_KEY}, or C{None}.
+    @param banned: C{banned(host)}, the guard's: a banned address's key is
+        not checked here (the app refuses it with 403), or C{None}.
     """
 
-    def __init__(self, publish, api_key: Optional[str]) -> None:
+    def __init__(self, publish, api_key: Optional[str], banned: Optional[Callable[[str], bool]] = None) -> None:
         self._publish = publish
         self._api_key = api_key
+        self._banned = banned
 
     def __call__(self, request):
+        if self._banned is not None and self._banned(peer(request)):
+            # A keep-alive connection that outlived its address's ban: the
+            # app refuses it without looking at the key.
+            return NOT_MINE
         credentials = _credentials_view(request)
         try:
             picloud.authenticate(
@@ -212,8 +219,12 @@ def _answer_later(request, answer, value, gone: list) -> None:
     request.finish()
 
 
-def ingest_routes(hub, api_key: Optional[str]) -> dict:
+def ingest_routes(hub, api_key: Optional[str], guard=None) -> dict:
     """
     The fast routes of L{smartplug_backend.http.channel.Root}: path -> handler.
+
+    @param guard: the L{smartplug_backend.server.guard.Guard}, whose bans
+        hold on C{POST /publish}, or C{None}.
     """
-    return {b"/data": ReportIngest(hub), b"/publish": PublishIngest(hub.publish, api_key)}
+    banned = guard.banned if guard is not None else None
+    return {b"/data": ReportIngest(hub), b"/publish": PublishIngest(hub.publish, api_key, banned)}

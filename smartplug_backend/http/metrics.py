@@ -41,7 +41,7 @@ from ..server.guard import normal_address
 LISTENERS = ("http", "app", "device")
 SOURCES = ("http", "device")
 # Always shown, at 0 until they happen; other kinds appear once counted.
-AUTH_KINDS = ("api_key", "device_secret")
+AUTH_KINDS = ("api_key", "device_secret", "dashboard_login")
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 UNMATCHED = "unmatched"
 

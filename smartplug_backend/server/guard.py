@@ -5,9 +5,13 @@ listener.
 A L{Guard} counts authentication failures per peer address.  After
 C{BAN_AFTER} failures the address is banned for C{BAN_SECONDS}: every
 listener wrapped with L{Guard.wrap} closes its new connections at once,
-before any HTTP, TLS or WebSocket byte is read.  Addresses in C{BAN_ALLOW}
-are never banned.  The guard lives on the reactor thread; a WSGI thread
-reports a failure through the bridge.
+before any HTTP, TLS or WebSocket byte is read, and the connections it
+already has on listeners wrapped with C{close_on_ban} (the HTTP port: a
+keep-alive connection must not go on guessing) are closed too.  Credential
+checks refuse a banned address before looking at what it sent (see
+L{Guard.banned}).  Addresses in C{BAN_ALLOW} are never banned.  The guard
+lives on the reactor thread; a WSGI thread reports a failure through the
+bridge and reads bans with L{Guard.banned_from_thread}.
 """
 
 import collections
@@ -17,15 +21,19 @@ import ipaddress
 from collections import Counter
 from typing import Callable, Iterable, Optional
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from ..core.limits import RECENT_FAILURES
 
 # Failures of addresses idle for longer than a ban are forgotten; past this
 # many remembered addresses the stale ones are dropped in one sweep.
 _SWEEP_AT = 4096
+# Seconds between a ban and the closing of the banned address's open
+# connections: the answer that made the ban (a 401) is written first.
+CLOSE_AFTER_BAN = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +128,11 @@ class Guard:
         self._bans: dict[str, int] = {}
         # banned address -> (its end, the timer that lifts it, failures)
         self._ban_ends: dict[str, tuple] = {}
+        # The banned addresses as one immutable set, replaced (never
+        # changed) on the reactor thread: WSGI threads read it as it is.
+        self._banned_now: frozenset = frozenset()
+        # address -> open connections of listeners wrapped with close_on_ban
+        self._open: dict[str, set] = {}
         self._recent: collections.deque = collections.deque(maxlen=RECENT_FAILURES)
         self._watchers: list[Callable[[], None]] = []
         # kind -> failures counted, for metrics
@@ -151,6 +164,13 @@ class Guard:
         """
         return normal_address(host) in self._bans
 
+    def banned_from_thread(self, host: str) -> bool:
+        """
+        L{banned}, safe to call from any thread (a WSGI handler): it reads
+        an immutable set that the reactor thread replaces on every change.
+        """
+        return normal_address(host) in self._banned_now
+
     def active_bans(self) -> int:
         """
         How many addresses are banned now.
@@ -173,11 +193,21 @@ class Guard:
         the peer sent.  C{kind} is what failed, from a small fixed set
         (C{"api_key"}, C{"device_secret"}, ...): a metrics label.
 
+        A failure of an address that is banned already is logged, listed
+        and counted too, but does not lengthen its ban.
+
         @return: True when C{host} is banned now.
         """
         self.failure_counts[kind] += 1
         host = normal_address(host)
         if host in self._bans:
+            # Logged and listed like any failure, but the ban keeps its end:
+            # it is already in force, and every node shares that end.
+            self._recent.append(Failure(self._clock.seconds(), host, reason + " (during its ban)"))
+            self._log.warn(
+                "authentication failure from {peer} during its ban: {reason}", peer=host, reason=reason
+            )
+            self._changed()
             return True
         self._recent.append(Failure(self._clock.seconds(), host, reason))
         self._changed()
@@ -210,6 +240,7 @@ class Guard:
         self._bans[host] = 0
         timer = self._clock.callLater(self._ban_seconds, self._lift, host, self._ban_seconds)
         self._ban_ends[host] = (self._clock.seconds() + self._ban_seconds, timer, count)
+        self._began(host)
         self._changed()
         self._log.warn(
             "banned {peer} for {seconds} seconds after {count} authentication failures",
@@ -243,6 +274,7 @@ class Guard:
         self._bans[host] = 0
         timer = self._clock.callLater(seconds, self._lift, host, seconds)
         self._ban_ends[host] = (self._clock.seconds() + seconds, timer, seen.count if seen else 0)
+        self._began(host)
         self._changed()
         self._log.warn("banned {peer} for {seconds:.0f} seconds by another node", peer=host, seconds=seconds)
 
@@ -262,9 +294,53 @@ class Guard:
             if now - seen.last >= self._ban_seconds:
                 del self._failures[host]
 
+    def _began(self, host: str) -> None:
+        self._banned_now = frozenset(self._bans)
+        if self._open.get(host):
+            self._clock.callLater(CLOSE_AFTER_BAN, self._close_open, host)
+
+    def _close_open(self, host: str) -> None:
+        if host not in self._bans:
+            return
+        connections = list(self._open.get(host, ()))
+        if connections:
+            self._log.info(
+                "closing {count} open HTTP connection(s) of banned {peer}", count=len(connections), peer=host
+            )
+        for connection in connections:
+            connection.transport.loseConnection()
+
+    def opened(self, host: Optional[str], connection) -> None:
+        """
+        Track C{connection} (it has a C{transport}) of C{host}: it is closed
+        if C{host} is banned while it is open.
+        """
+        if host:
+            self._open.setdefault(normal_address(host), set()).add(connection)
+
+    def closed(self, host: Optional[str], connection) -> None:
+        """
+        Stop tracking C{connection}: it has closed.
+        """
+        if not host:
+            return
+        host = normal_address(host)
+        connections = self._open.get(host)
+        if connections is not None:
+            connections.discard(connection)
+            if not connections:
+                del self._open[host]
+
+    def open_connections(self, host: str) -> int:
+        """
+        How many tracked connections of C{host} are open now.
+        """
+        return len(self._open.get(normal_address(host), ()))
+
     def _lift(self, host: str, seconds: float) -> None:
         refused = self._bans.pop(host)
         self._ban_ends.pop(host, None)
+        self._banned_now = frozenset(self._bans)
         self._log.info(
             "ban on {peer} lifted after {seconds:g} seconds ({refused} connections refused)",
             peer=host,
@@ -299,6 +375,7 @@ class Guard:
     def _end_ban(self, host: str, by: str) -> None:
         refused = self._bans.pop(host)
         _, timer, _ = self._ban_ends.pop(host)
+        self._banned_now = frozenset(self._bans)
         if timer.active():
             timer.cancel()
         self._log.info(
@@ -352,11 +429,14 @@ class Guard:
         self._bans[host] += 1
         return False
 
-    def wrap(self, factory) -> "GuardedFactory":
+    def wrap(self, factory, close_on_ban: bool = False) -> "GuardedFactory":
         """
         C{factory} behind this guard: see L{GuardedFactory}.
+
+        @param close_on_ban: close the open connections of an address when
+            it is banned (the HTTP listener).
         """
-        return GuardedFactory(self, factory)
+        return GuardedFactory(self, factory, close_on_ban)
 
 
 class ClosedAtOnce(Protocol):
@@ -421,15 +501,67 @@ class GateFactory(Factory):
         return self.wrapped.buildProtocol(addr)
 
 
+class _Tracked(Protocol):
+    """
+    Stands between a transport and a listener's protocol so that the guard
+    knows the connection is open, until it closes.  Not a transport itself
+    (the listener's protocol gets the real one), as the connection cap's
+    wrapper.
+    """
+
+    def __init__(self, guard: Guard, host: Optional[str], wrapped) -> None:
+        self._guard = guard
+        self._host = host
+        self.wrapped = wrapped
+
+    def logPrefix(self) -> str:
+        return log_prefix(self.wrapped)
+
+    def makeConnection(self, transport) -> None:
+        self.transport = transport
+        self._guard.opened(self._host, self)
+        self.wrapped.makeConnection(transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.wrapped.dataReceived(data)
+
+    def connectionLost(self, reason) -> None:
+        self._guard.closed(self._host, self)
+        self.wrapped.connectionLost(reason)
+
+
+@implementer(IHalfCloseableProtocol)
+class _TrackedHalfCloseable(_Tracked):
+    """
+    A L{_Tracked} for a protocol that handles half-closed connections (the
+    HTTP channel): the transport asks the outermost protocol.
+    """
+
+    def readConnectionLost(self) -> None:
+        self.wrapped.readConnectionLost()
+
+    def writeConnectionLost(self) -> None:
+        self.wrapped.writeConnectionLost()
+
+
 class GuardedFactory(GateFactory):
     """
     Wraps a listener's factory: a banned peer's connection is closed at
-    once (see L{GateFactory}).
+    once (see L{GateFactory}).  With C{close_on_ban}, the connections it
+    admits are tracked, and closed when their address is banned.
     """
 
-    def __init__(self, guard: Guard, wrapped) -> None:
+    def __init__(self, guard: Guard, wrapped, close_on_ban: bool = False) -> None:
         super().__init__(wrapped)
         self.guard = guard
+        self.close_on_ban = close_on_ban
 
     def admit(self, host: Optional[str]) -> bool:
         return self.guard.admits(host)
+
+    def admitted(self, addr):
+        inner = self.wrapped.buildProtocol(addr)
+        if inner is None or not self.close_on_ban:
+            return inner
+        tracked = _TrackedHalfCloseable if IHalfCloseableProtocol.providedBy(inner) else _Tracked
+        return tracked(self.guard, getattr(addr, "host", None), inner)

@@ -75,7 +75,7 @@ class DeviceProtocol(LenientServerProtocol):
         self.factory.changed()
         # Listed on the PiCloud info socket (SPEC 3.4) once it is a device:
         # a stranger who only opened a socket is not one.
-        self._hub.pubsub.connected(self, "device", peer_address(self.transport))
+        self._hub.pubsub.connected(self, "device", peer_address(self.transport), kind="device")
         self._log.info("device {peer} authenticated", peer=self._peer)
         self.sendMessage(b"ok")
         self.sendMessage(self._hub.display().packet().encode("ascii"))

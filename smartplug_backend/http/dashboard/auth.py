@@ -34,6 +34,13 @@ _PREFIX = "scrypt"
 
 COOKIE = b"smartplug_session"
 
+# The largest scrypt parameters a stored hash may ask for: 4 times the
+# defaults' memory (2 checks at once on a Pi stay under 256 MiB).
+MAX_N = 2**17
+MAX_R = 16
+MAX_P = 4
+MAX_MEMORY = 128 * 2**20
+
 
 class InvalidHash(ValueError):
     """
@@ -87,9 +94,16 @@ def parse_hash(text: object) -> _Parsed:
         key = base64.b64decode(parts[5], validate=True)
     except ValueError:
         raise InvalidHash("a damaged password hash: make a new one with 'python -m smartplug_backend passwd NAME'") from None
-    # Bounds keep a typo from asking for gigabytes at every login.
-    if not (2 <= n <= 2**20 and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16 and salt and len(key) == _KEY_BYTES):
-        raise InvalidHash("a password hash with parameters out of range")
+    if not (salt and len(key) == _KEY_BYTES):
+        raise InvalidHash("a damaged password hash: make a new one with 'python -m smartplug_backend passwd NAME'")
+    # Bounds keep a typo from asking a Pi for gigabytes at every login: a
+    # check needs 128 * n * r bytes (the default: 32 MiB).
+    if not (2 <= n <= MAX_N and n & (n - 1) == 0 and 1 <= r <= MAX_R and 1 <= p <= MAX_P and 128 * n * r <= MAX_MEMORY):
+        raise InvalidHash(
+            f"a password hash with scrypt parameters out of range (n={n}, r={r}, p={p}: "
+            f"{128 * n * r // 2**20} MiB per check); allowed: n a power of 2 up to 2^17, r up to {MAX_R}, "
+            f"p up to {MAX_P}, at most {MAX_MEMORY // 2**20} MiB"
+        )
     return _Parsed(n, r, p, salt, key)
 
 

@@ -181,10 +181,11 @@ class Feed:
     def _section(self, name: str) -> dict:
         if name == "clients":
             clients = []
-            for entry, events in self._hub.pubsub.connections():
-                if entry["client_name"] != "device":
-                    entry["events"] = events
-                    clients.append(entry)
+            # By the port they came on: a PiCloud client may call itself
+            # "device" and still be an app.
+            for entry, events in self._hub.pubsub.app_connections():
+                entry["events"] = events
+                clients.append(entry)
             return {"clients": clients}
         if name == "devices":
             return {"devices": self._devices.connected() if self._devices is not None else None}

@@ -30,7 +30,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from ...core import strictjson
 from ...core.display import InvalidDisplay, validate_display
-from ...core.limits import MAX_LOGINS_AT_ONCE
+from ...core.limits import MAX_LOGINS_AT_ONCE, MAX_LOGINS_PER_ADDRESS
 from ...server.guard import normal_address
 from .auth import COOKIE, Session, Sessions, csrf_matches, verify_password
 from .live import own_origin
@@ -68,7 +68,28 @@ def _headers(request, content_type: str) -> None:
 def _json(request, status: int, payload: Any) -> bytes:
     request.setResponseCode(status)
     _headers(request, "application/json")
-    return json.dumps(payload).encode("utf-8")
+    return _body(request, json.dumps(payload).encode("utf-8"))
+
+
+def _body(request, body: bytes) -> bytes:
+    """
+    C{body}, or for a HEAD request only its length: a HEAD answer has no
+    body (twisted.web would log a warning for each one that has).
+    """
+    if request.method != b"HEAD":
+        return body
+    request.setHeader(b"Content-Length", str(len(body)).encode("ascii"))
+    return b""
+
+
+def _close_after(request) -> None:
+    """
+    Close the connection once C{request} is answered (no keep-alive).
+    """
+    request.setHeader(b"Connection", b"close")
+    channel = getattr(request, "channel", None)
+    if channel is not None:
+        channel.persistent = False
 
 
 def _error(request, status: int, message: str) -> bytes:
@@ -111,7 +132,7 @@ class _File(Resource):
                 f"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
                 f"connect-src 'self' {ws}; base-uri 'none'; form-action 'self'; frame-ancestors 'none'".encode(),
             )
-        return self._body
+        return _body(request, self._body)
 
 
 def _safe_host(host: str) -> bool:
@@ -177,23 +198,29 @@ class Api(Resource):
         or C{None} when there is no state database.
     @param on_backup: called once a backup is written (the feed's server
         section changed).
+    @param run_backup: like C{run_in_thread}, for backups: another pool,
+        so that a slow backup never delays a login (C{None}: the same).
     """
 
     isLeaf = True
 
     def __init__(self, hub, guard, sessions: Sessions, users: dict, run_in_thread: Callable[..., Deferred],
                  history_keep: int, backup: Optional[Callable[[], str]] = None,
-                 on_backup: Callable[[], None] = lambda: None) -> None:
+                 on_backup: Callable[[], None] = lambda: None,
+                 run_backup: Optional[Callable[..., Deferred]] = None) -> None:
         super().__init__()
         self._hub = hub
         self._guard = guard
         self._sessions = sessions
         self._users = users
         self._run = run_in_thread
+        self._run_backup = run_backup or run_in_thread
         self._history_keep = history_keep
         self._backup = backup
         self._on_backup = on_backup
         self._logins = 0
+        # address -> its password checks in flight
+        self._logins_of: dict[str, int] = {}
 
     def render(self, request):
         try:
@@ -293,18 +320,36 @@ class Api(Resource):
             return _error(request, 400, "user and password must be non-empty strings")
         if len(user) > _MAX_NAME or len(password) > _MAX_PASSWORD:
             return _error(request, 400, f"user name at most {_MAX_NAME} and password at most {_MAX_PASSWORD} characters")
-        if self._logins >= MAX_LOGINS_AT_ONCE:
+        address = peer(request)
+        if self._guard.banned(address):
+            # Refused before the password is even looked at; the connection
+            # goes too (the guard closes a banned address's others).
+            self._guard.failure(address, "dashboard login: refused, not checked", kind="dashboard_login")
+            _close_after(request)
+            return _error(request, 403, "this address is banned for too many failed logins; try again later")
+        if self._logins >= MAX_LOGINS_AT_ONCE or self._logins_of.get(address, 0) >= MAX_LOGINS_PER_ADDRESS:
             return _error(request, 503, "too many logins at once; try again in a moment")
         self._logins += 1
-        address = peer(request)
+        self._logins_of[address] = self._logins_of.get(address, 0) + 1
+
+        def done() -> None:
+            self._logins -= 1
+            left = self._logins_of.pop(address) - 1
+            if left:
+                self._logins_of[address] = left
 
         def checked(ok: bool):
-            self._logins -= 1
+            done()
             if not ok:
                 # Never the name or password: either may be the other typed
                 # in the wrong box.
-                self._guard.failure(address, "dashboard login: wrong user name or password")
+                self._guard.failure(address, "dashboard login: wrong user name or password", kind="dashboard_login")
                 return (401, {"error": "wrong user name or password"})
+            if self._guard.banned(address):
+                # Banned while its password was checked (by another node,
+                # or its other logins): no session for it.
+                _close_after(request)
+                return (403, {"error": "this address is banned for too many failed logins; try again later"})
             token, session = self._sessions.create(user)
             request.addCookie(
                 COOKIE, token.encode("ascii"), path=b"/ui", httpOnly=True, secure=request.isSecure(),
@@ -314,7 +359,7 @@ class Api(Resource):
             return (200, _session_json(session))
 
         def broken(failure):
-            self._logins -= 1
+            done()
             return failure
 
         d = self._run(verify_password, self._users.get(user), password)
@@ -377,7 +422,7 @@ class Api(Resource):
             _log.error("backup asked by {who} failed: {why}", who=who, why=failure.getErrorMessage())
             return (503, {"error": failure.getErrorMessage()})
 
-        return self._later(request, self._run(self._backup).addCallbacks(written, refused))
+        return self._later(request, self._run_backup(self._backup).addCallbacks(written, refused))
 
     def _history(self, request, plug_id: str):
         def found(entries):

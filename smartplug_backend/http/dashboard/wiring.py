@@ -11,6 +11,7 @@ from functools import partial
 from typing import Callable, Optional
 
 from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -28,17 +29,26 @@ _log = Logger(namespace="smartplug_backend.http.dashboard")
 
 
 def server_facts(settings, clock, tls=None, backup_directory: str = backups.DEFAULT_DIRECTORY,
-                 started: Optional[float] = None) -> Callable[[], dict]:
+                 started: Optional[float] = None, last_backup: Optional["LastBackup"] = None,
+                 endpoint_tls: bool = False) -> Callable[[], dict]:
     """
     The feed's server section: version, node, start time, the settings
     without secrets, the store's size, the last backup, the TLS certificate.
+
+    @param last_backup: where the last backup is read from (off the reactor
+        thread); by default read on the spot, for tests.
+    @param endpoint_tls: the HTTP listener is an C{ssl:} endpoint: it speaks
+        TLS with a certificate of its own, which is not read here.
     """
     started = clock.seconds() if started is None else started
     shown = public_settings(settings)
     node = getattr(settings, "NODE_NAME", None) or socket.gethostname()
     certificate = None
-    if tls is not None:
+    if endpoint_tls:
+        certificate = {"endpoint": True, "note": "TLS by the ssl: endpoint; certificate not read"}
+    elif tls is not None:
         certificate = {"file": tls.cert_file, "subject": tls.subject, "not_after": tls.not_after.timestamp()}
+    newest = last_backup.get if last_backup is not None else partial(_last_backup, backup_directory)
 
     def facts() -> dict:
         return {
@@ -48,11 +58,43 @@ def server_facts(settings, clock, tls=None, backup_directory: str = backups.DEFA
             "now": clock.seconds(),
             "settings": shown,
             "store": _store(settings.STATE_DB),
-            "last_backup": _last_backup(backup_directory),
+            "last_backup": newest(),
             "tls": certificate,
         }
 
     return facts
+
+
+class LastBackup:
+    """
+    The newest backup in C{directory}, as last read: listing and stat-ing
+    every backup file is done in a thread (C{run}), never on the reactor
+    thread.  L{get} answers at once with the last reading and starts a new
+    one (one at a time); C{changed()} is called when a reading differs.
+    """
+
+    def __init__(self, directory: str, run: Callable[..., Deferred], changed: Callable[[], None]) -> None:
+        self._directory = directory
+        self._run = run
+        self._changed = changed
+        self._value: Optional[dict] = None
+        self._reading = False
+
+    def get(self) -> Optional[dict]:
+        if not self._reading:
+            self._reading = True
+            self._run(_last_backup, self._directory).addCallbacks(self._read, self._failed)
+        return self._value
+
+    def _read(self, value: Optional[dict]) -> None:
+        self._reading = False
+        if value != self._value:
+            self._value = value
+            self._changed()
+
+    def _failed(self, failure) -> None:
+        self._reading = False
+        _log.failure("reading the backups in {directory}", failure, directory=self._directory)
 
 
 def _store(path: Optional[str]) -> Optional[dict]:
@@ -85,14 +127,16 @@ def _last_backup(directory: str) -> Optional[dict]:
 
 
 def dashboard(settings, hub, guard, reactor, top: MultiService, tls=None, devices=None,
-              ws_url: Optional[str] = None) -> Optional[Resource]:
+              ws_url: Optional[str] = None, endpoint_tls: bool = False) -> Optional[Resource]:
     """
     The C{/ui} resource, or C{None} (with one log line saying how to turn
-    it on) when C{DASHBOARD_USERS} is empty.  Adds its thread pool (password
-    checks, backups) to C{top}.
+    it on) when C{DASHBOARD_USERS} is empty.  Adds its thread pools
+    (password checks; backups and reading the backup folder) to C{top}.
 
     @param devices: the device listener's factory, or C{None}.
     @param ws_url: C{wss://...} when the HTTP listener speaks TLS.
+    @param endpoint_tls: the HTTP listener is an C{ssl:} endpoint (its
+        certificate is its own, not C{tls}'s).
     """
     if not settings.DASHBOARD_USERS:
         _log.info(
@@ -100,13 +144,23 @@ def dashboard(settings, hub, guard, reactor, top: MultiService, tls=None, device
             where=settings.path or "settings.py",
         )
         return None
-    # scrypt and backups: off the reactor thread, in a small pool of their own.
-    pool = ThreadPool(minthreads=0, maxthreads=2, name="smartplug-dashboard")
-    ThreadPoolService(pool, reactor).setServiceParent(top)
-    run = partial(deferToThreadPool, reactor, pool)
+    # scrypt off the reactor thread, in a small pool of its own: a slow
+    # backup (the other pool) never delays a login.
+    logins = ThreadPool(minthreads=0, maxthreads=2, name="smartplug-dashboard-logins")
+    ThreadPoolService(logins, reactor).setServiceParent(top)
+    run = partial(deferToThreadPool, reactor, logins)
+    # Backups, and listing the backup folder for the page.
+    files = ThreadPool(minthreads=0, maxthreads=1, name="smartplug-dashboard-backups")
+    ThreadPoolService(files, reactor).setServiceParent(top)
+    run_files = partial(deferToThreadPool, reactor, files)
 
     sessions = Sessions(reactor, settings.DASHBOARD_SESSION_DAYS)
-    feed = Feed(hub, guard, reactor, server_facts(settings, reactor, tls), devices)
+    # The feed is made after the facts it reads: it is told of a new backup
+    # through this late-bound call.
+    feed = None
+    newest = LastBackup(backups.DEFAULT_DIRECTORY, run_files, lambda: feed.server_changed())
+    facts = server_facts(settings, reactor, tls, last_backup=newest, endpoint_tls=endpoint_tls)
+    feed = Feed(hub, guard, reactor, facts, devices)
     hub.listen(feed.report)
     hub.watch_display(feed.display)
     hub.pubsub.observe(feed.publication)
@@ -118,7 +172,8 @@ def dashboard(settings, hub, guard, reactor, top: MultiService, tls=None, device
     take = None
     if settings.STATE_DB is not None:
         take = partial(backups.take, settings.STATE_DB, settings.path, backups.DEFAULT_DIRECTORY, now=time.time)
-    api = Api(hub, guard, sessions, settings.DASHBOARD_USERS, run, settings.HISTORY_KEEP, take, feed.server_changed)
+    api = Api(hub, guard, sessions, settings.DASHBOARD_USERS, run, settings.HISTORY_KEEP, take, feed.server_changed,
+              run_backup=run_files)
     live = LiveResource(LiveFactory(feed, sessions, reactor, url=ws_url))
     _log.info(
         "dashboard on at /ui/ of the HTTP port for {users}",

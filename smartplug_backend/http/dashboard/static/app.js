@@ -385,7 +385,9 @@ function showServer(facts) {
   clockOffset = facts.now - Date.now() / 1000;
   const tls = facts.tls;
   const left = tls ? tls.not_after - now() : 0;
-  $("tls").textContent = tls
+  $("tls").textContent = tls && tls.endpoint
+    ? tls.note
+    : tls
     ? `${tls.subject}: ${left > 0 ? "expires" : "EXPIRED"} ${new Date(tls.not_after * 1000).toLocaleString()}${left > 0 ? ` (in ${duration(left)})` : ""}`
     : "none: the server speaks plain http and ws";
   drawFacts();
