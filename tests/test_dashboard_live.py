@@ -62,6 +62,19 @@ class LiveSocketTests(SynchronousTestCase):
     def setUp(self):
         self.live = Live()
 
+    def test_large_snapshot(self):
+        """
+        A snapshot over 64 KiB (500 plugs with long ids) reaches the page
+        whole: the message limit is for what peers send.
+        """
+        for n in range(500):
+            self.live.hub.report("p%03d-" % n + "q" * 120, 1, "http", "10.0.0.5")
+        client, _, pump = self.live.connect()
+        [snapshot] = client.messages
+        self.assertGreater(len(snapshot), 64 * 1024)
+        self.assertEqual(len(json.loads(snapshot)["plugs"]), 500)
+        self.assertIsNone(client.closed)
+
     def test_snapshot_then_changes(self):
         """
         A page with the session cookie and its own Origin gets the snapshot

@@ -183,6 +183,97 @@ class HistoryTests(SynchronousTestCase):
         self.assertEqual(history.number("e", "1").offset, 8)
 
 
+class HistoryBoundTests(SynchronousTestCase):
+    """
+    What clients send cannot grow the history without bound: reads make no
+    stream, and streams, unpublished epochs, kept bytes and kept age are
+    bounded.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1)
+
+    def test_read_makes_no_stream(self):
+        """
+        Reading events never published (page, since, last, position) keeps
+        no stream; the epoch handed out is stable, and the event's first
+        publication adopts it, so a reader resumes without loss.
+        """
+        history = make_history(self.clock)
+        for n in range(50):
+            history.page(f"unknown{n}", 0, 10)
+            history.since(f"unknown{n}", 0, "x")
+            history.last(f"unknown{n}")
+        self.assertEqual(history.events(), 0)
+        epoch = history.page("new", 0, 10)[0]
+        self.assertEqual(history.since("new", 0, "nope").epoch, epoch)
+        history.accept(history.number("new", "1"))
+        recovery = history.since("new", 0, epoch)
+        self.assertEqual((recovery.recovered, [p.offset for p in recovery.publications]), (True, [1]))
+
+    def test_unpublished_epochs_bounded(self):
+        """
+        Only the newest max_unpublished handed-out epochs are remembered; a
+        client holding an older one is told recovered false, with the
+        event's real epoch.
+        """
+        history = History(now=self.clock.seconds, make_epoch=epochs(), max_unpublished=3)
+        first = history.position("a")[1]
+        for event in "bcd":
+            history.position(event)
+        self.assertEqual(len(history._unpublished), 3)
+        history.accept(history.number("a", "1"))
+        recovery = history.since("a", 0, first)
+        self.assertFalse(recovery.recovered)
+        self.assertNotEqual(recovery.epoch, first)
+
+    def test_streams_bounded(self):
+        """
+        Past max_streams the least recently published event is forgotten;
+        published again, it starts over under a new epoch, so a client
+        resuming with the old one is told recovered false.
+        """
+        history = History(now=self.clock.seconds, make_epoch=epochs(), max_streams=2)
+        history.accept(history.number("a", "1"))
+        old = history.position("a")
+        for event in "bca":
+            history.accept(history.number(event, "1"))
+        self.assertEqual(history.events(), 2)
+        self.assertEqual(history.position("a")[0], 1)
+        self.assertNotEqual(history.position("a")[1], old[1])
+        self.assertFalse(history.since("a", *old).recovered)
+
+    def test_bytes_bounded(self):
+        """
+        Kept data over max_bytes, across events, is trimmed from the least
+        recently published events' oldest publications.
+        """
+        history = History(now=self.clock.seconds, make_epoch=epochs(), max_bytes=130)
+        for event in "ab":
+            for _ in range(3):
+                history.accept(history.number(event, '"' + "x" * 18 + '"'))
+        self.assertEqual(history.kept_bytes, 120)
+        history.accept(history.number("c", '"' + "x" * 18 + '"'))
+        self.assertEqual(history.kept_bytes, 120)
+        self.assertEqual([p.offset for p in history.page("a", 0, 10)[1]], [2, 3])
+        self.assertEqual([p.offset for p in history.page("b", 0, 10)[1]], [1, 2, 3])
+        self.assertEqual(history.kept_bytes, sum(
+            len(p.data_json) for e in "abc" for p in history.page(e, 0, 10)[1]))
+
+    def test_age_trimmed_on_publish(self):
+        """
+        Publications past PUBSUB_HISTORY_SECONDS are dropped when any event
+        is published, without the old events being read.
+        """
+        history = make_history(self.clock, seconds=10)
+        history.accept(history.number("old", '"' + "x" * 1000 + '"'))
+        self.clock.advance(11)
+        history.accept(history.number("new", "1"))
+        self.assertEqual(history.kept_bytes, 1)
+        self.assertEqual(history.position("old")[0], 1)
+
+
 class FrameTests(SynchronousTestCase):
     """
     The registry with history: who gets which frame, and what a subscriber
@@ -520,6 +611,38 @@ class RouteTests(SynchronousTestCase):
             self.assertEqual(got[got.index("R") - 1], recovered["offset"], order)
             sub.sendClose()
             sub_pump.flush()
+
+    def test_large_replay_to_reading_peer(self):
+        """
+        A since replay of 100 publications of 60 KB (6 MB, over the 1 MiB
+        unsent limit) reaches a subscriber that reads, as the transport
+        drains, with a publication made meanwhile after the recovered
+        message; a large "last" frame (Go's escaping makes 20 KB of "<"
+        120 KB) arrives too.
+        """
+        from .test_wsbase import PacedTransport
+
+        self.publish(*["%03d" % n + "x" * 60000 for n in range(99)])
+        self.publish("<" * 20000)
+        self.pub_pump.flush()
+        self.journal.answer(100)
+        last, _, last_pump = ws_connect(self.factory, "/subscribe?clientName=l", port=4002)
+        last.sendMessage(b'{"action": "subscribe", "event": "e", "last": true}')
+        last_pump.flush()
+        self.assertEqual([m["data"] for m in last.json()], ["<" * 20000])
+        sub, server, pump = ws_connect(self.factory, "/subscribe?clientName=s", port=4001)
+        paced = PacedTransport(server, pump)
+        sub.sendMessage(b'{"action": "subscribe", "event": "e", "since": {"offset": 0, "epoch": "E1"}}')
+        pump.flush()
+        self.publish("live")
+        self.pub_pump.flush()
+        self.journal.answer()
+        for _ in range(300):
+            paced.drain()
+        self.assertIsNone(sub.closed)
+        self.assertEqual(self.factory.slow_dropped, 0)
+        self.assertEqual(offsets(sub.messages), [*range(1, 101), "R", 101])
+        self.assertEqual(sub.json()[99]["data"], "<" * 20000)
 
     def test_since_stale_epoch_and_bad_since(self):
         """

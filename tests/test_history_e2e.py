@@ -168,11 +168,22 @@ class RaceEndToEndTests(TestCase):
         """
         server = start_server(self, f'API_KEY = {KEY!r}\nSTATE_DB = "state.sqlite"\nPUBSUB_HISTORY = 1000\n')
         count = 400
+        subscribed = threading.Event()
+
+        def send_all(pub) -> None:
+            for n in range(count):
+                pub.send(json.dumps({"event": "race", "data": n}))
+                if n == count // 4:
+                    # The rest only once the subscription is on its way, so
+                    # that a busy machine cannot let the publisher finish
+                    # first (then there would be no race to see).
+                    subscribed.wait(30)
+
         with connect(server.ws_url(f"/publish?clientName=pub&apiKey={KEY}"), open_timeout=5) as pub:
-            sender = threading.Thread(target=lambda: [pub.send(json.dumps({"event": "race", "data": n}))
-                                                      for n in range(count)])
+            sender = threading.Thread(target=send_all, args=(pub,))
             sender.start()
             self.addCleanup(sender.join, 30)
+            self.addCleanup(subscribed.set)
             # Subscribe once some are committed and while most are not.
             server.wait_for(r"app connected from .*pub\)")
             for _ in range(200):
@@ -182,6 +193,7 @@ class RaceEndToEndTests(TestCase):
             self.assertGreaterEqual(len(kept), 10)
             with subscriber(server) as ws:
                 subscribe(ws, "race", since={"offset": 5, "epoch": history(server, "race")["epoch"]})
+                subscribed.set()
                 messages = []
                 for _ in range(count + 10):
                     messages.append(json.loads(ws.recv(timeout=20)))
@@ -324,3 +336,39 @@ def readme_example() -> str:
     found = re.search(r"<!-- resume-example -->\n```python\n(.*?)```", text, re.S)
     assert found, "README.md has no resume example"
     return found.group(1)
+
+
+class LargeReplayEndToEndTests(TestCase):
+    """
+    Replays larger than the unsent limit and frames larger than the message
+    limit, on a real server (the reviewer's repro: 100 publications of
+    60 KB, defaults otherwise).
+    """
+
+    def test_large_since_replay_and_last(self):
+        """
+        A subscriber recovering from offset 0 over 100 publications of 60 KB
+        (6 MB) gets all 100, then the recovered message; a publication of
+        20 KB of "<" (a 120 KB frame once Go-escaped) comes whole with last;
+        the log has no traceback.
+        """
+        server = start_server(self, f"API_KEY = {KEY!r}\n")
+        with connect(server.ws_url(f"/publish?clientName=pub&apiKey={KEY}"), open_timeout=5) as pub:
+            for n in range(100):
+                pub.send(json.dumps({"event": "big", "data": "%03d" % n + "x" * 60000}))
+            pub.send(json.dumps({"event": "lt", "data": "<" * 20000}))
+            for _ in range(200):
+                if len(history(server, "big", "limit=1000")["publications"]) == 100 and history(server, "lt")["publications"]:
+                    break
+        epoch = history(server, "big", "limit=1")["epoch"]
+        with connect(server.ws_url(f"/subscribe?clientName=s&apiKey={KEY}"), open_timeout=5, max_size=None) as ws:
+            subscribe(ws, "big", since={"offset": 0, "epoch": epoch})
+            messages = receive(ws, 101)
+            subscribe(ws, "lt", last=True)
+            [last] = receive(ws, 1)
+        self.assertEqual([m.get("offset") for m in messages[:100]], list(range(1, 101)))
+        self.assertEqual(messages[99]["data"], "099" + "x" * 60000)
+        self.assertEqual((messages[100]["action"], messages[100]["recovered"]), ("recovered", True))
+        self.assertEqual(last["data"], "<" * 20000)
+        self.assertNotIn("Traceback", server.log())
+        self.assertNotIn("too slow", server.log())

@@ -220,6 +220,57 @@ class RegistryTests(SynchronousTestCase):
         self.assertEqual(json.loads(frame)["data"], '{"id": "0xb00bf0cc", "value": 1}')
 
 
+class RegistryBoundTests(SynchronousTestCase):
+    """
+    Subscriptions cannot grow the registry without bound, and a
+    disconnection costs what that connection subscribed to, not every
+    event ever seen.
+    """
+
+    def test_empty_events_bounded(self):
+        """
+        Only the max_empty most recently emptied events stay listed (with
+        no connections); events with subscribers always stay.
+        """
+        pubsub = PubSub(max_empty=3)
+        pubsub.subscribe("keeper", "kept")
+        for n in range(10):
+            pubsub.subscribe("a", f"e{n}")
+        pubsub.unsubscribe_all("a")
+        pubsub.subscribe("b", "e9")
+        pubsub.unsubscribe("b", "e9")
+        names = [s["name"] for s in pubsub.listing()["subscriptions"]]
+        self.assertEqual(names, ["kept", "e7", "e8", "e9"])
+        frame = json.loads(pubsub.info_frame())
+        self.assertEqual([s["connections"] for s in frame["subscriptions"]][1:], [None, None, None])
+
+    def test_unsubscribe_all_walks_own_subscriptions(self):
+        """
+        unsubscribe_all touches only the subscriber's own events (the
+        registry's whole list of events is never walked), and leaves the
+        other subscribers' subscriptions alone.
+        """
+
+        class Unwalkable(dict):
+            def __iter__(self):
+                raise AssertionError("walked every event")
+
+            keys = values = items = __iter__
+
+        pubsub = PubSub()
+        for n in range(100):
+            pubsub.subscribe("other", f"e{n}")
+        pubsub.subscribe("a", "e5")
+        pubsub.subscribe("a", "mine")
+        pubsub._events = Unwalkable(pubsub._events)
+        pubsub.unsubscribe_all("a")
+        pubsub.disconnected("a")
+        pubsub._events = dict(dict.items(pubsub._events))
+        self.assertEqual(dict(pubsub.subscriptions())["e5"], ["other"])
+        self.assertEqual(dict(pubsub.subscriptions()).get("mine"), None)
+        self.assertEqual(len(pubsub.subscriptions()), 100)
+
+
 class RouteTests(SynchronousTestCase):
     """
     PiCloud's routes on the app WebSocket port.
@@ -382,6 +433,23 @@ class RouteTests(SynchronousTestCase):
         info.sendClose()
         pump.flush()
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_large_info_frame(self):
+        """
+        An info frame over 64 KiB (many subscriptions) is still sent whole:
+        the message limit is for what peers send.
+        """
+        sub, _, sub_pump = ws_connect(self.factory, "/subscribe?clientName=many", port=4001)
+        for n in range(800):
+            sub.sendMessage(b'{"action": "subscribe", "event": "event-%04d-padding-padding-padding"}' % n)
+        sub_pump.flush()
+        info, _, pump = ws_connect(self.factory, "/socket/info", port=4002)
+        self.clock.pump([5])
+        pump.flush()
+        [frame] = info.messages
+        self.assertGreater(len(frame), 64 * 1024)
+        self.assertEqual(len(json.loads(frame)["subscriptions"]), 800)
+        self.assertIsNone(info.closed)
 
     def test_slow_subscriber_cut_off(self):
         """

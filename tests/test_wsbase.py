@@ -87,6 +87,125 @@ class PreparedMessageTests(SynchronousTestCase):
         self.assertTrue(server.transport.disconnecting)
 
 
+class OutgoingSizeTests(SynchronousTestCase):
+    """
+    The 64 KiB limit is for what peers send: the server's own messages go
+    out whatever their size (the info frame, the dashboard's snapshot,
+    replayed publications).
+    """
+
+    def test_large_message_sent(self):
+        """
+        A message of 200 KiB sent with sendMessage arrives whole, and the
+        connection stays open and still refuses an oversized message.
+        """
+        factory = AppFactory(Hub())
+        client, server, pump = ws_connect(factory)
+        big = b"x" * (200 * 1024)
+        server.sendMessage(big)
+        pump.flush()
+        self.assertEqual(client.messages, [big])
+        self.assertIsNone(client.closed)
+        client.sendMessage(b" " * (MAX_MESSAGE + 1))
+        pump.flush()
+        self.assertEqual(client.closed[0], TOO_BIG)
+
+    def test_send_after_close_is_quiet(self):
+        """
+        A message sent while the connection closes is dropped, not raised
+        (an info frame's timer may fire in between).
+        """
+        factory = AppFactory(Hub())
+        client, server, pump = ws_connect(factory)
+        server.sendClose()
+        server.sendMessage(b"late")
+        pump.flush()
+        self.assertEqual(client.messages, [])
+
+
+class PacedTransport:
+    """
+    Makes an iosim server transport behave like TCP's for its producer: it
+    pauses the producer once C{limit} bytes were written since the last
+    drain; L{drain} delivers them and resumes it.
+    """
+
+    def __init__(self, server, pump, limit=64 * 1024):
+        self.transport = server.transport
+        self.pump = pump
+        self.limit = limit
+        self.pending = 0
+        self.paused = False
+        write = self.transport.write
+
+        def paced_write(data):
+            write(data)
+            self.pending += len(data)
+            if self.pending > self.limit and not self.paused:
+                self.paused = True
+                self.transport.producer.pauseProducing()
+
+        self.transport.write = paced_write
+
+    def drain(self) -> None:
+        self.pump.flush()
+        self.pending = 0
+        if self.paused:
+            self.paused = False
+            self.transport.producer.resumeProducing()
+
+
+class SendFirstTests(SynchronousTestCase):
+    """
+    L{LenientServerProtocol.send_first}: a replay goes out as the peer
+    reads it, not counted as unsent, ahead of what is sent meanwhile.
+    """
+
+    def setUp(self):
+        self.factory = AppFactory(Hub())
+        self.client, self.server, self.pump = ws_connect(self.factory)
+        self.paced = PacedTransport(self.server, self.pump)
+
+    def test_replay_larger_than_unsent_limit(self):
+        """
+        A replay of 6 MB reaches a peer that reads, whole and in order, with
+        live messages sent during it after it; the peer is not cut off.
+        """
+        replay = [b"%03d" % n + b"r" * 60000 for n in range(100)]
+        self.server.send_first(replay)
+        self.assertFalse(self.server.transport.disconnecting)
+        self.server.sendMessage(b"live 1")
+        self.factory.send_to_all([self.server], b"live 2")
+        for _ in range(200):
+            self.paced.drain()
+        self.assertEqual(self.client.messages, replay + [b"live 1", b"live 2"])
+        self.assertEqual(self.factory.slow_dropped, 0)
+        self.assertIsNone(self.client.closed)
+
+    def test_peer_not_reading_is_cut_off(self):
+        """
+        A peer that reads nothing during its replay is cut off once what is
+        sent meanwhile passes the unsent limit; the replay's rest is dropped.
+        """
+        self.server.send_first([b"r" * 60000] * 100)
+        prepared = self.factory.prepareMessage(b"x" * 60 * 1024)
+        for _ in range(MAX_UNSENT // (60 * 1024) + 1):
+            self.server.sendPreparedMessage(prepared)
+        self.assertTrue(self.server.transport.disconnecting)
+        self.assertEqual(self.factory.slow_dropped, 1)
+        self.assertIsNone(self.server._backlog)
+
+    def test_nothing_written_once_closing(self):
+        """
+        Once the connection is closing, the rest of a replay is not written.
+        """
+        self.server.send_first([b"r" * 60000] * 10)
+        self.server.sendClose()
+        written = len(b"".join(self.server.transport.stream))
+        self.paced.transport.producer.resumeProducing()
+        self.assertEqual(len(b"".join(self.server.transport.stream)), written)
+
+
 class IdleFootprintTests(SynchronousTestCase):
     """
     An open connection reads its protocol options from the factory and no

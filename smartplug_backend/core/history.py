@@ -13,6 +13,7 @@ import secrets
 import time
 from typing import Callable, Iterable, Optional
 
+from .limits import PUBSUB_HISTORY_BYTES, PUBSUB_STREAMS, PUBSUB_UNPUBLISHED_EPOCHS
 from .times import utc_rfc3339
 
 
@@ -101,7 +102,24 @@ class Recovery:
 
 class History:
     """
-    The numbering and history of every event.
+    The numbering and history of every event, bounded in memory whatever
+    clients send.
+
+    - Reading an event never published (C{GET /events/E/history}, C{since},
+      C{last}) makes no stream: it reads as empty, offset 0, with an epoch
+      that its first publication adopts, so a client that learnt it resumes
+      without loss.  The newest C{max_unpublished} such epochs are
+      remembered; a client holding an older one is told C{recovered: false}
+      (nothing was lost, but it cannot be told apart).
+    - At most C{max_streams} events keep their numbering: beyond that the
+      least recently published is forgotten, and its next publication
+      starts over at offset 1 under a new epoch (as if its history was lost,
+      which a resuming client learns from the epoch).
+    - The kept publications of all events hold at most C{max_bytes} of data:
+      beyond that the least recently published events lose their oldest.
+    - Publications older than C{seconds} are dropped when their event is
+      read or published, and events whose newest publication is that old
+      are emptied at every publication.
 
     @param keep: publications kept per event (C{PUBSUB_HISTORY}); 0 keeps
         none (offsets and epochs are still given, in memory).
@@ -111,12 +129,23 @@ class History:
     """
 
     def __init__(self, keep: int = 100, seconds: float = 86400, now: Callable[[], float] = time.time,
-                 make_epoch: Callable[[], str] = new_epoch) -> None:
+                 make_epoch: Callable[[], str] = new_epoch, max_bytes: int = PUBSUB_HISTORY_BYTES,
+                 max_streams: int = PUBSUB_STREAMS, max_unpublished: int = PUBSUB_UNPUBLISHED_EPOCHS) -> None:
         self.keep = keep
         self.seconds = seconds
         self._now = now
         self._make_epoch = make_epoch
-        self._streams: dict[str, Stream] = {}
+        self._max_bytes = max_bytes
+        self._max_streams = max_streams
+        self._max_unpublished = max_unpublished
+        # Streams, least recently published first.
+        self._streams: collections.OrderedDict[str, Stream] = collections.OrderedDict()
+        # Epochs handed out for events without a stream, oldest first.
+        self._unpublished: collections.OrderedDict[str, str] = collections.OrderedDict()
+        # The streams that keep publications (or did), least recently
+        # published first, and the data bytes of every kept publication.
+        self._holding: collections.OrderedDict[str, Stream] = collections.OrderedDict()
+        self.kept_bytes = 0
 
     @property
     def enabled(self) -> bool:
@@ -125,13 +154,36 @@ class History:
         """
         return self.keep > 0
 
-    def _stream(self, event: str) -> Stream:
-        # Made on first use, even by a reader: a client that learns an
-        # epoch before the first publication must see it kept.
+    def _epoch_unpublished(self, event: str) -> str:
+        # The epoch a reader of an event without a stream learns, and that
+        # its first publication adopts.
+        epoch = self._unpublished.get(event)
+        if epoch is None:
+            epoch = self._unpublished[event] = self._make_epoch()
+            while len(self._unpublished) > self._max_unpublished:
+                self._unpublished.popitem(last=False)
+        return epoch
+
+    def _peek(self, event: str) -> Stream:
+        # The event's stream, or an empty one standing for it (not kept).
         stream = self._streams.get(event)
-        if stream is None:
-            stream = self._streams[event] = Stream(self._make_epoch())
+        return Stream(self._epoch_unpublished(event)) if stream is None else self._trimmed(stream)
+
+    def _new_stream(self, event: str, stream: Stream) -> Stream:
+        self._unpublished.pop(event, None)
+        old = self._streams.pop(event, None)
+        if old is not None:
+            self._forget(event, old)
+        self._streams[event] = stream
+        while len(self._streams) > self._max_streams:
+            self._forget(*self._streams.popitem(last=False))
         return stream
+
+    def _forget(self, event: str, stream: Stream) -> None:
+        # Drop every kept publication of the event's stream.
+        self.kept_bytes -= sum(len(p.data_json) for p in stream.kept)
+        stream.kept.clear()
+        self._holding.pop(event, None)
 
     def oldest_kept(self) -> float:
         """
@@ -144,7 +196,11 @@ class History:
         The next publication of C{event}, numbered now (in the order
         publications arrive), not yet accepted.
         """
-        stream = self._stream(event)
+        stream = self._streams.get(event)
+        if stream is None:
+            stream = self._new_stream(event, Stream(self._unpublished.get(event) or self._make_epoch()))
+        else:
+            self._streams.move_to_end(event)
         stream.assigned += 1
         return Publication(event, stream.assigned, stream.epoch, data_json, self._now())
 
@@ -154,22 +210,50 @@ class History:
         event.  Publications are accepted in the order they were numbered;
         one the journal refused leaves its offset unused.
         """
-        stream = self._stream(publication.event)
-        if publication.epoch != stream.epoch:
+        event = publication.event
+        stream = self._streams.get(event)
+        if stream is None or publication.epoch != stream.epoch:
             # Numbered by a shared journal (SPEC 11) under another epoch: the
             # event's history there was lost or made elsewhere; start over.
-            stream = self._streams[publication.event] = Stream(publication.epoch)
+            # (Or its stream was dropped, over max_streams, meanwhile.)
+            stream = self._new_stream(event, Stream(publication.epoch))
+        else:
+            self._streams.move_to_end(event)
         stream.latest = publication.offset
         if self.keep > 0:
             stream.kept.append(publication)
+            self.kept_bytes += len(publication.data_json)
+            self._holding[event] = stream
+            self._holding.move_to_end(event)
             while len(stream.kept) > self.keep:
-                stream.kept.popleft()
+                self.kept_bytes -= len(stream.kept.popleft().data_json)
+        self._trimmed(stream)
+        self._bound()
 
-    def _trimmed(self, event: str) -> Stream:
-        stream = self._stream(event)
+    def _bound(self) -> None:
+        # Events whose newest publication is too old keep nothing; then the
+        # least recently published give up their oldest until the kept data
+        # fits max_bytes.  Both start from the least recently published
+        # event holding any: each step drops an event or ends the loop.
+        cutoff = self.oldest_kept()
+        holding = self._holding
+        while holding:
+            event = next(iter(holding))
+            stream = holding[event]
+            if stream.kept and stream.kept[-1].created_at >= cutoff:
+                if self.kept_bytes <= self._max_bytes:
+                    return
+                while stream.kept and self.kept_bytes > self._max_bytes:
+                    self.kept_bytes -= len(stream.kept.popleft().data_json)
+                if not stream.kept:
+                    del holding[event]
+            else:
+                self._forget(event, stream)
+
+    def _trimmed(self, stream: Stream) -> Stream:
         cutoff = self.oldest_kept()
         while stream.kept and stream.kept[0].created_at < cutoff:
-            stream.kept.popleft()
+            self.kept_bytes -= len(stream.kept.popleft().data_json)
         return stream
 
     def position(self, event: str) -> tuple[int, str]:
@@ -177,16 +261,17 @@ class History:
         C{(offset, epoch)}: the newest accepted offset of C{event} (0 for
         none) and its epoch.
         """
-        stream = self._stream(event)
-        return stream.latest, stream.epoch
+        stream = self._streams.get(event)
+        return (0, self._epoch_unpublished(event)) if stream is None else (stream.latest, stream.epoch)
 
     def last(self, event: str) -> Optional[Publication]:
         """
         The newest kept publication of C{event}, or C{None}.
         """
-        if event not in self._streams:
+        stream = self._streams.get(event)
+        if stream is None:
             return None  # nothing to say, so no epoch to make up
-        stream = self._trimmed(event)
+        self._trimmed(stream)
         return stream.kept[-1] if stream.kept else None
 
     def since(self, event: str, offset: int, epoch: str) -> Recovery:
@@ -197,7 +282,7 @@ class History:
         C{offset} is still kept (none missed counts); otherwise nothing is
         replayed.
         """
-        stream = self._trimmed(event)
+        stream = self._peek(event)
         recovered = epoch == stream.epoch and offset <= stream.latest and (
             offset == stream.latest or (bool(stream.kept) and stream.kept[0].offset <= offset + 1)
         )
@@ -209,7 +294,7 @@ class History:
         C{(epoch, publications)}: the first C{limit} kept publications of
         C{event} after offset C{after}, oldest first.
         """
-        stream = self._trimmed(event)
+        stream = self._peek(event)
         found = []
         for publication in stream.kept:
             if publication.offset > after:
@@ -229,13 +314,21 @@ class History:
         """
         if replace:
             self._streams.clear()
+            self._unpublished.clear()
+            self._holding.clear()
+            self.kept_bytes = 0
         cutoff = self.oldest_kept()
         for event, epoch, latest, rows in streams:
-            stream = self._streams[event] = Stream(epoch, latest, latest)
+            stream = self._new_stream(event, Stream(epoch, latest, latest))
             if self.keep > 0:
                 for offset, data_json, created_at in rows[-self.keep:]:
                     if created_at >= cutoff:
                         stream.kept.append(Publication(event, offset, epoch, data_json, created_at))
+                        self.kept_bytes += len(data_json)
+                if stream.kept:
+                    self._holding[event] = stream
+                    self._holding.move_to_end(event)
+        self._bound()
 
     def events(self) -> int:
         """

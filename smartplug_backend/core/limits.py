@@ -105,3 +105,15 @@ MQTT_RECONNECT_MAX = 60
 MQTT_KEEPALIVE = 60
 MQTT_MAX_QUEUED = 10000
 MQTT_STOP_TIMEOUT = 5
+# Pub/sub memory (SPEC 3.4, 3.6), bounded whatever clients send: events whose
+# subscribers have all left stay in the info frame, the newest this many;
+# epochs handed out for events never published (a reader may resume with
+# one), the newest this many; events whose numbering (offset and epoch) is
+# kept, the most recently published this many (a dropped one starts over
+# under a new epoch); and the publications kept for recovery, across all
+# events, at most this many bytes of data (the least recently published
+# events' oldest go first).
+PUBSUB_EMPTY_EVENTS = 1000
+PUBSUB_UNPUBLISHED_EPOCHS = 1000
+PUBSUB_STREAMS = 10000
+PUBSUB_HISTORY_BYTES = 32 * 1024 * 1024

@@ -8,6 +8,7 @@ them, so a publication is serialised once whatever the number of subscribers
 (twice when some subscribers asked for offsets: once for each kind).
 """
 
+import collections
 import json
 import time
 from typing import Any, Callable, Hashable, Iterable, Optional
@@ -15,6 +16,7 @@ from typing import Any, Callable, Hashable, Iterable, Optional
 from twisted.logger import Logger
 
 from .history import History, Publication
+from .limits import PUBSUB_EMPTY_EVENTS
 from .reports import broadcast_bytes
 from .times import utc_rfc3339
 
@@ -110,12 +112,15 @@ class PubSub:
     @param node: this node's name when several nodes act as one (SPEC 11):
         every connection in the info frame then says C{"node"}; C{None} for
         one node alone (PiCloud's frame exactly).
+    @param max_empty: events whose subscribers have all left that are kept
+        for the info frame (the most recently emptied).
     """
 
     _log = Logger()
 
     def __init__(self, deliver: Optional[Deliver] = None, now: Callable[[], float] = time.time,
-                 history: Optional[History] = None, node: Optional[str] = None) -> None:
+                 history: Optional[History] = None, node: Optional[str] = None,
+                 max_empty: int = PUBSUB_EMPTY_EVENTS) -> None:
         self._deliver = deliver
         self._now = now
         self.history = History(now=now) if history is None else history
@@ -125,8 +130,14 @@ class PubSub:
         # event -> {subscriber: whether it asked for offsets}, both in
         # insertion order.  An event stays once its last subscriber has
         # left, as in PiCloud's Go map: the info frame lists it with
-        # "connections": null.
+        # "connections": null; the newest max_empty such events stay.
         self._events: dict[str, dict[Hashable, bool]] = {}
+        # Events without subscribers, least recently emptied first.
+        self._empty: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._max_empty = max_empty
+        # subscriber -> the events it is subscribed to (in order): what
+        # unsubscribe_all walks, whatever the number of events.
+        self._subscribed: dict[Hashable, dict[str, None]] = {}
         # connection -> its entry in the info frame
         self._connections: dict[Hashable, dict] = {}
         # connection -> which port it came on: "app" or "device" (never
@@ -260,6 +271,8 @@ class PubSub:
         positioned = last or since is not None
         subscribers[subscriber] = positioned or subscribers.get(subscriber, False)
         if new:
+            self._empty.pop(event, None)
+            self._subscribed.setdefault(subscriber, {})[event] = None
             self._tell(self._connection_watchers)
         event_json = go_json(event)
         if since is not None:
@@ -278,17 +291,33 @@ class PubSub:
         """
         subscribers = self._events.get(event)
         if subscribers is not None and subscriber in subscribers:
-            # The event stays, empty, for the info frame (see _events).
-            del subscribers[subscriber]
+            mine = self._subscribed[subscriber]
+            del mine[event]
+            if not mine:
+                del self._subscribed[subscriber]
+            self._leave(subscriber, event, subscribers)
             self._tell(self._connection_watchers)
+
+    def _leave(self, subscriber: Hashable, event: str, subscribers: dict) -> None:
+        # The event stays, empty, for the info frame (see _events), among
+        # the max_empty most recently emptied.
+        del subscribers[subscriber]
+        if not subscribers:
+            self._empty[event] = None
+            while len(self._empty) > self._max_empty:
+                del self._events[self._empty.popitem(last=False)[0]]
 
     def unsubscribe_all(self, subscriber: Hashable) -> None:
         """
         Forget every subscription of C{subscriber} (its connection is gone, or
-        it asked for C{unsubscribe:all}).
+        it asked for C{unsubscribe:all}): only its own are walked.
         """
-        for event in list(self._events):
-            self.unsubscribe(subscriber, event)
+        mine = self._subscribed.pop(subscriber, None)
+        if not mine:
+            return
+        for event in mine:
+            self._leave(subscriber, event, self._events[event])
+        self._tell(self._connection_watchers)
 
     def publish(self, event: str, data: Any, origin: Optional[str] = None) -> int:
         """

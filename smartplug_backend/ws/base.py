@@ -6,6 +6,8 @@ message sent to many connections, the peer address for logs, and a cut-off
 for peers that do not read what they are sent.
 """
 
+import collections
+import collections.abc
 import http.client
 import re
 from typing import Iterable
@@ -62,6 +64,7 @@ class _SendBuffer:
     def resumeProducing(self) -> None:
         self._protocol._send_buffer_full = False
         self._protocol._unsent_since_full = 0
+        self._protocol._send_backlog()
 
     def stopProducing(self) -> None:
         pass
@@ -91,6 +94,11 @@ class LenientServerProtocol(WebSocketServerSeams):
     - Keeps little per idle connection: protocol options are read from the
       factory, and what only the opening handshake needs is dropped once the
       connection is open (both in L{smartplug_backend.internals}).
+    - Sends messages of any size: L{MAX_MESSAGE} limits what peers send,
+      not what we send (Autobahn applies it to C{sendMessage} too).
+    - Sends a replay (L{send_first}) as fast as the peer reads it, not
+      counted as unsent; what is sent meanwhile waits behind it, in order,
+      and does count.
     """
 
     _host_checked = False
@@ -99,6 +107,11 @@ class LenientServerProtocol(WebSocketServerSeams):
     _unsent_since_full = 0
     _cut_off = False
     _handshake_deadline = None
+    # Messages waiting for the transport to drain (see send_first): None,
+    # or a deque of iterators of payloads (a replay) and prepared messages;
+    # _backlog_counted is the bytes of the prepared ones.
+    _backlog = None
+    _backlog_counted = 0
 
     @property
     def _hub(self):
@@ -152,6 +165,7 @@ class LenientServerProtocol(WebSocketServerSeams):
 
     def connectionLost(self, reason):
         self._end_handshake_deadline()
+        self._backlog = None
         super().connectionLost(reason)
 
     def _end_handshake_deadline(self) -> None:
@@ -159,10 +173,27 @@ class LenientServerProtocol(WebSocketServerSeams):
         if deadline is not None and deadline.active():
             deadline.cancel()
 
+    def sendMessage(self, payload, isBinary=False, fragmentSize=None, sync=False, doNotCompress=False):
+        """
+        Send a message of any size, as a prepared message.
+
+        Autobahn refuses to send a message over C{maxMessagePayloadSize}
+        (L{MAX_MESSAGE}, raising C{PayloadExceededError}); that limit is for
+        what peers send us (SPEC 6.3), while the info frame, the dashboard's
+        snapshot and replayed publications may be larger.  Prepared messages
+        are sent uncompressed, so no limit applies to them.  Nothing is sent
+        once the connection is closing.  Fragmented and synchronous sends
+        (used by no route of ours) keep Autobahn's path and its limit.
+        """
+        if fragmentSize is None and not sync:
+            return self.sendPreparedMessage(self.factory.prepareMessage(payload, isBinary, doNotCompress=True))
+        return super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)
+
     def sendPreparedMessage(self, preparedMsg) -> None:
         """
         Send a prepared message: its frame goes straight to the socket
-        (L{write_now}).
+        (L{write_now}), or behind the messages waiting in the backlog (see
+        L{send_first}).
 
         Autobahn's own path (C{sendData}) formats a debug log line on every
         send, with debug logging off too; in a broadcast to a thousand apps
@@ -177,27 +208,90 @@ class LenientServerProtocol(WebSocketServerSeams):
             # Closing or closed: no data frame may follow a close frame
             # (RFC 6455 5.5.1), and a broadcast may reach us in between.
             return
+        if self._backlog:
+            # Behind a replay: held here, unsent, so it counts.
+            self._backlog.append(preparedMsg)
+            self._backlog_counted += len(preparedMsg.payloadHybi)
+            self._check_unsent()
+            return
+        self._write_prepared(preparedMsg)
+
+    def _write_prepared(self, preparedMsg) -> None:
         frame = None if self._send_buffer_full else self.prepared_frame_as_is(preparedMsg)
         if frame is not None:
             write_now(self.transport, frame)
         else:
             super().sendPreparedMessage(preparedMsg)
 
+    def send_first(self, payloads: Iterable[bytes]) -> None:
+        """
+        Send the text messages C{payloads} (a replay of kept publications)
+        before anything sent after this call, each once the transport has
+        room for it (when it drains; this connection is its producer).
+
+        They do not count toward L{MAX_UNSENT}: a replay of a megabyte is
+        not the peer being slow, and it is written only as fast as the peer
+        reads.  Messages sent meanwhile wait behind it, in order, and do
+        count: a peer that stops reading is still cut off.  Nothing more is
+        written once the connection is no longer open.
+        """
+        if self.state != self.STATE_OPEN:
+            return
+        if self._backlog is None:
+            self._backlog = collections.deque()
+        self._backlog.append(iter(payloads))
+        self._send_backlog()
+
+    def _send_backlog(self) -> None:
+        # Write waiting messages until the transport is full (it pauses us,
+        # and resumes us, and so this, once drained) or none are left.
+        backlog = self._backlog
+        while backlog and not self._send_buffer_full:
+            if self.state != self.STATE_OPEN:
+                backlog.clear()
+                break
+            head = backlog[0]
+            if isinstance(head, collections.abc.Iterator):
+                payload = next(head, None)
+                if payload is None:
+                    backlog.popleft()
+                    continue
+                self._write_prepared(self.factory.prepareMessage(payload, doNotCompress=True))
+            else:
+                backlog.popleft()
+                self._backlog_counted -= len(head.payloadHybi)
+                self._write_prepared(head)
+        if not backlog:
+            self._backlog_counted = 0
+
     def sendData(self, data, sync=False, chopsize=None):
         if self._send_buffer_full:
             self._unsent_since_full += len(data)
+            if self._check_unsent():
+                return None
+        return super().sendData(data, sync, chopsize)
+
+    def _check_unsent(self) -> bool:
+        """
+        Cut the peer off if more than L{MAX_UNSENT} would be unsent; True
+        when it was.
+        """
+        unsent = self._backlog_counted
+        if self._send_buffer_full:
             # When it paused us, Twisted's buffer held the transport's
             # bufferSize (TCP's is 64 KiB; not every transport says), and the
             # kernel's send queue was full (SPEC 6.5: it counts too).
-            held = getattr(self.transport, "bufferSize", 65536) + KERNEL_HOLDS
-            if self._unsent_since_full > MAX_UNSENT - held:
-                return self._too_slow()
-        return super().sendData(data, sync, chopsize)
+            unsent += self._unsent_since_full + getattr(self.transport, "bufferSize", 65536) + KERNEL_HOLDS
+        if unsent > MAX_UNSENT:
+            self._too_slow()
+            return True
+        return False
 
     def _too_slow(self) -> None:
         if self._cut_off:
             return
         self._cut_off = True
+        self._backlog = None
         self.factory.slow_dropped += 1
         self.slow_peer_cut_off()
         self._send_buffer_full = False

@@ -77,9 +77,10 @@ def decode(payload: bytes) -> Any:
 def handle_subscriber(pubsub: PubSub, connection, message: Any) -> Optional[str]:
     """
     Act on a C{/subscribe} client's message (SPEC 3.2, and 3.6's C{last}
-    and C{since}).  The replay, if any, is sent on C{connection} here, in
-    the same reactor turn as the subscription: nothing published can come
-    between them.
+    and C{since}).  The replay, if any, is taken in the same reactor turn
+    as the subscription (nothing published can come between them) and
+    handed to C{connection.send_first}, which sends it as the peer reads it,
+    ahead of the live publications that arrive meanwhile.
 
     @return: why the message was ignored, or C{None} when it was acted on.
     """
@@ -97,8 +98,9 @@ def handle_subscriber(pubsub: PubSub, connection, message: Any) -> Optional[str]
                 position = None if since is None else parse_since(since)
             except InvalidSince as e:
                 return str(e)
-            for frame in pubsub.subscribe(connection, event, last=message.get("last") is True, since=position):
-                connection.sendMessage(frame)
+            frames = pubsub.subscribe(connection, event, last=message.get("last") is True, since=position)
+            if frames:
+                connection.send_first(frames)
         else:
             pubsub.unsubscribe(connection, event)
     else:
