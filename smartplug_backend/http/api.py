@@ -179,6 +179,25 @@ def make_app(hub, bridge: Bridge, guard=None, api_key=None) -> bottle.Bottle:
         except (InvalidReport, InvalidDisplay) as e:
             raise rejected(400, str(e)) from None
 
+    def picloud_credentials(needs_name: bool) -> str:
+        """
+        Check a PiCloud route's API key (and client name) as SPEC 3.1 says.
+
+        @return: the client name.
+        @raise bottle.HTTPResponse: PiCloud's 401 (a wrong key counts toward
+            a ban), or 403 from a banned address.
+        """
+        key = _given("X-API-Key", "apiKey")
+        refuse_banned(key)
+        name = _given("X-API-Client-Name", "clientName") if needs_name else None
+        try:
+            return picloud.authenticate(api_key, key, name, needs_name=needs_name)
+        except picloud.Denied as denied:
+            warn(str(denied))
+            if denied.bad_key:
+                count_wrong_key()
+            raise _text(401, denied.body) from None
+
     def refuse_banned(given) -> None:
         """
         A banned address (its keep-alive connection outlived the ban's
@@ -237,16 +256,7 @@ def make_app(hub, bridge: Bridge, guard=None, api_key=None) -> bottle.Bottle:
 
     @app.post("/publish")
     def publish():
-        refuse_banned(_given("X-API-Key", "apiKey"))
-        try:
-            picloud.authenticate(
-                api_key, _given("X-API-Key", "apiKey"), _given("X-API-Client-Name", "clientName"), needs_name=True
-            )
-        except picloud.Denied as denied:
-            warn(str(denied))
-            if denied.bad_key:
-                count_wrong_key()
-            return _text(401, denied.body)
+        picloud_credentials(needs_name=True)
         try:
             event, data = picloud.parse_publication(picloud.decode(read_body(bottle.request)))
         except BodyTooLarge as e:
@@ -262,14 +272,7 @@ def make_app(hub, bridge: Bridge, guard=None, api_key=None) -> bottle.Bottle:
 
     @app.get("/events/<event:path>/history")
     def event_history(event):
-        refuse_banned(_given("X-API-Key", "apiKey"))
-        try:
-            picloud.authenticate(api_key, _given("X-API-Key", "apiKey"), None, needs_name=False)
-        except picloud.Denied as denied:
-            warn(str(denied))
-            if denied.bad_key:
-                count_wrong_key()
-            return _text(401, denied.body)
+        picloud_credentials(needs_name=False)
         try:
             since = parse_whole(bottle.request.query.get("since"), "since", 0, 0, None)
             limit = parse_whole(bottle.request.query.get("limit"), "limit", DEFAULT_PUBLICATIONS, 1, MAX_PUBLICATIONS)
