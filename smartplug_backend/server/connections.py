@@ -11,12 +11,10 @@ seconds, so that the flood does not flood the log as well.
 from collections import Counter
 from typing import Optional
 
-from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from zope.interface import implementer
 
-from .guard import GateFactory, log_prefix, normal_address
+from .guard import GateFactory, PassThrough, normal_address, pass_through
 from .sockets import keep_alive
 
 
@@ -106,55 +104,26 @@ class ConnectionCap:
         self._summary = self._clock.callLater(self._log_every, self._sum_up)
 
 
-class _Counted(Protocol):
+class _Counted(PassThrough):
     """
-    Stands between a transport and a listener's protocol, to turn on TCP
-    keepalive (L{keep_alive}) and to see the connection close.
-
-    Unlike Twisted's ProtocolWrapper it is not a transport itself: the
-    listener's protocol gets the real transport.  So a TLS transport stays
-    what Autobahn checks for (under an C{ssl:} endpoint, TLS is outside the
-    cap), and writes cost no extra call.
+    Counts a connection against the cap until it closes, and turns on TCP
+    keepalive (L{keep_alive}) for it.
     """
 
-    def __init__(self, cap: ConnectionCap, wrapped, listener: Optional[str] = None) -> None:
+    def __init__(self, cap: ConnectionCap, listener: Optional[str], wrapped) -> None:
+        super().__init__(wrapped)
         self._cap = cap
-        self.wrapped = wrapped
         self._listener = listener
         self._released = False
 
-    def logPrefix(self) -> str:
-        return log_prefix(self.wrapped)
-
-    def makeConnection(self, transport) -> None:
-        self.transport = transport
+    def opened(self, transport) -> None:
         # Every admitted connection of every listener passes here once.
         keep_alive(transport)
-        self.wrapped.makeConnection(transport)
 
-    def dataReceived(self, data: bytes) -> None:
-        self.wrapped.dataReceived(data)
-
-    def connectionLost(self, reason) -> None:
+    def closed(self) -> None:
         if not self._released:
             self._released = True
             self._cap.release(self._listener)
-        self.wrapped.connectionLost(reason)
-
-
-@implementer(IHalfCloseableProtocol)
-class _CountedHalfCloseable(_Counted):
-    """
-    A L{_Counted} for a protocol that handles half-closed connections (the
-    HTTP channel): the transport asks the outermost protocol whether it
-    does, so this one says yes and passes both calls on.
-    """
-
-    def readConnectionLost(self) -> None:
-        self.wrapped.readConnectionLost()
-
-    def writeConnectionLost(self) -> None:
-        self.wrapped.writeConnectionLost()
 
 
 class CappedFactory(GateFactory):
@@ -182,6 +151,4 @@ class CappedFactory(GateFactory):
             return None
         if self.listener is not None:
             self.cap.open_by_listener[self.listener] += 1
-        if IHalfCloseableProtocol.providedBy(inner):
-            return _CountedHalfCloseable(self.cap, inner, self.listener)
-        return _Counted(self.cap, inner, self.listener)
+        return pass_through(_Counted, inner, self.cap, self.listener)

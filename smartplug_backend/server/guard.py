@@ -501,17 +501,18 @@ class GateFactory(Factory):
         return self.wrapped.buildProtocol(addr)
 
 
-class _Tracked(Protocol):
+class PassThrough(Protocol):
     """
-    Stands between a transport and a listener's protocol so that the guard
-    knows the connection is open, until it closes.  Not a transport itself
-    (the listener's protocol gets the real one), as the connection cap's
-    wrapper.
+    Stands between a transport and a listener's protocol to see the
+    connection open and close (L{opened}, L{closed}), passing everything on.
+
+    Unlike Twisted's ProtocolWrapper it is not a transport itself: the
+    listener's protocol gets the real transport.  So a TLS transport stays
+    what Autobahn checks for, and writes cost no extra call.  Build it with
+    L{pass_through}, which keeps the wrapped protocol's half-close handling.
     """
 
-    def __init__(self, guard: Guard, host: Optional[str], wrapped) -> None:
-        self._guard = guard
-        self._host = host
+    def __init__(self, wrapped) -> None:
         self.wrapped = wrapped
 
     def logPrefix(self) -> str:
@@ -519,22 +520,33 @@ class _Tracked(Protocol):
 
     def makeConnection(self, transport) -> None:
         self.transport = transport
-        self._guard.opened(self._host, self)
+        self.opened(transport)
         self.wrapped.makeConnection(transport)
 
     def dataReceived(self, data: bytes) -> None:
         self.wrapped.dataReceived(data)
 
     def connectionLost(self, reason) -> None:
-        self._guard.closed(self._host, self)
+        self.closed()
         self.wrapped.connectionLost(reason)
+
+    def opened(self, transport) -> None:
+        """
+        The connection is open (before the wrapped protocol hears of it).
+        """
+
+    def closed(self) -> None:
+        """
+        The connection is closed (before the wrapped protocol hears of it).
+        """
 
 
 @implementer(IHalfCloseableProtocol)
-class _TrackedHalfCloseable(_Tracked):
+class _HalfCloseable:
     """
-    A L{_Tracked} for a protocol that handles half-closed connections (the
-    HTTP channel): the transport asks the outermost protocol.
+    For a wrapped protocol that handles half-closed connections (the HTTP
+    channel): the transport asks the outermost protocol whether it does, so
+    the wrapper says yes and passes both calls on.
     """
 
     def readConnectionLost(self) -> None:
@@ -542,6 +554,38 @@ class _TrackedHalfCloseable(_Tracked):
 
     def writeConnectionLost(self) -> None:
         self.wrapped.writeConnectionLost()
+
+
+_half_closeable: dict = {}
+
+
+def pass_through(cls: type, inner, *args) -> PassThrough:
+    """
+    C{cls(*args, inner)}, a L{PassThrough}; half-closeable when C{inner} is.
+    """
+    if IHalfCloseableProtocol.providedBy(inner):
+        if cls not in _half_closeable:
+            _half_closeable[cls] = type(cls.__name__ + "HalfCloseable", (_HalfCloseable, cls), {})
+        cls = _half_closeable[cls]
+    return cls(*args, inner)
+
+
+class _Tracked(PassThrough):
+    """
+    Lets the guard know which connections of an address are open, so that a
+    ban can close them.
+    """
+
+    def __init__(self, guard: Guard, host: Optional[str], wrapped) -> None:
+        super().__init__(wrapped)
+        self._guard = guard
+        self._host = host
+
+    def opened(self, transport) -> None:
+        self._guard.opened(self._host, self)
+
+    def closed(self) -> None:
+        self._guard.closed(self._host, self)
 
 
 class GuardedFactory(GateFactory):
@@ -563,5 +607,4 @@ class GuardedFactory(GateFactory):
         inner = self.wrapped.buildProtocol(addr)
         if inner is None or not self.close_on_ban:
             return inner
-        tracked = _TrackedHalfCloseable if IHalfCloseableProtocol.providedBy(inner) else _Tracked
-        return tracked(self.guard, getattr(addr, "host", None), inner)
+        return pass_through(_Tracked, inner, self.guard, getattr(addr, "host", None))
