@@ -5,7 +5,7 @@ the Bottle app, and WebSocket connections joined in memory with iosim.
 
 import json
 
-from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, WebSocketServerFactory
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from treq.testing import StubTreq
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
@@ -93,17 +93,11 @@ def quiet(factory):
 
     if getattr(factory, "clock", None) is reactor:
         factory.handshake_timeout = 0
-    options = {}
-    if isinstance(factory, WebSocketServerFactory):
-        # Autobahn's setProtocolOptions resets allowNullOrigin unless it is
-        # passed: keep the factory's own choice (SPEC 6.4).
-        options["allowNullOrigin"] = factory.allowNullOrigin
     factory.setProtocolOptions(
         openHandshakeTimeout=0,
         closeHandshakeTimeout=0,
         autoPingInterval=0,
         autoPingTimeout=0,
-        **options,
     )
     return factory
 

@@ -87,6 +87,17 @@ class AnyOriginTests(SynchronousTestCase):
                 answer = self.answer(factory, handshake(path, origin))
                 self.assertTrue(answer.startswith(b"HTTP/1.1 101 "), (path, origin, answer[:120]))
 
+    def test_later_options_keep_the_policy(self):
+        """
+        A later C{setProtocolOptions} call (a test helper's, a new feature's)
+        cannot undo the origin policy, although Autobahn resets
+        C{allowNullOrigin} on every call.
+        """
+        for factory in (self.apps, self.devices):
+            factory.setProtocolOptions(autoPingInterval=0)
+            answer = self.answer(factory, handshake(b"/", b"file://"))
+            self.assertTrue(answer.startswith(b"HTTP/1.1 101 "), answer[:120])
+
     def test_arduino_websockets_handshake(self):
         """
         The exact bytes of arduinoWebSockets' handshake upgrade on the device

@@ -142,6 +142,7 @@ class AppFactory(LimitedServerFactory):
     """
 
     protocol = AppProtocol
+    origin_options = ANY_ORIGIN
     noisy = False  # the listener logs where it listens, readably
 
     def __init__(self, hub, api_key=None, info_interval=5, clock=None, guard=None, url=None):
@@ -156,7 +157,6 @@ class AppFactory(LimitedServerFactory):
             # PiCloud's routes turn them off per connection (onConnect).
             autoPingInterval=APP_PING_INTERVAL,
             autoPingTimeout=APP_PING_TIMEOUT,
-            **ANY_ORIGIN,
         )
 
     def broadcast(self, report) -> None:

@@ -352,6 +352,16 @@ class LimitedServerFactory(WebSocketServerFactory):
             webStatus=False,
         )
 
+    #: Autobahn's origin options of this listener (L{origins.ANY_ORIGIN} for
+    #: the ones that authenticate by key or secret); empty: Autobahn's own.
+    origin_options: dict = {}
+
+    def setProtocolOptions(self, *args, **options) -> None:
+        # Autobahn's setProtocolOptions sets allowNullOrigin on every call
+        # (its default argument is False): the listener's origin policy is
+        # applied with every call, so no later call can undo it.
+        super().setProtocolOptions(*args, **{**self.origin_options, **options})
+
     def send_to_all(self, connections: Iterable, payload: bytes) -> None:
         """
         Send the text message C{payload} to every one of C{connections}:

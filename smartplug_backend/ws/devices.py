@@ -163,6 +163,7 @@ class DeviceFactory(LimitedServerFactory):
     """
 
     protocol = DeviceProtocol
+    origin_options = ANY_ORIGIN
     _log = Logger(namespace="smartplug_backend.ws.devices")
     noisy = False  # the listener logs where it listens, readably
 
@@ -176,7 +177,7 @@ class DeviceFactory(LimitedServerFactory):
         self._watchers: list = []
         # Devices keep themselves alive (SPEC 2.2); the idle timeout finds
         # the silent ones.
-        self.setProtocolOptions(autoPingInterval=0, **ANY_ORIGIN)
+        self.setProtocolOptions(autoPingInterval=0)
 
     @classmethod
     def from_settings(cls, settings, hub, guard, clock: IReactorTime, url=None) -> "DeviceFactory":

@@ -10,9 +10,9 @@ opened from disk (picloud-client-browser's test page).
 
 Autobahn reads both as the "null" origin and refuses it unless the factory's
 C{allowNullOrigin} is true.  Its C{setProtocolOptions} sets
-C{allowNullOrigin} on every call (its default argument is C{False}), so each
-factory passes L{ANY_ORIGIN} in its own last call, not only once in a base
-class whose setting a later call would undo.
+C{allowNullOrigin} on every call (its default argument is C{False}), so a
+factory names L{ANY_ORIGIN} as its C{origin_options}, which
+L{base.LimitedServerFactory} applies with every C{setProtocolOptions} call.
 """
 
 # Keyword arguments for WebSocketServerFactory.setProtocolOptions.
