@@ -124,7 +124,7 @@ class Bench:
             process.terminate()
             process.wait(10)
 
-    def in_child(self, func, *args, child_timeout: float = 120, **kwargs):
+    def in_child(self, func, *args, child_timeout: float = 120, cpus=None, **kwargs):
         """
         Run C{func(*args, **kwargs)} (a function of bench.clients) in a
         separate process and return its result; the process is terminated
@@ -132,7 +132,7 @@ class Bench:
         """
         context = multiprocessing.get_context("spawn")
         receive, send = context.Pipe(duplex=False)
-        child = context.Process(target=_child_main, args=(send, func, args, kwargs), daemon=True)
+        child = context.Process(target=_child_main, args=(send, func, args, kwargs, cpus), daemon=True)
         child.start()
         send.close()
         try:
@@ -152,13 +152,50 @@ class Bench:
         return value
 
 
-def _child_main(send, func, args, kwargs) -> None:
+def _child_main(send, func, args, kwargs, cpus) -> None:
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     try:
         result = (True, func(*args, **kwargs))
     except BaseException as e:  # reported to the parent, which raises it
         result = (False, f"{type(e).__name__}: {e}")
     send.send(result)
     send.close()
+
+
+def split_cpus():
+    """
+    Two disjoint sets of CPUs, one for a server and one for its load, or
+    C{(None, None)} on a machine with fewer than two.  Apart, neither takes
+    the other's CPU time or caches, so a server's CPU per request is its
+    own work, measured alike for the yardstick and this server.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None, None
+    half = len(cpus) // 2
+    return set(cpus[:half]), set(cpus[half:])
+
+
+@contextlib.contextmanager
+def pinned(pid: int, cpus):
+    """
+    Every thread of process C{pid} on C{cpus} (threads it starts later
+    inherit it), and back on all of this process's CPUs afterwards when it
+    is this process.
+    """
+    everywhere = os.sched_getaffinity(0)
+    if cpus:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):  # a thread that just ended
+                os.sched_setaffinity(int(tid), cpus)
+    try:
+        yield
+    finally:
+        if cpus and pid == os.getpid():
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(int(tid), everywhere)
 
 
 def open_files_limit(pid: int) -> str:
@@ -430,16 +467,22 @@ def ingest(bench: Bench) -> list:
     cpu = {name: [] for name in names}
     counts = {name: 0 for name in names}
     stalled = not_ok = 0
+    # Server on one half of the CPUs, the load (and this process, which
+    # reads the server's log) on the other.
+    server_cpus, load_cpus = split_cpus()
     for _ in range(rounds):
         for name in names:
             with contextlib.ExitStack() as stack:
+                stack.enter_context(pinned(os.getpid(), load_cpus))
                 if name == "server":
                     server = stack.enter_context(bench.server())
                     port, pid = server.ports["HTTP"], server.process.pid
                 else:
                     port, pid = stack.enter_context(bench.bare_server(log=name == "bare+log"))
+                stack.enter_context(pinned(pid, server_cpus))
                 r = bench.in_child(
-                    clients.post_load, port, concurrency, duration, warmup=1.0, timeout=5.0, server_pid=pid
+                    clients.post_load, port, concurrency, duration, warmup=1.0, timeout=5.0, server_pid=pid,
+                    cpus=load_cpus,
                 )
             cpu[name].append(r["server_cpu"] / max(r["completed"], 1))
             counts[name] += r["completed"]
@@ -460,6 +503,8 @@ def ingest(bench: Bench) -> list:
         Row("this server: answers other than 200", str(not_ok), "0", not_ok == 0),
         Row("load", f"firmware requests, new connection each, {concurrency} at a time, "
             f"{rounds} rounds of {duration:g} s per server, interleaved"),
+        Row("CPUs", f"server on {sorted(server_cpus)}, load on {sorted(load_cpus)}" if server_cpus
+            else "server and load share the only CPU"),
     ]
     return rows
 

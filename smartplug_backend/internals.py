@@ -12,6 +12,7 @@ else in the package uses these names and public APIs only.
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.internet import tcp
+from twisted.logger import FileLogObserver
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.http import HTTPChannel
 from twisted.web.server import NOT_DONE_YET
@@ -249,6 +250,37 @@ def read_options_from_factory(protocol_class) -> None:
         option = _FactoryOption()
         option.__set_name__(protocol_class, name)
         setattr(protocol_class, name, option)
+
+
+# -- Twisted: twistd's text log observer ----------------------------------
+
+
+def text_log_observers(publisher) -> list:
+    """
+    The C{FileLogObserver}s that C{publisher} (twistd's: the global one)
+    sends events to.
+
+    Why: twistd makes its log file's observer itself and keeps it only in
+    its private C{AppLogger._observer}; no public API lists a publisher's
+    observers.  Relies on C{LogPublisher._observers}, a list.
+    """
+    return [observer for observer in publisher._observers if isinstance(observer, FileLogObserver)]
+
+
+def log_formatter(observer):
+    """
+    The function C{observer} turns each event into its text with.  Relies on
+    C{FileLogObserver.formatEvent}, set from its constructor's argument and
+    called for every event.
+    """
+    return observer.formatEvent
+
+
+def set_log_formatter(observer, formatter) -> None:
+    """
+    Make C{observer} turn each event into its text with C{formatter}.
+    """
+    observer.formatEvent = formatter
 
 
 # -- python-twitter ---------------------------------------------------------

@@ -5,6 +5,8 @@ installed versions, so that an upgrade that changes one fails here, loudly
 and by name, instead of quietly slowing or breaking the server.
 """
 
+import io
+
 import requests
 import twitter
 from autobahn.twisted.websocket import WebSocketServerProtocol
@@ -14,6 +16,7 @@ from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogPublisher, textFileLogObserver
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.http import HTTPChannel
 
@@ -118,6 +121,38 @@ class AutobahnSeamTests(SynchronousTestCase):
             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         )
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 101 "), "seam unparsed/insert_header")
+
+
+class TwistedLogSeamTests(SynchronousTestCase):
+    """
+    twistd's text log observer, as L{smartplug_backend.server.logtext} finds
+    and refits it.
+    """
+
+    def test_observers_listed(self):
+        """
+        The text file observers of a publisher are found among its others,
+        in the order they were added.
+        """
+        first, second = textFileLogObserver(io.StringIO()), textFileLogObserver(io.StringIO())
+        publisher = LogPublisher(first, lambda event: None)
+        publisher.addObserver(second)
+        self.assertEqual(internals.text_log_observers(publisher), [first, second], "seam LogPublisher._observers")
+
+    def test_formatter_used_for_every_event(self):
+        """
+        The formatter read and set is the one the observer writes with.
+        """
+        out = io.StringIO()
+        observer = textFileLogObserver(out)
+        own = internals.log_formatter(observer)
+        self.assertTrue(callable(own), "seam FileLogObserver.formatEvent")
+        internals.set_log_formatter(observer, lambda event: "mine\n")
+        observer({"log_format": "theirs", "log_time": 1.0})
+        self.assertEqual(out.getvalue(), "mine\n", "seam FileLogObserver.formatEvent")
+        internals.set_log_formatter(observer, own)
+        observer({"log_format": "theirs", "log_time": 1.0, "log_system": "s"})
+        self.assertTrue(out.getvalue().endswith(" [s] theirs\n"), "seam FileLogObserver.formatEvent")
 
 
 class PythonTwitterSeamTests(SynchronousTestCase):

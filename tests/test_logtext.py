@@ -1,0 +1,177 @@
+"""
+The log file's text written the cheap way (L{smartplug_backend.server.logtext}):
+byte for byte what twistd's own text observer writes, for any event.
+"""
+
+import io
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.logger import Logger, LogLevel, LogPublisher, textFileLogObserver
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from smartplug_backend.server.logtext import ClassicText, FastLogText
+
+KEYS = ["plug_id", "value", "peer", "a", "missing"]
+_keys = st.sampled_from(KEYS)
+# Fields of every kind Twisted's formatter reads, the ones ClassicText
+# leaves to it included (attributes, indexes, calls, positional, nested).
+_fields = st.one_of(
+    _keys.map(lambda k: "{%s}" % k),
+    st.tuples(_keys, st.sampled_from("rsa")).map(lambda t: "{%s!%s}" % t),
+    st.tuples(_keys, st.sampled_from([">8", "<3", "^5", "x", ".2f", "d", "=", "!"])).map(lambda t: "{%s:%s}" % t),
+    st.sampled_from(["{}", "{0}", "{a.real}", "{a[0]}", "{call()}", "{a:{b}}", "{", "}", "{a!z}", "{plug id}"]),
+)
+_literals = st.text(st.characters(codec="utf-8"), max_size=12).map(lambda s: s.replace("{", "{{").replace("}", "}}"))
+_formats = st.lists(st.one_of(_literals, _fields), max_size=6).map("".join)
+_values = st.one_of(
+    st.text(max_size=8), st.integers(), st.floats(allow_nan=False), st.none(), st.binary(max_size=4),
+    st.lists(st.integers(), max_size=2), st.booleans(),
+)
+_times = st.one_of(
+    st.none(),
+    st.floats(min_value=0, max_value=4e9),
+    st.integers(min_value=0, max_value=2**32).map(lambda s: s - 5e-7),
+    st.integers(min_value=0, max_value=2**32).map(lambda s: s + 0.9999996),
+    st.integers(min_value=0, max_value=2**32),
+)
+
+
+@st.composite
+def events(draw):
+    event = {key: draw(_values) for key in draw(st.sets(st.sampled_from(KEYS[:-1])))}
+    event["call"] = lambda: "called"
+    event["log_format"] = draw(st.one_of(_formats, st.none(), st.just(b"bytes {a}")))
+    event["log_time"] = draw(_times)
+    event["log_level"] = draw(st.sampled_from(list(LogLevel.iterconstants()) + [None]))
+    if draw(st.booleans()):
+        event["log_namespace"] = draw(st.sampled_from(["smartplug_backend.core.hub.Hub", "x\ny"]))
+    if draw(st.booleans()):
+        event["log_system"] = draw(st.one_of(st.text(max_size=5), st.integers()))
+    if draw(st.booleans()):
+        event["log_failure"] = Failure(ValueError("boom"))
+    return event
+
+
+def twistd_formatter():
+    """
+    The formatter of the observer twistd makes for its log file.
+    """
+    return textFileLogObserver(io.StringIO()).formatEvent
+
+
+class CountingFallback:
+    def __init__(self, formatter) -> None:
+        self.formatter = formatter
+        self.calls = 0
+
+    def __call__(self, event):
+        self.calls += 1
+        return self.formatter(event)
+
+
+class ClassicTextTests(SynchronousTestCase):
+    @settings(max_examples=1500, deadline=None)
+    @given(events())
+    def test_same_text_as_twisted(self, event):
+        """
+        Any event, formattable or not, gives the text twistd's observer
+        writes (or C{None} where it writes nothing).
+        """
+        twisted = twistd_formatter()
+        self.assertEqual(ClassicText(twisted)(event), twisted(event))
+
+    def test_same_text_over_time(self):
+        """
+        One formatter, many events a fraction of a second apart across
+        second boundaries: each line's timestamp is its own.
+        """
+        twisted = twistd_formatter()
+        fast = ClassicText(twisted)
+        for step in range(4000):
+            event = {"log_format": "plug {plug_id}", "plug_id": step, "log_level": LogLevel.info,
+                     "log_namespace": "n", "log_time": 1764320400 + step * 0.0137}
+            self.assertEqual(fast(event), twisted(event))
+
+    def test_rounded_up_to_the_next_second(self):
+        """
+        A time within half a microsecond of the next second is written as
+        the next second, as C{fromtimestamp} rounds it, though the second
+        before is the one cached.
+        """
+        twisted = twistd_formatter()
+        fast = ClassicText(twisted)
+        for second in (1764320400, 1000000000, 86399):
+            for fraction in (0.25, 0.9999996, 0.9999994, 0.99999999):
+                event = {"log_format": "x", "log_namespace": "n", "log_time": second + fraction}
+                self.assertEqual(fast(event), twisted(event), (second, fraction))
+
+    def test_ordinary_events_formatted_without_twisted(self):
+        """
+        A report's line and other plain events do not reach the fallback;
+        a traceback, an attribute field and a missing key do.
+        """
+        fallback = CountingFallback(twistd_formatter())
+        fast = ClassicText(fallback)
+        line = {"log_format": "plug {plug_id} -> {value} from {peer}", "plug_id": "1", "value": 0,
+                "peer": "10.0.0.9", "log_level": LogLevel.info, "log_namespace": "smartplug_backend.core.hub.Hub",
+                "log_time": 1764320471.5}
+        self.assertEqual(
+            fast(line), "%s [smartplug_backend.core.hub.Hub#info] plug 1 -> 0 from 10.0.0.9\n"
+            % fallback.formatter({"log_format": "x", "log_time": 1764320471.5}).split(" ")[0])
+        self.assertEqual(fallback.calls, 0)
+        for other in ({"log_failure": Failure(ValueError("x"))}, {"log_format": "{peer.real}"},
+                      {"log_format": "{nothing}"}):
+            fast(dict(line, **other))
+        self.assertEqual(fallback.calls, 3)
+
+    def test_formats_kept_are_bounded(self):
+        """
+        Formats built at run time do not grow the formatter without end.
+        """
+        fast = ClassicText(twistd_formatter())
+        for n in range(5000):
+            fast({"log_format": f"event {n}", "log_time": 1.5})
+        self.assertLessEqual(len(fast._formats), 1000)
+
+
+class FastLogTextTests(SynchronousTestCase):
+    def setUp(self):
+        self.out = io.StringIO()
+        self.observer = textFileLogObserver(self.out)
+        self.publisher = LogPublisher(self.observer)
+        self.log = Logger(namespace="smartplug_backend.core.hub.Hub", observer=self.publisher)
+
+    def test_fitted_while_running(self):
+        """
+        While the service runs, twistd's observer formats with
+        L{ClassicText}, and writes what it wrote before; stopped, it has its
+        own formatter back.
+        """
+        own = self.observer.formatEvent
+        service = FastLogText(self.publisher)
+        service.startService()
+        self.assertIsInstance(self.observer.formatEvent, ClassicText)
+        self.log.info("plug {plug_id} -> {value} from {peer}", plug_id="7", value=1, peer="127.0.0.1")
+        self.assertRegex(
+            self.out.getvalue(),
+            r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[smartplug_backend\.core\.hub\.Hub#info\] "
+            r"plug 7 -> 1 from 127\.0\.0\.1\n$",
+        )
+        service.stopService()
+        self.assertIs(self.observer.formatEvent, own)
+
+    def test_other_layouts_left_alone(self):
+        """
+        An observer whose text differs (another time format, another
+        layout) keeps its own formatter.
+        """
+        hours = textFileLogObserver(io.StringIO(), timeFormat="%H")
+        plain = textFileLogObserver(io.StringIO())
+        plain.formatEvent = lambda event: "always this\n"
+        own = (hours.formatEvent, plain.formatEvent)
+        service = FastLogText(LogPublisher(hours, plain))
+        service.startService()
+        self.assertEqual((hours.formatEvent, plain.formatEvent), own)
+        service.stopService()
