@@ -163,41 +163,6 @@ def _child_main(send, func, args, kwargs, cpus) -> None:
     send.close()
 
 
-def split_cpus():
-    """
-    Two disjoint sets of CPUs, one for a server and one for its load, or
-    C{(None, None)} on a machine with fewer than two.  Apart, neither takes
-    the other's CPU time or caches, so a server's CPU per request is its
-    own work, measured alike for the yardstick and this server.
-    """
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        return None, None
-    half = len(cpus) // 2
-    return set(cpus[:half]), set(cpus[half:])
-
-
-@contextlib.contextmanager
-def pinned(pid: int, cpus):
-    """
-    Every thread of process C{pid} on C{cpus} (threads it starts later
-    inherit it), and back on all of this process's CPUs afterwards when it
-    is this process.
-    """
-    everywhere = os.sched_getaffinity(0)
-    if cpus:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError):  # a thread that just ended
-                os.sched_setaffinity(int(tid), cpus)
-    try:
-        yield
-    finally:
-        if cpus and pid == os.getpid():
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                with contextlib.suppress(OSError):
-                    os.sched_setaffinity(int(tid), everywhere)
-
-
 def open_files_limit(pid: int) -> str:
     with open(f"/proc/{pid}/limits") as f:
         for line in f:
@@ -469,17 +434,17 @@ def ingest(bench: Bench) -> list:
     stalled = not_ok = 0
     # Server on one half of the CPUs, the load (and this process, which
     # reads the server's log) on the other.
-    server_cpus, load_cpus = split_cpus()
+    server_cpus, load_cpus = clients.split_cpus()
     for _ in range(rounds):
         for name in names:
             with contextlib.ExitStack() as stack:
-                stack.enter_context(pinned(os.getpid(), load_cpus))
+                stack.enter_context(clients.pinned(os.getpid(), load_cpus))
                 if name == "server":
                     server = stack.enter_context(bench.server())
                     port, pid = server.ports["HTTP"], server.process.pid
                 else:
                     port, pid = stack.enter_context(bench.bare_server(log=name == "bare+log"))
-                stack.enter_context(pinned(pid, server_cpus))
+                stack.enter_context(clients.pinned(pid, server_cpus))
                 r = bench.in_child(
                     clients.post_load, port, concurrency, duration, warmup=1.0, timeout=5.0, server_pid=pid,
                     cpus=load_cpus,

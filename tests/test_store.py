@@ -7,6 +7,8 @@ import hashlib
 import os
 import sqlite3
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from smartplug_backend.core.display import Display
@@ -438,6 +440,123 @@ class QueryTests(SynchronousTestCase):
         self.assertIn("disk full", str(error))
         self.assertEqual(self.store.plugs(), [Plug("p", 1, 1.0)])
         self.assertEqual(self.store.history("p", 10), [HistoryEntry(1, 1.0, "http")])
+
+
+def dump(path: str) -> dict:
+    """
+    Every row of every table of the store at C{path} (with its C{seq},
+    where the table has one: the order rows were added in).
+    """
+    db = sqlite3.connect(path)
+    try:
+        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        return {table: sorted(db.execute(f"SELECT * FROM {table}").fetchall(), key=repr) for table in tables}
+    finally:
+        db.close()
+
+
+@st.composite
+def write_lists(draw):
+    """
+    Writes as the journal queues them: reports of a few plugs, with or
+    without their publication of C{smartplug}, publications of two
+    events, display states; offsets rising per event, clocks forward.
+    """
+    offsets = {"smartplug": 0, "other": 0}
+    writes = []
+    for n in range(draw(st.integers(1, 40))):
+        at = 1000.0 + n
+        kind = draw(st.sampled_from(["report", "report", "published report", "publication", "display"]))
+        keep, window = draw(st.sampled_from([(2, 5.0), (3, 100.0), (100, 3.0)]))
+        if kind == "display":
+            writes.append(("save_display", (Display(2, color=(n % 256, 0, 0), pulse=0),)))
+            continue
+        event = "smartplug" if kind != "publication" else draw(st.sampled_from(["smartplug", "other"]))
+        offsets[event] += 1
+        publication = (event, "epoch", offsets[event], f'"{n}"', at, keep, at - window)
+        if kind == "publication":
+            writes.append(("save_publication", publication))
+            continue
+        report = (draw(st.sampled_from(["a", "b", "c"])), n % 2, at, "http")
+        writes.append(("save_report", report + ((publication,) if kind == "published report" else ())))
+    return writes
+
+
+class GroupTests(SynchronousTestCase):
+    """
+    Writes committed together (L{Store.write_together}) leave the database
+    exactly as the same writes committed one by one.
+    """
+
+    @settings(max_examples=150, deadline=None)
+    @given(write_lists(), st.integers(1, 4), st.sampled_from([2, 5]))
+    def test_together_same_as_one_by_one(self, writes, groups, keep):
+        directory = self.mktemp()
+        os.mkdir(directory)
+        paths = [os.path.join(directory, name) for name in ("alone.sqlite", "together.sqlite")]
+        alone, together = (Store.open(path, keep=keep) for path in paths)
+        try:
+            for name, args in writes:
+                getattr(alone, name)(*args)
+            size = -(-len(writes) // groups)
+            for start in range(0, len(writes), size):
+                outcomes = together.write_together(
+                    [(getattr(together, name), args) for name, args in writes[start:start + size]]
+                )
+                self.assertEqual(outcomes, [None] * len(outcomes))
+        finally:
+            alone.close()
+            together.close()
+        self.assertEqual(dump(paths[1]), dump(paths[0]))
+
+    def test_a_group_costs_a_few_statements(self):
+        """
+        Sixteen reports of eight plugs with their publications are recorded
+        with one statement, not several per report: each statement the
+        writer thread runs hands the interpreter lock back and forth.  Once
+        the plugs' counts are known, that statement is the whole commit.
+        """
+        path = self.mktemp()
+        group_store = Store.open(path, keep=100)
+        self.addCleanup(group_store.close)
+        run = CountingConnection(group_store._db)
+        group_store._db = run
+        group_store.write_together([
+            (group_store.save_report, (f"p{n % 8}", n % 2, float(n), "http",
+                                       ("smartplug", "e", n + 1, "{}", float(n), 100, 0.0)))
+            for n in range(16)
+        ])
+        # BEGIN, the rows, a count per plug (the first time only), COMMIT.
+        self.assertEqual(run.statements, ["BEGIN IMMEDIATE", "INSERT INTO incoming"]
+                         + ["SELECT count(*) FROM history WHERE plug_id = ?"] * 8 + ["COMMIT"])
+        run.statements.clear()
+        group_store.write_together([(group_store.save_report, ("p0", 1, 20.0, "http")),
+                                    (group_store.save_publication, ("other", "e", 1, "{}", 20.0, 100, 0.0)),
+                                    (group_store.save_report, ("p1", 1, 20.0, "http"))])
+        # Plugs whose count is known and within the bound: the INSERT alone,
+        # a transaction of its own.
+        self.assertEqual(run.statements, ["INSERT INTO incoming"])
+        self.assertFalse(group_store._db.in_transaction)
+        self.assertEqual(len(group_store.history("p0", 100)), 3)
+        self.assertEqual(group_store.streams()[0][:3], ("other", "e", 1))
+
+
+class CountingConnection:
+    """
+    A connection that notes each statement run through C{execute} (up to
+    its values).
+    """
+
+    def __init__(self, db) -> None:
+        self._db = db
+        self.statements: list = []
+
+    def execute(self, sql: str, *args):
+        self.statements.append(sql.split(" VALUES")[0])
+        return self._db.execute(sql, *args)
+
+    def __getattr__(self, name: str):
+        return getattr(self._db, name)
 
 
 class FullDiskTests(SynchronousTestCase):

@@ -10,9 +10,13 @@ it, and the reports of one plug are committed in arrival order.
 Group commit: while the writer thread is busy, the writes asked for queue
 up here; when it is free, all the writes at the head of the queue go to it
 together and are committed in one transaction (one fsync), and then each
-caller's Deferred fires, in order.  A 200 still means "committed"; under
-load many reports share one commit instead of waiting for one each.  A
-write that fails fails alone (L{Store.write_together}).
+caller's Deferred fires, in order.  A write asked for while the writer is
+idle waits for the end of the reactor's turn, so the reports read from the
+network in the same turn share its commit too.  A 200 still means
+"committed"; under load many reports share one commit instead of waiting
+for one each, and the thread hop, the writer's wake-up and the
+hand-overs of the interpreter lock between the two threads are paid once
+per group.  A write that fails fails alone (L{Store.write_together}).
 """
 
 import os
@@ -47,15 +51,22 @@ class SQLiteJournal:
     @param run: C{run(f, *args)} calls C{f(*args)} on the writer thread and
         returns a Deferred of its result (tests pass a synchronous one).
     @param store: an open L{Store}, or C{None} until L{open} is called.
+    @param turn_end: C{turn_end(f)} calls C{f()} once the reactor has
+        handled everything that is ready now (C{reactor.callLater(0, f)});
+        C{None} hands a write to an idle writer at once.
     """
 
-    def __init__(self, run: Runner, store: Optional[Store] = None) -> None:
+    def __init__(self, run: Runner, store: Optional[Store] = None,
+                 turn_end: Optional[Callable[[Callable[[], None]], Any]] = None) -> None:
         self._run_in_thread = run
         self.store = store
+        self._turn_end = turn_end
         self._closing = False
         # (is a write, f, args, Deferred) not yet handed to the writer thread
         self._queue: deque = deque()
         self._busy = False
+        # Waiting for the end of the turn to hand the queue over.
+        self._gathering = False
 
     def open(self, path: str, keep: int) -> tuple[list, Optional[Display]]:
         """
@@ -91,8 +102,16 @@ class SQLiteJournal:
             return fail(StoreFailed("the server is stopping"))
         done = Deferred()
         self._queue.append((write, f, args, done))
-        self._next()
+        if self._turn_end is None or self._busy:
+            self._next()
+        elif not self._gathering:
+            self._gathering = True
+            self._turn_end(self._gathered)
         return done
+
+    def _gathered(self) -> None:
+        self._gathering = False
+        self._next()
 
     def _next(self) -> None:
         """
@@ -208,7 +227,7 @@ class StoreService(ThreadPoolService):
         that C{make_hub(journal)} builds on that journal.
         """
         pool = ThreadPool(minthreads=1, maxthreads=1, name="smartplug-store")
-        journal = SQLiteJournal(partial(deferToThreadPool, reactor, pool))
+        journal = SQLiteJournal(partial(deferToThreadPool, reactor, pool), turn_end=partial(reactor.callLater, 0))
         return cls(path, keep, journal, make_hub(journal), pool, reactor)
 
     def privilegedStartService(self) -> None:

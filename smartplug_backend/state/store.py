@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import sqlite3
+from collections import Counter
 from typing import Iterator, Optional
 
 from ..core.display import Display, InvalidDisplay, validate_display
@@ -25,6 +26,77 @@ from ..core.limits import WAL_PAGES
 
 # "SmPg": marks the file as ours (PRAGMA application_id, bytes 68-71).
 APPLICATION_ID = 0x536D5067
+# Rows one INSERT writes at most (11 values each: well below SQLite's limit
+# of 32766 parameters).
+ROWS_PER_INSERT = 250
+
+# Reports and publications go in as rows of this view, many rows to one
+# INSERT; its trigger records each row as the separate statements would
+# have (a report: its plug and a history entry; a publication: its event's
+# epoch and newest offset, the publication, and its event's trim).  One
+# statement for a whole group: each statement hands the interpreter lock to
+# the reactor thread and back, which under load cost more than the SQL.
+# TEMP: it lives in this connection only, never in the file.
+#
+# An event's row and its trim are written once per statement, on the last
+# of its rows (the others have no "below"): the trim drops, like the history
+# in memory (core/history.py), the oldest publications: those at or below
+# "below" (the highest offset - keep of the rows) and then, up to the first
+# made at or after "before" (the latest oldest time kept), those made
+# before it.  Made in offset order, that is what trimming after each
+# publication would have dropped; and both steps walk the primary key from
+# the oldest kept on, not the whole event.
+INCOMING = """
+CREATE TEMP VIEW incoming (plug_id, value, at, source, event, epoch, offset, data, created_at, below, before)
+    AS SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL;
+CREATE TEMP TRIGGER incoming_row INSTEAD OF INSERT ON incoming BEGIN
+    INSERT OR REPLACE INTO pubsub_history (event, offset, data, created_at)
+        SELECT NEW.event, NEW.offset, NEW.data, NEW.created_at WHERE NEW.event IS NOT NULL;
+    INSERT INTO pubsub_events (event, epoch, latest)
+        SELECT NEW.event, NEW.epoch, NEW.offset WHERE NEW.below IS NOT NULL
+        ON CONFLICT (event) DO UPDATE SET epoch = excluded.epoch, latest = excluded.latest;
+    DELETE FROM pubsub_history WHERE NEW.below IS NOT NULL AND event = NEW.event AND offset < coalesce(
+        (SELECT offset FROM pubsub_history WHERE event = NEW.event AND offset > NEW.below
+            AND created_at >= NEW.before ORDER BY offset LIMIT 1),
+        NEW.offset + 1);
+    INSERT INTO plugs (id, value, updated_at)
+        SELECT NEW.plug_id, NEW.value, NEW.at WHERE NEW.plug_id IS NOT NULL
+        ON CONFLICT (id) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at;
+    INSERT INTO history (plug_id, value, at, source)
+        SELECT NEW.plug_id, NEW.value, NEW.at, NEW.source WHERE NEW.plug_id IS NOT NULL;
+END;
+"""
+_NO_REPORT = (None, None, None, None)
+_ELEVEN = "(" + ", ".join("?" * 11) + ")"
+_NO_PUBLICATION = (None,) * 7
+
+
+def _trim_last(rows: list) -> list:
+    """
+    C{rows} with each event's trim ("below" and "before", the highest of its
+    rows) on its last row only.
+    """
+    last: dict = {}
+    for n, row in enumerate(rows):
+        event = row[4]
+        if event is not None:
+            _, below, before = last.get(event, (None, row[9], row[10]))
+            last[event] = (n, max(below, row[9]), max(before, row[10]))
+    if len(last) == sum(1 for row in rows if row[4] is not None):
+        return rows
+    kept = {n: (below, before) for n, below, before in last.values()}
+    return [row if row[4] is None else row[:9] + kept.get(n, (None, None)) for n, row in enumerate(rows)]
+
+
+def _incoming_row(report: Optional[tuple], publication: Optional[tuple]) -> tuple:
+    """
+    A row of the C{incoming} view: a report C{(plug_id, value, at, source)}
+    and/or a publication (the arguments of L{Store.save_publication}).
+    """
+    if publication is None:
+        return (report or _NO_REPORT) + _NO_PUBLICATION
+    event, epoch, offset, data_json, created_at, keep, oldest = publication
+    return (report or _NO_REPORT) + (event, epoch, offset, data_json, created_at, offset - keep, oldest)
 
 
 def _v1(db: sqlite3.Connection) -> None:
@@ -280,6 +352,9 @@ class Store:
             # FULL: a commit is on disk, not only in the OS's cache, before
             # the HTTP 200 goes out; a power cut then loses nothing either.
             db.execute("PRAGMA synchronous = FULL")
+            # The incoming view's schema in memory, not in a temporary file.
+            db.execute("PRAGMA temp_store = MEMORY")
+            db.executescript(INCOMING)
         except sqlite3.Error as e:
             db.close()
             if disk_trouble(e):
@@ -349,25 +424,31 @@ class Store:
         self._write(self._save_report, plug_id, value, at, source, publication)
 
     def _save_report(self, plug_id: str, value: int, at: float, source: str, publication: Optional[tuple]) -> None:
+        with _transaction(self._db):
+            self._record([_incoming_row((plug_id, value, at, source), publication)])
+
+    def _record(self, rows: list) -> None:
+        """
+        Rows of the C{incoming} view, in order, with one INSERT (per
+        L{ROWS_PER_INSERT}), then the history bound of each plug reported.
+        """
+        if not rows:
+            return
+        rows = _trim_last(rows)
         try:
-            with _transaction(self._db):
-                if publication is not None:
-                    self._insert_publication(*publication)
+            for start in range(0, len(rows), ROWS_PER_INSERT):
+                chunk = rows[start:start + ROWS_PER_INSERT]
                 self._db.execute(
-                    "INSERT INTO plugs (id, value, updated_at) VALUES (?, ?, ?)"
-                    " ON CONFLICT (id) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                    (plug_id, value, at),
+                    "INSERT INTO incoming VALUES " + ", ".join([_ELEVEN] * len(chunk)),
+                    [v for row in chunk for v in row],
                 )
-                self._db.execute(
-                    "INSERT INTO history (plug_id, value, at, source) VALUES (?, ?, ?, ?)",
-                    (plug_id, value, at, source),
-                )
-                self._trim(plug_id)
+            for plug_id, count in Counter(row[0] for row in rows if row[0] is not None).items():
+                self._trim(plug_id, count)
         except BaseException:
             self._counts.clear()
             raise
 
-    def _trim(self, plug_id: str) -> None:
+    def _trim(self, plug_id: str, added: int) -> None:
         # Counting the plug's entries once and then keeping count makes the
         # trim cost one index step per report; finding the keep-th newest
         # entry instead (ORDER BY seq DESC LIMIT 1 OFFSET keep) walked the
@@ -377,7 +458,7 @@ class Store:
         if count is None:
             count = self._db.execute("SELECT count(*) FROM history WHERE plug_id = ?", (plug_id,)).fetchone()[0]
         else:
-            count += 1
+            count += added
         if count > self._keep:
             self._db.execute(
                 "DELETE FROM history WHERE seq IN"
@@ -406,10 +487,29 @@ class Store:
             # Alone, or after a full disk: each write heals on its own
             # (L{_write}), which it cannot inside a shared transaction.
             return self._one_by_one(writes)
+        rows = self._rows_only(writes)
+        if rows is not None and self._within_bounds(rows):
+            # Only reports and publications, and no history to trim: one
+            # statement, which is a transaction of its own (all or nothing).
+            try:
+                self._record(rows)
+            except Exception:
+                return self._one_by_one(writes)
+            return [None] * len(writes)
         try:
             self._db.execute("BEGIN IMMEDIATE")
+            # Runs of reports and publications are recorded together
+            # (L{_record}); any other write in between keeps its place.
+            rows = []
             for method, args in writes:
-                method(*args)
+                row = self._incoming(method, args)
+                if row is not None:
+                    rows.append(row)
+                else:
+                    self._record(rows)
+                    rows = []
+                    method(*args)
+            self._record(rows)
             self._db.execute("COMMIT")
         except Exception:
             with contextlib.suppress(sqlite3.Error):
@@ -418,6 +518,39 @@ class Store:
             self._counts.clear()
             return self._one_by_one(writes)
         return [None] * len(writes)
+
+    def _incoming(self, method, args: tuple) -> Optional[tuple]:
+        """
+        The C{incoming} row of a write, or C{None} if it is not a report or a
+        publication.
+        """
+        if method == self.save_report:
+            return _incoming_row(args[:4], args[4] if len(args) > 4 else None)
+        if method == self.save_publication:
+            return _incoming_row(None, args)
+        return None
+
+    def _rows_only(self, writes: list) -> Optional[list]:
+        rows = []
+        for method, args in writes:
+            row = self._incoming(method, args)
+            if row is None:
+                return None
+            rows.append(row)
+        return rows
+
+    def _within_bounds(self, rows: list) -> bool:
+        """
+        Whether every plug reported in C{rows} has a known count of history
+        entries that stays within the bound with them: nothing to count or
+        trim.
+        """
+        counts, keep = self._counts, self._keep
+        for plug_id, added in Counter(row[0] for row in rows if row[0] is not None).items():
+            count = counts.get(plug_id)
+            if count is None or count + added > keep:
+                return False
+        return True
 
     @staticmethod
     def _one_by_one(writes: list) -> list:
@@ -492,23 +625,7 @@ class Store:
 
     def _save_publication(self, *publication) -> None:
         with _transaction(self._db):
-            self._insert_publication(*publication)
-
-    def _insert_publication(self, event: str, epoch: str, offset: int, data_json: str, created_at: float,
-                            keep: int, oldest: float) -> None:
-        self._db.execute(
-            "INSERT INTO pubsub_events (event, epoch, latest) VALUES (?, ?, ?)"
-            " ON CONFLICT (event) DO UPDATE SET epoch = excluded.epoch, latest = excluded.latest",
-            (event, epoch, offset),
-        )
-        self._db.execute(
-            "INSERT OR REPLACE INTO pubsub_history (event, offset, data, created_at) VALUES (?, ?, ?, ?)",
-            (event, offset, data_json, created_at),
-        )
-        self._db.execute(
-            "DELETE FROM pubsub_history WHERE event = ? AND (offset <= ? OR created_at < ?)",
-            (event, offset - keep, oldest),
-        )
+            self._record([_incoming_row(None, publication)])
 
     def streams(self) -> list[tuple[str, str, int, list]]:
         """
