@@ -424,7 +424,7 @@ def ingest(bench: Bench) -> list:
     # Interleaved rounds (bare, server, bare, server...), so a change in the
     # machine's load weighs on both alike; the ratio of each round's pair,
     # then the median of the rounds.
-    rounds, concurrency, duration = 3, 32, 3.0
+    rounds, concurrency, duration = 5, 32, 3.0
     # "bare+log" also writes the one line per report the server must write,
     # through the same twisted.logger text observer: it shows how much of
     # the difference is that line.

@@ -74,7 +74,11 @@ def loads(payload: Union[bytes, str]) -> Any:
     except ValueError:
         # int() refuses numbers of more than 4300 digits (CVE-2020-10735).
         raise InvalidJSON("a number has too many digits") from None
-    _check(value)
+    if "\\u" in payload or payload.count("{") + payload.count("[") >= MAX_JSON_DEPTH or _SURROGATE.search(payload):
+        # Only an escape or a surrogate in the text can make a lone
+        # surrogate, and nesting needs as many brackets as levels: without
+        # them (a plug's report) there is nothing to walk.
+        _check(value)
     return value
 
 
