@@ -126,6 +126,19 @@ class ClassicTextTests(SynchronousTestCase):
             fast(dict(line, **other))
         self.assertEqual(fallback.calls, 3)
 
+    def test_value_that_cannot_format(self):
+        """
+        A value whose formatting raises anything at all, a BaseException
+        included, is written as Twisted writes an unformattable event.
+        """
+        class Refuses:
+            def __format__(self, spec):
+                raise GeneratorExit("no")
+
+        twisted = twistd_formatter()
+        event = {"log_format": "x {v}", "v": Refuses(), "log_time": 1.5, "log_namespace": "n"}
+        self.assertIn("Unable to format event", ClassicText(twisted)(event))
+
     def test_formats_kept_are_bounded(self):
         """
         Formats built at run time do not grow the formatter without end.

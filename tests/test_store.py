@@ -541,6 +541,79 @@ class GroupTests(SynchronousTestCase):
         self.assertEqual(group_store.streams()[0][:3], ("other", "e", 1))
 
 
+    def test_big_group_with_a_refusal(self):
+        """
+        A group larger than one INSERT takes, with one report SQLite
+        refuses: the others are recorded once each and the refused one not
+        at all (no part of the group stays committed before the retry).
+        """
+        path = self.mktemp()
+        big = Store.open(path, keep=10000)
+        self.addCleanup(big.close)
+        for plug in ("p", "q"):
+            big.save_report(plug, 0, 0.5, "http")
+        big._db.execute(
+            "CREATE TEMP TRIGGER refuse BEFORE INSERT ON history WHEN NEW.at = 99 BEGIN SELECT RAISE(ABORT, 'no'); END")
+        writes = [(big.save_report, ("pq"[n % 2], n % 2, 100.0 + n, "http")) for n in range(store.ROWS_PER_INSERT + 10)]
+        writes[store.ROWS_PER_INSERT + 5] = (big.save_report, ("p", 1, 99.0, "http"))
+        outcomes = big.write_together(writes)
+        self.assertEqual([n for n, o in enumerate(outcomes) if o is not None], [store.ROWS_PER_INSERT + 5])
+        self.assertEqual(len(big.history("p", 10000)) + len(big.history("q", 10000)), 2 + len(writes) - 1)
+
+    def test_failed_commit_forgets_counts(self):
+        """
+        A report whose COMMIT fails is rolled back, and the plug's count of
+        history entries with it: the bound stays exact afterwards.
+        """
+        path = self.mktemp()
+        bounded = Store.open(path, keep=3)
+        self.addCleanup(bounded.close)
+        for n in range(2):
+            bounded.save_report("p", 1, float(n), "http")
+        real = bounded._db
+        bounded._db = FailingCommit(real)
+        self.assertRaises(sqlite3.OperationalError, bounded.save_report, "p", 0, 5.0, "http")
+        bounded._db = real
+        for n in range(6, 9):
+            bounded.write_together([(bounded.save_report, ("p", 1, float(n), "http")),
+                                    (bounded.save_report, ("p", 0, n + 0.5, "http"))])
+        self.assertEqual([e.at for e in bounded.history("p", 10)], [8.5, 8.0, 7.5])
+
+    def test_new_epoch_replaces_the_old(self):
+        """
+        When an event's offsets begin again under a new epoch, nothing of
+        the old epoch stays stored, alone or in a group, even where the
+        epoch changes inside the group.
+        """
+        path = self.mktemp()
+        epochs = Store.open(path, keep=100)
+        self.addCleanup(epochs.close)
+        for offset in range(1, 6):
+            epochs.save_publication("a", "old", offset, str(offset), float(offset), 3, 0.0)
+        epochs.save_publication("a", "new", 1, "n1", 10.0, 3, 0.0)
+        self.assertEqual(epochs.streams(), [("a", "new", 1, [(1, "n1", 10.0)])])
+        epochs.write_together([(epochs.save_publication, ("a", "new", n, f"n{n}", 10.0 + n, 3, 0.0)) for n in (2, 3, 4)]
+                              + [(epochs.save_publication, ("a", "newer", n, f"m{n}", 20.0 + n, 3, 0.0)) for n in (1, 2)])
+        self.assertEqual(epochs.streams(), [("a", "newer", 2, [(1, "m1", 21.0), (2, "m2", 22.0)])])
+
+
+class FailingCommit:
+    """
+    A connection whose COMMITs fail (no room for the log), as SQLite's can.
+    """
+
+    def __init__(self, db) -> None:
+        self._db = db
+
+    def execute(self, sql: str, *args):
+        if sql == "COMMIT":
+            raise sqlite3.OperationalError("database or disk is full")
+        return self._db.execute(sql, *args)
+
+    def __getattr__(self, name: str):
+        return getattr(self._db, name)
+
+
 class CountingConnection:
     """
     A connection that notes each statement run through C{execute} (up to

@@ -39,13 +39,13 @@ _CONVERT = {None: None, "r": repr, "s": str, "a": ascii}
 _CANNOT = object()
 
 
-def _compile(format: str):
+def _compile(log_format: str):
     """
-    C{format} as a tuple of (literal, key, conversion, spec), or C{None} when
+    C{log_format} as a tuple of (literal, key, conversion, spec), or C{None} when
     some field is more than a key of the event.
     """
     try:
-        parsed = list(_parse(format))
+        parsed = list(_parse(log_format))
     except ValueError:
         return None
     pieces = []
@@ -70,13 +70,14 @@ class ClassicText:
     def __init__(self, fallback: Callable) -> None:
         self.fallback = fallback
         self._formats: dict = {}
-        self._second: Optional[int] = None
-        self._stamp = ""
+        # (second, its timestamp): one tuple, replaced whole, so that a line
+        # logged from another thread never pairs a second with another's.
+        self._stamp: tuple = (None, "")
 
     def __call__(self, event: dict) -> Optional[str]:
         try:
             text = self._format(event)
-        except Exception:
+        except BaseException:
             # Twisted's formatter decides what an unformattable event says.
             text = _CANNOT
         if text is _CANNOT:
@@ -84,14 +85,14 @@ class ClassicText:
         return text
 
     def _format(self, event: dict):
-        format = event.get("log_format")
-        if type(format) is not str or "log_failure" in event or "log_flattened" in event:
+        log_format = event.get("log_format")
+        if type(log_format) is not str or "log_failure" in event or "log_flattened" in event:
             return _CANNOT
-        pieces = self._formats.get(format, _CANNOT)
+        pieces = self._formats.get(log_format, _CANNOT)
         if pieces is _CANNOT:
-            pieces = _compile(format)
+            pieces = _compile(log_format)
             if len(self._formats) < FORMATS_KEPT:
-                self._formats[format] = pieces
+                self._formats[log_format] = pieces
         if pieces is None:
             return _CANNOT
         parts = []
@@ -101,7 +102,7 @@ class ClassicText:
                 value = event[key]
                 if convert is not None:
                     value = convert(value)
-                parts.append(format_value(value, spec))
+                parts.append(format(value, spec))
         text = "".join(parts)
         if not text:
             return None
@@ -126,13 +127,12 @@ class ClassicText:
             # fromtimestamp rounds to the microsecond: this may be the next
             # second already.
             return formatTime(when)
-        if second != self._second:
-            self._stamp = formatTime(when)
-            self._second = second
-        return self._stamp
+        cached, stamp = self._stamp
+        if second != cached:
+            stamp = formatTime(when)
+            self._stamp = (second, stamp)
+        return stamp
 
-
-format_value = format
 
 # Events a formatter must write exactly as the observer's own does before
 # it takes over (one at this moment: the time zone's offset now).

@@ -45,7 +45,9 @@ ROWS_PER_INSERT = 250
 # made at or after "before" (the latest oldest time kept), those made
 # before it.  Made in offset order, that is what trimming after each
 # publication would have dropped; and both steps walk the primary key from
-# the oldest kept on, not the whole event.
+# the oldest kept on, not the whole event.  Anything above the newest offset
+# is left from an earlier epoch of the event (its history was lost and its
+# offsets began again) and goes too.
 INCOMING = """
 CREATE TEMP VIEW incoming (plug_id, value, at, source, event, epoch, offset, data, created_at, below, before)
     AS SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL;
@@ -59,6 +61,7 @@ CREATE TEMP TRIGGER incoming_row INSTEAD OF INSERT ON incoming BEGIN
         (SELECT offset FROM pubsub_history WHERE event = NEW.event AND offset > NEW.below
             AND created_at >= NEW.before ORDER BY offset LIMIT 1),
         NEW.offset + 1);
+    DELETE FROM pubsub_history WHERE NEW.below IS NOT NULL AND event = NEW.event AND offset > NEW.offset;
     INSERT INTO plugs (id, value, updated_at)
         SELECT NEW.plug_id, NEW.value, NEW.at WHERE NEW.plug_id IS NOT NULL
         ON CONFLICT (id) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at;
@@ -74,17 +77,19 @@ _NO_PUBLICATION = (None,) * 7
 def _trim_last(rows: list) -> list:
     """
     C{rows} with each event's trim ("below" and "before", the highest of its
-    rows) on its last row only.
+    rows since its epoch last changed) on its last row only.
     """
     last: dict = {}
     for n, row in enumerate(rows):
-        event = row[4]
+        event, epoch = row[4], row[5]
         if event is not None:
-            _, below, before = last.get(event, (None, row[9], row[10]))
-            last[event] = (n, max(below, row[9]), max(before, row[10]))
+            _, same_epoch, below, before = last.get(event, (None, None, None, None))
+            if same_epoch != epoch:
+                below, before = row[9], row[10]
+            last[event] = (n, epoch, max(below, row[9]), max(before, row[10]))
     if len(last) == sum(1 for row in rows if row[4] is not None):
         return rows
-    kept = {n: (below, before) for n, below, before in last.values()}
+    kept = {n: (below, before) for n, _, below, before in last.values()}
     return [row if row[4] is None else row[:9] + kept.get(n, (None, None)) for n, row in enumerate(rows)]
 
 
@@ -424,8 +429,21 @@ class Store:
         self._write(self._save_report, plug_id, value, at, source, publication)
 
     def _save_report(self, plug_id: str, value: int, at: float, source: str, publication: Optional[tuple]) -> None:
-        with _transaction(self._db):
+        with self._changing():
             self._record([_incoming_row((plug_id, value, at, source), publication)])
+
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[None]:
+        """
+        L{_transaction}, forgetting the plugs' history counts when it is
+        rolled back (its COMMIT included).
+        """
+        try:
+            with _transaction(self._db):
+                yield
+        except BaseException:
+            self._counts.clear()
+            raise
 
     def _record(self, rows: list) -> None:
         """
@@ -488,9 +506,10 @@ class Store:
             # (L{_write}), which it cannot inside a shared transaction.
             return self._one_by_one(writes)
         rows = self._rows_only(writes)
-        if rows is not None and self._within_bounds(rows):
-            # Only reports and publications, and no history to trim: one
-            # statement, which is a transaction of its own (all or nothing).
+        if rows is not None and len(rows) <= ROWS_PER_INSERT and self._within_bounds(rows):
+            # Only reports and publications, as many as one INSERT takes,
+            # and no history to trim: one statement, which is a transaction
+            # of its own (all or nothing).
             try:
                 self._record(rows)
             except Exception:
@@ -624,7 +643,7 @@ class Store:
         self._write(self._save_publication, event, epoch, offset, data_json, created_at, keep, oldest)
 
     def _save_publication(self, *publication) -> None:
-        with _transaction(self._db):
+        with self._changing():
             self._record([_incoming_row(None, publication)])
 
     def streams(self) -> list[tuple[str, str, int, list]]:
