@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import sqlite3
-from collections import Counter
 from typing import Iterator, Optional
 
 from ..core.display import Display, InvalidDisplay, validate_display
@@ -70,38 +69,55 @@ CREATE TEMP TRIGGER incoming_row INSTEAD OF INSERT ON incoming BEGIN
 END;
 """
 _NO_REPORT = (None, None, None, None)
-_ELEVEN = "(" + ", ".join("?" * 11) + ")"
 _NO_PUBLICATION = (None,) * 7
+_ELEVEN = "(" + ", ".join("?" * 11) + ")"
 
 
-def _trim_last(rows: list) -> list:
+class _Incoming:
     """
-    C{rows} with each event's trim ("below" and "before", the highest of its
-    rows since its epoch last changed) on its last row only.
+    Rows of the C{incoming} view for a run of reports and publications,
+    built in one pass: each event's trim ("below" and "before", the highest
+    of its rows since its epoch last changed) on its last row only, and how
+    many history entries each plug gains.
     """
-    last: dict = {}
-    for n, row in enumerate(rows):
-        event, epoch = row[4], row[5]
-        if event is not None:
-            _, same_epoch, below, before = last.get(event, (None, None, None, None))
-            if same_epoch != epoch:
-                below, before = row[9], row[10]
-            last[event] = (n, epoch, max(below, row[9]), max(before, row[10]))
-    if len(last) == sum(1 for row in rows if row[4] is not None):
+
+    __slots__ = ("rows", "added", "_events")
+
+    def __init__(self) -> None:
+        self.rows: list = []
+        # plug id -> history entries added
+        self.added: dict = {}
+        # event -> (index of its last row, epoch, below, before)
+        self._events: dict = {}
+
+    def report(self, plug_id: str, value: int, at: float, source: str, publication: Optional[tuple] = None) -> None:
+        self.added[plug_id] = self.added.get(plug_id, 0) + 1
+        self._add((plug_id, value, at, source), publication)
+
+    def publication(self, *publication) -> None:
+        self._add(_NO_REPORT, publication)
+
+    def _add(self, report: tuple, publication: Optional[tuple]) -> None:
+        if publication is None:
+            self.rows.append(report + _NO_PUBLICATION)
+            return
+        event, epoch, offset, data_json, created_at, keep, oldest = publication
+        below = offset - keep
+        known = self._events.get(event)
+        if known is not None and known[1] == epoch:
+            below, oldest = max(below, known[2]), max(oldest, known[3])
+        self._events[event] = (len(self.rows), epoch, below, oldest)
+        self.rows.append(report + (event, epoch, offset, data_json, created_at, None, None))
+
+    def finished(self) -> list:
+        """
+        The rows, each event's trim on its last row.
+        """
+        rows = self.rows
+        for n, _, below, before in self._events.values():
+            rows[n] = rows[n][:9] + (below, before)
+        self._events = {}
         return rows
-    kept = {n: (below, before) for n, _, below, before in last.values()}
-    return [row if row[4] is None else row[:9] + kept.get(n, (None, None)) for n, row in enumerate(rows)]
-
-
-def _incoming_row(report: Optional[tuple], publication: Optional[tuple]) -> tuple:
-    """
-    A row of the C{incoming} view: a report C{(plug_id, value, at, source)}
-    and/or a publication (the arguments of L{Store.save_publication}).
-    """
-    if publication is None:
-        return (report or _NO_REPORT) + _NO_PUBLICATION
-    event, epoch, offset, data_json, created_at, keep, oldest = publication
-    return (report or _NO_REPORT) + (event, epoch, offset, data_json, created_at, offset - keep, oldest)
 
 
 def _v1(db: sqlite3.Connection) -> None:
@@ -429,8 +445,10 @@ class Store:
         self._write(self._save_report, plug_id, value, at, source, publication)
 
     def _save_report(self, plug_id: str, value: int, at: float, source: str, publication: Optional[tuple]) -> None:
+        incoming = _Incoming()
+        incoming.report(plug_id, value, at, source, publication)
         with self._changing():
-            self._record([_incoming_row((plug_id, value, at, source), publication)])
+            self._record(incoming)
 
     @contextlib.contextmanager
     def _changing(self) -> Iterator[None]:
@@ -445,14 +463,14 @@ class Store:
             self._counts.clear()
             raise
 
-    def _record(self, rows: list) -> None:
+    def _record(self, incoming: _Incoming) -> None:
         """
-        Rows of the C{incoming} view, in order, with one INSERT (per
+        The rows of C{incoming}, in order, with one INSERT (per
         L{ROWS_PER_INSERT}), then the history bound of each plug reported.
         """
+        rows = incoming.finished()
         if not rows:
             return
-        rows = _trim_last(rows)
         try:
             for start in range(0, len(rows), ROWS_PER_INSERT):
                 chunk = rows[start:start + ROWS_PER_INSERT]
@@ -460,7 +478,7 @@ class Store:
                     "INSERT INTO incoming VALUES " + ", ".join([_ELEVEN] * len(chunk)),
                     [v for row in chunk for v in row],
                 )
-            for plug_id, count in Counter(row[0] for row in rows if row[0] is not None).items():
+            for plug_id, count in incoming.added.items():
                 self._trim(plug_id, count)
         except BaseException:
             self._counts.clear()
@@ -505,13 +523,13 @@ class Store:
             # Alone, or after a full disk: each write heals on its own
             # (L{_write}), which it cannot inside a shared transaction.
             return self._one_by_one(writes)
-        rows = self._rows_only(writes)
-        if rows is not None and len(rows) <= ROWS_PER_INSERT and self._within_bounds(rows):
+        incoming = self._incoming_only(writes)
+        if incoming is not None and len(incoming.rows) <= ROWS_PER_INSERT and self._within_bounds(incoming.added):
             # Only reports and publications, as many as one INSERT takes,
             # and no history to trim: one statement, which is a transaction
             # of its own (all or nothing).
             try:
-                self._record(rows)
+                self._record(incoming)
             except Exception:
                 return self._one_by_one(writes)
             return [None] * len(writes)
@@ -519,16 +537,18 @@ class Store:
             self._db.execute("BEGIN IMMEDIATE")
             # Runs of reports and publications are recorded together
             # (L{_record}); any other write in between keeps its place.
-            rows = []
+            save_report, save_publication = self.save_report, self.save_publication
+            incoming = _Incoming()
             for method, args in writes:
-                row = self._incoming(method, args)
-                if row is not None:
-                    rows.append(row)
+                if method == save_report:
+                    incoming.report(*args)
+                elif method == save_publication:
+                    incoming.publication(*args)
                 else:
-                    self._record(rows)
-                    rows = []
+                    self._record(incoming)
+                    incoming = _Incoming()
                     method(*args)
-            self._record(rows)
+            self._record(incoming)
             self._db.execute("COMMIT")
         except Exception:
             with contextlib.suppress(sqlite3.Error):
@@ -538,36 +558,32 @@ class Store:
             return self._one_by_one(writes)
         return [None] * len(writes)
 
-    def _incoming(self, method, args: tuple) -> Optional[tuple]:
+    def _incoming_only(self, writes: list) -> Optional[_Incoming]:
         """
-        The C{incoming} row of a write, or C{None} if it is not a report or a
-        publication.
+        The C{incoming} rows of C{writes}, or C{None} if some write is not a
+        report or a publication.
         """
-        if method == self.save_report:
-            return _incoming_row(args[:4], args[4] if len(args) > 4 else None)
-        if method == self.save_publication:
-            return _incoming_row(None, args)
-        return None
-
-    def _rows_only(self, writes: list) -> Optional[list]:
-        rows = []
+        save_report, save_publication = self.save_report, self.save_publication
+        incoming = _Incoming()
         for method, args in writes:
-            row = self._incoming(method, args)
-            if row is None:
+            if method == save_report:
+                incoming.report(*args)
+            elif method == save_publication:
+                incoming.publication(*args)
+            else:
                 return None
-            rows.append(row)
-        return rows
+        return incoming
 
-    def _within_bounds(self, rows: list) -> bool:
+    def _within_bounds(self, added: dict) -> bool:
         """
-        Whether every plug reported in C{rows} has a known count of history
-        entries that stays within the bound with them: nothing to count or
-        trim.
+        Whether every plug in C{added} (plug id -> entries added) has a known
+        count of history entries that stays within the bound with them:
+        nothing to count or trim.
         """
         counts, keep = self._counts, self._keep
-        for plug_id, added in Counter(row[0] for row in rows if row[0] is not None).items():
-            count = counts.get(plug_id)
-            if count is None or count + added > keep:
+        for plug_id, count in added.items():
+            known = counts.get(plug_id)
+            if known is None or known + count > keep:
                 return False
         return True
 
@@ -643,8 +659,10 @@ class Store:
         self._write(self._save_publication, event, epoch, offset, data_json, created_at, keep, oldest)
 
     def _save_publication(self, *publication) -> None:
+        incoming = _Incoming()
+        incoming.publication(*publication)
         with self._changing():
-            self._record([_incoming_row(None, publication)])
+            self._record(incoming)
 
     def streams(self) -> list[tuple[str, str, int, list]]:
         """
