@@ -523,32 +523,25 @@ class Store:
             # Alone, or after a full disk: each write heals on its own
             # (L{_write}), which it cannot inside a shared transaction.
             return self._one_by_one(writes)
-        incoming = self._incoming_only(writes)
-        if incoming is not None and len(incoming.rows) <= ROWS_PER_INSERT and self._within_bounds(incoming.added):
+        runs = self._runs(writes)
+        alone = runs[0] if len(runs) == 1 and isinstance(runs[0], _Incoming) else None
+        if alone is not None and len(alone.rows) <= ROWS_PER_INSERT and self._within_bounds(alone.added):
             # Only reports and publications, as many as one INSERT takes,
             # and no history to trim: one statement, which is a transaction
             # of its own (all or nothing).
             try:
-                self._record(incoming)
+                self._record(alone)
             except Exception:
                 return self._one_by_one(writes)
             return [None] * len(writes)
         try:
             self._db.execute("BEGIN IMMEDIATE")
-            # Runs of reports and publications are recorded together
-            # (L{_record}); any other write in between keeps its place.
-            save_report, save_publication = self.save_report, self.save_publication
-            incoming = _Incoming()
-            for method, args in writes:
-                if method == save_report:
-                    incoming.report(*args)
-                elif method == save_publication:
-                    incoming.publication(*args)
+            for run in runs:
+                if isinstance(run, _Incoming):
+                    self._record(run)
                 else:
-                    self._record(incoming)
-                    incoming = _Incoming()
+                    method, args = run
                     method(*args)
-            self._record(incoming)
             self._db.execute("COMMIT")
         except Exception:
             with contextlib.suppress(sqlite3.Error):
@@ -558,21 +551,25 @@ class Store:
             return self._one_by_one(writes)
         return [None] * len(writes)
 
-    def _incoming_only(self, writes: list) -> Optional[_Incoming]:
+    def _runs(self, writes: list) -> list:
         """
-        The C{incoming} rows of C{writes}, or C{None} if some write is not a
-        report or a publication.
+        C{writes} in order, each run of reports and publications as one
+        L{_Incoming} (recorded together by L{_record}), every other write as
+        its C{(method, args)}.
         """
         save_report, save_publication = self.save_report, self.save_publication
-        incoming = _Incoming()
+        runs: list = []
         for method, args in writes:
-            if method == save_report:
-                incoming.report(*args)
-            elif method == save_publication:
-                incoming.publication(*args)
+            if method == save_report or method == save_publication:
+                if not runs or not isinstance(runs[-1], _Incoming):
+                    runs.append(_Incoming())
+                if method == save_report:
+                    runs[-1].report(*args)
+                else:
+                    runs[-1].publication(*args)
             else:
-                return None
-        return incoming
+                runs.append((method, args))
+        return runs
 
     def _within_bounds(self, added: dict) -> bool:
         """
