@@ -19,6 +19,7 @@ time format, another layout) is left alone.
 """
 
 import math
+import time
 from string import Formatter
 from typing import Callable, Optional
 
@@ -150,8 +151,6 @@ def agrees(fast: ClassicText, samples=_SAMPLES) -> bool:
     Whether C{fast} writes what its fallback writes for the sample events,
     and formats them itself.
     """
-    import time
-
     for sample in samples + (dict(_SAMPLES[0], log_time=time.time()),):
         if fast._format(sample) is _CANNOT or fast(sample) != fast.fallback(sample):
             return False
