@@ -139,6 +139,36 @@ class ClassicTextTests(SynchronousTestCase):
         event = {"log_format": "x {v}", "v": Refuses(), "log_time": 1.5, "log_namespace": "n"}
         self.assertIn("Unable to format event", ClassicText(twisted)(event))
 
+    def test_objects_formatted_as_often_as_by_twisted(self):
+        """
+        An event with a value of another type than a plain string, number
+        or None goes to Twisted's formatter before any of its values is
+        formatted here: the value's C{__format__} and C{__repr__} run as
+        often as under Twisted alone, even when a later field cannot be
+        formatted, and the line is Twisted's.
+        """
+        class Counted:
+            calls = 0
+
+            def __format__(self, spec):
+                Counted.calls += 1
+                return "formatted"
+
+            def __repr__(self):
+                Counted.calls += 1
+                return "Counted()"
+
+        twisted = twistd_formatter()
+        for log_format in ("{n} then {v}", "{v!r} then {bad:d}", "{v:>3} then {missing}"):
+            event = {"log_format": log_format, "n": 7, "v": Counted(), "bad": "text", "log_time": 1.5,
+                     "log_namespace": "n"}
+            Counted.calls = 0
+            expected = twisted(event)
+            by_twisted = Counted.calls
+            Counted.calls = 0
+            self.assertEqual(ClassicText(twisted)(event), expected)
+            self.assertEqual(Counted.calls, by_twisted, log_format)
+
     def test_formats_kept_are_bounded(self):
         """
         Formats built at run time do not grow the formatter without end.

@@ -11,8 +11,9 @@ about a third of the report's whole server CPU (README, Benchmarks).
 L{ClassicText} gives the same text for the same event: it parses each
 distinct format string once, formats a second's timestamp once, and hands
 every event it does not fully understand (a traceback, a flattened event, a
-field with attributes, indexes, calls or nested specs, anything that fails)
-to the observer's own formatter.  L{FastLogText} fits it onto twistd's text
+field with attributes, indexes, calls or nested specs, a value other than a
+plain string, number or None, anything that fails) to the observer's own
+formatter.  L{FastLogText} fits it onto twistd's text
 observers while the server runs, after checking on sample events that it
 writes what they would; an observer that writes anything else (a different
 time format, another layout) is left alone.
@@ -37,6 +38,11 @@ _parse = Formatter().parse
 # event: attributes, indexes and calls ("{f()}"); positional fields.
 _NOT_A_KEY = frozenset(".[]()")
 _CONVERT = {None: None, "r": repr, "s": str, "a": ascii}
+# Values formatted here: built-in types whose formatting runs no code of
+# anyone else's.  Any other value's event goes to the fallback before any
+# of its values is formatted, so that an object's __format__ or __repr__
+# runs once, as under Twisted, never twice.
+_PLAIN = frozenset({str, int, float, bool, type(None)})
 _CANNOT = object()
 
 
@@ -101,6 +107,8 @@ class ClassicText:
             parts.append(literal)
             if key is not None:
                 value = event[key]
+                if type(value) not in _PLAIN:
+                    return _CANNOT
                 if convert is not None:
                     value = convert(value)
                 parts.append(format(value, spec))
