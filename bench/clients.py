@@ -90,11 +90,13 @@ def report_bytes(plug_id: str, value: int):
     return _FIRMWARE_HEAD % len(payload) + payload, payload
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int, thread: int = None) -> float:
     """
-    User + system CPU time of process C{pid} (all its threads), from /proc.
+    User + system CPU time of process C{pid} (all its threads), or of its
+    thread C{thread} alone (the main thread's id is C{pid}), from /proc.
     """
-    with open(f"/proc/{pid}/stat", "rb") as f:
+    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
+    with open(path, "rb") as f:
         fields = f.read().rsplit(b")", 1)[1].split()
     # After the ")" closing the command name, utime and stime are fields 12, 13.
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -294,7 +296,11 @@ def keepalive_load(
     begin = time.perf_counter()
     measure_from, stop_at = begin + warmup, begin + warmup + duration
     answered = 0
+    # (the server's CPU time, its main thread's) at the start and the end
     server_cpu = [None, None]
+
+    def server_times():
+        return cpu_seconds(server_pid), cpu_seconds(server_pid, server_pid)
 
     def request(n: int, i: int) -> bytes:
         if publish:
@@ -315,9 +321,9 @@ def keepalive_load(
     while conns:
         now = time.perf_counter()
         if server_pid and server_cpu[0] is None and now >= measure_from:
-            server_cpu[0] = cpu_seconds(server_pid)
+            server_cpu[0] = server_times()
         if server_pid and server_cpu[1] is None and now >= stop_at:
-            server_cpu[1] = cpu_seconds(server_pid)
+            server_cpu[1] = server_times()
         for fd, _events in ep.poll(0.1):
             c = conns[fd]
             data = c[0].recv(65536)
@@ -349,14 +355,18 @@ def keepalive_load(
             ep.unregister(fd)
             conns.pop(fd)[0].close()
     if server_pid and server_cpu[1] is None:
-        server_cpu[1] = cpu_seconds(server_pid)
+        server_cpu[1] = server_times()
     ep.close()
+    measured = None not in server_cpu
     return {
         "answered": answered,
         "per_second": answered / duration,
         "statuses": dict(statuses),
         "failures": dict(failures),
-        "server_cpu": (server_cpu[1] - server_cpu[0]) if None not in server_cpu else None,
+        "server_cpu": (server_cpu[1][0] - server_cpu[0][0]) if measured else None,
+        # The reactor's thread; the rest is the server's other threads
+        # (the state store's writer among them).
+        "reactor_cpu": (server_cpu[1][1] - server_cpu[0][1]) if measured else None,
     }
 
 
