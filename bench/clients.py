@@ -286,7 +286,8 @@ def keepalive_load(
     own event to C{POST /publish}) as soon as the last one is answered, for
     C{warmup} then C{duration} seconds; only answers within the measured
     window count.  With C{server_pid}, the server's CPU time over the window
-    is read too (C{server_cpu}).
+    is read too (C{server_cpu}), and its main thread's, which runs the
+    reactor (C{reactor_cpu}).
     """
     raise_fd_limit()
     ep = select.epoll()

@@ -141,11 +141,12 @@ class ClassicTextTests(SynchronousTestCase):
 
     def test_objects_formatted_as_often_as_by_twisted(self):
         """
-        An event with a value of another type than a plain string, number
-        or None goes to Twisted's formatter before any of its values is
-        formatted here: the value's C{__format__} and C{__repr__} run as
-        often as under Twisted alone, even when a later field cannot be
-        formatted, and the line is Twisted's.
+        An event with a value, namespace or level of another type than a
+        plain string, number, None or a LogLevel goes to Twisted's formatter
+        before anything of it is formatted here: its C{__format__},
+        C{__repr__} or C{name} runs as often as under Twisted alone, even
+        when a later field or the time cannot be formatted, and the line is
+        Twisted's.
         """
         class Counted:
             calls = 0
@@ -158,16 +159,27 @@ class ClassicTextTests(SynchronousTestCase):
                 Counted.calls += 1
                 return "Counted()"
 
+        class CountedLevel:
+            @property
+            def name(self):
+                Counted.calls += 1
+                return "level"
+
         twisted = twistd_formatter()
-        for log_format in ("{n} then {v}", "{v!r} then {bad:d}", "{v:>3} then {missing}"):
-            event = {"log_format": log_format, "n": 7, "v": Counted(), "bad": "text", "log_time": 1.5,
-                     "log_namespace": "n"}
+        plain = {"n": 7, "bad": "text", "log_time": 1.5, "log_namespace": "n"}
+        cases = [dict(plain, log_format=log_format, v=Counted())
+                 for log_format in ("{n} then {v}", "{v!r} then {bad:d}", "{v:>3} then {missing}")]
+        # The line's system part, and a time that is not a float after it.
+        for log_time in (1.5, 2, None):
+            cases.append(dict(plain, log_format="{n}", log_namespace=Counted(), log_time=log_time))
+            cases.append(dict(plain, log_format="{n}", log_level=CountedLevel(), log_time=log_time))
+        for event in cases:
             Counted.calls = 0
             expected = twisted(event)
             by_twisted = Counted.calls
             Counted.calls = 0
             self.assertEqual(ClassicText(twisted)(event), expected)
-            self.assertEqual(Counted.calls, by_twisted, log_format)
+            self.assertEqual(Counted.calls, by_twisted, event)
 
     def test_formats_kept_are_bounded(self):
         """

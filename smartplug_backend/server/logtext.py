@@ -43,6 +43,8 @@ _CONVERT = {None: None, "r": repr, "s": str, "a": ascii}
 # of its values is formatted, so that an object's __format__ or __repr__
 # runs once, as under Twisted, never twice.
 _PLAIN = frozenset({str, int, float, bool, type(None)})
+# LogLevel's constants, whose name is a plain attribute.
+_LEVEL = type(LogLevel.info)
 _CANNOT = object()
 
 
@@ -115,14 +117,18 @@ class ClassicText:
         text = "".join(parts)
         if not text:
             return None
-        system = event.get("log_system")
-        if system is None:
-            level = event.get("log_level")
-            system = f"{event.get('log_namespace', '-')}#{'-' if level is None else level.name}"
-        elif type(system) is not str:
-            return _CANNOT
         stamp = self._time(event.get("log_time"))
         if stamp is None:
+            return _CANNOT
+        system = event.get("log_system")
+        if system is None:
+            # A namespace or level of another kind goes to the fallback
+            # untouched too: its methods run there, once.
+            namespace, level = event.get("log_namespace", "-"), event.get("log_level")
+            if type(namespace) is not str or (level is not None and type(level) is not _LEVEL):
+                return _CANNOT
+            system = f"{namespace}#{'-' if level is None else level.name}"
+        elif type(system) is not str:
             return _CANNOT
         return f"{stamp} [{system}] {text}".replace("\n", "\n\t") + "\n"
 
