@@ -397,8 +397,9 @@ class CommandLineTests(Files):
 
     def test_errors_are_one_line(self):
         """
-        Usage mistakes, bad settings, STATE_DB = None and failed backups are
-        each one line on stderr with status 1.
+        Usage mistakes, bad settings, STATE_DB = None, REDIS_URL set (the
+        state is in Redis) and failed backups are each one line on stderr
+        with status 1.
         """
         memory = os.path.join(self.root, "memory.py")
         with open(memory, "w") as f:
@@ -406,17 +407,24 @@ class CommandLineTests(Files):
         typo = os.path.join(self.root, "typo.py")
         with open(typo, "w") as f:
             f.write("STATE_BD = 'x'\n")
+        redis = os.path.join(self.root, "redis.py")
+        with open(redis, "w") as f:
+            f.write(f"STATE_DB = {os.path.join(self.root, 'unused.sqlite')!r}\nREDIS_URL = 'redis://127.0.0.1:6379/0'\n")
         cases = [
             ((), "required"),
             (("frobnicate",), "invalid choice"),
             (("restore",), "required: FILE"),
             (("backup", "--settings", memory), "STATE_DB is None"),
+            (("backup", "--settings", redis), "REDIS_URL is set"),
+            (("restore", "any.tar.gz", "--settings", redis), "back Redis up with its own snapshots"),
             (("backup", "--settings", typo), "did you mean STATE_DB"),
             (("backup", "--settings", os.path.join(self.root, "none.py")), "no such settings file"),
             (("restore", "nothing.tar.gz", "--settings", self.settings), "no such file"),
         ]
         for argv, fragment in cases:
             self.assertOneLineError(self.run_cli(*argv), fragment)
+        # With REDIS_URL set, STATE_DB's file is not the state: none is made.
+        self.assertFalse(os.path.exists(os.path.join(self.root, "unused.sqlite")))
 
 
 class AutomaticBackupTests(Files):

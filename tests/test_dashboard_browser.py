@@ -23,6 +23,7 @@ from websockets.sync.client import connect
 from smartplug_backend.server.passwords import hash_password
 
 from .browser import full_page_screenshot, start_browser
+from .redis_server import start_redis
 from .server import start_server
 
 USER, PASSWORD = "anna", "correct horse battery staple"
@@ -54,14 +55,13 @@ def device(server, source: str = "127.0.0.1"):
     return connect(f"ws://127.0.0.1:{server.ports['device WebSocket']}/", sock=sock, open_timeout=10)
 
 
-class DashboardInBrowserTests(TestCase):
+class _InBrowser(TestCase):
     """
-    One server and one browser per test.
+    One server with C{settings} and one browser per test.
     """
 
-    def setUp(self):
-        directory_settings = SETTINGS + f"STATE_DB = {os.path.abspath(self.mktemp()) + '.sqlite'!r}\n"
-        self.server = start_server(self, directory_settings, listeners=("HTTP", "app WebSocket", "device WebSocket"))
+    def start(self, settings: str) -> None:
+        self.server = start_server(self, settings, listeners=("HTTP", "app WebSocket", "device WebSocket"))
         self.browser = start_browser(self)
         self.wait = WebDriverWait(self.browser, WAIT)
 
@@ -82,6 +82,11 @@ class DashboardInBrowserTests(TestCase):
         self.log_in()
         self.visible("#app")
         self.wait.until(lambda b: b.find_element(By.ID, "live").get_attribute("data-state") == "open")
+
+
+class DashboardInBrowserTests(_InBrowser):
+    def setUp(self):
+        self.start(SETTINGS + f"STATE_DB = {os.path.abspath(self.mktemp()) + '.sqlite'!r}\n")
 
     def test_login_live_plug_and_chart(self):
         """
@@ -198,3 +203,27 @@ class DashboardInBrowserTests(TestCase):
             wanted = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), wanted)
             for name in shots:
                 shutil.copy(os.path.join(directory, name), os.path.join(wanted, name))
+
+
+
+class DashboardOnRedisTests(_InBrowser):
+    """
+    The dashboard of a node whose state lives in Redis.
+    """
+
+    def setUp(self):
+        redis = start_redis(self)
+        # STATE_DB is set too, and not used: the page must not offer it.
+        self.start(SETTINGS + f'REDIS_URL = "{redis.url}"\nSTATE_DB = "unused.sqlite"\n')
+
+    def test_store_is_redis(self):
+        """
+        The server facts say the store is Redis and how to back it up, and
+        the backup button is disabled: a backup would be of a file that is
+        not the state.
+        """
+        self.open_dashboard()
+        self.text_in("#facts", "Redis (REDIS_URL)")
+        self.assertNotIn("unused.sqlite", self.browser.find_element(By.ID, "facts").text)
+        self.assertFalse(self.browser.find_element(By.ID, "backup").is_enabled())
+        self.assertFalse(os.path.exists(os.path.join(self.server.directory, "unused.sqlite")))

@@ -367,3 +367,17 @@ class ServerFactsTests(SynchronousTestCase):
         facts = wiring.server_facts(config.settings_from({}), Clock(), endpoint_tls=True)
         self.assertEqual(facts()["tls"], {"endpoint": True, "note": "TLS by the ssl: endpoint; certificate not read"})
         self.assertIsNone(wiring.server_facts(config.settings_from({}), Clock())()["tls"])
+
+    def test_store_in_redis(self):
+        """
+        With REDIS_URL set the server section says the store is Redis, and
+        neither names STATE_DB's unused file nor shows the URL (it may hold
+        a password).
+        """
+        from smartplug_backend.http.dashboard import wiring
+
+        settings = config.settings_from({"STATE_DB": "state.sqlite", "REDIS_URL": "redis://:secret@127.0.0.1:6379/0"})
+        facts = wiring.server_facts(settings, Clock())()
+        self.assertEqual(facts["store"], {"redis": True})
+        self.assertNotIn("secret", json.dumps(facts))
+        self.assertEqual(wiring.server_facts(config.settings_from({"STATE_DB": None}), Clock())()["store"], None)

@@ -55,7 +55,7 @@ class Dashboard:
     A hub, a guard and the site with the dashboard at /ui.
     """
 
-    def __init__(self, testcase, backup=None, run=run_now, ban_after=3, run_backup=None):
+    def __init__(self, testcase, backup=None, run=run_now, ban_after=3, run_backup=None, no_backup=routes.NO_STORE):
         self.clock = Clock()
         self.hub = Hub(now=self.clock.seconds)
         self.guard = Guard(self.clock, ban_after=ban_after, ban_seconds=60)
@@ -64,6 +64,7 @@ class Dashboard:
         self.api = api = routes.Api(
             self.hub, self.guard, self.sessions, {"anna": passwords.hash_password(PASSWORD, n=N)}, run,
             history_keep=1000, backup=backup, on_backup=lambda: self.backups.append(True), run_backup=run_backup,
+            no_backup=no_backup,
         )
         feed = Feed(self.hub, self.guard, self.clock, lambda: {})
         ui = routes.Dashboard(api, LiveResource(LiveFactory(feed, self.sessions, self.clock)))
@@ -411,6 +412,26 @@ class ActionTests(SynchronousTestCase):
         code, body = self.ui.json("POST", "api/backup", {})
         self.assertEqual(code, 409)
         self.assertIn("STATE_DB", body["error"])
+
+    def test_backup_with_redis(self):
+        """
+        With REDIS_URL set the state is in Redis: the backup button gets a
+        409 saying to back Redis up with its own snapshots, and the wiring
+        gives no backup to take whatever STATE_DB says.
+        """
+        from smartplug_backend import config
+        from smartplug_backend.http.dashboard import wiring
+
+        ui = Dashboard(self, no_backup=routes.IN_REDIS)
+        ui.login()
+        code, body = ui.json("POST", "api/backup", {})
+        self.assertEqual((code, body), (409, {"error": routes.IN_REDIS}))
+        self.assertIn("Redis's own snapshots", routes.IN_REDIS)
+        on_redis = config.settings_from({"STATE_DB": "state.sqlite", "REDIS_URL": "redis://127.0.0.1:6379/0"})
+        self.assertEqual(wiring.backup_button(on_redis), (None, routes.IN_REDIS))
+        self.assertEqual(wiring.backup_button(config.settings_from({"STATE_DB": None})), (None, routes.NO_STORE))
+        take, why_not = wiring.backup_button(config.settings_from({"STATE_DB": "state.sqlite"}))
+        self.assertEqual((take.args[0], why_not), ("state.sqlite", ""))
 
     def test_backup(self):
         """

@@ -55,6 +55,10 @@ _STATIC = (
 )
 
 _log = Logger(namespace="smartplug_backend.http.dashboard")
+# Why the backup button is refused by default: nothing to back up.
+NO_STORE = "STATE_DB is None: there is no state database to back up"
+# ... and where the state is in Redis (STATE_DB is not used then).
+IN_REDIS = "REDIS_URL is set: the state lives in Redis; back it up with Redis's own snapshots (RDB or AOF)"
 
 
 def _headers(request, content_type: str) -> None:
@@ -201,6 +205,7 @@ class Api(Resource):
         section changed).
     @param run_backup: like C{run_in_thread}, for backups: another pool,
         so that a slow backup never delays a login (C{None}: the same).
+    @param no_backup: why there is no C{backup}, for the 409 it answers.
     """
 
     isLeaf = True
@@ -208,7 +213,7 @@ class Api(Resource):
     def __init__(self, hub, guard, sessions: Sessions, users: dict, run_in_thread: Callable[..., Deferred],
                  history_keep: int, backup: Optional[Callable[[], str]] = None,
                  on_backup: Callable[[], None] = lambda: None,
-                 run_backup: Optional[Callable[..., Deferred]] = None) -> None:
+                 run_backup: Optional[Callable[..., Deferred]] = None, no_backup: str = NO_STORE) -> None:
         super().__init__()
         self._hub = hub
         self._guard = guard
@@ -218,6 +223,7 @@ class Api(Resource):
         self._run_backup = run_backup or run_in_thread
         self._history_keep = history_keep
         self._backup = backup
+        self._no_backup = no_backup
         self._on_backup = on_backup
         self._logins = 0
         # address -> its password checks in flight
@@ -408,7 +414,7 @@ class Api(Resource):
 
     def _take_backup(self, request, body, session):
         if self._backup is None:
-            return _error(request, 409, "STATE_DB is None: there is no state database to back up")
+            return _error(request, 409, self._no_backup)
         who = self._who(request, session)
 
         def written(path):

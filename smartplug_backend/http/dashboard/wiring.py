@@ -23,7 +23,7 @@ from ...state import backup as backups
 from .auth import Sessions
 from .feed import Feed, public_settings
 from .live import LiveFactory, LiveResource
-from .routes import Api, Dashboard
+from .routes import IN_REDIS, NO_STORE, Api, Dashboard
 
 _log = Logger(namespace="smartplug_backend.http.dashboard")
 
@@ -57,7 +57,7 @@ def server_facts(settings, clock, tls=None, backup_directory: str = backups.DEFA
             "started_at": started,
             "now": clock.seconds(),
             "settings": shown,
-            "store": _store(settings.STATE_DB),
+            "store": _store(settings),
             "last_backup": newest(),
             "tls": certificate,
         }
@@ -97,8 +97,26 @@ class LastBackup:
         _log.failure("reading the backups in {directory}", failure, directory=self._directory)
 
 
-def _store(path: Optional[str]) -> Optional[dict]:
+def backup_button(settings) -> tuple[Optional[Callable[[], str]], str]:
+    """
+    What the backup button does: C{(take, why_not)}, C{take()} writing a
+    backup of the state database into C{backups/} and returning its path,
+    or C{None} and C{why_not} saying why there is none to take.
+    """
+    if settings.REDIS_URL is not None:
+        # STATE_DB is not used: a file there is not the state.
+        return None, IN_REDIS
+    if settings.STATE_DB is None:
+        return None, NO_STORE
+    return partial(backups.take, settings.STATE_DB, settings.path, backups.DEFAULT_DIRECTORY, now=time.time), ""
+
+
+def _store(settings) -> Optional[dict]:
     # A stat or two per refresh: small enough for the reactor thread.
+    if getattr(settings, "REDIS_URL", None) is not None:
+        # STATE_DB is not used; the Redis URL may hold a password.
+        return {"redis": True}
+    path = settings.STATE_DB
     if path is None:
         return None
     size = 0
@@ -169,11 +187,9 @@ def dashboard(settings, hub, guard, reactor, top: MultiService, tls=None, device
     if devices is not None:
         devices.watch(feed.devices_changed)
 
-    take = None
-    if settings.STATE_DB is not None:
-        take = partial(backups.take, settings.STATE_DB, settings.path, backups.DEFAULT_DIRECTORY, now=time.time)
+    take, no_backup = backup_button(settings)
     api = Api(hub, guard, sessions, settings.DASHBOARD_USERS, run, settings.HISTORY_KEEP, take, feed.server_changed,
-              run_backup=run_files)
+              run_backup=run_files, no_backup=no_backup)
     live = LiveResource(LiveFactory(feed, sessions, reactor, url=ws_url))
     _log.info(
         "dashboard on at /ui/ of the HTTP port for {users}",

@@ -393,7 +393,8 @@ function showServer(facts) {
   drawFacts();
   const body = $("settings").tBodies[0];
   body.replaceChildren(...Object.entries(facts.settings).map(([k, v]) => el("tr", {}, el("th", { text: k }), el("td", { text: JSON.stringify(v) }))));
-  $("backup").disabled = !facts.store;
+  // Backups are of the state database: none in memory, none of Redis.
+  $("backup").disabled = !facts.store || !!facts.store.redis;
 }
 
 function drawFacts() {
@@ -403,7 +404,9 @@ function drawFacts() {
     ["Version", f.version],
     ["Node", f.node],
     ["Up for", ago(f.started_at)],
-    ["Store", f.store ? `${f.store.path}, ${(f.store.bytes / 1024).toFixed(1)} KiB` : "memory only (STATE_DB = None)"],
+    ["Store", !f.store ? "memory only (STATE_DB = None)"
+      : f.store.redis ? "Redis (REDIS_URL): back it up with Redis's own snapshots"
+      : `${f.store.path}, ${(f.store.bytes / 1024).toFixed(1)} KiB`],
     ["Last backup", f.last_backup ? `${f.last_backup.file}, ${when(f.last_backup.at)}` : "none yet"],
   ];
   $("facts").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: String(v) })]));
