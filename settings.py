@@ -26,8 +26,8 @@ CONSUMER_KEY = ""  # the app's API key (developer portal, "Consumer Keys")
 CONSUMER_SECRET = ""  # the app's API key secret
 ACCESS_TOKEN_KEY = ""  # your account's access token (read and write)
 ACCESS_TOKEN_SECRET = ""  # your account's access token secret
-TWEET_PLUGGED_IN = "Look at that, my #craplab #smartplug just got plugged in!"  # text on 0 -> 1
-TWEET_UNPLUGGED = "It was fun while it lasted. I unplugged my #craplab #smartplug."  # text on 1 -> 0
+TWEET_PLUGGED_IN = "Look at that, my #craplab #smartplug just got plugged in!"  # text on 0 -> 1 (or a first report of 1)
+TWEET_UNPLUGGED = "It was fun while it lasted. I unplugged my #craplab #smartplug."  # text on 1 -> 0 (or a first report of 0)
 TWITTER_API = "v1.1"  # "v1.1" (statuses/update) or "v2" (POST /2/tweets; new accounts)
 TWITTER_API_URL = "https://api.twitter.com"  # API root; tests point it at a fake
 
