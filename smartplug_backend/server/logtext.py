@@ -13,9 +13,8 @@ distinct format string once, formats a second's timestamp once, and hands
 every event it does not fully understand (a traceback, a flattened event, a
 field with attributes, indexes, calls or nested specs, a value other than a
 plain string, number or None, anything that fails) to the observer's own
-formatter.  L{FastLogText} fits it onto twistd's text
-observers while the server runs, after checking on sample events that it
-writes what they would; an observer that writes anything else (a different
+formatter.  L{FastLogText} fits it onto twistd's text observers while the
+server runs, after checking on sample events that it writes what they would; an observer that writes anything else (a different
 time format, another layout) is left alone.
 """
 

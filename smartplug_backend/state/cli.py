@@ -60,7 +60,7 @@ def _state_db(settings_path: Optional[str]) -> tuple:
     if settings.REDIS_URL is not None:
         # STATE_DB is not used then: its file, if any, is not the state.
         raise _Failed(f"REDIS_URL is set in {where}: the state lives in Redis, not in a database file; "
-                      f"back Redis up with its own snapshots (RDB or AOF)")
+                      "back Redis up with its own snapshots (RDB or AOF)")
     if settings.STATE_DB is None:
         raise _Failed(f"STATE_DB is None in {where}: the state is kept in memory only, there is no database")
     return settings.STATE_DB, settings.path

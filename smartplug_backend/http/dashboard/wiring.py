@@ -113,7 +113,7 @@ def backup_button(settings) -> tuple[Optional[Callable[[], str]], str]:
 
 def _store(settings) -> Optional[dict]:
     # A stat or two per refresh: small enough for the reactor thread.
-    if getattr(settings, "REDIS_URL", None) is not None:
+    if settings.REDIS_URL is not None:
         # STATE_DB is not used; the Redis URL may hold a password.
         return {"redis": True}
     path = settings.STATE_DB
