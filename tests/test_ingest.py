@@ -101,10 +101,13 @@ class Server:
         self.clock = Clock()
         self.hub = Hub(now=self.clock.seconds, journal=journal)
         self.published = []
+        # What the hub's publish fires with: an offset, or None when the
+        # store refused the publication.
+        self.publish_answer = 1
 
         def publish(event, data, peer):
             self.published.append((event, data, peer))
-            return succeed(1)
+            return succeed(self.publish_answer)
 
         self.hub.publish = publish
         self.guard = Guard(self.clock, ban_after=1000)
@@ -309,6 +312,22 @@ class CommitTests(SynchronousTestCase):
         self.assertTrue(transport.value().endswith(
             b'\r\n\r\n{"error": "state store cannot write: report not recorded"}'))
         self.assertIsNone(self.server.hub.plug("0xb00bf0cc"))
+
+    def test_publication_refused(self):
+        """
+        A publication the store refuses is answered 503 with the app's JSON
+        error, by the ingest route as by the Bottle app.
+        """
+        request = wire(b"POST /publish?clientName=pi&apiKey=good HTTP/1.1", {}, b'{"event": "e", "data": 1}')
+        answers = []
+        for fast in (True, False):
+            server = Server(self, fast, api_key="good")
+            server.publish_answer = None
+            answers.append(server.exchange(request))
+            self.assertEqual(len(server.published), 1)
+        self.assertTrue(answers[0].startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), answers[0])
+        self.assertTrue(answers[0].endswith(b'\r\n\r\n{"error": "state store cannot write: publication not recorded"}'))
+        self.assertEqual(answers[0], answers[1])
 
     def test_peer_gone_before_commit(self):
         """
