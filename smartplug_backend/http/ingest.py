@@ -97,11 +97,18 @@ class ReportIngest:
     @staticmethod
     def _answer(request, report) -> bytes:
         if report is None:
-            request.setResponseCode(503)
-            request.setHeader(b"Content-Type", _JSON)
-            return json.dumps({"error": unrecorded("report")}).encode()
+            return _not_recorded(request, "report")
         request.setHeader(b"Content-Type", _JSON)
         return b"{}"
+
+
+def _not_recorded(request, what: str) -> bytes:
+    """
+    The 503 for a C{what} the state store refused (the hub has logged why).
+    """
+    request.setResponseCode(503)
+    request.setHeader(b"Content-Type", _JSON)
+    return json.dumps({"error": unrecorded(what)}).encode()
 
 
 class PublishIngest:
@@ -146,9 +153,7 @@ class PublishIngest:
     @staticmethod
     def _answer(request, published) -> bytes:
         if published is None:
-            request.setResponseCode(503)
-            request.setHeader(b"Content-Type", _JSON)
-            return json.dumps({"error": unrecorded("publication")}).encode()
+            return _not_recorded(request, "publication")
         request.setResponseCode(201)
         for name, value in _TEXT_HEADERS:
             request.setHeader(name, value)

@@ -39,12 +39,8 @@ class SharedBans:
         """
         Tell every node that the ban on C{host} was lifted here by hand.
         """
-        engine = self._engine
-        told = engine.commit({"kind": "lift", "address": host}, engine.state.commit_lift, host)
-        told.addErrback(
-            lambda f: self._log.warn("lifting the ban on {peer} not shared with the other nodes: {why}",
-                                     peer=host, why=f.getErrorMessage())
-        )
+        self._tell({"kind": "lift", "address": host}, self._engine.state.commit_lift, (host,),
+                   "lifting the ban on {peer} not shared with the other nodes: {why}")
 
     def lifted_elsewhere(self, host: str, by: str) -> None:
         for lifted in self._lift_watchers:
@@ -68,13 +64,15 @@ class SharedBans:
         """
         Tell every node that this one banned C{host} until C{until}.
         """
-        engine = self._engine
-        change = {"kind": "ban", "address": host, "until": until, "seconds": seconds}
-        shared = engine.commit(change, engine.state.commit_ban, host, until, seconds)
-        shared.addErrback(
-            lambda f: self._log.warn("ban on {peer} not shared with the other nodes: {why}",
-                                     peer=host, why=f.getErrorMessage())
-        )
+        self._tell({"kind": "ban", "address": host, "until": until, "seconds": seconds},
+                   self._engine.state.commit_ban, (host, until, seconds),
+                   "ban on {peer} not shared with the other nodes: {why}")
+
+    def _tell(self, change: dict, commit, args: tuple, not_shared: str) -> None:
+        # Committed through the engine; a failure is logged with
+        # C{not_shared} (fields: peer, why), this node's own view stands.
+        told = self._engine.commit(change, commit, *args)
+        told.addErrback(lambda f: self._log.warn(not_shared, peer=change["address"], why=f.getErrorMessage()))
 
     def banned_elsewhere(self, host: str, seconds: float) -> None:
         for ban in self._watchers:
