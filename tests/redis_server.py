@@ -6,17 +6,12 @@ directory, stopped when the test ends.  Never the system's own service.
 
 import os
 import signal
-import socket
 import subprocess
 import threading
 
+from .server import free_port
+
 REDIS_SERVER = "/usr/bin/redis-server"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RedisServer:

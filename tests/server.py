@@ -20,6 +20,16 @@ LISTENING = re.compile(r"\] (.+) listening on 127\.0\.0\.1:(\d+)")
 LOOPBACK_ANY_PORT = "tcp:0:interface=127.0.0.1"
 
 
+def free_port() -> int:
+    """
+    A loopback port nothing listens on right now, for a service a test
+    starts itself.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def twistd_command() -> list:
     """
     The twistd of the Python running the tests (the venv's console script).

@@ -12,8 +12,8 @@ from websockets.sync.client import connect as ws_connect
 from smartplug_backend.core.display import Display
 from smartplug_backend.integrations.homeassistant import Topics, display_message
 
-from .mosquitto import connect_home_assistant, free_port, start_mosquitto
-from .server import start_server
+from .mosquitto import connect_home_assistant, start_mosquitto
+from .server import free_port, start_server
 from .test_e2e import http
 
 SECRET = "s3cret"
