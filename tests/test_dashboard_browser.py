@@ -127,9 +127,12 @@ class DashboardInBrowserTests(_InBrowser):
 
         # "Back up now" writes a backup in the server's thread pool, and
         # the server panel shows it as the last one.
+        self.text_in("#facts", "Last backup")
+        self.assertIn("none yet", self.browser.find_element(By.ID, "facts").text)
         self.browser.find_element(By.ID, "backup").click()
         self.text_in("#backup-result", "written to backups/")
         self.text_in("#facts", "backups/")
+        self.assertTrue(self.browser.find_element(By.ID, "backup").is_enabled())
         self.assertEqual(len(os.listdir(os.path.join(self.server.directory, "backups"))), 1)
 
     def test_colour_to_device_and_lift_ban(self):
@@ -218,12 +221,14 @@ class DashboardOnRedisTests(_InBrowser):
 
     def test_store_is_redis(self):
         """
-        The server facts say the store is Redis and how to back it up, and
-        the backup button is disabled: a backup would be of a file that is
-        not the state.
+        The server facts say the store is Redis and how to back it up, with
+        no "Last backup" line, and the backup button is disabled: a backup
+        would be of a file that is not the state.
         """
         self.open_dashboard()
         self.text_in("#facts", "Redis (REDIS_URL)")
-        self.assertNotIn("unused.sqlite", self.browser.find_element(By.ID, "facts").text)
+        facts = self.browser.find_element(By.ID, "facts").text
+        self.assertNotIn("unused.sqlite", facts)
+        self.assertNotIn("Last backup", facts)
         self.assertFalse(self.browser.find_element(By.ID, "backup").is_enabled())
         self.assertFalse(os.path.exists(os.path.join(self.server.directory, "unused.sqlite")))

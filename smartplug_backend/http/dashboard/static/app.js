@@ -380,6 +380,9 @@ async function lift(address) {
 
 let server = null;
 
+// Backups are of the state database: none in memory, none of Redis.
+const canBackUp = (facts) => !!facts && !!facts.store && !facts.store.redis;
+
 function showServer(facts) {
   server = facts;
   clockOffset = facts.now - Date.now() / 1000;
@@ -393,8 +396,7 @@ function showServer(facts) {
   drawFacts();
   const body = $("settings").tBodies[0];
   body.replaceChildren(...Object.entries(facts.settings).map(([k, v]) => el("tr", {}, el("th", { text: k }), el("td", { text: JSON.stringify(v) }))));
-  // Backups are of the state database: none in memory, none of Redis.
-  $("backup").disabled = !facts.store || !!facts.store.redis;
+  $("backup").disabled = !canBackUp(facts);
 }
 
 function drawFacts() {
@@ -407,8 +409,12 @@ function drawFacts() {
     ["Store", !f.store ? "memory only (STATE_DB = None)"
       : f.store.redis ? "Redis (REDIS_URL): back it up with Redis's own snapshots"
       : `${f.store.path}, ${(f.store.bytes / 1024).toFixed(1)} KiB`],
-    ["Last backup", f.last_backup ? `${f.last_backup.file}, ${when(f.last_backup.at)}` : "none yet"],
   ];
+  // "none yet" only where a backup can be taken; a backup taken before the
+  // store changed is still shown.
+  if (f.last_backup || canBackUp(f)) {
+    facts.push(["Last backup", f.last_backup ? `${f.last_backup.file}, ${when(f.last_backup.at)}` : "none yet"]);
+  }
   $("facts").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: String(v) })]));
 }
 
@@ -417,7 +423,7 @@ $("backup").addEventListener("click", async () => {
   $("backup-result").textContent = "backing up…";
   const { ok, data } = await api("backup", {});
   $("backup-result").textContent = ok ? `written to ${data.path}` : data.error;
-  $("backup").disabled = false;
+  $("backup").disabled = !canBackUp(server);
 });
 
 // The clock-relative texts (uptime, "since", "ago") move on without the server.
