@@ -176,7 +176,7 @@ def compare(concurrency: int = 16, duration: float = 1.5, rounds: int = 12, floo
     p50, p90 = fsyncs[len(fsyncs) // 2], fsyncs[len(fsyncs) * 9 // 10]
     rows.append(("fsync on this disk, p50 / p90", f"{p50 * 1e3:.1f} / {p90 * 1e3:.1f} ms "
                  f"(one commit; {concurrency} clients can share it)", "", None))
-    where = (f"both servers on CPUs {sorted(server_cpus)}, load on {sorted(load_cpus)}" if server_cpus
+    where = (f"the {len(modes)} servers on CPUs {sorted(server_cpus)}, load on {sorted(load_cpus)}" if server_cpus
              else "servers and load on the only CPU")
     rows.append(("load", f"{concurrency} keep-alive clients, {rounds} turns of {duration:g} s per mode "
                  f"(after 0.5 s warm-up), alternating; {where}", "", None))
