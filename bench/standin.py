@@ -16,6 +16,8 @@ server's own.  Nothing in the server knows this module.
 
 import os
 
+from twisted.logger import Logger
+
 from smartplug_backend.state.store import Store
 
 KINDS = ("fdatasync", "nothing")
@@ -35,11 +37,17 @@ def settings(kind: str) -> str:
     return f"import sys\nsys.path.insert(0, {root!r})\nfrom bench import standin\nstandin.install({kind!r})\n"
 
 
+# What the bench waits for in the server's log: the stand-in is in place.
+INSTALLED = "store writer replaced by the bench's stand-in: {kind}"
+
+
 def install(kind: str) -> None:
     """
-    Replace L{Store.write_together} in this process with the stand-in C{kind}.
+    Replace L{Store.write_together} in this process with the stand-in C{kind},
+    and log that it did (L{INSTALLED}).
     """
     Store.write_together = _fdatasync if kind == "fdatasync" else _nothing
+    Logger(namespace="bench.standin").info(INSTALLED, kind=kind)
 
 
 def _nothing(store: Store, writes: list) -> list:

@@ -3,7 +3,7 @@ POST /data requests per second with the SQLite state store (C{STATE_DB}
 set) and without it (C{STATE_DB = None}), on the real C{twistd -n smartplug}
 over loopback.
 
-    python bench/store.py [--duration S] [--concurrency N] [--rounds R]
+    python bench/store.py [--duration S] [--concurrency N] [--rounds R] [--floors]
 
 Each report is committed (WAL, synchronous=FULL: one fsync per commit)
 before its 200 goes out; reports that arrive together share one commit
@@ -11,14 +11,16 @@ before its 200 goes out; reports that arrive together share one commit
 what durability costs.  Figures, not a test.  The client load runs in a
 separate process (bench/clients.py's keep-alive client on epoll), so it
 never shares a GIL with this one (which reads the server's log) or with the
-server; the two modes are measured in turns, so a change in the machine's
-load weighs on both alike.
+server; the modes are measured in turns, so a change in the machine's load
+weighs on all alike.  With C{--floors} (as in C{make bench}) two more servers
+take their turns, their store writer replaced by a stand-in (bench/standin.py).
 """
 
 import argparse
 import contextlib
 import multiprocessing
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -92,10 +94,12 @@ def fsync_times(count: int = 40) -> list:
 
 def compare(concurrency: int = 16, duration: float = 1.5, rounds: int = 12, floors: bool = False) -> list:
     """
-    POST /data with and without the store: both servers run side by side
-    (on the same CPUs, one loaded at a time) and the load alternates
-    between them in short turns, C{rounds} each.  The ratio is the median
-    of the turns' ratios.  On a shared machine whose speed drifts over
+    POST /data with and without the store: the servers run side by side
+    (on the same CPUs, one loaded at a time) and the load goes from one to
+    the next in short turns, C{rounds} each, starting each round with the
+    next server, so that none always follows the same one.  Each ratio is
+    the median of the turns' ratios, each turn paired with the same round's
+    C{STATE_DB = None} turn.  On a shared machine whose speed drifts over
     seconds, short alternating turns see the same machine; restarting a
     server for each long turn, as this did before, saw turns of one build
     range 0.5-1.0x.
@@ -107,9 +111,13 @@ def compare(concurrency: int = 16, duration: float = 1.5, rounds: int = 12, floo
     @return: C{(metric, value, target, met)} rows, ready to print.
     """
     modes = dict(MODES)
+    # mode -> the stand-in writer its server must say it runs
+    standins = {}
     if floors:
         for kind in standin.KINDS:
-            modes[f"stand-in writer: {kind}"] = MODES["STATE_DB set"] + standin.settings(kind)
+            name = f"stand-in writer: {kind}"
+            modes[name] = MODES["STATE_DB set"] + standin.settings(kind)
+            standins[name] = kind
     totals = {name: {"answered": 0, "cpu": 0.0, "reactor": 0.0, "not_200": 0, "failures": 0, "rates": []}
               for name in modes}
     server_cpus, load_cpus = clients.split_cpus()
@@ -124,12 +132,17 @@ def compare(concurrency: int = 16, duration: float = 1.5, rounds: int = 12, floo
                 server = servers[name] = RunningServer(directory, settings)
                 stack.callback(server.stop)
                 server.start()
+                if name in standins:
+                    # Figures of a server that runs SQLite after all would be wrong.
+                    server.wait_for(re.escape(standin.INSTALLED.format(kind=standins[name])))
                 stack.enter_context(clients.pinned(server.process.pid, server_cpus))
             context = multiprocessing.get_context("spawn")
             # One load process for every turn; it inherits this process's CPUs.
             pool = stack.enter_context(ProcessPoolExecutor(max_workers=1, mp_context=context))
-            for _ in range(rounds):
-                for name, server in servers.items():
+            names = list(servers)
+            for turn in range(rounds):
+                for name in names[turn % len(names):] + names[:turn % len(names)]:
+                    server = servers[name]
                     r = pool.submit(
                         clients.keepalive_load, server.ports["HTTP"], concurrency, duration, 0.5,
                         server_pid=server.process.pid,
@@ -161,10 +174,10 @@ def compare(concurrency: int = 16, duration: float = 1.5, rounds: int = 12, floo
         rows.append((f"{name} / None", f"{ratio:.2f}x (median of {len(ratios)} turns' ratios; "
                      f"quartiles {ratios[len(ratios) // 4]:.2f}-{ratios[3 * len(ratios) // 4]:.2f})",
                      f">= {TARGET}x" if measured else "", ratio >= TARGET if measured else None))
-    if all(t["cpu"] and t["answered"] for t in totals.values()):
+    if all(totals[name]["cpu"] and totals[name]["answered"] for name in MODES):
         # On one CPU that it keeps busy, a server answers 1 / (CPU per
         # request) requests a second: the ratio above cannot beat this.
-        per = {name: t["cpu"] / t["answered"] for name, t in totals.items()}
+        per = {name: totals[name]["cpu"] / totals[name]["answered"] for name in MODES}
         bound = ("an upper bound on the requests/s ratio while the server's one CPU is busy"
                  if server_cpus is not None and len(server_cpus) == 1 else "the servers have more than one CPU")
         rows.append(("server CPU per request, None / set",
@@ -179,7 +192,7 @@ def compare(concurrency: int = 16, duration: float = 1.5, rounds: int = 12, floo
     where = (f"the {len(modes)} servers on CPUs {sorted(server_cpus)}, load on {sorted(load_cpus)}" if server_cpus
              else "servers and load on the only CPU")
     rows.append(("load", f"{concurrency} keep-alive clients, {rounds} turns of {duration:g} s per mode "
-                 f"(after 0.5 s warm-up), alternating; {where}", "", None))
+                 f"(after 0.5 s warm-up), in rotation; {where}", "", None))
     return rows
 
 

@@ -6,7 +6,9 @@ ones running.
 """
 
 import os
+import sys
 
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from bench import standin
@@ -16,8 +18,13 @@ from smartplug_backend.state.store import Store
 
 class StandInTests(SynchronousTestCase):
     def setUp(self):
-        # install() replaces the method for the whole process: put it back.
+        # install() replaces the method for the whole process, and the
+        # settings lines put the project on sys.path: put both back.
         self.patch(Store, "write_together", Store.write_together)
+        self.patch(sys, "path", list(sys.path))
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
 
     def load(self, kind: str) -> config.Settings:
         path = self.mktemp() + ".py"
@@ -33,6 +40,9 @@ class StandInTests(SynchronousTestCase):
         settings = self.load("nothing")
         self.assertEqual(settings.STATE_DB, "bench.sqlite")
         self.assertIs(Store.write_together, standin._nothing)
+        # The line the bench waits for in the server's log.
+        said = [e for e in self.events if e.get("log_format") == standin.INSTALLED]
+        self.assertEqual([e["kind"] for e in said], ["nothing"])
         self.assertEqual(Store.write_together(object(), [1, 2, 3]), [None, None, None])
 
     def test_fdatasync_writes_a_line_per_group(self):
@@ -46,8 +56,11 @@ class StandInTests(SynchronousTestCase):
         store = Store.__new__(Store)
         store._path = os.path.abspath(self.mktemp())
         self.addCleanup(lambda: os.close(standin._logs.pop(store).fd))
+        synced = []
+        self.patch(os, "fdatasync", lambda fd: synced.append(fd) or os.fsync(fd))
         self.assertEqual(Store.write_together(store, [None] * 3), [None] * 3)
         self.assertEqual(Store.write_together(store, [None] * 2), [None] * 2)
+        self.assertEqual(synced, [standin._logs[store].fd] * 2)
         with open(store._path + ".standin", "rb") as f:
             written = f.read()
         self.assertEqual(len(written), standin.ROOM)

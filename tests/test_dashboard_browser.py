@@ -232,3 +232,23 @@ class DashboardOnRedisTests(_InBrowser):
         self.assertNotIn("Last backup", facts)
         self.assertFalse(self.browser.find_element(By.ID, "backup").is_enabled())
         self.assertFalse(os.path.exists(os.path.join(self.server.directory, "unused.sqlite")))
+
+
+class DashboardInMemoryTests(_InBrowser):
+    """
+    The dashboard of a server that keeps its state in memory only.
+    """
+
+    def setUp(self):
+        self.start(SETTINGS + "STATE_DB = None\n")
+
+    def test_store_is_memory(self):
+        """
+        The server facts say the state is in memory, with no "Last backup"
+        line, and the backup button stays disabled: there is nothing to
+        back up.
+        """
+        self.open_dashboard()
+        self.text_in("#facts", "memory only (STATE_DB = None)")
+        self.assertNotIn("Last backup", self.browser.find_element(By.ID, "facts").text)
+        self.assertFalse(self.browser.find_element(By.ID, "backup").is_enabled())

@@ -379,9 +379,11 @@ async function lift(address) {
 // -- server ---------------------------------------------------------------------------------
 
 let server = null;
+let backingUp = false;
 
 // Backups are of the state database: none in memory, none of Redis.
 const canBackUp = (facts) => !!facts && !!facts.store && !facts.store.redis;
+const showBackupButton = () => { $("backup").disabled = backingUp || !canBackUp(server); };
 
 function showServer(facts) {
   server = facts;
@@ -396,7 +398,7 @@ function showServer(facts) {
   drawFacts();
   const body = $("settings").tBodies[0];
   body.replaceChildren(...Object.entries(facts.settings).map(([k, v]) => el("tr", {}, el("th", { text: k }), el("td", { text: JSON.stringify(v) }))));
-  $("backup").disabled = !canBackUp(facts);
+  showBackupButton();
 }
 
 function drawFacts() {
@@ -419,11 +421,18 @@ function drawFacts() {
 }
 
 $("backup").addEventListener("click", async () => {
-  $("backup").disabled = true;
+  backingUp = true;
+  showBackupButton();
   $("backup-result").textContent = "backing up…";
-  const { ok, data } = await api("backup", {});
-  $("backup-result").textContent = ok ? `written to ${data.path}` : data.error;
-  $("backup").disabled = !canBackUp(server);
+  try {
+    const { ok, data } = await api("backup", {});
+    $("backup-result").textContent = ok ? `written to ${data.path}` : data.error;
+  } catch (e) {
+    $("backup-result").textContent = `no answer from the server (${e.message})`;
+  } finally {
+    backingUp = false;
+    showBackupButton();
+  }
 });
 
 // The clock-relative texts (uptime, "since", "ago") move on without the server.
