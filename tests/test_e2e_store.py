@@ -27,6 +27,18 @@ SECRET = "s3cret"
 SETTINGS = f'STATE_DB = "state.sqlite"\nAUTH_SECRET = {SECRET!r}\n'
 LISTENERS = ("HTTP", "app WebSocket", "device WebSocket")
 COLOUR = {"mode": 2, "color": [255, 65, 174], "pulse": 0}
+# Settings lines (the file is Python) that make every commit of the state
+# store 20 ms slower, as on a slow disk: on the store's writer thread,
+# before the transaction.
+SLOW_DISK = """
+import time as _time
+from smartplug_backend.state.store import Store as _Store
+_commit = _Store.write_together
+def _slowly(store, writes):
+    _time.sleep(0.02)
+    return _commit(store, writes)
+_Store.write_together = _slowly
+"""
 
 
 def post(server: RunningServer, plug_id: str, value: int) -> int:
@@ -102,6 +114,66 @@ class RestartTests(Scratch):
             device.send(SECRET)
             self.assertEqual(device.recv(timeout=5), "ok")
             self.assertEqual(device.recv(timeout=5), "[cc:2:255,65,174:0]")
+
+    def test_kill_9_under_load_loses_no_answered_report(self):
+        """
+        Sixteen keep-alive clients report as fast as they are answered, so
+        that their reports share commits (group commit), and the server is
+        killed with SIGKILL mid-stream.  After a restart each plug's history
+        holds every report that was answered 200, in order and once each,
+        plus at most the one that was in flight; GET /plugs shows the newest.
+        Each commit is made 20 ms slower (L{SLOW_DISK}), so that the kill
+        lands while reports wait for theirs: one answered before its commit
+        would be lost.
+        """
+        clients, each, kill_after = 16, 200, 400
+        first = self.start(SETTINGS + SLOW_DISK)
+        port = first.ports["HTTP"]
+        answered = [0] * clients
+        changed = threading.Condition()
+
+        def report(n: int) -> None:
+            connection = HTTPConnection("127.0.0.1", port, timeout=10)
+            try:
+                for i in range(each):
+                    body = json.dumps({"id": f"load-{n}", "value": i % 2})
+                    connection.request("POST", "/data", body, {"Content-Type": "application/json"})
+                    answer = connection.getresponse()
+                    answer.read()
+                    if answer.status != 200:
+                        return
+                    with changed:
+                        answered[n] += 1
+                        changed.notify_all()
+            except OSError:
+                # The server died under this request.
+                return
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=report, args=(n,), daemon=True) for n in range(clients)]
+        for thread in threads:
+            thread.start()
+        with changed:
+            self.assertTrue(changed.wait_for(lambda: sum(answered) >= kill_after, timeout=60), answered)
+        first.process.kill()
+        first.process.wait()
+        for thread in threads:
+            thread.join(timeout=30)
+        self.assertFalse(any(thread.is_alive() for thread in threads))
+        # Killed mid-stream, not after every client had finished.
+        self.assertLess(sum(answered), clients * each)
+
+        second = self.start()
+        plugs = {plug["id"]: plug for plug in get_json(second, "/plugs")}
+        for n in range(clients):
+            history = get_json(second, f"/plugs/load-{n}/history?limit=1000")
+            values = [entry["value"] for entry in reversed(history)]
+            self.assertIn(len(values) - answered[n], (0, 1), (n, answered[n], values))
+            self.assertEqual(values, [i % 2 for i in range(len(values))], n)
+            if values:
+                self.assertEqual(plugs[f"load-{n}"]["value"], values[-1])
+                self.assertEqual(plugs[f"load-{n}"]["updated_at"], history[0]["at"])
 
     def test_clean_stop_closes_the_database(self):
         """
