@@ -1,6 +1,7 @@
 """
 Stand-in writers for the state store, for C{bench/store.py --floors} only:
-they show what group commit would cost if SQLite's own work cost nothing.
+they show what group commit would cost with one fsync per group and no
+SQLite, and with no store work at all.
 
 A server's settings file is ordinary Python, so the bench loads one of these
 into the server's process from the settings it writes (L{settings}), and it

@@ -106,8 +106,9 @@ def compare(concurrency: int = 16, duration: float = 1.5, rounds: int = 12, floo
 
     @param floors: also run, in the same turns, servers whose store writer
         is a stand-in (L{standin}): one fdatasync per group and no SQLite,
-        then no work at all; their ratios to C{STATE_DB = None} are what
-        the ratio could be if SQLite's work cost nothing.
+        then no work at all; their ratios to C{STATE_DB = None} are floors
+        for the store's: what one fsync per group, and then the mechanism
+        alone, leave of it.
     @return: C{(metric, value, target, met)} rows, ready to print.
     """
     modes = dict(MODES)
