@@ -130,6 +130,8 @@ class RestartTests(Scratch):
         first = self.start(SETTINGS + SLOW_DISK)
         port = first.ports["HTTP"]
         answered = [0] * clients
+        # answers other than 200, which no report here should get
+        refused = []
         changed = threading.Condition()
 
         def report(n: int) -> None:
@@ -141,6 +143,7 @@ class RestartTests(Scratch):
                     answer = connection.getresponse()
                     answer.read()
                     if answer.status != 200:
+                        refused.append((n, i, answer.status))
                         return
                     with changed:
                         answered[n] += 1
@@ -163,6 +166,7 @@ class RestartTests(Scratch):
         self.assertFalse(any(thread.is_alive() for thread in threads))
         # Killed mid-stream, not after every client had finished.
         self.assertLess(sum(answered), clients * each)
+        self.assertEqual(refused, [])
 
         second = self.start()
         plugs = {plug["id"]: plug for plug in get_json(second, "/plugs")}
