@@ -13,7 +13,7 @@ import time
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
-from twisted.logger import Logger
+from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from smartplug_backend import tap
@@ -23,6 +23,8 @@ from smartplug_backend.core.hub import Hub, Plug
 from smartplug_backend.core.journal import HistoryEntry, StoreFailed
 from smartplug_backend.core.pubsub import report_publisher
 from smartplug_backend.server.services import StartupError
+from smartplug_backend.state import persistence
+from smartplug_backend.state import store as store_module
 from smartplug_backend.state.autobackup import BackupService
 from smartplug_backend.state.persistence import SQLiteJournal, StoreService
 from smartplug_backend.state.store import Store
@@ -329,6 +331,34 @@ class GroupCommitTests(SynchronousTestCase):
             self.successResultOf(d)
         self.assertEqual([p.id for p in self.store.plugs()], ["first", "a", "b"])
         self.assertEqual(self.commits(), 3)
+
+
+    def test_log_length_change_is_logged(self):
+        """
+        When the store shortens its write-ahead log for a nearly full disk,
+        and lengthens it again, the server says so once each time, with the
+        room left; its first length goes unsaid.
+        """
+        events = []
+        self.patch(persistence, "_log", Logger(observer=events.append))
+        room = [200 * 1024 * 1024]
+        self.patch(store_module, "free_bytes", lambda path: room[0])
+
+        def write(value):
+            d = self.journal.save_report("a", value, 1.0, "http")
+            self.writer.run_next()
+            self.successResultOf(d)
+
+        write(1)
+        room[0] = 32 * 1024 * 1024
+        write(0)
+        write(1)
+        room[0] = 200 * 1024 * 1024
+        write(0)
+        said = [(e["log_level"].name, e["pages"], e["free"]) for e in events]
+        self.assertEqual(said, [("warn", 80, 32 * 1024 * 1024), ("info", 1000, 200 * 1024 * 1024)])
+        self.assertIn("every 80 pages", formatEvent(events[0]))
+        self.assertEqual(len(self.store.history("a", 10)), 4)
 
 
 class FailingCommit:

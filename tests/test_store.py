@@ -707,3 +707,91 @@ class FullDiskTests(SynchronousTestCase):
             db.execute("PRAGMA user_version").fetchone()
         self.assertFalse(store.disk_trouble(caught.exception))
         self.assertFalse(store.disk_trouble(ValueError("x")))
+
+
+class LogSizeTests(SynchronousTestCase):
+    """
+    The write-ahead log's length follows the room on the database's disk:
+    SQLite's default of 1000 pages while there is room, copies every 80
+    pages on a nearly full disk, on real file systems.
+    """
+
+    def report_many(self, db: Store, count: int) -> None:
+        # Reports of twenty plugs, four to a group, as the server's writer
+        # sends them.
+        for n in range(0, count, 4):
+            outcomes = db.write_together(
+                [(db.save_report, (f"plug{i % 20}", i % 2, float(i), "http")) for i in range(n, n + 4)])
+            self.assertEqual(outcomes, [None] * 4)
+
+    def log_pages(self, db: Store) -> int:
+        """
+        Pages of log now in the file beside C{db}'s database.
+        """
+        return os.path.getsize(db._path + "-wal") // 4096
+
+    def test_long_log_with_room(self):
+        """
+        On a disk with room (this test's temporary directory) the log grows
+        past 80 pages before SQLite copies it into the database.
+        """
+        path = self.mktemp()
+        free = store.free_bytes(path)
+        self.assertGreaterEqual(free, store.ROOMY_DISK, "the test needs a disk with 128 MiB free")
+        db = Store.open(path, 10000)
+        self.addCleanup(db.close)
+        self.assertEqual((db.log_pages, pragma(path, "wal_autocheckpoint")), (1000, 1000))
+        self.report_many(db, 800)
+        self.assertGreater(self.log_pages(db), 300)
+
+    def test_short_log_on_a_nearly_full_disk(self):
+        """
+        A 200 MiB disk: the long log while more than 64 MiB are free; below
+        that the log is copied and truncated at the next write and then kept
+        under 80 pages and a group; once 128 MiB are free again, the long
+        log is back.  Between the two thresholds the log stays as it was.
+        """
+        directory = small_disk(self, "200m")
+        db = Store.open(os.path.join(directory, "state.sqlite"), 10000)
+        self.addCleanup(db.close)
+        self.assertEqual(db.log_pages, 1000)
+        filler = fill(directory, leave=96 * 1024 * 1024)
+        self.report_many(db, 800)
+        self.assertEqual(db.log_pages, 1000)
+        self.assertGreater(self.log_pages(db), 300)
+        os.remove(filler)
+        filler = fill(directory, leave=32 * 1024 * 1024)
+        self.report_many(db, 4)
+        self.assertEqual(db.log_pages, 80)
+        self.assertLess(self.log_pages(db), 20)
+        self.report_many(db, 800)
+        self.assertLess(self.log_pages(db), 100)
+        release(filler, 80 * 1024 * 1024)
+        self.report_many(db, 4)
+        self.assertEqual(db.log_pages, 80)
+        release(filler, 32 * 1024 * 1024)
+        self.report_many(db, 800)
+        self.assertEqual(db.log_pages, 1000)
+        # Every report is kept: 40 of each plug per 800, one per 4 to plugs 0-3.
+        self.assertEqual(len(db.history("plug3", 10000)), 3 * 40 + 2)
+        self.assertEqual(len(db.history("plug4", 10000)), 3 * 40)
+
+    def test_short_log_when_opened_between_thresholds(self):
+        """
+        Opened with 64-128 MiB free, the store keeps the short log: it is
+        safe, and the disk may be filling up.
+        """
+        directory = small_disk(self, "100m")
+        db = Store.open(os.path.join(directory, "state.sqlite"), 10000)
+        self.addCleanup(db.close)
+        self.assertEqual(db.log_pages, 80)
+
+    def test_room_unknown(self):
+        """
+        When the room on the disk cannot be told, the log stays as it is.
+        """
+        db = Store.open(self.mktemp(), 10000)
+        self.addCleanup(db.close)
+        self.patch(store, "free_bytes", lambda path: None)
+        db.fit_log()
+        self.assertEqual(db.log_pages, 1000)

@@ -45,8 +45,15 @@ KEEPALIVE_COUNT = 8
 # this for a peer, counted in MAX_UNSENT.
 WS_SEND_BUFFER = 64 * 1024
 # Pages (4 KiB) of SQLite write-ahead log after which it is copied into the
-# database, so that the log cannot take a nearly full disk's last room.
-WAL_PAGES = 80
+# database: SQLite's own default (about 4 MB of log) while the disk has room,
+# and a small log on a nearly full disk, so that the log cannot take its last
+# room.  The disk counts as nearly full below LOW_DISK bytes free, and as
+# roomy again from ROOMY_DISK (two thresholds, so that a disk hovering at
+# one does not switch the log back and forth).
+WAL_PAGES = 1000
+WAL_PAGES_LOW_DISK = 80
+LOW_DISK = 64 * 1024 * 1024
+ROOMY_DISK = 128 * 1024 * 1024
 # Tweets waiting for their turn; beyond this the oldest is dropped.
 TWEET_QUEUE = 100
 # Tries per tweet, the delays (seconds) before the 2nd and 3rd, and the

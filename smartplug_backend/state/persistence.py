@@ -37,6 +37,8 @@ from ..server.services import StartupError, ThreadPoolService
 from .lock import Locked, hold, lock_path
 from .store import Store, UnusableDatabase
 
+_log = Logger(namespace="smartplug_backend.state.store")
+
 # At most this many writes share one transaction: a bound on how long one
 # commit keeps the writer thread (and the first of them) waiting.
 MAX_GROUP = 1000
@@ -67,6 +69,8 @@ class SQLiteJournal:
         self._busy = False
         # Waiting for the end of the turn to hand the queue over.
         self._gathering = False
+        # The store's log length last logged (Store.fit_log).
+        self._log_pages = None
 
     def open(self, path: str, keep: int) -> tuple[list, Optional[Display]]:
         """
@@ -137,7 +141,25 @@ class SQLiteJournal:
     def _committed(self, outcomes, waiting: list) -> None:
         if isinstance(outcomes, Failure):
             outcomes = [outcomes] * len(waiting)
+        self._log_length()
         self._answered([_as_failure(outcome) for outcome in outcomes], waiting, each=True)
+
+    def _log_length(self) -> None:
+        """
+        Say so when the store has changed its log's length for the room
+        left on its disk (L{Store.fit_log}); the first length goes unsaid.
+        """
+        pages = self.store.log_pages
+        if self._log_pages is not None and pages != self._log_pages:
+            free = self.store.log_free
+            if pages < self._log_pages:
+                _log.warn("STATE_DB: {free} bytes free on its disk: SQLite's write-ahead log is now copied "
+                          "into the database every {pages} pages, so that it cannot take the last room",
+                          free=free, pages=pages)
+            else:
+                _log.info("STATE_DB: {free} bytes free on its disk again: SQLite's write-ahead log is copied "
+                          "into the database every {pages} pages again", free=free, pages=pages)
+        self._log_pages = pages
 
     def _answered(self, result, waiting: list, each: bool = False) -> None:
         # The writer thread is free: give it what queued up meanwhile

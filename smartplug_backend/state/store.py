@@ -21,7 +21,7 @@ from ..core.display import Display, InvalidDisplay, validate_display
 from ..core.history import new_epoch
 from ..core.hub import Plug
 from ..core.journal import HistoryEntry
-from ..core.limits import WAL_PAGES
+from ..core.limits import LOW_DISK, ROOMY_DISK, WAL_PAGES, WAL_PAGES_LOW_DISK
 
 # "SmPg": marks the file as ours (PRAGMA application_id, bytes 68-71).
 APPLICATION_ID = 0x536D5067
@@ -202,16 +202,25 @@ def disk_trouble(error: BaseException) -> bool:
     return code is not None and (code & 0xFF) in _DISK_CODES
 
 
+def free_bytes(path: str) -> Optional[int]:
+    """
+    The bytes free on the file system of the file C{path}, or C{None} if
+    that cannot be told.
+    """
+    try:
+        stat = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return None
+    return stat.f_bavail * stat.f_frsize
+
+
 def free_space(path: str) -> str:
     """
     ", N bytes free on its file system" for the file system of C{path}, or
     "" if that cannot be told.
     """
-    try:
-        stat = os.statvfs(os.path.dirname(os.path.abspath(path)))
-    except OSError:
-        return ""
-    return f", {stat.f_bavail * stat.f_frsize} bytes free on its file system"
+    free = free_bytes(path)
+    return "" if free is None else f", {free} bytes free on its file system"
 
 
 @contextlib.contextmanager
@@ -338,6 +347,11 @@ class Store:
         # Set while a write has failed for want of disk and the log could
         # not be emptied since: the next write empties it first.
         self.needs_checkpoint = False
+        # Pages of log after which SQLite copies it into the database
+        # (fit_log); Store.open sets the small log's.
+        self.log_pages = WAL_PAGES_LOW_DISK
+        # Bytes free on the disk when fit_log last changed log_pages.
+        self.log_free: Optional[int] = None
 
     @classmethod
     def open(cls, path: str, keep: int) -> "Store":
@@ -362,13 +376,8 @@ class Store:
             # WAL: readers (the backup) never block the writer, and a commit
             # is one append.  Set on every open: a restored backup has none.
             db.execute("PRAGMA journal_mode = WAL")
-            # SQLite checkpoints the log every 1000 pages (4 MB) by default:
-            # on a small or nearly full disk the log would take the last
-            # room, and then a checkpoint, which needs a little room for the
-            # database to grow, could not run to give it back.  Every 80
-            # pages (a dozen reports or more, each with its smartplug
-            # publication) keeps the log under 350 KB.
-            db.execute(f"PRAGMA wal_autocheckpoint = {WAL_PAGES}")
+            # The small log until the disk is known to have room (fit_log).
+            db.execute(f"PRAGMA wal_autocheckpoint = {WAL_PAGES_LOW_DISK}")
             upgrade(db, version)
             # FULL: a commit is on disk, not only in the OS's cache, before
             # the HTTP 200 goes out; a power cut then loses nothing either.
@@ -387,7 +396,46 @@ class Store:
         except BaseException:
             db.close()
             raise
-        return cls(db, keep, path)
+        store = cls(db, keep, path)
+        store.fit_log()
+        return store
+
+    def fit_log(self) -> None:
+        """
+        Size the write-ahead log for the room left on the database's disk.
+
+        SQLite copies the log into the database every 1000 pages (4 MB) by
+        default, and that is kept while the disk has room: each copy rewrites
+        the pages the commits since the last one touched and syncs the
+        database file, so a longer log means fewer of both, which matters to
+        a flash card's wear and to a report's cost (about 10 µs of the
+        writer's CPU per report under load, against copies every 80 pages).
+
+        On a nearly full disk (less than L{LOW_DISK} free) the log could take
+        the last room, and then a copy, which needs a little room for the
+        database to grow, could not run to give it back.  So there the log
+        is copied every 80 pages (a dozen reports or more, each with its
+        smartplug publication), which keeps it under 350 KB, and is copied
+        and truncated at once, giving back what it took; from L{ROOMY_DISK}
+        free the long log comes back.  Run before each group of writes; a
+        disk whose room cannot be told keeps the log as it is.
+        """
+        free = free_bytes(self._path)
+        if free is None:
+            return
+        if free < LOW_DISK or (free < ROOMY_DISK and self.log_pages != WAL_PAGES):
+            pages = WAL_PAGES_LOW_DISK
+        else:
+            pages = WAL_PAGES
+        if pages == self.log_pages:
+            return
+        try:
+            self._db.execute(f"PRAGMA wal_autocheckpoint = {pages}")
+        except sqlite3.Error:
+            return
+        self.log_pages, self.log_free = pages, free
+        if pages == WAL_PAGES_LOW_DISK:
+            self.checkpoint()
 
     def _write(self, work, *args) -> None:
         """
@@ -519,6 +567,7 @@ class Store:
         @return: one outcome per write, in order: C{None} when it is
             committed, or the exception that refused it.
         """
+        self.fit_log()
         if len(writes) == 1 or self.needs_checkpoint:
             # Alone, or after a full disk: each write heals on its own
             # (L{_write}), which it cannot inside a shared transaction.
