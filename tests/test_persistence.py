@@ -337,7 +337,7 @@ class GroupCommitTests(SynchronousTestCase):
         """
         When the store shortens its write-ahead log for a nearly full disk,
         and lengthens it again, the server says so once each time, with the
-        room left; its first length goes unsaid.
+        room left.
         """
         events = []
         self.patch(persistence, "_log", Logger(observer=events.append))
@@ -359,6 +359,24 @@ class GroupCommitTests(SynchronousTestCase):
         self.assertEqual(said, [("warn", 80, 32 * 1024 * 1024), ("info", 1000, 200 * 1024 * 1024)])
         self.assertIn("every 80 pages", formatEvent(events[0]))
         self.assertEqual(len(self.store.history("a", 10)), 4)
+
+    def test_nearly_full_disk_at_start_up_is_logged(self):
+        """
+        A server that starts on a nearly full disk says at its first write
+        that it keeps the log short; one with room says nothing.
+        """
+        events = []
+        self.patch(persistence, "_log", Logger(observer=events.append))
+        d = self.journal.save_report("a", 1, 1.0, "http")
+        self.writer.run_next()
+        self.successResultOf(d)
+        self.assertEqual(events, [])
+        self.patch(store_module, "free_bytes", lambda path: 100 * 1024 * 1024)
+        small = Store.open(self.mktemp(), 10)
+        self.addCleanup(small.close)
+        journal = SQLiteJournal(run=maybeDeferred, store=small)
+        self.successResultOf(journal.save_report("a", 1, 1.0, "http"))
+        self.assertEqual([(e["pages"], e["free"]) for e in events], [(80, 100 * 1024 * 1024)])
 
 
 class FailingCommit:

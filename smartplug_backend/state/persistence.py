@@ -33,6 +33,7 @@ from twisted.python.threadpool import ThreadPool
 
 from ..core.display import Display
 from ..core.journal import StoreFailed
+from ..core.limits import WAL_PAGES
 from ..server.services import StartupError, ThreadPoolService
 from .lock import Locked, hold, lock_path
 from .store import Store, UnusableDatabase
@@ -69,8 +70,9 @@ class SQLiteJournal:
         self._busy = False
         # Waiting for the end of the turn to hand the queue over.
         self._gathering = False
-        # The store's log length last logged (Store.fit_log).
-        self._log_pages = None
+        # The store's log length last logged (Store.fit_log): a server
+        # that starts on a nearly full disk says so at its first write.
+        self._log_pages = WAL_PAGES
 
     def open(self, path: str, keep: int) -> tuple[list, Optional[Display]]:
         """
@@ -147,10 +149,10 @@ class SQLiteJournal:
     def _log_length(self) -> None:
         """
         Say so when the store has changed its log's length for the room
-        left on its disk (L{Store.fit_log}); the first length goes unsaid.
+        left on its disk (L{Store.fit_log}).
         """
         pages = self.store.log_pages
-        if self._log_pages is not None and pages != self._log_pages:
+        if pages != self._log_pages:
             free = self.store.log_free
             if pages < self._log_pages:
                 _log.warn("STATE_DB: {free} bytes free on its disk: SQLite's write-ahead log is now copied "

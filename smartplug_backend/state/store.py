@@ -350,7 +350,7 @@ class Store:
         # Pages of log after which SQLite copies it into the database
         # (fit_log); Store.open sets the small log's.
         self.log_pages = WAL_PAGES_LOW_DISK
-        # Bytes free on the disk when fit_log last changed log_pages.
+        # Bytes free on the disk when fit_log last looked.
         self.log_free: Optional[int] = None
 
     @classmethod
@@ -423,6 +423,7 @@ class Store:
         free = free_bytes(self._path)
         if free is None:
             return
+        self.log_free = free
         if free < LOW_DISK or (free < ROOMY_DISK and self.log_pages != WAL_PAGES):
             pages = WAL_PAGES_LOW_DISK
         else:
@@ -433,7 +434,7 @@ class Store:
             self._db.execute(f"PRAGMA wal_autocheckpoint = {pages}")
         except sqlite3.Error:
             return
-        self.log_pages, self.log_free = pages, free
+        self.log_pages = pages
         if pages == WAL_PAGES_LOW_DISK:
             self.checkpoint()
 
