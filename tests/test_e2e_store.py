@@ -6,6 +6,7 @@ while reports stream in, restore, and start-up refusals.
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -390,9 +391,13 @@ class FullDiskTests(Scratch):
         """
         Once the disk is full, reports get 503; once a little room is freed
         (64 KiB), every later report is answered 200 and kept, without a
-        restart.
+        restart.  From start-up the server says it keeps SQLite's log short
+        on this small disk, once.
         """
         server = self.start()
+        short = (r"STATE_DB: state\.sqlite: only [12] MiB free on its disk: SQLite's write-ahead log is kept "
+                 r"short \(a few hundred KB\) until 128 MiB are free; make room on the disk")
+        server.wait_for(short)
         filler = fill(self.directory, leave=300 * 1024)
         for i in range(3000):
             if post(server, f"plug{i % 20}", i % 2) == 503:
@@ -405,6 +410,7 @@ class FullDiskTests(Scratch):
         self.assertEqual(statuses, [200] * 100)
         self.assertEqual(len(get_json(server, "/plugs/after/history?limit=1000")), 100)
         self.assertNotIn("Traceback", server.log())
+        self.assertEqual(len(re.findall(short, server.log())), 1)
 
     def test_full_disk_at_start_up(self):
         """

@@ -337,46 +337,65 @@ class GroupCommitTests(SynchronousTestCase):
         """
         When the store shortens its write-ahead log for a nearly full disk,
         and lengthens it again, the server says so once each time, with the
-        room left.
+        file and the room left.
         """
         events = []
         self.patch(persistence, "_log", Logger(observer=events.append))
-        room = [200 * 1024 * 1024]
-        self.patch(store_module, "free_bytes", lambda path: room[0])
-
-        def write(value):
-            d = self.journal.save_report("a", value, 1.0, "http")
-            self.writer.run_next()
-            self.successResultOf(d)
-
-        write(1)
-        room[0] = 32 * 1024 * 1024
-        write(0)
-        write(1)
-        room[0] = 200 * 1024 * 1024
-        write(0)
+        room = [200 << 20]
+        self.patch(store_module, "disk_room", lambda directory: room[0])
+        db = Store.open(self.mktemp(), 10)
+        self.addCleanup(db.close)
+        journal = SQLiteJournal(run=maybeDeferred, store=db)
+        for free in (200 << 20, 32 << 20, 32 << 20, 100 << 20, 200 << 20, 200 << 20):
+            room[0] = free
+            self.successResultOf(journal.save_report("a", 1, 1.0, "http"))
         said = [(e["log_level"].name, e["pages"], e["free"]) for e in events]
-        self.assertEqual(said, [("warn", 80, 32 * 1024 * 1024), ("info", 1000, 200 * 1024 * 1024)])
-        self.assertIn("every 80 pages", formatEvent(events[0]))
-        self.assertEqual(len(self.store.history("a", 10)), 4)
+        self.assertEqual(said, [("warn", 80, 32 << 20), ("info", 1000, 200 << 20)])
+        self.assertEqual(
+            formatEvent(events[0]),
+            f"STATE_DB: {db.path}: only 32 MiB free on its disk: SQLite's write-ahead log is kept short "
+            "(a few hundred KB) until 128 MiB are free; make room on the disk")
+        self.assertEqual(
+            formatEvent(events[1]),
+            f"STATE_DB: {db.path}: 200 MiB free on its disk again: SQLite's write-ahead log is back to its "
+            "usual length (about 4 MB)")
+        self.assertEqual(len(db.history("a", 10)), 6)
 
     def test_nearly_full_disk_at_start_up_is_logged(self):
         """
-        A server that starts on a nearly full disk says at its first write
-        that it keeps the log short; one with room says nothing.
+        A server that starts on a nearly full disk says so as it opens the
+        store, once; one with room says nothing.
         """
         events = []
         self.patch(persistence, "_log", Logger(observer=events.append))
-        d = self.journal.save_report("a", 1, 1.0, "http")
-        self.writer.run_next()
-        self.successResultOf(d)
+        self.patch(store_module, "disk_room", lambda directory: 200 << 20)
+        roomy = SQLiteJournal(run=maybeDeferred)
+        roomy.open(self.mktemp(), 10)
+        self.addCleanup(roomy.store.close)
+        self.successResultOf(roomy.save_report("a", 1, 1.0, "http"))
         self.assertEqual(events, [])
-        self.patch(store_module, "free_bytes", lambda path: 100 * 1024 * 1024)
-        small = Store.open(self.mktemp(), 10)
-        self.addCleanup(small.close)
-        journal = SQLiteJournal(run=maybeDeferred, store=small)
+        self.patch(store_module, "disk_room", lambda directory: 100 << 20)
+        journal = SQLiteJournal(run=maybeDeferred)
+        journal.open(self.mktemp(), 10)
+        self.addCleanup(journal.store.close)
+        self.assertEqual([(e["pages"], e["free"]) for e in events], [(80, 100 << 20)])
         self.successResultOf(journal.save_report("a", 1, 1.0, "http"))
-        self.assertEqual([(e["pages"], e["free"]) for e in events], [(80, 100 * 1024 * 1024)])
+        self.assertEqual(len(events), 1)
+
+    def test_room_unknown_is_logged(self):
+        """
+        When the room on the disk cannot be told as the store opens, the
+        log is kept short, and the server says why.
+        """
+        events = []
+        self.patch(persistence, "_log", Logger(observer=events.append))
+        self.patch(store_module, "disk_room", lambda directory: None)
+        journal = SQLiteJournal(run=maybeDeferred)
+        journal.open(self.mktemp(), 10)
+        self.addCleanup(journal.store.close)
+        self.assertEqual([formatEvent(e) for e in events], [
+            f"STATE_DB: {journal.store.path}: the room left on its disk cannot be told: SQLite's write-ahead "
+            "log is kept short (a few hundred KB)"])
 
 
 class FailingCommit:

@@ -5,6 +5,7 @@ the history bound, on temporary database files.
 
 import hashlib
 import os
+import shutil
 import sqlite3
 
 from hypothesis import given, settings
@@ -724,11 +725,17 @@ class LogSizeTests(SynchronousTestCase):
                 [(db.save_report, (f"plug{i % 20}", i % 2, float(i), "http")) for i in range(n, n + 4)])
             self.assertEqual(outcomes, [None] * 4)
 
-    def log_pages(self, db: Store) -> int:
+    def log_pages(self, path: str) -> int:
         """
-        Pages of log now in the file beside C{db}'s database.
+        Pages of log now in the file beside the database at C{path}.
         """
-        return os.path.getsize(db._path + "-wal") // 4096
+        return os.path.getsize(path + "-wal") // 4096
+
+    def room(self, free: int) -> None:
+        """
+        From now on the store sees C{free} bytes free on its disk.
+        """
+        self.patch(store, "disk_room", lambda directory: free)
 
     def test_long_log_with_room(self):
         """
@@ -736,45 +743,99 @@ class LogSizeTests(SynchronousTestCase):
         past 80 pages before SQLite copies it into the database.
         """
         path = self.mktemp()
-        free = store.free_bytes(path)
+        free = store.disk_room(".")
         self.assertGreaterEqual(free, store.ROOMY_DISK, "the test needs a disk with 128 MiB free")
         db = Store.open(path, 10000)
         self.addCleanup(db.close)
         self.assertEqual((db.log_pages, pragma(path, "wal_autocheckpoint")), (1000, 1000))
         self.report_many(db, 800)
-        self.assertGreater(self.log_pages(db), 300)
+        self.assertGreater(self.log_pages(path), 300)
 
     def test_short_log_on_a_nearly_full_disk(self):
         """
         A 200 MiB disk: the long log while more than 64 MiB are free; below
-        that the log is copied and truncated at the next write and then kept
-        under 80 pages and a group; once 128 MiB are free again, the long
-        log is back.  Between the two thresholds the log stays as it was.
+        that the log file is cut back to 512 KiB within a few writes and then
+        kept under 80 pages and a group; once 128 MiB are free again, the
+        long log is back.  Between the two thresholds the log stays as it
+        was.
         """
         directory = small_disk(self, "200m")
-        db = Store.open(os.path.join(directory, "state.sqlite"), 10000)
+        path = os.path.join(directory, "state.sqlite")
+        db = Store.open(path, 10000)
         self.addCleanup(db.close)
         self.assertEqual(db.log_pages, 1000)
         filler = fill(directory, leave=96 * 1024 * 1024)
         self.report_many(db, 800)
         self.assertEqual(db.log_pages, 1000)
-        self.assertGreater(self.log_pages(db), 300)
+        self.assertGreater(self.log_pages(path), 300)
         os.remove(filler)
         filler = fill(directory, leave=32 * 1024 * 1024)
         self.report_many(db, 4)
         self.assertEqual(db.log_pages, 80)
-        self.assertLess(self.log_pages(db), 20)
+        self.report_many(db, 40)
+        self.assertLessEqual(self.log_pages(path), 128)
         self.report_many(db, 800)
-        self.assertLess(self.log_pages(db), 100)
+        self.assertLessEqual(self.log_pages(path), 128)
         release(filler, 80 * 1024 * 1024)
         self.report_many(db, 4)
         self.assertEqual(db.log_pages, 80)
         release(filler, 32 * 1024 * 1024)
         self.report_many(db, 800)
         self.assertEqual(db.log_pages, 1000)
-        # Every report is kept: 40 of each plug per 800, one per 4 to plugs 0-3.
-        self.assertEqual(len(db.history("plug3", 10000)), 3 * 40 + 2)
-        self.assertEqual(len(db.history("plug4", 10000)), 3 * 40)
+        self.assertGreater(self.log_pages(path), 300)
+        # Every report is kept: 40 of each plug per 800, 2 per 40, and one
+        # of plugs 0-3 per 4.
+        self.assertEqual(len(db.history("plug3", 10000)), 3 * 40 + 2 + 2)
+        self.assertEqual(len(db.history("plug4", 10000)), 3 * 40 + 2)
+
+    def test_short_log_waits_for_no_reader(self):
+        """
+        A backup reading the database when the disk gets nearly full does
+        not hold up the writes: they are committed together, as ever, and
+        the log file is cut back once the reader is done.
+        """
+        self.room(200 << 20)
+        path = self.mktemp()
+        db = Store.open(path, 10000)
+        self.addCleanup(db.close)
+        self.report_many(db, 800)
+        reader = store.connect(path)
+        self.addCleanup(reader.close)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM history").fetchone()
+        self.room(32 << 20)
+        self.report_many(db, 40)
+        self.assertEqual(db.log_pages, 80)
+        self.assertFalse(db.needs_checkpoint)
+        self.assertGreater(self.log_pages(path), 300)
+        reader.execute("COMMIT")
+        self.report_many(db, 40)
+        self.assertLessEqual(self.log_pages(path), 128)
+
+    def test_long_log_left_from_before_a_restart(self):
+        """
+        A store opened on a nearly full disk next to a long log left by a
+        server that was killed cuts that log back within a few writes, and
+        keeps every report in it.
+        """
+        self.room(200 << 20)
+        path = self.mktemp()
+        db = Store.open(path, 10000)
+        self.addCleanup(db.close)
+        self.report_many(db, 800)
+        self.assertGreater(self.log_pages(path), 300)
+        # What a kill -9 leaves: the database and its log, not yet copied.
+        killed = self.mktemp()
+        shutil.copyfile(path, killed)
+        shutil.copyfile(path + "-wal", killed + "-wal")
+        self.room(32 << 20)
+        again = Store.open(killed, 10000)
+        self.addCleanup(again.close)
+        self.assertEqual(again.log_pages, 80)
+        self.assertEqual(len(again.history("plug0", 10000)), 40)
+        self.report_many(again, 40)
+        self.assertLessEqual(self.log_pages(killed), 128)
+        self.assertEqual(len(again.history("plug0", 10000)), 42)
 
     def test_short_log_when_opened_between_thresholds(self):
         """
@@ -784,14 +845,29 @@ class LogSizeTests(SynchronousTestCase):
         directory = small_disk(self, "100m")
         db = Store.open(os.path.join(directory, "state.sqlite"), 10000)
         self.addCleanup(db.close)
-        self.assertEqual(db.log_pages, 80)
+        self.assertEqual((db.log_pages, db.log_free // (1 << 20)), (80, 99))
 
     def test_room_unknown(self):
         """
         When the room on the disk cannot be told, the log stays as it is.
         """
+        self.room(200 << 20)
         db = Store.open(self.mktemp(), 10000)
         self.addCleanup(db.close)
-        self.patch(store, "free_bytes", lambda path: None)
+        self.room(None)
         db.fit_log()
-        self.assertEqual(db.log_pages, 1000)
+        self.assertEqual((db.log_pages, db.log_free), (1000, None))
+
+    def test_room_of_the_linked_file(self):
+        """
+        When STATE_DB is a link, the room is that of the disk the database
+        is on, not the link's.
+        """
+        directory = small_disk(self, "100m")
+        target = os.path.join(directory, "state.sqlite")
+        link = os.path.abspath(self.mktemp())
+        os.symlink(target, link)
+        db = Store.open(link, 10000)
+        self.addCleanup(db.close)
+        self.assertEqual(db.log_pages, 80)
+        self.assertTrue(os.path.exists(target + "-wal"))

@@ -52,6 +52,10 @@ WS_SEND_BUFFER = 64 * 1024
 # one does not switch the log back and forth).
 WAL_PAGES = 1000
 WAL_PAGES_LOW_DISK = 80
+# With the short log, SQLite truncates a longer log file (one written before
+# the disk filled up, or before a restart) to this when it starts the log
+# over, which it does once the log is copied and no reader still needs it.
+WAL_BYTES_LOW_DISK = 512 * 1024
 LOW_DISK = 64 * 1024 * 1024
 ROOMY_DISK = 128 * 1024 * 1024
 # Tweets waiting for their turn; beyond this the oldest is dropped.

@@ -33,7 +33,7 @@ from twisted.python.threadpool import ThreadPool
 
 from ..core.display import Display
 from ..core.journal import StoreFailed
-from ..core.limits import WAL_PAGES
+from ..core.limits import ROOMY_DISK, WAL_PAGES
 from ..server.services import StartupError, ThreadPoolService
 from .lock import Locked, hold, lock_path
 from .store import Store, UnusableDatabase
@@ -71,7 +71,7 @@ class SQLiteJournal:
         # Waiting for the end of the turn to hand the queue over.
         self._gathering = False
         # The store's log length last logged (Store.fit_log): a server
-        # that starts on a nearly full disk says so at its first write.
+        # that starts on a nearly full disk says so as it opens the store.
         self._log_pages = WAL_PAGES
 
     def open(self, path: str, keep: int) -> tuple[list, Optional[Display]]:
@@ -84,6 +84,7 @@ class SQLiteJournal:
         @raise sqlite3.Error, UnusableDatabase: the file cannot be used.
         """
         self.store = Store.open(path, keep)
+        self._log_length()
         return self.store.plugs(), self.store.display(), self.store.streams()
 
     def _run(self, f: Callable[..., Any], *args) -> Deferred:
@@ -152,16 +153,21 @@ class SQLiteJournal:
         left on its disk (L{Store.fit_log}).
         """
         pages = self.store.log_pages
-        if pages != self._log_pages:
-            free = self.store.log_free
-            if pages < self._log_pages:
-                _log.warn("STATE_DB: {free} bytes free on its disk: SQLite's write-ahead log is now copied "
-                          "into the database every {pages} pages, so that it cannot take the last room",
-                          free=free, pages=pages)
-            else:
-                _log.info("STATE_DB: {free} bytes free on its disk again: SQLite's write-ahead log is copied "
-                          "into the database every {pages} pages again", free=free, pages=pages)
+        if pages == self._log_pages:
+            return
         self._log_pages = pages
+        path, free = self.store.path, self.store.log_free
+        room = None if free is None else f"{free / (1 << 20):.0f} MiB"
+        if pages == WAL_PAGES:
+            _log.info("STATE_DB: {path}: {room} free on its disk again: SQLite's write-ahead log is back to "
+                      "its usual length (about 4 MB)", path=path, room=room, free=free, pages=pages)
+        elif free is None:
+            _log.warn("STATE_DB: {path}: the room left on its disk cannot be told: SQLite's write-ahead log "
+                      "is kept short (a few hundred KB)", path=path, room=room, free=free, pages=pages)
+        else:
+            _log.warn("STATE_DB: {path}: only {room} free on its disk: SQLite's write-ahead log is kept short "
+                      "(a few hundred KB) until {roomy} MiB are free; make room on the disk",
+                      path=path, room=room, free=free, pages=pages, roomy=ROOMY_DISK >> 20)
 
     def _answered(self, result, waiting: list, each: bool = False) -> None:
         # The writer thread is free: give it what queued up meanwhile

@@ -21,7 +21,7 @@ from ..core.display import Display, InvalidDisplay, validate_display
 from ..core.history import new_epoch
 from ..core.hub import Plug
 from ..core.journal import HistoryEntry
-from ..core.limits import LOW_DISK, ROOMY_DISK, WAL_PAGES, WAL_PAGES_LOW_DISK
+from ..core.limits import LOW_DISK, ROOMY_DISK, WAL_BYTES_LOW_DISK, WAL_PAGES, WAL_PAGES_LOW_DISK
 
 # "SmPg": marks the file as ours (PRAGMA application_id, bytes 68-71).
 APPLICATION_ID = 0x536D5067
@@ -202,13 +202,21 @@ def disk_trouble(error: BaseException) -> bool:
     return code is not None and (code & 0xFF) in _DISK_CODES
 
 
-def free_bytes(path: str) -> Optional[int]:
+def disk_of(path: str) -> str:
     """
-    The bytes free on the file system of the file C{path}, or C{None} if
-    that cannot be told.
+    The directory the file C{path} is in, links followed: the file system
+    SQLite writes it on.
+    """
+    return os.path.dirname(os.path.realpath(path))
+
+
+def disk_room(directory: str) -> Optional[int]:
+    """
+    The bytes free on the file system of C{directory}, or C{None} if that
+    cannot be told.
     """
     try:
-        stat = os.statvfs(os.path.dirname(os.path.abspath(path)))
+        stat = os.statvfs(directory)
     except OSError:
         return None
     return stat.f_bavail * stat.f_frsize
@@ -219,7 +227,7 @@ def free_space(path: str) -> str:
     ", N bytes free on its file system" for the file system of C{path}, or
     "" if that cannot be told.
     """
-    free = free_bytes(path)
+    free = disk_room(disk_of(path))
     return "" if free is None else f", {free} bytes free on its file system"
 
 
@@ -348,10 +356,18 @@ class Store:
         # not be emptied since: the next write empties it first.
         self.needs_checkpoint = False
         # Pages of log after which SQLite copies it into the database
-        # (fit_log); Store.open sets the small log's.
+        # (fit_log); Store.open sets the short log's.
         self.log_pages = WAL_PAGES_LOW_DISK
-        # Bytes free on the disk when fit_log last looked.
+        # Bytes free on the disk when fit_log last looked, if it could tell.
         self.log_free: Optional[int] = None
+        self._disk = disk_of(path)
+
+    @property
+    def path(self) -> str:
+        """
+        The database file, as C{STATE_DB} names it.
+        """
+        return self._path
 
     @classmethod
     def open(cls, path: str, keep: int) -> "Store":
@@ -376,8 +392,9 @@ class Store:
             # WAL: readers (the backup) never block the writer, and a commit
             # is one append.  Set on every open: a restored backup has none.
             db.execute("PRAGMA journal_mode = WAL")
-            # The small log until the disk is known to have room (fit_log).
+            # The short log until the disk is known to have room (fit_log).
             db.execute(f"PRAGMA wal_autocheckpoint = {WAL_PAGES_LOW_DISK}")
+            db.execute(f"PRAGMA journal_size_limit = {WAL_BYTES_LOW_DISK}")
             upgrade(db, version)
             # FULL: a commit is on disk, not only in the OS's cache, before
             # the HTTP 200 goes out; a power cut then loses nothing either.
@@ -408,35 +425,36 @@ class Store:
         default, and that is kept while the disk has room: each copy rewrites
         the pages the commits since the last one touched and syncs the
         database file, so a longer log means fewer of both, which matters to
-        a flash card's wear and to a report's cost (about 10 µs of the
-        writer's CPU per report under load, against copies every 80 pages).
+        a flash card's wear and to a report's cost (3-11 µs of the writer's
+        CPU per report under load, against copies every 80 pages).
 
         On a nearly full disk (less than L{LOW_DISK} free) the log could take
         the last room, and then a copy, which needs a little room for the
         database to grow, could not run to give it back.  So there the log
         is copied every 80 pages (a dozen reports or more, each with its
-        smartplug publication), which keeps it under 350 KB, and is copied
-        and truncated at once, giving back what it took; from L{ROOMY_DISK}
-        free the long log comes back.  Run before each group of writes; a
-        disk whose room cannot be told keeps the log as it is.
+        smartplug publication), and a longer log file is cut back to
+        L{WAL_BYTES_LOW_DISK} when SQLite next starts the log over (once it
+        is copied and no reader, such as a backup, still needs it: nothing
+        here waits for a reader); from L{ROOMY_DISK} free the long log comes
+        back.  Between the two, the log stays as it is, and a store opens
+        with the short one.  Run before each group of writes; a disk whose
+        room cannot be told keeps the log as it is.
         """
-        free = free_bytes(self._path)
+        free = self.log_free = disk_room(self._disk)
         if free is None:
             return
-        self.log_free = free
         if free < LOW_DISK or (free < ROOMY_DISK and self.log_pages != WAL_PAGES):
-            pages = WAL_PAGES_LOW_DISK
+            pages, limit = WAL_PAGES_LOW_DISK, WAL_BYTES_LOW_DISK
         else:
-            pages = WAL_PAGES
+            pages, limit = WAL_PAGES, -1
         if pages == self.log_pages:
             return
         try:
+            self._db.execute(f"PRAGMA journal_size_limit = {limit}")
             self._db.execute(f"PRAGMA wal_autocheckpoint = {pages}")
         except sqlite3.Error:
             return
         self.log_pages = pages
-        if pages == WAL_PAGES_LOW_DISK:
-            self.checkpoint()
 
     def _write(self, work, *args) -> None:
         """
@@ -444,9 +462,10 @@ class Store:
 
         In WAL mode every commit is appended to the write-ahead log, which
         is only emptied by a checkpoint, and SQLite's own checkpoint waits
-        for 1000 pages (4 MB) of log.  On a small or nearly full disk the
-        log fills the disk first, and then every later write fails too,
-        even once some room is freed, since the log only grows.  So after a
+        for 1000 pages (4 MB) of log while the disk has room (L{fit_log}).
+        When a disk fills up faster than that, the log fills it first, and
+        then every later write fails too, even once some room is freed,
+        since the log only grows.  So after a
         write that fails for want of disk, the log is copied into the
         database and truncated (C{wal_checkpoint(TRUNCATE)}), which gives
         back all of its space, and the write is tried once more; if the
