@@ -84,7 +84,7 @@ class SQLiteJournal:
         @raise sqlite3.Error, UnusableDatabase: the file cannot be used.
         """
         self.store = Store.open(path, keep)
-        self._log_length()
+        self._log_length(self.store.log_pages, self.store.log_free)
         return self.store.plugs(), self.store.display(), self.store.streams()
 
     def _run(self, f: Callable[..., Any], *args) -> Deferred:
@@ -144,20 +144,24 @@ class SQLiteJournal:
     def _committed(self, outcomes, waiting: list) -> None:
         if isinstance(outcomes, Failure):
             outcomes = [outcomes] * len(waiting)
-        self._log_length()
+        # Read while the writer thread is idle, said once the callers have
+        # their answers.
+        length = (self.store.log_pages, self.store.log_free)
         self._answered([_as_failure(outcome) for outcome in outcomes], waiting, each=True)
+        self._log_length(*length)
 
-    def _log_length(self) -> None:
+    def _log_length(self, pages: int, free: Optional[int]) -> None:
         """
-        Say so when the store has changed its log's length for the room
-        left on its disk (L{Store.fit_log}).
+        Say so when the store has changed its log's length (C{pages}) for
+        the room left on its disk (C{free} bytes, C{None} if unknown;
+        L{Store.fit_log}).
         """
-        pages = self.store.log_pages
         if pages == self._log_pages:
             return
         self._log_pages = pages
-        path, free = self.store.path, self.store.log_free
-        room = None if free is None else f"{free / (1 << 20):.0f} MiB"
+        path = self.store.path
+        # Rounded down: "64 MiB" is never said below the 64 MiB threshold.
+        room = None if free is None else f"{free >> 20} MiB"
         if pages == WAL_PAGES:
             _log.info("STATE_DB: {path}: {room} free on its disk again: SQLite's write-ahead log is back to "
                       "its usual length (about 4 MB)", path=path, room=room, free=free, pages=pages)
