@@ -465,12 +465,12 @@ class Store:
         for 1000 pages (4 MB) of log while the disk has room (L{fit_log}).
         When a disk fills up faster than that, the log fills it first, and
         then every later write fails too, even once some room is freed,
-        since the log only grows.  So after a
-        write that fails for want of disk, the log is copied into the
-        database and truncated (C{wal_checkpoint(TRUNCATE)}), which gives
-        back all of its space, and the write is tried once more; if the
-        checkpoint cannot run either (no room for the database to grow),
-        the next write tries it first.
+        since the log only grows.  So after a write that fails for want of
+        disk, the log is copied into the database and truncated
+        (C{wal_checkpoint(TRUNCATE)}), which gives back all of its space,
+        and the write is tried once more; if the checkpoint cannot run
+        either (no room for the database to grow), the next write tries it
+        first.
         """
         if self._db.in_transaction:
             # Part of a group (L{write_together}): on any failure the group
