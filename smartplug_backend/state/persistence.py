@@ -162,16 +162,16 @@ class SQLiteJournal:
         path = self.store.path
         # Rounded down: "64 MiB" is never said below the 64 MiB threshold.
         room = None if free is None else f"{free >> 20} MiB"
+        fields = dict(path=path, room=room, free=free, pages=pages, roomy=ROOMY_DISK >> 20)
         if pages == WAL_PAGES:
             _log.info("STATE_DB: {path}: {room} free on its disk again: SQLite's write-ahead log is back to "
-                      "its usual length (about 4 MB)", path=path, room=room, free=free, pages=pages)
+                      "its usual length (about 4 MB)", **fields)
         elif free is None:
             _log.warn("STATE_DB: {path}: the room left on its disk cannot be told: SQLite's write-ahead log "
-                      "is kept short (a few hundred KB)", path=path, room=room, free=free, pages=pages)
+                      "is kept short (a few hundred KB)", **fields)
         else:
             _log.warn("STATE_DB: {path}: only {room} free on its disk: SQLite's write-ahead log is kept short "
-                      "(a few hundred KB) until {roomy} MiB are free; make room on the disk",
-                      path=path, room=room, free=free, pages=pages, roomy=ROOMY_DISK >> 20)
+                      "(a few hundred KB) until {roomy} MiB are free; make room on the disk", **fields)
 
     def _answered(self, result, waiting: list, each: bool = False) -> None:
         # The writer thread is free: give it what queued up meanwhile
@@ -244,7 +244,7 @@ class StoreService(ThreadPoolService):
     @param pool: the writer thread (one thread).
     """
 
-    _log = Logger(namespace="smartplug_backend.state.store")
+    _log = _log
 
     def __init__(self, path: str, keep: int, journal: SQLiteJournal, hub, pool: ThreadPool, reactor) -> None:
         super().__init__(pool, reactor)
