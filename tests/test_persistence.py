@@ -382,6 +382,24 @@ class GroupCommitTests(SynchronousTestCase):
         self.successResultOf(journal.save_report("a", 1, 1.0, "http"))
         self.assertEqual(len(events), 1)
 
+    def test_small_disk_is_not_warned_about(self):
+        """
+        A disk that can never have 128 MiB free keeps the short log for
+        good: the server says so once, as news, without asking for room
+        it cannot make.
+        """
+        events = []
+        self.patch(persistence, "_log", Logger(observer=events.append))
+        self.patch(store_module, "disk_room", lambda directory: 90 << 20)
+        self.patch(store_module, "disk_size", lambda directory: (100 << 20) - 1)
+        journal = SQLiteJournal(run=maybeDeferred)
+        journal.open(self.mktemp(), 10)
+        self.addCleanup(journal.store.close)
+        self.successResultOf(journal.save_report("a", 1, 1.0, "http"))
+        self.assertEqual([(e["log_level"].name, formatEvent(e)) for e in events], [
+            ("info", f"STATE_DB: {journal.store.path}: its disk holds only 99 MiB: SQLite's write-ahead log "
+                     "is kept short (a few hundred KB)")])
+
     def test_room_unknown_is_logged(self):
         """
         When the room on the disk cannot be told as the store opens, the

@@ -874,6 +874,20 @@ class LogSizeTests(SynchronousTestCase):
         db.fit_log()
         self.assertEqual((db.log_pages, db.log_free), (1000, None))
 
+    def test_disk_size(self):
+        """
+        The store knows the most room its disk can have: about the size of
+        a 100 MiB disk, even when it is nearly full.
+        """
+        directory = small_disk(self, "100m")
+        fill(directory, leave=1 << 20)
+        db = Store.open(os.path.join(directory, "state.sqlite"), 10000)
+        self.addCleanup(db.close)
+        self.assertTrue(99 << 20 <= db.disk_size <= 100 << 20, db.disk_size)
+        self.assertLess(store.disk_room(directory), 2 << 20)
+        self.assertGreater(store.disk_size("."), store.ROOMY_DISK)
+        self.assertIsNone(store.disk_size(os.path.join(directory, "nowhere")))
+
     def test_room_of_the_linked_file(self):
         """
         When STATE_DB is a link, the room is that of the disk the database

@@ -166,6 +166,10 @@ class SQLiteJournal:
         if pages == WAL_PAGES:
             _log.info("STATE_DB: {path}: {room} free on its disk again: SQLite's write-ahead log is back to "
                       "its usual length (about 4 MB)", **fields)
+        elif self.store.disk_size is not None and self.store.disk_size < ROOMY_DISK:
+            # Nothing to do about it: no warning at every start.
+            _log.info("STATE_DB: {path}: its disk holds only {size} MiB: SQLite's write-ahead log is kept "
+                      "short (a few hundred KB)", size=self.store.disk_size >> 20, **fields)
         elif free is None:
             _log.warn("STATE_DB: {path}: the room left on its disk cannot be told: SQLite's write-ahead log "
                       "is kept short (a few hundred KB)", **fields)

@@ -210,16 +210,30 @@ def disk_of(path: str) -> str:
     return os.path.dirname(os.path.realpath(path))
 
 
+def _statvfs(directory: str) -> Optional[os.statvfs_result]:
+    try:
+        return os.statvfs(directory)
+    except OSError:
+        return None
+
+
 def disk_room(directory: str) -> Optional[int]:
     """
     The bytes free on the file system of C{directory}, or C{None} if that
     cannot be told.
     """
-    try:
-        stat = os.statvfs(directory)
-    except OSError:
-        return None
-    return stat.f_bavail * stat.f_frsize
+    stat = _statvfs(directory)
+    return None if stat is None else stat.f_bavail * stat.f_frsize
+
+
+def disk_size(directory: str) -> Optional[int]:
+    """
+    The most bytes the file system of C{directory} can ever have free for
+    this server (its size less what is kept for root), or C{None} if that
+    cannot be told.
+    """
+    stat = _statvfs(directory)
+    return None if stat is None else (stat.f_blocks - (stat.f_bfree - stat.f_bavail)) * stat.f_frsize
 
 
 def free_space(path: str) -> str:
@@ -361,6 +375,9 @@ class Store:
         # Bytes free on the disk when fit_log last looked, if it could tell.
         self.log_free: Optional[int] = None
         self._disk = disk_of(path)
+        # The most room the disk can have (disk_size): one smaller than
+        # ROOMY_DISK never gets the long log back.
+        self.disk_size = disk_size(self._disk)
 
     @property
     def path(self) -> str:
