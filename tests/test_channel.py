@@ -3,15 +3,18 @@ Tests for the HTTP listener (smartplug_backend.http.channel): the plug firmware'
 bare-LF request, fed byte for byte to the real Site.
 """
 
+import json
+
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
+from twisted.logger import Logger, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from smartplug_backend.core.hub import Hub
 from smartplug_backend.http.api import make_app
-from smartplug_backend.http.channel import make_site
+from smartplug_backend.http.channel import NotUTF8, make_site
 from smartplug_backend.http.ingest import ingest_routes
 
 from .helpers import SYNC_BRIDGE, SynchronousReactor, SynchronousThreadPool
@@ -278,3 +281,60 @@ class MalformedRequestTests(SynchronousTestCase):
             self.assertTrue(answer_head.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer_head)
             self.assertEqual(body, b'{"error": "malformed HTTP request"}')
             self.assertTrue(transport.disconnecting)
+
+
+class NotUTF8Tests(SynchronousTestCase):
+    """
+    A request with bytes that are not UTF-8 in its path (escaped or not),
+    query or any header gets 400 with a JSON error naming the part, on
+    every route, before the route reads it (SPEC 6.3); the log says so.
+    """
+
+    def setUp(self):
+        self.hub = Hub()
+        self.site = make_site(make_app(self.hub, SYNC_BRIDGE), SynchronousReactor(), SynchronousThreadPool(),
+                              fast=ingest_routes(self.hub, None))
+        self.events = []
+        self.patch(NotUTF8, "_log", Logger(observer=self.events.append))
+
+    def answer(self, request: bytes) -> tuple:
+        channel = self.site.buildProtocol(IPv4Address("TCP", "10.0.0.1", 4000))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.1", 4000))
+        channel.makeConnection(transport)
+        channel.dataReceived(request)
+        head, _, body = transport.value().partition(b"\r\n\r\n")
+        return head.split(b"\r\n")[0], body
+
+    def test_refused(self):
+        self.hub.report("ab", 1, "http", "10.0.0.2")
+        report = b'{"id": "cd", "value": 1}'
+        for request, error in [
+            # Bottle alone would drop the byte and answer plug ab.
+            (b"GET /plugs/ab%ff HTTP/1.1\r\nHost: x\r\n\r\n", "the path is not UTF-8"),
+            (b"GET /plugs?x=%fe HTTP/1.1\r\nHost: x\r\n\r\n", "the query is not UTF-8"),
+            (b"POST /data HTTP/1.1\r\nHost: x\r\nX-Other: \xff\r\nContent-Length: 24\r\n\r\n" + report,
+             "header X-Other is not UTF-8"),
+            (b"POST /publish?clientName=k%fcche HTTP/1.1\r\nHost: x\r\nContent-Length: 14\r\n\r\n"
+             b'{"event": "e"}', "the query is not UTF-8"),
+            (b"GET /ui/%c3 HTTP/1.1\r\nHost: x\r\n\r\n", "the path is not UTF-8"),
+        ]:
+            self.assertEqual(self.answer(request), (b"HTTP/1.1 400 Bad Request", json.dumps({"error": error}).encode()))
+        self.assertEqual([p.id for p in self.hub.plugs()], ["ab"])
+        self.assertEqual(json.loads(self.hub.pubsub.history_page("e", 0, 10))["publications"], [])
+        self.assertEqual([formatEvent(e) for e in self.events][:2], [
+            "HTTP client 10.0.0.1: the path is not UTF-8; answered 400",
+            "HTTP client 10.0.0.1: the query is not UTF-8; answered 400"])
+        self.assertEqual(len(self.events), 5)
+
+    def test_utf8_accepted(self):
+        """
+        UTF-8 in the path (escaped: twisted.web takes only ASCII in a
+        request line) and in a header is read as what it says.
+        """
+        self.assertEqual(self.answer(b"GET /plugs/k%C3%BCche HTTP/1.1\r\nHost: x\r\n\r\n"),
+                         (b"HTTP/1.1 404 Not Found", '{"error": "unknown plug id: k\\u00fcche"}'.encode()))
+        report = '{"id": "küche", "value": 1}'.encode()
+        request = b"POST /data HTTP/1.1\r\nHost: x\r\nX-Other: \xc3\xbc\r\nContent-Length: %d\r\n\r\n%s"
+        self.assertEqual(self.answer(request % (len(report), report)), (b"HTTP/1.1 200 OK", b"{}"))
+        self.assertEqual(self.answer(b"GET /plugs/k%C3%BCche HTTP/1.1\r\nHost: x\r\n\r\n")[0], b"HTTP/1.1 200 OK")
+        self.assertEqual(self.events, [])

@@ -187,6 +187,35 @@ class FieldEndToEndTests(TestCase):
         client.process_subscriptions()
         self.assertEqual(received, ["test", "test2"])
 
+    def test_picloud_client_python_names_beyond_ascii(self):
+        """
+        picloud-client-python with a name beyond ASCII: its socket client
+        (which puts the name in the URL as UTF-8) shows as that name; its
+        HTTP client, whose requests sends a str header as Latin-1, is
+        refused with 400 (SPEC 6.3) and raises, so nothing is lost
+        unnoticed; given the name as UTF-8 bytes it publishes.
+        """
+        import websocket
+        from picloud_client import HttpClient, PublishError, SocketClient
+
+        self.addCleanup(websocket.setdefaulttimeout, websocket.getdefaulttimeout())
+        websocket.setdefaulttimeout(10)
+        host = f"127.0.0.1:{self.server.ports['app WebSocket']}"
+        client = SocketClient(url=f"ws://{host}", api_key=KEY, client_name="Küche")
+        self.addCleanup(client._pub_connection.close)
+        self.addCleanup(client._sub_connection.close)
+        received = []
+        client.subscribe(event="kitchen", callback=lambda data: received.append(data))
+        self.wait_for_subscription("kitchen")
+        self.server.wait_for(r"app connected from 127\.0\.0\.1 \(subscribe, Küche\)")
+        with self.assertRaises(PublishError):
+            HttpClient(url=self.server.url(""), api_key=KEY, client_name="Küche").publish(event="kitchen", data="lost")
+        self.server.wait_for(r"HTTP client 127\.0\.0\.1: header X-Api-Client-Name is not UTF-8; answered 400")
+        HttpClient(url=self.server.url(""), api_key=KEY, client_name="Küche".encode()).publish(
+            event="kitchen", data="kept")
+        client.process_subscriptions()
+        self.assertEqual(received, ["kept"])
+
     def test_keepalive_on_every_port(self):
         """
         The server's side of every accepted connection (HTTP, app and device

@@ -5,6 +5,8 @@ every WebSocket listener shares (SPEC 6.3): message and frame size, handshake
 size, the handshake deadline.
 """
 
+import json
+
 import txaio
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.task import Clock
@@ -420,3 +422,54 @@ class HandshakeLimitTests(SynchronousTestCase):
         server.dataReceived(HANDSHAKE[:10])
         server.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class HandshakeUTF8Tests(SynchronousTestCase):
+    """
+    An opening handshake with bytes that are not UTF-8 in its path, query or
+    a header is refused with 400 and a text body naming the part (SPEC
+    6.3); UTF-8 in them, sent as it is or escaped, reads as what it says.
+    """
+
+    def setUp(self):
+        self.hub = Hub()
+        self.factory = AppFactory(self.hub, clock=Clock())
+        self.factory.setProtocolOptions(autoPingInterval=0)
+
+    def handshake(self, target: bytes, header: bytes = b"") -> tuple:
+        server, transport = accept(self.factory, "10.0.0.9")
+        server.dataReceived(HANDSHAKE.replace(b"GET / ", b"GET " + target + b" ").replace(
+            b"\r\n\r\n", b"\r\n" + header + b"\r\n\r\n" if header else b"\r\n\r\n"))
+        return server, transport
+
+    def test_refused(self):
+        for target, header, why in [
+            (b"/subscribe?clientName=a", b"X-Other: \xff\xfe", b"header X-Other is not UTF-8\n"),
+            (b"/subscribe?clientName=k%FCche", b"", b"the query is not UTF-8\n"),
+            (b"/subscribe?clientName=k\xfcche", b"", b"the query is not UTF-8\n"),
+            (b"/sub%ffscribe", b"", b"the path is not UTF-8\n"),
+            (b"/", b"X-API-Client-Name: k\xfcche", b"header X-API-Client-Name is not UTF-8\n"),
+        ]:
+            server, transport = self.handshake(target, header)
+            answer = transport.value()
+            self.assertTrue(answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer)
+            self.assertTrue(answer.endswith(b"\r\n\r\n" + why), answer)
+            self.assertTrue(transport.disconnecting)
+            self.assertNotEqual(server.state, server.STATE_OPEN)
+        self.assertEqual(json.loads(self.hub.pubsub.info_frame())["all_connections"], None)
+
+    def test_utf8_names(self):
+        """
+        A client name in UTF-8, in the query as it is or escaped, or in the
+        header, is the name the client gave (Autobahn alone reads the head
+        as Latin-1: C{kÃ¼che}).
+        """
+        for target, header in [
+            (b"/subscribe?clientName=k\xc3\xbcche", b""),
+            (b"/subscribe?clientName=k%C3%BCche", b""),
+            (b"/subscribe", b"X-API-Client-Name: k\xc3\xbcche"),
+        ]:
+            server, transport = self.handshake(target, header)
+            self.assertTrue(transport.value().startswith(b"HTTP/1.1 101 "), transport.value())
+        names = [c["client_name"] for c in json.loads(self.hub.pubsub.info_frame())["all_connections"]]
+        self.assertEqual(names, ["küche"] * 3)

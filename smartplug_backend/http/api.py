@@ -113,9 +113,10 @@ def given(request: bottle.BaseRequest, header: str, param: str):
     the Bottle routes and the reactor-thread ingest routes alike.
     """
     # WSGI hands over every header and query value as bytes read as
-    # latin-1.  Bottle's own decoding raises on bytes that are not UTF-8 (a
-    # 500); read them with U+FFFD in their place instead, so such a key is an
-    # ordinary wrong key (401, counted toward a ban) and such a name a name.
+    # latin-1; they are UTF-8, since the site answers 400 to any request
+    # with bytes that are not (SPEC 6.3, http.channel.NotUTF8).  Should one
+    # get here all the same, U+FFFD stands in for them: Bottle's own decoding
+    # would raise (a 500).
     raw = request.environ.get("HTTP_" + header.upper().replace("-", "_")) or request.query.get(param)
     return _utf8(raw) or None
 

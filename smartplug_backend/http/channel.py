@@ -44,6 +44,7 @@ from zope.interface import implementer
 
 from ..core.limits import HTTP_IDLE_TIMEOUT, HTTP_REQUEST_TIMEOUT, MAX_BODY
 from ..internals import HTTPChannelSeams
+from ..server import utf8
 from ..ws.base import peer_host
 from .ingest import FastRoute
 
@@ -254,6 +255,28 @@ class Root(Resource):
         return self._app
 
 
+class NotUTF8(Resource):
+    """
+    The answer to a request with bytes that are not UTF-8 in its path, query
+    or a header (SPEC 6.3; L{utf8.problem}): 400 with a JSON error naming
+    the part, whatever the route, before any route reads the request.
+    """
+
+    isLeaf = True
+    _log = Logger(namespace="smartplug_backend.http.api")
+
+    def __init__(self, problem: str) -> None:
+        super().__init__()
+        self._problem = problem
+
+    def render(self, request) -> bytes:
+        self._log.info("HTTP client {peer}: {problem}; answered 400", peer=peer_host(request.transport),
+                       problem=self._problem)
+        request.setResponseCode(400)
+        request.setHeader(b"Content-Type", b"application/json")
+        return json.dumps({"error": self._problem}).encode()
+
+
 class QuietSite(Site):
     """
     A Site with the lenient channel and no per-request access log: reports
@@ -278,6 +301,10 @@ class QuietSite(Site):
     def getResourceFor(self, request):
         if self.timer is not None:
             self.timer.started(request)
+        headers = ((name, value) for name, values in request.requestHeaders.getAllRawHeaders() for value in values)
+        refused = utf8.problem(request.uri, headers)
+        if refused is not None:
+            return NotUTF8(refused)
         return super().getResourceFor(request)
 
     def log(self, request) -> None:

@@ -33,7 +33,7 @@ class AppProtocol(LenientServerProtocol):
     def onConnect(self, request):
         self._peer = peer_host(self.transport)
         self._route = picloud.ROUTES.get(request.path, "plugbuddy")
-        key, name = picloud.credentials(request.headers, request.params)
+        key, name = picloud.credentials(*self.text_of(request))
         if self._route == "plugbuddy":
             self._client_name = name or "plugbuddy"
             return None

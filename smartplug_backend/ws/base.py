@@ -10,6 +10,7 @@ import collections
 import collections.abc
 import http.client
 import re
+import urllib.parse
 from typing import Iterable
 
 from autobahn.twisted.websocket import WebSocketServerFactory
@@ -18,6 +19,7 @@ from zope.interface import implementer
 
 from ..core.limits import MAX_HANDSHAKE, MAX_MESSAGE, MAX_UNSENT, WS_HANDSHAKE_TIMEOUT, WS_SEND_BUFFER
 from ..internals import WebSocketServerSeams, read_options_from_factory, write_now
+from ..server import utf8
 from ..server.sockets import bound_send_buffer
 
 # What the kernel may hold for a WebSocket peer: its send buffer, fixed at
@@ -25,6 +27,18 @@ from ..server.sockets import bound_send_buffer
 KERNEL_HOLDS = 2 * WS_SEND_BUFFER
 
 _HOST_HEADER = re.compile(rb"\nhost[ \t]*:", re.IGNORECASE)
+
+
+def _target_and_headers(head: bytes) -> tuple[bytes, list]:
+    """
+    The request target and C{(name, value)} headers of an opening
+    handshake's request C{head}, split as Autobahn splits it (on any line
+    end).
+    """
+    lines = head.splitlines()
+    words = lines[0].split() if lines else []
+    target = words[1] if len(words) > 1 else b""
+    return target, [(name.strip(), value.strip()) for name, _, value in (line.partition(b":") for line in lines[1:])]
 
 
 def peer_host(transport) -> str:
@@ -128,9 +142,27 @@ class LenientServerProtocol(WebSocketServerSeams):
                 return self.failHandshake(f"opening handshake over {MAX_HANDSHAKE} bytes", 431)
             if end >= 0:
                 self._host_checked = True
+                target, headers = _target_and_headers(received[:end])
+                refused = utf8.problem(target, headers)
+                if refused is not None:
+                    return self.failHandshake(refused, 400)
+                self._target = target.decode("utf-8")
                 if not _HOST_HEADER.search(received[: end + 2]):
                     self.insert_header(b"Host: localhost\r\n")
         return super().processHandshake()
+
+    _target = ""
+
+    def text_of(self, request) -> tuple[dict, dict]:
+        """
+        The C{(headers, params)} of the opening handshake C{request} (as
+        C{onConnect} is given them) read as UTF-8, which they are
+        (L{utf8.problem}): Autobahn reads the head as Latin-1, so a UTF-8
+        name or key sent as it is (C{?clientName=küche}) would arrive as
+        C{kÃ¼che}.
+        """
+        headers = {name: value.encode("latin-1").decode("utf-8") for name, value in request.headers.items()}
+        return headers, urllib.parse.parse_qs(urllib.parse.urlparse(self._target).query)
 
     def sendHttpErrorResponse(self, code, reason, responseHeaders=None):
         # Autobahn puts its reason in the status line and sends no body; the
