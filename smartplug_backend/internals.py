@@ -9,6 +9,9 @@ versions and fails, naming the seam, when an upgrade changes it.  Everything
 else in the package uses these names and public APIs only.
 """
 
+import contextlib
+import os
+
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.internet import tcp
@@ -281,6 +284,48 @@ def set_log_formatter(observer, formatter) -> None:
     Make C{observer} turn each event into its text with C{formatter}.
     """
     observer.formatEvent = formatter
+
+
+# -- Twisted: twistd's daemon start-up ---------------------------------------
+
+
+def tell_daemon_parent(twistd_config, line: str) -> None:
+    """
+    When C{twistd smartplug} runs as a daemon, tell the process waiting in
+    the foreground that start-up failed, with C{line}, and remove the pid
+    file, as twistd does for an exception; otherwise do nothing.
+
+    Why: twistd's foreground parent waits, reading a pipe, until the
+    daemon writes how its start went; it writes only when starting the
+    application raises an C{Exception}.  Our one-line refusal ends the
+    process with C{SystemExit} (no traceback), which it does not catch, and
+    the parent holds the pipe's write end itself: it would wait for good
+    (C{make start} hung with a port taken).  No public API reaches the
+    pipe.  Relies on C{UnixApplicationRunner.daemonize} setting
+    C{config["statusPipe"]} (the pipe's file descriptor) in twistd's options
+    (C{twistd_config}: the plugin's options' C{parent}), on its parent's
+    C{_waitForStart} reading up to 100 bytes, C{b"0"} for success and
+    anything else for failure, printing all but its first two, and on
+    C{config["pidfile"]}.  Without C{statusPipe} (C{twistd -n}, or before
+    the daemon has forked) it does nothing.
+    """
+    if twistd_config is None:
+        return
+    try:
+        pipe = twistd_config["statusPipe"]
+    except KeyError:
+        return
+    if pipe is None:
+        return
+    try:
+        os.write(pipe, b"1 " + line.encode("ascii", "backslashreplace")[:98])
+        os.close(pipe)
+    except OSError:
+        pass
+    pidfile = twistd_config.get("pidfile")
+    if pidfile:
+        with contextlib.suppress(OSError):
+            os.unlink(pidfile)
 
 
 # -- python-twitter ---------------------------------------------------------

@@ -92,7 +92,7 @@ def _build(options: Options, reactor) -> MultiService:
 
     # Stopped last-added first, one at a time: listeners, then the WSGI
     # pool's requests, then the store they write to.
-    top = StopInOrder()
+    top = StopInOrder(twistd_config=getattr(options, "parent", None))
     # The server's own registry: /metrics serves it (SPEC 10).
     registry = new_registry()
     hub, shared_bans = _state(settings, reactor, top, registry)

@@ -5,7 +5,10 @@ installed versions, so that an upgrade that changes one fails here, loudly
 and by name, instead of quietly slowing or breaking the server.
 """
 
+import inspect
 import io
+import os
+import sys
 
 import requests
 import twitter
@@ -153,6 +156,64 @@ class TwistedLogSeamTests(SynchronousTestCase):
         internals.set_log_formatter(observer, own)
         observer({"log_format": "theirs", "log_time": 1.0, "log_system": "s"})
         self.assertTrue(out.getvalue().endswith(" [s] theirs\n"), "seam FileLogObserver.formatEvent")
+
+
+class TwistdDaemonSeamTests(SynchronousTestCase):
+    """
+    twistd's status pipe between its daemon and the command waiting in the
+    foreground, as L{internals.tell_daemon_parent} writes to it
+    (C{tests/test_daemon_e2e.py} runs the real thing).
+    """
+
+    def test_parent_reads_the_failure(self):
+        """
+        What is written is read by twistd's own C{_waitForStart} as a
+        failure (exit status 1) and printed; the pid file is removed.
+        """
+        from twisted.scripts._twistd_unix import ServerOptions, UnixApplicationRunner
+
+        read, write = os.pipe()
+        self.addCleanup(os.close, read)
+        pidfile = self.mktemp()
+        with open(pidfile, "w") as f:
+            f.write("1")
+        config = ServerOptions()
+        config["statusPipe"], config["pidfile"] = write, pidfile
+        internals.tell_daemon_parent(config, "smartplug: HTTP: cannot listen")
+        printed = io.StringIO()
+        self.patch(sys, "__stderr__", printed)
+        code = UnixApplicationRunner(config)._waitForStart(read)
+        self.assertEqual(code, 1, "seam UnixApplicationRunner._waitForStart")
+        self.assertIn("b'smartplug: HTTP: cannot listen'", printed.getvalue(), "seam _waitForStart")
+        self.assertFalse(os.path.exists(pidfile))
+
+    def test_status_pipe_key(self):
+        """
+        twistd still keeps the pipe under C{statusPipe} in its options, and
+        writes to it only when starting the application raises an Exception.
+        """
+        from twisted.scripts._twistd_unix import UnixApplicationRunner
+
+        source = inspect.getsource(UnixApplicationRunner)
+        self.assertIn('self.config["statusPipe"] = ', source, "seam config['statusPipe']")
+        self.assertIn("except Exception", inspect.getsource(UnixApplicationRunner.postApplication),
+                      "seam postApplication")
+
+    def test_nothing_without_a_pipe(self):
+        """
+        Under C{twistd -n} (no pipe) and without twistd's options, nothing is
+        done.
+        """
+        from twisted.scripts._twistd_unix import ServerOptions
+
+        pidfile = self.mktemp()
+        with open(pidfile, "w") as f:
+            f.write("1")
+        config = ServerOptions()
+        config["pidfile"] = pidfile
+        internals.tell_daemon_parent(config, "x")
+        internals.tell_daemon_parent(None, "x")
+        self.assertTrue(os.path.exists(pidfile))
 
 
 class PythonTwitterSeamTests(SynchronousTestCase):

@@ -9,6 +9,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 
+from ..internals import tell_daemon_parent
 from .services import StartupError, exit_startup
 
 
@@ -25,22 +26,35 @@ class StopInOrder(MultiService):
     the requests it has, then closes the store.
 
     As the root service it is also where a child's L{StartupError} ends
-    start-up: one line on stderr, exit status 1.
+    start-up: one line on stderr, exit status 1; under C{twistd smartplug}
+    (a daemon) that line goes to the log, and the command waiting in the
+    foreground is told, so that it prints it and exits 1.
+
+    @param twistd_config: twistd's own options (the plugin options'
+        C{parent}), or C{None}.
     """
 
     _log = Logger(namespace="smartplug_backend")
+
+    def __init__(self, twistd_config=None) -> None:
+        super().__init__()
+        self._twistd_config = twistd_config
 
     def privilegedStartService(self) -> None:
         try:
             super().privilegedStartService()
         except StartupError as e:
-            exit_startup(str(e))
+            self._refuse(str(e))
 
     def startService(self) -> None:
         try:
             super().startService()
         except StartupError as e:
-            exit_startup(str(e))
+            self._refuse(str(e))
+
+    def _refuse(self, line: str) -> None:
+        tell_daemon_parent(self._twistd_config, f"smartplug: {line}")
+        exit_startup(line)
 
     def stopService(self) -> Deferred:
         Service.stopService(self)
