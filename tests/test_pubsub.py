@@ -6,13 +6,15 @@ the app-port routes over iosim, and C{POST /publish}.
 import json
 
 from twisted.internet.task import Clock
+from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from smartplug_backend.core.hub import Hub
 from smartplug_backend.core.limits import MAX_UNSENT
 from smartplug_backend.core.pubsub import PubSub, delivery_frame, go_json, report_publisher
+from smartplug_backend.http import api
 from smartplug_backend.server.guard import Guard
-from smartplug_backend.ws.apps import AppFactory
+from smartplug_backend.ws.apps import AppFactory, AppProtocol
 
 from .helpers import PEER, STUB_PEER, http_client, raw_handshake, ws_connect
 
@@ -380,12 +382,20 @@ class RouteTests(SynchronousTestCase):
         Unknown actions and malformed messages are ignored; the connection
         stays open.
         """
+        events = []
+        self.patch(AppProtocol, "_log", Logger(observer=events.append))
         sub, _, pump = ws_connect(self.factory, "/subscribe?clientName=s")
         for bad in [b"nope", b"[]", b'{"action": "dance"}', b'{"action": "subscribe"}', b'{"action": "subscribe", "event": 3}']:
             sub.sendMessage(bad)
         pump.flush()
         self.assertEqual(list(self.hub.pubsub.subscriptions()), [])
         self.assertIsNone(sub.closed)
+        pub, _, pump = ws_connect(self.factory, "/publish?clientName=p")
+        pub.sendMessage(b'{"event": "e", "data": 1e999}')
+        pump.flush()
+        reasons = [e["reason"] for e in events if "reason" in e]
+        self.assertEqual(reasons[:2], ["not valid JSON: Expecting value (line 1, column 1)", "expected a JSON object"])
+        self.assertEqual(reasons[-1], "not valid JSON: a number is out of range")
 
     def test_plugbuddy_clients_do_not_get_publications(self):
         """
@@ -408,8 +418,14 @@ class RouteTests(SynchronousTestCase):
         """
         The info socket sends its first frame after one interval, then one
         every interval, listing connections and subscriptions, but not
-        itself (PiCloud's info sockets are not clients).
+        itself (PiCloud's info sockets are not clients).  The log names the
+        subscriber's client and the info socket's route alone.
         """
+        events = []
+        self.patch(AppProtocol, "_log", Logger(observer=events.append))
+        self.addCleanup(lambda: self.assertEqual(
+            [formatEvent(e) for e in events if "route" in e][:2],
+            [f"app connected from {PEER} (subscribe, kitchen)", f"app connected from {PEER} (info)"]))
         sub, _, sub_pump = ws_connect(self.factory, "/subscribe?clientName=kitchen", port=4001)
         sub.sendMessage(b'{"action": "subscribe", "event": "door"}')
         sub_pump.flush()
@@ -507,11 +523,15 @@ class HTTPPublishTests(SynchronousTestCase):
         A body that is not JSON, or a missing or empty event, answers 400
         "Bad request" as plain text and publishes nothing.
         """
-        for body in [b"", b"{", b"[]", b'{"data": 1}', b'{"event": "", "data": 1}', b'{"event": 5}']:
+        events = []
+        self.patch(api, "_log", Logger(observer=events.append))
+        for body in [b"", b"{", b"[]", b'{"data": 1}', b'{"event": "", "data": 1}', b'{"event": 5}',
+                     b'{"event": "e", "data": 1e999}']:
             code, answer, headers = self.post("/publish?clientName=pi", body)
             self.assertEqual((code, answer), (400, b"Bad request\n"), body)
             self.assertEqual(headers.getRawHeaders("content-type"), ["text/plain; charset=utf-8"])
         self.assertEqual(self.published, [])
+        self.assertEqual([e["reason"] for e in events if "reason" in e][-1], "not valid JSON: a number is out of range")
 
     def test_auth(self):
         """

@@ -38,10 +38,12 @@ class LoadsTests(SynchronousTestCase):
 
     def test_not_json(self):
         """
-        Broken JSON, empty input and trailing garbage are "not valid JSON".
+        Broken JSON, empty input and trailing garbage are refused, saying
+        what broke where.
         """
         for payload in [b"", b"{", b"{'a': 1}", b"[1,]", b"1 2", b"\x00"]:
-            self.assertEqual(self.refused(payload), "not valid JSON", payload)
+            self.assertRegex(self.refused(payload), r"^[A-Z][a-z ]+.* \(line 1, column \d+\)$", payload)
+        self.assertEqual(self.refused(b'{"id": "a",\n "value": }'), "Expecting value (line 2, column 11)")
 
     def test_not_utf8(self):
         """

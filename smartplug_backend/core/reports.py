@@ -34,7 +34,7 @@ def parse_report(body: Union[bytes, str]) -> tuple[str, int]:
     try:
         data = strictjson.loads(body)
     except strictjson.InvalidJSON as e:
-        raise InvalidReport(f"body is not valid JSON: {e}") from None
+        raise InvalidReport(f"not valid JSON: {e}") from None
     return validate_report(data)
 
 

@@ -69,8 +69,9 @@ def loads(payload: Union[bytes, str]) -> Any:
         raise
     except RecursionError:
         raise InvalidJSON(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
-    except json.JSONDecodeError:
-        raise InvalidJSON("not valid JSON") from None
+    except json.JSONDecodeError as e:
+        # Where it broke: enough to find the fault in a device's message.
+        raise InvalidJSON(f"{e.msg} (line {e.lineno}, column {e.colno})") from None
     except ValueError:
         # int() refuses numbers of more than 4300 digits (CVE-2020-10735).
         raise InvalidJSON("a number has too many digits") from None

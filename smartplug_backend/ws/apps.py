@@ -77,7 +77,7 @@ class AppProtocol(LenientServerProtocol):
             self._log.info(
                 "app connected from {peer} ({route}{name})",
                 peer=self._peer, route=self._route,
-                name=f", {self._client_name}" if self._route != "plugbuddy" else "",
+                name=f", {self._client_name}" if self._route != "plugbuddy" and self._client_name else "",
             )
         except Exception:
             self._log.failure("app connection from {peer}", peer=self._peer)
@@ -89,7 +89,10 @@ class AppProtocol(LenientServerProtocol):
         try:
             if isBinary:
                 return self._ignore("binary message")
-            message = picloud.decode(payload)
+            try:
+                message = picloud.decode(payload)
+            except picloud.NotJSON as e:
+                return self._ignore(str(e))
             hub = self._hub
             if self._route == "plugbuddy":
                 problem = self._status(message)

@@ -63,15 +63,24 @@ def authenticate(api_key: Optional[str], given_key: Optional[str], name: Optiona
     return name or ""
 
 
+class NotJSON(InvalidPublication):
+    """
+    A client's message or body that is not JSON; C{str(error)} says where
+    it broke.
+    """
+
+
 def decode(payload: bytes) -> Any:
     """
-    A client's JSON message, or C{None} if it is not JSON (as
-    L{strictjson.loads} reads it: no NaN, no lone surrogates...).
+    A client's JSON message (as L{strictjson.loads} reads it: no NaN, no
+    lone surrogates...).
+
+    @raise NotJSON: if it is not JSON.
     """
     try:
         return strictjson.loads(payload)
-    except strictjson.InvalidJSON:
-        return None
+    except strictjson.InvalidJSON as e:
+        raise NotJSON(f"not valid JSON: {e}") from None
 
 
 def handle_subscriber(pubsub: PubSub, connection, message: Any) -> Optional[str]:
