@@ -211,6 +211,16 @@ class WebSocketServerSeams(WebSocketServerProtocol):
         first = self.data.find(b"\n") + 1
         self.data = self.data[:first] + line + self.data[first:]
 
+    def replace_request_line(self, line: bytes) -> None:
+        """
+        Put C{line} (without its line end) in place of the request line of
+        the opening handshake received so far.
+        """
+        end = self.data.find(b"\n")
+        if self.data[end - 1:end] == b"\r":
+            end -= 1
+        self.data = line + self.data[end:]
+
     def prepared_frame_as_is(self, prepared):
         """
         The bytes of C{prepared} if this connection may send them as they
@@ -317,15 +327,15 @@ def tell_daemon_parent(twistd_config, line: str) -> None:
         return
     if pipe is None:
         return
-    try:
-        os.write(pipe, b"1 " + line.encode("ascii", "backslashreplace")[:98])
-        os.close(pipe)
-    except OSError:
-        pass
+    # The pid file first: once told, the command in the foreground exits,
+    # and what runs next must not find it.
     pidfile = twistd_config.get("pidfile")
     if pidfile:
         with contextlib.suppress(OSError):
             os.unlink(pidfile)
+    with contextlib.suppress(OSError):
+        os.write(pipe, b"1 " + line.encode("ascii", "backslashreplace")[:98])
+        os.close(pipe)
 
 
 # -- python-twitter ---------------------------------------------------------

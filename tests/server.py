@@ -153,6 +153,19 @@ class RunningServer:
         """
         return len(os.listdir(f"/proc/{self.process.pid}/fd"))
 
+    def descriptor_targets(self) -> list:
+        """
+        What each of the server's open file descriptors is (for messages).
+        """
+        fds = f"/proc/{self.process.pid}/fd"
+        targets = []
+        for fd in sorted(os.listdir(fds), key=int):
+            try:
+                targets.append(f"{fd} -> {os.readlink(os.path.join(fds, fd))}")
+            except OSError:
+                pass
+        return targets
+
     def peak_memory_kib(self) -> int:
         """
         The server's peak resident memory so far (VmHWM), in KiB.

@@ -54,7 +54,8 @@ class DaemonTests(TestCase):
         done = self.daemon(port)
         self.assertEqual(done.returncode, 1, done)
         self.assertIn("An error has occurred", done.stderr)
-        self.assertIn(f"smartplug: HTTP: cannot listen on tcp:{port}:interface=127.0.0.1", done.stderr)
+        self.assertIn(f"b'smartplug: HTTP: cannot listen on tcp:{port}:interface=127.0.0.1: Address already in use'",
+                      done.stderr)
         self.assertFalse(os.path.exists(self.pidfile))
         self.assertIn(f"smartplug: HTTP: cannot listen on tcp:{port}:interface=127.0.0.1", self.log())
         self.assertNotIn("Traceback", self.log())

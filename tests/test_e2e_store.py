@@ -392,11 +392,12 @@ class FullDiskTests(Scratch):
         Once the disk is full, reports get 503; once a little room is freed
         (64 KiB), every later report is answered 200 and kept, without a
         restart.  From start-up the server says it keeps SQLite's log short
-        on this small disk, once, without asking for room it cannot have.
+        on this small, nearly full disk, once, without asking for room it
+        cannot have.
         """
         server = self.start()
-        short = (r"STATE_DB: state\.sqlite: its disk holds only 2 MiB: SQLite's write-ahead log is kept "
-                 r"short \(a few hundred KB\)")
+        short = (r"STATE_DB: state\.sqlite: only [12] MiB free on its disk of 2 MiB: SQLite's write-ahead log is "
+                 r"kept short \(a few hundred KB\); make room on the disk")
         server.wait_for(short)
         filler = fill(self.directory, leave=300 * 1024)
         for i in range(3000):

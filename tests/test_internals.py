@@ -125,6 +125,22 @@ class AutobahnSeamTests(SynchronousTestCase):
         )
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 101 "), "seam unparsed/insert_header")
 
+    def test_request_line_replaced(self):
+        """
+        A request line put in place of the received one is the one parsed:
+        an escaped target reaches C{onConnect} as its parameters.
+        """
+        factory = quiet(AppFactory(Hub()))
+        server = factory.buildProtocol(IPv4Address("TCP", "10.0.0.1", 1))
+        server.makeConnection(StringTransport())
+        seen = []
+        server.onConnect = lambda request: seen.append((request.path, request.params))
+        server.dataReceived(
+            "GET /subscribe?clientName=Михаил HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n".encode()
+            + b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        self.assertEqual(seen, [("/subscribe", {"clientName": ["Михаил"]})], "seam replace_request_line")
+
 
 class TwistedLogSeamTests(SynchronousTestCase):
     """

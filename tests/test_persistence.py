@@ -400,6 +400,22 @@ class GroupCommitTests(SynchronousTestCase):
             ("info", f"STATE_DB: {journal.store.path}: its disk holds only 99 MiB: SQLite's write-ahead log "
                      "is kept short (a few hundred KB)")])
 
+    def test_small_disk_nearly_full_is_warned_about(self):
+        """
+        Such a disk with less than 64 MiB free is warned about, without the
+        128 MiB it cannot have.
+        """
+        events = []
+        self.patch(persistence, "_log", Logger(observer=events.append))
+        self.patch(store_module, "disk_room", lambda directory: 1 << 20)
+        self.patch(store_module, "disk_size", lambda directory: 20 << 20)
+        journal = SQLiteJournal(run=maybeDeferred)
+        journal.open(self.mktemp(), 10)
+        self.addCleanup(journal.store.close)
+        self.assertEqual([(e["log_level"].name, formatEvent(e)) for e in events], [
+            ("warn", f"STATE_DB: {journal.store.path}: only 1 MiB free on its disk of 20 MiB: SQLite's "
+                     "write-ahead log is kept short (a few hundred KB); make room on the disk")])
+
     def test_room_unknown_is_logged(self):
         """
         When the room on the disk cannot be told as the store opens, the

@@ -6,6 +6,7 @@ size, the handshake deadline.
 """
 
 import json
+from urllib.parse import quote
 
 import txaio
 from autobahn.websocket.protocol import WebSocketProtocol
@@ -464,12 +465,29 @@ class HandshakeUTF8Tests(SynchronousTestCase):
         header, is the name the client gave (Autobahn alone reads the head
         as Latin-1: C{kÃ¼che}).
         """
-        for target, header in [
-            (b"/subscribe?clientName=k\xc3\xbcche", b""),
-            (b"/subscribe?clientName=k%C3%BCche", b""),
-            (b"/subscribe", b"X-API-Client-Name: k\xc3\xbcche"),
-        ]:
-            server, transport = self.handshake(target, header)
-            self.assertTrue(transport.value().startswith(b"HTTP/1.1 101 "), transport.value())
-        names = [c["client_name"] for c in json.loads(self.hub.pubsub.info_frame())["all_connections"]]
-        self.assertEqual(names, ["küche"] * 3)
+        # Letters whose UTF-8 holds bytes Latin-1 text splits on: 0x85
+        # (a line end) in "х" and "Å", 0xa0 (a space) in "à".
+        names = ["küche", "Михаил", "Åsa", "cuisineà"]
+        for name in names:
+            for target, header in [
+                (b"/subscribe?clientName=" + name.encode(), b""),
+                (b"/subscribe?clientName=" + quote(name).encode(), b""),
+                (b"/subscribe", b"X-API-Client-Name: " + name.encode()),
+            ]:
+                server, transport = self.handshake(target, header)
+                self.assertTrue(transport.value().startswith(b"HTTP/1.1 101 "), transport.value())
+        listed = [c["client_name"] for c in json.loads(self.hub.pubsub.info_frame())["all_connections"]]
+        self.assertEqual(listed, [name for name in names for _ in range(3)])
+
+    def test_repeated_headers_joined(self):
+        """
+        A header sent twice reads as Autobahn reads it: both values, joined
+        with ", ", so an API key sent twice is a wrong key.
+        """
+        self.factory = AppFactory(self.hub, api_key="kö", clock=Clock())
+        self.factory.setProtocolOptions(autoPingInterval=0)
+        key = "X-API-Key: kö".encode()
+        server, transport = self.handshake(b"/subscribe?clientName=a", key)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 101 "), transport.value())
+        server, transport = self.handshake(b"/subscribe?clientName=a", key + b"\r\n" + key)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 401 "), transport.value())

@@ -79,7 +79,12 @@ class _Listener(StreamServerEndpointService):
         try:
             super().privilegedStartService()
         except Exception as e:
-            raise StartupError(f"{self.label}: cannot listen on {self._description}: {e}") from e
+            # Twisted's CannotListenError repeats the address; its socket
+            # error alone says why, and keeps the line short enough for
+            # twistd's daemon to print whole (about 100 characters).
+            cause = getattr(e, "socketError", None)
+            why = cause.strerror if isinstance(cause, OSError) and cause.strerror else e
+            raise StartupError(f"{self.label}: cannot listen on {self._description}: {why}") from e
 
 
 @implementer(IStreamServerEndpoint)

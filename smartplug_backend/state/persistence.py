@@ -33,7 +33,7 @@ from twisted.python.threadpool import ThreadPool
 
 from ..core.display import Display
 from ..core.journal import StoreFailed
-from ..core.limits import ROOMY_DISK, WAL_PAGES
+from ..core.limits import LOW_DISK, ROOMY_DISK, WAL_PAGES
 from ..server.services import StartupError, ThreadPoolService
 from .lock import Locked, hold, lock_path
 from .store import Store, UnusableDatabase
@@ -167,9 +167,15 @@ class SQLiteJournal:
             _log.info("STATE_DB: {path}: {room} free on its disk again: SQLite's write-ahead log is back to "
                       "its usual length (about 4 MB)", **fields)
         elif self.store.disk_size is not None and self.store.disk_size < ROOMY_DISK:
-            # Nothing to do about it: no warning at every start.
-            _log.info("STATE_DB: {path}: its disk holds only {size} MiB: SQLite's write-ahead log is kept "
-                      "short (a few hundred KB)", size=self.store.disk_size >> 20, **fields)
+            # The long log can never come back: news, not a warning at every
+            # start, unless the disk is nearly full as well.
+            size = self.store.disk_size >> 20
+            if free is not None and free < LOW_DISK:
+                _log.warn("STATE_DB: {path}: only {room} free on its disk of {size} MiB: SQLite's write-ahead "
+                          "log is kept short (a few hundred KB); make room on the disk", size=size, **fields)
+            else:
+                _log.info("STATE_DB: {path}: its disk holds only {size} MiB: SQLite's write-ahead log is kept "
+                          "short (a few hundred KB)", size=size, **fields)
         elif free is None:
             _log.warn("STATE_DB: {path}: the room left on its disk cannot be told: SQLite's write-ahead log "
                       "is kept short (a few hundred KB)", **fields)

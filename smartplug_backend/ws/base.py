@@ -10,7 +10,6 @@ import collections
 import collections.abc
 import http.client
 import re
-import urllib.parse
 from typing import Iterable
 
 from autobahn.twisted.websocket import WebSocketServerFactory
@@ -29,16 +28,29 @@ KERNEL_HOLDS = 2 * WS_SEND_BUFFER
 _HOST_HEADER = re.compile(rb"\nhost[ \t]*:", re.IGNORECASE)
 
 
-def _target_and_headers(head: bytes) -> tuple[bytes, list]:
+def _parse_head(head: bytes) -> tuple[bytes, bytes, list]:
     """
-    The request target and C{(name, value)} headers of an opening
-    handshake's request C{head}, split as Autobahn splits it (on any line
-    end).
+    The request line, its target and the C{(name, value)} headers of an
+    opening handshake's request C{head}, as bytes, split on CR and LF only.
     """
     lines = head.splitlines()
     words = lines[0].split() if lines else []
     target = words[1] if len(words) > 1 else b""
-    return target, [(name.strip(), value.strip()) for name, _, value in (line.partition(b":") for line in lines[1:])]
+    headers = [(name.strip(), value.strip()) for name, _, value in (line.partition(b":") for line in lines[1:])]
+    return (lines[0] if lines else b""), target, headers
+
+
+def _escaped(target: bytes) -> bytes:
+    # Non-ASCII bytes %-escaped: the same target once unquoted.
+    return b"".join(b"%%%02X" % byte if byte >= 0x80 else bytes((byte,)) for byte in target)
+
+
+def _text_headers(headers: list) -> dict:
+    text: dict = {}
+    for name, value in headers:
+        key, value = name.decode("utf-8").lower(), value.decode("utf-8")
+        text[key] = f"{text[key]}, {value}" if key in text else value
+    return text
 
 
 def peer_host(transport) -> str:
@@ -142,27 +154,35 @@ class LenientServerProtocol(WebSocketServerSeams):
                 return self.failHandshake(f"opening handshake over {MAX_HANDSHAKE} bytes", 431)
             if end >= 0:
                 self._host_checked = True
-                target, headers = _target_and_headers(received[:end])
+                line, target, headers = _parse_head(received[:end])
                 refused = utf8.problem(target, headers)
                 if refused is not None:
                     return self.failHandshake(refused, 400)
-                self._target = target.decode("utf-8")
+                # Autobahn reads the head as Latin-1 and splits it with str
+                # methods, for which bytes of UTF-8 letters (0x85 in "х",
+                # 0xa0 in "à") are line ends and spaces: it would refuse the
+                # request line and cut header values.  So its target gets
+                # only ASCII, and text_of reads the headers from the bytes.
+                self._text_headers = _text_headers(headers)
+                if target != _escaped(target):
+                    self.replace_request_line(line.replace(target, _escaped(target), 1))
                 if not _HOST_HEADER.search(received[: end + 2]):
                     self.insert_header(b"Host: localhost\r\n")
         return super().processHandshake()
 
-    _target = ""
+    _text_headers: dict = {}
 
     def text_of(self, request) -> tuple[dict, dict]:
         """
-        The C{(headers, params)} of the opening handshake C{request} (as
-        C{onConnect} is given them) read as UTF-8, which they are
-        (L{utf8.problem}): Autobahn reads the head as Latin-1, so a UTF-8
-        name or key sent as it is (C{?clientName=küche}) would arrive as
-        C{kÃ¼che}.
+        The C{(headers, params)} of the opening handshake C{request}, as
+        C{onConnect} is given it, read as the UTF-8 they are (L{utf8.problem}):
+        headers by lower-case name, repeated ones joined with ", ", as
+        Autobahn keeps them; query parameters, each a list of values.
+        Autobahn's own C{request.headers} are Latin-1 (C{küche} is
+        C{kÃ¼che}), and cut where such text holds a byte it reads as a line
+        end.
         """
-        headers = {name: value.encode("latin-1").decode("utf-8") for name, value in request.headers.items()}
-        return headers, urllib.parse.parse_qs(urllib.parse.urlparse(self._target).query)
+        return self._text_headers, request.params
 
     def sendHttpErrorResponse(self, code, reason, responseHeaders=None):
         # Autobahn puts its reason in the status line and sends no body; the

@@ -60,11 +60,12 @@ class LiveProtocol(LenientServerProtocol):
     def onConnect(self, request):
         self._peer = peer_host(self.transport)
         factory = self.factory
-        expected = own_origin(factory.isSecure, request.headers.get("host"))
-        if expected is None or request.headers.get("origin") != expected:
+        headers, _ = self.text_of(request)
+        expected = own_origin(factory.isSecure, headers.get("host"))
+        if expected is None or headers.get("origin") != expected:
             self._log.warn("refused dashboard socket from {peer}: Origin is not the dashboard's own", peer=self._peer)
             raise ConnectionDeny(403, "Origin is not the dashboard's own")
-        session = factory.sessions.find(session_token(request.headers.get("cookie")))
+        session = factory.sessions.find(session_token(headers.get("cookie")))
         if session is None:
             raise ConnectionDeny(401, "not logged in")
         self._session = session
