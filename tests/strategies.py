@@ -135,3 +135,14 @@ class Problems:
         """
         events, self.events = self.events, []
         return events
+
+
+def is_utf8(data: bytes) -> bool:
+    """
+    Whether C{data} is UTF-8: the tests' own answer, to check the server's.
+    """
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

@@ -158,22 +158,32 @@ class FieldEndToEndTests(TestCase):
             info.close()
         self.fail(f"no subscription to {event} after 50 info frames")
 
+    def picloud_socket_client(self, name: str):
+        """
+        picloud-client-python's C{SocketClient} named C{name}, connected to
+        the app WebSocket port, closed when the test ends.
+        """
+        import websocket
+        from picloud_client import SocketClient
+
+        # Its connections have no timeout of their own: bound every wait.
+        self.addCleanup(websocket.setdefaulttimeout, websocket.getdefaulttimeout())
+        websocket.setdefaulttimeout(10)
+        host = f"127.0.0.1:{self.server.ports['app WebSocket']}"
+        client = SocketClient(url=f"ws://{host}", api_key=KEY, client_name=name)
+        self.addCleanup(client._pub_connection.close)
+        self.addCleanup(client._sub_connection.close)
+        return client
+
     def test_picloud_client_python(self):
         """
         picloud-client-python 4.0.1, the real package (on websocket-client),
         as its own test uses it: subscribe, publish over the socket, read;
         publish over HTTP, read.
         """
-        import websocket
-        from picloud_client import HttpClient, SocketClient
+        from picloud_client import HttpClient
 
-        # Its connections have no timeout of their own: bound every wait.
-        self.addCleanup(websocket.setdefaulttimeout, websocket.getdefaulttimeout())
-        websocket.setdefaulttimeout(10)
-        host = f"127.0.0.1:{self.server.ports['app WebSocket']}"
-        client = SocketClient(url=f"ws://{host}", api_key=KEY, client_name="Test-Client")
-        self.addCleanup(client._pub_connection.close)
-        self.addCleanup(client._sub_connection.close)
+        client = self.picloud_socket_client("Test-Client")
         received = []
         client.subscribe(event="whatever", callback=lambda data: received.append(data))
         # Its publish socket is open before it subscribes, so the server may
@@ -195,15 +205,9 @@ class FieldEndToEndTests(TestCase):
         refused with 400 (SPEC 6.3) and raises, so nothing is lost
         unnoticed; given the name as UTF-8 bytes it publishes.
         """
-        import websocket
-        from picloud_client import HttpClient, PublishError, SocketClient
+        from picloud_client import HttpClient, PublishError
 
-        self.addCleanup(websocket.setdefaulttimeout, websocket.getdefaulttimeout())
-        websocket.setdefaulttimeout(10)
-        host = f"127.0.0.1:{self.server.ports['app WebSocket']}"
-        client = SocketClient(url=f"ws://{host}", api_key=KEY, client_name="Küche")
-        self.addCleanup(client._pub_connection.close)
-        self.addCleanup(client._sub_connection.close)
+        client = self.picloud_socket_client("Küche")
         received = []
         client.subscribe(event="kitchen", callback=lambda data: received.append(data))
         self.wait_for_subscription("kitchen")

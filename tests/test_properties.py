@@ -33,6 +33,7 @@ from .helpers import SYNC_BRIDGE, SynchronousReactor, SynchronousThreadPool, acc
 from .strategies import (
     FIRMWARE_REQUEST,
     Problems,
+    is_utf8,
     json_values,
     mutated,
     publisher_messages,
@@ -198,7 +199,7 @@ class HTTPProperties(SynchronousTestCase):
             expected = b"malformed HTTP request"
         elif b"%f" in request_line:
             expected = b"the (path|query) is not UTF-8"
-        elif not _is_utf8(value):
+        elif not is_utf8(value):
             # twisted.web spells header names its own way (X-Api-Key).
             expected = b"header (?i:%s) is not UTF-8" % re.escape(header)
         else:
@@ -332,7 +333,7 @@ class WebSocketProperties(SynchronousTestCase):
         events = {"e", "f"}
         for payload in [b'{"action": "subscribe", "event": "e"}', b'{"action": "subscribe", "event": "f"}'] + subscriptions:
             send(subscriber, payload)
-            message = _loads(payload) if _is_utf8(payload) else None
+            message = _loads(payload) if is_utf8(payload) else None
             if isinstance(message, dict):
                 action, event = message.get("action"), message.get("event")
                 if action == "unsubscribe:all":
@@ -345,7 +346,7 @@ class WebSocketProperties(SynchronousTestCase):
         for payload in publications:
             send(publisher, payload)
             try:
-                event, data = parse_publication(_loads(payload) if _is_utf8(payload) else None)
+                event, data = parse_publication(_loads(payload) if is_utf8(payload) else None)
             except ValueError:
                 continue
             if event in events:
@@ -381,7 +382,7 @@ class WebSocketProperties(SynchronousTestCase):
         plugs = dict((p.id, p.value) for p in self.hub.plugs())
         for body in messages:
             send(device, body)
-            expected = expected_report(body) if _is_utf8(body) else None
+            expected = expected_report(body) if is_utf8(body) else None
             if expected is not None:
                 plugs[expected[0]] = expected[1]
         pump.flush()
@@ -399,7 +400,7 @@ def send(client, payload: bytes) -> None:
     text frame of broken UTF-8 is closed with 1007 by the protocol itself:
     see L{WebSocketProperties.test_broken_utf8_text}).
     """
-    client.sendMessage(payload, isBinary=not _is_utf8(payload))
+    client.sendMessage(payload, isBinary=not is_utf8(payload))
 
 
 def _loads(payload: bytes):
@@ -408,10 +409,3 @@ def _loads(payload: bytes):
     except strictjson.InvalidJSON:
         return None
 
-
-def _is_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True

@@ -10,13 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from smartplug_backend.server.utf8 import problem
 
-
-def utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
+from .strategies import is_utf8
 
 
 class ProblemTests(SynchronousTestCase):
@@ -38,7 +32,7 @@ class ProblemTests(SynchronousTestCase):
         Nothing is named exactly when the path, the query (sent as they are
         or escaped) and the header are UTF-8.
         """
-        whole = utf8(path) and utf8(query) and utf8(value)
+        whole = is_utf8(path) and is_utf8(query) and is_utf8(value)
         escaped = quote_from_bytes(path).encode() + b"?" + quote_from_bytes(query).encode()
         for target in (path + b"?" + query, escaped):
             found = problem(target, [(b"X-A", value)])
