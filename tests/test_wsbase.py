@@ -11,6 +11,7 @@ from urllib.parse import quote
 import txaio
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from smartplug_backend.core.hub import Hub
@@ -491,3 +492,20 @@ class HandshakeUTF8Tests(SynchronousTestCase):
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 101 "), transport.value())
         server, transport = self.handshake(b"/subscribe?clientName=a", key + b"\r\n" + key)
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 401 "), transport.value())
+
+    def test_malformed_request_line_not_quoted(self):
+        """
+        A request line of other than three words is refused without quoting
+        it (Autobahn would, API key included, to the client and the log).
+        """
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        for target in [b"/subscribe?apiKey=s3cret extra", b"/subscribe?apiKey=s3cret\x1fx"]:
+            server, transport = self.handshake(target)
+            answer = transport.value()
+            self.assertTrue(answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer)
+            self.assertTrue(answer.endswith(b"\r\n\r\nmalformed request line\n"), answer)
+        said = [formatEvent(e) for e in events]
+        self.assertTrue(any("malformed request line" in line for line in said), said)
+        self.assertFalse([line for line in said if "s3cret" in line])

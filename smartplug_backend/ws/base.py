@@ -165,7 +165,12 @@ class LenientServerProtocol(WebSocketServerSeams):
                 # only ASCII, and text_of reads the headers from the bytes.
                 self._text_headers = _text_headers(headers)
                 if target != _escaped(target):
-                    self.replace_request_line(line.replace(target, _escaped(target), 1))
+                    line = line.replace(target, _escaped(target), 1)
+                    self.replace_request_line(line)
+                if len(line.decode("latin-1").split()) != 3:
+                    # Autobahn would refuse it too, quoting the line (and any
+                    # apiKey in it) to the log.
+                    return self.failHandshake("malformed request line", 400)
                 if not _HOST_HEADER.search(received[: end + 2]):
                     self.insert_header(b"Host: localhost\r\n")
         return super().processHandshake()
