@@ -253,6 +253,7 @@ class IdleFootprintTests(SynchronousTestCase):
         client, server, pump = ws_connect(factory)
         self.assertIsNone(server.http_headers)
         self.assertIsNone(server.http_request_data)
+        self.assertNotIn("_text_headers", vars(server))
         client.sendMessage(b'{"status": "lamp"}')
         pump.flush()
         hub.report("lamp", 0, "http", "192.168.1.64")

@@ -263,7 +263,8 @@ class NotUTF8(Resource):
     """
 
     isLeaf = True
-    _log = Logger(namespace="smartplug_backend.http.api")
+    # As a class attribute a Logger takes the class's name as its namespace.
+    _log = Logger()
 
     def __init__(self, problem: str) -> None:
         super().__init__()

@@ -164,8 +164,9 @@ class LenientServerProtocol(WebSocketServerSeams):
                 # request line and cut header values.  So its target gets
                 # only ASCII, and text_of reads the headers from the bytes.
                 self._text_headers = _text_headers(headers)
-                if target != _escaped(target):
-                    line = line.replace(target, _escaped(target), 1)
+                escaped = _escaped(target)
+                if escaped != target:
+                    line = line.replace(target, escaped, 1)
                     self.replace_request_line(line)
                 if len(line.decode("latin-1").split()) != 3:
                     # Autobahn would refuse it too, quoting the line (and any
@@ -218,6 +219,9 @@ class LenientServerProtocol(WebSocketServerSeams):
 
     def succeedHandshake(self, res):
         self._end_handshake_deadline()
+        # onConnect, the one reader of text_of, is done: an idle connection
+        # keeps no headers (see WebSocketServerSeams.HANDSHAKE_ONLY).
+        self.__dict__.pop("_text_headers", None)
         return super().succeedHandshake(res)
 
     def connectionLost(self, reason):
