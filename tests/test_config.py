@@ -150,6 +150,28 @@ class LoadTests(SynchronousTestCase):
             self.assertIn("me:***@broker", str(error), url)
             self.assertNotIn("\n", str(error))
 
+    def test_mqtt_password_with_url_characters(self):
+        """
+        A password holding C{/}, C{?}, C{#} or C{@/} unencoded ends the host
+        part early; the one-line error hides all of it and says to
+        percent-encode.  A host that C{urlsplit} itself refuses (a broken
+        IPv6 address) is one line too, not a traceback.
+        """
+        for url in ("mqtt://me:ab/cd@broker", "mqtt://me:a?b/c@broker", "mqtt://me:p@ss/w@broker",
+                    "mqtt://me:x#y@broker:1883", "mqtt://me:q?r@broker"):
+            error = self.assertRaises(config.ConfigError, config.load, self.write(f"MQTT_URL = {url!r}\n"))
+            shown = str(error).rsplit(", not ", 1)[1]
+            self.assertEqual(shown, repr("mqtt://me:***@" + url.rsplit("@", 1)[1]), url)
+            self.assertIn("percent-encode", str(error), url)
+            self.assertNotIn("\n", str(error))
+        for url in ("mqtt://me:S3cr3tPW@[::1", "mqtt://me:S3cr3tPW@[zz]:1883"):
+            error = self.assertRaises(config.ConfigError, config.load, self.write(f"MQTT_URL = {url!r}\n"))
+            self.assertIn("MQTT_URL must be a URL with a valid host", str(error))
+            self.assertNotIn("S3cr3tPW", str(error))
+        # Encoded, the same password is taken.
+        settings = config.load(self.write("MQTT_URL = 'mqtt://me:ab%2Fcd%3F%23@broker'\n"))
+        self.assertEqual(settings.MQTT_URL, "mqtt://me:ab%2Fcd%3F%23@broker")
+
     def test_mqtt_settings(self):
         """
         MQTT is off by default; a valid URL and prefixes are taken as given.

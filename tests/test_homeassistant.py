@@ -132,12 +132,22 @@ class DiscoveryPayloadTests(SynchronousTestCase):
         )
         for key, value in AVAILABILITY.items():
             self.assertEqual(config[key], value)
-        self.assertEqual(config["device"]["identifiers"], ["smartplug_display"])
+        self.assertEqual(config["device"]["identifiers"], ["smartplug-lamps"])
         self.assertEqual(set(config), {
             "name", "unique_id", "schema", "command_topic", "state_topic", "supported_color_modes",
             "brightness", "brightness_scale", "effect", "effect_list", "availability_topic",
             "payload_available", "payload_not_available", "device", "origin",
         })
+
+    @given(st.text(max_size=20))
+    def test_no_plug_is_the_lamps(self, plug_id):
+        """
+        No plug's device, not even plug C{display}'s, has the lamps' device
+        identifier: Home Assistant would merge the two devices.
+        """
+        lamps = ha.light_config(TOPICS)["device"]["identifiers"]
+        for plug in (plug_id, "display", "lamps", "-lamps"):
+            self.assertNotEqual(ha.plug_config(plug, TOPICS)["device"]["identifiers"], lamps, plug)
 
     def test_buttons(self):
         """
@@ -214,8 +224,9 @@ class LightStateTests(SynchronousTestCase):
     def test_weather(self):
         """Mode 1 is ON with the weather as effect and the intensity as brightness."""
         self.assertEqual(ha.light_state(Display(1, weather=3, intensity=9)),
-                         {"state": "ON", "color_mode": "rgb", "brightness": 255, "effect": "clear"})
-        self.assertEqual(ha.light_state(Display(1, weather=9, intensity=0))["brightness"], 0)
+                         {"state": "ON", "brightness": 255, "effect": "clear"})
+        # Home Assistant ignores a brightness of 0 in a state.
+        self.assertEqual(ha.light_state(Display(1, weather=9, intensity=0))["brightness"], 1)
         self.assertEqual(ha.light_state(Display(1, weather=1, intensity=4))["effect"], "sunrise")
 
     def test_colour(self):
@@ -229,7 +240,9 @@ class LightStateTests(SynchronousTestCase):
         """Every intensity 0-9 survives brightness and back."""
         for intensity in range(10):
             self.assertEqual(ha.brightness_to_intensity(ha.intensity_to_brightness(intensity)), intensity)
-        self.assertEqual((ha.brightness_to_intensity(0), ha.brightness_to_intensity(255)), (0, 9))
+        self.assertEqual((ha.brightness_to_intensity(0), ha.brightness_to_intensity(1),
+                          ha.brightness_to_intensity(255)), (0, 0, 9))
+        self.assertEqual([ha.intensity_to_brightness(i) for i in (0, 1, 9)], [1, 28, 255])
 
 
 WEATHER = Display(1, weather=5, intensity=3)
@@ -245,19 +258,22 @@ class LightCommandTests(SynchronousTestCase):
     L{ha.parse_light_command}: Home Assistant's JSON commands as display states.
     """
 
-    def parse(self, value, current=OFF, last_on=None):
-        return ha.parse_light_command(command(value), current, last_on)
+    def parse(self, value, current=OFF, last_on=None, last_colour=None):
+        return ha.parse_light_command(command(value), current, last_on, last_colour)
 
     def test_off(self):
         """C{OFF} is mode 0, whatever else is in the command."""
         self.assertEqual(self.parse({"state": "OFF", "brightness": 10}, COLOUR), OFF)
 
     def test_colour(self):
-        """A colour sets mode 2 with it, keeping the last colour's pulse (0 after a weather)."""
+        """A colour sets mode 2 with it, keeping the last colour's pulse, through a weather too."""
         self.assertEqual(self.parse({"state": "ON", "color": {"r": 255, "g": 65, "b": 174}}, COLOUR),
                          Display(2, color=(255, 65, 174), pulse=7))
         self.assertEqual(self.parse({"state": "ON", "color": {"r": 0, "g": 0, "b": 0}}, WEATHER).pulse, 0)
         self.assertEqual(self.parse({"state": "ON", "color": {"r": 9, "g": 9, "b": 9}}, OFF, COLOUR).pulse, 7)
+        self.assertEqual(self.parse({"state": "ON", "color": {"r": 0, "g": 0, "b": 0}}, WEATHER, WEATHER, COLOUR),
+                         Display(2, color=(0, 0, 0), pulse=7))
+        self.assertEqual(self.parse({"state": "ON", "color": {"r": 0, "g": 0, "b": 0}}, OFF, WEATHER, COLOUR).pulse, 7)
 
     def test_effect(self):
         """An effect sets mode 1 with that weather; brightness, else the last intensity, else 9."""
@@ -280,6 +296,17 @@ class LightCommandTests(SynchronousTestCase):
         self.assertEqual(self.parse({"state": "ON"}), ha.DEFAULT_ON)
         self.assertEqual(ha.DEFAULT_ON, Display(2, color=(255, 255, 255), pulse=0))
 
+    def test_plain_payloads(self):
+        """
+        The payloads C{ON} and C{OFF} alone, as the default schema sends
+        them, are read as C{{"state": "ON"}} and C{{"state": "OFF"}}.
+        """
+        for payload in (b"ON", b"ON\n", b" ON "):
+            self.assertEqual(ha.parse_light_command(payload, OFF, WEATHER), WEATHER, payload)
+        self.assertEqual(ha.parse_light_command(b"OFF", COLOUR, COLOUR), OFF)
+        for payload in (b"on", b"ONN", b"Off"):
+            self.assertRaises(ha.InvalidCommand, ha.parse_light_command, payload, OFF, None)
+
     def test_ignored_keys(self):
         """HA's transition and flash are accepted and ignored."""
         self.assertEqual(self.parse({"state": "ON", "transition": 2, "flash": "short"}, COLOUR), COLOUR)
@@ -287,7 +314,7 @@ class LightCommandTests(SynchronousTestCase):
     def test_invalid(self):
         """Anything else is an InvalidCommand naming what was wrong."""
         cases = [
-            (b"ON", "not JSON"),
+            (b"On", "not JSON"),
             (b"\xff", "not JSON"),
             (b"NaN", "not JSON"),
             (command([1]), "JSON object"),

@@ -347,12 +347,35 @@ class CommandTests(BridgeTestCase):
         unchanged state is published back (HA waits for it), nothing raises.
         """
         self.connect()
-        for payload in (b"ON", b'{"state": "ON", "effect": "fog"}', b"\xff\xfe"):
+        for payload in (b"on", b'{"state": "ON", "effect": "fog"}', b"\xff\xfe"):
             self.client.message(TOPICS.display_set, payload)
         self.client.message(TOPICS.display_command, b"PRESS")
         self.assertEqual(self.packets, [])
         self.assertEqual(self.client.topics(), [TOPICS.display_state] * 3)
         self.assertEqual(sum("ignored" in line for line in self.logged()), 4)
+
+    def test_empty_payload_silent(self):
+        """
+        An empty message (what clearing a retained command publishes) on the
+        light's or the buttons' topic is no command: nothing is applied,
+        published back or logged.
+        """
+        self.connect()
+        self.log.clear()
+        self.client.message(TOPICS.display_set, b"")
+        self.client.message(TOPICS.display_command, b"")
+        self.assertEqual((self.packets, self.client.topics(), self.logged()), ([], [], []))
+
+    def test_pulse_through_weather(self):
+        """
+        A colour after a weather keeps the pulse of the colour before it
+        (SPEC 12: "pulse kept").
+        """
+        self.build(display=Display(2, color=(1, 2, 3), pulse=4))
+        self.connect()
+        self.client.message(TOPICS.display_set, b'{"state": "ON", "effect": "rain"}')
+        self.client.message(TOPICS.display_set, b'{"state": "ON", "color": {"r": 9, "g": 8, "b": 7}}')
+        self.assertEqual(self.packets, ["[cc:1:5:9]", "[cc:2:9,8,7:4]"])
 
     def test_retained_command_ignored(self):
         """
@@ -407,16 +430,18 @@ class EventsTests(BridgeTestCase):
             ("smartplug/events/hello", b"world", 0, False),
         ])
 
-    def test_in_and_no_loop(self):
+    def test_in(self):
         """
         A message to C{<prefix>/publish/E} is published as E to subscribers,
-        and not sent back to MQTT.
+        and, as every publication of E, to C{<prefix>/events/E}: a
+        different topic, so it does not come back.
         """
         self.connect()
         self.client.message("smartplug/publish/temp", b'{"c": 22}')
         self.assertEqual(len(self.delivered), 1)
         self.assertIn(b'"event":"temp","data":{"c":22}', self.delivered[0])
-        self.assertEqual(self.client.published, [])
+        self.assertEqual(self.client.published, [("smartplug/events/temp", b'{"c":22}', 0, False)])
+        self.assertNotIn("smartplug/events/#", self.client.subscribed)
 
     def test_bad_event_name(self):
         """

@@ -214,8 +214,8 @@ class EventsEndToEndTests(TestCase):
     def test_both_ways(self):
         """
         HTTP publications and plug reports appear on C{smartplug/events/E};
-        a message to C{smartplug/publish/E} reaches a PiCloud subscriber and
-        is not sent back to MQTT.
+        a message to C{smartplug/publish/E} reaches a PiCloud subscriber and,
+        as every publication, C{smartplug/events/E}, once.
         """
         broker = start_mosquitto(self)
         server = start_server(self, f"MQTT_URL = {broker.url()!r}\nMQTT_EVENTS = True\n")
@@ -235,6 +235,9 @@ class EventsEndToEndTests(TestCase):
         self.assertEqual(ha.wait_for("smartplug/events/temp").payload, b"21.5")
         report(server, "p1", 1)
         self.assertEqual(json.loads(ha.wait_for("smartplug/events/smartplug").payload), {"id": "p1", "value": 1})
-        # Published after "hello" came in: had "hello" gone back out, it
-        # would have arrived first.
-        self.assertNotIn("smartplug/events/hello", [m.topic for m in ha.messages])
+        # In order, each once: "hello" came from MQTT and went out again.
+        self.assertEqual([(m.topic, m.payload) for m in ha.messages][:3], [
+            ("smartplug/events/ready", b"null"),
+            ("smartplug/events/hello", b'{"from":"mqtt"}'),
+            ("smartplug/events/temp", b"21.5"),
+        ])

@@ -24,8 +24,8 @@ Deliver = Callable[[list, bytes], None]
 # Plug reports are published as this event (SPEC 1.1).
 REPORT_EVENT = "smartplug"
 # observer(event, data, origin): every publication, with the origin its
-# publisher gave (None for the server's own clients), so a bridge can skip
-# what it put in itself.
+# publisher gave (None for the server's own clients; the dashboard shows
+# it).
 Observer = Callable[[str, Any, Optional[str]], None]
 
 # Go's encoding/json (PiCloud is Go) escapes these inside strings; clients

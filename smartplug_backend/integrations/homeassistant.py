@@ -147,9 +147,16 @@ def _available(topics: Topics) -> dict:
     }
 
 
+# The lamps' device.  Every plug's device is "smartplug_<oid>"; this one
+# has "-" where those have "_", so no plug id (not even "display") can
+# give the same identifier and merge a plug into the lamps in Home
+# Assistant's device registry.
+LAMPS_DEVICE = "smartplug-lamps"
+
+
 def _display_device() -> dict:
     return {
-        "identifiers": ["smartplug_display"],
+        "identifiers": [LAMPS_DEVICE],
         "name": "Smart lamps",
         "manufacturer": "butt-butt",
         "model": "lamp display",
@@ -227,8 +234,11 @@ def button_config(command: str, topics: Topics) -> dict:
 
 
 def intensity_to_brightness(intensity: int) -> int:
-    """Intensity 0-9 as brightness 0-255."""
-    return round(intensity * 255 / 9)
+    """
+    Intensity 0-9 as brightness 1-255: Home Assistant ignores a brightness
+    of 0 in a state (and never sends one), so intensity 0 shows as 1.
+    """
+    return max(1, round(intensity * 255 / 9))
 
 
 def brightness_to_intensity(brightness: int) -> int:
@@ -241,9 +251,10 @@ def light_state(display: Display) -> dict:
     The JSON-schema state of the light for a display state.
     """
     if display.mode == 1:
+        # No colour_mode: with "rgb" Home Assistant would want a colour, and
+        # a weather has none; without it, the light keeps its last colour.
         return {
             "state": "ON",
-            "color_mode": "rgb",
             "brightness": intensity_to_brightness(display.intensity),
             "effect": WEATHERS[display.weather - 1],
         }
@@ -302,7 +313,8 @@ def _byte(value: Any, field: str) -> int:
     return value
 
 
-def parse_light_command(payload: bytes, current: Display, last_on: Optional[Display]) -> Display:
+def parse_light_command(payload: bytes, current: Display, last_on: Optional[Display],
+                        last_colour: Optional[Display] = None) -> Display:
     """
     The display state a JSON-schema light command asks for.
 
@@ -310,16 +322,19 @@ def parse_light_command(payload: bytes, current: Display, last_on: Optional[Disp
     - C{"effect"} (a weather name): weather (mode 1), intensity from
       C{"brightness"} if given, else the last weather's, else 9.
     - C{"color"} C{{"r","g","b"}}: colour (mode 2), the last colour's pulse
-      kept (0 if there was none).
+      kept, through a weather too (0 if there was none).
     - only C{"brightness"}: the weather's intensity; a colour is unchanged.
-    - a bare C{ON}: the current state if on, else C{last_on}, else
-      L{DEFAULT_ON}.
+    - a bare C{ON} (C{{"state": "ON"}}, or the payload C{ON} alone): the
+      current state if on, else C{last_on}, else L{DEFAULT_ON}; the payload
+      C{OFF} alone is off.
 
     @param current: the display state now.
     @param last_on: the last state that was not off, if any.
+    @param last_colour: the last colour state (mode 2), if any.
     @raise InvalidCommand: anything else.
     """
-    data = _decode(payload)
+    plain = payload.strip()
+    data = {"state": plain.decode()} if plain in (b"ON", b"OFF") else _decode(payload)
     if not isinstance(data, dict):
         raise InvalidCommand("expected a JSON object")
     state = data.get("state")
@@ -343,8 +358,8 @@ def parse_light_command(payload: bytes, current: Display, last_on: Optional[Disp
         if not isinstance(color, dict):
             raise InvalidCommand('color must be an object {"r", "g", "b"}')
         rgb = tuple(_byte(color.get(c), f"color.{c}") for c in "rgb")
-        pulse = base.pulse if base.mode == 2 else 0
-        return Display(2, color=rgb, pulse=pulse)
+        last = base if base.mode == 2 else last_colour
+        return Display(2, color=rgb, pulse=last.pulse if last is not None else 0)
     if brightness is not None and base.mode == 1:
         return Display(1, weather=base.weather, intensity=brightness_to_intensity(brightness))
     return base

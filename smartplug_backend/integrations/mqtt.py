@@ -32,7 +32,7 @@ RECONNECT_MAX = limits.MQTT_RECONNECT_MAX
 KEEPALIVE = limits.MQTT_KEEPALIVE
 MAX_QUEUED = limits.MQTT_MAX_QUEUED
 STOP_TIMEOUT = limits.MQTT_STOP_TIMEOUT
-# The origin our publications into pub/sub carry: they never go back out.
+# The origin our publications into pub/sub carry (the dashboard shows it).
 ORIGIN = "mqtt"
 PEER = "mqtt"
 
@@ -94,6 +94,8 @@ class MQTTBridge(Service):
             self._stops.append(hub.pubsub.observe(self._published))
         display = hub.display()
         self._last_on = display if display.mode != 0 else None
+        # The last colour (mode 2), for its pulse after a weather.
+        self._last_colour = display if display.mode == 2 else None
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -202,11 +204,13 @@ class MQTTBridge(Service):
             return
         if event.state.mode != 0:
             self._last_on = event.state
+        if event.state.mode == 2:
+            self._last_colour = event.state
         self._publish(ha.display_message(event.state, self._topics))
 
     def _published(self, event: str, data: Any, origin: Optional[str]) -> None:
-        if origin == ORIGIN:
-            return  # it came from MQTT: never send it back
+        # Every publication, ours from <prefix>/publish/E included: that
+        # topic is not <prefix>/events/E, so nothing loops.
         self._publish(ha.Message(self._topics.event(event), ha.event_payload(data), retain=False), qos=0)
 
     def _message(self, topic: str, payload: bytes, retained: bool) -> None:
@@ -223,6 +227,10 @@ class MQTTBridge(Service):
             if payload == ha.ONLINE.encode() and self._connected:
                 self._log.info("MQTT: Home Assistant is online; publishing discovery again")
                 self.republish()
+            return
+        if not payload and topic in (topics.display_set, topics.display_command):
+            # Clearing a retained command publishes an empty message: not a
+            # command, and nothing to complain about.
             return
         if retained:
             # A retained command would be applied again on every reconnect.
@@ -242,7 +250,7 @@ class MQTTBridge(Service):
 
     def _light_command(self, payload: bytes) -> None:
         try:
-            display = ha.parse_light_command(payload, self._hub.display(), self._last_on)
+            display = ha.parse_light_command(payload, self._hub.display(), self._last_on, self._last_colour)
         except ha.InvalidCommand as e:
             self._log.warn("MQTT: ignored a light command on {topic!r}: {why}", topic=self._topics.display_set, why=str(e))
             # Home Assistant waits for the state: tell it nothing changed.

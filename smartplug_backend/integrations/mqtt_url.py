@@ -47,17 +47,24 @@ def parse_broker_url(url: str) -> Broker:
     """
     if not isinstance(url, str):
         raise InvalidBrokerURL(f"an mqtt:// or mqtts:// URL such as {EXAMPLE!r}")
-    parts = urlsplit(url)
-    if parts.scheme not in DEFAULT_PORTS:
-        raise InvalidBrokerURL(f"an mqtt:// or mqtts:// URL such as {EXAMPLE!r}")
     try:
-        port = parts.port
+        parts = urlsplit(url)
+        if parts.scheme not in DEFAULT_PORTS:
+            raise InvalidBrokerURL(f"an mqtt:// or mqtts:// URL such as {EXAMPLE!r}")
+        try:
+            port = parts.port
+        except ValueError:
+            raise InvalidBrokerURL("a URL with a port number from 1 to 65535" + _escape_hint(url)) from None
+        if not parts.hostname:
+            raise InvalidBrokerURL(f"a URL with a host name, such as {EXAMPLE!r}")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise InvalidBrokerURL(f"a URL without a path or query, such as {EXAMPLE!r}" + _escape_hint(url))
+    except InvalidBrokerURL:
+        raise
     except ValueError:
-        raise InvalidBrokerURL("a URL with a port number from 1 to 65535") from None
-    if not parts.hostname:
-        raise InvalidBrokerURL(f"a URL with a host name, such as {EXAMPLE!r}")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise InvalidBrokerURL(f"a URL without a path or query, such as {EXAMPLE!r}")
+        # urlsplit's own complaints: "Invalid IPv6 URL", a bracketed host
+        # that is no address.
+        raise InvalidBrokerURL(f"a URL with a valid host, such as {EXAMPLE!r}") from None
     if port == 0:
         raise InvalidBrokerURL("a URL with a port number from 1 to 65535")
     return Broker(
@@ -69,18 +76,31 @@ def parse_broker_url(url: str) -> Broker:
     )
 
 
+def _escape_hint(url: str) -> str:
+    # A "/", "?" or "#" in the password ends the host part early, and the
+    # rest reads as a port, path, query or fragment.
+    if "@" not in url:
+        return ""
+    return "; if the user or password holds / ? # or @, percent-encode them (%2F %3F %23 %40)"
+
+
 def redact(url: str) -> str:
     """
     C{url} with its user information hidden, for error messages: the
     password becomes C{***} (and a lone C{user@} too, as it may be a
-    password).  Works on malformed URLs as well (no scheme, several C{@}).
+    password).  Works on malformed URLs as well: no scheme, several C{@},
+    or a password holding C{/}, C{?} or C{#}.  Everything up to the last
+    C{@} is taken as user information, so a password is hidden however
+    it is written (at worst, more than the user information is).
     """
     scheme, sep, rest = url.partition("://")
     if not sep:
         scheme, rest = "", url
-    netloc, slash, tail = rest.partition("/")
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
+    if "@" in rest:
+        userinfo, host = rest.rsplit("@", 1)
         user, colon, _ = userinfo.partition(":")
-        netloc = f"{user}:***@{host}" if colon else f"***@{host}"
-    return f"{scheme}{sep}{netloc}{slash}{tail}"
+        # A user name is shown only when it cannot hold part of a password.
+        if colon and not any(c in user for c in "/?#"):
+            return f"{scheme}{sep}{user}:***@{host}"
+        return f"{scheme}{sep}***@{host}"
+    return url
