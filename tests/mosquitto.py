@@ -25,9 +25,10 @@ class Mosquitto:
     forgets every retained message).
 
     @param users: C{{user: password}}: only they may connect; else anyone.
+    @param tls: C{(cert_path, key_path)}: the listener speaks TLS with them.
     """
 
-    def __init__(self, directory: str, port: int = None, users: dict = None) -> None:
+    def __init__(self, directory: str, port: int = None, users: dict = None, tls: tuple = None) -> None:
         for program in (MOSQUITTO,) + ((MOSQUITTO_PASSWD,) if users else ()):
             if not os.access(program, os.X_OK):
                 raise AssertionError(f"{program} is missing: install Debian's mosquitto (make system-deps)")
@@ -42,6 +43,9 @@ class Mosquitto:
             # who cannot read the test's directory.
             f"user {pwd.getpwuid(os.getuid()).pw_name}",
         ]
+        self.tls = tls
+        if tls:
+            lines += [f"certfile {tls[0]}", f"keyfile {tls[1]}"]
         if users:
             passwords = os.path.join(directory, "passwd")
             for i, (user, password) in enumerate(users.items()):
@@ -83,7 +87,7 @@ class Mosquitto:
 
     def url(self, user: str = None, password: str = None) -> str:
         login = f"{user}:{password}@" if user else ""
-        return f"mqtt://{login}127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{login}127.0.0.1:{self.port}"
 
 
 def start_mosquitto(testcase, **kwargs) -> Mosquitto:

@@ -48,8 +48,11 @@ class RunningServer:
     @ivar lines: every line the server printed so far.
     """
 
-    def __init__(self, directory: str, settings: str = "", listeners=("HTTP", "app WebSocket"), args=(), open_files=None):
+    def __init__(self, directory: str, settings: str = "", listeners=("HTTP", "app WebSocket"), args=(), open_files=None,
+                 env=None):
         self.directory = directory
+        # Environment variables to add for the server.
+        self.env = dict(env or {})
         # A soft open-files limit to start the server with (None: ours).
         self.open_files = open_files
         self.listeners = listeners
@@ -82,7 +85,7 @@ class RunningServer:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            env=dict(os.environ, PYTHONUNBUFFERED="1", **self.env),
             preexec_fn=self._limit_open_files if self.open_files else None,
         )
         threading.Thread(target=self._read, daemon=True).start()

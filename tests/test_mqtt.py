@@ -5,6 +5,8 @@ by hand, as paho's network thread would.
 """
 
 import json
+import socket
+import ssl
 import subprocess
 import sys
 
@@ -235,6 +237,29 @@ class OutageLogTests(BridgeTestCase):
             "MQTT: broker mqtt://broker.local:1883 unavailable (cannot connect); "
             "trying again in the background, at most every 60 s"
         ])
+
+    def test_connect_error_named(self):
+        """
+        paho calls C{on_connect_fail} while it handles the error; the line
+        names it (the socket's words, TLS's reason without its source line).
+        """
+        try:
+            raise ConnectionRefusedError(111, "Connection refused")
+        except OSError:
+            self.client.connect_failed()
+        self.assertIn("unavailable (cannot connect: Connection refused);", self.warnings()[0])
+        verify = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed (_ssl.c:1006)")
+        verify.verify_message = "self-signed certificate"
+        cases = [
+            (None, "cannot connect"),
+            (verify, "cannot connect: certificate verify failed: self-signed certificate"),
+            (ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)"),
+             "cannot connect: [SSL: WRONG_VERSION_NUMBER] wrong version number"),
+            (socket.gaierror(-2, "Name or service not known"), "cannot connect: Name or service not known"),
+            (TimeoutError("timed out"), "cannot connect: timed out"),
+        ]
+        for error, expected in cases:
+            self.assertEqual(mqtt.connect_error(error), expected)
 
     def test_refused(self):
         """
@@ -483,6 +508,17 @@ class StopTests(BridgeTestCase):
         self.assertEqual(self.client.calls[-2:], ["disconnect", "loop_stop"])
         self.hub.report("a", 1, "http", "p")
         self.assertEqual(len(self.client.published), 1)
+
+    def test_stop_never_connected(self):
+        """
+        Stopping a bridge that never reached its broker says so, and
+        publishes nothing.
+        """
+        self.client.connect_failed()
+        self.successResultOf(self.bridge.stopService())
+        self.assertEqual(self.client.published, [])
+        self.assertEqual(self.logged()[-1], "MQTT: stopped trying to reach mqtt://broker.local:1883")
+        self.assertNotIn("MQTT: disconnected from mqtt://broker.local:1883", self.logged())
 
     def test_late_hand_over_after_stop(self):
         """

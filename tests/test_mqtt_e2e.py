@@ -4,6 +4,7 @@ mosquitto started by the test, and a paho client in Home Assistant's role.
 """
 
 import json
+import os
 import signal
 
 from twisted.trial.unittest import TestCase
@@ -12,6 +13,7 @@ from websockets.sync.client import connect as ws_connect
 from smartplug_backend.core.display import Display
 from smartplug_backend.integrations.homeassistant import Topics, display_message
 
+from .certs import self_signed
 from .mosquitto import connect_home_assistant, start_mosquitto
 from .server import free_port, start_server
 from .test_e2e import http
@@ -184,7 +186,8 @@ class BrokerAwayEndToEndTests(TestCase):
         """
         port = free_port()
         server = start_server(self, f"MQTT_URL = 'mqtt://127.0.0.1:{port}'\n")
-        server.wait_for(r"MQTT: broker mqtt://127\.0\.0\.1:\d+ unavailable \(cannot connect\)")
+        # paho's own error, read while it handles it: a test of that too.
+        server.wait_for(r"MQTT: broker mqtt://127\.0\.0\.1:\d+ unavailable \(cannot connect: Connection refused\)")
         self.assertEqual(report(server, "0xb00bf0cc", 1), (200, b"{}"))
         self.assertEqual(http(server.url("/plugs/0xb00bf0cc"))[0], 200)
         broker = start_mosquitto(self, port=port)
@@ -192,6 +195,25 @@ class BrokerAwayEndToEndTests(TestCase):
         self.assertEqual(connect_home_assistant(self, broker.port).wait_for(PLUG_STATE).payload, b"ON")
         self.assertEqual(server.log().count("unavailable"), 1)
         self.assertNotIn("Traceback", server.log())
+
+    def test_untrusted_broker_certificate(self):
+        """
+        C{mqtts://} to a broker whose certificate the system does not trust
+        is one log line that says so (not just "cannot connect"); with its
+        certificate trusted, as the README shows (C{SSL_CERT_FILE}), the
+        same server connects.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        cert, key = self_signed(directory)
+        broker = start_mosquitto(self, tls=(cert, key))
+        server = start_server(self, f"MQTT_URL = {broker.url()!r}\n")
+        server.wait_for(r"MQTT: broker mqtts://127\.0\.0\.1:\d+ unavailable "
+                        r"\(cannot connect: certificate verify failed: self[- ]signed certificate\)")
+        self.assertEqual(report(server, "a", 1), (200, b"{}"))
+        trusted = start_server(self, f"MQTT_URL = {broker.url()!r}\n", env={"SSL_CERT_FILE": cert})
+        trusted.wait_for(r"MQTT: connected to mqtts://127\.0\.0\.1:", timeout=20)
+        self.assertNotIn("Traceback", server.log() + trusted.log())
 
     def test_wrong_password(self):
         """

@@ -14,6 +14,9 @@ and no answer ever waits for the broker.
 This module imports paho; C{tap} imports it only when C{MQTT_URL} is set.
 """
 
+import re
+import ssl
+import sys
 from typing import Any, Callable, Optional
 
 import paho.mqtt.client as paho
@@ -37,6 +40,23 @@ ORIGIN = "mqtt"
 PEER = "mqtt"
 
 _log = Logger(namespace="smartplug_backend.integrations.mqtt")
+
+
+def connect_error(error: Optional[BaseException]) -> str:
+    """
+    Why a try to connect failed, for the log: C{cannot connect}, and the
+    socket's or TLS's own words when known (C{Connection refused},
+    C{certificate verify failed: self-signed certificate}).
+    """
+    if error is None:
+        return "cannot connect"
+    if isinstance(error, ssl.SSLCertVerificationError) and error.verify_message:
+        why = f"certificate verify failed: {error.verify_message}"
+    elif isinstance(error, OSError) and error.strerror:
+        why = error.strerror
+    else:
+        why = str(error) or type(error).__name__
+    return f"cannot connect: {re.sub(r' [(]_ssl[.]c:[0-9]+[)]$', '', why)}"
 
 
 def make_client(broker: Broker, topics: ha.Topics) -> paho.Client:
@@ -107,7 +127,10 @@ class MQTTBridge(Service):
         self._reactor.callFromThread(self._connect_result, reason_code.is_failure, str(reason_code))
 
     def _on_connect_fail(self, client, userdata) -> None:
-        self._reactor.callFromThread(self._unavailable, "cannot connect")
+        # paho calls this from inside its "except OSError:" around the
+        # connect, so the error is the one being handled; if a paho version
+        # stops doing so, the line just says "cannot connect".
+        self._reactor.callFromThread(self._unavailable, connect_error(sys.exc_info()[1]))
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._reactor.callFromThread(self._lost, str(reason_code))
@@ -133,7 +156,8 @@ class MQTTBridge(Service):
         for stop in self._stops:
             stop()
         self._stops = []
-        if self._connected:
+        was_connected = self._connected
+        if was_connected:
             # Before the DISCONNECT in paho's queue; a clean disconnect
             # drops the will, so we say it ourselves.
             self._publish(ha.Message(self._topics.status, ha.OFFLINE.encode()))
@@ -141,8 +165,9 @@ class MQTTBridge(Service):
         self._client.disconnect()
         stopped = self._run(self._client.loop_stop)
         stopped.addTimeout(STOP_TIMEOUT, self._reactor)
+        done = "MQTT: disconnected from {where}" if was_connected else "MQTT: stopped trying to reach {where}"
         stopped.addCallbacks(
-            lambda _: self._log.info("MQTT: disconnected from {where}", where=self._broker.where),
+            lambda _: self._log.info(done, where=self._broker.where),
             lambda f: self._log.warn("MQTT: stopped without a clean disconnect: {why}", why=f.getErrorMessage()),
         )
         return stopped
