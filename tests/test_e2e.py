@@ -4,6 +4,7 @@ End-to-end: the real C{twistd -n smartplug}, talked to by independent clients
 """
 
 import json
+import re
 import socket
 import urllib.error
 import urllib.request
@@ -63,6 +64,18 @@ class CoreEndToEndTests(TestCase):
         status, body = http(self.server.url("/plugs/0xb00bf0cc"))
         self.assertEqual(status, 200)
         self.assertEqual(json.loads(body)["value"], 1)
+
+    def test_control_characters_escaped_in_log(self):
+        """
+        A plug id with a terminal escape sequence and a carriage return is
+        stored as sent and logged with those characters as C{\\xNN}.
+        """
+        plug = "evil\u001b[2J\rok"
+        status, _ = http(self.server.url("/data"), json.dumps({"id": plug, "value": 1}).encode())
+        self.assertEqual(status, 200)
+        self.server.wait_for(re.escape("plug evil\\x1b[2J\\x0dok -> 1 from 127.0.0.1"))
+        self.assertNotIn("\x1b", self.server.log())
+        self.assertEqual(json.loads(http(self.server.url("/plugs"))[1])[0]["id"], plug)
 
     def test_status_request(self):
         """

@@ -4,6 +4,7 @@ byte for byte what twistd's own text observer writes, for any event.
 """
 
 import io
+import re
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,7 +12,7 @@ from twisted.logger import Logger, LogLevel, LogPublisher, textFileLogObserver
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from smartplug_backend.server.logtext import ClassicText, FastLogText
+from smartplug_backend.server.logtext import ClassicText, Escaped, FastLogText
 
 KEYS = ["plug_id", "value", "peer", "a", "missing"]
 _keys = st.sampled_from(KEYS)
@@ -207,7 +208,8 @@ class FastLogTextTests(SynchronousTestCase):
         own = self.observer.formatEvent
         service = FastLogText(self.publisher)
         service.startService()
-        self.assertIsInstance(self.observer.formatEvent, ClassicText)
+        self.assertIsInstance(self.observer.formatEvent, Escaped)
+        self.assertIsInstance(self.observer.formatEvent.formatter, ClassicText)
         self.log.info("plug {plug_id} -> {value} from {peer}", plug_id="7", value=1, peer="127.0.0.1")
         self.assertRegex(
             self.out.getvalue(),
@@ -220,13 +222,49 @@ class FastLogTextTests(SynchronousTestCase):
     def test_other_layouts_left_alone(self):
         """
         An observer whose text differs (another time format, another
-        layout) keeps its own formatter.
+        layout) keeps its own formatter, only escaped; stopped, it has it
+        back as it was.
         """
         hours = textFileLogObserver(io.StringIO(), timeFormat="%H")
         plain = textFileLogObserver(io.StringIO())
-        plain.formatEvent = lambda event: "always this\n"
+        plain.formatEvent = lambda event: "always \x1bthis\n"
         own = (hours.formatEvent, plain.formatEvent)
         service = FastLogText(LogPublisher(hours, plain))
         service.startService()
-        self.assertEqual((hours.formatEvent, plain.formatEvent), own)
+        self.assertEqual((hours.formatEvent.formatter, plain.formatEvent.formatter), own)
+        self.assertEqual(plain.formatEvent({}), "always \\x1bthis\n")
         service.stopService()
+        self.assertEqual((hours.formatEvent, plain.formatEvent), own)
+
+    def test_control_characters_escaped(self):
+        """
+        A control character from the network (an escape sequence, a
+        carriage return, NUL, DEL, a C1 control) is written as C{\\xNN};
+        tabs, line breaks (twistd indents later lines) and other text are as
+        they were.  Both the fast path and Twisted's (a traceback) escape.
+        """
+        service = FastLogText(self.publisher)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.log.info("plug {plug_id} -> {value} from {peer}", plug_id="a\x00b\x1b[2J\rc\x7f\x9b\tМихаил\nx",
+                      value=1, peer="127.0.0.1")
+        try:
+            raise ValueError("bad \x1b]0;title\x07")
+        except ValueError:
+            self.log.failure("report {plug_id} failed", plug_id="\x1b[31m")
+        text = self.out.getvalue()
+        self.assertIn("plug a\\x00b\\x1b[2J\\x0dc\\x7f\\x9b\tМихаил\n\tx -> 1 from 127.0.0.1\n", text)
+        self.assertIn("report \\x1b[31m failed\n", text)
+        self.assertIn("ValueError: bad \\x1b]0;title\\x07\n", text)
+        self.assertIsNone(re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f]", text))
+
+    @given(st.text())
+    def test_escaped_is_the_text_without_controls(self, text):
+        """
+        Escaping keeps every other character and leaves no control but tab
+        and line feed.
+        """
+        escaped = Escaped(lambda event: text)({})
+        self.assertIsNone(re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f]", escaped))
+        self.assertEqual(re.sub(r"\\x[0-9a-f]{2}", "", escaped), re.sub(r"\\x[0-9a-f]{2}", "",
+                         re.sub("[\x00-\x08\x0b-\x1f\x7f-\x9f]", "", text)))

@@ -15,10 +15,16 @@ field with attributes, indexes, calls or nested specs, a value other than a
 plain string, number or None, anything that fails) to the observer's own
 formatter.  L{FastLogText} fits it onto twistd's text observers while the
 server runs, after checking on sample events that it writes what they would; an observer that writes anything else (a different
-time format, another layout) is left alone.
+time format, another layout) keeps its own formatter.
+
+Either way the text goes through L{Escaped}: plug ids, client names and
+event names come from the network, and a control character in one (an
+escape sequence for the terminal that shows the log, a carriage return
+that hides the start of the line) is written as C{\\x1b}, C{\\x0d}.
 """
 
 import math
+import re
 import time
 from string import Formatter
 from typing import Callable, Optional
@@ -45,6 +51,32 @@ _PLAIN = frozenset({str, int, float, bool, type(None)})
 # LogLevel's constants, whose name is a plain attribute.
 _LEVEL = type(LogLevel.info)
 _CANNOT = object()
+
+
+# C0 controls but tab and line feed (twistd's observer indents a message's
+# later lines itself), DEL, and C1 controls (U+009B is a terminal's CSI).
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _hex(match) -> str:
+    return f"\\x{ord(match.group()):02x}"
+
+
+class Escaped:
+    """
+    A formatter's text with control characters written as C{\\xNN}.
+
+    @param formatter: the formatter whose text it escapes.
+    """
+
+    def __init__(self, formatter: Callable) -> None:
+        self.formatter = formatter
+
+    def __call__(self, event: dict) -> Optional[str]:
+        text = self.formatter(event)
+        if text and _CONTROL.search(text):
+            return _CONTROL.sub(_hex, text)
+        return text
 
 
 def _compile(log_format: str):
@@ -173,8 +205,9 @@ def agrees(fast: ClassicText, samples=_SAMPLES) -> bool:
 class FastLogText(Service):
     """
     While running, every text file observer of C{publisher} whose output
-    L{ClassicText} reproduces formats with it; stopping puts the observers'
-    own formatters back.
+    L{ClassicText} reproduces formats with it, and every one escapes control
+    characters (L{Escaped}); stopping puts the observers' own formatters
+    back.
     """
 
     def __init__(self, publisher=globalLogPublisher) -> None:
@@ -185,12 +218,11 @@ class FastLogText(Service):
         super().startService()
         for observer in internals.text_log_observers(self._publisher):
             own = internals.log_formatter(observer)
-            if isinstance(own, ClassicText):
+            if isinstance(own, Escaped):
                 continue
             fast = ClassicText(own)
-            if agrees(fast):
-                internals.set_log_formatter(observer, fast)
-                self._fitted.append((observer, own))
+            internals.set_log_formatter(observer, Escaped(fast if agrees(fast) else own))
+            self._fitted.append((observer, own))
 
     def stopService(self):
         for observer, own in self._fitted:
