@@ -15,8 +15,9 @@ import os
 import re
 import runpy
 from typing import Any, Callable, Optional
+from urllib.parse import urlsplit
 
-from .integrations.mqtt_url import InvalidBrokerURL, parse_broker_url, redact
+from .integrations.mqtt_url import InvalidBrokerURL, parse_broker_url, redact, userinfo_hint
 
 DEFAULT_PATH = "settings.py"
 
@@ -68,9 +69,36 @@ def _optional_text(v: Any) -> Optional[str]:
 
 
 def _redis_url(v: Any) -> Optional[str]:
-    if v is None or (isinstance(v, str) and v.startswith(("redis://", "rediss://"))):
+    if v is None:
         return None
-    return 'None or a URL such as "redis://host:6379/0" (rediss:// for TLS)'
+    expected = 'None or a URL such as "redis://host:6379/0" (rediss:// for TLS)'
+    if not isinstance(v, str):
+        return expected
+    try:
+        parts = urlsplit(v)
+    except ValueError:
+        return expected + ", with a valid host"
+    try:
+        port = parts.port
+    except ValueError:
+        return expected + ", with a port number from 1 to 65535" + userinfo_hint(v)
+    if parts.scheme not in ("redis", "rediss"):
+        return expected
+    if port == 0:
+        return expected + ", with a port number from 1 to 65535"
+    if not re.fullmatch(r"/?|/[0-9]+", parts.path) or parts.fragment:
+        return expected + ", whose path is only a database number" + userinfo_hint(v)
+    try:
+        # Loaded only when REDIS_URL is set; its own reading of the query
+        # (ssl_ca_certs=..., socket_timeout=...) must not fail at start.
+        from redis.connection import parse_url
+
+        parse_url(v)
+    except ImportError:
+        return None  # the engine's import says what is missing
+    except (TypeError, ValueError) as e:
+        return f"{expected}; redis-py cannot use it: {e}"
+    return None
 
 
 def _bool(v: Any) -> Optional[str]:
@@ -265,7 +293,7 @@ def settings_from(values: dict[str, Any], path: Optional[str] = None) -> Setting
 
 def _describe(name: str, value: Any) -> str:
     # Never echo the value of a setting that may hold a secret.
-    if name in ("AUTH_SECRET", "API_KEY", "DASHBOARD_USERS", "REDIS_URL") or name.endswith(("_SECRET", "_KEY")):
+    if name in ("AUTH_SECRET", "API_KEY", "DASHBOARD_USERS") or name.endswith(("_SECRET", "_KEY")):
         return f"a value of type {type(value).__name__}"
     if name.endswith("_URL") and isinstance(value, str):
         value = redact(value)

@@ -68,11 +68,26 @@ class RedisServer:
                 ready.set()
         ready.set()  # it exited: start() looks at why
 
+    def pause(self) -> None:
+        """
+        Freeze it (SIGSTOP): its connections stay open and nothing answers,
+        as with a Redis that hangs.
+        """
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """
+        Let a paused Redis run again (SIGCONT).
+        """
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         """
         Stop it (SIGTERM) and wait.
         """
         if self.process is not None and self.process.poll() is None:
+            self.resume()
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(10)

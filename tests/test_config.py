@@ -150,6 +150,33 @@ class LoadTests(SynchronousTestCase):
             self.assertIn("me:***@broker", str(error), url)
             self.assertNotIn("\n", str(error))
 
+    def test_redis_url_checked_at_start(self):
+        """
+        A C{REDIS_URL} that could not be used is one line naming what is
+        wrong, with its password hidden, not a traceback at start; a
+        database number and redis-py's query options are taken.
+        """
+        cases = {
+            "redis://127.0.0.1:99999/0": "with a port number from 1 to 65535",
+            "redis://127.0.0.1:abc/0": "with a port number from 1 to 65535",
+            "redis://[::1/0": "with a valid host",
+            "redis://h:6379/0?socket_timeout=abc": "redis-py cannot use it: Invalid value for 'socket_timeout'",
+            "redis://h/abc": "whose path is only a database number",
+            "redis://h/0/extra": "whose path is only a database number",
+            "http://h:6379": "must be None or a URL such as",
+            "redis://:pa/ss@h:6379/0": "percent-encode",
+        }
+        for url, expected in cases.items():
+            error = self.assertRaises(config.ConfigError, config.load, self.write(f"REDIS_URL = {url!r}\n"))
+            self.assertIn("REDIS_URL must be None or a URL such as", str(error), url)
+            self.assertIn(expected, str(error), url)
+            self.assertNotIn("pa/ss", str(error))
+            self.assertNotIn("\n", str(error))
+        error = self.assertRaises(config.ConfigError, config.load, self.write("REDIS_URL = 'redis://:s3cret@h:0/0'\n"))
+        self.assertIn("not 'redis://:***@h:0/0'", str(error))
+        for url in ("redis://h:6379/0", "rediss://:pw@h/1?ssl_ca_certs=/etc/ca.pem", "redis://h", "redis://h/"):
+            self.assertEqual(config.load(self.write(f"REDIS_URL = {url!r}\n")).REDIS_URL, url)
+
     def test_mqtt_password_with_url_characters(self):
         """
         A password holding C{/}, C{?}, C{#} or C{@/} unencoded ends the host

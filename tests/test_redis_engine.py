@@ -271,6 +271,96 @@ class EngineTests(TestCase):
         self.assertEqual(len(self.lines("is back:")), 1)
 
     @inlineCallbacks
+    def test_redis_hangs(self):
+        """
+        A Redis that hangs (frozen: its connections stay open, nothing
+        answers) is noticed without any change to commit, by the node's
+        presence write timing out; changes then answer at once, refused,
+        and reads go on.  The log says so once; when Redis answers again the
+        node loads the state and accepts changes.
+        """
+        (a,) = yield self.nodes(1, info_interval=1)
+        yield a.hub.report("p", 1, "http", "x")
+        self.redis.pause()
+        self.addCleanup(self.redis.resume)
+        yield until(lambda: not a.engine.up, "the node to notice a Redis that hangs", timeout=20)
+        refused = a.hub.report("p", 0, "http", "x")
+        self.assertIsNone(self.successResultOf(refused))
+        self.assertEqual(a.hub.plug("p").value, 1)
+        self.failureResultOf(a.hub.history("p", 10), StoreFailed)
+        self.assertEqual(len(self.lines("unreachable (Timeout")), 1)
+        self.redis.resume()
+        yield until(lambda: a.engine.mode == redis_engine.UP, "the node to load again", timeout=30)
+        report = yield a.hub.report("p", 0, "http", "x")
+        self.assertEqual(report.plug.value, 0)
+        self.assertEqual(len(self.lines("is back:")), 1)
+        self.assertEqual(len(self.lines("unreachable (")), 1)
+
+    @inlineCallbacks
+    def test_commit_times_out(self):
+        """
+        A change sent while Redis hangs answers refused after the command
+        timeout; the node is then down, so the next one is refused at once.
+        """
+        (a,) = yield self.nodes(1, info_interval=60)
+        self.redis.pause()
+        self.addCleanup(self.redis.resume)
+        first = yield a.hub.report("p", 1, "http", "x")
+        self.assertIsNone(first)
+        self.assertFalse(a.engine.up)
+        self.assertIsNone(self.successResultOf(a.hub.report("p", 1, "http", "x")))
+
+    @inlineCallbacks
+    def test_redis_emptied_while_connected(self):
+        """
+        Redis loses its data without dropping a connection (FLUSHALL,
+        eviction): the node that commits next seeds it again; the other
+        notices the new data in that node's change, loads it, and so gets
+        the change; both agree on the new epochs.
+        """
+        a, b = yield self.nodes()
+        yield a.hub.report("p", 1, "http", "x")
+        yield a.hub.publish("door", "open", "x")
+        yield until(lambda: b.hub.pubsub.history.position("door")[0] == 1, "B to have the publication")
+        epoch = b.hub.pubsub.history.position("door")[1]
+        a.engine.state.client.flushall()
+        report = None
+        for _ in range(50):
+            report = yield a.hub.report("fl", 1, "http", "x")
+            if report is not None:
+                break
+            yield until(lambda: a.engine.mode == redis_engine.UP, "A to load again", timeout=20)
+        self.assertIsNotNone(report)
+        yield until(lambda: b.hub.plug("fl") is not None, "B to load the new data", timeout=20)
+        self.assertEqual(len(self.lines("holds other data than this node loaded")), 1)
+        yield until(lambda: b.engine.mode == redis_engine.UP, "B up", timeout=20)
+        yield a.hub.publish("door", "again", "x")
+        yield until(lambda: b.hub.pubsub.history.position("door") == a.hub.pubsub.history.position("door"),
+                    "both nodes on the same position")
+        self.assertNotEqual(b.hub.pubsub.history.position("door")[1], epoch)
+
+    @inlineCallbacks
+    def test_epoch_before_first_publication_is_shared(self):
+        """
+        Every node hands out the same epoch for an event never published,
+        so a client that learnt it on B and missed the first publications,
+        made on A, recovers them on B.
+        """
+        a, b = yield self.nodes()
+        a.subscribe("ca", "fresh", since=(0, "unknown"))
+        b.subscribe("cb", "fresh", since=(0, "unknown"))
+        epoch = b.frames["cb"][-1]["epoch"]
+        self.assertEqual(a.frames["ca"][-1]["epoch"], epoch)
+        self.assertEqual(a.hub.pubsub.history.page("fresh", 0, 10)[0], epoch)
+        for i in range(2):
+            yield a.hub.publish("fresh", i, "peer")
+        yield until(lambda: b.hub.pubsub.history.position("fresh")[0] == 2, "B to have both")
+        b.subscribe("again", "fresh", since=(0, epoch))
+        frames = b.frames["again"]
+        self.assertEqual([(f.get("offset"), f.get("data")) for f in frames[:2]], [(1, 0), (2, 1)])
+        self.assertEqual((frames[-1]["recovered"], frames[-1]["epoch"]), (True, epoch))
+
+    @inlineCallbacks
     def test_start_without_redis(self):
         """
         A node that starts while Redis is away starts all the same, refuses

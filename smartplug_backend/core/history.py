@@ -146,6 +146,18 @@ class History:
         # published first, and the data bytes of every kept publication.
         self._holding: collections.OrderedDict[str, Stream] = collections.OrderedDict()
         self.kept_bytes = 0
+        # See share_epochs.
+        self._shared_epoch: Optional[Callable[[str], Optional[str]]] = None
+
+    def share_epochs(self, epoch_of: Callable[[str], Optional[str]]) -> None:
+        """
+        Take the epoch of an event without a stream from C{epoch_of(event)}
+        instead of making one up: several nodes that derive it the same way
+        (from what they share) hand out the same epoch for it, and its first
+        publication, on any of them, adopts it.  C{None} from C{epoch_of}
+        falls back to a random one.
+        """
+        self._shared_epoch = epoch_of
 
     @property
     def enabled(self) -> bool:
@@ -157,6 +169,10 @@ class History:
     def _epoch_unpublished(self, event: str) -> str:
         # The epoch a reader of an event without a stream learns, and that
         # its first publication adopts.
+        if self._shared_epoch is not None:
+            shared = self._shared_epoch(event)
+            if shared is not None:
+                return shared
         epoch = self._unpublished.get(event)
         if epoch is None:
             epoch = self._unpublished[event] = self._make_epoch()
@@ -198,7 +214,8 @@ class History:
         """
         stream = self._streams.get(event)
         if stream is None:
-            stream = self._new_stream(event, Stream(self._unpublished.get(event) or self._make_epoch()))
+            shared = self._shared_epoch(event) if self._shared_epoch is not None else None
+            stream = self._new_stream(event, Stream(shared or self._unpublished.get(event) or self._make_epoch()))
         else:
             self._streams.move_to_end(event)
         stream.assigned += 1

@@ -54,11 +54,11 @@ def parse_broker_url(url: str) -> Broker:
         try:
             port = parts.port
         except ValueError:
-            raise InvalidBrokerURL("a URL with a port number from 1 to 65535" + _escape_hint(url)) from None
+            raise InvalidBrokerURL("a URL with a port number from 1 to 65535" + userinfo_hint(url)) from None
         if not parts.hostname:
             raise InvalidBrokerURL(f"a URL with a host name, such as {EXAMPLE!r}")
         if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise InvalidBrokerURL(f"a URL without a path or query, such as {EXAMPLE!r}" + _escape_hint(url))
+            raise InvalidBrokerURL(f"a URL without a path or query, such as {EXAMPLE!r}" + userinfo_hint(url))
     except InvalidBrokerURL:
         raise
     except ValueError:
@@ -76,9 +76,12 @@ def parse_broker_url(url: str) -> Broker:
     )
 
 
-def _escape_hint(url: str) -> str:
-    # A "/", "?" or "#" in the password ends the host part early, and the
-    # rest reads as a port, path, query or fragment.
+def userinfo_hint(url: str) -> str:
+    """
+    For an error about a URL with user information: a C{/}, C{?} or C{#}
+    in the password ends the host part early, and the rest reads as a
+    port, path, query or fragment; say how to write them.
+    """
     if "@" not in url:
         return ""
     return "; if the user or password holds / ? # or @, percent-encode them (%2F %3F %23 %40)"

@@ -31,6 +31,8 @@ Redis that lost its data (restarted empty) is seeded again from the first
 node's copy under a new I{incarnation}; the others notice and load it.
 """
 
+import base64
+import hashlib
 import itertools
 import json
 import secrets
@@ -75,8 +77,23 @@ def redacted(url: str) -> str:
     """
     parts = urlsplit(url)
     host = parts.hostname or "localhost"
-    port = f":{parts.port}" if parts.port else ""
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # the settings refuse such a URL; never raise here
+        port = ""
     return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def shared_epoch(incarnation: str, event: str) -> str:
+    """
+    The epoch every node hands out for C{event} before its first
+    publication: derived from Redis' incarnation, so all nodes agree on it
+    without asking Redis, and it changes when Redis loses its data.  (An
+    event once published keeps its epoch in Redis for as long as the
+    incarnation lives.)  8 URL-safe characters, like a random epoch.
+    """
+    digest = hashlib.sha256(f"{incarnation}\0{event}".encode("utf-8", "surrogatepass")).digest()
+    return base64.urlsafe_b64encode(digest[:6]).decode("ascii")
 
 
 def make_client(url: str) -> "redis.Redis":
@@ -124,6 +141,9 @@ class RedisEngine(ThreadPoolService):
         self.journal = RedisJournal(self, keep)
         self.bans = SharedBans(self)
         self.hub = make_hub(self.journal)
+        self.hub.pubsub.history.share_epochs(
+            lambda event: shared_epoch(self._incarnation, event) if self._incarnation is not None else None
+        )
         # One id per process: two nodes may share a host name.
         self.node_id = secrets.token_hex(8)
         self._tokens = itertools.count(1)
@@ -136,6 +156,13 @@ class RedisEngine(ThreadPoolService):
         self._pending: dict = {}
         self._away = False
         self._stopping = threading.Event()
+        # Set while Redis does not answer: work queued on the Redis thread
+        # before that was noticed fails at once instead of waiting out its
+        # own timeout behind the others.
+        self._unanswered = threading.Event()
+        self._showing = False
+        # The next try to load the state while Redis is away, if one waits.
+        self._retry = None
         self._listener: Optional[threading.Thread] = None
         self._channel = None
         self.presence_interval = min(info_interval, REDIS_PRESENCE_INTERVAL)
@@ -199,6 +226,8 @@ class RedisEngine(ThreadPoolService):
     def stopService(self):
         if self._presence.running:
             self._presence.stop()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
         self._stopping.set()
         self._generation += 1
         self._mode = DOWN
@@ -227,15 +256,27 @@ class RedisEngine(ThreadPoolService):
         if not self.up:
             return fail(StoreFailed(f"Redis at {self.where} unreachable"))
         token = f"{self.node_id}:{next(self._tokens)}"
+        # The incarnation goes out with the change: a node that loaded other
+        # data (Redis was emptied and seeded again meanwhile) notices.
         text = json.dumps(
-            {"origin": self.node_id, "node": self.node_name, "token": token, **change}, separators=(",", ":")
+            {"origin": self.node_id, "node": self.node_name, "token": token, "incarnation": self._incarnation,
+             **change},
+            separators=(",", ":"),
         )
         done = Deferred()
         timeout = self._clock.callLater(REDIS_CONFIRM_TIMEOUT, self._unconfirmed, token)
         self._pending[token] = (done, timeout)
-        written = self._run(write, self._incarnation, text, *args)
+        written = self._run(self._answered(write), self._incarnation, text, *args)
         written.addErrback(self._not_committed, token)
         return done
+
+    def _answered(self, f: Callable) -> Callable:
+        # (Redis thread) f, unless Redis stopped answering since it was queued.
+        def run(*args):
+            if self._unanswered.is_set():
+                raise redis.ConnectionError("Redis is not answering")
+            return f(*args)
+        return run
 
     def read(self, f: Callable, *args) -> Deferred:
         """
@@ -244,11 +285,28 @@ class RedisEngine(ThreadPoolService):
         """
         if not self.up:
             return fail(StoreFailed(f"Redis at {self.where} unreachable"))
-        return self._run(f, *args).addErrback(self._as_store_failure)
+        return self._run(self._answered(f), *args).addErrback(self._as_store_failure)
 
     def _as_store_failure(self, failure):
         failure.trap(redis.RedisError, OSError)
+        self._unreachable_if_so(failure)
         raise StoreFailed(f"Redis at {self.where}: {failure.getErrorMessage()}")
+
+    def _unreachable_if_so(self, failure) -> None:
+        """
+        A command that timed out or lost its connection means Redis is
+        away, even while the channel's connection looks open (a Redis that
+        hangs): refuse changes at once from now on, and load the state
+        again once it answers.
+        """
+        if failure.check(redis.TimeoutError, redis.ConnectionError, OSError) and self._mode != DOWN:
+            self._lost(failure.getErrorMessage())
+            self._retry_later()
+
+    def _retry_later(self) -> None:
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = self._clock.callLater(REDIS_MAX_BACKOFF, self._retry_sync, self._generation)
 
     def _settle(self, token: str):
         entry = self._pending.pop(token, None)
@@ -269,6 +327,7 @@ class RedisEngine(ThreadPoolService):
             why = "Redis lost its data; loading it again"
         else:
             why = f"Redis at {self.where}: {failure.getErrorMessage()}"
+            self._unreachable_if_so(failure)
         if done is not None:
             done.errback(StoreFailed(why))
 
@@ -366,6 +425,19 @@ class RedisEngine(ThreadPoolService):
             self._take(change)
 
     def _take(self, change: dict) -> None:
+        incarnation = change.get("incarnation")
+        if incarnation is not None and incarnation != self._incarnation:
+            # Committed under data this node did not load: Redis lost its
+            # data and another node seeded it again.  Its numbers start
+            # over, so none of them can be compared with ours: load again.
+            self._log.warn(
+                "Redis at {where} holds other data than this node loaded (it lost its data and another node "
+                "seeded it): loading it again",
+                where=self.where,
+            )
+            self._resync()
+            self._buffer.append(change)
+            return
         seq = change["seq"]
         if seq <= self._applied:
             # Already in the snapshot just loaded.  If it is this node's own,
@@ -454,7 +526,7 @@ class RedisEngine(ThreadPoolService):
             return
         self._lost(failure.getErrorMessage())
         # The channel may still be up: try again rather than wait for it.
-        self._clock.callLater(REDIS_MAX_BACKOFF, self._retry_sync, self._generation)
+        self._retry_later()
 
     def _retry_sync(self, generation: int) -> None:
         if generation == self._generation and self._mode == DOWN and not self._stopping.is_set():
@@ -493,7 +565,11 @@ class RedisEngine(ThreadPoolService):
                 "Redis at {where} is back: state loaded ({count} plugs), changes accepted again",
                 where=self.where, count=len(snapshot.plugs),
             )
-        buffered, self._buffer = self._buffer, []
+        # Changes committed under the old data came before the new data on
+        # the channel; the snapshot stands for them.
+        buffered = [c for c in self._buffer if c.get("incarnation") in (None, self._incarnation)]
+        self._buffer = []
+        self._unanswered.clear()
         for change in buffered:
             if self._mode == UP:
                 self._take(change)
@@ -557,6 +633,7 @@ class RedisEngine(ThreadPoolService):
     def _lost(self, why: str) -> None:
         self._generation += 1
         self._mode = DOWN
+        self._unanswered.set()
         self._buffer = []
         if not self._away:
             self._away = True
@@ -574,7 +651,8 @@ class RedisEngine(ThreadPoolService):
         (Every interval) write this node's connections to Redis and take the
         other live nodes' into the info frame.
         """
-        if self._mode == DOWN:
+        if self._mode == DOWN or self._showing:
+            # Down, or the last write still waits for Redis: skip a turn.
             return
         try:
             listing = json.dumps(self.hub.pubsub.listing(), separators=(",", ":"))
@@ -582,10 +660,20 @@ class RedisEngine(ThreadPoolService):
             self._log.failure("listing this node's connections")
             return
         ttl = self.presence_interval * REDIS_PRESENCE_TTL_FACTOR
-        shown = self._run(self.state.show_node, self.node_id, listing, ttl)
+        self._showing = True
+        shown = self._run(self._answered(self.state.show_node), self.node_id, listing, ttl)
+        shown.addBoth(self._shown)
         shown.addCallbacks(self.hub.pubsub.show_elsewhere, self._presence_failed)
 
+    def _shown(self, result):
+        self._showing = False
+        # The next try to load the state while Redis is away, if one waits.
+        self._retry = None
+        return result
+
     def _presence_failed(self, failure) -> None:
-        # The channel thread notices an unreachable Redis and says so once.
-        if not failure.check(redis.RedisError, OSError):
+        # Also how a Redis that hangs, with no change to commit, is noticed.
+        if failure.check(redis.RedisError, OSError):
+            self._unreachable_if_so(failure)
+        else:
             self._log.failure("sharing this node's connections", failure)
