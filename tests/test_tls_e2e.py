@@ -35,6 +35,18 @@ def https(url: str, context: ssl.SSLContext, body: bytes = None):
         return e.code, e.read()
 
 
+def alpn(port: int, cert: str, offered=("h2", "http/1.1")):
+    """
+    A TLS handshake offering C{offered} over ALPN, as browsers, curl and
+    okhttp do; returns the protocol the server chose.
+    """
+    context = client_context(cert)
+    context.set_alpn_protocols(list(offered))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            return tls.selected_alpn_protocol()
+
+
 def tls_settings(directory: str) -> tuple:
     cert, key = self_signed(directory)
     return cert, f"TLS_CERT_FILE = {cert!r}\nTLS_KEY_FILE = {key!r}\n"
@@ -81,6 +93,22 @@ class TLSEndToEndTests(TestCase):
         status, body = https(self.url(f"/display?apiKey={KEY}"), self.context, b'{"mode": 1, "weather": 3, "intensity": 9}')
         self.assertEqual((status, json.loads(body)["packet"]), (200, "[cc:1:3:9]"))
         self.assertEqual(device.recv(timeout=5), "[cc:1:3:9]")
+
+    def test_alpn_clients(self):
+        """
+        Clients that offer ALPN (browsers, curl, okhttp) complete the
+        handshake on every listener and get HTTP/1.1; a wss client offering
+        it opens its WebSocket.
+        """
+        for label in LISTENERS:
+            self.assertEqual(alpn(self.server.ports[label], self.cert), "http/1.1", label)
+        context = client_context(self.cert)
+        context.set_alpn_protocols(["h2", "http/1.1"])
+        url = f"wss://127.0.0.1:{self.server.ports['app WebSocket']}/"
+        with ws_connect(url, ssl=context, open_timeout=5) as app:
+            self.server.wait_for(r"app connected from 127\.0\.0\.1")
+            self.assertEqual(https(self.url("/data"), self.context, b'{"id": "p", "value": 1}')[0], 200)
+            self.assertEqual(app.recv(timeout=5), '{"id": "p", "value": 1}')
 
     def test_old_tls_refused_by_server(self):
         """
@@ -157,6 +185,31 @@ class EndpointDescriptionTests(TestCase):
                 self.assertTrue(s.recv(4096).startswith(b"HTTP/1.1 200 OK"))
             self.assertEqual(app.recv(timeout=5), '{"id": "p", "value": 1}')
         self.assertNotIn("speaks https", server.log())
+        self.assertNotIn("Traceback", server.log())
+
+    def test_ssl_descriptions_with_alpn(self):
+        """
+        ssl: descriptions for every listener: clients that offer ALPN
+        complete the handshake and get HTTP/1.1 (Twisted aborts it when the
+        factory inside names no protocol), https and wss work with them.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        cert, key = self_signed(directory)
+        ssl_endpoint = f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
+        server = start_server(
+            self, f"AUTH_SECRET = {SECRET!r}\n", listeners=LISTENERS,
+            args=["--www", ssl_endpoint, "--ws", ssl_endpoint, "--device", ssl_endpoint],
+        )
+        for label in LISTENERS:
+            self.assertEqual(alpn(server.ports[label], cert), "http/1.1", label)
+            self.assertEqual(alpn(server.ports[label], cert, offered=("http/1.1",)), "http/1.1", label)
+        context = client_context(cert)
+        context.set_alpn_protocols(["h2", "http/1.1"])
+        status, body = https(f"https://127.0.0.1:{server.ports['HTTP']}/", context)
+        self.assertEqual((status, body), (200, b"hallo."))
+        with ws_connect(f"wss://127.0.0.1:{server.ports['app WebSocket']}/", ssl=context, open_timeout=5):
+            server.wait_for(r"app connected from 127\.0\.0\.1")
         self.assertNotIn("Traceback", server.log())
 
 

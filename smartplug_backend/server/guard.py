@@ -22,7 +22,7 @@ import ipaddress
 from collections import Counter
 from typing import Callable, Iterable, Optional
 
-from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
+from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocolNegotiationFactory, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -35,6 +35,8 @@ _SWEEP_AT = 4096
 # Seconds between a ban and the closing of the banned address's open
 # connections: the answer that made the ban (a 401) is written first.
 CLOSE_AFTER_BAN = 0.5
+# The one protocol every listener speaks, named for ALPN.
+HTTP_1_1 = b"http/1.1"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -462,6 +464,7 @@ def log_prefix(wrapped) -> str:
     return prefix() if prefix else type(wrapped).__name__
 
 
+@implementer(IProtocolNegotiationFactory)
 class GateFactory(Factory):
     """
     Wraps a listener's factory and decides at accept: a connection refused
@@ -470,6 +473,11 @@ class GateFactory(Factory):
     A protocol rather than C{None}, so that it also works under wrappers
     (TLS, connection limits) that do not accept C{None} from the factory
     they wrap.
+
+    It names HTTP/1.1 as its protocol for ALPN: an C{ssl:} endpoint wraps
+    it in TLS, and Twisted's ALPN callback aborts the handshake of every
+    client that offers ALPN (browsers, curl, okhttp) when the factory
+    inside names no protocol.
     """
 
     noisy = False
@@ -479,6 +487,12 @@ class GateFactory(Factory):
 
     def logPrefix(self) -> str:
         return log_prefix(self.wrapped)
+
+    def acceptableProtocols(self) -> list:
+        """
+        ALPN: every listener speaks HTTP/1.1 (WebSocket handshakes included).
+        """
+        return [HTTP_1_1]
 
     def doStart(self) -> None:
         self.wrapped.doStart()

@@ -22,6 +22,8 @@ from twisted.internet.ssl import CertificateOptions, TLSVersion
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 MINIMUM_VERSION = TLSVersion.TLSv1_2
+# The one protocol every listener speaks, named for ALPN.
+HTTP_1_1 = b"http/1.1"
 
 
 class TLSError(Exception):
@@ -107,6 +109,11 @@ def load(cert_file: str, key_file: str) -> TLS:
             certificate=crypto.X509.from_cryptography(certificate),
             extraCertChain=[crypto.X509.from_cryptography(c) for c in chain[1:]],
             raiseMinimumTo=MINIMUM_VERSION,
+            # ALPN: every listener speaks HTTP/1.1 (WebSocket handshakes
+            # included).  Named here because Twisted aborts the handshake
+            # of a client that offers ALPN when no protocol is named (the
+            # WebSocket factories name none).
+            acceptableProtocols=[HTTP_1_1],
         )
         # Build the OpenSSL context now, so that whatever OpenSSL refuses
         # (a key too weak for its security level...) stops the start.
