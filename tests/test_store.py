@@ -7,6 +7,8 @@ import hashlib
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -903,3 +905,43 @@ class LogSizeTests(SynchronousTestCase):
         self.addCleanup(db.close)
         self.assertEqual(db.log_pages, 80)
         self.assertTrue(os.path.exists(target + "-wal"))
+
+
+class ReadOnlyTests(SynchronousTestCase):
+    """
+    A database the server may read but not write is refused at open, with
+    what to fix, rather than found out at the first report.
+    """
+
+    def test_read_only_file_refused_at_open(self):
+        """
+        A store file of mode 0444, opened by a process that may not override
+        file modes, is refused: the error names the file, its -wal and -shm
+        and their directory, and blames permissions, not the disk's room.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, "state.sqlite")
+        Store.open(path, 10).close()
+        os.chmod(path, 0o444)
+        # Root writes any file: drop its power to override file modes for
+        # the child that opens the store (util-linux's setpriv, a Debian
+        # essential).
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+        code = (
+            "import sys\n"
+            "from smartplug_backend.state.store import Store, DiskTrouble\n"
+            "try:\n"
+            "    Store.open(sys.argv[1], 10)\n"
+            "except DiskTrouble as e:\n"
+            "    print(e)\n"
+            "else:\n"
+            "    print('opened')\n"
+        )
+        result = subprocess.run(prefix + [sys.executable, "-c", code, path], capture_output=True, text=True,
+                                timeout=60)
+        self.assertEqual(result.stderr, "")
+        self.assertIn(f"{path} cannot be written (attempt to write a readonly database)", result.stdout)
+        self.assertIn(f"let the server's user write {path}, its -wal and -shm files beside it and their directory "
+                      f"{directory}", result.stdout)
+        self.assertNotIn("bytes free", result.stdout)

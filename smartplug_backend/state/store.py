@@ -236,6 +236,32 @@ def disk_size(directory: str) -> Optional[int]:
     return None if stat is None else (stat.f_blocks - (stat.f_bfree - stat.f_bavail)) * stat.f_frsize
 
 
+# Of _DISK_CODES, those that blame permissions, not room: PERM, READONLY,
+# CANTOPEN.
+_PERMISSION_CODES = frozenset({3, 8, 14})
+
+
+def disk_advice(error: BaseException, path: str) -> str:
+    """
+    What the owner should do about C{error}, a L{disk_trouble} error with
+    the file C{path}: fix permissions, or make room on the disk.
+    """
+    code = getattr(error, "sqlite_errorcode", 0) & 0xFF
+    if code in _PERMISSION_CODES:
+        return (f"let the server's user write {path}, its -wal and -shm files beside it and their directory "
+                f"{disk_of(path)}, and start again")
+    return "make room on its disk (or fix the disk) and start again"
+
+
+def disk_detail(error: BaseException, path: str) -> str:
+    """
+    C{error}'s text, with the free space on the disk of C{path} when the
+    disk may be full.
+    """
+    code = getattr(error, "sqlite_errorcode", 0) & 0xFF
+    return f"{error}" if code in _PERMISSION_CODES else f"{error}{free_space(path)}"
+
+
 def free_space(path: str) -> str:
     """
     ", N bytes free on its file system" for the file system of C{path}, or
@@ -304,8 +330,8 @@ def check(db: sqlite3.Connection, path: str) -> int:
     except sqlite3.DatabaseError as e:
         if disk_trouble(e):
             raise DiskTrouble(
-                f"{path} cannot be read ({e}{free_space(path)}); its contents were not checked and it is "
-                "left untouched: make room on its disk (or fix the disk) and start again"
+                f"{path} cannot be read ({disk_detail(e, path)}); its contents were not checked and it is "
+                f"left untouched: {disk_advice(e, path)}"
             ) from None
         raise UnusableDatabase(f"{path} is damaged or not an SQLite database ({e})") from None
     if problem:
@@ -419,12 +445,22 @@ class Store:
             # The incoming view's schema in memory, not in a temporary file.
             db.execute("PRAGMA temp_store = MEMORY")
             db.executescript(INCOMING)
+            # A file the server may read but not write (its mode, or a -shm
+            # file left by another user) would refuse every report later:
+            # refuse it now.  The header's own version, written back
+            # unchanged and rolled back, changes nothing.
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                (user_version,) = db.execute("PRAGMA user_version").fetchone()
+                db.execute(f"PRAGMA user_version = {int(user_version)}")
+            finally:
+                db.execute("ROLLBACK")
         except sqlite3.Error as e:
             db.close()
             if disk_trouble(e):
                 raise DiskTrouble(
-                    f"{path} cannot be written ({e}{free_space(path)}); it is left untouched: "
-                    "make room on its disk (or fix the disk) and start again"
+                    f"{path} cannot be written ({disk_detail(e, path)}); it is left untouched: "
+                    f"{disk_advice(e, path)}"
                 ) from None
             raise UnusableDatabase(f"{path} cannot be written ({e})") from None
         except BaseException:
