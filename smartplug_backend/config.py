@@ -320,22 +320,63 @@ def load(path: Optional[str] = None) -> Settings:
     except SyntaxError as e:
         raise ConfigError(f"{path} line {e.lineno}: {e.msg}") from None
     except Exception as e:
-        line = _line_in(path, e.__traceback__)
-        raise ConfigError(
-            f"{path}{line}: {type(e).__name__}: {e}".rstrip(": ")
-        ) from None
+        number = _line_in(path, e.__traceback__)
+        line = f" line {number}" if number else ""
+        raise ConfigError(f"{path}{line}: {_settings_error(e, _source_line(path, number))}") from None
+    for name in namespace:
+        # api_key = "..." would be ignored, leaving the server without a
+        # key: a name that is a setting but for its case is an error.
+        if not _UPPER.match(name) and name.upper() in SETTINGS:
+            raise ConfigError(f"{path}: unknown setting {name}; did you mean {name.upper()}? (settings are UPPER_CASE)")
     values = {k: v for k, v in namespace.items() if _UPPER.match(k)}
     return settings_from(values, path)
 
 
-def _line_in(path: str, tb) -> str:
+# Words people write for Python's True, False and None.
+_LITERAL_SLIPS = {"true": "True", "false": "False", "none": "None", "null": "None", "yes": "True", "no": "False"}
+# A settings line that may hold a secret: its error never quotes values.
+_SECRET_LINE = re.compile(r"SECRET|KEY|TOKEN|PASSW|USERS|_URL", re.IGNORECASE)
+
+
+def _settings_error(error: Exception, source: str) -> str:
     """
-    The line of C{path} in traceback C{tb}, as C{" line N"}, or "".
+    What went wrong running the settings file, without quoting a value that
+    may be a secret: C{AUTH_SECRET = hunter2} is a NameError for
+    C{hunter2}.
+    """
+    if isinstance(error, NameError):
+        name = getattr(error, "name", None)
+        if name and name.lower() in _LITERAL_SLIPS:
+            return f"{name} is not defined: Python writes {_LITERAL_SLIPS[name.lower()]}"
+        return "a name that is not defined (text needs quotes, as in \"...\"; Python writes True, False and None)"
+    text = f"{type(error).__name__}: {error}".rstrip(": ")
+    if _SECRET_LINE.search(source):
+        return f"{type(error).__name__} (its message is not shown: the line may hold a secret)"
+    return text
+
+
+def _source_line(path: str, number: int) -> str:
+    """
+    Line C{number} of C{path}, or "".
+    """
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for i, text in enumerate(f, start=1):
+                if i == number:
+                    return text
+    except OSError:
+        pass
+    return ""
+
+
+def _line_in(path: str, tb) -> int:
+    """
+    The line of C{path} in traceback C{tb}, or 0.
     """
     target = os.path.abspath(path)
-    line = ""
+    line = 0
     while tb is not None:
         if os.path.abspath(tb.tb_frame.f_code.co_filename) == target:
-            line = f" line {tb.tb_lineno}"
+            line = tb.tb_lineno
         tb = tb.tb_next
     return line

@@ -150,6 +150,39 @@ class LoadTests(SynchronousTestCase):
             self.assertIn("me:***@broker", str(error), url)
             self.assertNotIn("\n", str(error))
 
+    def test_setting_in_the_wrong_case(self):
+        """
+        A name that is a setting but for its case (C{api_key}) would be
+        ignored, leaving the server without a key: it is an error naming
+        the setting.  Other lower-case names are helpers, and allowed.
+        """
+        for line, name in (("api_key = 'k'", "api_key"), ("Auth_Secret = 's'", "Auth_Secret")):
+            error = self.assertRaises(config.ConfigError, config.load, self.write(line + "\n"))
+            self.assertIn(f"unknown setting {name}; did you mean {name.upper()}?", str(error))
+        settings = config.load(self.write("base = '/var/lib/smartplug'\nSTATE_DB = base + '/state.sqlite'\n"))
+        self.assertEqual(settings.STATE_DB, "/var/lib/smartplug/state.sqlite")
+
+    def test_errors_never_quote_a_secret(self):
+        """
+        A settings file that fails to run is one line with the line number;
+        it does not quote a value that may be a secret: an unquoted secret is
+        a NameError for the secret itself, and a secret's line may fail with
+        the value in the message.
+        """
+        cases = {
+            "AUTH_SECRET = mysecretvalue123": "a name that is not defined (text needs quotes",
+            "AUTH_SECRET=hunter2secret": "a name that is not defined (text needs quotes",
+            "API_KEY = int('verysecret42')": "ValueError (its message is not shown: the line may hold a secret)",
+            "TWITTER_ENABLED = true": "true is not defined: Python writes True",
+        }
+        for text, expected in cases.items():
+            error = self.assertRaises(config.ConfigError, config.load, self.write("# settings\n" + text + "\n"))
+            self.assertIn(" line 2: " + expected, str(error))
+            for secret in ("mysecretvalue123", "hunter2secret", "verysecret42"):
+                self.assertNotIn(secret, str(error))
+        error = self.assertRaises(config.ConfigError, config.load, self.write("HISTORY_KEEP = 1 / 0\n"))
+        self.assertIn("line 1: ZeroDivisionError: division by zero", str(error))
+
     def test_redis_url_checked_at_start(self):
         """
         A C{REDIS_URL} that could not be used is one line naming what is
