@@ -53,8 +53,21 @@ start: $(VENV)/.installed
 	$(VENV)/bin/twistd --pidfile twistd.pid --logfile twistd.log smartplug --settings $(SETTINGS)
 	@echo "started: pid $$(cat twistd.pid), log in twistd.log; 'make stop' stops it"
 
+# Stops the daemon and returns once it is gone (so 'make stop; make start'
+# works); a pid file left by a crash is removed, and never used to signal
+# a process that is not this server's twistd.
 stop:
-	@if [ -f twistd.pid ]; then kill $$(cat twistd.pid) && echo "stopped"; else echo "not running (no twistd.pid)"; fi
+	@if [ ! -f twistd.pid ]; then echo "not running (no twistd.pid)"; exit 0; fi; \
+	pid=$$(cat twistd.pid); \
+	if ! kill -0 "$$pid" 2>/dev/null || ! grep -q twistd "/proc/$$pid/cmdline" 2>/dev/null; then \
+	  rm -f twistd.pid; echo "not running (stale twistd.pid removed)"; exit 0; \
+	fi; \
+	kill "$$pid"; \
+	for i in $$(seq 1 120); do \
+	  if ! kill -0 "$$pid" 2>/dev/null; then echo "stopped"; exit 0; fi; \
+	  sleep 0.5; \
+	done; \
+	echo "pid $$pid is still running 60 s after SIGTERM; see twistd.log" >&2; exit 1
 
 bench: $(VENV)/.installed-test
 	$(PY) bench/run.py

@@ -14,6 +14,8 @@ from twisted.trial.unittest import TestCase
 
 from .server import free_port, twistd_command
 
+MAKEFILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Makefile")
+
 
 class DaemonTests(TestCase):
     def daemon(self, http_port: int) -> subprocess.CompletedProcess:
@@ -80,3 +82,31 @@ class DaemonTests(TestCase):
             time.sleep(0.1)
         self.assertFalse(os.path.exists(self.pidfile), "the daemon did not stop within 30 s")
         self.assertIn("Main loop terminated.", self.log())
+
+    def make_stop(self) -> subprocess.CompletedProcess:
+        return subprocess.run(["make", "-s", "-f", MAKEFILE, "stop"], cwd=self.directory, capture_output=True,
+                              text=True, timeout=90)
+
+    def test_make_stop_waits(self):
+        """
+        C{make stop} returns once the daemon is gone, so that C{make stop;
+        make start} works; then, and with a pid file left by a crash, it
+        says the server is not running and exits 0.
+        """
+        port = free_port()
+        self.assertEqual(self.daemon(port).returncode, 0)
+        with open(self.pidfile) as f:
+            pid = int(f.read())
+        self.addCleanup(lambda: os.path.exists(f"/proc/{pid}") and os.kill(pid, signal.SIGKILL))
+        stopped = self.make_stop()
+        self.assertEqual((stopped.returncode, stopped.stdout.strip()), (0, "stopped"), stopped)
+        self.assertRaises(ProcessLookupError, os.kill, pid, 0)
+        self.assertFalse(os.path.exists(self.pidfile))
+        again = self.make_stop()
+        self.assertEqual((again.returncode, again.stdout.strip()), (0, "not running (no twistd.pid)"))
+        # A crash leaves the pid file; its number may be anyone's by now.
+        with open(self.pidfile, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        stale = self.make_stop()
+        self.assertEqual((stale.returncode, stale.stdout.strip()), (0, "not running (stale twistd.pid removed)"))
+        self.assertFalse(os.path.exists(self.pidfile))
