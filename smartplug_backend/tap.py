@@ -50,13 +50,15 @@ class Options(usage.Options):
     longdesc = (
         "Serve the SmartPlug HTTP API, the app WebSocket and the device WebSocket. "
         "ENDPOINT is a Twisted endpoint description such as "
-        "tcp:9000:interface=127.0.0.1; it overrides the port in the settings file."
+        "tcp:9000:interface=127.0.0.1; it replaces both the port and LISTEN_ADDRESS of the settings file "
+        "(tcp:9000 alone listens on every interface)."
     )
     optParameters = [
         ["settings", "s", None, "Settings file (default: ./settings.py if present, else built-in defaults)."],
-        ["www", None, None, "Endpoint for the HTTP API (default: tcp:WWW_SERVER_PORT)."],
-        ["ws", None, None, "Endpoint for the app WebSocket (default: tcp:WS_SERVER_PORT)."],
-        ["device", None, None, "Endpoint for the device WebSocket (default: tcp:DEVICE_SERVER_PORT)."],
+        ["www", None, None, "Endpoint for the HTTP API (default: tcp:WWW_SERVER_PORT:interface=LISTEN_ADDRESS)."],
+        ["ws", None, None, "Endpoint for the app WebSocket (default: tcp:WS_SERVER_PORT:interface=LISTEN_ADDRESS)."],
+        ["device", None, None,
+         "Endpoint for the device WebSocket (default: tcp:DEVICE_SERVER_PORT:interface=LISTEN_ADDRESS)."],
     ]
 
 
