@@ -373,6 +373,34 @@ class CommandLineTests(Files):
         self.addCleanup(db.close)
         self.assertEqual([p.id for p in db.plugs()], ["a", "b"])
 
+    def test_restore_keeps_mode_and_says_where(self):
+        """
+        The restored file gets the mode of the one it replaces (a restore
+        run by another user must not lock the server out); the message
+        gives absolute paths.  A restore where there was no database says
+        so, as a relative STATE_DB read from another directory would give;
+        a directory at STATE_DB is refused, untouched.
+        """
+        status, out, err = self.run_cli("backup", "--settings", self.settings, "--to", self.backups)
+        path = re.fullmatch(r"backup written to (.+\.tar\.gz)\n", out).group(1)
+        os.chmod(self.db, 0o640)
+        status, out, err = self.run_cli("restore", path, "--settings", self.settings)
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(os.stat(self.db).st_mode & 0o777, 0o640)
+        self.assertIn(f"restored to {os.path.abspath(self.db)}; the database it replaced is now ", out)
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(self.db + suffix):
+                os.rename(self.db + suffix, self.db + suffix + ".gone")
+        status, out, err = self.run_cli("restore", path, "--settings", self.settings)
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn("there was no database there before", out)
+        os.remove(self.db)
+        os.mkdir(self.db)
+        self.assertOneLineError(self.run_cli("restore", path, "--settings", self.settings),
+                                "is a directory, not a database file: nothing restored")
+        self.assertTrue(os.path.isdir(self.db))
+        self.assertEqual([n for n in os.listdir(self.root) if ".before-restore-" in n and n.startswith("state.sqlite.before-restore-") and os.path.isdir(os.path.join(self.root, n))], [])
+
     def test_default_directory_and_settings(self):
         """
         Without options, the settings are ./settings.py and the backup goes

@@ -187,6 +187,23 @@ class PasswdCommandTests(SynchronousTestCase):
         self.assertTrue(passwords.verify_password(settings.DASHBOARD_USERS["anna"], "s3cret pass"))
         self.assertEqual(runpy.run_path(path)["DASHBOARD_USERS"], settings.DASHBOARD_USERS)
 
+    def test_terminal_end_and_interrupt(self):
+        """
+        Ctrl-D or Ctrl-C at the prompt is one line, no traceback, and
+        nothing printed.
+        """
+        def eof(prompt):
+            raise EOFError()
+
+        def interrupt(prompt):
+            raise KeyboardInterrupt()
+
+        self.patch(cli.getpass, "getpass", eof)
+        self.assertEqual(self.run_passwd(["passwd", "anna"], _Terminal()),
+                         (1, "", "smartplug: no password given; nothing printed\n"))
+        self.patch(cli.getpass, "getpass", interrupt)
+        self.assertEqual(self.run_passwd(["passwd", "anna"], _Terminal()), (130, "", "\nsmartplug: interrupted\n"))
+
     def test_terminal_asks_twice(self):
         """
         On a terminal the password is asked twice without echo; two

@@ -188,6 +188,8 @@ def restore(db_path: str, archive_path: str, now: Callable[[], float] = time.tim
     @raise BackupError: if the backup is unusable; nothing was changed.
     @raise lock.Locked: if a server holds the database; nothing was changed.
     """
+    if os.path.isdir(db_path):
+        raise BackupError(f"{db_path} is a directory, not a database file: nothing restored")
     data = _read_db(archive_path)
     held = lock.hold(db_path)
     try:
@@ -199,6 +201,7 @@ def restore(db_path: str, archive_path: str, now: Callable[[], float] = time.tim
                 os.fsync(f.fileno())
             _check_restorable(incoming, archive_path)
             _renew_epochs(incoming, archive_path)
+            _same_owner_and_mode(incoming, db_path)
             aside = _move_aside(db_path, now)
             os.replace(incoming, db_path)
         except BaseException:
@@ -209,6 +212,18 @@ def restore(db_path: str, archive_path: str, now: Callable[[], float] = time.tim
         return aside
     finally:
         os.close(held)
+
+
+def _same_owner_and_mode(incoming: str, db_path: str) -> None:
+    # The restored file is the server's, as the one it replaces was (a
+    # restore run with sudo must not leave a file the server cannot open).
+    try:
+        old = os.stat(db_path)
+    except FileNotFoundError:
+        return
+    if os.geteuid() == 0:
+        os.chown(incoming, old.st_uid, old.st_gid)
+    os.chmod(incoming, old.st_mode & 0o7777)
 
 
 def _check_restorable(path: str, archive_path: str) -> None:

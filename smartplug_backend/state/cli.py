@@ -9,6 +9,7 @@ success prints what was written.
 import argparse
 import getpass
 import json
+import os
 import sys
 from typing import Optional
 
@@ -77,17 +78,25 @@ def _restore(args) -> str:
         aside = backup.restore(db_path, args.file)
     except lock.Locked as e:
         raise _Failed(f"not restored: {e}; stop it first (make stop)") from None
-    done = f"{args.file} restored to {db_path}"
+    done = f"{args.file} restored to {os.path.abspath(db_path)}"
     if aside:
-        done += f"; the database it replaced is now {aside}"
+        done += f"; the database it replaced is now {os.path.abspath(aside)}"
+    else:
+        # Often a relative STATE_DB read from another directory than the
+        # server's: say so, the server will not see it.
+        done += (f"; there was no database there before: if the server keeps its state elsewhere, run this "
+                 f"where the server runs (STATE_DB is {db_path!r})")
     return done
 
 
 def _read_password(stdin) -> str:
     if stdin.isatty():
-        first = getpass.getpass("Password: ")
-        if first != getpass.getpass("Again: "):
-            raise _Failed("the two passwords differ; nothing printed")
+        try:
+            first = getpass.getpass("Password: ")
+            if first != getpass.getpass("Again: "):
+                raise _Failed("the two passwords differ; nothing printed")
+        except EOFError:
+            raise _Failed("no password given; nothing printed") from None
         password = first
     else:
         password = stdin.readline().rstrip("\r\n")
@@ -124,5 +133,8 @@ def main(argv=None, out=sys.stdout, err=sys.stderr, stdin=None) -> int:
     except OSError as e:
         err.write(f"smartplug: {e.filename or ''}: {e.strerror}\n".replace(": :", ":"))
         return 1
+    except KeyboardInterrupt:
+        err.write("\nsmartplug: interrupted\n")
+        return 130
     out.write(result + "\n")
     return 0
