@@ -33,7 +33,7 @@ from .server.runtime import FreezeStartupObjects, StopInOrder
 from .server.services import StartupError, ThreadPoolService, exit_startup
 from .server.tls import TLS, TLSError
 from .state.autobackup import BackupService, automatic_backup
-from .state.backup import DEFAULT_DIRECTORY
+from .state.backup import AUTOMATIC, DEFAULT_DIRECTORY, newest
 from .state.persistence import StoreService
 from .ws.apps import AppFactory
 from .ws.devices import DeviceFactory
@@ -248,5 +248,7 @@ def _local_state(settings: config.Settings, reactor, top: MultiService, commits,
         ThreadPoolService(pool, reactor).setServiceParent(top)
         take = partial(automatic_backup, settings.STATE_DB, settings.path, DEFAULT_DIRECTORY, settings.BACKUP_KEEP)
         run = partial(deferToThreadPool, reactor, pool)
-        BackupService(take, settings.BACKUP_INTERVAL, reactor, run).setServiceParent(top)
+        last = partial(newest, DEFAULT_DIRECTORY, AUTOMATIC)
+        BackupService(take, settings.BACKUP_INTERVAL, reactor, run, last=last, where=DEFAULT_DIRECTORY,
+                      keep=settings.BACKUP_KEEP).setServiceParent(top)
     return hub

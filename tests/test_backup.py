@@ -9,10 +9,11 @@ import os
 import re
 import sqlite3
 import tarfile
+import time
 
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
-from twisted.logger import Logger
+from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from smartplug_backend.core.hub import Plug
@@ -468,8 +469,8 @@ class AutomaticBackupTests(Files):
         self.calls = []
         self.outcomes = []
 
-    def start(self, take) -> BackupService:
-        service = BackupService(take, 60, self.clock, run=maybeDeferred)
+    def start(self, take, last=lambda: None) -> BackupService:
+        service = BackupService(take, 60, self.clock, run=maybeDeferred, last=last, keep=7)
         self.patch(service, "_log", Logger(observer=self.events.append))
         service.startService()
         self.addCleanup(lambda: service.running and service.stopService())
@@ -490,32 +491,32 @@ class AutomaticBackupTests(Files):
         The first backup comes one interval after start, then one per
         interval; each is logged with its path.
         """
-        self.outcomes = [("one", []), ("two", ["zero"])]
+        self.outcomes = [("one", [], None), ("two", ["zero"], None)]
         self.start(self.scripted)
         self.clock.pump([59])
         self.assertEqual(self.calls, [])
         self.clock.pump([1, 30, 30])
         self.assertEqual(self.calls, [60, 120])
-        self.assertEqual([e["path"] for e in self.logged("info")], ["one", "two", "zero"])
+        self.assertEqual([e.get("path") for e in self.logged("info")], [None, "one", "two", "zero"])
 
     def test_failure_logged_and_loop_goes_on(self):
         """
         A backup that fails is logged (one line for a BackupError, with the
         traceback for anything else) and the next interval tries again.
         """
-        self.outcomes = [backup.BackupError("disk full"), RuntimeError("bug"), ("three", [])]
+        self.outcomes = [backup.BackupError("disk full"), RuntimeError("bug"), ("three", [], None)]
         self.start(self.scripted)
         self.clock.pump([60, 60, 60])
         self.assertEqual(self.calls, [60, 120, 180])
         self.assertEqual([e.get("why") for e in self.logged("error")], ["disk full"])
         self.assertEqual([e["log_failure"].type for e in self.events if "log_failure" in e], [RuntimeError])
-        self.assertEqual(self.logged("info")[0]["path"], "three")
+        self.assertEqual(self.logged("info")[1]["path"], "three")
 
     def test_stop(self):
         """
         After the service stops, no more backups are taken.
         """
-        self.outcomes = [("one", [])] * 3
+        self.outcomes = [("one", [], None)] * 3
         service = self.start(self.scripted)
         self.clock.pump([60])
         service.stopService()
@@ -530,6 +531,54 @@ class AutomaticBackupTests(Files):
         manual = self.take()
         written = []
         for _ in range(4):
-            path, _deleted = automatic_backup(self.db, self.settings, self.backups, keep=2)
+            path, _deleted, note = automatic_backup(self.db, self.settings, self.backups, keep=2)
+            self.assertIsNone(note)
             written.append(path)
         self.assertEqual(sorted(os.listdir(self.backups)), sorted(os.path.basename(p) for p in [manual] + written[2:]))
+
+    def test_first_backup_after_the_last_one(self):
+        """
+        After a restart the first backup comes one interval after the
+        newest automatic backup, at once if that is past; the start-up line
+        says when.
+        """
+        self.clock.advance(1000)
+        self.outcomes = [("one", [], None)] * 2
+        self.start(self.scripted, last=lambda: 970)
+        self.clock.pump([29])
+        self.assertEqual(self.calls, [])
+        self.clock.pump([1])
+        self.assertEqual(self.calls, [1030])
+        line = self.logged("info")[0]
+        self.assertEqual(formatEvent(line), "automatic backups every 60 s into backups, keeping the newest 7; "
+                                            "the next in 30 s")
+        self.calls.clear()
+        self.events.clear()
+        self.outcomes = [("two", [], None)]
+        self.start(self.scripted, last=lambda: 100)
+        self.clock.pump([0])
+        self.assertEqual(self.calls, [1030])
+
+    def test_settings_gone(self):
+        """
+        A settings file moved away while the server runs: the automatic
+        backup holds the state without it, and a warning says so.
+        """
+        moved = self.settings + ".moved"
+        os.rename(self.settings, moved)
+        path, _deleted, note = automatic_backup(self.db, self.settings, self.backups, keep=2)
+        self.assertIn(f"the settings file {self.settings} cannot be read any more", note)
+        self.assertEqual(contents(path, self.scratch())[2], None)
+        self.outcomes = [(path, [], note)]
+        self.start(self.scripted)
+        self.clock.pump([60])
+        self.assertEqual([formatEvent(e) for e in self.logged("warn")], [f"automatic backup: {note}"])
+
+    def test_newest(self):
+        """
+        backup.newest gives the time of the newest automatic backup, or None.
+        """
+        self.assertIsNone(backup.newest(os.path.join(self.root, "nowhere"), backup.AUTOMATIC))
+        path, _, _ = automatic_backup(self.db, self.settings, self.backups, keep=2)
+        taken = backup.newest(self.backups, backup.AUTOMATIC)
+        self.assertLessEqual(abs(taken - time.time()), 5)

@@ -8,6 +8,7 @@ one).  Plain synchronous code: the command line runs it directly, the server
 in a thread of its own (L{smartplug_backend.state.autobackup}).
 """
 
+import calendar
 import contextlib
 import io
 import os
@@ -50,6 +51,20 @@ def _numbered(directory: str, prefix: str) -> list:
         if match:
             found.append(((match.group(1), int(match.group(2) or 1)), os.path.join(directory, name)))
     return sorted(found)
+
+
+def newest(directory: str, prefix: str) -> Optional[float]:
+    """
+    When the newest backup named C{prefix-<time>...} in C{directory} was
+    taken (seconds since the epoch), or C{None} if there is none.
+    """
+    try:
+        found = _numbered(directory, prefix)
+    except OSError:
+        return None
+    if not found:
+        return None
+    return float(calendar.timegm(time.strptime(found[-1][0][0], "%Y%m%dT%H%M%SZ")))
 
 
 def _free_name(directory: str, prefix: str, now: float) -> str:
