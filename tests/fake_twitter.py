@@ -7,7 +7,7 @@ It checks the OAuth 1.0a HMAC-SHA1 signature of every request with oauthlib
 body), answers like Twitter (v1.1 and v2 JSON bodies, status codes and error
 codes), and records the statuses it accepted.  Tests script failures with
 L{FakeTwitter.fail_next}; C{"hang"} holds a request until L{release} or for
-C{hang_seconds}.
+C{hang_seconds}; C{"drip"} answers a space every C{drip_seconds}, for ever.
 
 Simplification: a status equal to the last accepted one is a duplicate
 (Twitter compares with the account's recent statuses).
@@ -115,6 +115,7 @@ class FakeTwitter(Resource):
         self.username = username
         self.v1_access = True
         self.hang_seconds = 10.0
+        self.drip_seconds = 0.05
         self.posted: list = []
         self.requests: list = []
         self.refused = 0
@@ -138,7 +139,7 @@ class FakeTwitter(Resource):
         C{"bad_gateway"} (an HTML 502), C{"echo_auth"} (a 400 quoting the
         Authorization header back) or C{"hang"}.
         """
-        assert kind in ANSWERS or kind in ("bad_gateway", "echo_auth", "hang"), kind
+        assert kind in ANSWERS or kind in ("bad_gateway", "echo_auth", "hang", "drip"), kind
         self._script.extend([kind] * times)
 
     def wait_posted(self, count: int) -> Deferred:
@@ -193,6 +194,12 @@ class FakeTwitter(Resource):
             self._held[request] = self._clock.callLater(self.hang_seconds, self._finish_held, request)
             request.notifyFinish().addBoth(self._gone, request)
             body = NOT_DONE_YET
+        elif kind == "drip":
+            # An answer that never ends: a space (JSON whitespace) every
+            # drip_seconds, so no single read ever waits long.
+            self._held[request] = self._clock.callLater(0, self._drip, request)
+            request.notifyFinish().addBoth(self._gone, request)
+            body = NOT_DONE_YET
         else:
             body = self._answer(request, path, kind)
         # Waiters run now, so the request must already be held or answered.
@@ -204,6 +211,11 @@ class FakeTwitter(Resource):
         call = self._held.pop(request, None)
         if call is not None and call.active():
             call.cancel()
+
+    def _drip(self, request) -> None:
+        if request in self._held:
+            request.write(b" ")
+            self._held[request] = self._clock.callLater(self.drip_seconds, self._drip, request)
 
     def _finish_held(self, request) -> None:
         if self._held.pop(request, None) is not None:

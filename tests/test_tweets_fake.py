@@ -6,6 +6,7 @@ thread, the Notifier on a Clock the test drives, the fake served over
 
 import json
 import threading
+import time
 
 from twisted.internet.task import Clock
 from twisted.python.threadpool import ThreadPool
@@ -292,6 +293,35 @@ class RetryTests(FakeTwitterTestCase):
         self.clock.advance(5)
         await self.done(1)
         self.assertEqual(self.fake.posted, [("v1.1", PLUGGED_IN)])
+
+    async def dripping(self, api: str) -> None:
+        self.notifier(api, timeout=0.3)
+        self.fake.fail_next("drip")
+        started = time.monotonic()
+        self.report("lamp", 1)
+        await self.done(0)
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertEqual(
+            self.logs.matching("trying again"),
+            ["tweet for plug lamp failed (try 1 of 3), trying again in 5 s: no complete answer within 0.6 s"],
+        )
+        self.clock.advance(5)
+        await self.done(1)
+        self.assertEqual(self.fake.posted, [(api, PLUGGED_IN)])
+
+    async def test_dripping_answer_cut_v1(self):
+        """
+        A Twitter that answers a byte at a time, each within the timeout,
+        is cut off after twice the timeout in all (not held for ever), and
+        tried again (python-twitter's session).
+        """
+        await self.dripping("v1.1")
+
+    async def test_dripping_answer_cut_v2(self):
+        """
+        The same through the v2 session.
+        """
+        await self.dripping("v2")
 
     async def test_unreachable_retried(self):
         """

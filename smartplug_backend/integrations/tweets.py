@@ -270,7 +270,7 @@ class TweetService(MultiService):
             self._log.info(
                 "waiting for {count} tweet(s) in flight (at most {timeout:g} s each)",
                 count=running,
-                timeout=self.client.timeout,
+                timeout=self.client.deadline,
             )
         d = super().stopService()
 

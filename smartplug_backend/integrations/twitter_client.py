@@ -28,9 +28,12 @@ from requests_oauthlib import OAuth1
 
 from ..core.limits import TWEET_REQUEST_TIMEOUT
 from ..internals import requests_session
+from .http_deadline import deadline, watch
 
 # Seconds to wait for Twitter to connect, and then for each read.
 REQUEST_TIMEOUT = TWEET_REQUEST_TIMEOUT
+# A whole call ends after this many timeouts, however its answer trickles in.
+DEADLINE_TIMEOUTS = 2
 
 CREDENTIALS = ("CONSUMER_KEY", "CONSUMER_SECRET", "ACCESS_TOKEN_KEY", "ACCESS_TOKEN_SECRET")
 
@@ -156,6 +159,7 @@ class _V1:
         # and would take a server error's JSON without "errors" for success.
         # Its (only) session checks every answer before python-twitter sees it.
         requests_session(self.api).hooks["response"].append(_check_hook)
+        watch(requests_session(self.api))
 
     def verify(self) -> str:
         return "@" + self.api.VerifyCredentials(skip_status=True).screen_name
@@ -183,6 +187,7 @@ class _V2:
         self._session = requests.Session()
         # HMAC-SHA1 in the Authorization header; a JSON body is not signed.
         self._session.auth = OAuth1(*credentials)
+        watch(self._session)
 
     def _call(self, method: str, path: str, **kwargs) -> dict:
         response = self._session.request(method, self._root + path, timeout=self._timeout, **kwargs)
@@ -210,13 +215,15 @@ class TwitterClient:
     L{TweetError}; no other exception leaves them.
 
     @param settings: a L{smartplug_backend.config.Settings}.
-    @param timeout: seconds to wait for a connection and for each read.
+    @param timeout: seconds to wait for a connection and for each read; a
+        whole call ends after L{DEADLINE_TIMEOUTS} times as long.
     """
 
     def __init__(self, settings, timeout: float = REQUEST_TIMEOUT) -> None:
         self.api_version = settings.TWITTER_API
         self.root = settings.TWITTER_API_URL.rstrip("/")
         self.timeout = timeout
+        self.deadline = timeout * DEADLINE_TIMEOUTS
         credentials = tuple(getattr(settings, name) for name in CREDENTIALS)
         self._secrets = _scrubbable(credentials)
         transport = _V1 if self.api_version == "v1.1" else _V2
@@ -252,8 +259,25 @@ class TwitterClient:
         return text
 
     def _guarded(self, call, *args):
+        with deadline(self.deadline) as expired:
+            try:
+                return call(*args)
+            except Exception as e:
+                caught = e
+        error = self._error(caught, expired.is_set())
+        # Raised outside the except clause, so that the original exception,
+        # which may hold a header or a credential, is not its context.
+        raise error.redacted(self.scrub)
+
+    def _error(self, caught: Exception, cut: bool) -> "TweetError":
+        """
+        The L{TweetError} for what C{call} raised; C{cut}: the deadline
+        ended it (whatever it raised then).
+        """
+        if cut:
+            return TweetError(f"no complete answer within {self.deadline:g} s", retry=True)
         try:
-            return call(*args)
+            raise caught
         except TweetError as e:
             error = e
         except requests.Timeout:
@@ -270,9 +294,7 @@ class TwitterClient:
             error = TweetError(message, code=code)
         except Exception as e:
             error = TweetError(f"{type(e).__name__}: {e}")
-        # Raised outside the except clauses, so that the original exception,
-        # which may hold a header or a credential, is not its context.
-        raise error.redacted(self.scrub)
+        return error
 
 
 def _scrubbable(credentials: tuple) -> list:
