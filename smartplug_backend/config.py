@@ -62,6 +62,20 @@ def _text(v: Any) -> Optional[str]:
     return None if isinstance(v, str) else "a string"
 
 
+def _tweet_text(v: Any) -> Optional[str]:
+    # Twitter takes 1 to 280 characters (it counts some twice; most texts
+    # are far from that).
+    if isinstance(v, str) and 1 <= len(v.strip()) and len(v) <= 280:
+        return None
+    return "a tweet's text: a string of 1 to 280 characters"
+
+
+def _http_url(v: Any) -> Optional[str]:
+    if isinstance(v, str) and v.startswith(("https://", "http://")) and len(v) > len("https://"):
+        return None
+    return 'a URL starting with https:// (or http://), such as "https://api.twitter.com"'
+
+
 def _optional_text(v: Any) -> Optional[str]:
     if v is None or (isinstance(v, str) and v):
         return None
@@ -180,10 +194,10 @@ SETTINGS: dict[str, _Setting] = {
     "CONSUMER_SECRET": _Setting("", _text),
     "ACCESS_TOKEN_KEY": _Setting("", _text),
     "ACCESS_TOKEN_SECRET": _Setting("", _text),
-    "TWEET_PLUGGED_IN": _Setting(TWEET_PLUGGED_IN, _text),
-    "TWEET_UNPLUGGED": _Setting(TWEET_UNPLUGGED, _text),
+    "TWEET_PLUGGED_IN": _Setting(TWEET_PLUGGED_IN, _tweet_text),
+    "TWEET_UNPLUGGED": _Setting(TWEET_UNPLUGGED, _tweet_text),
     "TWITTER_API": _Setting("v1.1", _api),
-    "TWITTER_API_URL": _Setting("https://api.twitter.com", _text),
+    "TWITTER_API_URL": _Setting("https://api.twitter.com", _http_url),
     "TLS_CERT_FILE": _Setting(None, _optional_text),
     "TLS_KEY_FILE": _Setting(None, _optional_text),
     "BAN_AFTER": _Setting(3, _count),

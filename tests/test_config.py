@@ -150,6 +150,24 @@ class LoadTests(SynchronousTestCase):
             self.assertIn("me:***@broker", str(error), url)
             self.assertNotIn("\n", str(error))
 
+    def test_tweet_settings_checked(self):
+        """
+        Tweet texts Twitter would refuse every time (empty, over 280
+        characters) and a Twitter URL without its scheme stop the start,
+        naming the setting, rather than failing every tweet later.
+        """
+        cases = {
+            "TWEET_PLUGGED_IN = ''": "TWEET_PLUGGED_IN must be a tweet's text: a string of 1 to 280 characters",
+            "TWEET_UNPLUGGED = 'x' * 281": "TWEET_UNPLUGGED must be a tweet's text",
+            "TWEET_UNPLUGGED = 5": "TWEET_UNPLUGGED must be a tweet's text",
+            "TWITTER_API_URL = 'api.twitter.com'": "TWITTER_API_URL must be a URL starting with https://",
+        }
+        for line, expected in cases.items():
+            error = self.assertRaises(config.ConfigError, config.load, self.write(line + "\n"))
+            self.assertIn(expected, str(error))
+        settings = config.load(self.write("TWEET_UNPLUGGED = 'x' * 280\nTWITTER_API_URL = 'http://127.0.0.1:8080'\n"))
+        self.assertEqual((len(settings.TWEET_UNPLUGGED), settings.TWITTER_API_URL), (280, "http://127.0.0.1:8080"))
+
     def test_setting_in_the_wrong_case(self):
         """
         A name that is a setting but for its case (C{api_key}) would be
