@@ -83,6 +83,16 @@ class HandshakeTests(DeviceTestCase):
         self.assertEqual(self.factory.devices, {server})
         self.assertEqual(self.guard.failures(PEER), 0)
 
+    def test_no_packet_while_display_unknown(self):
+        """
+        While the node has not loaded its state (a shared store unreachable
+        at start), a device gets C{ok} and no display packet: the lamp keeps
+        what it shows rather than being switched off.
+        """
+        self.hub.display_known = False
+        client, _, _ = self.authenticated()
+        self.assertEqual(client.texts(), ["ok"])
+
     def test_secret_gets_current_packet(self):
         """
         A device that authenticates after the display was set gets that

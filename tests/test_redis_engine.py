@@ -371,18 +371,23 @@ class EngineTests(TestCase):
         self.redis = start_redis(self, persist=True)
         (a,) = yield self.nodes(1)
         yield a.hub.report("p", 1, "http", "x")
+        yield a.hub.set_display(Display(1, weather=3, intensity=9), "x")
         self.redis.stop()
         late = Node(self, self.redis.url, "late")
         late.engine.privilegedStartService()
         late.engine.startService()
         self.addCleanup(late.stop)
         self.assertFalse(late.engine.up)
+        self.assertFalse(late.hub.display_known)
         self.assertIsNone((yield late.hub.report("q", 1, "http", "x")))
         self.assertEqual(len(self.lines("unreachable at start")), 1)
         self.redis.start()
         yield until(lambda: late.engine.mode == redis_engine.UP, "the late node to load", timeout=20)
         self.assertEqual([(r.plug.id, r.plug.value, r.remote) for r in late.reports], [("p", 1, True)])
         self.assertEqual(late.hub.plugs(), a.hub.plugs())
+        # Devices connected meanwhile got no packet; the loaded one reaches them.
+        self.assertEqual(late.packets, ["[cc:1:3:9]"])
+        self.assertTrue(late.hub.display_known)
 
     @inlineCallbacks
     def test_redis_restarted_empty(self):

@@ -131,6 +131,10 @@ class Hub:
         self._shared = getattr(self._journal, "shared", False)
         self._plugs: dict[str, Plug] = {}
         self._display = OFF
+        # False while the state is still to be loaded from a store several
+        # nodes share (it was unreachable at start): the display shown is
+        # then no one's, and devices are not sent it.
+        self.display_known = True
         self._listeners: list[Listener] = []
         self._display_listeners: list[DisplayListener] = []
         self.pubsub = PubSub(now=now, history=History(now=now) if history is None else history, node=node)

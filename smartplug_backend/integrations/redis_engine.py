@@ -194,15 +194,20 @@ class RedisEngine(ThreadPoolService):
             # Subscribed first, then loaded: no change can fall between the
             # two, and the node is up before its listeners bind.
             self._channel = self._subscribe()
-            snapshot = self._load([], None)
+            snapshot, seeded = self._load([], None)
         except (redis.RedisError, OSError) as e:
             self._away = True
+            self.hub.display_known = False
             self._drop_channel()
             self._log.warn(
-                "Redis at {where} unreachable at start ({why}): changes answer 503 until it answers",
+                "Redis at {where} unreachable at start ({why}): changes answer 503 until it answers, and until "
+                "then this node knows no state: it lists no plugs and sends lamps no display packet",
                 where=self.where, why=str(e),
             )
             return
+        if seeded is not None:
+            self._log.warn("Redis at {where} held no state: seeded it with this node's copy ({count} plugs)",
+                           where=self.where, count=seeded)
         self._incarnation = snapshot.incarnation
         self._applied = snapshot.seq
         self._mode = UP
@@ -493,22 +498,23 @@ class RedisEngine(ThreadPoolService):
 
     # -- loading -------------------------------------------------------------
 
-    def _load(self, plugs: list, display: Optional[str]) -> Snapshot:
+    def _load(self, plugs: list, display: Optional[str]) -> tuple:
         """
         (Redis thread) The snapshot; a Redis that holds nothing is seeded
         first with C{plugs} and C{display}, this node's copy.
+
+        @return: C{(snapshot, how many plugs this node seeded Redis with, or
+            None if it did not seed it)}.
         """
+        seeded = None
         snapshot = self.state.snapshot()
         if snapshot is None:
             if self.state.initialise(secrets.token_urlsafe(12), plugs, display):
-                self._clock.callFromThread(
-                    self._log.warn, "Redis at {where} held no state: seeded it with this node's copy ({count} plugs)",
-                    where=self.where, count=len(plugs),
-                )
+                seeded = len(plugs)
             snapshot = self.state.snapshot()
             if snapshot is None:
                 raise redis.RedisError("Redis lost its state again while it was being seeded")
-        return snapshot
+        return snapshot, seeded
 
     def _resync(self) -> None:
         self._mode = SYNCING
@@ -517,7 +523,8 @@ class RedisEngine(ThreadPoolService):
         generation = self._generation
         hub = self.hub
         plugs = [(p.id, p.value, p.updated_at, "http") for p in hub.plugs()]
-        loaded = self._run(self._load, plugs, display_state(hub.display()))
+        display = display_state(hub.display()) if hub.display_known else None
+        loaded = self._run(self._load, plugs, display)
         loaded.addCallbacks(self._synced, self._sync_failed, callbackArgs=(generation,), errbackArgs=(generation,))
         loaded.addErrback(lambda f: self._log.failure("applying the state loaded from Redis", f))
 
@@ -532,9 +539,10 @@ class RedisEngine(ThreadPoolService):
         if generation == self._generation and self._mode == DOWN and not self._stopping.is_set():
             self._resync()
 
-    def _synced(self, snapshot: Snapshot, generation: int) -> None:
+    def _synced(self, loaded: tuple, generation: int) -> None:
         if generation != self._generation:
             return
+        snapshot, seeded = loaded
         lost = self._incarnation is not None and snapshot.incarnation != self._incarnation
         if not lost and snapshot.seq < self._applied:
             # Same data, fewer changes: Redis came back from a file that
@@ -550,7 +558,12 @@ class RedisEngine(ThreadPoolService):
             renewed.addErrback(lambda f: self._log.failure("renewing the epochs in Redis", f))
             renewed.addCallback(lambda _: self._resync() if generation == self._generation else None)
             return
-        if lost:
+        if seeded is not None:
+            self._log.warn(
+                "Redis at {where} held no state: seeded it with this node's copy ({count} plugs){epochs}",
+                where=self.where, count=seeded, epochs="; pub/sub epochs change" if lost else "",
+            )
+        elif lost:
             self._log.warn(
                 "Redis at {where} lost its data and holds a new copy now: loaded it; pub/sub epochs change",
                 where=self.where,
@@ -605,8 +618,10 @@ class RedisEngine(ThreadPoolService):
             if mine is None or (mine.value, mine.updated_at) != (value, at):
                 hub.apply_report(plug_id, value, at, source, "Redis")
         display = self._display_of(snapshot)
-        if display is not None and display != hub.display():
+        if display is not None and (display != hub.display() or not hub.display_known):
+            # Devices that connected before the first load were sent none.
             hub.apply_display(display, "Redis")
+        hub.display_known = True
         self._share_bans(snapshot)
 
     def _display_of(self, snapshot: Snapshot) -> Optional[Display]:

@@ -349,7 +349,9 @@ class Guard:
         self._log.info(
             "ban on {peer} lifted after {seconds:g} seconds ({refused} connections refused)",
             peer=host,
-            seconds=seconds,
+            # Whole seconds: a ban taken over from another node has
+            # whatever was left of it.
+            seconds=round(seconds),
             refused=refused,
         )
         self._changed()

@@ -78,7 +78,11 @@ class DeviceProtocol(LenientServerProtocol):
         self._hub.pubsub.connected(self, "device", peer_address(self.transport), kind="device")
         self._log.info("device {peer} authenticated", peer=self._peer)
         self.sendMessage(b"ok")
-        self.sendMessage(self._hub.display().packet().encode("ascii"))
+        if self._hub.display_known:
+            # Else the node has not loaded the state yet (its shared store
+            # was unreachable at start): the lamp keeps what it shows until
+            # the loaded display reaches it.
+            self.sendMessage(self._hub.display().packet().encode("ascii"))
         self._timer = self.factory.clock.callLater(self.factory.idle_timeout, self._idle_timed_out)
 
     def _auth_timed_out(self) -> None:
