@@ -327,6 +327,8 @@ def load(path: Optional[str] = None) -> Settings:
         if not os.path.exists(DEFAULT_PATH):
             return settings_from({})
         path = DEFAULT_PATH
+    if os.path.isdir(path):
+        raise ConfigError(f"{path} is a directory, not a settings file")
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: no such settings file")
     try:

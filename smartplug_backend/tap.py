@@ -39,6 +39,8 @@ from .ws.apps import AppFactory
 from .ws.devices import DeviceFactory
 
 _log = Logger(namespace="smartplug_backend")
+# A TLS certificate this close to its end is warned about at start.
+CERTIFICATE_WARNING_DAYS = 14
 
 
 class Options(usage.Options):
@@ -60,6 +62,11 @@ class Options(usage.Options):
         ["device", None, None,
          "Endpoint for the device WebSocket (default: tcp:DEVICE_SERVER_PORT:interface=LISTEN_ADDRESS)."],
     ]
+
+
+def _in_days(seconds: float) -> str:
+    days = max(1, round(seconds / 86400))
+    return f"expires in {days} day{'' if days == 1 else 's'}"
 
 
 def makeService(options: Options, reactor=None):
@@ -90,6 +97,14 @@ def _build(options: Options, reactor) -> MultiService:
             "TLS certificate {path}: {subject}, valid until {until}",
             path=tls.cert_file, subject=tls.subject, until=tls.not_after.isoformat(),
         )
+        left = tls.not_after.timestamp() - reactor.seconds()
+        if left < CERTIFICATE_WARNING_DAYS * 86400:
+            _log.warn(
+                "TLS certificate {path} {when}: clients that check it will refuse to connect; "
+                "renew it and restart",
+                path=tls.cert_file,
+                when="has expired" if left <= 0 else _in_days(left),
+            )
     make_room(settings.MAX_CONNECTIONS)
 
     # Stopped last-added first, one at a time: listeners, then the WSGI

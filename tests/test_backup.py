@@ -199,6 +199,7 @@ class TakeTests(Files):
         blocker = os.path.join(self.root, "file")
         open(blocker, "w").close()
         self.assertFails("cannot write to", directory=os.path.join(blocker, "backups"))
+        self.assertFails(f"cannot write to {blocker}: it is a file, not a directory", directory=blocker)
 
 
 class PruneTests(Files):

@@ -168,6 +168,15 @@ class LoadTests(SynchronousTestCase):
         settings = config.load(self.write("TWEET_UNPLUGGED = 'x' * 280\nTWITTER_API_URL = 'http://127.0.0.1:8080'\n"))
         self.assertEqual((len(settings.TWEET_UNPLUGGED), settings.TWITTER_API_URL), (280, "http://127.0.0.1:8080"))
 
+    def test_directory_as_settings(self):
+        """
+        A directory given as the settings file is named as one.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        error = self.assertRaises(config.ConfigError, config.load, directory)
+        self.assertEqual(str(error), f"{directory} is a directory, not a settings file")
+
     def test_setting_in_the_wrong_case(self):
         """
         A name that is a setting but for its case (C{api_key}) would be

@@ -544,7 +544,7 @@ class StoreServiceTests(SynchronousTestCase):
         one line naming the path.
         """
         self.path = os.path.join(self.path, "no", "such", "state.sqlite")
-        self.assertStops(f"cannot lock {self.path}.lock: No such file or directory")
+        self.assertStops(f"{self.path}: its directory {os.path.dirname(self.path)} does not exist")
 
     def test_corrupt_file_stops_startup(self):
         """

@@ -94,6 +94,14 @@ class TLSEndToEndTests(TestCase):
         self.assertEqual((status, json.loads(body)["packet"]), (200, "[cc:1:3:9]"))
         self.assertEqual(device.recv(timeout=5), "[cc:1:3:9]")
 
+    def test_certificate_near_its_end_warned(self):
+        """
+        A certificate that ends within 14 days (this test's lasts one) is
+        warned about at start, after the line naming it.
+        """
+        self.server.wait_for(r"TLS certificate .*cert\.pem expires in 1 day: clients that check it will refuse "
+                             r"to connect; renew it and restart")
+
     def test_alpn_clients(self):
         """
         Clients that offer ALPN (browsers, curl, okhttp) complete the

@@ -135,6 +135,8 @@ def take(db_path: str, settings_path: Optional[str], directory: str, prefix: str
         os.makedirs(directory, mode=0o700, exist_ok=True)
         work = tempfile.mkdtemp(prefix=".backup-", dir=directory)
     except OSError as e:
+        if os.path.exists(directory) and not os.path.isdir(directory):
+            raise BackupError(f"cannot write to {directory}: it is a file, not a directory") from None
         raise BackupError(f"cannot write to {directory}: {e.strerror}") from None
     try:
         copy = os.path.join(work, ARCHIVE_DB)

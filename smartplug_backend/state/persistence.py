@@ -293,6 +293,9 @@ class StoreService(ThreadPoolService):
         except (Locked, UnusableDatabase) as e:
             raise StartupError(f"STATE_DB: {e}") from e
         except OSError as e:
+            directory = os.path.dirname(os.path.abspath(self.path))
+            if not os.path.isdir(directory):
+                raise StartupError(f"STATE_DB: {self.path}: its directory {directory} does not exist") from e
             raise StartupError(f"STATE_DB: cannot lock {e.filename or lock_path(self.path)}: {e.strerror}") from e
         self.hub.restore(plugs, display, streams)
         self._log.info(
