@@ -59,12 +59,12 @@ start: $(VENV)/.installed
 stop:
 	@if [ ! -f twistd.pid ]; then echo "not running (no twistd.pid)"; exit 0; fi; \
 	pid=$$(cat twistd.pid); \
-	if ! kill -0 "$$pid" 2>/dev/null || ! grep -q twistd "/proc/$$pid/cmdline" 2>/dev/null; then \
+	if [ ! -d "/proc/$$pid" ] || ! grep -q twistd "/proc/$$pid/cmdline" 2>/dev/null; then \
 	  rm -f twistd.pid; echo "not running (stale twistd.pid removed)"; exit 0; \
 	fi; \
 	kill "$$pid"; \
 	for i in $$(seq 1 120); do \
-	  if ! kill -0 "$$pid" 2>/dev/null; then echo "stopped"; exit 0; fi; \
+	  if [ ! -d "/proc/$$pid" ]; then echo "stopped"; exit 0; fi; \
 	  sleep 0.5; \
 	done; \
 	echo "pid $$pid is still running 60 s after SIGTERM; see twistd.log" >&2; exit 1

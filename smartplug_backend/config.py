@@ -310,7 +310,9 @@ def _describe(name: str, value: Any) -> str:
     if name in ("AUTH_SECRET", "API_KEY", "DASHBOARD_USERS") or name.endswith(("_SECRET", "_KEY")):
         return f"a value of type {type(value).__name__}"
     if name.endswith("_URL") and isinstance(value, str):
+        # A query may hold a password too (redis://h/0?password=...).
         value = redact(value)
+        value = value.split("?", 1)[0] + ("?..." if "?" in value else "")
         return repr(value) if len(value) <= 60 else repr(value[:57] + "...")
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -342,7 +344,7 @@ def load(path: Optional[str] = None) -> Settings:
     for name in namespace:
         # api_key = "..." would be ignored, leaving the server without a
         # key: a name that is a setting but for its case is an error.
-        if not _UPPER.match(name) and name.upper() in SETTINGS:
+        if not _UPPER.match(name) and name.upper() in SETTINGS and name.upper() not in namespace:
             raise ConfigError(f"{path}: unknown setting {name}; did you mean {name.upper()}? (settings are UPPER_CASE)")
     values = {k: v for k, v in namespace.items() if _UPPER.match(k)}
     return settings_from(values, path)
@@ -366,6 +368,9 @@ def _settings_error(error: Exception, source: str) -> str:
             return f"{name} is not defined: Python writes {_LITERAL_SLIPS[name.lower()]}"
         return "a name that is not defined (text needs quotes, as in \"...\"; Python writes True, False and None)"
     text = f"{type(error).__name__}: {error}".rstrip(": ")
+    if isinstance(error, KeyError) and "environ" in source:
+        # os.environ["SMARTPLUG_SECRET"]: the variable's name is no secret.
+        return f"{text} (an environment variable that is not set)"
     if _SECRET_LINE.search(source):
         return f"{type(error).__name__} (its message is not shown: the line may hold a secret)"
     return text

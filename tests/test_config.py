@@ -188,6 +188,9 @@ class LoadTests(SynchronousTestCase):
             self.assertIn(f"unknown setting {name}; did you mean {name.upper()}?", str(error))
         settings = config.load(self.write("base = '/var/lib/smartplug'\nSTATE_DB = base + '/state.sqlite'\n"))
         self.assertEqual(settings.STATE_DB, "/var/lib/smartplug/state.sqlite")
+        # A helper named like a setting is fine when the setting is set too.
+        settings = config.load(self.write("api_key = 'k' * 2\nAPI_KEY = api_key\n"))
+        self.assertEqual(settings.API_KEY, "kk")
 
     def test_errors_never_quote_a_secret(self):
         """
@@ -209,6 +212,11 @@ class LoadTests(SynchronousTestCase):
                 self.assertNotIn(secret, str(error))
         error = self.assertRaises(config.ConfigError, config.load, self.write("HISTORY_KEEP = 1 / 0\n"))
         self.assertIn("line 1: ZeroDivisionError: division by zero", str(error))
+        # The name of a missing environment variable is no secret.
+        text = "import os\nAUTH_SECRET = os.environ['SMARTPLUG_NO_SUCH_VARIABLE']\n"
+        error = self.assertRaises(config.ConfigError, config.load, self.write(text))
+        self.assertIn("line 2: KeyError: 'SMARTPLUG_NO_SUCH_VARIABLE' (an environment variable that is not set)",
+                      str(error))
 
     def test_redis_url_checked_at_start(self):
         """
@@ -234,6 +242,11 @@ class LoadTests(SynchronousTestCase):
             self.assertNotIn("\n", str(error))
         error = self.assertRaises(config.ConfigError, config.load, self.write("REDIS_URL = 'redis://:s3cret@h:0/0'\n"))
         self.assertIn("not 'redis://:***@h:0/0'", str(error))
+        # redis-py also takes the password in the query.
+        text = "REDIS_URL = 'redis://h:0/0?password=hunter2'\n"
+        error = self.assertRaises(config.ConfigError, config.load, self.write(text))
+        self.assertIn("not 'redis://h:0/0?...'", str(error))
+        self.assertNotIn("hunter2", str(error))
         for url in ("redis://h:6379/0", "rediss://:pw@h/1?ssl_ca_certs=/etc/ca.pem", "redis://h", "redis://h/"):
             self.assertEqual(config.load(self.write(f"REDIS_URL = {url!r}\n")).REDIS_URL, url)
 

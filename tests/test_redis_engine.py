@@ -7,7 +7,7 @@ redis-server that each test starts on a free loopback port: several engines
 import collections
 import json
 
-from twisted.internet import reactor
+from twisted.internet import reactor, threads
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.logger import formatEvent, globalLogPublisher
@@ -295,6 +295,86 @@ class EngineTests(TestCase):
         self.assertEqual(report.plug.value, 0)
         self.assertEqual(len(self.lines("is back:")), 1)
         self.assertEqual(len(self.lines("unreachable (")), 1)
+
+    @inlineCallbacks
+    def test_changes_during_the_reload(self):
+        """
+        Changes that arrive while the node loads the state again, after
+        Redis answered again, are taken: the node does not mistake the
+        hang it has just left for a new one and go away again.
+        """
+        (a,) = yield self.nodes(1, info_interval=1)
+        self.redis.pause()
+        self.addCleanup(self.redis.resume)
+        yield until(lambda: not a.engine.up, "the node to notice a Redis that hangs", timeout=20)
+        # Each load is followed at once by a change, queued on the Redis
+        # thread right behind it; the reactor takes the loaded state only
+        # after that change has run there (as when the reactor is busy).
+        resync, synced = a.engine._resync, a.engine._synced
+        during = []
+
+        def resync_then_report():
+            resync()
+            during.append(a.hub.report("p", len(during) % 2, "http", "x"))
+
+        self.patch(a.engine, "_resync", resync_then_report)
+        self.patch(a.engine, "_synced", lambda *args: reactor.callLater(0.3, synced, *args))
+        self.redis.resume()
+        yield until(lambda: a.engine.mode == redis_engine.UP, "the node to load again", timeout=30)
+        self.assertTrue(during)
+        self.assertIsNotNone((yield during[-1]))
+        # A second of changes after: all taken, the node stays up.
+        later = []
+        for i in range(50):
+            later.append((yield a.hub.report("q", i % 2, "http", "x")))
+            yield deferLater(reactor, 0.02, lambda: None)
+        self.assertNotIn(None, later)
+        self.assertEqual(a.engine.mode, redis_engine.UP)
+        self.assertEqual(len(self.lines("unreachable (")), 1)
+        self.assertEqual(len(self.lines("is back:")), 1)
+
+    @inlineCallbacks
+    def test_late_change_of_lost_data_ignored(self):
+        """
+        A change committed on data that Redis has since lost, reaching a
+        node after it loaded the new data, is dropped quietly: no second
+        load, no warning.
+        """
+        (a,) = yield self.nodes(1)
+        old = a.engine._incarnation
+        yield a.hub.report("p", 1, "http", "x")
+        a.engine.state.client.flushall()
+        report = None
+        for _ in range(50):
+            report = yield a.hub.report("p", 0, "http", "x")
+            if report is not None:
+                break
+            yield until(lambda: a.engine.mode == redis_engine.UP, "A to load again", timeout=20)
+        self.assertNotEqual(a.engine._incarnation, old)
+        warned = len(self.lines("holds other data"))
+        a.engine._received(json.dumps({"seq": 1, "incarnation": old, "kind": "report", "plug": "p", "value": 1,
+                                       "at": 1.0, "source": "http", "node": "gone", "origin": "x"}).encode())
+        self.assertEqual(a.engine.mode, redis_engine.UP)
+        self.assertEqual(len(self.lines("holds other data")), warned)
+        self.assertEqual(a.hub.plug("p").value, 0)
+
+    @inlineCallbacks
+    def test_refused_without_asking_is_no_news(self):
+        """
+        Work that the Redis thread refused without asking Redis (it had
+        just stopped answering) does not count as Redis going away again;
+        a load that succeeds lets the work behind it ask Redis.
+        """
+        (a,) = yield self.nodes(1)
+        a.engine._unanswered.set()
+        refused = a.engine.read(lambda: "asked")
+        yield until(lambda: refused.called, "the refusal")
+        self.failureResultOf(refused, StoreFailed)
+        self.assertEqual(a.engine.mode, redis_engine.UP)
+        self.assertEqual(self.lines("unreachable ("), [])
+        yield threads.deferToThreadPool(reactor, a.engine.pool, a.engine._load, [], None)
+        self.assertFalse(a.engine._unanswered.is_set())
+        self.assertEqual((yield a.engine.read(lambda: "asked")), "asked")
 
     @inlineCallbacks
     def test_commit_times_out(self):

@@ -329,6 +329,7 @@ class FakeClient:
     api_version = "v2"
     root = "http://127.0.0.1:1"
     timeout = 10.0
+    deadline = 20.0
 
     def __init__(self, verify_error=None):
         self.verify_error = verify_error
@@ -447,6 +448,18 @@ class ServiceTests(SynchronousTestCase):
         self.assertTrue(client.closed)
         service.notifier.queue("plug", PLUGGED_IN)
         self.assertEqual(self.logs.matching("tweeted"), [])
+
+    def test_stop_says_how_long_it_may_wait(self):
+        """
+        A tweet still in its thread at stop is waited for, and the log says
+        for how long at most: the client's deadline for a whole request.
+        """
+        client = FakeClient()
+        service = self.service(client)
+        service.startService()
+        self.patch(service.notifier, "stop", lambda: 1)
+        service.stopService()
+        self.assertEqual(self.logs.matching("waiting for"), ["waiting for 1 tweet(s) in flight (at most 20 s each)"])
 
 
 class WiringTests(SynchronousTestCase):

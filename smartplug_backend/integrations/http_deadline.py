@@ -27,6 +27,9 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 _opened = threading.local()
+# Guards every thread's set: the timer thread copies one while its thread
+# may add to it.
+_lock = threading.Lock()
 
 
 def _sockets() -> "weakref.WeakSet":
@@ -37,16 +40,22 @@ def _sockets() -> "weakref.WeakSet":
     return found
 
 
+def _opened_here(sock) -> None:
+    mine = _sockets()
+    with _lock:
+        mine.add(sock)
+
+
 class _WatchedHTTPConnection(HTTPConnection):
     def connect(self) -> None:
         super().connect()
-        _sockets().add(self.sock)
+        _opened_here(self.sock)
 
 
 class _WatchedHTTPSConnection(HTTPSConnection):
     def connect(self) -> None:
         super().connect()
-        _sockets().add(self.sock)
+        _opened_here(self.sock)
 
 
 class _WatchedHTTPPool(HTTPConnectionPool):
@@ -88,7 +97,9 @@ def deadline(seconds: float) -> Iterator[threading.Event]:
 
     def cut() -> None:
         expired.set()
-        for sock in list(mine):
+        with _lock:
+            cutting = list(mine)
+        for sock in cutting:
             with contextlib.suppress(OSError):
                 # The plain socket's shutdown, also under TLS: the TLS
                 # object stays as it is for the thread reading from it,

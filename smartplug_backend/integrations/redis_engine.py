@@ -32,6 +32,7 @@ node's copy under a new I{incarnation}; the others notice and load it.
 """
 
 import base64
+import collections
 import hashlib
 import itertools
 import json
@@ -69,6 +70,13 @@ from .redis_store import CHANNEL, RedisState, Snapshot, Stale
 
 # The engine's modes.
 DOWN, SYNCING, UP = "down", "syncing", "up"
+
+
+class _Unanswered(redis.ConnectionError):
+    """
+    Work refused on the Redis thread because Redis stopped answering before
+    it ran: Redis was not asked.
+    """
 
 
 def redacted(url: str) -> str:
@@ -149,6 +157,8 @@ class RedisEngine(ThreadPoolService):
         self._tokens = itertools.count(1)
         self._mode = DOWN
         self._incarnation: Optional[str] = None
+        # The last few incarnations this node loaded and left.
+        self._left: collections.deque = collections.deque(maxlen=8)
         self._applied = 0
         self._buffer: list = []
         self._generation = 0
@@ -276,11 +286,17 @@ class RedisEngine(ThreadPoolService):
         return done
 
     def _answered(self, f: Callable) -> Callable:
-        # (Redis thread) f, unless Redis stopped answering since it was queued.
+        # (Redis thread) f, unless Redis stopped answering since it was
+        # queued; a timeout or lost connection here tells the work queued
+        # behind it at once, before the reactor has heard of it.
         def run(*args):
             if self._unanswered.is_set():
-                raise redis.ConnectionError("Redis is not answering")
-            return f(*args)
+                raise _Unanswered("Redis is not answering")
+            try:
+                return f(*args)
+            except (redis.TimeoutError, redis.ConnectionError, OSError):
+                self._unanswered.set()
+                raise
         return run
 
     def read(self, f: Callable, *args) -> Deferred:
@@ -304,6 +320,8 @@ class RedisEngine(ThreadPoolService):
         hangs): refuse changes at once from now on, and load the state
         again once it answers.
         """
+        if failure.check(_Unanswered):
+            return  # refused without asking Redis: no news about it
         if failure.check(redis.TimeoutError, redis.ConnectionError, OSError) and self._mode != DOWN:
             self._lost(failure.getErrorMessage())
             self._retry_later()
@@ -431,6 +449,8 @@ class RedisEngine(ThreadPoolService):
 
     def _take(self, change: dict) -> None:
         incarnation = change.get("incarnation")
+        if incarnation in self._left:
+            return  # made on data Redis has lost since; the snapshot stands for it
         if incarnation is not None and incarnation != self._incarnation:
             # Committed under data this node did not load: Redis lost its
             # data and another node seeded it again.  Its numbers start
@@ -514,6 +534,8 @@ class RedisEngine(ThreadPoolService):
             snapshot = self.state.snapshot()
             if snapshot is None:
                 raise redis.RedisError("Redis lost its state again while it was being seeded")
+        # Redis answers again: work queued behind this load may ask it.
+        self._unanswered.clear()
         return snapshot, seeded
 
     def _resync(self) -> None:
@@ -568,6 +590,10 @@ class RedisEngine(ThreadPoolService):
                 "Redis at {where} lost its data and holds a new copy now: loaded it; pub/sub epochs change",
                 where=self.where,
             )
+        if lost:
+            # Changes made on the data Redis lost may still be on their
+            # way: they come before the new data's, which stand for them.
+            self._left.append(self._incarnation)
         self._incarnation = snapshot.incarnation
         self._catch_up(snapshot, lost)
         self._applied = snapshot.seq
@@ -582,7 +608,6 @@ class RedisEngine(ThreadPoolService):
         # the channel; the snapshot stands for them.
         buffered = [c for c in self._buffer if c.get("incarnation") in (None, self._incarnation)]
         self._buffer = []
-        self._unanswered.clear()
         for change in buffered:
             if self._mode == UP:
                 self._take(change)
@@ -618,9 +643,12 @@ class RedisEngine(ThreadPoolService):
             if mine is None or (mine.value, mine.updated_at) != (value, at):
                 hub.apply_report(plug_id, value, at, source, "Redis")
         display = self._display_of(snapshot)
-        if display is not None and (display != hub.display() or not hub.display_known):
-            # Devices that connected before the first load were sent none.
+        if display is not None and display != hub.display():
             hub.apply_display(display, "Redis")
+        elif not hub.display_known:
+            # Devices that connected before the first load were sent none:
+            # they get it now (off, if no one ever set it).
+            hub.apply_display(hub.display() if display is None else display, "Redis")
         hub.display_known = True
         self._share_bans(snapshot)
 
@@ -682,8 +710,6 @@ class RedisEngine(ThreadPoolService):
 
     def _shown(self, result):
         self._showing = False
-        # The next try to load the state while Redis is away, if one waits.
-        self._retry = None
         return result
 
     def _presence_failed(self, failure) -> None:

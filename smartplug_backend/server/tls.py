@@ -21,9 +21,9 @@ from OpenSSL import crypto
 from twisted.internet.ssl import CertificateOptions, TLSVersion
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from .guard import HTTP_1_1
+
 MINIMUM_VERSION = TLSVersion.TLSv1_2
-# The one protocol every listener speaks, named for ALPN.
-HTTP_1_1 = b"http/1.1"
 
 
 class TLSError(Exception):

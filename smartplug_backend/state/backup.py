@@ -62,9 +62,12 @@ def newest(directory: str, prefix: str) -> Optional[float]:
         found = _numbered(directory, prefix)
     except OSError:
         return None
-    if not found:
-        return None
-    return float(calendar.timegm(time.strptime(found[-1][0][0], "%Y%m%dT%H%M%SZ")))
+    for (stamp, _), _path in reversed(found):
+        try:
+            return float(calendar.timegm(time.strptime(stamp, "%Y%m%dT%H%M%SZ")))
+        except ValueError:
+            continue  # a name that only looks like ours
+    return None
 
 
 def _free_name(directory: str, prefix: str, now: float) -> str:

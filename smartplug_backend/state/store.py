@@ -454,7 +454,10 @@ class Store:
                 (user_version,) = db.execute("PRAGMA user_version").fetchone()
                 db.execute(f"PRAGMA user_version = {int(user_version)}")
             finally:
-                db.execute("ROLLBACK")
+                # SQLite may have rolled back already (its error then is
+                # the one to tell).
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
         except sqlite3.Error as e:
             db.close()
             if disk_trouble(e):
