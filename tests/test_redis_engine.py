@@ -106,6 +106,19 @@ class EngineTests(TestCase):
         return made
 
     @inlineCallbacks
+    def back(self, node):
+        """
+        Wait until C{node} has loaded the state again; check that it takes
+        changes and that the log said once that Redis was away and once
+        that it is back.
+        """
+        yield until(lambda: node.engine.mode == redis_engine.UP, "the node to load again", timeout=30)
+        report = yield node.hub.report("p", 0, "http", "x")
+        self.assertEqual(report.plug.value, 0)
+        self.assertEqual(len(self.lines("unreachable (")), 1)
+        self.assertEqual(len(self.lines("is back:")), 1)
+
+    @inlineCallbacks
     def test_report_reaches_every_node(self):
         """
         A report accepted on A is A's (not remote) and reaches B's listeners
@@ -264,11 +277,7 @@ class EngineTests(TestCase):
         self.assertEqual(len(a.reports), 1)
         self.failureResultOf(a.hub.history("p", 10), StoreFailed)
         self.redis.start()
-        yield until(lambda: a.engine.mode == redis_engine.UP, "the node to reconnect", timeout=20)
-        report = yield a.hub.report("p", 0, "http", "x")
-        self.assertEqual(report.plug.value, 0)
-        self.assertEqual(len(self.lines("unreachable (")), 1)
-        self.assertEqual(len(self.lines("is back:")), 1)
+        yield self.back(a)
 
     @inlineCallbacks
     def test_redis_hangs(self):
@@ -290,11 +299,7 @@ class EngineTests(TestCase):
         self.failureResultOf(a.hub.history("p", 10), StoreFailed)
         self.assertEqual(len(self.lines("unreachable (Timeout")), 1)
         self.redis.resume()
-        yield until(lambda: a.engine.mode == redis_engine.UP, "the node to load again", timeout=30)
-        report = yield a.hub.report("p", 0, "http", "x")
-        self.assertEqual(report.plug.value, 0)
-        self.assertEqual(len(self.lines("is back:")), 1)
-        self.assertEqual(len(self.lines("unreachable (")), 1)
+        yield self.back(a)
 
     @inlineCallbacks
     def test_changes_during_the_reload(self):
