@@ -116,6 +116,13 @@ class LiveSocketTests(SynchronousTestCase):
             f"Origin: http://evil.example\r\nCookie: smartplug_session={self.live.token}\r\n\r\n"
         ).encode())
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 403"))
+        # Origin: null (a page opened from disk) gets the same 403.
+        _, transport = raw_handshake(self.live.factory, (
+            "GET /ui/live HTTP/1.1\r\nHost: home:9000\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            f"Origin: null\r\nCookie: smartplug_session={self.live.token}\r\n\r\n"
+        ).encode())
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 403"), transport.value()[:80])
         self.assertEqual(self.live.factory.pages, set())
 
     def test_origin_under_tls(self):

@@ -152,8 +152,14 @@ class LoginTests(SynchronousTestCase):
         failure = self.ui.guard.recent_failures()[-1]
         self.assertNotIn("bob", failure.reason)
         self.assertNotIn(PASSWORD, failure.reason)
-        self.ui.login("wrong again")
+        response, body, _ = self.ui.login("wrong again")
         self.assertTrue(self.ui.guard.banned("127.0.0.1"))
+        # The failure that bans says so: the next try finds the connection
+        # refused, which would look like a server that is down.
+        seconds = self.ui.guard.ban_seconds
+        self.assertEqual((response.code, body), (401, {
+            "error": f"wrong user name or password; that was too many failures: this address is banned for {seconds:g} s"
+        }))
 
     def test_login_runs_in_thread(self):
         """
@@ -404,6 +410,21 @@ class ActionTests(SynchronousTestCase):
         self.assertEqual((code, body), (200, [{"value": 1, "at": 0, "source": "http"}, {"value": 0, "at": 5, "source": "device"}]))
         self.assertEqual(self.ui.json("GET", "api/plugs/a/b/history")[1], body)
         self.assertEqual(self.ui.json("GET", "api/plugs/nope/history")[0], 404)
+
+    def test_history_by_query(self):
+        """
+        The page asks for a history with the id in the query, so that ids
+        such as ".." (which browsers resolve away in a path) work; without
+        C{plug} it is a 400, without a session a 401.
+        """
+        for plug_id, query in (("..", "%2E%2E"), ("a b+c", "a%20b%2Bc"), ("über", "%C3%BCber")):
+            self.ui.hub.report(plug_id, 1, "http", "x")
+            code, body = self.ui.json("GET", f"api/history?plug={query}")
+            self.assertEqual((code, [e["value"] for e in body]), (200, [1]), plug_id)
+        self.assertEqual(self.ui.json("GET", "api/history?plug=nope")[0], 404)
+        self.assertEqual(self.ui.json("GET", "api/history")[0], 400)
+        self.ui.json("POST", "api/logout", {})
+        self.assertEqual(self.ui.json("GET", "api/history?plug=..")[0], 401)
 
     def test_backup_without_store(self):
         """

@@ -153,6 +153,13 @@ class Guard:
         """
         return cls(clock, settings.BAN_AFTER, settings.BAN_SECONDS, settings.BAN_ALLOW, shared)
 
+    @property
+    def ban_seconds(self) -> float:
+        """
+        How long a ban lasts (C{BAN_SECONDS}).
+        """
+        return self._ban_seconds
+
     def allowed(self, host: str) -> bool:
         """
         True when C{host} is in C{BAN_ALLOW}: it is never banned.

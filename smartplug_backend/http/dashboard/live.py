@@ -117,6 +117,10 @@ class LiveFactory(LimitedServerFactory):
 
     protocol = LiveProtocol
     noisy = False
+    # Autobahn would refuse the "null" Origin itself (400, in its words);
+    # onConnect refuses every Origin but the page's own, null included,
+    # with the 403 the README names.
+    origin_options = {"allowNullOrigin": True}
 
     def __init__(self, feed, sessions, clock, url=None) -> None:
         # The hub is the feed's business; the page only gets its messages.

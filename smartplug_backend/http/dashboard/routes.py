@@ -7,6 +7,9 @@ routes it calls, and the live WebSocket.
     POST /ui/api/login                 {"user", "password"} -> session cookie, {"user", "csrf", "expires"}
     POST /ui/api/logout                ends the session                      (CSRF)
     GET  /ui/api/plugs/<id>/history    [{"value", "at", "source"}], oldest first
+    GET  /ui/api/history?plug=<id>     the same, for any id (the page's: a
+                                       path segment "." or ".." is resolved
+                                       away by browsers)
     POST /ui/api/display               a POST /display body                  (CSRF)
     POST /ui/api/bans/lift             {"address"}                           (CSRF)
     POST /ui/api/backup                takes a backup now                    (CSRF)
@@ -254,6 +257,8 @@ class Api(Resource):
             return self._post(request, self._lift)
         if parts == ["backup"]:
             return self._post(request, self._take_backup)
+        if parts == ["history"]:
+            return self._get(request, lambda r, s: self._history_of_query(r))
         if len(parts) >= 3 and parts[0] == "plugs" and parts[-1] == "history":
             plug_id = "/".join(parts[1:-1])
             return self._get(request, lambda r, s: self._history(r, plug_id))
@@ -350,8 +355,15 @@ class Api(Resource):
             if not ok:
                 # Never the name or password: either may be the other typed
                 # in the wrong box.
-                self._guard.failure(address, "dashboard login: wrong user name or password", kind="dashboard_login")
-                return (401, {"error": "wrong user name or password"})
+                banned = self._guard.failure(address, "dashboard login: wrong user name or password",
+                                             kind="dashboard_login")
+                error = "wrong user name or password"
+                if banned:
+                    # Else its next try finds the connection refused, which
+                    # looks like a server that is down.
+                    error += (f"; that was too many failures: this address is banned for "
+                              f"{self._guard.ban_seconds:g} s")
+                return (401, {"error": error})
             if self._guard.banned(address):
                 # Banned while its password was checked (by another node,
                 # or its other logins): no session for it.
@@ -430,6 +442,13 @@ class Api(Resource):
             return (503, {"error": failure.getErrorMessage()})
 
         return self._later(request, self._run_backup(self._backup).addCallbacks(written, refused))
+
+    def _history_of_query(self, request):
+        plug_ids = request.args.get(b"plug")
+        if not plug_ids:
+            return _error(request, 400, "the query needs plug=<plug id>")
+        # The query is UTF-8 (checked before any route: server/utf8.py).
+        return self._history(request, plug_ids[0].decode("utf-8"))
 
     def _history(self, request, plug_id: str):
         def found(entries):

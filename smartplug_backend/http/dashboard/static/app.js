@@ -78,12 +78,27 @@ function showLogin(message = "") {
   csrf = null;
   if (socket) { socket.onclose = null; socket.close(); socket = null; }
   setLive("closed");
+  forget();
   $("app").hidden = true;
   $("logout").hidden = true;
   $("who").textContent = "";
   $("login").hidden = false;
   $("login-error").textContent = message;
   $("login-user").focus();
+}
+
+// Nothing of the home stays in the page once it asks for the login.
+function forget() {
+  plugs.forEach((entry) => entry.chart && entry.chart.destroy());
+  plugs.clear();
+  $("plug-list").replaceChildren();
+  $("no-plugs").hidden = false;
+  $("no-plugs").textContent = "loading…";
+  $("publications").replaceChildren();
+  server = null;
+  $("facts").replaceChildren();
+  $("settings").tBodies[0].replaceChildren();
+  for (const id of ["display-state", "display-packet", "display-result", "backup-result", "tls"]) $(id).textContent = "";
 }
 
 function showApp(session) {
@@ -105,22 +120,35 @@ $("login-form").addEventListener("submit", async (event) => {
     if (ok) showApp(data);
     else $("login-error").textContent = data.error || "refused";
   } catch (e) {
-    $("login-error").textContent = "the server cannot be reached";
+    $("login-password").value = "";
+    // A banned address's connections are refused: say why that may be.
+    const banned = $("login-error").dataset.lastError || "";
+    $("login-error").textContent = banned.includes("banned")
+      ? "the server does not answer: this address is banned for a while after failed logins"
+      : "the server cannot be reached";
   } finally {
+    $("login-error").dataset.lastError = $("login-error").textContent;
     $("login-submit").disabled = false;
   }
 });
 
 $("logout").addEventListener("click", async () => {
-  await api("logout", {});
-  showLogin("Logged out.");
+  try {
+    await api("logout", {});
+    showLogin("Logged out.");
+  } catch (e) {
+    // The page forgets the session either way; the server's copy ends
+    // when it expires.
+    showLogin(`Logged out here; the server did not answer (${e.message}).`);
+  }
 });
 
 // -- the live socket -------------------------------------------------------------
 
-function setLive(state) {
+function setLive(state, why = "") {
   $("live").dataset.state = state;
   $("live").textContent = state === "open" ? "live" : "offline";
+  $("live").title = why;
 }
 
 function connect() {
@@ -128,29 +156,41 @@ function connect() {
   socket = new WebSocket(`${scheme}://${location.host}/ui/live`);
   socket.onopen = () => { setLive("open"); reconnectDelay = 1000; };
   socket.onmessage = (event) => handle(JSON.parse(event.data));
-  socket.onclose = async (event) => {
+  socket.onclose = (event) => {
     setLive("closed");
     socket = null;
     if (event.code === 4001) return showLogin("Your session ended; log in again.");
-    // The server restarted or the network dropped: check the session, then
-    // try again, waiting longer each time (up to half a minute).
-    setTimeout(async () => {
-      try {
-        const { ok, data } = await api("session");
-        if (ok) showApp(data);
-      } catch (e) {
-        reconnectDelay = Math.min(reconnectDelay * 2, 30000);
-        socket = null;
-        setTimeout(() => connect(), reconnectDelay);
-      }
-    }, reconnectDelay);
+    reconnect();
   };
+}
+
+// The server restarted, the network dropped, or something between refuses
+// the socket (a proxy that does not pass WebSocket upgrades): check the
+// session, then try again, waiting twice as long after every failure (up to
+// half a minute) until a socket opens.
+function reconnect() {
+  const wait = reconnectDelay;
+  reconnectDelay = Math.min(reconnectDelay * 2, 30000);
+  if (wait >= 8000) setLive("closed", "the live feed cannot be reached; trying again");
+  setTimeout(async () => {
+    let answer;
+    try {
+      answer = await api("session");
+    } catch (e) {
+      return reconnect();
+    }
+    if (answer.status === 401) return; // api() has asked for the login
+    if (answer.ok) showApp(answer.data);
+    else reconnect();
+  }, wait);
 }
 
 function handle(message) {
   switch (message.type) {
     case "snapshot":
       showPlugs(message.plugs);
+      $("no-plugs").textContent = "No plug has reported yet.";
+      $("no-plugs").hidden = plugs.size > 0;
       showDisplay(message.display);
       $("publications").replaceChildren();
       message.publications.forEach(addPublication);
@@ -210,7 +250,8 @@ function addPlug(plug) {
 }
 
 async function loadHistory(entry) {
-  const { ok, data } = await api(`plugs/${encodeURIComponent(entry.plug.id)}/history`);
+  // In the query: a path segment "." or ".." would be resolved away.
+  const { ok, data } = await api(`history?plug=${encodeURIComponent(entry.plug.id)}`);
   if (!ok) return;
   // Reports that arrived while the history was on its way are already in it,
   // or newer: keep those newer than its last entry.
@@ -322,8 +363,12 @@ function showDisplay(display, command) {
 
 async function setDisplay(body) {
   $("display-result").textContent = "";
-  const { ok, data } = await api("display", body);
-  $("display-result").textContent = ok ? (data.packet ? `sent ${data.packet}` : "") : data.error;
+  try {
+    const { ok, data } = await api("display", body);
+    $("display-result").textContent = ok ? (data.packet ? `sent ${data.packet}` : "") : data.error;
+  } catch (e) {
+    $("display-result").textContent = `no answer from the server (${e.message})`;
+  }
 }
 
 $("weather-form").addEventListener("submit", (event) => {
@@ -372,8 +417,12 @@ function showSecurity(message) {
 }
 
 async function lift(address) {
-  const { ok, data } = await api("bans/lift", { address });
-  if (!ok) alert(data.error);
+  try {
+    const { ok, data } = await api("bans/lift", { address });
+    if (!ok) alert(data.error);
+  } catch (e) {
+    alert(`no answer from the server (${e.message})`);
+  }
 }
 
 // -- server ---------------------------------------------------------------------------------
@@ -435,13 +484,16 @@ $("backup").addEventListener("click", async () => {
   }
 });
 
-// The clock-relative texts (uptime, "since", "ago") move on without the server.
+// The clock-relative texts (uptime, "since", "ago") move on without the
+// server, and the charts' time axis once a minute.
+let ticks = 0;
 setInterval(() => {
   drawFacts();
   plugs.forEach((entry) => {
     const from = since(entry);
     entry.card.querySelector(".since").textContent = from != null ? `since ${when(from)} (${ago(from)})` : "";
   });
+  if (++ticks % 60 === 0) plugs.forEach(drawChart);
 }, 1000);
 
 // -- start ------------------------------------------------------------------------------------
