@@ -101,7 +101,8 @@ class DashboardInBrowserTests(_InBrowser):
         self.log_in("wrong password")
         self.text_in("#login-error", "wrong user name or password")
         self.server.wait_for(r"authentication failure from 127\.0\.0\.1: dashboard login: wrong user name or password \(1 of 3\)")
-        self.assertTrue(self.browser.find_element(By.ID, "app").get_attribute("hidden") is not None)
+        # Before login nothing of the home shows, not even an empty dashboard.
+        self.assertFalse(self.browser.find_element(By.ID, "app").is_displayed())
 
         self.log_in()
         self.visible("#app")
@@ -134,6 +135,19 @@ class DashboardInBrowserTests(_InBrowser):
         self.text_in("#facts", "backups/")
         self.assertTrue(self.browser.find_element(By.ID, "backup").is_enabled())
         self.assertEqual(len(os.listdir(os.path.join(self.server.directory, "backups"))), 1)
+
+        # A plug whose id a browser would resolve away in a path gets its
+        # history all the same.
+        post(self.server, "/data", {"id": "..", "value": 1})
+        self.wait.until(
+            lambda b: b.find_element(By.CSS_SELECTOR, '.plug[data-plug=".."] .chart').get_attribute("data-points") == "1"
+        )
+
+        # Logging out leaves nothing of the home on the page.
+        self.browser.find_element(By.ID, "logout").click()
+        self.text_in("#login-error", "Logged out.")
+        self.assertFalse(self.browser.find_element(By.ID, "app").is_displayed())
+        self.assertEqual(self.browser.find_elements(By.CSS_SELECTOR, ".plug"), [])
 
     def test_colour_to_device_and_lift_ban(self):
         """
