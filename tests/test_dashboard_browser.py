@@ -265,4 +265,9 @@ class DashboardInMemoryTests(_InBrowser):
         self.open_dashboard()
         self.text_in("#facts", "memory only (STATE_DB = None)")
         self.assertNotIn("Last backup", self.browser.find_element(By.ID, "facts").text)
+        # Settings read as the settings file writes them.
+        rows = {row.find_element(By.TAG_NAME, "th").get_attribute("textContent"):
+                row.find_element(By.TAG_NAME, "td").get_attribute("textContent")
+                for row in self.browser.find_elements(By.CSS_SELECTOR, "#settings tbody tr")}
+        self.assertEqual((rows["STATE_DB"], rows["TWITTER_ENABLED"], rows["BAN_ALLOW"]), ("None", "False", "[]"))
         self.assertFalse(self.browser.find_element(By.ID, "backup").is_enabled())

@@ -446,8 +446,18 @@ function showServer(facts) {
     : "none: the server speaks plain http and ws";
   drawFacts();
   const body = $("settings").tBodies[0];
-  body.replaceChildren(...Object.entries(facts.settings).map(([k, v]) => el("tr", {}, el("th", { text: k }), el("td", { text: JSON.stringify(v) }))));
+  body.replaceChildren(...Object.entries(facts.settings).map(([k, v]) => el("tr", {}, el("th", { text: k }), el("td", { text: python(v) }))));
   showBackupButton();
+}
+
+// A setting as the settings file writes it (None, True, False).
+function python(value) {
+  if (value === null) return "None";
+  if (value === true) return "True";
+  if (value === false) return "False";
+  if (Array.isArray(value)) return `[${value.map(python).join(", ")}]`;
+  if (typeof value === "object") return `{${Object.entries(value).map(([k, v]) => `${JSON.stringify(k)}: ${python(v)}`).join(", ")}}`;
+  return JSON.stringify(value);
 }
 
 function drawFacts() {
