@@ -170,7 +170,17 @@ class WebSocketServerSeams(WebSocketServerProtocol):
     - C{CONFIG_ATTRS} and C{_connectionMade}'s copying: Autobahn copies each
       protocol option from the factory onto every new connection unless the
       protocol already has the attribute (L{read_options_from_factory}).
+    - C{_protocol_violation}, which Autobahn's frame parser calls with a
+      reason and whose False answer lets it read the frame on: a length
+      written in more bytes than it needs (L{NON_MINIMAL_LENGTH}) is read as
+      the length it is.  Autobahn|Android (PlugBuddy) writes a 125-byte
+      message's length in 16 bits, arduinoWebSockets a 65535-byte one's in
+      64; RFC 6455 says to write the minimal form, and nothing is ambiguous
+      about the other, so both are read rather than failed with 1002.
     """
+
+    # Autobahn's reason for a frame whose length is not in its minimal form.
+    NON_MINIMAL_LENGTH = "invalid data frame length (not using minimal length encoding)"
 
     # What Autobahn keeps of the opening handshake and never reads once the
     # connection is open (onConnect has had it all as a ConnectionRequest).
@@ -195,6 +205,11 @@ class WebSocketServerSeams(WebSocketServerProtocol):
         finally:
             for name in self.HANDSHAKE_ONLY:
                 setattr(self, name, None)
+
+    def _protocol_violation(self, reason: str) -> bool:
+        if reason == self.NON_MINIMAL_LENGTH:
+            return False  # read on: the length is the length
+        return super()._protocol_violation(reason)
 
     def unparsed(self) -> bytes:
         """

@@ -7,7 +7,9 @@ and by name, instead of quietly slowing or breaking the server.
 
 import inspect
 import io
+import json
 import os
+import struct
 import sys
 
 import requests
@@ -86,6 +88,36 @@ class AutobahnSeamTests(SynchronousTestCase):
         for name in internals.WebSocketServerSeams.HANDSHAKE_ONLY:
             self.assertTrue(hasattr(server, name), f"seam HANDSHAKE_ONLY: Autobahn no longer has {name}")
             self.assertIsNone(getattr(server, name), name)
+
+    def test_non_minimal_lengths_read(self):
+        """
+        Autobahn still asks C{_protocol_violation} about a frame length
+        written in more bytes than needed, in the words we answer: a
+        125-byte message with a 16-bit length (Autobahn|Android, PlugBuddy)
+        and a 126-byte one with a 64-bit length are read and answered, not
+        failed with 1002; another violation still fails.
+        """
+        source = inspect.getsource(WebSocketServerProtocol.processData) if hasattr(
+            WebSocketServerProtocol, "processData") else ""
+        self.assertIn(internals.WebSocketServerSeams.NON_MINIMAL_LENGTH, source,
+                      "seam _protocol_violation: Autobahn's reason for a non-minimal length changed")
+        hub = Hub()
+        plug = "L" * 111
+        hub.report(plug, 1, "http", "10.0.0.5")
+        message = json.dumps({"status": plug}).encode()
+        self.assertEqual(len(message), 125)
+        for header in (b"\x81\xfe" + struct.pack("!H", 125), b"\x81\xff" + struct.pack("!Q", 125)):
+            client, server, pump = ws_connect(quiet(AppFactory(hub)))
+            mask = b"\x01\x02\x03\x04"
+            masked = bytes(b ^ mask[i % 4] for i, b in enumerate(message))
+            server.dataReceived(header + mask + masked)
+            pump.flush()
+            self.assertEqual(server.state, server.STATE_OPEN, header)
+            self.assertEqual(client.texts(), [json.dumps({"id": plug, "value": 1})], header)
+        client, server, pump = ws_connect(quiet(AppFactory(hub)))
+        server.dataReceived(b"\x81\x7f" + struct.pack("!Q", 2**63) + b"\x00" * 4)
+        pump.flush()
+        self.assertNotEqual(server.state, server.STATE_OPEN)
 
     def test_prepared_frame_attributes(self):
         """
