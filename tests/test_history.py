@@ -168,6 +168,29 @@ class HistoryTests(SynchronousTestCase):
         recovery = history.since("e", 1, "E1")
         self.assertEqual((recovery.recovered, [p.offset for p in recovery.publications]), (True, [3]))
 
+    def test_refused_newest_offset_given_again(self):
+        """
+        A publication the store refused while nothing later was numbered
+        leaves no hole: its offset goes to the next one, so a client that
+        saw nothing (offset 0) recovers everything.  Refused in a group,
+        oldest first, the same.
+        """
+        history = make_history(self.clock)
+        lost = history.number("e", "lost")
+        history.refused(lost)
+        self.publish(history, "e", 1)
+        self.assertEqual(history.position("e")[0], 1)
+        recovery = history.since("e", 0, "E1")
+        self.assertEqual((recovery.recovered, [p.offset for p in recovery.publications]), (True, [1]))
+        group = [history.number("e", "a"), history.number("e", "b")]
+        for publication in group:
+            history.refused(publication)
+        self.publish(history, "e", 1)
+        self.assertEqual(history.position("e")[0], 2)
+        # An accepted one is never given again.
+        history.refused(history.page("e", 0, 10)[1][0])
+        self.assertEqual(history.number("e", "c").offset, 3)
+
     def test_restore(self):
         """
         Streams loaded from the store come back with their epoch and newest
@@ -468,6 +491,23 @@ class HubPublishTests(SynchronousTestCase):
         self.assertEqual(offsets(self.received["a"]), [2])
         self.assertEqual([p.offset for p in self.hub.pubsub.history.page("e", 0, 10)[1]], [2])
         self.assertEqual([e.get("why") for e in self.events if e["log_level"].name == "error"], ["disk is full"])
+
+    def test_refused_first_publication_leaves_no_hole(self):
+        """
+        When the journal refuses an event's very first publication and
+        nothing later was numbered meanwhile, the next one gets offset 1: a
+        client that learnt the epoch at offset 0 recovers it.
+        """
+        epoch = self.hub.pubsub.history.page("e", 0, 10)[0]
+        refused = self.hub.publish("e", 0, "peer")
+        self.journal.answer(failure=StoreFailed("locked"))
+        self.assertIsNone(self.successResultOf(refused))
+        accepted = self.hub.publish("e", 1, "peer")
+        self.journal.answer()
+        self.assertEqual(self.successResultOf(accepted), 0)
+        self.subscribe("late", since=(0, epoch))
+        self.assertEqual(offsets(self.received["late"]), [1, "R"])
+        self.assertIn(b'"recovered":true', self.received["late"][-1])
 
     def test_reports_published_with_their_report(self):
         """

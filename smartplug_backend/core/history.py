@@ -82,6 +82,8 @@ class Stream:
     assigned: int = 0
     latest: int = 0
     kept: collections.deque = dataclasses.field(default_factory=collections.deque)
+    # Offsets the journal refused below the newest given (see History.refused).
+    refused: set = dataclasses.field(default_factory=set)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,6 +222,25 @@ class History:
             self._streams.move_to_end(event)
         stream.assigned += 1
         return Publication(event, stream.assigned, stream.epoch, data_json, self._now())
+
+    def refused(self, publication: Publication) -> None:
+        """
+        C{publication} (numbered by L{number}) was refused by the journal:
+        nobody got it.  If no later publication of its event was numbered
+        meanwhile, its offset is given to the next one, so that the offsets
+        clients see have no hole a resuming client would count as a loss;
+        so are those of refused ones just below it (a group commit that
+        failed refuses its publications oldest first).
+        """
+        stream = self._streams.get(publication.event)
+        if stream is None or stream.epoch != publication.epoch or publication.offset <= stream.latest:
+            return
+        stream.refused.add(publication.offset)
+        while stream.assigned in stream.refused:
+            stream.refused.discard(stream.assigned)
+            stream.assigned -= 1
+        if stream.assigned <= stream.latest:
+            stream.refused.clear()
 
     def accept(self, publication: Publication) -> None:
         """

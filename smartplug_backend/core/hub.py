@@ -188,7 +188,8 @@ class Hub:
         self.refused[source, reason] += 1
 
     def _journaled(self, save: Callable[..., Deferred], args: tuple, accept: Callable[[Any], object],
-                   change: str, peer: str, source: Optional[str] = None) -> Deferred:
+                   change: str, peer: str, source: Optional[str] = None,
+                   publication: Optional[Publication] = None) -> Deferred:
         """
         C{save(*args)} in the journal, then C{accept(answer)} with the
         journal's answer: C{None}, or for a publication the publication as a
@@ -200,7 +201,7 @@ class Hub:
             device port) may drop it.
         """
         saved = maybeDeferred(save, *args)
-        saved.addCallbacks(accept, self._not_saved, errbackArgs=(change, peer, source))
+        saved.addCallbacks(accept, self._not_saved, errbackArgs=(change, peer, source, publication))
         # accept() catches its listeners' errors; this keeps the promise
         # that the Deferred never fails even if accept() itself had a bug.
         return saved.addErrback(self._not_applied, change, peer)
@@ -209,9 +210,14 @@ class Hub:
         self._log.failure("{change} from {peer} saved but not applied", failure, change=change, peer=peer)
         return None
 
-    def _not_saved(self, failure, change: str, peer: str, source: Optional[str]) -> None:
+    def _not_saved(self, failure, change: str, peer: str, source: Optional[str],
+                   publication: Optional[Publication]) -> None:
         if source is not None:
             self.refused[source, "store"] += 1
+        if publication is not None and not self._shared:
+            # Nobody got it: its offset may be given again (a shared
+            # journal numbers in Redis, where nothing was used).
+            self.pubsub.history.refused(publication)
         if failure.check(StoreFailed):
             self._log.error(
                 "{change} from {peer} refused: state store cannot write: {why}",
@@ -243,7 +249,7 @@ class Hub:
         return self._journaled(
             self._journal.save_report, args,
             lambda numbered: self._accept(plug, source, peer, numbered or publication),
-            f"report plug {plug_id} -> {value}", peer, source,
+            f"report plug {plug_id} -> {value}", peer, source, publication,
         )
 
     def _accept(self, plug: Plug, source: str, peer: str, publication: Optional[Publication],
@@ -272,7 +278,8 @@ class Hub:
         @param origin: who brought it in from outside (see L{PubSub.publish}).
         @return: a Deferred firing with the number of subscribers it was sent
             to, or with C{None} when the journal could not record it (logged;
-            nobody got it, and its offset stays unused).  It never fails.
+            nobody got it, and its offset is given again if no later one
+            was given meanwhile).  It never fails.
         """
         pubsub = self.pubsub
         publication = pubsub.number(event, data)
@@ -285,7 +292,7 @@ class Hub:
         return self._journaled(
             self._journal.save_publication, (publication, history.keep, history.oldest_kept()),
             lambda numbered: pubsub.accept(numbered or publication, data, origin),
-            f"publication {publication.offset} of {event}", peer,
+            f"publication {publication.offset} of {event}", peer, publication=publication,
         )
 
     def plug(self, plug_id: str) -> Optional[Plug]:
