@@ -14,6 +14,7 @@ from smartplug_backend.core.limits import MAX_UNSENT
 from smartplug_backend.core.pubsub import PubSub, delivery_frame, go_json, report_publisher
 from smartplug_backend.http import api
 from smartplug_backend.server.guard import Guard
+from smartplug_backend.ws import picloud
 from smartplug_backend.ws.apps import AppFactory, AppProtocol
 
 from .helpers import PEER, STUB_PEER, http_client, raw_handshake, ws_connect
@@ -357,6 +358,25 @@ class RouteTests(SynchronousTestCase):
         pub_pump.flush()
         sub_pump.flush()
         self.assertEqual(len(sub.messages), 2)
+
+    def test_subscriptions_per_connection_bounded(self):
+        """
+        One connection subscribes to at most PUBSUB_SUBSCRIPTIONS_PER_CONNECTION
+        events; more are ignored (and logged), while subscribing again to one
+        it has, or after unsubscribing one, still works.
+        """
+        self.patch(picloud, "PUBSUB_SUBSCRIPTIONS_PER_CONNECTION", 3)
+        sub, server, pump = ws_connect(self.factory, "/subscribe?clientName=s")
+        for event in [b"a", b"b", b"c", b"d", b"a"]:
+            sub.sendMessage(b'{"action": "subscribe", "event": "' + event + b'"}')
+        pump.flush()
+        self.assertEqual(self.hub.pubsub.subscription_count(server), 3)
+        self.assertFalse(self.hub.pubsub.is_subscribed(server, "d"))
+        sub.sendMessage(b'{"action": "unsubscribe", "event": "b"}')
+        sub.sendMessage(b'{"action": "subscribe", "event": "d"}')
+        pump.flush()
+        self.assertTrue(self.hub.pubsub.is_subscribed(server, "d"))
+        self.assertEqual(self.hub.pubsub.subscription_count(server), 3)
 
     def test_unsubscribe_all_and_close_cleanup(self):
         """

@@ -125,6 +125,9 @@ MQTT_STOP_TIMEOUT = 5
 # events, at most this many bytes of data (the least recently published
 # events' oldest go first).
 PUBSUB_EMPTY_EVENTS = 1000
+# Events one connection may subscribe to at once (each costs memory and a
+# line of every info frame); subscribing to more is ignored.
+PUBSUB_SUBSCRIPTIONS_PER_CONNECTION = 1000
 PUBSUB_UNPUBLISHED_EPOCHS = 1000
 PUBSUB_STREAMS = 10000
 PUBSUB_HISTORY_BYTES = 32 * 1024 * 1024

@@ -285,6 +285,18 @@ class PubSub:
             return [] if newest is None else [newest.positioned_frame(event_json)]
         return []
 
+    def subscription_count(self, subscriber: Hashable) -> int:
+        """
+        How many events C{subscriber} is subscribed to.
+        """
+        return len(self._subscribed.get(subscriber, ()))
+
+    def is_subscribed(self, subscriber: Hashable, event: str) -> bool:
+        """
+        Whether C{subscriber} is subscribed to C{event}.
+        """
+        return event in self._subscribed.get(subscriber, ())
+
     def unsubscribe(self, subscriber: Hashable, event: str) -> None:
         """
         Stop delivering C{event} to C{subscriber}; nothing if it was not subscribed.

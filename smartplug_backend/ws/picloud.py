@@ -6,6 +6,7 @@ messages mean.  Shared by the app WebSocket routes and C{POST /publish}.
 from typing import Any, Mapping, Optional
 
 from ..core import strictjson
+from ..core.limits import PUBSUB_SUBSCRIPTIONS_PER_CONNECTION
 from ..core.pubsub import InvalidPublication, InvalidSince, PubSub, parse_publication, parse_since
 from ..server.guard import key_matches
 
@@ -107,6 +108,9 @@ def handle_subscriber(pubsub: PubSub, connection, message: Any) -> Optional[str]
                 position = None if since is None else parse_since(since)
             except InvalidSince as e:
                 return str(e)
+            if (pubsub.subscription_count(connection) >= PUBSUB_SUBSCRIPTIONS_PER_CONNECTION
+                    and not pubsub.is_subscribed(connection, event)):
+                return f"already subscribed to {PUBSUB_SUBSCRIPTIONS_PER_CONNECTION} events, the most one connection may"
             frames = pubsub.subscribe(connection, event, last=message.get("last") is True, since=position)
             if frames:
                 connection.send_first(frames)
