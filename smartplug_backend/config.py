@@ -105,9 +105,13 @@ def _redis_url(v: Any) -> Optional[str]:
     try:
         # Loaded only when REDIS_URL is set; its own reading of the query
         # (ssl_ca_certs=..., socket_timeout=...) must not fail at start.
+        from redis import ConnectionPool
         from redis.connection import parse_url
 
         parse_url(v)
+        # Builds a connection object (connecting nothing): an option redis-py
+        # does not know (socket_timout=5) fails here, not at start-up.
+        ConnectionPool.from_url(v).make_connection()
     except ImportError:
         return None  # the engine's import says what is missing
     except (TypeError, ValueError) as e:

@@ -229,6 +229,7 @@ class LoadTests(SynchronousTestCase):
             "redis://127.0.0.1:abc/0": "with a port number from 1 to 65535",
             "redis://[::1/0": "with a valid host",
             "redis://h:6379/0?socket_timeout=abc": "redis-py cannot use it: Invalid value for 'socket_timeout'",
+            "redis://:pw@h:6379/0?socket_timout=5": "redis-py cannot use it: ",
             "redis://h/abc": "whose path is only a database number",
             "redis://h/0/extra": "whose path is only a database number",
             "http://h:6379": "must be None or a URL such as",

@@ -192,6 +192,17 @@ class ConnectionTests(BridgeTestCase):
         self.assertEqual(json.loads(self.client.last(TOPICS.display_state)[1])["effect"], "storm")
         self.assertIn("MQTT: connected to mqtt://broker.local:1883", self.logged())
 
+    def test_unknown_display_not_published(self):
+        """
+        While the hub does not know the display (a node that has not loaded
+        its state), connecting publishes no display state: Home Assistant
+        keeps the retained one rather than being told the lamps are off.
+        """
+        self.hub.display_known = False
+        self.client.connected()
+        self.assertNotIn(TOPICS.display_state, self.client.topics())
+        self.assertIn(TOPICS.light_config, self.client.topics())
+
     def test_reconnect_republishes(self):
         """
         After a dropped connection, the next connect publishes all again.
@@ -284,7 +295,7 @@ class OutageLogTests(BridgeTestCase):
         self.client.connected()
         self.client.dropped()
         self.assertEqual(len(self.warnings()), 2)
-        self.assertIn("connection lost: Unspecified error", self.warnings()[0])
+        self.assertIn("connection lost: the broker closed it or went away", self.warnings()[0])
 
 
 class StateTests(BridgeTestCase):

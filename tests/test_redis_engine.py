@@ -295,6 +295,10 @@ class EngineTests(TestCase):
         yield until(lambda: not a.engine.up, "the node to notice a Redis that hangs", timeout=20)
         refused = a.hub.report("p", 0, "http", "x")
         self.assertIsNone(self.successResultOf(refused))
+        # While a try to load again waits for the hung Redis, changes are
+        # still refused at once, not queued behind it.
+        a.engine._resync()
+        self.assertIsNone(self.successResultOf(a.hub.report("p", 0, "http", "x")))
         self.assertEqual(a.hub.plug("p").value, 1)
         self.failureResultOf(a.hub.history("p", 10), StoreFailed)
         self.assertEqual(len(self.lines("unreachable (Timeout")), 1)
@@ -304,9 +308,10 @@ class EngineTests(TestCase):
     @inlineCallbacks
     def test_changes_during_the_reload(self):
         """
-        Changes that arrive while the node loads the state again, after
-        Redis answered again, are taken: the node does not mistake the
-        hang it has just left for a new one and go away again.
+        Changes that arrive while the node tries to load the state again
+        are refused at once until Redis has answered, and do not make the
+        node mistake the hang it is leaving for a new one: once loaded, it
+        takes changes and stays up.
         """
         (a,) = yield self.nodes(1, info_interval=1)
         self.redis.pause()
@@ -327,7 +332,10 @@ class EngineTests(TestCase):
         self.redis.resume()
         yield until(lambda: a.engine.mode == redis_engine.UP, "the node to load again", timeout=30)
         self.assertTrue(during)
-        self.assertIsNotNone((yield during[-1]))
+        # Refused at once while Redis has not answered yet (not queued to
+        # wait out a timeout), and no sign that Redis went away again.
+        for change in during:
+            yield change
         # A second of changes after: all taken, the node stays up.
         later = []
         for i in range(50):
@@ -404,6 +412,7 @@ class EngineTests(TestCase):
         the change; both agree on the new epochs.
         """
         a, b = yield self.nodes()
+        b.subscribe("watcher", "smartplug")
         yield a.hub.report("p", 1, "http", "x")
         yield a.hub.publish("door", "open", "x")
         yield until(lambda: b.hub.pubsub.history.position("door")[0] == 1, "B to have the publication")
@@ -418,6 +427,10 @@ class EngineTests(TestCase):
         self.assertIsNotNone(report)
         yield until(lambda: b.hub.plug("fl") is not None, "B to load the new data", timeout=20)
         self.assertEqual(len(self.lines("holds other data than this node loaded")), 1)
+        # B's subscribers got the report's publication too, though it was
+        # made before B loaded the new data.
+        yield until(lambda: any(f.get("data", "").startswith('{"id": "fl"') for f in b.frames["watcher"]),
+                    "B's subscriber to get the first publication after the loss")
         yield until(lambda: b.engine.mode == redis_engine.UP, "B up", timeout=20)
         yield a.hub.publish("door", "again", "x")
         yield until(lambda: b.hub.pubsub.history.position("door") == a.hub.pubsub.history.position("door"),
@@ -473,6 +486,33 @@ class EngineTests(TestCase):
         # Devices connected meanwhile got no packet; the loaded one reaches them.
         self.assertEqual(late.packets, ["[cc:1:3:9]"])
         self.assertTrue(late.hub.display_known)
+
+    @inlineCallbacks
+    def test_node_without_state_does_not_seed(self):
+        """
+        A node that could never load the state (Redis was down when it
+        started) does not seed an empty Redis with its nothing, which would
+        wipe the other nodes' copies: it says so and waits; a node with a
+        copy seeds it, and the waiting node loads that.
+        """
+        (a,) = yield self.nodes(1)
+        yield a.hub.report("p", 1, "http", "x")
+        self.redis.kill()
+        yield until(lambda: not a.engine.up, "A to notice")
+        late = Node(self, self.redis.url, "late")
+        late.engine.privilegedStartService()
+        late.engine.startService()
+        self.addCleanup(late.stop)
+        self.assertFalse(late.hub.display_known)
+        # A is held back, so that the late node finds Redis empty first.
+        self.patch(a.engine, "_resync", lambda: None)
+        self.redis.start()
+        yield until(lambda: self.lines("answers, but it holds no state"), "the late node to refuse to seed", timeout=30)
+        self.assertEqual(late.engine.mode, redis_engine.DOWN)
+        self.patch(a.engine, "_resync", redis_engine.RedisEngine._resync.__get__(a.engine))
+        a.engine._resync()
+        yield until(lambda: late.engine.mode == redis_engine.UP, "the late node to load A's copy", timeout=30)
+        self.assertEqual(late.hub.plug("p").value, 1)
 
     @inlineCallbacks
     def test_redis_restarted_empty(self):

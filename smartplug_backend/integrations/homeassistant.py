@@ -270,16 +270,18 @@ def light_state(display: Display) -> dict:
     return {"state": "OFF"}
 
 
-def discovery(plugs: list[Plug], display: Display, topics: Topics) -> list[Message]:
+def discovery(plugs: list[Plug], display: Optional[Display], topics: Topics) -> list[Message]:
     """
     Everything published (retained) on each connect and on Home Assistant's
-    C{online}: our status, every config, then every state.
+    C{online}: our status, every config, then every state (the display's
+    only when known: C{None} while a node has not loaded it).
     """
     messages = [Message(topics.status, ONLINE.encode())]
     messages.append(Message(topics.light_config, _json(light_config(topics))))
     messages.extend(Message(topics.button_config(c), _json(button_config(c, topics))) for c in COMMANDS)
     messages.extend(Message(topics.plug_config(p.id), _json(plug_config(p.id, topics))) for p in plugs)
-    messages.append(Message(topics.display_state, _json(light_state(display))))
+    if display is not None:
+        messages.append(Message(topics.display_state, _json(light_state(display))))
     messages.extend(Message(topics.plug_state(p.id), plug_state(p.value)) for p in plugs)
     return messages
 

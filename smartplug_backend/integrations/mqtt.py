@@ -198,6 +198,9 @@ class MQTTBridge(Service):
             )
 
     def _lost(self, reason: str) -> None:
+        if reason == "Unspecified error":
+            # What paho says when the socket closed under it.
+            reason = "the broker closed it or went away"
         if self._connected:
             self._unavailable(f"connection lost: {reason}")
         elif not self._away:
@@ -207,7 +210,10 @@ class MQTTBridge(Service):
         """
         Publish our status, every discovery config and every state again.
         """
-        for message in ha.discovery(self._hub.plugs(), self._hub.display(), self._topics):
+        # A node that has not loaded its state (Redis unreachable at start)
+        # does not know the display: its retained state stays as it was.
+        display = self._hub.display() if self._hub.display_known else None
+        for message in ha.discovery(self._hub.plugs(), display, self._topics):
             self._publish(message)
 
     def _publish(self, message: ha.Message, qos: int = 1) -> None:

@@ -72,6 +72,14 @@ from .redis_store import CHANNEL, RedisState, Snapshot, Stale
 DOWN, SYNCING, UP = "down", "syncing", "up"
 
 
+class _NothingToSeed(redis.RedisError):
+    """
+    Redis holds no state, and this node has none to seed it with (it could
+    not load any since it started): seeding it with nothing would wipe the
+    other nodes' copies.
+    """
+
+
 class _Unanswered(redis.ConnectionError):
     """
     Work refused on the Redis thread because Redis stopped answering before
@@ -173,6 +181,8 @@ class RedisEngine(ThreadPoolService):
         self._showing = False
         # The next try to load the state while Redis is away, if one waits.
         self._retry = None
+        self._retry_delay = 0.5
+        self._told_nothing_to_seed = False
         self._listener: Optional[threading.Thread] = None
         self._channel = None
         self.presence_interval = min(info_interval, REDIS_PRESENCE_INTERVAL)
@@ -190,9 +200,11 @@ class RedisEngine(ThreadPoolService):
     @property
     def up(self) -> bool:
         """
-        True while changes can be committed.
+        True while changes can be committed: not while Redis is known not to
+        answer, even while a try to load the state again waits for it (they
+        would wait behind it and then be refused all the same).
         """
-        return self._mode != DOWN and self._incarnation is not None
+        return self._mode != DOWN and self._incarnation is not None and not self._unanswered.is_set()
 
     # -- start and stop ------------------------------------------------------
 
@@ -327,9 +339,12 @@ class RedisEngine(ThreadPoolService):
             self._retry_later()
 
     def _retry_later(self) -> None:
+        # 0.5, 1, 2, 4, 8, then every REDIS_MAX_BACKOFF seconds, as the
+        # channel thread waits (reset once loaded).
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
-        self._retry = self._clock.callLater(REDIS_MAX_BACKOFF, self._retry_sync, self._generation)
+        delay, self._retry_delay = self._retry_delay, min(self._retry_delay * 2, REDIS_MAX_BACKOFF)
+        self._retry = self._clock.callLater(delay, self._retry_sync, self._generation)
 
     def _settle(self, token: str):
         entry = self._pending.pop(token, None)
@@ -518,7 +533,7 @@ class RedisEngine(ThreadPoolService):
 
     # -- loading -------------------------------------------------------------
 
-    def _load(self, plugs: list, display: Optional[str]) -> tuple:
+    def _load(self, plugs: list, display: Optional[str], may_seed: bool = True) -> tuple:
         """
         (Redis thread) The snapshot; a Redis that holds nothing is seeded
         first with C{plugs} and C{display}, this node's copy.
@@ -529,6 +544,11 @@ class RedisEngine(ThreadPoolService):
         seeded = None
         snapshot = self.state.snapshot()
         if snapshot is None:
+            if not may_seed:
+                raise _NothingToSeed(
+                    "it holds no state, and this node has none to give it: start a node that has one (or "
+                    "restart this one) while Redis is reachable"
+                )
             if self.state.initialise(secrets.token_urlsafe(12), plugs, display):
                 seeded = len(plugs)
             snapshot = self.state.snapshot()
@@ -546,13 +566,16 @@ class RedisEngine(ThreadPoolService):
         hub = self.hub
         plugs = [(p.id, p.value, p.updated_at, "http") for p in hub.plugs()]
         display = display_state(hub.display()) if hub.display_known else None
-        loaded = self._run(self._load, plugs, display)
+        loaded = self._run(self._load, plugs, display, hub.display_known)
         loaded.addCallbacks(self._synced, self._sync_failed, callbackArgs=(generation,), errbackArgs=(generation,))
         loaded.addErrback(lambda f: self._log.failure("applying the state loaded from Redis", f))
 
     def _sync_failed(self, failure, generation: int) -> None:
         if generation != self._generation:
             return
+        if failure.check(_NothingToSeed) and not self._told_nothing_to_seed:
+            self._told_nothing_to_seed = True
+            self._log.warn("Redis at {where} answers, but {why}", where=self.where, why=failure.getErrorMessage())
         self._lost(failure.getErrorMessage())
         # The channel may still be up: try again rather than wait for it.
         self._retry_later()
@@ -598,6 +621,7 @@ class RedisEngine(ThreadPoolService):
         self._catch_up(snapshot, lost)
         self._applied = snapshot.seq
         self._mode = UP
+        self._retry_delay = 0.5
         if self._away:
             self._away = False
             self._log.info(
@@ -624,7 +648,17 @@ class RedisEngine(ThreadPoolService):
         hub = self.hub
         history = hub.pubsub.history
         if lost:
-            history.restore(snapshot.streams, replace=True)
+            # Every publication of the new data was made after another node
+            # seeded it, so none reached this node's subscribers: they get
+            # them now, where they are all still kept.
+            history.restore([], replace=True)
+            for event, epoch, latest, kept in snapshot.streams:
+                if kept and kept[0][0] == 1 and kept[-1][0] == latest:
+                    for number, data_json, created_at in kept:
+                        hub.apply_publication(Publication(event, number, epoch, data_json, created_at),
+                                              json.loads(data_json))
+                else:
+                    history.restore([(event, epoch, latest, kept)])
         else:
             for event, epoch, latest, kept in snapshot.streams:
                 offset, mine = history.position(event)
