@@ -106,6 +106,19 @@ class EngineTests(TestCase):
         return made
 
     @inlineCallbacks
+    def report_until_taken(self, node, plug_id: str, value: int):
+        """
+        Report until C{node} takes it: after Redis lost its data the first
+        try is refused while the node seeds Redis again.
+        """
+        for _ in range(50):
+            report = yield node.hub.report(plug_id, value, "http", "x")
+            if report is not None:
+                return report
+            yield until(lambda: node.engine.mode == redis_engine.UP, "the node to load again", timeout=20)
+        self.fail(f"{plug_id} -> {value} never taken")
+
+    @inlineCallbacks
     def back(self, node):
         """
         Wait until C{node} has loaded the state again; check that it takes
@@ -357,12 +370,7 @@ class EngineTests(TestCase):
         old = a.engine._incarnation
         yield a.hub.report("p", 1, "http", "x")
         a.engine.state.client.flushall()
-        report = None
-        for _ in range(50):
-            report = yield a.hub.report("p", 0, "http", "x")
-            if report is not None:
-                break
-            yield until(lambda: a.engine.mode == redis_engine.UP, "A to load again", timeout=20)
+        yield self.report_until_taken(a, "p", 0)
         self.assertNotEqual(a.engine._incarnation, old)
         warned = len(self.lines("holds other data"))
         a.engine._received(json.dumps({"seq": 1, "incarnation": old, "kind": "report", "plug": "p", "value": 1,
@@ -418,13 +426,7 @@ class EngineTests(TestCase):
         yield until(lambda: b.hub.pubsub.history.position("door")[0] == 1, "B to have the publication")
         epoch = b.hub.pubsub.history.position("door")[1]
         a.engine.state.client.flushall()
-        report = None
-        for _ in range(50):
-            report = yield a.hub.report("fl", 1, "http", "x")
-            if report is not None:
-                break
-            yield until(lambda: a.engine.mode == redis_engine.UP, "A to load again", timeout=20)
-        self.assertIsNotNone(report)
+        yield self.report_until_taken(a, "fl", 1)
         yield until(lambda: b.hub.plug("fl") is not None, "B to load the new data", timeout=20)
         self.assertEqual(len(self.lines("holds other data than this node loaded")), 1)
         # B's subscribers got the report's publication too, though it was
