@@ -246,7 +246,7 @@ class History:
         """
         Keep C{publication} (numbered by L{number}) as the newest of its
         event.  Publications are accepted in the order they were numbered;
-        one the journal refused leaves its offset unused.
+        one the journal refused is not (see L{refused}).
         """
         event = publication.event
         stream = self._streams.get(event)
