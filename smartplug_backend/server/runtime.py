@@ -10,7 +10,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 
 from ..internals import tell_daemon_parent
-from .services import StartupError, exit_startup
+from .services import StartupError, say_startup_refused
 
 
 class StopInOrder(MultiService):
@@ -53,8 +53,11 @@ class StopInOrder(MultiService):
             self._refuse(str(e))
 
     def _refuse(self, line: str) -> None:
+        # The log has the line before the waiting command (a daemon's
+        # parent) is told and returns.
+        say_startup_refused(line)
         tell_daemon_parent(self._twistd_config, f"smartplug: {line}")
-        exit_startup(line)
+        raise SystemExit(1)
 
     def stopService(self) -> Deferred:
         Service.stopService(self)

@@ -22,12 +22,19 @@ class StartupError(Exception):
     """
 
 
+def say_startup_refused(message: str) -> None:
+    """
+    C{message} as one line on stderr (twistd's log, once it has started).
+    """
+    sys.stderr.write(f"smartplug: {message}\n")
+    sys.stderr.flush()
+
+
 def exit_startup(message: str) -> None:
     """
     End the process with C{message} as one line on stderr: no traceback.
     """
-    sys.stderr.write(f"smartplug: {message}\n")
-    sys.stderr.flush()
+    say_startup_refused(message)
     raise SystemExit(1)
 
 
