@@ -52,7 +52,7 @@ class BackupService(Service):
 
     def __init__(self, take: Callable[[], tuple], interval: float, clock,
                  run: Callable[..., Deferred], last: Callable[[], Optional[float]] = lambda: None,
-                 where: str = "backups", keep: Optional[int] = None) -> None:
+                 where: str = backup.DEFAULT_DIRECTORY, keep: Optional[int] = None) -> None:
         self._take = take
         self._interval = interval
         self._clock = clock
