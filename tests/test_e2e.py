@@ -199,6 +199,22 @@ class StartupFailureTests(TestCase):
         self.assertIn(f"smartplug: HTTP: cannot listen on tcp:{port}:interface=127.0.0.1", output)
         self.assertNotIn("Traceback", output)
 
+    def test_two_listeners_on_one_port(self):
+        """
+        Two port settings with one value exit 1 with a line naming both
+        listeners, not only "Address already in use".
+        """
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        result = self.run_twistd(
+            f"STATE_DB = None\nLISTEN_ADDRESS = '127.0.0.1'\nWWW_SERVER_PORT = {port}\nWS_SERVER_PORT = {port}\n"
+        )
+        output = (result.stdout + result.stderr).decode()
+        self.assertEqual(result.returncode, 1, output)
+        self.assertIn(f"smartplug: app WebSocket: port {port} is the HTTP listener's too; give each its own port", output)
+        self.assertNotIn("Traceback", output)
+
 
 class DaemonTests(TestCase):
     """

@@ -62,10 +62,15 @@ def listener(label: str, reactor, description: str, factory, secure_scheme=None)
         endpoint = serverFromString(reactor, with_backlog(description))
     except Exception as e:
         raise StartupError(f"{label}: bad endpoint {description!r}: {e}") from e
-    return _Listener(label, description, _Announced(endpoint, label, secure_scheme), factory)
+    service = _Listener(label, description, None, factory)
+    service.endpoint = _Announced(endpoint, label, secure_scheme, service)
+    return service
 
 
 class _Listener(StreamServerEndpointService):
+    #: The TCP port bound, once listening.
+    bound_port = None
+
     def __init__(self, label: str, description: str, endpoint, factory) -> None:
         super().__init__(endpoint, factory)
         self.label = label
@@ -84,7 +89,27 @@ class _Listener(StreamServerEndpointService):
             # twistd's daemon to print whole (about 100 characters).
             cause = getattr(e, "socketError", None)
             why = cause.strerror if isinstance(cause, OSError) and cause.strerror else e
+            taken_by = self._sibling_on(getattr(e, "port", None))
+            if taken_by is not None:
+                # Short, the cause first: a daemon's foreground command
+                # prints about 100 characters of the line.
+                raise StartupError(
+                    f"{self.label}: port {e.port} is the {taken_by} listener's too; give each its own port"
+                ) from e
             raise StartupError(f"{self.label}: cannot listen on {self._description}: {why}") from e
+
+    def _sibling_on(self, port):
+        """
+        The label of another of this server's listeners bound to C{port},
+        or C{None}: two settings naming one port is the likelier cause of
+        "address in use" than a stranger holding it.
+        """
+        if not port:
+            return None
+        for service in self.parent or ():
+            if service is not self and getattr(service, "bound_port", None) == port:
+                return service.label
+        return None
 
 
 @implementer(IStreamServerEndpoint)
@@ -93,10 +118,11 @@ class _Announced:
     An endpoint that logs where its port listens once it does.
     """
 
-    def __init__(self, endpoint, label: str, secure_scheme) -> None:
+    def __init__(self, endpoint, label: str, secure_scheme, service: _Listener) -> None:
         self._endpoint = endpoint
         self._label = label
         self._secure_scheme = secure_scheme
+        self._service = service
 
     def listen(self, factory) -> Deferred:
         return self._endpoint.listen(factory).addCallback(self._listening)
@@ -105,6 +131,7 @@ class _Announced:
         address = port.getHost()
         if hasattr(address, "port"):
             _log.info("{label} listening on {host}:{port}", label=self._label, host=address.host, port=address.port)
+            self._service.bound_port = address.port
             where = f"port {address.port}"
         else:
             # A unix: socket has a path and no port.
