@@ -55,6 +55,50 @@ class FirmwareRequestTests(SynchronousTestCase):
         self.assertTrue(transport.value().endswith(b"\r\n\r\n{}"))
         self.assertEqual(self.hub.plug("0xb00bf0cc").value, 1)
 
+    def test_absolute_form_target(self):
+        """
+        A request target in absolute form (as proxies send it, RFC 9112
+        3.2.2) is served as its path and query: the fast route and the app
+        alike.
+        """
+        channel, transport = self.connect()
+        body = b'{"id": "p1", "value": 1}'
+        channel.dataReceived(
+            b"POST http://craplab.local:9000/data HTTP/1.1\r\nHost: craplab.local\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 OK\r\n"), transport.value())
+        self.assertEqual(self.hub.plug("p1").value, 1)
+        for target, status, ending in [
+            (b"HTTP://craplab.local/plugs/p1", b"200", b'"value": 1'),
+            (b"http://craplab.local/plugs/p1/history?limit=1", b"200", b'"value": 1'),
+            (b"http://craplab.local", b"200", b"hallo."),
+            (b"https://craplab.local?x=1", b"200", b"hallo."),
+            (b"http://craplab.local/nowhere", b"404", b'"error"'),
+        ]:
+            channel, transport = self.connect()
+            channel.dataReceived(b"GET %s HTTP/1.1\r\nHost: craplab.local\r\n\r\n" % target)
+            answer = transport.value()
+            self.assertTrue(answer.startswith(b"HTTP/1.1 %s " % status), (target, answer))
+            self.assertIn(ending, answer, target)
+
+    def test_origin_form(self):
+        """
+        Only an http(s) absolute form is rewritten.
+        """
+        from smartplug_backend.http.channel import origin_form
+
+        for target, expected in [
+            (b"/plugs", b"/plugs"),
+            (b"/a?u=http://x/", b"/a?u=http://x/"),
+            (b"*", b"*"),
+            (b"ftp://x/plugs", b"ftp://x/plugs"),
+            (b"http://x:1/a/b?c", b"/a/b?c"),
+            (b"http://x?c=/d", b"/?c=/d"),
+            (b"http://", b"/"),
+        ]:
+            self.assertEqual(origin_form(target), expected, target)
+
     def test_no_server_header(self):
         """
         Answers, found or not, do not name the server software or its

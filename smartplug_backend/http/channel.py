@@ -185,6 +185,25 @@ class LenientHTTPChannel(HTTPChannelSeams):
         return True
 
 
+def origin_form(target: bytes) -> bytes:
+    """
+    The path and query of an absolute-form request target
+    (C{http://host:port/plugs?x} -> C{/plugs?x}); any other target as it is.
+
+    RFC 9112 3.2.2: a server must accept the absolute form (an HTTP/1.1
+    proxy forwards requests so); twisted.web would take the scheme and
+    host for path segments and every route would answer 404.
+    """
+    if target[:1] == b"/" or b"://" not in target[:9]:
+        return target
+    scheme, _, rest = target.partition(b"://")
+    if scheme.lower() not in (b"http", b"https"):
+        return target
+    ends = [at for at in (rest.find(b"/"), rest.find(b"?")) if at >= 0]
+    tail = rest[min(ends):] if ends else b""
+    return tail if tail[:1] == b"/" else b"/" + tail
+
+
 class PatientRequest(Request):
     """
     A Request whose body outlives the connection, that counts what a chunked
@@ -195,6 +214,9 @@ class PatientRequest(Request):
     """
 
     _received = 0
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        super().requestReceived(command, origin_form(path), version)
 
     def setHeader(self, name, value) -> None:
         # twisted.web names itself and its version on every answer; strangers
