@@ -224,6 +224,17 @@ class FeedTests(SynchronousTestCase):
         snapshot = json.loads(live.feed.snapshot())
         self.assertEqual([c["ip_address"] for c in snapshot["clients"]], ["10.0.0.3:1"])
 
+    def test_display_not_known_yet(self):
+        """
+        While a node on Redis has not loaded the shared state, the snapshot
+        shows no display (the page says it is not known), not "off".
+        """
+        live = Live()
+        live.hub.display_known = False
+        self.assertIsNone(json.loads(live.feed.snapshot())["display"])
+        live.hub.display_known = True
+        self.assertEqual(json.loads(live.feed.snapshot())["display"]["packet"], "[cc:0:?:?]")
+
     def test_last_publications_kept(self):
         """
         The snapshot holds the last PUBLICATIONS_KEPT publications.

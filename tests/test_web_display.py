@@ -55,6 +55,18 @@ class DisplayRouteTests(DisplayTestCase):
         """
         self.assertEqual(self.request("GET"), (200, {"mode": 0, "packet": "[cc:0:?:?]"}))
 
+    def test_get_before_state_loaded(self):
+        """
+        On a node whose shared state is not loaded yet (Redis unreachable
+        at start), GET /display says it does not know rather than "off".
+        """
+        self.hub.display_known = False
+        self.assertEqual(
+            self.request("GET"), (503, {"error": "state store cannot be read: display state not known yet"})
+        )
+        self.hub.display_known = True
+        self.assertEqual(self.request("GET")[0], 200)
+
     def test_set_colour(self):
         """
         POST /display with a colour sets the state, answers it with its

@@ -324,6 +324,13 @@ class Hub:
         """
         return self._display
 
+    def known_display(self) -> Optional[Display]:
+        """
+        The current display state, or C{None} while it is still to be
+        loaded from a store several nodes share (L{display_known}).
+        """
+        return self._display if self.display_known else None
+
     def set_display(self, display: Display, peer: str) -> Deferred:
         """
         Record C{display} in the journal, then make it the state and send its

@@ -312,7 +312,12 @@ def make_app(hub, bridge: Bridge, guard=None, api_key=None) -> bottle.Bottle:
 
     @app.get("/display")
     def display():
-        return _json(200, bridge.call(hub.display).as_json())
+        shown = bridge.call(hub.known_display)
+        if shown is None:
+            # A node on Redis that has not loaded the state yet: "off" would
+            # be no one's state, only its own default.
+            return _error(503, "state store cannot be read: display state not known yet")
+        return _json(200, shown.as_json())
 
     @app.post("/display")
     def set_display():

@@ -92,7 +92,8 @@ class Feed:
             "type": "snapshot",
             "plugs": [self._plug(p) for p in self._hub.plugs()],
             "reports": list(self._reports),
-            "display": self._hub.display().as_json(),
+            # None while a node on Redis has not loaded the state yet.
+            "display": _json_or_none(self._hub.known_display()),
             "publications": list(self._publications),
         }
         for section in _SECTIONS:
@@ -232,6 +233,10 @@ class Feed:
                 listener(payload)
             except Exception:
                 self._log.failure("dashboard watcher {listener!r} failed", listener=listener)
+
+
+def _json_or_none(value):
+    return None if value is None else value.as_json()
 
 
 def _encode(message: dict) -> bytes:

@@ -349,6 +349,12 @@ function describe(display) {
 }
 
 function showDisplay(display, command) {
+  if (!display) {
+    // A node on Redis that has not loaded the shared state yet.
+    $("display-state").textContent = "not known yet (the shared state is not loaded)";
+    $("display-packet").textContent = "";
+    return;
+  }
   $("display-state").textContent = describe(display);
   $("display-packet").textContent = display.packet;
   if (display.mode === 2) {
