@@ -7,6 +7,7 @@ redis-server that each test starts on a free loopback port: several engines
 import collections
 import json
 
+import redis
 from twisted.internet import reactor, threads
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
@@ -488,6 +489,32 @@ class EngineTests(TestCase):
         # Devices connected meanwhile got no packet; the loaded one reaches them.
         self.assertEqual(late.packets, ["[cc:1:3:9]"])
         self.assertTrue(late.hub.display_known)
+
+    @inlineCallbacks
+    def test_wrong_password_named(self):
+        """
+        A Redis that refuses the node's password is away, as an unreachable
+        one is, and the log line says to check the password (never quoting
+        it); once Redis takes it, the node loads.
+        """
+        (a,) = yield self.nodes(1)
+        yield a.hub.report("p", 1, "http", "x")
+        admin = redis.Redis.from_url(self.redis.url)
+        admin.config_set("requirepass", "right")
+        admin.close()
+        node = Node(self, self.redis.url.replace("redis://", "redis://:wr0ng@"), "node")
+        node.engine.privilegedStartService()
+        node.engine.startService()
+        self.addCleanup(node.stop)
+        self.assertFalse(node.engine.up)
+        (line,) = self.lines("unreachable at start")
+        self.assertIn("(it refuses the user name or password in REDIS_URL: invalid username-password pair", line)
+        self.assertNotIn("wr0ng", line)
+        admin = redis.Redis.from_url(self.redis.url, password="right")
+        admin.config_set("requirepass", "wr0ng")
+        admin.close()
+        yield until(lambda: node.engine.mode == redis_engine.UP, "the node to load", timeout=20)
+        self.assertEqual(node.hub.plug("p").value, 1)
 
     @inlineCallbacks
     def test_node_without_state_does_not_seed(self):

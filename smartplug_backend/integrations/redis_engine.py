@@ -224,7 +224,7 @@ class RedisEngine(ThreadPoolService):
             self._log.warn(
                 "Redis at {where} unreachable at start ({why}): changes answer 503 until it answers, and until "
                 "then this node knows no state: it lists no plugs and sends lamps no display packet",
-                where=self.where, why=str(e),
+                where=self.where, why=_why(e),
             )
             return
         if seeded is not None:
@@ -335,7 +335,7 @@ class RedisEngine(ThreadPoolService):
         if failure.check(_Unanswered):
             return  # refused without asking Redis: no news about it
         if failure.check(redis.TimeoutError, redis.ConnectionError, OSError) and self._mode != DOWN:
-            self._lost(failure.getErrorMessage())
+            self._lost(_why(failure.value))
             self._retry_later()
 
     def _retry_later(self) -> None:
@@ -576,7 +576,7 @@ class RedisEngine(ThreadPoolService):
         if failure.check(_NothingToSeed) and not self._told_nothing_to_seed:
             self._told_nothing_to_seed = True
             self._log.warn("Redis at {where} answers, but {why}", where=self.where, why=failure.getErrorMessage())
-        self._lost(failure.getErrorMessage())
+        self._lost(_why(failure.value))
         # The channel may still be up: try again rather than wait for it.
         self._retry_later()
 
@@ -752,3 +752,15 @@ class RedisEngine(ThreadPoolService):
             self._unreachable_if_so(failure)
         else:
             self._log.failure("sharing this node's connections", failure)
+
+
+def _why(error: BaseException) -> str:
+    """
+    Why Redis is taken as away, for the log: its own words, and for a
+    refused password what to check (redis-py counts that as a connection
+    error, and it is retried like one: the password may be set right
+    in Redis while the node waits).
+    """
+    if isinstance(error, redis.AuthenticationError):
+        return f"it refuses the user name or password in REDIS_URL: {str(error).rstrip('.')}"
+    return str(error)
