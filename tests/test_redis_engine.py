@@ -516,6 +516,19 @@ class EngineTests(TestCase):
         yield until(lambda: node.engine.mode == redis_engine.UP, "the node to load", timeout=20)
         self.assertEqual(node.hub.plug("p").value, 1)
 
+    def test_tls_to_plain_port_named(self):
+        """
+        C{rediss://} to Redis' plain port (the TLS handshake is never
+        answered) asks whether that is the TLS port.
+        """
+        node = Node(self, self.redis.url.replace("redis://", "rediss://"), "node")
+        node.engine.privilegedStartService()
+        node.engine.startService()
+        self.addCleanup(node.stop)
+        self.assertFalse(node.engine.up)
+        (line,) = self.lines("unreachable at start")
+        self.assertIn("rediss:// speaks TLS: is that Redis' TLS port?", line)
+
     @inlineCallbacks
     def test_node_without_state_does_not_seed(self):
         """

@@ -224,7 +224,7 @@ class RedisEngine(ThreadPoolService):
             self._log.warn(
                 "Redis at {where} unreachable at start ({why}): changes answer 503 until it answers, and until "
                 "then this node knows no state: it lists no plugs and sends lamps no display packet",
-                where=self.where, why=_why(e),
+                where=self.where, why=_why(e, self.where),
             )
             return
         if seeded is not None:
@@ -335,7 +335,7 @@ class RedisEngine(ThreadPoolService):
         if failure.check(_Unanswered):
             return  # refused without asking Redis: no news about it
         if failure.check(redis.TimeoutError, redis.ConnectionError, OSError) and self._mode != DOWN:
-            self._lost(_why(failure.value))
+            self._lost(_why(failure.value, self.where))
             self._retry_later()
 
     def _retry_later(self) -> None:
@@ -576,7 +576,7 @@ class RedisEngine(ThreadPoolService):
         if failure.check(_NothingToSeed) and not self._told_nothing_to_seed:
             self._told_nothing_to_seed = True
             self._log.warn("Redis at {where} answers, but {why}", where=self.where, why=failure.getErrorMessage())
-        self._lost(_why(failure.value))
+        self._lost(_why(failure.value, self.where))
         # The channel may still be up: try again rather than wait for it.
         self._retry_later()
 
@@ -754,13 +754,16 @@ class RedisEngine(ThreadPoolService):
             self._log.failure("sharing this node's connections", failure)
 
 
-def _why(error: BaseException) -> str:
+def _why(error: BaseException, where: str) -> str:
     """
-    Why Redis is taken as away, for the log: its own words, and for a
-    refused password what to check (redis-py counts that as a connection
-    error, and it is retried like one: the password may be set right
-    in Redis while the node waits).
+    Why Redis at C{where} is taken as away, for the log: its own words,
+    and what to check for a refused password (redis-py counts that as a
+    connection error, and it is retried like one: the password may be set
+    right in Redis while the node waits) or a TLS handshake that never
+    ends (C{rediss://} to Redis' plain port).
     """
     if isinstance(error, redis.AuthenticationError):
         return f"it refuses the user name or password in REDIS_URL: {str(error).rstrip('.')}"
+    if isinstance(error, redis.TimeoutError) and where.startswith("rediss:") and str(error).startswith("Timeout connecting"):
+        return f"{error}; rediss:// speaks TLS: is that Redis' TLS port?"
     return str(error)
