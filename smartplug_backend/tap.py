@@ -186,6 +186,8 @@ def _build(options: Options, reactor) -> MultiService:
                    endpoint_tls=brings_own_tls(www_endpoint))
     if ui is not None:
         children[b"ui"] = ui
+        # The dashboard's live socket is on the HTTP port.
+        websockets["http"] = ui.live_factory
     # POST /data and POST /publish are answered on the reactor thread; the
     # app keeps every other route, and the refusals of those two.
     site = make_site(

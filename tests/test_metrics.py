@@ -129,9 +129,10 @@ class ServerCountsTests(SynchronousTestCase):
         self.assertEqual(response.code, 400)
         lamp, pump = self.device()
         lamp.sendMessage(b"hello")
+        lamp.sendMessage(b"\x01\x02", isBinary=True)
         pump.flush()
         self.assertEqual(self.value("smartplug_reports_refused_total", source="http", reason="invalid"), 1)
-        self.assertEqual(self.value("smartplug_reports_refused_total", source="device", reason="invalid"), 1)
+        self.assertEqual(self.value("smartplug_reports_refused_total", source="device", reason="invalid"), 2)
         self.assertEqual(self.value("smartplug_reports_accepted_total", source="http"), 0)
 
     def test_reports_the_store_refused(self):
@@ -171,6 +172,42 @@ class ServerCountsTests(SynchronousTestCase):
         self.assertEqual(self.value("smartplug_publications_total"), 2)
         self.assertEqual(self.value("smartplug_deliveries_total"), 2)
 
+    def test_replayed_publications_are_deliveries(self):
+        """
+        Publications sent again to a subscriber that asks for the last one
+        or for those since an offset count as deliveries; the "recovered"
+        frame does not, nor does a publication again.
+        """
+        self.hub.pubsub.publish("door", "open")
+        self.hub.pubsub.publish("door", "shut")
+        late, _, pump = ws_connect(self.apps, f"/subscribe?clientName=late&apiKey={KEY}")
+        late.sendMessage(b'{"action": "subscribe", "event": "door", "last": true}')
+        pump.flush()
+        resuming, _, pump = ws_connect(self.apps, f"/subscribe?clientName=back&apiKey={KEY}")
+        epoch = json.loads(late.messages[-1])["epoch"]
+        resuming.sendMessage(json.dumps({"action": "subscribe", "event": "door", "since": {"offset": 0, "epoch": epoch}}).encode())
+        pump.flush()
+        self.assertEqual([json.loads(m).get("data") for m in late.messages[-1:]], ["shut"])
+        self.assertEqual(len(resuming.messages), 3)
+        self.assertEqual(self.value("smartplug_publications_total"), 2)
+        self.assertEqual(self.value("smartplug_deliveries_total"), 3)
+
+    def test_other_nodes_publications_not_counted(self):
+        """
+        With several nodes (SPEC 11) a publication counts on the node that
+        took it in, so the nodes' counts add up; its deliveries count where
+        they are sent.
+        """
+        client, _, pump = ws_connect(self.apps, f"/subscribe?clientName=a&apiKey={KEY}")
+        client.sendMessage(b'{"action": "subscribe", "event": "door"}')
+        pump.flush()
+        elsewhere = Hub().pubsub.number("door", "open")
+        self.hub.apply_publication(elsewhere, "open")
+        pump.flush()
+        self.assertEqual(len(client.messages), 1)
+        self.assertEqual(self.value("smartplug_publications_total"), 0)
+        self.assertEqual(self.value("smartplug_deliveries_total"), 1)
+
     def test_slow_client_dropped(self):
         """
         A subscriber cut off for not reading counts once, for its listener.
@@ -185,6 +222,10 @@ class ServerCountsTests(SynchronousTestCase):
         self.assertTrue(server.transport.disconnecting)
         self.assertEqual(self.value("smartplug_slow_clients_dropped_total", listener="app"), 1)
         self.assertEqual(self.value("smartplug_slow_clients_dropped_total", listener="device"), 0)
+        # The dashboard is off here: its listener is listed all the same.
+        self.assertEqual(
+            self.registry.get_sample_value("smartplug_slow_clients_dropped_total", {"listener": "http"}), 0
+        )
 
     def test_auth_failures_and_bans(self):
         """

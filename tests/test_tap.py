@@ -127,7 +127,12 @@ class MakeServiceTests(SynchronousTestCase):
         from smartplug_backend.server.passwords import hash_password
 
         reactor = self.make([], f"STATE_DB = None\nDASHBOARD_USERS = {{'anna': {hash_password('x', n=2**10)!r}}}\n")
-        self.assertIsInstance(self.child(reactor, b"ui"), Dashboard)
+        ui = self.child(reactor, b"ui")
+        self.assertIsInstance(ui, Dashboard)
+        # Its live socket's slow pages count for the HTTP listener.
+        ui.live_factory.slow_dropped = 3
+        registry = self.site_root(reactor)._named[b"metrics"]._registry
+        self.assertEqual(registry.get_sample_value("smartplug_slow_clients_dropped_total", {"listener": "http"}), 3)
 
     def test_ports_from_settings(self):
         """

@@ -390,7 +390,7 @@ class Hub:
         Keep and deliver a publication (of C{data}) that another node
         recorded in the shared journal, numbered there.
         """
-        return self.pubsub.accept(publication, data, origin)
+        return self.pubsub.accept(publication, data, origin, remote=True)
 
     def apply_display(self, display: Display, peer: str) -> Display:
         """

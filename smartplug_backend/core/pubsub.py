@@ -278,11 +278,17 @@ class PubSub:
         if since is not None:
             recovery = self.history.since(event, *since)
             frames = [p.positioned_frame(event_json) for p in recovery.publications]
+            # Publications sent again are deliveries too (the recovered
+            # frame is not a publication).
+            self.deliveries += len(frames)
             frames.append(recovered_frame(event, recovery.recovered, recovery.offset, recovery.epoch))
             return frames
         if last:
             newest = self.history.last(event)
-            return [] if newest is None else [newest.positioned_frame(event_json)]
+            if newest is None:
+                return []
+            self.deliveries += 1
+            return [newest.positioned_frame(event_json)]
         return []
 
     def subscription_count(self, subscriber: Hashable) -> int:
@@ -349,7 +355,7 @@ class PubSub:
         """
         return self.history.number(event, go_json(data))
 
-    def accept(self, publication: Publication, data: Any, origin: Optional[str] = None) -> int:
+    def accept(self, publication: Publication, data: Any, origin: Optional[str] = None, remote: bool = False) -> int:
         """
         Keep C{publication} (of C{data}) in the history and send it to the
         current subscribers of its event: PiCloud's frame to those that
@@ -357,10 +363,12 @@ class PubSub:
         then show it to the observers.
 
         @param origin: who brought it in from outside (e.g. C{"mqtt"}).
+        @param remote: another node took it in (SPEC 11): it counts there.
         @return: how many subscribers it was sent to.
         """
         self.history.accept(publication)
-        self.publications += 1
+        if not remote:
+            self.publications += 1
         subscribers = self._events.get(publication.event) or {}
         if subscribers and self._deliver is not None:
             self.deliveries += len(subscribers)

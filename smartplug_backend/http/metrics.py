@@ -116,11 +116,14 @@ class ServerCollector:
         yield refused
 
         yield CounterMetricFamily(
-            "smartplug_publications", "Pub/sub publications read (WebSocket, HTTP and plug reports).",
+            "smartplug_publications",
+            "Pub/sub publications this node took in (WebSocket, HTTP, MQTT and plug reports).",
             value=pubsub.publications,
         )
         yield CounterMetricFamily(
-            "smartplug_deliveries", "Pub/sub frames sent to subscribers.", value=pubsub.deliveries
+            "smartplug_deliveries",
+            "Publication frames sent to subscribers (live, and sent again for last or since).",
+            value=pubsub.deliveries,
         )
 
         slow = CounterMetricFamily(
@@ -128,8 +131,11 @@ class ServerCollector:
             "WebSocket connections cut off for not reading (over 1 MiB unsent).",
             labels=["listener"],
         )
-        for listener, factory in self._factories.items():
-            slow.add_metric([listener], factory.slow_dropped)
+        # Every listener, at 0 when it is off (no AUTH_SECRET, no dashboard):
+        # a series that comes and goes with settings breaks dashboards.
+        for listener in LISTENERS:
+            factory = self._factories.get(listener)
+            slow.add_metric([listener], 0 if factory is None else factory.slow_dropped)
         yield slow
 
         failures = CounterMetricFamily(

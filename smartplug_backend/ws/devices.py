@@ -119,6 +119,8 @@ class DeviceProtocol(LenientServerProtocol):
 
     def _handle(self, payload: bytes, isBinary: bool) -> None:
         if isBinary:
+            # Neither a ping nor a report: refused as invalid, as text is.
+            self._hub.count_refused("device", "invalid")
             return self._ignore("binary message")
         if payload == b"ping":
             return self.sendMessage(b"pong")

@@ -169,10 +169,14 @@ class _NotFound(Resource):
 class Dashboard(_Folder):
     """
     C{/ui}: the page's files, C{api/} and C{live}.
+
+    @ivar live_factory: the live socket's factory, when given (its slow
+        clients are counted in the metrics).
     """
 
-    def __init__(self, api: "Api", live: Resource) -> None:
+    def __init__(self, api: "Api", live: Resource, live_factory=None) -> None:
         super().__init__()
+        self.live_factory = live_factory
         static = resources.files(__package__) / "static"
         folders: dict[str, Resource] = {"": self}
         for route, name in _STATIC:

@@ -190,9 +190,9 @@ def dashboard(settings, hub, guard, reactor, top: MultiService, tls=None, device
     take, no_backup = backup_button(settings)
     api = Api(hub, guard, sessions, settings.DASHBOARD_USERS, run, settings.HISTORY_KEEP, take, feed.server_changed,
               run_backup=run_files, no_backup=no_backup)
-    live = LiveResource(LiveFactory(feed, sessions, reactor, url=ws_url))
+    live_factory = LiveFactory(feed, sessions, reactor, url=ws_url)
     _log.info(
         "dashboard on at /ui/ of the HTTP port for {users}",
         users=", ".join(sorted(settings.DASHBOARD_USERS)),
     )
-    return Dashboard(api, live)
+    return Dashboard(api, LiveResource(live_factory), live_factory)
