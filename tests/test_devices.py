@@ -185,6 +185,28 @@ class HandshakeTests(DeviceTestCase):
             self.send(self.connect(), b"wrong")
         self.assertTrue(self.guard.banned(PEER))
 
+    def test_banned_secret_not_checked(self):
+        """
+        On a connection opened before its address was banned, even the
+        right secret is refused (1008) without being checked, and counted
+        as a failure during the ban: connections opened beforehand are no
+        extra guesses.  Once the ban is lifted the secret works again.
+        """
+        early = self.connect()
+        self.guard.ban(PEER, 60)
+        with capturedLogs() as events:
+            self.send(early, SECRET.encode("utf-8"))
+        client, server, _ = early
+        self.assertEqual(client.messages, [])
+        self.assertEqual(client.closed[0], 1008)
+        self.assertNotIn(server, self.factory.devices)
+        self.assertIn(
+            f"authentication failure from {PEER} during its ban: device port: secret refused, not checked",
+            [formatEvent(e) for e in events],
+        )
+        self.guard.lift(PEER, "test")
+        self.authenticated()
+
     def test_leaving_is_no_failure(self):
         """
         A device that disconnects before sending anything is not counted as

@@ -337,6 +337,25 @@ class RouteTests(SynchronousTestCase):
         self.assertTrue(self.handshake(b"/info", b"X-API-Key: k3y\r\n").startswith(b"HTTP/1.1 101"))
         self.assertTrue(self.handshake(b"/", b"").startswith(b"HTTP/1.1 101"), "PlugBuddy needs no key")
 
+    def test_banned_address_key_not_checked(self):
+        """
+        A handshake from a banned address (on a connection opened before
+        the ban) is refused with 403, the right key not even checked: one
+        connection opened beforehand is no extra guess.  A key it brings is
+        counted as a failure during the ban; the PlugBuddy path, which
+        takes no key, is refused too, uncounted.
+        """
+        self.factory = self.make_factory(api_key="k3y")
+        self.guard.ban(PEER, 60)
+        for path in [b"/subscribe?clientName=a&apiKey=k3y", b"/socket/info?apiKey=k3y", b"/"]:
+            head, _, body = self.handshake(path).partition(b"\r\n\r\n")
+            self.assertTrue(head.startswith(b"HTTP/1.1 403 Forbidden\r\n"), (path, head))
+            self.assertIn(b"banned", body)
+        self.assertEqual(self.guard.failure_counts["api_key"], 2)
+        self.assertTrue(all("not checked" in f.reason for f in self.guard.recent_failures()))
+        self.guard.lift(PEER, "test")
+        self.assertTrue(self.handshake(b"/subscribe?clientName=a&apiKey=k3y").startswith(b"HTTP/1.1 101"))
+
     def test_subscribe_then_publish_elsewhere(self):
         """
         A subscription on one socket takes effect for a publication sent on

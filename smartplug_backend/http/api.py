@@ -20,7 +20,7 @@ from ..core.journal import StoreFailed
 from ..core.limits import MAX_BODY
 from ..core.reports import InvalidReport, parse_report
 from ..core.times import utc_rfc3339
-from ..server.guard import key_matches
+from ..server.guard import BANNED, key_matches
 from ..ws import picloud
 
 DEFAULT_HISTORY = 100
@@ -213,7 +213,7 @@ def make_app(hub, bridge: Bridge, guard=None, api_key=None) -> bottle.Bottle:
                 guard.failure, _peer(), f"API key for {bottle.request.method} {bottle.request.path}: refused, not checked",
                 kind="api_key",
             )
-        raise rejected(403, "this address is banned for too many authentication failures; try again later")
+        raise rejected(403, BANNED)
 
     def require_key() -> None:
         """

@@ -67,6 +67,10 @@ class Failure:
     reason: str
 
 
+#: What a banned address is told where it can be told something (403).
+BANNED = "this address is banned for too many authentication failures; try again later"
+
+
 def key_matches(expected: Optional[str], given: Optional[str]) -> bool:
     """
     True when no key is required (C{expected} is C{None}) or C{given} is that

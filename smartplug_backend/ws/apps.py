@@ -13,6 +13,7 @@ from twisted.logger import Logger
 
 from ..core.limits import APP_PING_INTERVAL, APP_PING_TIMEOUT
 from ..core.reports import broadcast_bytes
+from ..server.guard import BANNED
 from . import picloud
 from .base import LenientServerProtocol, LimitedServerFactory, peer_address, peer_host
 from .origins import ANY_ORIGIN
@@ -34,6 +35,16 @@ class AppProtocol(LenientServerProtocol):
         self._peer = peer_host(self.transport)
         self._route = picloud.ROUTES.get(request.path, "plugbuddy")
         key, name = picloud.credentials(*self.text_of(request))
+        guard = self.factory.guard
+        if guard is not None and guard.banned(self._peer):
+            # A connection opened before the ban: the ban holds on it too,
+            # and a key it brings is not even checked (an attacker would
+            # otherwise guess once per connection opened beforehand).
+            if key is not None:
+                guard.failure(self._peer, f"API key for {request.path}: refused, not checked", kind="api_key")
+            else:
+                self._log.info("refused {path} from banned {peer}", path=request.path, peer=self._peer)
+            raise ConnectionDeny(403, BANNED)
         if self._route == "plugbuddy":
             self._client_name = name or "plugbuddy"
             return None

@@ -65,6 +65,10 @@ class DeviceProtocol(LenientServerProtocol):
 
     def _authenticate(self, payload: bytes, isBinary: bool) -> None:
         self._timer.cancel()
+        if self.factory.guard.banned(self._peer):
+            # Opened before the ban: a ban holds on it too, or an attacker
+            # would guess once per connection opened beforehand.
+            return self._refuse("secret refused, not checked")
         if isBinary:
             return self._refuse("binary first message")
         if not hmac.compare_digest(payload, self.factory.secret):
