@@ -10,6 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from smartplug_backend.core.display import Display
 from smartplug_backend.core.hub import Hub
+from smartplug_backend.core.limits import MAX_UNSENT
 from smartplug_backend.server.guard import Guard
 from smartplug_backend.ws.apps import AppFactory
 from smartplug_backend.ws.devices import DeviceFactory
@@ -328,6 +329,48 @@ class AuthenticatedTests(DeviceTestCase):
         )
         # An idle device is not an authentication failure.
         self.assertEqual(self.guard.failures(PEER), 0)
+
+    def test_frames_of_a_message_are_not_silence(self):
+        """
+        A device sending a long message in frames, each well within the
+        idle timeout, is not idle (SPEC 2.2: "no frame of any kind"), though
+        the message takes longer than the timeout to end.
+        """
+        connection = client, _, pump = self.authenticated()
+        client.beginMessage()
+        for part in [b'{"id": "x", ', b" ", b" "]:
+            client.sendMessageFrame(part)
+            pump.flush()
+            self.wait(connection, 20)
+        self.assertIsNone(client.closed)
+        client.sendMessageFrame(b'"value": 1}')
+        client.endMessage()
+        pump.flush()
+        self.assertEqual(self.hub.plug("x").value, 1)
+
+    def test_disconnect_reasons(self):
+        """
+        The log line of a disconnect says who closed and why: the server
+        for a message over the limit (the device only echoes its code),
+        the server for a device that does not read, and a lost connection
+        without Autobahn's "None".
+        """
+        with capturedLogs() as events:
+            client, _, pump = self.authenticated()
+            client.sendMessage(b"x" * (64 * 1024 + 1))
+            pump.flush()
+            _, slow, pump = self.authenticated(peer="10.0.0.8")
+            slow.transport.producer.pauseProducing()
+            for _ in range(MAX_UNSENT // 60000 + 2):
+                slow.sendMessage(b"x" * 60000)
+            pump.flush()
+            _, gone, _ = self.authenticated(peer="10.0.0.9")
+            gone.onClose(False, 1006, None)
+        lines = [formatEvent(e) for e in events if "device disconnected" in formatEvent(e)]
+        self.assertEqual(len(lines), 3, lines)
+        self.assertRegex(lines[0], rf"^device disconnected from {PEER}: closed by the server \(code 1009: .+\)$")
+        self.assertEqual(lines[1], "device disconnected from 10.0.0.8: too slow: over 1 MiB unsent; cut off")
+        self.assertEqual(lines[2], "device disconnected from 10.0.0.9: connection lost")
 
     def test_idle_timeout_while_closing(self):
         """

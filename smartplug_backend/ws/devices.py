@@ -12,6 +12,7 @@ import hmac
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from ..core.limits import MAX_UNSENT
 from ..core.reports import InvalidReport, parse_report
 from .base import LenientServerProtocol, LimitedServerFactory, peer_address, peer_host
 from .origins import ANY_ORIGIN
@@ -138,6 +139,15 @@ class DeviceProtocol(LenientServerProtocol):
     def _ignore(self, reason: str) -> None:
         self._log.warn("ignored device message from {peer}: {reason}", peer=self._peer, reason=reason)
 
+    def onMessageFrameBegin(self, length):
+        # Every frame is a sign of life (SPEC 2.2), not only a message's
+        # last: a long message sent in slow frames is not silence.
+        # (The dashboard hears of it with the message, in onMessage.)
+        if self._state == _AUTHENTICATED:
+            self._timer.reset(self.factory.idle_timeout)
+            self.last_heard = self.factory.clock.seconds()
+        super().onMessageFrameBegin(length)
+
     def onPing(self, payload):
         # Before the secret a device gets nothing but the close (SPEC 2.1).
         if self._state == _AUTHENTICATED:
@@ -158,8 +168,22 @@ class DeviceProtocol(LenientServerProtocol):
             return  # never opened, or already told
         why = self._why
         if why is None:
-            why = f"closed by the device (code {code})" if wasClean else f"connection lost ({reason})"
+            why = self._how_closed(wasClean, code, reason)
         self._log.info("device disconnected from {peer}: {why}", peer=self._peer, why=why)
+
+    def slow_peer_cut_off(self) -> None:
+        self._why = f"too slow: over {MAX_UNSENT // 1024 // 1024} MiB unsent; cut off"
+
+    def _how_closed(self, wasClean: bool, code, reason) -> str:
+        # Autobahn closes by itself for what the device broke (a message
+        # over the limit, text that is not UTF-8, a malformed frame): the
+        # device then only echoes the server's code.
+        if self.closedByMe and self.localCloseCode is not None:
+            said = (self.localCloseReason or b"").decode("utf-8", "replace")
+            return f"closed by the server (code {self.localCloseCode}{': ' + said if said else ''})"
+        if wasClean:
+            return f"closed by the device (code {code})"
+        return f"connection lost ({reason})" if reason else "connection lost"
 
 
 class DeviceFactory(LimitedServerFactory):
