@@ -13,6 +13,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -472,8 +473,9 @@ class RequestTimeTests(SiteTestCase):
 
     def test_routes_not_paths(self):
         """
-        Requests are labelled with the app's route patterns; plug ids,
-        unknown paths and odd methods never become labels.
+        Requests are labelled with the app's route patterns (a wrong
+        method's too); plug ids, unknown paths and odd methods never become
+        labels.
         """
         site = self.make_site()
         exchange(site, post(b"/data", b'{"id": "0xb00b", "value": 1}'))
@@ -482,13 +484,18 @@ class RequestTimeTests(SiteTestCase):
         exchange(site, b"GET /wp-login.php HTTP/1.1\r\n\r\n")
         exchange(site, b"GET /etc/passwd HTTP/1.1\r\n\r\n")
         exchange(site, b"BREW /data HTTP/1.1\r\n\r\n")
+        exchange(site, b"GET /data HTTP/1.1\r\n\r\n")
+        exchange(site, b"PUT /plugs/0xb00b HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
         exchange(site, b"GET /metrics HTTP/1.1\r\n\r\n")
         count = "smartplug_http_request_seconds_count"
         self.assertEqual(self.value(count, method="POST", route="/data"), 1)
         self.assertEqual(self.value(count, method="GET", route="/plugs/<plug_id:path>"), 1)
         self.assertEqual(self.value(count, method="GET", route="/plugs/<plug_id:path>/history"), 1)
         self.assertEqual(self.value(count, method="GET", route="unmatched"), 2)
-        self.assertEqual(self.value(count, method="other", route="unmatched"), 1)
+        # A known path asked with the wrong method (405) keeps its route.
+        self.assertEqual(self.value(count, method="other", route="/data"), 1)
+        self.assertEqual(self.value(count, method="GET", route="/data"), 1)
+        self.assertEqual(self.value(count, method="PUT", route="/plugs/<plug_id:path>"), 1)
         self.assertEqual(self.value(count, method="GET", route="/metrics"), 1)
         labels = {
             value
@@ -572,13 +579,17 @@ class MetricsRouteTests(SiteTestCase):
 
     def test_head(self):
         """
-        HEAD answers as GET does, without the body.
+        HEAD answers as GET does, without the body but with its length,
+        and without twisted.web's warning line at every scrape.
         """
         self.make_site()
-        status, head, body = split(exchange(self.site, b"HEAD /metrics HTTP/1.1\r\n\r\n"))
+        with capturedLogs() as events:
+            status, head, body = split(exchange(self.site, b"HEAD /metrics HTTP/1.1\r\n\r\n"))
         self.assertEqual(status, b"HTTP/1.1 200 OK")
         self.assertIn(b"\r\nContent-Type: text/plain; version=", head)
+        self.assertRegex(head, rb"\r\nContent-Length: [1-9][0-9]+")
         self.assertEqual(body, b"")
+        self.assertEqual([formatEvent(e) for e in events if "HEAD" in formatEvent(e)], [])
 
     def test_wrong_method(self):
         """

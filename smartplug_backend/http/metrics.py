@@ -315,13 +315,29 @@ class RequestTimer:
         known = self._static.get((method, path))
         if known is not None:
             return known
-        try:
-            route, _ = self._app.match({"PATH_INFO": path.decode("latin-1"), "REQUEST_METHOD": method})
-        except bottle.HTTPError:
+        route = self._route(path.decode("latin-1"), method)
+        if route is None:
             return method, UNMATCHED
         if "<" not in route.rule:
             self._static[method, path] = (method, route.rule)
         return method, route.rule
+
+
+    def _route(self, path: str, method: str):
+        """
+        The app's route of C{path}, or C{None} for an unknown path; a known
+        path asked with a method it does not take (405) is still its route.
+        """
+        try:
+            return self._app.match({"PATH_INFO": path, "REQUEST_METHOD": method})[0]
+        except bottle.HTTPError as e:
+            allowed = e.headers.get("Allow") if e.status_code == 405 else None
+        if not allowed:
+            return None
+        try:
+            return self._app.match({"PATH_INFO": path, "REQUEST_METHOD": allowed.split(",")[0].strip()})[0]
+        except bottle.HTTPError:
+            return None
 
 
 def _json_error(request, status: int, message: str) -> bytes:
@@ -362,6 +378,15 @@ class MetricsResource(Resource):
         return any(address in network for network in self._allow)
 
     def render(self, request) -> bytes:
+        body = self._answer(request)
+        if request.method == b"HEAD":
+            # twisted.web would drop the body itself, logging a warning at
+            # every scrape that checks with HEAD.
+            request.setHeader(b"Content-Length", b"%d" % len(body))
+            return b""
+        return body
+
+    def _answer(self, request) -> bytes:
         if not self.allowed(getattr(request.getClientAddress(), "host", None)):
             return _json_error(request, 403, "metrics are not served to this address: see METRICS_ALLOW")
         if request.method not in (b"GET", b"HEAD"):
