@@ -125,6 +125,17 @@ class BanTests(SynchronousTestCase):
             self.assertTrue(self.guard.admits(host))
         self.assertTrue(self.fail("10.0.0.8", times=3))
 
+    def test_allow_list_in_mapped_spelling(self):
+        """
+        A BAN_ALLOW entry written as an IPv4-mapped IPv6 address holds for
+        that IPv4 address, on either kind of socket.
+        """
+        guard = Guard(self.clock, ban_after=1, ban_seconds=60, allow=["::ffff:192.168.5.5"])
+        for host in ["192.168.5.5", "::ffff:192.168.5.5"]:
+            self.assertFalse(guard.failure(host, "test"))
+            self.assertTrue(guard.allowed(host))
+        self.assertTrue(guard.failure("192.168.5.6", "test"))
+
     def test_ipv4_mapped(self):
         """
         A ban earned over IPv4 holds for the same address on a dual-stack

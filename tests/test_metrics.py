@@ -577,6 +577,17 @@ class MetricsRouteTests(SiteTestCase):
         self.assertEqual(split(exchange(self.site, request, peer="192.168.2.1"))[0], b"HTTP/1.1 403 Forbidden")
         self.assertEqual(split(exchange(self.site, request, peer="127.0.0.1"))[0], b"HTTP/1.1 403 Forbidden")
 
+    def test_allowed_in_mapped_spelling(self):
+        """
+        An entry written as an IPv4-mapped IPv6 address or network admits
+        that IPv4 address, on either kind of socket.
+        """
+        self.make_site(allow=["::ffff:192.168.1.7", "::ffff:10.0.0.0/104"])
+        request = b"GET /metrics HTTP/1.1\r\n\r\n"
+        for peer, status in [("192.168.1.7", b"HTTP/1.1 200 OK"), ("::ffff:192.168.1.7", b"HTTP/1.1 200 OK"),
+                             ("10.9.8.7", b"HTTP/1.1 200 OK"), ("192.168.1.8", b"HTTP/1.1 403 Forbidden")]:
+            self.assertEqual(split(exchange(self.site, request, peer=peer))[0], status, peer)
+
     def test_head(self):
         """
         HEAD answers as GET does, without the body but with its length,

@@ -36,7 +36,7 @@ from prometheus_client.utils import floatToGoString
 from twisted.web.resource import Resource
 
 from ..core.hub import REFUSALS
-from ..server.guard import normal_address
+from ..server.guard import normal_address, normal_network
 
 LISTENERS = ("http", "app", "device")
 SOURCES = ("http", "device")
@@ -365,7 +365,7 @@ class MetricsResource(Resource):
     def __init__(self, registry: CollectorRegistry, allow: Iterable[str]) -> None:
         super().__init__()
         self._registry = registry
-        self._allow = tuple(ipaddress.ip_network(a, strict=False) for a in allow)
+        self._allow = tuple(normal_network(a) for a in allow)
 
     def allowed(self, host: Optional[str]) -> bool:
         """

@@ -99,6 +99,20 @@ def normal_address(host: str) -> str:
     return str(mapped or address)
 
 
+def normal_network(entry: str):
+    """
+    The network C{entry} of an allow list (C{BAN_ALLOW}, C{METRICS_ALLOW})
+    spelled as L{normal_address} spells the addresses it is matched with:
+    C{::ffff:10.0.0.1} and C{::ffff:10.0.0.0/120} are IPv4, or they would
+    never match.
+    """
+    network = ipaddress.ip_network(entry, strict=False)
+    mapped = getattr(network.network_address, "ipv4_mapped", None)
+    if mapped is not None and network.prefixlen >= 96:
+        return ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}")
+    return network
+
+
 @dataclasses.dataclass
 class _Failures:
     count: int
@@ -131,7 +145,7 @@ class Guard:
         self._clock = clock
         self._ban_after = ban_after
         self._ban_seconds = ban_seconds
-        self._allow = tuple(ipaddress.ip_network(a, strict=False) for a in allow)
+        self._allow = tuple(normal_network(a) for a in allow)
         self._failures: dict[str, _Failures] = {}
         # banned address -> connections refused during its ban
         self._bans: dict[str, int] = {}
