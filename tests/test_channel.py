@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from smartplug_backend.core.hub import Hub
 from smartplug_backend.http.api import make_app
-from smartplug_backend.http.channel import NotUTF8, make_site
+from smartplug_backend.http.channel import BadRequest, make_site
 from smartplug_backend.http.ingest import ingest_routes
 
 from .helpers import SYNC_BRIDGE, SynchronousReactor, SynchronousThreadPool
@@ -339,7 +339,7 @@ class NotUTF8Tests(SynchronousTestCase):
         self.site = make_site(make_app(self.hub, SYNC_BRIDGE), SynchronousReactor(), SynchronousThreadPool(),
                               fast=ingest_routes(self.hub, None))
         self.events = []
-        self.patch(NotUTF8, "_log", Logger(observer=self.events.append))
+        self.patch(BadRequest, "_log", Logger(observer=self.events.append))
 
     def answer(self, request: bytes) -> tuple:
         channel = self.site.buildProtocol(IPv4Address("TCP", "10.0.0.1", 4000))
@@ -369,6 +369,25 @@ class NotUTF8Tests(SynchronousTestCase):
             "HTTP client 10.0.0.1: the path is not UTF-8; answered 400",
             "HTTP client 10.0.0.1: the query is not UTF-8; answered 400"])
         self.assertEqual(len(self.events), 5)
+
+    def test_target_not_a_path(self):
+        """
+        A request target that is neither a path nor absolute-form is 400
+        (twisted.web took "Xdata" for "/data": a report was accepted).
+        """
+        report = b'{"id": "cd", "value": 1}'
+        for target in [b"Xdata", b"*data", b"data", b"ftp://x/data"]:
+            request = b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 24\r\n\r\n%s" % (target, report)
+            self.assertEqual(
+                self.answer(request),
+                (b"HTTP/1.1 400 Bad Request", b'{"error": "the request target must be a path starting with /"}'),
+                target,
+            )
+        self.assertEqual(self.hub.plugs(), [])
+        self.assertEqual(
+            formatEvent(self.events[0]),
+            "HTTP client 10.0.0.1: the request target must be a path starting with /; answered 400",
+        )
 
     def test_utf8_accepted(self):
         """

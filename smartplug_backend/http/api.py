@@ -114,7 +114,7 @@ def given(request: bottle.BaseRequest, header: str, param: str):
     """
     # WSGI hands over every header and query value as bytes read as
     # latin-1; they are UTF-8, since the site answers 400 to any request
-    # with bytes that are not (SPEC 6.3, http.channel.NotUTF8).  Should one
+    # with bytes that are not (SPEC 6.3, http.channel.BadRequest).  Should one
     # get here all the same, U+FFFD stands in for them: Bottle's own decoding
     # would raise (a 500).
     raw = request.environ.get("HTTP_" + header.upper().replace("-", "_")) or request.query.get(param)

@@ -277,11 +277,12 @@ class Root(Resource):
         return self._app
 
 
-class NotUTF8(Resource):
+class BadRequest(Resource):
     """
-    The answer to a request with bytes that are not UTF-8 in its path, query
-    or a header (SPEC 6.3; L{utf8.problem}): 400 with a JSON error naming
-    the part, whatever the route, before any route reads the request.
+    The answer to a request no route may read: bytes that are not UTF-8 in
+    its path, query or a header (SPEC 6.3; L{utf8.problem}), or a target
+    that is no path: 400 with a JSON error saying what is wrong, whatever
+    the route.
     """
 
     isLeaf = True
@@ -327,7 +328,11 @@ class QuietSite(Site):
         headers = ((name, value) for name, values in request.requestHeaders.getAllRawHeaders() for value in values)
         refused = utf8.problem(request.uri, headers)
         if refused is not None:
-            return NotUTF8(refused)
+            return BadRequest(refused)
+        if request.uri[:1] != b"/":
+            # twisted.web drops a target's first byte as if it were the
+            # slash: "POST Xdata" would be taken as a report.
+            return BadRequest("the request target must be a path starting with /")
         return super().getResourceFor(request)
 
     def log(self, request) -> None:
