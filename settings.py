@@ -38,6 +38,7 @@ BAN_AFTER = 3  # failed authentications from one address before it is banned
 BAN_SECONDS = 60  # how long a ban lasts
 BAN_ALLOW = []  # addresses/networks never banned, e.g. ["192.168.1.0/24"]
 MAX_CONNECTIONS = 10000  # open connections over all listeners; more are refused
+MAX_CONNECTIONS_PER_ADDRESS = 500  # of those, from one address (loopback, BAN_ALLOW: no limit); None = no limit
 METRICS_ALLOW = ["127.0.0.1", "::1"]  # addresses/networks that may read GET /metrics (Prometheus)
 
 # --- dashboard (http://host:9000/ui/) ---------------------------------------------

@@ -52,6 +52,12 @@ def _count(v: Any) -> Optional[str]:
     return "a whole number of at least 1"
 
 
+def _optional_count(v: Any) -> Optional[str]:
+    if v is None or (type(v) is int and v >= 1):
+        return None
+    return "a whole number of at least 1, or None"
+
+
 def _whole(v: Any) -> Optional[str]:
     if type(v) is int and v >= 0:
         return None
@@ -212,6 +218,7 @@ SETTINGS: dict[str, _Setting] = {
     "BACKUP_INTERVAL": _Setting(None, _optional_positive),
     "BACKUP_KEEP": _Setting(7, _count),
     "MAX_CONNECTIONS": _Setting(10000, _count),
+    "MAX_CONNECTIONS_PER_ADDRESS": _Setting(500, _optional_count),
     "PUBSUB_HISTORY": _Setting(100, _whole),
     "PUBSUB_HISTORY_SECONDS": _Setting(86400, _positive),
     "DASHBOARD_USERS": _Setting({}, _users),
@@ -263,6 +270,7 @@ class Settings:
     BACKUP_INTERVAL: Optional[float]
     BACKUP_KEEP: int
     MAX_CONNECTIONS: int
+    MAX_CONNECTIONS_PER_ADDRESS: Optional[int]
     PUBSUB_HISTORY: int
     PUBSUB_HISTORY_SECONDS: float
     DASHBOARD_USERS: dict

@@ -109,6 +109,63 @@ class CapTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(self.cap.refused, 1005)
 
+    def test_per_address(self):
+        """
+        One address holds at most C{per_address} connections over all
+        listeners (an IPv4-mapped spelling is the same address); others are
+        admitted meanwhile; closing one makes room for it again.
+        """
+        cap = ConnectionCap(100, self.clock, per_address=2)
+        http, ws = cap.wrap(Factory.forProtocol(Recorder)), cap.wrap(Factory.forProtocol(Recorder))
+        first, _ = accept(http, "203.0.113.9")
+        accept(ws, "::ffff:203.0.113.9")
+        with capturedLogs() as events:
+            refused, transport = accept(http, "203.0.113.9")
+        self.assertIsInstance(refused, ClosedAtOnce)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(
+            [formatEvent(e) for e in events],
+            ["refused a connection from 203.0.113.9: it holds 2 connections, MAX_CONNECTIONS_PER_ADDRESS is 2 "
+             "(further refusals are summed up every 10 seconds)"],
+        )
+        self.assertNotIsInstance(accept(ws, "192.168.1.50")[0], ClosedAtOnce)
+        self.assertEqual((cap.open, cap.refused, cap.open_by_address["203.0.113.9"]), (3, 1, 2))
+        self.close(first)
+        self.assertNotIsInstance(accept(ws, "203.0.113.9")[0], ClosedAtOnce)
+        self.clock.advance(10)
+
+    def test_per_address_exempt(self):
+        """
+        Loopback addresses and those in the exempt list (BAN_ALLOW) are not
+        held to the per-address limit; the count forgets closed addresses.
+        """
+        cap = ConnectionCap(100, self.clock, per_address=1, exempt=["192.168.1.0/24"])
+        factory = cap.wrap(Factory.forProtocol(Recorder))
+        opened = [accept(factory, host)[0] for host in ["127.0.0.1", "127.0.0.1", "::1", "::1",
+                                                        "192.168.1.7", "192.168.1.7"]]
+        self.assertFalse([p for p in opened if isinstance(p, ClosedAtOnce)])
+        for protocol in opened:
+            self.close(protocol)
+        self.assertEqual((cap.open, dict(cap.open_by_address)), (0, {}))
+
+    def test_full_names_the_holder(self):
+        """
+        When the server is full, the refusal names the address holding a
+        tenth or more of the connections, not only the refused one.
+        """
+        cap = ConnectionCap(3, self.clock)
+        factory = cap.wrap(Factory.forProtocol(Recorder))
+        for _ in range(3):
+            accept(factory, "203.0.113.9")
+        with capturedLogs() as events:
+            accept(factory, "192.168.1.50")
+        self.assertIn(
+            "refused a connection from 192.168.1.50: 3 connections open, MAX_CONNECTIONS is 3; 3 of them from "
+            "203.0.113.9",
+            formatEvent(events[0]),
+        )
+        self.clock.advance(10)
+
     def test_wrapped_factory_error_releases(self):
         """
         A listener factory that raises (or returns None) does not keep a
@@ -135,3 +192,8 @@ class CapTests(SynchronousTestCase):
         from smartplug_backend.config import settings_from
 
         self.assertEqual(ConnectionCap.from_settings(settings_from({"MAX_CONNECTIONS": 7}), self.clock).limit, 7)
+        cap = ConnectionCap.from_settings(
+            settings_from({"MAX_CONNECTIONS_PER_ADDRESS": None, "BAN_ALLOW": ["10.0.0.1"]}), self.clock
+        )
+        self.assertIsNone(cap.per_address)
+        self.assertEqual(ConnectionCap.from_settings(settings_from({}), self.clock).per_address, 500)

@@ -1,6 +1,9 @@
 """
 C{MAX_CONNECTIONS} (SPEC 6.3): one count of open connections over every
-listener, and a refusal at accept for each connection past it.
+listener, and a refusal at accept for each connection past it; and
+C{MAX_CONNECTIONS_PER_ADDRESS}: no one address may hold more than that many
+of them (loopback and C{BAN_ALLOW} excepted), so that one host cannot take
+every place and lock out the lamps and apps.
 
 A refused connection is closed before a byte is read or written (no TLS
 handshake, no HTTP): under a flood that is the cheapest answer there is.  The
@@ -8,13 +11,14 @@ refusals are logged once, then summed up at most once every C{log_every}
 seconds, so that the flood does not flood the log as well.
 """
 
+import ipaddress
 from collections import Counter
-from typing import Optional
+from typing import Iterable, Optional
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from .guard import GateFactory, PassThrough, normal_address, pass_through
+from .guard import GateFactory, PassThrough, normal_address, normal_network, pass_through
 from .sockets import keep_alive
 
 
@@ -26,6 +30,11 @@ class ConnectionCap:
     @param clock: paces the summary of refusals (the reactor; a L{Clock} in
         tests).
     @param log_every: seconds between two log lines about refusals.
+    @param per_address: connections one address may hold open at once
+        (C{None}: no such limit); loopback addresses and those in C{exempt}
+        may hold more.
+    @param exempt: addresses and networks (C{BAN_ALLOW}) not held to
+        C{per_address}: a reverse proxy's clients all share its address.
     @ivar open: connections open now.
     @ivar open_by_listener: connections open now per listener name given
         to L{wrap}.
@@ -34,11 +43,17 @@ class ConnectionCap:
 
     _log = Logger(namespace="smartplug_backend.server.connections")
 
-    def __init__(self, limit: int, clock: IReactorTime, log_every: float = 10) -> None:
+    def __init__(self, limit: int, clock: IReactorTime, log_every: float = 10, per_address: Optional[int] = None,
+                 exempt: Iterable[str] = ()) -> None:
         self.limit = limit
+        self.per_address = per_address
         self.open = 0
         self.open_by_listener: Counter = Counter()
+        # normal address -> its connections open now
+        self.open_by_address: Counter = Counter()
         self.refused = 0
+        self._exempt_networks = tuple(normal_network(a) for a in exempt)
+        self._exempt: dict = {}
         self._clock = clock
         self._log_every = log_every
         self._summary = None
@@ -47,9 +62,11 @@ class ConnectionCap:
     @classmethod
     def from_settings(cls, settings, clock: IReactorTime) -> "ConnectionCap":
         """
-        The cap configured by C{MAX_CONNECTIONS}.
+        The cap configured by C{MAX_CONNECTIONS} and
+        C{MAX_CONNECTIONS_PER_ADDRESS} (C{BAN_ALLOW} exempt from the latter).
         """
-        return cls(settings.MAX_CONNECTIONS, clock)
+        return cls(settings.MAX_CONNECTIONS, clock, per_address=settings.MAX_CONNECTIONS_PER_ADDRESS,
+                   exempt=settings.BAN_ALLOW)
 
     def wrap(self, factory, listener: Optional[str] = None) -> "CappedFactory":
         """
@@ -60,20 +77,25 @@ class ConnectionCap:
 
     def admit(self, host) -> bool:
         """
-        Count a new connection from C{host} if there is room; otherwise
-        count and log its refusal.
+        Count a new connection from C{host} if there is room, overall and
+        for its address; otherwise count and log its refusal.
         """
+        address = normal_address(host) if host else "?"
         if self.open < self.limit:
-            self.open += 1
-            return True
+            held = self.open_by_address[address]
+            if self.per_address is None or held < self.per_address or self._is_exempt(address):
+                self.open += 1
+                self.open_by_address[address] = held + 1
+                return True
+            why = f"it holds {held} connections, MAX_CONNECTIONS_PER_ADDRESS is {self.per_address}"
+        else:
+            why = f"{self.open} connections open, MAX_CONNECTIONS is {self.limit}{self._most()}"
         self.refused += 1
         if self._summary is None:
             self._log.warn(
-                "refused a connection from {peer}: {open} connections open, MAX_CONNECTIONS is {limit} "
-                "(further refusals are summed up every {every} seconds)",
-                peer=normal_address(host) if host else "?",
-                open=self.open,
-                limit=self.limit,
+                "refused a connection from {peer}: {why} (further refusals are summed up every {every} seconds)",
+                peer=address,
+                why=why,
                 every=self._log_every,
             )
             self._summary = self._clock.callLater(self._log_every, self._sum_up)
@@ -81,23 +103,59 @@ class ConnectionCap:
             self._unlogged += 1
         return False
 
-    def release(self, listener: Optional[str] = None) -> None:
+    def release(self, listener: Optional[str] = None, address: Optional[str] = None) -> None:
         """
-        Count a connection closed.
+        Count a connection closed (of C{address}, as L{admit} was given it).
         """
         self.open -= 1
         if listener is not None:
             self.open_by_listener[listener] -= 1
+        if address is not None:
+            address = normal_address(address)
+            left = self.open_by_address[address] - 1
+            if left > 0:
+                self.open_by_address[address] = left
+            else:
+                del self.open_by_address[address]
+
+    def _is_exempt(self, address: str) -> bool:
+        # Asked only of an address at its limit, and remembered: a flood
+        # from one address costs one look-up per connection.
+        exempt = self._exempt.get(address)
+        if exempt is None:
+            try:
+                ip = ipaddress.ip_address(address)
+            except ValueError:
+                exempt = False  # a unix: socket has no address to hold
+            else:
+                exempt = ip.is_loopback or any(ip in network for network in self._exempt_networks)
+            if len(self._exempt) > 10000:
+                self._exempt.clear()
+            self._exempt[address] = exempt
+        return exempt
+
+    def _most(self) -> str:
+        """
+        Which address holds most of the open connections, when it holds
+        many: the likelier cause of a full server than the refused peer.
+        """
+        if not self.open_by_address:
+            return ""
+        address, held = self.open_by_address.most_common(1)[0]
+        return f"; {held} of them from {address}" if held * 10 >= self.open else ""
 
     def _sum_up(self) -> None:
         self._summary = None
         if not self._unlogged:
             return
         self._log.warn(
-            "refused {count} more connections in the last {every} seconds: MAX_CONNECTIONS ({limit}) open",
+            "refused {count} more connections in the last {every} seconds: {open} open, MAX_CONNECTIONS is {limit}"
+            "{most}",
             count=self._unlogged,
             every=self._log_every,
+            open=self.open,
             limit=self.limit,
+            most=self._most(),
         )
         self._unlogged = 0
         # Still refusing: the next line comes no sooner than another period.
@@ -110,10 +168,11 @@ class _Counted(PassThrough):
     keepalive (L{keep_alive}) for it.
     """
 
-    def __init__(self, cap: ConnectionCap, listener: Optional[str], wrapped) -> None:
+    def __init__(self, cap: ConnectionCap, listener: Optional[str], address: str, wrapped) -> None:
         super().__init__(wrapped)
         self._cap = cap
         self._listener = listener
+        self._address = address
         self._released = False
 
     def opened(self, transport) -> None:
@@ -123,7 +182,7 @@ class _Counted(PassThrough):
     def closed(self) -> None:
         if not self._released:
             self._released = True
-            self._cap.release(self._listener)
+            self._cap.release(self._listener, self._address)
 
 
 class CappedFactory(GateFactory):
@@ -141,14 +200,15 @@ class CappedFactory(GateFactory):
         return self.cap.admit(host)
 
     def admitted(self, addr):
+        address = getattr(addr, "host", None) or "?"
         try:
             inner = self.wrapped.buildProtocol(addr)
         except BaseException:
-            self.cap.release()
+            self.cap.release(address=address)
             raise
         if inner is None:
-            self.cap.release()
+            self.cap.release(address=address)
             return None
         if self.listener is not None:
             self.cap.open_by_listener[self.listener] += 1
-        return pass_through(_Counted, inner, self.cap, self.listener)
+        return pass_through(_Counted, inner, self.cap, self.listener, address)
