@@ -136,13 +136,17 @@ class CapTests(SynchronousTestCase):
 
     def test_per_address_exempt(self):
         """
-        Loopback addresses and those in the exempt list (BAN_ALLOW) are not
-        held to the per-address limit; the count forgets closed addresses.
+        Loopback addresses, unix: sockets (no address) and those in the
+        exempt list (BAN_ALLOW) are not held to the per-address limit; the
+        count forgets closed addresses.
         """
+        from twisted.internet.address import UNIXAddress
+
         cap = ConnectionCap(100, self.clock, per_address=1, exempt=["192.168.1.0/24"])
         factory = cap.wrap(Factory.forProtocol(Recorder))
         opened = [accept(factory, host)[0] for host in ["127.0.0.1", "127.0.0.1", "::1", "::1",
                                                         "192.168.1.7", "192.168.1.7"]]
+        opened += [factory.buildProtocol(UNIXAddress(b"/run/smartplug.sock")) for _ in range(2)]
         self.assertFalse([p for p in opened if isinstance(p, ClosedAtOnce)])
         for protocol in opened:
             self.close(protocol)

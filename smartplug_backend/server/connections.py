@@ -126,7 +126,7 @@ class ConnectionCap:
             try:
                 ip = ipaddress.ip_address(address)
             except ValueError:
-                exempt = False  # a unix: socket has no address to hold
+                exempt = True  # a unix: socket: local, as loopback is
             else:
                 exempt = ip.is_loopback or any(ip in network for network in self._exempt_networks)
             if len(self._exempt) > 10000:
