@@ -6,6 +6,8 @@ Each listener's factory is wrapped in Twisted's TLSMemoryBIOFactory, the
 same wrapper Twisted's C{ssl:} endpoints use, so TLS works over whatever
 endpoint description the listener has (C{tcp:}, C{unix:}, systemd...).
 TLS 1.2 is the oldest version offered; older clients fail the handshake.
+A plain HTTP request on such a listener gets a plain-HTTP 400 that says to
+use https (L{PlainHTTPAnswer}).
 
 Every problem with the files is a L{TLSError} whose message is one line
 naming the setting and the file, never their contents.
@@ -22,6 +24,7 @@ from twisted.internet.ssl import CertificateOptions, TLSVersion
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from .guard import HTTP_1_1
+from .plainhttp import PlainHTTPAnswer
 
 MINIMUM_VERSION = TLSVersion.TLSv1_2
 
@@ -64,11 +67,13 @@ class TLS:
             raise TLSError(f"{given} is set but {missing} is not: set both for TLS, or neither")
         return load(cert_file, key_file)
 
-    def wrap(self, factory) -> TLSMemoryBIOFactory:
+    def wrap(self, factory, clock=None) -> PlainHTTPAnswer:
         """
-        C{factory} with TLS in front of it.
+        C{factory} with TLS in front of it, and in front of TLS the answer
+        to plain HTTP requests (C{clock}, the reactor when C{None}, paces
+        their log lines).
         """
-        return TLSMemoryBIOFactory(self.options, False, factory)
+        return PlainHTTPAnswer(TLSMemoryBIOFactory(self.options, False, factory), clock)
 
 
 def _read(setting: str, path: str) -> bytes:
