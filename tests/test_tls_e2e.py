@@ -47,6 +47,22 @@ def alpn(port: int, cert: str, offered=("h2", "http/1.1")):
             return tls.selected_alpn_protocol()
 
 
+def plain(port: int, request: bytes) -> bytes:
+    """
+    C{request} sent in the clear to C{port}; returns all that comes back
+    until the server closes.
+    """
+    answer = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        raw.sendall(request)
+        try:
+            while chunk := raw.recv(4096):
+                answer += chunk
+        except ConnectionResetError:
+            pass
+    return answer
+
+
 def tls_settings(directory: str) -> tuple:
     cert, key = self_signed(directory)
     return cert, f"TLS_CERT_FILE = {cert!r}\nTLS_KEY_FILE = {key!r}\n"
@@ -135,22 +151,39 @@ class TLSEndToEndTests(TestCase):
                 with context.wrap_socket(raw, server_hostname="127.0.0.1") as secure:
                     self.assertEqual(secure.version(), "TLSv1.2")
 
-    def test_plain_text_on_tls_ports(self):
+    def test_random_bytes_on_tls_ports(self):
         """
-        Plain HTTP and random bytes on the TLS ports get no HTTP answer and
-        no traceback, and the server goes on serving https.
+        Random bytes on the TLS ports get no HTTP answer and no traceback,
+        and the server goes on serving https.
         """
         for label in LISTENERS:
-            with socket.create_connection(("127.0.0.1", self.server.ports[label]), timeout=5) as raw:
-                raw.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + bytes(range(256)))
-                answer = b""
-                try:
-                    while chunk := raw.recv(4096):
-                        answer += chunk
-                except ConnectionResetError:
-                    pass
+            answer = plain(self.server.ports[label], bytes(range(256)) + b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             self.assertNotIn(b"HTTP/1.1", answer)
         self.assertEqual(https(self.url("/"), self.context), (200, b"hallo."))
+        self.assertNotIn("Traceback", self.server.log())
+
+    def test_plain_http_on_tls_ports(self):
+        """
+        A plain HTTP request on a TLS port (a browser given http://) gets a
+        plain 400 whose JSON error says to use https://, the log says so
+        once, and https goes on working on that port.
+        """
+        for label in LISTENERS:
+            port = self.server.ports[label]
+            answer = plain(port, f"GET /ui/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: */*\r\n\r\n".encode())
+            head, _, body = answer.partition(b"\r\n\r\n")
+            self.assertTrue(head.startswith(b"HTTP/1.1 400 Bad Request\r\n"), (label, answer))
+            self.assertIn(b"\r\nContent-Type: application/json\r\n", head)
+            self.assertIn(b"\r\nConnection: close", head)
+            self.assertEqual(json.loads(body), {
+                "error": f"this port speaks TLS: use https://127.0.0.1:{port}/ (wss:// for WebSockets)"})
+            self.server.wait_for(rf"plain HTTP from 127\.0\.0\.1 on the TLS port {port}; answered 400 \(use https://\)")
+        # A second one from the same address within the minute is not logged.
+        port = self.server.ports["HTTP"]
+        self.assertTrue(plain(port, b"GET / HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.1 400 Bad Request\r\n"))
+        self.assertEqual(https(self.url("/"), self.context), (200, b"hallo."))
+        self.assertEqual(self.server.log().count(f"on the TLS port {port};"), 1)
+        self.assertEqual(alpn(port, self.cert), "http/1.1")
         self.assertNotIn("Traceback", self.server.log())
 
     def test_ban_sees_real_address_under_tls(self):
