@@ -41,7 +41,7 @@ MAX_CONNECTIONS = 10000  # open connections over all listeners; more are refused
 MAX_CONNECTIONS_PER_ADDRESS = 500  # of those, from one address (loopback, BAN_ALLOW: no limit); None = no limit
 METRICS_ALLOW = ["127.0.0.1", "::1"]  # addresses/networks that may read GET /metrics (Prometheus)
 
-# --- dashboard (http://host:9000/ui/) ---------------------------------------------
+# --- dashboard (http://host:9000/ui/, https:// with TLS) ---------------------------
 DASHBOARD_USERS = {}  # {"anna": "<hash from: python -m smartplug_backend passwd anna>"}; {} = off
 DASHBOARD_SESSION_DAYS = 30  # days a dashboard login lasts
 

@@ -134,7 +134,7 @@ def _build(options: Options, reactor) -> MultiService:
         if tls is not None and brings_own_tls(description):
             _log.info("{label}: the ssl: endpoint brings its own certificate; TLS_CERT_FILE is not used for it", label=label)
         elif tls is not None:
-            factory = tls.wrap(factory)
+            factory = tls.wrap(factory, reactor)
         # A ban also closes the HTTP port's open (keep-alive) connections;
         # WebSocket connections that already proved their key stay.
         protected = guard.wrap(cap.wrap(factory, name), close_on_ban=name == "http")
