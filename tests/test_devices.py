@@ -208,6 +208,30 @@ class HandshakeTests(DeviceTestCase):
         self.guard.lift(PEER, "test")
         self.authenticated()
 
+    def test_broken_first_message_counts(self):
+        """
+        A first message Autobahn refuses itself (not UTF-8: 1007, over the
+        limit: 1009; RFC 6455 fixes those codes) counts as a failure too,
+        as anything but the secret does (SPEC 2.1).
+        """
+        for payload in [b"\xff\xfe", b"x" * (64 * 1024 + 1)]:
+            client, _, pump = self.connect()
+            client.sendMessage(payload)
+            pump.flush()
+            self.assertIn(client.closed[0], (1007, 1009))
+        self.assertEqual(self.guard.failures(PEER), 2)
+        self.assertTrue(all("broken first message" in f.reason for f in self.guard.recent_failures()))
+
+    def test_server_stop_is_no_failure(self):
+        """
+        A device waiting for its secret when the server closes (going away,
+        1001) is not counted.
+        """
+        client, server, pump = self.connect()
+        server.sendCloseFrame(code=1001, isReply=False)
+        pump.flush()
+        self.assertEqual(self.guard.failures(PEER), 0)
+
     def test_leaving_is_no_failure(self):
         """
         A device that disconnects before sending anything is not counted as

@@ -17,6 +17,10 @@ from ..core.reports import InvalidReport, parse_report
 from .base import LenientServerProtocol, LimitedServerFactory, peer_address, peer_host
 from .origins import ANY_ORIGIN
 
+# Close codes Autobahn sends for what the peer broke: a malformed frame,
+# text that is not UTF-8, a message over the limit.
+_BROKEN_BY_PEER = frozenset({1002, 1007, 1009})
+
 # Autobahn's sendClose() only takes 1000 and 3000-4999; 1008 is what SPEC 2.1
 # asks for, so the close frame is sent one level down.
 POLICY_VIOLATION = 1008
@@ -166,6 +170,12 @@ class DeviceProtocol(LenientServerProtocol):
         state, self._state = self._state, None
         if state is None:
             return  # never opened, or already told
+        if state == _WAITING and self.closedByMe and self.localCloseCode in _BROKEN_BY_PEER:
+            # Autobahn refused the first message itself (SPEC 2.1: anything
+            # but the secret counts; RFC 6455 fixes the code it closes with).
+            self.factory.guard.failure(
+                self._peer, f"device port: broken first message (code {self.localCloseCode})", kind="device_secret"
+            )
         why = self._why
         if why is None:
             why = self._how_closed(wasClean, code, reason)
