@@ -24,7 +24,7 @@ from smartplug_backend.server.passwords import hash_password
 
 from .browser import full_page_screenshot, start_browser
 from .redis_server import start_redis
-from .server import start_server
+from .server import RunningServer, free_port, start_server
 
 USER, PASSWORD = "anna", "correct horse battery staple"
 SECRET = "lamp-secret"
@@ -76,6 +76,16 @@ class _InBrowser(TestCase):
         self.browser.find_element(By.ID, "login-user").send_keys(USER)
         self.browser.find_element(By.ID, "login-password").send_keys(password)
         self.browser.find_element(By.ID, "login-submit").click()
+
+    def fetch_json(self, path: str):
+        """
+        GET C{path} (relative to the page) from the page, with its session.
+        """
+        return self.browser.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "fetch(arguments[0], {credentials: 'same-origin'}).then((r) => r.json()).then(done, (e) => done(String(e)));",
+            path,
+        )
 
     def open_dashboard(self) -> None:
         self.browser.get(self.server.url("/ui/"))
@@ -271,3 +281,50 @@ class DashboardInMemoryTests(_InBrowser):
                 for row in self.browser.find_elements(By.CSS_SELECTOR, "#settings tbody tr")}
         self.assertEqual((rows["STATE_DB"], rows["TWITTER_ENABLED"], rows["BAN_ALLOW"]), ("None", "False", "[]"))
         self.assertFalse(self.browser.find_element(By.ID, "backup").is_enabled())
+
+
+class DashboardAcrossRestartsTests(_InBrowser):
+    """
+    The dashboard of a server that restarts, on the same state database and
+    the same HTTP port (the page's own address).
+    """
+
+    def setUp(self):
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.settings = SETTINGS + f"STATE_DB = {os.path.join(self.directory, 'state.sqlite')!r}\n"
+        self.http_port = free_port()
+        self.server = None
+        self.browser = start_browser(self)
+        self.wait = WebDriverWait(self.browser, WAIT)
+
+    def restart(self) -> None:
+        """
+        Stop the server (if one runs) and start a new one on the same
+        database and HTTP port.
+        """
+        if self.server is not None:
+            self.server.stop()
+        self.server = RunningServer(self.directory, self.settings, listeners=("HTTP", "app WebSocket", "device WebSocket"),
+                                    args=["--www", f"tcp:{self.http_port}:interface=127.0.0.1"])
+        self.addCleanup(self.server.stop)
+        self.server.start()
+
+    def test_since_from_history_after_restart(self):
+        """
+        A plug that reports the same value again after a restart is shown
+        "since" its value began, as its history says, not since that
+        repeated report.
+        """
+        self.restart()
+        post(self.server, "/data", {"id": "kitchen", "value": 1})
+        self.restart()
+        post(self.server, "/data", {"id": "kitchen", "value": 1})
+        self.open_dashboard()
+        card = '.plug[data-plug="kitchen"]'
+        self.wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, card + " .reports tbody tr")) == 2)
+        history = self.fetch_json("api/history?plug=kitchen")
+        self.assertEqual([r["value"] for r in history], [1, 1])
+        since = self.browser.find_element(By.CSS_SELECTOR, card + " .since")
+        self.assertEqual(float(since.get_attribute("data-since")), history[0]["at"])
+        self.assertTrue(since.text.startswith("since "), since.text)

@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from smartplug_backend import config
 from smartplug_backend.core.display import Display
-from smartplug_backend.core.hub import Hub
+from smartplug_backend.core.hub import Hub, Plug
 from smartplug_backend.http.channel import make_site
 from smartplug_backend.http.dashboard import auth, routes
 from smartplug_backend.http.dashboard.feed import FLUSH_DELAY, PUBLICATIONS_KEPT, Feed, public_settings
@@ -244,6 +244,35 @@ class FeedTests(SynchronousTestCase):
             live.hub.pubsub.publish("e", i)
         kept = json.loads(live.feed.snapshot())["publications"]
         self.assertEqual([p["data"] for p in kept], list(range(5, PUBLICATIONS_KEPT + 5)))
+
+    def test_since_unknown_until_the_value_changes(self):
+        """
+        After a restart the feed has not seen when a plug's value began: a
+        repeated report leaves "since" unknown (the page reads it from the
+        history), rather than making it the time of that report; a report
+        that changes the value sets it, and a repeat keeps it.
+        """
+        live = Live()
+        live.hub.restore([Plug("kitchen", 1, 100.0)])
+        client, _, pump = live.connect()
+        self.assertIsNone(client.json()[0]["plugs"][0]["since"])
+        live.clock.advance(500)
+        live.hub.report("kitchen", 1, "http", "10.0.0.5")
+        pump.flush()
+
+        def since():
+            return [(m["plug"]["id"], m["plug"]["since"]) for m in client.json() if m["type"] == "report"]
+
+        self.assertEqual(since(), [("kitchen", None)])
+        self.assertIsNone(json.loads(live.feed.snapshot())["plugs"][0]["since"])
+        live.clock.advance(10)
+        live.hub.report("kitchen", 0, "http", "10.0.0.5")
+        live.clock.advance(10)
+        live.hub.report("kitchen", 0, "device", "10.0.0.6")
+        # A plug's first report ever starts its value.
+        live.hub.report("garage", 1, "http", "10.0.0.5")
+        pump.flush()
+        self.assertEqual(since()[1:], [("kitchen", 510), ("kitchen", 510), ("garage", 520)])
 
     def test_public_settings_hide_secrets(self):
         """

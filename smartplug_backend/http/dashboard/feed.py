@@ -65,7 +65,7 @@ class Feed:
         self._publications: collections.deque = collections.deque(maxlen=PUBLICATIONS_KEPT)
         self._reports: collections.deque = collections.deque(maxlen=RECENT_REPORTS)
         # plug id -> how its last report came, and since when its value holds,
-        # for the reports seen since start-up (the page reads older ones from
+        # for the changes seen since start-up (the page reads older ones from
         # the history route).
         self._sources: dict[str, str] = {}
         self._since: dict[str, float] = {}
@@ -121,7 +121,10 @@ class Feed:
         """
         plug = report.plug
         self._sources[plug.id] = report.source
-        if report.changed or plug.id not in self._since:
+        # Only a change says when the value began: a repeated report of a
+        # plug not seen changing since start-up leaves it unknown (None), and
+        # the page finds it in the plug's history.
+        if report.changed:
             self._since[plug.id] = plug.updated_at
         entry = {"id": plug.id, "value": plug.value, "at": plug.updated_at, "source": report.source}
         self._reports.append(entry)

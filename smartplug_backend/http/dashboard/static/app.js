@@ -282,13 +282,20 @@ function since(entry) {
   return h[i].at;
 }
 
+// "since" as text, and as seconds in data-since (empty while not known).
+function drawSince(entry) {
+  const from = since(entry);
+  const node = entry.card.querySelector(".since");
+  node.textContent = from != null ? `since ${when(from)} (${ago(from)})` : "";
+  node.dataset.since = from != null ? String(from) : "";
+}
+
 function drawPlug(entry) {
   const { plug, card } = entry;
   const state = card.querySelector(".state");
   state.dataset.value = plug.value;
   state.textContent = plug.value === 1 ? "plugged in" : "unplugged";
-  const from = since(entry);
-  card.querySelector(".since").textContent = from != null ? `since ${when(from)} (${ago(from)})` : "";
+  drawSince(entry);
   const h = entry.history;
   const source = plug.source || (h && h.length ? h[h.length - 1].source : null);
   card.querySelector(".last").textContent = `last report ${when(plug.updated_at)}${source ? " via " + source : ""}`;
@@ -505,10 +512,7 @@ $("backup").addEventListener("click", async () => {
 let ticks = 0;
 setInterval(() => {
   drawFacts();
-  plugs.forEach((entry) => {
-    const from = since(entry);
-    entry.card.querySelector(".since").textContent = from != null ? `since ${when(from)} (${ago(from)})` : "";
-  });
+  plugs.forEach(drawSince);
   if (++ticks % 60 === 0) plugs.forEach(drawChart);
 }, 1000);
 
