@@ -36,6 +36,25 @@ BAN_AFTER = 3
 BAN_SECONDS = 600
 """
 WAIT = 15
+# Injected before the page's own scripts: keeps the page's WebSockets in
+# window.liveSockets, so that a test can drop one as a network would, and
+# while window.holdLive is true sends a new one to a path that refuses it
+# (the page's own origin: its Content-Security-Policy allows no other).
+WATCH_SOCKETS = """
+(() => {
+  const Real = window.WebSocket;
+  window.liveSockets = [];
+  window.holdLive = false;
+  function Watched(url, protocols) {
+    const socket = new Real(window.holdLive ? url + "-held" : url, protocols);
+    window.liveSockets.push(socket);
+    return socket;
+  }
+  Watched.prototype = Real.prototype;
+  Object.assign(Watched, { CONNECTING: 0, OPEN: 1, CLOSING: 2, CLOSED: 3 });
+  window.WebSocket = Watched;
+})();
+"""
 
 
 def post(server, path: str, body: dict) -> None:
@@ -76,6 +95,28 @@ class _InBrowser(TestCase):
         self.browser.find_element(By.ID, "login-user").send_keys(USER)
         self.browser.find_element(By.ID, "login-password").send_keys(password)
         self.browser.find_element(By.ID, "login-submit").click()
+
+    def watch_sockets(self) -> None:
+        """
+        From the next page load on, keep the page's WebSockets where the
+        test can reach them (L{WATCH_SOCKETS}).
+        """
+        self.browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": WATCH_SOCKETS})
+
+    def drop_live_socket(self) -> None:
+        """
+        Drop the page's live socket as a network would, and hold the page's
+        new ones off until L{release_live_socket}.
+        """
+        self.browser.execute_script(
+            "window.holdLive = true; const s = window.liveSockets[window.liveSockets.length - 1];"
+            "s.onmessage = null; s.close();"
+        )
+        self.wait.until(lambda b: b.find_element(By.ID, "live").get_attribute("data-state") == "closed")
+
+    def release_live_socket(self) -> None:
+        self.browser.execute_script("window.holdLive = false;")
+        self.wait.until(lambda b: b.find_element(By.ID, "live").get_attribute("data-state") == "open")
 
     def fetch_json(self, path: str):
         """
@@ -158,6 +199,32 @@ class DashboardInBrowserTests(_InBrowser):
         self.text_in("#login-error", "Logged out.")
         self.assertFalse(self.browser.find_element(By.ID, "app").is_displayed())
         self.assertEqual(self.browser.find_elements(By.CSS_SELECTOR, ".plug"), [])
+
+    def test_history_after_live_socket_drops(self):
+        """
+        Reports made while the live socket was down are in a known plug's
+        table and chart once it is back: the snapshot reloads every plug's
+        history, not only its header.
+        """
+        post(self.server, "/data", {"id": "kitchen", "value": 1})
+        post(self.server, "/data", {"id": "kitchen", "value": 0})
+        self.watch_sockets()
+        self.open_dashboard()
+        card = '.plug[data-plug="kitchen"]'
+
+        def shown(b):
+            return (len(b.find_elements(By.CSS_SELECTOR, card + " .reports tbody tr")),
+                    b.find_element(By.CSS_SELECTOR, card + " .chart").get_attribute("data-points"))
+
+        self.wait.until(lambda b: shown(b) == (2, "2"))
+        self.drop_live_socket()
+        for value in (1, 0, 1):
+            post(self.server, "/data", {"id": "kitchen", "value": value})
+        self.release_live_socket()
+        self.text_in(card + " .state", "plugged in")
+        self.wait.until(lambda b: shown(b) == (5, "5"))
+        values = [td.text for td in self.browser.find_elements(By.CSS_SELECTOR, card + " .reports tbody tr td:first-child")]
+        self.assertEqual(values, ["1 plugged in", "0 unplugged", "1 plugged in", "0 unplugged", "1 plugged in"])
 
     def test_colour_to_device_and_lift_ban(self):
         """

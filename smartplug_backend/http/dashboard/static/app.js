@@ -220,10 +220,21 @@ function update(message) {
 
 // -- plugs ------------------------------------------------------------------------
 
+// A snapshot is the server's whole view: after a dropped socket the page may
+// have missed reports, so every plug it already shows reads its history
+// again (the snapshot's recent reports are of all plugs together, and may not
+// reach back far enough), and a plug the server no longer has goes.
 function showPlugs(list) {
+  const ids = new Set(list.map((plug) => plug.id));
+  for (const [id, entry] of plugs) {
+    if (ids.has(id)) continue;
+    if (entry.chart) entry.chart.destroy();
+    entry.card.remove();
+    plugs.delete(id);
+  }
   for (const plug of list) {
     const known = plugs.get(plug.id);
-    if (known) { known.plug = { ...known.plug, ...plug }; drawPlug(known); }
+    if (known) { known.plug = plug; drawPlug(known); loadHistory(known); }
     else addPlug(plug);
   }
 }
@@ -250,15 +261,27 @@ function addPlug(plug) {
 }
 
 async function loadHistory(entry) {
-  // In the query: a path segment "." or ".." would be resolved away.
-  const { ok, data } = await api(`history?plug=${encodeURIComponent(entry.plug.id)}`);
-  if (!ok) return;
-  // Reports that arrived while the history was on its way are already in it,
-  // or newer: keep those newer than its last entry.
-  const pending = entry.pending || [];
+  // Reports that arrive while the history is on its way are kept aside too.
+  const asked = entry.asked = (entry.asked || 0) + 1;
+  entry.pending = [];
+  let answer = null;
+  try {
+    // In the query: a path segment "." or ".." would be resolved away.
+    answer = await api(`history?plug=${encodeURIComponent(entry.plug.id)}`);
+  } catch (e) {
+    // No answer: the next snapshot (the socket drops too) asks again.
+  }
+  // Only the newest request's answer counts, and none once the page has
+  // forgotten the plug (logged out).
+  if (asked !== entry.asked || plugs.get(entry.plug.id) !== entry) return;
+  const pending = entry.pending;
+  entry.pending = null;
+  if (!answer || !answer.ok) return;
+  // The reports kept aside are already in the answer, or newer: keep those
+  // newer than its last entry.
+  const data = answer.data;
   const last = data.length ? data[data.length - 1].at : -Infinity;
   entry.history = data.concat(pending.filter((r) => r.at > last));
-  entry.pending = null;
   drawPlug(entry);
 }
 
@@ -267,8 +290,8 @@ function addReport(report, plug) {
   if (!entry) { addPlug(plug); entry = plugs.get(plug.id); }
   entry.plug = plug;
   const item = { value: report.value, at: report.at, source: report.source };
+  if (entry.pending) entry.pending.push(item);
   if (entry.history) entry.history.push(item);
-  else (entry.pending = entry.pending || []).push(item);
   drawPlug(entry);
 }
 
