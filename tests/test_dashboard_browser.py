@@ -271,6 +271,50 @@ class DashboardInBrowserTests(_InBrowser):
         again.send(SECRET)
         self.assertEqual(again.recv(10), "ok")
 
+    def test_logout_forgets_everything(self):
+        """
+        Logging out leaves nothing of the home in the page: no plug, device,
+        client, ban or failure, no display state, and the lamp controls
+        back at their defaults.
+        """
+        lamp = device(self.server)
+        self.addCleanup(lamp.close)
+        lamp.send(SECRET)
+        self.assertEqual(lamp.recv(10), "ok")
+        lamp_address = "127.0.0.1:%d" % lamp.socket.getsockname()[1]
+        subscriber = connect(self.server.ws_url("/subscribe?clientName=kitchen-pi"), open_timeout=10)
+        self.addCleanup(subscriber.close)
+        subscriber.send(json.dumps({"action": "subscribe", "event": "weather"}))
+        for _ in range(3):
+            stranger = device(self.server, "127.0.0.2")
+            stranger.send("not the secret")
+            with self.assertRaises(ConnectionClosed):
+                stranger.recv(10)
+        post(self.server, "/data", {"id": "0xb00bf0cc", "value": 1})
+        self.open_dashboard()
+        self.text_in("#devices tbody", lamp_address)
+        self.text_in("#client-list tbody", "kitchen-pi")
+        self.visible('#bans button[data-address="127.0.0.2"]')
+        self.text_in("#failures tbody", "device port: wrong secret")
+        post(self.server, "/publish?clientName=kitchen-pi", {"event": "weather", "data": "sunny, 21 C"})
+        self.text_in("#publications", "weather sunny, 21 C")
+        pulse = self.browser.find_element(By.ID, "pulse")
+        pulse.clear()
+        pulse.send_keys("3")
+        self.browser.find_element(By.ID, "set-color").click()
+        self.text_in("#display-result", "sent [cc:2:255,65,174:3]")
+
+        self.browser.find_element(By.ID, "logout").click()
+        self.text_in("#login-error", "Logged out.")
+        shown = self.browser.execute_script("return document.getElementById('app').textContent")
+        for secret in (lamp_address, "127.0.0.1", "kitchen-pi", "weather sunny", "127.0.0.2", "wrong secret", "0xb00bf0cc",
+                       "[cc:", "255, 65, 174", "STATE_DB"):
+            self.assertNotIn(secret, shown)
+        values = self.browser.execute_script(
+            "return ['weather', 'intensity', 'color', 'pulse'].map((id) => document.getElementById(id).value)"
+        )
+        self.assertEqual(values, ["3", "9", "#ff41ae", "0"])
+
     def screenshots(self) -> None:
         """
         The dashboard at desktop and phone width, with a PiCloud subscriber

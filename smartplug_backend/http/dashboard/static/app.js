@@ -87,7 +87,9 @@ function showLogin(message = "") {
   $("login-user").focus();
 }
 
-// Nothing of the home stays in the page once it asks for the login.
+// Nothing of the home stays in the page once it asks for the login: every
+// list and table is emptied, every text the server filled in cleared, and
+// the lamp controls (which show the display's colour and weather) reset.
 function forget() {
   plugs.forEach((entry) => entry.chart && entry.chart.destroy());
   plugs.clear();
@@ -97,8 +99,11 @@ function forget() {
   $("publications").replaceChildren();
   server = null;
   $("facts").replaceChildren();
-  $("settings").tBodies[0].replaceChildren();
+  for (const id of ["devices", "client-list", "bans", "failures", "settings"]) $(id).tBodies[0].replaceChildren();
+  $("devices-off").hidden = true;
+  for (const id of ["weather-form", "color-form"]) $(id).reset();
   for (const id of ["display-state", "display-packet", "display-result", "backup-result", "tls"]) $(id).textContent = "";
+  $("backup").disabled = true;
 }
 
 function showApp(session) {
