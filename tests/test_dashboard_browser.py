@@ -439,3 +439,18 @@ class DashboardAcrossRestartsTests(_InBrowser):
         since = self.browser.find_element(By.CSS_SELECTOR, card + " .since")
         self.assertEqual(float(since.get_attribute("data-since")), history[0]["at"])
         self.assertTrue(since.text.startswith("since "), since.text)
+
+    def test_login_again_after_restart(self):
+        """
+        A restart logs everyone out (sessions live in memory): an open page
+        finds its session gone when its socket comes back, and asks for the
+        login saying why.
+        """
+        self.restart()
+        self.open_dashboard()
+        self.restart()
+        self.text_in("#login-error", "The server restarted or your session ended; log in again.")
+        self.assertFalse(self.browser.find_element(By.ID, "app").is_displayed())
+        self.log_in()
+        self.visible("#app")
+        self.wait.until(lambda b: b.find_element(By.ID, "live").get_attribute("data-state") == "open")

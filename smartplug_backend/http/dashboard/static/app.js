@@ -7,6 +7,7 @@ const $ = (id) => document.getElementById(id);
 const WEATHER = ["", "sunrise", "sunset", "clear", "cloudy", "rain", "storm", "snow", "mist", "wind"];
 const MAX_PUBLICATIONS = 100;
 const REPORT_ROWS = 10;
+const SESSION_GONE = "The server restarted or your session ended; log in again.";
 
 let csrf = null;
 let socket = null;
@@ -68,7 +69,10 @@ async function api(path, body) {
   const answer = await fetch(`api/${path}`, { credentials: "same-origin", ...options });
   let data = null;
   try { data = await answer.json(); } catch (e) { data = { error: answer.statusText }; }
-  if (answer.status === 401 && path !== "login") showLogin();
+  // A session the server no longer knows (a restart logs everyone out, or it
+  // expired while the page was offline): back to the login, saying so.  The
+  // page's first look at the session, before any login, is left to its caller.
+  if (answer.status === 401 && path !== "login" && csrf !== null) showLogin(SESSION_GONE);
   return { ok: answer.ok, status: answer.status, data };
 }
 
@@ -550,6 +554,7 @@ setInterval(() => {
   try {
     const { ok, data } = await api("session");
     if (ok) showApp(data);
+    else showLogin();
   } catch (e) {
     showLogin("the server cannot be reached");
   }
