@@ -73,6 +73,20 @@ def device(server, source: str = "127.0.0.1"):
     sock.connect(("127.0.0.1", server.ports["device WebSocket"]))
     return connect(f"ws://127.0.0.1:{server.ports['device WebSocket']}/", sock=sock, open_timeout=10)
 
+# Injected before the page's own scripts: the browser's clock runs two days
+# ahead of the server's, so that every time the server sends is of another
+# day than the browser's today.
+CLOCK_AHEAD = """
+(() => {
+  const Real = Date;
+  const ahead = 2 * 86400 * 1000;
+  class Ahead extends Real {
+    constructor(...args) { if (args.length) super(...args); else super(Real.now() + ahead); }
+    static now() { return Real.now() + ahead; }
+  }
+  window.Date = Ahead;
+})();
+"""
 
 class _InBrowser(TestCase):
     """
@@ -102,6 +116,13 @@ class _InBrowser(TestCase):
         test can reach them (L{WATCH_SOCKETS}).
         """
         self.browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": WATCH_SOCKETS})
+
+    def clock_ahead(self) -> None:
+        """
+        From the next page load on, the browser's clock runs two days ahead
+        (L{CLOCK_AHEAD}).
+        """
+        self.browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": CLOCK_AHEAD})
 
     def drop_live_socket(self) -> None:
         """
@@ -314,6 +335,22 @@ class DashboardInBrowserTests(_InBrowser):
             "return ['weather', 'intensity', 'color', 'pulse'].map((id) => document.getElementById(id).value)"
         )
         self.assertEqual(values, ["3", "9", "#ff41ae", "0"])
+
+    def test_times_of_another_day_have_their_date(self):
+        """
+        A client connected on another day than the browser's today shows
+        the date it connected, as the devices, bans and failures do.
+        """
+        subscriber = connect(self.server.ws_url("/subscribe?clientName=kitchen-pi"), open_timeout=10)
+        self.addCleanup(subscriber.close)
+        subscriber.send(json.dumps({"action": "subscribe", "event": "weather"}))
+        self.clock_ahead()
+        self.open_dashboard()
+        self.text_in("#client-list tbody", "kitchen-pi")
+        since = self.browser.find_element(By.CSS_SELECTOR, "#client-list tbody td:nth-child(3)").text
+        # The year of the browser's real today (Date is the clock ahead).
+        year = self.browser.execute_script("return new (Object.getPrototypeOf(Date))().getFullYear()")
+        self.assertIn(str(year), since)
 
     def screenshots(self) -> None:
         """

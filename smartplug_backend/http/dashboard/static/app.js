@@ -440,7 +440,8 @@ function showDevices(devices) {
 // -- clients ---------------------------------------------------------------------------
 
 function showClients(clients) {
-  rows("client-list", clients, (c) => [c.client_name, c.ip_address, new Date(c.connected_at).toLocaleTimeString(), c.events.join(", ")], "no app connected");
+  // A client's connected_at is RFC 3339 (as PiCloud lists connections).
+  rows("client-list", clients, (c) => [c.client_name, c.ip_address, when(Date.parse(c.connected_at) / 1000), c.events.join(", ")], "no app connected");
 }
 
 function addPublication(p) {
