@@ -352,6 +352,31 @@ class DashboardInBrowserTests(_InBrowser):
         year = self.browser.execute_script("return new (Object.getPrototypeOf(Date))().getFullYear()")
         self.assertIn(str(year), since)
 
+    def test_display_result_goes_when_a_send_is_stopped(self):
+        """
+        "sent ..." describes the last send: it goes when a control changes,
+        and when the browser's own validation stops the next send.
+        """
+        self.open_dashboard()
+        self.text_in("#display-state", "off")
+        set_colour = self.browser.find_element(By.ID, "set-color")
+        set_colour.click()
+        self.text_in("#display-result", "sent [cc:2:255,65,174:0]")
+        # Out of range, set without an input event: only the submit
+        # attempt, which the browser refuses, can clear the result.
+        self.browser.execute_script("document.getElementById('pulse').value = '12'")
+        set_colour.click()
+        self.assertFalse(self.browser.execute_script("return document.getElementById('pulse').validity.valid"))
+        self.assertEqual(self.browser.find_element(By.ID, "display-result").get_attribute("textContent"), "")
+
+        pulse = self.browser.find_element(By.ID, "pulse")
+        pulse.clear()
+        pulse.send_keys("4")
+        set_colour.click()
+        self.text_in("#display-result", "sent [cc:2:255,65,174:4]")
+        Select(self.browser.find_element(By.ID, "weather")).select_by_value("5")
+        self.assertEqual(self.browser.find_element(By.ID, "display-result").get_attribute("textContent"), "")
+
     def screenshots(self) -> None:
         """
         The dashboard at desktop and phone width, with a PiCloud subscriber

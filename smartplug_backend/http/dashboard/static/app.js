@@ -416,6 +416,16 @@ async function setDisplay(body) {
   }
 }
 
+// A result tells of the last send: it goes once a control changes, and when
+// the browser's own validation stops a send (which then makes no request, so
+// no new result would replace it).
+for (const id of ["weather-form", "color-form"]) {
+  const clear = () => { $("display-result").textContent = ""; };
+  $(id).addEventListener("input", clear);
+  $(id).addEventListener("change", clear);
+  $(id).addEventListener("invalid", clear, true); // "invalid" does not bubble
+}
+
 $("weather-form").addEventListener("submit", (event) => {
   event.preventDefault();
   setDisplay({ mode: 1, weather: Number($("weather").value), intensity: Number($("intensity").value) });
