@@ -9,6 +9,7 @@ Set C{SMARTPLUG_SCREENSHOTS=docs} to also write the README's screenshots
 
 import json
 import os
+import re
 import shutil
 import socket
 import urllib.request
@@ -376,6 +377,27 @@ class DashboardInBrowserTests(_InBrowser):
         self.text_in("#display-result", "sent [cc:2:255,65,174:4]")
         Select(self.browser.find_element(By.ID, "weather")).select_by_value("5")
         self.assertEqual(self.browser.find_element(By.ID, "display-result").get_attribute("textContent"), "")
+
+    def test_device_last_heard_moves_on(self):
+        """
+        A device's "last heard (N s ago)" counts on with the page's clock,
+        as the plugs' "since" does, while the device stays silent (its list
+        is not sent again).
+        """
+        lamp = device(self.server)
+        self.addCleanup(lamp.close)
+        lamp.send(SECRET)
+        self.assertEqual(lamp.recv(10), "ok")
+        self.open_dashboard()
+        cell = "#devices tbody td:nth-child(3)"
+        self.text_in(cell, "s ago)")
+
+        def seconds_ago():
+            found = re.search(r"\((\d+) s ago\)$", self.browser.find_element(By.CSS_SELECTOR, cell).text)
+            return int(found.group(1))
+
+        first = seconds_ago()
+        self.wait.until(lambda b: seconds_ago() > first)
 
     def screenshots(self) -> None:
         """

@@ -444,7 +444,21 @@ $("display-update").addEventListener("click", () => {
 
 function showDevices(devices) {
   $("devices-off").hidden = devices !== null;
-  rows("devices", devices || [], (d) => [d.address, when(d.connected_at), `${when(d.last_heard)} (${ago(d.last_heard)} ago)`], "no device connected");
+  rows("devices", devices || [], (d) => [
+    d.address, when(d.connected_at),
+    el("span", { class: "heard", "data-at": d.last_heard ?? "", text: heard(d.last_heard) }),
+  ], "no device connected");
+}
+
+function heard(t) {
+  return `${when(t)} (${ago(t)} ago)`;
+}
+
+// A silent device's list is not sent again: its "ago" moves on with the clock.
+function drawHeard() {
+  for (const span of $("devices").querySelectorAll(".heard")) {
+    span.textContent = heard(span.dataset.at === "" ? null : Number(span.dataset.at));
+  }
 }
 
 // -- clients ---------------------------------------------------------------------------
@@ -556,6 +570,7 @@ let ticks = 0;
 setInterval(() => {
   drawFacts();
   plugs.forEach(drawSince);
+  drawHeard();
   if (++ticks % 60 === 0) plugs.forEach(drawChart);
 }, 1000);
 
