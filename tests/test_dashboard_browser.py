@@ -399,6 +399,65 @@ class DashboardInBrowserTests(_InBrowser):
         first = seconds_ago()
         self.wait.until(lambda b: seconds_ago() > first)
 
+    def test_addresses_on_one_line_on_a_phone(self):
+        """
+        On a phone (360 px), and in the desktop's narrower two-column grid,
+        an address with its port, as long as IPv4 makes it, stays on one
+        line in the devices, clients, bans and failures lists, and nothing
+        is wider than its card or the screen.
+        """
+        lamp = device(self.server, "127.100.200.250")
+        self.addCleanup(lamp.close)
+        lamp.send(SECRET)
+        self.assertEqual(lamp.recv(10), "ok")
+        sock = socket.socket()
+        sock.bind(("127.100.200.251", 0))
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", self.server.ports["app WebSocket"]))
+        subscriber = connect(self.server.ws_url("/subscribe?clientName=kitchen-pi-" + "x" * 60), sock=sock,
+                             open_timeout=10)
+        self.addCleanup(subscriber.close)
+        subscriber.send(json.dumps({"action": "subscribe", "event": "weather"}))
+        for _ in range(3):
+            stranger = device(self.server, "127.100.200.252")
+            stranger.send("not the secret")
+            with self.assertRaises(ConnectionClosed):
+                stranger.recv(10)
+        self.open_dashboard()
+        self.text_in("#devices tbody", "127.100.200.250:")
+        self.text_in("#client-list tbody", "127.100.200.251:")
+        self.visible('#bans button[data-address="127.100.200.252"]')
+        self.text_in("#failures tbody", "127.100.200.252")
+        self.addCleanup(self.browser.execute_cdp_cmd, "Emulation.clearDeviceMetricsOverride", {})
+        for width in (360, 920):
+            self.browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+                "width": width, "height": 800, "deviceScaleFactor": 1, "mobile": width < 500,
+            })
+            self.browser.execute_script("window.dispatchEvent(new Event('resize'))")
+            # Each address is one line box, inside its card.
+            addresses = self.browser.execute_script("""
+                return ['#devices td:nth-child(1)', '#client-list td:nth-child(2)', '#bans td:nth-child(1)',
+                        '#failures td:nth-child(2)'].flatMap((css) => [...document.querySelectorAll(css)]).map((td) => {
+                  const range = document.createRange();
+                  range.selectNodeContents(td);
+                  const lines = range.getClientRects();
+                  const card = td.closest('.card').getBoundingClientRect();
+                  return [td.textContent, lines.length, lines[0].left >= card.left && lines[0].right <= card.right];
+                });
+            """)
+            self.assertEqual(len(addresses), 6, addresses)
+            for text, lines, inside in addresses:
+                self.assertEqual((width, text, lines, inside), (width, text, 1, True))
+            # Nothing sticks out of its card, nor the page out of the screen.
+            sticking_out = self.browser.execute_script("""
+                return [...document.querySelectorAll('#app .card')].flatMap((card) => {
+                  const right = card.getBoundingClientRect().right;
+                  return [...card.querySelectorAll('*')].filter((e) => e.getBoundingClientRect().right > right + 0.5)
+                    .map((e) => e.tagName + ' ' + e.textContent.slice(0, 40));
+                }).concat(document.documentElement.scrollWidth > document.documentElement.clientWidth ? ['the page'] : []);
+            """)
+            self.assertEqual((width, sticking_out), (width, []))
+
     def screenshots(self) -> None:
         """
         The dashboard at desktop and phone width, with a PiCloud subscriber

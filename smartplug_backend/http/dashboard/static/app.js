@@ -57,7 +57,14 @@ function rows(table, items, cells, none = "none") {
     body.replaceChildren(el("tr", {}, el("td", { class: "none", colspan: columns, text: none })));
     return;
   }
-  body.replaceChildren(...items.map((item) => el("tr", {}, ...cells(item).map((c) => (c instanceof Node ? el("td", {}, c) : el("td", { text: String(c) }))))));
+  // Each cell names its column (a phone shows some tables' rows as lines of
+  // "heading value": style.css); not a column whose heading is for screen
+  // readers only.
+  const labels = [...table.tHead.rows[0].cells].map((th) => (th.querySelector(".sr") ? null : th.textContent));
+  body.replaceChildren(...items.map((item) => el("tr", {}, ...cells(item).map((c, i) => {
+    const label = labels[i] ? { "data-label": labels[i] } : {};
+    return c instanceof Node ? el("td", label, c) : el("td", { ...label, text: String(c) });
+  }))));
 }
 
 async function api(path, body) {
