@@ -58,6 +58,30 @@ WATCH_SOCKETS = """
 """
 
 
+# Timers of a second or more (the live socket's retries) wait in
+# window.heldTimers until the test runs them: runHeldTimers() calls each and
+# resolves once all are done.  clearTimeout() removes a held one.
+HOLD_TIMERS = """
+(() => {
+  const realSet = window.setTimeout, realClear = window.clearTimeout;
+  window.heldTimers = new Map();
+  let next = 1e9;
+  window.setTimeout = (fn, wait, ...args) => {
+    if (!(wait >= 1000)) return realSet(fn, wait, ...args);
+    const id = next++;
+    window.heldTimers.set(id, () => fn(...args));
+    return id;
+  };
+  window.clearTimeout = (id) => { if (!window.heldTimers.delete(id)) realClear(id); };
+  window.runHeldTimers = () => {
+    const due = [...window.heldTimers.values()];
+    window.heldTimers.clear();
+    return Promise.all(due.map((fn) => fn()));
+  };
+})();
+"""
+
+
 def post(server, path: str, body: dict) -> None:
     request = urllib.request.Request(server.url(path), data=json.dumps(body).encode(), method="POST")
     with urllib.request.urlopen(request, timeout=10) as answer:
@@ -336,6 +360,30 @@ class DashboardInBrowserTests(_InBrowser):
             "return ['weather', 'intensity', 'color', 'pulse'].map((id) => document.getElementById(id).value)"
         )
         self.assertEqual(values, ["3", "9", "#ff41ae", "0"])
+
+    def test_one_live_socket_after_logging_in_again(self):
+        """
+        A retry of the live socket still waiting when the user logs out is
+        dropped: after logging in again the page has one live socket, not a
+        second one opened by the old retry (which showed every change
+        twice).
+        """
+        self.watch_sockets()
+        self.browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": HOLD_TIMERS})
+        self.open_dashboard()
+        self.wait.until(lambda b: b.find_element(By.ID, "live").get_attribute("data-state") == "open")
+        self.drop_live_socket()
+        self.wait.until(lambda b: b.execute_script("return window.heldTimers.size") > 0)
+        self.browser.find_element(By.ID, "logout").click()
+        self.text_in("#login-error", "Logged out.")
+        self.browser.execute_script("window.holdLive = false;")
+        self.log_in()
+        self.wait.until(lambda b: b.find_element(By.ID, "live").get_attribute("data-state") == "open")
+        self.browser.execute_async_script(
+            "const done = arguments[arguments.length - 1]; window.runHeldTimers().then(() => done(), () => done());"
+        )
+        states = self.browser.execute_script("return window.liveSockets.map((s) => s.readyState)")
+        self.assertEqual([state for state in states if state in (0, 1)], [1], states)
 
     def test_times_of_another_day_have_their_date(self):
         """

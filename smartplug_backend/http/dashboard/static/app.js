@@ -12,6 +12,7 @@ const SESSION_GONE = "The server restarted or your session ended; log in again."
 let csrf = null;
 let socket = null;
 let reconnectDelay = 1000;
+let reconnectTimer = null; // a reconnect() waiting to try
 let clockOffset = 0; // server time minus ours, in seconds
 const plugs = new Map(); // id -> {plug, history: [{value, at, source}] | null, card, chart}
 
@@ -87,7 +88,7 @@ async function api(path, body) {
 
 function showLogin(message = "") {
   csrf = null;
-  if (socket) { socket.onclose = null; socket.close(); socket = null; }
+  closeSocket();
   setLive("closed");
   forget();
   $("app").hidden = true;
@@ -167,7 +168,16 @@ function setLive(state, why = "") {
   $("live").title = why;
 }
 
+// The live socket, and any retry waiting to open one, closed for good: a
+// retry left waiting would open a second socket after the next login.
+function closeSocket() {
+  clearTimeout(reconnectTimer);
+  reconnectTimer = null;
+  if (socket) { socket.onclose = null; socket.close(); socket = null; }
+}
+
 function connect() {
+  closeSocket();
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   socket = new WebSocket(`${scheme}://${location.host}/ui/live`);
   socket.onopen = () => { setLive("open"); reconnectDelay = 1000; };
@@ -188,7 +198,8 @@ function reconnect() {
   const wait = reconnectDelay;
   reconnectDelay = Math.min(reconnectDelay * 2, 30000);
   if (wait >= 8000) setLive("closed", "the live feed cannot be reached; trying again");
-  setTimeout(async () => {
+  reconnectTimer = setTimeout(async () => {
+    reconnectTimer = null;
     let answer;
     try {
       answer = await api("session");
