@@ -42,7 +42,7 @@ MAX_CONNECTIONS_PER_ADDRESS = 500  # of those, from one address (loopback, BAN_A
 METRICS_ALLOW = ["127.0.0.1", "::1"]  # addresses/networks that may read GET /metrics (Prometheus)
 
 # --- dashboard (http://host:9000/ui/, https:// with TLS) ---------------------------
-DASHBOARD_USERS = {}  # {"anna": "<hash from: python -m smartplug_backend passwd anna>"}; {} = off
+DASHBOARD_USERS = {}  # {"anna": "<hash from: .venv/bin/python -m smartplug_backend passwd anna>"}; {} = off
 DASHBOARD_SESSION_DAYS = 30  # days a dashboard login lasts
 
 # --- state ---------------------------------------------------------------------

@@ -163,8 +163,17 @@ def _topic_prefix(v: Any) -> Optional[str]:
     return 'a topic prefix such as "smartplug": no +, #, or empty levels'
 
 
+class _Detailed(str):
+    """
+    A check's answer that says in full what is wrong with a value of the
+    right type (no "must be ..., not ..." around it).
+    """
+
+
 def _users(v: Any) -> Optional[str]:
-    expected = 'a dict of user names to hashes from "python -m smartplug_backend passwd NAME"'
+    from .command import admin_command
+
+    expected = f'a dict of user names to hashes from "{admin_command()} passwd NAME"'
     if not isinstance(v, dict):
         return expected
     from .server.passwords import InvalidHash, parse_hash
@@ -175,7 +184,8 @@ def _users(v: Any) -> Optional[str]:
         try:
             parse_hash(hashed)
         except InvalidHash as e:
-            return f"{expected}; the one of {name!r} is {e}"
+            # The value is a dict: "not a value of type dict" would confuse.
+            return _Detailed(f"the entry of {name!r} is {e}")
     return None
 
 
@@ -303,6 +313,8 @@ def settings_from(values: dict[str, Any], path: Optional[str] = None) -> Setting
             hint = f"; did you mean {close[0]}?" if close else ""
             raise ConfigError(f"{where}: unknown setting {name}{hint}")
         problem = SETTINGS[name].check(value)
+        if isinstance(problem, _Detailed):
+            raise ConfigError(f"{where}: {name}: {problem}")
         if problem:
             raise ConfigError(
                 f"{where}: {name} must be {problem}, not {_describe(name, value)}"
@@ -355,11 +367,25 @@ def load(path: Optional[str] = None) -> Settings:
         raise ConfigError(f"{path}{line}: {_settings_error(e, _source_line(path, number))}") from None
     for name in namespace:
         # api_key = "..." would be ignored, leaving the server without a
-        # key: a name that is a setting but for its case is an error.
-        if not _UPPER.match(name) and name.upper() in SETTINGS and name.upper() not in namespace:
+        # key: a name that is a setting but for its case is an error, unless
+        # it is a helper the real setting takes its value from.
+        if not _UPPER.match(name) and name.upper() in SETTINGS and not _same(namespace, name, name.upper()):
             raise ConfigError(f"{path}: unknown setting {name}; did you mean {name.upper()}? (settings are UPPER_CASE)")
     values = {k: v for k, v in namespace.items() if _UPPER.match(k)}
     return settings_from(values, path)
+
+
+def _same(namespace: dict, helper: str, setting: str) -> bool:
+    """
+    Whether the settings file gives C{setting} the value of C{helper}
+    (C{API_KEY = api_key}): then C{helper} is no misspelt setting.
+    """
+    if setting not in namespace:
+        return False
+    try:
+        return bool(namespace[helper] == namespace[setting])
+    except Exception:
+        return False
 
 
 # Words people write for Python's True, False and None.

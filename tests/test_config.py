@@ -188,9 +188,45 @@ class LoadTests(SynchronousTestCase):
             self.assertIn(f"unknown setting {name}; did you mean {name.upper()}?", str(error))
         settings = config.load(self.write("base = '/var/lib/smartplug'\nSTATE_DB = base + '/state.sqlite'\n"))
         self.assertEqual(settings.STATE_DB, "/var/lib/smartplug/state.sqlite")
-        # A helper named like a setting is fine when the setting is set too.
+        # A helper named like a setting is fine when the setting takes its
+        # value; one added below the shipped "API_KEY = None" is not (the
+        # server would start without the key it was given).
         settings = config.load(self.write("api_key = 'k' * 2\nAPI_KEY = api_key\n"))
         self.assertEqual(settings.API_KEY, "kk")
+        error = self.assertRaises(config.ConfigError, config.load, self.write("API_KEY = None\napi_key = 'k3y'\n"))
+        self.assertIn("unknown setting api_key; did you mean API_KEY?", str(error))
+        self.assertNotIn("k3y", str(error))
+
+    def test_damaged_dashboard_hash(self):
+        """
+        A DASHBOARD_USERS entry that is no hash (a truncated paste) is named
+        with how to make one, by a command that runs here, and without the
+        "not a value of type dict" of a wrong type.
+        """
+        from smartplug_backend.command import admin_command
+
+        error = self.assertRaises(
+            config.ConfigError, config.load, self.write('DASHBOARD_USERS = {"anna": "scrypt$32768$8$1$abc"}\n')
+        )
+        self.assertIn(f"DASHBOARD_USERS: the entry of 'anna' is not a password hash from '{admin_command()} passwd NAME'",
+                      str(error))
+        self.assertNotIn("type dict", str(error))
+
+    def test_admin_command_runs_here(self):
+        """
+        Messages name the administration command with the interpreter that
+        runs now (the project's .venv has Twisted; the system's python does
+        not), relative to the current directory when below it.
+        """
+        from smartplug_backend import command
+
+        here = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(here, ".venv", "bin"))
+        self.patch(command.sys, "executable", os.path.join(here, ".venv", "bin", "python3"))
+        self.patch(command.os, "getcwd", lambda: here)
+        self.assertEqual(command.admin_command(), ".venv/bin/python3 -m smartplug_backend")
+        self.patch(command.sys, "executable", "/opt/my python/bin/python3")
+        self.assertEqual(command.admin_command(), "'/opt/my python/bin/python3' -m smartplug_backend")
 
     def test_errors_never_quote_a_secret(self):
         """

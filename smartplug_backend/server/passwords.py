@@ -19,6 +19,7 @@ import hmac
 import secrets
 from typing import Optional
 
+from ..command import admin_command
 from ..core.limits import SCRYPT_N, SCRYPT_P, SCRYPT_R
 
 _SALT_BYTES = 16
@@ -78,15 +79,15 @@ def parse_hash(text: object) -> _Parsed:
         raise InvalidHash("a password hash must be a string")
     parts = text.split("$")
     if len(parts) != 6 or parts[0] != _PREFIX:
-        raise InvalidHash("not a password hash from 'python -m smartplug_backend passwd NAME'")
+        raise InvalidHash(f"not a password hash from '{admin_command()} passwd NAME'")
     try:
         n, r, p = (int(x) for x in parts[1:4])
         salt = base64.b64decode(parts[4], validate=True)
         key = base64.b64decode(parts[5], validate=True)
     except ValueError:
-        raise InvalidHash("a damaged password hash: make a new one with 'python -m smartplug_backend passwd NAME'") from None
+        raise InvalidHash(f"a damaged password hash: make a new one with '{admin_command()} passwd NAME'") from None
     if not (salt and len(key) == _KEY_BYTES):
-        raise InvalidHash("a damaged password hash: make a new one with 'python -m smartplug_backend passwd NAME'")
+        raise InvalidHash(f"a damaged password hash: make a new one with '{admin_command()} passwd NAME'")
     # Bounds keep a typo from asking a Pi for gigabytes at every login: a
     # check needs 128 * n * r bytes (the default: 32 MiB).
     if not (2 <= n <= MAX_N and n & (n - 1) == 0 and 1 <= r <= MAX_R and 1 <= p <= MAX_P and 128 * n * r <= MAX_MEMORY):

@@ -14,13 +14,14 @@ import sys
 from typing import Optional
 
 from .. import config
+from ..command import admin_command
 from . import backup, lock
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         # One line, like every other error of ours, not argparse's usage dump.
-        raise _Failed(f"{message} (see python -m smartplug_backend --help)")
+        raise _Failed(f"{message} (see {admin_command()} --help)")
 
 
 class _Failed(Exception):
@@ -29,7 +30,7 @@ class _Failed(Exception):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="python -m smartplug_backend",
+        prog=admin_command(),
         description="Back up or restore the smartplug server's state database; make dashboard passwords.",
     )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)

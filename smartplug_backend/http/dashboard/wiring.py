@@ -18,6 +18,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import Resource
 
 from ... import __version__
+from ...command import admin_command
 from ...server.services import ThreadPoolService
 from ...state import backup as backups
 from .auth import Sessions
@@ -158,8 +159,9 @@ def dashboard(settings, hub, guard, reactor, top: MultiService, tls=None, device
     """
     if not settings.DASHBOARD_USERS:
         _log.info(
-            "dashboard off: add DASHBOARD_USERS to {where} (python -m smartplug_backend passwd NAME prints the line)",
+            "dashboard off: add DASHBOARD_USERS to {where} ({command} passwd NAME prints the line)",
             where=settings.path or "settings.py",
+            command=admin_command(),
         )
         return None
     # scrypt off the reactor thread, in a small pool of its own: a slow
