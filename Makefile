@@ -9,8 +9,12 @@ INSTALL := $(PY) -m pip install --quiet --disable-pip-version-check --config-set
 
 .PHONY: run test start stop bench clean install
 
+# Debian and Raspberry Pi OS ship venv without pip (ensurepip) in a package
+# of its own: say so, rather than leave a half-made .venv behind.
 $(VENV)/.installed: setup.cfg pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	@echo "$(PYTHON) -m venv $(VENV)"; $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
+	  echo "make: '$(PYTHON) -m venv' failed; on Debian or Raspberry Pi OS: sudo apt install python3-venv" >&2; \
+	  exit 1; }
 	$(INSTALL) -e .
 	touch $@
 
