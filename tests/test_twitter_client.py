@@ -265,6 +265,21 @@ class SecrecyTests(ClientTestCase):
         self.assertIsNone(error.__context__)
         self.assertFalse(error.retry)
 
+    def test_placeholder_credentials_scrubbed_alone(self):
+        """
+        A placeholder credential far shorter than a real one ("a") is
+        scrubbed where it stands alone, not out of every word: the error
+        stays readable, and the credential is still not shown.
+        """
+        client = TwitterClient(tweet_settings("http://127.0.0.1:1", CONSUMER_KEY="a", ACCESS_TOKEN_KEY="b"))
+        self.addCleanup(client.close)
+        self.assertEqual(
+            client.scrub("cannot reach http://127.0.0.1:1: Connection refused (oauth_consumer_key=a, token=b)"),
+            "cannot reach http://127.0.0.1:1: Connection refused (oauth_consumer_key=***, token=***)",
+        )
+        secret = CREDENTIALS["CONSUMER_SECRET"]
+        self.assertEqual(self.client("v1.1").scrub(f"x{secret}y"), "x***y")
+
     def test_repr_has_no_credential(self):
         """
         The client's repr names the API and root only.

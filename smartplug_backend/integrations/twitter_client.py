@@ -252,10 +252,16 @@ class TwitterClient:
 
     def scrub(self, text: str) -> str:
         """
-        C{text} with every credential (plain or percent-encoded) replaced by C{***}.
+        C{text} with every credential (plain or percent-encoded) replaced by
+        C{***}; one shorter than L{SHORT_SECRET} (a placeholder such as
+        C{"a"}, never a real one) only where it stands alone, or every
+        C{a} of the line would go.
         """
         for secret in self._secrets:
-            text = text.replace(secret, "***")
+            if len(secret) >= SHORT_SECRET:
+                text = text.replace(secret, "***")
+            else:
+                text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", text)
         return text
 
     def _guarded(self, call, *args):
@@ -295,6 +301,11 @@ class TwitterClient:
         except Exception as e:
             error = TweetError(f"{type(e).__name__}: {e}")
         return error
+
+
+# Twitter's credentials are 25 characters or more; one shorter than this is
+# a placeholder.
+SHORT_SECRET = 8
 
 
 def _scrubbable(credentials: tuple) -> list:
