@@ -120,11 +120,12 @@ class WebSocketResourceSeams(WebSocketResource):
     - twisted.web's channel registered itself as the transport's producer
       (C{HTTPChannel.connectionMade}); it is unregistered first, or the
       WebSocket protocol's own registration would raise.
-    - The connection count (L{smartplug_backend.server.connections}) stands
-      between the transport and the channel without being a
-      C{ProtocolWrapper}; Autobahn would replace it as the transport's
-      C{protocol}, and the closed connection would never be counted.  There
-      the WebSocket protocol takes the channel's place inside it, as
+    - The connection count (L{smartplug_backend.server.connections}), and
+      on the HTTP port the guard's tracking, stand between the transport and
+      the channel without being C{ProtocolWrapper}s; Autobahn would replace
+      the outer one as the transport's C{protocol}, and the closed
+      connection would never be counted.  There the WebSocket protocol takes
+      the channel's place inside the innermost one, as
       Autobahn's C{render} does for a C{ProtocolWrapper}: relying on its
       C{_factory}, the channel's C{_networkProducer} (which paused reading
       while the request was handled) and the re-fed request head.
@@ -137,11 +138,18 @@ class WebSocketResourceSeams(WebSocketResource):
             return super().render(request)
         transport.unregisterProducer()
         outer = getattr(transport, "protocol", None)
-        if isinstance(transport, ProtocolWrapper) or outer is channel or getattr(outer, "wrapped", None) is not channel:
+        if isinstance(transport, ProtocolWrapper) or outer is channel:
+            return super().render(request)
+        # The wrappers (the guard's tracking, then the count) stand in a
+        # chain; the WebSocket protocol takes the channel's place at its end.
+        holder = outer
+        while holder is not None and getattr(holder, "wrapped", None) is not channel:
+            holder = getattr(holder, "wrapped", None)
+        if holder is None:
             return super().render(request)
         protocol = self._factory.buildProtocol(transport.getPeer())
         channel.transport = None
-        outer.wrapped = protocol
+        holder.wrapped = protocol
         protocol.makeConnection(transport)
         channel._networkProducer.resumeProducing()
         data = request.method + b" " + request.uri + b" HTTP/1.1\r\n"

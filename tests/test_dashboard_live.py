@@ -311,8 +311,10 @@ class TakeoverTests(SynchronousTestCase):
     def test_upgrade_through_counted_connection(self):
         """
         An upgrade request to /ui/live on the HTTP site behind the
-        connection cap gets 101 and the snapshot; when it closes, the cap
-        counts the connection closed.
+        connection cap and the guard, wrapped as the HTTP listener is (the
+        guard tracking it, to close it on a ban), gets 101 and the
+        snapshot; when it closes, the cap and the guard count it closed
+        (each page load used to keep a place for good).
         """
         live = Live()
         api = routes.Api(live.hub, live.guard, live.sessions, {}, None, 10)
@@ -320,7 +322,7 @@ class TakeoverTests(SynchronousTestCase):
         live.factory.handshake_timeout = 0
         site = make_site(lambda e, s: [], SynchronousReactor(), SynchronousThreadPool(), children={b"ui": ui})
         cap = ConnectionCap(10, live.clock)
-        protocol, transport = accept(live.guard.wrap(cap.wrap(site)))
+        protocol, transport = accept(live.guard.wrap(cap.wrap(site), close_on_ban=True))
         transport.protocol = protocol  # as a TCP transport knows its protocol
         self.assertEqual(cap.open, 1)
         protocol.dataReceived((
@@ -337,6 +339,8 @@ class TakeoverTests(SynchronousTestCase):
 
         protocol.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(cap.open, 0)
+        self.assertEqual(dict(cap.open_by_address), {})
+        self.assertEqual(live.guard.open_connections(transport.getPeer().host), 0)
         self.assertEqual(live.factory.pages, set())
 
 
