@@ -21,6 +21,7 @@ from smartplug_backend import config
 from smartplug_backend.core.hub import Hub
 from smartplug_backend.core.journal import StoreFailed
 from smartplug_backend.core.limits import MAX_UNSENT
+from smartplug_backend.core.pubsub import report_publisher
 from smartplug_backend.http.api import make_app
 from smartplug_backend.http.channel import make_site
 from smartplug_backend.http.metrics import (
@@ -208,6 +209,21 @@ class ServerCountsTests(SynchronousTestCase):
         self.assertEqual(len(client.messages), 1)
         self.assertEqual(self.value("smartplug_publications_total"), 0)
         self.assertEqual(self.value("smartplug_deliveries_total"), 1)
+
+    def test_other_nodes_reports_not_counted_as_publications(self):
+        """
+        Another node's plug report comes with its publication (event
+        smartplug): it counts there, not here; this node's own does.
+        """
+        hub = Hub(now=Clock().seconds, publish_reports=True)
+        self.build(hub)
+        hub.listen(report_publisher(hub))
+        other = Hub(now=Clock().seconds, publish_reports=True)
+        taken = self.successResultOf(other.report("p", 1, "http", "10.0.0.1"))
+        hub.apply_report("p", 1, taken.plug.updated_at, "http", "node-b", publication=taken.publication)
+        self.assertEqual(self.value("smartplug_publications_total"), 0)
+        self.successResultOf(hub.report("q", 1, "http", "10.0.0.1"))
+        self.assertEqual(self.value("smartplug_publications_total"), 1)
 
     def test_slow_client_dropped(self):
         """

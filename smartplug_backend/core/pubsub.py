@@ -490,7 +490,8 @@ def report_publisher(hub):
     def publish(report) -> None:
         data = broadcast_bytes(report.plug.id, report.plug.value).decode("utf-8")
         if report.publication is not None:
-            hub.pubsub.accept(report.publication, data)
+            # Counted as a publication on the node that took the report in.
+            hub.pubsub.accept(report.publication, data, remote=report.remote)
         elif not report.remote:
             # (Another node's report comes with its publication, or that
             # node publishes it.)
