@@ -368,24 +368,25 @@ def load(path: Optional[str] = None) -> Settings:
     for name in namespace:
         # api_key = "..." would be ignored, leaving the server without a
         # key: a name that is a setting but for its case is an error, unless
-        # it is a helper the real setting takes its value from.
-        if not _UPPER.match(name) and name.upper() in SETTINGS and not _same(namespace, name, name.upper()):
+        # the real setting is set too (the name is a helper it is made from).
+        if not _UPPER.match(name) and name.upper() in SETTINGS and not _set(namespace, name.upper()):
             raise ConfigError(f"{path}: unknown setting {name}; did you mean {name.upper()}? (settings are UPPER_CASE)")
     values = {k: v for k, v in namespace.items() if _UPPER.match(k)}
     return settings_from(values, path)
 
 
-def _same(namespace: dict, helper: str, setting: str) -> bool:
+def _set(namespace: dict, setting: str) -> bool:
     """
-    Whether the settings file gives C{setting} the value of C{helper}
-    (C{API_KEY = api_key}): then C{helper} is no misspelt setting.
+    Whether the settings file gives C{setting} a value other than its
+    default (C{API_KEY = api_key.strip()}); the shipped file's C{API_KEY =
+    None} above a later C{api_key = "..."} is not.
     """
     if setting not in namespace:
         return False
     try:
-        return bool(namespace[helper] == namespace[setting])
+        return bool(namespace[setting] != SETTINGS[setting].default)
     except Exception:
-        return False
+        return True
 
 
 # Words people write for Python's True, False and None.

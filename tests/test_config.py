@@ -193,6 +193,8 @@ class LoadTests(SynchronousTestCase):
         # server would start without the key it was given).
         settings = config.load(self.write("api_key = 'k' * 2\nAPI_KEY = api_key\n"))
         self.assertEqual(settings.API_KEY, "kk")
+        settings = config.load(self.write("auth_secret = ' s3 \\n'\nAUTH_SECRET = auth_secret.strip()\n"))
+        self.assertEqual(settings.AUTH_SECRET, "s3")
         error = self.assertRaises(config.ConfigError, config.load, self.write("API_KEY = None\napi_key = 'k3y'\n"))
         self.assertIn("unknown setting api_key; did you mean API_KEY?", str(error))
         self.assertNotIn("k3y", str(error))
