@@ -130,8 +130,37 @@ class CapTests(SynchronousTestCase):
         )
         self.assertNotIsInstance(accept(ws, "192.168.1.50")[0], ClosedAtOnce)
         self.assertEqual((cap.open, cap.refused, cap.open_by_address["203.0.113.9"]), (3, 1, 2))
+        self.assertEqual(dict(cap.refused_by_reason), {"per_address": 1})
         self.close(first)
         self.assertNotIsInstance(accept(ws, "203.0.113.9")[0], ClosedAtOnce)
+        # Further refusals are summed up as what they are, naming who.
+        with capturedLogs() as events:
+            for _ in range(4):
+                accept(http, "203.0.113.9")
+            self.clock.advance(10)
+            self.clock.advance(10)
+        self.assertEqual(
+            [formatEvent(e) for e in events],
+            ["refused 4 more connections in the last 10 seconds from addresses holding "
+             "MAX_CONNECTIONS_PER_ADDRESS (2): 203.0.113.9"],
+        )
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_reasons_logged_apart(self):
+        """
+        A server that fills up within a period of per-address refusals gets
+        its own first line: the two reasons are paced apart.
+        """
+        cap = ConnectionCap(3, self.clock, per_address=2)
+        factory = cap.wrap(Factory.forProtocol(Recorder))
+        with capturedLogs() as events:
+            for host in ["203.0.113.9", "203.0.113.9", "203.0.113.9", "10.0.0.1", "10.0.0.2"]:
+                accept(factory, host)
+        lines = [formatEvent(e) for e in events]
+        self.assertEqual(len(lines), 2, lines)
+        self.assertIn("refused a connection from 203.0.113.9: it holds 2 connections", lines[0])
+        self.assertIn("refused a connection from 10.0.0.2: 3 connections open, MAX_CONNECTIONS is 3", lines[1])
+        self.assertEqual(dict(cap.refused_by_reason), {"per_address": 1, "max_connections": 1})
         self.clock.advance(10)
 
     def test_per_address_exempt(self):

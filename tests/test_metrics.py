@@ -287,7 +287,10 @@ class ServerCountsTests(SynchronousTestCase):
         self.assertEqual(self.value("smartplug_open_connections", listener="http"), 1)
         self.cap.limit = 2
         accept(app)
-        self.assertEqual(self.value("smartplug_connections_refused_total"), 1)
+        self.assertEqual(self.value("smartplug_connections_refused_total", reason="max_connections"), 1)
+        self.assertEqual(
+            self.registry.get_sample_value("smartplug_connections_refused_total", {"reason": "per_address"}), 0
+        )
         self.assertEqual(self.value("smartplug_open_connections", listener="app"), 1)
 
     def test_tweets_sent_and_failed(self):

@@ -36,6 +36,7 @@ from prometheus_client.utils import floatToGoString
 from twisted.web.resource import Resource
 
 from ..core.hub import REFUSALS
+from ..server.connections import FULL, PER_ADDRESS
 from ..server.guard import normal_address, normal_network
 
 LISTENERS = ("http", "app", "device")
@@ -93,11 +94,15 @@ class ServerCollector:
         for listener in LISTENERS:
             open_.add_metric([listener], self._cap.open_by_listener.get(listener, 0))
         yield open_
-        yield CounterMetricFamily(
+        refused_connections = CounterMetricFamily(
             "smartplug_connections_refused",
-            "Connections closed at accept because MAX_CONNECTIONS were open.",
-            value=self._cap.refused,
+            "Connections closed at accept, per reason (max_connections: MAX_CONNECTIONS were open; "
+            "per_address: their address held MAX_CONNECTIONS_PER_ADDRESS).",
+            labels=["reason"],
         )
+        for reason in (FULL, PER_ADDRESS):
+            refused_connections.add_metric([reason], self._cap.refused_by_reason.get(reason, 0))
+        yield refused_connections
 
         accepted = CounterMetricFamily(
             "smartplug_reports_accepted", "Plug reports accepted, per source.", labels=["source"]

@@ -21,6 +21,11 @@ from twisted.logger import Logger
 from .guard import GateFactory, PassThrough, normal_address, normal_network, pass_through
 from .sockets import keep_alive
 
+#: Why a connection was refused: every place taken, or its address holds
+#: all it may.
+FULL = "max_connections"
+PER_ADDRESS = "per_address"
+
 
 class ConnectionCap:
     """
@@ -39,6 +44,7 @@ class ConnectionCap:
     @ivar open_by_listener: connections open now per listener name given
         to L{wrap}.
     @ivar refused: connections refused since start.
+    @ivar refused_by_reason: the same, per reason (L{FULL}, L{PER_ADDRESS}).
     """
 
     _log = Logger(namespace="smartplug_backend.server.connections")
@@ -52,12 +58,15 @@ class ConnectionCap:
         # normal address -> its connections open now
         self.open_by_address: Counter = Counter()
         self.refused = 0
+        self.refused_by_reason: Counter = Counter()
         self._exempt_networks = tuple(normal_network(a) for a in exempt)
         self._exempt: dict = {}
         self._clock = clock
         self._log_every = log_every
-        self._summary = None
-        self._unlogged = 0
+        # reason -> the pending summary, and the refusals it will sum up
+        self._summaries: dict = {}
+        self._unlogged: Counter = Counter()
+        self._refused_from: Counter = Counter()
 
     @classmethod
     def from_settings(cls, settings, clock: IReactorTime) -> "ConnectionCap":
@@ -81,27 +90,38 @@ class ConnectionCap:
         for its address; otherwise count and log its refusal.
         """
         address = normal_address(host) if host else "?"
-        if self.open < self.limit:
-            held = self.open_by_address[address]
-            if self.per_address is None or held < self.per_address or self._is_exempt(address):
-                self.open += 1
-                self.open_by_address[address] = held + 1
-                return True
-            why = f"it holds {held} connections, MAX_CONNECTIONS_PER_ADDRESS is {self.per_address}"
-        else:
-            why = f"{self.open} connections open, MAX_CONNECTIONS is {self.limit}{self._most()}"
+        if self.open >= self.limit:
+            self._refuse(FULL, address, f"{self.open} connections open, MAX_CONNECTIONS is {self.limit}{self._most()}")
+            return False
+        held = self.open_by_address[address]
+        if self.per_address is not None and held >= self.per_address and not self._is_exempt(address):
+            self._refuse(
+                PER_ADDRESS, address, f"it holds {held} connections, MAX_CONNECTIONS_PER_ADDRESS is {self.per_address}"
+            )
+            return False
+        self.open += 1
+        self.open_by_address[address] = held + 1
+        return True
+
+    def _refuse(self, reason: str, address: str, why: str) -> None:
+        """
+        Count a refusal; log the first of a period whole, and the others of
+        each reason summed up at most once per period (L{_sum_up}).
+        """
         self.refused += 1
-        if self._summary is None:
+        self.refused_by_reason[reason] += 1
+        if self._summaries.get(reason) is None:
             self._log.warn(
                 "refused a connection from {peer}: {why} (further refusals are summed up every {every} seconds)",
                 peer=address,
                 why=why,
                 every=self._log_every,
             )
-            self._summary = self._clock.callLater(self._log_every, self._sum_up)
+            self._summaries[reason] = self._clock.callLater(self._log_every, self._sum_up, reason)
         else:
-            self._unlogged += 1
-        return False
+            self._unlogged[reason] += 1
+            if reason == PER_ADDRESS:
+                self._refused_from[address] += 1
 
     def release(self, listener: Optional[str] = None, address: Optional[str] = None) -> None:
         """
@@ -144,22 +164,28 @@ class ConnectionCap:
         address, held = self.open_by_address.most_common(1)[0]
         return f"; {held} of them from {address}" if held * 10 >= self.open else ""
 
-    def _sum_up(self) -> None:
-        self._summary = None
-        if not self._unlogged:
+    def _sum_up(self, reason: str) -> None:
+        self._summaries[reason] = None
+        count = self._unlogged.pop(reason, 0)
+        if not count:
             return
-        self._log.warn(
-            "refused {count} more connections in the last {every} seconds: {open} open, MAX_CONNECTIONS is {limit}"
-            "{most}",
-            count=self._unlogged,
-            every=self._log_every,
-            open=self.open,
-            limit=self.limit,
-            most=self._most(),
-        )
-        self._unlogged = 0
+        if reason == FULL:
+            self._log.warn(
+                "refused {count} more connections in the last {every} seconds: {open} open, MAX_CONNECTIONS is "
+                "{limit}{most}",
+                count=count, every=self._log_every, open=self.open, limit=self.limit, most=self._most(),
+            )
+        else:
+            # At most MAX_CONNECTIONS / MAX_CONNECTIONS_PER_ADDRESS addresses.
+            addresses = ", ".join(address for address, _ in self._refused_from.most_common(3))
+            self._refused_from.clear()
+            self._log.warn(
+                "refused {count} more connections in the last {every} seconds from addresses holding "
+                "MAX_CONNECTIONS_PER_ADDRESS ({limit}): {addresses}",
+                count=count, every=self._log_every, limit=self.per_address, addresses=addresses,
+            )
         # Still refusing: the next line comes no sooner than another period.
-        self._summary = self._clock.callLater(self._log_every, self._sum_up)
+        self._summaries[reason] = self._clock.callLater(self._log_every, self._sum_up, reason)
 
 
 class _Counted(PassThrough):
