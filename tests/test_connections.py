@@ -146,6 +146,24 @@ class CapTests(SynchronousTestCase):
         )
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_per_address_ipv6_by_network(self):
+        """
+        IPv6 addresses count per /64 (one host is usually given a whole
+        /64, and could use a new address for each connection); loopback
+        ::1 stays exempt, and other networks are counted apart.
+        """
+        cap = ConnectionCap(100, self.clock, per_address=2)
+        factory = cap.wrap(Factory.forProtocol(Recorder))
+        for host in ["2001:db8:1:2::a", "2001:db8:1:2::b"]:
+            self.assertNotIsInstance(accept(factory, host)[0], ClosedAtOnce)
+        with capturedLogs() as events:
+            self.assertIsInstance(accept(factory, "2001:db8:1:2:ffff::c")[0], ClosedAtOnce)
+        self.assertIn("refused a connection from 2001:db8:1:2::/64: it holds 2 connections", formatEvent(events[0]))
+        self.assertNotIsInstance(accept(factory, "2001:db8:1:3::a")[0], ClosedAtOnce)
+        for _ in range(3):
+            self.assertNotIsInstance(accept(factory, "::1")[0], ClosedAtOnce)
+        self.clock.advance(10)
+
     def test_reasons_logged_apart(self):
         """
         A server that fills up within a period of per-address refusals gets

@@ -11,6 +11,7 @@ refusals are logged once, then summed up at most once every C{log_every}
 seconds, so that the flood does not flood the log as well.
 """
 
+import functools
 import ipaddress
 from collections import Counter
 from typing import Iterable, Optional
@@ -25,6 +26,22 @@ from .sockets import keep_alive
 #: all it may.
 FULL = "max_connections"
 PER_ADDRESS = "per_address"
+
+
+@functools.lru_cache(maxsize=4096)
+def holder_of(address: str) -> str:
+    """
+    Who holds a connection from C{address} (as L{normal_address} spells
+    it), for C{MAX_CONNECTIONS_PER_ADDRESS}: the address itself, but for
+    IPv6 its /64 network, which one host is usually given whole (it could
+    otherwise open each connection from another address).
+    """
+    if ":" not in address:
+        return address
+    try:
+        return str(ipaddress.IPv6Network(f"{address.split('%')[0]}/64", strict=False))
+    except ValueError:
+        return address
 
 
 class ConnectionCap:
@@ -55,7 +72,7 @@ class ConnectionCap:
         self.per_address = per_address
         self.open = 0
         self.open_by_listener: Counter = Counter()
-        # normal address -> its connections open now
+        # normal address (an IPv6 one's /64: holder_of) -> its connections open now
         self.open_by_address: Counter = Counter()
         self.refused = 0
         self.refused_by_reason: Counter = Counter()
@@ -93,14 +110,15 @@ class ConnectionCap:
         if self.open >= self.limit:
             self._refuse(FULL, address, f"{self.open} connections open, MAX_CONNECTIONS is {self.limit}{self._most()}")
             return False
-        held = self.open_by_address[address]
+        holder = holder_of(address)
+        held = self.open_by_address[holder]
         if self.per_address is not None and held >= self.per_address and not self._is_exempt(address):
             self._refuse(
-                PER_ADDRESS, address, f"it holds {held} connections, MAX_CONNECTIONS_PER_ADDRESS is {self.per_address}"
+                PER_ADDRESS, holder, f"it holds {held} connections, MAX_CONNECTIONS_PER_ADDRESS is {self.per_address}"
             )
             return False
         self.open += 1
-        self.open_by_address[address] = held + 1
+        self.open_by_address[holder] = held + 1
         return True
 
     def _refuse(self, reason: str, address: str, why: str) -> None:
@@ -131,12 +149,12 @@ class ConnectionCap:
         if listener is not None:
             self.open_by_listener[listener] -= 1
         if address is not None:
-            address = normal_address(address)
-            left = self.open_by_address[address] - 1
+            holder = holder_of(normal_address(address))
+            left = self.open_by_address[holder] - 1
             if left > 0:
-                self.open_by_address[address] = left
+                self.open_by_address[holder] = left
             else:
-                del self.open_by_address[address]
+                del self.open_by_address[holder]
 
     def _is_exempt(self, address: str) -> bool:
         # Asked only of an address at its limit, and remembered: a flood
