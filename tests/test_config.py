@@ -213,6 +213,8 @@ class LoadTests(SynchronousTestCase):
         self.assertIn(f"DASHBOARD_USERS: the entry of 'anna' is not a password hash from '{admin_command()} passwd NAME'",
                       str(error))
         self.assertNotIn("type dict", str(error))
+        error = self.assertRaises(config.ConfigError, config.load, self.write('DASHBOARD_USERS = {"anna": None}\n'))
+        self.assertIn("DASHBOARD_USERS: the entry of 'anna' is not a password hash (a string) from '", str(error))
 
     def test_admin_command_runs_here(self):
         """

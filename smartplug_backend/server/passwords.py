@@ -76,7 +76,7 @@ def parse_hash(text: object) -> _Parsed:
     @raise InvalidHash: when it is not.
     """
     if not isinstance(text, str):
-        raise InvalidHash("a password hash must be a string")
+        raise InvalidHash(f"not a password hash (a string) from '{admin_command()} passwd NAME'")
     parts = text.split("$")
     if len(parts) != 6 or parts[0] != _PREFIX:
         raise InvalidHash(f"not a password hash from '{admin_command()} passwd NAME'")
