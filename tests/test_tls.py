@@ -424,6 +424,29 @@ class PlainHTTPTests(SynchronousTestCase):
         line = "plain HTTP from {} on the TLS port 9000; answered 400 (use https://)"
         self.assertEqual(lines, [line.format("192.168.1.64"), line.format("192.168.1.65"), line.format("192.168.1.64")])
 
+    def test_log_memory_swept_amortised(self):
+        """
+        The addresses remembered for pacing are swept (stale ones dropped)
+        once many are; under a flood of new ones, all recent, only each
+        time their number has doubled, not at every new address.
+        """
+        from smartplug_backend.server import plainhttp
+
+        self.patch(plainhttp, "_SWEEP_AT", 10)
+        factory = self.tls.wrap(self.app, self.clock)
+        own = IPv4Address("TCP", "0.0.0.0", 9000)
+        sweeps, table = 0, factory._logged
+        for n in range(1000):
+            factory.refused(IPv4Address("TCP", f"10.0.{n // 250}.{n % 250}", 1), own)
+            if factory._logged is not table:  # a sweep makes a new table
+                sweeps, table = sweeps + 1, factory._logged
+        self.assertEqual(len(factory._logged), 1000)
+        self.assertLessEqual(sweeps, 8)
+        self.clock.advance(61)
+        for n in range(3000):
+            factory.refused(IPv4Address("TCP", f"10.1.{n // 250}.{n % 250}", 1), own)
+        self.assertLess(len(factory._logged), 3000 + 1000)
+
     def test_tls_handshake_unchanged(self):
         """
         A TLS client's bytes, whole or a byte at a time, reach TLS unchanged:

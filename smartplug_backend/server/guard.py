@@ -147,6 +147,8 @@ class Guard:
         self._ban_seconds = ban_seconds
         self._allow = tuple(normal_network(a) for a in allow)
         self._failures: dict[str, _Failures] = {}
+        self._sweep_at = 0  # see _sweep
+        self._swept = clock.seconds()
         # banned address -> connections refused during its ban
         self._bans: dict[str, int] = {}
         # banned address -> (its end, the timer that lifts it, failures)
@@ -313,7 +315,9 @@ class Guard:
         seen = self._failures.get(host)
         if seen is None or now - seen.last >= self._ban_seconds:
             seen = self._failures[host] = _Failures(0, now)
-            if len(self._failures) > _SWEEP_AT:
+            if len(self._failures) > _SWEEP_AT and (
+                len(self._failures) > self._sweep_at or now - self._swept >= self._ban_seconds
+            ):
                 self._sweep(now)
         seen.count += 1
         seen.last = now
@@ -323,6 +327,11 @@ class Guard:
         for host, seen in list(self._failures.items()):
             if now - seen.last >= self._ban_seconds:
                 del self._failures[host]
+        # Under a flood of addresses that all failed lately, sweep again only
+        # once their number has doubled, or a ban's time later: each failure
+        # costs O(1) on average, and stale ones do not stay for good.
+        self._sweep_at = 2 * len(self._failures)
+        self._swept = now
 
     def _began(self, host: str) -> None:
         self._banned_now = frozenset(self._bans)

@@ -185,6 +185,8 @@ class PlainHTTPAnswer(WrappingFactory):
         self._clock = clock
         # address -> when its last line was logged
         self._logged: dict[str, float] = {}
+        self._sweep_at = 0
+        self._swept = clock.seconds()
 
     def logPrefix(self) -> str:
         return log_prefix(self.wrappedFactory)
@@ -200,8 +202,15 @@ class PlainHTTPAnswer(WrappingFactory):
         last = self._logged.get(host)
         if last is not None and now - last < LOG_EVERY:
             return
-        if last is None and len(self._logged) >= _SWEEP_AT:
+        if last is None and len(self._logged) >= _SWEEP_AT and (
+            len(self._logged) >= self._sweep_at or now - self._swept >= LOG_EVERY
+        ):
             self._logged = {h: t for h, t in self._logged.items() if now - t < LOG_EVERY}
+            # Under a flood from many addresses, sweep again only once their
+            # number has doubled, or a minute later: O(1) per connection on
+            # average, and stale ones do not stay for good.
+            self._sweep_at = 2 * len(self._logged)
+            self._swept = now
         self._logged[host] = now
         _log.info(
             "plain HTTP from {peer} on the TLS port {port}; answered 400 (use https://)",
