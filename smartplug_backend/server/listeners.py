@@ -3,7 +3,9 @@ The listeners: Twisted's C{StreamServerEndpointService}, saying in one log
 line where each one listens.
 """
 
+import errno
 import os
+from typing import Callable
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred
@@ -62,17 +64,15 @@ def listener(label: str, reactor, description: str, factory, secure_scheme=None)
         endpoint = serverFromString(reactor, with_backlog(description))
     except Exception as e:
         raise StartupError(f"{label}: bad endpoint {description!r}: {e}") from e
-    service = _Listener(label, description, None, factory)
-    service.endpoint = _Announced(endpoint, label, secure_scheme, service)
-    return service
+    return _Listener(label, description, endpoint, factory, secure_scheme)
 
 
 class _Listener(StreamServerEndpointService):
     #: The TCP port bound, once listening.
     bound_port = None
 
-    def __init__(self, label: str, description: str, endpoint, factory) -> None:
-        super().__init__(endpoint, factory)
+    def __init__(self, label: str, description: str, endpoint, factory, secure_scheme=None) -> None:
+        super().__init__(_Announced(endpoint, label, secure_scheme, self._bound), factory)
         self.label = label
         self._description = description
         # Documented on StreamServerEndpointService: a listen() that fails
@@ -89,7 +89,8 @@ class _Listener(StreamServerEndpointService):
             # twistd's daemon to print whole (about 100 characters).
             cause = getattr(e, "socketError", None)
             why = cause.strerror if isinstance(cause, OSError) and cause.strerror else e
-            taken_by = self._sibling_on(getattr(e, "port", None))
+            in_use = isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE
+            taken_by = self._sibling_on(getattr(e, "port", None)) if in_use else None
             if taken_by is not None:
                 # Short, the cause first: a daemon's foreground command
                 # prints about 100 characters of the line.
@@ -97,6 +98,9 @@ class _Listener(StreamServerEndpointService):
                     f"{self.label}: port {e.port} is the {taken_by} listener's too; give each its own port"
                 ) from e
             raise StartupError(f"{self.label}: cannot listen on {self._description}: {why}") from e
+
+    def _bound(self, port: int) -> None:
+        self.bound_port = port
 
     def _sibling_on(self, port):
         """
@@ -118,11 +122,11 @@ class _Announced:
     An endpoint that logs where its port listens once it does.
     """
 
-    def __init__(self, endpoint, label: str, secure_scheme, service: _Listener) -> None:
+    def __init__(self, endpoint, label: str, secure_scheme, bound: Callable[[int], None]) -> None:
         self._endpoint = endpoint
         self._label = label
         self._secure_scheme = secure_scheme
-        self._service = service
+        self._bound = bound
 
     def listen(self, factory) -> Deferred:
         return self._endpoint.listen(factory).addCallback(self._listening)
@@ -131,7 +135,7 @@ class _Announced:
         address = port.getHost()
         if hasattr(address, "port"):
             _log.info("{label} listening on {host}:{port}", label=self._label, host=address.host, port=address.port)
-            self._service.bound_port = address.port
+            self._bound(address.port)
             where = f"port {address.port}"
         else:
             # A unix: socket has a path and no port.
