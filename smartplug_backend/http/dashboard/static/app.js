@@ -207,6 +207,8 @@ function reconnect() {
       return reconnect();
     }
     if (answer.status === 401) return; // api() has asked for the login
+    // Logged out while the answer was on its way: it is not a session now.
+    if (csrf === null) return;
     if (answer.ok) showApp(answer.data);
     else reconnect();
   }, wait);
