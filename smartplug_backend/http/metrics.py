@@ -17,7 +17,6 @@ patterns (an unknown path is C{"unmatched"}), methods a fixed set, and the
 other labels come from the code.
 """
 
-import ipaddress
 import json
 from bisect import bisect_left
 from itertools import accumulate
@@ -37,7 +36,7 @@ from twisted.web.resource import Resource
 
 from ..core.hub import REFUSALS
 from ..server.connections import FULL, PER_ADDRESS
-from ..server.guard import normal_address, normal_network
+from ..server.guard import AllowList
 
 LISTENERS = ("http", "app", "device")
 SOURCES = ("http", "device")
@@ -370,17 +369,13 @@ class MetricsResource(Resource):
     def __init__(self, registry: CollectorRegistry, allow: Iterable[str]) -> None:
         super().__init__()
         self._registry = registry
-        self._allow = tuple(normal_network(a) for a in allow)
+        self._allow = AllowList(allow)
 
     def allowed(self, host: Optional[str]) -> bool:
         """
         True when C{host} may scrape.
         """
-        try:
-            address = ipaddress.ip_address(normal_address(host or ""))
-        except ValueError:
-            return False
-        return any(address in network for network in self._allow)
+        return host in self._allow
 
     def render(self, request) -> bytes:
         body = self._answer(request)

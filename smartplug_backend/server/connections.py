@@ -19,7 +19,7 @@ from typing import Iterable, Optional
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from .guard import GateFactory, PassThrough, normal_address, normal_network, pass_through
+from .guard import AllowList, GateFactory, PassThrough, normal_address, pass_through
 from .sockets import keep_alive
 
 #: Why a connection was refused: every place taken, or its address holds
@@ -76,7 +76,7 @@ class ConnectionCap:
         self.open_by_address: Counter = Counter()
         self.refused = 0
         self.refused_by_reason: Counter = Counter()
-        self._exempt_networks = tuple(normal_network(a) for a in exempt)
+        self._exempt_list = AllowList(exempt)
         self._exempt: dict = {}
         self._clock = clock
         self._log_every = log_every
@@ -166,7 +166,7 @@ class ConnectionCap:
             except ValueError:
                 exempt = True  # a unix: socket: local, as loopback is
             else:
-                exempt = ip.is_loopback or any(ip in network for network in self._exempt_networks)
+                exempt = ip.is_loopback or address in self._exempt_list
             if len(self._exempt) > 10000:
                 self._exempt.clear()
             self._exempt[address] = exempt

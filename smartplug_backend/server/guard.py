@@ -113,6 +113,24 @@ def normal_network(entry: str):
     return network
 
 
+class AllowList:
+    """
+    Addresses and networks (C{BAN_ALLOW}, C{METRICS_ALLOW}); C{host in
+    allow_list} is true for an IP address in one of them, in whichever
+    spelling (L{normal_address}, L{normal_network}).
+    """
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        self._networks = tuple(normal_network(entry) for entry in entries)
+
+    def __contains__(self, host: Optional[str]) -> bool:
+        try:
+            address = ipaddress.ip_address(normal_address(host or ""))
+        except ValueError:
+            return False
+        return any(address in network for network in self._networks)
+
+
 @dataclasses.dataclass
 class _Failures:
     count: int
@@ -145,7 +163,7 @@ class Guard:
         self._clock = clock
         self._ban_after = ban_after
         self._ban_seconds = ban_seconds
-        self._allow = tuple(normal_network(a) for a in allow)
+        self._allow = AllowList(allow)
         self._failures: dict[str, _Failures] = {}
         self._sweep_at = 0  # see _sweep
         self._swept = clock.seconds()
@@ -184,11 +202,7 @@ class Guard:
         """
         True when C{host} is in C{BAN_ALLOW}: it is never banned.
         """
-        try:
-            address = ipaddress.ip_address(normal_address(host))
-        except ValueError:
-            return False
-        return any(address in network for network in self._allow)
+        return host in self._allow
 
     def banned(self, host: str) -> bool:
         """

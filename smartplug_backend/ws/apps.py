@@ -11,7 +11,7 @@ from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from ..core.limits import APP_PING_INTERVAL, APP_PING_TIMEOUT
+from ..core.limits import APP_PING_INTERVAL, APP_PING_TIMEOUT, MAX_UNSENT
 from ..core.reports import broadcast_bytes
 from ..server.guard import BANNED
 from . import picloud
@@ -130,7 +130,10 @@ class AppProtocol(LenientServerProtocol):
         self._log.warn("ignored app message from {peer}: {reason}", peer=self._peer, reason=reason)
 
     def slow_peer_cut_off(self) -> None:
-        self._log.warn("app client {peer} is too slow: over 1 MiB unsent; dropping it (1008)", peer=self._peer)
+        self._log.warn(
+            "app client {peer} is too slow: over {mib} MiB unsent; dropping it (1008)",
+            peer=self._peer, mib=MAX_UNSENT // 2**20,
+        )
 
     def onClose(self, wasClean, code, reason):
         if not self._opened:

@@ -116,10 +116,11 @@ class DeviceProtocol(LenientServerProtocol):
             self.factory.devices.discard(self)
             self.factory.changed()
 
-    def _alive(self) -> None:
+    def _alive(self, tell: bool = True) -> None:
         self._timer.reset(self.factory.idle_timeout)
         self.last_heard = self.factory.clock.seconds()
-        self.factory.changed()
+        if tell:
+            self.factory.changed()
 
     def _idle_timed_out(self) -> None:
         if self.state != self.STATE_OPEN:
@@ -146,10 +147,9 @@ class DeviceProtocol(LenientServerProtocol):
     def onMessageFrameBegin(self, length):
         # Every frame is a sign of life (SPEC 2.2), not only a message's
         # last: a long message sent in slow frames is not silence.
-        # (The dashboard hears of it with the message, in onMessage.)
         if self._state == _AUTHENTICATED:
-            self._timer.reset(self.factory.idle_timeout)
-            self.last_heard = self.factory.clock.seconds()
+            # The dashboard hears of it with the message, in onMessage.
+            self._alive(tell=False)
         super().onMessageFrameBegin(length)
 
     def onPing(self, payload):
@@ -182,7 +182,7 @@ class DeviceProtocol(LenientServerProtocol):
         self._log.info("device disconnected from {peer}: {why}", peer=self._peer, why=why)
 
     def slow_peer_cut_off(self) -> None:
-        self._why = f"too slow: over {MAX_UNSENT // 1024 // 1024} MiB unsent; cut off"
+        self._why = f"too slow: over {MAX_UNSENT // 2**20} MiB unsent; cut off"
 
     def _how_closed(self, wasClean: bool, code, reason) -> str:
         # Autobahn closes by itself for what the device broke (a message
