@@ -30,6 +30,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def reserved_port(testcase) -> int:
+    """
+    A loopback port held for C{testcase}: a socket stays bound to it (with
+    SO_REUSEADDR, never listening) until cleanup, so that no other socket
+    (another test's server, an outgoing connection's own port) takes it
+    between the moments the test's servers listen on it.  Twisted's
+    listeners set SO_REUSEADDR, so they may listen on it meanwhile.
+    """
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", 0))
+    testcase.addCleanup(holder.close)
+    return holder.getsockname()[1]
+
+
 def twistd_command() -> list:
     """
     The twistd of the Python running the tests (the venv's console script).

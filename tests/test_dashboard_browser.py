@@ -25,7 +25,7 @@ from smartplug_backend.server.passwords import hash_password
 
 from .browser import full_page_screenshot, start_browser
 from .redis_server import start_redis
-from .server import RunningServer, free_port, start_server
+from .server import RunningServer, reserved_port, start_server
 
 USER, PASSWORD = "anna", "correct horse battery staple"
 SECRET = "lamp-secret"
@@ -595,7 +595,7 @@ class DashboardAcrossRestartsTests(_InBrowser):
         self.directory = os.path.abspath(self.mktemp())
         os.makedirs(self.directory)
         self.settings = SETTINGS + f"STATE_DB = {os.path.join(self.directory, 'state.sqlite')!r}\n"
-        self.http_port = free_port()
+        self.http_port = reserved_port(self)
         self.server = None
         self.browser = start_browser(self)
         self.wait = WebDriverWait(self.browser, WAIT)

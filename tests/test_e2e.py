@@ -204,9 +204,9 @@ class StartupFailureTests(TestCase):
         Two port settings with one value exit 1 with a line naming both
         listeners, not only "Address already in use".
         """
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        from .server import reserved_port
+
+        port = reserved_port(self)
         result = self.run_twistd(
             f"STATE_DB = None\nLISTEN_ADDRESS = '127.0.0.1'\nWWW_SERVER_PORT = {port}\nWS_SERVER_PORT = {port}\n"
         )
