@@ -164,6 +164,18 @@ class _InBrowser(TestCase):
         self.browser.execute_script("window.holdLive = false;")
         self.wait.until(lambda b: b.find_element(By.ID, "live").get_attribute("data-state") == "open")
 
+    def fail_three_times(self, source: str) -> None:
+        """
+        Three wrong secrets on the device port from C{source}, each closed
+        with 1008: the address is banned (BAN_AFTER is 3).
+        """
+        for _ in range(3):
+            stranger = device(self.server, source)
+            stranger.send("not the secret")
+            with self.assertRaises(ConnectionClosed) as closed:
+                stranger.recv(10)
+            self.assertEqual(closed.exception.rcvd.code, 1008)
+
     def fetch_json(self, path: str):
         """
         GET C{path} (relative to the page) from the page, with its session.
@@ -299,12 +311,7 @@ class DashboardInBrowserTests(_InBrowser):
         self.assertEqual(lamp.recv(10), "[cc:2:10,20,30:3]")
         self.text_in("#display-packet", "[cc:2:10,20,30:3]")
 
-        for _ in range(3):
-            stranger = device(self.server, "127.0.0.2")
-            stranger.send("not the secret")
-            with self.assertRaises(ConnectionClosed) as closed:
-                stranger.recv(10)
-            self.assertEqual(closed.exception.rcvd.code, 1008)
+        self.fail_three_times("127.0.0.2")
         lift = self.visible('#bans button[data-address="127.0.0.2"]')
         self.text_in("#failures tbody", "device port: wrong secret")
         self.screenshots()
@@ -331,11 +338,7 @@ class DashboardInBrowserTests(_InBrowser):
         subscriber = connect(self.server.ws_url("/subscribe?clientName=kitchen-pi"), open_timeout=10)
         self.addCleanup(subscriber.close)
         subscriber.send(json.dumps({"action": "subscribe", "event": "weather"}))
-        for _ in range(3):
-            stranger = device(self.server, "127.0.0.2")
-            stranger.send("not the secret")
-            with self.assertRaises(ConnectionClosed):
-                stranger.recv(10)
+        self.fail_three_times("127.0.0.2")
         post(self.server, "/data", {"id": "0xb00bf0cc", "value": 1})
         self.open_dashboard()
         self.text_in("#devices tbody", lamp_address)
@@ -466,11 +469,7 @@ class DashboardInBrowserTests(_InBrowser):
                              open_timeout=10)
         self.addCleanup(subscriber.close)
         subscriber.send(json.dumps({"action": "subscribe", "event": "weather"}))
-        for _ in range(3):
-            stranger = device(self.server, "127.100.200.252")
-            stranger.send("not the secret")
-            with self.assertRaises(ConnectionClosed):
-                stranger.recv(10)
+        self.fail_three_times("127.100.200.252")
         self.open_dashboard()
         self.text_in("#devices tbody", "127.100.200.250:")
         self.text_in("#client-list tbody", "127.100.200.251:")

@@ -106,6 +106,18 @@ class EngineTests(TestCase):
             yield node.start()
         return made
 
+    def start_away(self, url: str, name: str = "node") -> Node:
+        """
+        Start a node on C{url} that cannot load the state there: it starts
+        all the same, not up.
+        """
+        node = Node(self, url, name)
+        node.engine.privilegedStartService()
+        node.engine.startService()
+        self.addCleanup(node.stop)
+        self.assertFalse(node.engine.up)
+        return node
+
     @inlineCallbacks
     def report_until_taken(self, node, plug_id: str, value: int):
         """
@@ -474,11 +486,7 @@ class EngineTests(TestCase):
         yield a.hub.report("p", 1, "http", "x")
         yield a.hub.set_display(Display(1, weather=3, intensity=9), "x")
         self.redis.stop()
-        late = Node(self, self.redis.url, "late")
-        late.engine.privilegedStartService()
-        late.engine.startService()
-        self.addCleanup(late.stop)
-        self.assertFalse(late.engine.up)
+        late = self.start_away(self.redis.url, "late")
         self.assertFalse(late.hub.display_known)
         self.assertIsNone((yield late.hub.report("q", 1, "http", "x")))
         self.assertEqual(len(self.lines("unreachable at start")), 1)
@@ -502,11 +510,7 @@ class EngineTests(TestCase):
         admin = redis.Redis.from_url(self.redis.url)
         admin.config_set("requirepass", "right")
         admin.close()
-        node = Node(self, self.redis.url.replace("redis://", "redis://:wr0ng@"), "node")
-        node.engine.privilegedStartService()
-        node.engine.startService()
-        self.addCleanup(node.stop)
-        self.assertFalse(node.engine.up)
+        node = self.start_away(self.redis.url.replace("redis://", "redis://:wr0ng@"))
         (line,) = self.lines("unreachable at start")
         self.assertIn("(it refuses the user name or password in REDIS_URL: invalid username-password pair", line)
         self.assertNotIn("wr0ng", line)
@@ -521,11 +525,7 @@ class EngineTests(TestCase):
         C{rediss://} to Redis' plain port (the TLS handshake is never
         answered) asks whether that is the TLS port.
         """
-        node = Node(self, self.redis.url.replace("redis://", "rediss://"), "node")
-        node.engine.privilegedStartService()
-        node.engine.startService()
-        self.addCleanup(node.stop)
-        self.assertFalse(node.engine.up)
+        self.start_away(self.redis.url.replace("redis://", "rediss://"))
         (line,) = self.lines("unreachable at start")
         self.assertIn("rediss:// speaks TLS: is that Redis' TLS port?", line)
 
