@@ -365,9 +365,11 @@ function drawChart(entry) {
   if (!h) return;
   const range = Number($("range").value);
   const end = now();
-  // Nothing before the plug's first report: the chart starts there.
+  // The axis spans the chosen range whatever the plug's age (the line
+  // starts at its first report); "everything" spans at least an hour, so a
+  // new plug's axis reads in minutes, not milliseconds.
   const first = h.length ? h[0].at : end;
-  const start = range ? Math.max(end - range, first) : first;
+  const start = range ? end - range : Math.min(first, end - 3600);
   const inside = h.filter((r) => r.at >= start);
   const before = h.filter((r) => r.at < start).pop();
   const xs = [], ys = [];
