@@ -15,7 +15,7 @@ import os
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.internet import tcp
-from twisted.logger import FileLogObserver
+from twisted.logger import FileLogObserver, Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.http import HTTPChannel
 from twisted.web.server import NOT_DONE_YET
@@ -112,6 +112,9 @@ class HTTPChannelSeams(HTTPChannel):
 # -- Twisted and Autobahn: a WebSocket inside the HTTP site ------------------
 
 
+_takeover_log = Logger(namespace="smartplug_backend.http.dashboard")
+
+
 class WebSocketResourceSeams(WebSocketResource):
     """
     Autobahn's C{WebSocketResource}, taking over connections that are
@@ -145,6 +148,16 @@ class WebSocketResourceSeams(WebSocketResource):
         holder = outer
         while holder is not None and getattr(holder, "wrapped", None) is not channel:
             holder = getattr(holder, "wrapped", None)
+        if holder is None and outer is not None:
+            # Autobahn would replace the outer wrapper, and the connection
+            # would never be counted closed (its place kept for good): say
+            # so loudly instead, the upgrade refused.
+            _takeover_log.error(
+                "dashboard live socket refused: the connection's wrappers are not the chain "
+                "smartplug_backend.internals.WebSocketResourceSeams expects (after an upgrade of Twisted?)"
+            )
+            request.setResponseCode(500)
+            return b""
         if holder is None:
             return super().render(request)
         protocol = self._factory.buildProtocol(transport.getPeer())

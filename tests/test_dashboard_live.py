@@ -337,11 +337,40 @@ class TakeoverTests(SynchronousTestCase):
         from twisted.internet.error import ConnectionDone
         from twisted.python.failure import Failure
 
+        # The page's side closes first (a killed tab): the transport tells
+        # the outermost wrapper, which the HTTP channel made half-closeable.
+        protocol.readConnectionLost()
+        self.assertTrue(transport.disconnecting)
         protocol.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(cap.open, 0)
         self.assertEqual(dict(cap.open_by_address), {})
         self.assertEqual(live.guard.open_connections(transport.getPeer().host), 0)
         self.assertEqual(live.factory.pages, set())
+
+
+    def test_unknown_wrappers_refused_loudly(self):
+        """
+        A connection whose wrappers do not lead to the channel (our chain
+        changed, or Twisted's) is refused with 500 and an error line, rather
+        than taken over in a way that never counts it closed.
+        """
+        from twisted.logger import capturedLogs, formatEvent
+
+        live = Live()
+        api = routes.Api(live.hub, live.guard, live.sessions, {}, None, 10)
+        ui = routes.Dashboard(api, LiveResource(live.factory))
+        site = make_site(lambda e, s: [], SynchronousReactor(), SynchronousThreadPool(), children={b"ui": ui})
+        protocol, transport = accept(site)
+        transport.protocol = object()  # a stranger between the transport and the channel
+        with capturedLogs() as events:
+            protocol.dataReceived((
+                "GET /ui/live HTTP/1.1\r\nHost: home:9000\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                f"Origin: http://home:9000\r\nCookie: smartplug_session={live.token}\r\n\r\n"
+            ).encode())
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 500 "), transport.value()[:100])
+        self.assertEqual(live.factory.pages, set())
+        self.assertTrue([e for e in events if "dashboard live socket refused" in formatEvent(e)])
 
 
 class NobodyWatchingTests(SynchronousTestCase):

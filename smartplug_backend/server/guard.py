@@ -613,14 +613,23 @@ class _HalfCloseable:
     """
     For a wrapped protocol that handles half-closed connections (the HTTP
     channel): the transport asks the outermost protocol whether it does, so
-    the wrapper says yes and passes both calls on.
+    the wrapper says yes and passes both calls on.  The wrapped protocol
+    may change (the dashboard's live socket takes the channel's place) to
+    one that does not: then a half-close is the end of the connection, as
+    the transport would have made it.
     """
 
     def readConnectionLost(self) -> None:
-        self.wrapped.readConnectionLost()
+        if IHalfCloseableProtocol.providedBy(self.wrapped):
+            self.wrapped.readConnectionLost()
+        else:
+            self.transport.loseConnection()
 
     def writeConnectionLost(self) -> None:
-        self.wrapped.writeConnectionLost()
+        if IHalfCloseableProtocol.providedBy(self.wrapped):
+            self.wrapped.writeConnectionLost()
+        else:
+            self.transport.loseConnection()
 
 
 _half_closeable: dict = {}
