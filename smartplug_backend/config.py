@@ -369,22 +369,30 @@ def load(path: Optional[str] = None) -> Settings:
         # api_key = "..." would be ignored, leaving the server without a
         # key: a name that is a setting but for its case is an error, unless
         # the real setting is set too (the name is a helper it is made from).
-        if not _UPPER.match(name) and name.upper() in SETTINGS and not _set(namespace, name.upper()):
+        if not _UPPER.match(name) and name.upper() in SETTINGS and not _made_from(namespace, name, name.upper()):
             raise ConfigError(f"{path}: unknown setting {name}; did you mean {name.upper()}? (settings are UPPER_CASE)")
     values = {k: v for k, v in namespace.items() if _UPPER.match(k)}
     return settings_from(values, path)
 
 
-def _set(namespace: dict, setting: str) -> bool:
+def _made_from(namespace: dict, helper: str, setting: str) -> bool:
     """
-    Whether the settings file gives C{setting} a value other than its
-    default (C{API_KEY = api_key.strip()}); the shipped file's C{API_KEY =
-    None} above a later C{api_key = "..."} is not.
+    Whether C{helper} is a helper of C{setting} rather than a misspelling:
+    the file sets C{setting} to it (C{API_KEY = api_key}) or to a value of
+    its own (C{AUTH_SECRET = auth_secret.strip()}).  The shipped file's
+    C{API_KEY = None} or C{BAN_ALLOW = []} above a later C{api_key = "..."}
+    is no value of its own.
     """
     if setting not in namespace:
         return False
+    value = namespace[setting]
     try:
-        return bool(namespace[setting] != SETTINGS[setting].default)
+        if value is namespace[helper] or value == namespace[helper]:
+            return True
+        default = SETTINGS[setting].default
+        if isinstance(default, tuple) and isinstance(value, list):
+            value = tuple(value)  # as settings_from keeps it
+        return bool(value != default)
     except Exception:
         return True
 

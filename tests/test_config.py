@@ -195,6 +195,16 @@ class LoadTests(SynchronousTestCase):
         self.assertEqual(settings.API_KEY, "kk")
         settings = config.load(self.write("auth_secret = ' s3 \\n'\nAUTH_SECRET = auth_secret.strip()\n"))
         self.assertEqual(settings.AUTH_SECRET, "s3")
+        settings = config.load(self.write("www_server_port = 9000\nWWW_SERVER_PORT = www_server_port\n"))
+        self.assertEqual(settings.WWW_SERVER_PORT, 9000)
+        # Below the shipped file's lines (a list where the default is a
+        # tuple), a lower-case allow list is still a misspelling.
+        with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "settings.py")) as f:
+            shipped = f.read()
+        for line, name in (("ban_allow = ['192.168.1.0/24']", "ban_allow"), ("api_key = 'k3y'", "api_key"),
+                           ("metrics_allow = ['10.0.0.5']", "metrics_allow")):
+            error = self.assertRaises(config.ConfigError, config.load, self.write(shipped + line + "\n"))
+            self.assertIn(f"unknown setting {name}; did you mean {name.upper()}?", str(error))
         error = self.assertRaises(config.ConfigError, config.load, self.write("API_KEY = None\napi_key = 'k3y'\n"))
         self.assertIn("unknown setting api_key; did you mean API_KEY?", str(error))
         self.assertNotIn("k3y", str(error))
