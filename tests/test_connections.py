@@ -148,21 +148,37 @@ class CapTests(SynchronousTestCase):
 
     def test_per_address_ipv6_by_network(self):
         """
-        IPv6 addresses count per /64 (one host is usually given a whole
-        /64, and could use a new address for each connection); loopback
-        ::1 stays exempt, and other networks are counted apart.
+        Global IPv6 addresses count per /64 (one host is usually given a
+        whole /64, and could use a new address for each connection);
+        loopback ::1 stays exempt, and other networks are counted apart.
         """
         cap = ConnectionCap(100, self.clock, per_address=2)
         factory = cap.wrap(Factory.forProtocol(Recorder))
-        for host in ["2001:db8:1:2::a", "2001:db8:1:2::b"]:
+        for host in ["2a01:4f8:1:2::a", "2a01:4f8:1:2::b"]:
             self.assertNotIsInstance(accept(factory, host)[0], ClosedAtOnce)
         with capturedLogs() as events:
-            self.assertIsInstance(accept(factory, "2001:db8:1:2:ffff::c")[0], ClosedAtOnce)
-        self.assertIn("refused a connection from 2001:db8:1:2::/64: it holds 2 connections", formatEvent(events[0]))
-        self.assertNotIsInstance(accept(factory, "2001:db8:1:3::a")[0], ClosedAtOnce)
+            self.assertIsInstance(accept(factory, "2a01:4f8:1:2:ffff::c")[0], ClosedAtOnce)
+        self.assertIn("refused a connection from 2a01:4f8:1:2::/64: it holds 2 connections", formatEvent(events[0]))
+        self.assertNotIsInstance(accept(factory, "2a01:4f8:1:3::a")[0], ClosedAtOnce)
         for _ in range(3):
             self.assertNotIsInstance(accept(factory, "::1")[0], ClosedAtOnce)
         self.clock.advance(10)
+
+    def test_per_address_ipv6_exempt_and_local(self):
+        """
+        An exempt IPv6 address (BAN_ALLOW: a reverse proxy) does not use up
+        the limit of its /64 neighbours; link-local and unique local
+        addresses (the home's own network) count each on its own.
+        """
+        cap = ConnectionCap(100, self.clock, per_address=2, exempt=["2a01:4f8::5"])
+        factory = cap.wrap(Factory.forProtocol(Recorder))
+        opened = [accept(factory, "2a01:4f8::5")[0] for _ in range(3)]
+        opened += [accept(factory, host)[0] for host in ["2a01:4f8::6", "2a01:4f8::6", "fe80::1%eth0", "fe80::1%eth0",
+                                                         "fe80::2%eth1", "fd00::1", "fd00::1", "fd00::2"]]
+        self.assertEqual([p for p in opened if isinstance(p, ClosedAtOnce)], [])
+        for protocol in opened:
+            self.close(protocol)
+        self.assertEqual(dict(cap.open_by_address), {})
 
     def test_reasons_logged_apart(self):
         """

@@ -32,16 +32,19 @@ PER_ADDRESS = "per_address"
 def holder_of(address: str) -> str:
     """
     Who holds a connection from C{address} (as L{normal_address} spells
-    it), for C{MAX_CONNECTIONS_PER_ADDRESS}: the address itself, but for
-    IPv6 its /64 network, which one host is usually given whole (it could
-    otherwise open each connection from another address).
+    it), for C{MAX_CONNECTIONS_PER_ADDRESS}: the address itself, but for a
+    global IPv6 address its /64 network, which one host on the internet is
+    usually given whole (it could otherwise open each connection from
+    another address).  Link-local and unique local addresses (a home's own
+    network) are each their own, with their scope.
     """
     if ":" not in address:
         return address
     try:
-        return str(ipaddress.IPv6Network(f"{address.split('%')[0]}/64", strict=False))
+        ip = ipaddress.IPv6Address(address.split("%")[0])
     except ValueError:
         return address
+    return str(ipaddress.IPv6Network(f"{ip}/64", strict=False)) if ip.is_global else address
 
 
 class ConnectionCap:
@@ -110,9 +113,11 @@ class ConnectionCap:
         if self.open >= self.limit:
             self._refuse(FULL, address, f"{self.open} connections open, MAX_CONNECTIONS is {self.limit}{self._most()}")
             return False
-        holder = holder_of(address)
+        # An exempt address counts on its own, never against its /64.
+        exempt = self._is_exempt(address)
+        holder = address if exempt else holder_of(address)
         held = self.open_by_address[holder]
-        if self.per_address is not None and held >= self.per_address and not self._is_exempt(address):
+        if self.per_address is not None and held >= self.per_address and not exempt:
             self._refuse(
                 PER_ADDRESS, holder, f"it holds {held} connections, MAX_CONNECTIONS_PER_ADDRESS is {self.per_address}"
             )
@@ -149,7 +154,8 @@ class ConnectionCap:
         if listener is not None:
             self.open_by_listener[listener] -= 1
         if address is not None:
-            holder = holder_of(normal_address(address))
+            address = normal_address(address)
+            holder = address if self._is_exempt(address) else holder_of(address)
             left = self.open_by_address[holder] - 1
             if left > 0:
                 self.open_by_address[holder] = left
@@ -157,8 +163,8 @@ class ConnectionCap:
                 del self.open_by_address[holder]
 
     def _is_exempt(self, address: str) -> bool:
-        # Asked only of an address at its limit, and remembered: a flood
-        # from one address costs one look-up per connection.
+        # Remembered: a flood from one address costs one look-up per
+        # connection.
         exempt = self._exempt.get(address)
         if exempt is None:
             try:
