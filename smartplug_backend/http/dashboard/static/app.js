@@ -13,6 +13,9 @@ let csrf = null;
 let socket = null;
 let reconnectDelay = 1000;
 let reconnectTimer = null; // a reconnect() waiting to try
+// Moves on at every login and logout: an answer to a request made before
+// that is about a session the page no longer holds.
+let sessionGeneration = 0;
 let clockOffset = 0; // server time minus ours, in seconds
 const plugs = new Map(); // id -> {plug, history: [{value, at, source}] | null, card, chart}
 
@@ -69,6 +72,7 @@ function rows(table, items, cells, none = "none") {
 }
 
 async function api(path, body) {
+  const generation = sessionGeneration;
   const options = body === undefined ? {} : {
     method: "POST",
     headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf || "" },
@@ -80,13 +84,16 @@ async function api(path, body) {
   // A session the server no longer knows (a restart logs everyone out, or it
   // expired while the page was offline): back to the login, saying so.  The
   // page's first look at the session, before any login, is left to its caller.
-  if (answer.status === 401 && path !== "login" && csrf !== null) showLogin(SESSION_GONE);
+  if (answer.status === 401 && path !== "login" && csrf !== null && generation === sessionGeneration) {
+    showLogin(SESSION_GONE);
+  }
   return { ok: answer.ok, status: answer.status, data };
 }
 
 // -- logging in and out --------------------------------------------------------
 
 function showLogin(message = "") {
+  sessionGeneration += 1;
   csrf = null;
   closeSocket();
   setLive("closed");
@@ -119,6 +126,7 @@ function forget() {
 }
 
 function showApp(session) {
+  sessionGeneration += 1;
   csrf = session.csrf;
   $("login").hidden = true;
   $("app").hidden = false;
@@ -200,15 +208,18 @@ function reconnect() {
   if (wait >= 8000) setLive("closed", "the live feed cannot be reached; trying again");
   reconnectTimer = setTimeout(async () => {
     reconnectTimer = null;
+    const generation = sessionGeneration;
     let answer;
     try {
       answer = await api("session");
     } catch (e) {
-      return reconnect();
+      answer = null;
     }
+    // Logged out (or in again) while the answer was on its way: this
+    // retry is about a session the page no longer holds.
+    if (generation !== sessionGeneration) return;
+    if (answer === null) return reconnect();
     if (answer.status === 401) return; // api() has asked for the login
-    // Logged out while the answer was on its way: it is not a session now.
-    if (csrf === null) return;
     if (answer.ok) showApp(answer.data);
     else reconnect();
   }, wait);
