@@ -82,6 +82,27 @@ HOLD_TIMERS = """
 """
 
 
+# The page's session checks (api/session) wait, while window.holdSession is
+# true, until the test answers them with releaseSession(status).
+HOLD_SESSION_CHECKS = """
+(() => {
+  const realFetch = window.fetch;
+  window.holdSession = false;
+  window.heldChecks = [];
+  window.fetch = (url, options) => {
+    if (!window.holdSession || !String(url).endsWith("api/session")) return realFetch(url, options);
+    return new Promise((resolve) => window.heldChecks.push(resolve));
+  };
+  window.releaseSession = (status) => {
+    for (const resolve of window.heldChecks.splice(0)) {
+      resolve(new Response(JSON.stringify({ error: "no session" }),
+                           { status, headers: { "Content-Type": "application/json" } }));
+    }
+  };
+})();
+"""
+
+
 def post(server, path: str, body: dict) -> None:
     request = urllib.request.Request(server.url(path), data=json.dumps(body).encode(), method="POST")
     with urllib.request.urlopen(request, timeout=10) as answer:
@@ -387,6 +408,33 @@ class DashboardInBrowserTests(_InBrowser):
         )
         states = self.browser.execute_script("return window.liveSockets.map((s) => s.readyState)")
         self.assertEqual([state for state in states if state in (0, 1)], [1], states)
+
+    def test_stale_answer_keeps_the_new_login(self):
+        """
+        A session check the live socket's retry sent before a logout, which
+        answers 401 only after the user has logged in again, leaves the new
+        login alone (it used to throw it out, asking to log in again).
+        """
+        self.watch_sockets()
+        for script in (HOLD_TIMERS, HOLD_SESSION_CHECKS):
+            self.browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": script})
+        self.open_dashboard()
+        self.wait.until(lambda b: b.find_element(By.ID, "live").get_attribute("data-state") == "open")
+        self.drop_live_socket()
+        self.wait.until(lambda b: b.execute_script("return window.heldTimers.size") > 0)
+        self.browser.execute_script("window.holdSession = true; window.retried = window.runHeldTimers();")
+        self.wait.until(lambda b: b.execute_script("return window.heldChecks.length") == 1)
+        self.browser.find_element(By.ID, "logout").click()
+        self.text_in("#login-error", "Logged out.")
+        self.browser.execute_script("window.holdLive = false;")
+        self.log_in()
+        self.wait.until(lambda b: b.find_element(By.ID, "live").get_attribute("data-state") == "open")
+        self.browser.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "window.releaseSession(401); window.retried.then(() => done(), () => done());"
+        )
+        self.assertTrue(self.browser.find_element(By.ID, "app").is_displayed())
+        self.assertFalse(self.browser.find_element(By.ID, "login").is_displayed())
 
     def test_times_of_another_day_have_their_date(self):
         """
