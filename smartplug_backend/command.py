@@ -22,7 +22,8 @@ def admin_command() -> str:
     executable = sys.executable or "python3"
     try:
         relative = os.path.relpath(executable)
-    except ValueError:
+    except (ValueError, OSError):
+        # Another drive, or a working directory that is gone.
         relative = executable
     shown = executable if relative.startswith("..") else relative
     return f"{shlex.quote(shown)} -m smartplug_backend"

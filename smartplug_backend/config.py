@@ -173,14 +173,16 @@ class _Detailed(str):
 def _users(v: Any) -> Optional[str]:
     from .command import admin_command
 
-    expected = f'a dict of user names to hashes from "{admin_command()} passwd NAME"'
+    def expected() -> str:
+        return f'a dict of user names to hashes from "{admin_command()} passwd NAME"'
+
     if not isinstance(v, dict):
-        return expected
+        return expected()
     from .server.passwords import InvalidHash, parse_hash
 
     for name, hashed in v.items():
         if not isinstance(name, str) or not name:
-            return expected
+            return expected()
         try:
             parse_hash(hashed)
         except InvalidHash as e:

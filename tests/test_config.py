@@ -242,6 +242,12 @@ class LoadTests(SynchronousTestCase):
         self.patch(command.sys, "executable", "/opt/my python/bin/python3")
         self.assertEqual(command.admin_command(), "'/opt/my python/bin/python3' -m smartplug_backend")
 
+        def gone():
+            raise FileNotFoundError("the working directory was removed")
+
+        self.patch(command.os, "getcwd", gone)
+        self.assertEqual(command.admin_command(), "'/opt/my python/bin/python3' -m smartplug_backend")
+
     def test_errors_never_quote_a_secret(self):
         """
         A settings file that fails to run is one line with the line number;
