@@ -246,17 +246,17 @@ class FastLogTextTests(SynchronousTestCase):
         service = FastLogText(self.publisher)
         service.startService()
         self.addCleanup(service.stopService)
-        self.log.info("plug {plug_id} -> {value} from {peer}", plug_id="a\x00b\x1b[2J\rc\x7f\x9b\tМихаил\nx",
+        self.log.info("plug {plug_id} -> {value} from {peer}", plug_id="a\x00b\x1b[2J\rc\x7f\x9b\tМихаил\nx\u2028y",
                       value=1, peer="127.0.0.1")
         try:
             raise ValueError("bad \x1b]0;title\x07")
         except ValueError:
             self.log.failure("report {plug_id} failed", plug_id="\x1b[31m")
         text = self.out.getvalue()
-        self.assertIn("plug a\\x00b\\x1b[2J\\x0dc\\x7f\\x9b\tМихаил\n\tx -> 1 from 127.0.0.1\n", text)
+        self.assertIn("plug a\\x00b\\x1b[2J\\x0dc\\x7f\\x9b\tМихаил\n\tx\\u2028y -> 1 from 127.0.0.1\n", text)
         self.assertIn("report \\x1b[31m failed\n", text)
         self.assertIn("ValueError: bad \\x1b]0;title\\x07\n", text)
-        self.assertIsNone(re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f]", text))
+        self.assertIsNone(re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]", text))
 
     @given(st.text())
     def test_escaped_is_the_text_without_controls(self, text):
@@ -265,6 +265,7 @@ class FastLogTextTests(SynchronousTestCase):
         and line feed.
         """
         escaped = Escaped(lambda event: text)({})
-        self.assertIsNone(re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f]", escaped))
-        self.assertEqual(re.sub(r"\\x[0-9a-f]{2}", "", escaped), re.sub(r"\\x[0-9a-f]{2}", "",
-                         re.sub("[\x00-\x08\x0b-\x1f\x7f-\x9f]", "", text)))
+        controls = "[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]"
+        self.assertIsNone(re.search(controls, escaped))
+        written = r"\\x[0-9a-f]{2}|\\u[0-9a-f]{4}"
+        self.assertEqual(re.sub(written, "", escaped), re.sub(written, "", re.sub(controls, "", text)))

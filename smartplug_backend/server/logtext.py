@@ -54,12 +54,15 @@ _CANNOT = object()
 
 
 # C0 controls but tab and line feed (twistd's observer indents a message's
-# later lines itself), DEL, and C1 controls (U+009B is a terminal's CSI).
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# later lines itself), DEL, C1 controls (U+009B is a terminal's CSI), and the
+# line and paragraph separators, which str.splitlines() and some log viewers
+# take for line breaks.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def _hex(match) -> str:
-    return f"\\x{ord(match.group()):02x}"
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 class Escaped:
