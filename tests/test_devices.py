@@ -372,6 +372,23 @@ class AuthenticatedTests(DeviceTestCase):
         pump.flush()
         self.assertEqual(self.hub.plug("x").value, 1)
 
+    def test_one_frame_trickling_in_is_not_silence(self):
+        """
+        Nor is one frame whose bytes arrive slowly, each part well within
+        the idle timeout.
+        """
+        client, server, pump = self.authenticated()
+        payload = b'{"id": "y", "value": 1}' + b" " * 100
+        # A client's frame: FIN and text, masked with a zero key (the
+        # payload unchanged).
+        frame = bytes([0x81, 0x80 | len(payload)]) + b"\0\0\0\0" + payload
+        for start in range(0, len(frame), 40):
+            server.dataReceived(frame[start:start + 40])
+            self.clock.advance(20)
+            pump.flush()
+        self.assertIsNone(client.closed)
+        self.assertEqual(self.hub.plug("y").value, 1)
+
     def test_disconnect_reasons(self):
         """
         The log line of a disconnect says who closed and why: the server

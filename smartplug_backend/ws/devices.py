@@ -144,13 +144,14 @@ class DeviceProtocol(LenientServerProtocol):
     def _ignore(self, reason: str) -> None:
         self._log.warn("ignored device message from {peer}: {reason}", peer=self._peer, reason=reason)
 
-    def onMessageFrameBegin(self, length):
-        # Every frame is a sign of life (SPEC 2.2), not only a message's
-        # last: a long message sent in slow frames is not silence.
+    def dataReceived(self, data: bytes) -> None:
+        # Any byte is a sign of life (SPEC 2.2: silence is "no frame of any
+        # kind"), not only a whole message: a long message sent in slow
+        # frames, or one frame trickling in, is not silence.
         if self._state == _AUTHENTICATED:
             # The dashboard hears of it with the message, in onMessage.
             self._alive(tell=False)
-        super().onMessageFrameBegin(length)
+        super().dataReceived(data)
 
     def onPing(self, payload):
         # Before the secret a device gets nothing but the close (SPEC 2.1).
