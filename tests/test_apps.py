@@ -123,6 +123,25 @@ class PlugBuddyTests(SynchronousTestCase):
         self.assertEqual(self.factory.clients, set())
         self.hub.report("p", 1, "http", "x")
 
+    def test_disconnect_says_who_closed(self):
+        """
+        The disconnect's log line says who closed: the app, or the server
+        for what the app broke (text that is not UTF-8: 1007, though the
+        app only echoes that code).
+        """
+        from twisted.logger import capturedLogs, formatEvent
+
+        with capturedLogs() as events:
+            client, _, pump = ws_connect(self.factory)
+            client.sendClose(1000)
+            pump.flush()
+            broken, _, pump = ws_connect(self.factory, port=50002)
+            broken.sendMessage(b"\xff\xfe")
+            pump.flush()
+        lines = [formatEvent(e) for e in events if "app disconnected" in formatEvent(e)]
+        self.assertEqual(lines[0], "app disconnected from 192.168.1.64: closed by the app (code 1000)")
+        self.assertRegex(lines[1], r"^app disconnected from 192\.168\.1\.64: closed by the server \(code 1007: .+\)$")
+
     def test_post_reaches_websocket_client(self):
         """
         A POST /data through the real Site and WSGIResource reaches an app

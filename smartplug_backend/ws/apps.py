@@ -144,7 +144,9 @@ class AppProtocol(LenientServerProtocol):
         self._hub.pubsub.disconnected(self)
         if self._info_loop is not None and self._info_loop.running:
             self._info_loop.stop()
-        self._log.info("app disconnected from {peer} (code {code})", peer=self._peer, code=code)
+        self._log.info(
+            "app disconnected from {peer}: {how}", peer=self._peer, how=self.how_closed(wasClean, code, reason, "the app")
+        )
 
 
 class AppFactory(LimitedServerFactory):

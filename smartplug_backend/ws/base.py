@@ -363,6 +363,20 @@ class LenientServerProtocol(WebSocketServerSeams):
         # drop the connection now rather than hold that memory.
         self.transport.abortConnection()
 
+    def how_closed(self, was_clean: bool, code, reason, peer: str = "the peer") -> str:
+        """
+        Who closed the connection and why, for the disconnect's log line
+        (C{onClose}'s arguments).  Autobahn closes by itself for what the
+        peer broke (a message over the limit, text that is not UTF-8, a
+        malformed frame); the peer then only echoes the server's code.
+        """
+        if self.closedByMe and self.localCloseCode is not None:
+            said = (self.localCloseReason or b"").decode("utf-8", "replace")
+            return f"closed by the server (code {self.localCloseCode}{': ' + said if said else ''})"
+        if was_clean:
+            return f"closed by {peer} (code {code})"
+        return f"connection lost ({reason})" if reason else "connection lost"
+
     def slow_peer_cut_off(self) -> None:
         """
         Called once when this connection is cut off for not reading; log it.

@@ -179,22 +179,12 @@ class DeviceProtocol(LenientServerProtocol):
             )
         why = self._why
         if why is None:
-            why = self._how_closed(wasClean, code, reason)
+            why = self.how_closed(wasClean, code, reason, "the device")
         self._log.info("device disconnected from {peer}: {why}", peer=self._peer, why=why)
 
     def slow_peer_cut_off(self) -> None:
         self._why = f"too slow: over {MAX_UNSENT // 2**20} MiB unsent; cut off"
 
-    def _how_closed(self, wasClean: bool, code, reason) -> str:
-        # Autobahn closes by itself for what the device broke (a message
-        # over the limit, text that is not UTF-8, a malformed frame): the
-        # device then only echoes the server's code.
-        if self.closedByMe and self.localCloseCode is not None:
-            said = (self.localCloseReason or b"").decode("utf-8", "replace")
-            return f"closed by the server (code {self.localCloseCode}{': ' + said if said else ''})"
-        if wasClean:
-            return f"closed by the device (code {code})"
-        return f"connection lost ({reason})" if reason else "connection lost"
 
 
 class DeviceFactory(LimitedServerFactory):
