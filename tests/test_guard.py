@@ -179,6 +179,11 @@ class BanTests(SynchronousTestCase):
             messages(events, "lifted"),
             [f"ban on {STRANGER} lifted after 60 seconds (2 connections refused)"],
         )
+        with capturedLogs() as events:
+            self.fail_auth(times=3)
+            self.guard.admits(STRANGER)
+            self.guard.lift(STRANGER, "anna")
+        self.assertEqual(messages(events, "lifted"), [f"ban on {STRANGER} lifted by anna (1 connection refused)"])
 
     def test_shared_bans(self):
         """

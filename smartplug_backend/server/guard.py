@@ -71,6 +71,10 @@ class Failure:
 BANNED = "this address is banned for too many authentication failures; try again later"
 
 
+def _connections(count: int) -> str:
+    return f"{count} connection" if count == 1 else f"{count} connections"
+
+
 def key_matches(expected: Optional[str], given: Optional[str]) -> bool:
     """
     True when no key is required (C{expected} is C{None}) or C{given} is that
@@ -395,12 +399,12 @@ class Guard:
         self._ban_ends.pop(host, None)
         self._banned_now = frozenset(self._bans)
         self._log.info(
-            "ban on {peer} lifted after {seconds:g} seconds ({refused} connections refused)",
+            "ban on {peer} lifted after {seconds:g} seconds ({refused} refused)",
             peer=host,
             # Whole seconds: a ban taken over from another node has
             # whatever was left of it.
             seconds=round(seconds),
-            refused=refused,
+            refused=_connections(refused),
         )
         self._changed()
 
@@ -434,7 +438,7 @@ class Guard:
         if timer.active():
             timer.cancel()
         self._log.info(
-            "ban on {peer} lifted by {by} ({refused} connections refused)", peer=host, by=by, refused=refused
+            "ban on {peer} lifted by {by} ({refused} refused)", peer=host, by=by, refused=_connections(refused)
         )
         self._changed()
 
