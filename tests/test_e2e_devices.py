@@ -132,7 +132,7 @@ class BanEndToEndTests(TestCase):
             http(self.server.url("/"))
         self.assertEqual(self.server.log().count("device connected from"), 3)
 
-        self.server.wait_for(r"ban on 127\.0\.0\.1 lifted after 2 seconds \(\d+ connections refused\)")
+        self.server.wait_for(r"ban on 127\.0\.0\.1 lifted after 2 seconds \(\d+ connections? refused\)")
         self.assertEqual(http(self.server.url("/")), (200, b"hallo."))
         with ws_connect(self.device_url, open_timeout=5) as device:
             device.send(SECRET)
