@@ -197,6 +197,28 @@ class _InBrowser(TestCase):
                 stranger.recv(10)
             self.assertEqual(closed.exception.rcvd.code, 1008)
 
+    def log_in_again_with_a_retry_waiting(self, *scripts, before_logout=None) -> None:
+        """
+        Open the dashboard with the page's long timers held (L{HOLD_TIMERS})
+        and C{scripts}, drop its live socket so that a retry waits, call
+        C{before_logout}, then log out and in again, until the new live
+        socket is open.
+        """
+        self.watch_sockets()
+        for script in (HOLD_TIMERS, *scripts):
+            self.browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": script})
+        self.open_dashboard()
+        self.wait.until(lambda b: b.find_element(By.ID, "live").get_attribute("data-state") == "open")
+        self.drop_live_socket()
+        self.wait.until(lambda b: b.execute_script("return window.heldTimers.size") > 0)
+        if before_logout is not None:
+            before_logout()
+        self.browser.find_element(By.ID, "logout").click()
+        self.text_in("#login-error", "Logged out.")
+        self.browser.execute_script("window.holdLive = false;")
+        self.log_in()
+        self.wait.until(lambda b: b.find_element(By.ID, "live").get_attribute("data-state") == "open")
+
     def fetch_json(self, path: str):
         """
         GET C{path} (relative to the page) from the page, with its session.
@@ -392,17 +414,7 @@ class DashboardInBrowserTests(_InBrowser):
         second one opened by the old retry (which showed every change
         twice).
         """
-        self.watch_sockets()
-        self.browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": HOLD_TIMERS})
-        self.open_dashboard()
-        self.wait.until(lambda b: b.find_element(By.ID, "live").get_attribute("data-state") == "open")
-        self.drop_live_socket()
-        self.wait.until(lambda b: b.execute_script("return window.heldTimers.size") > 0)
-        self.browser.find_element(By.ID, "logout").click()
-        self.text_in("#login-error", "Logged out.")
-        self.browser.execute_script("window.holdLive = false;")
-        self.log_in()
-        self.wait.until(lambda b: b.find_element(By.ID, "live").get_attribute("data-state") == "open")
+        self.log_in_again_with_a_retry_waiting()
         self.browser.execute_async_script(
             "const done = arguments[arguments.length - 1]; window.runHeldTimers().then(() => done(), () => done());"
         )
@@ -415,20 +427,11 @@ class DashboardInBrowserTests(_InBrowser):
         answers 401 only after the user has logged in again, leaves the new
         login alone (it used to throw it out, asking to log in again).
         """
-        self.watch_sockets()
-        for script in (HOLD_TIMERS, HOLD_SESSION_CHECKS):
-            self.browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": script})
-        self.open_dashboard()
-        self.wait.until(lambda b: b.find_element(By.ID, "live").get_attribute("data-state") == "open")
-        self.drop_live_socket()
-        self.wait.until(lambda b: b.execute_script("return window.heldTimers.size") > 0)
-        self.browser.execute_script("window.holdSession = true; window.retried = window.runHeldTimers();")
-        self.wait.until(lambda b: b.execute_script("return window.heldChecks.length") == 1)
-        self.browser.find_element(By.ID, "logout").click()
-        self.text_in("#login-error", "Logged out.")
-        self.browser.execute_script("window.holdLive = false;")
-        self.log_in()
-        self.wait.until(lambda b: b.find_element(By.ID, "live").get_attribute("data-state") == "open")
+        def retry_asking():
+            self.browser.execute_script("window.holdSession = true; window.retried = window.runHeldTimers();")
+            self.wait.until(lambda b: b.execute_script("return window.heldChecks.length") == 1)
+
+        self.log_in_again_with_a_retry_waiting(HOLD_SESSION_CHECKS, before_logout=retry_asking)
         self.browser.execute_async_script(
             "const done = arguments[arguments.length - 1];"
             "window.releaseSession(401); window.retried.then(() => done(), () => done());"
