@@ -186,7 +186,6 @@ class DeviceProtocol(LenientServerProtocol):
         self._why = f"too slow: over {MAX_UNSENT // 2**20} MiB unsent; cut off"
 
 
-
 class DeviceFactory(LimitedServerFactory):
     """
     The device WebSocket listener.  Subscribe L{send_packet} to the hub's
