@@ -103,7 +103,9 @@ class RunningServer:
             env=dict(os.environ, PYTHONUNBUFFERED="1", **self.env),
             preexec_fn=self._limit_open_files if self.open_files else None,
         )
-        threading.Thread(target=self._read, daemon=True).start()
+        self._read_all = False
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         for label in self.listeners:
             match = self.wait_for(LISTENING.pattern.replace("(.+)", re.escape(label)), timeout)
             self.ports[label] = int(match.group(1))
@@ -113,12 +115,17 @@ class RunningServer:
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, hard))
 
+    _read_all = False
+    _reader = None
+
     def _read(self) -> None:
         for raw in self.process.stdout:
             with self._changed:
                 self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
                 self._changed.notify_all()
         with self._changed:
+            # The pipe is drained: every line the server wrote is in lines.
+            self._read_all = True
             self._changed.notify_all()
 
     def wait_for(self, pattern: str, timeout: float = 10, start: int = 0):
@@ -139,7 +146,7 @@ class RunningServer:
                         return found
                 seen = len(self.lines)
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or (self.process.poll() is not None and seen == len(self.lines)):
+                if remaining <= 0 or (self._read_all and seen == len(self.lines)):
                     raise AssertionError(
                         f"no log line matching {pattern!r}; server said:\n" + "\n".join(self.lines[-40:])
                     )
@@ -209,6 +216,9 @@ class RunningServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        # Its last lines ("Server Shut Down.") may still be in the pipe.
+        if self._reader is not None:
+            self._reader.join(timeout)
         return self.process.returncode
 
     def url(self, path: str = "/") -> str:

@@ -134,8 +134,9 @@ class LoadTests(SynchronousTestCase):
         A REDIS_URL that is not redis:// or rediss:// is refused without
         echoing it (it may carry a password); both schemes are accepted.
         """
-        error = self.assertRaises(config.ConfigError, config.load, self.write("REDIS_URL = 'redis:/:pw@x'\n"))
-        self.assertNotIn("pw", str(error))
+        # A secret the temp directory's random name cannot hold ("pw" could).
+        error = self.assertRaises(config.ConfigError, config.load, self.write("REDIS_URL = 'redis:/:P-W@x'\n"))
+        self.assertNotIn("P-W", str(error))
         for url in ("redis://db:6379/0", "rediss://:pw@db:6380/1"):
             self.assertEqual(config.load(self.write(f"REDIS_URL = {url!r}\n")).REDIS_URL, url)
 
@@ -205,9 +206,9 @@ class LoadTests(SynchronousTestCase):
                            ("metrics_allow = ['10.0.0.5']", "metrics_allow")):
             error = self.assertRaises(config.ConfigError, config.load, self.write(shipped + line + "\n"))
             self.assertIn(f"unknown setting {name}; did you mean {name.upper()}?", str(error))
-        error = self.assertRaises(config.ConfigError, config.load, self.write("API_KEY = None\napi_key = 'k3y'\n"))
+        error = self.assertRaises(config.ConfigError, config.load, self.write("API_KEY = None\napi_key = 'K-3Y'\n"))
         self.assertIn("unknown setting api_key; did you mean API_KEY?", str(error))
-        self.assertNotIn("k3y", str(error))
+        self.assertNotIn("K-3Y", str(error))
 
     def test_damaged_dashboard_hash(self):
         """

@@ -12,7 +12,7 @@ import urllib.request
 
 from twisted.trial.unittest import TestCase
 
-from .server import free_port, twistd_command
+from .server import reserved_port, twistd_command
 
 MAKEFILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Makefile")
 
@@ -30,7 +30,7 @@ class DaemonTests(TestCase):
         self.logfile = os.path.join(self.directory, "twistd.log")
         settings = os.path.join(self.directory, "settings.py")
         with open(settings, "w") as f:
-            f.write(f"STATE_DB = None\nWWW_SERVER_PORT = {http_port}\nWS_SERVER_PORT = {free_port()}\n"
+            f.write(f"STATE_DB = None\nWWW_SERVER_PORT = {http_port}\nWS_SERVER_PORT = {reserved_port(self)}\n"
                     "LISTEN_ADDRESS = '127.0.0.1'\n")
         return subprocess.run(
             twistd_command() + ["--pidfile", self.pidfile, "--logfile", self.logfile,
@@ -68,7 +68,7 @@ class DaemonTests(TestCase):
         running server, which answers; SIGTERM stops it and removes the
         pid file.
         """
-        port = free_port()
+        port = reserved_port(self)
         done = self.daemon(port)
         self.assertEqual(done.returncode, 0, done)
         with open(self.pidfile) as f:
@@ -93,7 +93,7 @@ class DaemonTests(TestCase):
         make start} works; then, and with a pid file left by a crash, it
         says the server is not running and exits 0.
         """
-        port = free_port()
+        port = reserved_port(self)
         self.assertEqual(self.daemon(port).returncode, 0)
         with open(self.pidfile) as f:
             pid = int(f.read())

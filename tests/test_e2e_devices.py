@@ -101,7 +101,9 @@ class BanEndToEndTests(TestCase):
     def setUp(self):
         self.server = start_server(
             self,
-            f"AUTH_SECRET = {SECRET!r}\nBAN_AFTER = 3\nBAN_SECONDS = 2\n",
+            # Long enough that the checks made during the ban end within it
+            # on a slow machine, and the three failures count together.
+            f"AUTH_SECRET = {SECRET!r}\nBAN_AFTER = 3\nBAN_SECONDS = 8\n",
             listeners=LISTENERS,
         )
         self.device_url = f"ws://127.0.0.1:{self.server.ports['device WebSocket']}/"
@@ -121,7 +123,7 @@ class BanEndToEndTests(TestCase):
         """
         for _ in range(3):
             self.wrong_secret()
-        self.server.wait_for(r"banned 127\.0\.0\.1 for 2 seconds after 3 authentication failures")
+        self.server.wait_for(r"banned 127\.0\.0\.1 for 8 seconds after 3 authentication failures")
         for label in LISTENERS:
             self.assertTrue(closed_at_once(self.server.ports[label]), label)
         with self.assertRaises((OSError, EOFError, ConnectionClosedError, InvalidHandshake)):
@@ -132,7 +134,7 @@ class BanEndToEndTests(TestCase):
             http(self.server.url("/"))
         self.assertEqual(self.server.log().count("device connected from"), 3)
 
-        self.server.wait_for(r"ban on 127\.0\.0\.1 lifted after 2 seconds \(\d+ connections? refused\)")
+        self.server.wait_for(r"ban on 127\.0\.0\.1 lifted after 8 seconds \(\d+ connections? refused\)", timeout=30)
         self.assertEqual(http(self.server.url("/")), (200, b"hallo."))
         with ws_connect(self.device_url, open_timeout=5) as device:
             device.send(SECRET)

@@ -15,7 +15,7 @@ from smartplug_backend.integrations.homeassistant import Topics, display_message
 
 from .certs import self_signed
 from .mosquitto import connect_home_assistant, start_mosquitto
-from .server import free_port, start_server
+from .server import reserved_port, start_server
 from .test_e2e import http
 
 SECRET = "s3cret"
@@ -184,7 +184,9 @@ class BrokerAwayEndToEndTests(TestCase):
         reports at once, and logs one line; when the broker appears, the
         server connects and publishes what it has.
         """
-        port = free_port()
+        # Held (bound, not listening: connecting is refused) until the broker
+        # takes it, so that nothing else can meanwhile.
+        port = reserved_port(self)
         server = start_server(self, f"MQTT_URL = 'mqtt://127.0.0.1:{port}'\n")
         # paho's own error, read while it handles it: a test of that too.
         server.wait_for(r"MQTT: broker mqtt://127\.0\.0\.1:\d+ unavailable \(cannot connect: Connection refused\)")

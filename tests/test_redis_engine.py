@@ -635,7 +635,7 @@ class EngineTests(TestCase):
         yield until(lambda: seen(a) == ([("alice", "node-0")], [("door", ["alice"])]), "B to leave A's list")
         # A dead node: its entry is there, then expires (no one refreshes it).
         a.engine.state.client.set(node_key("dead"), json.dumps(
-            {"subscriptions": [], "all_connections": [{"client_name": "ghost", "node": "dead"}]}), px=300)
+            {"subscriptions": [], "all_connections": [{"client_name": "ghost", "node": "dead"}]}), px=3000)
         a.engine.state.client.sadd(NODES, "dead")
         yield until(lambda: ("ghost", "dead") in seen(a)[0], "the dead node to show")
         yield until(lambda: ("ghost", "dead") not in seen(a)[0], "the dead node to drop out")
