@@ -14,6 +14,7 @@ import shutil
 import socket
 import urllib.request
 
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -142,7 +143,7 @@ class _InBrowser(TestCase):
     def start(self, settings: str) -> None:
         self.server = start_server(self, settings, listeners=("HTTP", "app WebSocket", "device WebSocket"))
         self.browser = start_browser(self)
-        self.wait = WebDriverWait(self.browser, WAIT)
+        self.wait = WebDriverWait(self.browser, WAIT, ignored_exceptions=[StaleElementReferenceException])
 
     def visible(self, css: str):
         return self.wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, css)))
@@ -648,7 +649,7 @@ class DashboardAcrossRestartsTests(_InBrowser):
         self.http_port = reserved_port(self)
         self.server = None
         self.browser = start_browser(self)
-        self.wait = WebDriverWait(self.browser, WAIT)
+        self.wait = WebDriverWait(self.browser, WAIT, ignored_exceptions=[StaleElementReferenceException])
 
     def restart(self) -> None:
         """

@@ -10,6 +10,7 @@ import os
 import queue
 import re
 import threading
+import time
 import urllib.request
 
 from twisted.trial.unittest import TestCase
@@ -186,10 +187,13 @@ class RaceEndToEndTests(TestCase):
             self.addCleanup(subscribed.set)
             # Subscribe once some are committed and while most are not.
             server.wait_for(r"app connected from .*pub\)")
-            for _ in range(200):
+            # Bounded in time, not in tries: two slow fsyncs must not end it.
+            deadline = time.monotonic() + 20
+            while True:
                 kept = history(server, "race", "limit=1000")["publications"]
-                if len(kept) >= 10:
+                if len(kept) >= 10 or time.monotonic() > deadline:
                     break
+                time.sleep(0.02)
             self.assertGreaterEqual(len(kept), 10)
             with subscriber(server) as ws:
                 subscribe(ws, "race", since={"offset": 5, "epoch": history(server, "race")["epoch"]})
@@ -357,9 +361,11 @@ class LargeReplayEndToEndTests(TestCase):
             for n in range(100):
                 pub.send(json.dumps({"event": "big", "data": "%03d" % n + "x" * 60000}))
             pub.send(json.dumps({"event": "lt", "data": "<" * 20000}))
-            for _ in range(200):
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
                 if len(history(server, "big", "limit=1000")["publications"]) == 100 and history(server, "lt")["publications"]:
                     break
+                time.sleep(0.02)
         epoch = history(server, "big", "limit=1")["epoch"]
         with connect(server.ws_url(f"/subscribe?clientName=s&apiKey={KEY}"), open_timeout=5, max_size=None) as ws:
             subscribe(ws, "big", since={"offset": 0, "epoch": epoch})
