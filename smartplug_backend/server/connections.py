@@ -113,11 +113,9 @@ class ConnectionCap:
         if self.open >= self.limit:
             self._refuse(FULL, address, f"{self.open} connections open, MAX_CONNECTIONS is {self.limit}{self._most()}")
             return False
-        # An exempt address counts on its own, never against its /64.
-        exempt = self._is_exempt(address)
-        holder = address if exempt else holder_of(address)
+        holder = self._holder(address)
         held = self.open_by_address[holder]
-        if self.per_address is not None and held >= self.per_address and not exempt:
+        if self.per_address is not None and held >= self.per_address and not self._is_exempt(address):
             self._refuse(
                 PER_ADDRESS, holder, f"it holds {held} connections, MAX_CONNECTIONS_PER_ADDRESS is {self.per_address}"
             )
@@ -154,13 +152,20 @@ class ConnectionCap:
         if listener is not None:
             self.open_by_listener[listener] -= 1
         if address is not None:
-            address = normal_address(address)
-            holder = address if self._is_exempt(address) else holder_of(address)
+            holder = self._holder(normal_address(address))
             left = self.open_by_address[holder] - 1
             if left > 0:
                 self.open_by_address[holder] = left
             else:
                 del self.open_by_address[holder]
+
+    def _holder(self, address: str) -> str:
+        """
+        Whose count a connection from C{address} goes to, the same when it
+        is admitted and released: L{holder_of}, but an exempt address counts
+        on its own, never against its /64.
+        """
+        return address if self._is_exempt(address) else holder_of(address)
 
     def _is_exempt(self, address: str) -> bool:
         # Remembered: a flood from one address costs one look-up per
