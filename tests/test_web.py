@@ -154,6 +154,10 @@ class HTTPTests(RequestMixin, SynchronousTestCase):
         Unknown paths get a JSON 404 and wrong methods a JSON 405.
         """
         self.assertJSONError(self.request("GET", "/nowhere"), 404, "/nowhere")
+        # Bottle's request.path would strip the doubled slash, naming a path
+        # that exists.
+        code, _, body = self.request("GET", "//plugs")
+        self.assertEqual((code, json.loads(body)), (404, {"error": "no such path: //plugs"}))
         self.assertJSONError(self.request("GET", "/data"), 405, "GET")
         self.assertJSONError(self.request("DELETE", "/plugs"), 405, "DELETE")
 

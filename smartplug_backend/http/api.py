@@ -96,6 +96,14 @@ def _text(status: int, body: bytes) -> bottle.HTTPResponse:
     )
 
 
+def _asked_path() -> str:
+    """
+    The path as the request gave it: Bottle's C{request.path} strips repeated
+    leading slashes, so C{GET //plugs}'s 404 would name C{/plugs}, which exists.
+    """
+    return bottle.request.environ.get("PATH_INFO") or "/"
+
+
 def _peer() -> str:
     """
     The address of the connection the request came on.
@@ -335,12 +343,12 @@ def make_app(hub, bridge: Bridge, guard=None, api_key=None) -> bottle.Bottle:
 
     @app.error(404)
     def not_found(error):
-        return _error_body("no such path: " + bottle.request.path)
+        return _error_body("no such path: " + _asked_path())
 
     @app.error(405)
     def wrong_method(error):
         return _error_body(
-            f"method {bottle.request.method} not allowed on {bottle.request.path}"
+            f"method {bottle.request.method} not allowed on {_asked_path()}"
         )
 
     @app.error(500)
