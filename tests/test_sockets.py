@@ -84,6 +84,27 @@ class KeepAliveTests(SynchronousTestCase):
             self.assertTrue(sockets.keep_alive(wrap(SocketTransport(sock))))
             self.assertKeptAlive(sock)
 
+    def test_timer_never_at_system_default(self):
+        """
+        The timings are set before keepalive goes on, so the kernel's timer
+        never runs, even for a moment, at the system's two hours (which a
+        look with ss, as test_field_e2e takes, could catch).
+        """
+        calls = []
+
+        class Recording(socket.socket):
+            def setsockopt(self, level, option, value):
+                calls.append((level, option))
+                super().setsockopt(level, option, value)
+
+        sock = self.accepted()
+        recording = Recording(fileno=sock.detach())
+        self.addCleanup(recording.close)
+        self.assertTrue(sockets.keep_alive(SocketTransport(recording)))
+        self.assertEqual(calls[-1], (socket.SOL_SOCKET, socket.SO_KEEPALIVE))
+        self.assertIn((socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), calls)
+        self.assertKeptAlive(recording)
+
     def test_no_tcp_socket(self):
         """
         A transport without a TCP socket (a unix socket, a test fake) is

@@ -70,8 +70,9 @@ def keep_alive(
     if sock is None:
         return False
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        # Linux names; other systems keep their own timings (still on).
+        # Linux names; other systems keep their own timings (still on).  The
+        # timings go first: keepalive turned on before them would start its
+        # timer at the system's two hours, to be restarted a moment later.
         for name, value in (
             ("TCP_KEEPIDLE", idle),
             ("TCP_KEEPINTVL", interval),
@@ -81,6 +82,7 @@ def keep_alive(
             option = getattr(socket, name, None)
             if option is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, option, value)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     except OSError as e:
         # The peer may already have reset the connection; nothing to keep.
         _log.debug("no TCP keepalive on a new connection: {error}", error=e)
