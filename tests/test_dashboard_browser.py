@@ -59,6 +59,16 @@ WATCH_SOCKETS = """
 """
 
 
+# Every path the page fetches, in window.fetched.
+WATCH_FETCHES = """
+(() => {
+  const real = window.fetch;
+  window.fetched = [];
+  window.fetch = (url, ...rest) => { window.fetched.push(String(url)); return real(url, ...rest); };
+})();
+"""
+
+
 # Timers of a second or more (the live socket's retries) wait in
 # window.heldTimers until the test runs them: runHeldTimers() calls each and
 # resolves once all are done.  clearTimeout() removes a held one.
@@ -327,6 +337,32 @@ class DashboardInBrowserTests(_InBrowser):
         self.wait.until(lambda b: shown(b) == (5, "5"))
         values = [td.text for td in self.browser.find_elements(By.CSS_SELECTOR, card + " .reports tbody tr td:first-child")]
         self.assertEqual(values, ["1 plugged in", "0 unplugged", "1 plugged in", "0 unplugged", "1 plugged in"])
+
+    def test_no_history_reload_when_nothing_was_missed(self):
+        """
+        A live socket that comes back with no report missed does not fetch
+        the plug's history again (it may hold HISTORY_KEEP reports); the
+        next live report still shows.
+        """
+        post(self.server, "/data", {"id": "hall", "value": 1})
+        self.watch_sockets()
+        self.browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": WATCH_FETCHES})
+        self.open_dashboard()
+        card = '.plug[data-plug="hall"]'
+        rows = card + " .reports tbody tr"
+        self.wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, rows)) == 1)
+
+        def history_fetches():
+            return [u for u in self.browser.execute_script("return window.fetched") if "history" in u]
+
+        self.assertEqual(len(history_fetches()), 1)
+        self.drop_live_socket()
+        self.release_live_socket()
+        # The snapshot comes before this report on the socket: once the
+        # report shows, the snapshot has been handled.
+        post(self.server, "/data", {"id": "hall", "value": 0})
+        self.wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, rows)) == 2)
+        self.assertEqual(len(history_fetches()), 1)
 
     def test_colour_to_device_and_lift_ban(self):
         """

@@ -261,9 +261,11 @@ function update(message) {
 // -- plugs ------------------------------------------------------------------------
 
 // A snapshot is the server's whole view: after a dropped socket the page may
-// have missed reports, so every plug it already shows reads its history
-// again (the snapshot's recent reports are of all plugs together, and may not
-// reach back far enough), and a plug the server no longer has goes.
+// have missed reports, so a plug it already shows reads its history again
+// (the snapshot's recent reports are of all plugs together, and may not
+// reach back far enough) unless its last report is the one the page has (a
+// plug keeps up to HISTORY_KEEP reports: a reconnect that missed nothing
+// should not fetch them all), and a plug the server no longer has goes.
 function showPlugs(list) {
   const ids = new Set(list.map((plug) => plug.id));
   for (const [id, entry] of plugs) {
@@ -274,9 +276,21 @@ function showPlugs(list) {
   }
   for (const plug of list) {
     const known = plugs.get(plug.id);
-    if (known) { known.plug = plug; drawPlug(known); loadHistory(known); }
+    if (known) {
+      known.plug = plug;
+      drawPlug(known);
+      if (!upToDate(known)) loadHistory(known);
+    }
     else addPlug(plug);
   }
+}
+
+// The page's history ends with the plug's last report (and none is on its way).
+function upToDate(entry) {
+  const h = entry.history;
+  if (!h || !h.length || entry.pending) return false;
+  const last = h[h.length - 1];
+  return last.at === entry.plug.updated_at && last.value === entry.plug.value;
 }
 
 function addPlug(plug) {
