@@ -6,7 +6,7 @@ they never use a WSGI thread for a request they take; the rest goes to the
 app untouched.
 """
 
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -126,8 +126,12 @@ class Server:
         globalLogPublisher.addObserver(observe)
         testcase.addCleanup(globalLogPublisher.removeObserver, observe)
 
+    #: The peer of every connection (a dual-stack listener's would be
+    #: IPv6Address("TCP", "::ffff:192.168.1.64", 4000)).
+    address = IPv4Address("TCP", "192.168.1.64", 4000)
+
     def connect(self):
-        address = IPv4Address("TCP", "192.168.1.64", 4000)
+        address = self.address
         channel = self.site.buildProtocol(address)
         transport = StringTransport(peerAddress=address)
         channel.makeConnection(transport)
@@ -196,6 +200,25 @@ class SameAnswersTests(SynchronousTestCase):
             self.assertTrue(fast.published)
             if api_key is not None:
                 self.assertTrue(fast.guard.failures("192.168.1.64"))
+
+    def test_dual_stack_peer_as_ipv4(self):
+        """
+        On a dual-stack listener an IPv4 peer comes as C{::ffff:a.b.c.d}:
+        both paths log, publish and count it as the IPv4 address it is.
+        """
+        requests = [wire(b"POST /data HTTP/1.1", {}, b'{"id": "p", "value": 1}'),
+                    wire(b"POST /publish?clientName=a&apiKey=good HTTP/1.1", {}, b'{"event": "e", "data": 1}'),
+                    wire(b"POST /publish?clientName=a&apiKey=bad HTTP/1.1", {}, b'{"event": "e", "data": 1}')]
+        fast, app = Server(self, True, "good"), Server(self, False, "good")
+        for server in (fast, app):
+            server.address = IPv6Address("TCP", "::ffff:192.168.1.64", 4000)
+            for request in requests:
+                server.exchange(request)
+        self.assertEqual(fast.effects(), app.effects())
+        self.assertEqual([peer for _, _, peer in fast.published], ["192.168.1.64"])
+        self.assertIn("plug p -> 1 from 192.168.1.64", "\n".join(fast.logged))
+        self.assertNotIn("::ffff:", "\n".join(fast.logged))
+        self.assertEqual(fast.guard.failures("192.168.1.64"), 1)
 
     def test_banned_address(self):
         """

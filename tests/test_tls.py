@@ -259,6 +259,21 @@ class DescriptionTests(SynchronousTestCase):
         self.assertEqual(with_backlog("tcp:0:backlog=7"), "tcp:0:backlog=7")
         self.assertEqual(with_backlog("unix:/tmp/s"), "unix:/tmp/s")
 
+    def test_listening_line_brackets_ipv6(self):
+        """
+        The start-up line of an IPv6 listener writes its address in
+        brackets ("[::]:9001"), as a URL does; an IPv4 one as it is.
+        """
+        from twisted.internet.testing import MemoryReactor
+
+        from smartplug_backend.server.listeners import listener
+
+        for description, shown in ((endpoint_description(9001, "::"), "[::]:9001"),
+                                   (endpoint_description(9002, "0.0.0.0"), "0.0.0.0:9002")):
+            with capturedLogs() as events:
+                listener("app WebSocket", MemoryReactor(), description, Factory()).startService()
+            self.assertIn(f"app WebSocket listening on {shown}", [formatEvent(e) for e in events])
+
     def test_brings_own_tls(self):
         """
         Only ssl: descriptions bring their own TLS.

@@ -510,3 +510,30 @@ class HandshakeUTF8Tests(SynchronousTestCase):
         said = [formatEvent(e) for e in events]
         self.assertTrue(any("malformed request line" in line for line in said), said)
         self.assertFalse([line for line in said if "s3cret" in line])
+
+
+class PeerAddressTests(SynchronousTestCase):
+    """
+    How a peer is written in logs and in the info socket's C{ip_address}.
+    """
+
+    def test_as_picloud_writes_it(self):
+        """
+        C{"<ip>:<port>"} as Go's C{RemoteAddr} gives it: an IPv6 address in
+        brackets, an IPv4 peer of a dual-stack listener as IPv4 (SPEC 3.4's
+        C{ip_address} must split back into host and port).
+        """
+        from twisted.internet.address import IPv4Address, IPv6Address
+        from twisted.internet.testing import StringTransport
+
+        from smartplug_backend.ws.base import peer_address, peer_host
+
+        for peer, address, host in (
+            (IPv4Address("TCP", "10.0.0.7", 4000), "10.0.0.7:4000", "10.0.0.7"),
+            (IPv6Address("TCP", "::1", 33862), "[::1]:33862", "::1"),
+            (IPv6Address("TCP", "::ffff:127.0.0.1", 59948), "127.0.0.1:59948", "127.0.0.1"),
+            (IPv6Address("TCP", "2001:db8::5", 1), "[2001:db8::5]:1", "2001:db8::5"),
+        ):
+            transport = StringTransport(peerAddress=peer)
+            self.assertEqual((peer_address(transport), peer_host(transport)), (address, host))
+        self.assertEqual((peer_address(None), peer_host(None)), ("?", "?"))

@@ -20,7 +20,7 @@ from ..core.journal import StoreFailed
 from ..core.limits import MAX_BODY
 from ..core.reports import InvalidReport, parse_report
 from ..core.times import utc_rfc3339
-from ..server.guard import BANNED, key_matches
+from ..server.guard import BANNED, key_matches, normal_address
 from ..ws import picloud
 
 DEFAULT_HISTORY = 100
@@ -109,9 +109,10 @@ def _peer() -> str:
     The address of the connection the request came on.
 
     Not Bottle's C{remote_addr}: that believes any X-Forwarded-For header,
-    and a ban must never be steered onto somebody else's address.
+    and a ban must never be steered onto somebody else's address.  An IPv4
+    peer of a dual-stack listener as IPv4.
     """
-    return bottle.request.environ.get("REMOTE_ADDR") or "?"
+    return normal_address(bottle.request.environ.get("REMOTE_ADDR") or "?")
 
 
 def given(request: bottle.BaseRequest, header: str, param: str):

@@ -26,6 +26,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from ..core.limits import MAX_BODY
 from ..core.reports import InvalidReport, parse_report
+from ..server.guard import normal_address
 from ..ws import picloud
 from .api import given, unrecorded
 
@@ -67,9 +68,10 @@ class FastRoute(Resource):
 
 def peer(request) -> str:
     """
-    The address of the connection (WSGI's C{REMOTE_ADDR}, never a header).
+    The address of the connection (WSGI's C{REMOTE_ADDR}, never a header),
+    an IPv4 peer of a dual-stack listener as IPv4.
     """
-    return getattr(request.getClientAddress(), "host", None) or "?"
+    return normal_address(getattr(request.getClientAddress(), "host", None) or "?")
 
 
 class ReportIngest:

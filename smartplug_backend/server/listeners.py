@@ -134,7 +134,9 @@ class _Announced:
     def _listening(self, port: IListeningPort) -> IListeningPort:
         address = port.getHost()
         if hasattr(address, "port"):
-            _log.info("{label} listening on {host}:{port}", label=self._label, host=address.host, port=address.port)
+            # An IPv6 address in brackets: "[::]:9001", not ":::9001".
+            host = f"[{address.host}]" if ":" in address.host else address.host
+            _log.info("{label} listening on {host}:{port}", label=self._label, host=host, port=address.port)
             self._bound(address.port)
             where = f"port {address.port}"
         else:

@@ -19,6 +19,7 @@ from zope.interface import implementer
 from ..core.limits import MAX_HANDSHAKE, MAX_MESSAGE, MAX_UNSENT, WS_HANDSHAKE_TIMEOUT, WS_SEND_BUFFER
 from ..internals import WebSocketServerSeams, read_options_from_factory, write_now
 from ..server import utf8
+from ..server.guard import normal_address
 from ..server.sockets import bound_send_buffer
 
 # What the kernel may hold for a WebSocket peer: its send buffer, fixed at
@@ -55,21 +56,26 @@ def _text_headers(headers: list) -> dict:
 
 def peer_host(transport) -> str:
     """
-    The peer's IP address, or "?" when the transport cannot tell.
+    The peer's IP address, or "?" when the transport cannot tell; an IPv4
+    peer of a dual-stack listener as IPv4 (C{127.0.0.1}, not
+    C{::ffff:127.0.0.1}).
     """
     try:
-        return transport.getPeer().host
+        return normal_address(transport.getPeer().host)
     except Exception:
         return "?"
 
 
 def peer_address(transport) -> str:
     """
-    The peer as C{"<ip>:<port>"}, or "?".
+    The peer as PiCloud's Go server writes it (C{net.Conn}'s C{RemoteAddr}):
+    C{"<ip>:<port>"}, an IPv6 address in brackets (C{"[::1]:33862"}), an
+    IPv4 peer of a dual-stack listener as IPv4; or "?".
     """
     try:
         peer = transport.getPeer()
-        return f"{peer.host}:{peer.port}"
+        host = normal_address(peer.host)
+        return f"[{host}]:{peer.port}" if ":" in host else f"{host}:{peer.port}"
     except Exception:
         return "?"
 
