@@ -389,6 +389,29 @@ class NotUTF8Tests(SynchronousTestCase):
             "HTTP client 10.0.0.1: the request target must be a path starting with /; answered 400",
         )
 
+    def test_star_target(self):
+        """
+        A C{*} target is only for OPTIONS (answered 200, empty, as
+        twisted.web does); any other method gets a JSON 405 with
+        C{Allow: OPTIONS}, not twisted.web's empty one (SPEC 1: every error
+        is JSON), and it is logged.
+        """
+        for method in (b"GET", b"POST", b"DELETE"):
+            request = b"%s * HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n" % method
+            self.assertEqual(self.answer(request),
+                             (b"HTTP/1.1 405 Method Not Allowed", b'{"error": "the target * is only for OPTIONS"}'))
+        transport = StringTransport()
+        channel = self.site.buildProtocol(IPv4Address("TCP", "10.0.0.1", 4000))
+        channel.makeConnection(transport)
+        channel.dataReceived(b"GET * HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = transport.value().partition(b"\r\n\r\n")[0].split(b"\r\n")
+        self.assertIn(b"Allow: OPTIONS", head)
+        self.assertIn(b"Content-Type: application/json", head)
+        self.assertEqual(self.answer(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n"), (b"HTTP/1.1 200 OK", b""))
+        self.assertEqual(formatEvent(self.events[0]),
+                         "HTTP client 10.0.0.1: the target * is only for OPTIONS; answered 405")
+        self.assertEqual(self.hub.plugs(), [])
+
     def test_utf8_accepted(self):
         """
         UTF-8 in the path (escaped: twisted.web takes only ASCII in a

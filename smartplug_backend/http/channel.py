@@ -36,6 +36,8 @@ from typing import Optional
 
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import datetimeToString
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from twisted.web.server import version as server_version
@@ -218,6 +220,22 @@ class PatientRequest(Request):
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         super().requestReceived(command, origin_form(path), version)
 
+    def process(self) -> None:
+        if self.path != b"*" or self.method == b"OPTIONS":
+            return super().process()
+        # twisted.web answers a "*" target itself, before the site sees it:
+        # an empty 405 for any method but OPTIONS, past the UTF-8 check and
+        # the request timer.  Every error is JSON (SPEC 1): the site answers
+        # it (QuietSite.getResourceFor), as twisted.web's process() would.
+        self.site = self.channel.site
+        self.setHeader(b"date", datetimeToString())
+        # No route's path: the request timer labels it as no route's.
+        self.prepath, self.postpath = [], [b"*"]
+        try:
+            self.render(self.site.getResourceFor(self))
+        except BaseException:
+            self.processingFailed(Failure())
+
     def setHeader(self, name, value) -> None:
         # twisted.web names itself and its version on every answer; strangers
         # learn nothing of versions here.
@@ -282,21 +300,24 @@ class BadRequest(Resource):
     The answer to a request no route may read: bytes that are not UTF-8 in
     its path, query or a header (SPEC 6.3; L{utf8.problem}), or a target
     that is no path: 400 with a JSON error saying what is wrong, whatever
-    the route.
+    the route; for a C{*} target with a method other than OPTIONS, 405.
     """
 
     isLeaf = True
     # As a class attribute a Logger takes the class's name as its namespace.
     _log = Logger()
 
-    def __init__(self, problem: str) -> None:
+    def __init__(self, problem: str, code: int = 400) -> None:
         super().__init__()
         self._problem = problem
+        self._code = code
 
     def render(self, request) -> bytes:
-        self._log.info("HTTP client {peer}: {problem}; answered 400", peer=peer_host(request.transport),
-                       problem=self._problem)
-        request.setResponseCode(400)
+        self._log.info("HTTP client {peer}: {problem}; answered {code}", peer=peer_host(request.transport),
+                       problem=self._problem, code=self._code)
+        request.setResponseCode(self._code)
+        if self._code == 405:
+            request.setHeader(b"Allow", b"OPTIONS")
         request.setHeader(b"Content-Type", b"application/json")
         return json.dumps({"error": self._problem}).encode()
 
@@ -329,6 +350,8 @@ class QuietSite(Site):
         refused = utf8.problem(request.uri, headers)
         if refused is not None:
             return BadRequest(refused)
+        if request.uri == b"*":
+            return BadRequest("the target * is only for OPTIONS", 405)
         if request.uri[:1] != b"/":
             # twisted.web drops a target's first byte as if it were the
             # slash: "POST Xdata" would be taken as a report.
