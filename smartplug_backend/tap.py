@@ -17,6 +17,7 @@ from . import config
 from .core.history import History
 from .core.hub import Hub
 from .core.journal import MemoryJournal
+from .core.limits import WS_GOING_AWAY_TIMEOUT
 from .core.pubsub import report_publisher
 from .http.api import Bridge, make_app
 from .http.channel import make_site
@@ -30,7 +31,7 @@ from .server.listeners import brings_own_tls, endpoint_description, listener
 from .server.logtext import FastLogText
 from .server.openfiles import make_room
 from .server.runtime import FreezeStartupObjects, StopInOrder
-from .server.services import StartupError, ThreadPoolService, exit_startup
+from .server.services import GoingAway, StartupError, ThreadPoolService, exit_startup
 from .server.tls import TLS, TLSError
 from .state.autobackup import BackupService, automatic_backup
 from .state.backup import AUTOMATIC, DEFAULT_DIRECTORY, newest
@@ -195,6 +196,9 @@ def _build(options: Options, reactor) -> MultiService:
         fast=ingest_routes(hub, settings.API_KEY, guard),
     )
 
+    # Once the listeners have closed, every WebSocket connection is closed
+    # with 1001, before the pools and the store stop.
+    GoingAway(websockets.values(), WS_GOING_AWAY_TIMEOUT).setServiceParent(top)
     # The listeners open in one order whatever is built first: HTTP, apps,
     # devices (and close in the reverse order, before the pools they use).
     listen("HTTP", "http", www_endpoint, site, "http")

@@ -1,6 +1,7 @@
 """
 End-to-end: stopping the real C{twistd -n smartplug} while reports are in
-flight finishes them, closes the store last, and exits.
+flight finishes them, closes the store last, and exits; WebSocket peers are
+told that the server goes away.
 """
 
 import os
@@ -9,6 +10,8 @@ import socket
 import sqlite3
 
 from twisted.trial.unittest import TestCase
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as ws_connect
 
 from .server import start_server
 
@@ -55,3 +58,40 @@ class ShutdownUnderLoadTests(TestCase):
         self.assertGreaterEqual(stored, ok)
         self.assertGreater(ok, 0)
         self.assertNotIn("Traceback", server.log())
+
+
+class GoingAwayTests(TestCase):
+    """
+    SIGTERM with apps, a PiCloud subscriber and a lamp connected.
+    """
+
+    def test_every_websocket_closed_with_1001(self):
+        """
+        Each WebSocket peer gets a close frame with 1001 ("server going
+        away") and answers it, so no connection is logged as dropped by its
+        peer, and the server exits by itself.
+        """
+        server = start_server(self, "AUTH_SECRET = 'lamp-secret'\nAPI_KEY = 'k'\n",
+                              listeners=("HTTP", "app WebSocket", "device WebSocket"))
+        app_port, device_port = server.ports["app WebSocket"], server.ports["device WebSocket"]
+        peers = [ws_connect(f"ws://127.0.0.1:{app_port}/", open_timeout=5),
+                 ws_connect(f"ws://127.0.0.1:{app_port}/subscribe?clientName=s&apiKey=k", open_timeout=5)]
+        lamp = ws_connect(f"ws://127.0.0.1:{device_port}/", open_timeout=5)
+        lamp.send("lamp-secret")
+        self.assertEqual(lamp.recv(timeout=10), "ok")
+        peers.append(lamp)
+        for peer in peers:
+            self.addCleanup(peer.close)
+        server.wait_for(r"device connected")
+        self.assertEqual(server.stop(timeout=30), -signal.SIGTERM, "did not exit by itself")
+        closes = []
+        for peer in peers:
+            with self.assertRaises(ConnectionClosed) as closed:
+                while True:
+                    peer.recv(timeout=10)
+            closes.append((closed.exception.rcvd.code, closed.exception.rcvd.reason) if closed.exception.rcvd else None)
+        self.assertEqual(closes, [(1001, "server going away")] * 3)
+        log = server.log()
+        self.assertIn("stopping: closing 3 WebSocket connections (1001 going away)", log)
+        self.assertNotIn("without previous WebSocket closing handshake", log)
+        self.assertNotIn("Traceback", log)

@@ -18,7 +18,7 @@ from smartplug_backend.core.hub import Hub
 from smartplug_backend.core.limits import MAX_HANDSHAKE, MAX_MESSAGE, MAX_UNSENT, WS_HANDSHAKE_TIMEOUT
 from smartplug_backend.ws.apps import AppFactory
 
-from .helpers import accept, quiet, ws_connect
+from .helpers import accept, quiet, raw_handshake, ws_connect
 
 HANDSHAKE = (
     b"GET / HTTP/1.1\r\nHost: localhost:9001\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -315,6 +315,80 @@ class MessageSizeTests(SynchronousTestCase):
         good_pump.flush()
         self.assertEqual(good.messages, [b'{"id": "p", "value": 1}'])
         self.assertEqual(len(self.factory.clients), 1)
+
+
+class GoingAwayTests(SynchronousTestCase):
+    """
+    When the server stops, every WebSocket connection is closed with 1001
+    (L{LimitedServerFactory.go_away}, run by L{GoingAway}).
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.factory = AppFactory(Hub(), clock=self.clock)
+
+    def test_open_ones_closed_with_1001(self):
+        """
+        Open connections get a close frame with 1001 and the reason; once
+        they have answered and ended, the Deferred fires, with nothing left
+        to wait for.
+        """
+        pairs = [ws_connect(self.factory)[::2] for _ in range(2)]
+        self.assertEqual(len(self.factory.connections), 2)
+        done = self.factory.go_away(2.0)
+        for _, pump in pairs:
+            pump.flush()
+        self.assertEqual([client.closed for client, _ in pairs], [(1001, "server going away")] * 2)
+        self.assertIsNone(self.successResultOf(done))
+        self.assertEqual(self.factory.connections, set())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_silent_peer_dropped_after_timeout(self):
+        """
+        A peer that does not answer the close is dropped after the timeout,
+        and the Deferred fires then; one still in its opening handshake is
+        dropped at once.
+        """
+        open_one, open_transport = raw_handshake(self.factory, HANDSHAKE)
+        self.assertIn(b"101 Switching Protocols", open_transport.value())
+        opening, opening_transport = accept(self.factory)
+        open_transport.clear()
+        done = self.factory.go_away(2.0)
+        self.assertEqual(open_transport.value(), b"\x88\x13\x03\xe9server going away")
+        self.assertTrue(opening_transport.disconnecting)
+        self.assertNoResult(done)
+        self.clock.advance(2.0)
+        self.assertIsNone(self.successResultOf(done))
+        self.assertTrue(open_transport.disconnecting)
+
+    def test_nothing_open(self):
+        """
+        With no connection there is nothing to wait for.
+        """
+        self.assertIsNone(self.successResultOf(self.factory.go_away(2.0)))
+
+    def test_service_logs_and_waits(self):
+        """
+        L{GoingAway} says how many it closes and stops once they have
+        ended; with none it says nothing.
+        """
+        from smartplug_backend.server.services import GoingAway
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        service = GoingAway([self.factory], 2.0)
+        service.startService()
+        self.assertIsNone(service.stopService())
+        client, _, pump = ws_connect(self.factory)
+        service.startService()
+        stopping = service.stopService()
+        self.assertNoResult(stopping)
+        pump.flush()
+        self.successResultOf(stopping)
+        self.assertEqual(client.closed, (1001, "server going away"))
+        lines = [formatEvent(e) for e in events if e.get("log_namespace") == "smartplug_backend"]
+        self.assertEqual(lines, ["stopping: closing 1 WebSocket connection (1001 going away)"])
 
 
 class HandshakeLimitTests(SynchronousTestCase):

@@ -131,3 +131,7 @@ PUBSUB_SUBSCRIPTIONS_PER_CONNECTION = 1000
 PUBSUB_UNPUBLISHED_EPOCHS = 1000
 PUBSUB_STREAMS = 10000
 PUBSUB_HISTORY_BYTES = 32 * 1024 * 1024
+
+#: Seconds WebSocket peers have to answer the server's 1001 close when it
+#: stops (server.services.GoingAway) before they are dropped.
+WS_GOING_AWAY_TIMEOUT = 2.0

@@ -12,8 +12,12 @@ service (L{runtime.StopInOrder}) while it starts its children.
 import sys
 
 from twisted.application.service import Service
+from twisted.internet.defer import DeferredList
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
+
+_log = Logger(namespace="smartplug_backend")
 
 
 class StartupError(Exception):
@@ -36,6 +40,34 @@ def exit_startup(message: str) -> None:
     """
     say_startup_refused(message)
     raise SystemExit(1)
+
+
+class GoingAway(Service):
+    """
+    Closes every WebSocket connection when the server stops, each with 1001
+    ("going away"), so that apps and lamps see a server that stops rather
+    than a connection that broke (1006).  Added before the listeners, it
+    stops after them: no new connection comes meanwhile.
+
+    @param factories: the WebSocket listeners' factories (each with
+        C{connections} and C{go_away}, as
+        L{smartplug_backend.ws.base.LimitedServerFactory}).
+    @param timeout: seconds the peers have to answer the close before the
+        ones left are dropped.
+    """
+
+    def __init__(self, factories, timeout: float) -> None:
+        self._factories = list(factories)
+        self._timeout = timeout
+
+    def stopService(self):
+        super().stopService()
+        count = sum(len(factory.connections) for factory in self._factories)
+        if not count:
+            return None
+        _log.info("stopping: closing {count} WebSocket connection{s} (1001 going away)",
+                       count=count, s="" if count == 1 else "s")
+        return DeferredList([factory.go_away(self._timeout) for factory in self._factories])
 
 
 class ThreadPoolService(Service):

@@ -13,6 +13,8 @@ import re
 from typing import Iterable
 
 from autobahn.twisted.websocket import WebSocketServerFactory
+from twisted.internet import defer
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
@@ -25,6 +27,9 @@ from ..server.sockets import bound_send_buffer
 # What the kernel may hold for a WebSocket peer: its send buffer, fixed at
 # WS_SEND_BUFFER (Linux doubles the size asked for, overhead included).
 KERNEL_HOLDS = 2 * WS_SEND_BUFFER
+
+#: The close reason of every connection when the server stops (code 1001).
+GOING_AWAY = b"server going away"
 
 _HOST_HEADER = re.compile(rb"\nhost[ \t]*:", re.IGNORECASE)
 
@@ -213,6 +218,7 @@ class LenientServerProtocol(WebSocketServerSeams):
 
     def connectionMade(self):
         super().connectionMade()
+        self.factory.connections.add(self)
         # The kernel may hold at most KERNEL_HOLDS for the peer (no autotuning
         # up to megabytes that nothing counts); beyond that Twisted buffers,
         # pauses a streaming producer once it holds more than its bufferSize
@@ -233,7 +239,22 @@ class LenientServerProtocol(WebSocketServerSeams):
     def connectionLost(self, reason):
         self._end_handshake_deadline()
         self._backlog = None
-        super().connectionLost(reason)
+        try:
+            super().connectionLost(reason)
+        finally:
+            self.factory.forget(self)
+
+    def go_away(self) -> None:
+        """
+        The server is stopping: close an open connection with 1001 (RFC
+        6455's "going away"; the peer answers, then the connection ends),
+        and drop one still in its opening handshake.
+        """
+        if self.state == self.STATE_OPEN:
+            # sendClose() refuses 1001 as it does 1008 (see _too_slow).
+            self.sendCloseFrame(code=1001, reasonUtf8=GOING_AWAY, isReply=False)
+        elif self.state == self.STATE_CONNECTING:
+            self.transport.loseConnection()
 
     def _end_handshake_deadline(self) -> None:
         deadline, self._handshake_deadline = self._handshake_deadline, None
@@ -415,6 +436,9 @@ class LimitedServerFactory(WebSocketServerFactory):
         # No Server header: strangers learn nothing of versions.
         super().__init__(url, server=None)
         self.hub = hub
+        #: Every connection of this listener, open or still opening.
+        self.connections: set = set()
+        self._all_gone: list[Deferred] = []
         if clock is None:
             from twisted.internet import reactor as clock
         self.clock = clock
@@ -442,6 +466,39 @@ class LimitedServerFactory(WebSocketServerFactory):
         # (its default argument is False): the listener's origin policy is
         # applied with every call, so no later call can undo it.
         super().setProtocolOptions(*args, **{**self.origin_options, **options})
+
+    def forget(self, connection) -> None:
+        """
+        C{connection} has ended.
+        """
+        self.connections.discard(connection)
+        if not self.connections and self._all_gone:
+            waiting, self._all_gone = self._all_gone, []
+            for gone in waiting:
+                if not gone.called:  # else timed out (go_away)
+                    gone.callback(None)
+
+    def go_away(self, timeout: float) -> Deferred:
+        """
+        Close every connection as the server stops (L{LenientServerProtocol.go_away}).
+
+        @return: fires once all have ended, or after C{timeout} seconds, when
+            the ones left (a peer that does not answer the close) are
+            dropped.
+        """
+        if not self.connections:
+            return succeed(None)
+        gone: Deferred = Deferred()
+        self._all_gone.append(gone)
+        for connection in list(self.connections):
+            connection.go_away()
+
+        def too_late(failure):
+            failure.trap(defer.TimeoutError, defer.CancelledError)
+            for connection in list(self.connections):
+                connection.transport.abortConnection()
+
+        return gone.addTimeout(timeout, self.clock).addErrback(too_late)
 
     def send_to_all(self, connections: Iterable, payload: bytes) -> None:
         """
