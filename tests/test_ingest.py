@@ -201,6 +201,18 @@ class SameAnswersTests(SynchronousTestCase):
             if api_key is not None:
                 self.assertTrue(fast.guard.failures("192.168.1.64"))
 
+    def test_repeated_parameter_first_counts(self):
+        """
+        A repeated query parameter counts by its first value, on both paths,
+        as PiCloud's Go server and the WebSocket ports read it.
+        """
+        body = b'{"event": "e", "data": 1}'
+        first_good = wire(b"POST /publish?clientName=a&apiKey=good&apiKey=bad HTTP/1.1", {}, body)
+        first_bad = wire(b"POST /publish?clientName=a&apiKey=bad&apiKey=good HTTP/1.1", {}, body)
+        fast, app = self.compare([first_good, first_bad], "good")
+        self.assertIn(b" 201 ", fast.exchange(first_good))
+        self.assertIn(b" 401 ", fast.exchange(first_bad))
+
     def test_dual_stack_peer_as_ipv4(self):
         """
         On a dual-stack listener an IPv4 peer comes as C{::ffff:a.b.c.d}:

@@ -126,7 +126,10 @@ def given(request: bottle.BaseRequest, header: str, param: str):
     # with bytes that are not (SPEC 6.3, http.channel.BadRequest).  Should one
     # get here all the same, U+FFFD stands in for them: Bottle's own decoding
     # would raise (a 500).
-    raw = request.environ.get("HTTP_" + header.upper().replace("-", "_")) or request.query.get(param)
+    # A repeated parameter: the first, as PiCloud's Go server
+    # (url.Values.Get) and the WebSocket ports take it; Bottle's get()
+    # would give the last.
+    raw = request.environ.get("HTTP_" + header.upper().replace("-", "_")) or request.query.get(param, None, 0)
     return _utf8(raw) or None
 
 
