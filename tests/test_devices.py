@@ -210,17 +210,43 @@ class HandshakeTests(DeviceTestCase):
 
     def test_broken_first_message_counts(self):
         """
-        A first message Autobahn refuses itself (not UTF-8: 1007, over the
-        limit: 1009; RFC 6455 fixes those codes) counts as a failure too,
-        as anything but the secret does (SPEC 2.1).
+        A first message over the limit, which Autobahn refuses itself (1009,
+        SPEC 6.3), counts as a failure too, as anything but the secret does
+        (SPEC 2.1).
         """
-        for payload in [b"\xff\xfe", b"x" * (64 * 1024 + 1)]:
-            client, _, pump = self.connect()
-            client.sendMessage(payload)
-            pump.flush()
-            self.assertIn(client.closed[0], (1007, 1009))
-        self.assertEqual(self.guard.failures(PEER), 2)
-        self.assertTrue(all("broken first message" in f.reason for f in self.guard.recent_failures()))
+        client, _, pump = self.connect()
+        client.sendMessage(b"x" * (64 * 1024 + 1))
+        pump.flush()
+        self.assertEqual(client.closed[0], 1009)
+        self.assertEqual(self.guard.failures(PEER), 1)
+        self.assertIn("broken first message (code 1009)", self.guard.recent_failures()[-1].reason)
+
+    def test_first_message_not_utf8(self):
+        """
+        A first text message that is not UTF-8 is closed with 1008 and
+        counted, as any wrong secret (SPEC 2.1), not with Autobahn's 1007.
+        """
+        client, _, pump = self.connect()
+        client.sendMessage(b"\xff\xfe")
+        pump.flush()
+        self.assertEqual(client.closed, (1008, "authentication failed"))
+        self.assertEqual(client.messages, [])
+        self.assertEqual(self.guard.failures(PEER), 1)
+        self.assertIn("wrong secret", self.guard.recent_failures()[-1].reason)
+
+    def test_text_not_utf8_after_secret_ignored(self):
+        """
+        After the secret a text message that is not UTF-8 is neither a ping
+        nor a report: logged, counted as refused and ignored; the connection
+        stays open (SPEC 2.2).
+        """
+        client, _, pump = self.authenticated()
+        client.sendMessage(b'{"id": "\xff", "value": 1}')
+        client.sendMessage(b"ping")
+        pump.flush()
+        self.assertIsNone(client.closed)
+        self.assertEqual(client.messages[-1], b"pong")
+        self.assertEqual(self.hub.plugs(), [])
 
     def test_server_stop_is_no_failure(self):
         """

@@ -17,8 +17,9 @@ from ..core.reports import InvalidReport, parse_report
 from .base import LenientServerProtocol, LimitedServerFactory, peer_address, peer_host
 from .origins import ANY_ORIGIN
 
-# Close codes Autobahn sends for what the peer broke: a malformed frame,
-# text that is not UTF-8, a message over the limit.
+# Close codes Autobahn sends for what the peer broke: a malformed frame, a
+# message over the limit (SPEC 6.3's 1009).  Text that is not UTF-8 (1007)
+# is read by DeviceProtocol itself (see DeviceFactory).
 _BROKEN_BY_PEER = frozenset({1002, 1007, 1009})
 
 # Autobahn's sendClose() only takes 1000 and 3000-4999; 1008 is what SPEC 2.1
@@ -210,8 +211,11 @@ class DeviceFactory(LimitedServerFactory):
         self.devices: set = set()
         self._watchers: list = []
         # Devices keep themselves alive (SPEC 2.2); the idle timeout finds
-        # the silent ones.
-        self.setProtocolOptions(autoPingInterval=0)
+        # the silent ones.  Text that is not UTF-8 is read here, not closed
+        # with 1007 by Autobahn: as a first message it is not the secret
+        # (1008, SPEC 2.1), after it it is neither a ping nor a report
+        # (ignored, SPEC 2.2).
+        self.setProtocolOptions(autoPingInterval=0, utf8validateIncoming=False)
 
     @classmethod
     def from_settings(cls, settings, hub, guard, clock: IReactorTime, url=None) -> "DeviceFactory":
