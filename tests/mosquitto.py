@@ -39,6 +39,10 @@ class Mosquitto:
         lines = [
             f"listener {self.port} 127.0.0.1",
             "persistence false",
+            # The test's clients read everything the server publishes: its
+            # republish of hundreds of plugs must not overflow mosquitto's
+            # queue for them (1000 by default; it drops the rest).
+            "max_queued_messages 100000",
             # Started as root, mosquitto would switch to the user "mosquitto",
             # who cannot read the test's directory.
             f"user {pwd.getpwuid(os.getuid()).pw_name}",

@@ -60,7 +60,11 @@ class FakeClient:
         self.published = []
         self.subscribed = []
         self.calls = []
-        self.on_connect = self.on_connect_fail = self.on_disconnect = self.on_message = None
+        self.on_connect = self.on_connect_fail = self.on_disconnect = self.on_message = self.on_publish = None
+        # What publish() answers: paho's MQTT_ERR_SUCCESS, or (full) its
+        # MQTT_ERR_QUEUE_SIZE; each message gets the next id.
+        self.full = False
+        self.mids = []
 
     def connect_async(self, host, port, keepalive):
         self.calls.append(("connect_async", host, port))
@@ -80,7 +84,15 @@ class FakeClient:
     def publish(self, topic, payload, qos, retain):
         if "+" in topic or "#" in topic:
             raise ValueError("Publish topic cannot contain wildcards.")
-        self.published.append((topic, payload, qos, retain))
+
+        class Info:
+            rc = mqtt.paho.MQTT_ERR_QUEUE_SIZE if self.full else mqtt.paho.MQTT_ERR_SUCCESS
+            mid = len(self.mids) + 1
+
+        if not self.full:
+            self.published.append((topic, payload, qos, retain))
+            self.mids.append(Info.mid)
+        return Info
 
     def topics(self):
         return [p[0] for p in self.published]
@@ -100,6 +112,14 @@ class FakeClient:
 
     def dropped(self):
         self.on_disconnect(self, None, {}, ReasonCode(PacketTypes.DISCONNECT, "Unspecified error"), None)
+
+    def acknowledge(self, count=None):
+        """
+        The broker acknowledges the oldest C{count} messages (all by default).
+        """
+        mids, self.mids = (self.mids, []) if count is None else (self.mids[:count], self.mids[count:])
+        for mid in mids:
+            self.on_publish(self, None, mid, None, None)
 
     def message(self, topic, payload, retain=False):
         class Message:
@@ -227,6 +247,83 @@ class ConnectionTests(BridgeTestCase):
         self.assertEqual(self.client.published, [])
         self.client.message(TOPICS.ha_status, b"online")
         self.assertEqual(self.client.topics(), [m.topic for m in ha.discovery(self.hub.plugs(), self.hub.display(), TOPICS)])
+
+
+class RepublishWindowTests(BridgeTestCase):
+    """
+    A republish of thousands of plugs keeps at most REPUBLISH_WINDOW
+    messages unacknowledged, so that paho's queue never fills.
+    """
+
+    def setUp(self):
+        self.patch(mqtt, "REPUBLISH_WINDOW", 4)
+        super().setUp()
+        for i in range(5):
+            self.hub.report(f"p{i}", 0, "http", "x")
+
+    def test_paced_by_acknowledgements(self):
+        """
+        The first messages go at once, the rest as the broker acknowledges
+        them, until everything has been published, in L{ha.discovery}'s
+        order.
+        """
+        self.client.connected()
+        self.assertEqual(len(self.client.published), 4)
+        for _ in range(20):
+            self.client.acknowledge(1)
+        expected = [m.topic for m in ha.discovery(self.hub.plugs(), self.hub.display(), TOPICS)]
+        self.assertEqual(self.client.topics(), expected)
+
+    def test_states_read_when_sent(self):
+        """
+        A state published later in the republish is the plug's state then,
+        not when the republish began: it never undoes a live report.
+        """
+        self.client.connected()
+        self.hub.report("p4", 1, "http", "x")
+        self.assertEqual(self.client.published[-1], (TOPICS.plug_state("p4"), b"ON", 1, True))
+        self.client.acknowledge()
+        while self.client.mids:
+            self.client.acknowledge()
+        self.assertEqual(self.client.last(TOPICS.plug_state("p4"))[1], b"ON")
+
+    def test_birth_restarts_it(self):
+        """
+        Home Assistant's C{online} during a republish starts it again from
+        the top, rather than adding a second one behind it.
+        """
+        self.client.connected()
+        self.client.message(TOPICS.ha_status, b"online")
+        self.assertEqual(len(self.client.published), 4)
+        while self.client.mids:
+            self.client.acknowledge()
+        expected = [m.topic for m in ha.discovery(self.hub.plugs(), self.hub.display(), TOPICS)]
+        self.assertEqual(self.client.topics()[4:], expected)
+
+    def test_live_messages_not_held(self):
+        """
+        Reports are published at once, whatever the republish waits for.
+        """
+        self.client.connected()
+        self.hub.report("new", 1, "http", "x")
+        self.assertEqual(self.client.topics()[-2:], [TOPICS.plug_config("new"), TOPICS.plug_state("new")])
+
+    def test_queue_full_said_once(self):
+        """
+        When paho's queue is full (the broker does not acknowledge), the
+        messages it drops are said once per connection, not once each.
+        """
+        self.client.connected()
+        self.client.full = True
+        for value in (1, 0, 1):
+            self.hub.report("p0", value, "http", "x")
+        warnings = [line for line in self.logged() if "acknowledge" in line]
+        self.assertEqual(len(warnings), 1)
+        self.assertIn(f"{mqtt.MAX_QUEUED} messages wait for mqtt://broker.local:1883", warnings[0])
+        self.client.dropped()
+        self.client.connected()
+        self.hub.report("p0", 0, "http", "x")
+        self.assertEqual(len([line for line in self.logged() if "acknowledge" in line]), 2)
 
 
 class OutageLogTests(BridgeTestCase):
@@ -515,7 +612,9 @@ class StopTests(BridgeTestCase):
         self.connect()
         done = self.bridge.stopService()
         self.successResultOf(done)
-        self.assertEqual(self.client.published, [(TOPICS.status, b"offline", 1, True)])
+        # QoS 0: paho sends it before the DISCONNECT whatever waits for
+        # an acknowledgement.
+        self.assertEqual(self.client.published, [(TOPICS.status, b"offline", 0, True)])
         self.assertEqual(self.client.calls[-2:], ["disconnect", "loop_stop"])
         self.hub.report("a", 1, "http", "p")
         self.assertEqual(len(self.client.published), 1)

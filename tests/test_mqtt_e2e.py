@@ -265,3 +265,46 @@ class EventsEndToEndTests(TestCase):
             ("smartplug/events/hello", b'{"from":"mqtt"}'),
             ("smartplug/events/temp", b"21.5"),
         ])
+
+
+class ManyPlugsEndToEndTests(TestCase):
+    """
+    More plugs than one republish window, through a real broker and paho.
+    """
+
+    PLUGS = 700
+
+    def test_republish_and_stop_with_many_plugs(self):
+        """
+        After a broker restart (it forgets every retained message) the
+        server publishes every plug's state again, paced by the broker's
+        acknowledgements (more than REPUBLISH_WINDOW messages: paho calls
+        back for each); stopped straight after Home Assistant's birth
+        message, with a republish in flight, it still leaves C{offline}
+        retained.
+        """
+        import http.client
+
+        broker = start_mosquitto(self)
+        server = start_server(self, f"MQTT_URL = {broker.url()!r}\n")
+        server.wait_for(r"MQTT: connected to")
+        connection = http.client.HTTPConnection("127.0.0.1", server.ports["HTTP"], timeout=10)
+        self.addCleanup(connection.close)
+        for i in range(self.PLUGS):
+            connection.request("POST", "/data", json.dumps({"id": f"p{i}", "value": i % 2}))
+            self.assertEqual(connection.getresponse().read(), b"{}")
+        last = f"smartplug/plug/p{self.PLUGS - 1}/state"
+        connect_home_assistant(self, broker.port).wait_for(last, timeout=20)
+        broker.stop()
+        broker.start()
+        server.wait_for_count(r"MQTT: connected to", 2, timeout=20)
+        ha = connect_home_assistant(self, broker.port, topics=("smartplug/plug/+/state",))
+        ha.wait_for(last, timeout=30)
+        states = {m.topic: m.payload for m in ha.messages}
+        self.assertEqual(len(states), self.PLUGS)
+        self.assertEqual(states["smartplug/plug/p1/state"], b"ON")
+        ha.publish("homeassistant/status", b"online")
+        self.assertEqual(server.stop(), -signal.SIGTERM)
+        status = connect_home_assistant(self, broker.port, topics=("smartplug/status",))
+        self.assertEqual(status.wait_for("smartplug/status").payload, b"offline")
+        self.assertNotIn("Traceback", server.log())

@@ -108,13 +108,16 @@ REDIS_PRESENCE_INTERVAL = 5.0
 REDIS_PRESENCE_TTL_FACTOR = 3
 # MQTT (SPEC 12): paho's reconnect backoff starts at MQTT_RECONNECT_MIN
 # seconds and doubles up to MQTT_RECONNECT_MAX; the keepalive in seconds;
-# QoS 1 messages paho keeps while the broker is away (everything retained is
-# published again on reconnect anyway); seconds stopService waits for paho's
-# thread to end.
+# QoS 1 messages paho keeps unacknowledged (everything retained is
+# published again on reconnect anyway); of those, at most
+# MQTT_REPUBLISH_WINDOW for a republish of every config and state (the rest
+# follows as the broker acknowledges: thousands of plugs must not fill the
+# queue); seconds stopService waits for paho's thread to end.
 MQTT_RECONNECT_MIN = 1
 MQTT_RECONNECT_MAX = 60
 MQTT_KEEPALIVE = 60
 MQTT_MAX_QUEUED = 10000
+MQTT_REPUBLISH_WINDOW = 500
 MQTT_STOP_TIMEOUT = 5
 # Pub/sub memory (SPEC 3.4, 3.6), bounded whatever clients send: events whose
 # subscribers have all left stay in the info frame, the newest this many;

@@ -9,7 +9,7 @@ Payloads follow Home Assistant's MQTT discovery schemas: C{binary_sensor}
 
 import dataclasses
 import json
-from typing import Any, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 from .. import __version__
 from ..core import strictjson
@@ -276,14 +276,31 @@ def discovery(plugs: list[Plug], display: Optional[Display], topics: Topics) -> 
     C{online}: our status, every config, then every state (the display's
     only when known: C{None} while a node has not loaded it).
     """
-    messages = [Message(topics.status, ONLINE.encode())]
-    messages.append(Message(topics.light_config, _json(light_config(topics))))
-    messages.extend(Message(topics.button_config(c), _json(button_config(c, topics))) for c in COMMANDS)
-    messages.extend(Message(topics.plug_config(p.id), _json(plug_config(p.id, topics))) for p in plugs)
-    if display is not None:
-        messages.append(Message(topics.display_state, _json(light_state(display))))
-    messages.extend(Message(topics.plug_state(p.id), plug_state(p.value)) for p in plugs)
-    return messages
+    by_id = {p.id: p for p in plugs}
+    return list(discovery_now(list(by_id), by_id.get, lambda: display, topics))
+
+
+def discovery_now(plug_ids: list[str], plug: Callable[[str], Optional[Plug]],
+                  display: Callable[[], Optional[Display]], topics: Topics) -> Iterator[Message]:
+    """
+    L{discovery}'s messages one by one, each state read when its message is
+    made (C{plug(id)}, C{display()}), so that messages made later, after
+    the broker has taken the first ones, are never older than a state
+    published live meanwhile.
+    """
+    yield Message(topics.status, ONLINE.encode())
+    yield Message(topics.light_config, _json(light_config(topics)))
+    for c in COMMANDS:
+        yield Message(topics.button_config(c), _json(button_config(c, topics)))
+    for plug_id in plug_ids:
+        yield Message(topics.plug_config(plug_id), _json(plug_config(plug_id, topics)))
+    shown = display()
+    if shown is not None:
+        yield Message(topics.display_state, _json(light_state(shown)))
+    for plug_id in plug_ids:
+        now = plug(plug_id)
+        if now is not None:
+            yield Message(topics.plug_state(plug_id), plug_state(now.value))
 
 
 def plug_messages(plug: Plug, first: bool, topics: Topics) -> list[Message]:

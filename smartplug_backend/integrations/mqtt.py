@@ -34,6 +34,7 @@ RECONNECT_MIN = limits.MQTT_RECONNECT_MIN
 RECONNECT_MAX = limits.MQTT_RECONNECT_MAX
 KEEPALIVE = limits.MQTT_KEEPALIVE
 MAX_QUEUED = limits.MQTT_MAX_QUEUED
+REPUBLISH_WINDOW = limits.MQTT_REPUBLISH_WINDOW
 STOP_TIMEOUT = limits.MQTT_STOP_TIMEOUT
 # The origin our publications into pub/sub carry (the dashboard shows it).
 ORIGIN = "mqtt"
@@ -107,6 +108,13 @@ class MQTTBridge(Service):
         # True from the first failure until the next connection: one log
         # line per outage, not one per try.
         self._away = False
+        # The republish under way (the rest of its messages, made as they
+        # go out: L{_pump}), and the ids of our QoS 1 messages the broker has
+        # not acknowledged yet.
+        self._republishing = None
+        self._unacked: set = set()
+        # Said once per connection: paho's queue was full, messages dropped.
+        self._told_full = False
         # Subscribed now, in wiring order (tap adds tweets after us, as
         # SPEC 1.1 wants them last); nothing is published before connecting.
         self._stops: list[Callable[[], None]] = [hub.listen(self._report), hub.watch_display(self._display)]
@@ -120,6 +128,7 @@ class MQTTBridge(Service):
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_publish = self._on_publish
 
     # -- paho's thread: hand over, touch nothing ---------------------------
 
@@ -137,6 +146,9 @@ class MQTTBridge(Service):
 
     def _on_message(self, client, userdata, message) -> None:
         self._reactor.callFromThread(self._message, message.topic, message.payload, message.retain)
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        self._reactor.callFromThread(self._acknowledged, mid)
 
     # -- the reactor thread -------------------------------------------------
 
@@ -157,10 +169,13 @@ class MQTTBridge(Service):
             stop()
         self._stops = []
         was_connected = self._connected
+        self._republishing = None
         if was_connected:
-            # Before the DISCONNECT in paho's queue; a clean disconnect
-            # drops the will, so we say it ourselves.
-            self._publish(ha.Message(self._topics.status, ha.OFFLINE.encode()))
+            # A clean disconnect drops the will, so we say it ourselves, at
+            # QoS 0: paho sends that at once, before the DISCONNECT, while a
+            # QoS 1 message waits behind the ones still unacknowledged (a
+            # republish of thousands of plugs), and the DISCONNECT does not.
+            self._publish(ha.Message(self._topics.status, ha.OFFLINE.encode()), qos=0)
         self._connected = False
         self._client.disconnect()
         stopped = self._run(self._client.loop_stop)
@@ -181,6 +196,10 @@ class MQTTBridge(Service):
             return
         self._connected = True
         self._away = False
+        self._told_full = False
+        # Messages of an earlier connection that paho sends again are not
+        # counted toward the republish window.
+        self._unacked.clear()
         self._log.info("MQTT: connected to {where}", where=self._broker.where)
         subscriptions = [(self._topics.ha_status, 1), (self._topics.display_set, 1), (self._topics.display_command, 1)]
         if self._events:
@@ -208,23 +227,58 @@ class MQTTBridge(Service):
 
     def republish(self) -> None:
         """
-        Publish our status, every discovery config and every state again.
+        Publish our status, every discovery config and every state again:
+        at most L{REPUBLISH_WINDOW} unacknowledged at a time, the rest as the
+        broker acknowledges them, so that thousands of plugs do not fill
+        paho's queue (its limit would drop the rest, and what is published
+        live meanwhile).  A republish asked for while one is under way
+        starts it again from the top (Home Assistant's birth messages come
+        in bursts).
         """
-        # A node that has not loaded its state (Redis unreachable at start)
-        # does not know the display: its retained state stays as it was.
-        display = self._hub.display() if self._hub.display_known else None
-        for message in ha.discovery(self._hub.plugs(), display, self._topics):
+        hub = self._hub
+
+        def display():
+            # A node that has not loaded its state (Redis unreachable at
+            # start) does not know the display: its retained state stays.
+            return hub.display() if hub.display_known else None
+
+        self._republishing = ha.discovery_now([p.id for p in hub.plugs()], hub.plug, display, self._topics)
+        self._pump()
+
+    def _pump(self) -> None:
+        messages = self._republishing
+        while messages is not None and self._connected and len(self._unacked) < REPUBLISH_WINDOW:
+            message = next(messages, None)
+            if message is None:
+                self._republishing = None
+                return
             self._publish(message)
+
+    def _acknowledged(self, mid: int) -> None:
+        self._unacked.discard(mid)
+        if self._republishing is not None:
+            self._pump()
 
     def _publish(self, message: ha.Message, qos: int = 1) -> None:
         if not self._connected:
             # Everything retained is published again on (re)connect.
             return
         try:
-            self._client.publish(message.topic, message.payload, qos=qos, retain=message.retain)
+            sent = self._client.publish(message.topic, message.payload, qos=qos, retain=message.retain)
         except ValueError as e:
             # A topic paho refuses (e.g. an event named with + or #).
             self._log.warn("MQTT: not published to {topic!r}: {why}", topic=message.topic, why=str(e))
+            return
+        if sent.rc == paho.MQTT_ERR_QUEUE_SIZE:
+            if not self._told_full:
+                self._told_full = True
+                self._log.warn(
+                    "MQTT: {count} messages wait for {where} to acknowledge them; more are dropped until it does "
+                    "(every state is published again on the next reconnect, or when Home Assistant restarts)",
+                    count=MAX_QUEUED, where=self._broker.where,
+                )
+        elif qos:
+            self._unacked.add(sent.mid)
 
     def _report(self, report) -> None:
         for message in ha.plug_messages(report.plug, report.previous is None, self._topics):
