@@ -377,8 +377,38 @@ class OutageLogTests(BridgeTestCase):
             self.client.refused()
             self.client.dropped()
         self.assertEqual(len(self.warnings()), 1)
-        self.assertIn("refused: Not authorized", self.warnings()[0])
+        self.assertIn("refused: Not authorized; check the user and password in MQTT_URL: a % in them is written %25",
+                      self.warnings()[0])
         self.assertNotIn("hunter2", " ".join(self.logged()) + repr(BROKER))
+
+    def test_wrong_scheme_hinted(self):
+        """
+        mqtt:// to a TLS port (the broker closes before answering) and
+        mqtts:// to a plain one (the TLS handshake is reset, or answered
+        with no TLS record) say which scheme to try; a refused connection
+        says nothing of schemes.
+        """
+        self.client.dropped()
+        self.assertIn("unavailable (the broker closed it or went away; if port 1883 speaks TLS, use mqtts://)",
+                      self.warnings()[0])
+        for error in (ConnectionResetError(104, "Connection reset by peer"),
+                      ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)"),
+                      ConnectionRefusedError(111, "Connection refused")):
+            self.build()
+            self.bridge._broker = Broker("broker.local", 1883, tls=True)
+            try:
+                raise error
+            except OSError:
+                self.client.connect_failed()
+            hinted = "; if port 1883 is plain MQTT (no TLS), use mqtt://)" in self.warnings()[0]
+            self.assertEqual(hinted, not isinstance(error, ConnectionRefusedError), self.warnings())
+
+    def test_ipv6_broker_in_brackets(self):
+        """
+        An IPv6 broker is written as in its URL, in brackets.
+        """
+        self.assertEqual(Broker("::1", 1883).where, "mqtt://[::1]:1883")
+        self.assertEqual(Broker("fd00::2", 8883, tls=True).where, "mqtts://[fd00::2]:8883")
 
     def test_each_outage_once(self):
         """
@@ -518,7 +548,22 @@ class CommandTests(BridgeTestCase):
         self.connect()
         self.client.message(TOPICS.display_set, b'{"state": "ON"}', retain=True)
         self.assertEqual(self.packets, [])
-        self.assertTrue(any("retained" in line for line in self.logged()))
+        self.assertEqual([line for line in self.logged() if "retained" in line], [
+            "MQTT: ignored a retained message on 'smartplug/display/set': commands must not be retained; clear it with "
+            "mosquitto_pub -r -n -t 'smartplug/display/set' (and the broker's -h/-u/-P)"])
+
+    def test_retained_command_said_once(self):
+        """
+        The broker hands a retained command over again on every reconnect:
+        it is said once per topic, not each time.
+        """
+        self.connect()
+        for _ in range(3):
+            self.client.message(TOPICS.display_set, b'{"state": "ON"}', retain=True)
+            self.client.dropped()
+            self.client.connected()
+        self.client.message(TOPICS.display_command, b"reset", retain=True)
+        self.assertEqual(len([line for line in self.logged() if "retained" in line]), 2)
 
     def test_journal_refuses(self):
         """

@@ -224,7 +224,7 @@ class BrokerAwayEndToEndTests(TestCase):
         """
         broker = start_mosquitto(self, users={USER: PASSWORD})
         server = start_server(self, f"MQTT_URL = {broker.url(USER, 'wrong-pw')!r}\n")
-        server.wait_for(r"MQTT: broker .* unavailable \(refused: Not authorized\)")
+        server.wait_for(r"MQTT: broker .* unavailable \(refused: Not authorized; check the user and password in MQTT_URL")
         self.assertEqual(report(server, "a", 1), (200, b"{}"))
         self.assertNotIn("wrong-pw", server.log())
         self.assertEqual(server.log().count("unavailable"), 1)

@@ -115,6 +115,8 @@ class MQTTBridge(Service):
         self._unacked: set = set()
         # Said once per connection: paho's queue was full, messages dropped.
         self._told_full = False
+        # Topics whose retained command was said to be ignored.
+        self._told_retained: set = set()
         # Subscribed now, in wiring order (tap adds tweets after us, as
         # SPEC 1.1 wants them last); nothing is published before connecting.
         self._stops: list[Callable[[], None]] = [hub.listen(self._report), hub.watch_display(self._display)]
@@ -139,7 +141,7 @@ class MQTTBridge(Service):
         # paho calls this from inside its "except OSError:" around the
         # connect, so the error is the one being handled; if a paho version
         # stops doing so, the line just says "cannot connect".
-        self._reactor.callFromThread(self._unavailable, connect_error(sys.exc_info()[1]))
+        self._reactor.callFromThread(self._on_connect_error, connect_error(sys.exc_info()[1]))
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._reactor.callFromThread(self._lost, str(reason_code))
@@ -192,7 +194,10 @@ class MQTTBridge(Service):
             return  # handed over after stopService: we are leaving
         if failed:
             # Refused (bad password, not authorised): paho tries again.
-            self._unavailable(f"refused: {reason}")
+            hint = ""
+            if reason in ("Not authorized", "Bad user name or password"):
+                hint = "; check the user and password in MQTT_URL: a % in them is written %25"
+            self._unavailable(f"refused: {reason}{hint}")
             return
         self._connected = True
         self._away = False
@@ -223,7 +228,22 @@ class MQTTBridge(Service):
         if self._connected:
             self._unavailable(f"connection lost: {reason}")
         elif not self._away:
-            self._unavailable(reason)
+            # Closed before the broker said yes: a TLS port spoken to in
+            # plain MQTT closes so.
+            self._unavailable(reason + self._scheme_hint())
+
+    def _on_connect_error(self, why: str) -> None:
+        # mqtts:// to a plain port: the broker resets the TLS handshake, or
+        # answers with bytes that are no TLS record.
+        if self._broker.tls and re.search(r"reset by peer|wrong version number|EOF|record layer", why):
+            why += self._scheme_hint()
+        self._unavailable(why)
+
+    def _scheme_hint(self) -> str:
+        port = self._broker.port
+        if self._broker.tls:
+            return f"; if port {port} is plain MQTT (no TLS), use mqtt://"
+        return f"; if port {port} speaks TLS, use mqtts://"
 
     def republish(self) -> None:
         """
@@ -318,8 +338,15 @@ class MQTTBridge(Service):
             # command, and nothing to complain about.
             return
         if retained:
-            # A retained command would be applied again on every reconnect.
-            self._log.warn("MQTT: ignored a retained message on {topic!r}: commands must not be retained", topic=topic)
+            # A retained command would be applied again on every reconnect;
+            # the broker hands it over again each time: said once per topic.
+            if topic not in self._told_retained:
+                self._told_retained.add(topic)
+                self._log.warn(
+                    "MQTT: ignored a retained message on {topic!r}: commands must not be retained; clear it with "
+                    "mosquitto_pub -r -n -t '{topic}' (and the broker's -h/-u/-P)",
+                    topic=topic,
+                )
             return
         if topic == topics.display_set:
             self._light_command(payload)

@@ -34,8 +34,9 @@ class Broker:
 
     @property
     def where(self) -> str:
-        """C{mqtt://host:port}, for logs: no user, no password."""
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+        """C{mqtt://host:port} (an IPv6 host in brackets), for logs: no user, no password."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
 
 
 def parse_broker_url(url: str) -> Broker:
@@ -80,11 +81,12 @@ def userinfo_hint(url: str) -> str:
     """
     For an error about a URL with user information: a C{/}, C{?} or C{#}
     in the password ends the host part early, and the rest reads as a
-    port, path, query or fragment; say how to write them.
+    port, path, query or fragment; say how to write them (and C{%}, which
+    would otherwise start an escape).
     """
     if "@" not in url:
         return ""
-    return "; if the user or password holds / ? # or @, percent-encode them (%2F %3F %23 %40)"
+    return "; if the user or password holds % / ? # or @, percent-encode them (%25 %2F %3F %23 %40)"
 
 
 def redact(url: str) -> str:
