@@ -17,7 +17,8 @@ import runpy
 from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
 
-from .integrations.mqtt_url import InvalidBrokerURL, parse_broker_url, redact, userinfo_hint
+from .integrations.mqtt_url import InvalidBrokerURL, parse_broker_url, userinfo_hint
+from .integrations.urls import redact
 
 DEFAULT_PATH = "settings.py"
 

@@ -293,6 +293,23 @@ class FeedTests(SynchronousTestCase):
         self.assertEqual(shown["DASHBOARD_USERS"], ["anna"])
         self.assertEqual(shown["WWW_SERVER_PORT"], 9000)
 
+    def test_public_settings_hide_passwords_in_a_query(self):
+        """
+        A password in a URL's query (redis-py reads C{?password=}) is hidden
+        as C{***}, and the rest of the URL stays as written, an C{@} in
+        the query included; MQTT_URL's password too.
+        """
+        settings = config.settings_from({
+            "REDIS_URL": "redis://127.0.0.1:6379/0?username=u&password=SECRET",
+            "MQTT_URL": "mqtt://smartplug:pa55@192.168.1.2:1883",
+        })
+        shown = public_settings(settings)
+        self.assertEqual(shown["REDIS_URL"], "redis://127.0.0.1:6379/0?username=u&password=***")
+        self.assertEqual(shown["MQTT_URL"], "mqtt://smartplug:***@192.168.1.2:1883")
+        settings = config.settings_from({"REDIS_URL": "redis://:pw@db.lan:6380/2?password=p@ss&socket_timeout=5"})
+        self.assertEqual(public_settings(settings)["REDIS_URL"],
+                         "redis://:***@db.lan:6380/2?password=***&socket_timeout=5")
+
     def test_session_token_from_cookie_header(self):
         """
         The session token is read from a Cookie header among others.

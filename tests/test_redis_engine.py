@@ -14,13 +14,15 @@ from twisted.internet.task import deferLater
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
+from smartplug_backend import config
 from smartplug_backend.core.display import Display
 from smartplug_backend.core.history import History
 from smartplug_backend.core.hub import Hub
 from smartplug_backend.core.journal import StoreFailed
 from smartplug_backend.core.pubsub import report_publisher
+from smartplug_backend.http.dashboard.feed import public_settings
 from smartplug_backend.integrations import redis_engine
-from smartplug_backend.integrations.redis_engine import RedisEngine, redacted
+from smartplug_backend.integrations.redis_engine import RedisEngine
 from smartplug_backend.integrations.redis_store import NODES, node_key
 from smartplug_backend.server.guard import Guard
 
@@ -678,10 +680,18 @@ class EngineTests(TestCase):
                 if call.func == guard._lift:
                     call.cancel()
 
-    def test_redacted(self):
+    def test_where_hides_the_password(self):
         """
-        Logs name Redis by scheme, host, port and database, never by its
-        password.
+        Logs name Redis by its URL without its password, in the user
+        information or in the query (redis-py reads C{?password=} too),
+        exactly as the dashboard shows C{REDIS_URL}: one function hides it
+        for both.
         """
-        self.assertEqual(redacted("redis://:s3cret@db.example:6380/2"), "redis://db.example:6380/2")
-        self.assertEqual(redacted("rediss://user:pw@db.example/0"), "rediss://db.example/0")
+        for url, where in [
+            ("redis://:s3cret@db.example:6380/2", "redis://:***@db.example:6380/2"),
+            ("rediss://user:s3cret@db.example/0", "rediss://user:***@db.example/0"),
+            ("redis://127.0.0.1:6379/0?username=u&password=s3cret", "redis://127.0.0.1:6379/0?username=u&password=***"),
+        ]:
+            engine = Node(self, url, "node").engine
+            self.assertEqual(engine.where, where)
+            self.assertEqual(public_settings(config.settings_from({"REDIS_URL": url}))["REDIS_URL"], where)

@@ -87,25 +87,3 @@ def userinfo_hint(url: str) -> str:
     if "@" not in url:
         return ""
     return "; if the user or password holds % / ? # or @, percent-encode them (%25 %2F %3F %23 %40)"
-
-
-def redact(url: str) -> str:
-    """
-    C{url} with its user information hidden, for error messages: the
-    password becomes C{***} (and a lone C{user@} too, as it may be a
-    password).  Works on malformed URLs as well: no scheme, several C{@},
-    or a password holding C{/}, C{?} or C{#}.  Everything up to the last
-    C{@} is taken as user information, so a password is hidden however
-    it is written (at worst, more than the user information is).
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
-    if "@" in rest:
-        userinfo, host = rest.rsplit("@", 1)
-        user, colon, _ = userinfo.partition(":")
-        # A user name is shown only when it cannot hold part of a password.
-        if colon and not any(c in user for c in "/?#"):
-            return f"{scheme}{sep}{user}:***@{host}"
-        return f"{scheme}{sep}***@{host}"
-    return url

@@ -40,7 +40,6 @@ import secrets
 import threading
 from functools import partial
 from typing import Callable, Optional
-from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -67,6 +66,7 @@ from ..server.services import ThreadPoolService
 from .redis_bans import SharedBans
 from .redis_journal import RedisJournal, display_state, publication_of
 from .redis_store import CHANNEL, RedisState, Snapshot, Stale
+from .urls import redact
 
 # The engine's modes.
 DOWN, SYNCING, UP = "down", "syncing", "up"
@@ -85,19 +85,6 @@ class _Unanswered(redis.ConnectionError):
     Work refused on the Redis thread because Redis stopped answering before
     it ran: Redis was not asked.
     """
-
-
-def redacted(url: str) -> str:
-    """
-    C{url} without its user name and password, for logs.
-    """
-    parts = urlsplit(url)
-    host = parts.hostname or "localhost"
-    try:
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:  # the settings refuse such a URL; never raise here
-        port = ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
 def shared_epoch(incarnation: str, event: str) -> str:
@@ -148,7 +135,8 @@ class RedisEngine(ThreadPoolService):
     def __init__(self, url: str, node_name: str, reactor, keep: int, info_interval: float,
                  make_hub: Callable[[RedisJournal], object], client=None) -> None:
         super().__init__(ThreadPool(minthreads=1, maxthreads=1, name="smartplug-redis"), reactor)
-        self.where = redacted(url)
+        # As the dashboard shows it: one function hides the secrets in both.
+        self.where = redact(url)
         self.node_name = node_name
         self._clock = reactor
         self._client = make_client(url) if client is None else client

@@ -29,6 +29,7 @@ from ...core.limits import (
     DASHBOARD_RECENT_REPORTS,
     DASHBOARD_SERVER_REFRESH,
 )
+from ...integrations.urls import redact
 
 # The page shows changes within a second; the delay bounds how often a
 # burst of device pings or connections is re-sent.
@@ -249,7 +250,8 @@ def _encode(message: dict) -> bytes:
 def public_settings(settings) -> dict:
     """
     The settings as the dashboard shows them: secrets only as whether they
-    are set, user names without their hashes, passwords in URLs hidden.
+    are set, user names without their hashes, URLs as the logs show them
+    (L{redact}: passwords hidden, the rest as written).
     """
     shown: dict[str, Optional[object]] = {}
     for field in dataclasses.fields(settings):
@@ -261,9 +263,10 @@ def public_settings(settings) -> dict:
             value = sorted(value)
         elif _secret(name):
             value = "(set)" if value else "(not set)"
-        elif isinstance(value, str) and "@" in value and "://" in value:
-            scheme, _, rest = value.partition("://")
-            value = f"{scheme}://(hidden)@{rest.rpartition('@')[2]}"
+        elif isinstance(value, str) and (name.endswith("_URL") or "://" in value):
+            # As the logs show it: a password in the user information or
+            # in the query (redis://host/0?password=...) becomes ***.
+            value = redact(value)
         elif isinstance(value, tuple):
             value = list(value)
         shown[name] = value
