@@ -4,12 +4,12 @@ Tests for the hub (smartplug_backend.core.hub) and report parsing (reports).
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.logger import Logger
+from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from smartplug_backend.core.display import OFF, Display
 from smartplug_backend.core.hub import Hub, Plug, utc_rfc3339
-from smartplug_backend.core.journal import HistoryEntry, MemoryJournal, StoreFailed
+from smartplug_backend.core.journal import HistoryEntry, MemoryJournal, StoreAway, StoreFailed
 from smartplug_backend.core.reports import InvalidReport, broadcast_bytes, parse_report
 
 
@@ -160,11 +160,11 @@ class SlowJournal:
         """
         self.pending.pop(0)[1].callback(None)
 
-    def refuse(self, why="disk I/O error"):
+    def refuse(self, why="disk I/O error", error=StoreFailed):
         """
         Answer the oldest pending save with a store failure.
         """
-        self.pending.pop(0)[1].errback(StoreFailed(why))
+        self.pending.pop(0)[1].errback(error(why))
 
 
 class JournalTests(SynchronousTestCase):
@@ -228,6 +228,44 @@ class JournalTests(SynchronousTestCase):
         self.assertEqual(len(errors), 1)
         self.assertEqual(errors[0]["why"], "database or disk is full")
         self.assertEqual((errors[0]["change"], errors[0]["peer"]), ("report plug p -> 0", "10.0.0.9"))
+
+    def test_refusals_while_the_store_is_away_are_paced(self):
+        """
+        While the store is away (L{StoreAway}: Redis unreachable), the first
+        refused change is logged whole, the others summed up in one line at
+        most every 10 s, and what is left once the store takes a change
+        again; a store failure that is no outage is logged for each change.
+        """
+        def refused(count, error=StoreAway, why="Redis at redis://db:6379/0 unreachable"):
+            for i in range(count):
+                self.hub.set_display(Display(2, color=(1, 2, 3), pulse=0), f"10.0.0.{i}")
+                self.journal.refuse(why, error)
+                self.clock.advance(0.2)
+
+        def errors():
+            return [formatEvent(e) for e in self.events if e["log_level"].name == "error"]
+
+        refused(25)  # 5 s of an outage
+        self.assertEqual(len(errors()), 1)
+        self.assertIn("display [cc:2:1,2,3:0] from 10.0.0.0 refused: state store cannot write: Redis at "
+                      "redis://db:6379/0 unreachable", errors()[0])
+        refused(30)  # 6 s more: one summary, 10 s after the first line
+        self.assertEqual(len(errors()), 2)
+        self.assertEqual(errors()[1], "50 more changes refused in the last 10 s: state store cannot write: "
+                                      "Redis at redis://db:6379/0 unreachable")
+        self.assertEqual(self.hub.refused, {})  # displays are not counted as reports
+        self.hub.set_display(OFF, "x")
+        self.journal.commit()
+        self.assertEqual(len(errors()), 3)
+        self.assertIn("4 more changes refused in the last 1 s, until the state store took changes again",
+                      errors()[2])
+        # The next outage is logged again, and other failures every time.
+        refused(2)
+        refused(2, StoreFailed, "database or disk is full")
+        self.assertEqual(len(errors()), 6)
+        self.assertIn("refused: state store cannot write: Redis", errors()[3])
+        self.assertIn("database or disk is full", errors()[4])
+        self.assertIn("database or disk is full", errors()[5])
 
     def test_unexpected_journal_error(self):
         """

@@ -23,7 +23,8 @@ from twisted.logger import Logger
 
 from .display import COMMANDS, OFF, Display
 from .history import History, Publication
-from .journal import Journal, MemoryJournal, StoreFailed
+from .journal import Journal, MemoryJournal, StoreAway, StoreFailed
+from .limits import STORE_AWAY_LOG_EVERY
 from .pubsub import REPORT_EVENT, PubSub
 from .reports import broadcast_bytes
 from .times import utc_rfc3339
@@ -142,6 +143,12 @@ class Hub:
         # (source, reason) -> reports refused (REFUSALS).
         self.accepted: Counter = Counter()
         self.refused: Counter = Counter()
+        # While the store is away (StoreAway): when the last line about its
+        # refusals was logged (None: not away), and how many were refused
+        # since, unlogged.
+        self._away_logged: Optional[float] = None
+        self._away_unlogged = 0
+        self._away_why = ""
 
     def restore(self, plugs: Iterable[Plug], display: Optional[Display] = None, streams: Iterable = ()) -> None:
         """
@@ -201,10 +208,16 @@ class Hub:
             device port) may drop it.
         """
         saved = maybeDeferred(save, *args)
-        saved.addCallbacks(accept, self._not_saved, errbackArgs=(change, peer, source, publication))
+        saved.addCallbacks(self._saved, self._not_saved, callbackArgs=(accept,),
+                           errbackArgs=(change, peer, source, publication))
         # accept() catches its listeners' errors; this keeps the promise
         # that the Deferred never fails even if accept() itself had a bug.
         return saved.addErrback(self._not_applied, change, peer)
+
+    def _saved(self, answer, accept: Callable[[Any], object]):
+        if self._away_logged is not None:
+            self._store_back()
+        return accept(answer)
 
     def _not_applied(self, failure, change: str, peer: str) -> None:
         self._log.failure("{change} from {peer} saved but not applied", failure, change=change, peer=peer)
@@ -218,7 +231,9 @@ class Hub:
             # Nobody got it: its offset may be given again (a shared
             # journal numbers in Redis, where nothing was used).
             self.pubsub.history.refused(publication)
-        if failure.check(StoreFailed):
+        if failure.check(StoreAway):
+            self._refused_while_away(change, peer, failure.getErrorMessage())
+        elif failure.check(StoreFailed):
             self._log.error(
                 "{change} from {peer} refused: state store cannot write: {why}",
                 change=change, peer=peer, why=failure.getErrorMessage(),
@@ -226,6 +241,45 @@ class Hub:
         else:
             self._log.failure("{change} from {peer} refused: state store failed", failure, change=change, peer=peer)
         return None
+
+    def _refused_while_away(self, change: str, peer: str, why: str) -> None:
+        """
+        A change refused because the store is away (SPEC 11: the log says
+        so once): the first of an outage is logged whole, the others summed
+        up at the first refusal a period (L{STORE_AWAY_LOG_EVERY}) after the
+        last line, and the rest once the store takes a change again.  No
+        timer: nothing is left behind when the outage ends or the server
+        stops.
+        """
+        now = self._now()
+        self._away_why = why
+        if self._away_logged is None:
+            self._away_logged = now
+            self._away_unlogged = 0
+            self._log.error(
+                "{change} from {peer} refused: state store cannot write: {why}; the next changes refused while it "
+                "is away are summed up, at most once every {every:g} s",
+                change=change, peer=peer, why=why, every=STORE_AWAY_LOG_EVERY,
+            )
+            return
+        self._away_unlogged += 1
+        if now - self._away_logged >= STORE_AWAY_LOG_EVERY:
+            self._log.error(
+                "{count} more changes refused in the last {seconds:.0f} s: state store cannot write: {why}",
+                count=self._away_unlogged, seconds=now - self._away_logged, why=why,
+            )
+            self._away_logged = now
+            self._away_unlogged = 0
+
+    def _store_back(self) -> None:
+        if self._away_unlogged:
+            self._log.error(
+                "{count} more changes refused in the last {seconds:.0f} s, until the state store took changes "
+                "again: {why}",
+                count=self._away_unlogged, seconds=self._now() - self._away_logged, why=self._away_why,
+            )
+        self._away_logged = None
+        self._away_unlogged = 0
 
     def report(self, plug_id: str, value: int, source: str, peer: str) -> Deferred:
         """

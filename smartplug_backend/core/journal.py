@@ -24,6 +24,14 @@ class StoreFailed(Exception):
     """
 
 
+class StoreAway(StoreFailed):
+    """
+    The store cannot be reached (Redis away: SPEC 11): every change is
+    refused until it answers again, for the same reason, so the hub logs
+    the refusals of one outage paced rather than one line each.
+    """
+
+
 @dataclasses.dataclass(frozen=True)
 class HistoryEntry:
     """

@@ -106,6 +106,9 @@ REDIS_CONFIRM_TIMEOUT = 10.0
 # (factor + 1) * interval = 20 s, well inside SPEC 11's 30 s.
 REDIS_PRESENCE_INTERVAL = 5.0
 REDIS_PRESENCE_TTL_FACTOR = 3
+# While the state store is away, the first change refused is logged whole and
+# the others summed up in one line at most this often (seconds).
+STORE_AWAY_LOG_EVERY = 10.0
 # MQTT (SPEC 12): paho's reconnect backoff starts at MQTT_RECONNECT_MIN
 # seconds and doubles up to MQTT_RECONNECT_MAX; the keepalive in seconds;
 # QoS 1 messages paho keeps unacknowledged (everything retained is

@@ -53,7 +53,7 @@ from twisted.python.threadpool import ThreadPool
 from ..core.display import Display, InvalidDisplay, validate_display
 from ..core.history import Publication
 from ..core.hub import Plug
-from ..core.journal import StoreFailed
+from ..core.journal import StoreAway, StoreFailed
 from ..core.limits import (
     REDIS_COMMAND_TIMEOUT,
     REDIS_CONFIRM_TIMEOUT,
@@ -269,7 +269,7 @@ class RedisEngine(ThreadPoolService):
             with L{StoreFailed} when Redis is unreachable or did not take it.
         """
         if not self.up:
-            return fail(StoreFailed(f"Redis at {self.where} unreachable"))
+            return fail(StoreAway(f"Redis at {self.where} unreachable"))
         token = f"{self.node_id}:{next(self._tokens)}"
         # The incarnation goes out with the change: a node that loaded other
         # data (Redis was emptied and seeded again meanwhile) notices.
@@ -355,19 +355,22 @@ class RedisEngine(ThreadPoolService):
             why = f"Redis at {self.where}: {failure.getErrorMessage()}"
             self._unreachable_if_so(failure)
         if done is not None:
-            done.errback(StoreFailed(why))
+            # Redis away (a timeout, a lost connection) is an outage, paced
+            # in the log; anything else Redis said is news every time.
+            away = failure.check(redis.TimeoutError, redis.ConnectionError, OSError)
+            done.errback((StoreAway if away else StoreFailed)(why))
 
     def _unconfirmed(self, token: str) -> None:
         entry = self._pending.pop(token, None)
         if entry is not None:
             entry[0].errback(StoreFailed(f"Redis at {self.where} did not confirm within {REDIS_CONFIRM_TIMEOUT:g} s"))
 
-    def _fail_pending(self, why: str) -> None:
+    def _fail_pending(self, why: str, error: type = StoreFailed) -> None:
         pending, self._pending = self._pending, {}
         for done, timeout in pending.values():
             if timeout.active():
                 timeout.cancel()
-            done.errback(StoreFailed(why))
+            done.errback(error(why))
 
     # -- the change channel (its own thread) ----------------------------------
 
@@ -707,7 +710,7 @@ class RedisEngine(ThreadPoolService):
                 "serving this node's last copy",
                 where=self.where, why=why,
             )
-        self._fail_pending(f"Redis at {self.where} unreachable")
+        self._fail_pending(f"Redis at {self.where} unreachable", StoreAway)
 
     # -- presence ------------------------------------------------------------
 
