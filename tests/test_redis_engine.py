@@ -10,7 +10,7 @@ import json
 import redis
 from twisted.internet import reactor, threads
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
@@ -19,11 +19,12 @@ from smartplug_backend.core.display import Display
 from smartplug_backend.core.history import History
 from smartplug_backend.core.hub import Hub
 from smartplug_backend.core.journal import StoreFailed
+from smartplug_backend.core.limits import REDIS_EMPTY_GRACE
 from smartplug_backend.core.pubsub import report_publisher
 from smartplug_backend.http.dashboard.feed import public_settings
 from smartplug_backend.integrations import redis_engine
 from smartplug_backend.integrations.redis_engine import RedisEngine
-from smartplug_backend.integrations.redis_store import NODES, node_key
+from smartplug_backend.integrations.redis_store import NODES, RedisState, node_key
 from smartplug_backend.server.guard import Guard
 
 from .redis_server import start_redis
@@ -562,6 +563,49 @@ class EngineTests(TestCase):
         a.engine._resync()
         yield until(lambda: late.engine.mode == redis_engine.UP, "the late node to load A's copy", timeout=30)
         self.assertEqual(late.hub.plug("p").value, 1)
+
+    @inlineCallbacks
+    def test_node_without_state_seeds_a_redis_that_stays_empty(self):
+        """
+        A node that started before its Redis (a fresh deployment, a single
+        node) and then finds it empty is not stuck: it waits
+        L{REDIS_EMPTY_GRACE} s (on the engine's clock, a fake one here) for
+        a node that holds the state, and waits on while another node shows
+        its presence; then it seeds Redis with an empty state, says so in
+        one line, and takes changes.
+        """
+        self.redis.stop()
+        node = self.start_away(self.redis.url)
+        clock = Clock()
+        node.engine._now = clock.seconds
+        self.redis.start()
+
+        @inlineCallbacks
+        def tried():
+            # One more try to load, after the first: DOWN again, not seeded.
+            node.engine._resync()
+            yield until(lambda: node.engine.mode == redis_engine.DOWN, "the try to end", timeout=20)
+
+        yield until(lambda: self.lines("answers, but it holds no state"), "the node to find Redis empty", timeout=30)
+        self.assertEqual(node.engine.mode, redis_engine.DOWN)
+        clock.advance(REDIS_EMPTY_GRACE - 1)
+        yield tried()
+        # Another node shows its presence: it may hold the state.
+        other = RedisState(redis.Redis.from_url(self.redis.url))
+        self.addCleanup(other.client.close)
+        yield threads.deferToThread(other.show_node, "other-node", "[]", 60)
+        clock.advance(2)
+        yield tried()
+        self.assertEqual(self.lines("stayed empty"), [])
+        yield threads.deferToThread(other.hide_node, "other-node")
+        node.engine._resync()
+        yield until(lambda: node.engine.mode == redis_engine.UP, "the node to seed Redis", timeout=20)
+        (line,) = self.lines("stayed empty")
+        self.assertIn("stayed empty for 31 s and no other node is on it: seeded it with an empty state", line)
+        self.assertTrue(node.hub.display_known)
+        self.assertEqual(node.packets, ["[cc:0:?:?]"])
+        report = yield node.hub.report("p", 1, "http", "x")
+        self.assertEqual(report.plug.value, 1)
 
     @inlineCallbacks
     def test_redis_restarted_empty(self):

@@ -106,6 +106,13 @@ REDIS_CONFIRM_TIMEOUT = 10.0
 # (factor + 1) * interval = 20 s, well inside SPEC 11's 30 s.
 REDIS_PRESENCE_INTERVAL = 5.0
 REDIS_PRESENCE_TTL_FACTOR = 3
+# A node that never loaded the state and finds Redis empty waits this long
+# (seconds) for a node that holds the state to seed it before it seeds it
+# with an empty state itself, if no other node shows its presence: longer
+# than a live node takes to try again (REDIS_MAX_BACKOFF, plus the connect
+# and command timeouts of that try), and than a presence key lives
+# (PRESENCE_INTERVAL * PRESENCE_TTL_FACTOR).
+REDIS_EMPTY_GRACE = 30.0
 # While the state store is away, the first change refused is logged whole and
 # the others summed up in one line at most this often (seconds).
 STORE_AWAY_LOG_EVERY = 10.0

@@ -58,6 +58,7 @@ from ..core.limits import (
     REDIS_COMMAND_TIMEOUT,
     REDIS_CONFIRM_TIMEOUT,
     REDIS_CONNECT_TIMEOUT,
+    REDIS_EMPTY_GRACE,
     REDIS_MAX_BACKOFF,
     REDIS_PRESENCE_INTERVAL,
     REDIS_PRESENCE_TTL_FACTOR,
@@ -76,7 +77,7 @@ class _NothingToSeed(redis.RedisError):
     """
     Redis holds no state, and this node has none to seed it with (it could
     not load any since it started): seeding it with nothing would wipe the
-    other nodes' copies.
+    other nodes' copies, unless none comes to seed it (L{REDIS_EMPTY_GRACE}).
     """
 
 
@@ -171,6 +172,10 @@ class RedisEngine(ThreadPoolService):
         self._retry = None
         self._retry_delay = 0.5
         self._told_nothing_to_seed = False
+        # When this node, without a state of its own, first found Redis
+        # answering and empty (None: it did not, or loaded since).
+        self._empty_since: Optional[float] = None
+        self._now = reactor.seconds
         self._listener: Optional[threading.Thread] = None
         self._channel = None
         self.presence_interval = min(info_interval, REDIS_PRESENCE_INTERVAL)
@@ -524,10 +529,11 @@ class RedisEngine(ThreadPoolService):
 
     # -- loading -------------------------------------------------------------
 
-    def _load(self, plugs: list, display: Optional[str], may_seed: bool = True) -> tuple:
+    def _load(self, plugs: list, display: Optional[str], may_seed: bool = True, if_alone: bool = False) -> tuple:
         """
         (Redis thread) The snapshot; a Redis that holds nothing is seeded
-        first with C{plugs} and C{display}, this node's copy.
+        first with C{plugs} and C{display}, this node's copy, if C{may_seed},
+        or if C{if_alone} and no other node shows its presence.
 
         @return: C{(snapshot, how many plugs this node seeded Redis with, or
             None if it did not seed it)}.
@@ -535,10 +541,11 @@ class RedisEngine(ThreadPoolService):
         seeded = None
         snapshot = self.state.snapshot()
         if snapshot is None:
-            if not may_seed:
+            if not may_seed and not (if_alone and not self.state.other_nodes(self.node_id)):
                 raise _NothingToSeed(
-                    "it holds no state, and this node has none to give it: start a node that has one (or "
-                    "restart this one) while Redis is reachable"
+                    "it holds no state, and this node has none to give it: waiting for a node that has one to seed "
+                    f"it (start one, or restart this one while Redis is reachable); if none has after "
+                    f"{REDIS_EMPTY_GRACE:g} s and no other node is on Redis, this node seeds it with an empty state"
                 )
             if self.state.initialise(secrets.token_urlsafe(12), plugs, display):
                 seeded = len(plugs)
@@ -557,16 +564,26 @@ class RedisEngine(ThreadPoolService):
         hub = self.hub
         plugs = [(p.id, p.value, p.updated_at, "http") for p in hub.plugs()]
         display = display_state(hub.display()) if hub.display_known else None
-        loaded = self._run(self._load, plugs, display, hub.display_known)
+        # A node without a state of its own seeds an empty Redis only once
+        # the nodes that hold one had time to (SPEC 11: a fresh deployment,
+        # or a single node, whose Redis came up after it, is not stuck).
+        if_alone = self._empty_since is not None and self._now() - self._empty_since >= REDIS_EMPTY_GRACE
+        loaded = self._run(self._load, plugs, display, hub.display_known, if_alone)
         loaded.addCallbacks(self._synced, self._sync_failed, callbackArgs=(generation,), errbackArgs=(generation,))
         loaded.addErrback(lambda f: self._log.failure("applying the state loaded from Redis", f))
 
     def _sync_failed(self, failure, generation: int) -> None:
         if generation != self._generation:
             return
-        if failure.check(_NothingToSeed) and not self._told_nothing_to_seed:
-            self._told_nothing_to_seed = True
-            self._log.warn("Redis at {where} answers, but {why}", where=self.where, why=failure.getErrorMessage())
+        if failure.check(_NothingToSeed):
+            if self._empty_since is None:
+                self._empty_since = self._now()
+            if not self._told_nothing_to_seed:
+                self._told_nothing_to_seed = True
+                self._log.warn("Redis at {where} answers, but {why}", where=self.where, why=failure.getErrorMessage())
+        else:
+            # Away again: the nodes that hold the state get their time anew.
+            self._empty_since = None
         self._lost(_why(failure.value, self.where))
         # The channel may still be up: try again rather than wait for it.
         self._retry_later()
@@ -594,7 +611,13 @@ class RedisEngine(ThreadPoolService):
             renewed.addErrback(lambda f: self._log.failure("renewing the epochs in Redis", f))
             renewed.addCallback(lambda _: self._resync() if generation == self._generation else None)
             return
-        if seeded is not None:
+        if seeded is not None and not self.hub.display_known:
+            self._log.warn(
+                "Redis at {where} stayed empty for {seconds:.0f} s and no other node is on it: seeded it with an "
+                "empty state (no plugs, display off); changes accepted",
+                where=self.where, seconds=self._now() - self._empty_since,
+            )
+        elif seeded is not None:
             self._log.warn(
                 "Redis at {where} held no state: seeded it with this node's copy ({count} plugs){epochs}",
                 where=self.where, count=seeded, epochs="; pub/sub epochs change" if lost else "",
@@ -609,6 +632,7 @@ class RedisEngine(ThreadPoolService):
             # way: they come before the new data's, which stand for them.
             self._left.append(self._incarnation)
         self._incarnation = snapshot.incarnation
+        self._empty_since = None
         self._catch_up(snapshot, lost)
         self._applied = snapshot.seq
         self._mode = UP

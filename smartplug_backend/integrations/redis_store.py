@@ -439,6 +439,16 @@ class RedisState:
             self.client.srem(NODES, *gone)
         return [json.loads(listing) for listing in listings if listing is not None]
 
+    def other_nodes(self, node_id: str) -> list:
+        """
+        The ids of the other nodes whose presence has not expired.
+        """
+        others = sorted(_text(m) for m in self.client.smembers(NODES) if _text(m) != node_id)
+        if not others:
+            return []
+        listings = self.client.mget([node_key(n) for n in others])
+        return [n for n, listing in zip(others, listings, strict=True) if listing is not None]
+
     def hide_node(self, node_id: str) -> None:
         """
         Remove this node's listing at once (a clean stop).
