@@ -224,6 +224,39 @@ class FeedTests(SynchronousTestCase):
         snapshot = json.loads(live.feed.snapshot())
         self.assertEqual([c["ip_address"] for c in snapshot["clients"]], ["10.0.0.3:1"])
 
+    def test_devices_of_every_node(self):
+        """
+        On Redis (SPEC 11) the devices section lists the other nodes'
+        authenticated devices too, from their shared listing: address,
+        since when and node (last heard is known only on their own node);
+        this node's keep their own fields and gain its node.  A change of
+        the shared listings marks the section for the page.
+        """
+        clock = Clock()
+        clock.advance(1700000000)
+        hub = Hub(now=clock.seconds, node="pi-kitchen")
+
+        class Devices:
+            def connected(self):
+                return [{"address": "10.0.0.2:1", "connected_at": 1699999990.0, "last_heard": 1699999999.0}]
+
+        feed = Feed(hub, Guard(clock, ban_after=2, ban_seconds=60), clock, dict, devices=Devices())
+        hub.pubsub.watch_connections(feed.clients_changed)
+        sent = []
+        feed.watch(sent.append)
+        feed.viewers(1)
+        other = Hub(now=clock.seconds, node="pi-hall").pubsub
+        other.connected("lamp", "device", "10.0.0.7:2", kind="device")
+        other.connected("app", "device", "10.0.0.8:3")
+        hub.pubsub.show_elsewhere([json.loads(json.dumps(other.listing()))])
+        clock.advance(FLUSH_DELAY)
+        self.assertEqual(json.loads(sent[-1])["devices"], [
+            {"address": "10.0.0.2:1", "connected_at": 1699999990.0, "last_heard": 1699999999.0, "node": "pi-kitchen"},
+            {"address": "10.0.0.7:2", "connected_at": 1700000000.0, "last_heard": None, "node": "pi-hall",
+             "remote": True},
+        ])
+        self.assertEqual(json.loads(feed.snapshot())["devices"], json.loads(sent[-1])["devices"])
+
     def test_display_not_known_yet(self):
         """
         While a node on Redis has not loaded the shared state, the snapshot

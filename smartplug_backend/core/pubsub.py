@@ -189,6 +189,26 @@ class PubSub:
         mine = [(dict(entry), events.get(c, [])) for c, entry in self._connections.items()]
         return mine + [(entry, found) for listing in self._elsewhere for entry, found, _ in _listed_connections(listing)]
 
+    @property
+    def node(self) -> Optional[str]:
+        """
+        This node's name when several nodes share a journal, else C{None}.
+        """
+        return self._node
+
+    def devices_elsewhere(self) -> list[dict]:
+        """
+        The info-frame entries of the other nodes' devices (authenticated
+        connections of their device port, each with its C{"node"}), as
+        their shared listings last said (L{show_elsewhere}).
+        """
+        return [
+            entry
+            for listing in self._elsewhere
+            for entry, _, kind in _listed_connections(listing)
+            if kind == "device"
+        ]
+
     def app_connections(self) -> list[tuple[dict, list[str]]]:
         """
         L{connections} of the app port only (PlugBuddy and PiCloud clients),

@@ -29,6 +29,7 @@ from ...core.limits import (
     DASHBOARD_RECENT_REPORTS,
     DASHBOARD_SERVER_REFRESH,
 )
+from ...core.times import seconds_of_rfc3339
 from ...integrations.urls import redact
 
 # The page shows changes within a second; the delay bounds how often a
@@ -150,9 +151,11 @@ class Feed:
 
     def clients_changed(self) -> None:
         """
-        Connections or subscriptions changed.
+        Connections or subscriptions changed, on this node or (through the
+        shared presence) on others, whose devices are listed too.
         """
         self._mark("clients")
+        self._mark("devices")
 
     def devices_changed(self) -> None:
         """
@@ -193,7 +196,7 @@ class Feed:
                 clients.append(entry)
             return {"clients": clients}
         if name == "devices":
-            return {"devices": self._devices.connected() if self._devices is not None else None}
+            return {"devices": self._device_list()}
         if name == "security":
             guard = self._guard
             return {
@@ -204,6 +207,28 @@ class Feed:
                 "failures": [{"at": f.at, "address": f.address, "reason": f.reason} for f in guard.recent_failures()],
             }
         return {"server": self._server_facts()}
+
+    def _device_list(self) -> Optional[list]:
+        """
+        This node's devices (address, since, last heard), then the other
+        nodes' (SPEC 11: every node's connections), with what their shared
+        listing tells (address, since, their node; last heard is known only
+        where the device is connected); C{None} when no node has a device
+        port open here to say so (this node's is closed, no other lists one).
+        """
+        pubsub = self._hub.pubsub
+        elsewhere = [
+            {"address": entry.get("ip_address"), "connected_at": seconds_of_rfc3339(entry.get("connected_at")),
+             "last_heard": None, "node": entry.get("node"), "remote": True}
+            for entry in pubsub.devices_elsewhere()
+        ]
+        if self._devices is None:
+            return elsewhere or None
+        mine = self._devices.connected()
+        if pubsub.node is not None:
+            for device in mine:
+                device["node"] = pubsub.node
+        return mine + elsewhere
 
     def _mark(self, section: str) -> None:
         if not self._viewing:

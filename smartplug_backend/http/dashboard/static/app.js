@@ -491,14 +491,18 @@ $("display-update").addEventListener("click", () => {
 
 function showDevices(devices) {
   $("devices-off").hidden = devices !== null;
+  // With several nodes (REDIS_URL) every device names its node; only the
+  // node a device is connected to hears it, so another node's has no
+  // "last heard".
   rows("devices", devices || [], (d) => [
-    d.address, when(d.connected_at),
-    el("span", { class: "heard", "data-at": d.last_heard ?? "", text: heard(d.last_heard) }),
+    d.node ? `${d.address} (node ${d.node})` : d.address, when(d.connected_at),
+    d.remote ? el("span", { class: "muted", text: "not known on this node" })
+      : el("span", { class: "heard", "data-at": d.last_heard ?? "", text: heard(d.last_heard) }),
   ], "no device connected");
 }
 
 function heard(t) {
-  return `${when(t)} (${ago(t)} ago)`;
+  return t == null ? "not yet" : `${when(t)} (${ago(t)} ago)`;
 }
 
 // A silent device's list is not sent again: its "ago" moves on with the clock.
