@@ -628,9 +628,30 @@ class DashboardOnRedisTests(_InBrowser):
     """
 
     def setUp(self):
-        redis = start_redis(self)
+        self.redis = redis = start_redis(self)
         # STATE_DB is set too, and not used: the page must not offer it.
-        self.start(SETTINGS + f'REDIS_URL = "{redis.url}"\nSTATE_DB = "unused.sqlite"\n')
+        self.start(SETTINGS + f'REDIS_URL = "{redis.url}"\nSTATE_DB = "unused.sqlite"\nNODE_NAME = "hall"\n'
+                   "INFO_INTERVAL = 1\n")
+
+    def test_connections_of_every_node(self):
+        """
+        A lamp and an app connected to another node are listed too, each
+        with its node (SPEC 11); the other node's lamp has no "last heard"
+        here, where it is not heard.
+        """
+        porch = start_server(self, SETTINGS + f'REDIS_URL = "{self.redis.url}"\nNODE_NAME = "porch"\nINFO_INTERVAL = 1\n',
+                             listeners=("HTTP", "app WebSocket", "device WebSocket"))
+        lamp = device(porch)
+        self.addCleanup(lamp.close)
+        lamp.send(SECRET)
+        self.assertEqual(lamp.recv(timeout=10), "ok")
+        app = connect(f"ws://127.0.0.1:{porch.ports['app WebSocket']}/subscribe?clientName=door", open_timeout=10)
+        self.addCleanup(app.close)
+        self.open_dashboard()
+        self.text_in("#devices tbody", "(node porch)")
+        self.text_in("#devices tbody", "not known on this node")
+        self.text_in("#client-list tbody", "(node porch)")
+        self.text_in("#client-list tbody", "door")
 
     def test_store_is_redis(self):
         """

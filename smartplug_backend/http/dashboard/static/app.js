@@ -516,7 +516,11 @@ function drawHeard() {
 
 function showClients(clients) {
   // A client's connected_at is RFC 3339 (as PiCloud lists connections).
-  rows("client-list", clients, (c) => [c.client_name, c.ip_address, when(Date.parse(c.connected_at) / 1000), c.events.join(", ")], "no app connected");
+  // With several nodes (REDIS_URL) each names its node, as devices do.
+  rows("client-list", clients, (c) => [
+    c.client_name, c.node ? `${c.ip_address} (node ${c.node})` : c.ip_address,
+    when(Date.parse(c.connected_at) / 1000), c.events.join(", "),
+  ], "no app connected");
 }
 
 function addPublication(p) {
