@@ -19,7 +19,7 @@ class StateTests(SynchronousTestCase):
     """
 
     def setUp(self):
-        server = start_redis(self)
+        self.server = server = start_redis(self)
         self.client = redis.Redis.from_url(server.url)
         self.addCleanup(self.client.close)
         self.state = RedisState(self.client)
@@ -106,3 +106,70 @@ class StateTests(SynchronousTestCase):
         snapshot = self.state.snapshot()
         self.assertEqual(snapshot.plugs, [("p", 1, 2.0, "http")])
         self.assertEqual(snapshot.streams, [("smartplug", "ep", 2, [(1, '"x"', 1.0), (2, '"{}"', 2.0)])])
+
+    def test_restart_from_a_snapshot_file(self):
+        """
+        A Redis restarted from its snapshot file (appendonly no), which
+        misses the latest publication, says so in the snapshot and refuses
+        every change as stale until its data is renewed: new epochs, under a
+        new incarnation; then changes are taken again and offsets go on.
+        """
+        self.state.commit_publication("inc-1", '{"o":1}', "pc", "E", '"pc"', 1.0, 5, 60)
+        self.client.save()
+        self.state.commit_publication("inc-1", '{"o":1}', "pc", "E", '"p1"', 2.0, 5, 60)
+        self.assertFalse(self.state.snapshot().restarted)
+        self.server.kill()
+        self.server.start()
+        snapshot = self.state.snapshot()
+        self.assertEqual((snapshot.restarted, snapshot.streams), (True, [("pc", "E", 1, [(1, '"pc"', 1.0)])]))
+        self.assertRaises(Stale, self.state.commit_publication, "inc-1", '{"o":1}', "pc", "E", '"q1"', 3.0, 5, 60)
+        self.assertRaises(Stale, self.state.commit_report, "inc-1", '{"o":1}', "p", 1, 1.0, "http", 5)
+        self.assertFalse(self.state.persists_every_write())
+        self.assertTrue(self.state.renew("inc-1", "inc-2", "N"))
+        self.assertFalse(self.state.renew("inc-1", "inc-3", "M"))  # once
+        snapshot = self.state.snapshot()
+        self.assertEqual((snapshot.restarted, snapshot.incarnation, snapshot.streams),
+                         (False, "inc-2", [("pc", "N1", 1, [])]))
+        self.assertEqual(self.state.commit_publication("inc-2", '{"o":1}', "pc", "E", '"q1"', 3.0, 5, 60),
+                         (2, 2, "N1"))
+
+    def test_restart_with_every_write_on_disk(self):
+        """
+        A Redis that writes every change to disk before it answers
+        (appendonly yes, appendfsync always) is known to lose nothing: once
+        checked, the data goes on under the same incarnation and epochs.
+        """
+        self.server = start_redis(self, persist=True)
+        self.client = redis.Redis.from_url(self.server.url)
+        self.addCleanup(self.client.close)
+        self.state = RedisState(self.client)
+        self.state.initialise("inc-1", [], None)
+        self.state.commit_publication("inc-1", '{"o":1}', "pc", "E", '"p1"', 2.0, 5, 60)
+        self.server.kill()
+        self.server.start()
+        self.assertTrue(self.state.snapshot().restarted)
+        self.assertTrue(self.state.persists_every_write())
+        self.assertFalse(self.state.checked("other"))
+        self.assertTrue(self.state.checked("inc-1"))
+        snapshot = self.state.snapshot()
+        self.assertEqual((snapshot.restarted, snapshot.incarnation, snapshot.streams),
+                         (False, "inc-1", [("pc", "E", 1, [(1, '"p1"', 2.0)])]))
+        self.assertEqual(self.state.commit_publication("inc-1", '{"o":1}', "pc", "E", '"q1"', 3.0, 5, 60),
+                         (2, 2, "E"))
+
+    def test_persistence_that_cannot_be_told(self):
+        """
+        A Redis that refuses CONFIG (some hosted ones do) counts as one
+        that may lose writes.
+        """
+        class Refusing:
+            def info(self, section):
+                return {"aof_enabled": 1}
+
+            def config_get(self, name):
+                raise redis.ResponseError("unknown command 'CONFIG'")
+
+            def register_script(self, script):
+                return None
+
+        self.assertFalse(RedisState(Refusing()).persists_every_write())

@@ -28,7 +28,12 @@ reconnects with backoff (at most L{REDIS_MAX_BACKOFF} s), and on every
 (re)subscription loads the whole state again (a snapshot that carries its
 sequence number: changes already in it are skipped, later ones applied).  A
 Redis that lost its data (restarted empty) is seeded again from the first
-node's copy under a new I{incarnation}; the others notice and load it.
+node's copy under a new I{incarnation}; the others notice and load it.  A
+Redis that restarted (its run_id is not the one the data was last checked
+under) may have come back from a file that misses its latest writes, unless
+it persists every write: the first node that loads it then gives every
+pub/sub event a new epoch (SPEC 3.6), with no state of its own needed, and
+until then Redis refuses every change.
 """
 
 import base64
@@ -209,7 +214,7 @@ class RedisEngine(ThreadPoolService):
             # Subscribed first, then loaded: no change can fall between the
             # two, and the node is up before its listeners bind.
             self._channel = self._subscribe()
-            snapshot, seeded = self._load([], None)
+            snapshot, seeded, renewed = self._load([], None)
         except (redis.RedisError, OSError) as e:
             self._away = True
             self.hub.display_known = False
@@ -223,6 +228,8 @@ class RedisEngine(ThreadPoolService):
         if seeded is not None:
             self._log.warn("Redis at {where} held no state: seeded it with this node's copy ({count} plugs)",
                            where=self.where, count=seeded)
+        if renewed:
+            self._log_restarted()
         self._incarnation = snapshot.incarnation
         self._applied = snapshot.seq
         self._mode = UP
@@ -535,10 +542,15 @@ class RedisEngine(ThreadPoolService):
         first with C{plugs} and C{display}, this node's copy, if C{may_seed},
         or if C{if_alone} and no other node shows its presence.
 
+        A Redis that restarted since its data was last checked is checked
+        first: if it may have lost writes, every event gets a new epoch.
+
         @return: C{(snapshot, how many plugs this node seeded Redis with, or
-            None if it did not seed it)}.
+            None if it did not seed it, whether this node renewed the epochs
+            because Redis restarted)}.
         """
         seeded = None
+        renewed = False
         snapshot = self.state.snapshot()
         if snapshot is None:
             if not may_seed and not (if_alone and not self.state.other_nodes(self.node_id)):
@@ -552,9 +564,27 @@ class RedisEngine(ThreadPoolService):
             snapshot = self.state.snapshot()
             if snapshot is None:
                 raise redis.RedisError("Redis lost its state again while it was being seeded")
+        if snapshot.restarted:
+            # Another node may check it at the same time: the scripts let
+            # one of them do it, and the snapshot after it shows the result.
+            if self.state.persists_every_write():
+                self.state.checked(snapshot.incarnation)
+            else:
+                renewed = self.state.renew(snapshot.incarnation, secrets.token_urlsafe(12), secrets.token_urlsafe(6))
+            snapshot = self.state.snapshot()
+            if snapshot is None or snapshot.restarted:
+                raise redis.RedisError("Redis restarted or lost its state again while it was being checked")
         # Redis answers again: work queued behind this load may ask it.
         self._unanswered.clear()
-        return snapshot, seeded
+        return snapshot, seeded, renewed
+
+    def _log_restarted(self) -> None:
+        self._log.warn(
+            "Redis at {where} restarted since its data was last checked and does not write every change to disk "
+            "before it answers (appendonly yes, appendfsync always), so it may have lost its latest changes: "
+            "pub/sub epochs change",
+            where=self.where,
+        )
 
     def _resync(self) -> None:
         self._mode = SYNCING
@@ -595,7 +625,7 @@ class RedisEngine(ThreadPoolService):
     def _synced(self, loaded: tuple, generation: int) -> None:
         if generation != self._generation:
             return
-        snapshot, seeded = loaded
+        snapshot, seeded, renewed = loaded
         lost = self._incarnation is not None and snapshot.incarnation != self._incarnation
         if not lost and snapshot.seq < self._applied:
             # Same data, fewer changes: Redis came back from a file that
@@ -622,6 +652,8 @@ class RedisEngine(ThreadPoolService):
                 "Redis at {where} held no state: seeded it with this node's copy ({count} plugs){epochs}",
                 where=self.where, count=seeded, epochs="; pub/sub epochs change" if lost else "",
             )
+        elif renewed:
+            self._log_restarted()
         elif lost:
             self._log.warn(
                 "Redis at {where} lost its data and holds a new copy now: loaded it; pub/sub epochs change",

@@ -4,7 +4,8 @@ one change atomically, the snapshot a node loads, and the presence lists.
 
 Every commit is one Lua script, so Redis runs it whole or not at all and in
 one order for all nodes: it checks that Redis still holds the data this node
-loaded (the I{incarnation}), takes the next number of the global sequence,
+loaded (the I{incarnation}) and that Redis has not restarted since the data
+was last checked (the I{run}), takes the next number of the global sequence,
 writes the state and history, and publishes the change, numbered, on
 L{CHANNEL}.  Every node (the one that committed too) applies the changes in
 the order of that channel.
@@ -17,6 +18,10 @@ Keys (all under C{smartplug:}; one Redis database, not Redis Cluster):
 
     incarnation        random id made when the data was first written; a
                        Redis that lost its data has none (or a new one)
+    run                the run_id (INFO server) of the Redis process the
+                       data was last checked under: another one means
+                       Redis restarted since, and may have come back from
+                       a file that misses the latest writes (SPEC 3.6)
     seq                the number of the last change
     plugs              hash: plug id -> JSON [value, at, source]
     plug-order         sorted set: plug id by the sequence number of its
@@ -45,6 +50,7 @@ from ..core.journal import HistoryEntry
 PREFIX = "smartplug:"
 CHANNEL = PREFIX + "changes"
 INCARNATION = PREFIX + "incarnation"
+RUN = PREFIX + "run"
 SEQ = PREFIX + "seq"
 PLUGS = PREFIX + "plugs"
 PLUG_ORDER = PREFIX + "plug-order"
@@ -77,12 +83,25 @@ class Stale(Exception):
     """
 
 
-# KEYS[1] incarnation, KEYS[2] seq; ARGV[1] the incarnation this node
-# loaded, ARGV[2] the channel, ARGV[3] the change as a JSON object, which the
-# message gets with "seq" put first.
-_PRELUDE = """
+# The run_id of this Redis process: it changes at every start of Redis.
+_RUN_ID = """
+local function run_id()
+  return string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+end
+"""
+
+# KEYS[1] incarnation, KEYS[2] seq, KEYS[#KEYS] run; ARGV[1] the incarnation
+# this node loaded, ARGV[2] the channel, ARGV[3] the change as a JSON object,
+# which the message gets with "seq" put first.  A Redis that restarted since
+# the data was last checked takes no change until a node has loaded it again
+# (and renewed the epochs if Redis may have lost writes): offsets handed out
+# before may be given again.
+_PRELUDE = _RUN_ID + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('STALE Redis holds other data than this node loaded')
+end
+if redis.call('GET', KEYS[#KEYS]) ~= run_id() then
+  return redis.error_reply('STALE Redis restarted since its data was last loaded')
 end
 local seq = redis.call('INCR', KEYS[2])
 local function announce(extra)
@@ -188,25 +207,29 @@ announce('')
 return seq
 """
 
-# KEYS: incarnation, seq, plugs, plug-order, display, bans, events; ARGV[1]
-# the key prefix.  One script, so the state, the streams and the sequence
-# number they reach are read at one instant.
-_SNAPSHOT = """
+# KEYS: incarnation, seq, plugs, plug-order, display, bans, events, run;
+# ARGV[1] the key prefix.  One script, so the state, the streams and the
+# sequence number they reach are read at one instant.  The last item is 1
+# when Redis restarted since the data was last checked.
+_SNAPSHOT = _RUN_ID + """
 local incarnation = redis.call('GET', KEYS[1])
 if not incarnation then return false end
 """ + _STREAMS + """
+local restarted = 0
+if redis.call('GET', KEYS[8]) ~= run_id() then restarted = 1 end
 return {incarnation, redis.call('GET', KEYS[2]) or '0', redis.call('HGETALL', KEYS[3]),
         redis.call('ZRANGE', KEYS[4], 0, -1), redis.call('GET', KEYS[5]) or '',
-        redis.call('HGETALL', KEYS[6]), streams}
+        redis.call('HGETALL', KEYS[6]), streams, restarted}
 """
 
-# KEYS: incarnation, plugs, plug-order, display; ARGV[1] the new
+# KEYS: incarnation, plugs, plug-order, display, run; ARGV[1] the new
 # incarnation, ARGV[2] JSON [[id, "JSON [value, at, source]"], ...] (the
 # states as strings: cjson would round the times to 14 digits), ARGV[3] the
 # display state or ''.  Seeds an empty Redis with a node's copy, once.
-_INITIALISE = """
+_INITIALISE = _RUN_ID + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[5], run_id())
 for i, plug in ipairs(cjson.decode(ARGV[2])) do
   redis.call('HSET', KEYS[2], plug[1], plug[2])
   redis.call('ZADD', KEYS[3], i, plug[1])
@@ -216,18 +239,29 @@ return 1
 """
 
 
-# KEYS: incarnation, events; ARGV[1] the incarnation the node loaded,
+# KEYS: incarnation, events, run; ARGV[1] the incarnation the node loaded,
 # ARGV[2] a new one, ARGV[3] a new epoch's prefix, ARGV[4] the key prefix.
 # For a Redis that lost its latest changes but not all (an append-only file
-# synced every second): new epochs for every event, its kept publications
-# dropped (their offsets may be given again), once.
-_RENEW = """
+# synced every second, a snapshot file), or may have: new epochs for every
+# event, its kept publications dropped (their offsets may be given again),
+# once; the data is checked under this Redis process from then on.
+_RENEW = _RUN_ID + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[3], run_id())
 for i, event in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   redis.call('HSET', ARGV[4] .. 'event:' .. event, 'epoch', ARGV[3] .. i)
   redis.call('DEL', ARGV[4] .. 'stream:' .. event)
 end
+return 1
+"""
+
+# KEYS: incarnation, run; ARGV[1] the incarnation the node loaded.  A Redis
+# that restarted without losing a write (it persists every one): the data
+# is checked under this Redis process from then on, epochs unchanged.
+_CHECKED = _RUN_ID + """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], run_id())
 return 1
 """
 
@@ -245,6 +279,9 @@ class Snapshot:
     @ivar streams: the pub/sub streams, C{[(event, epoch, newest offset,
         [(offset, data_json, created_at), ...] oldest first)]}, as
         C{History.restore} takes them.
+    @ivar restarted: Redis restarted since the data was last checked (see
+        L{RedisState.checked} and L{RedisState.renew}): it may have lost
+        its latest writes.
     """
 
     incarnation: str
@@ -253,6 +290,7 @@ class Snapshot:
     display: Optional[dict]
     bans: dict
     streams: list
+    restarted: bool = False
 
 
 def _text(value) -> str:
@@ -289,10 +327,11 @@ class RedisState:
         self._snapshot = client.register_script(_SNAPSHOT)
         self._initialise = client.register_script(_INITIALISE)
         self._renew = client.register_script(_RENEW)
+        self._checked = client.register_script(_CHECKED)
 
     def _commit(self, script, keys: list, incarnation: str, change: str, *args):
         try:
-            return script(keys=[INCARNATION, SEQ, *keys], args=[incarnation, CHANNEL, change, *args])
+            return script(keys=[INCARNATION, SEQ, *keys, RUN], args=[incarnation, CHANNEL, change, *args])
         except redis.ResponseError as e:
             if str(e).startswith("STALE"):
                 raise Stale(str(e)) from None
@@ -366,10 +405,10 @@ class RedisState:
         The whole shared state, or C{None} when Redis holds none (empty, or
         it lost its data).
         """
-        found = self._snapshot(keys=[INCARNATION, SEQ, PLUGS, PLUG_ORDER, DISPLAY, BANS, EVENTS], args=[PREFIX])
+        found = self._snapshot(keys=[INCARNATION, SEQ, PLUGS, PLUG_ORDER, DISPLAY, BANS, EVENTS, RUN], args=[PREFIX])
         if found is None:
             return None
-        incarnation, seq, states, order, display, bans, streams = found
+        incarnation, seq, states, order, display, bans, streams, restarted = found
         states = _pairs(states)
         plugs = []
         for plug_id in map(_text, order):
@@ -380,7 +419,7 @@ class RedisState:
         return Snapshot(
             _text(incarnation), int(seq), plugs, json.loads(display) if display else None,
             {address: tuple(json.loads(ban)) for address, ban in _pairs(bans).items()},
-            [_stream(*found) for found in streams],
+            [_stream(*found) for found in streams], bool(restarted),
         )
 
     def initialise(self, incarnation: str, plugs: list, display: Optional[str]) -> bool:
@@ -392,17 +431,43 @@ class RedisState:
         @return: True when this call seeded it.
         """
         seed = json.dumps([[plug[0], json.dumps(list(plug[1:]))] for plug in plugs])
-        return bool(self._initialise(keys=[INCARNATION, PLUGS, PLUG_ORDER, DISPLAY],
+        return bool(self._initialise(keys=[INCARNATION, PLUGS, PLUG_ORDER, DISPLAY, RUN],
                                      args=[incarnation, seed, display or ""]))
 
     def renew(self, incarnation: str, new_incarnation: str, epoch_prefix: str) -> bool:
         """
         Give every event a new epoch (and drop its kept publications) under
-        a new incarnation, unless another node did already.
+        a new incarnation, unless another node did already; the data counts
+        as checked under the running Redis process.
 
         @return: True when this call did.
         """
-        return bool(self._renew(keys=[INCARNATION, EVENTS], args=[incarnation, new_incarnation, epoch_prefix, PREFIX]))
+        return bool(self._renew(keys=[INCARNATION, EVENTS, RUN],
+                                args=[incarnation, new_incarnation, epoch_prefix, PREFIX]))
+
+    def checked(self, incarnation: str) -> bool:
+        """
+        Count the data of C{incarnation} as checked under the running Redis
+        process, epochs unchanged (it restarted without losing a write),
+        unless Redis holds other data by now.
+
+        @return: True when this call did.
+        """
+        return bool(self._checked(keys=[INCARNATION, RUN], args=[incarnation]))
+
+    def persists_every_write(self) -> bool:
+        """
+        True when Redis writes every change to its append-only file before
+        it answers (C{appendonly yes}, C{appendfsync always}), so that a
+        restart loses nothing it took; False when it does not, or when it
+        cannot be told (C{CONFIG} refused, as some hosted Redis do).
+        """
+        try:
+            if self.client.info("persistence").get("aof_enabled") != 1:
+                return False
+            return _text(self.client.config_get("appendfsync").get("appendfsync", "")) == "always"
+        except redis.ResponseError:
+            return False
 
     def history(self, plug_id: str, limit: int) -> list:
         """
