@@ -48,11 +48,12 @@ class Node:
     One engine with its hub, recording what its listeners are told.
     """
 
-    def __init__(self, testcase, url: str, name: str, info_interval: float = 5, history: int = 100):
+    def __init__(self, testcase, url: str, name: str, info_interval: float = 5, history: int = 100,
+                 max_bytes: int = 32 * 1024 * 1024):
         self.engine = RedisEngine(
             url, name, reactor, keep=5, info_interval=info_interval,
             make_hub=lambda journal: Hub(now=reactor.seconds, journal=journal, node=name, publish_reports=True,
-                                         history=History(keep=history, now=reactor.seconds)),
+                                         history=History(keep=history, now=reactor.seconds, max_bytes=max_bytes)),
         )
         self.hub = self.engine.hub
         self.reports = []
@@ -742,6 +743,61 @@ class EngineTests(TestCase):
         yield self.report_until_taken(b, "p", 1)
         yield self.publish(a, "door", "d3")
         self.assertEqual(a.hub.pubsub.history.position("door")[0], 3)
+
+    @inlineCallbacks
+    def test_history_bytes_kept_in_redis(self):
+        """
+        SPEC 6.3 and 11: Redis keeps no more publication data over all
+        events than a node does (PUBSUB_HISTORY_BYTES, here 1000), the least
+        recently published events losing their oldest first; a node that
+        starts later loads the same history as the one that published.
+        """
+        (a,) = yield self.nodes(1, max_bytes=1000)
+        payload = "x" * 298  # 300 bytes as JSON
+        yield self.publish(a, "a", payload, payload, payload)
+        yield self.publish(a, "b", payload)
+        yield self.publish(a, "c", payload)
+        client = a.engine.state.client
+        kept = yield threads.deferToThread(
+            lambda: sum(len(fields[b"d"]) for e in "abc" for _, fields in client.xrange(f"smartplug:stream:{e}")))
+        self.assertEqual(kept, 900)
+        late = Node(self, self.redis.url, "late", max_bytes=1000)
+        yield late.start()
+        for event in "abc":
+            self.assertEqual(late.hub.pubsub.history_page(event, 0, 10), a.hub.pubsub.history_page(event, 0, 10))
+        self.assertEqual([[f["offset"] for f in json.loads(late.hub.pubsub.history_page(e, 0, 10))["publications"]]
+                          for e in "abc"], [[3], [1], [1]])
+
+    @inlineCallbacks
+    def test_publication_while_the_streams_load(self):
+        """
+        The streams are loaded in pieces, apart from the rest of the state:
+        a publication made on another node after its stream was read, but
+        before the rest, reaches the loading node's subscribers once, and
+        its history, from the change channel.
+        """
+        a, b = yield self.nodes()
+        yield self.publish(a, "door", "d1", "d2")
+        yield until(lambda: b.hub.pubsub.history.position("door")[0] == 2, "B to have both")
+        b.subscribe("s", "door")
+        read = b.engine.state._streams
+        made = []
+
+        def piece(keys, args):
+            found = read(keys=keys, args=args)
+            if not made:
+                change = {"origin": "elsewhere", "node": "x", "token": "t", "incarnation": a.engine._incarnation,
+                          "kind": "publication", "event": "door", "data": '"mid"', "created_at": 5.0}
+                made.append(a.engine.state.commit_publication(
+                    a.engine._incarnation, json.dumps(change), "door", "-", '"mid"', 5.0, 100, 60))
+            return found
+
+        b.engine.state._streams = piece
+        b.engine._resync()
+        yield until(lambda: b.engine.mode == redis_engine.UP and made, "B to load again")
+        yield until(lambda: a.hub.pubsub.history.position("door")[0] == 3, "A to have the third")
+        self.assertEqual([f["data"] for f in b.frames["s"]], ["mid"])
+        self.assertEqual(b.hub.pubsub.history_page("door", 0, 10), a.hub.pubsub.history_page("door", 0, 10))
 
     @inlineCallbacks
     def test_info_frame_lists_every_node(self):

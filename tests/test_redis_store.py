@@ -8,6 +8,7 @@ import json
 import redis
 from twisted.trial.unittest import SynchronousTestCase
 
+from smartplug_backend.integrations import redis_store
 from smartplug_backend.integrations.redis_store import CHANNEL, RedisState, Stale
 
 from .redis_server import start_redis
@@ -173,3 +174,115 @@ class StateTests(SynchronousTestCase):
                 return None
 
         self.assertFalse(RedisState(Refusing()).persists_every_write())
+
+
+def data(name: str, size: int = 300) -> str:
+    """
+    A publication's data as JSON, C{size} bytes long.
+    """
+    return json.dumps(name + "x" * (size - 2 - len(name)))
+
+
+class CapTests(SynchronousTestCase):
+    """
+    Redis keeps to the caps of a single node (SPEC 6.3, 11), and a node
+    loads the streams in pieces, never in one long script.
+    """
+
+    def setUp(self):
+        server = start_redis(self)
+        self.client = redis.Redis.from_url(server.url)
+        self.addCleanup(self.client.close)
+        self.state = RedisState(self.client, max_bytes=1000)
+        self.state.initialise("inc", [], None)
+
+    def publish(self, event: str, *names: str) -> int:
+        for name in names:
+            seq, _, _ = self.state.commit_publication("inc", '{"o":1}', event, "E" + event, data(name), 1.0, 100, 60)
+        return seq
+
+    def kept(self) -> dict:
+        return {event: (latest, [json.loads(d)[:2] for _, d, _ in kept])
+                for event, _, latest, kept in self.state.snapshot().streams}
+
+    def test_bytes_over_all_events(self):
+        """
+        The publications kept over all events hold at most max_bytes of data:
+        past that the least recently published events lose their oldest
+        first (the newest is kept); offsets and epochs stay.
+        """
+        self.publish("a", "a1", "a2", "a3")
+        self.publish("b", "b1")
+        self.assertEqual(self.kept(), {"a": (3, ["a2", "a3"]), "b": (1, ["b1"])})
+        self.publish("c", "c1")
+        self.publish("b", "b2")
+        self.assertEqual(self.kept(), {"a": (3, []), "b": (2, ["b1", "b2"]), "c": (1, ["c1"])})
+        self.assertEqual(int(self.client.get(redis_store.KEPT_BYTES)), 900)
+        self.assertEqual(self.client.exists(redis_store.stream_key("a")), 0)
+        # An emptied event starts keeping again, its numbering unchanged;
+        # c, published before b2, is now the least recently published.
+        self.publish("a", "a4")
+        self.assertEqual(self.kept(), {"a": (4, ["a4"]), "b": (2, ["b1", "b2"]), "c": (1, [])})
+        self.assertEqual(int(self.client.get(redis_store.KEPT_BYTES)), 900)
+
+    def test_count_per_event_is_counted(self):
+        """
+        A publication dropped over the per-event count (PUBSUB_HISTORY)
+        leaves the bytes count too.
+        """
+        for i in range(5):
+            self.state.commit_publication("inc", '{"o":1}', "a", "E", data(f"a{i}", 100), 1.0, 2, 60)
+        self.assertEqual(int(self.client.get(redis_store.KEPT_BYTES)), 200)
+        self.assertEqual(self.kept(), {"a": (5, ["a3", "a4"])})
+
+    def test_loaded_in_pieces(self):
+        """
+        The streams are read in pieces of bounded size, each a script of
+        its own; publications made between two pieces are left to the
+        change channel: the snapshot says, per event, up to which change
+        its stream was read.
+        """
+        self.state = RedisState(self.client, max_bytes=10**6)
+        for i in range(10):
+            self.publish(f"e{i}", "x", "y")
+        self.patch(redis_store, "STREAMS_PIECE_EVENTS", 4)
+        self.patch(redis_store, "STREAMS_PIECE_BYTES", 500)
+        pieces = []
+        read = self.state._streams
+
+        def piece(keys, args):
+            found = read(keys=keys, args=args)
+            pieces.append(found[3])
+            if len(pieces) == 1:
+                self.publish("late", "z")  # another node, in between
+            return found
+
+        self.state._streams = piece
+        snapshot = self.state.snapshot()
+        self.assertGreaterEqual(len(pieces), 10)
+        # A piece takes no further event once it holds 500 bytes of data
+        # (each e<i> holds 600, "late" 300).
+        for found in pieces:
+            sizes = [sum(len(field) for _, fields in entries for field in fields) for *_, entries in found]
+            self.assertLess(sum(sizes[:-1]), 500, found)
+        streams = {event: (latest, [json.loads(d)[0] for _, d, _ in kept])
+                   for event, _, latest, kept in snapshot.streams}
+        self.assertEqual({e: s for e, s in streams.items() if e != "late"},
+                         {f"e{i}": (2, ["x", "y"]) for i in range(10)})
+        self.assertEqual((snapshot.streams_from, snapshot.seq), (20, 21))
+        first = next(e for e in snapshot.loaded_at if e != "late")
+        self.assertEqual(snapshot.loaded_at[first], 20)
+
+    def test_loaded_within_the_cap(self):
+        """
+        Streams written before Redis kept to the cap (an older version)
+        load with their publications only up to max_bytes in all; the
+        others load their numbering alone.
+        """
+        for i in range(5):
+            self.client.hset(redis_store.event_key(f"e{i}"), mapping={"epoch": "E", "offset": 1})
+            self.client.sadd(redis_store.EVENTS, f"e{i}")
+            self.client.xadd(redis_store.stream_key(f"e{i}"), {"d": data("x"), "t": "1.0"}, id="1-1")
+        streams = self.state.snapshot().streams
+        self.assertEqual(sorted(latest for _, _, latest, _ in streams), [1] * 5)
+        self.assertEqual(sum(len(d) for *_, kept in streams for _, d, _ in kept), 900)

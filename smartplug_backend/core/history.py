@@ -162,6 +162,14 @@ class History:
         self._shared_epoch = epoch_of
 
     @property
+    def max_bytes(self) -> int:
+        """
+        The data bytes the kept publications of all events hold at most (a
+        shared journal keeps to it too).
+        """
+        return self._max_bytes
+
+    @property
     def enabled(self) -> bool:
         """
         True when publications are kept (and so journaled).

@@ -146,11 +146,12 @@ class RedisEngine(ThreadPoolService):
         self.node_name = node_name
         self._clock = reactor
         self._client = make_client(url) if client is None else client
-        self.state = RedisState(self._client)
         self._run = partial(deferToThreadPool, reactor, self.pool)
         self.journal = RedisJournal(self, keep)
         self.bans = SharedBans(self)
         self.hub = make_hub(self.journal)
+        # Redis keeps to the node's own cap on kept publications.
+        self.state = RedisState(self._client, self.hub.pubsub.history.max_bytes)
         self.hub.pubsub.history.share_epochs(
             lambda event: shared_epoch(self._incarnation, event) if self._incarnation is not None else None
         )
@@ -162,6 +163,10 @@ class RedisEngine(ThreadPoolService):
         # The last few incarnations this node loaded and left.
         self._left: collections.deque = collections.deque(maxlen=8)
         self._applied = 0
+        # From the last snapshot (see Snapshot.loaded_at): publications of
+        # changes up to _applied that came after their stream was read.
+        self._loaded_at: dict = {}
+        self._loaded_from = 0
         self._buffer: list = []
         self._generation = 0
         # token -> (Deferred, timeout) of this node's changes not yet back
@@ -232,6 +237,7 @@ class RedisEngine(ThreadPoolService):
             self._log_restarted()
         self._incarnation = snapshot.incarnation
         self._applied = snapshot.seq
+        self._streams_read(snapshot)
         self._mode = UP
         self.hub.restore([Plug(p[0], p[1], p[2]) for p in snapshot.plugs], self._display_of(snapshot),
                          snapshot.streams)
@@ -488,6 +494,8 @@ class RedisEngine(ThreadPoolService):
             done = self._settle(change.get("token")) if change.get("origin") == self.node_id else None
             if done is not None:
                 done.callback(change)
+            else:
+                self._late_publication(change)
             return
         if seq > self._applied + 1:
             self._log.warn(
@@ -503,6 +511,30 @@ class RedisEngine(ThreadPoolService):
             done.callback(change)
         else:
             self._apply(change)
+
+    def _streams_read(self, snapshot: Snapshot) -> None:
+        if snapshot.streams_from >= snapshot.seq:
+            # No change came while the streams were read: nothing to take.
+            self._loaded_at, self._loaded_from = {}, snapshot.seq
+        else:
+            self._loaded_at, self._loaded_from = snapshot.loaded_at, snapshot.streams_from
+
+    def _late_publication(self, change: dict) -> None:
+        """
+        The publication of a change the snapshot holds, except for its
+        stream, which was read before that change (the streams are read in
+        pieces, before the rest): keep and deliver it now.
+        """
+        if "offset" not in change or change.get("kind") not in ("publication", "report"):
+            return
+        try:
+            event = change["event"]
+            if change["seq"] <= self._loaded_at.get(event, self._loaded_from):
+                return
+            via = change.get("via") if change["kind"] == "publication" else None
+            self.hub.apply_publication(publication_of(change), json.loads(change["data"]), via)
+        except (KeyError, TypeError, ValueError):
+            self._log.failure("ignored a malformed change from Redis (seq {seq})", seq=change.get("seq"))
 
     def _apply(self, change: dict) -> None:
         """
@@ -667,6 +699,7 @@ class RedisEngine(ThreadPoolService):
         self._empty_since = None
         self._catch_up(snapshot, lost)
         self._applied = snapshot.seq
+        self._streams_read(snapshot)
         self._mode = UP
         self._retry_delay = 0.5
         if self._away:

@@ -32,11 +32,21 @@ Keys (all under C{smartplug:}; one Redis database, not Redis Cluster):
     node:<id>          one node's connections (JSON), expiring
     nodes              set of node ids that wrote a node:<id> key
     events             set of pub/sub events that have a stream
-    event:<E>          hash: epoch, offset (the newest) of event E
+    event:<E>          hash: epoch, offset (the newest) of event E, and
+                       bytes: the data bytes its stream holds
     stream:<E>         stream of E's kept publications, id "<offset>-1",
                        fields d (the data as JSON) and t (created at);
                        at most PUBSUB_HISTORY entries, expiring after
                        PUBSUB_HISTORY_SECONDS without a publication
+    kept-bytes         the data bytes of every stream together: at most
+                       PUBSUB_HISTORY_BYTES, as on a single node
+    holding            sorted set: the events whose stream holds (or
+                       held) publications, by the sequence number of
+                       their newest one: the least recently published
+                       lose their oldest first when kept-bytes is over
+
+A node loads the streams in pieces (L{RedisState.snapshot}), not in one
+script: a script's reply is built while Redis serves no one else.
 """
 
 import dataclasses
@@ -46,6 +56,7 @@ from typing import Optional
 import redis
 
 from ..core.journal import HistoryEntry
+from ..core.limits import PUBSUB_HISTORY_BYTES
 
 PREFIX = "smartplug:"
 CHANNEL = PREFIX + "changes"
@@ -58,6 +69,19 @@ DISPLAY = PREFIX + "display"
 BANS = PREFIX + "bans"
 NODES = PREFIX + "nodes"
 EVENTS = PREFIX + "events"
+KEPT_BYTES = PREFIX + "kept-bytes"
+HOLDING = PREFIX + "holding"
+
+# Loading the streams: events asked for per script call, and the data
+# (bytes) after which a call stops taking further events (an event's
+# stream is never split: at most PUBSUB_HISTORY publications of at most
+# 64 KiB).  Each call is a short one for Redis.
+STREAMS_PIECE_EVENTS = 100
+STREAMS_PIECE_BYTES = 1024 * 1024
+# Steps (publications dropped, or emptied streams let go) one publication
+# may take to bring kept-bytes under the cap: it is over by at most one
+# publication, so this is plenty, and no script runs long.
+_BOUND_STEPS = 64
 
 
 def history_key(plug_id: str) -> str:
@@ -143,9 +167,50 @@ return seq
 
 # Numbers one publication: its event's epoch (C{epoch} if it has none yet)
 # and next offset; keeps it in the event's stream when C{keep} > 0, for
-# C{ttl} milliseconds.  Returns the offset and the epoch.
+# C{ttl} milliseconds, and then drops the oldest publications of the least
+# recently published events while all streams together hold more than
+# C{max_bytes} of data (as History does on a single node).  Event and
+# stream keys of other events are built from C{prefix} (one Redis, not
+# Redis Cluster).  Returns the offset and the epoch.  Counts written before
+# the counting began (an older version) are taken as 0, never below.
 _NUMBER = """
-local function number(meta, stream, events, event, epoch, data, created, keep, ttl)
+local function release(meta, kept, freed)
+  if freed <= 0 then return end
+  if redis.call('HINCRBY', meta, 'bytes', -freed) < 0 then redis.call('HSET', meta, 'bytes', 0) end
+  if redis.call('DECRBY', kept, freed) < 0 then redis.call('SET', kept, 0) end
+end
+local function drop_oldest(meta, stream, kept, count)
+  local freed = 0
+  for _, entry in ipairs(redis.call('XRANGE', stream, '-', '+', 'COUNT', count)) do
+    local fields = entry[2]
+    for i = 1, #fields, 2 do
+      if fields[i] == 'd' then freed = freed + #fields[i + 1] end
+    end
+    redis.call('XDEL', stream, entry[1])
+  end
+  release(meta, kept, freed)
+end
+local function let_go(meta, stream, kept, holding, event)
+  -- An emptied or expired stream: whatever it was counted for goes.
+  release(meta, kept, tonumber(redis.call('HGET', meta, 'bytes') or '0'))
+  redis.call('HDEL', meta, 'bytes')
+  redis.call('ZREM', holding, event)
+  redis.call('DEL', stream)
+end
+local function bound(kept, holding, max_bytes, prefix)
+  for _ = 1, """ + str(_BOUND_STEPS) + """ do
+    if tonumber(redis.call('GET', kept) or '0') <= max_bytes then return end
+    local oldest = redis.call('ZRANGE', holding, 0, 0)[1]
+    if not oldest then
+      redis.call('SET', kept, 0)
+      return
+    end
+    local meta, stream = prefix .. 'event:' .. oldest, prefix .. 'stream:' .. oldest
+    if redis.call('XLEN', stream) > 0 then drop_oldest(meta, stream, kept, 1) end
+    if redis.call('XLEN', stream) == 0 then let_go(meta, stream, kept, holding, oldest) end
+  end
+end
+local function number(meta, stream, events, kept, holding, event, epoch, data, created, keep, ttl, max_bytes, prefix)
   local current = redis.call('HGET', meta, 'epoch')
   if not current then
     current = epoch
@@ -153,9 +218,20 @@ local function number(meta, stream, events, event, epoch, data, created, keep, t
   end
   local offset = redis.call('HINCRBY', meta, 'offset', 1)
   redis.call('SADD', events, event)
-  if tonumber(keep) > 0 then
-    redis.call('XADD', stream, 'MAXLEN', keep, offset .. '-1', 'd', data, 't', created)
+  keep = tonumber(keep)
+  if keep > 0 then
+    if redis.call('EXISTS', stream) == 0 then
+      -- Expired since: what it was counted for is gone.
+      release(meta, kept, tonumber(redis.call('HGET', meta, 'bytes') or '0'))
+    end
+    redis.call('XADD', stream, offset .. '-1', 'd', data, 't', created)
+    redis.call('HINCRBY', meta, 'bytes', #data)
+    redis.call('INCRBY', kept, #data)
+    local over = redis.call('XLEN', stream) - keep
+    if over > 0 then drop_oldest(meta, stream, kept, over) end
     redis.call('PEXPIRE', stream, ttl)
+    redis.call('ZADD', holding, seq, event)
+    bound(kept, holding, tonumber(max_bytes), prefix)
   end
   return offset, current
 end
@@ -164,40 +240,56 @@ local function numbered(offset, epoch)
 end
 """
 
-# KEYS[3] event:<E>, KEYS[4] stream:<E>, KEYS[5] events; ARGV[4] the event,
-# ARGV[5] an epoch for an event that has none yet, ARGV[6] the data as JSON,
-# ARGV[7] created at, ARGV[8] publications kept (0: none), ARGV[9] for how
-# many milliseconds.  The offset and epoch go into the message before the
-# change's own fields.
+# KEYS[3] event:<E>, KEYS[4] stream:<E>, KEYS[5] events, KEYS[6]
+# kept-bytes, KEYS[7] holding; ARGV[4] the event, ARGV[5] an epoch for an
+# event that has none yet, ARGV[6] the data as JSON, ARGV[7] created at,
+# ARGV[8] publications kept (0: none), ARGV[9] for how many milliseconds,
+# ARGV[10] the data bytes kept over all events, ARGV[11] the key prefix.
+# The offset and epoch go into the message before the change's own fields.
 _PUBLICATION = _PRELUDE + _NUMBER + """
-local offset, epoch = number(KEYS[3], KEYS[4], KEYS[5], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
+local offset, epoch = number(KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], ARGV[4], ARGV[5], ARGV[6], ARGV[7],
+                             ARGV[8], ARGV[9], ARGV[10], ARGV[11])
 announce(numbered(offset, epoch))
 return {seq, offset, epoch}
 """
 
 # A report and its publication (event smartplug) in one commit: the keys and
-# arguments of _REPORT, then KEYS[6..8] and ARGV[8..13] as _PUBLICATION's.
+# arguments of _REPORT, then KEYS[6..10] and ARGV[8..15] as _PUBLICATION's.
 _REPORT_PUBLISHED = _PRELUDE + _NUMBER + """
 redis.call('HSET', KEYS[3], ARGV[4], ARGV[5])
 redis.call('ZADD', KEYS[4], 'NX', seq, ARGV[4])
 redis.call('LPUSH', KEYS[5], ARGV[6])
 redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[7]) - 1)
-local offset, epoch = number(KEYS[6], KEYS[7], KEYS[8], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13])
+local offset, epoch = number(KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], ARGV[8], ARGV[9], ARGV[10], ARGV[11],
+                             ARGV[12], ARGV[13], ARGV[14], ARGV[15])
 announce(numbered(offset, epoch))
 return {seq, offset, epoch}
 """
 
-# Every event's epoch, newest offset and kept publications; the events set
-# is KEYS[7], the key prefix ARGV[1] (the event keys are built here, so this
-# is one Redis, not Redis Cluster).
+# One piece of the streams: KEYS incarnation, seq; ARGV[1] the key prefix
+# (the event keys are built here, so this is one Redis, not Redis Cluster),
+# ARGV[2] the data bytes after which no further event is taken, ARGV[3..]
+# events.  Returns the incarnation and sequence number it was read at, how
+# many of the events it went through, and for those that have a stream
+# their epoch, newest offset and kept publications.
 _STREAMS = """
 local streams = {}
-for _, event in ipairs(redis.call('SMEMBERS', KEYS[7])) do
+local size = 0
+local done = 0
+for i = 3, #ARGV do
+  local event = ARGV[i]
+  done = done + 1
   local meta = redis.call('HMGET', ARGV[1] .. 'event:' .. event, 'epoch', 'offset')
   if meta[1] then
-    table.insert(streams, {event, meta[1], meta[2] or '0', redis.call('XRANGE', ARGV[1] .. 'stream:' .. event, '-', '+')})
+    local entries = redis.call('XRANGE', ARGV[1] .. 'stream:' .. event, '-', '+')
+    table.insert(streams, {event, meta[1], meta[2] or '0', entries})
+    for _, entry in ipairs(entries) do
+      for _, field in ipairs(entry[2]) do size = size + #field end
+    end
+    if size >= tonumber(ARGV[2]) then break end
   end
 end
+return {redis.call('GET', KEYS[1]) or '', redis.call('GET', KEYS[2]) or '0', done, streams}
 """
 
 # KEYS[3] bans; ARGV[4] address
@@ -207,19 +299,19 @@ announce('')
 return seq
 """
 
-# KEYS: incarnation, seq, plugs, plug-order, display, bans, events, run;
-# ARGV[1] the key prefix.  One script, so the state, the streams and the
-# sequence number they reach are read at one instant.  The last item is 1
-# when Redis restarted since the data was last checked.
+# KEYS: incarnation, seq, plugs, plug-order, display, bans, run.  One
+# script, so the state and the sequence number it reaches are read at one
+# instant (the streams are read in pieces before it: see
+# RedisState.snapshot).  The last item is 1 when Redis restarted since the
+# data was last checked.
 _SNAPSHOT = _RUN_ID + """
 local incarnation = redis.call('GET', KEYS[1])
 if not incarnation then return false end
-""" + _STREAMS + """
 local restarted = 0
-if redis.call('GET', KEYS[8]) ~= run_id() then restarted = 1 end
+if redis.call('GET', KEYS[7]) ~= run_id() then restarted = 1 end
 return {incarnation, redis.call('GET', KEYS[2]) or '0', redis.call('HGETALL', KEYS[3]),
         redis.call('ZRANGE', KEYS[4], 0, -1), redis.call('GET', KEYS[5]) or '',
-        redis.call('HGETALL', KEYS[6]), streams, restarted}
+        redis.call('HGETALL', KEYS[6]), restarted}
 """
 
 # KEYS: incarnation, plugs, plug-order, display, run; ARGV[1] the new
@@ -251,8 +343,10 @@ redis.call('SET', KEYS[1], ARGV[2])
 redis.call('SET', KEYS[3], run_id())
 for i, event in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   redis.call('HSET', ARGV[4] .. 'event:' .. event, 'epoch', ARGV[3] .. i)
+  redis.call('HDEL', ARGV[4] .. 'event:' .. event, 'bytes')
   redis.call('DEL', ARGV[4] .. 'stream:' .. event)
 end
+redis.call('DEL', ARGV[4] .. 'kept-bytes', ARGV[4] .. 'holding')
 return 1
 """
 
@@ -282,6 +376,12 @@ class Snapshot:
     @ivar restarted: Redis restarted since the data was last checked (see
         L{RedisState.checked} and L{RedisState.renew}): it may have lost
         its latest writes.
+    @ivar loaded_at: C{{event: seq}}: the streams are read in pieces
+        before the rest, so each is as it was at change C{seq} (at most
+        C{seq} of the snapshot): its publications of later changes up to
+        C{seq} come on the change channel, and must be taken from there.
+    @ivar streams_from: the change the reading of the streams began at: an
+        event not in C{streams} has no publication up to it.
     """
 
     incarnation: str
@@ -291,6 +391,8 @@ class Snapshot:
     bans: dict
     streams: list
     restarted: bool = False
+    loaded_at: dict = dataclasses.field(default_factory=dict)
+    streams_from: int = 0
 
 
 def _text(value) -> str:
@@ -313,10 +415,14 @@ class RedisState:
     """
     The blocking operations on the shared state, on one C{redis.Redis}
     client (thread-safe; its pool holds the connections).
+
+    @param max_bytes: the data bytes of the publications kept, over all
+        events (C{PUBSUB_HISTORY_BYTES}, as the node's own History).
     """
 
-    def __init__(self, client) -> None:
+    def __init__(self, client, max_bytes: int = PUBSUB_HISTORY_BYTES) -> None:
         self.client = client
+        self.max_bytes = max_bytes
         self._report = client.register_script(_REPORT)
         self._display = client.register_script(_DISPLAY)
         self._announce = client.register_script(_ANNOUNCE)
@@ -328,6 +434,7 @@ class RedisState:
         self._initialise = client.register_script(_INITIALISE)
         self._renew = client.register_script(_RENEW)
         self._checked = client.register_script(_CHECKED)
+        self._streams = client.register_script(_STREAMS)
 
     def _commit(self, script, keys: list, incarnation: str, change: str, *args):
         try:
@@ -356,8 +463,9 @@ class RedisState:
             return int(self._commit(self._report, keys, incarnation, change, *args))
         event, epoch, data_json, created_at, kept, seconds = publication
         seq, offset, epoch = self._commit(
-            self._report_published, keys + [event_key(event), stream_key(event), EVENTS], incarnation, change,
-            *args, event, epoch, data_json, repr(created_at), kept, max(1, int(seconds * 1000)),
+            self._report_published, keys + [event_key(event), stream_key(event), EVENTS, KEPT_BYTES, HOLDING],
+            incarnation, change, *args, event, epoch, data_json, repr(created_at), kept,
+            max(1, int(seconds * 1000)), self.max_bytes, PREFIX,
         )
         return int(seq), int(offset), _text(epoch)
 
@@ -389,8 +497,9 @@ class RedisState:
         @return: C{(seq, offset, epoch)}.
         """
         seq, offset, epoch = self._commit(
-            self._publication, [event_key(event), stream_key(event), EVENTS], incarnation, change,
-            event, epoch, data_json, repr(created_at), keep, max(1, int(seconds * 1000)),
+            self._publication, [event_key(event), stream_key(event), EVENTS, KEPT_BYTES, HOLDING], incarnation,
+            change, event, epoch, data_json, repr(created_at), keep, max(1, int(seconds * 1000)), self.max_bytes,
+            PREFIX,
         )
         return int(seq), int(offset), _text(epoch)
 
@@ -400,15 +509,61 @@ class RedisState:
         """
         return int(self._commit(self._lift, [BANS], incarnation, change, address))
 
-    def snapshot(self) -> Optional[Snapshot]:
+    def snapshot(self, tries: int = 3) -> Optional[Snapshot]:
         """
         The whole shared state, or C{None} when Redis holds none (empty, or
         it lost its data).
+
+        The streams are read first, in pieces (L{STREAMS_PIECE_EVENTS}
+        events, at most about L{STREAMS_PIECE_BYTES} of data, per script),
+        then the rest at one instant; see L{Snapshot.loaded_at} for the
+        publications made in between.  Beyond C{max_bytes} of data in all
+        (written before Redis kept to that cap), further streams are
+        loaded without their publications.
+
+        @raise redis.RedisError: Redis' data changed under every try (it
+            was seeded again or renewed meanwhile, each time).
         """
-        found = self._snapshot(keys=[INCARNATION, SEQ, PLUGS, PLUG_ORDER, DISPLAY, BANS, EVENTS, RUN], args=[PREFIX])
-        if found is None:
-            return None
-        incarnation, seq, states, order, display, bans, streams, restarted = found
+        for _ in range(tries):
+            begun = int(self.client.get(SEQ) or 0)
+            streams, loaded_at, incarnations = self._read_streams()
+            found = self._snapshot(keys=[INCARNATION, SEQ, PLUGS, PLUG_ORDER, DISPLAY, BANS, RUN])
+            if found is None:
+                return None
+            if incarnations <= {_text(found[0])}:
+                return self._snapshot_of(found, streams, loaded_at, begun)
+        raise redis.RedisError("Redis' data changed under every try to load it")
+
+    def _read_streams(self) -> tuple:
+        streams: list = []
+        loaded_at: dict = {}
+        incarnations: set = set()
+        kept_bytes = 0
+        cursor = 0
+        while True:
+            cursor, names = self.client.sscan(EVENTS, cursor, count=STREAMS_PIECE_EVENTS)
+            # SSCAN may give an event twice.
+            names = [n for n in dict.fromkeys(map(_text, names)) if n not in loaded_at]
+            while names:
+                incarnation, seq, done, found = self._streams(keys=[INCARNATION, SEQ],
+                                                              args=[PREFIX, STREAMS_PIECE_BYTES, *names])
+                incarnations.add(_text(incarnation))
+                for name in names[:done]:
+                    loaded_at[name] = int(seq)
+                names = names[done:]
+                for found_stream in found:
+                    stream = _stream(*found_stream)
+                    size = sum(len(p[1]) for p in stream[3])
+                    if kept_bytes + size > self.max_bytes:
+                        stream = stream[:3] + ([],)
+                    else:
+                        kept_bytes += size
+                    streams.append(stream)
+            if int(cursor) == 0:
+                return streams, loaded_at, incarnations
+
+    def _snapshot_of(self, found: list, streams: list, loaded_at: dict, begun: int) -> Snapshot:
+        incarnation, seq, states, order, display, bans, restarted = found
         states = _pairs(states)
         plugs = []
         for plug_id in map(_text, order):
@@ -419,7 +574,7 @@ class RedisState:
         return Snapshot(
             _text(incarnation), int(seq), plugs, json.loads(display) if display else None,
             {address: tuple(json.loads(ban)) for address, ban in _pairs(bans).items()},
-            [_stream(*found) for found in streams], bool(restarted),
+            streams, bool(restarted), loaded_at, begun,
         )
 
     def initialise(self, incarnation: str, plugs: list, display: Optional[str]) -> bool:
