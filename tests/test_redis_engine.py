@@ -49,11 +49,12 @@ class Node:
     """
 
     def __init__(self, testcase, url: str, name: str, info_interval: float = 5, history: int = 100,
-                 max_bytes: int = 32 * 1024 * 1024):
+                 max_bytes: int = 32 * 1024 * 1024, max_streams: int = 10000):
         self.engine = RedisEngine(
             url, name, reactor, keep=5, info_interval=info_interval,
             make_hub=lambda journal: Hub(now=reactor.seconds, journal=journal, node=name, publish_reports=True,
-                                         history=History(keep=history, now=reactor.seconds, max_bytes=max_bytes)),
+                                         history=History(keep=history, now=reactor.seconds, max_bytes=max_bytes,
+                                                         max_streams=max_streams)),
         )
         self.hub = self.engine.hub
         self.reports = []
@@ -767,6 +768,31 @@ class EngineTests(TestCase):
             self.assertEqual(late.hub.pubsub.history_page(event, 0, 10), a.hub.pubsub.history_page(event, 0, 10))
         self.assertEqual([[f["offset"] for f in json.loads(late.hub.pubsub.history_page(e, 0, 10))["publications"]]
                           for e in "abc"], [[3], [1], [1]])
+
+    @inlineCallbacks
+    def test_events_kept_in_redis(self):
+        """
+        SPEC 6.3, 3.6 and 11: Redis keeps the numbering of no more events
+        than a node does (PUBSUB_STREAMS, here 3): the least recently
+        published is forgotten, and published again (on any node) starts
+        over at offset 1 under a new epoch, the same on every node; a
+        client that saw its old offsets learns it (recovered: false).
+        """
+        a, b = yield self.nodes(2, max_streams=3)
+        yield self.publish(a, "door", "d1", "d2")
+        seen = a.hub.pubsub.history.position("door")
+        for event in ("e1", "e2", "e3"):
+            yield self.publish(a, event, "x")
+        client = a.engine.state.client
+        events = yield threads.deferToThread(client.smembers, "smartplug:events")
+        self.assertEqual(sorted(events), [b"e1", b"e2", b"e3"])
+        yield self.publish(b, "door", "again")
+        offset, epoch = b.hub.pubsub.history.position("door")
+        self.assertEqual(offset, 1)
+        self.assertNotEqual(epoch, seen[1])
+        yield until(lambda: a.hub.pubsub.history.position("door") == (1, epoch), "A to have it")
+        a.subscribe("client", "door", since=seen)
+        self.assertEqual([(f["action"], f["recovered"]) for f in a.frames["client"]], [("recovered", False)])
 
     @inlineCallbacks
     def test_publication_while_the_streams_load(self):

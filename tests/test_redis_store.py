@@ -286,3 +286,27 @@ class CapTests(SynchronousTestCase):
         streams = self.state.snapshot().streams
         self.assertEqual(sorted(latest for _, _, latest, _ in streams), [1] * 5)
         self.assertEqual(sum(len(d) for *_, kept in streams for _, d, _ in kept), 900)
+
+    def test_events_kept(self):
+        """
+        Redis keeps the numbering of at most max_streams events: past that
+        the least recently published is forgotten, with its stream and its
+        bytes; published again, it starts at offset 1 under an epoch it
+        never had, while an event never published still takes the epoch
+        it is given (the one nodes hand out before its first publication).
+        """
+        self.state = RedisState(self.client, max_bytes=10**6, max_streams=3)
+        for event in "abc":
+            self.publish(event, "1", "2")
+        self.publish("a", "3")
+        self.publish("d", "1")
+        self.assertEqual(sorted(self.kept()), ["a", "c", "d"])
+        self.assertEqual(self.client.exists(redis_store.event_key("b"), redis_store.stream_key("b")), 0)
+        self.assertEqual(sorted(self.client.smembers(redis_store.EVENTS)), [b"a", b"c", b"d"])
+        self.assertEqual(int(self.client.get(redis_store.KEPT_BYTES)), 6 * 300)
+        _, offset, epoch = self.state.commit_publication("inc", '{"o":1}', "b", "Eb", data("b"), 1.0, 100, 60)
+        self.assertEqual(offset, 1)
+        self.assertNotEqual(epoch, "Eb")
+        self.assertEqual(sorted(self.kept()), ["a", "b", "d"])
+        self.assertEqual(self.state.commit_publication("inc", '{"o":1}', "new", "En", data("n"), 1.0, 100, 60)[1:],
+                         (1, "En"))

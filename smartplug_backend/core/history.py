@@ -170,6 +170,14 @@ class History:
         return self._max_bytes
 
     @property
+    def max_streams(self) -> int:
+        """
+        How many events keep their numbering at most (a shared journal
+        keeps to it too).
+        """
+        return self._max_streams
+
+    @property
     def enabled(self) -> bool:
         """
         True when publications are kept (and so journaled).

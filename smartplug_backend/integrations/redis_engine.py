@@ -150,8 +150,9 @@ class RedisEngine(ThreadPoolService):
         self.journal = RedisJournal(self, keep)
         self.bans = SharedBans(self)
         self.hub = make_hub(self.journal)
-        # Redis keeps to the node's own cap on kept publications.
-        self.state = RedisState(self._client, self.hub.pubsub.history.max_bytes)
+        # Redis keeps to the node's own caps on kept publications.
+        history = self.hub.pubsub.history
+        self.state = RedisState(self._client, history.max_bytes, history.max_streams)
         self.hub.pubsub.history.share_epochs(
             lambda event: shared_epoch(self._incarnation, event) if self._incarnation is not None else None
         )

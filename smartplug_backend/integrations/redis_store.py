@@ -44,6 +44,15 @@ Keys (all under C{smartplug:}; one Redis database, not Redis Cluster):
                        held) publications, by the sequence number of
                        their newest one: the least recently published
                        lose their oldest first when kept-bytes is over
+    published          sorted set: the events published since this
+                       version, by the sequence number of their newest
+                       publication; past PUBSUB_STREAMS the least
+                       recently published is forgotten (numbering,
+                       epoch, stream), as on a single node
+    seen               a Bloom filter (2**20 bits) of every event ever
+                       numbered: one forgotten and published again gets a
+                       new epoch, never one it may have had (a false
+                       positive only gives a new event a new epoch too)
 
 A node loads the streams in pieces (L{RedisState.snapshot}), not in one
 script: a script's reply is built while Redis serves no one else.
@@ -56,7 +65,7 @@ from typing import Optional
 import redis
 
 from ..core.journal import HistoryEntry
-from ..core.limits import PUBSUB_HISTORY_BYTES
+from ..core.limits import PUBSUB_HISTORY_BYTES, PUBSUB_STREAMS
 
 PREFIX = "smartplug:"
 CHANNEL = PREFIX + "changes"
@@ -71,6 +80,8 @@ NODES = PREFIX + "nodes"
 EVENTS = PREFIX + "events"
 KEPT_BYTES = PREFIX + "kept-bytes"
 HOLDING = PREFIX + "holding"
+PUBLISHED = PREFIX + "published"
+SEEN = PREFIX + "seen"
 
 # Loading the streams: events asked for per script call, and the data
 # (bytes) after which a call stops taking further events (an event's
@@ -80,8 +91,10 @@ STREAMS_PIECE_EVENTS = 100
 STREAMS_PIECE_BYTES = 1024 * 1024
 # Steps (publications dropped, or emptied streams let go) one publication
 # may take to bring kept-bytes under the cap: it is over by at most one
-# publication, so this is plenty, and no script runs long.
+# publication, so this is plenty, and no script runs long.  Likewise the
+# events one publication may forget (it adds at most one).
 _BOUND_STEPS = 64
+_FORGET_STEPS = 16
 
 
 def history_key(plug_id: str) -> str:
@@ -210,28 +223,65 @@ local function bound(kept, holding, max_bytes, prefix)
     if redis.call('XLEN', stream) == 0 then let_go(meta, stream, kept, holding, oldest) end
   end
 end
-local function number(meta, stream, events, kept, holding, event, epoch, data, created, keep, ttl, max_bytes, prefix)
+local function seen_bits(event)
+  local h = redis.sha1hex(event)
+  return {tonumber(string.sub(h, 1, 5), 16), tonumber(string.sub(h, 6, 10), 16), tonumber(string.sub(h, 11, 15), 16)}
+end
+local function was_seen(seen, event)
+  for _, bit in ipairs(seen_bits(event)) do
+    if redis.call('GETBIT', seen, bit) == 0 then return false end
+  end
+  return true
+end
+local function forget(event, events, kept, holding, published, prefix)
+  local meta = prefix .. 'event:' .. event
+  release(meta, kept, tonumber(redis.call('HGET', meta, 'bytes') or '0'))
+  redis.call('DEL', meta, prefix .. 'stream:' .. event)
+  redis.call('SREM', events, event)
+  redis.call('ZREM', holding, event)
+  redis.call('ZREM', published, event)
+end
+-- KEYS[k..k+6]: event:<E>, stream:<E>, events, kept-bytes, holding,
+-- published, seen; ARGV[a..a+8]: the event, an epoch for it if it has
+-- none, the data, created at, publications kept, for how many ms, bytes
+-- kept over all events, the key prefix, events kept.
+local function number(k, a)
+  local meta, stream, events, kept, holding, published, seen =
+    KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5], KEYS[k + 6]
+  local event, data, prefix = ARGV[a], ARGV[a + 2], ARGV[a + 7]
   local current = redis.call('HGET', meta, 'epoch')
   if not current then
-    current = epoch
+    current = ARGV[a + 1]
+    if was_seen(seen, event) then
+      -- Numbered before, then forgotten: its offsets start over, under
+      -- an epoch it cannot have had.
+      current = string.sub(redis.sha1hex(seq .. ':' .. event), 1, 8)
+    end
     redis.call('HSET', meta, 'epoch', current)
   end
   local offset = redis.call('HINCRBY', meta, 'offset', 1)
   redis.call('SADD', events, event)
-  keep = tonumber(keep)
+  if redis.call('ZADD', published, seq, event) == 1 then
+    for _, bit in ipairs(seen_bits(event)) do redis.call('SETBIT', seen, bit, 1) end
+    for _ = 1, """ + str(_FORGET_STEPS) + """ do
+      if redis.call('ZCARD', published) <= tonumber(ARGV[a + 8]) then break end
+      forget(redis.call('ZRANGE', published, 0, 0)[1], events, kept, holding, published, prefix)
+    end
+  end
+  local keep = tonumber(ARGV[a + 4])
   if keep > 0 then
     if redis.call('EXISTS', stream) == 0 then
       -- Expired since: what it was counted for is gone.
       release(meta, kept, tonumber(redis.call('HGET', meta, 'bytes') or '0'))
     end
-    redis.call('XADD', stream, offset .. '-1', 'd', data, 't', created)
+    redis.call('XADD', stream, offset .. '-1', 'd', data, 't', ARGV[a + 3])
     redis.call('HINCRBY', meta, 'bytes', #data)
     redis.call('INCRBY', kept, #data)
     local over = redis.call('XLEN', stream) - keep
     if over > 0 then drop_oldest(meta, stream, kept, over) end
-    redis.call('PEXPIRE', stream, ttl)
+    redis.call('PEXPIRE', stream, ARGV[a + 5])
     redis.call('ZADD', holding, seq, event)
-    bound(kept, holding, tonumber(max_bytes), prefix)
+    bound(kept, holding, tonumber(ARGV[a + 6]), prefix)
   end
   return offset, current
 end
@@ -241,27 +291,26 @@ end
 """
 
 # KEYS[3] event:<E>, KEYS[4] stream:<E>, KEYS[5] events, KEYS[6]
-# kept-bytes, KEYS[7] holding; ARGV[4] the event, ARGV[5] an epoch for an
-# event that has none yet, ARGV[6] the data as JSON, ARGV[7] created at,
-# ARGV[8] publications kept (0: none), ARGV[9] for how many milliseconds,
-# ARGV[10] the data bytes kept over all events, ARGV[11] the key prefix.
-# The offset and epoch go into the message before the change's own fields.
+# kept-bytes, KEYS[7] holding, KEYS[8] published, KEYS[9] seen; ARGV[4] the
+# event, ARGV[5] an epoch for an event that has none yet, ARGV[6] the data
+# as JSON, ARGV[7] created at, ARGV[8] publications kept (0: none), ARGV[9]
+# for how many milliseconds, ARGV[10] the data bytes kept over all events,
+# ARGV[11] the key prefix, ARGV[12] the events kept.  The offset and epoch
+# go into the message before the change's own fields.
 _PUBLICATION = _PRELUDE + _NUMBER + """
-local offset, epoch = number(KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], ARGV[4], ARGV[5], ARGV[6], ARGV[7],
-                             ARGV[8], ARGV[9], ARGV[10], ARGV[11])
+local offset, epoch = number(3, 4)
 announce(numbered(offset, epoch))
 return {seq, offset, epoch}
 """
 
 # A report and its publication (event smartplug) in one commit: the keys and
-# arguments of _REPORT, then KEYS[6..10] and ARGV[8..15] as _PUBLICATION's.
+# arguments of _REPORT, then KEYS[6..12] and ARGV[8..16] as _PUBLICATION's.
 _REPORT_PUBLISHED = _PRELUDE + _NUMBER + """
 redis.call('HSET', KEYS[3], ARGV[4], ARGV[5])
 redis.call('ZADD', KEYS[4], 'NX', seq, ARGV[4])
 redis.call('LPUSH', KEYS[5], ARGV[6])
 redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[7]) - 1)
-local offset, epoch = number(KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], ARGV[8], ARGV[9], ARGV[10], ARGV[11],
-                             ARGV[12], ARGV[13], ARGV[14], ARGV[15])
+local offset, epoch = number(6, 8)
 announce(numbered(offset, epoch))
 return {seq, offset, epoch}
 """
@@ -347,6 +396,7 @@ for i, event in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   redis.call('DEL', ARGV[4] .. 'stream:' .. event)
 end
 redis.call('DEL', ARGV[4] .. 'kept-bytes', ARGV[4] .. 'holding')
+-- (seen stays: an event forgotten before must not get its old epoch.)
 return 1
 """
 
@@ -418,11 +468,14 @@ class RedisState:
 
     @param max_bytes: the data bytes of the publications kept, over all
         events (C{PUBSUB_HISTORY_BYTES}, as the node's own History).
+    @param max_streams: the events whose numbering is kept
+        (C{PUBSUB_STREAMS}, as the node's own History).
     """
 
-    def __init__(self, client, max_bytes: int = PUBSUB_HISTORY_BYTES) -> None:
+    def __init__(self, client, max_bytes: int = PUBSUB_HISTORY_BYTES, max_streams: int = PUBSUB_STREAMS) -> None:
         self.client = client
         self.max_bytes = max_bytes
+        self.max_streams = max_streams
         self._report = client.register_script(_REPORT)
         self._display = client.register_script(_DISPLAY)
         self._announce = client.register_script(_ANNOUNCE)
@@ -463,11 +516,13 @@ class RedisState:
             return int(self._commit(self._report, keys, incarnation, change, *args))
         event, epoch, data_json, created_at, kept, seconds = publication
         seq, offset, epoch = self._commit(
-            self._report_published, keys + [event_key(event), stream_key(event), EVENTS, KEPT_BYTES, HOLDING],
+            self._report_published, keys + [event_key(event), stream_key(event), *self._pubsub_keys],
             incarnation, change, *args, event, epoch, data_json, repr(created_at), kept,
-            max(1, int(seconds * 1000)), self.max_bytes, PREFIX,
+            max(1, int(seconds * 1000)), self.max_bytes, PREFIX, self.max_streams,
         )
         return int(seq), int(offset), _text(epoch)
+
+    _pubsub_keys = (EVENTS, KEPT_BYTES, HOLDING, PUBLISHED, SEEN)
 
     def commit_display(self, incarnation: str, change: str, state: str) -> int:
         """
@@ -497,9 +552,9 @@ class RedisState:
         @return: C{(seq, offset, epoch)}.
         """
         seq, offset, epoch = self._commit(
-            self._publication, [event_key(event), stream_key(event), EVENTS, KEPT_BYTES, HOLDING], incarnation,
+            self._publication, [event_key(event), stream_key(event), *self._pubsub_keys], incarnation,
             change, event, epoch, data_json, repr(created_at), keep, max(1, int(seconds * 1000)), self.max_bytes,
-            PREFIX,
+            PREFIX, self.max_streams,
         )
         return int(seq), int(offset), _text(epoch)
 
