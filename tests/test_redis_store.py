@@ -134,6 +134,28 @@ class StateTests(SynchronousTestCase):
         self.assertEqual(self.state.commit_publication("inc-2", '{"o":1}', "pc", "E", '"q1"', 3.0, 5, 60),
                          (2, 2, "N1"))
 
+    def test_user_without_info(self):
+        """
+        A Redis user that may not run INFO (ACL's @dangerous) gets an
+        error from every script before it writes anything: seeding, renewing
+        and committing leave Redis as it was.
+        """
+        self.client.acl_setuser("limited", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+                                categories=["+@all", "-@dangerous"])
+        limited = redis.Redis(host="127.0.0.1", port=self.server.port, username="limited", password="pw")
+        self.addCleanup(limited.close)
+        before = sorted(self.client.keys("*"))
+        self.client.delete(redis_store.INCARNATION)
+        state = RedisState(limited)
+        with self.assertRaises(redis.ResponseError):
+            state.initialise("inc-2", [("p", 1, 1.0, "http")], None)
+        self.assertEqual(self.client.exists(redis_store.INCARNATION, redis_store.PLUGS), 0)
+        self.client.set(redis_store.INCARNATION, "inc-1")
+        with self.assertRaises(redis.ResponseError):
+            state.renew("inc-1", "inc-3", "X")
+        self.assertEqual(self.client.get(redis_store.INCARNATION), b"inc-1")
+        self.assertEqual(sorted(self.client.keys("*")), before)
+
     def test_restart_with_every_write_on_disk(self):
         """
         A Redis that writes every change to disk before it answers
@@ -224,6 +246,41 @@ class CapTests(SynchronousTestCase):
         self.publish("a", "a4")
         self.assertEqual(self.kept(), {"a": (4, ["a4"]), "b": (2, ["b1", "b2"]), "c": (1, [])})
         self.assertEqual(int(self.client.get(redis_store.KEPT_BYTES)), 900)
+
+    def test_cap_holds_with_small_old_publications(self):
+        """
+        When the oldest publications are far smaller than the newest (plug
+        reports beside a large one), one publication frees all that is
+        over the cap, however many small ones that takes; the count stays
+        what Redis holds.
+        """
+        self.state = RedisState(self.client, max_bytes=10000)
+        for i in range(200):
+            self.state.commit_publication("inc", '{"o":1}', "small", "E", data(f"s{i}", 40), 1.0, 1000, 60)
+        self.assertEqual(int(self.client.get(redis_store.KEPT_BYTES)), 8000)
+        self.state.commit_publication("inc", '{"o":1}', "big", "E", data("b", 5000), 1.0, 1000, 60)
+        kept = int(self.client.get(redis_store.KEPT_BYTES))
+        self.assertLessEqual(kept, 10000)
+        held = sum(len(fields[b"d"]) for key in (redis_store.stream_key("small"), redis_store.stream_key("big"))
+                   for _, fields in self.client.xrange(key))
+        self.assertEqual(held, kept)
+        self.assertEqual(len(self.kept()["small"][1]), 125)
+        self.assertEqual(len(self.kept()["big"][1]), 1)
+
+    def test_older_publications_not_taken_off_the_total(self):
+        """
+        Publications kept before the counting began (an older version) were
+        never counted: dropping them takes nothing off the total, which
+        stays what the counted ones hold.
+        """
+        self.state = RedisState(self.client, max_bytes=10**6)
+        self.state.commit_publication("inc", '{"o":1}', "counted", "E", data("c", 3000), 1.0, 100, 60)
+        self.client.hset(redis_store.event_key("old"), mapping={"epoch": "E", "offset": 3})
+        self.client.sadd(redis_store.EVENTS, "old")
+        for i in (1, 2, 3):
+            self.client.xadd(redis_store.stream_key("old"), {"d": data("x", 1000), "t": "1.0"}, id=f"{i}-1")
+        self.state.commit_publication("inc", '{"o":1}', "old", "E", data("n", 10), 1.0, 1, 60)
+        self.assertEqual(int(self.client.get(redis_store.KEPT_BYTES)), 3010)
 
     def test_count_per_event_is_counted(self):
         """

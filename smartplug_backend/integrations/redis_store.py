@@ -89,11 +89,13 @@ SEEN = PREFIX + "seen"
 # 64 KiB).  Each call is a short one for Redis.
 STREAMS_PIECE_EVENTS = 100
 STREAMS_PIECE_BYTES = 1024 * 1024
-# Steps (publications dropped, or emptied streams let go) one publication
-# may take to bring kept-bytes under the cap: it is over by at most one
-# publication, so this is plenty, and no script runs long.  Likewise the
-# events one publication may forget (it adds at most one).
+# Steps one publication may take to bring kept-bytes under the cap (each
+# lets go of a whole stream, or drops up to _BOUND_BATCH of its oldest
+# publications: enough for what is over, by their mean size), so that no
+# script runs long; likewise the events one publication may forget (it adds
+# at most one).
 _BOUND_STEPS = 64
+_BOUND_BATCH = 1000
 _FORGET_STEPS = 16
 
 
@@ -121,9 +123,14 @@ class Stale(Exception):
 
 
 # The run_id of this Redis process: it changes at every start of Redis.
+# Every script asks for it before its first write: a Redis user that may not
+# run INFO (it is in ACL's @dangerous), or a server whose INFO has no
+# run_id, fails the script before it has changed anything.
 _RUN_ID = """
 local function run_id()
-  return string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+  local id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+  if not id then error('INFO server gives no run_id') end
+  return id
 end
 """
 
@@ -188,16 +195,23 @@ return seq
 # the counting began (an older version) are taken as 0, never below.
 _NUMBER = """
 local function release(meta, kept, freed)
+  freed = math.min(freed, tonumber(redis.call('HGET', meta, 'bytes') or '0'))
   if freed <= 0 then return end
-  if redis.call('HINCRBY', meta, 'bytes', -freed) < 0 then redis.call('HSET', meta, 'bytes', 0) end
+  redis.call('HINCRBY', meta, 'bytes', -freed)
   if redis.call('DECRBY', kept, freed) < 0 then redis.call('SET', kept, 0) end
 end
 local function drop_oldest(meta, stream, kept, count)
+  -- Publications kept before the counting began (an older version: below
+  -- the event's first counted offset, 'cfrom') were never counted, and
+  -- take nothing off the counts when dropped.
+  local counted_from = tonumber(redis.call('HGET', meta, 'cfrom') or '') or math.huge
   local freed = 0
   for _, entry in ipairs(redis.call('XRANGE', stream, '-', '+', 'COUNT', count)) do
-    local fields = entry[2]
-    for i = 1, #fields, 2 do
-      if fields[i] == 'd' then freed = freed + #fields[i + 1] end
+    if tonumber(string.match(entry[1], '^(%d+)')) >= counted_from then
+      local fields = entry[2]
+      for i = 1, #fields, 2 do
+        if fields[i] == 'd' then freed = freed + #fields[i + 1] end
+      end
     end
     redis.call('XDEL', stream, entry[1])
   end
@@ -211,16 +225,28 @@ local function let_go(meta, stream, kept, holding, event)
   redis.call('DEL', stream)
 end
 local function bound(kept, holding, max_bytes, prefix)
+  -- Each step frees what is over, not one publication: the oldest
+  -- publications may be far smaller than the newest (plug reports beside a
+  -- 60 KB one).  A stream holding no more than what is over goes whole;
+  -- of a larger one, as many of its oldest as its mean size says are
+  -- needed (at most _BOUND_BATCH a step).
   for _ = 1, """ + str(_BOUND_STEPS) + """ do
-    if tonumber(redis.call('GET', kept) or '0') <= max_bytes then return end
+    local over = tonumber(redis.call('GET', kept) or '0') - max_bytes
+    if over <= 0 then return end
     local oldest = redis.call('ZRANGE', holding, 0, 0)[1]
     if not oldest then
       redis.call('SET', kept, 0)
       return
     end
     local meta, stream = prefix .. 'event:' .. oldest, prefix .. 'stream:' .. oldest
-    if redis.call('XLEN', stream) > 0 then drop_oldest(meta, stream, kept, 1) end
-    if redis.call('XLEN', stream) == 0 then let_go(meta, stream, kept, holding, oldest) end
+    local length = redis.call('XLEN', stream)
+    local bytes = tonumber(redis.call('HGET', meta, 'bytes') or '0')
+    if length > 0 and bytes > over then
+      local count = math.min(math.max(math.ceil(over * length / bytes), 1), """ + str(_BOUND_BATCH) + """)
+      drop_oldest(meta, stream, kept, count)
+      length = redis.call('XLEN', stream)
+    end
+    if length == 0 or bytes <= over then let_go(meta, stream, kept, holding, oldest) end
   end
 end
 local function seen_bits(event)
@@ -275,6 +301,7 @@ local function number(k, a)
       release(meta, kept, tonumber(redis.call('HGET', meta, 'bytes') or '0'))
     end
     redis.call('XADD', stream, offset .. '-1', 'd', data, 't', ARGV[a + 3])
+    redis.call('HSETNX', meta, 'cfrom', offset)
     redis.call('HINCRBY', meta, 'bytes', #data)
     redis.call('INCRBY', kept, #data)
     local over = redis.call('XLEN', stream) - keep
@@ -368,9 +395,10 @@ return {incarnation, redis.call('GET', KEYS[2]) or '0', redis.call('HGETALL', KE
 # states as strings: cjson would round the times to 14 digits), ARGV[3] the
 # display state or ''.  Seeds an empty Redis with a node's copy, once.
 _INITIALISE = _RUN_ID + """
+local run = run_id()
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
-redis.call('SET', KEYS[5], run_id())
+redis.call('SET', KEYS[5], run)
 for i, plug in ipairs(cjson.decode(ARGV[2])) do
   redis.call('HSET', KEYS[2], plug[1], plug[2])
   redis.call('ZADD', KEYS[3], i, plug[1])
@@ -387,10 +415,14 @@ return 1
 # event, its kept publications dropped (their offsets may be given again),
 # once; the data is checked under this Redis process from then on.
 _RENEW = _RUN_ID + """
+local run = run_id()
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2])
-redis.call('SET', KEYS[3], run_id())
+redis.call('SET', KEYS[3], run)
 for i, event in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  -- An event of an older version, never ranked: from now on it can be
+  -- forgotten like the others (the oldest first), so the set drains.
+  redis.call('ZADD', ARGV[4] .. 'published', 'NX', 0, event)
   redis.call('HSET', ARGV[4] .. 'event:' .. event, 'epoch', ARGV[3] .. i)
   redis.call('HDEL', ARGV[4] .. 'event:' .. event, 'bytes')
   redis.call('DEL', ARGV[4] .. 'stream:' .. event)
@@ -404,8 +436,9 @@ return 1
 # that restarted without losing a write (it persists every one): the data
 # is checked under this Redis process from then on, epochs unchanged.
 _CHECKED = _RUN_ID + """
+local run = run_id()
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[2], run_id())
+redis.call('SET', KEYS[2], run)
 return 1
 """
 
