@@ -67,6 +67,22 @@ class DisplayRouteTests(DisplayTestCase):
         self.hub.display_known = True
         self.assertEqual(self.request("GET")[0], 200)
 
+    def test_plugs_before_state_loaded(self):
+        """
+        Before the shared state is loaded, the plug routes say they do not
+        know either, rather than "no plugs" or "unknown plug id"; once
+        loaded, an unknown id is a 404 again.
+        """
+        self.hub.display_known = False
+        error = {"error": "state store cannot be read: plugs not known yet"}
+        base = URL.rsplit("/", 1)[0]
+        for path in ("/plugs", "/plugs/p", "/plugs/p/history"):
+            self.assertEqual(self.request("GET", base + path), (503, error), path)
+        self.hub.display_known = True
+        self.assertEqual(self.request("GET", base + "/plugs"), (200, []))
+        self.assertEqual(self.request("GET", base + "/plugs/p")[0], 404)
+        self.assertEqual(self.request("GET", base + "/plugs/p/history")[0], 404)
+
     def test_set_colour(self):
         """
         POST /display with a colour sets the state, answers it with its

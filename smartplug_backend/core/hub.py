@@ -378,6 +378,14 @@ class Hub:
         """
         return self._display
 
+    def known_plugs(self) -> Optional[list[Plug]]:
+        """
+        Every known plug (L{plugs}), or C{None} while the state is still to
+        be loaded from a store several nodes share (L{display_known}): an
+        empty list would say there is none.
+        """
+        return self.plugs() if self.display_known else None
+
     def known_display(self) -> Optional[Display]:
         """
         The current display state, or C{None} while it is still to be

@@ -294,9 +294,21 @@ def make_app(hub, bridge: Bridge, guard=None, api_key=None) -> bottle.Bottle:
         body = bridge.call(hub.pubsub.history_page, event, since, limit)
         return bottle.HTTPResponse(body=body, status=200, headers={"Content-Type": "application/json"})
 
+    # A node on Redis that has not loaded the state yet knows no plug: it
+    # says so (503) rather than "none" or "unknown plug id".
+    not_loaded = "state store cannot be read: plugs not known yet"
+
+    def unknown_plug(plug_id: str):
+        if not bridge.call(getattr, hub, "display_known"):
+            return _error(503, not_loaded)
+        return _error(404, f"unknown plug id: {plug_id}")
+
     @app.get("/plugs")
     def plugs():
-        return _json(200, [p.as_json() for p in bridge.call(hub.plugs)])
+        known = bridge.call(hub.known_plugs)
+        if known is None:
+            return _error(503, not_loaded)
+        return _json(200, [p.as_json() for p in known])
 
     # Plug ids may hold "/" (the firmware's ids are free text), so both routes
     # take a path; the history one is tried first.
@@ -312,14 +324,14 @@ def make_app(hub, bridge: Bridge, guard=None, api_key=None) -> bottle.Bottle:
             # The history lives only in Redis (REDIS_URL), which is away.
             return _error(503, "state store cannot be read: history not available now")
         if entries is None:
-            return _error(404, f"unknown plug id: {plug_id}")
+            return unknown_plug(plug_id)
         return _json(200, [{"value": e.value, "at": utc_rfc3339(e.at)} for e in entries])
 
     @app.get("/plugs/<plug_id:path>")
     def plug(plug_id):
         found = bridge.call(hub.plug, plug_id)
         if found is None:
-            return _error(404, f"unknown plug id: {plug_id}")
+            return unknown_plug(plug_id)
         return _json(200, found.as_json())
 
     @app.get("/display")
