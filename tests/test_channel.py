@@ -408,9 +408,35 @@ class NotUTF8Tests(SynchronousTestCase):
         self.assertIn(b"Allow: OPTIONS", head)
         self.assertIn(b"Content-Type: application/json", head)
         self.assertEqual(self.answer(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n"), (b"HTTP/1.1 200 OK", b""))
+        # Checked like any request: a header that is not UTF-8 is a 400.
+        self.assertEqual(self.answer(b"OPTIONS * HTTP/1.1\r\nHost: x\r\nX-A: \xff\r\n\r\n"),
+                         (b"HTTP/1.1 400 Bad Request", b'{"error": "header X-A is not UTF-8"}'))
         self.assertEqual(formatEvent(self.events[0]),
                          "HTTP client 10.0.0.1: the target * is only for OPTIONS; answered 405")
         self.assertEqual(self.hub.plugs(), [])
+
+    def test_head_refused_without_a_body(self):
+        """
+        A refused HEAD gets the status and the length of the JSON error, no
+        body, and twisted.web logs no warning holding its target (an apiKey
+        in the query would be in it).
+        """
+        from twisted.logger import globalLogPublisher
+
+        logged = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        for request in (b"HEAD /plugs?apiKey=TOPSECRET HTTP/1.1\r\nHost: x\r\nX-A: \xff\r\n\r\n",
+                        b"HEAD Xplugs?apiKey=TOPSECRET HTTP/1.1\r\nHost: x\r\n\r\n",
+                        b"HEAD * HTTP/1.1\r\nHost: x\r\n\r\n"):
+            transport = StringTransport()
+            channel = self.site.buildProtocol(IPv4Address("TCP", "10.0.0.1", 4000))
+            channel.makeConnection(transport)
+            channel.dataReceived(request)
+            head, _, body = transport.value().partition(b"\r\n\r\n")
+            self.assertEqual(body, b"", request)
+            self.assertRegex(head, rb"Content-Length: [1-9]", request)
+        self.assertNotIn("TOPSECRET", " ".join(formatEvent(e) or "" for e in logged))
 
     def test_utf8_accepted(self):
         """

@@ -221,12 +221,13 @@ class PatientRequest(Request):
         super().requestReceived(command, origin_form(path), version)
 
     def process(self) -> None:
-        if self.path != b"*" or self.method == b"OPTIONS":
+        if self.path != b"*":
             return super().process()
-        # twisted.web answers a "*" target itself, before the site sees it:
-        # an empty 405 for any method but OPTIONS, past the UTF-8 check and
-        # the request timer.  Every error is JSON (SPEC 1): the site answers
-        # it (QuietSite.getResourceFor), as twisted.web's process() would.
+        # twisted.web answers a "*" target itself, before the site sees it
+        # (an empty 200 for OPTIONS, an empty 405 for the rest), past the
+        # UTF-8 check and the request timer.  Every error is JSON (SPEC 1):
+        # the site answers it (QuietSite.getResourceFor), as twisted.web's
+        # process() would.
         self.site = self.channel.site
         self.setHeader(b"date", datetimeToString())
         # No route's path: the request timer labels it as no route's.
@@ -319,7 +320,26 @@ class BadRequest(Resource):
         if self._code == 405:
             request.setHeader(b"Allow", b"OPTIONS")
         request.setHeader(b"Content-Type", b"application/json")
-        return json.dumps({"error": self._problem}).encode()
+        body = json.dumps({"error": self._problem}).encode()
+        if request.method == b"HEAD":
+            # A body for HEAD makes twisted.web log the request, its
+            # target whole (an apiKey in the query too).
+            request.setHeader(b"Content-Length", b"%d" % len(body))
+            return b""
+        return body
+
+
+class ServerOptions(Resource):
+    """
+    C{OPTIONS *} (RFC 9110 9.3.7): an empty 200, as twisted.web answers it,
+    once the site has checked the request like any other.
+    """
+
+    isLeaf = True
+
+    def render(self, request) -> bytes:
+        request.setHeader(b"Content-Length", b"0")
+        return b""
 
 
 class QuietSite(Site):
@@ -351,6 +371,8 @@ class QuietSite(Site):
         if refused is not None:
             return BadRequest(refused)
         if request.uri == b"*":
+            if request.method == b"OPTIONS":
+                return ServerOptions()
             return BadRequest("the target * is only for OPTIONS", 405)
         if request.uri[:1] != b"/":
             # twisted.web drops a target's first byte as if it were the
