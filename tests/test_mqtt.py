@@ -308,6 +308,28 @@ class RepublishWindowTests(BridgeTestCase):
         self.hub.report("new", 1, "http", "x")
         self.assertEqual(self.client.topics()[-2:], [TOPICS.plug_config("new"), TOPICS.plug_state("new")])
 
+    def test_queue_full_holds_the_republish(self):
+        """
+        When paho's queue is full at a reconnect (it sends its old messages
+        again first), the republish waits for acknowledgements instead of
+        running through and dropping every message.
+        """
+        self.client.connected()
+        while self.client.mids:
+            self.client.acknowledge()
+        self.client.dropped()
+        self.client.published.clear()
+        self.client.full = True
+        self.client.connected()
+        self.assertEqual(self.client.published, [])
+        self.client.full = False
+        self.client.mids.append(999)  # an old message paho sent again
+        self.client.acknowledge()
+        while self.client.mids:
+            self.client.acknowledge()
+        expected = [m.topic for m in ha.discovery(self.hub.plugs(), self.hub.display(), TOPICS)]
+        self.assertEqual(self.client.topics(), expected)
+
     def test_queue_full_said_once(self):
         """
         When paho's queue is full (the broker does not acknowledge), the
@@ -550,7 +572,19 @@ class CommandTests(BridgeTestCase):
         self.assertEqual(self.packets, [])
         self.assertEqual([line for line in self.logged() if "retained" in line], [
             "MQTT: ignored a retained message on 'smartplug/display/set': commands must not be retained; clear it with "
-            "mosquitto_pub -r -n -t 'smartplug/display/set' (and the broker's -h/-u/-P)"])
+            "mosquitto_pub -r -n -t smartplug/display/set (and the broker's -h/-u/-P)"])
+
+    def test_retained_topic_quoted_for_the_shell(self):
+        """
+        The topic comes from the broker: the line to paste quotes it, so
+        that no topic can make it another command.
+        """
+        self.build(events=True)
+        self.connect()
+        topic = "smartplug/publish/x'; rm -rf ~; echo '"
+        self.client.message(topic, b"1", retain=True)
+        [line] = [line for line in self.logged() if "retained" in line]
+        self.assertIn("mosquitto_pub -r -n -t 'smartplug/publish/x'\"'\"'; rm -rf ~; echo '\"'\"'' (and", line)
 
     def test_retained_command_said_once(self):
         """

@@ -15,6 +15,7 @@ This module imports paho; C{tap} imports it only when C{MQTT_URL} is set.
 """
 
 import re
+import shlex
 import ssl
 import sys
 from typing import Any, Callable, Optional
@@ -35,6 +36,9 @@ RECONNECT_MAX = limits.MQTT_RECONNECT_MAX
 KEEPALIVE = limits.MQTT_KEEPALIVE
 MAX_QUEUED = limits.MQTT_MAX_QUEUED
 REPUBLISH_WINDOW = limits.MQTT_REPUBLISH_WINDOW
+# Topics whose retained command is remembered as said (past that, each is
+# said every time the broker hands it over).
+RETAINED_TOLD = 1000
 STOP_TIMEOUT = limits.MQTT_STOP_TIMEOUT
 # The origin our publications into pub/sub carry (the dashboard shows it).
 ORIGIN = "mqtt"
@@ -112,6 +116,9 @@ class MQTTBridge(Service):
         # go out: L{_pump}), and the ids of our QoS 1 messages the broker has
         # not acknowledged yet.
         self._republishing = None
+        # A republished message paho's full queue did not take: sent first
+        # when the republish goes on.
+        self._held = None
         self._unacked: set = set()
         # Said once per connection: paho's queue was full, messages dropped.
         self._told_full = False
@@ -263,32 +270,44 @@ class MQTTBridge(Service):
             return hub.display() if hub.display_known else None
 
         self._republishing = ha.discovery_now([p.id for p in hub.plugs()], hub.plug, display, self._topics)
+        self._held = None
         self._pump()
 
     def _pump(self) -> None:
         messages = self._republishing
         while messages is not None and self._connected and len(self._unacked) < REPUBLISH_WINDOW:
-            message = next(messages, None)
+            message = self._held or next(messages, None)
+            self._held = None
             if message is None:
                 self._republishing = None
                 return
-            self._publish(message)
+            if not self._publish(message):
+                # paho's queue is full (of what it sends again after a
+                # reconnect): this one waits for the next acknowledgement,
+                # rather than the rest of the republish being dropped.
+                self._held = message
+                return
 
     def _acknowledged(self, mid: int) -> None:
         self._unacked.discard(mid)
         if self._republishing is not None:
             self._pump()
 
-    def _publish(self, message: ha.Message, qos: int = 1) -> None:
+    def _publish(self, message: ha.Message, qos: int = 1) -> bool:
+        """
+        Hand C{message} to paho.
+
+        @return: False when paho's queue is full and did not take it.
+        """
         if not self._connected:
             # Everything retained is published again on (re)connect.
-            return
+            return True
         try:
             sent = self._client.publish(message.topic, message.payload, qos=qos, retain=message.retain)
         except ValueError as e:
             # A topic paho refuses (e.g. an event named with + or #).
             self._log.warn("MQTT: not published to {topic!r}: {why}", topic=message.topic, why=str(e))
-            return
+            return True
         if sent.rc == paho.MQTT_ERR_QUEUE_SIZE:
             if not self._told_full:
                 self._told_full = True
@@ -297,8 +316,10 @@ class MQTTBridge(Service):
                     "(every state is published again on the next reconnect, or when Home Assistant restarts)",
                     count=MAX_QUEUED, where=self._broker.where,
                 )
-        elif qos:
+            return False
+        if qos:
             self._unacked.add(sent.mid)
+        return True
 
     def _report(self, report) -> None:
         for message in ha.plug_messages(report.plug, report.previous is None, self._topics):
@@ -341,11 +362,14 @@ class MQTTBridge(Service):
             # A retained command would be applied again on every reconnect;
             # the broker hands it over again each time: said once per topic.
             if topic not in self._told_retained:
-                self._told_retained.add(topic)
+                if len(self._told_retained) < RETAINED_TOLD:
+                    self._told_retained.add(topic)
+                # The topic comes from the broker: quoted for the shell, so
+                # that the line can be pasted as it is.
                 self._log.warn(
                     "MQTT: ignored a retained message on {topic!r}: commands must not be retained; clear it with "
-                    "mosquitto_pub -r -n -t '{topic}' (and the broker's -h/-u/-P)",
-                    topic=topic,
+                    "mosquitto_pub -r -n -t {quoted} (and the broker's -h/-u/-P)",
+                    topic=topic, quoted=shlex.quote(topic),
                 )
             return
         if topic == topics.display_set:
