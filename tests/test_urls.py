@@ -28,8 +28,8 @@ class RedactTests(SynchronousTestCase):
                          "redis://h:6379/0?username=u&password=***&db=1")
         self.assertEqual(redact("rediss://h/0?ssl_ca_certs=/ca.pem&ssl_password=s3"),
                          "rediss://h/0?ssl_ca_certs=/ca.pem&ssl_password=***")
-        self.assertEqual(redact("redis://:pw@h/0?client_name=me@home"), "redis://:***@h/0?client_name=***")
         self.assertEqual(redact("redis://h/0?PASS%57ORD=s3"), "redis://h/0?PASS%57ORD=***")
+        self.assertEqual(redact("redis://:pw@h/0?client_name=me@home"), "redis://:***@h/0?client_name=***")
 
     def test_unclean_urls_hidden_roughly(self):
         """
@@ -43,3 +43,7 @@ class RedactTests(SynchronousTestCase):
         self.assertEqual(redact("redis://:12?x@host"), "redis://:***@host")
         self.assertEqual(redact("redis://h:99999/0?password=s3"), "redis://h:99999/0?***")
         self.assertEqual(redact("redis://[::1"), "redis://[::1")
+        # An "@" after the host: the password may have been cut short by an
+        # unencoded "?" that made its start read as a port.
+        self.assertEqual(redact("redis://u:12345?x=y@host:6379/0"), "redis://u:***@host:6379/0")
+        self.assertEqual(redact("redis://12345?x=y@host"), "redis://***@host")

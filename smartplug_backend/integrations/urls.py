@@ -35,7 +35,11 @@ def redact(url: str) -> str:
         clean = bool(parts.hostname) and parts.port != 0
     except ValueError:
         clean = False
-    if clean and ("@" in parts.path or "@" in parts.fragment):
+    if clean and ("@" in parts.path or "@" in parts.fragment or ("@" in parts.query and "@" not in parts.netloc)):
+        # An "@" after the host (in a query: with none before it): the user
+        # information may have been cut short by a / ? or # in the password
+        # (redis://u:12345?x=y@host reads as port 12345 and a query), so it
+        # is hidden roughly.
         clean = False
     query = []
     if clean and parts.query:
