@@ -66,6 +66,10 @@ class HomeAssistantEndToEndTests(TestCase):
         """
         self.assertEqual(report(self.server, "0xb00bf0cc", 1)[0], 200)
         self.server.wait_for(r"plug 0xb00bf0cc -> 1")
+        # The log line comes before the broker has the messages: a client
+        # that subscribes meanwhile gets some of them live, not retained.
+        # Once a first one has seen the last, the broker holds them all.
+        self.home_assistant().wait_for(PLUG_STATE)
         ha = self.home_assistant()
         config = ha.wait_for(PLUG_CONFIG)
         self.assertTrue(config.retain)
