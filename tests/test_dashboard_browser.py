@@ -639,8 +639,8 @@ class DashboardOnRedisTests(_InBrowser):
         with its node (SPEC 11); the other node's lamp has no "last heard"
         here, where it is not heard.
         """
-        porch = start_server(self, SETTINGS + f'REDIS_URL = "{self.redis.url}"\nNODE_NAME = "porch"\nINFO_INTERVAL = 1\n',
-                             listeners=("HTTP", "app WebSocket", "device WebSocket"))
+        porch = start_server(self, SETTINGS + f'REDIS_URL = "{self.redis.url}"\nNODE_NAME = "porch-raspberry-pi"\n'
+                             "INFO_INTERVAL = 1\n", listeners=("HTTP", "app WebSocket", "device WebSocket"))
         lamp = device(porch)
         self.addCleanup(lamp.close)
         lamp.send(SECRET)
@@ -648,10 +648,33 @@ class DashboardOnRedisTests(_InBrowser):
         app = connect(f"ws://127.0.0.1:{porch.ports['app WebSocket']}/subscribe?clientName=door", open_timeout=10)
         self.addCleanup(app.close)
         self.open_dashboard()
-        self.text_in("#devices tbody", "(node porch)")
+        self.text_in("#devices tbody", "node porch-raspberry-pi")
         self.text_in("#devices tbody", "not known on this node")
-        self.text_in("#client-list tbody", "(node porch)")
+        self.text_in("#client-list tbody", "node porch-raspberry-pi")
         self.text_in("#client-list tbody", "door")
+        # On a phone the node goes under the address, which stays on one
+        # line, and nothing sticks out of its card.
+        self.addCleanup(self.browser.execute_cdp_cmd, "Emulation.clearDeviceMetricsOverride", {})
+        self.browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+            "width": 360, "height": 800, "deviceScaleFactor": 1, "mobile": True})
+        self.browser.execute_script("window.dispatchEvent(new Event('resize'))")
+        sticking_out = self.browser.execute_script("""
+            return ['#devices', '#client-list'].flatMap((css) => {
+              const card = document.querySelector(css).closest('.card').getBoundingClientRect().right;
+              return [...document.querySelectorAll(css + ' td *, ' + css + ' td')]
+                .filter((e) => e.getBoundingClientRect().right > card + 0.5).map((e) => e.textContent.slice(0, 40));
+            }).concat(document.documentElement.scrollWidth > document.documentElement.clientWidth ? ['the page'] : []);
+        """)
+        self.assertEqual(sticking_out, [])
+        addresses = self.browser.execute_script("""
+            return [...document.querySelectorAll('#devices .address, #client-list .address')].map((a) => {
+              const range = document.createRange();
+              range.selectNodeContents(a);
+              return [a.textContent, range.getClientRects().length];
+            });
+        """)
+        self.assertEqual(len(addresses), 2, addresses)
+        self.assertTrue(all(lines == 1 for _, lines in addresses), addresses)
 
     def test_store_is_redis(self):
         """

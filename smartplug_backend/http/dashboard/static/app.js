@@ -495,10 +495,17 @@ function showDevices(devices) {
   // node a device is connected to hears it, so another node's has no
   // "last heard".
   rows("devices", devices || [], (d) => [
-    d.node ? `${d.address} (node ${d.node})` : d.address, when(d.connected_at),
+    addressCell(d.address, d.node), when(d.connected_at),
     d.remote ? el("span", { class: "muted", text: "not known on this node" })
       : el("span", { class: "heard", "data-at": d.last_heard ?? "", text: heard(d.last_heard) }),
   ], "no device connected");
+}
+
+// An address on one line; its node (several nodes, REDIS_URL) under it, so
+// that a phone's narrow table does not grow wider than the screen.
+function addressCell(address, node) {
+  if (!node) return address;
+  return el("span", {}, el("span", { class: "address", text: address }), el("span", { class: "node muted", text: `node ${node}` }));
 }
 
 function heard(t) {
@@ -518,7 +525,7 @@ function showClients(clients) {
   // A client's connected_at is RFC 3339 (as PiCloud lists connections).
   // With several nodes (REDIS_URL) each names its node, as devices do.
   rows("client-list", clients, (c) => [
-    c.client_name, c.node ? `${c.ip_address} (node ${c.node})` : c.ip_address,
+    c.client_name, addressCell(c.ip_address, c.node),
     when(Date.parse(c.connected_at) / 1000), c.events.join(", "),
   ], "no app connected");
 }
