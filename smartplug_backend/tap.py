@@ -113,7 +113,10 @@ def _build(options: Options, reactor) -> MultiService:
     top = StopInOrder(twistd_config=getattr(options, "parent", None))
     # The server's own registry: /metrics serves it (SPEC 10).
     registry = new_registry()
-    hub, shared_bans = _state(settings, reactor, top, registry)
+    # The outside services this server depends on (Redis, the MQTT broker):
+    # shown on the dashboard and in /metrics.
+    links = []
+    hub, shared_bans = _state(settings, reactor, top, registry, links)
     # Start-up's objects out of the garbage collector's way, once all is up.
     FreezeStartupObjects(reactor).setServiceParent(top)
     # The log file's lines, the same text at a quarter of the cost.
@@ -174,17 +177,20 @@ def _build(options: Options, reactor) -> MultiService:
         hub.watch_display(devices.send_packet)
         websockets["device"] = devices
 
+    bridge = None
     if settings.MQTT_URL is not None:
         # Imported only here: without MQTT_URL, paho is never loaded.
         from .integrations.mqtt import mqtt_service
 
-        mqtt_service(settings, hub, reactor).setServiceParent(top)
+        bridge = mqtt_service(settings, hub, reactor)
+        bridge.setServiceParent(top)
+        links.append(bridge.link)
 
     # The HTTP site after those: the dashboard listens to all of the above,
     # after the apps and pub/sub (SPEC 1.1's order) and before tweets.
     children = {b"metrics": MetricsResource(registry, settings.METRICS_ALLOW)}
     ui = dashboard(settings, hub, guard, reactor, top, tls=tls, devices=devices, ws_url=ws_url(www_endpoint),
-                   endpoint_tls=brings_own_tls(www_endpoint))
+                   endpoint_tls=brings_own_tls(www_endpoint), links=links)
     if ui is not None:
         children[b"ui"] = ui
         # The dashboard's live socket is on the HTTP port.
@@ -210,16 +216,17 @@ def _build(options: Options, reactor) -> MultiService:
     tweets = tweet_service(settings, hub, reactor)
     if tweets is not None:
         tweets.setServiceParent(top)
-    registry.register(ServerCollector(hub, cap, guard, websockets, tweets.notifier if tweets else None))
+    registry.register(ServerCollector(hub, cap, guard, websockets, tweets.notifier if tweets else None, links, bridge))
     return top
 
 
-def _state(settings: config.Settings, reactor, top: MultiService, registry):
+def _state(settings: config.Settings, reactor, top: MultiService, registry, links: list):
     """
     The hub, on Redis (C{REDIS_URL}) or on the state store when there is
     one, with automatic backups.  Adds the store's services to C{top},
     first: the hub is loaded before any listener binds.  The journal's
-    commits are timed into C{registry}.
+    commits are timed into C{registry}; the link to Redis is added to
+    C{links}.
 
     @return: the hub, and where bans are shared (C{None}: nowhere).
     """
@@ -229,11 +236,11 @@ def _state(settings: config.Settings, reactor, top: MultiService, registry):
         return History(settings.PUBSUB_HISTORY, settings.PUBSUB_HISTORY_SECONDS, now=reactor.seconds)
 
     if settings.REDIS_URL is not None:
-        return _on_redis(settings, reactor, top, commits, history)
+        return _on_redis(settings, reactor, top, commits, history, links)
     return _local_state(settings, reactor, top, commits, history), None
 
 
-def _on_redis(settings: config.Settings, reactor, top: MultiService, commits, history):
+def _on_redis(settings: config.Settings, reactor, top: MultiService, commits, history, links: list):
     # Imported here: with REDIS_URL = None the redis library is never loaded.
     from .integrations.redis_engine import RedisEngine
 
@@ -246,6 +253,7 @@ def _on_redis(settings: config.Settings, reactor, top: MultiService, commits, hi
                             publish_reports=True, node=node),
     )
     engine.setServiceParent(top)
+    links.append(engine.link)
     return engine.hub, engine.bans
 
 

@@ -25,6 +25,7 @@ from websockets.sync.client import connect
 from smartplug_backend.server.passwords import hash_password
 
 from .browser import full_page_screenshot, start_browser
+from .mosquitto import start_mosquitto
 from .redis_server import start_redis
 from .server import RunningServer, reserved_port, start_server
 
@@ -684,11 +685,38 @@ class DashboardOnRedisTests(_InBrowser):
         """
         self.open_dashboard()
         self.text_in("#facts", "Redis (REDIS_URL)")
+        # The link to Redis, without the URL's secrets.
+        self.text_in("#facts", f"connected to {self.redis.url}")
         facts = self.browser.find_element(By.ID, "facts").text
         self.assertNotIn("unused.sqlite", facts)
         self.assertNotIn("Last backup", facts)
         self.assertFalse(self.browser.find_element(By.ID, "backup").is_enabled())
         self.assertFalse(os.path.exists(os.path.join(self.server.directory, "unused.sqlite")))
+
+
+class DashboardWithBrokerTests(_InBrowser):
+    """
+    The dashboard of a server with C{MQTT_URL} set.
+    """
+
+    def test_broker_link_live(self):
+        """
+        A broker that cannot be reached shows among the server's facts, with
+        the log's reason; once it answers the line says so, live.
+        """
+        port = reserved_port(self)
+        self.start(SETTINGS + f"STATE_DB = None\nMQTT_URL = 'mqtt://smartplug:pw@127.0.0.1:{port}'\n")
+        self.open_dashboard()
+        self.text_in("#facts", f"NOT CONNECTED to mqtt://127.0.0.1:{port} for")
+        self.text_in("#facts", "cannot connect: Connection refused")
+        start_mosquitto(self, port=port)
+        # paho tries again after 1, 2, 4... s.
+        WebDriverWait(self.browser, 40).until(
+            EC.text_to_be_present_in_element((By.ID, "facts"), f"connected to mqtt://127.0.0.1:{port} for"))
+        facts = self.browser.find_element(By.ID, "facts").text
+        self.assertIn("MQTT (Home Assistant)", facts)
+        self.assertNotIn("NOT CONNECTED", facts)
+        self.assertNotIn(":pw@", facts)
 
 
 class DashboardInMemoryTests(_InBrowser):

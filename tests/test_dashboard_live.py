@@ -498,6 +498,22 @@ class ServerFactsTests(SynchronousTestCase):
         self.assertEqual(facts()["tls"], {"endpoint": True, "note": "TLS by the ssl: endpoint; certificate not read"})
         self.assertIsNone(wiring.server_facts(config.settings_from({}), Clock())()["tls"])
 
+    def test_links(self):
+        """
+        The server section lists the links to outside services as they are
+        when it is read.
+        """
+        from smartplug_backend.http.dashboard import wiring
+        from smartplug_backend.server.links import Link
+
+        clock = Clock()
+        link = Link("redis", "redis://r:6379/0", clock.seconds)
+        facts = wiring.server_facts(config.settings_from({}), clock, links=[link])
+        self.assertEqual(facts()["links"], [link.as_json()])
+        link.went_up()
+        self.assertTrue(facts()["links"][0]["up"])
+        self.assertEqual(wiring.server_facts(config.settings_from({}), clock)()["links"], [])
+
     def test_store_in_redis(self):
         """
         With REDIS_URL set the server section says the store is Redis, and

@@ -36,6 +36,7 @@ from smartplug_backend.integrations.tweets import Notifier
 from smartplug_backend.integrations.twitter_client import TweetError
 from smartplug_backend.server.connections import ConnectionCap
 from smartplug_backend.server.guard import Guard
+from smartplug_backend.server.links import Link
 from smartplug_backend.ws.apps import AppFactory
 from smartplug_backend.ws.devices import DeviceFactory
 
@@ -327,6 +328,47 @@ class ServerCountsTests(SynchronousTestCase):
         ]:
             self.assertIn(name, names)
         self.assertEqual(self.value("smartplug_reports_accepted_total", source="http"), 0)
+
+
+class LinkMetricsTests(SynchronousTestCase):
+    """
+    A gauge per outside service set up (Redis, the MQTT broker), and the
+    MQTT messages dropped; none of them without those services.
+    """
+
+    class Bridge:
+        dropped = 7
+
+    def collect(self, *links, mqtt=None):
+        clock = Clock()
+        registry = new_registry()
+        registry.register(
+            ServerCollector(Hub(now=clock.seconds), ConnectionCap(100, clock), Guard(clock), {}, None, links, mqtt)
+        )
+        return registry
+
+    def test_connected_gauges(self):
+        """
+        C{smartplug_mqtt_connected} and C{smartplug_redis_connected} are 1
+        while their link is up, else 0.
+        """
+        clock = Clock()
+        mqtt, redis = Link("mqtt", "mqtt://b:1883", clock.seconds), Link("redis", "redis://r:6379/0", clock.seconds)
+        registry = self.collect(mqtt, redis, mqtt=self.Bridge())
+        self.assertEqual((sample(registry, "smartplug_mqtt_connected"), sample(registry, "smartplug_redis_connected")),
+                         (0, 0))
+        redis.went_up()
+        self.assertEqual((sample(registry, "smartplug_mqtt_connected"), sample(registry, "smartplug_redis_connected")),
+                         (0, 1))
+        self.assertEqual(sample(registry, "smartplug_mqtt_messages_dropped_total"), 7)
+
+    def test_none_without_services(self):
+        """
+        Without REDIS_URL and MQTT_URL there is no such family.
+        """
+        names = {family.name for family in self.collect().collect()}
+        self.assertFalse({"smartplug_mqtt_connected", "smartplug_redis_connected", "smartplug_mqtt_messages_dropped"}
+                         & names)
 
 
 class SlowJournal:

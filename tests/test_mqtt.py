@@ -447,6 +447,50 @@ class OutageLogTests(BridgeTestCase):
         self.assertIn("connection lost: the broker closed it or went away", self.warnings()[0])
 
 
+class LinkTests(BridgeTestCase):
+    """
+    The bridge's link (dashboard, /metrics) follows the connection, and
+    what paho's full queue drops is counted.
+    """
+
+    def test_link_follows_connection(self):
+        """
+        Down ("connecting") until the broker accepts us, up while connected,
+        down with the reason the log gives after; no password in it.
+        """
+        link = self.bridge.link
+        self.assertEqual((link.name, link.where, link.up, link.why), ("mqtt", "mqtt://broker.local:1883", False, "connecting"))
+        self.client.refused()
+        self.assertEqual((link.up, link.why), (False, "refused: Not authorized; check the user and password in MQTT_URL: "
+                                                       "a % in them is written %25"))
+        self.reactor.advance(30)
+        self.client.connected()
+        self.assertEqual((link.up, link.why, link.since), (True, None, self.reactor.seconds()))
+        self.reactor.advance(30)
+        self.client.dropped()
+        self.assertEqual((link.up, link.why, link.since),
+                         (False, "connection lost: the broker closed it or went away", self.reactor.seconds()))
+        self.assertNotIn("hunter2", repr(link.as_json()))
+
+    def test_dropped_counted(self):
+        """
+        A live state or event that paho's full queue refuses is dropped and
+        counted; a republished message held for the next acknowledgement is
+        not dropped, so not counted.
+        """
+        self.patch(mqtt, "REPUBLISH_WINDOW", 4)
+        for n in range(3):
+            self.hub.report(f"p{n}", 1, "http", "x")
+        self.client.full = True
+        self.client.connected()
+        self.assertEqual(self.bridge.dropped, 0)
+        self.hub.report("p0", 0, "http", "x")
+        self.assertEqual(self.bridge.dropped, 1)
+        self.client.full = False
+        self.hub.report("p0", 1, "http", "x")
+        self.assertEqual(self.bridge.dropped, 1)
+
+
 class StateTests(BridgeTestCase):
     """
     Plug reports and display changes reach Home Assistant.

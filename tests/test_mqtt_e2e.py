@@ -17,6 +17,7 @@ from .certs import self_signed
 from .mosquitto import connect_home_assistant, start_mosquitto
 from .server import reserved_port, start_server
 from .test_e2e import http
+from .test_metrics_e2e import scrape, value
 
 SECRET = "s3cret"
 USER, PASSWORD = "smartplug", "mqtt-pa55word"
@@ -196,8 +197,10 @@ class BrokerAwayEndToEndTests(TestCase):
         server.wait_for(r"MQTT: broker mqtt://127\.0\.0\.1:\d+ unavailable \(cannot connect: Connection refused\)")
         self.assertEqual(report(server, "0xb00bf0cc", 1), (200, b"{}"))
         self.assertEqual(http(server.url("/plugs/0xb00bf0cc"))[0], 200)
+        self.assertEqual(value(scrape(server.url("/metrics")), "smartplug_mqtt_connected"), 0)
         broker = start_mosquitto(self, port=port)
         server.wait_for(r"MQTT: connected to", timeout=20)
+        self.assertEqual(value(scrape(server.url("/metrics")), "smartplug_mqtt_connected"), 1)
         self.assertEqual(connect_home_assistant(self, broker.port).wait_for(PLUG_STATE).payload, b"ON")
         self.assertEqual(server.log().count("unavailable"), 1)
         self.assertNotIn("Traceback", server.log())

@@ -300,9 +300,13 @@ class EngineTests(TestCase):
         rest summed up once Redis takes changes again.
         """
         (a,) = yield self.nodes(1)
+        self.assertTrue(a.engine.link.up)
         yield a.hub.report("p", 1, "http", "x")
         self.redis.stop()
         yield until(lambda: not a.engine.up, "the node to notice")
+        # The dashboard and /metrics see it too, with the log's reason.
+        self.assertFalse(a.engine.link.up)
+        self.assertIn(a.engine.link.why, "\n".join(self.lines("unreachable (")))
         for _ in range(10):
             self.assertIsNone((yield a.hub.report("p", 0, "http", "x")))
             self.assertIsNone((yield a.hub.set_display(Display(0), "x")))
@@ -314,6 +318,7 @@ class EngineTests(TestCase):
         self.redis.start()
         yield self.back(a)
         self.assertEqual(len(self.lines("19 more changes refused")), 1)
+        self.assertEqual((a.engine.link.up, a.engine.link.why), (True, None))
 
     @inlineCallbacks
     def test_redis_hangs(self):
@@ -498,10 +503,13 @@ class EngineTests(TestCase):
         self.redis.stop()
         late = self.start_away(self.redis.url, "late")
         self.assertFalse(late.hub.display_known)
+        self.assertFalse(late.engine.link.up)
+        self.assertIn("Connection refused", late.engine.link.why)
         self.assertIsNone((yield late.hub.report("q", 1, "http", "x")))
         self.assertEqual(len(self.lines("unreachable at start")), 1)
         self.redis.start()
         yield until(lambda: late.engine.mode == redis_engine.UP, "the late node to load", timeout=20)
+        self.assertTrue(late.engine.link.up)
         self.assertEqual([(r.plug.id, r.plug.value, r.remote) for r in late.reports], [("p", 1, True)])
         self.assertEqual(late.hub.plugs(), a.hub.plugs())
         # Devices connected meanwhile got no packet; the loaded one reaches them.

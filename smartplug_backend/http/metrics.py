@@ -44,6 +44,10 @@ SOURCES = ("http", "device")
 AUTH_KINDS = ("api_key", "device_secret", "dashboard_login")
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 UNMATCHED = "unmatched"
+LINK_HELP = {
+    "redis": "1 while Redis answers and this node has loaded the shared state (changes are accepted), else 0.",
+    "mqtt": "1 while connected to the MQTT broker (MQTT_URL), else 0.",
+}
 
 # Seconds.  A commit is an fsync: about a millisecond on an SSD, tens on an
 # SD card.  Requests: the reports' sub-millisecond answers up to a slow WSGI
@@ -76,14 +80,19 @@ class ServerCollector:
     @param factories: listener name -> WebSocket factory, for slow clients.
     @param notifier: the tweet L{smartplug_backend.integrations.tweets.Notifier},
         or C{None} when tweets are off.
+    @param links: the L{smartplug_backend.server.links.Link}s to outside
+        services (Redis, the MQTT broker): a gauge each.
+    @param mqtt: the MQTT bridge, for its dropped messages, or C{None}.
     """
 
-    def __init__(self, hub, cap, guard, factories: dict, notifier=None) -> None:
+    def __init__(self, hub, cap, guard, factories: dict, notifier=None, links: Iterable = (), mqtt=None) -> None:
         self._hub = hub
         self._cap = cap
         self._guard = guard
         self._factories = dict(factories)
         self._notifier = notifier
+        self._links = list(links)
+        self._mqtt = mqtt
 
     def collect(self) -> Iterable:
         hub, pubsub = self._hub, self._hub.pubsub
@@ -158,6 +167,17 @@ class ServerCollector:
             "Tweets given up on: failed every try, or dropped from a full queue.",
             value=notifier.failed if notifier else 0,
         )
+        # Only for the services set up (REDIS_URL, MQTT_URL).
+        for link in self._links:
+            yield GaugeMetricFamily(
+                f"smartplug_{link.name}_connected", LINK_HELP[link.name], value=1 if link.up else 0
+            )
+        if self._mqtt is not None:
+            yield CounterMetricFamily(
+                "smartplug_mqtt_messages_dropped",
+                "MQTT messages dropped because paho's queue of messages waiting for the broker was full.",
+                value=self._mqtt.dropped,
+            )
 
 
 class Timings:

@@ -27,6 +27,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from ..core import limits
+from ..server.links import Link
 from . import homeassistant as ha
 from .mqtt_url import Broker, parse_broker_url
 
@@ -122,6 +123,10 @@ class MQTTBridge(Service):
         self._unacked: set = set()
         # Said once per connection: paho's queue was full, messages dropped.
         self._told_full = False
+        # Messages paho's full queue did not take (GET /metrics).
+        self.dropped = 0
+        # Up or not, since when, why: the dashboard and GET /metrics.
+        self.link = Link("mqtt", broker.where, reactor.seconds)
         # Topics whose retained command was said to be ignored.
         self._told_retained: set = set()
         # Subscribed now, in wiring order (tap adds tweets after us, as
@@ -209,6 +214,7 @@ class MQTTBridge(Service):
         self._connected = True
         self._away = False
         self._told_full = False
+        self.link.went_up()
         # Messages of an earlier connection that paho sends again are not
         # counted toward the republish window.
         self._unacked.clear()
@@ -221,6 +227,8 @@ class MQTTBridge(Service):
 
     def _unavailable(self, why: str) -> None:
         self._connected = False
+        if self.running:
+            self.link.went_down(why)
         if not self._away and self.running:
             self._away = True
             self._log.warn(
@@ -281,7 +289,7 @@ class MQTTBridge(Service):
             if message is None:
                 self._republishing = None
                 return
-            if not self._publish(message):
+            if not self._publish(message, held=True):
                 # paho's queue is full (of what it sends again after a
                 # reconnect): this one waits for the next acknowledgement,
                 # rather than the rest of the republish being dropped.
@@ -293,10 +301,12 @@ class MQTTBridge(Service):
         if self._republishing is not None:
             self._pump()
 
-    def _publish(self, message: ha.Message, qos: int = 1) -> bool:
+    def _publish(self, message: ha.Message, qos: int = 1, held: bool = False) -> bool:
         """
         Hand C{message} to paho.
 
+        @param held: the caller keeps C{message} to try again: a full queue
+            does not drop it.
         @return: False when paho's queue is full and did not take it.
         """
         if not self._connected:
@@ -309,6 +319,8 @@ class MQTTBridge(Service):
             self._log.warn("MQTT: not published to {topic!r}: {why}", topic=message.topic, why=str(e))
             return True
         if sent.rc == paho.MQTT_ERR_QUEUE_SIZE:
+            if not held:
+                self.dropped += 1
             if not self._told_full:
                 self._told_full = True
                 self._log.warn(

@@ -68,6 +68,7 @@ from ..core.limits import (
     REDIS_PRESENCE_INTERVAL,
     REDIS_PRESENCE_TTL_FACTOR,
 )
+from ..server.links import Link
 from ..server.services import ThreadPoolService
 from .redis_bans import SharedBans
 from .redis_journal import RedisJournal, display_state, publication_of
@@ -187,6 +188,8 @@ class RedisEngine(ThreadPoolService):
         # answering and empty (None: it did not, or loaded since).
         self._empty_since: Optional[float] = None
         self._now = reactor.seconds
+        # Up or not, since when, why: the dashboard and GET /metrics.
+        self.link = Link("redis", self.where, reactor.seconds)
         self._listener: Optional[threading.Thread] = None
         self._channel = None
         self.presence_interval = min(info_interval, REDIS_PRESENCE_INTERVAL)
@@ -225,6 +228,7 @@ class RedisEngine(ThreadPoolService):
             self._away = True
             self.hub.display_known = False
             self._drop_channel()
+            self.link.went_down(_why(e, self.where))
             self._log.warn(
                 "Redis at {where} unreachable at start ({why}): changes answer 503 until it answers, and until "
                 "then this node knows no state: it lists no plugs and sends lamps no display packet",
@@ -240,6 +244,7 @@ class RedisEngine(ThreadPoolService):
         self._applied = snapshot.seq
         self._streams_read(snapshot)
         self._mode = UP
+        self.link.went_up()
         self.hub.restore([Plug(p[0], p[1], p[2]) for p in snapshot.plugs], self._display_of(snapshot),
                          snapshot.streams)
         self._share_bans(snapshot)
@@ -703,6 +708,7 @@ class RedisEngine(ThreadPoolService):
         self._streams_read(snapshot)
         self._mode = UP
         self._retry_delay = 0.5
+        self.link.went_up()
         if self._away:
             self._away = False
             self._log.info(
@@ -793,6 +799,7 @@ class RedisEngine(ThreadPoolService):
         self._mode = DOWN
         self._unanswered.set()
         self._buffer = []
+        self.link.went_down(why)
         if not self._away:
             self._away = True
             self._log.warn(

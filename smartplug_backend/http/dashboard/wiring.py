@@ -8,7 +8,7 @@ import os
 import socket
 import time
 from functools import partial
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
@@ -31,10 +31,11 @@ _log = Logger(namespace="smartplug_backend.http.dashboard")
 
 def server_facts(settings, clock, tls=None, backup_directory: str = backups.DEFAULT_DIRECTORY,
                  started: Optional[float] = None, last_backup: Optional["LastBackup"] = None,
-                 endpoint_tls: bool = False) -> Callable[[], dict]:
+                 endpoint_tls: bool = False, links: Iterable = ()) -> Callable[[], dict]:
     """
     The feed's server section: version, node, start time, the settings
-    without secrets, the store's size, the last backup, the TLS certificate.
+    without secrets, the store's size, the last backup, the TLS certificate,
+    the links to outside services (L{smartplug_backend.server.links.Link}).
 
     @param last_backup: where the last backup is read from (off the reactor
         thread); by default read on the spot, for tests.
@@ -61,6 +62,7 @@ def server_facts(settings, clock, tls=None, backup_directory: str = backups.DEFA
             "store": _store(settings),
             "last_backup": newest(),
             "tls": certificate,
+            "links": [link.as_json() for link in links],
         }
 
     return facts
@@ -146,7 +148,7 @@ def _last_backup(directory: str) -> Optional[dict]:
 
 
 def dashboard(settings, hub, guard, reactor, top: MultiService, tls=None, devices=None,
-              ws_url: Optional[str] = None, endpoint_tls: bool = False) -> Optional[Resource]:
+              ws_url: Optional[str] = None, endpoint_tls: bool = False, links: Iterable = ()) -> Optional[Resource]:
     """
     The C{/ui} resource, or C{None} (with one log line saying how to turn
     it on) when C{DASHBOARD_USERS} is empty.  Adds its thread pools
@@ -156,6 +158,7 @@ def dashboard(settings, hub, guard, reactor, top: MultiService, tls=None, device
     @param ws_url: C{wss://...} when the HTTP listener speaks TLS.
     @param endpoint_tls: the HTTP listener is an C{ssl:} endpoint (its
         certificate is its own, not C{tls}'s).
+    @param links: the links to outside services (Redis, the MQTT broker).
     """
     if not settings.DASHBOARD_USERS:
         _log.info(
@@ -179,8 +182,11 @@ def dashboard(settings, hub, guard, reactor, top: MultiService, tls=None, device
     # through this late-bound call.
     feed = None
     newest = LastBackup(backups.DEFAULT_DIRECTORY, run_files, lambda: feed.server_changed())
-    facts = server_facts(settings, reactor, tls, last_backup=newest, endpoint_tls=endpoint_tls)
+    facts = server_facts(settings, reactor, tls, last_backup=newest, endpoint_tls=endpoint_tls, links=links)
     feed = Feed(hub, guard, reactor, facts, devices)
+    for link in links:
+        # Redis or the broker coming or going shows at once.
+        link.watch(feed.server_changed)
     hub.listen(feed.report)
     hub.watch_display(feed.display)
     hub.pubsub.observe(feed.publication)

@@ -592,6 +592,8 @@ function python(value) {
   return JSON.stringify(value);
 }
 
+const LINK_NAMES = { redis: "Redis", mqtt: "MQTT (Home Assistant)" };
+
 function drawFacts() {
   if (!server) return;
   const f = server;
@@ -607,6 +609,12 @@ function drawFacts() {
   // store changed is still shown.
   if (f.last_backup || canBackUp(f)) {
     facts.push(["Last backup", f.last_backup ? `${f.last_backup.file}, ${when(f.last_backup.at)}` : "none yet"]);
+  }
+  // The outside services set up (REDIS_URL, MQTT_URL), live.
+  for (const link of f.links || []) {
+    facts.push([LINK_NAMES[link.name] || link.name, link.up
+      ? `connected to ${link.where} for ${ago(link.since)}`
+      : `NOT CONNECTED to ${link.where} for ${ago(link.since)}: ${link.why}`]);
   }
   $("facts").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: String(v) })]));
 }
