@@ -14,6 +14,19 @@ from smartplug_backend.integrations.redis_store import CHANNEL, RedisState, Stal
 from .redis_server import start_redis
 
 
+def messages(channel) -> list:
+    """
+    The changes published on C{channel} since the last call, decoded.
+    """
+    found = []
+    for _ in range(50):
+        message = channel.get_message(timeout=0.1)
+        if message is None:
+            break
+        found.append(json.loads(message["data"]))
+    return found
+
+
 class StateTests(SynchronousTestCase):
     """
     What one commit writes and publishes, and what a node loads.
@@ -31,13 +44,7 @@ class StateTests(SynchronousTestCase):
         self.assertTrue(self.state.initialise("inc-1", [], None))
 
     def messages(self):
-        found = []
-        for _ in range(50):
-            message = self.channel.get_message(timeout=0.1)
-            if message is None:
-                break
-            found.append(json.loads(message["data"]))
-        return found
+        return messages(self.channel)
 
     def test_initialise_once(self):
         """
@@ -137,8 +144,8 @@ class StateTests(SynchronousTestCase):
     def test_user_without_info(self):
         """
         A Redis user that may not run INFO (ACL's @dangerous) gets an
-        error from every script before it writes anything: seeding, renewing
-        and committing leave Redis as it was.
+        error from every script before it writes anything: seeding, renewing,
+        replacing an empty seed and committing leave Redis as it was.
         """
         self.client.acl_setuser("limited", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
                                 categories=["+@all", "-@dangerous"])
@@ -154,6 +161,11 @@ class StateTests(SynchronousTestCase):
         with self.assertRaises(redis.ResponseError):
             state.renew("inc-1", "inc-3", "X")
         self.assertEqual(self.client.get(redis_store.INCARNATION), b"inc-1")
+        self.client.set(redis_store.EMPTY_SEED, "inc-1")
+        with self.assertRaises(redis.ResponseError):
+            state.replace("inc-1", "inc-4", [("p", 1, 1.0, "http")], None, "{}")
+        self.assertEqual(self.client.get(redis_store.INCARNATION), b"inc-1")
+        self.client.delete(redis_store.EMPTY_SEED)
         self.assertEqual(sorted(self.client.keys("*")), before)
 
     def test_restart_with_every_write_on_disk(self):
@@ -196,6 +208,115 @@ class StateTests(SynchronousTestCase):
                 return None
 
         self.assertFalse(RedisState(Refusing()).persists_every_write())
+
+
+class EmptySeedTests(SynchronousTestCase):
+    """
+    A seed made by a node without a copy of its own is marked as an empty
+    seed until the first change to the state; meanwhile a node's copy may
+    take its place, once.
+    """
+
+    def setUp(self):
+        self.server = server = start_redis(self)
+        self.client = redis.Redis.from_url(server.url)
+        self.addCleanup(self.client.close)
+        self.state = RedisState(self.client)
+        self.channel = self.client.pubsub()
+        self.channel.subscribe(CHANNEL)
+        self.addCleanup(self.channel.close)
+        self.assertEqual(self.channel.get_message(timeout=5)["type"], "subscribe")
+
+    def messages(self):
+        return messages(self.channel)
+
+    def test_marked_until_a_change_to_the_state(self):
+        """
+        A seed made with C{empty} is an empty seed; a display command or an
+        authentication failure (announcements: no change to the state)
+        leave it one; the first change of any other kind (report, report
+        with its publication, publication, display, ban, lift) ends it in
+        the same commit.  A seed of a node's copy is never one.
+        """
+        changes = {
+            "report": lambda inc: self.state.commit_report(inc, '{"o":1}', "p", 1, 1.0, "http", 5),
+            "report and publication": lambda inc: self.state.commit_report(
+                inc, '{"o":1}', "p", 1, 1.0, "http", 5, ("smartplug", "E", '"x"', 1.0, 5, 60)),
+            "publication": lambda inc: self.state.commit_publication(inc, '{"o":1}', "door", "E", '"x"', 1.0, 5, 60),
+            "display": lambda inc: self.state.commit_display(inc, '{"o":1}', '{"mode": 0}'),
+            "ban": lambda inc: self.state.commit_ban(inc, '{"o":1}', "10.0.0.1", 100.0, 60.0),
+            "lift": lambda inc: self.state.commit_lift(inc, '{"o":1}', "10.0.0.1"),
+        }
+        for kind, change in changes.items():
+            self.client.flushall()
+            self.assertTrue(self.state.initialise("empty", [], None, empty=True))
+            self.assertTrue(self.state.snapshot().empty_seed, kind)
+            self.state.commit_announcement("empty", '{"kind":"command"}')
+            self.assertTrue(self.state.snapshot().empty_seed, kind)
+            change("empty")
+            self.assertFalse(self.state.snapshot().empty_seed, kind)
+        self.client.flushall()
+        self.assertTrue(self.state.initialise("copy", [("p", 1, 1.0, "http")], '{"mode": 0}'))
+        self.assertFalse(self.state.snapshot().empty_seed)
+
+    def test_replaced_once(self):
+        """
+        A node's copy takes the place of an empty seed under a new
+        incarnation, as it would seed an empty Redis (plugs in order, the
+        display), and the nodes hear of it on the change channel (with the
+        seed it replaced); the node that made the seed is refused as stale.
+        A second copy, racing the first, does not replace it again.
+        """
+        self.assertTrue(self.state.initialise("empty", [], None, empty=True))
+        plugs = [("b", 1, 2.5, "http"), ("a", 0, 1.5, "device")]
+        notice = json.dumps({"kind": "replaced", "incarnation": "copy-1", "replaced": "empty"})
+        self.assertTrue(self.state.replace("empty", "copy-1", plugs, '{"mode": 0}', notice))
+        self.assertFalse(self.state.replace("empty", "copy-2", [("c", 1, 3.0, "http")], None, "{}"))
+        snapshot = self.state.snapshot()
+        self.assertEqual((snapshot.incarnation, snapshot.plugs, snapshot.display, snapshot.empty_seed, snapshot.seq),
+                         ("copy-1", plugs, {"mode": 0}, False, 0))
+        self.assertEqual(self.messages(),
+                         [{"seq": 0, "kind": "replaced", "incarnation": "copy-1", "replaced": "empty"}])
+        self.assertRaises(Stale, self.state.commit_report, "empty", '{"o":1}', "p", 1, 1.0, "http", 5)
+        self.assertEqual(self.state.commit_report("copy-1", '{"o":1}', "p", 1, 1.0, "http", 5), 1)
+
+    def test_not_replaced_after_a_change(self):
+        """
+        An empty seed that took a change, a seed of a node's copy, and an
+        empty seed that is not the one the node found (Redis was seeded
+        again meanwhile) are not replaced: nothing is written or published.
+        """
+        self.assertTrue(self.state.initialise("empty", [], None, empty=True))
+        self.state.commit_report("empty", '{"o":1}', "p", 1, 1.0, "http", 5)
+        self.messages()
+        self.assertFalse(self.state.replace("empty", "copy", [("q", 1, 1.0, "http")], None, "{}"))
+        self.assertFalse(self.state.replace("other", "copy", [("q", 1, 1.0, "http")], None, "{}"))
+        self.client.flushall()
+        self.assertTrue(self.state.initialise("seeded", [("p", 1, 1.0, "http")], '{"mode": 0}'))
+        self.assertFalse(self.state.replace("seeded", "copy", [("q", 1, 1.0, "http")], None, "{}"))
+        snapshot = self.state.snapshot()
+        self.assertEqual((snapshot.incarnation, snapshot.plugs), ("seeded", [("p", 1, 1.0, "http")]))
+        self.assertEqual(self.messages(), [])
+
+    def test_not_replaced_with_a_change_of_an_older_version(self):
+        """
+        A node of an older version clears no mark when it commits: a seed
+        that holds state all the same is not replaced.
+        """
+        self.assertTrue(self.state.initialise("empty", [], None, empty=True))
+        self.client.hset(redis_store.PLUGS, "p", json.dumps([1, 1.0, "http"]))
+        self.assertFalse(self.state.replace("empty", "copy", [("q", 1, 1.0, "http")], None, "{}"))
+        self.assertEqual(self.state.snapshot().incarnation, "empty")
+
+    def test_renewed_empty_seed_stays_one(self):
+        """
+        New epochs (a Redis that restarted and may have lost writes) give
+        the data a new incarnation: an empty seed stays one under it.
+        """
+        self.assertTrue(self.state.initialise("empty", [], None, empty=True))
+        self.assertTrue(self.state.renew("empty", "renewed", "N"))
+        snapshot = self.state.snapshot()
+        self.assertEqual((snapshot.incarnation, snapshot.empty_seed), ("renewed", True))
 
 
 def data(name: str, size: int = 300) -> str:

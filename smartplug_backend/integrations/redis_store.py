@@ -22,6 +22,14 @@ Keys (all under C{smartplug:}; one Redis database, not Redis Cluster):
                        data was last checked under: another one means
                        Redis restarted since, and may have come back from
                        a file that misses the latest writes (SPEC 3.6)
+    empty-seed         the incarnation, while it is an I{empty seed}: made
+                       by a node without a copy of its own (no plugs, no
+                       display), and no change to the state committed on
+                       it since (the first one deletes this key; a display
+                       command or an authentication failure, which change
+                       no state, do not).  A node that holds a copy puts
+                       it in place of such a seed (L{RedisState.replace})
+                       instead of loading it.
     seq                the number of the last change
     plugs              hash: plug id -> JSON [value, at, source]
     plug-order         sorted set: plug id by the sequence number of its
@@ -71,6 +79,7 @@ PREFIX = "smartplug:"
 CHANNEL = PREFIX + "changes"
 INCARNATION = PREFIX + "incarnation"
 RUN = PREFIX + "run"
+EMPTY_SEED = PREFIX + "empty-seed"
 SEQ = PREFIX + "seq"
 PLUGS = PREFIX + "plugs"
 PLUG_ORDER = PREFIX + "plug-order"
@@ -134,12 +143,13 @@ local function run_id()
 end
 """
 
-# KEYS[1] incarnation, KEYS[2] seq, KEYS[#KEYS] run; ARGV[1] the incarnation
-# this node loaded, ARGV[2] the channel, ARGV[3] the change as a JSON object,
-# which the message gets with "seq" put first.  A Redis that restarted since
-# the data was last checked takes no change until a node has loaded it again
-# (and renewed the epochs if Redis may have lost writes): offsets handed out
-# before may be given again.
+# KEYS[1] incarnation, KEYS[2] seq, KEYS[#KEYS - 1] empty-seed, KEYS[#KEYS]
+# run; ARGV[1] the incarnation this node loaded, ARGV[2] the channel,
+# ARGV[3] the change as a JSON object, which the message gets with "seq"
+# put first.  A Redis that restarted since the data was last checked takes
+# no change until a node has loaded it again (and renewed the epochs if
+# Redis may have lost writes): offsets handed out before may be given
+# again.
 _PRELUDE = _RUN_ID + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('STALE Redis holds other data than this node loaded')
@@ -153,10 +163,16 @@ local function announce(extra)
 end
 """
 
+# A change to the state: in the same script, an empty seed stops being one
+# (Redis' state is the one that counts from now on, as for any other).
+_CHANGE = _PRELUDE + """
+redis.call('DEL', KEYS[#KEYS - 1])
+"""
+
 # KEYS[3] plugs, KEYS[4] plug-order, KEYS[5] history:<id>;
 # ARGV[4] plug id, ARGV[5] JSON [value, at, source], ARGV[6] history entry
 # (the same), ARGV[7] keep
-_REPORT = _PRELUDE + """
+_REPORT = _CHANGE + """
 redis.call('HSET', KEYS[3], ARGV[4], ARGV[5])
 redis.call('ZADD', KEYS[4], 'NX', seq, ARGV[4])
 redis.call('LPUSH', KEYS[5], ARGV[6])
@@ -166,20 +182,21 @@ return seq
 """
 
 # KEYS[3] display; ARGV[4] the state
-_DISPLAY = _PRELUDE + """
+_DISPLAY = _CHANGE + """
 redis.call('SET', KEYS[3], ARGV[4])
 announce('')
 return seq
 """
 
-# Nothing to keep: a one-off display command.
+# Nothing to keep: a one-off display command, or an authentication failure
+# counted.  No change to the state, so an empty seed stays one.
 _ANNOUNCE = _PRELUDE + """
 announce('')
 return seq
 """
 
 # KEYS[3] bans; ARGV[4] address, ARGV[5] JSON [until, seconds]
-_BAN = _PRELUDE + """
+_BAN = _CHANGE + """
 redis.call('HSET', KEYS[3], ARGV[4], ARGV[5])
 announce('')
 return seq
@@ -324,7 +341,7 @@ end
 # for how many milliseconds, ARGV[10] the data bytes kept over all events,
 # ARGV[11] the key prefix, ARGV[12] the events kept.  The offset and epoch
 # go into the message before the change's own fields.
-_PUBLICATION = _PRELUDE + _NUMBER + """
+_PUBLICATION = _CHANGE + _NUMBER + """
 local offset, epoch = number(3, 4)
 announce(numbered(offset, epoch))
 return {seq, offset, epoch}
@@ -332,7 +349,7 @@ return {seq, offset, epoch}
 
 # A report and its publication (event smartplug) in one commit: the keys and
 # arguments of _REPORT, then KEYS[6..12] and ARGV[8..16] as _PUBLICATION's.
-_REPORT_PUBLISHED = _PRELUDE + _NUMBER + """
+_REPORT_PUBLISHED = _CHANGE + _NUMBER + """
 redis.call('HSET', KEYS[3], ARGV[4], ARGV[5])
 redis.call('ZADD', KEYS[4], 'NX', seq, ARGV[4])
 redis.call('LPUSH', KEYS[5], ARGV[6])
@@ -369,34 +386,35 @@ return {redis.call('GET', KEYS[1]) or '', redis.call('GET', KEYS[2]) or '0', don
 """
 
 # KEYS[3] bans; ARGV[4] address
-_LIFT = _PRELUDE + """
+_LIFT = _CHANGE + """
 redis.call('HDEL', KEYS[3], ARGV[4])
 announce('')
 return seq
 """
 
-# KEYS: incarnation, seq, plugs, plug-order, display, bans, run.  One
-# script, so the state and the sequence number it reaches are read at one
-# instant (the streams are read in pieces before it: see
-# RedisState.snapshot).  The last item is 1 when Redis restarted since the
-# data was last checked.
+# KEYS: incarnation, seq, plugs, plug-order, display, bans, run,
+# empty-seed.  One script, so the state and the sequence number it reaches
+# are read at one instant (the streams are read in pieces before it: see
+# RedisState.snapshot).  The last two items are 1 when Redis restarted
+# since the data was last checked, and when the data is an empty seed.
 _SNAPSHOT = _RUN_ID + """
 local incarnation = redis.call('GET', KEYS[1])
 if not incarnation then return false end
 local restarted = 0
 if redis.call('GET', KEYS[7]) ~= run_id() then restarted = 1 end
+local empty_seed = 0
+if redis.call('GET', KEYS[8]) == incarnation then empty_seed = 1 end
 return {incarnation, redis.call('GET', KEYS[2]) or '0', redis.call('HGETALL', KEYS[3]),
         redis.call('ZRANGE', KEYS[4], 0, -1), redis.call('GET', KEYS[5]) or '',
-        redis.call('HGETALL', KEYS[6]), restarted}
+        redis.call('HGETALL', KEYS[6]), restarted, empty_seed}
 """
 
-# KEYS: incarnation, plugs, plug-order, display, run; ARGV[1] the new
-# incarnation, ARGV[2] JSON [[id, "JSON [value, at, source]"], ...] (the
-# states as strings: cjson would round the times to 14 digits), ARGV[3] the
-# display state or ''.  Seeds an empty Redis with a node's copy, once.
-_INITIALISE = _RUN_ID + """
-local run = run_id()
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+# KEYS: incarnation, plugs, plug-order, display, run, empty-seed; ARGV[1]
+# the new incarnation, ARGV[2] JSON [[id, "JSON [value, at, source]"], ...]
+# (the states as strings: cjson would round the times to 14 digits),
+# ARGV[3] the display state or '', ARGV[4] '1' for an empty seed (the
+# node has no copy of its own).  Writes a seed, under the run_id C{run}.
+_SEED = """
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('SET', KEYS[5], run)
 for i, plug in ipairs(cjson.decode(ARGV[2])) do
@@ -404,21 +422,52 @@ for i, plug in ipairs(cjson.decode(ARGV[2])) do
   redis.call('ZADD', KEYS[3], i, plug[1])
 end
 if ARGV[3] ~= '' then redis.call('SET', KEYS[4], ARGV[3]) end
+if ARGV[4] == '1' then redis.call('SET', KEYS[6], ARGV[1]) else redis.call('DEL', KEYS[6]) end
+"""
+
+# The keys and arguments of _SEED.  Seeds an empty Redis with a node's copy,
+# once.
+_INITIALISE = _RUN_ID + """
+local run = run_id()
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+""" + _SEED + """
+return 1
+"""
+
+# The keys and arguments of _SEED, then KEYS[7] bans, KEYS[8] events,
+# KEYS[9] seq; ARGV[5] the incarnation of the empty seed this node found,
+# ARGV[6] the channel, ARGV[7] the notice (a JSON object) for the other
+# nodes.  Puts a node's copy in place of that empty seed, once: nothing is
+# lost, since no change was committed on it.  Its state is checked empty
+# too: a node of an older version clears no marker when it commits.  The
+# notice (with "seq" put first, the last change's number) tells the nodes
+# that loaded the empty seed to load the copy.
+_REPLACE = _RUN_ID + """
+local run = run_id()
+if redis.call('GET', KEYS[1]) ~= ARGV[5] or redis.call('GET', KEYS[6]) ~= ARGV[5] then return 0 end
+if redis.call('HLEN', KEYS[2]) > 0 or redis.call('EXISTS', KEYS[4]) == 1 or redis.call('HLEN', KEYS[7]) > 0
+   or redis.call('SCARD', KEYS[8]) > 0 then
+  return 0
+end
+""" + _SEED + """
+redis.call('PUBLISH', ARGV[6], '{"seq":' .. (redis.call('GET', KEYS[9]) or '0') .. ',' .. string.sub(ARGV[7], 2))
 return 1
 """
 
 
-# KEYS: incarnation, events, run; ARGV[1] the incarnation the node loaded,
-# ARGV[2] a new one, ARGV[3] a new epoch's prefix, ARGV[4] the key prefix.
-# For a Redis that lost its latest changes but not all (an append-only file
-# synced every second, a snapshot file), or may have: new epochs for every
-# event, its kept publications dropped (their offsets may be given again),
-# once; the data is checked under this Redis process from then on.
+# KEYS: incarnation, events, run, empty-seed; ARGV[1] the incarnation the
+# node loaded, ARGV[2] a new one, ARGV[3] a new epoch's prefix, ARGV[4] the
+# key prefix.  For a Redis that lost its latest changes but not all (an
+# append-only file synced every second, a snapshot file), or may have: new
+# epochs for every event, its kept publications dropped (their offsets may
+# be given again), once; the data is checked under this Redis process from
+# then on.  An empty seed stays one under its new incarnation.
 _RENEW = _RUN_ID + """
 local run = run_id()
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('SET', KEYS[3], run)
+if redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('SET', KEYS[4], ARGV[2]) end
 for i, event in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   -- An event of an older version, never ranked: from now on it can be
   -- forgotten like the others (the oldest first), so the set drains.
@@ -465,6 +514,8 @@ class Snapshot:
         C{seq} come on the change channel, and must be taken from there.
     @ivar streams_from: the change the reading of the streams began at: an
         event not in C{streams} has no publication up to it.
+    @ivar empty_seed: the data was seeded by a node without a copy of its
+        own, and no change to the state was committed on it since.
     """
 
     incarnation: str
@@ -476,6 +527,7 @@ class Snapshot:
     restarted: bool = False
     loaded_at: dict = dataclasses.field(default_factory=dict)
     streams_from: int = 0
+    empty_seed: bool = False
 
 
 def _text(value) -> str:
@@ -518,13 +570,14 @@ class RedisState:
         self._report_published = client.register_script(_REPORT_PUBLISHED)
         self._snapshot = client.register_script(_SNAPSHOT)
         self._initialise = client.register_script(_INITIALISE)
+        self._replace = client.register_script(_REPLACE)
         self._renew = client.register_script(_RENEW)
         self._checked = client.register_script(_CHECKED)
         self._streams = client.register_script(_STREAMS)
 
     def _commit(self, script, keys: list, incarnation: str, change: str, *args):
         try:
-            return script(keys=[INCARNATION, SEQ, *keys, RUN], args=[incarnation, CHANNEL, change, *args])
+            return script(keys=[INCARNATION, SEQ, *keys, EMPTY_SEED, RUN], args=[incarnation, CHANNEL, change, *args])
         except redis.ResponseError as e:
             if str(e).startswith("STALE"):
                 raise Stale(str(e)) from None
@@ -615,7 +668,7 @@ class RedisState:
         for _ in range(tries):
             begun = int(self.client.get(SEQ) or 0)
             streams, loaded_at, incarnations = self._read_streams()
-            found = self._snapshot(keys=[INCARNATION, SEQ, PLUGS, PLUG_ORDER, DISPLAY, BANS, RUN])
+            found = self._snapshot(keys=[INCARNATION, SEQ, PLUGS, PLUG_ORDER, DISPLAY, BANS, RUN, EMPTY_SEED])
             if found is None:
                 return None
             if incarnations <= {_text(found[0])}:
@@ -651,7 +704,7 @@ class RedisState:
                 return streams, loaded_at, incarnations
 
     def _snapshot_of(self, found: list, streams: list, loaded_at: dict, begun: int) -> Snapshot:
-        incarnation, seq, states, order, display, bans, restarted = found
+        incarnation, seq, states, order, display, bans, restarted, empty_seed = found
         states = _pairs(states)
         plugs = []
         for plug_id in map(_text, order):
@@ -662,20 +715,42 @@ class RedisState:
         return Snapshot(
             _text(incarnation), int(seq), plugs, json.loads(display) if display else None,
             {address: tuple(json.loads(ban)) for address, ban in _pairs(bans).items()},
-            streams, bool(restarted), loaded_at, begun,
+            streams, bool(restarted), loaded_at, begun, bool(empty_seed),
         )
 
-    def initialise(self, incarnation: str, plugs: list, display: Optional[str]) -> bool:
+    def initialise(self, incarnation: str, plugs: list, display: Optional[str], empty: bool = False) -> bool:
         """
         Seed a Redis that holds no state with C{incarnation}, C{plugs}
         (C{[(id, value, at, source)]}) and the C{display} state (JSON), unless
         another node did first.
 
+        @param empty: this node has no copy of its own (it never loaded a
+            state, or only an empty seed no change was made on): the seed
+            is an empty seed (see L{Snapshot.empty_seed}).
         @return: True when this call seeded it.
         """
+        return bool(self._initialise(keys=self._seed_keys, args=self._seed_args(incarnation, plugs, display, empty)))
+
+    _seed_keys = (INCARNATION, PLUGS, PLUG_ORDER, DISPLAY, RUN, EMPTY_SEED)
+
+    @staticmethod
+    def _seed_args(incarnation: str, plugs: list, display: Optional[str], empty: bool) -> list:
         seed = json.dumps([[plug[0], json.dumps(list(plug[1:]))] for plug in plugs])
-        return bool(self._initialise(keys=[INCARNATION, PLUGS, PLUG_ORDER, DISPLAY, RUN],
-                                     args=[incarnation, seed, display or ""]))
+        return [incarnation, seed, display or "", "1" if empty else ""]
+
+    def replace(self, empty_seed: str, incarnation: str, plugs: list, display: Optional[str], notice: str) -> bool:
+        """
+        Put this node's copy (as L{initialise} takes it) in place of the
+        empty seed C{empty_seed}, under the new C{incarnation}, and publish
+        C{notice} (a JSON object; "seq" is put first) on the change channel;
+        unless Redis holds other data by now, or a change was committed on
+        the seed (another node's copy took its place first, say).
+
+        @return: True when this call replaced it.
+        """
+        return bool(self._replace(keys=[*self._seed_keys, BANS, EVENTS, SEQ],
+                                  args=[*self._seed_args(incarnation, plugs, display, False), empty_seed, CHANNEL,
+                                        notice]))
 
     def renew(self, incarnation: str, new_incarnation: str, epoch_prefix: str) -> bool:
         """
@@ -685,7 +760,7 @@ class RedisState:
 
         @return: True when this call did.
         """
-        return bool(self._renew(keys=[INCARNATION, EVENTS, RUN],
+        return bool(self._renew(keys=[INCARNATION, EVENTS, RUN, EMPTY_SEED],
                                 args=[incarnation, new_incarnation, epoch_prefix, PREFIX]))
 
     def checked(self, incarnation: str) -> bool:
