@@ -618,6 +618,146 @@ class EngineTests(TestCase):
         self.assertEqual(report.plug.value, 1)
 
     @inlineCallbacks
+    def restart_empty_holding_back(self, *nodes):
+        """
+        Redis restarts without its data while C{nodes} are kept from
+        loading it again (L{come_back} lets them): they stay down.
+        """
+        self.redis.kill()
+        yield until(lambda: not any(n.engine.up for n in nodes), "the nodes to notice")
+        for node in nodes:
+            self.patch(node.engine, "_resync", lambda: None)
+        self.redis.start()
+
+    def come_back(self, *nodes) -> None:
+        """
+        Let C{nodes} load the state again, all at once.
+        """
+        for node in nodes:
+            self.patch(node.engine, "_resync", redis_engine.RedisEngine._resync.__get__(node.engine))
+        for node in nodes:
+            node.engine._resync()
+
+    def snapshot(self):
+        state = RedisState(redis.Redis.from_url(self.redis.url))
+        self.addCleanup(state.client.close)
+        return state.snapshot()
+
+    @inlineCallbacks
+    def test_copy_replaces_a_fresh_nodes_empty_seed(self):
+        """
+        A node started afresh while Redis is empty seeds it with an empty
+        state, marked as such.  A node that holds a copy and comes back
+        before any change was made on it puts its copy in place of it (a new
+        incarnation: pub/sub epochs change), says so in one line, and the
+        fresh node loads that copy at once (its listeners are told) and
+        says so too; both then take changes.
+        """
+        (a,) = yield self.nodes(1)
+        yield a.hub.report("p", 1, "http", "x")
+        epoch = a.hub.pubsub.history.position("smartplug")[1]
+        yield self.restart_empty_holding_back(a)
+        fresh = Node(self, self.redis.url, "fresh")
+        yield fresh.start()
+        self.assertIsNone(fresh.hub.plug("p"))
+        self.assertTrue(self.snapshot().empty_seed)
+        self.come_back(a)
+        yield until(lambda: fresh.hub.plug("p") is not None, "the fresh node to load A's copy", timeout=20)
+        self.assertEqual(fresh.hub.plug("p"), a.hub.plug("p"))
+        self.assertEqual([(r.plug.id, r.remote) for r in fresh.reports], [("p", True)])
+        (line,) = self.lines("replaced it with")
+        self.assertIn(f"Redis at {self.redis.url} held an empty state seeded by a node without a copy, and no "
+                      "change since: replaced it with this node's copy (1 plugs); pub/sub epochs change", line)
+        (line,) = self.lines("in place of the empty state")
+        self.assertIn("holds a node's copy now, in place of the empty state this node had loaded: loaded it "
+                      "(1 plugs)", line)
+        yield until(lambda: a.engine.mode == fresh.engine.mode == redis_engine.UP, "both nodes up", timeout=20)
+        self.assertEqual(fresh.engine._incarnation, a.engine._incarnation)
+        self.assertFalse(self.snapshot().empty_seed)
+        self.assertNotEqual(a.hub.pubsub.history.position("smartplug")[1], epoch)
+        yield self.report_until_taken(fresh, "q", 1)
+        yield until(lambda: a.hub.plug("q") is not None, "A to see the fresh node's report", timeout=20)
+
+    @inlineCallbacks
+    def test_change_on_an_empty_seed_wins(self):
+        """
+        Once a change was made on an empty seed, it is Redis' state like
+        any other: the first change ends the mark, and a node with a copy
+        that comes back after it loads Redis' state instead of replacing
+        it.
+        """
+        (a,) = yield self.nodes(1)
+        yield a.hub.report("p", 1, "http", "x")
+        yield self.restart_empty_holding_back(a)
+        fresh = Node(self, self.redis.url, "fresh")
+        yield fresh.start()
+        self.assertTrue(self.snapshot().empty_seed)
+        yield fresh.hub.report("q", 1, "http", "x")
+        self.assertFalse(self.snapshot().empty_seed)
+        self.come_back(a)
+        yield until(lambda: a.hub.plug("q") is not None, "A to load Redis' state", timeout=20)
+        yield until(lambda: a.engine.mode == redis_engine.UP, "A up", timeout=20)
+        self.assertEqual(a.engine._incarnation, fresh.engine._incarnation)
+        self.assertEqual([p[0] for p in self.snapshot().plugs], ["q"])
+        self.assertIsNone(fresh.hub.plug("p"))
+        self.assertEqual(self.lines("replaced it with"), [])
+
+    @inlineCallbacks
+    def test_copy_replaces_an_empty_seed_after_the_grace(self):
+        """
+        A node without a copy that seeded Redis with an empty state after
+        waiting L{REDIS_EMPTY_GRACE} s for one (a node that holds one was
+        cut off longer) gives way to that node's copy when it comes back
+        before any change, and loads it.
+        """
+        (a,) = yield self.nodes(1)
+        yield a.hub.report("p", 1, "http", "x")
+        self.redis.kill()
+        yield until(lambda: not a.engine.up, "A to notice")
+        self.patch(a.engine, "_resync", lambda: None)
+        away = self.start_away(self.redis.url, "away")
+        clock = Clock()
+        away.engine._now = clock.seconds
+        self.redis.start()
+        yield until(lambda: self.lines("answers, but it holds no state"), "the node to find Redis empty", timeout=30)
+        clock.advance(REDIS_EMPTY_GRACE + 1)
+        away.engine._resync()
+        yield until(lambda: away.engine.mode == redis_engine.UP, "the node to seed Redis", timeout=20)
+        self.assertEqual(len(self.lines("stayed empty")), 1)
+        self.assertTrue(self.snapshot().empty_seed)
+        self.come_back(a)
+        yield until(lambda: away.hub.plug("p") is not None, "the node to load A's copy", timeout=20)
+        self.assertEqual(len(self.lines("replaced it with this node's copy (1 plugs)")), 1)
+        yield until(lambda: a.engine.mode == away.engine.mode == redis_engine.UP, "both nodes up", timeout=20)
+        self.assertEqual(away.engine._incarnation, a.engine._incarnation)
+        self.assertEqual(away.hub.plug("p"), a.hub.plug("p"))
+
+    @inlineCallbacks
+    def test_two_copies_one_replaces(self):
+        """
+        Two nodes with copies (that differ: here made so by hand) come back
+        at once to an empty seed: one copy takes its place, whole, and the
+        other node and the fresh node load it.
+        """
+        a, b = yield self.nodes()
+        yield a.hub.report("p", 1, "http", "x")
+        yield until(lambda: b.hub.plug("p") is not None, "B to have the plug")
+        yield self.restart_empty_holding_back(a, b)
+        a.hub.apply_report("only-a", 1, 5.0, "http", "test")
+        b.hub.apply_report("only-b", 1, 5.0, "http", "test")
+        fresh = Node(self, self.redis.url, "fresh")
+        yield fresh.start()
+        self.come_back(a, b)
+        nodes = (a, b, fresh)
+        yield until(lambda: all(n.engine.mode == redis_engine.UP for n in nodes)
+                    and len({n.engine._incarnation for n in nodes}) == 1
+                    and fresh.hub.plug("p") is not None, "the three nodes on one copy", timeout=30)
+        self.assertEqual(len(self.lines("replaced it with this node's copy (2 plugs)")), 1)
+        plugs = {p[0] for p in self.snapshot().plugs}
+        self.assertIn(plugs, ({"p", "only-a"}, {"p", "only-b"}))
+        self.assertEqual({p.id for p in fresh.hub.plugs()}, plugs)
+
+    @inlineCallbacks
     def test_redis_restarted_empty(self):
         """
         A Redis that restarts without its data is seeded again with a node's

@@ -29,6 +29,10 @@ reconnects with backoff (at most L{REDIS_MAX_BACKOFF} s), and on every
 sequence number: changes already in it are skipped, later ones applied).  A
 Redis that lost its data (restarted empty) is seeded again from the first
 node's copy under a new I{incarnation}; the others notice and load it.  A
+node without a copy of its own seeds it with an empty state, marked as an
+I{empty seed}: until a change is committed on it, a node that holds a copy
+puts its copy in place of it instead of loading it (L{RedisState.replace}),
+and the nodes that loaded the empty seed load that copy.  A
 Redis that restarted (its run_id is not the one the data was last checked
 under) may have come back from a file that misses its latest writes, unless
 it persists every write: the first node that loads it then gives every
@@ -77,6 +81,10 @@ from .urls import redact
 
 # The engine's modes.
 DOWN, SYNCING, UP = "down", "syncing", "up"
+
+# The kinds of change that change the state: the first one committed on an
+# empty seed makes it a state like any other (redis_store._CHANGE).
+_STATE_KINDS = frozenset({"report", "display", "publication", "ban", "lift"})
 
 
 class _NothingToSeed(redis.RedisError):
@@ -184,6 +192,11 @@ class RedisEngine(ThreadPoolService):
         self._retry = None
         self._retry_delay = 0.5
         self._told_nothing_to_seed = False
+        # This node holds no state that anyone committed: it never loaded
+        # one, or only an empty seed that nothing changed since.  It seeds
+        # an empty Redis with an empty seed, and never puts its copy in
+        # place of one.
+        self._no_copy = True
         # When this node, without a state of its own, first found Redis
         # answering and empty (None: it did not, or loaded since).
         self._empty_since: Optional[float] = None
@@ -223,7 +236,7 @@ class RedisEngine(ThreadPoolService):
             # Subscribed first, then loaded: no change can fall between the
             # two, and the node is up before its listeners bind.
             self._channel = self._subscribe()
-            snapshot, seeded, renewed = self._load([], None)
+            snapshot, seeded, renewed, _replaced = self._load([], None)
         except (redis.RedisError, OSError) as e:
             self._away = True
             self.hub.display_known = False
@@ -236,11 +249,11 @@ class RedisEngine(ThreadPoolService):
             )
             return
         if seeded is not None:
-            self._log.warn("Redis at {where} held no state: seeded it with this node's copy ({count} plugs)",
-                           where=self.where, count=seeded)
+            self._log_empty_seed()
         if renewed:
             self._log_restarted()
         self._incarnation = snapshot.incarnation
+        self._no_copy = _holds_nothing(snapshot)
         self._applied = snapshot.seq
         self._streams_read(snapshot)
         self._mode = UP
@@ -478,6 +491,12 @@ class RedisEngine(ThreadPoolService):
             self._take(change)
 
     def _take(self, change: dict) -> None:
+        if change.get("kind") == "replaced":
+            # Another node's copy took the place of an empty seed: the nodes
+            # that loaded that seed load the copy (and log it then).
+            if change.get("replaced") == self._incarnation:
+                self._resync()
+            return
         incarnation = change.get("incarnation")
         if incarnation in self._left:
             return  # made on data Redis has lost since; the snapshot stands for it
@@ -512,6 +531,8 @@ class RedisEngine(ThreadPoolService):
             self._buffer.append(change)
             return
         self._applied = seq
+        if change.get("kind") in _STATE_KINDS:
+            self._no_copy = False
         done = self._settle(change.get("token")) if change.get("origin") == self.node_id else None
         if done is not None:
             done.callback(change)
@@ -574,21 +595,28 @@ class RedisEngine(ThreadPoolService):
 
     # -- loading -------------------------------------------------------------
 
-    def _load(self, plugs: list, display: Optional[str], may_seed: bool = True, if_alone: bool = False) -> tuple:
+    def _load(self, plugs: list, display: Optional[str], may_seed: bool = True, if_alone: bool = False,
+              no_copy: bool = True, loaded: Optional[str] = None) -> tuple:
         """
         (Redis thread) The snapshot; a Redis that holds nothing is seeded
         first with C{plugs} and C{display}, this node's copy, if C{may_seed},
-        or if C{if_alone} and no other node shows its presence.
+        or if C{if_alone} and no other node shows its presence.  With
+        C{no_copy} (this node holds no state anyone committed) the seed is
+        an empty seed.  Without it, this node's copy takes the place of an
+        empty seed (other than the one it loaded, C{loaded}) on which no
+        change was committed, as it would seed an empty Redis.
 
         A Redis that restarted since its data was last checked is checked
         first: if it may have lost writes, every event gets a new epoch.
 
         @return: C{(snapshot, how many plugs this node seeded Redis with, or
             None if it did not seed it, whether this node renewed the epochs
-            because Redis restarted)}.
+            because Redis restarted, whether its seed took the place of an
+            empty seed)}.
         """
         seeded = None
         renewed = False
+        replaced = False
         snapshot = self.state.snapshot()
         if snapshot is None:
             if not may_seed and not (if_alone and not self.state.other_nodes(self.node_id)):
@@ -597,8 +625,21 @@ class RedisEngine(ThreadPoolService):
                     f"it (start one, or restart this one while Redis is reachable); if none has after "
                     f"{REDIS_EMPTY_GRACE:g} s and no other node is on Redis, this node seeds it with an empty state"
                 )
-            if self.state.initialise(secrets.token_urlsafe(12), plugs, display):
+            if self.state.initialise(secrets.token_urlsafe(12), plugs, display, empty=no_copy):
                 seeded = len(plugs)
+            snapshot = self.state.snapshot()
+            if snapshot is None:
+                raise redis.RedisError("Redis lost its state again while it was being seeded")
+        elif not no_copy and snapshot.empty_seed and snapshot.incarnation != loaded:
+            # The script checks again that the seed is empty and unchanged:
+            # of two nodes with a copy, one takes its place, and the other
+            # loads that node's copy.
+            incarnation = secrets.token_urlsafe(12)
+            notice = json.dumps({"kind": "replaced", "incarnation": incarnation, "replaced": snapshot.incarnation,
+                                 "node": self.node_name, "origin": self.node_id}, separators=(",", ":"))
+            if self.state.replace(snapshot.incarnation, incarnation, plugs, display, notice):
+                seeded = len(plugs)
+                replaced = True
             snapshot = self.state.snapshot()
             if snapshot is None:
                 raise redis.RedisError("Redis lost its state again while it was being seeded")
@@ -614,7 +655,14 @@ class RedisEngine(ThreadPoolService):
                 raise redis.RedisError("Redis restarted or lost its state again while it was being checked")
         # Redis answers again: work queued behind this load may ask it.
         self._unanswered.clear()
-        return snapshot, seeded, renewed
+        return snapshot, seeded, renewed, replaced
+
+    def _log_empty_seed(self) -> None:
+        self._log.warn(
+            "Redis at {where} held no state: seeded it with an empty state, as this node has no copy of its own; "
+            "a node that has one puts its copy in place of it when it comes back, unless a change is made first",
+            where=self.where,
+        )
 
     def _log_restarted(self) -> None:
         self._log.warn(
@@ -630,13 +678,17 @@ class RedisEngine(ThreadPoolService):
         self._generation += 1
         generation = self._generation
         hub = self.hub
-        plugs = [(p.id, p.value, p.updated_at, "http") for p in hub.plugs()]
-        display = display_state(hub.display()) if hub.display_known else None
+        if self._no_copy:
+            # Nothing anyone committed: an empty seed, not a display set off.
+            plugs, display = [], None
+        else:
+            plugs = [(p.id, p.value, p.updated_at, "http") for p in hub.plugs()]
+            display = display_state(hub.display()) if hub.display_known else None
         # A node without a state of its own seeds an empty Redis only once
         # the nodes that hold one had time to (SPEC 11: a fresh deployment,
         # or a single node, whose Redis came up after it, is not stuck).
         if_alone = self._empty_since is not None and self._now() - self._empty_since >= REDIS_EMPTY_GRACE
-        loaded = self._run(self._load, plugs, display, hub.display_known, if_alone)
+        loaded = self._run(self._load, plugs, display, hub.display_known, if_alone, self._no_copy, self._incarnation)
         loaded.addCallbacks(self._synced, self._sync_failed, callbackArgs=(generation,), errbackArgs=(generation,))
         loaded.addErrback(lambda f: self._log.failure("applying the state loaded from Redis", f))
 
@@ -663,7 +715,7 @@ class RedisEngine(ThreadPoolService):
     def _synced(self, loaded: tuple, generation: int) -> None:
         if generation != self._generation:
             return
-        snapshot, seeded, renewed = loaded
+        snapshot, seeded, renewed, replaced = loaded
         lost = self._incarnation is not None and snapshot.incarnation != self._incarnation
         if not lost and snapshot.seq < self._applied:
             # Same data, fewer changes: Redis came back from a file that
@@ -685,6 +737,14 @@ class RedisEngine(ThreadPoolService):
                 "empty state (no plugs, display off); changes accepted",
                 where=self.where, seconds=self._now() - self._empty_since,
             )
+        elif replaced:
+            self._log.warn(
+                "Redis at {where} held an empty state seeded by a node without a copy, and no change since: "
+                "replaced it with this node's copy ({count} plugs){epochs}",
+                where=self.where, count=seeded, epochs="; pub/sub epochs change" if lost else "",
+            )
+        elif seeded is not None and self._no_copy:
+            self._log_empty_seed()
         elif seeded is not None:
             self._log.warn(
                 "Redis at {where} held no state: seeded it with this node's copy ({count} plugs){epochs}",
@@ -692,6 +752,12 @@ class RedisEngine(ThreadPoolService):
             )
         elif renewed:
             self._log_restarted()
+        elif lost and self._no_copy and not snapshot.empty_seed:
+            self._log.warn(
+                "Redis at {where} holds a node's copy now, in place of the empty state this node had loaded: "
+                "loaded it ({count} plugs); pub/sub epochs change",
+                where=self.where, count=len(snapshot.plugs),
+            )
         elif lost:
             self._log.warn(
                 "Redis at {where} lost its data and holds a new copy now: loaded it; pub/sub epochs change",
@@ -702,6 +768,7 @@ class RedisEngine(ThreadPoolService):
             # way: they come before the new data's, which stand for them.
             self._left.append(self._incarnation)
         self._incarnation = snapshot.incarnation
+        self._no_copy = _holds_nothing(snapshot)
         self._empty_since = None
         self._catch_up(snapshot, lost)
         self._applied = snapshot.seq
@@ -716,8 +783,10 @@ class RedisEngine(ThreadPoolService):
                 where=self.where, count=len(snapshot.plugs),
             )
         # Changes committed under the old data came before the new data on
-        # the channel; the snapshot stands for them.
-        buffered = [c for c in self._buffer if c.get("incarnation") in (None, self._incarnation)]
+        # the channel; the snapshot stands for them.  A notice that the data
+        # just loaded was replaced since still counts.
+        buffered = [c for c in self._buffer
+                    if c.get("incarnation") in (None, self._incarnation) or c.get("replaced") == self._incarnation]
         self._buffer = []
         for change in buffered:
             if self._mode == UP:
@@ -840,6 +909,16 @@ class RedisEngine(ThreadPoolService):
             self._unreachable_if_so(failure)
         else:
             self._log.failure("sharing this node's connections", failure)
+
+
+def _holds_nothing(snapshot: Snapshot) -> bool:
+    """
+    C{snapshot} is an empty seed that holds nothing at all (a node of an
+    older version may have committed changes on it without clearing its
+    mark): a node that loaded it has no copy of its own.
+    """
+    return snapshot.empty_seed and not (snapshot.plugs or snapshot.display is not None or snapshot.bans
+                                        or snapshot.streams)
 
 
 def _why(error: BaseException, where: str) -> str:
