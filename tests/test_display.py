@@ -5,7 +5,15 @@ owns the state and tells the devices.
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from smartplug_backend.core.display import OFF, Display, InvalidDisplay, parse_display, validate_display
+from smartplug_backend.core.display import (
+    NEVER_ON,
+    OFF,
+    Display,
+    InvalidDisplay,
+    LastOn,
+    parse_display,
+    validate_display,
+)
 from smartplug_backend.core.hub import DisplayEvent, Hub
 
 
@@ -179,3 +187,51 @@ class HubDisplayTests(SynchronousTestCase):
         stop()
         self.hub.set_display(OFF, "p")
         self.assertEqual(len(self.events), 1)
+
+
+class LastOnTests(SynchronousTestCase):
+    """
+    Beside the display state the hub keeps the last state that was not off
+    and the last colour (SPEC 12: what a bare ON restores, and the pulse a
+    new colour keeps).
+    """
+
+    red = Display(2, color=(255, 0, 0), pulse=4)
+    rain = Display(1, weather=5, intensity=9)
+
+    def test_after(self):
+        """
+        A colour is both the last state on and the last colour; a weather
+        is the last state on and keeps the colour; off changes nothing.
+        """
+        self.assertEqual(NEVER_ON.after(OFF), NEVER_ON)
+        self.assertEqual(NEVER_ON.after(self.red), LastOn(self.red, self.red))
+        self.assertEqual(NEVER_ON.after(self.red).after(self.rain), LastOn(self.rain, self.red))
+        self.assertEqual(NEVER_ON.after(self.red).after(self.rain).after(OFF), LastOn(self.rain, self.red))
+
+    def test_hub_keeps_it(self):
+        """
+        A new hub remembers nothing; each state set (here or on another
+        node) counts, off and one-off commands change nothing.
+        """
+        hub = Hub()
+        self.assertEqual(hub.last_on(), NEVER_ON)
+        hub.set_display(self.red, "p")
+        hub.apply_display(self.rain, "node b")
+        hub.set_display(OFF, "p")
+        hub.display_command("reset", "p")
+        self.assertEqual((hub.display(), hub.last_on()), (OFF, LastOn(self.rain, self.red)))
+
+    def test_restored(self):
+        """
+        restore() takes what the store loaded; the restored display counts
+        too, as a store from before this was kept knows only that.
+        """
+        hub = Hub()
+        hub.restore([], OFF, (), LastOn(self.rain, self.red))
+        self.assertEqual(hub.last_on(), LastOn(self.rain, self.red))
+        older = Hub()
+        older.restore([], self.red)
+        self.assertEqual(older.last_on(), LastOn(self.red, self.red))
+        older.remember(LastOn(None, None))
+        self.assertEqual(older.last_on(), LastOn(self.red, self.red))

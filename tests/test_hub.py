@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from smartplug_backend.core.display import OFF, Display
+from smartplug_backend.core.display import OFF, Display, LastOn
 from smartplug_backend.core.hub import Hub, Plug, utc_rfc3339
 from smartplug_backend.core.journal import HistoryEntry, MemoryJournal, StoreAway, StoreFailed
 from smartplug_backend.core.reports import InvalidReport, broadcast_bytes, parse_report
@@ -310,6 +310,18 @@ class JournalTests(SynchronousTestCase):
         self.assertEqual((self.hub.display(), shown), (OFF, []))
         errors = [e for e in self.events if e["log_level"].name == "error"]
         self.assertEqual([(e["change"], e["peer"]) for e in errors], [("display [cc:1:3:9]", "10.0.0.2")])
+
+    def test_refused_display_keeps_last_on(self):
+        """
+        A display state the journal refuses is not remembered as the last
+        one on either (the journal kept neither).
+        """
+        red = Display(2, color=(255, 0, 0), pulse=1)
+        self.hub.set_display(red, "x")
+        self.journal.commit()
+        self.hub.set_display(Display(1, weather=3, intensity=9), "x")
+        self.journal.refuse()
+        self.assertEqual(self.hub.last_on(), LastOn(red, red))
 
     def test_commands_pass_through_the_journal(self):
         """

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
 from smartplug_backend import config, tap
-from smartplug_backend.core.display import Display
+from smartplug_backend.core.display import OFF, Display, LastOn
 from smartplug_backend.core.hub import Hub
 from smartplug_backend.core.journal import MemoryJournal, StoreFailed
 from smartplug_backend.integrations import homeassistant as ha
@@ -142,10 +142,10 @@ class BridgeTestCase(SynchronousTestCase):
     def setUp(self):
         self.build()
 
-    def build(self, events=False, journal=None, run=None, display=None):
+    def build(self, events=False, journal=None, run=None, display=None, last_on=None):
         self.reactor = SynchronousReactor()
         self.hub = Hub(now=self.reactor.seconds, journal=journal)
-        self.hub.restore([], display)
+        self.hub.restore([], display, (), last_on)
         self.client = FakeClient()
         self.log = []
         self.packets = []
@@ -605,6 +605,19 @@ class CommandTests(BridgeTestCase):
         self.client.message(TOPICS.display_set, b'{"state": "ON", "effect": "rain"}')
         self.client.message(TOPICS.display_set, b'{"state": "ON", "color": {"r": 9, "g": 8, "b": 7}}')
         self.assertEqual(self.packets, ["[cc:1:5:9]", "[cc:2:9,8,7:4]"])
+
+    def test_last_on_from_the_hub(self):
+        """
+        What the hub remembers (here as loaded from a store at start-up,
+        the display off) is what a bare ON restores, and whose pulse a new
+        colour keeps: the bridge keeps no copy of its own.
+        """
+        red = Display(2, color=(255, 0, 0), pulse=4)
+        self.build(display=OFF, last_on=LastOn(Display(1, weather=5, intensity=3), red))
+        self.connect()
+        self.client.message(TOPICS.display_set, b'{"state": "ON"}')
+        self.client.message(TOPICS.display_set, b'{"state": "ON", "color": {"r": 9, "g": 8, "b": 7}}')
+        self.assertEqual(self.packets, ["[cc:1:5:3]", "[cc:2:9,8,7:4]"])
 
     def test_retained_command_ignored(self):
         """

@@ -63,6 +63,35 @@ class Display:
 OFF = Display()
 
 
+@dataclasses.dataclass(frozen=True)
+class LastOn:
+    """
+    What the display was last when it was not off (SPEC 12: a bare "on"
+    restores it), and the last colour (mode 2), whose pulse a new colour
+    keeps.  The hub keeps it beside the display state; the stores write it
+    in the same commit as the state that sets it.
+
+    @ivar state: the last state that was not off, or C{None} if none was.
+    @ivar colour: the last colour state, or C{None} if none was.
+    """
+
+    state: Optional[Display] = None
+    colour: Optional[Display] = None
+
+    def after(self, display: Display) -> "LastOn":
+        """
+        What is remembered once C{display} is set: off changes nothing.
+        """
+        return LastOn(
+            self.state if display.mode == 0 else display,
+            display if display.mode == 2 else self.colour,
+        )
+
+
+# Nothing remembered: the display was never on.
+NEVER_ON = LastOn()
+
+
 def _integer(data: dict, field: str, low: int, high: int) -> int:
     if field not in data:
         raise InvalidDisplay(f"missing field: {field}")

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Optional
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 
-from .display import COMMANDS, OFF, Display
+from .display import COMMANDS, NEVER_ON, OFF, Display, LastOn
 from .history import History, Publication
 from .journal import Journal, MemoryJournal, StoreAway, StoreFailed
 from .limits import STORE_AWAY_LOG_EVERY
@@ -132,6 +132,9 @@ class Hub:
         self._shared = getattr(self._journal, "shared", False)
         self._plugs: dict[str, Plug] = {}
         self._display = OFF
+        # What a bare "on" restores (SPEC 12); the journal keeps it with
+        # each display state that sets it.
+        self._last_on = NEVER_ON
         # False while the state is still to be loaded from a store several
         # nodes share (it was unreachable at start): the display shown is
         # then no one's, and devices are not sent it.
@@ -150,18 +153,29 @@ class Hub:
         self._away_unlogged = 0
         self._away_why = ""
 
-    def restore(self, plugs: Iterable[Plug], display: Optional[Display] = None, streams: Iterable = ()) -> None:
+    def restore(self, plugs: Iterable[Plug], display: Optional[Display] = None, streams: Iterable = (),
+                last_on: Optional[LastOn] = None) -> None:
         """
         Take C{plugs} (in first-report order) and C{display} (unless
-        C{None}) as the state, and C{streams} as the pub/sub history (see
-        L{History.restore}), as loaded from the store at start-up; no
-        listener is told.
+        C{None}) as the state, C{streams} as the pub/sub history (see
+        L{History.restore}) and C{last_on} (unless C{None}) as what the
+        display was last when on (see L{remember}), as loaded from the
+        store at start-up; no listener is told.
         """
         for plug in plugs:
             self._plugs[plug.id] = plug
         if display is not None:
             self._display = display
+        self.remember(self._last_on if last_on is None else last_on)
         self.pubsub.history.restore(streams)
+
+    def remember(self, last_on: LastOn) -> None:
+        """
+        Take C{last_on}, loaded from a store, as what the display was last
+        when on.  The current display state counts too: a store written
+        before this was kept knows only that.
+        """
+        self._last_on = last_on.after(self._display)
 
     def listen(self, listener: Listener) -> Callable[[], None]:
         """
@@ -378,6 +392,14 @@ class Hub:
         """
         return self._display
 
+    def last_on(self) -> LastOn:
+        """
+        What the display was last when it was not off, and the last colour
+        (SPEC 12: a bare "on" restores the one, a new colour keeps the
+        other's pulse), across restarts as far as the journal keeps them.
+        """
+        return self._last_on
+
     def known_plugs(self) -> Optional[list[Plug]]:
         """
         Every known plug (L{plugs}), or C{None} while the state is still to
@@ -409,6 +431,8 @@ class Hub:
 
     def _show(self, display: Display, peer: str) -> Display:
         self._display = display
+        # The journal kept the same with the state (Journal.save_display).
+        self._last_on = self._last_on.after(display)
         self._log.info("display -> {packet} from {peer}", packet=display.packet(), peer=peer)
         self._notify(self._display_listeners, DisplayEvent(display.packet(), display, None, peer))
         return display

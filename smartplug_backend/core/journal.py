@@ -70,7 +70,11 @@ class Journal(Protocol):
     def save_display(self, display) -> Deferred:
         """
         Record the display state (a L{smartplug_backend.core.display.Display})
-        durably.
+        durably, and in the same commit what it sets of what the display
+        was last when on (C{NEVER_ON.after(display)}, see
+        L{smartplug_backend.core.display.LastOn}: a state that is not off,
+        a colour), keeping the rest: the last state that was not off
+        outlives a restart.
 
         @return: fires with C{None} once recorded, or fails with nothing
             recorded.

@@ -134,10 +134,6 @@ class MQTTBridge(Service):
         self._stops: list[Callable[[], None]] = [hub.listen(self._report), hub.watch_display(self._display)]
         if events:
             self._stops.append(hub.pubsub.observe(self._published))
-        display = hub.display()
-        self._last_on = display if display.mode != 0 else None
-        # The last colour (mode 2), for its pulse after a weather.
-        self._last_colour = display if display.mode == 2 else None
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -340,10 +336,6 @@ class MQTTBridge(Service):
     def _display(self, event) -> None:
         if event.command is not None:
             return
-        if event.state.mode != 0:
-            self._last_on = event.state
-        if event.state.mode == 2:
-            self._last_colour = event.state
         self._publish(ha.display_message(event.state, self._topics))
 
     def _published(self, event: str, data: Any, origin: Optional[str]) -> None:
@@ -397,8 +389,11 @@ class MQTTBridge(Service):
             self._hub.publish(event, ha.parse_event_data(payload), PEER, origin=ORIGIN)
 
     def _light_command(self, payload: bytes) -> None:
+        # The hub keeps what the display was last when on, as its journal
+        # does: a bare ON restores it after a restart too, on every node.
+        last_on = self._hub.last_on()
         try:
-            display = ha.parse_light_command(payload, self._hub.display(), self._last_on, self._last_colour)
+            display = ha.parse_light_command(payload, self._hub.display(), last_on.state, last_on.colour)
         except ha.InvalidCommand as e:
             self._log.warn("MQTT: ignored a light command on {topic!r}: {why}", topic=self._topics.display_set, why=str(e))
             # Home Assistant waits for the state: tell it nothing changed.
