@@ -10,8 +10,6 @@ import ssl
 import subprocess
 import sys
 
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.reasoncodes import ReasonCode
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger
@@ -25,10 +23,8 @@ from smartplug_backend.integrations import homeassistant as ha
 from smartplug_backend.integrations import mqtt
 from smartplug_backend.integrations.mqtt_url import Broker
 
+from .fake_mqtt import BROKER, TOPICS, FakeClient
 from .helpers import SynchronousReactor
-
-BROKER = Broker("broker.local", 1883, username="me", password="hunter2")
-TOPICS = ha.Topics()
 
 
 class HandOverReactor(MemoryReactorClock):
@@ -48,86 +44,6 @@ class HandOverReactor(MemoryReactorClock):
         while self.handed_over:
             f, args, kwargs = self.handed_over.pop(0)
             f(*args, **kwargs)
-
-
-class FakeClient:
-    """
-    paho's Client as the bridge uses it; records what it is asked to do.
-    The C{connected}, C{refused}, ... methods play paho's network thread.
-    """
-
-    def __init__(self):
-        self.published = []
-        self.subscribed = []
-        self.calls = []
-        self.on_connect = self.on_connect_fail = self.on_disconnect = self.on_message = self.on_publish = None
-        # What publish() answers: paho's MQTT_ERR_SUCCESS, or (full) its
-        # MQTT_ERR_QUEUE_SIZE; each message gets the next id.
-        self.full = False
-        self.mids = []
-
-    def connect_async(self, host, port, keepalive):
-        self.calls.append(("connect_async", host, port))
-
-    def loop_start(self):
-        self.calls.append("loop_start")
-
-    def loop_stop(self):
-        self.calls.append("loop_stop")
-
-    def disconnect(self):
-        self.calls.append("disconnect")
-
-    def subscribe(self, topics):
-        self.subscribed.extend(topic for topic, qos in topics)
-
-    def publish(self, topic, payload, qos, retain):
-        if "+" in topic or "#" in topic:
-            raise ValueError("Publish topic cannot contain wildcards.")
-
-        class Info:
-            rc = mqtt.paho.MQTT_ERR_QUEUE_SIZE if self.full else mqtt.paho.MQTT_ERR_SUCCESS
-            mid = len(self.mids) + 1
-
-        if not self.full:
-            self.published.append((topic, payload, qos, retain))
-            self.mids.append(Info.mid)
-        return Info
-
-    def topics(self):
-        return [p[0] for p in self.published]
-
-    def last(self, topic):
-        return [p for p in self.published if p[0] == topic][-1]
-
-    # paho's thread
-    def connected(self):
-        self.on_connect(self, None, {}, ReasonCode(PacketTypes.CONNACK, "Success"), None)
-
-    def refused(self):
-        self.on_connect(self, None, {}, ReasonCode(PacketTypes.CONNACK, "Not authorized"), None)
-
-    def connect_failed(self):
-        self.on_connect_fail(self, None)
-
-    def dropped(self):
-        self.on_disconnect(self, None, {}, ReasonCode(PacketTypes.DISCONNECT, "Unspecified error"), None)
-
-    def acknowledge(self, count=None):
-        """
-        The broker acknowledges the oldest C{count} messages (all by default).
-        """
-        mids, self.mids = (self.mids, []) if count is None else (self.mids[:count], self.mids[count:])
-        for mid in mids:
-            self.on_publish(self, None, mid, None, None)
-
-    def message(self, topic, payload, retain=False):
-        class Message:
-            pass
-
-        m = Message()
-        m.topic, m.payload, m.retain = topic, payload, retain
-        self.on_message(self, None, m)
 
 
 class RefusingJournal(MemoryJournal):
