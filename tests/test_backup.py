@@ -21,7 +21,8 @@ from smartplug_backend.state import backup, cli, lock
 from smartplug_backend.state.autobackup import BackupService, automatic_backup
 from smartplug_backend.state.store import Store
 
-from .test_persistence import fill
+from .test_persistence import Running, fill
+from .test_store import build_v3, pragma
 
 SETTINGS = b"# mine\nHISTORY_KEEP = 50\n"
 
@@ -338,6 +339,54 @@ class RestoreTests(Files):
         with tarfile.open(foreign, "w:gz") as archive:
             archive.add(foreign_db, backup.ARCHIVE_DB)
         self.assertRefused(foreign, "not a smartplug state database")
+
+
+class LastOnTests(Files):
+    """
+    What the display was last when on (SPEC 12: a bare ON restores it) is
+    in the backup's database, and comes back with a restore; a backup from
+    before it was kept restores too.
+    """
+
+    def start(self) -> Running:
+        running = Running(self.db)
+        self.addCleanup(running.stop)
+        return running
+
+    def test_backup_carries_it(self):
+        """
+        A colour, then off, then a backup; a weather later, then a restore:
+        after it a bare ON restores the colour, not the weather.
+        """
+        running = self.start()
+        running.light(b'{"state": "ON", "color": {"r": 255, "g": 65, "b": 174}}', b"OFF")
+        archive = self.take()
+        running.light(b'{"state": "ON", "effect": "storm"}', b"OFF")
+        running.stop()
+        self.seconds += 60
+        backup.restore(self.db, archive, now=self.now)
+        self.assertEqual(self.start().light(b"ON"), ["[cc:2:255,65,174:0]"])
+
+    def test_old_backup_restores(self):
+        """
+        A backup whose database was written before the last state on was
+        kept restores (on the command line too); the server upgrades it
+        as it opens it, its colour counting as the last state on, so a bare
+        ON after an off and a restart restores that colour.
+        """
+        older = os.path.join(self.scratch(), "older.sqlite")
+        build_v3(older, [("a", 1, 1.0, "http")], '{"mode": 2, "color": [0, 128, 255], "pulse": 2}')
+        archive = backup.take(older, self.settings, self.backups, now=self.now)
+        err = io.StringIO()
+        self.assertEqual(cli.main(["restore", archive, "--settings", self.settings], out=io.StringIO(), err=err), 0)
+        self.assertEqual(err.getvalue(), "")
+        self.assertEqual(pragma(self.db, "user_version"), 3)
+        running = self.start()
+        self.assertEqual(pragma(self.db, "user_version"), 4)
+        self.assertEqual(running.hub.plugs(), [Plug("a", 1, 1.0)])
+        running.light(b"OFF")
+        running.stop()
+        self.assertEqual(self.start().light(b"ON"), ["[cc:2:0,128,255:2]"])
 
 
 class CommandLineTests(Files):

@@ -14,6 +14,7 @@ import time
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.logger import Logger, formatEvent
+from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase
 
 from smartplug_backend import tap
@@ -29,7 +30,9 @@ from smartplug_backend.state.autobackup import BackupService
 from smartplug_backend.state.persistence import SQLiteJournal, StoreService
 from smartplug_backend.state.store import Store
 
+from .fake_mqtt import home_assistant
 from .helpers import SynchronousReactor, http_client
+from .test_store import build_v3
 
 
 def fill(path: str, reports) -> None:
@@ -145,6 +148,19 @@ class JournalTests(SynchronousTestCase):
         self.assertIn("state store cannot write: display state not recorded", body["error"])
         self.assertEqual(self.hub.display(), Display(2, color=(255, 65, 174), pulse=0))
         self.assertEqual(self.store.display(), Display(2, color=(255, 65, 174), pulse=0))
+
+    def test_last_on_refused_with_its_display(self):
+        """
+        The last state that was on is written with the display state that
+        sets it: a state the database refuses (503) is remembered neither
+        in the database nor in the hub.
+        """
+        colour = Display(2, color=(255, 65, 174), pulse=0)
+        self.post(b'{"mode": 2, "color": [255, 65, 174], "pulse": 0}', "/display")
+        self.break_table("display")
+        self.assertEqual(self.post(b'{"mode": 1, "weather": 3, "intensity": 9}', "/display")[0], 503)
+        for remembered in (self.store.last_on(), self.hub.last_on()):
+            self.assertEqual((remembered.state, remembered.colour), (colour, colour))
 
     def test_publication_is_stored_before_the_201(self):
         """
@@ -603,3 +619,104 @@ class WiringTests(SynchronousTestCase):
         """
         top = self.make("STATE_DB = None\nBACKUP_INTERVAL = 60\n")
         self.assertFalse(any(isinstance(s, (StoreService, BackupService)) for s in top))
+
+
+class Running:
+    """
+    The server's store and hub as it starts them on the database at
+    C{path} (the store's service loads the hub), its writes run at once, with
+    Home Assistant connected through an MQTT bridge; C{packets} are what
+    the lamps get.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.journal = SQLiteJournal(run=maybeDeferred)
+        self.hub = Hub(journal=self.journal)
+        self.service = StoreService(path, 10, self.journal, self.hub, ThreadPool(), SynchronousReactor())
+        self.service.privilegedStartService()
+        self.packets = []
+        self.hub.watch_display(lambda event: self.packets.append(event.packet))
+        self.home_assistant = home_assistant(self.hub)
+
+    def light(self, *payloads: bytes) -> list:
+        """
+        Send Home Assistant's light commands.
+
+        @return: the packets the lamps got for them.
+        """
+        del self.packets[:]
+        for payload in payloads:
+            self.home_assistant.light(payload)
+        return self.packets
+
+    def stop(self) -> None:
+        """
+        Close the database and let go of its lock, as a stop does (once).
+        """
+        if self.service._lock is not None:
+            self.journal.close()
+            os.close(self.service._lock)
+            self.service._lock = None
+
+
+class LastOnRestartTests(SynchronousTestCase):
+    """
+    With STATE_DB, what the display was last when on outlives a restart
+    (SPEC 12): a bare ON from Home Assistant restores it, and a new colour
+    keeps the last colour's pulse.
+    """
+
+    def setUp(self):
+        self.path = os.path.abspath(self.mktemp())
+
+    def start(self) -> Running:
+        running = Running(self.path)
+        self.addCleanup(running.stop)
+        return running
+
+    def restart(self, before: Running) -> Running:
+        before.stop()
+        return self.start()
+
+    def test_colour_then_off(self):
+        """
+        A colour, then off, then a restart: a bare ON restores the colour.
+        """
+        first = self.start()
+        first.light(b'{"state": "ON", "color": {"r": 255, "g": 65, "b": 174}}', b'{"state": "OFF"}')
+        self.assertEqual(self.restart(first).light(b"ON"), ["[cc:2:255,65,174:0]"])
+
+    def test_weather_then_off(self):
+        """
+        A weather, then off, then a restart: a bare ON restores the weather.
+        """
+        first = self.start()
+        first.light(b'{"state": "ON", "effect": "rain", "brightness": 255}', b'{"state": "OFF"}')
+        self.assertEqual(self.restart(first).light(b'{"state": "ON"}'), ["[cc:1:5:9]"])
+
+    def test_pulse_kept(self):
+        """
+        A colour with a pulse (set as POST /display does), then a weather,
+        then a restart: a new colour from Home Assistant keeps that pulse.
+        """
+        first = self.start()
+        first.hub.set_display(Display(2, color=(1, 2, 3), pulse=4), "10.0.0.1")
+        first.light(b'{"state": "ON", "effect": "snow"}')
+        after = self.restart(first)
+        self.assertEqual(after.light(b'{"state": "ON", "color": {"r": 9, "g": 8, "b": 7}}'), ["[cc:2:9,8,7:4]"])
+
+    def test_database_from_before(self):
+        """
+        A database written before the last state on was kept loads; its
+        display state, a colour, counts as the last one on, through an off
+        and a restart.  One whose display is off remembers nothing: a bare
+        ON gives white, as before.
+        """
+        build_v3(self.path, [("a", 1, 1.0, "http")], '{"mode": 2, "color": [255, 0, 0], "pulse": 4}')
+        first = self.start()
+        self.assertEqual(first.hub.plugs(), [Plug("a", 1, 1.0)])
+        first.light(b"OFF")
+        self.assertEqual(self.restart(first).light(b"ON"), ["[cc:2:255,0,0:4]"])
+        self.path = os.path.abspath(self.mktemp())
+        build_v3(self.path)
+        self.assertEqual(self.start().light(b"ON"), ["[cc:2:255,255,255:0]"])

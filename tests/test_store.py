@@ -89,6 +89,35 @@ def build_v2(path: str, rows=(), display: str = '{"mode": 0}') -> None:
     db.close()
 
 
+def last_on(opened: Store) -> tuple:
+    """
+    What C{opened} remembers: the last display state that was on, and the
+    last colour.
+    """
+    remembered = opened.last_on()
+    return remembered.state, remembered.colour
+
+
+def build_v3(path: str, rows=(), display: str = '{"mode": 0}') -> None:
+    """
+    A schema-3 file as issue 14's release wrote it: schema 2 plus the
+    pub/sub tables, before the last display state that was on was kept.
+    """
+    build_v2(path, rows, display)
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(
+        """
+        BEGIN;
+        CREATE TABLE pubsub_events (event TEXT PRIMARY KEY, epoch TEXT NOT NULL, latest INTEGER NOT NULL);
+        CREATE TABLE pubsub_history (event TEXT NOT NULL, offset INTEGER NOT NULL, data TEXT NOT NULL,
+                                     created_at REAL NOT NULL, PRIMARY KEY (event, offset)) WITHOUT ROWID;
+        PRAGMA user_version = 3;
+        COMMIT;
+        """
+    )
+    db.close()
+
+
 class SchemaTests(SynchronousTestCase):
     """
     A new file gets the newest schema, marked as ours, in WAL mode; files
@@ -241,13 +270,43 @@ class UpgradeTests(SynchronousTestCase):
         opened = Store.open(self.path, 10)
         self.addCleanup(opened.close)
         self.assertEqual(pragma(self.path, "user_version"), len(UPGRADES))
-        self.assertEqual(len(UPGRADES), 3)
+        self.assertEqual(len(UPGRADES), 4)
         self.assertEqual(opened.plugs(), [Plug("a", 1, 1.0)])
         self.assertEqual(opened.history("a", 10), [HistoryEntry(1, 1.0, "http")])
         self.assertEqual(opened.display(), Display(1, weather=3, intensity=9))
         self.assertEqual(opened.streams(), [])
         opened.save_publication("e", "E1", 1, '"x"', 5.0, 100, 0.0)
         self.assertEqual(opened.streams(), [("e", "E1", 1, [(1, '"x"', 5.0)])])
+
+    def test_v3_file_upgraded(self):
+        """
+        A schema-3 file (before the last display state that was on was
+        kept) keeps its state and is upgraded to the newest schema; its
+        display state, if on, counts as the last one on (and a colour as the
+        last colour); an off one leaves nothing remembered (a bare ON gives
+        white, as before).
+        """
+        red = Display(2, color=(255, 0, 0), pulse=4)
+        build_v3(self.path, [("a", 1, 1.0, "http")], '{"mode": 2, "color": [255, 0, 0], "pulse": 4}')
+        opened = Store.open(self.path, 10)
+        self.addCleanup(opened.close)
+        self.assertEqual(pragma(self.path, "user_version"), len(UPGRADES))
+        self.assertEqual(opened.plugs(), [Plug("a", 1, 1.0)])
+        self.assertEqual((opened.display(), last_on(opened)), (red, (red, red)))
+        opened.save_display(Display())
+        self.assertEqual((opened.display(), last_on(opened)), (Display(), (red, red)))
+        for display, remembered in [('{"mode": 1, "weather": 3, "intensity": 9}', (Display(1, weather=3, intensity=9), None)),
+                                    ('{"mode": 0}', (None, None))]:
+            path = self.mktemp()
+            build_v3(path, [], display)
+            older = Store.open(path, 10)
+            self.addCleanup(older.close)
+            self.assertEqual(last_on(older), remembered)
+        never_set = self.mktemp()
+        build_v1(never_set)
+        older = Store.open(never_set, 10)
+        self.addCleanup(older.close)
+        self.assertEqual(last_on(older), (None, None))
 
     def test_upgrade_step_runs_once(self):
         """
@@ -413,6 +472,34 @@ class QueryTests(SynchronousTestCase):
         for display in [Display(2, color=(255, 65, 174), pulse=3), Display(1, weather=9, intensity=0), Display()]:
             self.store.save_display(display)
             self.assertEqual(self.store.display(), display)
+
+    def test_last_on(self):
+        """
+        Each display state saved records, in the same statement, what it
+        sets of the last state that was on and the last colour; off keeps
+        them.  Nothing is remembered at first.
+        """
+        self.assertEqual(last_on(self.store), (None, None))
+        red = Display(2, color=(255, 0, 0), pulse=4)
+        rain = Display(1, weather=5, intensity=9)
+        self.store.save_display(red)
+        self.assertEqual(last_on(self.store), (red, red))
+        self.store.save_display(rain)
+        self.store.save_display(Display())
+        self.assertEqual((self.store.display(), last_on(self.store)), (Display(), (rain, red)))
+
+    def test_invalid_last_on_row(self):
+        """
+        A last state on that is not a valid state (edited by hand) is
+        refused with one line naming the file and what is wrong.
+        """
+        self.store.save_display(Display(1, weather=5, intensity=9))
+        db = sqlite3.connect(self.path)
+        db.execute("""UPDATE display SET last_colour = '{"mode": 2, "color": [1, 2], "pulse": 0}'""")
+        db.commit()
+        db.close()
+        error = self.assertRaises(UnusableDatabase, self.store.last_on)
+        self.assertIn(f"{self.path}: the recorded last colour is not valid", str(error))
 
     def test_invalid_display_row(self):
         """

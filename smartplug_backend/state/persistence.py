@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from ..core.display import Display
+from ..core.display import Display, LastOn
 from ..core.journal import StoreFailed
 from ..core.limits import LOW_DISK, ROOMY_DISK, WAL_PAGES
 from ..server.services import StartupError, ThreadPoolService
@@ -74,18 +74,18 @@ class SQLiteJournal:
         # that starts on a nearly full disk says so as it opens the store.
         self._log_pages = WAL_PAGES
 
-    def open(self, path: str, keep: int) -> tuple[list, Optional[Display]]:
+    def open(self, path: str, keep: int) -> tuple[list, Optional[Display], list, LastOn]:
         """
         Open the database at C{path} (created if missing) as this journal's
         store, here and now (start-up, before anything is queued).
 
-        @return: the stored plugs, display state and pub/sub streams, to
-            restore the hub.
+        @return: the stored plugs, display state, pub/sub streams and what
+            the display was last when on, to restore the hub.
         @raise sqlite3.Error, UnusableDatabase: the file cannot be used.
         """
         self.store = Store.open(path, keep)
         self._log_length(self.store.log_pages, self.store.log_free)
-        return self.store.plugs(), self.store.display(), self.store.streams()
+        return self.store.plugs(), self.store.display(), self.store.streams(), self.store.last_on()
 
     def _run(self, f: Callable[..., Any], *args) -> Deferred:
         """
@@ -282,7 +282,7 @@ class StoreService(ThreadPoolService):
         super().privilegedStartService()
         try:
             self._lock = hold(self.path)
-            plugs, display, streams = self.journal.open(self.path, self._keep)
+            plugs, display, streams, last_on = self.journal.open(self.path, self._keep)
             if streams and not self.hub.pubsub.history.enabled:
                 # PUBSUB_HISTORY = 0 records nothing from now on: offsets
                 # stored now would be reused later under the same epoch.
@@ -297,7 +297,7 @@ class StoreService(ThreadPoolService):
             if not os.path.isdir(directory):
                 raise StartupError(f"STATE_DB: {self.path}: its directory {directory} does not exist") from e
             raise StartupError(f"STATE_DB: cannot lock {e.filename or lock_path(self.path)}: {e.strerror}") from e
-        self.hub.restore(plugs, display, streams)
+        self.hub.restore(plugs, display, streams, last_on)
         self._log.info(
             "state from {path}: {count} plugs, display {packet}, {events} pub/sub events",
             path=self.path, count=len(plugs), packet=self.hub.display().packet(), events=len(streams),

@@ -17,7 +17,7 @@ import os
 import sqlite3
 from typing import Iterator, Optional
 
-from ..core.display import Display, InvalidDisplay, validate_display
+from ..core.display import NEVER_ON, Display, InvalidDisplay, LastOn, validate_display
 from ..core.history import new_epoch
 from ..core.hub import Plug
 from ..core.journal import HistoryEntry
@@ -168,9 +168,20 @@ def _v3(db: sqlite3.Connection) -> None:
     )
 
 
+def _v4(db: sqlite3.Connection) -> None:
+    # What the display was last when on (SPEC 12: a bare ON restores it) and
+    # the last colour (a new colour keeps its pulse), JSON like the state,
+    # NULL until known; written with the state that sets them.  A file from
+    # before knows only its current state, which counts if it is on.
+    db.execute("ALTER TABLE display ADD COLUMN last_on TEXT")
+    db.execute("ALTER TABLE display ADD COLUMN last_colour TEXT")
+    db.execute("UPDATE display SET last_on = state WHERE json_valid(state) AND json_extract(state, '$.mode') IN (1, 2)")
+    db.execute("UPDATE display SET last_colour = state WHERE json_valid(state) AND json_extract(state, '$.mode') = 2")
+
+
 # UPGRADES[n] brings a file from schema version n to n + 1.  Append only:
 # a released step never changes, or files already past it would differ.
-UPGRADES = [_v1, _v2, _v3]
+UPGRADES = [_v1, _v2, _v3, _v4]
 
 
 class UnusableDatabase(Exception):
@@ -376,6 +387,18 @@ def renew_epochs(db: sqlite3.Connection) -> None:
     with _transaction(db):
         events = [row[0] for row in db.execute("SELECT event FROM pubsub_events")]
         db.executemany("UPDATE pubsub_events SET epoch = ? WHERE event = ?", [(new_epoch(), e) for e in events])
+
+
+def _json(display: Optional[Display]) -> Optional[str]:
+    """
+    A display state as recorded: JSON as C{GET /display} shows it, without
+    the packet (L{validate_display} reads it back); C{None} stays C{None}.
+    """
+    if display is None:
+        return None
+    state = display.as_json()
+    del state["packet"]
+    return json.dumps(state)
 
 
 class Store:
@@ -740,18 +763,21 @@ class Store:
 
     def save_display(self, display: Display) -> None:
         """
-        Record the display state.
+        Record the display state and, in the same commit, what it sets of
+        what the display was last when on (L{last_on}).
         """
-        state = display.as_json()
-        del state["packet"]
-        self._write(self._save_display, json.dumps(state))
+        fresh = NEVER_ON.after(display)
+        self._write(self._save_display, _json(display), _json(fresh.state), _json(fresh.colour))
 
-    def _save_display(self, state: str) -> None:
+    def _save_display(self, state: str, last_on: Optional[str], last_colour: Optional[str]) -> None:
         with _transaction(self._db):
+            # NULL: this state is not one to remember; the old one stays.
             self._db.execute(
-                "INSERT INTO display (only, state) VALUES (1, ?)"
-                " ON CONFLICT (only) DO UPDATE SET state = excluded.state",
-                (state,),
+                "INSERT INTO display (only, state, last_on, last_colour) VALUES (1, ?, ?, ?)"
+                " ON CONFLICT (only) DO UPDATE SET state = excluded.state,"
+                " last_on = coalesce(excluded.last_on, last_on),"
+                " last_colour = coalesce(excluded.last_colour, last_colour)",
+                (state, last_on, last_colour),
             )
 
     def display(self) -> Optional[Display]:
@@ -761,14 +787,32 @@ class Store:
         @raise UnusableDatabase: if what is recorded is not a display state.
         """
         row = self._db.execute("SELECT state FROM display").fetchone()
+        return None if row is None else self._recorded(row[0], "display state")
+
+    def last_on(self) -> LastOn:
+        """
+        What the display was last when it was not off, and the last colour,
+        as recorded (L{NEVER_ON} if never on, or not known: a file from
+        before they were kept, whose display was off).
+
+        @raise UnusableDatabase: if what is recorded is not a display state.
+        """
+        row = self._db.execute("SELECT last_on, last_colour FROM display").fetchone()
         if row is None:
-            return None
+            return NEVER_ON
+        state, colour = row
+        return LastOn(
+            None if state is None else self._recorded(state, "last display state that was on"),
+            None if colour is None else self._recorded(colour, "last colour"),
+        )
+
+    def _recorded(self, text: str, what: str) -> Display:
         try:
-            display = validate_display(json.loads(row[0]))
+            display = validate_display(json.loads(text))
         except (ValueError, InvalidDisplay) as e:
-            raise UnusableDatabase(f"{self._path}: the recorded display state is not valid ({e})") from None
+            raise UnusableDatabase(f"{self._path}: the recorded {what} is not valid ({e})") from None
         if not isinstance(display, Display):
-            raise UnusableDatabase(f"{self._path}: the recorded display state is a command")
+            raise UnusableDatabase(f"{self._path}: the recorded {what} is a command")
         return display
 
     def save_publication(self, event: str, epoch: str, offset: int, data_json: str, created_at: float,
