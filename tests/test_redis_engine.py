@@ -27,6 +27,7 @@ from smartplug_backend.integrations.redis_engine import RedisEngine
 from smartplug_backend.integrations.redis_store import NODES, RedisState, node_key
 from smartplug_backend.server.guard import Guard
 
+from .fake_mqtt import home_assistant
 from .redis_server import start_redis
 
 
@@ -289,6 +290,91 @@ class EngineTests(TestCase):
         self.assertEqual([p.id for p in late.hub.plugs()], ["second", "first"])
         self.assertEqual(late.hub.display(), weather)
         self.assertEqual(late.reports, [])
+
+    @inlineCallbacks
+    def light(self, node, payload: bytes, packet: str):
+        """
+        Home Assistant sends C{payload} to C{node}'s MQTT bridge; wait until
+        the lamps of C{node} got C{packet}, the command committed in Redis.
+        """
+        del node.packets[:]
+        home_assistant(node.hub).light(payload)
+        yield until(lambda: node.packets, "the light command to be committed")
+        self.assertEqual(node.packets, [packet])
+
+    @inlineCallbacks
+    def test_last_on_on_a_node_started_after_off(self):
+        """
+        A colour with a pulse, a weather, then off, all on A; a node started
+        after that restores the weather on a bare ON, and its new colour
+        keeps the pulse; every node sees both.
+        """
+        (a,) = yield self.nodes(1)
+        yield a.hub.set_display(Display(2, color=(1, 2, 3), pulse=3), "x")
+        yield a.hub.set_display(Display(1, weather=7, intensity=4), "x")
+        yield a.hub.set_display(Display(), "x")
+        late = Node(self, self.redis.url, "late")
+        yield late.start()
+        yield self.light(late, b"ON", "[cc:1:7:4]")
+        yield self.light(late, b'{"state": "ON", "color": {"r": 9, "g": 8, "b": 7}}', "[cc:2:9,8,7:3]")
+        yield until(lambda: a.packets[-2:] == ["[cc:1:7:4]", "[cc:2:9,8,7:3]"], "A to see both")
+
+    @inlineCallbacks
+    def test_last_on_of_data_from_before(self):
+        """
+        Redis data written before the last state on was kept: a node that
+        loads it takes its display state, a colour, as the last one on; the
+        first display change keeps that in Redis, so a node started after
+        the display went off agrees with the others.
+        """
+        red = Display(2, color=(255, 0, 0), pulse=0)
+        (a,) = yield self.nodes(1)
+        yield a.hub.set_display(red, "x")
+        a.engine.state.client.delete("smartplug:last-on", "smartplug:last-colour")
+        b = Node(self, self.redis.url, "b")
+        yield b.start()
+        yield b.hub.set_display(Display(), "x")
+        yield until(lambda: a.hub.display() == Display(), "A to see the display off")
+        late = Node(self, self.redis.url, "late")
+        yield late.start()
+        for node in (a, b, late):
+            self.assertEqual((node.hub.last_on().state, node.hub.last_on().colour), (red, red))
+        yield self.light(late, b"ON", "[cc:2:255,0,0:0]")
+
+    @inlineCallbacks
+    def test_reload_takes_last_on_from_redis(self):
+        """
+        Changes a node missed (here written into Redis by hand while it
+        reconnects) may have set the last state on: after it loads the state
+        again, it restores Redis' one, as a node started then would.
+        """
+        a, b = yield self.nodes()
+        yield a.hub.set_display(Display(2, color=(255, 0, 0), pulse=0), "x")
+        yield until(lambda: b.hub.display() != Display(), "B to see the colour")
+        client = a.engine.state.client
+        client.set("smartplug:last-on", '{"mode": 1, "weather": 2, "intensity": 6}')
+        client.set("smartplug:display", '{"mode": 0}')
+        client.client_kill_filter(_type="pubsub")  # both nodes reconnect and load the state
+        yield until(lambda: a.hub.display() == b.hub.display() == Display(), "both nodes to load the display")
+        yield until(lambda: a.engine.mode == b.engine.mode == redis_engine.UP, "both nodes up", timeout=20)
+        yield self.light(b, b"ON", "[cc:1:2:6]")
+
+    @inlineCallbacks
+    def test_last_on_seeded_again(self):
+        """
+        A Redis that restarts without its data is seeded again with a
+        node's last state on too: a node started after that restores it.
+        """
+        (a,) = yield self.nodes(1)
+        yield a.hub.set_display(Display(1, weather=4, intensity=2), "x")
+        yield a.hub.set_display(Display(), "x")
+        self.redis.kill()
+        yield until(lambda: not a.engine.up, "A to notice")
+        self.redis.start()
+        yield until(lambda: a.engine.mode == redis_engine.UP, "A to seed Redis again", timeout=20)
+        late = Node(self, self.redis.url, "late")
+        yield late.start()
+        yield self.light(late, b"ON", "[cc:1:4:2]")
 
     @inlineCallbacks
     def test_redis_away_and_back(self):

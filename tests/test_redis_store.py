@@ -115,6 +115,47 @@ class StateTests(SynchronousTestCase):
         self.assertEqual(snapshot.plugs, [("p", 1, 2.0, "http")])
         self.assertEqual(snapshot.streams, [("smartplug", "ep", 2, [(1, '"x"', 1.0), (2, '"{}"', 2.0)])])
 
+    def test_display_commit_keeps_last_on(self):
+        """
+        A display commit writes, in the same script, the last state on and
+        the last colour it is given; '' keeps what is there.  A snapshot
+        carries them; a Redis seeded again gets the node's.
+        """
+        red, rain, off = ('{"mode": 2, "color": [255, 0, 0], "pulse": 4}',
+                          '{"mode": 1, "weather": 5, "intensity": 9}', '{"mode": 0}')
+        snapshot = self.state.snapshot()
+        self.assertEqual((snapshot.last_on, snapshot.last_colour), (None, None))
+        self.state.commit_display("inc-1", '{"o":1}', red, red, red)
+        self.state.commit_display("inc-1", '{"o":2}', rain, rain, "")
+        self.state.commit_display("inc-1", '{"o":3}', off, "", "")
+        snapshot = self.state.snapshot()
+        self.assertEqual((snapshot.display, snapshot.last_on, snapshot.last_colour),
+                         tuple(json.loads(d) for d in (off, rain, red)))
+        self.client.flushall()
+        self.assertTrue(self.state.initialise("inc-2", [], off, rain, red))
+        snapshot = self.state.snapshot()
+        self.assertEqual((snapshot.last_on, snapshot.last_colour), (json.loads(rain), json.loads(red)))
+
+    def test_last_on_of_data_from_before(self):
+        """
+        Data written before the last state on was kept (no such keys): the
+        first display commit takes the state it replaces as the last state
+        on (and, a colour, as the last colour), as every node took it when
+        it loaded that data; an off state it replaces leaves nothing.
+        """
+        red, off = '{"mode": 2, "color": [255, 0, 0], "pulse": 4}', '{"mode": 0}'
+        self.client.set(redis_store.DISPLAY, red)
+        self.state.commit_display("inc-1", '{"o":1}', off)
+        snapshot = self.state.snapshot()
+        self.assertEqual((snapshot.last_on, snapshot.last_colour), (json.loads(red), json.loads(red)))
+        self.client.delete(redis_store.LAST_ON, redis_store.LAST_COLOUR)
+        self.state.commit_display("inc-1", '{"o":2}', off)
+        snapshot = self.state.snapshot()
+        self.assertEqual((snapshot.last_on, snapshot.last_colour), (None, None))
+        self.client.set(redis_store.DISPLAY, "not JSON")
+        self.state.commit_display("inc-1", '{"o":3}', off)
+        self.assertEqual(self.state.snapshot().display, json.loads(off))
+
     def test_restart_from_a_snapshot_file(self):
         """
         A Redis restarted from its snapshot file (appendonly no), which
@@ -279,6 +320,19 @@ class EmptySeedTests(SynchronousTestCase):
                          [{"seq": 0, "kind": "replaced", "incarnation": "copy-1", "replaced": "empty"}])
         self.assertRaises(Stale, self.state.commit_report, "empty", '{"o":1}', "p", 1, 1.0, "http", 5)
         self.assertEqual(self.state.commit_report("copy-1", '{"o":1}', "p", 1, 1.0, "http", 5), 1)
+
+    def test_replace_carries_last_on(self):
+        """
+        The copy that takes an empty seed's place brings its last state on
+        and last colour, as a seed does: a bare ON on any node restores them.
+        """
+        red, rain, off = ('{"mode": 2, "color": [255, 0, 0], "pulse": 4}',
+                          '{"mode": 1, "weather": 5, "intensity": 9}', '{"mode": 0}')
+        self.assertTrue(self.state.initialise("empty", [], None, empty=True))
+        self.assertTrue(self.state.replace("empty", "copy", [], off, "{}", rain, red))
+        snapshot = self.state.snapshot()
+        self.assertEqual((snapshot.display, snapshot.last_on, snapshot.last_colour),
+                         tuple(json.loads(d) for d in (off, rain, red)))
 
     def test_not_replaced_after_a_change(self):
         """

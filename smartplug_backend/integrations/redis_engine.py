@@ -59,7 +59,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from ..core.display import Display, InvalidDisplay, validate_display
+from ..core.display import NEVER_ON, Display, InvalidDisplay, LastOn, validate_display
 from ..core.history import Publication
 from ..core.hub import Plug
 from ..core.journal import StoreAway, StoreFailed
@@ -75,7 +75,7 @@ from ..core.limits import (
 from ..server.links import Link
 from ..server.services import ThreadPoolService
 from .redis_bans import SharedBans
-from .redis_journal import RedisJournal, display_state, publication_of
+from .redis_journal import RedisJournal, display_state, last_on_states, publication_of
 from .redis_store import CHANNEL, RedisState, Snapshot, Stale
 from .urls import redact
 
@@ -259,7 +259,7 @@ class RedisEngine(ThreadPoolService):
         self._mode = UP
         self.link.went_up()
         self.hub.restore([Plug(p[0], p[1], p[2]) for p in snapshot.plugs], self._display_of(snapshot),
-                         snapshot.streams)
+                         snapshot.streams, self._last_on_of(snapshot))
         self._share_bans(snapshot)
         self._log.info(
             "state from Redis at {where}: {count} plugs, display {packet}; this node is {node}",
@@ -596,14 +596,14 @@ class RedisEngine(ThreadPoolService):
     # -- loading -------------------------------------------------------------
 
     def _load(self, plugs: list, display: Optional[str], may_seed: bool = True, if_alone: bool = False,
-              no_copy: bool = True, loaded: Optional[str] = None) -> tuple:
+              no_copy: bool = True, loaded: Optional[str] = None, last_on: LastOn = NEVER_ON) -> tuple:
         """
         (Redis thread) The snapshot; a Redis that holds nothing is seeded
-        first with C{plugs} and C{display}, this node's copy, if C{may_seed},
-        or if C{if_alone} and no other node shows its presence.  With
-        C{no_copy} (this node holds no state anyone committed) the seed is
-        an empty seed.  Without it, this node's copy takes the place of an
-        empty seed (other than the one it loaded, C{loaded}) on which no
+        first with C{plugs}, C{display} and C{last_on}, this node's copy, if
+        C{may_seed}, or if C{if_alone} and no other node shows its presence.
+        With C{no_copy} (this node holds no state anyone committed) the seed
+        is an empty seed.  Without it, this node's copy takes the place of
+        an empty seed (other than the one it loaded, C{loaded}) on which no
         change was committed, as it would seed an empty Redis.
 
         A Redis that restarted since its data was last checked is checked
@@ -625,7 +625,7 @@ class RedisEngine(ThreadPoolService):
                     f"it (start one, or restart this one while Redis is reachable); if none has after "
                     f"{REDIS_EMPTY_GRACE:g} s and no other node is on Redis, this node seeds it with an empty state"
                 )
-            if self.state.initialise(secrets.token_urlsafe(12), plugs, display, empty=no_copy):
+            if self.state.initialise(secrets.token_urlsafe(12), plugs, display, *last_on_states(last_on), empty=no_copy):
                 seeded = len(plugs)
             snapshot = self.state.snapshot()
             if snapshot is None:
@@ -637,7 +637,7 @@ class RedisEngine(ThreadPoolService):
             incarnation = secrets.token_urlsafe(12)
             notice = json.dumps({"kind": "replaced", "incarnation": incarnation, "replaced": snapshot.incarnation,
                                  "node": self.node_name, "origin": self.node_id}, separators=(",", ":"))
-            if self.state.replace(snapshot.incarnation, incarnation, plugs, display, notice):
+            if self.state.replace(snapshot.incarnation, incarnation, plugs, display, notice, *last_on_states(last_on)):
                 seeded = len(plugs)
                 replaced = True
             snapshot = self.state.snapshot()
@@ -680,15 +680,17 @@ class RedisEngine(ThreadPoolService):
         hub = self.hub
         if self._no_copy:
             # Nothing anyone committed: an empty seed, not a display set off.
-            plugs, display = [], None
+            plugs, display, last_on = [], None, NEVER_ON
         else:
             plugs = [(p.id, p.value, p.updated_at, "http") for p in hub.plugs()]
             display = display_state(hub.display()) if hub.display_known else None
+            last_on = hub.last_on() if hub.display_known else NEVER_ON
         # A node without a state of its own seeds an empty Redis only once
         # the nodes that hold one had time to (SPEC 11: a fresh deployment,
         # or a single node, whose Redis came up after it, is not stuck).
         if_alone = self._empty_since is not None and self._now() - self._empty_since >= REDIS_EMPTY_GRACE
-        loaded = self._run(self._load, plugs, display, hub.display_known, if_alone, self._no_copy, self._incarnation)
+        loaded = self._run(self._load, plugs, display, hub.display_known, if_alone, self._no_copy, self._incarnation,
+                           last_on)
         loaded.addCallbacks(self._synced, self._sync_failed, callbackArgs=(generation,), errbackArgs=(generation,))
         loaded.addErrback(lambda f: self._log.failure("applying the state loaded from Redis", f))
 
@@ -839,6 +841,9 @@ class RedisEngine(ThreadPoolService):
             # Devices that connected before the first load were sent none:
             # they get it now (off, if no one ever set it).
             hub.apply_display(hub.display() if display is None else display, "Redis")
+        # Changes missed meanwhile may have set them: Redis' copy, as a node
+        # that starts now loads it, so that every node agrees.
+        hub.remember(self._last_on_of(snapshot))
         hub.display_known = True
         self._share_bans(snapshot)
 
@@ -851,6 +856,17 @@ class RedisEngine(ThreadPoolService):
             self._log.warn("the display state in Redis is not valid; ignored")
             return None
         return display if isinstance(display, Display) else None
+
+    def _last_on_of(self, snapshot: Snapshot) -> LastOn:
+        found = []
+        for state in (snapshot.last_on, snapshot.last_colour):
+            try:
+                display = None if state is None else validate_display(state)
+            except InvalidDisplay:
+                self._log.warn("the last display state that was on in Redis is not valid; ignored")
+                display = None
+            found.append(display if isinstance(display, Display) else None)
+        return LastOn(*found)
 
     def _share_bans(self, snapshot: Snapshot) -> None:
         now = self._clock.seconds()

@@ -9,7 +9,7 @@ import json
 
 from twisted.internet.defer import Deferred
 
-from ..core.display import Display
+from ..core.display import NEVER_ON, Display, LastOn
 from ..core.history import Publication
 
 
@@ -21,6 +21,14 @@ def display_state(display: Display) -> str:
     state = display.as_json()
     del state["packet"]
     return json.dumps(state)
+
+
+def last_on_states(last_on: LastOn) -> tuple[str, str]:
+    """
+    The last state on and the last colour as JSON, each '' when there is
+    none, as the Lua scripts take them.
+    """
+    return tuple("" if display is None else display_state(display) for display in (last_on.state, last_on.colour))
 
 
 def publication_of(change: dict) -> Publication:
@@ -79,9 +87,16 @@ class RedisJournal:
         return done.addCallback(publication_of)
 
     def save_display(self, display) -> Deferred:
+        """
+        Commit a display state, and what it sets of the last state on and
+        the last colour, in one Lua call: every node derives the same from
+        the change, in the channel's order, and a node that starts later
+        loads it.
+        """
         engine = self._engine
         state = display_state(display)
-        return engine.commit({"kind": "display", "state": json.loads(state)}, engine.state.commit_display, state)
+        return engine.commit({"kind": "display", "state": json.loads(state)}, engine.state.commit_display, state,
+                             *last_on_states(NEVER_ON.after(display)))
 
     def save_command(self, command: str) -> Deferred:
         engine = self._engine

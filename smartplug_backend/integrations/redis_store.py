@@ -36,6 +36,10 @@ Keys (all under C{smartplug:}; one Redis database, not Redis Cluster):
                        first report (GET /plugs lists plugs in that order)
     history:<plug id>  list of JSON [value, at, source], newest first
     display            JSON of the display state
+    last-on            JSON of the last display state that was not off
+                       (SPEC 12: a bare ON restores it), written with it
+    last-colour        JSON of the last colour state (mode 2), whose pulse
+                       a new colour keeps, written with it
     bans               hash: address -> JSON [until, seconds]
     node:<id>          one node's connections (JSON), expiring
     nodes              set of node ids that wrote a node:<id> key
@@ -84,6 +88,8 @@ SEQ = PREFIX + "seq"
 PLUGS = PREFIX + "plugs"
 PLUG_ORDER = PREFIX + "plug-order"
 DISPLAY = PREFIX + "display"
+LAST_ON = PREFIX + "last-on"
+LAST_COLOUR = PREFIX + "last-colour"
 BANS = PREFIX + "bans"
 NODES = PREFIX + "nodes"
 EVENTS = PREFIX + "events"
@@ -181,9 +187,22 @@ announce('')
 return seq
 """
 
-# KEYS[3] display; ARGV[4] the state
+# KEYS[3] display, KEYS[4] last-on, KEYS[5] last-colour; ARGV[4] the
+# state, ARGV[5] and ARGV[6] what it is as the last state on and the last
+# colour ('' when it is not one).  Data from before last-on and last-colour
+# were kept has the state it replaces stand in for them, if it was on: what
+# every node took as such when it loaded that data (Hub.remember).
 _DISPLAY = _CHANGE + """
+local old = redis.call('GET', KEYS[3])
+if old and (redis.call('EXISTS', KEYS[4]) == 0 or redis.call('EXISTS', KEYS[5]) == 0) then
+  local ok, decoded = pcall(cjson.decode, old)
+  local mode = ok and type(decoded) == 'table' and decoded.mode
+  if mode == 1 or mode == 2 then redis.call('SETNX', KEYS[4], old) end
+  if mode == 2 then redis.call('SETNX', KEYS[5], old) end
+end
 redis.call('SET', KEYS[3], ARGV[4])
+if ARGV[5] ~= '' then redis.call('SET', KEYS[4], ARGV[5]) end
+if ARGV[6] ~= '' then redis.call('SET', KEYS[5], ARGV[6]) end
 announce('')
 return seq
 """
@@ -393,10 +412,11 @@ return seq
 """
 
 # KEYS: incarnation, seq, plugs, plug-order, display, bans, run,
-# empty-seed.  One script, so the state and the sequence number it reaches
-# are read at one instant (the streams are read in pieces before it: see
-# RedisState.snapshot).  The last two items are 1 when Redis restarted
-# since the data was last checked, and when the data is an empty seed.
+# empty-seed, last-on, last-colour.  One script, so the state and the
+# sequence number it reaches are read at one instant (the streams are read
+# in pieces before it: see RedisState.snapshot).  The seventh and eighth
+# items are 1 when Redis restarted since the data was last checked, and
+# when the data is an empty seed.
 _SNAPSHOT = _RUN_ID + """
 local incarnation = redis.call('GET', KEYS[1])
 if not incarnation then return false end
@@ -406,14 +426,17 @@ local empty_seed = 0
 if redis.call('GET', KEYS[8]) == incarnation then empty_seed = 1 end
 return {incarnation, redis.call('GET', KEYS[2]) or '0', redis.call('HGETALL', KEYS[3]),
         redis.call('ZRANGE', KEYS[4], 0, -1), redis.call('GET', KEYS[5]) or '',
-        redis.call('HGETALL', KEYS[6]), restarted, empty_seed}
+        redis.call('HGETALL', KEYS[6]), restarted, empty_seed, redis.call('GET', KEYS[9]) or '',
+        redis.call('GET', KEYS[10]) or ''}
 """
 
-# KEYS: incarnation, plugs, plug-order, display, run, empty-seed; ARGV[1]
-# the new incarnation, ARGV[2] JSON [[id, "JSON [value, at, source]"], ...]
-# (the states as strings: cjson would round the times to 14 digits),
-# ARGV[3] the display state or '', ARGV[4] '1' for an empty seed (the
-# node has no copy of its own).  Writes a seed, under the run_id C{run}.
+# KEYS: incarnation, plugs, plug-order, display, run, empty-seed, last-on,
+# last-colour; ARGV[1] the new incarnation, ARGV[2] JSON [[id, "JSON
+# [value, at, source]"], ...] (the states as strings: cjson would round the
+# times to 14 digits), ARGV[3] the display state or '', ARGV[4] '1' for an
+# empty seed (the node has no copy of its own), ARGV[5] and ARGV[6] the
+# last state on and the last colour or ''.  Writes a seed, under the run_id
+# C{run}.
 _SEED = """
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('SET', KEYS[5], run)
@@ -423,6 +446,8 @@ for i, plug in ipairs(cjson.decode(ARGV[2])) do
 end
 if ARGV[3] ~= '' then redis.call('SET', KEYS[4], ARGV[3]) end
 if ARGV[4] == '1' then redis.call('SET', KEYS[6], ARGV[1]) else redis.call('DEL', KEYS[6]) end
+if ARGV[5] ~= '' then redis.call('SET', KEYS[7], ARGV[5]) else redis.call('DEL', KEYS[7]) end
+if ARGV[6] ~= '' then redis.call('SET', KEYS[8], ARGV[6]) else redis.call('DEL', KEYS[8]) end
 """
 
 # The keys and arguments of _SEED.  Seeds an empty Redis with a node's copy,
@@ -434,9 +459,9 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 return 1
 """
 
-# The keys and arguments of _SEED, then KEYS[7] bans, KEYS[8] events,
-# KEYS[9] seq; ARGV[5] the incarnation of the empty seed this node found,
-# ARGV[6] the channel, ARGV[7] the notice (a JSON object) for the other
+# The keys and arguments of _SEED, then KEYS[9] bans, KEYS[10] events,
+# KEYS[11] seq; ARGV[7] the incarnation of the empty seed this node found,
+# ARGV[8] the channel, ARGV[9] the notice (a JSON object) for the other
 # nodes.  Puts a node's copy in place of that empty seed, once: nothing is
 # lost, since no change was committed on it.  Its state is checked empty
 # too: a node of an older version clears no marker when it commits.  The
@@ -444,13 +469,13 @@ return 1
 # that loaded the empty seed to load the copy.
 _REPLACE = _RUN_ID + """
 local run = run_id()
-if redis.call('GET', KEYS[1]) ~= ARGV[5] or redis.call('GET', KEYS[6]) ~= ARGV[5] then return 0 end
-if redis.call('HLEN', KEYS[2]) > 0 or redis.call('EXISTS', KEYS[4]) == 1 or redis.call('HLEN', KEYS[7]) > 0
-   or redis.call('SCARD', KEYS[8]) > 0 then
+if redis.call('GET', KEYS[1]) ~= ARGV[7] or redis.call('GET', KEYS[6]) ~= ARGV[7] then return 0 end
+if redis.call('HLEN', KEYS[2]) > 0 or redis.call('EXISTS', KEYS[4]) == 1 or redis.call('HLEN', KEYS[9]) > 0
+   or redis.call('SCARD', KEYS[10]) > 0 then
   return 0
 end
 """ + _SEED + """
-redis.call('PUBLISH', ARGV[6], '{"seq":' .. (redis.call('GET', KEYS[9]) or '0') .. ',' .. string.sub(ARGV[7], 2))
+redis.call('PUBLISH', ARGV[8], '{"seq":' .. (redis.call('GET', KEYS[11]) or '0') .. ',' .. string.sub(ARGV[9], 2))
 return 1
 """
 
@@ -501,6 +526,9 @@ class Snapshot:
     @ivar plugs: C{[(id, value, at, source)]} in first-report order.
     @ivar display: the display state as JSON (C{validate_display} reads it),
         or C{None} if never set.
+    @ivar last_on: the last display state that was not off, likewise, or
+        C{None} if never on (or not known: data from before it was kept).
+    @ivar last_colour: the last colour state, likewise.
     @ivar bans: C{{address: (until, seconds)}}.
     @ivar streams: the pub/sub streams, C{[(event, epoch, newest offset,
         [(offset, data_json, created_at), ...] oldest first)]}, as
@@ -528,6 +556,8 @@ class Snapshot:
     loaded_at: dict = dataclasses.field(default_factory=dict)
     streams_from: int = 0
     empty_seed: bool = False
+    last_on: Optional[dict] = None
+    last_colour: Optional[dict] = None
 
 
 def _text(value) -> str:
@@ -540,6 +570,11 @@ def _stream(event, epoch, offset, entries) -> tuple:
         values = _pairs(fields)
         kept.append((int(_text(entry_id).split("-")[0]), values["d"], float(values["t"])))
     return _text(event), _text(epoch), int(offset), kept
+
+
+def _json_or_none(value) -> Optional[dict]:
+    text = _text(value)
+    return json.loads(text) if text else None
 
 
 def _pairs(flat: list) -> dict:
@@ -610,11 +645,15 @@ class RedisState:
 
     _pubsub_keys = (EVENTS, KEPT_BYTES, HOLDING, PUBLISHED, SEEN)
 
-    def commit_display(self, incarnation: str, change: str, state: str) -> int:
+    def commit_display(self, incarnation: str, change: str, state: str, last_on: str = "",
+                       last_colour: str = "") -> int:
         """
-        Write the display state (JSON) and publish C{change}.
+        Write the display state (JSON) and publish C{change}; with
+        C{last_on} and C{last_colour} (JSON, or '' to keep what is there),
+        write them too, in the same commit.
         """
-        return int(self._commit(self._display, [DISPLAY], incarnation, change, state))
+        return int(self._commit(self._display, [DISPLAY, LAST_ON, LAST_COLOUR], incarnation, change, state,
+                                last_on, last_colour))
 
     def commit_announcement(self, incarnation: str, change: str) -> int:
         """
@@ -668,7 +707,8 @@ class RedisState:
         for _ in range(tries):
             begun = int(self.client.get(SEQ) or 0)
             streams, loaded_at, incarnations = self._read_streams()
-            found = self._snapshot(keys=[INCARNATION, SEQ, PLUGS, PLUG_ORDER, DISPLAY, BANS, RUN, EMPTY_SEED])
+            found = self._snapshot(keys=[INCARNATION, SEQ, PLUGS, PLUG_ORDER, DISPLAY, BANS, RUN, EMPTY_SEED, LAST_ON,
+                                         LAST_COLOUR])
             if found is None:
                 return None
             if incarnations <= {_text(found[0])}:
@@ -704,41 +744,46 @@ class RedisState:
                 return streams, loaded_at, incarnations
 
     def _snapshot_of(self, found: list, streams: list, loaded_at: dict, begun: int) -> Snapshot:
-        incarnation, seq, states, order, display, bans, restarted, empty_seed = found
+        incarnation, seq, states, order, display, bans, restarted, empty_seed, last_on, last_colour = found
         states = _pairs(states)
         plugs = []
         for plug_id in map(_text, order):
             state = states.get(plug_id)
             if state is not None:
                 plugs.append((plug_id, *json.loads(state)))
-        display = _text(display)
         return Snapshot(
-            _text(incarnation), int(seq), plugs, json.loads(display) if display else None,
+            _text(incarnation), int(seq), plugs, _json_or_none(display),
             {address: tuple(json.loads(ban)) for address, ban in _pairs(bans).items()},
-            streams, bool(restarted), loaded_at, begun, bool(empty_seed),
+            streams, bool(restarted), loaded_at, begun, bool(empty_seed), _json_or_none(last_on),
+            _json_or_none(last_colour),
         )
 
-    def initialise(self, incarnation: str, plugs: list, display: Optional[str], empty: bool = False) -> bool:
+    def initialise(self, incarnation: str, plugs: list, display: Optional[str], last_on: str = "",
+                   last_colour: str = "", empty: bool = False) -> bool:
         """
         Seed a Redis that holds no state with C{incarnation}, C{plugs}
-        (C{[(id, value, at, source)]}) and the C{display} state (JSON), unless
-        another node did first.
+        (C{[(id, value, at, source)]}), the C{display} state (JSON), and the
+        last state on and last colour (JSON, or '' for none), unless another
+        node did first.
 
         @param empty: this node has no copy of its own (it never loaded a
             state, or only an empty seed no change was made on): the seed
             is an empty seed (see L{Snapshot.empty_seed}).
         @return: True when this call seeded it.
         """
-        return bool(self._initialise(keys=self._seed_keys, args=self._seed_args(incarnation, plugs, display, empty)))
+        return bool(self._initialise(keys=self._seed_keys,
+                                     args=self._seed_args(incarnation, plugs, display, empty, last_on, last_colour)))
 
-    _seed_keys = (INCARNATION, PLUGS, PLUG_ORDER, DISPLAY, RUN, EMPTY_SEED)
+    _seed_keys = (INCARNATION, PLUGS, PLUG_ORDER, DISPLAY, RUN, EMPTY_SEED, LAST_ON, LAST_COLOUR)
 
     @staticmethod
-    def _seed_args(incarnation: str, plugs: list, display: Optional[str], empty: bool) -> list:
+    def _seed_args(incarnation: str, plugs: list, display: Optional[str], empty: bool, last_on: str,
+                   last_colour: str) -> list:
         seed = json.dumps([[plug[0], json.dumps(list(plug[1:]))] for plug in plugs])
-        return [incarnation, seed, display or "", "1" if empty else ""]
+        return [incarnation, seed, display or "", "1" if empty else "", last_on, last_colour]
 
-    def replace(self, empty_seed: str, incarnation: str, plugs: list, display: Optional[str], notice: str) -> bool:
+    def replace(self, empty_seed: str, incarnation: str, plugs: list, display: Optional[str], notice: str,
+                last_on: str = "", last_colour: str = "") -> bool:
         """
         Put this node's copy (as L{initialise} takes it) in place of the
         empty seed C{empty_seed}, under the new C{incarnation}, and publish
@@ -749,8 +794,8 @@ class RedisState:
         @return: True when this call replaced it.
         """
         return bool(self._replace(keys=[*self._seed_keys, BANS, EVENTS, SEQ],
-                                  args=[*self._seed_args(incarnation, plugs, display, False), empty_seed, CHANNEL,
-                                        notice]))
+                                  args=[*self._seed_args(incarnation, plugs, display, False, last_on, last_colour),
+                                        empty_seed, CHANNEL, notice]))
 
     def renew(self, incarnation: str, new_incarnation: str, epoch_prefix: str) -> bool:
         """
