@@ -23,7 +23,8 @@ EFFECT_CODES = {name: code for code, name in enumerate(WEATHERS, start=1)}
 ONLINE = "online"
 OFFLINE = "offline"
 
-# What a bare ON gives when the display was never on since the server started.
+# What a bare ON gives when the display was never on (as far as the state
+# store knows: STATE_DB = None forgets at a stop).
 DEFAULT_ON = Display(2, color=(255, 255, 255), pulse=0)
 
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
