@@ -15,7 +15,7 @@ from smartplug_backend.integrations.homeassistant import Topics, display_message
 
 from .certs import self_signed
 from .mosquitto import connect_home_assistant, start_mosquitto
-from .server import reserved_port, start_server
+from .server import RunningServer, reserved_port, start_server
 from .test_e2e import http
 from .test_metrics_e2e import scrape, value
 
@@ -315,3 +315,43 @@ class ManyPlugsEndToEndTests(TestCase):
         status = connect_home_assistant(self, broker.port, topics=("smartplug/status",))
         self.assertEqual(status.wait_for("smartplug/status").payload, b"offline")
         self.assertNotIn("Traceback", server.log())
+
+
+class RestartEndToEndTests(TestCase):
+    """
+    With C{STATE_DB}, what the display was last when on outlives a kill -9
+    and a restart of the real server (SPEC 12).
+    """
+
+    def test_bare_on_after_kill_9(self):
+        """
+        A colour, then off, both answered 200; kill -9; after the restart
+        a bare ON from Home Assistant sends the colour to the lamps.
+        """
+        broker = start_mosquitto(self, users={USER: PASSWORD, "ha": "ha-pw"})
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        settings = (f'STATE_DB = "state.sqlite"\nAUTH_SECRET = {SECRET!r}\n'
+                    f"MQTT_URL = {broker.url(USER, PASSWORD)!r}\n")
+        first = RunningServer(directory, settings, listeners=LISTENERS)
+        self.addCleanup(first.stop)
+        first.start()
+        colour = {"mode": 2, "color": [255, 65, 174], "pulse": 0}
+        self.assertEqual(http(first.url("/display"), json.dumps(colour).encode())[0], 200)
+        self.assertEqual(http(first.url("/display"), b'{"mode": 0}')[0], 200)
+        first.process.kill()
+        first.process.wait()
+
+        second = RunningServer(directory, settings, listeners=LISTENERS)
+        self.addCleanup(second.stop)
+        second.start()
+        with ws_connect(f"ws://127.0.0.1:{second.ports['device WebSocket']}/", open_timeout=5) as device:
+            device.send(SECRET)
+            self.assertEqual((device.recv(timeout=5), device.recv(timeout=5)), ("ok", "[cc:0:?:?]"))
+            second.wait_for(r"MQTT: connected to")
+            ha = connect_home_assistant(self, broker.port, user="ha", password="ha-pw")
+            # The first server's last will said offline; the second says
+            # online once it has subscribed to the commands.
+            ha.wait_for("smartplug/status", b"online")
+            ha.publish("smartplug/display/set", b"ON")
+            self.assertEqual(device.recv(timeout=5), "[cc:2:255,65,174:0]")
