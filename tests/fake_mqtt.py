@@ -103,13 +103,15 @@ class FakeClient:
         self.message(TOPICS.display_set, payload)
 
 
-def home_assistant(hub) -> FakeClient:
+def home_assistant(testcase, hub) -> FakeClient:
     """
-    A started MQTT bridge on C{hub}, connected to a fake broker: C{light(...)}
-    on the client returned sends Home Assistant's light commands.
+    A started MQTT bridge on C{hub}, connected to a fake broker and stopped
+    when C{testcase} ends: C{light(...)} on the client returned sends Home
+    Assistant's light commands.
     """
     client = FakeClient()
     bridge = mqtt.MQTTBridge(hub, client, BROKER, TOPICS, SynchronousReactor(), lambda f: succeed(f()))
     bridge.startService()
+    testcase.addCleanup(bridge.stopService)
     client.connected()
     return client

@@ -349,7 +349,7 @@ class LastOnTests(Files):
     """
 
     def start(self) -> Running:
-        running = Running(self.db)
+        running = Running(self, self.db)
         self.addCleanup(running.stop)
         return running
 

@@ -13,7 +13,7 @@ import time
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
-from twisted.logger import Logger, formatEvent
+from twisted.logger import Logger, formatEvent, globalLogPublisher
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -629,14 +629,14 @@ class Running:
     the lamps get.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, testcase, path: str) -> None:
         self.journal = SQLiteJournal(run=maybeDeferred)
         self.hub = Hub(journal=self.journal)
         self.service = StoreService(path, 10, self.journal, self.hub, ThreadPool(), SynchronousReactor())
         self.service.privilegedStartService()
         self.packets = []
         self.hub.watch_display(lambda event: self.packets.append(event.packet))
-        self.home_assistant = home_assistant(self.hub)
+        self.home_assistant = home_assistant(testcase, self.hub)
 
     def light(self, *payloads: bytes) -> list:
         """
@@ -670,7 +670,7 @@ class LastOnRestartTests(SynchronousTestCase):
         self.path = os.path.abspath(self.mktemp())
 
     def start(self) -> Running:
-        running = Running(self.path)
+        running = Running(self, self.path)
         self.addCleanup(running.stop)
         return running
 
@@ -713,8 +713,15 @@ class LastOnRestartTests(SynchronousTestCase):
         ON gives white, as before.
         """
         build_v3(self.path, [("a", 1, 1.0, "http")], '{"mode": 2, "color": [255, 0, 0], "pulse": 4}')
+        logged = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
         first = self.start()
         self.assertEqual(first.hub.plugs(), [Plug("a", 1, 1.0)])
+        # The way back to an older version is kept, and said.
+        self.assertIn(f"{self.path} was written by an older smartplug (schema 3) and is upgraded to schema 4, which "
+                      f"older versions refuse; the file as it was is kept as {self.path}.schema-3, to go back to such "
+                      "a version", [formatEvent(e) for e in logged])
         first.light(b"OFF")
         self.assertEqual(self.restart(first).light(b"ON"), ["[cc:2:255,0,0:4]"])
         self.path = os.path.abspath(self.mktemp())

@@ -15,7 +15,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from smartplug_backend import config
-from smartplug_backend.core.display import Display
+from smartplug_backend.core.display import NEVER_ON, Display
 from smartplug_backend.core.history import History
 from smartplug_backend.core.hub import Hub
 from smartplug_backend.core.journal import StoreFailed
@@ -298,7 +298,9 @@ class EngineTests(TestCase):
         the lamps of C{node} got C{packet}, the command committed in Redis.
         """
         del node.packets[:]
-        home_assistant(node.hub).light(payload)
+        if not hasattr(node, "home_assistant"):
+            node.home_assistant = home_assistant(self, node.hub)
+        node.home_assistant.light(payload)
         yield until(lambda: node.packets, "the light command to be committed")
         self.assertEqual(node.packets, [packet])
 
@@ -340,6 +342,46 @@ class EngineTests(TestCase):
         for node in (a, b, late):
             self.assertEqual((node.hub.last_on().state, node.hub.last_on().colour), (red, red))
         yield self.light(late, b"ON", "[cc:2:255,0,0:0]")
+
+    @inlineCallbacks
+    def test_last_on_of_an_older_node(self):
+        """
+        A node of an older version writes the display without the last
+        state on: a newer node's next display change takes the state it
+        replaces as the last one on, so a node started after an off agrees
+        with the nodes that saw it.
+        """
+        red, blue = Display(2, color=(255, 0, 0), pulse=0), Display(2, color=(0, 0, 255), pulse=5)
+        (a,) = yield self.nodes(1)
+        yield a.hub.set_display(red, "x")
+        # What an older node's script does: the display alone.
+        a.engine.state.client.set("smartplug:display", '{"mode": 2, "color": [0, 0, 255], "pulse": 5}')
+        yield a.hub.set_display(Display(), "x")
+        late = Node(self, self.redis.url, "late")
+        yield late.start()
+        self.assertEqual((late.hub.last_on().state, late.hub.last_on().colour), (blue, blue))
+
+    @inlineCallbacks
+    def test_last_on_not_valid_ignored(self):
+        """
+        A last state on in Redis that is not JSON, or off, and a last colour
+        that is a weather, are ignored with a warning: the node loads the
+        rest (they are only remembered), and a bare ON gives white.
+        """
+        (a,) = yield self.nodes(1)
+        client = a.engine.state.client
+        for last_on, colour in (("not json", '{"mode": 1, "weather": 2, "intensity": 6}'),
+                                ('{"mode": 0}', "{")):
+            yield a.hub.set_display(Display(), "x")
+            client.set("smartplug:last-on", last_on)
+            client.set("smartplug:last-colour", colour)
+            late = Node(self, self.redis.url, "late")
+            yield late.start()
+            self.assertEqual(late.hub.last_on(), NEVER_ON)
+            yield self.light(late, b"ON", "[cc:2:255,255,255:0]")
+            yield late.stop()
+        self.assertEqual(len(self.lines("the last display state that was on in Redis at")), 2)
+        self.assertEqual(len(self.lines("the last colour in Redis at")), 2)
 
     @inlineCallbacks
     def test_reload_takes_last_on_from_redis(self):

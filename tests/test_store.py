@@ -308,6 +308,41 @@ class UpgradeTests(SynchronousTestCase):
         self.addCleanup(older.close)
         self.assertEqual(last_on(older), (None, None))
 
+    def test_copy_kept_before_upgrade(self):
+        """
+        A file at an older schema is copied as it was, to
+        C{<file>.schema-<n>}, before it is upgraded: the way back to an
+        older version, which refuses the upgraded file.  A new file, and one
+        at the newest schema, get no copy.
+        """
+        build_v3(self.path, [("a", 1, 1.0, "http")], '{"mode": 1, "weather": 3, "intensity": 9}')
+        opened = Store.open(self.path, 10)
+        self.addCleanup(opened.close)
+        copy = self.path + ".schema-3"
+        self.assertEqual(opened.upgraded_from, (3, copy))
+        self.assertEqual((pragma(copy, "user_version"), pragma(self.path, "user_version")), (3, len(UPGRADES)))
+        db = sqlite3.connect(copy)
+        self.addCleanup(db.close)
+        self.assertEqual(db.execute("SELECT id, value FROM plugs").fetchall(), [("a", 1)])
+        self.assertEqual([n for n in os.listdir(os.path.dirname(self.path)) if n.endswith(".partial")], [])
+        again = Store.open(self.path, 10)
+        self.addCleanup(again.close)
+        fresh = Store.open(self.mktemp(), 10)
+        self.addCleanup(fresh.close)
+        self.assertEqual((again.upgraded_from, fresh.upgraded_from), (None, None))
+
+    def test_no_upgrade_without_its_copy(self):
+        """
+        When the copy cannot be written, the file is not upgraded: refused
+        with one line saying why, and left as it was.
+        """
+        build_v3(self.path, [("a", 1, 1.0, "http")], '{"mode": 0}')
+        os.mkdir(self.path + ".schema-3")
+        error = self.assertRaises(UnusableDatabase, Store.open, self.path, 10)
+        self.assertIn(f"{self.path} is at schema 3 and needs an upgrade, but a copy of it as it is could not be "
+                      f"written to {self.path}.schema-3 (", str(error))
+        self.assertEqual(pragma(self.path, "user_version"), 3)
+
     def test_upgrade_step_runs_once(self):
         """
         With a new step appended, a file at the previous version runs only
@@ -500,6 +535,24 @@ class QueryTests(SynchronousTestCase):
         db.close()
         error = self.assertRaises(UnusableDatabase, self.store.last_on)
         self.assertIn(f"{self.path}: the recorded last colour is not valid", str(error))
+
+    def test_last_on_of_the_wrong_mode(self):
+        """
+        A last state on that is off, or a last colour that is not a colour
+        (edited by hand), is refused as not valid: taken, a bare ON would
+        give off, and a new colour a packet with no pulse.
+        """
+        self.store.save_display(Display(2, color=(1, 2, 3), pulse=4))
+        for column, value, why in (("last_on", '{"mode": 0}', "the recorded last display state that was on is off"),
+                                   ("last_colour", '{"mode": 1, "weather": 2, "intensity": 3}',
+                                    "the recorded last colour is not a colour")):
+            db = sqlite3.connect(self.path)
+            db.execute(f"UPDATE display SET {column} = ?", (value,))
+            db.commit()
+            db.close()
+            error = self.assertRaises(UnusableDatabase, self.store.last_on)
+            self.assertEqual(f"{self.path}: {why}", str(error))
+            self.store.save_display(Display(2, color=(1, 2, 3), pulse=4))
 
     def test_invalid_display_row(self):
         """

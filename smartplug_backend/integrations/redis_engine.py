@@ -859,13 +859,19 @@ class RedisEngine(ThreadPoolService):
 
     def _last_on_of(self, snapshot: Snapshot) -> LastOn:
         found = []
-        for state in (snapshot.last_on, snapshot.last_colour):
+        # The last state on is one that is not off; the last colour a colour.
+        for state, what, modes in ((snapshot.last_on, "display state that was on", (1, 2)),
+                                   (snapshot.last_colour, "colour", (2,))):
             try:
                 display = None if state is None else validate_display(state)
             except InvalidDisplay:
-                self._log.warn("the last display state that was on in Redis is not valid; ignored")
                 display = None
-            found.append(display if isinstance(display, Display) else None)
+            if not isinstance(display, Display) or display.mode not in modes:
+                if state is not None:
+                    self._log.warn("the last {what} in Redis at {where} is not valid; ignored", what=what,
+                                   where=self.where)
+                display = None
+            found.append(display)
         return LastOn(*found)
 
     def _share_bans(self, snapshot: Snapshot) -> None:

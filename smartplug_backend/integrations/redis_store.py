@@ -189,16 +189,18 @@ return seq
 
 # KEYS[3] display, KEYS[4] last-on, KEYS[5] last-colour; ARGV[4] the
 # state, ARGV[5] and ARGV[6] what it is as the last state on and the last
-# colour ('' when it is not one).  Data from before last-on and last-colour
-# were kept has the state it replaces stand in for them, if it was on: what
-# every node took as such when it loaded that data (Hub.remember).
+# colour ('' when it is not one).  The state it replaces, if on, is written
+# as the last state on (and a colour as the last colour) first: the same
+# as already there when every node writes them, and what every node took
+# as such from data written before they were kept (Hub.remember) or from a
+# node of an older version, which does not write them.
 _DISPLAY = _CHANGE + """
 local old = redis.call('GET', KEYS[3])
-if old and (redis.call('EXISTS', KEYS[4]) == 0 or redis.call('EXISTS', KEYS[5]) == 0) then
+if old then
   local ok, decoded = pcall(cjson.decode, old)
   local mode = ok and type(decoded) == 'table' and decoded.mode
-  if mode == 1 or mode == 2 then redis.call('SETNX', KEYS[4], old) end
-  if mode == 2 then redis.call('SETNX', KEYS[5], old) end
+  if mode == 1 or mode == 2 then redis.call('SET', KEYS[4], old) end
+  if mode == 2 then redis.call('SET', KEYS[5], old) end
 end
 redis.call('SET', KEYS[3], ARGV[4])
 if ARGV[5] ~= '' then redis.call('SET', KEYS[4], ARGV[5]) end
@@ -577,6 +579,19 @@ def _json_or_none(value) -> Optional[dict]:
     return json.loads(text) if text else None
 
 
+def _remembered(value):
+    """
+    A last state on or last colour as kept: its JSON, or the text itself
+    when that is not JSON (the node checks it, and ignores what is not a
+    display state: it is only remembered, not the state).
+    """
+    text = _text(value)
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return text
+
+
 def _pairs(flat: list) -> dict:
     return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
 
@@ -754,8 +769,8 @@ class RedisState:
         return Snapshot(
             _text(incarnation), int(seq), plugs, _json_or_none(display),
             {address: tuple(json.loads(ban)) for address, ban in _pairs(bans).items()},
-            streams, bool(restarted), loaded_at, begun, bool(empty_seed), _json_or_none(last_on),
-            _json_or_none(last_colour),
+            streams, bool(restarted), loaded_at, begun, bool(empty_seed), _remembered(last_on),
+            _remembered(last_colour),
         )
 
     def initialise(self, incarnation: str, plugs: list, display: Optional[str], last_on: str = "",

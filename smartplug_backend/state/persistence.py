@@ -36,7 +36,7 @@ from ..core.journal import StoreFailed
 from ..core.limits import LOW_DISK, ROOMY_DISK, WAL_PAGES
 from ..server.services import StartupError, ThreadPoolService
 from .lock import Locked, hold, lock_path
-from .store import Store, UnusableDatabase
+from .store import UPGRADES, Store, UnusableDatabase
 
 _log = Logger(namespace="smartplug_backend.state.store")
 
@@ -302,6 +302,13 @@ class StoreService(ThreadPoolService):
             "state from {path}: {count} plugs, display {packet}, {events} pub/sub events",
             path=self.path, count=len(plugs), packet=self.hub.display().packet(), events=len(streams),
         )
+        upgraded = self.journal.store.upgraded_from
+        if upgraded is not None:
+            self._log.info(
+                "{path} was written by an older smartplug (schema {old}) and is upgraded to schema {new}, which "
+                "older versions refuse; the file as it was is kept as {copy}, to go back to such a version",
+                path=self.path, old=upgraded[0], new=len(UPGRADES), copy=upgraded[1],
+            )
 
     def stopService(self):
         # Queued behind every write already asked for; the pool stops after.

@@ -376,6 +376,41 @@ def upgrade(db: sqlite3.Connection, version: int) -> None:
             db.execute(f"PRAGMA user_version = {step + 1}")
 
 
+def keep_before_upgrade(db: sqlite3.Connection, path: str, version: int) -> Optional[str]:
+    """
+    Before a database at an older schema C{version} is upgraded, copy it as
+    it is to C{<path>.schema-<version>} (SQLite's online backup): older
+    versions refuse the upgraded file, and that copy is the way back, even
+    once the automatic backups taken before the upgrade have been pruned.
+
+    @return: the copy's path, or C{None} for a new file or one at the newest
+        schema (nothing to upgrade).
+    @raise UnusableDatabase: the copy could not be written; nothing was
+        upgraded.
+    """
+    if version == 0 or version >= len(UPGRADES):
+        return None
+    copy = f"{path}.schema-{version}"
+    partial = copy + ".partial"
+    try:
+        target = sqlite3.connect(partial)
+        try:
+            db.backup(target)
+        finally:
+            target.close()
+        os.replace(partial, copy)
+    except (sqlite3.Error, OSError) as e:
+        try:
+            os.remove(partial)
+        except OSError:
+            pass
+        raise UnusableDatabase(
+            f"{path} is at schema {version} and needs an upgrade, but a copy of it as it is could not be "
+            f"written to {copy} ({e}); left untouched"
+        ) from None
+    return copy
+
+
 def renew_epochs(db: sqlite3.Connection) -> None:
     """
     Give every pub/sub event in C{db} a new epoch, keeping its offsets: its
@@ -423,6 +458,9 @@ class Store:
         self.log_pages = WAL_PAGES_LOW_DISK
         # Bytes free on the disk when fit_log last looked, if it could tell.
         self.log_free: Optional[int] = None
+        # (schema, copy): the file was at that older schema when opened, and
+        # is kept as it was in that copy (keep_before_upgrade).
+        self.upgraded_from: Optional[tuple[int, str]] = None
         self._disk = disk_of(path)
         # The most room the disk can have (disk_size): one smaller than
         # ROOMY_DISK never gets the long log back.
@@ -455,6 +493,7 @@ class Store:
                 raise
             except UnusableDatabase as e:
                 raise UnusableDatabase(f"{e}; left untouched: move it away or point STATE_DB at another file") from None
+            kept = keep_before_upgrade(db, path, version)
             # WAL: readers (the backup) never block the writer, and a commit
             # is one append.  Set on every open: a restored backup has none.
             db.execute("PRAGMA journal_mode = WAL")
@@ -493,6 +532,7 @@ class Store:
             db.close()
             raise
         store = cls(db, keep, path)
+        store.upgraded_from = (version, kept) if kept is not None else None
         store.fit_log()
         return store
 
@@ -801,10 +841,15 @@ class Store:
         if row is None:
             return NEVER_ON
         state, colour = row
-        return LastOn(
+        last_on = LastOn(
             None if state is None else self._recorded(state, "last display state that was on"),
             None if colour is None else self._recorded(colour, "last colour"),
         )
+        if last_on.state is not None and last_on.state.mode == 0:
+            raise UnusableDatabase(f"{self._path}: the recorded last display state that was on is off")
+        if last_on.colour is not None and last_on.colour.mode != 2:
+            raise UnusableDatabase(f"{self._path}: the recorded last colour is not a colour")
+        return last_on
 
     def _recorded(self, text: str, what: str) -> Display:
         try:
