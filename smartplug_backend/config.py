@@ -37,10 +37,14 @@ def _port(v: Any) -> Optional[str]:
     return "a port number from 0 to 65535"
 
 
-def _positive(v: Any) -> Optional[str]:
+def _positive(v: Any, unit: str = "seconds") -> Optional[str]:
     if type(v) in (int, float) and v > 0:
         return None
-    return "a number of seconds greater than 0"
+    return f"a number of {unit} greater than 0"
+
+
+def _positive_days(v: Any) -> Optional[str]:
+    return _positive(v, "days")
 
 
 def _optional_positive(v: Any) -> Optional[str]:
@@ -235,7 +239,7 @@ SETTINGS: dict[str, _Setting] = {
     "PUBSUB_HISTORY": _Setting(100, _whole),
     "PUBSUB_HISTORY_SECONDS": _Setting(86400, _positive),
     "DASHBOARD_USERS": _Setting({}, _users),
-    "DASHBOARD_SESSION_DAYS": _Setting(30, _positive),
+    "DASHBOARD_SESSION_DAYS": _Setting(30, _positive_days),
     "METRICS_ALLOW": _Setting(("127.0.0.1", "::1"), _networks),
     "REDIS_URL": _Setting(None, _redis_url),
     "NODE_NAME": _Setting(None, _optional_text),

@@ -538,16 +538,20 @@ class AutomaticBackupTests(Files):
 
     def test_every_interval(self):
         """
-        The first backup comes one interval after start, then one per
-        interval; each is logged with its path.
+        With no automatic backup yet, the first is taken at start (a server
+        restarted more often than the interval would never take one), then
+        one per interval; each is logged with its path.
         """
         self.outcomes = [("one", [], None), ("two", ["zero"], None)]
         self.start(self.scripted)
+        self.clock.pump([0])
+        self.assertEqual(self.calls, [0])
         self.clock.pump([59])
-        self.assertEqual(self.calls, [])
-        self.clock.pump([1, 30, 30])
-        self.assertEqual(self.calls, [60, 120])
+        self.assertEqual(self.calls, [0])
+        self.clock.pump([1])
+        self.assertEqual(self.calls, [0, 60])
         self.assertEqual([e.get("path") for e in self.logged("info")], [None, "one", "two", "zero"])
+        self.assertIn("the next in 0 s", formatEvent(self.logged("info")[0]))
 
     def test_failure_logged_and_loop_goes_on(self):
         """
@@ -556,8 +560,8 @@ class AutomaticBackupTests(Files):
         """
         self.outcomes = [backup.BackupError("disk full"), RuntimeError("bug"), ("three", [], None)]
         self.start(self.scripted)
-        self.clock.pump([60, 60, 60])
-        self.assertEqual(self.calls, [60, 120, 180])
+        self.clock.pump([0, 60, 60])
+        self.assertEqual(self.calls, [0, 60, 120])
         self.assertEqual([e.get("why") for e in self.logged("error")], ["disk full"])
         self.assertEqual([e["log_failure"].type for e in self.events if "log_failure" in e], [RuntimeError])
         self.assertEqual(self.logged("info")[1]["path"], "three")
@@ -567,7 +571,7 @@ class AutomaticBackupTests(Files):
         After the service stops, no more backups are taken.
         """
         self.outcomes = [("one", [], None)] * 3
-        service = self.start(self.scripted)
+        service = self.start(self.scripted, last=lambda: 0)
         self.clock.pump([60])
         service.stopService()
         self.clock.pump([60, 60])

@@ -106,6 +106,7 @@ class LoadTests(SynchronousTestCase):
             "PUBSUB_HISTORY = -1": "PUBSUB_HISTORY must be a whole number of at least 0",
             "PUBSUB_HISTORY = 1.5": "PUBSUB_HISTORY must be a whole number of at least 0",
             "PUBSUB_HISTORY_SECONDS = 0": "PUBSUB_HISTORY_SECONDS must be a number of seconds greater than 0",
+            "DASHBOARD_SESSION_DAYS = -1": "DASHBOARD_SESSION_DAYS must be a number of days greater than 0",
             "MQTT_URL = 'http://broker:1883'": "MQTT_URL must be an mqtt:// or mqtts:// URL such as",
             "MQTT_URL = 'mqtt://broker:99999'": "MQTT_URL must be a URL with a port number from 1 to 65535",
             "MQTT_URL = 'mqtt://:1883'": "MQTT_URL must be a URL with a host name",

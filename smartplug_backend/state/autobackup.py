@@ -42,8 +42,8 @@ class BackupService(Service):
 
     The first comes one interval after the newest automatic backup
     (C{last()}, seconds since the epoch, or C{None}), at once if that is
-    past, one interval after start if there is none: a server restarted more
-    often than the interval still takes its backups.
+    past or if there is none: a server restarted more often than the
+    interval still takes its backups, the very first one included.
 
     @param where: the backups' directory, for the start-up line.
     """
@@ -68,7 +68,7 @@ class BackupService(Service):
         self._loop = LoopingCall(self._tick)
         self._loop.clock = self._clock
         last = self._last()
-        delay = self._interval if last is None else min(self._interval, max(0.0, last + self._interval - self._clock.seconds()))
+        delay = 0.0 if last is None else min(self._interval, max(0.0, last + self._interval - self._clock.seconds()))
         self._log.info(
             "automatic backups every {interval:g} s into {where}{keeping}; the next in {delay:.0f} s",
             interval=self._interval, where=self._where, delay=delay,
