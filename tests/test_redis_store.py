@@ -67,6 +67,19 @@ class StateTests(SynchronousTestCase):
         self.assertEqual((snapshot.seq, snapshot.plugs), (4, [("b", 1, 103.0, "http"), ("a", 0, 101.0, "http")]))
         self.assertEqual([(e.value, e.at) for e in self.state.history("b", 10)], [(1, 103.0), (0, 102.0)])
 
+    def test_plug_first_reported_after_a_seed_comes_last(self):
+        """
+        The plugs of a seed keep the seeding node's order, and a plug whose
+        first report is committed on the seed is listed after all of them
+        (first-report order), though the sequence starts over from 0 on a
+        fresh seed.
+        """
+        self.client.flushall()
+        seeded = [("a1", 1, 1.0, "http"), ("a2", 0, 2.0, "http"), ("a3", 1, 3.0, "device")]
+        self.assertTrue(self.state.initialise("copy", seeded, None))
+        self.assertEqual(self.state.commit_report("copy", '{"o":1}', "new", 1, 9.0, "http", 5), 1)
+        self.assertEqual([p[0] for p in self.state.snapshot().plugs], ["a1", "a2", "a3", "new"])
+
     def test_stale_incarnation_writes_nothing(self):
         """
         A node whose incarnation is not Redis' (Redis lost its data, or was
@@ -351,6 +364,18 @@ class EmptySeedTests(SynchronousTestCase):
         snapshot = self.state.snapshot()
         self.assertEqual((snapshot.incarnation, snapshot.plugs), ("seeded", [("p", 1, 1.0, "http")]))
         self.assertEqual(self.messages(), [])
+
+    def test_copy_first_reported_after_a_replace_comes_last(self):
+        """
+        Likewise for a copy that takes an empty seed's place: the sequence
+        goes on from the seed's, and a plug first reported after the copy
+        is listed after the copy's plugs.
+        """
+        self.assertTrue(self.state.initialise("empty", [], None, empty=True))
+        copy = [("a1", 1, 1.0, "http"), ("a2", 0, 2.0, "http"), ("a3", 1, 3.0, "device")]
+        self.assertTrue(self.state.replace("empty", "copy", copy, None, "{}"))
+        self.assertEqual(self.state.commit_report("copy", '{"o":1}', "new", 1, 9.0, "http", 5), 1)
+        self.assertEqual([p[0] for p in self.state.snapshot().plugs], ["a1", "a2", "a3", "new"])
 
     def test_not_replaced_with_a_change_of_an_older_version(self):
         """

@@ -33,7 +33,8 @@ Keys (all under C{smartplug:}; one Redis database, not Redis Cluster):
     seq                the number of the last change
     plugs              hash: plug id -> JSON [value, at, source]
     plug-order         sorted set: plug id by the sequence number of its
-                       first report (GET /plugs lists plugs in that order)
+                       first report (GET /plugs lists plugs in that order);
+                       the plugs of a seed by 0 and below, in its order
     history:<plug id>  list of JSON [value, at, source], newest first
     display            JSON of the display state
     last-on            JSON of the last display state that was not off
@@ -438,13 +439,17 @@ return {incarnation, redis.call('GET', KEYS[2]) or '0', redis.call('HGETALL', KE
 # times to 14 digits), ARGV[3] the display state or '', ARGV[4] '1' for an
 # empty seed (the node has no copy of its own), ARGV[5] and ARGV[6] the
 # last state on and the last colour or ''.  Writes a seed, under the run_id
-# C{run}.
+# C{run}.  The seeded plugs keep their order with scores up to 0: a plug
+# whose first report comes later is ranked by that change's number, at
+# least 1 (seq may be small: it goes on from an empty seed's), and so is
+# listed after them, as it first reported after them.
 _SEED = """
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('SET', KEYS[5], run)
-for i, plug in ipairs(cjson.decode(ARGV[2])) do
+local seeded = cjson.decode(ARGV[2])
+for i, plug in ipairs(seeded) do
   redis.call('HSET', KEYS[2], plug[1], plug[2])
-  redis.call('ZADD', KEYS[3], i, plug[1])
+  redis.call('ZADD', KEYS[3], i - #seeded, plug[1])
 end
 if ARGV[3] ~= '' then redis.call('SET', KEYS[4], ARGV[3]) end
 if ARGV[4] == '1' then redis.call('SET', KEYS[6], ARGV[1]) else redis.call('DEL', KEYS[6]) end
