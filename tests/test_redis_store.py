@@ -377,6 +377,23 @@ class EmptySeedTests(SynchronousTestCase):
         self.assertEqual(self.state.commit_report("copy", '{"o":1}', "new", 1, 9.0, "http", 5), 1)
         self.assertEqual([p[0] for p in self.state.snapshot().plugs], ["a1", "a2", "a3", "new"])
 
+    def test_not_replaced_after_a_change_that_left_it_empty(self):
+        """
+        A ban, then its lift, on an empty seed leave its state as empty as
+        it was; but changes were made on it: it is no longer marked, and no
+        copy takes its place.
+        """
+        self.assertTrue(self.state.initialise("empty", [], None, empty=True))
+        self.state.commit_ban("empty", '{"o":1}', "10.0.0.1", 100.0, 60.0)
+        self.state.commit_lift("empty", '{"o":2}', "10.0.0.1")
+        snapshot = self.state.snapshot()
+        self.assertEqual((snapshot.plugs, snapshot.display, snapshot.bans, snapshot.streams, snapshot.empty_seed),
+                         ([], None, {}, [], False))
+        self.messages()
+        self.assertFalse(self.state.replace("empty", "copy", [("q", 1, 1.0, "http")], None, "{}"))
+        self.assertEqual((self.state.snapshot().incarnation, self.state.snapshot().plugs), ("empty", []))
+        self.assertEqual(self.messages(), [])
+
     def test_not_replaced_with_a_change_of_an_older_version(self):
         """
         A node of an older version clears no mark when it commits: a seed
