@@ -746,6 +746,27 @@ class EngineTests(TestCase):
         self.assertEqual(report.plug.value, 1)
 
     @inlineCallbacks
+    def test_node_with_only_an_empty_seed_does_not_seed(self):
+        """
+        A node that only loaded an empty seed (here its own, made at start
+        on an empty Redis) has no copy either: when Redis comes back empty,
+        it waits for a node that has one (L{REDIS_EMPTY_GRACE}), as a node
+        that never loaded does, rather than seeding it again at once.
+        """
+        (fresh,) = yield self.nodes(1)
+        self.assertTrue(self.snapshot().empty_seed)
+        seeded = len(self.lines("seeded it with an empty state"))
+        self.redis.kill()
+        yield until(lambda: not fresh.engine.up, "the node to notice")
+        self.redis.start()
+        yield until(lambda: self.lines("answers, but it holds no state")
+                    or len(self.lines("seeded it with an empty state")) > seeded,
+                    "the node to find Redis empty", timeout=30)
+        self.assertEqual(len(self.lines("seeded it with an empty state")), seeded)
+        self.assertIsNone(self.snapshot())
+        self.assertEqual(fresh.engine.mode, redis_engine.DOWN)
+
+    @inlineCallbacks
     def restart_empty_holding_back(self, *nodes):
         """
         Redis restarts without its data while C{nodes} are kept from

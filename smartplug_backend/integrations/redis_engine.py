@@ -685,12 +685,13 @@ class RedisEngine(ThreadPoolService):
             plugs = [(p.id, p.value, p.updated_at, "http") for p in hub.plugs()]
             display = display_state(hub.display()) if hub.display_known else None
             last_on = hub.last_on() if hub.display_known else NEVER_ON
-        # A node without a state of its own seeds an empty Redis only once
-        # the nodes that hold one had time to (SPEC 11: a fresh deployment,
-        # or a single node, whose Redis came up after it, is not stuck).
+        # A node without a state of its own (it never loaded one, or only an
+        # empty seed) seeds an empty Redis only once the nodes that hold one
+        # had time to (SPEC 11: a fresh deployment, or a single node, whose
+        # Redis came up after it, is not stuck).
+        may_seed = hub.display_known and not self._no_copy
         if_alone = self._empty_since is not None and self._now() - self._empty_since >= REDIS_EMPTY_GRACE
-        loaded = self._run(self._load, plugs, display, hub.display_known, if_alone, self._no_copy, self._incarnation,
-                           last_on)
+        loaded = self._run(self._load, plugs, display, may_seed, if_alone, self._no_copy, self._incarnation, last_on)
         loaded.addCallbacks(self._synced, self._sync_failed, callbackArgs=(generation,), errbackArgs=(generation,))
         loaded.addErrback(lambda f: self._log.failure("applying the state loaded from Redis", f))
 
