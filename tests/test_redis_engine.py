@@ -828,6 +828,79 @@ class EngineTests(TestCase):
         yield until(lambda: a.hub.plug("q") is not None, "A to see the fresh node's report", timeout=20)
 
     @inlineCallbacks
+    def test_copy_replaces_an_empty_seed_renewed_meanwhile(self):
+        """
+        An empty seed that gets a new incarnation between the snapshot of a
+        node with a copy and its replace (another node renewed it: Redis
+        restarted) is still an empty seed: the node tries again on the new
+        one, and its copy takes its place, rather than being lost under the
+        empty state it would otherwise load.  The fresh node loads the copy
+        at its next change.
+        """
+        (a,) = yield self.nodes(1)
+        yield a.hub.report("p", 1, "http", "x")
+        yield self.restart_empty_holding_back(a)
+        fresh = Node(self, self.redis.url, "fresh")
+        yield fresh.start()
+        self.assertTrue(self.snapshot().empty_seed)
+        state = a.engine.state
+        replace = state.replace
+        renewed = []
+
+        def renewed_first(empty_seed, *args):
+            # (Redis thread) As another node would, in between.
+            if not renewed:
+                renewed.append(state.renew(empty_seed, "renewed", "N"))
+            return replace(empty_seed, *args)
+
+        self.patch(state, "replace", renewed_first)
+        self.come_back(a)
+        yield until(lambda: renewed and a.engine.mode == redis_engine.UP, "A to load", timeout=20)
+        self.assertEqual(renewed, [True])
+        snapshot = self.snapshot()
+        self.assertEqual(([p[0] for p in snapshot.plugs], snapshot.empty_seed), (["p"], False))
+        self.assertEqual(a.engine._incarnation, snapshot.incarnation)
+        self.assertFalse(a.engine._no_copy)
+        self.assertEqual(len(self.lines("replaced it with this node's copy (1 plugs)")), 1)
+        yield self.report_until_taken(fresh, "q", 1)
+        self.assertEqual(fresh.hub.plug("p"), a.hub.plug("p"))
+        yield until(lambda: a.hub.plug("q") is not None, "A to see the fresh node's report", timeout=20)
+
+    @inlineCallbacks
+    def test_empty_seed_never_loaded_over_a_copy(self):
+        """
+        A node with a copy whose replace is refused each time, the seed
+        changing under it every time (renewed by hand here), gives up that
+        load after a few tries and stays down, rather than loading the empty
+        seed over its copy; at its next try it puts its copy in place.
+        """
+        (a,) = yield self.nodes(1)
+        yield a.hub.report("p", 1, "http", "x")
+        yield self.restart_empty_holding_back(a)
+        fresh = Node(self, self.redis.url, "fresh")
+        yield fresh.start()
+        state = a.engine.state
+        replace = state.replace
+        tries = []
+
+        def renewed_first(empty_seed, *args):
+            # (Redis thread) As another node would, in between, every time.
+            tries.append(state.renew(empty_seed, f"renewed-{len(tries)}", "N"))
+            return replace(empty_seed, *args)
+
+        self.patch(state, "replace", renewed_first)
+        self.come_back(a)
+        yield until(lambda: len(tries) == redis_engine._REPLACE_TRIES and a.engine.mode == redis_engine.DOWN,
+                    "A to give up this load", timeout=20)
+        self.assertEqual(tries, [True] * redis_engine._REPLACE_TRIES)
+        self.assertFalse(a.engine._no_copy)
+        self.assertEqual(a.hub.plug("p").value, 1)
+        self.assertTrue(self.snapshot().empty_seed)
+        self.patch(state, "replace", replace)
+        yield until(lambda: a.engine.mode == redis_engine.UP, "A to try again", timeout=20)
+        self.assertEqual([p[0] for p in self.snapshot().plugs], ["p"])
+
+    @inlineCallbacks
     def test_change_on_an_empty_seed_wins(self):
         """
         Once a change was made on an empty seed, it is Redis' state like

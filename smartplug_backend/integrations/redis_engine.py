@@ -82,6 +82,12 @@ from .urls import redact
 # The engine's modes.
 DOWN, SYNCING, UP = "down", "syncing", "up"
 
+# How many times a node with a copy tries to put it in place of an empty
+# seed that changes under it (renewed, or seeded again) before it gives up
+# this load (and tries again later): it never loads an empty seed over its
+# copy.
+_REPLACE_TRIES = 3
+
 # The kinds of change that change the state: the first one committed on an
 # empty seed makes it a state like any other (redis_store._CHANGE).
 _STATE_KINDS = frozenset({"report", "display", "publication", "ban", "lift"})
@@ -607,7 +613,12 @@ class RedisEngine(ThreadPoolService):
         change was committed, as it would seed an empty Redis.
 
         A Redis that restarted since its data was last checked is checked
-        first: if it may have lost writes, every event gets a new epoch.
+        first: if it may have lost writes, every event gets a new epoch (an
+        empty seed stays one, under a new incarnation).  Then the empty
+        seed, if this node puts its copy in its place: the seed may change
+        under it (another node renews it, or seeds Redis again), and it
+        tries again on the new one, up to L{_REPLACE_TRIES} times, rather
+        than load an empty seed over its copy.
 
         @return: C{(snapshot, how many plugs this node seeded Redis with, or
             None if it did not seed it, whether this node renewed the epochs
@@ -630,10 +641,27 @@ class RedisEngine(ThreadPoolService):
             snapshot = self.state.snapshot()
             if snapshot is None:
                 raise redis.RedisError("Redis lost its state again while it was being seeded")
-        elif not no_copy and snapshot.empty_seed and snapshot.incarnation != loaded:
-            # The script checks again that the seed is empty and unchanged:
-            # of two nodes with a copy, one takes its place, and the other
-            # loads that node's copy.
+        if snapshot.restarted:
+            # Another node may check it at the same time: the scripts let
+            # one of them do it, and the snapshot after it shows the result.
+            # Checked before an empty seed is replaced: the nodes that
+            # loaded it renew it, and would change it under the replace.
+            if self.state.persists_every_write():
+                self.state.checked(snapshot.incarnation)
+            else:
+                renewed = self.state.renew(snapshot.incarnation, secrets.token_urlsafe(12), secrets.token_urlsafe(6))
+            snapshot = self.state.snapshot()
+            if snapshot is None:
+                raise redis.RedisError("Redis lost its state again while it was being checked")
+        tries = 0
+        while not no_copy and snapshot.empty_seed and snapshot.incarnation != loaded:
+            # The script checks again that the seed is the one found, empty
+            # and unchanged: of two nodes with a copy, one takes its place,
+            # and the other loads that node's copy.
+            if tries == _REPLACE_TRIES:
+                raise redis.RedisError("the empty seed in Redis changed under every try to put this node's copy in "
+                                       "its place")
+            tries += 1
             incarnation = secrets.token_urlsafe(12)
             notice = json.dumps({"kind": "replaced", "incarnation": incarnation, "replaced": snapshot.incarnation,
                                  "node": self.node_name, "origin": self.node_id}, separators=(",", ":"))
@@ -644,15 +672,7 @@ class RedisEngine(ThreadPoolService):
             if snapshot is None:
                 raise redis.RedisError("Redis lost its state again while it was being seeded")
         if snapshot.restarted:
-            # Another node may check it at the same time: the scripts let
-            # one of them do it, and the snapshot after it shows the result.
-            if self.state.persists_every_write():
-                self.state.checked(snapshot.incarnation)
-            else:
-                renewed = self.state.renew(snapshot.incarnation, secrets.token_urlsafe(12), secrets.token_urlsafe(6))
-            snapshot = self.state.snapshot()
-            if snapshot is None or snapshot.restarted:
-                raise redis.RedisError("Redis restarted or lost its state again while it was being checked")
+            raise redis.RedisError("Redis restarted again while its state was being loaded")
         # Redis answers again: work queued behind this load may ask it.
         self._unanswered.clear()
         return snapshot, seeded, renewed, replaced
