@@ -365,6 +365,35 @@ class DashboardInBrowserTests(_InBrowser):
         self.wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, rows)) == 2)
         self.assertEqual(len(history_fetches()), 1)
 
+    def test_dropped_plugs_leave_the_page(self):
+        """
+        The feed's "dropped" message (on Redis, the plugs of a node whose
+        copy lost to another node's; played here on the page's socket)
+        takes those plugs' cards off the page, and the others stay; with
+        none left, the page says no plug has reported.
+        """
+        post(self.server, "/data", {"id": "kitchen", "value": 1})
+        post(self.server, "/data", {"id": "garage", "value": 0})
+        self.watch_sockets()
+        self.open_dashboard()
+        self.visible('.plug[data-plug="garage"]')
+        self.visible('.plug[data-plug="kitchen"]')
+
+        def dropped(*ids):
+            self.browser.execute_script(
+                "window.liveSockets[window.liveSockets.length - 1].onmessage({data: arguments[0]});",
+                json.dumps({"type": "dropped", "plugs": list(ids)}),
+            )
+
+        dropped("kitchen", "unknown")
+        self.wait.until(lambda b: not b.find_elements(By.CSS_SELECTOR, '.plug[data-plug="kitchen"]'))
+        self.assertEqual([e.get_attribute("data-plug") for e in self.browser.find_elements(By.CSS_SELECTOR, ".plug")],
+                         ["garage"])
+        self.assertFalse(self.browser.find_element(By.ID, "no-plugs").is_displayed())
+        dropped("garage")
+        self.text_in("#no-plugs", "No plug has reported yet.")
+        self.assertEqual(self.browser.find_elements(By.CSS_SELECTOR, ".plug"), [])
+
     def test_colour_to_device_and_lift_ban(self):
         """
         A colour set in the page reaches a connected device as its packet; a

@@ -58,6 +58,27 @@ class HubTests(SynchronousTestCase):
         self.assertEqual(hub.apply_command("reset", "node B"), "[cc:r:?:?]")
         self.assertEqual((packets, hub.display()), (["[cc:1:3:9]", "[cc:r:?:?]"], weather))
 
+    def test_keep_plugs_drops_the_others(self):
+        """
+        keep_plugs() keeps the plugs it is given, in its order, and drops
+        the others: no longer listed, their history unknown (None), the drop
+        listeners told once with them; ids of no known plug are skipped.
+        Nothing is journaled, and the report listeners are not told.
+        """
+        for plug_id in ("a", "b", "c", "d"):
+            self.hub.report(plug_id, 1, "http", "x")
+        reports, drops = [], []
+        self.hub.listen(reports.append)
+        self.hub.watch_drops(drops.append)
+        dropped = self.hub.keep_plugs(["c", "unknown", "a"])
+        self.assertEqual([p.id for p in dropped], ["b", "d"])
+        self.assertEqual(drops, [dropped])
+        self.assertEqual([p.id for p in self.hub.plugs()], ["c", "a"])
+        self.assertIsNone(self.hub.plug("b"))
+        self.assertIsNone(self.successResultOf(self.hub.history("b", 10)))
+        self.assertEqual(self.hub.keep_plugs(["c", "a"]), [])
+        self.assertEqual((len(drops), reports), (1, []))
+
     def test_unknown_plug(self):
         """
         An id that never reported is None.

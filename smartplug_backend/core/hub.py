@@ -100,6 +100,7 @@ REFUSALS = ("invalid", "store")
 
 Listener = Callable[[Report], None]
 DisplayListener = Callable[[DisplayEvent], None]
+DropListener = Callable[[list[Plug]], None]
 
 
 class Hub:
@@ -141,6 +142,7 @@ class Hub:
         self.display_known = True
         self._listeners: list[Listener] = []
         self._display_listeners: list[DisplayListener] = []
+        self._drop_listeners: list[DropListener] = []
         self.pubsub = PubSub(now=now, history=History(now=now) if history is None else history, node=node)
         # Plain counts for /metrics: source -> reports accepted, and
         # (source, reason) -> reports refused (REFUSALS).
@@ -193,6 +195,15 @@ class Hub:
         @return: a function that stops the calls.
         """
         return _subscribe(self._display_listeners, listener)
+
+    def watch_drops(self, listener: DropListener) -> Callable[[], None]:
+        """
+        Call C{listener(plugs)} with the plugs L{keep_plugs} drops, from now
+        on.
+
+        @return: a function that stops the calls.
+        """
+        return _subscribe(self._drop_listeners, listener)
 
     def _notify(self, listeners: list, event) -> None:
         for listener in list(listeners):
@@ -470,6 +481,27 @@ class Hub:
         changes and the listeners are told, with C{remote} set.
         """
         return self._accept(Plug(plug_id, value, at), source, peer, publication, remote=True)
+
+    def keep_plugs(self, plug_ids: Iterable[str]) -> list[Plug]:
+        """
+        Keep only the plugs of C{plug_ids}, in that order (an id of no known
+        plug is skipped), as the shared journal holds them once another
+        node's copy of the state won over this node's: the others are
+        dropped (their state and history are no longer listed), and the
+        drop listeners are told.  Nothing is journaled.
+
+        @return: the plugs dropped, in their former order.
+        """
+        kept: dict[str, Plug] = {}
+        for plug_id in plug_ids:
+            plug = self._plugs.get(plug_id)
+            if plug is not None:
+                kept[plug_id] = plug
+        dropped = [plug for plug in self._plugs.values() if plug.id not in kept]
+        self._plugs = kept
+        if dropped:
+            self._notify(self._drop_listeners, dropped)
+        return dropped
 
     def apply_publication(self, publication: Publication, data: Any, origin: Optional[str] = None) -> int:
         """

@@ -132,6 +132,21 @@ class Feed:
         self._reports.append(entry)
         self._send({"type": "report", "report": entry, "plug": self._plug(plug)})
 
+    def dropped(self, plugs) -> None:
+        """
+        A hub drop listener: plugs the hub no longer has (on Redis, another
+        node's copy of the state won over this node's).  The page takes them
+        off its list; a snapshot no longer holds them.
+        """
+        gone = {plug.id for plug in plugs}
+        for plug_id in gone:
+            self._sources.pop(plug_id, None)
+            self._since.pop(plug_id, None)
+        kept = [entry for entry in self._reports if entry["id"] not in gone]
+        self._reports.clear()
+        self._reports.extend(kept)
+        self._send({"type": "dropped", "plugs": [plug.id for plug in plugs]})
+
     def display(self, event) -> None:
         """
         A hub display listener: a new display state or a one-off command.

@@ -242,6 +242,10 @@ function handle(message) {
     case "report":
       addReport(message.report, message.plug);
       break;
+    case "dropped":
+      message.plugs.forEach(dropPlug);
+      $("no-plugs").hidden = plugs.size > 0;
+      break;
     case "display":
       showDisplay(message.display, message.command);
       break;
@@ -268,11 +272,8 @@ function update(message) {
 // should not fetch them all), and a plug the server no longer has goes.
 function showPlugs(list) {
   const ids = new Set(list.map((plug) => plug.id));
-  for (const [id, entry] of plugs) {
-    if (ids.has(id)) continue;
-    if (entry.chart) entry.chart.destroy();
-    entry.card.remove();
-    plugs.delete(id);
+  for (const id of [...plugs.keys()]) {
+    if (!ids.has(id)) dropPlug(id);
   }
   for (const plug of list) {
     const known = plugs.get(plug.id);
@@ -283,6 +284,16 @@ function showPlugs(list) {
     }
     else addPlug(plug);
   }
+}
+
+// A plug the server no longer has (on Redis, another node's copy of the
+// state won over this node's) goes, card and chart.
+function dropPlug(id) {
+  const entry = plugs.get(id);
+  if (!entry) return;
+  if (entry.chart) entry.chart.destroy();
+  entry.card.remove();
+  plugs.delete(id);
 }
 
 // The page's history ends with the plug's last report (and none is on its way).
