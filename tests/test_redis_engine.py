@@ -906,7 +906,8 @@ class EngineTests(TestCase):
         Once a change was made on an empty seed, it is Redis' state like
         any other: the first change ends the mark, and a node with a copy
         that comes back after it loads Redis' state instead of replacing
-        it.
+        it: its plugs that Redis does not hold go (GET /plugs is the same
+        on every node), and one line says how many.
         """
         (a,) = yield self.nodes(1)
         yield a.hub.report("p", 1, "http", "x")
@@ -922,7 +923,13 @@ class EngineTests(TestCase):
         self.assertEqual(a.engine._incarnation, fresh.engine._incarnation)
         self.assertEqual([p[0] for p in self.snapshot().plugs], ["q"])
         self.assertIsNone(fresh.hub.plug("p"))
+        self.assertEqual([p.id for p in a.hub.plugs()], ["q"])
+        self.assertIsNone(a.hub.plug("p"))
         self.assertEqual(self.lines("replaced it with"), [])
+        (line,) = self.lines("dropped this node's")
+        self.assertIn(f"Redis at {self.redis.url} holds other data than this node had loaded (it lost that data, or "
+                      "may have lost its latest changes, since): loaded it (1 plugs) and dropped this node's 1 plugs "
+                      "that Redis does not hold; pub/sub epochs change", line)
 
     @inlineCallbacks
     def test_copy_replaces_an_empty_seed_after_the_grace(self):
@@ -959,7 +966,9 @@ class EngineTests(TestCase):
         """
         Two nodes with copies (that differ: here made so by hand) come back
         at once to an empty seed: one copy takes its place, whole, and the
-        other node and the fresh node load it.
+        other node and the fresh node load it: all three list its plugs, in
+        its order, and no others; the losing node drops its own plug, and
+        says so in one line.
         """
         a, b = yield self.nodes()
         yield a.hub.report("p", 1, "http", "x")
@@ -975,9 +984,48 @@ class EngineTests(TestCase):
                     and len({n.engine._incarnation for n in nodes}) == 1
                     and fresh.hub.plug("p") is not None, "the three nodes on one copy", timeout=30)
         self.assertEqual(len(self.lines("replaced it with this node's copy (2 plugs)")), 1)
-        plugs = {p[0] for p in self.snapshot().plugs}
-        self.assertIn(plugs, ({"p", "only-a"}, {"p", "only-b"}))
-        self.assertEqual({p.id for p in fresh.hub.plugs()}, plugs)
+        order = [p[0] for p in self.snapshot().plugs]
+        self.assertIn(order, (["p", "only-a"], ["p", "only-b"]))
+        for node in nodes:
+            self.assertEqual([p.id for p in node.hub.plugs()], order, node.engine.node_name)
+        (line,) = self.lines("dropped this node's")
+        self.assertIn("loaded it (2 plugs) and dropped this node's 1 plugs that Redis does not hold", line)
+
+    @inlineCallbacks
+    def test_copy_that_lost_the_race_is_dropped(self):
+        """
+        A node whose copy comes second to an empty seed (another node's
+        copy took its place between this node's snapshot and its replace:
+        made by hand here) loads the winning copy as it is: it drops its
+        plugs that the copy does not hold, takes the copy's order, and says
+        in one line that another node's copy won and how many it dropped.
+        """
+        (b,) = yield self.nodes(1)
+        yield b.hub.report("p", 1, "http", "x")
+        yield b.hub.report("q", 1, "http", "x")
+        yield self.restart_empty_holding_back(b)
+        fresh = Node(self, self.redis.url, "fresh")
+        yield fresh.start()
+        state = b.engine.state
+        replace = state.replace
+
+        def other_first(empty_seed, *args):
+            # (Redis thread) Another node's copy takes the seed's place.
+            notice = json.dumps({"kind": "replaced", "incarnation": "won", "replaced": empty_seed})
+            replace(empty_seed, "won", [("w", 1, 1.0, "http"), ("q", 0, 2.0, "http")], None, notice)
+            return replace(empty_seed, *args)
+
+        self.patch(state, "replace", other_first)
+        self.come_back(b)
+        yield until(lambda: b.engine.mode == fresh.engine.mode == redis_engine.UP
+                    and b.engine._incarnation == fresh.engine._incarnation == "won", "both nodes on the copy",
+                    timeout=20)
+        self.assertEqual([(p.id, p.value) for p in b.hub.plugs()], [("w", 1), ("q", 0)])
+        self.assertEqual(b.hub.plugs(), fresh.hub.plugs())
+        self.assertFalse(b.engine._no_copy)
+        (line,) = self.lines("won over this node's")
+        self.assertIn(f"Redis at {self.redis.url} holds another node's copy, which won over this node's: loaded it "
+                      "(2 plugs) and dropped this node's 1 plugs that Redis does not hold; pub/sub epochs change", line)
 
     @inlineCallbacks
     def test_redis_restarted_empty(self):

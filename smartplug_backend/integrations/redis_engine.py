@@ -242,7 +242,7 @@ class RedisEngine(ThreadPoolService):
             # Subscribed first, then loaded: no change can fall between the
             # two, and the node is up before its listeners bind.
             self._channel = self._subscribe()
-            snapshot, seeded, renewed, _replaced = self._load([], None)
+            snapshot, seeded, renewed, _replaced, _beaten = self._load([], None)
         except (redis.RedisError, OSError) as e:
             self._away = True
             self.hub.display_known = False
@@ -623,11 +623,14 @@ class RedisEngine(ThreadPoolService):
         @return: C{(snapshot, how many plugs this node seeded Redis with, or
             None if it did not seed it, whether this node renewed the epochs
             because Redis restarted, whether its seed took the place of an
-            empty seed)}.
+            empty seed, whether this node tried to seed Redis with its copy
+            or to put it in place of an empty seed and another node's copy
+            came first)}.
         """
         seeded = None
         renewed = False
         replaced = False
+        tried = False
         snapshot = self.state.snapshot()
         if snapshot is None:
             if not may_seed and not (if_alone and not self.state.other_nodes(self.node_id)):
@@ -636,6 +639,7 @@ class RedisEngine(ThreadPoolService):
                     f"it (start one, or restart this one while Redis is reachable); if none has after "
                     f"{REDIS_EMPTY_GRACE:g} s and no other node is on Redis, this node seeds it with an empty state"
                 )
+            tried = True
             if self.state.initialise(secrets.token_urlsafe(12), plugs, display, *last_on_states(last_on), empty=no_copy):
                 seeded = len(plugs)
             snapshot = self.state.snapshot()
@@ -662,6 +666,7 @@ class RedisEngine(ThreadPoolService):
                 raise redis.RedisError("the empty seed in Redis changed under every try to put this node's copy in "
                                        "its place")
             tries += 1
+            tried = True
             incarnation = secrets.token_urlsafe(12)
             notice = json.dumps({"kind": "replaced", "incarnation": incarnation, "replaced": snapshot.incarnation,
                                  "node": self.node_name, "origin": self.node_id}, separators=(",", ":"))
@@ -675,7 +680,8 @@ class RedisEngine(ThreadPoolService):
             raise redis.RedisError("Redis restarted again while its state was being loaded")
         # Redis answers again: work queued behind this load may ask it.
         self._unanswered.clear()
-        return snapshot, seeded, renewed, replaced
+        beaten = tried and not no_copy and seeded is None
+        return snapshot, seeded, renewed, replaced, beaten
 
     def _log_empty_seed(self) -> None:
         self._log.warn(
@@ -684,12 +690,12 @@ class RedisEngine(ThreadPoolService):
             where=self.where,
         )
 
-    def _log_restarted(self) -> None:
+    def _log_restarted(self, dropped: int = 0) -> None:
         self._log.warn(
             "Redis at {where} restarted since its data was last checked and does not write every change to disk "
             "before it answers (appendonly yes, appendfsync always), so it may have lost its latest changes: "
-            "pub/sub epochs change",
-            where=self.where,
+            "pub/sub epochs change{dropped}",
+            where=self.where, dropped=_dropped_text(dropped, "; "),
         )
 
     def _resync(self) -> None:
@@ -738,7 +744,7 @@ class RedisEngine(ThreadPoolService):
     def _synced(self, loaded: tuple, generation: int) -> None:
         if generation != self._generation:
             return
-        snapshot, seeded, renewed, replaced = loaded
+        snapshot, seeded, renewed, replaced, beaten = loaded
         lost = self._incarnation is not None and snapshot.incarnation != self._incarnation
         if not lost and snapshot.seq < self._applied:
             # Same data, fewer changes: Redis came back from a file that
@@ -754,6 +760,9 @@ class RedisEngine(ThreadPoolService):
             renewed.addErrback(lambda f: self._log.failure("renewing the epochs in Redis", f))
             renewed.addCallback(lambda _: self._resync() if generation == self._generation else None)
             return
+        # New data: the plugs it does not hold go (_catch_up), so that every
+        # node lists the same.
+        dropped = _missing(self.hub.plugs(), snapshot) if lost else 0
         if seeded is not None and not self.hub.display_known:
             self._log.warn(
                 "Redis at {where} stayed empty for {seconds:.0f} s and no other node is on it: seeded it with an "
@@ -774,17 +783,24 @@ class RedisEngine(ThreadPoolService):
                 where=self.where, count=seeded, epochs="; pub/sub epochs change" if lost else "",
             )
         elif renewed:
-            self._log_restarted()
+            self._log_restarted(dropped)
         elif lost and self._no_copy and not snapshot.empty_seed:
             self._log.warn(
                 "Redis at {where} holds a node's copy now, in place of the empty state this node had loaded: "
                 "loaded it ({count} plugs); pub/sub epochs change",
                 where=self.where, count=len(snapshot.plugs),
             )
+        elif lost and beaten:
+            self._log.warn(
+                "Redis at {where} holds another node's copy, which won over this node's: loaded it ({count} "
+                "plugs){dropped}; pub/sub epochs change",
+                where=self.where, count=len(snapshot.plugs), dropped=_dropped_text(dropped),
+            )
         elif lost:
             self._log.warn(
-                "Redis at {where} lost its data and holds a new copy now: loaded it; pub/sub epochs change",
-                where=self.where,
+                "Redis at {where} holds other data than this node had loaded (it lost that data, or may have lost "
+                "its latest changes, since): loaded it ({count} plugs){dropped}; pub/sub epochs change",
+                where=self.where, count=len(snapshot.plugs), dropped=_dropped_text(dropped),
             )
         if lost:
             # Changes made on the data Redis lost may still be on their
@@ -822,7 +838,8 @@ class RedisEngine(ThreadPoolService):
         Apply what changed in Redis while this node was not listening, as if
         the changes had come one by one (apps, devices and subscribers are
         told).  After Redis lost its data, the pub/sub streams are Redis'
-        alone: every other event gets a new epoch at its next publication.
+        alone: every other event gets a new epoch at its next publication;
+        and its plugs too: the hub drops the others (L{Hub.keep_plugs}).
         """
         hub = self.hub
         history = hub.pubsub.history
@@ -855,6 +872,12 @@ class RedisEngine(ThreadPoolService):
             mine = hub.plug(plug_id)
             if mine is None or (mine.value, mine.updated_at) != (value, at):
                 hub.apply_report(plug_id, value, at, source, "Redis")
+        if lost:
+            # Other data (another node's copy won over this node's, or Redis
+            # lost changes): its plugs, in its order, and no others, as on
+            # every node.  A plug kept here would be listed on this node
+            # alone, and seeded back at the next loss.
+            hub.keep_plugs([plug[0] for plug in snapshot.plugs])
         display = self._display_of(snapshot)
         if display is not None and display != hub.display():
             hub.apply_display(display, "Redis")
@@ -952,6 +975,22 @@ class RedisEngine(ThreadPoolService):
             self._unreachable_if_so(failure)
         else:
             self._log.failure("sharing this node's connections", failure)
+
+
+def _missing(plugs: list, snapshot: Snapshot) -> int:
+    """
+    How many of C{plugs} C{snapshot} does not hold.
+    """
+    held = {plug[0] for plug in snapshot.plugs}
+    return sum(1 for plug in plugs if plug.id not in held)
+
+
+def _dropped_text(dropped: int, joint: str = " and ") -> str:
+    """
+    What the log says of the plugs of this node's copy that the data it
+    loads does not hold (nothing when there are none).
+    """
+    return f"{joint}dropped this node's {dropped} plugs that Redis does not hold" if dropped else ""
 
 
 def _holds_nothing(snapshot: Snapshot) -> bool:
