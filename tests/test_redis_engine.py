@@ -901,6 +901,52 @@ class EngineTests(TestCase):
         self.assertEqual([p[0] for p in self.snapshot().plugs], ["p"])
 
     @inlineCallbacks
+    def test_change_refused_on_a_replaced_empty_seed(self):
+        """
+        A change made on an empty seed after a node's copy took its place
+        (the fresh node heard so, but has not loaded the copy yet: held back
+        here) is refused with words that say so, in the log and in the
+        answer, not that Redis lost its data (it lost nothing); the node
+        then loads the copy, and the change goes through on it.
+        """
+        (a,) = yield self.nodes(1)
+        yield a.hub.report("p", 1, "http", "x")
+        yield self.restart_empty_holding_back(a)
+        fresh = Node(self, self.redis.url, "fresh")
+        yield fresh.start()
+        resyncs = []
+        self.patch(fresh.engine, "_resync", lambda: resyncs.append(True))
+        self.come_back(a)
+        yield until(lambda: resyncs, "the fresh node to hear of A's copy", timeout=20)
+        self.assertIsNone((yield fresh.hub.report("q", 1, "http", "x")))
+        copy_now = "holds a node's copy now, in place of the empty state this node had loaded"
+        (line,) = self.lines(f"{copy_now}: loading it again")
+        self.assertIn(f"Redis at {self.redis.url} {copy_now}: loading it again", line)
+        (line,) = self.lines("report plug q -> 1 from x refused")
+        self.assertIn(f"state store cannot write: Redis {copy_now}; loading it again", line)
+        self.assertEqual(self.lines("lost its data"), [])
+        self.patch(fresh.engine, "_resync", redis_engine.RedisEngine._resync.__get__(fresh.engine))
+        fresh.engine._resync()
+        yield self.report_until_taken(fresh, "q", 1)
+        self.assertEqual(fresh.hub.plug("p"), a.hub.plug("p"))
+
+    @inlineCallbacks
+    def test_change_refused_on_data_redis_no_longer_holds(self):
+        """
+        A change made on data Redis no longer holds, with no notice of why
+        (here Redis was emptied by hand), is refused with neutral words:
+        Redis no longer holds the data this node loaded.
+        """
+        (a,) = yield self.nodes(1)
+        a.engine.state.client.flushall()
+        self.assertIsNone((yield a.hub.report("p", 1, "http", "x")))
+        (line,) = self.lines("report plug p -> 1 from x refused")
+        self.assertIn("state store cannot write: Redis no longer holds the data this node loaded; loading it again",
+                      line)
+        (line,) = self.lines(": loading it again")
+        self.assertIn(f"Redis at {self.redis.url} no longer holds the data this node loaded: loading it again", line)
+
+    @inlineCallbacks
     def test_change_on_an_empty_seed_wins(self):
         """
         Once a change was made on an empty seed, it is Redis' state like

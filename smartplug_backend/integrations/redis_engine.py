@@ -178,6 +178,9 @@ class RedisEngine(ThreadPoolService):
         self._incarnation: Optional[str] = None
         # The last few incarnations this node loaded and left.
         self._left: collections.deque = collections.deque(maxlen=8)
+        # The last few empty seeds this node loaded and heard were replaced
+        # by a node's copy.
+        self._replaced: collections.deque = collections.deque(maxlen=8)
         self._applied = 0
         # From the last snapshot (see Snapshot.loaded_at): publications of
         # changes up to _applied that came after their stream was read.
@@ -325,7 +328,7 @@ class RedisEngine(ThreadPoolService):
         timeout = self._clock.callLater(REDIS_CONFIRM_TIMEOUT, self._unconfirmed, token)
         self._pending[token] = (done, timeout)
         written = self._run(self._answered(write), self._incarnation, text, *args)
-        written.addErrback(self._not_committed, token)
+        written.addErrback(self._not_committed, token, self._incarnation)
         return done
 
     def _answered(self, f: Callable) -> Callable:
@@ -386,14 +389,21 @@ class RedisEngine(ThreadPoolService):
             timeout.cancel()
         return done
 
-    def _not_committed(self, failure, token: str) -> None:
+    def _not_committed(self, failure, token: str, incarnation: Optional[str]) -> None:
         done = self._settle(token)
         if failure.check(Stale):
-            # Redis lost the data this node loaded: load again.
-            self._log.warn("Redis at {where} no longer holds this node's data: loading it again", where=self.where)
+            # Redis no longer holds the data this node loaded, or restarted
+            # since (the script says which): load again.  Redis lost
+            # nothing if a node's copy took the place of the empty seed
+            # this change was made on: said so when its notice came first.
+            if incarnation in self._replaced:
+                what = "holds a node's copy now, in place of the empty state this node had loaded"
+            else:
+                what = failure.getErrorMessage().removeprefix("STALE ").removeprefix("Redis ")
+            self._log.warn("Redis at {where} {what}: loading it again", where=self.where, what=what)
             if self._mode == UP:
                 self._resync()
-            why = "Redis lost its data; loading it again"
+            why = f"Redis {what}; loading it again"
         else:
             why = f"Redis at {self.where}: {failure.getErrorMessage()}"
             self._unreachable_if_so(failure)
@@ -501,6 +511,7 @@ class RedisEngine(ThreadPoolService):
             # Another node's copy took the place of an empty seed: the nodes
             # that loaded that seed load the copy (and log it then).
             if change.get("replaced") == self._incarnation:
+                self._replaced.append(self._incarnation)
                 self._resync()
             return
         incarnation = change.get("incarnation")

@@ -159,7 +159,7 @@ end
 # again.
 _PRELUDE = _RUN_ID + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return redis.error_reply('STALE Redis holds other data than this node loaded')
+  return redis.error_reply('STALE Redis no longer holds the data this node loaded')
 end
 if redis.call('GET', KEYS[#KEYS]) ~= run_id() then
   return redis.error_reply('STALE Redis restarted since its data was last loaded')
