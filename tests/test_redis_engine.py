@@ -751,10 +751,14 @@ class EngineTests(TestCase):
         A node that only loaded an empty seed (here its own, made at start
         on an empty Redis) has no copy either: when Redis comes back empty,
         it waits for a node that has one (L{REDIS_EMPTY_GRACE}), as a node
-        that never loaded does, rather than seeding it again at once.
+        that never loaded does, rather than seeding it again at once.  Once
+        none has (on the engine's clock, a fake one here), it seeds an empty
+        seed again and says how long it waited.
         """
         (fresh,) = yield self.nodes(1)
         self.assertTrue(self.snapshot().empty_seed)
+        clock = Clock()
+        fresh.engine._now = clock.seconds
         seeded = len(self.lines("seeded it with an empty state"))
         self.redis.kill()
         yield until(lambda: not fresh.engine.up, "the node to notice")
@@ -765,6 +769,12 @@ class EngineTests(TestCase):
         self.assertEqual(len(self.lines("seeded it with an empty state")), seeded)
         self.assertIsNone(self.snapshot())
         self.assertEqual(fresh.engine.mode, redis_engine.DOWN)
+        clock.advance(REDIS_EMPTY_GRACE + 1)
+        fresh.engine._resync()
+        yield until(lambda: fresh.engine.mode == redis_engine.UP, "the node to seed Redis", timeout=20)
+        (line,) = self.lines("stayed empty")
+        self.assertIn("stayed empty for 31 s and no other node is on it: seeded it with an empty state", line)
+        self.assertTrue(self.snapshot().empty_seed)
 
     @inlineCallbacks
     def restart_empty_holding_back(self, *nodes):

@@ -774,7 +774,8 @@ class RedisEngine(ThreadPoolService):
         # New data: the plugs it does not hold go (_catch_up), so that every
         # node lists the same.
         dropped = _missing(self.hub.plugs(), snapshot) if lost else 0
-        if seeded is not None and not self.hub.display_known:
+        if seeded is not None and self._empty_since is not None:
+            # It waited (it had no state of its own) for a node with a copy.
             self._log.warn(
                 "Redis at {where} stayed empty for {seconds:.0f} s and no other node is on it: seeded it with an "
                 "empty state (no plugs, display off); changes accepted",
