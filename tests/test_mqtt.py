@@ -426,6 +426,21 @@ class StateTests(BridgeTestCase):
             (TOPICS.plug_state("hall/1"), b"OFF", 1, True),
         ])
 
+    def test_dropped_plugs_removed(self):
+        """
+        Plugs the hub drops (several nodes: another node's copy won) are
+        taken out of Home Assistant: their retained config and state are
+        cleared; the kept plugs are left alone.
+        """
+        self.hub.report("a", 1, "http", "p")
+        self.hub.report("b", 1, "http", "p")
+        self.connect()
+        self.hub.keep_plugs(["b"])
+        self.assertEqual(self.client.published, [
+            (TOPICS.plug_config("a"), b"", 1, True),
+            (TOPICS.plug_state("a"), b"", 1, True),
+        ])
+
     def test_display_from_http(self):
         """
         A display state set elsewhere (POST /display) is published as the

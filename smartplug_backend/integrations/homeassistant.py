@@ -314,6 +314,14 @@ def plug_messages(plug: Plug, first: bool, topics: Topics) -> list[Message]:
     return messages
 
 
+def removal_messages(plug_id: str, topics: Topics) -> list[Message]:
+    """
+    What takes a plug out of Home Assistant: its retained config and state
+    cleared (an empty retained message removes the entity).
+    """
+    return [Message(topics.plug_config(plug_id), b""), Message(topics.plug_state(plug_id), b"")]
+
+
 def display_message(display: Display, topics: Topics) -> Message:
     """The retained light state for C{display}."""
     return Message(topics.display_state, _json(light_state(display)))

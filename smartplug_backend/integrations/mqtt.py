@@ -131,7 +131,9 @@ class MQTTBridge(Service):
         self._told_retained: set = set()
         # Subscribed now, in wiring order (tap adds tweets after us, as
         # SPEC 1.1 wants them last); nothing is published before connecting.
-        self._stops: list[Callable[[], None]] = [hub.listen(self._report), hub.watch_display(self._display)]
+        self._stops: list[Callable[[], None]] = [
+            hub.listen(self._report), hub.watch_display(self._display), hub.watch_drops(self._dropped),
+        ]
         if events:
             self._stops.append(hub.pubsub.observe(self._published))
         client.on_connect = self._on_connect
@@ -332,6 +334,14 @@ class MQTTBridge(Service):
     def _report(self, report) -> None:
         for message in ha.plug_messages(report.plug, report.previous is None, self._topics):
             self._publish(message)
+
+    def _dropped(self, plugs) -> None:
+        # Several nodes: another node's copy of the state won over this
+        # node's, which held these plugs; they are gone from every node, so
+        # their entities go from Home Assistant too.
+        for plug in plugs:
+            for message in ha.removal_messages(plug.id, self._topics):
+                self._publish(message)
 
     def _display(self, event) -> None:
         if event.command is not None:
