@@ -27,20 +27,29 @@ def messages(channel) -> list:
     return found
 
 
+def on_redis(testcase) -> None:
+    """
+    Give C{testcase} a Redis of its own (C{server}), a client on it
+    (C{client}, C{state}) and a subscription to the change channel
+    (C{channel}).
+    """
+    testcase.server = start_redis(testcase)
+    testcase.client = redis.Redis.from_url(testcase.server.url)
+    testcase.addCleanup(testcase.client.close)
+    testcase.state = RedisState(testcase.client)
+    testcase.channel = testcase.client.pubsub()
+    testcase.channel.subscribe(CHANNEL)
+    testcase.addCleanup(testcase.channel.close)
+    testcase.assertEqual(testcase.channel.get_message(timeout=5)["type"], "subscribe")
+
+
 class StateTests(SynchronousTestCase):
     """
     What one commit writes and publishes, and what a node loads.
     """
 
     def setUp(self):
-        self.server = server = start_redis(self)
-        self.client = redis.Redis.from_url(server.url)
-        self.addCleanup(self.client.close)
-        self.state = RedisState(self.client)
-        self.channel = self.client.pubsub()
-        self.channel.subscribe(CHANNEL)
-        self.addCleanup(self.channel.close)
-        self.assertEqual(self.channel.get_message(timeout=5)["type"], "subscribe")
+        on_redis(self)
         self.assertTrue(self.state.initialise("inc-1", [], None))
 
     def messages(self):
@@ -272,14 +281,7 @@ class EmptySeedTests(SynchronousTestCase):
     """
 
     def setUp(self):
-        self.server = server = start_redis(self)
-        self.client = redis.Redis.from_url(server.url)
-        self.addCleanup(self.client.close)
-        self.state = RedisState(self.client)
-        self.channel = self.client.pubsub()
-        self.channel.subscribe(CHANNEL)
-        self.addCleanup(self.channel.close)
-        self.assertEqual(self.channel.get_message(timeout=5)["type"], "subscribe")
+        on_redis(self)
 
     def messages(self):
         return messages(self.channel)
