@@ -903,6 +903,9 @@ class EngineTests(TestCase):
         yield until(lambda: len(tries) == redis_engine._REPLACE_TRIES and a.engine.mode == redis_engine.DOWN,
                     "A to give up this load", timeout=20)
         self.assertEqual(tries, [True] * redis_engine._REPLACE_TRIES)
+        # Said as a Redis that answers, not as an unreachable one.
+        self.assertEqual(len(self.lines("answers, but the empty seed in it changed under each of 3 tries")), 1)
+        self.assertEqual(self.lines("unreachable (the empty seed"), [])
         self.assertFalse(a.engine._no_copy)
         self.assertEqual(a.hub.plug("p").value, 1)
         self.assertTrue(self.snapshot().empty_seed)
@@ -915,8 +918,8 @@ class EngineTests(TestCase):
         """
         A change made on an empty seed after a node's copy took its place
         (the fresh node heard so, but has not loaded the copy yet: held back
-        here) is refused with words that say so, in the log and in the
-        answer, not that Redis lost its data (it lost nothing); the node
+        here) is refused, and the log says why in words that say so, not
+        that Redis lost its data (it lost nothing); the node
         then loads the copy, and the change goes through on it.
         """
         (a,) = yield self.nodes(1)

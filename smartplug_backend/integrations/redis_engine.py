@@ -101,6 +101,14 @@ class _NothingToSeed(redis.RedisError):
     """
 
 
+class _SeedChanging(redis.RedisError):
+    """
+    The empty seed in Redis changed under every try to put this node's copy
+    in its place: Redis answers; the node tries again later, rather than
+    load an empty seed over its copy.
+    """
+
+
 class _Unanswered(redis.ConnectionError):
     """
     Work refused on the Redis thread because Redis stopped answering before
@@ -642,6 +650,9 @@ class RedisEngine(ThreadPoolService):
         renewed = False
         replaced = False
         tried = False
+        # The empty seed this node last tried to replace (None: it tried to
+        # seed an empty Redis).
+        tried_on = None
         snapshot = self.state.snapshot()
         if snapshot is None:
             if not may_seed and not (if_alone and not self.state.other_nodes(self.node_id)):
@@ -674,10 +685,11 @@ class RedisEngine(ThreadPoolService):
             # and unchanged: of two nodes with a copy, one takes its place,
             # and the other loads that node's copy.
             if tries == _REPLACE_TRIES:
-                raise redis.RedisError("the empty seed in Redis changed under every try to put this node's copy in "
-                                       "its place")
+                raise _SeedChanging(f"the empty seed in it changed under each of {_REPLACE_TRIES} tries to put this "
+                                    "node's copy in its place; trying again")
             tries += 1
             tried = True
+            tried_on = snapshot.incarnation
             incarnation = secrets.token_urlsafe(12)
             notice = json.dumps({"kind": "replaced", "incarnation": incarnation, "replaced": snapshot.incarnation,
                                  "node": self.node_name, "origin": self.node_id}, separators=(",", ":"))
@@ -691,7 +703,10 @@ class RedisEngine(ThreadPoolService):
             raise redis.RedisError("Redis restarted again while its state was being loaded")
         # Redis answers again: work queued behind this load may ask it.
         self._unanswered.clear()
-        beaten = tried and not no_copy and seeded is None
+        # Another node's copy came first: not an empty seed that a change
+        # made a state like any other (its incarnation stays).
+        beaten = (tried and not no_copy and seeded is None and not snapshot.empty_seed
+                  and snapshot.incarnation != tried_on)
         return snapshot, seeded, renewed, replaced, beaten
 
     def _log_empty_seed(self) -> None:
@@ -741,6 +756,10 @@ class RedisEngine(ThreadPoolService):
             if not self._told_nothing_to_seed:
                 self._told_nothing_to_seed = True
                 self._log.warn("Redis at {where} answers, but {why}", where=self.where, why=failure.getErrorMessage())
+        elif failure.check(_SeedChanging):
+            # Redis answers: said as such, not as unreachable.
+            self._log.warn("Redis at {where} answers, but {why}", where=self.where, why=failure.getErrorMessage())
+            self._away = True
         else:
             # Away again: the nodes that hold the state get their time anew.
             self._empty_since = None
