@@ -426,60 +426,25 @@ class StateTests(BridgeTestCase):
             (TOPICS.plug_state("hall/1"), b"OFF", 1, True),
         ])
 
-    def test_dropped_plugs_removed(self):
+    def test_dropped_plug_keeps_its_entity(self):
         """
-        Plugs the hub drops (several nodes: another node's copy won) are
-        taken out of Home Assistant: their retained config and state are
-        cleared; the kept plugs are left alone.
-        """
-        self.hub.report("a", 1, "http", "p")
-        self.hub.report("b", 1, "http", "p")
-        self.connect()
-        self.hub.keep_plugs(["b"])
-        self.assertEqual(self.client.published, [
-            (TOPICS.plug_config("a"), b"", 1, True),
-            (TOPICS.plug_state("a"), b"", 1, True),
-        ])
-
-    def test_dropped_while_disconnected(self):
-        """
-        Plugs dropped while the broker is away are taken out of Home
-        Assistant on the next connect, before the republish (which sends
-        only the plugs known), unless reported again meanwhile.
-        """
-        for plug_id in "abc":
-            self.hub.report(plug_id, 1, "http", "p")
-        self.connect()
-        self.client.dropped()
-        self.hub.keep_plugs(["b"])
-        self.hub.report("c", 0, "http", "p")
-        self.client.connected()
-        self.assertEqual(self.client.published[:2], [
-            (TOPICS.plug_config("a"), b"", 1, True),
-            (TOPICS.plug_state("a"), b"", 1, True),
-        ])
-        self.assertNotIn(TOPICS.plug_config("a"), self.client.topics()[2:])
-        self.assertIn(TOPICS.plug_config("c"), self.client.topics()[2:])
-        self.assertNotIn((TOPICS.plug_config("c"), b"", 1, True), self.client.published)
-        self.client.published.clear()
-        self.client.message(TOPICS.ha_status, b"online")
-        self.assertNotIn(TOPICS.plug_config("a"), self.client.topics())
-
-    def test_dropped_during_a_republish(self):
-        """
-        A plug dropped while a republish is under way does not get its
-        config back from the rest of the republish.
+        A plug the hub drops (several nodes: another copy of the state won)
+        is not taken out of Home Assistant, nor published by a republish
+        under way; reported again, its config and state are published, so
+        that the same entity (unique id) comes back to life, name and area
+        kept.
         """
         self.patch(mqtt, "REPUBLISH_WINDOW", 4)
         for plug_id in "abcdef":
             self.hub.report(plug_id, 1, "http", "p")
         self.client.connected()
         self.hub.keep_plugs(["a", "b", "c", "d", "e"])
-        self.client.acknowledge()
-        self.client.acknowledge()
-        self.client.acknowledge()
-        configs = [p for p in self.client.published if p[0] == TOPICS.plug_config("f")]
-        self.assertEqual(configs, [(TOPICS.plug_config("f"), b"", 1, True)])
+        for _ in range(3):
+            self.client.acknowledge()
+        self.assertEqual([p for p in self.client.published if "/f/" in p[0] or p[0].endswith("_f/config")], [])
+        self.client.published.clear()
+        self.hub.report("f", 0, "http", "p")
+        self.assertEqual(self.client.topics(), [TOPICS.plug_config("f"), TOPICS.plug_state("f")])
 
     def test_display_from_http(self):
         """

@@ -294,8 +294,8 @@ def discovery_now(plug_ids: list[str], plug: Callable[[str], Optional[Plug]],
     for c in COMMANDS:
         yield Message(topics.button_config(c), _json(button_config(c, topics)))
     for plug_id in plug_ids:
-        # A plug dropped meanwhile (several nodes) was taken out of Home
-        # Assistant: its config is not brought back.
+        # A plug dropped meanwhile (several nodes: another copy of the
+        # state won) is no longer published.
         if plug(plug_id) is not None:
             yield Message(topics.plug_config(plug_id), _json(plug_config(plug_id, topics)))
     shown = display()
@@ -315,14 +315,6 @@ def plug_messages(plug: Plug, first: bool, topics: Topics) -> list[Message]:
     messages = [Message(topics.plug_config(plug.id), _json(plug_config(plug.id, topics)))] if first else []
     messages.append(Message(topics.plug_state(plug.id), plug_state(plug.value)))
     return messages
-
-
-def removal_messages(plug_id: str, topics: Topics) -> list[Message]:
-    """
-    What takes a plug out of Home Assistant: its retained config and state
-    cleared (an empty retained message removes the entity).
-    """
-    return [Message(topics.plug_config(plug_id), b""), Message(topics.plug_state(plug_id), b"")]
 
 
 def display_message(display: Display, topics: Topics) -> Message:

@@ -14,7 +14,6 @@ and no answer ever waits for the broker.
 This module imports paho; C{tap} imports it only when C{MQTT_URL} is set.
 """
 
-import itertools
 import re
 import shlex
 import ssl
@@ -42,9 +41,6 @@ REPUBLISH_WINDOW = limits.MQTT_REPUBLISH_WINDOW
 # said every time the broker hands it over).
 RETAINED_TOLD = 1000
 STOP_TIMEOUT = limits.MQTT_STOP_TIMEOUT
-# Plugs dropped while disconnected whose removal is remembered until the
-# next connect (past that, their entities stay until cleared by hand).
-REMOVALS_KEPT = 10000
 # The origin our publications into pub/sub carry (the dashboard shows it).
 ORIGIN = "mqtt"
 PEER = "mqtt"
@@ -133,14 +129,12 @@ class MQTTBridge(Service):
         self.link = Link("mqtt", broker.where, reactor.seconds)
         # Topics whose retained command was said to be ignored.
         self._told_retained: set = set()
-        # Plugs dropped while disconnected, to take out of Home Assistant on
-        # the next connect (a republish sends only the plugs known).
-        self._removals: dict = {}
         # Subscribed now, in wiring order (tap adds tweets after us, as
         # SPEC 1.1 wants them last); nothing is published before connecting.
-        self._stops: list[Callable[[], None]] = [
-            hub.listen(self._report), hub.watch_display(self._display), hub.watch_drops(self._dropped),
-        ]
+        # A plug the hub drops (several nodes: another copy of the state
+        # won) keeps its entity in Home Assistant: it is the same entity,
+        # name and area kept, once the plug reports again.
+        self._stops: list[Callable[[], None]] = [hub.listen(self._report), hub.watch_display(self._display)]
         if events:
             self._stops.append(hub.pubsub.observe(self._published))
         client.on_connect = self._on_connect
@@ -282,16 +276,7 @@ class MQTTBridge(Service):
             # start) does not know the display: its retained state stays.
             return hub.display() if hub.display_known else None
 
-        def removed():
-            # Each forgotten as it goes out (a republish started again sends
-            # the rest); a plug reported again since stays.
-            for plug_id in list(self._removals):
-                if self._removals.pop(plug_id, False) is None and hub.plug(plug_id) is None:
-                    yield from ha.removal_messages(plug_id, self._topics)
-
-        self._republishing = itertools.chain(
-            removed(), ha.discovery_now([p.id for p in hub.plugs()], hub.plug, display, self._topics)
-        )
+        self._republishing = ha.discovery_now([p.id for p in hub.plugs()], hub.plug, display, self._topics)
         self._held = None
         self._pump()
 
@@ -350,18 +335,6 @@ class MQTTBridge(Service):
     def _report(self, report) -> None:
         for message in ha.plug_messages(report.plug, report.previous is None, self._topics):
             self._publish(message)
-
-    def _dropped(self, plugs) -> None:
-        # Several nodes: another node's copy of the state won over this
-        # node's, which held these plugs; they are gone from every node, so
-        # their entities go from Home Assistant too, now or at the next
-        # connect.
-        for plug in plugs:
-            if self._connected:
-                for message in ha.removal_messages(plug.id, self._topics):
-                    self._publish(message)
-            elif len(self._removals) < REMOVALS_KEPT:
-                self._removals[plug.id] = None
 
     def _display(self, event) -> None:
         if event.command is not None:
