@@ -135,8 +135,8 @@ class Feed:
     def dropped(self, plugs) -> None:
         """
         A hub drop listener: plugs the hub no longer has (on Redis, another
-        node's copy of the state won over this node's).  The page takes them
-        off its list; a snapshot no longer holds them.
+        node's copy of the state won over this node's, or Redis lost them).
+        The page takes them off its list; a snapshot no longer holds them.
         """
         gone = {plug.id for plug in plugs}
         for plug_id in gone:
@@ -186,7 +186,8 @@ class Feed:
 
     def server_changed(self) -> None:
         """
-        The server's facts changed (a backup was taken).
+        The server's facts changed (a backup was taken, Redis or the MQTT
+        broker came or went).
         """
         self._mark("server")
 

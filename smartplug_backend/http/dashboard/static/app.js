@@ -287,7 +287,7 @@ function showPlugs(list) {
 }
 
 // A plug the server no longer has (on Redis, another node's copy of the
-// state won over this node's) goes, card and chart.
+// state won over this node's, or Redis lost it) goes, card and chart.
 function dropPlug(id) {
   const entry = plugs.get(id);
   if (!entry) return;
