@@ -34,7 +34,7 @@ from .server.runtime import FreezeStartupObjects, StopInOrder
 from .server.services import GoingAway, StartupError, ThreadPoolService, exit_startup
 from .server.tls import TLS, TLSError
 from .state.autobackup import BackupService, automatic_backup
-from .state.backup import AUTOMATIC, DEFAULT_DIRECTORY, newest
+from .state.backup import AUTOMATIC, DEFAULT_DIRECTORY, before_upgrade, newest
 from .state.persistence import StoreService
 from .ws.apps import AppFactory
 from .ws.devices import DeviceFactory
@@ -268,6 +268,9 @@ def _local_state(settings: config.Settings, reactor, top: MultiService, commits,
         settings.STATE_DB, settings.HISTORY_KEEP, reactor,
         lambda journal: Hub(now=reactor.seconds, journal=MeteredJournal(journal, commits, reactor), history=history(),
                             publish_reports=True),
+        # A file upgraded to a newer schema is backed up first: older
+        # versions refuse it, and their restore takes the backup.
+        before_upgrade=before_upgrade(settings.STATE_DB, settings.path, DEFAULT_DIRECTORY),
     )
     hub = state.hub
     state.setServiceParent(top)

@@ -8,6 +8,7 @@ import io
 import os
 import re
 import sqlite3
+import stat
 import tarfile
 import time
 
@@ -17,7 +18,7 @@ from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from smartplug_backend.core.hub import Plug
-from smartplug_backend.state import backup, cli, lock
+from smartplug_backend.state import backup, cli, lock, store
 from smartplug_backend.state.autobackup import BackupService, automatic_backup
 from smartplug_backend.state.store import Store
 
@@ -387,6 +388,52 @@ class LastOnTests(Files):
         running.light(b"OFF")
         running.stop()
         self.assertEqual(self.start().light(b"ON"), ["[cc:2:0,128,255:2]"])
+
+
+class BeforeUpgradeTests(Files):
+    """
+    A database upgraded to a newer schema is backed up first, so that the
+    older version that refuses the upgraded file can restore it.
+    """
+
+    def test_backup_before_upgrade(self):
+        """
+        The backup holds the file as it was (its older schema) and the
+        settings, is named as such, is not pruned with the automatic ones,
+        and restores.
+        """
+        db = os.path.join(self.scratch(), "older.sqlite")
+        build_v3(db, [("a", 1, 1.0, "http")], '{"mode": 2, "color": [0, 128, 255], "pulse": 2}')
+        opened = store.Store.open(db, 10, backup.before_upgrade(db, self.settings, self.backups, now=self.now))
+        self.addCleanup(opened.close)
+        schema, archive = opened.upgraded_from
+        self.assertEqual((schema, os.path.dirname(archive)), (3, self.backups))
+        self.assertTrue(os.path.basename(archive).startswith("smartplug-before-upgrade-"))
+        self.assertEqual(stat.S_IMODE(os.stat(archive).st_mode), 0o600)
+        with tarfile.open(archive) as tar:
+            self.assertEqual(sorted(tar.getnames()), ["settings.py", "state.sqlite"])
+            inside = os.path.join(self.scratch(), "inside.sqlite")
+            with open(inside, "wb") as f:
+                f.write(tar.extractfile("state.sqlite").read())
+        self.assertEqual(pragma(inside, "user_version"), 3)
+        self.assertEqual(backup.prune(self.backups, 0), [])
+        self.assertTrue(os.path.exists(archive))
+
+    def test_no_upgrade_without_its_backup(self):
+        """
+        A backup that cannot be written (the folder is a file here) refuses
+        the upgrade with one line saying why; the file stays as it was.
+        """
+        db = os.path.join(self.scratch(), "older.sqlite")
+        build_v3(db, [("a", 1, 1.0, "http")], '{"mode": 0}')
+        with open(self.backups, "w"):
+            pass
+        error = self.assertRaises(store.UnusableDatabase, store.Store.open, db, 10,
+                                  backup.before_upgrade(db, self.settings, self.backups))
+        self.assertEqual(str(error), f"{db} is at schema 3 and needs an upgrade, but a backup of it as it is "
+                                     f"could not be taken first (cannot write to {self.backups}: it is a file, not "
+                                     "a directory); left untouched")
+        self.assertEqual(pragma(db, "user_version"), 3)
 
 
 class CommandLineTests(Files):

@@ -23,6 +23,7 @@ from smartplug_backend.state.store import Store
 from .disk import fill, release, small_disk
 from .server import RunningServer, twistd_command
 from .test_e2e import http
+from .test_store import build_v3
 
 SECRET = "s3cret"
 SETTINGS = f'STATE_DB = "state.sqlite"\nAUTH_SECRET = {SECRET!r}\n'
@@ -375,6 +376,25 @@ class BackupEndToEndTests(Scratch):
         # One kept; a second only between a new backup and its pruning.
         self.assertIn(len(kept), (1, 2))
         self.assertNotIn("Traceback", server.log())
+
+
+    def test_backup_before_upgrade(self):
+        """
+        A state file of an older schema is backed up before the real server
+        upgrades it, and the log says where; the backup restores it as it
+        was (older versions refuse the upgraded file).
+        """
+        build_v3(self.db, [("a", 1, 1.0, "http")], '{"mode": 2, "color": [255, 65, 174], "pulse": 0}')
+        server = self.start()
+        found = server.wait_for(r"is upgraded to schema \d+, which older versions refuse; a backup of it as it was "
+                                r"is in (backups/smartplug-before-upgrade-\S+\.tar\.gz): to go back")
+        self.assertEqual([(p["id"], p["value"]) for p in get_json(server, "/plugs")], [("a", 1)])
+        server.stop()
+        restored = cli(self.directory, "restore", found.group(1), "--settings", "settings.py")
+        self.assertEqual(restored.returncode, 0, restored.stderr)
+        db = sqlite3.connect(self.db)
+        self.addCleanup(db.close)
+        self.assertEqual(db.execute("PRAGMA user_version").fetchone()[0], 3)
 
 
 class FullDiskTests(Scratch):

@@ -27,6 +27,7 @@ from smartplug_backend.server.services import StartupError
 from smartplug_backend.state import persistence
 from smartplug_backend.state import store as store_module
 from smartplug_backend.state.autobackup import BackupService
+from smartplug_backend.state.backup import before_upgrade
 from smartplug_backend.state.persistence import SQLiteJournal, StoreService
 from smartplug_backend.state.store import Store
 
@@ -632,7 +633,8 @@ class Running:
     def __init__(self, testcase, path: str) -> None:
         self.journal = SQLiteJournal(run=maybeDeferred)
         self.hub = Hub(journal=self.journal)
-        self.service = StoreService(path, 10, self.journal, self.hub, ThreadPool(), SynchronousReactor())
+        self.service = StoreService(path, 10, self.journal, self.hub, ThreadPool(), SynchronousReactor(),
+                                    before_upgrade(path, None, path + "-backups"))
         self.service.privilegedStartService()
         self.packets = []
         self.hub.watch_display(lambda event: self.packets.append(event.packet))
@@ -719,9 +721,10 @@ class LastOnRestartTests(SynchronousTestCase):
         first = self.start()
         self.assertEqual(first.hub.plugs(), [Plug("a", 1, 1.0)])
         # The way back to an older version is kept, and said.
+        (kept,) = os.listdir(self.path + "-backups")
         self.assertIn(f"{self.path} was written by an older smartplug (schema 3) and is upgraded to schema 4, which "
-                      f"older versions refuse; the file as it was is kept as {self.path}.schema-3, to go back to such "
-                      "a version", [formatEvent(e) for e in logged])
+                      f"older versions refuse; a backup of it as it was is in {self.path}-backups/{kept}: to go back "
+                      "to such a version, restore it with that version", [formatEvent(e) for e in logged])
         first.light(b"OFF")
         self.assertEqual(self.restart(first).light(b"ON"), ["[cc:2:255,0,0:4]"])
         self.path = os.path.abspath(self.mktemp())

@@ -308,39 +308,41 @@ class UpgradeTests(SynchronousTestCase):
         self.addCleanup(older.close)
         self.assertEqual(last_on(older), (None, None))
 
-    def test_copy_kept_before_upgrade(self):
+    def test_kept_before_upgrade(self):
         """
-        A file at an older schema is copied as it was, to
-        C{<file>.schema-<n>}, before it is upgraded: the way back to an
-        older version, which refuses the upgraded file.  A new file, and one
-        at the newest schema, get no copy.
+        A file at an older schema is handed to C{before_upgrade} with its
+        schema before it is upgraded (older versions refuse the upgraded
+        file); what that returns is told.  A new file, and one at the
+        newest schema, are not handed over.
         """
         build_v3(self.path, [("a", 1, 1.0, "http")], '{"mode": 1, "weather": 3, "intensity": 9}')
-        opened = Store.open(self.path, 10)
-        self.addCleanup(opened.close)
-        copy = self.path + ".schema-3"
-        self.assertEqual(opened.upgraded_from, (3, copy))
-        self.assertEqual((pragma(copy, "user_version"), pragma(self.path, "user_version")), (3, len(UPGRADES)))
-        db = sqlite3.connect(copy)
-        self.addCleanup(db.close)
-        self.assertEqual(db.execute("SELECT id, value FROM plugs").fetchall(), [("a", 1)])
-        self.assertEqual([n for n in os.listdir(os.path.dirname(self.path)) if n.endswith(".partial")], [])
-        again = Store.open(self.path, 10)
-        self.addCleanup(again.close)
-        fresh = Store.open(self.mktemp(), 10)
-        self.addCleanup(fresh.close)
-        self.assertEqual((again.upgraded_from, fresh.upgraded_from), (None, None))
+        asked = []
 
-    def test_no_upgrade_without_its_copy(self):
+        def keep(schema):
+            asked.append((schema, pragma(self.path, "user_version")))
+            return "backups/before.tar.gz"
+
+        opened = Store.open(self.path, 10, keep)
+        self.addCleanup(opened.close)
+        self.assertEqual((asked, opened.upgraded_from), ([(3, 3)], (3, "backups/before.tar.gz")))
+        again = Store.open(self.path, 10, keep)
+        self.addCleanup(again.close)
+        fresh = Store.open(self.mktemp(), 10, keep)
+        self.addCleanup(fresh.close)
+        self.assertEqual((len(asked), again.upgraded_from, fresh.upgraded_from), (1, None, None))
+
+    def test_no_upgrade_without_its_backup(self):
         """
-        When the copy cannot be written, the file is not upgraded: refused
-        with one line saying why, and left as it was.
+        When C{before_upgrade} refuses, the file is not upgraded: its
+        refusal is the one line, and the file is left as it was.
         """
         build_v3(self.path, [("a", 1, 1.0, "http")], '{"mode": 0}')
-        os.mkdir(self.path + ".schema-3")
-        error = self.assertRaises(UnusableDatabase, Store.open, self.path, 10)
-        self.assertIn(f"{self.path} is at schema 3 and needs an upgrade, but a copy of it as it is could not be "
-                      f"written to {self.path}.schema-3 (", str(error))
+
+        def refuse(schema):
+            raise UnusableDatabase(f"schema {schema}: no room for its backup")
+
+        error = self.assertRaises(UnusableDatabase, Store.open, self.path, 10, refuse)
+        self.assertEqual(str(error), "schema 3: no room for its backup")
         self.assertEqual(pragma(self.path, "user_version"), 3)
 
     def test_upgrade_step_runs_once(self):

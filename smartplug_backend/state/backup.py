@@ -27,6 +27,8 @@ ARCHIVE_DB = "state.sqlite"
 ARCHIVE_SETTINGS = "settings.py"
 MANUAL = "smartplug-backup"
 AUTOMATIC = "smartplug-auto"
+# Taken before a state database is upgraded to a newer schema; never pruned.
+BEFORE_UPGRADE = "smartplug-before-upgrade"
 
 
 class BackupError(Exception):
@@ -166,6 +168,30 @@ def take(db_path: str, settings_path: Optional[str], directory: str, prefix: str
         raise BackupError(f"cannot write the backup to {directory}: {e}") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def before_upgrade(db_path: str, settings_path: Optional[str], directory: str,
+                   now: Callable[[], float] = time.time) -> Callable[[int], str]:
+    """
+    What L{store.Store.open} calls before it upgrades the database at
+    C{db_path} from an older schema, which older versions then refuse: a
+    backup of it as it is (and of the settings file), named
+    C{smartplug-before-upgrade-<UTC time>.tar.gz}, that the older version's
+    C{restore} takes back.
+
+    @return: C{take(schema)}, returning the backup's path, or raising
+        L{store.UnusableDatabase} (nothing is upgraded then).
+    """
+    def take_before(schema: int) -> str:
+        try:
+            return take(db_path, settings_path, directory, prefix=BEFORE_UPGRADE, now=now)
+        except BackupError as e:
+            raise store.UnusableDatabase(
+                f"{db_path} is at schema {schema} and needs an upgrade, but a backup of it as it is could not be "
+                f"taken first ({e}); left untouched"
+            ) from None
+
+    return take_before
 
 
 def prune(directory: str, keep: int, prefix: str = AUTOMATIC) -> list[str]:

@@ -74,16 +74,18 @@ class SQLiteJournal:
         # that starts on a nearly full disk says so as it opens the store.
         self._log_pages = WAL_PAGES
 
-    def open(self, path: str, keep: int) -> tuple[list, Optional[Display], list, LastOn]:
+    def open(self, path: str, keep: int,
+             before_upgrade: Optional[Callable[[int], str]] = None) -> tuple[list, Optional[Display], list, LastOn]:
         """
         Open the database at C{path} (created if missing) as this journal's
         store, here and now (start-up, before anything is queued).
 
+        @param before_upgrade: see L{Store.open}.
         @return: the stored plugs, display state, pub/sub streams and what
             the display was last when on, to restore the hub.
         @raise sqlite3.Error, UnusableDatabase: the file cannot be used.
         """
-        self.store = Store.open(path, keep)
+        self.store = Store.open(path, keep, before_upgrade)
         self._log_length(self.store.log_pages, self.store.log_free)
         return self.store.plugs(), self.store.display(), self.store.streams(), self.store.last_on()
 
@@ -256,23 +258,28 @@ class StoreService(ThreadPoolService):
 
     _log = _log
 
-    def __init__(self, path: str, keep: int, journal: SQLiteJournal, hub, pool: ThreadPool, reactor) -> None:
+    def __init__(self, path: str, keep: int, journal: SQLiteJournal, hub, pool: ThreadPool, reactor,
+                 before_upgrade: Optional[Callable[[int], str]] = None) -> None:
         super().__init__(pool, reactor)
         self.path = path
         self._keep = keep
+        self._before_upgrade = before_upgrade
         self.hub = hub
         self.journal = journal
         self._lock = None
 
     @classmethod
-    def with_hub(cls, path: str, keep: int, reactor, make_hub: Callable[[SQLiteJournal], Any]) -> "StoreService":
+    def with_hub(cls, path: str, keep: int, reactor, make_hub: Callable[[SQLiteJournal], Any],
+                 before_upgrade: Optional[Callable[[int], str]] = None) -> "StoreService":
         """
         The service, its one-thread writer pool and its journal, with the hub
         that C{make_hub(journal)} builds on that journal.
+
+        @param before_upgrade: see L{Store.open}.
         """
         pool = ThreadPool(minthreads=1, maxthreads=1, name="smartplug-store")
         journal = SQLiteJournal(partial(deferToThreadPool, reactor, pool), turn_end=partial(reactor.callLater, 0))
-        return cls(path, keep, journal, make_hub(journal), pool, reactor)
+        return cls(path, keep, journal, make_hub(journal), pool, reactor, before_upgrade)
 
     def privilegedStartService(self) -> None:
         # Before the reactor runs, nothing waits on this thread, so the
@@ -282,7 +289,7 @@ class StoreService(ThreadPoolService):
         super().privilegedStartService()
         try:
             self._lock = hold(self.path)
-            plugs, display, streams, last_on = self.journal.open(self.path, self._keep)
+            plugs, display, streams, last_on = self.journal.open(self.path, self._keep, self._before_upgrade)
             if streams and not self.hub.pubsub.history.enabled:
                 # PUBSUB_HISTORY = 0 records nothing from now on: offsets
                 # stored now would be reused later under the same epoch.
@@ -306,8 +313,9 @@ class StoreService(ThreadPoolService):
         if upgraded is not None:
             self._log.info(
                 "{path} was written by an older smartplug (schema {old}) and is upgraded to schema {new}, which "
-                "older versions refuse; the file as it was is kept as {copy}, to go back to such a version",
-                path=self.path, old=upgraded[0], new=len(UPGRADES), copy=upgraded[1],
+                "older versions refuse; a backup of it as it was is in {backup}: to go back to such a version, "
+                "restore it with that version",
+                path=self.path, old=upgraded[0], new=len(UPGRADES), backup=upgraded[1],
             )
 
     def stopService(self):

@@ -15,7 +15,7 @@ import contextlib
 import json
 import os
 import sqlite3
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from ..core.display import NEVER_ON, Display, InvalidDisplay, LastOn, validate_display
 from ..core.history import new_epoch
@@ -376,41 +376,6 @@ def upgrade(db: sqlite3.Connection, version: int) -> None:
             db.execute(f"PRAGMA user_version = {step + 1}")
 
 
-def keep_before_upgrade(db: sqlite3.Connection, path: str, version: int) -> Optional[str]:
-    """
-    Before a database at an older schema C{version} is upgraded, copy it as
-    it is to C{<path>.schema-<version>} (SQLite's online backup): older
-    versions refuse the upgraded file, and that copy is the way back, even
-    once the automatic backups taken before the upgrade have been pruned.
-
-    @return: the copy's path, or C{None} for a new file or one at the newest
-        schema (nothing to upgrade).
-    @raise UnusableDatabase: the copy could not be written; nothing was
-        upgraded.
-    """
-    if version == 0 or version >= len(UPGRADES):
-        return None
-    copy = f"{path}.schema-{version}"
-    partial = copy + ".partial"
-    try:
-        target = sqlite3.connect(partial)
-        try:
-            db.backup(target)
-        finally:
-            target.close()
-        os.replace(partial, copy)
-    except (sqlite3.Error, OSError) as e:
-        try:
-            os.remove(partial)
-        except OSError:
-            pass
-        raise UnusableDatabase(
-            f"{path} is at schema {version} and needs an upgrade, but a copy of it as it is could not be "
-            f"written to {copy} ({e}); left untouched"
-        ) from None
-    return copy
-
-
 def renew_epochs(db: sqlite3.Connection) -> None:
     """
     Give every pub/sub event in C{db} a new epoch, keeping its offsets: its
@@ -458,8 +423,8 @@ class Store:
         self.log_pages = WAL_PAGES_LOW_DISK
         # Bytes free on the disk when fit_log last looked, if it could tell.
         self.log_free: Optional[int] = None
-        # (schema, copy): the file was at that older schema when opened, and
-        # is kept as it was in that copy (keep_before_upgrade).
+        # (schema, where): the file was at that older schema when opened,
+        # and is kept as it was there (Store.open's before_upgrade).
         self.upgraded_from: Optional[tuple[int, str]] = None
         self._disk = disk_of(path)
         # The most room the disk can have (disk_size): one smaller than
@@ -474,9 +439,15 @@ class Store:
         return self._path
 
     @classmethod
-    def open(cls, path: str, keep: int) -> "Store":
+    def open(cls, path: str, keep: int, before_upgrade: Optional[Callable[[int], str]] = None) -> "Store":
         """
         Open (creating it if need be) and upgrade the database at C{path}.
+
+        @param before_upgrade: called with the file's schema before a file
+            at an older one is upgraded (older versions refuse the upgraded
+            file): keeps it as it is, returns where (see
+            L{upgraded_from}), or raises L{UnusableDatabase}, and then the
+            file is not upgraded.
 
         @raise UnusableDatabase: if the file cannot be used; it is not changed.
         """
@@ -493,7 +464,9 @@ class Store:
                 raise
             except UnusableDatabase as e:
                 raise UnusableDatabase(f"{e}; left untouched: move it away or point STATE_DB at another file") from None
-            kept = keep_before_upgrade(db, path, version)
+            kept = None
+            if before_upgrade is not None and 0 < version < len(UPGRADES):
+                kept = before_upgrade(version)
             # WAL: readers (the backup) never block the writer, and a commit
             # is one append.  Set on every open: a restored backup has none.
             db.execute("PRAGMA journal_mode = WAL")
