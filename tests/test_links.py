@@ -23,7 +23,8 @@ class LinkTests(SynchronousTestCase):
         A new link is down, "connecting", since it was made.
         """
         self.assertEqual(self.link.as_json(),
-                         {"name": "mqtt", "where": "mqtt://broker:1883", "up": False, "since": 100, "why": "connecting"})
+                         {"name": "mqtt", "where": "mqtt://broker:1883", "up": False, "answers": False, "since": 100,
+                          "why": "connecting"})
 
     def test_up_and_down(self):
         """
@@ -39,8 +40,10 @@ class LinkTests(SynchronousTestCase):
         self.clock.advance(30)
         self.link.went_down("refused: Not authorized")
         self.link.went_down("refused: Not authorized")
-        self.assertEqual([(c["up"], c["since"], c["why"]) for c in self.changes], [
-            (True, 105, None),
-            (False, 165, "cannot connect: Connection refused"),
-            (False, 165, "refused: Not authorized"),
+        self.link.went_down("it holds no state", answers=True)
+        self.assertEqual([(c["up"], c["answers"], c["since"], c["why"]) for c in self.changes], [
+            (True, True, 105, None),
+            (False, False, 165, "cannot connect: Connection refused"),
+            (False, False, 165, "refused: Not authorized"),
+            (False, True, 165, "it holds no state"),
         ])

@@ -697,6 +697,10 @@ class EngineTests(TestCase):
         self.redis.start()
         yield until(lambda: self.lines("answers, but it holds no state"), "the late node to refuse to seed", timeout=30)
         self.assertEqual(late.engine.mode, redis_engine.DOWN)
+        # The dashboard says Redis answers but is not in use, not that it
+        # cannot be reached.
+        self.assertEqual((late.engine.link.up, late.engine.link.answers), (False, True))
+        self.assertIn("it holds no state", late.engine.link.why)
         self.patch(a.engine, "_resync", redis_engine.RedisEngine._resync.__get__(a.engine))
         a.engine._resync()
         yield until(lambda: late.engine.mode == redis_engine.UP, "the late node to load A's copy", timeout=30)

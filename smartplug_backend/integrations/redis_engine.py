@@ -757,13 +757,12 @@ class RedisEngine(ThreadPoolService):
                 self._told_nothing_to_seed = True
                 self._log.warn("Redis at {where} answers, but {why}", where=self.where, why=failure.getErrorMessage())
         elif failure.check(_SeedChanging):
-            # Redis answers: said as such, not as unreachable.
             self._log.warn("Redis at {where} answers, but {why}", where=self.where, why=failure.getErrorMessage())
-            self._away = True
         else:
             # Away again: the nodes that hold the state get their time anew.
             self._empty_since = None
-        self._lost(_why(failure.value, self.where))
+        # Redis answers in those two cases: said as such, not as unreachable.
+        self._lost(_why(failure.value, self.where), answers=failure.check(_NothingToSeed, _SeedChanging) is not None)
         # The channel may still be up: try again rather than wait for it.
         self._retry_later()
 
@@ -960,20 +959,27 @@ class RedisEngine(ThreadPoolService):
         if over:
             self._run(self.state.lift_bans, over).addErrback(lambda f: None)
 
-    def _lost(self, why: str) -> None:
+    def _lost(self, why: str, answers: bool = False) -> None:
+        """
+        Changes cannot be committed: Redis does not answer, or (C{answers})
+        answers but holds no state this node can load yet (the caller said
+        so in the log).
+        """
         self._generation += 1
         self._mode = DOWN
         self._unanswered.set()
         self._buffer = []
-        self.link.went_down(why)
+        self.link.went_down(why, answers=answers)
         if not self._away:
             self._away = True
-            self._log.warn(
-                "Redis at {where} unreachable ({why}): changes answer 503 until it answers again; "
-                "serving this node's last copy",
-                where=self.where, why=why,
-            )
-        self._fail_pending(f"Redis at {self.where} unreachable", StoreAway)
+            if not answers:
+                self._log.warn(
+                    "Redis at {where} unreachable ({why}): changes answer 503 until it answers again; "
+                    "serving this node's last copy",
+                    where=self.where, why=why,
+                )
+        state = "answers, but holds no state this node can load yet" if answers else "unreachable"
+        self._fail_pending(f"Redis at {self.where} {state}", StoreAway)
 
     # -- presence ------------------------------------------------------------
 

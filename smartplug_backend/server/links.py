@@ -28,6 +28,9 @@ class Link:
         self.where = where
         self._now = now
         self.up = False
+        # Down, but the service answers (e.g. a Redis that holds no state
+        # this node can load yet).
+        self.answers = False
         self.since = now()
         self.why: Optional[str] = "connecting"
         self._watchers: list[Callable[[], None]] = []
@@ -36,15 +39,16 @@ class Link:
         """
         It answers (again).
         """
-        self._set(True, None)
+        self._set(True, None, True)
 
-    def went_down(self, why: str) -> None:
+    def went_down(self, why: str, answers: bool = False) -> None:
         """
-        It does not answer, or refuses us, because of C{why} (no secret in
-        it: it is shown on the dashboard).  C{since} stays the moment it
-        was last up, however often the reason changes.
+        It does not answer, or refuses us, or (C{answers}) answers but cannot
+        be used yet, because of C{why} (no secret in it: it is shown on the
+        dashboard).  C{since} stays the moment it was last up, however often
+        the reason changes.
         """
-        self._set(False, why)
+        self._set(False, why, answers)
 
     def watch(self, changed: Callable[[], None]) -> None:
         """
@@ -57,13 +61,14 @@ class Link:
         """
         The link as the dashboard shows it.
         """
-        return {"name": self.name, "where": self.where, "up": self.up, "since": self.since, "why": self.why}
+        return {"name": self.name, "where": self.where, "up": self.up, "answers": self.answers, "since": self.since,
+                "why": self.why}
 
-    def _set(self, up: bool, why: Optional[str]) -> None:
-        if up == self.up and why == self.why:
+    def _set(self, up: bool, why: Optional[str], answers: bool) -> None:
+        if (up, why, answers) == (self.up, self.why, self.answers):
             return
         if up != self.up:
             self.since = self._now()
-        self.up, self.why = up, why
+        self.up, self.why, self.answers = up, why, answers
         for changed in self._watchers:
             changed()
