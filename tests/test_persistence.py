@@ -160,7 +160,7 @@ class JournalTests(SynchronousTestCase):
         self.post(b'{"mode": 2, "color": [255, 65, 174], "pulse": 0}', "/display")
         self.break_table("display")
         self.assertEqual(self.post(b'{"mode": 1, "weather": 3, "intensity": 9}', "/display")[0], 503)
-        for remembered in (self.store.last_on(), self.hub.last_on()):
+        for remembered in (self.store.last_on()[0], self.hub.last_on()):
             self.assertEqual((remembered.state, remembered.colour), (colour, colour))
 
     def test_publication_is_stored_before_the_201(self):
@@ -706,6 +706,26 @@ class LastOnRestartTests(SynchronousTestCase):
         first.light(b'{"state": "ON", "effect": "snow"}')
         after = self.restart(first)
         self.assertEqual(after.light(b'{"state": "ON", "color": {"r": 9, "g": 8, "b": 7}}'), ["[cc:2:9,8,7:4]"])
+
+    def test_last_on_not_valid_ignored(self):
+        """
+        A last state on edited by hand into one that is off is left out,
+        with a warning naming the file: the server starts, and a bare ON
+        gives white rather than off.
+        """
+        first = self.start()
+        first.light(b'{"state": "ON", "effect": "snow"}', b"OFF")
+        first.stop()
+        db = sqlite3.connect(self.path)
+        db.execute("""UPDATE display SET last_on = '{"mode": 0}'""")
+        db.commit()
+        db.close()
+        logged = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        self.assertEqual(self.start().light(b"ON"), ["[cc:2:255,255,255:0]"])
+        self.assertIn(f"{self.path}: the last display state that was on is not a state that is on; ignored",
+                      [formatEvent(e) for e in logged])
 
     def test_database_from_before(self):
         """

@@ -380,8 +380,8 @@ class EngineTests(TestCase):
             self.assertEqual(late.hub.last_on(), NEVER_ON)
             yield self.light(late, b"ON", "[cc:2:255,255,255:0]")
             yield late.stop()
-        self.assertEqual(len(self.lines("the last display state that was on in Redis at")), 2)
-        self.assertEqual(len(self.lines("the last colour in Redis at")), 2)
+        self.assertEqual(len(self.lines(": the last display state that was on is not")), 2)
+        self.assertEqual(len(self.lines(": the last colour is not")), 2)
 
     @inlineCallbacks
     def test_reload_takes_last_on_from_redis(self):

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from smartplug_backend.core.display import Display
+from smartplug_backend.core.display import Display, LastOn
 from smartplug_backend.core.hub import Plug
 from smartplug_backend.core.journal import HistoryEntry
 from smartplug_backend.state import store
@@ -94,7 +94,8 @@ def last_on(opened: Store) -> tuple:
     What C{opened} remembers: the last display state that was on, and the
     last colour.
     """
-    remembered = opened.last_on()
+    remembered, ignored = opened.last_on()
+    assert ignored == [], ignored
     return remembered.state, remembered.colour
 
 
@@ -525,36 +526,33 @@ class QueryTests(SynchronousTestCase):
         self.store.save_display(Display())
         self.assertEqual((self.store.display(), last_on(self.store)), (Display(), (rain, red)))
 
-    def test_invalid_last_on_row(self):
+    def test_last_on_not_valid_ignored(self):
         """
-        A last state on that is not a valid state (edited by hand) is
-        refused with one line naming the file and what is wrong.
-        """
-        self.store.save_display(Display(1, weather=5, intensity=9))
-        db = sqlite3.connect(self.path)
-        db.execute("""UPDATE display SET last_colour = '{"mode": 2, "color": [1, 2], "pulse": 0}'""")
-        db.commit()
-        db.close()
-        error = self.assertRaises(UnusableDatabase, self.store.last_on)
-        self.assertIn(f"{self.path}: the recorded last colour is not valid", str(error))
-
-    def test_last_on_of_the_wrong_mode(self):
-        """
-        A last state on that is off, or a last colour that is not a colour
-        (edited by hand), is refused as not valid: taken, a bare ON would
-        give off, and a new colour a packet with no pulse.
+        A last state on or last colour that is not a valid state of its kind
+        (edited by hand: not a state, off, a weather as the last colour) is
+        left out and said, not taken: a bare ON would give off, a new colour
+        a packet with no pulse.  It is only remembered, so it does not stop
+        the server as an unusable display state does.
         """
         self.store.save_display(Display(2, color=(1, 2, 3), pulse=4))
-        for column, value, why in (("last_on", '{"mode": 0}', "the recorded last display state that was on is off"),
-                                   ("last_colour", '{"mode": 1, "weather": 2, "intensity": 3}',
-                                    "the recorded last colour is not a colour")):
+        red = Display(2, color=(1, 2, 3), pulse=4)
+        for column, value, kept, why in (
+            ("last_colour", '{"mode": 2, "color": [1, 2], "pulse": 0}', LastOn(red, None),
+             "the last colour is not valid (color must be a list of three whole numbers"),
+            ("last_colour", "not json", LastOn(red, None), "the last colour is not valid ("),
+            ("last_on", '{"mode": 0}', LastOn(None, red), "the last display state that was on is not a state that is on"),
+            ("last_colour", '{"mode": 1, "weather": 2, "intensity": 3}', LastOn(red, None),
+             "the last colour is not a colour"),
+        ):
             db = sqlite3.connect(self.path)
             db.execute(f"UPDATE display SET {column} = ?", (value,))
             db.commit()
             db.close()
-            error = self.assertRaises(UnusableDatabase, self.store.last_on)
-            self.assertEqual(f"{self.path}: {why}", str(error))
-            self.store.save_display(Display(2, color=(1, 2, 3), pulse=4))
+            remembered, ignored = self.store.last_on()
+            self.assertEqual(remembered, kept)
+            self.assertEqual(len(ignored), 1)
+            self.assertTrue(ignored[0].startswith(why), ignored)
+            self.store.save_display(red)
 
     def test_invalid_display_row(self):
         """

@@ -6,7 +6,7 @@ API parses requests with L{parse_display}; the device port sends packets.
 """
 
 import dataclasses
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from . import strictjson
 
@@ -143,3 +143,28 @@ def parse_display(body: Union[bytes, str]) -> Union[Display, str]:
     except strictjson.InvalidJSON as e:
         raise InvalidDisplay(f"body is not valid JSON: {e}") from None
     return validate_display(data)
+
+
+def remembered(state: Any, colour: Any) -> tuple[LastOn, list[str]]:
+    """
+    What a store kept as the last state that was not off and the last
+    colour (JSON values as L{validate_display} reads them, C{None} for
+    none), as a L{LastOn}.  Either that is not a display state of its kind
+    (the first not off, the second a colour) is left out, and said in the
+    list returned: it is only remembered, and taken it would give off for
+    a bare "on", or a colour with no pulse.
+    """
+    found, problems = [], []
+    for value, what, modes in ((state, "last display state that was on", (1, 2)), (colour, "last colour", (2,))):
+        display = None
+        if value is not None:
+            try:
+                display = validate_display(value)
+            except InvalidDisplay as e:
+                problems.append(f"the {what} is not valid ({e})")
+            else:
+                if not isinstance(display, Display) or display.mode not in modes:
+                    problems.append(f"the {what} is not a {'colour' if modes == (2,) else 'state that is on'}")
+                    display = None
+        found.append(display)
+    return LastOn(*found), problems

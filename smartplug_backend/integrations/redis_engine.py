@@ -59,7 +59,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from ..core.display import NEVER_ON, Display, InvalidDisplay, LastOn, validate_display
+from ..core.display import NEVER_ON, Display, InvalidDisplay, LastOn, remembered, validate_display
 from ..core.history import Publication
 from ..core.hub import Plug
 from ..core.journal import StoreAway, StoreFailed
@@ -932,21 +932,10 @@ class RedisEngine(ThreadPoolService):
         return display if isinstance(display, Display) else None
 
     def _last_on_of(self, snapshot: Snapshot) -> LastOn:
-        found = []
-        # The last state on is one that is not off; the last colour a colour.
-        for state, what, modes in ((snapshot.last_on, "display state that was on", (1, 2)),
-                                   (snapshot.last_colour, "colour", (2,))):
-            try:
-                display = None if state is None else validate_display(state)
-            except InvalidDisplay:
-                display = None
-            if not isinstance(display, Display) or display.mode not in modes:
-                if state is not None:
-                    self._log.warn("the last {what} in Redis at {where} is not valid; ignored", what=what,
-                                   where=self.where)
-                display = None
-            found.append(display)
-        return LastOn(*found)
+        last_on, problems = remembered(snapshot.last_on, snapshot.last_colour)
+        for why in problems:
+            self._log.warn("Redis at {where}: {why}; ignored", where=self.where, why=why)
+        return last_on
 
     def _share_bans(self, snapshot: Snapshot) -> None:
         now = self._clock.seconds()

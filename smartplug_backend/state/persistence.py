@@ -65,6 +65,8 @@ class SQLiteJournal:
         self.store = store
         self._turn_end = turn_end
         self._closing = False
+        # What open() left out of the last state on, for the log.
+        self.ignored: list[str] = []
         # (is a write, f, args, Deferred) not yet handed to the writer thread
         self._queue: deque = deque()
         self._busy = False
@@ -87,7 +89,8 @@ class SQLiteJournal:
         """
         self.store = Store.open(path, keep, before_upgrade)
         self._log_length(self.store.log_pages, self.store.log_free)
-        return self.store.plugs(), self.store.display(), self.store.streams(), self.store.last_on()
+        last_on, self.ignored = self.store.last_on()
+        return self.store.plugs(), self.store.display(), self.store.streams(), last_on
 
     def _run(self, f: Callable[..., Any], *args) -> Deferred:
         """
@@ -309,6 +312,8 @@ class StoreService(ThreadPoolService):
             "state from {path}: {count} plugs, display {packet}, {events} pub/sub events",
             path=self.path, count=len(plugs), packet=self.hub.display().packet(), events=len(streams),
         )
+        for why in self.journal.ignored:
+            self._log.warn("{path}: {why}; ignored", path=self.path, why=why)
         upgraded = self.journal.store.upgraded_from
         if upgraded is not None:
             self._log.info(

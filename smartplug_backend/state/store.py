@@ -15,9 +15,9 @@ import contextlib
 import json
 import os
 import sqlite3
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
-from ..core.display import NEVER_ON, Display, InvalidDisplay, LastOn, validate_display
+from ..core.display import NEVER_ON, Display, InvalidDisplay, LastOn, remembered, validate_display
 from ..core.history import new_epoch
 from ..core.hub import Plug
 from ..core.journal import HistoryEntry
@@ -387,6 +387,14 @@ def renew_epochs(db: sqlite3.Connection) -> None:
     with _transaction(db):
         events = [row[0] for row in db.execute("SELECT event FROM pubsub_events")]
         db.executemany("UPDATE pubsub_events SET epoch = ? WHERE event = ?", [(new_epoch(), e) for e in events])
+
+
+def _json_or_text(text: str) -> Any:
+    # Text that is not JSON is handed on as it is: not a display state.
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _json(display: Optional[Display]) -> Optional[str]:
@@ -802,27 +810,20 @@ class Store:
         row = self._db.execute("SELECT state FROM display").fetchone()
         return None if row is None else self._recorded(row[0], "display state")
 
-    def last_on(self) -> LastOn:
+    def last_on(self) -> tuple[LastOn, list[str]]:
         """
         What the display was last when it was not off, and the last colour,
         as recorded (L{NEVER_ON} if never on, or not known: a file from
         before they were kept, whose display was off).
 
-        @raise UnusableDatabase: if what is recorded is not a display state.
+        @return: that, and what was left out of it for not being a display
+            state of its kind (see L{remembered}): only remembered, it does
+            not stop the server, as an unusable display state would.
         """
         row = self._db.execute("SELECT last_on, last_colour FROM display").fetchone()
         if row is None:
-            return NEVER_ON
-        state, colour = row
-        last_on = LastOn(
-            None if state is None else self._recorded(state, "last display state that was on"),
-            None if colour is None else self._recorded(colour, "last colour"),
-        )
-        if last_on.state is not None and last_on.state.mode == 0:
-            raise UnusableDatabase(f"{self._path}: the recorded last display state that was on is off")
-        if last_on.colour is not None and last_on.colour.mode != 2:
-            raise UnusableDatabase(f"{self._path}: the recorded last colour is not a colour")
-        return last_on
+            return NEVER_ON, []
+        return remembered(*(None if text is None else _json_or_text(text) for text in row))
 
     def _recorded(self, text: str, what: str) -> Display:
         try:
