@@ -781,6 +781,21 @@ class EngineTests(TestCase):
         self.assertTrue(self.snapshot().empty_seed)
 
     @inlineCallbacks
+    def fresh_node_on_an_empty_seed(self):
+        """
+        Node A with plug p, held back while Redis restarts empty; a fresh
+        node seeds it with an empty seed.
+
+        @return: a Deferred of C{(A, the fresh node)}.
+        """
+        (a,) = yield self.nodes(1)
+        yield a.hub.report("p", 1, "http", "x")
+        yield self.restart_empty_holding_back(a)
+        fresh = Node(self, self.redis.url, "fresh")
+        yield fresh.start()
+        return a, fresh
+
+    @inlineCallbacks
     def restart_empty_holding_back(self, *nodes):
         """
         Redis restarts without its data while C{nodes} are kept from
@@ -851,11 +866,7 @@ class EngineTests(TestCase):
         empty state it would otherwise load.  The fresh node loads the copy
         at its next change.
         """
-        (a,) = yield self.nodes(1)
-        yield a.hub.report("p", 1, "http", "x")
-        yield self.restart_empty_holding_back(a)
-        fresh = Node(self, self.redis.url, "fresh")
-        yield fresh.start()
+        a, fresh = yield self.fresh_node_on_an_empty_seed()
         self.assertTrue(self.snapshot().empty_seed)
         state = a.engine.state
         replace = state.replace
@@ -888,11 +899,7 @@ class EngineTests(TestCase):
         load after a few tries and stays down, rather than loading the empty
         seed over its copy; at its next try it puts its copy in place.
         """
-        (a,) = yield self.nodes(1)
-        yield a.hub.report("p", 1, "http", "x")
-        yield self.restart_empty_holding_back(a)
-        fresh = Node(self, self.redis.url, "fresh")
-        yield fresh.start()
+        a, fresh = yield self.fresh_node_on_an_empty_seed()
         state = a.engine.state
         replace = state.replace
         tries = []
@@ -926,11 +933,7 @@ class EngineTests(TestCase):
         that Redis lost its data (it lost nothing); the node
         then loads the copy, and the change goes through on it.
         """
-        (a,) = yield self.nodes(1)
-        yield a.hub.report("p", 1, "http", "x")
-        yield self.restart_empty_holding_back(a)
-        fresh = Node(self, self.redis.url, "fresh")
-        yield fresh.start()
+        a, fresh = yield self.fresh_node_on_an_empty_seed()
         resyncs = []
         self.patch(fresh.engine, "_resync", lambda: resyncs.append(True))
         self.come_back(a)
@@ -972,11 +975,7 @@ class EngineTests(TestCase):
         it: its plugs that Redis does not hold go (GET /plugs is the same
         on every node), and one line says how many.
         """
-        (a,) = yield self.nodes(1)
-        yield a.hub.report("p", 1, "http", "x")
-        yield self.restart_empty_holding_back(a)
-        fresh = Node(self, self.redis.url, "fresh")
-        yield fresh.start()
+        a, fresh = yield self.fresh_node_on_an_empty_seed()
         self.assertTrue(self.snapshot().empty_seed)
         yield fresh.hub.report("q", 1, "http", "x")
         self.assertFalse(self.snapshot().empty_seed)
