@@ -843,6 +843,9 @@ class EngineTests(TestCase):
         yield until(lambda: fresh.hub.plug("p") is not None, "the fresh node to load A's copy", timeout=20)
         self.assertEqual(fresh.hub.plug("p"), a.hub.plug("p"))
         self.assertEqual([(r.plug.id, r.remote) for r in fresh.reports], [("p", True)])
+        # A says so once its load is back on the reactor thread, which may
+        # be after the fresh node heard the notice and loaded the copy.
+        yield until(lambda: self.lines("replaced it with"), "A to say it replaced the seed", timeout=20)
         (line,) = self.lines("replaced it with")
         self.assertIn(f"Redis at {self.redis.url} held an empty state seeded by a node without a copy, and no "
                       "change since: replaced it with this node's copy (1 plugs); pub/sub epochs change", line)
@@ -1018,8 +1021,10 @@ class EngineTests(TestCase):
         self.assertTrue(self.snapshot().empty_seed)
         self.come_back(a)
         yield until(lambda: away.hub.plug("p") is not None, "the node to load A's copy", timeout=20)
-        self.assertEqual(len(self.lines("replaced it with this node's copy (1 plugs)")), 1)
+        # A says so once its load is back on the reactor thread, which may
+        # be after the other node heard the notice and loaded the copy.
         yield until(lambda: a.engine.mode == away.engine.mode == redis_engine.UP, "both nodes up", timeout=20)
+        self.assertEqual(len(self.lines("replaced it with this node's copy (1 plugs)")), 1)
         self.assertEqual(away.engine._incarnation, a.engine._incarnation)
         self.assertEqual(away.hub.plug("p"), a.hub.plug("p"))
 
