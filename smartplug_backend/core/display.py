@@ -6,6 +6,7 @@ API parses requests with L{parse_display}; the device port sends packets.
 """
 
 import dataclasses
+import json
 from typing import Any, Optional, Union
 
 from . import strictjson
@@ -148,8 +149,8 @@ def parse_display(body: Union[bytes, str]) -> Union[Display, str]:
 def remembered(state: Any, colour: Any) -> tuple[LastOn, list[str]]:
     """
     What a store kept as the last state that was not off and the last
-    colour (JSON values as L{validate_display} reads them, C{None} for
-    none), as a L{LastOn}.  Either that is not a display state of its kind
+    colour (each JSON text or a decoded JSON value, C{None} for none), as
+    a L{LastOn}.  Either that is not a display state of its kind
     (the first not off, the second a colour) is left out, and said in the
     list returned: it is only remembered, and taken it would give off for
     a bare "on", or a colour with no pulse.
@@ -157,6 +158,12 @@ def remembered(state: Any, colour: Any) -> tuple[LastOn, list[str]]:
     found, problems = [], []
     for value, what, modes in ((state, "last display state that was on", (1, 2)), (colour, "last colour", (2,))):
         display = None
+        if isinstance(value, str):
+            # JSON text, as stored (no display state is a JSON string).
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
         if value is not None:
             try:
                 display = validate_display(value)

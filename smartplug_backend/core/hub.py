@@ -487,9 +487,9 @@ class Hub:
         Keep only the plugs of C{plug_ids}, in that order (an id of no known
         plug is skipped), as the shared journal holds them once its data
         replaced this node's copy (another node's copy won, or it lost
-        changes this node had seen): the others are
-        dropped (their state and history are no longer listed), and the
-        drop listeners are told.  Nothing is journaled.
+        changes this node had seen): the others are dropped (their state
+        and history are no longer listed), and the drop listeners are told.
+        Nothing is journaled.
 
         @return: the plugs dropped, in their former order.
         """

@@ -590,11 +590,10 @@ def _remembered(value):
     when that is not JSON (the node checks it, and ignores what is not a
     display state: it is only remembered, not the state).
     """
-    text = _text(value)
     try:
-        return json.loads(text) if text else None
+        return _json_or_none(value)
     except ValueError:
-        return text
+        return _text(value)
 
 
 def _pairs(flat: list) -> dict:

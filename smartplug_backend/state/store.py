@@ -15,7 +15,7 @@ import contextlib
 import json
 import os
 import sqlite3
-from typing import Any, Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from ..core.display import NEVER_ON, Display, InvalidDisplay, LastOn, remembered, validate_display
 from ..core.history import new_epoch
@@ -387,14 +387,6 @@ def renew_epochs(db: sqlite3.Connection) -> None:
     with _transaction(db):
         events = [row[0] for row in db.execute("SELECT event FROM pubsub_events")]
         db.executemany("UPDATE pubsub_events SET epoch = ? WHERE event = ?", [(new_epoch(), e) for e in events])
-
-
-def _json_or_text(text: str) -> Any:
-    # Text that is not JSON is handed on as it is: not a display state.
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
 
 
 def _json(display: Optional[Display]) -> Optional[str]:
@@ -823,7 +815,7 @@ class Store:
         row = self._db.execute("SELECT last_on, last_colour FROM display").fetchone()
         if row is None:
             return NEVER_ON, []
-        return remembered(*(None if text is None else _json_or_text(text) for text in row))
+        return remembered(*row)
 
     def _recorded(self, text: str, what: str) -> Display:
         try:

@@ -626,7 +626,7 @@ function drawFacts() {
     facts.push([LINK_NAMES[link.name] || link.name, link.up
       ? `connected to ${link.where} for ${ago(link.since)}`
       : link.answers
-      ? `NOT IN USE: ${link.where} answers, but for ${ago(link.since)}: ${link.why}`
+      ? `NOT IN USE for ${ago(link.since)}: ${link.where} answers, but ${link.why}`
       : `NOT CONNECTED to ${link.where} for ${ago(link.since)}: ${link.why}`]);
   }
   $("facts").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: String(v) })]));
