@@ -4,6 +4,7 @@ the command line (cli), and the automatic backups of the running server
 (autobackup), on temporary files with a fake clock.
 """
 
+import errno
 import io
 import os
 import re
@@ -11,6 +12,7 @@ import sqlite3
 import stat
 import tarfile
 import time
+from typing import Optional
 
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
@@ -202,6 +204,131 @@ class TakeTests(Files):
         open(blocker, "w").close()
         self.assertFails("cannot write to", directory=os.path.join(blocker, "backups"))
         self.assertFails(f"cannot write to {blocker}: it is a file, not a directory", directory=blocker)
+
+
+def sqlite_error(text: str, code: int) -> sqlite3.OperationalError:
+    """
+    The error SQLite raises with C{text} and the extended result C{code}.
+    """
+    error = sqlite3.OperationalError(text)
+    error.sqlite_errorcode = code
+    return error
+
+
+# A full disk as SQLite meets it on tmpfs: the copy, taken from a database
+# in WAL mode, cannot grow its shared memory file (SQLITE_IOERR_SHMSIZE).
+FULL = sqlite_error("disk I/O error", 4874)
+
+
+class FullDiskTests(Files):
+    """
+    A backup that the backups' disk has no room for names that disk and
+    the room left on it, not the database, which is fine.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.patch(store, "disk_room", lambda directory: 4096 if directory == self.backups else None)
+        connect = sqlite3.connect
+
+        def failing_connect(path, *args, **kwargs):
+            raises = self.copy if path.startswith(self.backups) else self.source if path == self.db else {}
+
+            class Failing(sqlite3.Connection):
+                def execute(self, sql, *args):
+                    if "execute" in raises and sql.startswith("PRAGMA journal_mode"):
+                        raise raises["execute"]
+                    return super().execute(sql, *args)
+
+                def backup(self, target, **kwargs):
+                    if "backup" in raises:
+                        raise raises["backup"]
+                    return super().backup(target, **kwargs)
+
+            return connect(path, *args, factory=Failing, **kwargs)
+
+        self.patch(sqlite3, "connect", failing_connect)
+        self.failing()
+
+    def failing(self, copy: Optional[dict] = None, source: Optional[dict] = None) -> None:
+        """
+        From now on the backup's copy raises as C{copy} says, and the
+        database's connection as C{source} says (method name: error).
+        """
+        self.copy, self.source = copy or {}, source or {}
+
+    def assertNothingLeft(self):
+        self.assertEqual(os.listdir(self.backups), [])
+
+    def test_copy_on_a_full_disk(self):
+        """
+        The copy that cannot grow its files on the backups' disk is that
+        disk's fault; the backup names it, says the room left there, and
+        leaves nothing behind.
+        """
+        self.failing(copy={"execute": FULL})
+        error = self.assertRaises(backup.BackupError, self.take)
+        self.assertEqual(str(error), f"cannot write the backup to {self.backups}: disk I/O error, 4096 bytes "
+                                     "free on its disk")
+        self.assertTrue(error.disk_full)
+        self.assertNothingLeft()
+
+    def test_backup_step_writing_or_reading(self):
+        """
+        SQLite's backup step fails on either side: writing the copy names
+        the backups' disk, reading the database names the database.
+        """
+        self.failing(source={"backup": sqlite_error("database or disk is full", 13)})
+        error = self.assertRaises(backup.BackupError, self.take)
+        self.assertEqual(str(error), f"cannot write the backup to {self.backups}: database or disk is full, "
+                                     "4096 bytes free on its disk")
+        self.assertTrue(error.disk_full)
+        self.failing(source={"backup": sqlite_error("disk I/O error", 266)})  # SQLITE_IOERR_READ
+        error = self.assertRaises(backup.BackupError, self.take)
+        self.assertEqual(str(error), f"{self.db}: cannot read (disk I/O error)")
+        self.assertFalse(error.disk_full)
+        self.assertNothingLeft()
+
+    def test_archive_on_a_full_disk(self):
+        """
+        The archive that the disk has no room for says so, with the room.
+        """
+        def no_room(*args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        self.patch(tarfile, "open", no_room)
+        error = self.assertRaises(backup.BackupError, self.take)
+        self.assertEqual(str(error), f"cannot write the backup to {self.backups}: [Errno 28] No space left on "
+                                     "device, 4096 bytes free on its disk")
+        self.assertTrue(error.disk_full)
+        self.assertNothingLeft()
+
+    def test_permissions_are_not_room(self):
+        """
+        A copy that may not be written is not a lack of room: no room is
+        told, and making room is not the advice.
+        """
+        self.failing(copy={"execute": sqlite_error("attempt to write a readonly database", 8)})
+        error = self.assertRaises(backup.BackupError, self.take)
+        self.assertEqual(str(error), f"cannot write the backup to {self.backups}: attempt to write a readonly "
+                                     "database")
+        self.assertFalse(error.disk_full)
+
+    def test_no_upgrade_on_a_full_disk(self):
+        """
+        The upgrade refused for want of room for its backup says where to
+        make room; the file stays as it was.
+        """
+        db = os.path.join(self.scratch(), "older.sqlite")
+        build_v3(db, [("a", 1, 1.0, "http")], '{"mode": 0}')
+        self.failing(copy={"execute": FULL})
+        error = self.assertRaises(store.UnusableDatabase, store.Store.open, db, 10,
+                                  backup.before_upgrade(db, self.settings, self.backups))
+        self.assertEqual(str(error), f"{db} is at schema 3 and needs an upgrade, but a backup of it as it is "
+                                     f"could not be taken first (cannot write the backup to {self.backups}: disk "
+                                     f"I/O error, 4096 bytes free on its disk); left untouched: make room on the "
+                                     f"disk of {self.backups} and start again")
+        self.assertEqual(pragma(db, "user_version"), 3)
 
 
 class PruneTests(Files):

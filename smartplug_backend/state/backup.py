@@ -10,6 +10,7 @@ in a thread of its own (L{smartplug_backend.state.autobackup}).
 
 import calendar
 import contextlib
+import errno
 import io
 import os
 import re
@@ -34,7 +35,56 @@ BEFORE_UPGRADE = "smartplug-before-upgrade"
 class BackupError(Exception):
     """
     A backup or restore that cannot be done; C{str(error)} is one line.
+
+    @ivar disk_full: C{True} when the backups' disk may be full, so that
+        making room there is the way out.
     """
+
+    def __init__(self, text: str, disk_full: bool = False):
+        super().__init__(text)
+        self.disk_full = disk_full
+
+
+# A write refused for want of room: the disk, or the user's quota, is full.
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT})
+# SQLite's codes for a failed write of the copy (permissions, no room, the
+# file or its shared memory file), told apart from reading the database:
+# READONLY, FULL, CANTOPEN, and the IOERR_<...> of writing (their high byte).
+_SQLITE_WRITING = frozenset({8, 13, 14})
+_SQLITE_IO_WRITING = frozenset({3, 4, 5, 6, 18, 19, 21})
+# SQLite's codes that a full disk gives: FULL, and IOERR (a write or the
+# shared memory file's growth refused).
+_SQLITE_NO_ROOM = frozenset({10, 13})
+
+
+class _CopyFailed(Exception):
+    """
+    Writing the snapshot's copy failed with C{error}: the backups' disk,
+    not the database, is at fault.
+    """
+
+    def __init__(self, error: sqlite3.Error):
+        super().__init__(str(error))
+        self.no_room = (getattr(error, "sqlite_errorcode", 0) & 0xFF) in _SQLITE_NO_ROOM
+
+
+def _writing(error: sqlite3.Error) -> bool:
+    """
+    Whether C{error}, from SQLite's backup step, came from writing the copy.
+    """
+    code = getattr(error, "sqlite_errorcode", 0)
+    return (code & 0xFF) in _SQLITE_WRITING or ((code & 0xFF) == 10 and (code >> 8) in _SQLITE_IO_WRITING)
+
+
+def _cannot_write(directory: str, why: str, full: bool, what: str = "cannot write the backup to") -> BackupError:
+    """
+    The error for a backup that C{directory} cannot take (C{what}
+    C{directory}: C{why}), with the room left on its disk when C{full}, a
+    lack of room, may be the cause.
+    """
+    room = store.disk_room(directory) if full else None
+    free = "" if room is None else f", {room} bytes free on its disk"
+    return BackupError(f"{what} {directory}: {why}{free}", disk_full=full)
 
 
 def _stamp(now: float) -> str:
@@ -109,14 +159,25 @@ def _snapshot(db_path: str, target: str) -> None:
     without writing to the source.
     """
     with _checked(db_path, db_path) as (source, _):
-        copy = sqlite3.connect(target)
+        try:
+            copy = sqlite3.connect(target)
+        except sqlite3.Error as e:
+            raise _CopyFailed(e) from None
         try:
             # pages=-1: the whole file in one step, inside one read
             # transaction; in WAL mode the server's writes go on meanwhile.
-            source.backup(copy)
-            # One self-contained file in the archive, no WAL beside it.
-            copy.execute("PRAGMA journal_mode = DELETE")
-            problem = store.damage(copy)
+            try:
+                source.backup(copy)
+            except sqlite3.Error as e:
+                if _writing(e):
+                    raise _CopyFailed(e) from None
+                raise
+            try:
+                # One self-contained file in the archive, no WAL beside it.
+                copy.execute("PRAGMA journal_mode = DELETE")
+                problem = store.damage(copy)
+            except sqlite3.Error as e:
+                raise _CopyFailed(e) from None
         finally:
             copy.close()
     if problem:
@@ -142,7 +203,7 @@ def take(db_path: str, settings_path: Optional[str], directory: str, prefix: str
     except OSError as e:
         if os.path.exists(directory) and not os.path.isdir(directory):
             raise BackupError(f"cannot write to {directory}: it is a file, not a directory") from None
-        raise BackupError(f"cannot write to {directory}: {e.strerror}") from None
+        raise _cannot_write(directory, e.strerror, e.errno in _NO_ROOM, "cannot write to") from None
     try:
         copy = os.path.join(work, ARCHIVE_DB)
         _snapshot(db_path, copy)
@@ -164,8 +225,10 @@ def take(db_path: str, settings_path: Optional[str], directory: str, prefix: str
                 continue
             return final
         raise BackupError(f"cannot find a free backup name in {directory}")
+    except _CopyFailed as e:
+        raise _cannot_write(directory, str(e), e.no_room) from None
     except OSError as e:
-        raise BackupError(f"cannot write the backup to {directory}: {e}") from None
+        raise _cannot_write(directory, str(e), e.errno in _NO_ROOM) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -186,9 +249,10 @@ def before_upgrade(db_path: str, settings_path: Optional[str], directory: str,
         try:
             return take(db_path, settings_path, directory, prefix=BEFORE_UPGRADE, now=now)
         except BackupError as e:
+            advice = f": make room on the disk of {directory} and start again" if e.disk_full else ""
             raise store.UnusableDatabase(
                 f"{db_path} is at schema {schema} and needs an upgrade, but a backup of it as it is could not be "
-                f"taken first ({e}); left untouched"
+                f"taken first ({e}); left untouched{advice}"
             ) from None
 
     return take_before
