@@ -1123,6 +1123,35 @@ class EngineTests(TestCase):
         yield until(lambda: a.hub.plug("p").value == 0, "A to see B's report")
 
     @inlineCallbacks
+    def test_seed_overtaken_by_the_channel(self):
+        """
+        A node's load that seeds an empty Redis with its copy, overtaken by
+        a newer load (its channel came back meanwhile), is told as the seed
+        it is: the newer load finds the node's own data, not "other data".
+        """
+        a, = yield self.nodes(1)
+        yield a.hub.report("p", 1, "http", "x")
+        initialise = a.engine.state.initialise
+
+        def overtaken(*args, **kwargs):
+            seeded = initialise(*args, **kwargs)
+            # On the Redis thread, as the seed is written: the channel
+            # subscribes again, and a newer load is queued behind this one.
+            threads.blockingCallFromThread(reactor, a.engine._subscribed)
+            return seeded
+
+        self.patch(a.engine.state, "initialise", overtaken)
+        seeded = len(self.lines("held no state: seeded it with this node's copy (1 plugs)"))
+        self.redis.kill()
+        yield until(lambda: not a.engine.up, "the node to notice")
+        self.redis.start()
+        yield until(lambda: a.engine.mode == redis_engine.UP, "the node to seed and load", timeout=20)
+        self.assertEqual(len(self.lines("held no state: seeded it with this node's copy (1 plugs)")), seeded + 1)
+        self.assertEqual(self.lines("holds other data"), [])
+        self.assertEqual(a.engine.state.snapshot().incarnation, a.engine._incarnation)
+        self.assertEqual(a.hub.plug("p").value, 1)
+
+    @inlineCallbacks
     def test_redis_lost_its_latest_changes(self):
         """
         A Redis that comes back with fewer changes than a node saw (its

@@ -196,6 +196,8 @@ class RedisEngine(ThreadPoolService):
         self._loaded_from = 0
         self._buffer: list = []
         self._generation = 0
+        # What loads overtaken by a newer one did (see _merged).
+        self._superseded: Optional[tuple] = None
         # token -> (Deferred, timeout) of this node's changes not yet back
         self._pending: dict = {}
         self._away = False
@@ -772,7 +774,11 @@ class RedisEngine(ThreadPoolService):
 
     def _synced(self, loaded: tuple, generation: int) -> None:
         if generation != self._generation:
+            # A newer load (the channel came back meanwhile) stands for this
+            # one; what this one wrote to Redis is for it to say.
+            self._superseded = _merged(self._superseded, loaded)
             return
+        loaded, self._superseded = _merged(self._superseded, loaded), None
         snapshot, seeded, renewed, replaced, beaten = loaded
         lost = self._incarnation is not None and snapshot.incarnation != self._incarnation
         if not lost and snapshot.seq < self._applied:
@@ -1009,6 +1015,20 @@ def _missing(plugs: list, snapshot: Snapshot) -> int:
     """
     held = {plug[0] for plug in snapshot.plugs}
     return sum(1 for plug in plugs if plug.id not in held)
+
+
+def _merged(earlier: Optional[tuple], later: tuple) -> tuple:
+    """
+    The outcome of a load (see L{RedisEngine._load}) C{later}, with what
+    the overtaken load C{earlier} did if C{later} found the data it left:
+    the seed it wrote or the epochs it renewed are this node's doing, not
+    other data found.
+    """
+    if earlier is None or earlier[0].incarnation != later[0].incarnation:
+        return later
+    snapshot, seeded, renewed, replaced, beaten = later
+    return (snapshot, earlier[1] if seeded is None else seeded, renewed or earlier[2], replaced or earlier[3],
+            beaten or earlier[4])
 
 
 def _dropped_text(dropped: int, joint: str = " and ") -> str:
