@@ -367,32 +367,40 @@ class DashboardInBrowserTests(_InBrowser):
 
     def test_dropped_plugs_leave_the_page(self):
         """
-        The feed's "dropped" message (on Redis, the plugs of a node whose
-        copy lost to another node's; played here on the page's socket)
-        takes those plugs' cards off the page, and the others stay; with
-        none left, the page says no plug has reported.
+        The feed's "plugs" message (on Redis, the plugs of a node whose copy
+        lost to another node's; played here on the page's socket) takes the
+        dropped plugs' cards off the page and puts the others in its order;
+        with none left, the page says no plug has reported.  A snapshot
+        (the page's socket comes back) puts the cards in its order too.
         """
-        post(self.server, "/data", {"id": "kitchen", "value": 1})
-        post(self.server, "/data", {"id": "garage", "value": 0})
+        for plug_id in ("kitchen", "garage", "hall"):
+            post(self.server, "/data", {"id": plug_id, "value": 1})
         self.watch_sockets()
         self.open_dashboard()
-        self.visible('.plug[data-plug="garage"]')
-        self.visible('.plug[data-plug="kitchen"]')
+        self.visible('.plug[data-plug="hall"]')
 
-        def dropped(*ids):
+        def cards():
+            return [e.get_attribute("data-plug") for e in self.browser.find_elements(By.CSS_SELECTOR, ".plug")]
+
+        def kept(order, dropped):
             self.browser.execute_script(
                 "window.liveSockets[window.liveSockets.length - 1].onmessage({data: arguments[0]});",
-                json.dumps({"type": "dropped", "plugs": list(ids)}),
+                json.dumps({"type": "plugs", "order": order, "dropped": dropped}),
             )
 
-        dropped("kitchen", "unknown")
-        self.wait.until(lambda b: not b.find_elements(By.CSS_SELECTOR, '.plug[data-plug="kitchen"]'))
-        self.assertEqual([e.get_attribute("data-plug") for e in self.browser.find_elements(By.CSS_SELECTOR, ".plug")],
-                         ["garage"])
+        self.assertEqual(cards(), ["kitchen", "garage", "hall"])
+        kept(["hall", "garage"], ["kitchen", "unknown"])
+        self.assertEqual(cards(), ["hall", "garage"])
         self.assertFalse(self.browser.find_element(By.ID, "no-plugs").is_displayed())
-        dropped("garage")
+        kept(["garage", "hall"], [])
+        self.assertEqual(cards(), ["garage", "hall"])
+        # The server still has all three, in its own order.
+        self.drop_live_socket()
+        self.release_live_socket()
+        self.wait.until(lambda b: cards() == ["kitchen", "garage", "hall"])
+        kept([], ["kitchen", "garage", "hall"])
         self.text_in("#no-plugs", "No plug has reported yet.")
-        self.assertEqual(self.browser.find_elements(By.CSS_SELECTOR, ".plug"), [])
+        self.assertEqual(cards(), [])
 
     def test_colour_to_device_and_lift_ban(self):
         """

@@ -38,7 +38,7 @@ class Live:
         self.facts = {"version": "test"}
         self.feed = Feed(self.hub, self.guard, self.clock, lambda: dict(self.facts))
         self.hub.listen(self.feed.report)
-        self.hub.watch_drops(self.feed.dropped)
+        self.hub.watch_kept(self.feed.kept)
         self.hub.watch_display(self.feed.display)
         self.hub.pubsub.observe(self.feed.publication)
         self.hub.pubsub.watch_connections(self.feed.clients_changed)
@@ -310,20 +310,22 @@ class FeedTests(SynchronousTestCase):
 
     def test_dropped_plugs_leave_the_page(self):
         """
-        Plugs the hub drops (on Redis, another node's copy of the state won
-        over this node's) reach the page in one message, by id, and the
-        snapshot no longer holds them, nor their recent reports.
+        Plugs the hub drops or puts in another order (on Redis, another
+        node's copy of the state won over this node's) reach the page in
+        one message, by id, and the snapshot no longer holds the dropped
+        ones, nor their recent reports.
         """
         live = Live()
-        for plug_id, value in (("kitchen", 1), ("garage", 1), ("hall", 0), ("garage", 0)):
+        for plug_id, value in (("kitchen", 1), ("garage", 1), ("hall", 0), ("garage", 0), ("porch", 1)):
             live.hub.report(plug_id, value, "http", "10.0.0.5")
         client, _, pump = live.connect()
-        live.hub.keep_plugs(["hall"])
+        live.hub.keep_plugs(["porch", "hall"])
         pump.flush()
-        self.assertEqual(client.json()[1:], [{"type": "dropped", "plugs": ["kitchen", "garage"]}])
+        self.assertEqual(client.json()[1:], [{"type": "plugs", "order": ["porch", "hall"],
+                                              "dropped": ["kitchen", "garage"]}])
         snapshot = json.loads(live.feed.snapshot())
-        self.assertEqual([p["id"] for p in snapshot["plugs"]], ["hall"])
-        self.assertEqual([r["id"] for r in snapshot["reports"]], ["hall"])
+        self.assertEqual([p["id"] for p in snapshot["plugs"]], ["porch", "hall"])
+        self.assertEqual([r["id"] for r in snapshot["reports"]], ["hall", "porch"])
 
     def test_public_settings_hide_secrets(self):
         """

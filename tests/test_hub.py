@@ -8,7 +8,7 @@ from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from smartplug_backend.core.display import OFF, Display, LastOn
-from smartplug_backend.core.hub import Hub, Plug, utc_rfc3339
+from smartplug_backend.core.hub import Hub, KeptPlugs, Plug, utc_rfc3339
 from smartplug_backend.core.journal import HistoryEntry, MemoryJournal, StoreAway, StoreFailed
 from smartplug_backend.core.reports import InvalidReport, broadcast_bytes, parse_report
 
@@ -61,23 +61,27 @@ class HubTests(SynchronousTestCase):
     def test_keep_plugs_drops_the_others(self):
         """
         keep_plugs() keeps the plugs it is given, in its order, and drops
-        the others: no longer listed, their history unknown (None), the drop
-        listeners told once with them; ids of no known plug are skipped.
-        Nothing is journaled, and the report listeners are not told.
+        the others: no longer listed, their history unknown (None), the keep
+        listeners told once with the plugs kept and dropped; ids of no known
+        plug are skipped.  A new order alone is told too; nothing changed is
+        not.  Nothing is journaled, and the report listeners are not told.
         """
         for plug_id in ("a", "b", "c", "d"):
             self.hub.report(plug_id, 1, "http", "x")
-        reports, drops = [], []
+        reports, kept = [], []
         self.hub.listen(reports.append)
-        self.hub.watch_drops(drops.append)
+        self.hub.watch_kept(kept.append)
         dropped = self.hub.keep_plugs(["c", "unknown", "a"])
         self.assertEqual([p.id for p in dropped], ["b", "d"])
-        self.assertEqual(drops, [dropped])
+        self.assertEqual(kept, [KeptPlugs([self.hub.plug("c"), self.hub.plug("a")], dropped)])
         self.assertEqual([p.id for p in self.hub.plugs()], ["c", "a"])
         self.assertIsNone(self.hub.plug("b"))
         self.assertIsNone(self.successResultOf(self.hub.history("b", 10)))
         self.assertEqual(self.hub.keep_plugs(["c", "a"]), [])
-        self.assertEqual((len(drops), reports), (1, []))
+        self.assertEqual((len(kept), reports), (1, []))
+        self.assertEqual(self.hub.keep_plugs(["a", "c"]), [])
+        self.assertEqual(kept[1:], [KeptPlugs([self.hub.plug("a"), self.hub.plug("c")], [])])
+        self.assertEqual([p.id for p in self.hub.plugs()], ["a", "c"])
 
     def test_unknown_plug(self):
         """

@@ -94,13 +94,26 @@ class DisplayEvent:
     peer: str
 
 
+@dataclasses.dataclass(frozen=True)
+class KeptPlugs:
+    """
+    What L{Hub.keep_plugs} changed, as its listeners see it.
+
+    @ivar kept: the plugs kept, in their new order.
+    @ivar dropped: the plugs dropped, in their former order.
+    """
+
+    kept: list[Plug]
+    dropped: list[Plug]
+
+
 # Why a report was refused, as metrics count it: not a valid report (400),
 # or the state store could not record it (503).
 REFUSALS = ("invalid", "store")
 
 Listener = Callable[[Report], None]
 DisplayListener = Callable[[DisplayEvent], None]
-DropListener = Callable[[list[Plug]], None]
+KeepListener = Callable[[KeptPlugs], None]
 
 
 class Hub:
@@ -142,7 +155,7 @@ class Hub:
         self.display_known = True
         self._listeners: list[Listener] = []
         self._display_listeners: list[DisplayListener] = []
-        self._drop_listeners: list[DropListener] = []
+        self._keep_listeners: list[KeepListener] = []
         self.pubsub = PubSub(now=now, history=History(now=now) if history is None else history, node=node)
         # Plain counts for /metrics: source -> reports accepted, and
         # (source, reason) -> reports refused (REFUSALS).
@@ -196,14 +209,14 @@ class Hub:
         """
         return _subscribe(self._display_listeners, listener)
 
-    def watch_drops(self, listener: DropListener) -> Callable[[], None]:
+    def watch_kept(self, listener: KeepListener) -> Callable[[], None]:
         """
-        Call C{listener(plugs)} with the plugs L{keep_plugs} drops, from now
-        on.
+        Call C{listener(KeptPlugs)} each time L{keep_plugs} drops plugs or
+        changes their order, from now on.
 
         @return: a function that stops the calls.
         """
-        return _subscribe(self._drop_listeners, listener)
+        return _subscribe(self._keep_listeners, listener)
 
     def _notify(self, listeners: list, event) -> None:
         for listener in list(listeners):
@@ -488,8 +501,8 @@ class Hub:
         plug is skipped), as the shared journal holds them once its data
         replaced this node's copy (another node's copy won, or it lost
         changes this node had seen): the others are dropped (their state
-        and history are no longer listed), and the drop listeners are told.
-        Nothing is journaled.
+        and history are no longer listed).  If that drops a plug or changes
+        the order, the keep listeners are told.  Nothing is journaled.
 
         @return: the plugs dropped, in their former order.
         """
@@ -499,9 +512,10 @@ class Hub:
             if plug is not None:
                 kept[plug_id] = plug
         dropped = [plug for plug in self._plugs.values() if plug.id not in kept]
+        moved = list(kept) != [plug_id for plug_id in self._plugs if plug_id in kept]
         self._plugs = kept
-        if dropped:
-            self._notify(self._drop_listeners, dropped)
+        if dropped or moved:
+            self._notify(self._keep_listeners, KeptPlugs(list(kept.values()), dropped))
         return dropped
 
     def apply_publication(self, publication: Publication, data: Any, origin: Optional[str] = None) -> int:

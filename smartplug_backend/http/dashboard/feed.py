@@ -132,20 +132,23 @@ class Feed:
         self._reports.append(entry)
         self._send({"type": "report", "report": entry, "plug": self._plug(plug)})
 
-    def dropped(self, plugs) -> None:
+    def kept(self, event) -> None:
         """
-        A hub drop listener: plugs the hub no longer has (on Redis, another
-        node's copy of the state won over this node's, or Redis lost them).
-        The page takes them off its list; a snapshot no longer holds them.
+        A hub keep listener: the plugs the hub keeps, in their new order,
+        and those it no longer has (on Redis, another node's copy of the
+        state won over this node's, or Redis lost them).  The page takes
+        the dropped ones off its list and puts the others in order; a
+        snapshot no longer holds the dropped ones.
         """
-        gone = {plug.id for plug in plugs}
+        gone = {plug.id for plug in event.dropped}
         for plug_id in gone:
             self._sources.pop(plug_id, None)
             self._since.pop(plug_id, None)
         kept = [entry for entry in self._reports if entry["id"] not in gone]
         self._reports.clear()
         self._reports.extend(kept)
-        self._send({"type": "dropped", "plugs": [plug.id for plug in plugs]})
+        self._send({"type": "plugs", "order": [plug.id for plug in event.kept],
+                    "dropped": [plug.id for plug in event.dropped]})
 
     def display(self, event) -> None:
         """

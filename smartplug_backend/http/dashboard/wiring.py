@@ -188,7 +188,7 @@ def dashboard(settings, hub, guard, reactor, top: MultiService, tls=None, device
         # Redis or the broker coming or going shows at once.
         link.watch(feed.server_changed)
     hub.listen(feed.report)
-    hub.watch_drops(feed.dropped)
+    hub.watch_kept(feed.kept)
     hub.watch_display(feed.display)
     hub.pubsub.observe(feed.publication)
     hub.pubsub.watch_connections(feed.clients_changed)

@@ -242,8 +242,9 @@ function handle(message) {
     case "report":
       addReport(message.report, message.plug);
       break;
-    case "dropped":
-      message.plugs.forEach(dropPlug);
+    case "plugs":
+      message.dropped.forEach(dropPlug);
+      orderPlugs(message.order);
       $("no-plugs").hidden = plugs.size > 0;
       break;
     case "display":
@@ -284,6 +285,17 @@ function showPlugs(list) {
     }
     else addPlug(plug);
   }
+  orderPlugs(list.map((plug) => plug.id));
+}
+
+// The cards in the server's order (on Redis, a node that loaded another
+// node's copy of the state lists its plugs in that copy's order), moved
+// only if they are not in it already.
+function orderPlugs(ids) {
+  const cards = ids.filter((id) => plugs.has(id)).map((id) => plugs.get(id).card);
+  const shown = [...$("plug-list").children];
+  if (cards.length === shown.length && cards.every((card, i) => card === shown[i])) return;
+  $("plug-list").append(...cards);
 }
 
 // A plug the server no longer has (on Redis, another node's copy of the
