@@ -24,7 +24,7 @@ from smartplug_backend.core.pubsub import report_publisher
 from smartplug_backend.http.dashboard.feed import public_settings
 from smartplug_backend.integrations import redis_engine
 from smartplug_backend.integrations.redis_engine import RedisEngine
-from smartplug_backend.integrations.redis_store import NODES, RedisState, node_key
+from smartplug_backend.integrations.redis_store import EMPTY_SEED, NODES, RedisState, node_key
 from smartplug_backend.server.guard import Guard
 
 from .fake_mqtt import home_assistant
@@ -995,6 +995,36 @@ class EngineTests(TestCase):
         self.assertIn(f"Redis at {self.redis.url} holds other data than this node had loaded (it lost that data, or "
                       "may have lost its latest changes, since): loaded it (1 plugs) and dropped this node's 1 plugs "
                       "that Redis does not hold; pub/sub epochs change", line)
+
+    @inlineCallbacks
+    def test_state_kinds_are_those_that_end_the_mark(self):
+        """
+        The kinds of change the node counts as changing the state (after
+        which it holds a copy) are the kinds whose commit deletes the empty
+        seed's mark in Redis: the engine's list and the Lua scripts are
+        written apart, and must not drift.
+        """
+        (node,) = yield self.nodes(1)
+        engine, client = node.engine, node.engine.state.client
+        guard = Guard(reactor, ban_after=10, ban_seconds=30, shared=engine.bans)
+        changes = {
+            "report": lambda: node.hub.report("q", 1, "http", "x"),
+            "publication": lambda: node.hub.publish("door", "open", "x"),
+            "display": lambda: node.hub.set_display(Display(1, weather=3, intensity=9), "x"),
+            "command": lambda: node.hub.display_command("reset", "x"),
+            "failure": lambda: guard.failure("203.0.113.9", "test"),
+            "ban": lambda: engine.bans.share("203.0.113.9", reactor.seconds() + 30, 30),
+            "lift": lambda: engine.bans.lifted("203.0.113.9"),
+        }
+        ends = {}
+        for kind, change in changes.items():
+            client.set(EMPTY_SEED, engine._incarnation)
+            engine._no_copy = True
+            applied = engine._applied
+            yield change()
+            yield until(lambda applied=applied: engine._applied > applied, f"the {kind} to come back from Redis")
+            ends[kind] = (not client.exists(EMPTY_SEED), not engine._no_copy)
+        self.assertEqual(ends, {kind: (kind in redis_engine._STATE_KINDS,) * 2 for kind in changes})
 
     @inlineCallbacks
     def test_copy_replaces_an_empty_seed_after_the_grace(self):

@@ -89,7 +89,8 @@ DOWN, SYNCING, UP = "down", "syncing", "up"
 _REPLACE_TRIES = 3
 
 # The kinds of change that change the state: the first one committed on an
-# empty seed makes it a state like any other (redis_store._CHANGE).
+# empty seed makes it a state like any other (redis_store._CHANGE, whose
+# scripts are written apart: a test checks that the two agree).
 _STATE_KINDS = frozenset({"report", "display", "publication", "ban", "lift"})
 
 
