@@ -3,6 +3,8 @@ A stand-in for paho's MQTT client, for the bridge's tests and for tests
 that play Home Assistant's light commands through a bridge on a hub.
 """
 
+import itertools
+
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 from twisted.internet.defer import succeed
@@ -29,9 +31,11 @@ class FakeClient:
         self.calls = []
         self.on_connect = self.on_connect_fail = self.on_disconnect = self.on_message = self.on_publish = None
         # What publish() answers: paho's MQTT_ERR_SUCCESS, or (full) its
-        # MQTT_ERR_QUEUE_SIZE; each message gets the next id.
+        # MQTT_ERR_QUEUE_SIZE; each message gets the next id (paho's ids
+        # are unique among those not yet acknowledged).
         self.full = False
         self.mids = []
+        self._ids = itertools.count(1)
 
     def connect_async(self, host, port, keepalive):
         self.calls.append(("connect_async", host, port))
@@ -54,7 +58,7 @@ class FakeClient:
 
         class Info:
             rc = mqtt.paho.MQTT_ERR_QUEUE_SIZE if self.full else mqtt.paho.MQTT_ERR_SUCCESS
-            mid = len(self.mids) + 1
+            mid = next(self._ids)
 
         if not self.full:
             self.published.append((topic, payload, qos, retain))

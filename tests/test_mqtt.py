@@ -10,10 +10,12 @@ import ssl
 import subprocess
 import sys
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet import reactor, threads
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from smartplug_backend import config, tap
 from smartplug_backend.core.display import OFF, Display, LastOn
@@ -25,6 +27,7 @@ from smartplug_backend.integrations.mqtt_url import Broker
 
 from .fake_mqtt import BROKER, TOPICS, FakeClient
 from .helpers import SynchronousReactor
+from .test_redis_engine import until
 
 
 class HandOverReactor(MemoryReactorClock):
@@ -659,6 +662,38 @@ class EventsTests(BridgeTestCase):
         self.assertEqual(self.client.topics(), ["smartplug/events/temp"])
         self.assertTrue(any("not published" in line for line in self.logged()))
 
+    def test_events_unsent_bounded(self):
+        """
+        Events paho has not written to a broker that does not read are
+        bounded: past MAX_EVENTS_UNSENT new ones are dropped and counted,
+        said once per connection; as paho writes them (on_publish), new
+        ones go again.  A new connection starts afresh: paho dropped its
+        unsent events when the old one ended.
+        """
+        self.patch(mqtt, "MAX_EVENTS_UNSENT", 3)
+        self.connect()
+        self.client.acknowledge()  # the republish's configs and states
+        for n in range(5):
+            self.hub.pubsub.publish("temp", n)
+        self.assertEqual([p[1] for p in self.client.published], [b"0", b"1", b"2"])
+        self.assertEqual(self.bridge.dropped, 2)
+        self.client.acknowledge(2)  # paho wrote two of them
+        for n in range(5, 8):
+            self.hub.pubsub.publish("temp", n)
+        self.assertEqual([p[1] for p in self.client.published], [b"0", b"1", b"2", b"5", b"6"])
+        self.assertEqual(self.bridge.dropped, 3)
+        warnings = [line for line in self.logged() if "do not read" in line or "does not read" in line]
+        self.assertEqual(warnings, ["MQTT: 3 events wait to be written to mqtt://broker.local:1883, which does not "
+                                    "read them; more events are dropped until it does, or until the connection ends"])
+        # States are not held back by events.
+        self.hub.report("p", 1, "http", "x")
+        self.assertIn(TOPICS.plug_state("p"), self.client.topics())
+        self.client.dropped()
+        self.connect()
+        self.hub.pubsub.publish("temp", 8)
+        self.assertEqual(self.client.published[-1][:2], ("smartplug/events/temp", b"8"))
+        self.assertEqual(self.bridge.dropped, 3)
+
     def test_off_by_default(self):
         """
         Without MQTT_EVENTS nothing is bridged either way.
@@ -669,6 +704,103 @@ class EventsTests(BridgeTestCase):
         self.hub.pubsub.publish("temp", 1)
         self.assertNotIn("smartplug/publish/#", self.client.subscribed)
         self.assertEqual(self.client.published, [])
+
+
+class StallingBroker(Protocol):
+    """
+    A broker that accepts the connection (CONNACK) and then stops reading
+    until L{read} is called; it counts the messages to C{TOPIC} it reads.
+    """
+
+    TOPIC = TOPICS.event("big").encode()
+
+    def __init__(self):
+        self.buffer = b""
+        self.publishes = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        while len(self.buffer) >= 2:
+            # The fixed header: the packet's type, and its remaining length
+            # (7 bits a byte, low first).
+            length, shift, at = 0, 0, 1
+            while at < len(self.buffer):
+                byte = self.buffer[at]
+                length |= (byte & 0x7F) << shift
+                shift, at = shift + 7, at + 1
+                if not byte & 0x80:
+                    break
+            else:
+                return
+            if len(self.buffer) < at + length:
+                return
+            kind, packet, self.buffer = self.buffer[0] >> 4, self.buffer[at:at + length], self.buffer[at + length:]
+            if kind == 1:  # CONNECT
+                self.transport.write(b"\x20\x02\x00\x00")
+                self.factory.connected.callback(self)
+                self.transport.pauseProducing()
+            if kind == 3 and packet[2:2 + int.from_bytes(packet[:2], "big")] == self.TOPIC:  # PUBLISH
+                self.publishes += 1
+
+    def read(self) -> None:
+        self.transport.resumeProducing()
+
+
+class StalledBrokerTests(TestCase):
+    """
+    A real paho client against a broker on 127.0.0.1 that stops reading.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_events_bounded_while_the_broker_does_not_read(self):
+        """
+        Events pile up in paho while the broker does not read: past
+        MAX_EVENTS_UNSENT new ones are dropped and counted (paho's
+        on_publish, which says an event was written, frees room); once the
+        broker reads, every event handed to paho reaches it, and new ones
+        go again.
+        """
+        self.patch(mqtt, "MAX_EVENTS_UNSENT", 20)
+        # A small receive buffer (inherited from the listening socket), so
+        # that the broker's side fills soon.
+        listening = socket.socket()
+        self.addCleanup(listening.close)
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(5)
+        listening.setblocking(False)
+        factory = Factory.forProtocol(StallingBroker)
+        factory.connected = Deferred()
+        port = reactor.adoptStreamPort(listening.fileno(), socket.AF_INET, factory)
+        self.addCleanup(port.stopListening)
+        broker = Broker("127.0.0.1", listening.getsockname()[1])
+        hub = Hub(now=reactor.seconds)
+        hub.restore([], OFF, (), None)
+        bridge = mqtt.MQTTBridge(hub, mqtt.make_client(broker, TOPICS), broker, TOPICS, reactor, threads.deferToThread,
+                                 events=True)
+        bridge.startService()
+        self.addCleanup(lambda: bridge.stopService() if bridge.running else None)
+        stalled = yield factory.connected
+        yield until(lambda: bridge.link.up, "the bridge to be connected")
+        # 60 KB events, a few a turn of the reactor (paho's thread writes
+        # meanwhile), far more than the sockets' buffers hold.
+        data = "x" * 60000
+        for n in range(300):
+            hub.pubsub.publish("big", data)
+            if n % 10 == 0:
+                yield threads.deferToThread(lambda: None)
+        self.assertGreater(bridge.dropped, 0)
+        handed = 300 - bridge.dropped
+        self.assertLess(stalled.publishes, handed)
+        stalled.read()
+        yield until(lambda: stalled.publishes == handed, f"the broker to read the {handed} events paho held",
+                    timeout=30)
+        hub.pubsub.publish("big", "after")
+        yield until(lambda: stalled.publishes == handed + 1, "a new event to go")
+        self.assertEqual(bridge.dropped, 300 - handed)
+        yield bridge.stopService()
 
 
 class StopTests(BridgeTestCase):

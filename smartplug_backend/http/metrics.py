@@ -175,7 +175,8 @@ class ServerCollector:
         if self._mqtt is not None:
             yield CounterMetricFamily(
                 "smartplug_mqtt_messages_dropped",
-                "MQTT messages dropped because paho's queue of messages waiting for the broker was full.",
+                "MQTT messages dropped because paho's queue of messages waiting for the broker was full, "
+                "and events dropped while too many waited to be written to a broker that does not read.",
                 value=self._mqtt.dropped,
             )
 

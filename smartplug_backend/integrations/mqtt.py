@@ -36,6 +36,7 @@ RECONNECT_MIN = limits.MQTT_RECONNECT_MIN
 RECONNECT_MAX = limits.MQTT_RECONNECT_MAX
 KEEPALIVE = limits.MQTT_KEEPALIVE
 MAX_QUEUED = limits.MQTT_MAX_QUEUED
+MAX_EVENTS_UNSENT = limits.MQTT_MAX_EVENTS_UNSENT
 REPUBLISH_WINDOW = limits.MQTT_REPUBLISH_WINDOW
 # Topics whose retained command is remembered as said (past that, each is
 # said every time the broker hands it over).
@@ -121,9 +122,16 @@ class MQTTBridge(Service):
         # when the republish goes on.
         self._held = None
         self._unacked: set = set()
-        # Said once per connection: paho's queue was full, messages dropped.
+        # The ids of our QoS 0 messages paho has not written to the broker's
+        # socket yet (it tells with on_publish once it has): paho keeps them
+        # without a bound, so past MAX_EVENTS_UNSENT events are dropped.
+        self._unsent: set = set()
+        # Said once per connection: paho's queue was full, messages dropped;
+        # events were dropped.
         self._told_full = False
-        # Messages paho's full queue did not take (GET /metrics).
+        self._told_unsent = False
+        # Messages paho's full queue did not take, and events dropped
+        # (GET /metrics).
         self.dropped = 0
         # Up or not, since when, why: the dashboard and GET /metrics.
         self.link = Link("mqtt", broker.where, reactor.seconds)
@@ -213,10 +221,13 @@ class MQTTBridge(Service):
         self._connected = True
         self._away = False
         self._told_full = False
+        self._told_unsent = False
         self.link.went_up()
         # Messages of an earlier connection that paho sends again are not
-        # counted toward the republish window.
+        # counted toward the republish window; its QoS 0 messages paho
+        # dropped when the connection ended, unsaid.
         self._unacked.clear()
+        self._unsent.clear()
         self._log.info("MQTT: connected to {where}", where=self._broker.where)
         subscriptions = [(self._topics.ha_status, 1), (self._topics.display_set, 1), (self._topics.display_command, 1)]
         if self._events:
@@ -297,6 +308,7 @@ class MQTTBridge(Service):
 
     def _acknowledged(self, mid: int) -> None:
         self._unacked.discard(mid)
+        self._unsent.discard(mid)
         if self._republishing is not None:
             self._pump()
 
@@ -330,6 +342,8 @@ class MQTTBridge(Service):
             return False
         if qos:
             self._unacked.add(sent.mid)
+        else:
+            self._unsent.add(sent.mid)
         return True
 
     def _report(self, report) -> None:
@@ -344,6 +358,16 @@ class MQTTBridge(Service):
     def _published(self, event: str, data: Any, origin: Optional[str]) -> None:
         # Every publication, ours from <prefix>/publish/E included: that
         # topic is not <prefix>/events/E, so nothing loops.
+        if self._connected and len(self._unsent) >= MAX_EVENTS_UNSENT:
+            self.dropped += 1
+            if not self._told_unsent:
+                self._told_unsent = True
+                self._log.warn(
+                    "MQTT: {count} events wait to be written to {where}, which does not read them; more events are "
+                    "dropped until it does, or until the connection ends",
+                    count=MAX_EVENTS_UNSENT, where=self._broker.where,
+                )
+            return
         self._publish(ha.Message(self._topics.event(event), ha.event_payload(data), retain=False), qos=0)
 
     def _message(self, topic: str, payload: bytes, retained: bool) -> None:
