@@ -7,8 +7,10 @@ import json
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from treq.testing import StubTreq
+from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, connect
@@ -21,6 +23,20 @@ from smartplug_backend.http.ingest import ingest_routes
 PEER = "192.168.1.64"
 # The client address StubTreq's requests come from.
 STUB_PEER = "127.0.0.1"
+
+
+@inlineCallbacks
+def until(condition, what: str, timeout: float = 10):
+    """
+    Wait, on the real reactor, until C{condition()} is true, for work done
+    on other threads (Redis', paho's) that gives no other signal.  Bounded
+    in time; fails naming C{what}.
+    """
+    for _ in range(int(timeout / 0.01)):
+        if condition():
+            return
+        yield deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def run_now(f, *args, **kwargs):

@@ -26,8 +26,7 @@ from smartplug_backend.integrations import mqtt
 from smartplug_backend.integrations.mqtt_url import Broker
 
 from .fake_mqtt import BROKER, TOPICS, FakeClient
-from .helpers import SynchronousReactor
-from .test_redis_engine import until
+from .helpers import SynchronousReactor, until
 
 
 class HandOverReactor(MemoryReactorClock):

@@ -28,20 +28,8 @@ from smartplug_backend.integrations.redis_store import EMPTY_SEED, NODES, RedisS
 from smartplug_backend.server.guard import Guard
 
 from .fake_mqtt import home_assistant
+from .helpers import until
 from .redis_server import start_redis
-
-
-@inlineCallbacks
-def until(condition, what: str, timeout: float = 10):
-    """
-    Wait, on the reactor, until C{condition()} is true: the engine's threads
-    give no other signal.  Bounded in time; fails naming C{what}.
-    """
-    for _ in range(int(timeout / 0.01)):
-        if condition():
-            return
-        yield deferLater(reactor, 0.01, lambda: None)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Node:
