@@ -7,6 +7,7 @@ the /subscribe route over iosim, and C{GET /events/<E>/history}.
 
 import itertools
 import json
+import urllib.parse
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
@@ -742,6 +743,15 @@ class HistoryRouteTests(SynchronousTestCase):
         self.assertEqual([p["offset"] for p in json.loads(self.get("/events/room/temp/history")[1])["publications"]],
                          [1, 2, 3, 4, 5])
         self.assertEqual(json.loads(self.get("/events/nothing/history")[1])["publications"], [])
+
+    def test_any_event_name(self):
+        """
+        An event named with line breaks reads back too, escaped.
+        """
+        for event in ("a\nb", "end\n"):
+            self.hub.publish(event, 1, "peer")
+            code, body, _ = self.get(f"/events/{urllib.parse.quote(event, safe='')}/history")
+            self.assertEqual((code, [p["event"] for p in json.loads(body)["publications"]]), (200, [event]))
 
     def test_bad_parameters(self):
         """

@@ -8,6 +8,7 @@ no timer or connection left behind, and the server still serving.
 
 import json
 import re
+import urllib.parse
 
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -105,6 +106,37 @@ class HTTPProperties(SynchronousTestCase):
             self.assertEqual((hub.plug(expected[0]).id, hub.plug(expected[0]).value), expected)
         response = self.successResultOf(client.post("http://x/data", data=b'{"id": "after", "value": 0}'))
         self.assertEqual(response.code, 200)
+        self.assertNoProblems()
+
+    @given(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=128)
+           .filter(lambda plug_id: not plug_id.endswith("/history")))
+    @example("line\nbreak")
+    @example("x\r\n")
+    @example("\n")
+    @example("x/history\n")
+    @example("a\n/history\n")
+    @example("kitchen/kettle")
+    @example("50%")
+    @example("..")
+    @example("?")
+    def test_any_id_reads_back(self, plug_id):
+        """
+        Any id a report may use reads back at GET /plugs/<id> and
+        /plugs/<id>/history, escaped: line breaks, slashes, "%", dots and
+        anything else.  (An id ending in "/history" is the one exception:
+        its path is the history of the id before it.)
+        """
+        hub = Hub()
+        client = http_client(hub)
+        body = json.dumps({"id": plug_id, "value": 1}).encode()
+        self.assertEqual(self.successResultOf(client.post("http://x/data", data=body)).code, 200)
+        path = "http://x/plugs/" + urllib.parse.quote(plug_id, safe="")
+        response = self.successResultOf(client.get(path))
+        answer = self.successResultOf(response.content())
+        self.assertEqual((response.code, json.loads(answer)["id"]), (200, plug_id), answer)
+        response = self.successResultOf(client.get(path + "/history"))
+        answer = self.successResultOf(response.content())
+        self.assertEqual((response.code, [e["value"] for e in json.loads(answer)]), (200, [1]), answer)
         self.assertNoProblems()
 
     @given(

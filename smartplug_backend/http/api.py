@@ -161,6 +161,12 @@ def make_app(hub, bridge: Bridge, guard=None, api_key=None) -> bottle.Bottle:
         C{POST /publish} when set.
     """
     app = bottle.Bottle(catchall=True, autojson=False)
+    # A plug id or event name may hold any character (SPEC 1.1, 3), and is
+    # read back too: Bottle's <name:path>, ".+?", stops at a line break.  So
+    # any character; and since Bottle ends a route's pattern with "$", which
+    # also matches before a final line break, a path that ends with one is
+    # matched only by a wildcard that takes it, at the end of the route.
+    app.router.add_filter("path", lambda config: (r"(?![\s\S]*\n\Z)[\s\S]+?|[\s\S]*\n\Z", None, None))
 
     def warn(reason: str) -> None:
         bridge.later(
