@@ -109,6 +109,8 @@ class ValidationTests(SynchronousTestCase):
             ({"mode": 2, "color": [1, 2, 3], "pulse": 10}, "pulse"),
             ({"command": "explode"}, "command"),
             ({"command": ["reset"]}, "command"),
+            ({"command": "reset", "mode": 9}, "give either mode or command, not both"),
+            ({"mode": 0, "command": "reset"}, "give either mode or command, not both"),
         ]
         for body, named in cases:
             with self.assertRaises(InvalidDisplay, msg=repr(body)) as caught:

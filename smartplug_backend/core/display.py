@@ -114,6 +114,9 @@ def validate_display(data: object) -> Union[Display, str]:
     if not isinstance(data, dict):
         raise InvalidDisplay("body must be a JSON object with mode or command")
     if "command" in data:
+        if "mode" in data:
+            # Which one was meant?  Neither is guessed.
+            raise InvalidDisplay("give either mode or command, not both")
         command = data["command"]
         if not isinstance(command, str) or command not in COMMANDS:
             raise InvalidDisplay('command must be "reset" or "update"')
