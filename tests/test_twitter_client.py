@@ -98,6 +98,16 @@ class PostingTests(ClientTestCase):
             [("GET", "/1.1/account/verify_credentials.json"), ("GET", "/2/users/me")],
         )
 
+    async def test_verify_without_an_account_name(self):
+        """
+        An answer to the check that names no account is a TweetError saying
+        so, in both versions (not a TypeError, nor "@None").
+        """
+        self.fake.username = None
+        for api in ("v1.1", "v2"):
+            error = await self.failure(self.client(api).verify)
+            self.assertEqual(str(error), "unexpected answer: no account name in it (got None)")
+
     async def test_fake_refuses_unsigned_requests(self):
         """
         The fake itself refuses a request without an OAuth signature, so the

@@ -162,13 +162,23 @@ class _V1:
         watch(requests_session(self.api))
 
     def verify(self) -> str:
-        return "@" + self.api.VerifyCredentials(skip_status=True).screen_name
+        return _account(getattr(self.api.VerifyCredentials(skip_status=True), "screen_name", None))
 
     def post(self, text: str) -> str:
         return str(self.api.PostUpdate(text).id)
 
     def close(self) -> None:
         requests_session(self.api).close()
+
+
+def _account(name: object) -> str:
+    """
+    C{"@name"} for the account name an answer gave, or a L{TweetError} if it
+    gave none.
+    """
+    if not isinstance(name, str) or not name:
+        raise TweetError(f"unexpected answer: no account name in it (got {name!r})")
+    return "@" + name
 
 
 def _check_hook(response, *args, **kwargs):
@@ -198,7 +208,8 @@ class _V2:
             raise TweetError("unexpected answer: " + response.text, status=response.status_code) from None
 
     def verify(self) -> str:
-        return "@" + str(self._call("GET", "/2/users/me")["username"])
+        me = self._call("GET", "/2/users/me")
+        return _account(me.get("username") if isinstance(me, dict) else None)
 
     def post(self, text: str) -> str:
         return str(self._call("POST", "/2/tweets", json={"text": text})["id"])
