@@ -13,6 +13,7 @@ import sys
 from twisted.internet import reactor, threads
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -661,37 +662,48 @@ class EventsTests(BridgeTestCase):
         self.assertEqual(self.client.topics(), ["smartplug/events/temp"])
         self.assertTrue(any("not published" in line for line in self.logged()))
 
+    def events(self):
+        return [p[1] for p in self.client.published if p[0] == "smartplug/events/temp"]
+
     def test_events_unsent_bounded(self):
         """
         Events paho has not written to a broker that does not read are
-        bounded: past MAX_EVENTS_UNSENT new ones are dropped and counted,
-        said once per connection; as paho writes them (on_publish), new
-        ones go again.  A new connection starts afresh: paho dropped its
-        unsent events when the old one ended.
+        bounded: once MAX_EVENTS_UNSENT wait and the oldest has waited
+        EVENTS_STALLED seconds, new ones are dropped and counted, said once
+        per connection; as paho writes them (on_publish), new ones go
+        again.  A burst to a broker that reads is not dropped.  The events
+        paho had not written when the connection ended are counted as
+        dropped too.
         """
         self.patch(mqtt, "MAX_EVENTS_UNSENT", 3)
         self.connect()
         self.client.acknowledge()  # the republish's configs and states
         for n in range(5):
             self.hub.pubsub.publish("temp", n)
-        self.assertEqual([p[1] for p in self.client.published], [b"0", b"1", b"2"])
-        self.assertEqual(self.bridge.dropped, 2)
-        self.client.acknowledge(2)  # paho wrote two of them
-        for n in range(5, 8):
-            self.hub.pubsub.publish("temp", n)
-        self.assertEqual([p[1] for p in self.client.published], [b"0", b"1", b"2", b"5", b"6"])
-        self.assertEqual(self.bridge.dropped, 3)
-        warnings = [line for line in self.logged() if "do not read" in line or "does not read" in line]
-        self.assertEqual(warnings, ["MQTT: 3 events wait to be written to mqtt://broker.local:1883, which does not "
-                                    "read them; more events are dropped until it does, or until the connection ends"])
+        self.assertEqual((self.events(), self.bridge.dropped), ([b"0", b"1", b"2", b"3", b"4"], 0))
+        self.reactor.advance(mqtt.EVENTS_STALLED - 1)
+        self.hub.pubsub.publish("temp", 5)
+        self.assertEqual(self.bridge.dropped, 0)
+        self.reactor.advance(1)
+        self.hub.pubsub.publish("temp", 6)
+        self.hub.pubsub.publish("temp", 7)
+        self.assertEqual((self.events()[-1], self.bridge.dropped), (b"5", 2))
+        warnings = [line for line in self.logged() if "events wait" in line]
+        self.assertEqual(warnings, ["MQTT: 6 events wait to be written to mqtt://broker.local:1883, which has read "
+                                    f"none of them for {mqtt.EVENTS_STALLED} s; more events are dropped until it "
+                                    "reads again, or until the connection ends"])
+        self.client.acknowledge(4)  # paho wrote four of them
+        self.hub.pubsub.publish("temp", 8)
+        self.assertEqual((self.events()[-1], self.bridge.dropped), (b"8", 2))
         # States are not held back by events.
         self.hub.report("p", 1, "http", "x")
         self.assertIn(TOPICS.plug_state("p"), self.client.topics())
+        # Events 4, 5 and 8 were never written.
         self.client.dropped()
+        self.assertEqual(self.bridge.dropped, 5)
         self.connect()
-        self.hub.pubsub.publish("temp", 8)
-        self.assertEqual(self.client.published[-1][:2], ("smartplug/events/temp", b"8"))
-        self.assertEqual(self.bridge.dropped, 3)
+        self.hub.pubsub.publish("temp", 9)
+        self.assertEqual((self.events(), self.bridge.dropped), ([b"9"], 5))
 
     def test_off_by_default(self):
         """
@@ -756,12 +768,13 @@ class StalledBrokerTests(TestCase):
     def test_events_bounded_while_the_broker_does_not_read(self):
         """
         Events pile up in paho while the broker does not read: past
-        MAX_EVENTS_UNSENT new ones are dropped and counted (paho's
-        on_publish, which says an event was written, frees room); once the
-        broker reads, every event handed to paho reaches it, and new ones
-        go again.
+        MAX_EVENTS_UNSENT, the oldest waiting EVENTS_STALLED seconds, new
+        ones are dropped and counted (paho's on_publish, which says an
+        event was written, frees room); once the broker reads, every event
+        handed to paho reaches it, and new ones go again.
         """
         self.patch(mqtt, "MAX_EVENTS_UNSENT", 20)
+        self.patch(mqtt, "EVENTS_STALLED", 0.2)
         # A small receive buffer (inherited from the listening socket), so
         # that the broker's side fills soon.
         listening = socket.socket()
@@ -777,28 +790,34 @@ class StalledBrokerTests(TestCase):
         broker = Broker("127.0.0.1", listening.getsockname()[1])
         hub = Hub(now=reactor.seconds)
         hub.restore([], OFF, (), None)
-        bridge = mqtt.MQTTBridge(hub, mqtt.make_client(broker, TOPICS), broker, TOPICS, reactor, threads.deferToThread,
-                                 events=True)
+        client = mqtt.make_client(broker, TOPICS)
+        # And a small send buffer on paho's side, whatever the host's TCP
+        # tuning (a fixed size turns the kernel's autotuning off).
+        client.on_socket_open = lambda client, userdata, sock: sock.setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        bridge = mqtt.MQTTBridge(hub, client, broker, TOPICS, reactor, threads.deferToThread, events=True)
         bridge.startService()
         self.addCleanup(lambda: bridge.stopService() if bridge.running else None)
         stalled = yield factory.connected
         yield until(lambda: bridge.link.up, "the bridge to be connected")
-        # 60 KB events, a few a turn of the reactor (paho's thread writes
-        # meanwhile), far more than the sockets' buffers hold.
+        # 60 KB events, a few every 10 ms (paho's thread writes meanwhile),
+        # until some are dropped: bounded in count and time.
         data = "x" * 60000
-        for n in range(300):
-            hub.pubsub.publish("big", data)
-            if n % 10 == 0:
-                yield threads.deferToThread(lambda: None)
+        sent = 0
+        while not bridge.dropped and sent < 1000:
+            for _ in range(5):
+                hub.pubsub.publish("big", data)
+            sent += 5
+            yield deferLater(reactor, 0.01, lambda: None)
         self.assertGreater(bridge.dropped, 0)
-        handed = 300 - bridge.dropped
+        handed = sent - bridge.dropped
         self.assertLess(stalled.publishes, handed)
         stalled.read()
         yield until(lambda: stalled.publishes == handed, f"the broker to read the {handed} events paho held",
                     timeout=30)
         hub.pubsub.publish("big", "after")
         yield until(lambda: stalled.publishes == handed + 1, "a new event to go")
-        self.assertEqual(bridge.dropped, 300 - handed)
+        self.assertEqual(bridge.dropped, sent - handed)
         yield bridge.stopService()
 
 

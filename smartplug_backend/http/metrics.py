@@ -176,7 +176,8 @@ class ServerCollector:
             yield CounterMetricFamily(
                 "smartplug_mqtt_messages_dropped",
                 "MQTT messages dropped because paho's queue of messages waiting for the broker was full, "
-                "and events dropped while too many waited to be written to a broker that does not read.",
+                "and events dropped while too many waited to be written to a broker that does not read, or not "
+                "yet written when the connection ended.",
                 value=self._mqtt.dropped,
             )
 

@@ -18,6 +18,7 @@ import re
 import shlex
 import ssl
 import sys
+from collections import OrderedDict
 from typing import Any, Callable, Optional
 
 import paho.mqtt.client as paho
@@ -37,6 +38,7 @@ RECONNECT_MAX = limits.MQTT_RECONNECT_MAX
 KEEPALIVE = limits.MQTT_KEEPALIVE
 MAX_QUEUED = limits.MQTT_MAX_QUEUED
 MAX_EVENTS_UNSENT = limits.MQTT_MAX_EVENTS_UNSENT
+EVENTS_STALLED = limits.MQTT_EVENTS_STALLED
 REPUBLISH_WINDOW = limits.MQTT_REPUBLISH_WINDOW
 # Topics whose retained command is remembered as said (past that, each is
 # said every time the broker hands it over).
@@ -122,10 +124,12 @@ class MQTTBridge(Service):
         # when the republish goes on.
         self._held = None
         self._unacked: set = set()
-        # The ids of our QoS 0 messages paho has not written to the broker's
-        # socket yet (it tells with on_publish once it has): paho keeps them
-        # without a bound, so past MAX_EVENTS_UNSENT events are dropped.
-        self._unsent: set = set()
+        # Our QoS 0 messages paho has not written to the broker's socket yet
+        # (it tells with on_publish once it has), oldest first: id -> when
+        # handed over.  paho keeps them without a bound, so past
+        # MAX_EVENTS_UNSENT of them, the oldest waiting EVENTS_STALLED
+        # seconds, new events are dropped.
+        self._unsent: OrderedDict = OrderedDict()
         # Said once per connection: paho's queue was full, messages dropped;
         # events were dropped.
         self._told_full = False
@@ -224,8 +228,7 @@ class MQTTBridge(Service):
         self._told_unsent = False
         self.link.went_up()
         # Messages of an earlier connection that paho sends again are not
-        # counted toward the republish window; its QoS 0 messages paho
-        # dropped when the connection ended, unsaid.
+        # counted toward the republish window.
         self._unacked.clear()
         self._unsent.clear()
         self._log.info("MQTT: connected to {where}", where=self._broker.where)
@@ -247,6 +250,11 @@ class MQTTBridge(Service):
             )
 
     def _lost(self, reason: str) -> None:
+        if self.running:
+            # paho dropped the events it had not written yet, unsaid: every
+            # one written was told before the end.
+            self.dropped += len(self._unsent)
+        self._unsent.clear()
         if reason == "Unspecified error":
             # What paho says when the socket closed under it.
             reason = "the broker closed it or went away"
@@ -308,7 +316,7 @@ class MQTTBridge(Service):
 
     def _acknowledged(self, mid: int) -> None:
         self._unacked.discard(mid)
-        self._unsent.discard(mid)
+        self._unsent.pop(mid, None)
         if self._republishing is not None:
             self._pump()
 
@@ -342,8 +350,12 @@ class MQTTBridge(Service):
             return False
         if qos:
             self._unacked.add(sent.mid)
+        elif sent.rc == paho.MQTT_ERR_SUCCESS:
+            self._unsent[sent.mid] = self._reactor.seconds()
         else:
-            self._unsent.add(sent.mid)
+            # Not taken: the connection ended under it (its end is on its
+            # way to the reactor).
+            self.dropped += 1
         return True
 
     def _report(self, report) -> None:
@@ -358,17 +370,26 @@ class MQTTBridge(Service):
     def _published(self, event: str, data: Any, origin: Optional[str]) -> None:
         # Every publication, ours from <prefix>/publish/E included: that
         # topic is not <prefix>/events/E, so nothing loops.
-        if self._connected and len(self._unsent) >= MAX_EVENTS_UNSENT:
+        if self._connected and self._events_stalled():
             self.dropped += 1
             if not self._told_unsent:
                 self._told_unsent = True
                 self._log.warn(
-                    "MQTT: {count} events wait to be written to {where}, which does not read them; more events are "
-                    "dropped until it does, or until the connection ends",
-                    count=MAX_EVENTS_UNSENT, where=self._broker.where,
+                    "MQTT: {count} events wait to be written to {where}, which has read none of them for {seconds} s; "
+                    "more events are dropped until it reads again, or until the connection ends",
+                    count=len(self._unsent), where=self._broker.where, seconds=EVENTS_STALLED,
                 )
             return
         self._publish(ha.Message(self._topics.event(event), ha.event_payload(data), retain=False), qos=0)
+
+    def _events_stalled(self) -> bool:
+        """
+        Whether MAX_EVENTS_UNSENT events wait to be written and the oldest
+        has waited EVENTS_STALLED seconds: the broker does not read.
+        """
+        if len(self._unsent) < MAX_EVENTS_UNSENT:
+            return False
+        return self._reactor.seconds() - next(iter(self._unsent.values())) >= EVENTS_STALLED
 
     def _message(self, topic: str, payload: bytes, retained: bool) -> None:
         if not self.running:
