@@ -260,6 +260,21 @@ class FullDiskTests(Files):
     def assertNothingLeft(self):
         self.assertEqual(os.listdir(self.backups), [])
 
+    def room(self) -> str:
+        """
+        What the error says of the room: free, and about needed (the copy
+        and the archive, each at most the database with its log).
+        """
+        needed = 2 * sum(os.path.getsize(p) for p in (self.db, self.db + "-wal") if os.path.exists(p))
+        return f"4096 bytes free on its file system (taking the backup needs about {needed} there)"
+
+    def advice(self, error, cause: str) -> None:
+        place = os.path.abspath(self.backups)
+        self.assertEqual(error.advice, {
+            "room": f"make room on the file system of {place} (or fix the disk)",
+            "permission": f"let the server's user write {place}",
+        }[cause])
+
     def test_copy_on_a_full_disk(self):
         """
         The copy that cannot grow its files on the backups' disk is that
@@ -268,25 +283,29 @@ class FullDiskTests(Files):
         """
         self.failing(copy={"execute": FULL})
         error = self.assertRaises(backup.BackupError, self.take)
-        self.assertEqual(str(error), f"cannot write the backup to {self.backups}: disk I/O error, 4096 bytes "
-                                     "free on its disk")
-        self.assertTrue(error.disk_full)
+        self.assertEqual(str(error), f"cannot write the backup to {self.backups}: disk I/O error, {self.room()}")
+        self.advice(error, "room")
         self.assertNothingLeft()
 
     def test_backup_step_writing_or_reading(self):
         """
         SQLite's backup step fails on either side: writing the copy names
-        the backups' disk, reading the database names the database.
+        the backups' disk, reading the database names the database, as
+        does the copy finding it damaged.
         """
         self.failing(source={"backup": sqlite_error("database or disk is full", 13)})
         error = self.assertRaises(backup.BackupError, self.take)
         self.assertEqual(str(error), f"cannot write the backup to {self.backups}: database or disk is full, "
-                                     "4096 bytes free on its disk")
-        self.assertTrue(error.disk_full)
+                                     f"{self.room()}")
+        self.advice(error, "room")
         self.failing(source={"backup": sqlite_error("disk I/O error", 266)})  # SQLITE_IOERR_READ
         error = self.assertRaises(backup.BackupError, self.take)
         self.assertEqual(str(error), f"{self.db}: cannot read (disk I/O error)")
-        self.assertFalse(error.disk_full)
+        self.assertIsNone(error.advice)
+        # What the copy finds wrong with what it read is the database's.
+        self.failing(copy={"execute": sqlite_error("database disk image is malformed", 11)})
+        error = self.assertRaises(backup.BackupError, self.take)
+        self.assertEqual(str(error), f"{self.db}: cannot read (database disk image is malformed)")
         self.assertNothingLeft()
 
     def test_archive_on_a_full_disk(self):
@@ -299,8 +318,8 @@ class FullDiskTests(Files):
         self.patch(tarfile, "open", no_room)
         error = self.assertRaises(backup.BackupError, self.take)
         self.assertEqual(str(error), f"cannot write the backup to {self.backups}: [Errno 28] No space left on "
-                                     "device, 4096 bytes free on its disk")
-        self.assertTrue(error.disk_full)
+                                     f"device, {self.room()}")
+        self.advice(error, "room")
         self.assertNothingLeft()
 
     def test_permissions_are_not_room(self):
@@ -312,7 +331,7 @@ class FullDiskTests(Files):
         error = self.assertRaises(backup.BackupError, self.take)
         self.assertEqual(str(error), f"cannot write the backup to {self.backups}: attempt to write a readonly "
                                      "database")
-        self.assertFalse(error.disk_full)
+        self.advice(error, "permission")
 
     def test_no_upgrade_on_a_full_disk(self):
         """
@@ -324,10 +343,12 @@ class FullDiskTests(Files):
         self.failing(copy={"execute": FULL})
         error = self.assertRaises(store.UnusableDatabase, store.Store.open, db, 10,
                                   backup.before_upgrade(db, self.settings, self.backups))
+        needed = 2 * os.path.getsize(db)
         self.assertEqual(str(error), f"{db} is at schema 3 and needs an upgrade, but a backup of it as it is "
                                      f"could not be taken first (cannot write the backup to {self.backups}: disk "
-                                     f"I/O error, 4096 bytes free on its disk); left untouched: make room on the "
-                                     f"disk of {self.backups} and start again")
+                                     f"I/O error, 4096 bytes free on its file system (taking the backup needs about "
+                                     f"{needed} there)); left untouched: make room on the file system of "
+                                     f"{os.path.abspath(self.backups)} (or fix the disk) and start again")
         self.assertEqual(pragma(db, "user_version"), 3)
 
 

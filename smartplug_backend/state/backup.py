@@ -36,25 +36,28 @@ class BackupError(Exception):
     """
     A backup or restore that cannot be done; C{str(error)} is one line.
 
-    @ivar disk_full: C{True} when the backups' disk may be full, so that
-        making room there is the way out.
+    @ivar advice: what the owner can do about it (C{"make room on ..."}),
+        or C{None}.
     """
 
-    def __init__(self, text: str, disk_full: bool = False):
+    def __init__(self, text: str, advice: Optional[str] = None):
         super().__init__(text)
-        self.disk_full = disk_full
+        self.advice = advice
 
 
-# A write refused for want of room: the disk, or the user's quota, is full.
+# Why writing a backup failed, from the error's errno: no room (the disk,
+# or the user's quota, is full), or no permission.
 _NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT})
+_NO_PERMISSION = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 # SQLite's codes for a failed write of the copy (permissions, no room, the
 # file or its shared memory file), told apart from reading the database:
 # READONLY, FULL, CANTOPEN, and the IOERR_<...> of writing (their high byte).
 _SQLITE_WRITING = frozenset({8, 13, 14})
 _SQLITE_IO_WRITING = frozenset({3, 4, 5, 6, 18, 19, 21})
-# SQLite's codes that a full disk gives: FULL, and IOERR (a write or the
-# shared memory file's growth refused).
+# Of those, what a full disk gives (FULL, and IOERR: a write or the shared
+# memory file's growth refused) and what permissions give (the rest).
 _SQLITE_NO_ROOM = frozenset({10, 13})
+ROOM, PERMISSION = "room", "permission"
 
 
 class _CopyFailed(Exception):
@@ -65,7 +68,7 @@ class _CopyFailed(Exception):
 
     def __init__(self, error: sqlite3.Error):
         super().__init__(str(error))
-        self.no_room = (getattr(error, "sqlite_errorcode", 0) & 0xFF) in _SQLITE_NO_ROOM
+        self.cause = ROOM if (getattr(error, "sqlite_errorcode", 0) & 0xFF) in _SQLITE_NO_ROOM else PERMISSION
 
 
 def _writing(error: sqlite3.Error) -> bool:
@@ -76,15 +79,37 @@ def _writing(error: sqlite3.Error) -> bool:
     return (code & 0xFF) in _SQLITE_WRITING or ((code & 0xFF) == 10 and (code >> 8) in _SQLITE_IO_WRITING)
 
 
-def _cannot_write(directory: str, why: str, full: bool, what: str = "cannot write the backup to") -> BackupError:
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _cause(error: OSError) -> Optional[str]:
+    return ROOM if error.errno in _NO_ROOM else PERMISSION if error.errno in _NO_PERMISSION else None
+
+
+def _cannot_write(directory: str, why: str, cause: Optional[str], needed: Optional[int] = None,
+                  what: str = "cannot write the backup to") -> BackupError:
     """
     The error for a backup that C{directory} cannot take (C{what}
-    C{directory}: C{why}), with the room left on its disk when C{full}, a
-    lack of room, may be the cause.
+    C{directory}: C{why}); when the C{cause} is a lack of L{ROOM}, with the
+    room left on its file system and about the C{needed} bytes.
     """
-    room = store.disk_room(directory) if full else None
-    free = "" if room is None else f", {room} bytes free on its disk"
-    return BackupError(f"{what} {directory}: {why}{free}", disk_full=full)
+    place = os.path.abspath(directory)
+    if cause == ROOM:
+        room = store.disk_room(directory)
+        if room is not None:
+            why += f", {room} bytes free on its file system"
+            if needed is not None:
+                why += f" (taking the backup needs about {needed} there)"
+        advice = f"make room on the file system of {place} (or fix the disk)"
+    elif cause == PERMISSION:
+        advice = f"let the server's user write {place}"
+    else:
+        advice = None
+    return BackupError(f"{what} {directory}: {why}", advice)
 
 
 def _stamp(now: float) -> str:
@@ -177,7 +202,9 @@ def _snapshot(db_path: str, target: str) -> None:
                 copy.execute("PRAGMA journal_mode = DELETE")
                 problem = store.damage(copy)
             except sqlite3.Error as e:
-                raise _CopyFailed(e) from None
+                if _writing(e):
+                    raise _CopyFailed(e) from None
+                raise
         finally:
             copy.close()
     if problem:
@@ -203,7 +230,9 @@ def take(db_path: str, settings_path: Optional[str], directory: str, prefix: str
     except OSError as e:
         if os.path.exists(directory) and not os.path.isdir(directory):
             raise BackupError(f"cannot write to {directory}: it is a file, not a directory") from None
-        raise _cannot_write(directory, e.strerror, e.errno in _NO_ROOM, "cannot write to") from None
+        raise _cannot_write(directory, e.strerror, _cause(e), what="cannot write to") from None
+    # The copy, then the archive beside it (at most as large).
+    needed = 2 * sum(_size(path) for path in (db_path, db_path + "-wal"))
     try:
         copy = os.path.join(work, ARCHIVE_DB)
         _snapshot(db_path, copy)
@@ -226,9 +255,9 @@ def take(db_path: str, settings_path: Optional[str], directory: str, prefix: str
             return final
         raise BackupError(f"cannot find a free backup name in {directory}")
     except _CopyFailed as e:
-        raise _cannot_write(directory, str(e), e.no_room) from None
+        raise _cannot_write(directory, str(e), e.cause, needed) from None
     except OSError as e:
-        raise _cannot_write(directory, str(e), e.errno in _NO_ROOM) from None
+        raise _cannot_write(directory, str(e), _cause(e), needed) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -249,7 +278,7 @@ def before_upgrade(db_path: str, settings_path: Optional[str], directory: str,
         try:
             return take(db_path, settings_path, directory, prefix=BEFORE_UPGRADE, now=now)
         except BackupError as e:
-            advice = f": make room on the disk of {directory} and start again" if e.disk_full else ""
+            advice = f": {e.advice} and start again" if e.advice else ""
             raise store.UnusableDatabase(
                 f"{db_path} is at schema {schema} and needs an upgrade, but a backup of it as it is could not be "
                 f"taken first ({e}); left untouched{advice}"
