@@ -292,10 +292,13 @@ function showPlugs(list) {
 // node's copy of the state lists its plugs in that copy's order), moved
 // only if they are not in it already.
 function orderPlugs(ids) {
+  const list = $("plug-list");
   const cards = ids.filter((id) => plugs.has(id)).map((id) => plugs.get(id).card);
-  const shown = [...$("plug-list").children];
+  const shown = [...list.children];
   if (cards.length === shown.length && cards.every((card, i) => card === shown[i])) return;
-  $("plug-list").append(...cards);
+  // Any card the order leaves out goes after the others.
+  const ordered = new Set(cards);
+  for (const card of cards.concat(shown.filter((card) => !ordered.has(card)))) list.append(card);
 }
 
 // A plug the server no longer has (on Redis, another node's copy of the
