@@ -753,6 +753,16 @@ class HistoryRouteTests(SynchronousTestCase):
             code, body, _ = self.get(f"/events/{urllib.parse.quote(event, safe='')}/history")
             self.assertEqual((code, [p["event"] for p in json.loads(body)["publications"]]), (200, [event]))
 
+    def test_not_loaded_yet(self):
+        """
+        A node on Redis that has not loaded the state yet answers 503: the
+        history, its offsets and its epochs are not known.
+        """
+        self.hub.display_known = False
+        code, body, _ = self.get("/events/room/temp/history")
+        self.assertEqual((code, json.loads(body)),
+                         (503, {"error": "state store cannot be read: pub/sub history not known yet"}))
+
     def test_bad_parameters(self):
         """
         A since or limit that is not a whole number in range gets a JSON 400

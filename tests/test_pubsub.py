@@ -33,6 +33,35 @@ class RegistryTests(SynchronousTestCase):
         self.clock.advance(1)
         self.pubsub = PubSub(deliver=lambda subs, frame: self.sent.append((frame, subs)), now=self.clock.seconds)
 
+    def test_recoveries_wait_for_the_history(self):
+        """
+        While the history is not known (a node on Redis that has not
+        loaded it), last and since are answered once it is, to the
+        subscribers still subscribed; a plain subscription is made at once.
+        """
+        self.pubsub.history_known = False
+        self.assertEqual(self.pubsub.subscribe("a", "door", since=(0, "E")), [])
+        self.assertEqual(self.pubsub.subscribe("b", "door", last=True), [])
+        self.assertEqual(self.pubsub.subscribe("gone", "door", last=True), [])
+        self.pubsub.unsubscribe("gone", "door")
+        self.assertEqual(self.pubsub.subscribe("c", "door"), [])
+        self.pubsub.history.restore([("door", "E", 2, [(1, '"one"', 1.0), (2, '"two"', 1.0)])])
+        self.assertEqual(self.sent, [])
+        self.pubsub.history_known = True
+        self.assertEqual([(json.loads(frame), subscribers) for frame, subscribers in self.sent], [
+            ({"action": "publish", "event": "door", "data": "one", "created_at": "1970-01-01T00:00:01.000Z",
+              "offset": 1, "epoch": "E"}, ["a"]),
+            ({"action": "publish", "event": "door", "data": "two", "created_at": "1970-01-01T00:00:01.000Z",
+              "offset": 2, "epoch": "E"}, ["a"]),
+            ({"action": "recovered", "event": "door", "recovered": True, "offset": 2, "epoch": "E"}, ["a"]),
+            ({"action": "publish", "event": "door", "data": "two", "created_at": "1970-01-01T00:00:01.000Z",
+              "offset": 2, "epoch": "E"}, ["b"]),
+        ])
+        self.assertTrue(self.pubsub.is_subscribed("c", "door"))
+        self.sent.clear()
+        self.pubsub.history_known = True
+        self.assertEqual(self.sent, [])
+
     def test_info_frame_with_other_nodes(self):
         """
         With a node name (SPEC 11) every connection says its node, the

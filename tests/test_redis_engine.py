@@ -1254,6 +1254,37 @@ class EngineTests(TestCase):
         self.assertEqual(self.lines("restarted since its data was last checked"), [])
 
     @inlineCallbacks
+    def test_recovery_asked_before_the_first_load(self):
+        """
+        A subscriber that asks a node that has not loaded the state yet
+        (Redis unreachable at its start) for what it missed, or for the
+        last publication, gets its answer once the node has loaded it,
+        under the epoch every node shares: not recovered false under an
+        epoch of the node's own.
+        """
+        self.redis = start_redis(self, persist=True)
+        (a,) = yield self.nodes(1)
+        yield self.publish(a, "ev", "p1", "p2")
+        epoch = a.hub.pubsub.history.position("ev")[1]
+        self.redis.kill()
+        late = self.start_away(self.redis.url, "late")
+        late.subscribe("resumes", "ev", since=(1, epoch))
+        late.subscribe("last", "ev", last=True)
+        late.subscribe("plain", "ev")
+        self.assertEqual((late.frames["resumes"], late.frames["last"]), ([], []))
+        self.redis.start()
+        yield until(lambda: late.engine.mode == redis_engine.UP and late.frames["resumes"], "the late node to load",
+                    timeout=20)
+        self.assertEqual([(f["action"], f.get("data"), f["offset"], f["epoch"]) for f in late.frames["resumes"]],
+                         [("publish", "p2", 2, epoch), ("recovered", None, 2, epoch)])
+        self.assertTrue(late.frames["resumes"][-1]["recovered"])
+        self.assertEqual([(f["data"], f["offset"], f["epoch"]) for f in late.frames["last"]], [("p2", 2, epoch)])
+        yield self.publish(a, "ev", "p3")
+        yield until(lambda: len(late.frames["plain"]) == 1, "the late node to deliver p3")
+        self.assertEqual([f["data"] for f in late.frames["resumes"][2:]], ["p3"])
+        self.assertEqual([f["offset"] for f in late.frames["last"][1:]], [3])
+
+    @inlineCallbacks
     def test_snapshot_file_restart_under_running_nodes(self):
         """
         Nodes that stay up while Redis restarts from its snapshot file (here

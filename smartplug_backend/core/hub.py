@@ -149,10 +149,7 @@ class Hub:
         # What a bare "on" restores (SPEC 12); the journal keeps it with
         # each display state that sets it.
         self._last_on = NEVER_ON
-        # False while the state is still to be loaded from a store several
-        # nodes share (it was unreachable at start): the display shown is
-        # then no one's, and devices are not sent it.
-        self.display_known = True
+        self._known = True
         self._listeners: list[Listener] = []
         self._display_listeners: list[DisplayListener] = []
         self._keep_listeners: list[KeepListener] = []
@@ -167,6 +164,21 @@ class Hub:
         self._away_logged: Optional[float] = None
         self._away_unlogged = 0
         self._away_why = ""
+
+    @property
+    def display_known(self) -> bool:
+        """
+        False while the state is still to be loaded from a store several
+        nodes share (it was unreachable at start): the display shown is
+        then no one's, and devices are not sent it; nor are the pub/sub
+        history's offsets and epochs anyone's (L{PubSub.history_known}).
+        """
+        return self._known
+
+    @display_known.setter
+    def display_known(self, known: bool) -> None:
+        self._known = known
+        self.pubsub.history_known = known
 
     def restore(self, plugs: Iterable[Plug], display: Optional[Display] = None, streams: Iterable = (),
                 last_on: Optional[LastOn] = None) -> None:

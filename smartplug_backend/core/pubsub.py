@@ -149,6 +149,12 @@ class PubSub:
         self._observers: list[Observer] = []
         # Who is connected or subscribed changed (the dashboard).
         self._connection_watchers: list[Callable[[], None]] = []
+        # False while the history is still to be loaded from a store several
+        # nodes share (it was unreachable at start): its offsets and epochs
+        # are then no one's.  The recoveries (last, since) asked meanwhile
+        # wait for it, as (subscriber, event, last, since).
+        self._history_known = True
+        self._waiting: list[tuple] = []
 
     def observe(self, observer: Observer) -> Callable[[], None]:
         """
@@ -294,6 +300,15 @@ class PubSub:
             self._empty.pop(event, None)
             self._subscribed.setdefault(subscriber, {})[event] = None
             self._tell(self._connection_watchers)
+        if positioned and not self._history_known:
+            self._waiting.append((subscriber, event, last, since))
+            return []
+        return self._recovery(event, last, since)
+
+    def _recovery(self, event: str, last: bool, since: Optional[tuple[int, str]]) -> list[bytes]:
+        """
+        The frames that answer a subscription's C{last} or C{since}.
+        """
         event_json = go_json(event)
         if since is not None:
             recovery = self.history.since(event, *since)
@@ -310,6 +325,27 @@ class PubSub:
             self.deliveries += 1
             return [newest.positioned_frame(event_json)]
         return []
+
+    @property
+    def history_known(self) -> bool:
+        """
+        Whether the history is loaded: set C{False} while it is still to be
+        loaded from a store several nodes share; set C{True} once it is,
+        and the recoveries asked meanwhile are sent, to the subscribers
+        still subscribed.
+        """
+        return self._history_known
+
+    @history_known.setter
+    def history_known(self, known: bool) -> None:
+        self._history_known = known
+        if not known:
+            return
+        waiting, self._waiting = self._waiting, []
+        for subscriber, event, last, since in waiting:
+            if self._deliver is not None and self.is_subscribed(subscriber, event):
+                for frame in self._recovery(event, last, since):
+                    self._deliver([subscriber], frame)
 
     def subscription_count(self, subscriber: Hashable) -> int:
         """

@@ -297,6 +297,10 @@ def make_app(hub, bridge: Bridge, guard=None, api_key=None) -> bottle.Bottle:
             limit = parse_whole(bottle.request.query.get("limit"), "limit", DEFAULT_PUBLICATIONS, 1, MAX_PUBLICATIONS)
         except ValueError as e:
             return rejected(400, str(e))
+        if not bridge.call(getattr, hub, "display_known"):
+            # A node on Redis that has not loaded the state yet: its epochs
+            # would be its own, no other node's.
+            return _error(503, "state store cannot be read: pub/sub history not known yet")
         body = bridge.call(hub.pubsub.history_page, event, since, limit)
         return bottle.HTTPResponse(body=body, status=200, headers={"Content-Type": "application/json"})
 

@@ -877,10 +877,15 @@ class RedisEngine(ThreadPoolService):
         told).  After Redis lost its data, the pub/sub streams are Redis'
         alone: every other event gets a new epoch at its next publication;
         and its plugs too: the hub drops the others (L{Hub.keep_plugs}).
+        A node's first load takes Redis' streams as they are: their
+        publications came before anyone subscribed here (the recoveries
+        asked meanwhile are answered once it is loaded).
         """
         hub = self.hub
         history = hub.pubsub.history
-        if lost:
+        if not hub.display_known:
+            history.restore(snapshot.streams, replace=True)
+        elif lost:
             # Every publication of the new data was made after another node
             # seeded it, so none reached this node's subscribers: they get
             # them now, where they are all still kept.
