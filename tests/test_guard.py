@@ -197,8 +197,9 @@ class BanTests(SynchronousTestCase):
             watchers = []
             failures = []
 
-            def watch(self, ban, failed, lifted):
+            def watch(self, ban, failed, lifted, held):
                 self.watchers.append(ban)
+                self.held = held
 
             def failed(self, host):
                 self.failures.append(host)
@@ -212,6 +213,8 @@ class BanTests(SynchronousTestCase):
         self.clock.advance(5)
         guard.failure(STRANGER, "test")
         self.assertEqual(board.shared, [(STRANGER, 65, 60)])
+        # What this node holds, for the bans Redis lost to be shared again.
+        self.assertEqual(board.held(), [(STRANGER, 65)])
         with capturedLogs() as events:
             board.watchers[0]("198.51.100.1", 20.0)
             board.watchers[0]("10.0.0.7", 20.0)

@@ -1426,15 +1426,11 @@ class EngineTests(TestCase):
         BAN_AFTER of them ban it on both.
         """
         a, b = yield self.nodes()
-        guard_a = Guard(reactor, ban_after=2, ban_seconds=30, shared=a.engine.bans)
-        guard_b = Guard(reactor, ban_after=2, ban_seconds=30, shared=b.engine.bans)
+        guard_a, guard_b = self.guards(a, b, ban_after=2)
         self.assertFalse(guard_a.failure("203.0.113.7", "test"))
         yield until(lambda: guard_b.failures("203.0.113.7") == 1, "B to count A's failure")
         self.assertTrue(guard_b.failure("203.0.113.7", "test"))
         yield until(lambda: guard_a.banned("203.0.113.7"), "A to ban the address")
-        for call in reactor.getDelayedCalls():
-            if call.func in (guard_a._lift, guard_b._lift):
-                call.cancel()
 
     @inlineCallbacks
     def test_bans_are_shared(self):
@@ -1443,19 +1439,55 @@ class EngineTests(TestCase):
         later, for what is left of the ban.
         """
         a, b = yield self.nodes()
-        guard_a = Guard(reactor, ban_after=1, ban_seconds=30, shared=a.engine.bans)
-        guard_b = Guard(reactor, ban_after=1, ban_seconds=30, shared=b.engine.bans)
+        guard_a, guard_b = self.guards(a, b)
         self.assertTrue(guard_a.failure("203.0.113.9", "test"))
         yield until(lambda: guard_b.banned("203.0.113.9"), "B to ban the address")
         late = Node(self, self.redis.url, "late")
-        guard_late = Guard(reactor, ban_after=1, ban_seconds=30, shared=late.engine.bans)
+        (guard_late,) = self.guards(late)
         yield late.start()
         self.assertTrue(guard_late.banned("203.0.113.9"))
-        for guard in (guard_a, guard_b, guard_late):
-            # Lift them, so no delayed call outlives the test.
+
+    def guards(self, *nodes, ban_after: int = 1) -> list:
+        """
+        A guard on each of C{nodes} (C{ban_after} failures ban for 30 s),
+        whose lifts are cancelled when the test ends.
+        """
+        guards = [Guard(reactor, ban_after=ban_after, ban_seconds=30, shared=node.engine.bans) for node in nodes]
+
+        def cancel():
             for call in reactor.getDelayedCalls():
-                if call.func == guard._lift:
+                if any(call.func == guard._lift for guard in guards):
                     call.cancel()
+
+        self.addCleanup(cancel)
+        return guards
+
+    @inlineCallbacks
+    def test_bans_redis_lost_are_shared_again(self):
+        """
+        A ban Redis lost with its data (FLUSHALL), or made while Redis was
+        away, is shared again once the node that holds it has loaded the
+        state: every node, and one that starts later, has it (SPEC 11).
+        """
+        a, b = yield self.nodes()
+        guard_a, guard_b = self.guards(a, b)
+        self.assertTrue(guard_a.failure("203.0.113.9", "test"))
+        yield until(lambda: guard_b.banned("203.0.113.9"), "B to ban the address")
+        client = a.engine.state.client
+        client.flushall()
+        yield self.report_until_taken(a, "p", 1)
+        yield until(lambda: client.hexists("smartplug:bans", "203.0.113.9"), "the ban to be shared again")
+        self.redis.stop()
+        yield until(lambda: not a.engine.up, "A to notice")
+        self.assertTrue(guard_a.failure("203.0.113.10", "test"))
+        self.assertFalse(guard_b.banned("203.0.113.10"))
+        self.redis.start()
+        yield until(lambda: guard_b.banned("203.0.113.10"), "B to ban the address banned on A meanwhile", timeout=30)
+        late = Node(self, self.redis.url, "late")
+        (guard_late,) = self.guards(late)
+        yield late.start()
+        self.assertTrue(guard_late.banned("203.0.113.9") and guard_late.banned("203.0.113.10"))
+        self.assertEqual(len(self.lines("does not hold this node's ban on 203.0.113.10: shared it again")), 1)
 
     def test_where_hides_the_password(self):
         """

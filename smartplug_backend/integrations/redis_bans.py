@@ -3,7 +3,7 @@ Authentication failures and bans shared by every node through Redis (SPEC
 6.2, 11): the guard's C{shared} (L{smartplug_backend.server.guard.Guard}).
 """
 
-from typing import Callable
+from typing import Callable, Iterable
 
 from twisted.logger import Logger
 
@@ -23,17 +23,26 @@ class SharedBans:
         self._watchers: list = []
         self._failure_watchers: list = []
         self._lift_watchers: list = []
+        self._holders: list = []
 
     def watch(self, ban: Callable[[str, float], None], failed: Callable[[str], None],
-              lifted: Callable[[str, str], None]) -> None:
+              lifted: Callable[[str, str], None], held: Callable[[], Iterable[tuple[str, float]]] = tuple) -> None:
         """
         Call C{ban(host, seconds)} for every ban made on another node,
         C{failed(host)} for every authentication failure counted there, and
-        C{lifted(host, by)} for every ban lifted there by hand.
+        C{lifted(host, by)} for every ban lifted there by hand; C{held()}
+        gives the bans this node holds now, as C{(host, until)}.
         """
         self._watchers.append(ban)
         self._failure_watchers.append(failed)
         self._lift_watchers.append(lifted)
+        self._holders.append(held)
+
+    def held(self) -> list[tuple[str, float]]:
+        """
+        The bans this node holds now, as C{(host, until)}.
+        """
+        return [ban for held in self._holders for ban in held()]
 
     def lifted(self, host: str) -> None:
         """

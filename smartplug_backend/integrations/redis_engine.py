@@ -852,6 +852,7 @@ class RedisEngine(ThreadPoolService):
         self._mode = UP
         self._retry_delay = 0.5
         self.link.went_up()
+        self._share_bans_again(snapshot)
         if self._away:
             self._away = False
             self._log.info(
@@ -959,6 +960,24 @@ class RedisEngine(ThreadPoolService):
                 over.append(address)
         if over:
             self._run(self.state.lift_bans, over).addErrback(lambda f: None)
+
+    def _share_bans_again(self, snapshot: Snapshot) -> None:
+        """
+        Share again the bans this node holds that Redis does not: made
+        while it was away, or lost with its data.  Every node, and every
+        node that starts later, has them then (SPEC 11).  Not on an empty
+        seed that no change made a state yet: a ban would end it.
+        """
+        if self._no_copy:
+            return
+        now = self._clock.seconds()
+        for host, until in self.bans.held():
+            if host not in snapshot.bans and until > now:
+                self._log.info(
+                    "Redis at {where} does not hold this node's ban on {peer}: shared it again ({seconds:.0f} s "
+                    "left)", where=self.where, peer=host, seconds=until - now,
+                )
+                self.bans.share(host, until, until - now)
 
     def _lost(self, why: str, answers: bool = False) -> None:
         """

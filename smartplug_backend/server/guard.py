@@ -186,7 +186,8 @@ class Guard:
         self.failure_counts: Counter = Counter()
         self._shared = shared
         if shared is not None:
-            shared.watch(self.ban, self.failed_elsewhere, self.lifted_elsewhere)
+            shared.watch(self.ban, self.failed_elsewhere, self.lifted_elsewhere,
+                         lambda: [(ban.address, ban.until) for ban in self.bans()])
 
     @classmethod
     def from_settings(cls, settings, clock: IReactorTime, shared=None) -> "Guard":
