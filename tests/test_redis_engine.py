@@ -413,7 +413,8 @@ class EngineTests(TestCase):
         and tells no one) while reads go on from the node's copy; the log
         says so once, and once again when Redis is back, after which changes
         are accepted again.  The refused changes are logged once, and the
-        rest summed up once Redis takes changes again.
+        rest summed up once Redis is back, even if no change comes then:
+        the next outage's first refusal is logged whole again.
         """
         (a,) = yield self.nodes(1)
         self.assertTrue(a.engine.link.up)
@@ -432,9 +433,17 @@ class EngineTests(TestCase):
         # The refusals of one outage are one line (then summed up), not 20.
         self.assertEqual(len(self.lines("refused: state store cannot write")), 1)
         self.redis.start()
-        yield self.back(a)
+        yield until(lambda: a.engine.mode == redis_engine.UP, "the node to load again", timeout=30)
         self.assertEqual(len(self.lines("19 more changes refused")), 1)
         self.assertEqual((a.engine.link.up, a.engine.link.why), (True, None))
+        self.redis.stop()
+        yield until(lambda: not a.engine.up, "the node to notice again")
+        self.assertIsNone((yield a.hub.report("p", 0, "http", "x")))
+        self.assertEqual(len(self.lines("refused: state store cannot write")), 2)
+        self.redis.start()
+        yield until(lambda: a.engine.mode == redis_engine.UP, "the node to load again", timeout=30)
+        report = yield a.hub.report("p", 0, "http", "x")
+        self.assertEqual(report.plug.value, 0)
 
     @inlineCallbacks
     def test_redis_hangs(self):

@@ -265,8 +265,7 @@ class Hub:
         return saved.addErrback(self._not_applied, change, peer)
 
     def _saved(self, answer, accept: Callable[[Any], object]):
-        if self._away_logged is not None:
-            self._store_back()
+        self.store_back()
         return accept(answer)
 
     def _not_applied(self, failure, change: str, peer: str) -> None:
@@ -321,7 +320,14 @@ class Hub:
             self._away_logged = now
             self._away_unlogged = 0
 
-    def _store_back(self) -> None:
+    def store_back(self) -> None:
+        """
+        The store takes changes again (a change was saved, or a shared
+        store is back): the refusals not logged yet are summed up now, and
+        the first refusal of the next outage is logged whole.
+        """
+        if self._away_logged is None:
+            return
         if self._away_unlogged:
             self._log.error(
                 "{count} more changes refused in the last {seconds:.0f} s, until the state store took changes "

@@ -855,6 +855,7 @@ class RedisEngine(ThreadPoolService):
         self._share_bans_again(snapshot)
         if self._away:
             self._away = False
+            self.hub.store_back()
             self._log.info(
                 "Redis at {where} is back: state loaded ({count} plugs), changes accepted again",
                 where=self.where, count=len(snapshot.plugs),
