@@ -740,7 +740,8 @@ class EngineTests(TestCase):
         node.engine._resync()
         yield until(lambda: node.engine.mode == redis_engine.UP, "the node to seed Redis", timeout=20)
         (line,) = self.lines("stayed empty")
-        self.assertIn("stayed empty for 31 s and no other node is on it: seeded it with an empty state", line)
+        self.assertIn("stayed empty for 31 s and no node that has loaded a state is on it: seeded it with an empty "
+                      "state", line)
         self.assertTrue(node.hub.display_known)
         self.assertEqual(node.packets, ["[cc:0:?:?]"])
         report = yield node.hub.report("p", 1, "http", "x")
@@ -774,7 +775,8 @@ class EngineTests(TestCase):
         fresh.engine._resync()
         yield until(lambda: fresh.engine.mode == redis_engine.UP, "the node to seed Redis", timeout=20)
         (line,) = self.lines("stayed empty")
-        self.assertIn("stayed empty for 31 s and no other node is on it: seeded it with an empty state", line)
+        self.assertIn("stayed empty for 31 s and no node that has loaded a state is on it: seeded it with an empty "
+                      "state", line)
         self.assertTrue(self.snapshot().empty_seed)
 
     @inlineCallbacks

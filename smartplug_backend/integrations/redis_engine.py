@@ -628,8 +628,8 @@ class RedisEngine(ThreadPoolService):
         """
         (Redis thread) The snapshot; a Redis that holds nothing is seeded
         first with C{plugs}, C{display} and C{last_on}, this node's copy, if
-        C{may_seed}, or if C{if_alone} and no other node shows its presence.
-        With C{no_copy} (this node holds no state anyone committed) the seed
+        C{may_seed}, or if C{if_alone} and no node that has loaded a state
+        shows its presence (only such nodes do).  With C{no_copy} (this node holds no state anyone committed) the seed
         is an empty seed.  Without it, this node's copy takes the place of
         an empty seed (other than the one it loaded, C{loaded}) on which no
         change was committed, as it would seed an empty Redis.
@@ -662,7 +662,8 @@ class RedisEngine(ThreadPoolService):
                 raise _NothingToSeed(
                     "it holds no state, and this node has none to give it: waiting for a node that has one to seed "
                     f"it (start one, or restart this one while Redis is reachable); if none has after "
-                    f"{REDIS_EMPTY_GRACE:g} s and no other node is on Redis, this node seeds it with an empty state"
+                    f"{REDIS_EMPTY_GRACE:g} s and no node that has loaded a state is on Redis, this node seeds it with an "
+                    "empty state"
                 )
             tried = True
             if self.state.initialise(secrets.token_urlsafe(12), plugs, display, *last_on_states(last_on), empty=no_copy):
@@ -802,8 +803,8 @@ class RedisEngine(ThreadPoolService):
         if seeded is not None and self._empty_since is not None:
             # It waited (it had no state of its own) for a node with a copy.
             self._log.warn(
-                "Redis at {where} stayed empty for {seconds:.0f} s and no other node is on it: seeded it with an "
-                "empty state (no plugs, display off); changes accepted",
+                "Redis at {where} stayed empty for {seconds:.0f} s and no node that has loaded a state is on it: "
+                "seeded it with an empty state (no plugs, display off); changes accepted",
                 where=self.where, seconds=self._now() - self._empty_since,
             )
         elif replaced:
