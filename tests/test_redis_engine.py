@@ -438,8 +438,10 @@ class EngineTests(TestCase):
         self.assertEqual((a.engine.link.up, a.engine.link.why), (True, None))
         self.redis.stop()
         yield until(lambda: not a.engine.up, "the node to notice again")
-        self.assertIsNone((yield a.hub.report("p", 0, "http", "x")))
+        self.assertIsNone((yield a.hub.publish("door", "open", "x")))
         self.assertEqual(len(self.lines("refused: state store cannot write")), 2)
+        # Redis numbers publications: the refused one has no number to tell.
+        self.assertEqual(len(self.lines("publication of door from x refused")), 1)
         self.redis.start()
         yield until(lambda: a.engine.mode == redis_engine.UP, "the node to load again", timeout=30)
         report = yield a.hub.report("p", 0, "http", "x")

@@ -402,7 +402,10 @@ class Hub:
         return self._journaled(
             self._journal.save_publication, (publication, history.keep, history.oldest_kept()),
             lambda numbered: pubsub.accept(numbered or publication, data, origin),
-            f"publication {publication.offset} of {event}", peer, publication=publication,
+            # A shared journal numbers it in Redis: this node's number is
+            # only a guess, not to be logged.
+            f"publication of {event}" if self._shared else f"publication {publication.offset} of {event}", peer,
+            publication=publication,
         )
 
     def plug(self, plug_id: str) -> Optional[Plug]:
