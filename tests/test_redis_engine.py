@@ -665,6 +665,17 @@ class EngineTests(TestCase):
         yield until(lambda: node.engine.mode == redis_engine.UP, "the node to load", timeout=20)
         self.assertEqual(node.hub.plug("p").value, 1)
 
+    def test_database_number_out_of_range_named(self):
+        """
+        A database number that Redis does not have is away too (Redis may be
+        set up with more), and the line says what to check.
+        """
+        node = self.start_away(self.redis.url.rsplit("/", 1)[0] + "/99")
+        (line,) = self.lines("unreachable at start")
+        self.assertIn("(DB index is out of range: it has fewer databases (its 'databases' setting, 16 by default, "
+                      "numbered from 0) than the number that ends REDIS_URL)", line)
+        self.assertFalse(node.engine.up)
+
     def test_tls_to_plain_port_named(self):
         """
         C{rediss://} to Redis' plain port (the TLS handshake is never

@@ -1082,10 +1082,14 @@ def _why(error: BaseException, where: str) -> str:
     and what to check for a refused password (redis-py counts that as a
     connection error, and it is retried like one: the password may be set
     right in Redis while the node waits) or a TLS handshake that never
-    ends (C{rediss://} to Redis' plain port).
+    ends (C{rediss://} to Redis' plain port), or a database number past
+    the ones that Redis has.
     """
     if isinstance(error, redis.AuthenticationError):
         return f"it refuses the user name or password in REDIS_URL: {str(error).rstrip('.')}"
+    if "DB index is out of range" in str(error):
+        return (f"{error}: it has fewer databases (its 'databases' setting, 16 by default, numbered from 0) than the "
+                "number that ends REDIS_URL")
     if isinstance(error, redis.TimeoutError) and where.startswith("rediss:") and str(error).startswith("Timeout connecting"):
         return f"{error}; rediss:// speaks TLS: is that Redis' TLS port?"
     return str(error)
