@@ -474,6 +474,30 @@ class EngineTests(TestCase):
         yield self.back(a)
 
     @inlineCallbacks
+    def test_change_answered_503_never_applied(self):
+        """
+        A change sent to a Redis that hangs, answered 503 when its command
+        times out, is not applied when Redis goes on: the change carries a
+        deadline in Redis' clock, and the script refuses it past that (a
+        probe saw such changes reach every node, apps and subscribers).
+        """
+        a, b = yield self.nodes()
+        yield a.hub.report("p", 1, "http", "x")
+        self.redis.pause()
+        self.addCleanup(self.redis.resume)
+        self.assertIsNone((yield a.hub.report("ghost", 1, "http", "x")))
+        self.assertIsNone((yield b.hub.publish("door", "ghost", "x")))
+        self.redis.resume()
+        yield until(lambda: a.engine.mode == b.engine.mode == redis_engine.UP, "both nodes up", timeout=30)
+        yield self.report_until_taken(a, "after", 1)
+        yield until(lambda: b.hub.plug("after") is not None, "B to see the next report")
+        client = a.engine.state.client
+        self.assertFalse(client.hexists("smartplug:plugs", "ghost"))
+        self.assertEqual((a.hub.plug("ghost"), b.hub.plug("ghost")), (None, None))
+        self.assertEqual((a.hub.pubsub.history.position("door")[0], b.hub.pubsub.history.position("door")[0]),
+                         (0, 0))
+
+    @inlineCallbacks
     def test_changes_during_the_reload(self):
         """
         Changes that arrive while the node tries to load the state again

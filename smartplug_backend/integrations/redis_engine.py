@@ -47,6 +47,7 @@ import itertools
 import json
 import secrets
 import threading
+import time
 from functools import partial
 from typing import Callable, Optional
 
@@ -330,9 +331,14 @@ class RedisEngine(ThreadPoolService):
         token = f"{self.node_id}:{next(self._tokens)}"
         # The incarnation goes out with the change: a node that loaded other
         # data (Redis was emptied and seeded again meanwhile) notices.
+        # Redis refuses it past the moment this node gives up on it (a
+        # command's timeout, at the earliest): a Redis that hung, or a
+        # network that held the command back, must not apply a change
+        # answered 503.  First in the object, where the script looks.
+        before = time.time() + self.state.clock_offset + REDIS_COMMAND_TIMEOUT
         text = json.dumps(
-            {"origin": self.node_id, "node": self.node_name, "token": token, "incarnation": self._incarnation,
-             **change},
+            {"before": round(before, 3), "origin": self.node_id, "node": self.node_name, "token": token,
+             "incarnation": self._incarnation, **change},
             separators=(",", ":"),
         )
         done = Deferred()
@@ -656,6 +662,8 @@ class RedisEngine(ThreadPoolService):
         # The empty seed this node last tried to replace (None: it tried to
         # seed an empty Redis).
         tried_on = None
+        # For the deadlines of this node's changes (commit).
+        self.state.measure_clock()
         snapshot = self.state.snapshot()
         if snapshot is None:
             if not may_seed and not (if_alone and not self.state.other_nodes(self.node_id)):

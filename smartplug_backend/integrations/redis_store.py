@@ -73,6 +73,7 @@ script: a script's reply is built while Redis serves no one else.
 
 import dataclasses
 import json
+import time
 from typing import Optional
 
 import redis
@@ -138,6 +139,13 @@ class Stale(Exception):
     """
 
 
+class Late(redis.RedisError):
+    """
+    A change reached Redis after its deadline, when its node had given up
+    on it (answered 503): nothing was written.
+    """
+
+
 # The run_id of this Redis process: it changes at every start of Redis.
 # Every script asks for it before its first write: a Redis user that may not
 # run INFO (it is in ACL's @dangerous), or a server whose INFO has no
@@ -156,13 +164,22 @@ end
 # put first.  A Redis that restarted since the data was last checked takes
 # no change until a node has loaded it again (and renewed the epochs if
 # Redis may have lost writes): offsets handed out before may be given
-# again.
+# again.  A change whose object starts with {"before": T (T in Redis' own
+# clock, as seconds) is refused past T: its node has answered 503 by then
+# (Redis hung, or the network held the command back, and it went on).
 _PRELUDE = _RUN_ID + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('STALE Redis no longer holds the data this node loaded')
 end
 if redis.call('GET', KEYS[#KEYS]) ~= run_id() then
   return redis.error_reply('STALE Redis restarted since its data was last loaded')
+end
+local before = tonumber(string.match(ARGV[3], '^{"before":([0-9.]+),'))
+if before then
+  local now = redis.call('TIME')
+  if tonumber(now[1]) + tonumber(now[2]) / 1000000 > before then
+    return redis.error_reply('LATE the change reached Redis after its node had given up on it')
+  end
 end
 local seq = redis.call('INCR', KEYS[2])
 local function announce(extra)
@@ -615,6 +632,9 @@ class RedisState:
         self.client = client
         self.max_bytes = max_bytes
         self.max_streams = max_streams
+        # Redis' clock less this machine's, in seconds (measure_clock): the
+        # deadlines of changes are given in Redis' clock.
+        self.clock_offset = 0.0
         self._report = client.register_script(_REPORT)
         self._display = client.register_script(_DISPLAY)
         self._announce = client.register_script(_ANNOUNCE)
@@ -635,6 +655,8 @@ class RedisState:
         except redis.ResponseError as e:
             if str(e).startswith("STALE"):
                 raise Stale(str(e)) from None
+            if str(e).startswith("LATE "):
+                raise Late(str(e).removeprefix("LATE ")) from None
             raise
 
     def commit_report(self, incarnation: str, change: str, plug_id: str, value: int, at: float,
@@ -707,6 +729,17 @@ class RedisState:
         Forget the ban of C{address} (lifted by hand) and publish C{change}.
         """
         return int(self._commit(self._lift, [BANS], incarnation, change, address))
+
+    def measure_clock(self) -> float:
+        """
+        Set and return L{clock_offset}: Redis' clock (TIME) less this
+        machine's, taken halfway through the round trip.
+        """
+        sent = time.time()
+        seconds, micros = self.client.time()
+        answered = time.time()
+        self.clock_offset = seconds + micros / 1e6 - (sent + answered) / 2
+        return self.clock_offset
 
     def snapshot(self, tries: int = 3) -> Optional[Snapshot]:
         """
