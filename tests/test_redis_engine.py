@@ -6,6 +6,7 @@ redis-server that each test starts on a free loopback port: several engines
 
 import collections
 import json
+import time
 
 import redis
 from twisted.internet import reactor, threads
@@ -496,6 +497,36 @@ class EngineTests(TestCase):
         self.assertEqual((a.hub.plug("ghost"), b.hub.plug("ghost")), (None, None))
         self.assertEqual((a.hub.pubsub.history.position("door")[0], b.hub.pubsub.history.position("door")[0]),
                          (0, 0))
+
+    @inlineCallbacks
+    def test_deadline_after_a_clock_step(self):
+        """
+        A clock that stepped since Redis' was last read (NTP setting a
+        Raspberry Pi's clock after boot) may make a change late: it is
+        refused, said with how late, and the clock is read again at once,
+        so the next change goes through.
+        """
+        (a,) = yield self.nodes(1)
+        a.engine.state.clock_offset -= 10
+        self.assertIsNone((yield a.hub.report("p", 1, "http", "x")))
+        (line,) = self.lines("past its deadline")
+        self.assertRegex(line, r"it took the change 5\.\d+ s past its deadline \(in Redis' clock\)")
+        self.assertEqual((yield a.hub.report("p", 1, "http", "x")).plug.value, 1)
+        self.assertTrue(a.engine.up)
+
+    @inlineCallbacks
+    def test_deadline_counts_from_the_send(self):
+        """
+        A change that waits its turn on the Redis thread (behind a long
+        load, say) longer than a command's timeout still goes through: its
+        deadline counts from when it is sent.
+        """
+        (a,) = yield self.nodes(1)
+        busy = a.engine._run(time.sleep, redis_engine.REDIS_COMMAND_TIMEOUT + 1)
+        report = yield a.hub.report("p", 1, "http", "x")
+        yield busy
+        self.assertEqual(report.plug.value, 1)
+        self.assertEqual(self.lines("past its deadline"), [])
 
     @inlineCallbacks
     def test_changes_during_the_reload(self):

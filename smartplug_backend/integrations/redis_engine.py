@@ -77,7 +77,7 @@ from ..server.links import Link
 from ..server.services import ThreadPoolService
 from .redis_bans import SharedBans
 from .redis_journal import RedisJournal, display_state, last_on_states, publication_of
-from .redis_store import CHANNEL, RedisState, Snapshot, Stale
+from .redis_store import CHANNEL, Late, RedisState, Snapshot, Stale
 from .urls import redact
 
 # The engine's modes.
@@ -331,20 +331,22 @@ class RedisEngine(ThreadPoolService):
         token = f"{self.node_id}:{next(self._tokens)}"
         # The incarnation goes out with the change: a node that loaded other
         # data (Redis was emptied and seeded again meanwhile) notices.
-        # Redis refuses it past the moment this node gives up on it (a
-        # command's timeout, at the earliest): a Redis that hung, or a
-        # network that held the command back, must not apply a change
-        # answered 503.  First in the object, where the script looks.
-        before = time.time() + self.state.clock_offset + REDIS_COMMAND_TIMEOUT
         text = json.dumps(
-            {"before": round(before, 3), "origin": self.node_id, "node": self.node_name, "token": token,
-             "incarnation": self._incarnation, **change},
+            {"origin": self.node_id, "node": self.node_name, "token": token, "incarnation": self._incarnation,
+             **change},
             separators=(",", ":"),
         )
         done = Deferred()
         timeout = self._clock.callLater(REDIS_CONFIRM_TIMEOUT, self._unconfirmed, token)
         self._pending[token] = (done, timeout)
-        written = self._run(self._answered(write), self._incarnation, text, *args)
+        gives_up = time.monotonic() + REDIS_CONFIRM_TIMEOUT
+
+        def with_deadline(incarnation: str, text: str, *args):
+            # Stamped as it is sent, on the Redis thread: the time a change
+            # waited there for its turn does not count against it.
+            return write(incarnation, self.state.deadline(gives_up) + text[1:], *args)
+
+        written = self._run(self._answered(with_deadline), self._incarnation, text, *args)
         written.addErrback(self._not_committed, token, self._incarnation)
         return done
 
@@ -424,6 +426,10 @@ class RedisEngine(ThreadPoolService):
         else:
             why = f"Redis at {self.where}: {failure.getErrorMessage()}"
             self._unreachable_if_so(failure)
+            if failure.check(Late):
+                # Hung past the deadline, or a clock stepped since it was
+                # last read: read it again.
+                self._run(self.state.measure_clock).addErrback(lambda f: None)
         if done is not None:
             # Redis away (a timeout, a lost connection) is an outage, paced
             # in the log; anything else Redis said is news every time.
@@ -662,7 +668,7 @@ class RedisEngine(ThreadPoolService):
         # The empty seed this node last tried to replace (None: it tried to
         # seed an empty Redis).
         tried_on = None
-        # For the deadlines of this node's changes (commit).
+        # For the deadlines of this node's changes (RedisState.deadline).
         self.state.measure_clock()
         snapshot = self.state.snapshot()
         if snapshot is None:

@@ -79,7 +79,7 @@ from typing import Optional
 import redis
 
 from ..core.journal import HistoryEntry
-from ..core.limits import PUBSUB_HISTORY_BYTES, PUBSUB_STREAMS
+from ..core.limits import PUBSUB_HISTORY_BYTES, PUBSUB_STREAMS, REDIS_COMMAND_TIMEOUT
 
 PREFIX = "smartplug:"
 CHANNEL = PREFIX + "changes"
@@ -141,9 +141,15 @@ class Stale(Exception):
 
 class Late(redis.RedisError):
     """
-    A change reached Redis after its deadline, when its node had given up
-    on it (answered 503): nothing was written.
+    A change reached Redis after its deadline (L{RedisState.deadline}):
+    nothing was written.
     """
+
+
+# Seconds a change's deadline comes before the moment its node gives up on
+# it: room for the error of the measured clock and for the answer's way
+# back.
+_DEADLINE_MARGIN = 0.5
 
 
 # The run_id of this Redis process: it changes at every start of Redis.
@@ -177,8 +183,9 @@ end
 local before = tonumber(string.match(ARGV[3], '^{"before":([0-9.]+),'))
 if before then
   local now = redis.call('TIME')
-  if tonumber(now[1]) + tonumber(now[2]) / 1000000 > before then
-    return redis.error_reply('LATE the change reached Redis after its node had given up on it')
+  local late = tonumber(now[1]) + tonumber(now[2]) / 1000000 - before
+  if late > 0 then
+    return redis.error_reply('LATE ' .. string.format('%.3f', late))
   end
 end
 local seq = redis.call('INCR', KEYS[2])
@@ -632,8 +639,9 @@ class RedisState:
         self.client = client
         self.max_bytes = max_bytes
         self.max_streams = max_streams
-        # Redis' clock less this machine's, in seconds (measure_clock): the
-        # deadlines of changes are given in Redis' clock.
+        # Redis' clock less this machine's monotonic clock, in seconds
+        # (measured at each load and presence write): the deadlines of
+        # changes are given in Redis' clock.
         self.clock_offset = 0.0
         self._report = client.register_script(_REPORT)
         self._display = client.register_script(_DISPLAY)
@@ -656,7 +664,8 @@ class RedisState:
             if str(e).startswith("STALE"):
                 raise Stale(str(e)) from None
             if str(e).startswith("LATE "):
-                raise Late(str(e).removeprefix("LATE ")) from None
+                raise Late(f"it took the change {str(e).removeprefix('LATE ')} s past its deadline "
+                           "(in Redis' clock)") from None
             raise
 
     def commit_report(self, incarnation: str, change: str, plug_id: str, value: int, at: float,
@@ -730,16 +739,30 @@ class RedisState:
         """
         return int(self._commit(self._lift, [BANS], incarnation, change, address))
 
-    def measure_clock(self) -> float:
+    def measure_clock(self) -> None:
         """
-        Set and return L{clock_offset}: Redis' clock (TIME) less this
-        machine's, taken halfway through the round trip.
+        Set L{clock_offset} from Redis' clock (TIME).
         """
-        sent = time.time()
+        sent = time.monotonic()
         seconds, micros = self.client.time()
-        answered = time.time()
-        self.clock_offset = seconds + micros / 1e6 - (sent + answered) / 2
-        return self.clock_offset
+        self._clock_read(seconds, micros, sent)
+
+    def _clock_read(self, seconds: int, micros: int, sent: float) -> None:
+        # Taken halfway through the round trip that began at sent.
+        self.clock_offset = seconds + micros / 1e6 - (sent + time.monotonic()) / 2
+
+    def deadline(self, gives_up: float) -> str:
+        """
+        The start of a change's JSON object that gives its deadline, in
+        Redis' clock: some time before its node gives up on it, at
+        C{gives_up} (this machine's monotonic clock) or when the command
+        sent now times out, whichever comes first.  The scripts refuse the
+        change past it (a Redis that hung, or a network that held the
+        command back, then went on), so a change its node answered 503 is
+        never applied.
+        """
+        before = min(time.monotonic() + REDIS_COMMAND_TIMEOUT, gives_up) - _DEADLINE_MARGIN + self.clock_offset
+        return '{"before":%.3f,' % before
 
     def snapshot(self, tries: int = 3) -> Optional[Snapshot]:
         """
@@ -904,11 +927,16 @@ class RedisState:
 
         @return: the other nodes' listings, decoded.
         """
+        sent = time.monotonic()
         with self.client.pipeline(transaction=False) as pipe:
             pipe.set(node_key(node_id), listing, px=max(1, int(ttl * 1000)))
             pipe.sadd(NODES, node_id)
             pipe.smembers(NODES)
-            members = pipe.execute()[2]
+            # Redis' clock, read again every few seconds: a step of either
+            # machine's clock moves the changes' deadlines with it.
+            pipe.time()
+            _, _, members, (seconds, micros) = pipe.execute()
+        self._clock_read(seconds, micros, sent)
         others = sorted(_text(m) for m in members if _text(m) != node_id)
         if not others:
             return []
