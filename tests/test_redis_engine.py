@@ -1566,7 +1566,25 @@ class EngineTests(TestCase):
         (guard_late,) = self.guards(late)
         yield late.start()
         self.assertTrue(guard_late.banned("203.0.113.9") and guard_late.banned("203.0.113.10"))
-        self.assertEqual(len(self.lines("does not hold this node's ban on 203.0.113.10: shared it again")), 1)
+        self.assertEqual(len(self.lines("does not hold the ban on 203.0.113.10 this node holds: shared it again")), 1)
+
+    @inlineCallbacks
+    def test_ban_made_again_during_an_outage(self):
+        """
+        An address banned again on a node while Redis hung, where Redis
+        still holds its older, ended ban, has the new ban shared once Redis
+        answers again: the older one does not stand for it.
+        """
+        a, b = yield self.nodes(2, info_interval=1)
+        guard_a, guard_b = self.guards(a, b)
+        client = a.engine.state.client
+        client.hset("smartplug:bans", "203.0.113.11", json.dumps([reactor.seconds() - 5, 30]))
+        self.redis.pause()
+        self.addCleanup(self.redis.resume)
+        yield until(lambda: not a.engine.up, "A to notice a Redis that hangs", timeout=20)
+        self.assertTrue(guard_a.failure("203.0.113.11", "test"))
+        self.redis.resume()
+        yield until(lambda: guard_b.banned("203.0.113.11"), "B to ban the address banned on A meanwhile", timeout=30)
 
     def test_where_hides_the_password(self):
         """

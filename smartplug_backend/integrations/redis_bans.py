@@ -5,6 +5,7 @@ Authentication failures and bans shared by every node through Redis (SPEC
 
 from typing import Callable, Iterable
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 
@@ -69,19 +70,21 @@ class SharedBans:
         for failed in self._failure_watchers:
             failed(host)
 
-    def share(self, host: str, until: float, seconds: float) -> None:
+    def share(self, host: str, until: float, seconds: float) -> Deferred:
         """
         Tell every node that this one banned C{host} until C{until}.
-        """
-        self._tell({"kind": "ban", "address": host, "until": until, "seconds": seconds},
-                   self._engine.state.commit_ban, (host, until, seconds),
-                   "ban on {peer} not shared with the other nodes: {why}")
 
-    def _tell(self, change: dict, commit, args: tuple, not_shared: str) -> None:
+        @return: a Deferred that fires once that is done or failed (logged).
+        """
+        return self._tell({"kind": "ban", "address": host, "until": until, "seconds": seconds},
+                          self._engine.state.commit_ban, (host, until, seconds),
+                          "ban on {peer} not shared with the other nodes: {why}")
+
+    def _tell(self, change: dict, commit, args: tuple, not_shared: str) -> Deferred:
         # Committed through the engine; a failure is logged with
         # C{not_shared} (fields: peer, why), this node's own view stands.
         told = self._engine.commit(change, commit, *args)
-        told.addErrback(lambda f: self._log.warn(not_shared, peer=change["address"], why=f.getErrorMessage()))
+        return told.addErrback(lambda f: self._log.warn(not_shared, peer=change["address"], why=f.getErrorMessage()))
 
     def banned_elsewhere(self, host: str, seconds: float) -> None:
         for ban in self._watchers:

@@ -200,6 +200,8 @@ class RedisEngine(ThreadPoolService):
         self._generation = 0
         # What loads overtaken by a newer one did (see _merged).
         self._superseded: Optional[tuple] = None
+        # The bans being shared again (_share_bans_again).
+        self._sharing_again: set = set()
         # token -> (Deferred, timeout) of this node's changes not yet back
         self._pending: dict = {}
         self._away = False
@@ -988,12 +990,17 @@ class RedisEngine(ThreadPoolService):
             return
         now = self._clock.seconds()
         for host, until in self.bans.held():
-            if host not in snapshot.bans and until > now:
-                self._log.info(
-                    "Redis at {where} does not hold this node's ban on {peer}: shared it again ({seconds:.0f} s "
-                    "left)", where=self.where, peer=host, seconds=until - now,
-                )
-                self.bans.share(host, until, until - now)
+            # Redis may hold an older ban of the same address, ended or
+            # about to; a load while this one is shared finds it shared.
+            if until <= max(now, snapshot.bans.get(host, (0, 0))[0]) or host in self._sharing_again:
+                continue
+            self._log.info(
+                "Redis at {where} does not hold the ban on {peer} this node holds: shared it again ({seconds:.0f} s "
+                "left)", where=self.where, peer=host, seconds=until - now,
+            )
+            self._sharing_again.add(host)
+            shared = self.bans.share(host, until, until - now)
+            shared.addBoth(lambda _, host=host: self._sharing_again.discard(host))
 
     def _lost(self, why: str, answers: bool = False) -> None:
         """
