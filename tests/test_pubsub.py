@@ -44,7 +44,14 @@ class RegistryTests(SynchronousTestCase):
         self.assertEqual(self.pubsub.subscribe("b", "door", last=True), [])
         self.assertEqual(self.pubsub.subscribe("gone", "door", last=True), [])
         self.pubsub.unsubscribe("gone", "door")
+        self.assertEqual(self.pubsub.subscribe("left", "door", last=True), [])
+        self.pubsub.unsubscribe_all("left")
+        # Asked again plainly after leaving: no recovery.
+        self.assertEqual(self.pubsub.subscribe("c", "door", since=(0, "E")), [])
+        self.pubsub.unsubscribe("c", "door")
         self.assertEqual(self.pubsub.subscribe("c", "door"), [])
+        # Asked twice: answered once, as last asked.
+        self.assertEqual(self.pubsub.subscribe("b", "door", last=True), [])
         self.pubsub.history.restore([("door", "E", 2, [(1, '"one"', 1.0), (2, '"two"', 1.0)])])
         self.assertEqual(self.sent, [])
         self.pubsub.history_known = True
@@ -58,6 +65,7 @@ class RegistryTests(SynchronousTestCase):
               "offset": 2, "epoch": "E"}, ["b"]),
         ])
         self.assertTrue(self.pubsub.is_subscribed("c", "door"))
+        self.assertEqual(self.pubsub._waiting, {})
         self.sent.clear()
         self.pubsub.history_known = True
         self.assertEqual(self.sent, [])

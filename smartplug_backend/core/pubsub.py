@@ -152,9 +152,10 @@ class PubSub:
         # False while the history is still to be loaded from a store several
         # nodes share (it was unreachable at start): its offsets and epochs
         # are then no one's.  The recoveries (last, since) asked meanwhile
-        # wait for it, as (subscriber, event, last, since).
+        # wait for it, the newest of each subscription, as (subscriber,
+        # event) -> (last, since), while it stands.
         self._history_known = True
-        self._waiting: list[tuple] = []
+        self._waiting: dict[tuple, tuple] = {}
 
     def observe(self, observer: Observer) -> Callable[[], None]:
         """
@@ -301,7 +302,7 @@ class PubSub:
             self._subscribed.setdefault(subscriber, {})[event] = None
             self._tell(self._connection_watchers)
         if positioned and not self._history_known:
-            self._waiting.append((subscriber, event, last, since))
+            self._waiting[subscriber, event] = (last, since)
             return []
         return self._recovery(event, last, since)
 
@@ -341,9 +342,9 @@ class PubSub:
         self._history_known = known
         if not known:
             return
-        waiting, self._waiting = self._waiting, []
-        for subscriber, event, last, since in waiting:
-            if self._deliver is not None and self.is_subscribed(subscriber, event):
+        waiting, self._waiting = self._waiting, {}
+        for (subscriber, event), (last, since) in waiting.items():
+            if self._deliver is not None:
                 for frame in self._recovery(event, last, since):
                     self._deliver([subscriber], frame)
 
@@ -376,6 +377,7 @@ class PubSub:
         # The event stays, empty, for the info frame (see _events), among
         # the max_empty most recently emptied.
         del subscribers[subscriber]
+        self._waiting.pop((subscriber, event), None)
         if not subscribers:
             self._empty[event] = None
             while len(self._empty) > self._max_empty:
