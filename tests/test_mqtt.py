@@ -671,11 +671,12 @@ class EventsTests(BridgeTestCase):
         bounded: once MAX_EVENTS_UNSENT wait and the oldest has waited
         EVENTS_STALLED seconds, new ones are dropped and counted, said once
         per connection; as paho writes them (on_publish), new ones go
-        again.  A burst to a broker that reads is not dropped.  The events
-        paho had not written when the connection ended are counted as
-        dropped too.
+        again.  A burst to a broker that reads is not dropped, up to
+        MAX_EVENTS_HELD.  The events paho had not written when the
+        connection ended are counted as dropped too.
         """
         self.patch(mqtt, "MAX_EVENTS_UNSENT", 3)
+        self.patch(mqtt, "MAX_EVENTS_HELD", 7)
         self.connect()
         self.client.acknowledge()  # the republish's configs and states
         for n in range(5):
@@ -702,8 +703,10 @@ class EventsTests(BridgeTestCase):
         self.client.dropped()
         self.assertEqual(self.bridge.dropped, 5)
         self.connect()
-        self.hub.pubsub.publish("temp", 9)
-        self.assertEqual((self.events(), self.bridge.dropped), ([b"9"], 5))
+        # However young, no more than MAX_EVENTS_HELD wait.
+        for n in range(9, 18):
+            self.hub.pubsub.publish("temp", n)
+        self.assertEqual((self.events(), self.bridge.dropped), ([b"9", b"10", b"11", b"12", b"13", b"14", b"15"], 7))
 
     def test_off_by_default(self):
         """

@@ -126,8 +126,8 @@ STORE_AWAY_LOG_EVERY = 10.0
 # the broker's socket, past which new ones are dropped once the oldest of
 # them has waited MQTT_EVENTS_STALLED seconds (paho does not bound them, and
 # a broker that stops reading is only found by the keepalive; a burst to a
-# broker that reads is not dropped); seconds stopService waits for paho's
-# thread to end.
+# broker that reads is not dropped), or at once past MQTT_MAX_EVENTS_HELD
+# whatever their age; seconds stopService waits for paho's thread to end.
 MQTT_RECONNECT_MIN = 1
 MQTT_RECONNECT_MAX = 60
 MQTT_KEEPALIVE = 60
@@ -135,6 +135,7 @@ MQTT_MAX_QUEUED = 10000
 MQTT_REPUBLISH_WINDOW = 500
 MQTT_MAX_EVENTS_UNSENT = 1000
 MQTT_EVENTS_STALLED = 5
+MQTT_MAX_EVENTS_HELD = 10000
 MQTT_STOP_TIMEOUT = 5
 # Pub/sub memory (SPEC 3.4, 3.6), bounded whatever clients send: events whose
 # subscribers have all left stay in the info frame, the newest this many;

@@ -39,6 +39,7 @@ KEEPALIVE = limits.MQTT_KEEPALIVE
 MAX_QUEUED = limits.MQTT_MAX_QUEUED
 MAX_EVENTS_UNSENT = limits.MQTT_MAX_EVENTS_UNSENT
 EVENTS_STALLED = limits.MQTT_EVENTS_STALLED
+MAX_EVENTS_HELD = limits.MQTT_MAX_EVENTS_HELD
 REPUBLISH_WINDOW = limits.MQTT_REPUBLISH_WINDOW
 # Topics whose retained command is remembered as said (past that, each is
 # said every time the broker hands it over).
@@ -128,7 +129,7 @@ class MQTTBridge(Service):
         # (it tells with on_publish once it has), oldest first: id -> when
         # handed over.  paho keeps them without a bound, so past
         # MAX_EVENTS_UNSENT of them, the oldest waiting EVENTS_STALLED
-        # seconds, new events are dropped.
+        # seconds, or past MAX_EVENTS_HELD, new events are dropped.
         self._unsent: OrderedDict = OrderedDict()
         # Said once per connection: paho's queue was full, messages dropped;
         # events were dropped.
@@ -385,10 +386,13 @@ class MQTTBridge(Service):
     def _events_stalled(self) -> bool:
         """
         Whether MAX_EVENTS_UNSENT events wait to be written and the oldest
-        has waited EVENTS_STALLED seconds: the broker does not read.
+        has waited EVENTS_STALLED seconds (the broker does not read), or
+        MAX_EVENTS_HELD wait, whatever their age (paho's memory).
         """
         if len(self._unsent) < MAX_EVENTS_UNSENT:
             return False
+        if len(self._unsent) >= MAX_EVENTS_HELD:
+            return True
         return self._reactor.seconds() - next(iter(self._unsent.values())) >= EVENTS_STALLED
 
     def _message(self, topic: str, payload: bytes, retained: bool) -> None:
