@@ -333,6 +333,39 @@ class FullDiskTests(Files):
                                      "database")
         self.advice(error, "permission")
 
+    def test_settings_unreadable(self):
+        """
+        A settings file that cannot be read is named as such, not as the
+        backups' disk.
+        """
+        os.chmod(self.settings, 0)
+        self.addCleanup(os.chmod, self.settings, 0o600)
+        if os.access(self.settings, os.R_OK):
+            # root reads anything: the refusal is played instead.
+            add = tarfile.TarFile.add
+
+            def refused(archive, name, *args, **kwargs):
+                if name == self.settings:
+                    raise PermissionError(errno.EACCES, "Permission denied", name)
+                return add(archive, name, *args, **kwargs)
+
+            self.patch(tarfile.TarFile, "add", refused)
+        error = self.assertRaises(backup.BackupError, self.take)
+        self.assertEqual(str(error), f"cannot read the settings file {self.settings}: Permission denied")
+        self.assertEqual(error.advice, f"let the server's user read {self.settings}")
+        self.assertNothingLeft()
+
+    def test_read_only_file_system(self):
+        """
+        A backups folder on a read-only file system says so.
+        """
+        def read_only(*args, **kwargs):
+            raise OSError(errno.EROFS, "Read-only file system")
+
+        self.patch(tarfile, "open", read_only)
+        error = self.assertRaises(backup.BackupError, self.take)
+        self.assertEqual(error.advice, f"mount the file system of {os.path.abspath(self.backups)} read-write")
+
     def test_no_upgrade_on_a_full_disk(self):
         """
         The upgrade refused for want of room for its backup says where to

@@ -48,7 +48,7 @@ class BackupError(Exception):
 # Why writing a backup failed, from the error's errno: no room (the disk,
 # or the user's quota, is full), or no permission.
 _NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT})
-_NO_PERMISSION = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+_NO_PERMISSION = frozenset({errno.EACCES, errno.EPERM})
 # SQLite's codes for a failed write of the copy (permissions, no room, the
 # file or its shared memory file), told apart from reading the database:
 # READONLY, FULL, CANTOPEN, and the IOERR_<...> of writing (their high byte).
@@ -57,7 +57,7 @@ _SQLITE_IO_WRITING = frozenset({3, 4, 5, 6, 18, 19, 21})
 # Of those, what a full disk gives (FULL, and IOERR: a write or the shared
 # memory file's growth refused) and what permissions give (the rest).
 _SQLITE_NO_ROOM = frozenset({10, 13})
-ROOM, PERMISSION = "room", "permission"
+ROOM, PERMISSION, READ_ONLY = "room", "permission", "read-only"
 
 
 class _CopyFailed(Exception):
@@ -87,6 +87,8 @@ def _size(path: str) -> int:
 
 
 def _cause(error: OSError) -> Optional[str]:
+    if error.errno == errno.EROFS:
+        return READ_ONLY
     return ROOM if error.errno in _NO_ROOM else PERMISSION if error.errno in _NO_PERMISSION else None
 
 
@@ -107,6 +109,8 @@ def _cannot_write(directory: str, why: str, cause: Optional[str], needed: Option
         advice = f"make room on the file system of {place} (or fix the disk)"
     elif cause == PERMISSION:
         advice = f"let the server's user write {place}"
+    elif cause == READ_ONLY:
+        advice = f"mount the file system of {place} read-write"
     else:
         advice = None
     return BackupError(f"{what} {directory}: {why}", advice)
@@ -240,7 +244,11 @@ def take(db_path: str, settings_path: Optional[str], directory: str, prefix: str
         with tarfile.open(partial, "w:gz") as archive:
             archive.add(copy, ARCHIVE_DB)
             if settings_path is not None:
-                archive.add(settings_path, ARCHIVE_SETTINGS)
+                try:
+                    archive.add(settings_path, ARCHIVE_SETTINGS)
+                except OSError as e:
+                    raise BackupError(f"cannot read the settings file {settings_path}: {e.strerror}",
+                                      f"let the server's user read {os.path.abspath(settings_path)}") from None
         os.chmod(partial, 0o600)
         with open(partial, "rb") as f:
             os.fsync(f.fileno())
