@@ -779,12 +779,16 @@ class EngineTests(TestCase):
         L{REDIS_EMPTY_GRACE} s (on the engine's clock, a fake one here) for
         a node that holds the state, and waits on while another node shows
         its presence; then it seeds Redis with an empty state, says so in
-        one line, and takes changes.
+        one line, and takes changes.  A change refused while it waits says
+        Redis answers; a ban it made meanwhile reaches Redis once a change
+        made the empty seed a state.
         """
         self.redis.stop()
         node = self.start_away(self.redis.url)
         clock = Clock()
         node.engine._now = clock.seconds
+        (guard,) = self.guards(node)
+        self.assertTrue(guard.failure("203.0.113.12", "test"))
         self.redis.start()
 
         @inlineCallbacks
@@ -795,6 +799,9 @@ class EngineTests(TestCase):
 
         yield until(lambda: self.lines("answers, but it holds no state"), "the node to find Redis empty", timeout=30)
         self.assertEqual(node.engine.mode, redis_engine.DOWN)
+        self.assertIsNone((yield node.hub.report("w", 1, "http", "x")))
+        self.assertEqual(len(self.lines(f"refused: state store cannot write: Redis at {self.redis.url} answers, but "
+                                        "holds no state this node can load yet")), 1)
         clock.advance(REDIS_EMPTY_GRACE - 1)
         yield tried()
         # Another node shows its presence: it may hold the state.
@@ -812,8 +819,12 @@ class EngineTests(TestCase):
                       "state", line)
         self.assertTrue(node.hub.display_known)
         self.assertEqual(node.packets, ["[cc:0:?:?]"])
+        self.assertEqual(len(self.lines("answers: state loaded (0 plugs), changes accepted")), 1)
+        self.assertFalse(node.engine.state.client.hexists("smartplug:bans", "203.0.113.12"))
         report = yield node.hub.report("p", 1, "http", "x")
         self.assertEqual(report.plug.value, 1)
+        yield until(lambda: node.engine.state.client.hexists("smartplug:bans", "203.0.113.12"),
+                    "the ban held back from the empty seed to reach Redis")
 
     @inlineCallbacks
     def test_node_with_only_an_empty_seed_does_not_seed(self):
@@ -1567,6 +1578,24 @@ class EngineTests(TestCase):
         yield late.start()
         self.assertTrue(guard_late.banned("203.0.113.9") and guard_late.banned("203.0.113.10"))
         self.assertEqual(len(self.lines("does not hold the ban on 203.0.113.10 this node holds: shared it again")), 1)
+
+    @inlineCallbacks
+    def test_bans_redis_kept_not_shared_again(self):
+        """
+        A Redis that kept its data across a restart holds every node's bans:
+        none is shared again, though each node timed its ban from when it
+        heard of it (its end a few milliseconds after Redis').
+        """
+        self.redis = start_redis(self, persist=True)
+        a, b = yield self.nodes()
+        guard_a, guard_b = self.guards(a, b)
+        self.assertTrue(guard_a.failure("203.0.113.13", "test"))
+        yield until(lambda: guard_b.banned("203.0.113.13"), "B to ban the address")
+        self.redis.kill()
+        yield until(lambda: not a.engine.up and not b.engine.up, "both nodes to notice")
+        self.redis.start()
+        yield until(lambda: a.engine.mode == b.engine.mode == redis_engine.UP, "both nodes to load", timeout=30)
+        self.assertEqual(self.lines("shared it again"), [])
 
     @inlineCallbacks
     def test_ban_made_again_during_an_outage(self):

@@ -89,6 +89,11 @@ DOWN, SYNCING, UP = "down", "syncing", "up"
 # copy.
 _REPLACE_TRIES = 3
 
+# Seconds by which a ban this node holds may end after Redis' ban of the
+# same address and still count as that ban (each node times it from when
+# it heard of it).
+_BAN_END_SLACK = 1.0
+
 # The kinds of change that change the state: the first one committed on an
 # empty seed makes it a state like any other (redis_store._CHANGE, whose
 # scripts are written apart: a test checks that the two agree).
@@ -329,7 +334,9 @@ class RedisEngine(ThreadPoolService):
             with L{StoreFailed} when Redis is unreachable or did not take it.
         """
         if not self.up:
-            return fail(StoreAway(f"Redis at {self.where} unreachable"))
+            state = ("answers, but holds no state this node can load yet" if self.link.answers and self._mode == DOWN
+                     else "unreachable")
+            return fail(StoreAway(f"Redis at {self.where} {state}"))
         token = f"{self.node_id}:{next(self._tokens)}"
         # The incarnation goes out with the change: a node that loaded other
         # data (Redis was emptied and seeded again meanwhile) notices.
@@ -573,8 +580,12 @@ class RedisEngine(ThreadPoolService):
             self._buffer.append(change)
             return
         self._applied = seq
-        if change.get("kind") in _STATE_KINDS:
+        if change.get("kind") in _STATE_KINDS and self._no_copy:
+            # The empty seed is a state like any other now: the bans this
+            # node held back from it go to Redis.
             self._no_copy = False
+            read = self._run(self._answered(self.state.bans))
+            read.addCallbacks(self._share_bans_again, lambda f: None)
         done = self._settle(change.get("token")) if change.get("origin") == self.node_id else None
         if done is not None:
             done.callback(change)
@@ -863,17 +874,20 @@ class RedisEngine(ThreadPoolService):
         self._incarnation = snapshot.incarnation
         self._no_copy = _holds_nothing(snapshot)
         self._empty_since = None
+        # The node's first state (Redis was unreachable at its start).
+        first = not self.hub.display_known
         self._catch_up(snapshot, lost)
         self._applied = snapshot.seq
         self._streams_read(snapshot)
         self._mode = UP
         self._retry_delay = 0.5
         self.link.went_up()
-        self._share_bans_again(snapshot)
+        self._share_bans_again(snapshot.bans)
         if self._away:
             self._away = False
             self.hub.store_back()
             self._log.info(
+                "Redis at {where} answers: state loaded ({count} plugs), changes accepted" if first else
                 "Redis at {where} is back: state loaded ({count} plugs), changes accepted again",
                 where=self.where, count=len(snapshot.plugs),
             )
@@ -979,20 +993,24 @@ class RedisEngine(ThreadPoolService):
         if over:
             self._run(self.state.lift_bans, over).addErrback(lambda f: None)
 
-    def _share_bans_again(self, snapshot: Snapshot) -> None:
+    def _share_bans_again(self, in_redis: dict) -> None:
         """
-        Share again the bans this node holds that Redis does not: made
-        while it was away, or lost with its data.  Every node, and every
-        node that starts later, has them then (SPEC 11).  Not on an empty
-        seed that no change made a state yet: a ban would end it.
+        Share again the bans this node holds that Redis (holding
+        C{in_redis}, address -> C{(until, seconds)}) does not: made while
+        it was away, or lost with its data.  Every node, and every node
+        that starts later, has them then (SPEC 11).  Not on an empty seed
+        that no change made a state yet: a ban would end it (the first
+        change that does so calls this again).
         """
-        if self._no_copy:
+        if self._no_copy or self._mode != UP:
             return
         now = self._clock.seconds()
         for host, until in self.bans.held():
             # Redis may hold an older ban of the same address, ended or
-            # about to; a load while this one is shared finds it shared.
-            if until <= max(now, snapshot.bans.get(host, (0, 0))[0]) or host in self._sharing_again:
+            # about to (the nodes' ends of one ban differ by milliseconds);
+            # a load while this one is shared finds it shared.
+            held = in_redis.get(host, (0, 0))[0] + _BAN_END_SLACK
+            if until <= max(now, held) or host in self._sharing_again:
                 continue
             self._log.info(
                 "Redis at {where} does not hold the ban on {peer} this node holds: shared it again ({seconds:.0f} s "

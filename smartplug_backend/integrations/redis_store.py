@@ -913,6 +913,12 @@ class RedisState:
         """
         return [HistoryEntry(*json.loads(e)) for e in self.client.lrange(history_key(plug_id), 0, limit - 1)]
 
+    def bans(self) -> dict:
+        """
+        The bans Redis holds: address -> C{(until, seconds)}.
+        """
+        return {address: tuple(json.loads(ban)) for address, ban in _pairs(self.client.hgetall(BANS)).items()}
+
     def lift_bans(self, addresses: list) -> None:
         """
         Forget bans that have run out.
