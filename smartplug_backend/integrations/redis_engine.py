@@ -438,7 +438,7 @@ class RedisEngine(ThreadPoolService):
             if failure.check(Late):
                 # Hung past the deadline, or a clock stepped since it was
                 # last read: read it again.
-                self._run(self.state.measure_clock).addErrback(lambda f: None)
+                self._run(self._answered(self.state.measure_clock)).addErrback(self._unreachable_if_so)
         if done is not None:
             # Redis away (a timeout, a lost connection) is an outage, paced
             # in the log; anything else Redis said is news every time.
@@ -585,7 +585,8 @@ class RedisEngine(ThreadPoolService):
             # node held back from it go to Redis.
             self._no_copy = False
             read = self._run(self._answered(self.state.bans))
-            read.addCallbacks(self._share_bans_again, lambda f: None)
+            read.addCallbacks(self._share_bans_again, self._unreachable_if_so)
+            read.addErrback(lambda f: self._log.failure("sharing this node's bans with Redis", f))
         done = self._settle(change.get("token")) if change.get("origin") == self.node_id else None
         if done is not None:
             done.callback(change)
