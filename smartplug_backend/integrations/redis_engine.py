@@ -655,10 +655,11 @@ class RedisEngine(ThreadPoolService):
         (Redis thread) The snapshot; a Redis that holds nothing is seeded
         first with C{plugs}, C{display} and C{last_on}, this node's copy, if
         C{may_seed}, or if C{if_alone} and no node that has loaded a state
-        shows its presence (only such nodes do).  With C{no_copy} (this node holds no state anyone committed) the seed
-        is an empty seed.  Without it, this node's copy takes the place of
-        an empty seed (other than the one it loaded, C{loaded}) on which no
-        change was committed, as it would seed an empty Redis.
+        shows its presence (only such nodes do).  With C{no_copy} (this node
+        holds no state anyone committed) the seed is an empty seed.  Without
+        it, this node's copy takes the place of an empty seed (other than
+        the one it loaded, C{loaded}) on which no change was committed, as
+        it would seed an empty Redis.
 
         A Redis that restarted since its data was last checked is checked
         first: if it may have lost writes, every event gets a new epoch (an
