@@ -821,6 +821,8 @@ class EngineTests(TestCase):
         self.assertEqual(node.packets, ["[cc:0:?:?]"])
         self.assertEqual(len(self.lines("answers: state loaded (0 plugs), changes accepted")), 1)
         self.assertFalse(node.engine.state.client.hexists("smartplug:bans", "203.0.113.12"))
+        # Another node's ban, which this node reads with its own.
+        node.engine.state.client.hset("smartplug:bans", "203.0.113.14", json.dumps([reactor.seconds() + 30, 30]))
         report = yield node.hub.report("p", 1, "http", "x")
         self.assertEqual(report.plug.value, 1)
         yield until(lambda: node.engine.state.client.hexists("smartplug:bans", "203.0.113.12"),

@@ -400,6 +400,12 @@ class RedisEngine(ThreadPoolService):
             self._lost(_why(failure.value, self.where))
             self._retry_later()
 
+    def _redis_failed(self, failure) -> None:
+        # A Redis error of work that has no one to answer: Redis may be
+        # away; anything else goes on down the chain.
+        failure.trap(redis.RedisError, OSError)
+        self._unreachable_if_so(failure)
+
     def _retry_later(self) -> None:
         # 0.5, 1, 2, 4, 8, then every REDIS_MAX_BACKOFF seconds, as the
         # channel thread waits (reset once loaded).
@@ -438,7 +444,8 @@ class RedisEngine(ThreadPoolService):
             if failure.check(Late):
                 # Hung past the deadline, or a clock stepped since it was
                 # last read: read it again.
-                self._run(self._answered(self.state.measure_clock)).addErrback(self._unreachable_if_so)
+                measured = self._run(self._answered(self.state.measure_clock)).addErrback(self._redis_failed)
+                measured.addErrback(lambda f: self._log.failure("reading Redis' clock", f))
         if done is not None:
             # Redis away (a timeout, a lost connection) is an outage, paced
             # in the log; anything else Redis said is news every time.
@@ -585,7 +592,7 @@ class RedisEngine(ThreadPoolService):
             # node held back from it go to Redis.
             self._no_copy = False
             read = self._run(self._answered(self.state.bans))
-            read.addCallbacks(self._share_bans_again, self._unreachable_if_so)
+            read.addCallbacks(self._share_bans_again, self._redis_failed)
             read.addErrback(lambda f: self._log.failure("sharing this node's bans with Redis", f))
         done = self._settle(change.get("token")) if change.get("origin") == self.node_id else None
         if done is not None:

@@ -624,6 +624,11 @@ def _pairs(flat: list) -> dict:
     return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
+def _bans(held: dict) -> dict:
+    # The bans hash as read: address -> (until, seconds).
+    return {address: tuple(json.loads(ban)) for address, ban in held.items()}
+
+
 class RedisState:
     """
     The blocking operations on the shared state, on one C{redis.Redis}
@@ -828,7 +833,7 @@ class RedisState:
                 plugs.append((plug_id, *json.loads(state)))
         return Snapshot(
             _text(incarnation), int(seq), plugs, _json_or_none(display),
-            {address: tuple(json.loads(ban)) for address, ban in _pairs(bans).items()},
+            _bans(_pairs(bans)),
             streams, bool(restarted), loaded_at, begun, bool(empty_seed), _remembered(last_on),
             _remembered(last_colour),
         )
@@ -917,7 +922,7 @@ class RedisState:
         """
         The bans Redis holds: address -> C{(until, seconds)}.
         """
-        return {address: tuple(json.loads(ban)) for address, ban in _pairs(self.client.hgetall(BANS)).items()}
+        return _bans({_text(address): _text(ban) for address, ban in self.client.hgetall(BANS).items()})
 
     def lift_bans(self, addresses: list) -> None:
         """
