@@ -400,7 +400,7 @@ class EngineTests(TestCase):
         yield a.hub.set_display(Display(1, weather=4, intensity=2), "x")
         yield a.hub.set_display(Display(), "x")
         self.redis.kill()
-        yield until(lambda: not a.engine.up, "A to notice")
+        yield until(lambda: a.engine.mode == redis_engine.DOWN, "A to notice")
         self.redis.start()
         yield until(lambda: a.engine.mode == redis_engine.UP, "A to seed Redis again", timeout=20)
         late = Node(self, self.redis.url, "late")
@@ -421,7 +421,7 @@ class EngineTests(TestCase):
         self.assertTrue(a.engine.link.up)
         yield a.hub.report("p", 1, "http", "x")
         self.redis.stop()
-        yield until(lambda: not a.engine.up, "the node to notice")
+        yield until(lambda: a.engine.mode == redis_engine.DOWN, "the node to notice")
         # The dashboard and /metrics see it too, with the log's reason.
         self.assertFalse(a.engine.link.up)
         self.assertIn(a.engine.link.why, "\n".join(self.lines("unreachable (")))
@@ -438,7 +438,7 @@ class EngineTests(TestCase):
         self.assertEqual(len(self.lines("19 more changes refused")), 1)
         self.assertEqual((a.engine.link.up, a.engine.link.why), (True, None))
         self.redis.stop()
-        yield until(lambda: not a.engine.up, "the node to notice again")
+        yield until(lambda: a.engine.mode == redis_engine.DOWN, "the node to notice again")
         self.assertIsNone((yield a.hub.publish("door", "open", "x")))
         self.assertEqual(len(self.lines("refused: state store cannot write")), 2)
         # Redis numbers publications: the refused one has no number to tell.
@@ -461,7 +461,7 @@ class EngineTests(TestCase):
         yield a.hub.report("p", 1, "http", "x")
         self.redis.pause()
         self.addCleanup(self.redis.resume)
-        yield until(lambda: not a.engine.up, "the node to notice a Redis that hangs", timeout=20)
+        yield until(lambda: a.engine.mode == redis_engine.DOWN, "the node to notice a Redis that hangs", timeout=20)
         refused = a.hub.report("p", 0, "http", "x")
         self.assertIsNone(self.successResultOf(refused))
         # While a try to load again waits for the hung Redis, changes are
@@ -539,7 +539,7 @@ class EngineTests(TestCase):
         (a,) = yield self.nodes(1, info_interval=1)
         self.redis.pause()
         self.addCleanup(self.redis.resume)
-        yield until(lambda: not a.engine.up, "the node to notice a Redis that hangs", timeout=20)
+        yield until(lambda: a.engine.mode == redis_engine.DOWN, "the node to notice a Redis that hangs", timeout=20)
         # Each load is followed at once by a change, queued on the Redis
         # thread right behind it; the reactor takes the loaded state only
         # after that change has run there (as when the reactor is busy).
@@ -751,7 +751,7 @@ class EngineTests(TestCase):
         (a,) = yield self.nodes(1)
         yield a.hub.report("p", 1, "http", "x")
         self.redis.kill()
-        yield until(lambda: not a.engine.up, "A to notice")
+        yield until(lambda: a.engine.mode == redis_engine.DOWN, "A to notice")
         late = Node(self, self.redis.url, "late")
         late.engine.privilegedStartService()
         late.engine.startService()
@@ -844,7 +844,7 @@ class EngineTests(TestCase):
         fresh.engine._now = clock.seconds
         seeded = len(self.lines("seeded it with an empty state"))
         self.redis.kill()
-        yield until(lambda: not fresh.engine.up, "the node to notice")
+        yield until(lambda: fresh.engine.mode == redis_engine.DOWN, "the node to notice")
         self.redis.start()
         yield until(lambda: self.lines("answers, but it holds no state")
                     or len(self.lines("seeded it with an empty state")) > seeded,
@@ -882,7 +882,7 @@ class EngineTests(TestCase):
         loading it again (L{come_back} lets them): they stay down.
         """
         self.redis.kill()
-        yield until(lambda: not any(n.engine.up for n in nodes), "the nodes to notice")
+        yield until(lambda: all(n.engine.mode == redis_engine.DOWN for n in nodes), "the nodes to notice")
         for node in nodes:
             self.patch(node.engine, "_resync", lambda: None)
         self.redis.start()
@@ -1121,7 +1121,7 @@ class EngineTests(TestCase):
         (a,) = yield self.nodes(1)
         yield a.hub.report("p", 1, "http", "x")
         self.redis.kill()
-        yield until(lambda: not a.engine.up, "A to notice")
+        yield until(lambda: a.engine.mode == redis_engine.DOWN, "A to notice")
         self.patch(a.engine, "_resync", lambda: None)
         away = self.start_away(self.redis.url, "away")
         clock = Clock()
@@ -1223,7 +1223,7 @@ class EngineTests(TestCase):
         before = a.engine._incarnation
         seeded = len(self.lines("held no state: seeded it"))  # the fresh Redis of setUp
         self.redis.kill()
-        yield until(lambda: not a.engine.up and not b.engine.up, "both nodes to notice")
+        yield until(lambda: a.engine.mode == b.engine.mode == redis_engine.DOWN, "both nodes to notice")
         self.redis.start()
         yield until(lambda: a.engine.mode == b.engine.mode == redis_engine.UP, "both nodes to reload", timeout=20)
         self.assertNotEqual(a.engine._incarnation, before)
@@ -1257,7 +1257,7 @@ class EngineTests(TestCase):
         self.patch(a.engine.state, "initialise", overtaken)
         seeded = len(self.lines("held no state: seeded it with this node's copy (1 plugs)"))
         self.redis.kill()
-        yield until(lambda: not a.engine.up, "the node to notice")
+        yield until(lambda: a.engine.mode == redis_engine.DOWN, "the node to notice")
         self.redis.start()
         yield until(lambda: a.engine.mode == redis_engine.UP, "the node to seed and load", timeout=20)
         self.assertEqual(len(self.lines("held no state: seeded it with this node's copy (1 plugs)")), seeded + 1)
@@ -1369,8 +1369,8 @@ class EngineTests(TestCase):
         late.subscribe("plain", "ev")
         self.assertEqual((late.frames["resumes"], late.frames["last"]), ([], []))
         self.redis.start()
-        yield until(lambda: late.engine.mode == redis_engine.UP and late.frames["resumes"], "the late node to load",
-                    timeout=20)
+        yield until(lambda: late.engine.mode == a.engine.mode == redis_engine.UP and late.frames["resumes"],
+                    "both nodes to load", timeout=20)
         self.assertEqual([(f["action"], f.get("data"), f["offset"], f["epoch"]) for f in late.frames["resumes"]],
                          [("publish", "p2", 2, epoch), ("recovered", None, 2, epoch)])
         self.assertTrue(late.frames["resumes"][-1]["recovered"])
@@ -1574,7 +1574,7 @@ class EngineTests(TestCase):
         yield self.report_until_taken(a, "p", 1)
         yield until(lambda: client.hexists("smartplug:bans", "203.0.113.9"), "the ban to be shared again")
         self.redis.stop()
-        yield until(lambda: not a.engine.up, "A to notice")
+        yield until(lambda: a.engine.mode == redis_engine.DOWN, "A to notice")
         self.assertTrue(guard_a.failure("203.0.113.10", "test"))
         self.assertFalse(guard_b.banned("203.0.113.10"))
         self.redis.start()
@@ -1598,7 +1598,7 @@ class EngineTests(TestCase):
         self.assertTrue(guard_a.failure("203.0.113.13", "test"))
         yield until(lambda: guard_b.banned("203.0.113.13"), "B to ban the address")
         self.redis.kill()
-        yield until(lambda: not a.engine.up and not b.engine.up, "both nodes to notice")
+        yield until(lambda: a.engine.mode == b.engine.mode == redis_engine.DOWN, "both nodes to notice")
         self.redis.start()
         yield until(lambda: a.engine.mode == b.engine.mode == redis_engine.UP, "both nodes to load", timeout=30)
         self.assertEqual(self.lines("shared it again"), [])
@@ -1616,7 +1616,7 @@ class EngineTests(TestCase):
         client.hset("smartplug:bans", "203.0.113.11", json.dumps([reactor.seconds() - 5, 30]))
         self.redis.pause()
         self.addCleanup(self.redis.resume)
-        yield until(lambda: not a.engine.up, "A to notice a Redis that hangs", timeout=20)
+        yield until(lambda: a.engine.mode == redis_engine.DOWN, "A to notice a Redis that hangs", timeout=20)
         self.assertTrue(guard_a.failure("203.0.113.11", "test"))
         self.redis.resume()
         yield until(lambda: guard_b.banned("203.0.113.11"), "B to ban the address banned on A meanwhile", timeout=30)
