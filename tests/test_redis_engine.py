@@ -1566,10 +1566,15 @@ class EngineTests(TestCase):
         state: every node, and one that starts later, has it (SPEC 11).
         """
         a, b = yield self.nodes()
+        # A state, not an empty seed: the nodes hold a copy to seed again.
+        yield a.hub.report("first", 1, "http", "x")
         guard_a, guard_b = self.guards(a, b)
         self.assertTrue(guard_a.failure("203.0.113.9", "test"))
-        yield until(lambda: guard_b.banned("203.0.113.9"), "B to ban the address")
         client = a.engine.state.client
+        # B bans it on counting A's failure; the ban itself reaches Redis
+        # a moment later.
+        yield until(lambda: guard_b.banned("203.0.113.9") and client.hexists("smartplug:bans", "203.0.113.9"),
+                    "the ban to reach B and Redis")
         client.flushall()
         yield self.report_until_taken(a, "p", 1)
         yield until(lambda: client.hexists("smartplug:bans", "203.0.113.9"), "the ban to be shared again")
@@ -1594,9 +1599,12 @@ class EngineTests(TestCase):
         """
         self.redis = start_redis(self, persist=True)
         a, b = yield self.nodes()
+        yield a.hub.report("first", 1, "http", "x")
         guard_a, guard_b = self.guards(a, b)
         self.assertTrue(guard_a.failure("203.0.113.13", "test"))
-        yield until(lambda: guard_b.banned("203.0.113.13"), "B to ban the address")
+        client = a.engine.state.client
+        yield until(lambda: guard_b.banned("203.0.113.13") and client.hexists("smartplug:bans", "203.0.113.13"),
+                    "the ban to reach B and Redis")
         self.redis.kill()
         yield until(lambda: a.engine.mode == b.engine.mode == redis_engine.DOWN, "both nodes to notice")
         self.redis.start()
@@ -1611,6 +1619,7 @@ class EngineTests(TestCase):
         answers again: the older one does not stand for it.
         """
         a, b = yield self.nodes(2, info_interval=1)
+        yield a.hub.report("first", 1, "http", "x")
         guard_a, guard_b = self.guards(a, b)
         client = a.engine.state.client
         client.hset("smartplug:bans", "203.0.113.11", json.dumps([reactor.seconds() - 5, 30]))

@@ -25,6 +25,8 @@ class SharedBans:
         self._failure_watchers: list = []
         self._lift_watchers: list = []
         self._holders: list = []
+        # The addresses whose ban is on its way to Redis.
+        self.sharing: set = set()
 
     def watch(self, ban: Callable[[str, float], None], failed: Callable[[str], None],
               lifted: Callable[[str, str], None], held: Callable[[], Iterable[tuple[str, float]]] = tuple) -> None:
@@ -76,9 +78,11 @@ class SharedBans:
 
         @return: a Deferred that fires once that is done or failed (logged).
         """
-        return self._tell({"kind": "ban", "address": host, "until": until, "seconds": seconds},
+        self.sharing.add(host)
+        told = self._tell({"kind": "ban", "address": host, "until": until, "seconds": seconds},
                           self._engine.state.commit_ban, (host, until, seconds),
                           "ban on {peer} not shared with the other nodes: {why}")
+        return told.addBoth(lambda _: self.sharing.discard(host))
 
     def _tell(self, change: dict, commit, args: tuple, not_shared: str) -> Deferred:
         # Committed through the engine; a failure is logged with

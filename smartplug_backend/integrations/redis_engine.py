@@ -205,8 +205,6 @@ class RedisEngine(ThreadPoolService):
         self._generation = 0
         # What loads overtaken by a newer one did (see _merged).
         self._superseded: Optional[tuple] = None
-        # The bans being shared again (_share_bans_again).
-        self._sharing_again: set = set()
         # token -> (Deferred, timeout) of this node's changes not yet back
         self._pending: dict = {}
         self._away = False
@@ -1016,18 +1014,17 @@ class RedisEngine(ThreadPoolService):
         now = self._clock.seconds()
         for host, until in self.bans.held():
             # Redis may hold an older ban of the same address, ended or
-            # about to (the nodes' ends of one ban differ by milliseconds);
-            # a load while this one is shared finds it shared.
+            # about to (the nodes' ends of one ban differ by milliseconds).
+            # A ban on its way was queued on the Redis thread after what
+            # Redis was read for this: it comes after it.
             held = in_redis.get(host, (0, 0))[0] + _BAN_END_SLACK
-            if until <= max(now, held) or host in self._sharing_again:
+            if until <= max(now, held) or host in self.bans.sharing:
                 continue
             self._log.info(
                 "Redis at {where} does not hold the ban on {peer} this node holds: shared it again ({seconds:.0f} s "
                 "left)", where=self.where, peer=host, seconds=until - now,
             )
-            self._sharing_again.add(host)
-            shared = self.bans.share(host, until, until - now)
-            shared.addBoth(lambda _, host=host: self._sharing_again.discard(host))
+            self.bans.share(host, until, until - now)
 
     def _lost(self, why: str, answers: bool = False) -> None:
         """
