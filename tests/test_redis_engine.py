@@ -1559,22 +1559,34 @@ class EngineTests(TestCase):
         return guards
 
     @inlineCallbacks
+    def banned_on_two_nodes(self, address: str):
+        """
+        Two nodes with guards, on a state (not an empty seed: they hold a
+        copy to seed Redis with again), and C{address} banned on A, on B and
+        in Redis.
+
+        @return: a Deferred of C{(A, B, A's guard, B's guard)}.
+        """
+        a, b = yield self.nodes()
+        yield a.hub.report("first", 1, "http", "x")
+        guard_a, guard_b = self.guards(a, b)
+        self.assertTrue(guard_a.failure(address, "test"))
+        client = a.engine.state.client
+        # B bans it on counting A's failure; the ban itself reaches Redis
+        # a moment later.
+        yield until(lambda: guard_b.banned(address) and client.hexists("smartplug:bans", address),
+                    "the ban to reach B and Redis")
+        return a, b, guard_a, guard_b
+
+    @inlineCallbacks
     def test_bans_redis_lost_are_shared_again(self):
         """
         A ban Redis lost with its data (FLUSHALL), or made while Redis was
         away, is shared again once the node that holds it has loaded the
         state: every node, and one that starts later, has it (SPEC 11).
         """
-        a, b = yield self.nodes()
-        # A state, not an empty seed: the nodes hold a copy to seed again.
-        yield a.hub.report("first", 1, "http", "x")
-        guard_a, guard_b = self.guards(a, b)
-        self.assertTrue(guard_a.failure("203.0.113.9", "test"))
+        a, b, guard_a, guard_b = yield self.banned_on_two_nodes("203.0.113.9")
         client = a.engine.state.client
-        # B bans it on counting A's failure; the ban itself reaches Redis
-        # a moment later.
-        yield until(lambda: guard_b.banned("203.0.113.9") and client.hexists("smartplug:bans", "203.0.113.9"),
-                    "the ban to reach B and Redis")
         client.flushall()
         yield self.report_until_taken(a, "p", 1)
         yield until(lambda: client.hexists("smartplug:bans", "203.0.113.9"), "the ban to be shared again")
@@ -1598,13 +1610,7 @@ class EngineTests(TestCase):
         heard of it (its end a few milliseconds after Redis').
         """
         self.redis = start_redis(self, persist=True)
-        a, b = yield self.nodes()
-        yield a.hub.report("first", 1, "http", "x")
-        guard_a, guard_b = self.guards(a, b)
-        self.assertTrue(guard_a.failure("203.0.113.13", "test"))
-        client = a.engine.state.client
-        yield until(lambda: guard_b.banned("203.0.113.13") and client.hexists("smartplug:bans", "203.0.113.13"),
-                    "the ban to reach B and Redis")
+        a, b, _, _ = yield self.banned_on_two_nodes("203.0.113.13")
         self.redis.kill()
         yield until(lambda: a.engine.mode == b.engine.mode == redis_engine.DOWN, "both nodes to notice")
         self.redis.start()
