@@ -404,8 +404,18 @@ class TakeoverTests(SynchronousTestCase):
         self.assertTrue(sent.startswith(b"HTTP/1.1 101"), sent[:200])
         self.assertIn(b'"type":"snapshot"', sent)
         self.assertEqual(len(live.factory.pages), 1)
+        # A ban of its address closes the address's other HTTP connections,
+        # not the logged-in page: it proved its session, and may be the
+        # owner's, sharing the address with whatever failed.
         from twisted.internet.error import ConnectionDone
         from twisted.python.failure import Failure
+
+        other, keep_alive = accept(live.guard.wrap(cap.wrap(site), close_on_ban=True))
+        live.guard.ban(transport.getPeer().host, 60)
+        live.clock.advance(1)
+        self.assertTrue(keep_alive.disconnecting)
+        self.assertFalse(transport.disconnecting)
+        other.connectionLost(Failure(ConnectionDone()))
 
         # The page's side closes first (a killed tab): the transport tells
         # the outermost wrapper, which the HTTP channel made half-closeable.

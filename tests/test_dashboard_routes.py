@@ -121,6 +121,10 @@ class LoginTests(SynchronousTestCase):
         self.assertEqual(response.code, 200)
         self.assertEqual(body["user"], "anna")
         self.assertEqual(body["csrf"], self.ui.sessions.find(self.ui.cookie).csrf)
+        # The page's own address as bans name it, here and in the session
+        # check: it knows a ban of its own address.
+        self.assertEqual(body["address"], "127.0.0.1")
+        self.assertEqual(self.ui.json("GET", "api/session")[1]["address"], "127.0.0.1")
         self.assertEqual(len(cookies), 1)
         flags = [part.strip().lower() for part in cookies[0].split(";")[1:]]
         self.assertIn("httponly", flags)

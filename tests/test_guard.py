@@ -358,6 +358,33 @@ class CloseOnBanTests(SynchronousTestCase):
         self.assertFalse(other.disconnecting)
         self.assertEqual(len(messages(events, "closing 2 open HTTP connection(s) of banned " + STRANGER)), 1)
 
+    def test_proven_connection_stays(self):
+        """
+        A connection whose protocol has proven a credential (a logged-in
+        dashboard page's live socket, which takes the HTTP channel's place)
+        stays open through a ban of its address, and the log says so; the
+        address's other HTTP connections close.
+        """
+        page, page_transport = self.connect(self.http, STRANGER)
+        _, plain = self.connect(self.http, STRANGER)
+        page.wrapped.proven = True
+        self.guard.ban(STRANGER, 30)
+        with capturedLogs() as events:
+            self.clock.advance(guard_module.CLOSE_AFTER_BAN)
+        self.assertTrue(plain.disconnecting)
+        self.assertFalse(page_transport.disconnecting)
+        self.assertEqual(len(messages(
+            events, f"closing 1 open HTTP connection(s) of banned {STRANGER}; 1 logged-in dashboard page(s) stay open"
+        )), 1)
+        # With only the page open, the log says it stays.
+        page_too, page_too_transport = self.connect(self.http, "198.51.100.7")
+        page_too.wrapped.proven = True
+        self.guard.ban("198.51.100.7", 30)
+        with capturedLogs() as events:
+            self.clock.advance(guard_module.CLOSE_AFTER_BAN)
+        self.assertFalse(page_too_transport.disconnecting)
+        self.assertEqual(len(messages(events, "1 logged-in dashboard page(s) of banned 198.51.100.7 stay open")), 1)
+
     def test_ban_from_another_node_closes_too(self):
         """
         A ban decided by another node (SPEC 11) closes the connections too.

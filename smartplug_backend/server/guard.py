@@ -360,11 +360,24 @@ class Guard:
     def _close_open(self, host: str) -> None:
         if host not in self._bans:
             return
-        connections = list(self._open.get(host, ()))
+        # A connection that proved a credential (a logged-in dashboard
+        # page's live socket) guesses nothing more: like the WebSocket
+        # ports' proven connections it stays, so that the owner's own page,
+        # sharing the address with the client that failed, is not cut off.
+        connections, proven = [], 0
+        for connection in self._open.get(host, ()):
+            if _proven(connection):
+                proven += 1
+            else:
+                connections.append(connection)
         if connections:
             self._log.info(
-                "closing {count} open HTTP connection(s) of banned {peer}", count=len(connections), peer=host
+                "closing {count} open HTTP connection(s) of banned {peer}{kept}",
+                count=len(connections), peer=host,
+                kept=f"; {proven} logged-in dashboard page(s) stay open" if proven else "",
             )
+        elif proven:
+            self._log.info("{kept} logged-in dashboard page(s) of banned {peer} stay open", kept=proven, peer=host)
         for connection in connections:
             connection.transport.loseConnection()
 
@@ -651,10 +664,24 @@ def pass_through(cls: type, inner, *args) -> PassThrough:
     return cls(*args, inner)
 
 
+def _proven(connection) -> bool:
+    """
+    Whether the protocol at the end of C{connection}'s chain of wrappers
+    (the guard's tracking, then the connection count) says it has C{proven}
+    a credential.
+    """
+    protocol = connection
+    while getattr(protocol, "wrapped", None) is not None:
+        protocol = protocol.wrapped
+    return getattr(protocol, "proven", False) is True
+
+
 class _Tracked(PassThrough):
     """
     Lets the guard know which connections of an address are open, so that a
-    ban can close them.
+    ban can close them: all but those whose protocol (the one at the end of
+    the chain of wrappers now: the dashboard's live socket takes the HTTP
+    channel's place) says it has C{proven} a credential (L{_proven}).
     """
 
     def __init__(self, guard: Guard, host: Optional[str], wrapped) -> None:

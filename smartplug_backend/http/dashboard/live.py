@@ -54,6 +54,9 @@ class LiveProtocol(LenientServerProtocol):
     _log = Logger(namespace="smartplug_backend.http.dashboard")
     _peer = "?"
     _session = None
+    # Read by the guard (server/guard.py): a page that brought a live
+    # session proved it; a ban of its address does not close it.
+    proven = False
     _expiry = None
     _joined = False
 
@@ -77,6 +80,7 @@ class LiveProtocol(LenientServerProtocol):
             remaining = self._session.expires - factory.clock.seconds()
             self._expiry = factory.clock.callLater(max(remaining, 0), self.end_session)
             self._joined = True
+            self.proven = True
             factory.join(self)
             self.sendMessage(factory.feed.snapshot())
         except Exception:

@@ -3,8 +3,8 @@ The dashboard's routes under C{/ui} (SPEC 9): the page's files, the JSON
 routes it calls, and the live WebSocket.
 
     GET  /ui/                          the page (index.html; app.js, style.css, uplot/...)
-    GET  /ui/api/session               {"user", "csrf", "expires"} or 401
-    POST /ui/api/login                 {"user", "password"} -> session cookie, {"user", "csrf", "expires"}
+    GET  /ui/api/session               {"user", "csrf", "expires", "address"} or 401
+    POST /ui/api/login                 {"user", "password"} -> session cookie, {"user", "csrf", "expires", "address"}
     POST /ui/api/logout                ends the session                      (CSRF)
     GET  /ui/api/plugs/<id>/history    [{"value", "at", "source"}], oldest first
     GET  /ui/api/history?plug=<id>     the same, for any id (the page's: a
@@ -252,7 +252,7 @@ class Api(Resource):
         if parts == ["login"]:
             return self._post(request, self._login, needs_session=False)
         if parts == ["session"]:
-            return self._get(request, lambda r, s: _json(r, 200, _session_json(s)))
+            return self._get(request, lambda r, s: _json(r, 200, _session_json(s, r)))
         if parts == ["logout"]:
             return self._post(request, self._logout)
         if parts == ["display"]:
@@ -379,7 +379,7 @@ class Api(Resource):
                 sameSite="strict", max_age=str(int(self._sessions.seconds)).encode("ascii"),
             )
             _log.info("dashboard login of {user} from {peer}", user=user, peer=address)
-            return (200, _session_json(session))
+            return (200, _session_json(session, request))
 
         def broken(failure):
             done()
@@ -463,5 +463,7 @@ class Api(Resource):
         return self._later(request, maybeDeferred(self._hub.history, plug_id, self._history_keep).addCallback(found))
 
 
-def _session_json(session: Session) -> dict:
-    return {"user": session.user, "csrf": session.csrf, "expires": session.expires}
+def _session_json(session: Session, request) -> dict:
+    # The address the page comes from, as bans name it: the page knows a
+    # ban of its own address (its requests refused; its live socket stays).
+    return {"user": session.user, "csrf": session.csrf, "expires": session.expires, "address": peer(request)}
