@@ -274,10 +274,15 @@ class DashboardInBrowserTests(_InBrowser):
         self.text_in(card + " .state", "unplugged")
         self.wait.until(lambda b: b.find_element(By.CSS_SELECTOR, card + " .chart").get_attribute("data-points") == "2")
 
+        # A report gives the plug's chart new data: the same chart, not a
+        # new one (making one per report left the page seconds behind a
+        # burst of reports).
+        self.browser.execute_script(f"document.querySelector('{card} .chart canvas').dataset.first = 'yes'")
         post(self.server, "/data", {"id": "kitchen", "value": 1})
         self.text_in(card + " .state", "plugged in")
         self.wait.until(lambda b: b.find_element(By.CSS_SELECTOR, card + " .chart").get_attribute("data-points") == "3")
         self.assertEqual(len(self.browser.find_elements(By.CSS_SELECTOR, card + " .chart canvas")), 1)
+        self.assertEqual(self.browser.find_element(By.CSS_SELECTOR, card + " .chart canvas").get_attribute("data-first"), "yes")
         self.assertEqual(len(self.browser.find_elements(By.CSS_SELECTOR, card + " .reports tbody tr")), 3)
 
         # A plug never seen before shows up too, without a reload.
@@ -441,6 +446,82 @@ class DashboardInBrowserTests(_InBrowser):
         self.addCleanup(again.close)
         again.send(SECRET)
         self.assertEqual(again.recv(10), "ok")
+
+    def test_own_address_banned(self):
+        """
+        A ban of the page's own address (a client behind the same router
+        failed) leaves the logged-in page live: its live socket proved the
+        session.  The ban shows as this device's, its Lift button disabled
+        (the address's requests are refused), and an action the ban refuses
+        says why rather than "no answer".
+        """
+        self.open_dashboard()
+        self.fail_three_times("127.0.0.1")
+        self.server.wait_for(r"logged-in dashboard page\(s\) (of banned 127\.0\.0\.1 )?stay open")
+        lift = self.visible('#bans button[data-address="127.0.0.1"]')
+        self.assertFalse(lift.is_enabled())
+        self.text_in("#bans tbody", "this device")
+        # Still live: a lamp from another address reports a plug.
+        lamp = device(self.server, "127.0.0.2")
+        self.addCleanup(lamp.close)
+        lamp.send(SECRET)
+        self.assertEqual(lamp.recv(10), "ok")
+        lamp.send(json.dumps({"id": "hall", "value": 1}))
+        self.text_in('.plug[data-plug="hall"] .state', "plugged in")
+        self.assertEqual(self.browser.find_element(By.ID, "live").get_attribute("data-state"), "open")
+        self.browser.find_element(By.ID, "set-color").click()
+        self.text_in("#display-result", "refused: this device's address 127.0.0.1 is banned until")
+
+    def test_many_plugs_found_by_name(self):
+        """
+        From seven plugs on, the page counts them and offers a box that
+        shows only the plugs whose name has the text typed in it.
+        """
+        for n in range(6):
+            post(self.server, "/data", {"id": f"socket-{n}", "value": 1})
+        self.open_dashboard()
+        self.text_in("#plug-count", "6 plugs")
+        self.assertFalse(self.browser.find_element(By.ID, "plug-filter").is_displayed())
+        post(self.server, "/data", {"id": "Küche", "value": 0})
+        self.text_in("#plug-count", "7 plugs")
+        box = self.visible("#plug-filter")
+        box.send_keys("KÜ")
+        self.text_in("#plug-count", "1 of 7 plugs shown")
+        shown = [e.get_attribute("data-plug") for e in self.browser.find_elements(By.CSS_SELECTOR, ".plug") if e.is_displayed()]
+        self.assertEqual(shown, ["Küche"])
+        # A new plug that does not match stays hidden; clearing shows all.
+        post(self.server, "/data", {"id": "garage", "value": 1})
+        self.text_in("#plug-count", "1 of 8 plugs shown")
+        box.clear()
+        box.send_keys(" ")
+        self.text_in("#plug-count", "8 plugs")
+        self.assertEqual(len([e for e in self.browser.find_elements(By.CSS_SELECTOR, ".plug") if e.is_displayed()]), 8)
+
+    def test_publications_readable(self):
+        """
+        The smartplug event's data (the app's JSON text, its non-ASCII
+        characters escaped) shows those characters; long data is cut, in
+        full in its title; a reset asks first.
+        """
+        lamp = device(self.server)
+        self.addCleanup(lamp.close)
+        lamp.send(SECRET)
+        self.assertEqual(lamp.recv(10), "ok")
+        self.assertEqual(lamp.recv(10), "[cc:0:?:?]")
+        self.open_dashboard()
+        post(self.server, "/data", {"id": "Küche", "value": 1})
+        self.text_in("#publications", 'smartplug {"id": "Küche", ')
+        post(self.server, "/publish?clientName=kitchen-pi", {"event": "log", "data": "x" * 1000})
+        self.text_in("#publications", "log " + "x" * 300 + "…")
+        item = self.browser.find_element(By.CSS_SELECTOR, "#publications li")
+        self.assertEqual(item.get_attribute("title"), "x" * 1000)
+        # A reset asks first: declined, nothing is sent; accepted, it is.
+        self.browser.find_element(By.ID, "display-reset").click()
+        self.wait.until(EC.alert_is_present()).dismiss()
+        self.browser.find_element(By.ID, "display-reset").click()
+        self.wait.until(EC.alert_is_present()).accept()
+        self.assertEqual(lamp.recv(10), "[cc:r:?:?]")
+        self.text_in("#display-result", "sent [cc:r:?:?]")
 
     def test_logout_forgets_everything(self):
         """

@@ -6,7 +6,9 @@
 const $ = (id) => document.getElementById(id);
 const WEATHER = ["", "sunrise", "sunset", "clear", "cloudy", "rain", "storm", "snow", "mist", "wind"];
 const MAX_PUBLICATIONS = 100;
-const REPORT_ROWS = 10;
+const MAX_DATA_SHOWN = 300; // characters of a publication's data in the list
+const REPORT_ROWS = 5;
+const FILTER_FROM = 7; // plugs from which the page offers to find one by name
 const SESSION_GONE = "The server restarted or your session ended; log in again.";
 
 let csrf = null;
@@ -17,6 +19,8 @@ let reconnectTimer = null; // a reconnect() waiting to try
 // that is about a session the page no longer holds.
 let sessionGeneration = 0;
 let clockOffset = 0; // server time minus ours, in seconds
+let viewer = null; // this page's address, as bans name it
+let bans = []; // the bans as last sent
 const plugs = new Map(); // id -> {plug, history: [{value, at, source}] | null, card, chart}
 
 // -- helpers -----------------------------------------------------------------
@@ -90,11 +94,22 @@ async function api(path, body) {
   return { ok: answer.ok, status: answer.status, data };
 }
 
+// Why a request got no answer.  A ban of the page's own address (failed
+// logins or secrets from another client behind the same router) refuses its
+// requests, while its live socket, which proved the session, stays open.
+function noAnswer(e) {
+  const own = bans.find((b) => b.address === viewer);
+  return own
+    ? `refused: this device's address ${viewer} is banned until ${when(own.until)} (too many failed logins or secrets from it); try again then, or from another device`
+    : `no answer from the server (${e.message})`;
+}
+
 // -- logging in and out --------------------------------------------------------
 
 function showLogin(message = "") {
   sessionGeneration += 1;
   csrf = null;
+  viewer = null;
   closeSocket();
   setLive("closed");
   forget();
@@ -116,6 +131,9 @@ function forget() {
   $("no-plugs").hidden = false;
   $("no-plugs").textContent = "loading…";
   $("publications").replaceChildren();
+  $("plug-filter").value = "";
+  filterPlugs();
+  bans = [];
   server = null;
   $("facts").replaceChildren();
   for (const id of ["devices", "client-list", "bans", "failures", "settings"]) $(id).tBodies[0].replaceChildren();
@@ -128,6 +146,7 @@ function forget() {
 function showApp(session) {
   sessionGeneration += 1;
   csrf = session.csrf;
+  viewer = session.address || null;
   $("login").hidden = true;
   $("app").hidden = false;
   $("logout").hidden = false;
@@ -231,6 +250,7 @@ function handle(message) {
       showPlugs(message.plugs);
       $("no-plugs").textContent = "No plug has reported yet.";
       $("no-plugs").hidden = plugs.size > 0;
+      filterPlugs();
       showDisplay(message.display);
       $("publications").replaceChildren();
       message.publications.forEach(addPublication);
@@ -246,6 +266,7 @@ function handle(message) {
       message.dropped.forEach(dropPlug);
       orderPlugs(message.order);
       $("no-plugs").hidden = plugs.size > 0;
+      filterPlugs();
       break;
     case "display":
       showDisplay(message.display, message.command);
@@ -309,6 +330,7 @@ function dropPlug(id) {
   if (entry.chart) entry.chart.destroy();
   entry.card.remove();
   plugs.delete(id);
+  filterPlugs();
 }
 
 // The page's history ends with the plug's last report (and none is on its way).
@@ -336,9 +358,28 @@ function addPlug(plug) {
   entry.chartBox = chart;
   $("plug-list").append(entry.card);
   $("no-plugs").hidden = true;
+  filterPlugs();
   drawPlug(entry);
   loadHistory(entry);
 }
+
+// How many plugs there are and, from FILTER_FROM plugs on, a box that
+// shows only those whose name has the text typed in it.
+function filterPlugs() {
+  const box = $("plug-filter");
+  box.hidden = plugs.size < FILTER_FROM && box.value === "";
+  const wanted = box.value.trim().toLowerCase();
+  let shown = 0;
+  plugs.forEach((entry) => {
+    const hide = wanted !== "" && !entry.plug.id.toLowerCase().includes(wanted);
+    if (entry.card.hidden !== hide) entry.card.hidden = hide;
+    if (!hide) shown++;
+  });
+  const count = plugs.size === 1 ? "1 plug" : `${plugs.size} plugs`;
+  $("plug-count").textContent = !plugs.size ? "" : shown === plugs.size ? count : `${shown} of ${count} shown`;
+}
+
+$("plug-filter").addEventListener("input", () => { filterPlugs(); resizeCharts(); });
 
 async function loadHistory(entry) {
   // Reports that arrive while the history is on its way are kept aside too.
@@ -407,9 +448,22 @@ function drawPlug(entry) {
       (r) => [r.value === 1 ? "1 plugged in" : "0 unplugged", when(r.at), r.source]);
     card.querySelector(".reports").tBodies[0].dataset.rows = Math.min(h.length, REPORT_ROWS);
   }
-  drawChart(entry);
+  chartSoon(entry);
 }
 
+// A burst of reports (60 plugs at once) draws each chart once per frame the
+// browser paints, not once per report.
+function chartSoon(entry) {
+  if (entry.chartDue) return;
+  entry.chartDue = true;
+  requestAnimationFrame(() => {
+    entry.chartDue = false;
+    if (plugs.get(entry.plug.id) === entry) drawChart(entry);
+  });
+}
+
+// The chart is made once per plug and then given new data (and the new
+// range's ends): making a uPlot, with its canvas and axes, costs far more.
 function drawChart(entry) {
   const box = entry.chartBox;
   const h = entry.history;
@@ -430,14 +484,18 @@ function drawChart(entry) {
   for (const r of inside) { xs.push(r.at); ys.push(r.value); }
   if (xs.length) { xs.push(Math.max(end, xs[xs.length - 1])); ys.push(ys[ys.length - 1]); }
   box.dataset.points = String(inside.length);
+  entry.span = [start, end];
+  if (entry.chart) {
+    entry.chart.setData([xs, ys]);
+    return;
+  }
   const width = Math.max(200, box.clientWidth || 300);
-  if (entry.chart) entry.chart.destroy();
   entry.chart = new uPlot({
     width,
     height: 140,
     legend: { show: false },
     cursor: { show: true, points: { show: false } },
-    scales: { x: { time: true, range: [start, end] }, y: { range: [-0.1, 1.1] } },
+    scales: { x: { time: true, range: () => entry.span }, y: { range: [-0.1, 1.1] } },
     axes: [
       {},
       { values: (u, splits) => splits.map((v) => (v === 1 ? "in" : v === 0 ? "out" : "")), splits: () => [0, 1], size: 40 },
@@ -450,7 +508,15 @@ function drawChart(entry) {
 }
 
 $("range").addEventListener("change", () => plugs.forEach(drawChart));
-window.addEventListener("resize", () => plugs.forEach((e) => e.chart && e.chart.setSize({ width: Math.max(200, e.chartBox.clientWidth), height: 140 })));
+// A chart made while its card was hidden (the filter) or the window was
+// narrower takes its box's width.
+function resizeCharts() {
+  plugs.forEach((e) => {
+    const width = Math.max(200, e.chartBox.clientWidth);
+    if (e.chart && !e.card.hidden && e.chart.width !== width) e.chart.setSize({ width, height: 140 });
+  });
+}
+window.addEventListener("resize", resizeCharts);
 
 // -- lamps ----------------------------------------------------------------------------
 
@@ -485,7 +551,7 @@ async function setDisplay(body) {
     const { ok, data } = await api("display", body);
     $("display-result").textContent = ok ? (data.packet ? `sent ${data.packet}` : "") : data.error;
   } catch (e) {
-    $("display-result").textContent = `no answer from the server (${e.message})`;
+    $("display-result").textContent = noAnswer(e);
   }
 }
 
@@ -510,7 +576,9 @@ $("color-form").addEventListener("submit", (event) => {
   setDisplay({ mode: 2, color, pulse: Number($("pulse").value) });
 });
 $("display-off").addEventListener("click", () => setDisplay({ mode: 0 }));
-$("display-reset").addEventListener("click", () => setDisplay({ command: "reset" }));
+$("display-reset").addEventListener("click", () => {
+  if (confirm("Tell every lamp to restart now?")) setDisplay({ command: "reset" });
+});
 $("display-update").addEventListener("click", () => {
   if (confirm("Tell every lamp to update its firmware now?")) setDisplay({ command: "update" });
 });
@@ -558,16 +626,46 @@ function showClients(clients) {
 
 function addPublication(p) {
   const list = $("publications");
-  // PiCloud's clients publish strings: shown as they are; other JSON as JSON.
-  const data = typeof p.data === "string" ? p.data : JSON.stringify(p.data);
-  list.prepend(el("li", {}, el("strong", { text: p.event }), ` ${data} `, p.origin ? `(via ${p.origin}) ` : "", el("span", { class: "muted", text: when(p.at) })));
+  const data = shownData(p.data);
+  const cut = data.length > MAX_DATA_SHOWN;
+  const item = el("li", {}, el("strong", { text: p.event }), ` ${cut ? data.slice(0, MAX_DATA_SHOWN) + "…" : data} `,
+    p.origin ? `(via ${p.origin}) ` : "", el("span", { class: "muted", text: when(p.at) }));
+  if (cut) item.title = data.length > 4000 ? data.slice(0, 4000) + "…" : data;
+  list.prepend(item);
   while (list.children.length > MAX_PUBLICATIONS) list.lastChild.remove();
+}
+
+// PiCloud's clients publish strings: shown as they are; other JSON as JSON.
+// A string that is JSON text (the smartplug event's data is the app's
+// broadcast) shows the characters its \u escapes stand for, not the escapes:
+// a plug named "Küche" reads "Küche".  Control characters stay escaped.
+function shownData(data) {
+  if (typeof data !== "string") return JSON.stringify(data);
+  if (!data.includes("\\u")) return data;
+  try {
+    const parsed = JSON.parse(data);
+    if (parsed === null || typeof parsed !== "object") return data;
+  } catch (e) {
+    return data;
+  }
+  return data.replace(/\\(\\|u([0-9a-fA-F]{4}))/g, (escape, _, hex) => {
+    const code = hex === undefined ? 0 : parseInt(hex, 16);
+    return hex === undefined || code < 0x20 || (code >= 0x7f && code < 0xa0) ? escape : String.fromCharCode(code);
+  });
 }
 
 // -- security ----------------------------------------------------------------------------
 
 function showSecurity(message) {
-  rows("bans", message.bans, (b) => [
+  bans = message.bans;
+  // The page's own address: its requests (a lift too) are refused until the
+  // ban ends; another device, or the ban's end, lifts it.
+  rows("bans", message.bans, (b) => b.address === viewer ? [
+    el("span", {}, el("span", { class: "address", text: b.address }), el("span", { class: "node muted", text: "this device" })),
+    when(b.until), b.failures,
+    el("button", { type: "button", class: "secondary", disabled: "", "data-address": b.address, text: "Lift",
+      title: "This device's requests are refused while its address is banned: lift the ban from another device, or wait for its end." }),
+  ] : [
     b.address, when(b.until), b.failures,
     el("button", { type: "button", class: "secondary", "data-address": b.address, "aria-label": `Lift the ban on ${b.address}`, text: "Lift", onclick: () => lift(b.address) }),
   ], "no address is banned");
@@ -579,7 +677,7 @@ async function lift(address) {
     const { ok, data } = await api("bans/lift", { address });
     if (!ok) alert(data.error);
   } catch (e) {
-    alert(`no answer from the server (${e.message})`);
+    alert(noAnswer(e));
   }
 }
 
@@ -611,6 +709,8 @@ function showServer(facts) {
 // A setting as the settings file writes it (None, True, False).
 function python(value) {
   if (value === null) return "None";
+  // A secret setting: only whether it is set, not a string of the file.
+  if (value === "(set)" || value === "(not set)") return value;
   if (value === true) return "True";
   if (value === false) return "False";
   if (Array.isArray(value)) return `[${value.map(python).join(", ")}]`;
@@ -655,7 +755,7 @@ $("backup").addEventListener("click", async () => {
     const { ok, data } = await api("backup", {});
     $("backup-result").textContent = ok ? `written to ${data.path}` : data.error;
   } catch (e) {
-    $("backup-result").textContent = `no answer from the server (${e.message})`;
+    $("backup-result").textContent = noAnswer(e);
   } finally {
     backingUp = false;
     showBackupButton();
