@@ -774,6 +774,10 @@ class HistoryRouteTests(SynchronousTestCase):
             self.assertEqual(code, 400, query)
             self.assertIn(name, json.loads(body)["error"])
         self.assertEqual(self.get("/events/e/history?limit=1000")[0], 200)
+        # An event name no publication may have (PUBSUB_MAX_EVENT).
+        code, body, _ = self.get("/events/" + "e" * 257 + "/history")
+        self.assertEqual((code, json.loads(body)), (400, {"error": "event name of 257 characters: at most 256"}))
+        self.assertEqual(self.get("/events/" + "e" * 256 + "/history")[0], 200)
 
     def test_api_key(self):
         """

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from smartplug_backend import config, tap
+from smartplug_backend.core import limits
 from smartplug_backend.core.display import OFF, Display, LastOn
 from smartplug_backend.core.hub import Hub
 from smartplug_backend.core.journal import MemoryJournal, StoreFailed
@@ -661,6 +662,33 @@ class EventsTests(BridgeTestCase):
         self.hub.pubsub.publish("temp", 1)
         self.assertEqual(self.client.topics(), ["smartplug/events/temp"])
         self.assertTrue(any("not published" in line for line in self.logged()))
+        # Said once per topic: a client publishing it again fills no log.
+        self.hub.pubsub.publish("a+b", 2)
+        self.assertEqual(len([line for line in self.logged() if "not published" in line]), 1)
+
+    def test_in_bounded(self):
+        """
+        What comes from the broker is bounded as what WebSocket and HTTP
+        peers send: a message over MAX_MESSAGE bytes, or a publication whose
+        event name is over PUBSUB_MAX_EVENT characters, is ignored, said
+        once per topic; the limits themselves pass.
+        """
+        self.connect()
+        big = b'"' + b"x" * (limits.MAX_MESSAGE - 2) + b'"'
+        self.client.message("smartplug/publish/temp", big + b" ")
+        self.client.message("smartplug/publish/temp", big + b" ")
+        self.client.message("smartplug/publish/" + "e" * (limits.PUBSUB_MAX_EVENT + 1), b"1")
+        self.assertEqual(self.delivered, [])
+        self.assertEqual(self.hub.pubsub.history.events(), 0)
+        ignored = [line for line in self.logged() if "ignored a" in line]
+        self.assertEqual(len(ignored), 2, ignored)
+        self.assertIn(f"ignored a message of {limits.MAX_MESSAGE + 1} bytes on 'smartplug/publish/temp'", ignored[0])
+        self.assertIn(f"event name of {limits.PUBSUB_MAX_EVENT + 1} characters: at most {limits.PUBSUB_MAX_EVENT}",
+                      ignored[1])
+        self.client.message("smartplug/publish/temp", big)
+        self.client.message("smartplug/publish/" + "e" * limits.PUBSUB_MAX_EVENT, b"1")
+        self.assertEqual(len(self.delivered), 1)
+        self.assertEqual(self.hub.pubsub.history.events(), 2)
 
     def events(self):
         return [p[1] for p in self.client.published if p[0] == "smartplug/events/temp"]

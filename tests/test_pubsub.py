@@ -10,7 +10,7 @@ from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from smartplug_backend.core.hub import Hub
-from smartplug_backend.core.limits import MAX_UNSENT
+from smartplug_backend.core.limits import MAX_UNSENT, PUBSUB_MAX_EVENT
 from smartplug_backend.core.pubsub import PubSub, delivery_frame, go_json, report_publisher
 from smartplug_backend.http import api
 from smartplug_backend.server.guard import Guard
@@ -461,10 +461,19 @@ class RouteTests(SynchronousTestCase):
         events = []
         self.patch(AppProtocol, "_log", Logger(observer=events.append))
         sub, _, pump = ws_connect(self.factory, "/subscribe?clientName=s")
-        for bad in [b"nope", b"[]", b'{"action": "dance"}', b'{"action": "subscribe"}', b'{"action": "subscribe", "event": 3}']:
+        long_name = b'{"action": "subscribe", "event": "' + b"e" * (PUBSUB_MAX_EVENT + 1) + b'"}'
+        for bad in [b"nope", b"[]", b'{"action": "dance"}', b'{"action": "subscribe"}', b'{"action": "subscribe", "event": 3}',
+                    long_name]:
             sub.sendMessage(bad)
         pump.flush()
         self.assertEqual(list(self.hub.pubsub.subscriptions()), [])
+        self.assertIn(f"event name of {PUBSUB_MAX_EVENT + 1} characters: at most {PUBSUB_MAX_EVENT}",
+                      [e.get("reason") for e in events])
+        sub.sendMessage(b'{"action": "subscribe", "event": "' + b"e" * PUBSUB_MAX_EVENT + b'"}')
+        pump.flush()
+        self.assertEqual(len(list(self.hub.pubsub.subscriptions())), 1)
+        sub.sendMessage(b'{"action": "unsubscribe:all"}')
+        pump.flush()
         self.assertIsNone(sub.closed)
         pub, _, pump = ws_connect(self.factory, "/publish?clientName=p")
         pub.sendMessage(b'{"event": "e", "data": 1e999}')
@@ -596,13 +605,13 @@ class HTTPPublishTests(SynchronousTestCase):
 
     def test_bad_request(self):
         """
-        A body that is not JSON, or a missing or empty event, answers 400
+        A body that is not JSON, or a missing, empty or too long event, answers 400
         "Bad request" as plain text and publishes nothing.
         """
         events = []
         self.patch(api, "_log", Logger(observer=events.append))
         for body in [b"", b"{", b"[]", b'{"data": 1}', b'{"event": "", "data": 1}', b'{"event": 5}',
-                     b'{"event": "e", "data": 1e999}']:
+                     b'{"event": "' + b"e" * (PUBSUB_MAX_EVENT + 1) + b'"}', b'{"event": "e", "data": 1e999}']:
             code, answer, headers = self.post("/publish?clientName=pi", body)
             self.assertEqual((code, answer), (400, b"Bad request\n"), body)
             self.assertEqual(headers.getRawHeaders("content-type"), ["text/plain; charset=utf-8"])

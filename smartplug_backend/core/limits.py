@@ -151,6 +151,11 @@ PUBSUB_EMPTY_EVENTS = 1000
 PUBSUB_SUBSCRIPTIONS_PER_CONNECTION = 1000
 PUBSUB_UNPUBLISHED_EPOCHS = 1000
 PUBSUB_STREAMS = 10000
+# Characters of a pub/sub event name (PiCloud's own are words such as
+# "temperature"): a longer one is refused wherever it comes in (publish,
+# subscribe, the history route, MQTT), since every kept publication, every
+# subscription and every info frame holds the name.
+PUBSUB_MAX_EVENT = 256
 PUBSUB_HISTORY_BYTES = 32 * 1024 * 1024
 
 #: Seconds WebSocket peers have to answer the server's 1001 close when it

@@ -16,7 +16,7 @@ from typing import Any, Callable, Hashable, Iterable, Optional
 from twisted.logger import Logger
 
 from .history import History, Publication
-from .limits import PUBSUB_EMPTY_EVENTS
+from .limits import PUBSUB_EMPTY_EVENTS, PUBSUB_MAX_EVENT
 from .reports import broadcast_bytes
 from .times import utc_rfc3339
 
@@ -91,14 +91,25 @@ def parse_publication(message: Any) -> tuple[str, Any]:
     C{(event, data)} from a decoded C{{"event": E, "data": D}} message; an
     C{"action": "publish"} key may be present.
 
-    @raise InvalidPublication: no object, or a missing or empty event.
+    @raise InvalidPublication: no object, or a missing, empty or too long
+        event (L{check_event}).
     """
     if not isinstance(message, dict):
         raise InvalidPublication("expected a JSON object")
     event = message.get("event")
     if not isinstance(event, str) or not event:
         raise InvalidPublication("missing or empty event")
+    check_event(event)
     return event, message.get("data")
+
+
+def check_event(event: str) -> None:
+    """
+    @raise InvalidPublication: C{event} is longer than L{PUBSUB_MAX_EVENT}
+        characters.
+    """
+    if len(event) > PUBSUB_MAX_EVENT:
+        raise InvalidPublication(f"event name of {len(event)} characters: at most {PUBSUB_MAX_EVENT}")
 
 
 class PubSub:

@@ -295,7 +295,8 @@ def make_app(hub, bridge: Bridge, guard=None, api_key=None) -> bottle.Bottle:
         try:
             since = parse_whole(bottle.request.query.get("since"), "since", 0, 0, None)
             limit = parse_whole(bottle.request.query.get("limit"), "limit", DEFAULT_PUBLICATIONS, 1, MAX_PUBLICATIONS)
-        except ValueError as e:
+            picloud.check_event(event)
+        except (ValueError, picloud.InvalidPublication) as e:
             return rejected(400, str(e))
         if not bridge.call(getattr, hub, "display_known"):
             # A node on Redis that has not loaded the state yet: its epochs

@@ -28,6 +28,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from ..core import limits
+from ..core.pubsub import InvalidPublication, check_event
 from ..server.links import Link
 from . import homeassistant as ha
 from .mqtt_url import Broker, parse_broker_url
@@ -44,6 +45,9 @@ REPUBLISH_WINDOW = limits.MQTT_REPUBLISH_WINDOW
 # Topics whose retained command is remembered as said (past that, each is
 # said every time the broker hands it over).
 RETAINED_TOLD = 1000
+# The most a message from the broker may hold (a broker passes up to 256 MB):
+# what a WebSocket or HTTP peer may send.  A bigger one is ignored.
+MAX_PAYLOAD = limits.MAX_MESSAGE
 STOP_TIMEOUT = limits.MQTT_STOP_TIMEOUT
 # The origin our publications into pub/sub carry (the dashboard shows it).
 ORIGIN = "mqtt"
@@ -140,8 +144,11 @@ class MQTTBridge(Service):
         self.dropped = 0
         # Up or not, since when, why: the dashboard and GET /metrics.
         self.link = Link("mqtt", broker.where, reactor.seconds)
-        # Topics whose retained command was said to be ignored.
+        # Topics whose retained command was said to be ignored, and topics
+        # said once to be refused (by paho, or for what came on them): a
+        # client publishing there again and again fills no log.
         self._told_retained: set = set()
+        self._told_topics: set = set()
         # Subscribed now, in wiring order (tap adds tweets after us, as
         # SPEC 1.1 wants them last); nothing is published before connecting.
         # A plug the hub drops (several nodes: another copy of the state
@@ -336,7 +343,7 @@ class MQTTBridge(Service):
             sent = self._client.publish(message.topic, message.payload, qos=qos, retain=message.retain)
         except ValueError as e:
             # A topic paho refuses (e.g. an event named with + or #).
-            self._log.warn("MQTT: not published to {topic!r}: {why}", topic=message.topic, why=str(e))
+            self._once(message.topic, "MQTT: not published to {topic!r}: {why}", why=str(e))
             return True
         if sent.rc == paho.MQTT_ERR_QUEUE_SIZE:
             if not held:
@@ -403,8 +410,23 @@ class MQTTBridge(Service):
         except Exception:
             self._log.failure("MQTT: message on {topic!r} not handled", topic=topic)
 
+    def _once(self, topic: str, text: str, **fields) -> None:
+        """
+        Warn C{text} about C{topic} the first time only (the first
+        L{RETAINED_TOLD} topics; each said once per run).
+        """
+        if topic in self._told_topics:
+            return
+        if len(self._told_topics) < RETAINED_TOLD:
+            self._told_topics.add(topic)
+        self._log.warn(text + " (said once per topic)", topic=topic, **fields)
+
     def _handle(self, topic: str, payload: bytes, retained: bool) -> None:
         topics = self._topics
+        if len(payload) > MAX_PAYLOAD:
+            self._once(topic, "MQTT: ignored a message of {size} bytes on {topic!r}: at most {most}",
+                       size=len(payload), most=MAX_PAYLOAD)
+            return
         if topic == topics.ha_status:
             if payload == ha.ONLINE.encode() and self._connected:
                 self._log.info("MQTT: Home Assistant is online; publishing discovery again")
@@ -438,6 +460,11 @@ class MQTTBridge(Service):
                 return
             self._hub.display_command(command, PEER)
         elif self._events and (event := topics.published_event(topic)) is not None:
+            try:
+                check_event(event)
+            except InvalidPublication as e:
+                self._once(topic, "MQTT: ignored a publication on {topic!r}: {why}", why=str(e))
+                return
             self._hub.publish(event, ha.parse_event_data(payload), PEER, origin=ORIGIN)
 
     def _light_command(self, payload: bytes) -> None:

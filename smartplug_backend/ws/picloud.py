@@ -7,7 +7,7 @@ from typing import Any, Mapping, Optional
 
 from ..core import strictjson
 from ..core.limits import PUBSUB_SUBSCRIPTIONS_PER_CONNECTION
-from ..core.pubsub import InvalidPublication, InvalidSince, PubSub, parse_publication, parse_since
+from ..core.pubsub import InvalidPublication, InvalidSince, PubSub, check_event, parse_publication, parse_since
 from ..server.guard import key_matches
 
 INVALID_API_KEY = b"Invalid API Key\n"
@@ -105,8 +105,9 @@ def handle_subscriber(pubsub: PubSub, connection, message: Any) -> Optional[str]
         if action == "subscribe":
             since = message.get("since")
             try:
+                check_event(event)
                 position = None if since is None else parse_since(since)
-            except InvalidSince as e:
+            except (InvalidPublication, InvalidSince) as e:
                 return str(e)
             if (pubsub.subscription_count(connection) >= PUBSUB_SUBSCRIPTIONS_PER_CONNECTION
                     and not pubsub.is_subscribed(connection, event)):
