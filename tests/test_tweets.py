@@ -328,6 +328,7 @@ class FakeClient:
 
     api_version = "v2"
     root = "http://127.0.0.1:1"
+    where = root
     timeout = 10.0
     deadline = 20.0
 

@@ -220,6 +220,13 @@ class FailureTests(ClientTestCase):
         error = await self.failure(client.post, PLUGGED_IN)
         self.assertTrue(error.retry)
         self.assertEqual(str(error), f"cannot reach {url}: [Errno 111] Connection refused")
+        # Through a proxy with a password in the URL: the error, and the
+        # client's repr, hide it.
+        port = closed_port()
+        client = TwitterClient(tweet_settings(f"http://proxy:Pr0xyPw@127.0.0.1:{port}", "v2"), timeout=2)
+        error = await self.failure(client.post, PLUGGED_IN)
+        self.assertEqual(str(error), f"cannot reach http://proxy:***@127.0.0.1:{port}: [Errno 111] Connection refused")
+        self.assertNotIn("Pr0xyPw", repr(client))
 
     async def test_too_long_status_is_not_sent(self):
         """

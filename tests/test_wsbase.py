@@ -585,6 +585,24 @@ class HandshakeUTF8Tests(SynchronousTestCase):
         self.assertTrue(any("malformed request line" in line for line in said), said)
         self.assertFalse([line for line in said if "s3cret" in line])
 
+    def test_unparsed_target_not_quoted(self):
+        """
+        A target Autobahn cannot parse, or one with a fragment, is refused
+        without its query or fragment (an API key) in the answer or the log.
+        """
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        for target in [b"http://[x/subscribe?apiKey=s3cret", b"/subscribe?clientName=a#apiKey=s3cret",
+                       b"/subscribe?a=1#%61piKey=s3cret"]:
+            server, transport = self.handshake(target)
+            answer = transport.value()
+            self.assertTrue(answer.startswith(b"HTTP/1.1 400 "), answer)
+            self.assertNotIn(b"s3cret", answer)
+        said = [formatEvent(e) for e in events]
+        self.assertEqual(len([line for line in said if "failing WebSocket opening handshake" in line]), 3, said)
+        self.assertFalse([line for line in said if "s3cret" in line])
+
 
 class PeerAddressTests(SynchronousTestCase):
     """

@@ -252,7 +252,7 @@ class TweetService(MultiService):
             "Twitter credentials OK: tweeting as {account} (API {api} at {root})",
             account=account,
             api=self.client.api_version,
-            root=self.client.root,
+            root=self.client.where,
         )
 
     def _not_verified(self, failure) -> None:
@@ -260,7 +260,7 @@ class TweetService(MultiService):
         self._log.error(
             "Twitter credentials check failed (API {api} at {root}): {error}; tweets will still be tried",
             api=self.client.api_version,
-            root=self.client.root,
+            root=self.client.where,
             error=str(failure.value),
         )
 

@@ -29,6 +29,7 @@ from requests_oauthlib import OAuth1
 from ..core.limits import TWEET_REQUEST_TIMEOUT
 from ..internals import requests_session
 from .http_deadline import deadline, watch
+from .urls import redact
 
 # Seconds to wait for Twitter to connect, and then for each read.
 REQUEST_TIMEOUT = TWEET_REQUEST_TIMEOUT
@@ -233,6 +234,8 @@ class TwitterClient:
     def __init__(self, settings, timeout: float = REQUEST_TIMEOUT) -> None:
         self.api_version = settings.TWITTER_API
         self.root = settings.TWITTER_API_URL.rstrip("/")
+        # The root as logs and errors show it: a proxy's password hidden.
+        self.where = redact(self.root)
         self.timeout = timeout
         self.deadline = timeout * DEADLINE_TIMEOUTS
         credentials = tuple(getattr(settings, name) for name in CREDENTIALS)
@@ -241,7 +244,7 @@ class TwitterClient:
         self._transport = transport(self.root, credentials, timeout)
 
     def __repr__(self) -> str:
-        return f"<TwitterClient {self.api_version} at {self.root}>"
+        return f"<TwitterClient {self.api_version} at {self.where}>"
 
     def verify(self) -> str:
         """
@@ -302,7 +305,7 @@ class TwitterClient:
         except requests.ConnectionError as e:
             reason = _ERRNO.search(str(e))
             error = TweetError(
-                f"cannot reach {self.root}: " + (reason.group(0) if reason else "network error"), retry=True
+                f"cannot reach {self.where}: " + (reason.group(0) if reason else "network error"), retry=True
             )
         except twitter.TwitterError as e:
             # python-twitter's own checks (a status too long, an error body

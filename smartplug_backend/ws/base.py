@@ -121,6 +121,8 @@ class LenientServerProtocol(WebSocketServerSeams):
       (set C{_deny_body} before raising C{ConnectionDeny} for an exact body).
     - Refuses an opening handshake whose head is over L{MAX_HANDSHAKE} bytes
       (431): Autobahn would buffer it without end.
+    - Never quotes a request target's query or fragment (an C{apiKey}) in
+      a refusal, to the log or the peer.
     - Drops a peer that has not completed the opening handshake within the
       factory's C{handshake_timeout} of connecting, however it trickles its
       bytes (Autobahn's own handler, run on the factory's clock).
@@ -188,6 +190,18 @@ class LenientServerProtocol(WebSocketServerSeams):
         return super().processHandshake()
 
     _text_headers: dict = {}
+
+    def failHandshake(self, reason, code=400, responseHeaders=None):
+        # Autobahn quotes parts of the request target in some reasons (a
+        # target it cannot parse, a fragment): its query (where an apiKey
+        # goes) and fragment are hidden, in the log and in the answer.
+        reason = str(reason)
+        target = getattr(self, "http_request_uri", None) or ""
+        for cut in ("?", "#"):
+            hidden = target.partition(cut)[2]
+            if hidden:
+                reason = reason.replace(hidden, "***")
+        return super().failHandshake(reason, code, responseHeaders)
 
     def text_of(self, request) -> tuple[dict, dict]:
         """
