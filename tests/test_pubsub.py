@@ -5,6 +5,8 @@ the app-port routes over iosim, and C{POST /publish}.
 
 import json
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
@@ -12,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from smartplug_backend.core.hub import Hub
 from smartplug_backend.core.limits import MAX_UNSENT, PUBSUB_MAX_EVENT
 from smartplug_backend.core.pubsub import PubSub, delivery_frame, go_json, report_publisher
+from smartplug_backend.core.times import utc_rfc3339
 from smartplug_backend.http import api
 from smartplug_backend.server.guard import Guard
 from smartplug_backend.ws import picloud
@@ -121,6 +124,25 @@ class RegistryTests(SynchronousTestCase):
         pubsub.disconnected("app")
         self.assertEqual([e["node"] for e, _ in pubsub.app_connections()], ["B", "C"])
 
+    def test_other_nodes_subscribers_matched(self):
+        """
+        Another node's subscribers are matched to its connections by their
+        entries: each connection gets its events, in the listing's order; a
+        subscriber listed under no connection, or not an object, is left
+        out; entries with odd values (another node's JSON) still match.
+        """
+        a = {"client_name": "a", "ip_address": "10.0.0.1:1", "connected_at": "T", "node": "B"}
+        b = dict(a, client_name="b", tags=["x", {"y": 1}])
+        ghost = dict(a, client_name="ghost")
+        listing = {"subscriptions": [{"name": "door", "connections": [b, a]},
+                                     {"name": "temp", "connections": [ghost, "junk", dict(b)]},
+                                     {"name": "gone", "connections": None}],
+                   "all_connections": [a, b, dict(a)], "kinds": ["app", "app", "app"]}
+        pubsub = PubSub(now=self.clock.seconds, node="A")
+        pubsub.show_elsewhere([listing])
+        self.assertEqual([(entry["client_name"], found) for entry, found in pubsub.app_connections()],
+                         [("a", ["door"]), ("b", ["door", "temp"]), ("a", [])])
+
     def test_other_nodes_changes_tell_the_watchers(self):
         """
         The dashboard's connection watchers hear of other nodes' lists when
@@ -211,6 +233,51 @@ class RegistryTests(SynchronousTestCase):
                 "created_at": "1970-01-01T00:00:02.000Z",
             },
         )
+
+    @given(st.lists(st.tuples(st.sampled_from(["connect", "disconnect", "subscribe", "unsubscribe", "all",
+                                               "elsewhere", "tick"]),
+                              st.sampled_from("abc"), st.sampled_from(["e", "f", "<&>"])), max_size=30))
+    def test_info_frame_follows_every_change(self, steps):
+        """
+        The info frame, whose lists are written once per change, is after
+        any steps the frame written afresh from the listings (with one
+        other node's, whose subscriber entries may be of its connections
+        or not); asked twice without a change, it is the same.
+        """
+        clock = Clock()
+        pubsub = PubSub(now=clock.seconds, max_empty=2)
+
+        def afresh():
+            mine = pubsub.listing()
+            subscriptions = {s["name"]: list(s["connections"]) for s in mine["subscriptions"]}
+            connections = mine["all_connections"]
+            for other in pubsub._elsewhere:
+                for subscription in other.get("subscriptions", ()):
+                    subscriptions.setdefault(subscription["name"], []).extend(subscription["connections"] or ())
+                connections.extend(other.get("all_connections") or ())
+            return (go_json({"subscriptions": [{"name": n, "connections": c or None} for n, c in subscriptions.items()],
+                             "all_connections": connections or None,
+                             "created_at": utc_rfc3339(clock.seconds())}) + "\n").encode("utf-8")
+
+        for n, (step, connection, event) in enumerate(steps):
+            if step == "connect":
+                pubsub.connected(connection, connection, f"10.0.0.1:{n}")
+            elif step == "disconnect":
+                pubsub.disconnected(connection)
+            elif step == "subscribe":
+                pubsub.subscribe(connection, event)
+            elif step == "unsubscribe":
+                pubsub.unsubscribe(connection, event)
+            elif step == "all":
+                pubsub.unsubscribe_all(connection)
+            elif step == "elsewhere":
+                entry = {"client_name": connection, "ip_address": f"10.0.0.2:{n}", "connected_at": "T", "node": "B"}
+                pubsub.show_elsewhere([{"subscriptions": [{"name": event, "connections": [entry]}],
+                                        "all_connections": [entry] if n % 2 else []}])
+            else:
+                clock.advance(1.5)
+            self.assertEqual(pubsub.info_frame(), afresh())
+        self.assertEqual(pubsub.info_frame(), pubsub.info_frame())
 
     def test_info_frame_as_go_writes_it(self):
         """

@@ -145,6 +145,8 @@ class PubSub:
         self._events: dict[str, dict[Hashable, bool]] = {}
         # Events without subscribers, least recently emptied first.
         self._empty: collections.OrderedDict[str, None] = collections.OrderedDict()
+        # The info frame up to its time, or None after a change (info_frame).
+        self._info_lists: Optional[bytes] = None
         self._max_empty = max_empty
         # subscriber -> the events it is subscribed to (in order): what
         # unsubscribe_all walks, whatever the number of events.
@@ -187,6 +189,12 @@ class PubSub:
         """
         self._connection_watchers.append(listener)
         return lambda: self._connection_watchers.remove(listener)
+
+    def _connections_changed(self) -> None:
+        # A connection, a subscription or another node's listing changed:
+        # the info frame's lists are written again (L{info_frame}).
+        self._info_lists = None
+        self._tell(self._connection_watchers)
 
     def _tell(self, watchers: list, *args) -> None:
         for listener in list(watchers):
@@ -274,7 +282,7 @@ class PubSub:
             entry["node"] = self._node
         self._connections[connection] = entry
         self._kinds[connection] = kind
-        self._tell(self._connection_watchers)
+        self._connections_changed()
 
     def disconnected(self, connection: Hashable) -> None:
         """
@@ -284,7 +292,7 @@ class PubSub:
         self._kinds.pop(connection, None)
         self.unsubscribe_all(connection)
         if known:
-            self._tell(self._connection_watchers)
+            self._connections_changed()
 
     def subscribe(self, subscriber: Hashable, event: str, last: bool = False,
                   since: Optional[tuple[int, str]] = None) -> list[bytes]:
@@ -311,7 +319,7 @@ class PubSub:
         if new:
             self._empty.pop(event, None)
             self._subscribed.setdefault(subscriber, {})[event] = None
-            self._tell(self._connection_watchers)
+            self._connections_changed()
         if positioned and not self._history_known:
             self._waiting[subscriber, event] = (last, since)
             return []
@@ -382,7 +390,7 @@ class PubSub:
             if not mine:
                 del self._subscribed[subscriber]
             self._leave(subscriber, event, subscribers)
-            self._tell(self._connection_watchers)
+            self._connections_changed()
 
     def _leave(self, subscriber: Hashable, event: str, subscribers: dict) -> None:
         # The event stays, empty, for the info frame (see _events), among
@@ -404,7 +412,7 @@ class PubSub:
             return
         for event in mine:
             self._leave(subscriber, event, self._events[event])
-        self._tell(self._connection_watchers)
+        self._connections_changed()
 
     def publish(self, event: str, data: Any, origin: Optional[str] = None) -> int:
         """
@@ -501,7 +509,7 @@ class PubSub:
         listings = list(listings)
         if listings != self._elsewhere:
             self._elsewhere = listings
-            self._tell(self._connection_watchers)
+            self._connections_changed()
 
     def info_frame(self) -> bytes:
         """
@@ -514,19 +522,23 @@ class PubSub:
         while no subscriptions at all is C{[]}; an event whose subscribers
         have all left stays listed, with C{"connections": null}.
         """
-        mine = self.listing()
-        subscriptions = {s["name"]: list(s["connections"]) for s in mine["subscriptions"]}
-        connections = mine["all_connections"]
-        for other in self._elsewhere:
-            for subscription in other.get("subscriptions", ()):
-                subscriptions.setdefault(subscription["name"], []).extend(subscription["connections"] or ())
-            connections.extend(other.get("all_connections") or ())
-        info = {
-            "subscriptions": [{"name": name, "connections": found or None} for name, found in subscriptions.items()],
-            "all_connections": connections or None,
-            "created_at": utc_rfc3339(self._now()),
-        }
-        return (go_json(info) + "\n").encode("utf-8")
+        # The lists are written once per change, not once per info socket
+        # and interval: with many connections and subscriptions they are
+        # megabytes (the time is the only part that moves).
+        if self._info_lists is None:
+            mine = self.listing()
+            subscriptions = {s["name"]: list(s["connections"]) for s in mine["subscriptions"]}
+            connections = mine["all_connections"]
+            for other in self._elsewhere:
+                for subscription in other.get("subscriptions", ()):
+                    subscriptions.setdefault(subscription["name"], []).extend(subscription["connections"] or ())
+                connections.extend(other.get("all_connections") or ())
+            self._info_lists = (
+                '{"subscriptions":'
+                + go_json([{"name": name, "connections": found or None} for name, found in subscriptions.items()])
+                + ',"all_connections":' + go_json(connections or None) + ',"created_at":'
+            ).encode("utf-8")
+        return self._info_lists + (go_json(utc_rfc3339(self._now())) + "}\n").encode("utf-8")
 
 
 def _listed_connections(listing: dict) -> list:
@@ -540,13 +552,25 @@ def _listed_connections(listing: dict) -> list:
     if not isinstance(kinds, list) or len(kinds) != len(entries):
         kinds = ["device" if entry.get("client_name") == "device" else "app" for entry in entries]
     events: list = [[] for _ in entries]
+    # Each subscriber found by its entry's items (the first of equal
+    # entries), not by comparing it with every entry: another node's 500
+    # connections of 1000 events each took seconds of the reactor.
+    index: dict = {}
+    for i, entry in enumerate(entries):
+        index.setdefault(_entry_key(entry), i)
     for subscription in listing.get("subscriptions", ()):
         for subscriber in subscription["connections"] or ():
-            for i, entry in enumerate(entries):
-                if entry == subscriber:
-                    events[i].append(subscription["name"])
-                    break
+            i = index.get(_entry_key(subscriber)) if isinstance(subscriber, dict) else None
+            if i is not None:
+                events[i].append(subscription["name"])
     return list(zip(entries, events, kinds, strict=True))
+
+
+def _entry_key(entry: dict):
+    # A connection's entry as a key: its items, whatever their values
+    # (another node's JSON: a list or an object is written out).
+    return tuple(sorted((k, v if isinstance(v, (str, int, float, bool, type(None))) else json.dumps(v, sort_keys=True))
+                        for k, v in entry.items()))
 
 
 def report_publisher(hub):
