@@ -160,12 +160,18 @@ def _mqtt_url(v: Any) -> Optional[str]:
     return None
 
 
-def _topic_prefix(v: Any) -> Optional[str]:
+def _topic_prefix(example: str) -> Callable[[Any], Optional[str]]:
     # A prefix is used as the first levels of topics we publish to and
-    # subscribe under: no wildcards, no empty levels.
-    if isinstance(v, str) and v and "+" not in v and "#" not in v and "\0" not in v and "" not in v.split("/"):
-        return None
-    return 'a topic prefix such as "smartplug": no +, #, or empty levels'
+    # subscribe under: no wildcards, no empty levels, and no leading $
+    # (topics a broker keeps for itself, such as $SYS: it drops what
+    # clients publish there).
+    def check(v: Any) -> Optional[str]:
+        if (isinstance(v, str) and v and "+" not in v and "#" not in v and "\0" not in v
+                and "" not in v.split("/") and not v.startswith("$")):
+            return None
+        return f'a topic prefix such as "{example}": no +, #, empty levels, or $ at the start'
+
+    return check
 
 
 class _Detailed(str):
@@ -244,8 +250,8 @@ SETTINGS: dict[str, _Setting] = {
     "REDIS_URL": _Setting(None, _redis_url),
     "NODE_NAME": _Setting(None, _optional_text),
     "MQTT_URL": _Setting(None, _mqtt_url),
-    "MQTT_PREFIX": _Setting("smartplug", _topic_prefix),
-    "HA_DISCOVERY_PREFIX": _Setting("homeassistant", _topic_prefix),
+    "MQTT_PREFIX": _Setting("smartplug", _topic_prefix("smartplug")),
+    "HA_DISCOVERY_PREFIX": _Setting("homeassistant", _topic_prefix("homeassistant")),
     "MQTT_EVENTS": _Setting(False, _bool),
 }
 

@@ -81,8 +81,8 @@ class FakeClient:
     def connect_failed(self):
         self.on_connect_fail(self, None)
 
-    def dropped(self):
-        self.on_disconnect(self, None, {}, ReasonCode(PacketTypes.DISCONNECT, "Unspecified error"), None)
+    def dropped(self, reason="Unspecified error"):
+        self.on_disconnect(self, None, {}, ReasonCode(PacketTypes.DISCONNECT, reason), None)
 
     def acknowledge(self, count=None):
         """

@@ -112,9 +112,15 @@ class LoadTests(SynchronousTestCase):
             "MQTT_URL = 'mqtt://:1883'": "MQTT_URL must be a URL with a host name",
             "MQTT_URL = 'mqtt://broker/topic'": "MQTT_URL must be a URL without a path",
             "MQTT_URL = 1883": "MQTT_URL must be an mqtt:// or mqtts:// URL",
+            "MQTT_URL = 'mqtt://:s3cret@broker'": "MQTT_URL must be a URL with a user name before the password",
+            "MQTT_URL = ' mqtt://broker'": "MQTT_URL must be a URL without spaces or line ends around it",
+            "MQTT_URL = 'mqtt://broker\\n'": "MQTT_URL must be a URL without spaces or line ends around it",
             "MQTT_PREFIX = 'home/#'": "MQTT_PREFIX must be a topic prefix",
             "HA_DISCOVERY_PREFIX = ''": "HA_DISCOVERY_PREFIX must be a topic prefix",
             "MQTT_PREFIX = 'a//b'": "MQTT_PREFIX must be a topic prefix",
+            "MQTT_PREFIX = '$SYS'": "MQTT_PREFIX must be a topic prefix such as \"smartplug\": no +, #, empty levels, "
+                                    "or $ at the start",
+            "HA_DISCOVERY_PREFIX = 'ha#'": "HA_DISCOVERY_PREFIX must be a topic prefix such as \"homeassistant\"",
             "MQTT_EVENTS = 'yes'": "MQTT_EVENTS must be True or False",
         }
         for line, expected in cases.items():

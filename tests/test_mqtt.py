@@ -345,6 +345,18 @@ class OutageLogTests(BridgeTestCase):
             hinted = "; if port 1883 is plain MQTT (no TLS), use mqtt://)" in self.warnings()[0]
             self.assertEqual(hinted, not isinstance(error, ConnectionRefusedError), self.warnings())
 
+    def test_silent_port_not_hinted_as_tls(self):
+        """
+        A port that accepts and never answers the MQTT handshake (paho's
+        keepalive ends it) is said to be silent, not hinted as TLS: a TLS
+        port answers plain MQTT with an alert and closes.
+        """
+        self.client.dropped("Keep alive timeout")
+        self.assertEqual(len(self.warnings()), 1)
+        self.assertIn("it accepted the connection but did not answer the MQTT handshake within 60 s; "
+                      "is port 1883 an MQTT broker's?", self.warnings()[0])
+        self.assertNotIn("TLS", self.warnings()[0])
+
     def test_ipv6_broker_in_brackets(self):
         """
         An IPv6 broker is written as in its URL, in brackets.

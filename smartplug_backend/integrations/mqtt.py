@@ -269,9 +269,16 @@ class MQTTBridge(Service):
         if self._connected:
             self._unavailable(f"connection lost: {reason}")
         elif not self._away:
-            # Closed before the broker said yes: a TLS port spoken to in
-            # plain MQTT closes so.
-            self._unavailable(reason + self._scheme_hint())
+            if "keep alive timeout" in reason.lower():
+                # Accepted, then silent: not a TLS port (that answers plain
+                # MQTT with an alert and closes), but something that does
+                # not speak MQTT, or a broker that hangs.
+                self._unavailable(f"it accepted the connection but did not answer the MQTT handshake within "
+                                  f"{KEEPALIVE} s; is port {self._broker.port} an MQTT broker's?")
+            else:
+                # Closed before the broker said yes: a TLS port spoken to in
+                # plain MQTT closes so.
+                self._unavailable(reason + self._scheme_hint())
 
     def _on_connect_error(self, why: str) -> None:
         # mqtts:// to a plain port: the broker resets the TLS handshake, or

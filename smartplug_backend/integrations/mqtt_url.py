@@ -48,6 +48,9 @@ def parse_broker_url(url: str) -> Broker:
     """
     if not isinstance(url, str):
         raise InvalidBrokerURL(f"an mqtt:// or mqtts:// URL such as {EXAMPLE!r}")
+    if url != url.strip():
+        # urlsplit drops some of it (leading spaces), not the rest.
+        raise InvalidBrokerURL(f"a URL without spaces or line ends around it, such as {EXAMPLE!r}")
     try:
         parts = urlsplit(url)
         if parts.scheme not in DEFAULT_PORTS:
@@ -68,6 +71,9 @@ def parse_broker_url(url: str) -> Broker:
         raise InvalidBrokerURL(f"a URL with a valid host, such as {EXAMPLE!r}") from None
     if port == 0:
         raise InvalidBrokerURL("a URL with a port number from 1 to 65535")
+    if parts.password is not None and not parts.username:
+        # MQTT sends a password only with a user name: it would be dropped.
+        raise InvalidBrokerURL(f"a URL with a user name before the password, such as {EXAMPLE!r}")
     return Broker(
         host=parts.hostname,
         port=port or DEFAULT_PORTS[parts.scheme],
