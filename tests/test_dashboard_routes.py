@@ -609,6 +609,20 @@ class GoneTests(SynchronousTestCase):
         check.callback(False)
         self.assertEqual(request.written, [])
         self.assertEqual(request.finished, 0)
+        # The right password, found after the browser left: no session
+        # that no one holds.
+        check = Deferred()
+        request = DummyRequest([b"login"])
+        request.method = b"POST"
+        request.requestHeaders.setRawHeaders(b"content-type", [b"application/json"])
+        request.content = io.BytesIO(b'{"user": "anna", "password": "x"}')
+        self.assertIs(api.render(request), routes.NOT_DONE_YET)
+        request.processingFailed(Failure(ConnectionLost()))
+        request.written.clear()
+        created = []
+        self.patch(ui.sessions, "create", lambda *a: created.append(a))
+        check.callback(True)
+        self.assertEqual((request.written, created), ([], []))
 
 
 class AccessibilityTests(SynchronousTestCase):

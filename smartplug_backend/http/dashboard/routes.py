@@ -368,6 +368,10 @@ class Api(Resource):
                     error += (f"; that was too many failures: this address is banned for "
                               f"{self._guard.ban_seconds:g} s")
                 return (401, {"error": error})
+            if left:
+                # The browser left while its password was checked: a session
+                # no one holds would live its days for nothing.
+                return (200, {})
             if self._guard.banned(address):
                 # Banned while its password was checked (by another node,
                 # or its other logins): no session for it.
@@ -385,6 +389,8 @@ class Api(Resource):
             done()
             return failure
 
+        left: list = []
+        request.notifyFinish().addErrback(left.append)
         d = self._run(verify_password, self._users.get(user), password)
         return self._later(request, d.addCallbacks(checked, broken))
 
