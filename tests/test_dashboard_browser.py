@@ -496,6 +496,13 @@ class DashboardInBrowserTests(_InBrowser):
         box.send_keys(" ")
         self.text_in("#plug-count", "8 plugs")
         self.assertEqual(len([e for e in self.browser.find_elements(By.CSS_SELECTOR, ".plug") if e.is_displayed()]), 8)
+        # Every chart, made while its card was hidden or not, fits its box,
+        # and does again once the list is narrower.
+        fits = ("return [...document.querySelectorAll('.plug .chart')].every("
+                "(box) => box.querySelector('.uplot') && box.querySelector('.uplot').offsetWidth <= box.clientWidth)")
+        self.wait.until(lambda b: b.execute_script(fits))
+        self.browser.set_window_size(600, 900)
+        self.wait.until(lambda b: b.execute_script(fits))
 
     def test_publications_readable(self):
         """

@@ -508,15 +508,16 @@ function drawChart(entry) {
 }
 
 $("range").addEventListener("change", () => plugs.forEach(drawChart));
-// A chart made while its card was hidden (the filter) or the window was
-// narrower takes its box's width.
+// A chart made while its card was hidden (the filter), or before the list
+// grew narrower (a window resized, a scroll bar that came with more plugs),
+// takes its box's width.
 function resizeCharts() {
   plugs.forEach((e) => {
     const width = Math.max(200, e.chartBox.clientWidth);
     if (e.chart && !e.card.hidden && e.chart.width !== width) e.chart.setSize({ width, height: 140 });
   });
 }
-window.addEventListener("resize", resizeCharts);
+new ResizeObserver(() => resizeCharts()).observe($("plug-list"));
 
 // -- lamps ----------------------------------------------------------------------------
 
