@@ -275,6 +275,21 @@ class BodyLimitTests(SynchronousTestCase):
         self.assert413(transport)
         self.assertEqual(self.hub.plugs(), [])
 
+    def test_chunked_body_in_memory(self):
+        """
+        A chunked body is read into memory, not a temporary file (which
+        twisted.web makes on the reactor thread), and handled.
+        """
+        import tempfile
+
+        self.patch(tempfile, "TemporaryFile", lambda *a, **k: self.fail("a temporary file was made"))
+        channel, transport = self.connect()
+        body = b'{"id": "a", "value": 1}'
+        channel.dataReceived(b"POST /data HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                             + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "), transport.value())
+        self.assertEqual([p.id for p in self.hub.plugs()], ["a"])
+
     def test_limit_itself_accepted(self):
         """
         A body of exactly 64 KiB is read and handled (here: a 400, since it

@@ -31,6 +31,7 @@ same (an end of input), so its report is acted on as before; only its
 answer goes nowhere.
 """
 
+import io
 import json
 from typing import Optional
 
@@ -211,11 +212,17 @@ class PatientRequest(Request):
     A Request whose body outlives the connection, that counts what a chunked
     body adds up to, and that sends no C{Server} header.
 
-    The body is an in-memory or temporary file of at most the size limit; it
-    is released with the request object itself.
+    The body is an in-memory file of at most the size limit; it is released
+    with the request object itself.
     """
 
     _received = 0
+
+    def gotLength(self, length: Optional[int]) -> None:
+        # twisted.web makes a temporary file, on the reactor thread (an SD
+        # card's /tmp on a Pi), for a chunked body or a declared length of
+        # 100,000 bytes or more; a body here is refused past MAX_BODY.
+        self.content = io.BytesIO()
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         super().requestReceived(command, origin_form(path), version)
