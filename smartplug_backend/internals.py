@@ -140,8 +140,14 @@ class WebSocketResourceSeams(WebSocketResource):
         if transport is None:
             return super().render(request)
         transport.unregisterProducer()
-        outer = getattr(transport, "protocol", None)
-        if isinstance(transport, ProtocolWrapper) or outer is channel:
+        # The protocol the transport delivers to: a TLS transport of an
+        # ssl: endpoint (a ProtocolWrapper outside our wrappers) delivers
+        # to its wrappedProtocol, a TCP one to its protocol.
+        if isinstance(transport, ProtocolWrapper):
+            outer = transport.wrappedProtocol
+        else:
+            outer = getattr(transport, "protocol", None)
+        if outer is channel:
             return super().render(request)
         # The wrappers (the guard's tracking, then the count) stand in a
         # chain; the WebSocket protocol takes the channel's place at its end.

@@ -453,7 +453,7 @@ class DashboardInBrowserTests(_InBrowser):
         failed) leaves the logged-in page live: its live socket proved the
         session.  The ban shows as this device's, its Lift button disabled
         (the address's requests are refused), and an action the ban refuses
-        says why rather than "no answer".
+        says why rather than "no answer", logging out included.
         """
         self.open_dashboard()
         self.fail_three_times("127.0.0.1")
@@ -471,6 +471,13 @@ class DashboardInBrowserTests(_InBrowser):
         self.assertEqual(self.browser.find_element(By.ID, "live").get_attribute("data-state"), "open")
         self.browser.find_element(By.ID, "set-color").click()
         self.text_in("#display-result", "refused: this device's address 127.0.0.1 is banned until")
+        # Logging out is refused too: the page says so and stays logged in
+        # (the server keeps the session, the browser its cookie).
+        self.browser.find_element(By.ID, "logout").click()
+        alert = self.wait.until(EC.alert_is_present())
+        self.assertIn("Not logged out: refused: this device's address 127.0.0.1 is banned until", alert.text)
+        alert.accept()
+        self.assertTrue(self.browser.find_element(By.ID, "app").is_displayed())
 
     def test_many_plugs_found_by_name(self):
         """

@@ -428,6 +428,66 @@ class TakeoverTests(SynchronousTestCase):
         self.assertEqual(live.factory.pages, set())
 
 
+    def upgrade_through(self, outside=lambda f: f, inside=lambda f: f):
+        """
+        An upgrade to /ui/live on a connection of the guarded and counted
+        site, with C{inside(site)} in the guard and count's place of the
+        site and C{outside(...)} around them; a ban of its address; the
+        close.
+
+        @return: the cap's and the guard's open connections once upgraded,
+            whether the ban left the page open, and the cap's, the guard's
+            and the live factory's counts after the close.
+        """
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+
+        live = Live()
+        api = routes.Api(live.hub, live.guard, live.sessions, {}, None, 10)
+        ui = routes.Dashboard(api, LiveResource(live.factory))
+        live.factory.handshake_timeout = 0
+        site = make_site(lambda e, s: [], SynchronousReactor(), SynchronousThreadPool(), children={b"ui": ui})
+        cap = ConnectionCap(10, live.clock)
+        protocol, transport = accept(outside(live.guard.wrap(cap.wrap(inside(site)), close_on_ban=True)))
+        transport.protocol = protocol
+        protocol.dataReceived((
+            "GET /ui/live HTTP/1.1\r\nHost: home:9000\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            f"Origin: http://home:9000\r\nCookie: smartplug_session={live.token}\r\n\r\n"
+        ).encode())
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 101"), transport.value()[:200])
+        host = transport.getPeer().host
+        opened = (cap.open, live.guard.open_connections(host))
+        live.guard.ban(host, 60)
+        live.clock.advance(1)
+        stayed = not transport.disconnecting
+        protocol.connectionLost(Failure(ConnectionDone()))
+        return opened, stayed, (cap.open, live.guard.open_connections(host), len(live.factory.pages))
+
+    def test_upgrade_inside_tls_of_an_endpoint(self):
+        """
+        With an C{ssl:} endpoint the TLS wrapper (a Twisted
+        C{ProtocolWrapper}) stands outside the guard and the count: the live
+        socket takes the channel's place inside them all the same, so a ban
+        leaves the page open and its close is counted (Autobahn put it in
+        the TLS wrapper's place: the connection was never counted closed).
+        """
+        from twisted.protocols.policies import WrappingFactory
+
+        self.assertEqual(self.upgrade_through(outside=WrappingFactory), ((1, 1), True, (0, 0, 0)))
+
+    def test_upgrade_behind_tls_of_the_settings(self):
+        """
+        With C{TLS_CERT_FILE} two C{ProtocolWrapper}s (the first bytes'
+        check, then TLS) stand inside the guard and the count: a ban finds
+        the page behind them (they link by C{wrappedProtocol}) and leaves it
+        open.
+        """
+        from twisted.protocols.policies import WrappingFactory
+
+        self.assertEqual(self.upgrade_through(inside=lambda site: WrappingFactory(WrappingFactory(site))),
+                         ((1, 1), True, (0, 0, 0)))
+
     def test_unknown_wrappers_refused_loudly(self):
         """
         A connection whose wrappers do not lead to the channel (our chain

@@ -15,6 +15,8 @@ import urllib.request
 from twisted.trial.unittest import TestCase
 from websockets.sync.client import connect as ws_connect
 
+from smartplug_backend.server.passwords import hash_password
+
 from .certs import client_context, old_client_context, other_key, self_signed
 from .server import LOOPBACK_ANY_PORT, closed_at_once, start_server, twistd_command
 
@@ -251,6 +253,91 @@ class EndpointDescriptionTests(TestCase):
         self.assertEqual((status, body), (200, b"hallo."))
         with ws_connect(f"wss://127.0.0.1:{server.ports['app WebSocket']}/", ssl=context, open_timeout=5):
             server.wait_for(r"app connected from 127\.0\.0\.1")
+        self.assertNotIn("Traceback", server.log())
+
+
+class DashboardUnderAnEndpointTests(TestCase):
+    """
+    The dashboard's live socket over TLS: on an HTTP port given as an ssl:
+    description (the TLS wrapper outside the guard and the connection
+    count), and with TLS_CERT_FILE (inside them).
+    """
+
+    def test_live_page_kept_through_a_ban_and_counted_closed(self):
+        """
+        A logged-in page's live socket stays open through a ban of its
+        address, and once closed is no longer counted open: Autobahn put it
+        in the TLS wrapper's place, past the guard and the count, so it was
+        cut by the ban and counted open for good.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        cert, key = self_signed(directory)
+        self.live_page_through_a_ban(cert, args=["--www", f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"])
+
+    def test_live_page_kept_through_a_ban_with_tls_settings(self):
+        """
+        The same with TLS_CERT_FILE, where Twisted's TLS wrapper stands
+        inside the guard and the count: the ban used to find the page behind
+        it not proven, and closed it.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        cert, settings = tls_settings(directory)
+        self.live_page_through_a_ban(cert, settings)
+
+    def live_page_through_a_ban(self, cert, settings="", args=()):
+        users = {"anna": hash_password("right", n=2**10)}
+        server = start_server(
+            self, f"DASHBOARD_USERS = {users!r}\nBAN_AFTER = 3\nBAN_SECONDS = 3\n" + settings, args=list(args),
+        )
+        base = f"https://127.0.0.1:{server.ports['HTTP']}"
+        context = client_context(cert)
+
+        def login(password):
+            request = urllib.request.Request(
+                base + "/ui/api/login", data=json.dumps({"user": "anna", "password": password}).encode(),
+                headers={"Content-Type": "application/json", "Origin": base},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=5, context=context) as answer:
+                    return answer.status, answer.headers.get("Set-Cookie", "")
+            except urllib.error.HTTPError as e:
+                return e.code, ""
+
+        def open_http():
+            # The /metrics request's own connection counts itself.
+            status, body = https(base + "/metrics", context)
+            self.assertEqual(status, 200)
+            [line] = [line for line in body.decode().splitlines()
+                      if line.startswith('smartplug_open_connections{listener="http"}')]
+            return float(line.split()[-1])
+
+        status, cookie = login("right")
+        self.assertEqual(status, 200)
+        alone = open_http()
+        page = ws_connect(base.replace("https", "wss") + "/ui/live", ssl=context, open_timeout=5,
+                          additional_headers={"Cookie": cookie.split(";")[0], "Origin": base})
+        self.addCleanup(page.close)
+        self.assertEqual(json.loads(page.recv(timeout=5))["type"], "snapshot")
+        self.assertEqual(open_http(), alone + 1)
+        for _ in range(3):
+            self.assertEqual(login("wrong")[0], 401)
+        server.wait_for(r"logged-in dashboard page\(s\) (of banned 127\.0\.0\.1 )?stay open")
+        # Still live: the ban's end reaches it.
+        server.wait_for(r"ban on 127\.0\.0\.1 lifted")
+        for _ in range(20):
+            update = json.loads(page.recv(timeout=5))
+            if update.get("bans") == []:
+                break
+        self.assertEqual(update.get("bans"), [])
+        page.close()
+        # The close reaches the count as the close handshake ends: asked
+        # again a bounded number of times, each a request to the server.
+        for _ in range(50):
+            if open_http() == alone:
+                break
+        self.assertEqual(open_http(), alone)
         self.assertNotIn("Traceback", server.log())
 
 

@@ -576,7 +576,8 @@ class HandshakeUTF8Tests(SynchronousTestCase):
         events = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        for target in [b"/subscribe?apiKey=s3cret extra", b"/subscribe?apiKey=s3cret\x1fx"]:
+        for target in [b"/subscribe?apiKey=s3cret extra", b"/subscribe?apiKey=s3cret\x1fx",
+                       b"/subscribe?apiKey=s3cret&clientName=a\x0b", b"/subscribe?apiKey=s3cret\x1cx"]:
             server, transport = self.handshake(target)
             answer = transport.value()
             self.assertTrue(answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer)

@@ -426,7 +426,8 @@ class MQTTBridge(Service):
             return
         if len(self._told_topics) < RETAINED_TOLD:
             self._told_topics.add(topic)
-        self._log.warn(text + " (said once per topic)", topic=topic, **fields)
+            text += " (said once per topic)"
+        self._log.warn(text, topic=topic, **fields)
 
     def _handle(self, topic: str, payload: bytes, retained: bool) -> None:
         topics = self._topics

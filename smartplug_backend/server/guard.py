@@ -368,12 +368,13 @@ class Guard:
                 proven += 1
             else:
                 connections.append(connection)
-        if connections:
+        if connections and proven:
             self._log.info(
-                "closing {count} open HTTP connection(s) of banned {peer}{kept}",
-                count=len(connections), peer=host,
-                kept=f"; {proven} logged-in dashboard page(s) stay open" if proven else "",
+                "closing {count} open HTTP connection(s) of banned {peer}; {kept} logged-in dashboard page(s) stay open",
+                count=len(connections), peer=host, kept=proven,
             )
+        elif connections:
+            self._log.info("closing {count} open HTTP connection(s) of banned {peer}", count=len(connections), peer=host)
         elif proven:
             self._log.info("{kept} logged-in dashboard page(s) of banned {peer} stay open", kept=proven, peer=host)
         for connection in connections:
@@ -663,13 +664,19 @@ def pass_through(cls: type, inner, *args) -> PassThrough:
 def _proven(connection) -> bool:
     """
     Whether the protocol at the end of C{connection}'s chain of wrappers
-    (the guard's tracking, then the connection count) says it has C{proven}
-    a credential.
+    (the guard's tracking and the connection count, linked by C{wrapped};
+    with C{TLS_CERT_FILE} then Twisted's C{ProtocolWrapper}s, the TLS one
+    among them, linked by C{wrappedProtocol}) says it has C{proven} a
+    credential.
     """
     protocol = connection
-    while getattr(protocol, "wrapped", None) is not None:
-        protocol = protocol.wrapped
-    return getattr(protocol, "proven", False) is True
+    while True:
+        inner = getattr(protocol, "wrapped", None)
+        if inner is None:
+            inner = getattr(protocol, "wrappedProtocol", None)
+        if inner is None:
+            return getattr(protocol, "proven", False) is True
+        protocol = inner
 
 
 class _Tracked(PassThrough):

@@ -181,9 +181,11 @@ class LenientServerProtocol(WebSocketServerSeams):
                 if escaped != target:
                     line = line.replace(target, escaped, 1)
                     self.replace_request_line(line)
-                if len(line.decode("latin-1").split()) != 3:
+                text = line.decode("latin-1")
+                if len(text.splitlines()) != 1 or len(text.split()) != 3:
                     # Autobahn would refuse it too, quoting the line (and any
-                    # apiKey in it) to the log.
+                    # apiKey in it) to the log: it reads the head as str
+                    # lines, which also end at \x0b, \x0c and \x1c-\x1e.
                     return self.failHandshake("malformed request line", 400)
                 if not _HOST_HEADER.search(received[: end + 2]):
                     self.insert_header(b"Host: localhost\r\n")

@@ -97,8 +97,12 @@ async function api(path, body) {
 // Why a request got no answer.  A ban of the page's own address (failed
 // logins or secrets from another client behind the same router) refuses its
 // requests, while its live socket, which proved the session, stays open.
+function ownBan() {
+  return bans.find((b) => b.address === viewer);
+}
+
 function noAnswer(e) {
-  const own = bans.find((b) => b.address === viewer);
+  const own = ownBan();
   return own
     ? `refused: this device's address ${viewer} is banned until ${when(own.until)} (too many failed logins or secrets from it); try again then, or from another device`
     : `no answer from the server (${e.message})`;
@@ -181,6 +185,10 @@ $("logout").addEventListener("click", async () => {
     await api("logout", {});
     showLogin("Logged out.");
   } catch (e) {
+    // Refused for a ban of this device's address: the server keeps the
+    // session (and the browser its cookie), so the page stays logged in
+    // and says so.
+    if (ownBan()) return alert(`Not logged out: ${noAnswer(e)}.`);
     // The page forgets the session either way; the server's copy ends
     // when it expires.
     showLogin(`Logged out here; the server did not answer (${e.message}).`);
