@@ -529,6 +529,9 @@ class DashboardInBrowserTests(_InBrowser):
         self.text_in("#publications", "log " + "x" * 300 + "…")
         item = self.browser.find_element(By.CSS_SELECTOR, "#publications li")
         self.assertEqual(item.get_attribute("title"), "x" * 1000)
+        # An emoji across the cut is left out whole, not cut in two.
+        post(self.server, "/publish?clientName=kitchen-pi", {"event": "emoji", "data": "y" * 299 + "\U0001f50c" * 5})
+        self.text_in("#publications", "emoji " + "y" * 299 + "…")
         # A reset asks first: declined, nothing is sent; accepted, it is.
         self.browser.find_element(By.ID, "display-reset").click()
         self.wait.until(EC.alert_is_present()).dismiss()

@@ -637,11 +637,18 @@ function addPublication(p) {
   const list = $("publications");
   const data = shownData(p.data);
   const cut = data.length > MAX_DATA_SHOWN;
-  const item = el("li", {}, el("strong", { text: p.event }), ` ${cut ? data.slice(0, MAX_DATA_SHOWN) + "…" : data} `,
+  const item = el("li", {}, el("strong", { text: p.event }), ` ${cut ? shortened(data, MAX_DATA_SHOWN) : data} `,
     p.origin ? `(via ${p.origin}) ` : "", el("span", { class: "muted", text: when(p.at) }));
-  if (cut) item.title = data.length > 4000 ? data.slice(0, 4000) + "…" : data;
+  if (cut) item.title = data.length > 4000 ? shortened(data, 4000) : data;
   list.prepend(item);
   while (list.children.length > MAX_PUBLICATIONS) list.lastChild.remove();
+}
+
+// The first n UTF-16 units of text and "…", not cutting a character
+// written as a surrogate pair (an emoji) in two.
+function shortened(text, n) {
+  const code = text.charCodeAt(n - 1);
+  return text.slice(0, code >= 0xd800 && code < 0xdc00 ? n - 1 : n) + "…";
 }
 
 // PiCloud's clients publish strings: shown as they are; other JSON as JSON.
