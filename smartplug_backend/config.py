@@ -8,6 +8,7 @@ names the file, the setting and what was expected, so twistd can print it
 instead of a traceback.
 """
 
+import ast
 import dataclasses
 import difflib
 import ipaddress
@@ -378,36 +379,28 @@ def load(path: Optional[str] = None) -> Settings:
         number = _line_in(path, e.__traceback__)
         line = f" line {number}" if number else ""
         raise ConfigError(f"{path}{line}: {_settings_error(e, _source_line(path, number))}") from None
+    read = _names_read(path)
     for name in namespace:
         # api_key = "..." would be ignored, leaving the server without a
         # key: a name that is a setting but for its case is an error, unless
-        # the real setting is set too (the name is a helper it is made from).
-        if not _UPPER.match(name) and name.upper() in SETTINGS and not _made_from(namespace, name, name.upper()):
+        # the file reads it (a helper: API_KEY = api_key.strip()).
+        if not _UPPER.match(name) and name.upper() in SETTINGS and name not in read:
             raise ConfigError(f"{path}: unknown setting {name}; did you mean {name.upper()}? (settings are UPPER_CASE)")
     values = {k: v for k, v in namespace.items() if _UPPER.match(k)}
     return settings_from(values, path)
 
 
-def _made_from(namespace: dict, helper: str, setting: str) -> bool:
+def _names_read(path: str) -> set:
     """
-    Whether C{helper} is a helper of C{setting} rather than a misspelling:
-    the file sets C{setting} to it (C{API_KEY = api_key}) or to a value of
-    its own (C{AUTH_SECRET = auth_secret.strip()}).  The shipped file's
-    C{API_KEY = None} or C{BAN_ALLOW = []} above a later C{api_key = "..."}
-    is no value of its own.
+    The names the settings file at C{path} (which ran) reads anywhere: a
+    lower-case name like a setting's that it reads is a helper
+    (C{AUTH_SECRET = auth_secret.strip()}); one it only sets is a
+    misspelling, whatever else the file sets (a value of the real
+    setting's own, in a file edited in place, used to pass for a helper).
     """
-    if setting not in namespace:
-        return False
-    value = namespace[setting]
-    try:
-        if value is namespace[helper] or value == namespace[helper]:
-            return True
-        default = SETTINGS[setting].default
-        if isinstance(default, tuple) and isinstance(value, list):
-            value = tuple(value)  # as settings_from keeps it
-        return bool(value != default)
-    except Exception:
-        return True
+    with open(path, "rb") as f:
+        tree = ast.parse(f.read(), path)
+    return {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)}
 
 
 # Words people write for Python's True, False and None.

@@ -216,6 +216,16 @@ class LoadTests(SynchronousTestCase):
         error = self.assertRaises(config.ConfigError, config.load, self.write("API_KEY = None\napi_key = 'K-3Y'\n"))
         self.assertIn("unknown setting api_key; did you mean API_KEY?", str(error))
         self.assertNotIn("K-3Y", str(error))
+        # In a file edited in place (the real setting changed too), a name
+        # only set is a misspelling all the same; a helper read anywhere
+        # (a function, an f-string) is not.
+        for text, name in (("WS_SERVER_PORT = 19801\nws_server_port = 19805\n", "ws_server_port"),
+                           ("API_KEY = 'a'\napi_key = 'b'\n", "api_key")):
+            error = self.assertRaises(config.ConfigError, config.load, self.write(text))
+            self.assertIn(f"unknown setting {name}; did you mean {name.upper()}?", str(error))
+        settings = config.load(self.write("node_name = 'pi'\ndef named():\n    return f'{node_name}-1'\n"
+                                          "NODE_NAME = named()\n"))
+        self.assertEqual(settings.NODE_NAME, "pi-1")
 
     def test_damaged_dashboard_hash(self):
         """
