@@ -78,7 +78,7 @@ def _restore(args) -> str:
     try:
         aside = backup.restore(db_path, args.file)
     except lock.Locked as e:
-        raise _Failed(f"not restored: {e}; stop it first (make stop)") from None
+        raise _Failed(f"not restored: {e}; stop it first (make stop, or sudo systemctl stop smartplug)") from None
     done = f"{args.file} restored to {os.path.abspath(db_path)}"
     if aside:
         done += f"; the database it replaced is now {os.path.abspath(aside)}"
