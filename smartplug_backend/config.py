@@ -74,6 +74,23 @@ def _text(v: Any) -> Optional[str]:
     return None if isinstance(v, str) else "a string"
 
 
+_HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+
+
+def _listen_address(v: Any) -> Optional[str]:
+    # An interface's address ("0.0.0.0", "::", "192.168.1.5") or a host
+    # name; a port belongs to the port settings ("0.0.0.0:9000" would
+    # only fail when listening, as a host name that does not resolve).
+    if isinstance(v, str):
+        try:
+            ipaddress.ip_address(v)
+            return None
+        except ValueError:
+            if len(v) <= 253 and _HOST_NAME.fullmatch(v):
+                return None
+    return 'an address to listen on, such as "0.0.0.0" (every IPv4 interface), "::" (IPv6 too) or "192.168.1.5", without a port'
+
+
 def _tweet_text(v: Any) -> Optional[str]:
     # Twitter takes 1 to 280 characters (it counts some twice; most texts
     # are far from that).
@@ -147,7 +164,8 @@ def _networks(v: Any) -> Optional[str]:
         try:
             ipaddress.ip_network(item, strict=False)
         except (TypeError, ValueError):
-            return expected
+            # Which entry, in a list that may be long.
+            return _Detailed(f'{item!r} is not an address or network (such as "192.168.1.5" or "192.168.1.0/24")')
     return None
 
 
@@ -217,7 +235,7 @@ SETTINGS: dict[str, _Setting] = {
     "WWW_SERVER_PORT": _Setting(9000, _port),
     "WS_SERVER_PORT": _Setting(9001, _port),
     "DEVICE_SERVER_PORT": _Setting(6661, _port),
-    "LISTEN_ADDRESS": _Setting("0.0.0.0", _text),
+    "LISTEN_ADDRESS": _Setting("0.0.0.0", _listen_address),
     "AUTH_SECRET": _Setting(None, _optional_text),
     "DEVICE_AUTH_TIMEOUT": _Setting(10, _positive),
     "DEVICE_IDLE_TIMEOUT": _Setting(30, _positive),
@@ -346,7 +364,9 @@ def settings_from(values: dict[str, Any], path: Optional[str] = None) -> Setting
 def _describe(name: str, value: Any) -> str:
     # Never echo the value of a setting that may hold a secret.
     if name in ("AUTH_SECRET", "API_KEY", "DASHBOARD_USERS") or name.endswith(("_SECRET", "_KEY")):
-        return f"a value of type {type(value).__name__}"
+        # An empty text gives nothing away, and "a value of type str" would
+        # read as if a string were wrong.
+        return "an empty string" if value == "" else f"a value of type {type(value).__name__}"
     if name.endswith("_URL") and isinstance(value, str):
         # A query may hold a password too (redis://h/0?password=...).
         value = redact(value)

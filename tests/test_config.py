@@ -97,7 +97,9 @@ class LoadTests(SynchronousTestCase):
             "TWITTER_ENABLED = 1": "TWITTER_ENABLED must be True or False",
             "TWITTER_API = 'v3'": 'TWITTER_API must be "v1.1" or "v2"',
             "DEVICE_IDLE_TIMEOUT = 0": "DEVICE_IDLE_TIMEOUT must be a number of seconds greater than 0",
-            "BAN_ALLOW = ['not an address']": "BAN_ALLOW must be a list of addresses or networks",
+            "BAN_ALLOW = ['not an address']": "BAN_ALLOW: 'not an address' is not an address or network",
+            "BAN_ALLOW = ['10.0.0.1', '192.168.1.0/33']": "BAN_ALLOW: '192.168.1.0/33' is not an address or network",
+            "BAN_ALLOW = '10.0.0.1'": "BAN_ALLOW must be a list of addresses or networks",
             "BAN_AFTER = 0": "BAN_AFTER must be a whole number of at least 1",
             "STATE_DB = ''": "STATE_DB must be a non-empty string or None",
             "BACKUP_INTERVAL = 'daily'": "BACKUP_INTERVAL must be a number of seconds",
@@ -122,6 +124,9 @@ class LoadTests(SynchronousTestCase):
                                     "or $ at the start",
             "HA_DISCOVERY_PREFIX = 'ha#'": "HA_DISCOVERY_PREFIX must be a topic prefix such as \"homeassistant\"",
             "MQTT_EVENTS = 'yes'": "MQTT_EVENTS must be True or False",
+            "LISTEN_ADDRESS = '0.0.0.0:9000'": "LISTEN_ADDRESS must be an address to listen on, such as \"0.0.0.0\"",
+            "LISTEN_ADDRESS = ''": "LISTEN_ADDRESS must be an address to listen on",
+            "AUTH_SECRET = ''": "AUTH_SECRET must be a non-empty string or None, not an empty string",
         }
         for line, expected in cases.items():
             error = self.assertRaises(config.ConfigError, config.load, self.write(line + "\n"))

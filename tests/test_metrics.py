@@ -712,4 +712,4 @@ class SettingTests(SynchronousTestCase):
         setting.
         """
         error = self.assertRaises(config.ConfigError, config.settings_from, {"METRICS_ALLOW": ["localhost"]})
-        self.assertIn("METRICS_ALLOW must be a list of addresses or networks", str(error))
+        self.assertIn("METRICS_ALLOW: 'localhost' is not an address or network", str(error))
