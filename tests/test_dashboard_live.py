@@ -373,6 +373,18 @@ class FeedTests(SynchronousTestCase):
         self.assertIsNone(session_token('smartplug_session="unterminated'))
 
 
+def live_site():
+    """
+    A L{Live}, the HTTP site with its dashboard, and a connection cap.
+    """
+    live = Live()
+    api = routes.Api(live.hub, live.guard, live.sessions, {}, None, 10)
+    ui = routes.Dashboard(api, LiveResource(live.factory))
+    live.factory.handshake_timeout = 0
+    site = make_site(lambda e, s: [], SynchronousReactor(), SynchronousThreadPool(), children={b"ui": ui})
+    return live, site, ConnectionCap(10, live.clock)
+
+
 class TakeoverTests(SynchronousTestCase):
     """
     The live socket inside the HTTP site, behind our listener wrappers.
@@ -386,12 +398,7 @@ class TakeoverTests(SynchronousTestCase):
         snapshot; when it closes, the cap and the guard count it closed
         (each page load used to keep a place for good).
         """
-        live = Live()
-        api = routes.Api(live.hub, live.guard, live.sessions, {}, None, 10)
-        ui = routes.Dashboard(api, LiveResource(live.factory))
-        live.factory.handshake_timeout = 0
-        site = make_site(lambda e, s: [], SynchronousReactor(), SynchronousThreadPool(), children={b"ui": ui})
-        cap = ConnectionCap(10, live.clock)
+        live, site, cap = live_site()
         protocol, transport = accept(live.guard.wrap(cap.wrap(site), close_on_ban=True))
         transport.protocol = protocol  # as a TCP transport knows its protocol
         self.assertEqual(cap.open, 1)
@@ -442,12 +449,7 @@ class TakeoverTests(SynchronousTestCase):
         from twisted.internet.error import ConnectionDone
         from twisted.python.failure import Failure
 
-        live = Live()
-        api = routes.Api(live.hub, live.guard, live.sessions, {}, None, 10)
-        ui = routes.Dashboard(api, LiveResource(live.factory))
-        live.factory.handshake_timeout = 0
-        site = make_site(lambda e, s: [], SynchronousReactor(), SynchronousThreadPool(), children={b"ui": ui})
-        cap = ConnectionCap(10, live.clock)
+        live, site, cap = live_site()
         protocol, transport = accept(outside(live.guard.wrap(cap.wrap(inside(site)), close_on_ban=True)))
         transport.protocol = protocol
         protocol.dataReceived((

@@ -596,32 +596,30 @@ class GoneTests(SynchronousTestCase):
         from twisted.web.test.requesthelper import DummyRequest
 
         ui = Dashboard(self)
-        check = Deferred()
-        api = routes.Api(ui.hub, ui.guard, ui.sessions, {}, lambda f, *a: check, 10)
-        request = DummyRequest([b"login"])
-        request.method = b"POST"
-        request.requestHeaders.setRawHeaders(b"content-type", [b"application/json"])
-        request.content = io.BytesIO(b'{"user": "anna", "password": "x"}')
-        self.assertIs(api.render(request), routes.NOT_DONE_YET)
-        # What twisted.web does when the connection is lost mid-request.
-        request.processingFailed(Failure(ConnectionLost()))
-        request.written.clear()
-        check.callback(False)
+        checks = []
+        api = routes.Api(ui.hub, ui.guard, ui.sessions, {}, lambda f, *a: checks.append(Deferred()) or checks[-1], 10)
+
+        def left_while_checked():
+            request = DummyRequest([b"login"])
+            request.method = b"POST"
+            request.requestHeaders.setRawHeaders(b"content-type", [b"application/json"])
+            request.content = io.BytesIO(b'{"user": "anna", "password": "x"}')
+            self.assertIs(api.render(request), routes.NOT_DONE_YET)
+            # What twisted.web does when the connection is lost mid-request.
+            request.processingFailed(Failure(ConnectionLost()))
+            request.written.clear()
+            return request
+
+        request = left_while_checked()
+        checks.pop().callback(False)
         self.assertEqual(request.written, [])
         self.assertEqual(request.finished, 0)
         # The right password, found after the browser left: no session
         # that no one holds.
-        check = Deferred()
-        request = DummyRequest([b"login"])
-        request.method = b"POST"
-        request.requestHeaders.setRawHeaders(b"content-type", [b"application/json"])
-        request.content = io.BytesIO(b'{"user": "anna", "password": "x"}')
-        self.assertIs(api.render(request), routes.NOT_DONE_YET)
-        request.processingFailed(Failure(ConnectionLost()))
-        request.written.clear()
+        request = left_while_checked()
         created = []
         self.patch(ui.sessions, "create", lambda *a: created.append(a))
-        check.callback(True)
+        checks.pop().callback(True)
         self.assertEqual((request.written, created), ([], []))
 
 
