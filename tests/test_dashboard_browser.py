@@ -270,6 +270,8 @@ class DashboardInBrowserTests(_InBrowser):
 
         self.log_in()
         self.visible("#app")
+        # The keyboard goes on from the page's first heading.
+        self.wait.until(lambda b: b.switch_to.active_element.get_attribute("id") == "plugs-title")
         card = '.plug[data-plug="kitchen"]'
         self.text_in(card + " .state", "unplugged")
         self.wait.until(lambda b: b.find_element(By.CSS_SELECTOR, card + " .chart").get_attribute("data-points") == "2")
@@ -529,6 +531,12 @@ class DashboardInBrowserTests(_InBrowser):
         self.text_in("#publications", "log " + "x" * 300 + "…")
         item = self.browser.find_element(By.CSS_SELECTOR, "#publications li")
         self.assertEqual(item.get_attribute("title"), "x" * 1000)
+        # A phone shows no tooltip: "more" shows it all, "less" cuts again.
+        item.find_element(By.CSS_SELECTOR, "button.more").click()
+        self.text_in("#publications li", "log " + "x" * 1000 + " ")
+        self.assertEqual(item.find_element(By.CSS_SELECTOR, "button.more").text, "less")
+        item.find_element(By.CSS_SELECTOR, "button.more").click()
+        self.text_in("#publications li", "log " + "x" * 300 + "…")
         # An emoji across the cut is left out whole, not cut in two.
         post(self.server, "/publish?clientName=kitchen-pi", {"event": "emoji", "data": "y" * 299 + "\U0001f50c" * 5})
         self.text_in("#publications", "emoji " + "y" * 299 + "…")

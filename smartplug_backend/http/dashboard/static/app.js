@@ -165,7 +165,12 @@ $("login-form").addEventListener("submit", async (event) => {
   try {
     const { ok, data } = await api("login", { user: $("login-user").value, password: $("login-password").value });
     $("login-password").value = "";
-    if (ok) showApp(data);
+    if (ok) {
+      showApp(data);
+      // The keyboard goes on from the page's first heading, not the
+      // login form that is gone (a reconnect moves nothing).
+      $("plugs-title").focus();
+    }
     else $("login-error").textContent = data.error || "refused";
   } catch (e) {
     $("login-password").value = "";
@@ -637,9 +642,22 @@ function addPublication(p) {
   const list = $("publications");
   const data = shownData(p.data);
   const cut = data.length > MAX_DATA_SHOWN;
-  const item = el("li", {}, el("strong", { text: p.event }), ` ${cut ? shortened(data, MAX_DATA_SHOWN) : data} `,
+  const text = document.createTextNode(` ${cut ? shortened(data, MAX_DATA_SHOWN) : data} `);
+  const item = el("li", {}, el("strong", { text: p.event }), text,
     p.origin ? `(via ${p.origin}) ` : "", el("span", { class: "muted", text: when(p.at) }));
-  if (cut) item.title = data.length > 4000 ? shortened(data, 4000) : data;
+  if (cut) {
+    // The whole text in the tooltip, and behind a button for a phone,
+    // which shows no tooltip.
+    item.title = data.length > 4000 ? shortened(data, 4000) : data;
+    const more = el("button", { type: "button", class: "more", "aria-expanded": "false", text: "more" });
+    more.addEventListener("click", () => {
+      const open = more.getAttribute("aria-expanded") !== "true";
+      text.textContent = ` ${open ? data : shortened(data, MAX_DATA_SHOWN)} `;
+      more.textContent = open ? "less" : "more";
+      more.setAttribute("aria-expanded", String(open));
+    });
+    item.append(" ", more);
+  }
   list.prepend(item);
   while (list.children.length > MAX_PUBLICATIONS) list.lastChild.remove();
 }
