@@ -81,6 +81,9 @@ def _listen_address(v: Any) -> Optional[str]:
     # An interface's address ("0.0.0.0", "::", "192.168.1.5") or a host
     # name; a port belongs to the port settings ("0.0.0.0:9000" would
     # only fail when listening, as a host name that does not resolve).
+    if v == "":
+        # The socket's own spelling of every IPv4 interface, as "0.0.0.0".
+        return None
     if isinstance(v, str):
         try:
             ipaddress.ip_address(v)
@@ -165,7 +168,8 @@ def _networks(v: Any) -> Optional[str]:
             ipaddress.ip_network(item, strict=False)
         except (TypeError, ValueError):
             # Which entry, in a list that may be long.
-            return _Detailed(f'{item!r} is not an address or network (such as "192.168.1.5" or "192.168.1.0/24")')
+            shown = repr(item) if len(repr(item)) <= 40 else repr(item)[:37] + "..."
+            return _Detailed(f'{shown} is not an address or network (such as "192.168.1.5" or "192.168.1.0/24")')
     return None
 
 
@@ -399,28 +403,50 @@ def load(path: Optional[str] = None) -> Settings:
         number = _line_in(path, e.__traceback__)
         line = f" line {number}" if number else ""
         raise ConfigError(f"{path}{line}: {_settings_error(e, _source_line(path, number))}") from None
-    read = _names_read(path)
+    set_only = _names_set_only(path)
     for name in namespace:
         # api_key = "..." would be ignored, leaving the server without a
-        # key: a name that is a setting but for its case is an error, unless
-        # the file reads it (a helper: API_KEY = api_key.strip()).
-        if not _UPPER.match(name) and name.upper() in SETTINGS and name not in read:
+        # key: a name that is a setting but for its case is an error when
+        # the file sets it and never reads it, unless the setting takes its
+        # very value (API_KEY = globals()["api_key"]).  A helper the file
+        # reads (API_KEY = api_key.strip()) is fine, and so is one that
+        # comes from elsewhere (exec, import): that file is not this one.
+        if (not _UPPER.match(name) and name.upper() in SETTINGS and name in set_only
+                and not _same(namespace.get(name.upper(), _UNSET), namespace[name])):
             raise ConfigError(f"{path}: unknown setting {name}; did you mean {name.upper()}? (settings are UPPER_CASE)")
     values = {k: v for k, v in namespace.items() if _UPPER.match(k)}
     return settings_from(values, path)
 
 
-def _names_read(path: str) -> set:
+_UNSET = object()
+
+
+def _names_set_only(path: str) -> set:
     """
-    The names the settings file at C{path} (which ran) reads anywhere: a
-    lower-case name like a setting's that it reads is a helper
-    (C{AUTH_SECRET = auth_secret.strip()}); one it only sets is a
+    The names the settings file at C{path} (which ran) sets but never
+    reads, anywhere in it: a lower-case one like a setting's is a
     misspelling, whatever else the file sets (a value of the real
     setting's own, in a file edited in place, used to pass for a helper).
+    Nothing for a file that is no Python source (a C{.pyc}, a zip), which
+    runpy runs too.
     """
-    with open(path, "rb") as f:
-        tree = ast.parse(f.read(), path)
-    return {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)}
+    try:
+        with open(path, "rb") as f:
+            tree = ast.parse(f.read(), path)
+    except (SyntaxError, ValueError, UnicodeDecodeError):
+        return set()
+    stored, read = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            (read if isinstance(node.ctx, ast.Load) else stored).add(node.id)
+    return stored - read
+
+
+def _same(setting: Any, helper: Any) -> bool:
+    try:
+        return setting is helper or bool(setting == helper)
+    except Exception:
+        return False
 
 
 # Words people write for Python's True, False and None.

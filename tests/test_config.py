@@ -100,6 +100,7 @@ class LoadTests(SynchronousTestCase):
             "BAN_ALLOW = ['not an address']": "BAN_ALLOW: 'not an address' is not an address or network",
             "BAN_ALLOW = ['10.0.0.1', '192.168.1.0/33']": "BAN_ALLOW: '192.168.1.0/33' is not an address or network",
             "BAN_ALLOW = '10.0.0.1'": "BAN_ALLOW must be a list of addresses or networks",
+            "BAN_ALLOW = ['x' * 100]": "BAN_ALLOW: '" + "x" * 36 + "... is not an address",
             "BAN_AFTER = 0": "BAN_AFTER must be a whole number of at least 1",
             "STATE_DB = ''": "STATE_DB must be a non-empty string or None",
             "BACKUP_INTERVAL = 'daily'": "BACKUP_INTERVAL must be a number of seconds",
@@ -125,7 +126,6 @@ class LoadTests(SynchronousTestCase):
             "HA_DISCOVERY_PREFIX = 'ha#'": "HA_DISCOVERY_PREFIX must be a topic prefix such as \"homeassistant\"",
             "MQTT_EVENTS = 'yes'": "MQTT_EVENTS must be True or False",
             "LISTEN_ADDRESS = '0.0.0.0:9000'": "LISTEN_ADDRESS must be an address to listen on, such as \"0.0.0.0\"",
-            "LISTEN_ADDRESS = ''": "LISTEN_ADDRESS must be an address to listen on",
             "AUTH_SECRET = ''": "AUTH_SECRET must be a non-empty string or None, not an empty string",
         }
         for line, expected in cases.items():
@@ -231,6 +231,18 @@ class LoadTests(SynchronousTestCase):
         settings = config.load(self.write("node_name = 'pi'\ndef named():\n    return f'{node_name}-1'\n"
                                           "NODE_NAME = named()\n"))
         self.assertEqual(settings.NODE_NAME, "pi-1")
+        # A helper the setting takes as it is (through globals()), or one
+        # from another file (exec, import), is not this file's misspelling.
+        settings = config.load(self.write("api_key = 'k'\nAPI_KEY = globals()['api_key']\n"))
+        self.assertEqual(settings.API_KEY, "k")
+        other = self.write("auth_secret = ' s \\n'\n")
+        settings = config.load(self.write(f"exec(open({other!r}).read())\nAUTH_SECRET = 'x'\n"))
+        self.assertEqual(settings.AUTH_SECRET, "x")
+        # Nor is a settings file that is no source (runpy runs a .pyc).
+        import py_compile
+
+        compiled = py_compile.compile(self.write("API_KEY = 'k'\napi_key = 'b'\n"), cfile=self.mktemp() + ".pyc")
+        self.assertEqual(config.load(compiled).API_KEY, "k")
 
     def test_damaged_dashboard_hash(self):
         """
