@@ -126,7 +126,8 @@ class WebSocketResourceSeams(WebSocketResource):
     - The connection count (L{smartplug_backend.server.connections}), and
       on the HTTP port the guard's tracking, stand between the transport and
       the channel without being C{ProtocolWrapper}s; Autobahn would replace
-      the outer one as the transport's C{protocol}, and the closed
+      the outer one as the transport's C{protocol} (or, with an C{ssl:}
+      endpoint, as the TLS wrapper's C{wrappedProtocol}), and the closed
       connection would never be counted.  There the WebSocket protocol takes
       the channel's place inside the innermost one, as
       Autobahn's C{render} does for a C{ProtocolWrapper}: relying on its
