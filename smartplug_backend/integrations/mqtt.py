@@ -350,7 +350,7 @@ class MQTTBridge(Service):
             sent = self._client.publish(message.topic, message.payload, qos=qos, retain=message.retain)
         except ValueError as e:
             # A topic paho refuses (e.g. an event named with + or #).
-            self._once(message.topic, "MQTT: not published to {topic!r}: {why}", why=str(e))
+            self._once(self._told_topics, message.topic, "MQTT: not published to {topic!r}: {why}", why=str(e))
             return True
         if sent.rc == paho.MQTT_ERR_QUEUE_SIZE:
             if not held:
@@ -417,22 +417,22 @@ class MQTTBridge(Service):
         except Exception:
             self._log.failure("MQTT: message on {topic!r} not handled", topic=topic)
 
-    def _once(self, topic: str, text: str, **fields) -> None:
+    def _once(self, told: set, topic: str, text: str, **fields) -> None:
         """
-        Warn C{text} about C{topic} the first time only (the first
-        L{RETAINED_TOLD} topics; each said once per run).
+        Warn C{text} about C{topic} unless C{told} holds it; C{told} keeps
+        the first L{RETAINED_TOLD} topics, past which each is said every
+        time.
         """
-        if topic in self._told_topics:
+        if topic in told:
             return
-        if len(self._told_topics) < RETAINED_TOLD:
-            self._told_topics.add(topic)
-            text += " (said once per topic)"
+        if len(told) < RETAINED_TOLD:
+            told.add(topic)
         self._log.warn(text, topic=topic, **fields)
 
     def _handle(self, topic: str, payload: bytes, retained: bool) -> None:
         topics = self._topics
         if len(payload) > MAX_PAYLOAD:
-            self._once(topic, "MQTT: ignored a message of {size} bytes on {topic!r}: at most {most}",
+            self._once(self._told_topics, topic, "MQTT: ignored a message of {size} bytes on {topic!r}: at most {most}",
                        size=len(payload), most=MAX_PAYLOAD)
             return
         if topic == topics.ha_status:
@@ -447,16 +447,14 @@ class MQTTBridge(Service):
         if retained:
             # A retained command would be applied again on every reconnect;
             # the broker hands it over again each time: said once per topic.
-            if topic not in self._told_retained:
-                if len(self._told_retained) < RETAINED_TOLD:
-                    self._told_retained.add(topic)
-                # The topic comes from the broker: quoted for the shell, so
-                # that the line can be pasted as it is.
-                self._log.warn(
-                    "MQTT: ignored a retained message on {topic!r}: commands must not be retained; clear it with "
-                    "mosquitto_pub -r -n -t {quoted} (and the broker's -h/-u/-P)",
-                    topic=topic, quoted=shlex.quote(topic),
-                )
+            # The topic comes from the broker: quoted for the shell, so that
+            # the line can be pasted as it is.
+            self._once(
+                self._told_retained, topic,
+                "MQTT: ignored a retained message on {topic!r}: commands must not be retained; clear it with "
+                "mosquitto_pub -r -n -t {quoted} (and the broker's -h/-u/-P)",
+                quoted=shlex.quote(topic),
+            )
             return
         if topic == topics.display_set:
             self._light_command(payload)
@@ -471,7 +469,7 @@ class MQTTBridge(Service):
             try:
                 check_event(event)
             except InvalidPublication as e:
-                self._once(topic, "MQTT: ignored a publication on {topic!r}: {why}", why=str(e))
+                self._once(self._told_topics, topic, "MQTT: ignored a publication on {topic!r}: {why}", why=str(e))
                 return
             self._hub.publish(event, ha.parse_event_data(payload), PEER, origin=ORIGIN)
 
