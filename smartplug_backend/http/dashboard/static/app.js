@@ -612,8 +612,12 @@ function showDevices(devices) {
 // An address on one line; its node (several nodes, REDIS_URL) under it, so
 // that a phone's narrow table does not grow wider than the screen.
 function addressCell(address, node) {
-  if (!node) return address;
-  return el("span", {}, el("span", { class: "address", text: address }), el("span", { class: "node muted", text: `node ${node}` }));
+  return node ? addressWith(address, `node ${node}`) : address;
+}
+
+// An address with a note on the line under it.
+function addressWith(address, note) {
+  return el("span", {}, el("span", { class: "address", text: address }), el("span", { class: "node muted", text: note }));
 }
 
 function heard(t) {
@@ -695,7 +699,7 @@ function showSecurity(message) {
   // The page's own address: its requests (a lift too) are refused until the
   // ban ends; another device, or the ban's end, lifts it.
   rows("bans", message.bans, (b) => b.address === viewer ? [
-    el("span", {}, el("span", { class: "address", text: b.address }), el("span", { class: "node muted", text: "this device" })),
+    addressWith(b.address, "this device"),
     when(b.until), b.failures,
     el("button", { type: "button", class: "secondary", disabled: "", "data-address": b.address, text: "Lift",
       title: "This device's requests are refused while its address is banned: lift the ban from another device, or wait for its end." }),
